@@ -1,0 +1,205 @@
+"""The non-ideality database: what training needs to know about a crossbar technology.
+
+One HDF5 file, format documented in docs/hdf5-schema.md. In memory it is a plain dataclass of
+numpy arrays (SI units) so `training` never touches HDF5 or raw runs.
+
+Disturbance key convention: ``k`` = number of devices programmed *after* the device in its
+crossbar. ``k = 0`` (the last programmed device) is never disturbed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from database.errors import SchemaError
+
+KIND = "xbarlab-nonideality"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class NonIdealityDB:
+    """Everything training samples from, in SI units (S, fractions of target)."""
+
+    #: conductance range usable for weights [S] (the mapping's Gmin, Gmax)
+    g_min: float
+    g_max: float
+    #: tuning imprecision per level: targets [S], relative error std and mean (fractions)
+    tuning_levels: np.ndarray
+    tuning_sigma_rel: np.ndarray
+    tuning_offset_rel: np.ndarray
+    tuning_counts: np.ndarray
+    #: linear fit sigma_rel(G) = slope * G + intercept (G in S, result a fraction)
+    sigma_fit_slope: float
+    sigma_fit_intercept: float
+    #: per-device relative offset distribution N(mean, std) (fractions)
+    offset_mean_rel: float
+    offset_std_rel: float
+    #: disturbance samples: key k (devices programmed after) and conductance change [S]
+    disturbance_keys: np.ndarray
+    disturbance_delta: np.ndarray
+    #: stuck devices: rates per device and measured samples [S]
+    stuck_hrs_rate: float
+    stuck_lrs_rate: float
+    stuck_hrs_samples: np.ndarray
+    stuck_lrs_samples: np.ndarray
+    #: parametric stuck models used for sampling: HRS ~ U(lo, hi), LRS ~ N(mean, std) [S]
+    stuck_hrs_range: tuple[float, float] = (10e-6, 100e-6)
+    stuck_lrs_mean: float = 573e-6
+    stuck_lrs_std: float = 99e-6
+    #: disturbance outlier rule applied when building (documented text) and per-key stats [S]
+    disturbance_rule: str = ""
+    disturbance_key_mu: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    disturbance_key_sigma: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: where each part came from: {"tuning": "...", "disturbance": "...", "stuck": "..."}
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("tuning_levels", "tuning_sigma_rel", "tuning_offset_rel", "tuning_counts",
+                     "disturbance_delta", "stuck_hrs_samples", "stuck_lrs_samples",
+                     "disturbance_key_mu", "disturbance_key_sigma"):
+            setattr(self, name, np.asarray(getattr(self, name), dtype=float))
+        self.disturbance_keys = np.asarray(self.disturbance_keys, dtype=np.int64)
+        self.stuck_hrs_range = (float(self.stuck_hrs_range[0]), float(self.stuck_hrs_range[1]))
+
+    # -- derived views -------------------------------------------------------------------------
+    @property
+    def max_key(self) -> int:
+        return int(self.disturbance_keys.max()) if self.disturbance_keys.size else 0
+
+    def disturbance_for(self, k: int) -> np.ndarray:
+        """Samples [S] for devices with k devices programmed after them (empty if none)."""
+        return self.disturbance_delta[self.disturbance_keys == k]
+
+    def sigma_rel(self, g: np.ndarray | float) -> np.ndarray:
+        """Tuning std as a fraction of G from the linear fit, floored at 0."""
+        return np.maximum(self.sigma_fit_slope * np.asarray(g, float) + self.sigma_fit_intercept, 0.0)
+
+    def validate(self) -> None:
+        """Raise SchemaError naming the first inconsistent part."""
+        if not (0 < self.g_min < self.g_max):
+            raise SchemaError(f"non-ideality DB: need 0 < g_min < g_max, got {self.g_min}, {self.g_max}")
+        n = self.tuning_levels.size
+        for name in ("tuning_sigma_rel", "tuning_offset_rel", "tuning_counts"):
+            if getattr(self, name).size != n:
+                raise SchemaError(f"non-ideality DB: {name} has {getattr(self, name).size} "
+                                  f"entries, tuning_levels has {n}")
+        for name in ("sigma_fit_slope", "sigma_fit_intercept", "offset_mean_rel",
+                     "offset_std_rel", "stuck_hrs_rate", "stuck_lrs_rate"):
+            if not np.isfinite(getattr(self, name)):
+                raise SchemaError(f"non-ideality DB: {name} is not a finite number")
+        if self.disturbance_keys.shape != self.disturbance_delta.shape:
+            raise SchemaError("non-ideality DB: disturbance keys and samples differ in length")
+        if self.disturbance_delta.size == 0:
+            raise SchemaError("non-ideality DB: the disturbance sub-database is empty")
+        if not np.all(np.isfinite(self.disturbance_delta)):
+            raise SchemaError("non-ideality DB: disturbance samples contain NaN or inf")
+        if np.any(self.disturbance_keys < 0):
+            raise SchemaError("non-ideality DB: negative disturbance key")
+        for name in ("stuck_hrs_rate", "stuck_lrs_rate"):
+            v = getattr(self, name)
+            if not (0 <= v <= 1):
+                raise SchemaError(f"non-ideality DB: {name}={v} outside [0, 1]")
+        if self.stuck_hrs_rate + self.stuck_lrs_rate > 1:
+            raise SchemaError("non-ideality DB: stuck rates add up to more than 1")
+
+
+_ARRAYS = {
+    "tuning/levels": ("tuning_levels", "S"),
+    "tuning/sigma_rel": ("tuning_sigma_rel", "1"),
+    "tuning/offset_rel": ("tuning_offset_rel", "1"),
+    "tuning/counts": ("tuning_counts", "1"),
+    "disturbance/keys": ("disturbance_keys", "1"),
+    "disturbance/delta": ("disturbance_delta", "S"),
+    "disturbance/key_mu": ("disturbance_key_mu", "S"),
+    "disturbance/key_sigma": ("disturbance_key_sigma", "S"),
+    "stuck/hrs_samples": ("stuck_hrs_samples", "S"),
+    "stuck/lrs_samples": ("stuck_lrs_samples", "S"),
+}
+_SCALARS = {
+    "": ("g_min", "g_max"),
+    "tuning": ("sigma_fit_slope", "sigma_fit_intercept", "offset_mean_rel", "offset_std_rel"),
+    "stuck": ("stuck_hrs_rate", "stuck_lrs_rate", "stuck_lrs_mean", "stuck_lrs_std"),
+}
+
+
+def save_nonideality(db: NonIdealityDB, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write `db` atomically (temp file + rename). Refuses to overwrite unless asked."""
+    db.validate()
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise SchemaError(f"{path} exists; refusing to overwrite (pass overwrite=True / --force)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["kind"] = KIND
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["provenance"] = json.dumps(db.provenance, sort_keys=True)
+            for grp in ("tuning", "disturbance", "stuck"):
+                f.create_group(grp)
+            for h5name, (attr, unit) in _ARRAYS.items():
+                ds = f.create_dataset(h5name, data=getattr(db, attr))
+                ds.attrs["units"] = unit
+            for grp, names in _SCALARS.items():
+                g = f[grp] if grp else f
+                for n in names:
+                    g.attrs[n] = float(getattr(db, n))
+            f["stuck"].attrs["hrs_range"] = np.asarray(db.stuck_hrs_range, float)
+            f["disturbance"].attrs["rule"] = db.disturbance_rule
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_nonideality(path: str | os.PathLike) -> NonIdealityDB:
+    """Read a non-ideality database; SchemaError with one clear line if it is not usable."""
+    path = Path(path)
+    if not path.exists():
+        raise SchemaError(f"{path}: no such non-ideality database")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise SchemaError(f"{path}: not a readable HDF5 file ({e})") from None
+    with f:
+        kind = f.attrs.get("kind")
+        if isinstance(kind, bytes):
+            kind = kind.decode()
+        if kind != KIND:
+            raise SchemaError(f"{path}: not an xbarlab non-ideality database (kind={kind!r})")
+        version = int(f.attrs.get("format_version", -1))
+        if version > FORMAT_VERSION:
+            raise SchemaError(f"{path}: format version {version} is newer than this xbarlab "
+                              f"reads ({FORMAT_VERSION}); upgrade xbarlab")
+        if version < 1:
+            raise SchemaError(f"{path}: missing or invalid format_version")
+        kw: dict = {}
+        try:
+            for h5name, (attr, _unit) in _ARRAYS.items():
+                kw[attr] = f[h5name][()]
+            for grp, names in _SCALARS.items():
+                g = f[grp] if grp else f
+                for n in names:
+                    kw[n] = float(g.attrs[n])
+            kw["stuck_hrs_range"] = tuple(f["stuck"].attrs["hrs_range"])
+            rule = f["disturbance"].attrs.get("rule", "")
+            kw["disturbance_rule"] = rule.decode() if isinstance(rule, bytes) else str(rule)
+            kw["provenance"] = json.loads(f.attrs.get("provenance", "{}"))
+        except (KeyError, ValueError, TypeError) as e:
+            raise SchemaError(f"{path}: truncated or malformed non-ideality database ({e})") from None
+    db = NonIdealityDB(**kw)
+    try:
+        db.validate()
+    except SchemaError as e:
+        raise SchemaError(f"{path}: {e}") from None
+    return db

@@ -1,0 +1,9 @@
+"""Exceptions of the protocols package. The CLI catches `ProtocolError` once."""
+
+
+class ProtocolError(Exception):
+    """A protocol could not run: bad configuration, inconsistent resume state, and so on."""
+
+
+class ConfigError(ProtocolError):
+    """A campaign or tuning configuration is invalid."""

@@ -1,0 +1,1 @@
+"""Hardware-aware PyTorch training and Monte-Carlo transfer evaluation (needs the [train] extra)."""

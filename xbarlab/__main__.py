@@ -1,0 +1,3 @@
+from xbarlab.cli import main
+
+main()
