@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "xbarlab.commands.station",
     "xbarlab.commands.campaigns",
     "xbarlab.commands.db",
+    "xbarlab.commands.db_reference",
     "xbarlab.commands.train",
     "xbarlab.commands.transfer",
     "xbarlab.commands.demo",
