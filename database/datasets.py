@@ -1,0 +1,56 @@
+"""Datasets shipped with xbarlab, as plain numpy arrays (no torch here).
+
+Half-moons: the three sets published with Drolet et al. 2023 (875 / 200 / 125 points). They are
+``make_moons(n_samples=1000, noise=0.2, random_state=42)`` scaled to [0, 1] (not the noise 0.05
+written in the published code), and the test set overlaps the training set (172 of 200 points):
+kept as published so that results compare with the paper.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from database.errors import SchemaError
+from database.reference import DATA_DIR
+
+MOONS_SPLITS = ("train", "test", "validation")
+
+
+def load_moons(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(X float32 [n, 2], y float32 [n] in {0, 1}) for split in train / test / validation."""
+    if split not in MOONS_SPLITS:
+        raise SchemaError(f"unknown half-moons split {split!r}; choose one of {MOONS_SPLITS}")
+    path = DATA_DIR / f"moons_{split}.csv"
+    if not path.exists():
+        raise SchemaError(f"shipped dataset missing: {path}")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    x = np.array([[float(r["x0"]), float(r["x1"])] for r in rows], dtype=np.float32)
+    y = np.array([float(r["label"]) for r in rows], dtype=np.float32)
+    return x, y
+
+
+def load_moons_all() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """All three splits: {"train": (X, y), "test": ..., "validation": ...}."""
+    return {s: load_moons(s) for s in MOONS_SPLITS}
+
+
+def load_digits(test_fraction: float = 0.25, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The 8 x 8 handwritten digits (1,797 images, 64 inputs in [0, 1], 10 classes).
+
+    Ships with scikit-learn (optional extra ``digits``); split into train / test with a seeded
+    permutation. Labels are int64 class indices.
+    """
+    try:
+        from sklearn.datasets import load_digits as _sk_digits
+    except ImportError:
+        raise SchemaError("the digits set needs scikit-learn: install the [digits] extra") from None
+    d = _sk_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    n_test = int(round(test_fraction * len(y)))
+    te, tr = perm[:n_test], perm[n_test:]
+    return {"train": (x[tr], y[tr]), "test": (x[te], y[te])}
