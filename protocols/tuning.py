@@ -1,0 +1,310 @@
+"""Write-verify tuning of one device (Alibart et al. 2012) and a faster variant.
+
+Functional core, imperative shell: `decide(state, g, target, cfg)` is a pure function that turns
+the latest read into the next action (pulse at some amplitude, take confirmation reads, or stop).
+`tune(rig, row, col, target, cfg)` is the thin loop that executes those actions on a rig and
+records every pulse and read.
+
+Algorithms (``TuneConfig.algorithm``):
+
+``alibart``  physics.md §2.1. SET ramp when below the band, RESET ramp when above, each ramp
+             restarted from its start value when the polarity changes, amplitudes left alone on
+             in-band reads (``reset_on_inband=True`` reproduces the 3IT defect, §2.2).
+``fast``     the same loop with two changes. (1) Warm start: a ramp restarted after a polarity
+             change begins ``warm_margin`` volts short of the last amplitude of that polarity that
+             visibly moved the device, instead of at the start value; this removes the 20-40
+             sub-threshold steps per restart. (2) Aimed steps: switching speed is roughly
+             exponential in amplitude, so from the size of the last step the next amplitude is
+             chosen to cover about half the remaining error (bounded to a few ramp steps), and
+             sub-threshold pulses far from the target climb by double steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from protocols.errors import ConfigError
+
+READ, PULSE = 0, 1  # history `kind` codes
+
+
+class TuneConfig(BaseModel):
+    """Write-verify settings, SI units. Defaults are the lab settings of the paper's data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    algorithm: Literal["alibart", "fast"] = Field("alibart", description="tuning algorithm")
+    read_volts: float = Field(0.2, gt=0, le=0.5, description="verify read voltage [V] (the rig's)")
+    v_set_start: float = Field(1.1, gt=0, le=3.0, description="first SET amplitude [V] (project: 0.8)")
+    v_set_max: float = Field(2.0, gt=0, le=3.0, description="SET ramp cap [V]")
+    v_reset_start: float = Field(-1.1, lt=0, ge=-3.0, description="first RESET amplitude [V]")
+    v_reset_min: float = Field(-2.4, lt=0, ge=-3.0, description="RESET ramp cap (most negative) [V]")
+    v_step: float = Field(0.02, gt=0, le=0.5, description="ramp increment per pulse [V]")
+    width: float = Field(200e-9, gt=0, le=1e-3, description="pulse width [s]")
+    tolerance: float = Field(0.01, gt=0, lt=1, description="band half-width, fraction of target")
+    n_inband: int = Field(10, ge=1, le=1000, description="successive in-band reads to finish")
+    max_pulses: int = Field(1000, ge=1, description="pulse cap; a tuning that needs more fails")
+    reset_on_inband: bool = Field(False, description="reproduce the 3IT edge-trap defect")
+    # fast variant
+    warm_margin: float = Field(0.1, ge=0, le=1, description="fast: restart this far below the "
+                               "last moving amplitude [V]")
+    move_rel: float = Field(0.5, gt=0, description="fast: a pulse 'moved' the device when the read "
+                            "changed by >= move_rel * tolerance * target in its direction")
+    fast_v0_set: float = Field(0.08, gt=0, description="fast: assumed SET softness V0 [V]")
+    fast_v0_reset: float = Field(0.17, gt=0, description="fast: assumed RESET softness V0 [V]")
+    fast_aim: float = Field(0.5, gt=0, le=1, description="fast: aim each pulse at this fraction "
+                            "of the remaining error")
+    fast_max_steps: float = Field(5.0, gt=0, description="fast: largest amplitude change per "
+                                  "pulse, in ramp steps")
+    fast_far: float = Field(5.0, gt=0, description="fast: 'far from target' = remaining error "
+                            "above this many band half-widths (double steps when sub-threshold)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TuneConfig:
+        if self.v_set_max < self.v_set_start:
+            raise ValueError(f"v_set_max {self.v_set_max} V is below v_set_start {self.v_set_start} V")
+        if self.v_reset_min > self.v_reset_start:
+            raise ValueError(f"v_reset_min {self.v_reset_min} V is above v_reset_start "
+                             f"{self.v_reset_start} V")
+        return self
+
+
+# -- the pure decision core --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TuneState:
+    """Everything the decision needs to remember between reads."""
+
+    v_set: float
+    v_reset: float
+    ok: int = 0                 # successive in-band reads so far
+    pulses: int = 0
+    set_pulses: int = 0
+    reset_pulses: int = 0
+    last_volts: float = 0.0     # amplitude of the last pulse (0: none yet)
+    g_before: float = math.nan  # read that led to the last pulse
+    warm_set: float = math.nan  # fast: last SET amplitude that moved the device
+    warm_reset: float = math.nan
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: Literal["pulse", "confirm", "done"]
+    volts: float = 0.0          # pulse amplitude
+    n: int = 0                  # confirmation reads still needed
+    converged: bool = False
+
+
+def initial_state(cfg: TuneConfig) -> TuneState:
+    return TuneState(v_set=cfg.v_set_start, v_reset=cfg.v_reset_start)
+
+
+def decide(state: TuneState, g: float, target: float, cfg: TuneConfig) -> tuple[TuneState, Action]:
+    """Next action after reading `g` [S]; pure (no I/O, no randomness)."""
+    fast = cfg.algorithm == "fast"
+    # What did the last pulse do? Only the fast variant uses it.
+    moved = False
+    step_done = 0.0
+    if state.last_volts != 0.0 and math.isfinite(state.g_before):
+        sign = 1.0 if state.last_volts > 0 else -1.0
+        step_done = sign * (g - state.g_before)
+        moved = step_done >= cfg.move_rel * cfg.tolerance * target
+    if fast and moved:
+        if state.last_volts > 0:
+            state = replace(state, warm_set=state.last_volts)
+        else:
+            state = replace(state, warm_reset=state.last_volts)
+
+    band = cfg.tolerance * target
+    err = g - target
+    if abs(err) <= band:
+        ok = state.ok + 1
+        new = replace(state, ok=ok, last_volts=0.0, g_before=math.nan)
+        if cfg.reset_on_inband:  # the 3IT defect, kept on purpose as an option
+            new = replace(new, v_set=cfg.v_set_start, v_reset=cfg.v_reset_start)
+        if ok >= cfg.n_inband:
+            return new, Action("done", converged=True)
+        return new, Action("confirm", n=cfg.n_inband - ok)
+
+    if state.pulses >= cfg.max_pulses:
+        return replace(state, ok=0), Action("done", converged=False)
+
+    if err < 0:  # too low -> SET
+        v = state.v_set  # already restarted by any RESET pulse in between
+        if fast:
+            v = _fast_amplitude(state, v, +1, moved, step_done, abs(err), band, cfg)
+        v = min(max(v, cfg.v_set_start), cfg.v_set_max)
+        nxt = min(v + cfg.v_step, cfg.v_set_max)
+        new = replace(state, ok=0, pulses=state.pulses + 1, set_pulses=state.set_pulses + 1,
+                      v_set=nxt, v_reset=_restart_reset(state, cfg, fast),
+                      last_volts=v, g_before=g)
+        return new, Action("pulse", volts=v)
+    # too high -> RESET
+    v = state.v_reset
+    if fast:
+        v = _fast_amplitude(state, v, -1, moved, step_done, abs(err), band, cfg)
+    v = max(min(v, cfg.v_reset_start), cfg.v_reset_min)
+    nxt = max(v - cfg.v_step, cfg.v_reset_min)
+    new = replace(state, ok=0, pulses=state.pulses + 1, reset_pulses=state.reset_pulses + 1,
+                  v_reset=nxt, v_set=_restart_set(state, cfg, fast),
+                  last_volts=v, g_before=g)
+    return new, Action("pulse", volts=v)
+
+
+def _fast_amplitude(state: TuneState, v_ramp: float, sign: int, moved: bool, step_done: float,
+                    remaining: float, band: float, cfg: TuneConfig) -> float:
+    """Fast variant: the next amplitude of a ramp that continues in the same polarity.
+
+    The switching rate is ~exp(|V| / V0), so from the last step size we can aim the next pulse
+    at a fraction `fast_aim` of the remaining error: |V'| = |V| + V0 ln(aim * remaining / step).
+    The change is bounded to `fast_max_steps` ramp steps either way. A pulse that did not move
+    the device (sub-threshold) is followed by a double step while far from the target.
+    """
+    same = state.last_volts != 0.0 and (state.last_volts > 0) == (sign > 0)
+    if not same:
+        return v_ramp  # first pulse of this polarity: start value or warm start
+    last = abs(state.last_volts)
+    dv = cfg.v_step
+    if moved and step_done > 0:
+        v0 = cfg.fast_v0_set if sign > 0 else cfg.fast_v0_reset
+        want = max(cfg.fast_aim * max(remaining, band), 1e-30)
+        delta = v0 * math.log(want / step_done)
+        delta = min(max(delta, -cfg.fast_max_steps * dv), cfg.fast_max_steps * dv)
+        return sign * (last + delta)
+    mult = 2 if remaining > cfg.fast_far * band else 1
+    return sign * (last + mult * dv)
+
+
+def _restart_set(state: TuneState, cfg: TuneConfig, fast: bool) -> float:
+    """SET amplitude to use after a RESET pulse: the start value, or the warm start."""
+    if fast and math.isfinite(state.warm_set):
+        return min(max(cfg.v_set_start, state.warm_set - cfg.warm_margin), cfg.v_set_max)
+    return cfg.v_set_start
+
+
+def _restart_reset(state: TuneState, cfg: TuneConfig, fast: bool) -> float:
+    if fast and math.isfinite(state.warm_reset):
+        return max(min(cfg.v_reset_start, state.warm_reset + cfg.warm_margin), cfg.v_reset_min)
+    return cfg.v_reset_start
+
+
+# -- the imperative shell ----------------------------------------------------------------------
+
+HISTORY_FIELDS = ("kind", "volts", "width", "g", "t", "used")
+
+
+@dataclass
+class TuneResult:
+    """Outcome of one tuning. Conductances in S, times in s (instrument time)."""
+
+    row: int
+    col: int
+    target: float
+    converged: bool
+    pulses: int
+    set_pulses: int
+    reset_pulses: int
+    g_initial: float
+    final_reads: np.ndarray          # the in-band confirmation reads (or the last read on failure)
+    t_start: float
+    t_end: float
+    #: every pulse and read, in order: kind (0 read, 1 pulse + verify read), volts, width [s],
+    #: g [S] (the read), t [s] (instrument time after it), used (False: a confirmation read taken
+    #: in the same execution after an out-of-band read, recorded but not acted on)
+    history: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def g_final(self) -> float:
+        return float(np.mean(self.final_reads)) if self.final_reads.size else math.nan
+
+    @property
+    def error_rel(self) -> float:
+        return (self.g_final - self.target) / self.target
+
+    @property
+    def polarity(self) -> np.ndarray:
+        return np.sign(self.history["volts"]).astype(np.int8)
+
+
+def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
+         record: Callable[[dict], None] | list | None = None) -> TuneResult:
+    """Tune device (row, col) of `rig` to `target` siemens with write-verify.
+
+    Every pulse goes with its verify read in one execution (`rig.pulse_and_read`); confirmation
+    reads once in band are taken together (`rig.read_repeated`) and judged one by one exactly as
+    single reads would be, so the result is the same algorithm with fewer round trips. `record`
+    (a callable or a list) receives every event as a dict with HISTORY_FIELDS.
+    """
+    cfg = cfg or TuneConfig()
+    if not (target > 0 and math.isfinite(target)):
+        raise ConfigError(f"tuning target must be a positive conductance in S, got {target!r}")
+    for v in (cfg.v_set_max, cfg.v_reset_min):
+        try:
+            rig.limits.check_pulse(v, cfg.width)
+        except Exception as e:  # refuse the whole tuning up front, not half-way through
+            raise ConfigError(f"tuning ramp cap outside the station limits: {e}") from None
+    if abs(cfg.read_volts - rig.read_settings.volts) > 1e-9:
+        raise ConfigError(f"tune config reads at {cfg.read_volts} V but the rig reads at "
+                          f"{rig.read_settings.volts} V")
+    sink = record.append if isinstance(record, list) else record
+    hist: dict[str, list] = {k: [] for k in HISTORY_FIELDS}
+
+    def log(kind: int, volts: float, width: float, g: float, t: float) -> int:
+        hist["kind"].append(kind)
+        hist["volts"].append(volts)
+        hist["width"].append(width)
+        hist["g"].append(g)
+        hist["t"].append(t)
+        hist["used"].append(True)
+        if sink is not None:
+            sink(dict(kind=kind, volts=volts, width=width, g=g, t=t, used=True, row=row, col=col))
+        return len(hist["g"]) - 1
+
+    t_start = float(rig.clock)
+    g0 = float(rig.read(row, col))
+    pending: deque[tuple[float, int]] = deque([(g0, log(READ, 0.0, 0.0, g0, float(rig.clock)))])
+    state = initial_state(cfg)
+    inband: list[float] = []
+    converged = False
+    last = g0
+    while pending:
+        g, idx = pending.popleft()
+        last = g
+        state, act = decide(state, g, target, cfg)
+        if act.kind == "confirm":
+            inband.append(g)
+            if not pending:
+                t0 = float(rig.clock)
+                reads = rig.read_repeated(row, col, act.n)
+                t1 = float(rig.clock)
+                for i, r in enumerate(reads):
+                    t = t0 + (t1 - t0) * (i + 1) / len(reads)
+                    pending.append((float(r), log(READ, 0.0, 0.0, float(r), t)))
+            continue
+        if act.kind == "done":
+            if act.converged:
+                inband.append(g)
+                converged = True
+            break
+        # pulse: reads queued after this out-of-band one are stale, recorded but unused
+        for _, j in pending:
+            hist["used"][j] = False
+        pending.clear()
+        inband.clear()
+        r = float(rig.pulse_and_read(row, col, act.volts, cfg.width))
+        pending.append((r, log(PULSE, act.volts, cfg.width, r, float(rig.clock))))
+
+    final = np.asarray(inband if converged else [last], dtype=float)
+    history = {k: np.asarray(v, dtype=bool if k == "used" else (np.int8 if k == "kind" else float))
+               for k, v in hist.items()}
+    return TuneResult(row=row, col=col, target=float(target), converged=converged,
+                      pulses=state.pulses, set_pulses=state.set_pulses,
+                      reset_pulses=state.reset_pulses, g_initial=g0, final_reads=final,
+                      t_start=t_start, t_end=float(rig.clock), history=history)
