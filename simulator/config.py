@@ -1,0 +1,119 @@
+"""Validated parameters of the simulated crossbar and of the virtual clock (SI units throughout).
+
+Defaults are the TiO2 model of physics.md §3.3 (device), §5 (electrics) and §6.1 (latencies).
+The values of the device defaults may be re-tuned by the calibration against the paper's
+statistics; the names and units are the interface.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceParams(BaseModel):
+    """Per-pulse soft-threshold model of one TiO2 device (physics.md §3.2-3.3)."""
+
+    model_config = _STRICT
+
+    # -- state-dependent thresholds (R = 1 / (G + Gv) in ohm) ------------------------------
+    r_s0: float = Field(24580.0, description="SET boundary offset R_s0 [ohm]: "
+                        "Vth_set = (R_s0 - R) / k_s")
+    k_s: float = Field(13932.0, gt=0, description="SET boundary slope k_s [ohm/V]")
+    r_r0: float = Field(-9000.0, description="RESET boundary offset R_r0 [ohm]: "
+                        "|Vth_reset| = (R - R_r0) / k_r")
+    k_r: float = Field(10000.0, gt=0, description="RESET boundary slope k_r [ohm/V]")
+
+    # -- soft exponential kinetics ----------------------------------------------------------
+    v0_set: float = Field(0.08, gt=0, le=1.0, description="SET softness V0s [V]")
+    v0_reset: float = Field(0.17, gt=0, le=1.0, description="RESET softness V0r [V] "
+                            "(main knob of the V/3 negative tail)")
+    g0_set: float = Field(0.6e-6, gt=0, le=1e-3,
+                          description="SET step at threshold for a t_ref pulse [S]")
+    g0_reset: float = Field(0.6e-6, gt=0, le=1e-3,
+                            description="RESET step magnitude at threshold for a t_ref pulse [S]")
+    t_ref: float = Field(200e-9, gt=0, description="reference pulse width of g0 [s]; "
+                         "steps are linear in width")
+    max_step_fraction: float = Field(0.5, gt=0, le=1.0,
+                                     description="a RESET pulse removes at most this fraction of G")
+
+    # -- variability -----------------------------------------------------------------------
+    sigma_c2c: float = Field(0.5, ge=0, le=3.0, description="cycle-to-cycle lognormal sigma "
+                             "of every step (one draw per device per pulse)")
+    sigma_vth: float = Field(0.07, ge=0, le=1.0, description="device-to-device threshold "
+                             "offsets delta_s, delta_r, independent normal sigma [V]")
+    sigma_g0: float = Field(0.3, ge=0, le=3.0,
+                            description="device-to-device lognormal sigma of g0_set and g0_reset")
+
+    # -- physical limits ---------------------------------------------------------------------
+    g_min: float = Field(5e-6, gt=0, description="lowest conductance [S]")
+    g_max: float = Field(700e-6, gt=0, description="highest conductance [S]")
+
+    # -- post-SET volatile relaxation -------------------------------------------------------
+    volatile_fraction: float = Field(0.05, ge=0, le=1.0, description="share phi of each "
+                                     "positive step that is volatile (goes to Gv)")
+    volatile_cap: float = Field(0.011, ge=0, le=1.0,
+                                description="cap psi of Gv as a fraction of G")
+    tau_relax: float = Field(5.0, gt=0, description="relaxation time constant of Gv [s]")
+
+    # -- reads -----------------------------------------------------------------------------
+    read_noise_rel: float = Field(0.0015, ge=0, le=0.5,
+                                  description="relative read noise (sigma, of the current)")
+    read_noise_abs: float = Field(90e-9, ge=0, le=1e-5,
+                                  description="absolute read noise sigma [A] (0.45 uS at 0.2 V)")
+    v_nl: float = Field(0.81, gt=0, description="sinh I-V scale Vnl [V]: "
+                        "I = G * v_ref * sinh(V/Vnl) / sinh(v_ref/Vnl)")
+    v_ref: float = Field(0.2, gt=0, description="voltage at which G is defined [V] (I = G*v_ref)")
+
+    # -- initial (forming-free) and stuck states --------------------------------------------
+    init_median: float = Field(120e-6, gt=0, description="median initial conductance [S]")
+    init_sigma: float = Field(0.3, ge=0, le=3.0, description="lognormal sigma of initial G")
+    stuck_lrs_mean: float = Field(573e-6, gt=0, description="stuck-LRS mean conductance [S]")
+    stuck_lrs_std: float = Field(99e-6, ge=0, description="stuck-LRS std of conductance [S]")
+    stuck_hrs_min: float = Field(10e-6, gt=0, description="stuck-HRS uniform lower bound [S]")
+    stuck_hrs_max: float = Field(100e-6, gt=0, description="stuck-HRS uniform upper bound [S]")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DeviceParams:
+        if not self.g_min < self.g_max:
+            raise ValueError("g_min must be below g_max")
+        if not self.stuck_hrs_min <= self.stuck_hrs_max:
+            raise ValueError("stuck_hrs_min must not exceed stuck_hrs_max")
+        return self
+
+
+class CrossbarConfig(BaseModel):
+    """One passive N x M crossbar: geometry, wiring resistances, stuck rates, device model."""
+
+    model_config = _STRICT
+
+    rows: int = Field(8, ge=1, le=256, description="word lines")
+    cols: int = Field(8, ge=1, le=256, description="bit lines")
+    device: DeviceParams = Field(default_factory=DeviceParams)
+    r_line: float = Field(0.75, ge=0, le=1e3, description="resistance of one line segment "
+                          "between neighbouring crosspoints [ohm]")
+    r_source: float = Field(2.0, ge=0, le=1e4, description="source / sense resistance at each "
+                            "driven line end [ohm]")
+    stuck_hrs_rate: float = Field(0.005, ge=0, le=1, description="fraction of stuck-HRS devices")
+    stuck_lrs_rate: float = Field(0.005, ge=0, le=1, description="fraction of stuck-LRS devices")
+
+    @model_validator(mode="after")
+    def _rates(self) -> CrossbarConfig:
+        if self.stuck_hrs_rate + self.stuck_lrs_rate > 1:
+            raise ValueError("stuck_hrs_rate + stuck_lrs_rate must not exceed 1")
+        return self
+
+
+class LatencyConfig(BaseModel):
+    """Instrument time charged to the virtual clock per operation (physics.md §6.1)."""
+
+    model_config = _STRICT
+
+    round_trip: float = Field(3e-3, ge=0, le=10, description="host round trip per closed-loop "
+                              "step / instrument execution [s] (optimistic 2-5 ms)")
+    relay_switch: float = Field(15e-3, ge=0, le=10, description="707B reselection [s]")
+    session_open: float = Field(0.5, ge=0, le=60, description="opening an instrument session [s]")
+    gpib_cmd: float = Field(1e-3, ge=0, le=10, description="one bus command [s]")
+    pulse_edge: float = Field(10e-9, ge=0, le=1e-3, description="rise = fall time of a pulse [s]")
+    read_time: float = Field(10e-6, ge=0, le=1, description="one read incl. settling [s]")

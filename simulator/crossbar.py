@@ -1,0 +1,273 @@
+"""One simulated passive TiO2 crossbar: device states, pulses, nodal reads, save/restore.
+
+The physics primitives here never advance the clock; whoever drives the crossbar (a rig, an
+instrument emulator) books instrument time on `clock`. Volatile relaxation is evaluated lazily
+against `clock.now`, so a crossbar left alone while the clock runs relaxes.
+
+Random numbers: one `numpy.random.Generator` per crossbar, drawn in a fixed order:
+construction (stuck classes, stuck conductances, initial states, D2D constants), then one
+standard normal per device per pulse (C2C factor), then two normals per sensed read (noise).
+Same seed and same call sequence -> the same history, also across `state_dict` round trips.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from simulator import physics
+from simulator.clock import VirtualClock
+from simulator.config import CrossbarConfig
+from simulator.errors import SimulatorError
+from simulator.nodal import NodalSolver
+
+WORKING, STUCK_HRS, STUCK_LRS = 0, 1, 2
+SCHEMES = ("grounded", "v2", "v3", "floating")
+_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r")
+
+
+class Crossbar:
+    """An N x M passive crossbar of TiO2 devices (physics.md §3, §5)."""
+
+    def __init__(self, config: CrossbarConfig | None = None,
+                 seed: int | np.random.SeedSequence = 0, clock: VirtualClock | None = None):
+        self.config = config or CrossbarConfig()
+        self.clock = clock if clock is not None else VirtualClock()
+        self.rng = np.random.default_rng(seed)
+        cfg, p = self.config, self.config.device
+        m, n = cfg.rows, cfg.cols
+        self.shape = (m, n)
+        rng = self.rng
+        # stuck classes and their conductances
+        u = rng.random((m, n))
+        stuck = np.zeros((m, n), dtype=np.int8)
+        stuck[u < cfg.stuck_hrs_rate] = STUCK_HRS
+        stuck[(u >= cfg.stuck_hrs_rate) & (u < cfg.stuck_hrs_rate + cfg.stuck_lrs_rate)] = STUCK_LRS
+        g_hrs = rng.uniform(p.stuck_hrs_min, p.stuck_hrs_max, (m, n))
+        g_lrs = np.maximum(rng.normal(p.stuck_lrs_mean, p.stuck_lrs_std, (m, n)), p.g_min)
+        # forming-free initial states
+        g0 = p.init_median * np.exp(p.init_sigma * rng.standard_normal((m, n)))
+        G = np.clip(g0, p.g_min, p.g_max)
+        G = np.where(stuck == STUCK_HRS, g_hrs, np.where(stuck == STUCK_LRS, g_lrs, G))
+        # device-to-device constants
+        self._ds = p.sigma_vth * rng.standard_normal((m, n))
+        self._dr = p.sigma_vth * rng.standard_normal((m, n))
+        self._g0s = p.g0_set * np.exp(p.sigma_g0 * rng.standard_normal((m, n)))
+        self._g0r = p.g0_reset * np.exp(p.sigma_g0 * rng.standard_normal((m, n)))
+        self._G = G
+        self._Gv = np.zeros((m, n))
+        self._t_gv = self.clock.now      # time at which _Gv is valid
+        self._stuck = stuck
+        self._setup()
+
+    def _setup(self) -> None:
+        """Derived, stateless helpers (rebuilt after a load)."""
+        cfg, p = self.config, self.config.device
+        self._frozen = self._stuck != WORKING
+        self._any_frozen = bool(self._frozen.any())
+        self._solver = NodalSolver(cfg.rows, cfg.cols, cfg.r_line, cfg.r_source,
+                                   v_nl=p.v_nl, v_ref=p.v_ref)
+        self._p = p
+        self._sigma = p.sigma_c2c
+        self._decay_k = 1.0 / p.tau_relax
+
+    # -- state ---------------------------------------------------------------------------------
+    def _settle(self) -> None:
+        """Bring the volatile excess up to clock.now."""
+        now = self.clock.now
+        dt = now - self._t_gv
+        if dt != 0.0:
+            if dt > 0.0:
+                self._Gv *= math.exp(-dt * self._decay_k)
+            self._t_gv = now
+
+    @property
+    def G(self) -> np.ndarray:
+        """Nonvolatile conductance [S] (copy)."""
+        return self._G.copy()
+
+    @property
+    def Gv(self) -> np.ndarray:
+        """Volatile excess [S] at clock.now (copy)."""
+        self._settle()
+        return self._Gv.copy()
+
+    @property
+    def stuck(self) -> np.ndarray:
+        """0 working, 1 stuck-HRS, 2 stuck-LRS (copy)."""
+        return self._stuck.copy()
+
+    def conductance(self) -> np.ndarray:
+        """G + Gv at clock.now [S]: the noise-free conductance a 0.2 V read would see."""
+        self._settle()
+        return self._G + self._Gv
+
+    # -- pulses ----------------------------------------------------------------------------------
+    def apply_device_voltages(self, v, seconds: float) -> None:
+        """Every device (i, j) gets one pulse of amplitude v[i, j] [V] lasting `seconds`."""
+        if not seconds >= 0:
+            raise SimulatorError(f"pulse width must be >= 0 s, got {seconds!r}")
+        self._settle()
+        if self._G.size == 1:
+            self._pulse_one(0, 0, float(np.asarray(v).reshape(-1)[0]), seconds)
+            return
+        v = np.asarray(v, dtype=float)
+        if v.shape != self.shape:
+            raise SimulatorError(f"voltage map has shape {v.shape}, expected {self.shape}")
+        xi = np.exp(self._sigma * self.rng.standard_normal(self.shape))
+        self._G, self._Gv = physics.pulse_update(
+            self._G, self._Gv, v, seconds, self._ds, self._dr, self._g0s, self._g0r, xi,
+            self._frozen if self._any_frozen else None, self._p)
+
+    def pulse_device(self, row: int, col: int, volts: float, seconds: float) -> None:
+        """A pulse on device (row, col) alone, every other device untouched (a single crosspoint
+        wired on its own). The lean scalar path: one normal draw, plain float math."""
+        self._settle()
+        self._pulse_one(row, col, float(volts), float(seconds))
+
+    def _pulse_one(self, r: int, c: int, v: float, seconds: float) -> None:
+        xi = math.exp(self._sigma * self.rng.standard_normal())
+        if self._stuck[r, c] != WORKING:
+            return
+        G, Gv = physics.pulse_update_scalar(
+            float(self._G[r, c]), float(self._Gv[r, c]), v, seconds, float(self._ds[r, c]),
+            float(self._dr[r, c]), float(self._g0s[r, c]), float(self._g0r[r, c]), xi, self._p)
+        self._G[r, c] = G
+        self._Gv[r, c] = Gv
+
+    def pulse_v3(self, row: int, col: int, volts: float, seconds: float) -> None:
+        """V/3 write: selected row V, selected column 0, other rows V/3, other columns 2V/3.
+
+        The selected device sees V, its row and column neighbours +V/3, all others -V/3, in one
+        pulse. Line resistance is neglected while writing (ideal drivers)."""
+        self._check(row, col)
+        third = volts / 3.0
+        v = np.full(self.shape, -third)
+        v[row, :] = third
+        v[:, col] = third
+        v[row, col] = volts
+        self.apply_device_voltages(v, seconds)
+
+    def apply_line_pulse(self, row_v, col_v, seconds: float) -> None:
+        """Pulse with line potentials row_v (rows,), col_v (cols,) [V]; device (i, j) sees
+        row_v[i] - col_v[j]. NaN lines float: their potential is solved from the device network
+        (sinh I-V at the pulse's levels, no line resistance) before the update."""
+        row_v = np.asarray(row_v, dtype=float).reshape(self.shape[0])
+        col_v = np.asarray(col_v, dtype=float).reshape(self.shape[1])
+        if np.isnan(row_v).any() or np.isnan(col_v).any():
+            ideal = NodalSolver(*self.shape, 0.0, 0.0, v_nl=self._p.v_nl, v_ref=self._p.v_ref)
+            v = ideal.solve(self.conductance(), row_v, col_v).device_voltages
+        else:
+            v = row_v[:, None] - col_v[None, :]
+        self.apply_device_voltages(v, seconds)
+
+    # -- measurements ---------------------------------------------------------------------------
+    def measure(self, row_v, col_v) -> tuple[np.ndarray, np.ndarray]:
+        """Noise-free nodal solve; returns currents [A] into the array at each driven row and
+        column end (0 for floating lines, NaN voltage = floating)."""
+        res = self._solver.solve(self.conductance(), row_v, col_v)
+        return res.row_currents, res.col_currents
+
+    def _bias(self, row: int, col: int, volts: float, scheme: str):
+        m, n = self.shape
+        if scheme == "v2":
+            rv, cv = np.full(m, volts / 2), np.full(n, volts / 2)
+        elif scheme == "v3":
+            rv, cv = np.full(m, volts / 3), np.full(n, 2 * volts / 3)
+        elif scheme == "floating":
+            rv, cv = np.full(m, np.nan), np.full(n, np.nan)
+        elif scheme == "grounded":
+            rv, cv = np.zeros(m), np.zeros(n)
+        else:
+            raise SimulatorError(f"unknown read scheme {scheme!r}; choose one of {SCHEMES}")
+        rv[row] = volts
+        cv[col] = 0.0
+        return rv, cv
+
+    def _sensed(self, row: int, col: int, volts: float, scheme: str) -> float:
+        """Noise-free current [A] into the sense amplifier on bit line `col`."""
+        if scheme == "grounded":
+            return float(self._solver.grounded_column_currents(self.conductance(), volts,
+                                                               rows=[row])[0, col])
+        rv, cv = self._bias(row, col, volts, scheme)
+        return float(-self._solver.solve(self.conductance(), rv, cv).col_currents[col])
+
+    def _noisy(self, current, volts: float):
+        p = self._p
+        z = self.rng.standard_normal((2,) + np.shape(current))
+        return current * (1.0 + p.read_noise_rel * z[0]) + p.read_noise_abs * z[1]
+
+    def read(self, row: int, col: int, volts: float = 0.2, scheme: str = "grounded") -> float:
+        """Measured conductance [S] = sensed current / volts, incl. read noise and sneak paths."""
+        self._check(row, col)
+        if volts == 0:
+            raise SimulatorError("read voltage must not be 0 V")
+        if scheme not in SCHEMES:
+            raise SimulatorError(f"unknown read scheme {scheme!r}; choose one of {SCHEMES}")
+        return float(self._noisy(self._sensed(row, col, volts, scheme), volts)) / volts
+
+    def read_map(self, volts: float = 0.2, scheme: str = "grounded",
+                 noise: bool = True) -> np.ndarray:
+        """Measured conductance [S] of every device, each read as `read` would (one bias each)."""
+        if volts == 0:
+            raise SimulatorError("read voltage must not be 0 V")
+        if scheme == "grounded":
+            cur = self._solver.grounded_column_currents(self.conductance(), volts)
+        elif scheme in SCHEMES:
+            m, n = self.shape
+            cur = np.array([[self._sensed(i, j, volts, scheme) for j in range(n)]
+                            for i in range(m)])
+        else:
+            raise SimulatorError(f"unknown read scheme {scheme!r}; choose one of {SCHEMES}")
+        if noise:
+            cur = self._noisy(cur, volts)
+        return cur / volts
+
+    def _check(self, row: int, col: int) -> None:
+        m, n = self.shape
+        if not (0 <= row < m and 0 <= col < n):
+            raise SimulatorError(f"device ({row},{col}) outside the {m}x{n} crossbar")
+
+    # -- save / restore ----------------------------------------------------------------------
+    def state_dict(self, include_clock: bool = True) -> dict:
+        """Everything needed to continue identically: config, arrays, RNG state, (clock)."""
+        self._settle()
+        d = {"config": self.config.model_dump(mode="json"),
+             "rng": json.dumps(self.rng.bit_generator.state),
+             "t_gv": self._t_gv}
+        for k in _STATE_ARRAYS:
+            d[k] = getattr(self, "_" + k).copy()
+        if include_clock:
+            d["clock"] = self.clock.state_dict()
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore a `state_dict`; the clock too when the dict carries one."""
+        try:
+            cfg = CrossbarConfig.model_validate(d["config"])
+            arrays = {k: np.array(d[k]) for k in _STATE_ARRAYS}
+            rng_state = json.loads(str(d["rng"]))
+            t_gv = float(d["t_gv"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise SimulatorError(f"bad crossbar state: {e}") from e
+        shape = (cfg.rows, cfg.cols)
+        for k, a in arrays.items():
+            if a.shape != shape:
+                raise SimulatorError(f"bad crossbar state: {k} has shape {a.shape}, expected {shape}")
+        self.config = cfg
+        self.shape = shape
+        self.rng.bit_generator.state = rng_state
+        for k, a in arrays.items():
+            setattr(self, "_" + k, a.astype(np.int8 if k == "stuck" else float))
+        if "clock" in d and d["clock"] is not None:
+            self.clock.load_state_dict(d["clock"])
+        self._t_gv = t_gv
+        self._setup()
+
+    @classmethod
+    def from_state_dict(cls, d: dict, clock: VirtualClock | None = None) -> Crossbar:
+        xb = cls(CrossbarConfig.model_validate(d["config"]), seed=0, clock=clock)
+        xb.load_state_dict(d)
+        return xb
