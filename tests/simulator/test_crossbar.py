@@ -172,3 +172,33 @@ def test_line_pulse_with_floating_lines_and_measure():
     assert np.all(np.abs(d[1:, 1:]) < 0.3 * d[0, 0])
     rc, cc = xb.measure([0.2, nan, nan], [0.0, nan, nan])
     assert rc[0] == pytest.approx(-cc[0]) and rc[1] == 0 and cc[2] == 0
+
+
+def test_virtual_chip_layout_seeds_and_file_continuation(tmp_path):
+    from simulator.chip import VirtualChip
+
+    chip = VirtualChip(seed=11)
+    assert set(chip) == {f"xbar{k}" for k in range(4)} | {f"dev{k}" for k in range(4)}
+    assert chip["xbar0"].shape == (8, 8) and chip["dev2"].shape == (1, 1)
+    assert chip["xbar1"].clock is chip.clock
+    assert not np.allclose(chip["xbar0"].G, chip["xbar1"].G)
+    assert np.array_equal(VirtualChip(seed=11)["xbar3"].G, chip["xbar3"].G)
+    with pytest.raises(SimulatorError):
+        chip["nope"]
+
+    _history(chip["xbar2"], 20)
+    chip["dev0"].pulse_device(0, 0, 1.5, 200e-9)
+    path = tmp_path / "chip.npz"
+    chip.save(path)
+    again = VirtualChip.load(path)
+    assert again.clock.now == chip.clock.now and again["xbar2"].clock is again.clock
+    a = _history(chip["xbar2"], 30, start=20)
+    b = _history(again["xbar2"], 30, start=20)
+    assert np.array_equal(a, b)
+    chip["dev0"].pulse_device(0, 0, 1.5, 200e-9)
+    again["dev0"].pulse_device(0, 0, 1.5, 200e-9)
+    assert np.array_equal(chip["dev0"].G, again["dev0"].G)
+
+    (tmp_path / "bad.npz").write_bytes(b"not a chip")
+    with pytest.raises(SimulatorError):
+        VirtualChip.load(tmp_path / "bad.npz")

@@ -1,0 +1,110 @@
+"""A virtual die: several simulated crossbars sharing one clock and one master seed.
+
+Per-crossbar generators come from `numpy.random.SeedSequence(seed).spawn(k)` in the order of the
+crossbar names, so adding a crossbar at the end leaves the earlier ones unchanged.
+
+Chip file: a numpy `.npz` archive (no pickles). Key `meta` holds one JSON document
+(format, seed, clock, and per crossbar its config, RNG state and relaxation time stamp); the
+arrays of crossbar NAME are stored under `NAME.G`, `NAME.Gv`, `NAME.stuck`, `NAME.ds`,
+`NAME.dr`, `NAME.g0s`, `NAME.g0r` (SI units: S, V). Loading it gives a chip whose next
+operations are identical to those the saved chip would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from simulator.clock import VirtualClock
+from simulator.config import CrossbarConfig
+from simulator.crossbar import _STATE_ARRAYS, Crossbar
+from simulator.errors import SimulatorError
+
+CHIP_FORMAT = "xbarlab-chip/1"
+
+
+def default_layout() -> dict[str, CrossbarConfig]:
+    """Four 8x8 crossbars and four single crosspoints (1x1), all with default physics."""
+    out = {f"xbar{k}": CrossbarConfig() for k in range(4)}
+    out.update({f"dev{k}": CrossbarConfig(rows=1, cols=1) for k in range(4)})
+    return out
+
+
+class VirtualChip:
+    """Named crossbars on one die, one virtual clock, one seed."""
+
+    def __init__(self, crossbars: dict[str, CrossbarConfig] | None = None, seed: int = 0,
+                 clock: VirtualClock | None = None):
+        layout = default_layout() if crossbars is None else dict(crossbars)
+        if not layout:
+            raise SimulatorError("a virtual chip needs at least one crossbar")
+        self.seed = int(seed)
+        self.clock = clock if clock is not None else VirtualClock()
+        children = np.random.SeedSequence(self.seed).spawn(len(layout))
+        self.crossbars: dict[str, Crossbar] = {
+            name: Crossbar(cfg, seed=child, clock=self.clock)
+            for (name, cfg), child in zip(layout.items(), children, strict=True)
+        }
+
+    def __getitem__(self, name: str) -> Crossbar:
+        try:
+            return self.crossbars[name]
+        except KeyError:
+            raise SimulatorError(f"no crossbar {name!r} on this chip "
+                                 f"(have {', '.join(self.crossbars)})") from None
+
+    def __iter__(self):
+        return iter(self.crossbars)
+
+    def __len__(self) -> int:
+        return len(self.crossbars)
+
+    # -- chip file ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole chip state (incl. RNG states and clock) to an .npz chip file."""
+        meta = {"format": CHIP_FORMAT, "seed": self.seed, "clock": self.clock.state_dict(),
+                "crossbars": {}}
+        arrays: dict[str, np.ndarray] = {}
+        for name, xb in self.crossbars.items():
+            if "." in name:
+                raise SimulatorError(f"crossbar name {name!r} must not contain '.'")
+            d = xb.state_dict(include_clock=False)
+            meta["crossbars"][name] = {"config": d["config"], "rng": d["rng"], "t_gv": d["t_gv"]}
+            for k in _STATE_ARRAYS:
+                arrays[f"{name}.{k}"] = d[k]
+        arrays["meta"] = np.array(json.dumps(meta))
+        with open(path, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> VirtualChip:
+        """Read a chip file written by `save`."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                arrays = {k: z[k] for k in z.files if k != "meta"}
+        except (OSError, ValueError, KeyError) as e:
+            raise SimulatorError(f"cannot read chip file {os.fspath(path)!r}: {e}") from e
+        if meta.get("format") != CHIP_FORMAT:
+            raise SimulatorError(f"{os.fspath(path)!r} is not a chip file "
+                                 f"(format {meta.get('format')!r}, expected {CHIP_FORMAT!r})")
+        chip = cls.__new__(cls)
+        chip.seed = int(meta["seed"])
+        chip.clock = VirtualClock()
+        chip.clock.load_state_dict(meta["clock"])
+        chip.crossbars = {}
+        for name, m in meta["crossbars"].items():
+            d = dict(m)
+            try:
+                for k in _STATE_ARRAYS:
+                    d[k] = arrays[f"{name}.{k}"]
+            except KeyError as e:
+                raise SimulatorError(f"chip file {os.fspath(path)!r} lacks array {e}") from e
+            chip.crossbars[name] = Crossbar.from_state_dict(d, clock=chip.clock)
+        return chip
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{n}:{xb.shape[0]}x{xb.shape[1]}" for n, xb in self.crossbars.items())
+        return f"VirtualChip(seed={self.seed}, {parts}, t={self.clock.now:.6g} s)"
