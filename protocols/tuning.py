@@ -51,6 +51,9 @@ class TuneConfig(BaseModel):
     tolerance: float = Field(0.01, gt=0, lt=1, description="band half-width, fraction of target")
     n_inband: int = Field(10, ge=1, le=1000, description="successive in-band reads to finish")
     max_pulses: int = Field(1000, ge=1, description="pulse cap; a tuning that needs more fails")
+    give_up_at_cap: int | None = Field(50, ge=1, description="stop early (failed) after this many "
+                                       "successive pulses at a ramp cap: a stuck device; None = "
+                                       "only the pulse cap ends a tuning")
     reset_on_inband: bool = Field(False, description="reproduce the 3IT edge-trap defect")
     # fast variant
     warm_margin: float = Field(0.1, ge=0, le=1, description="fast: restart this far below the "
@@ -92,6 +95,8 @@ class TuneState:
     g_before: float = math.nan  # read that led to the last pulse
     warm_set: float = math.nan  # fast: last SET amplitude that moved the device
     warm_reset: float = math.nan
+    at_cap: int = 0             # successive pulses at a ramp cap
+    gave_up: bool = False       # stopped by give_up_at_cap (looks stuck)
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,8 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig) -> tuple[
 
     if state.pulses >= cfg.max_pulses:
         return replace(state, ok=0), Action("done", converged=False)
+    if cfg.give_up_at_cap is not None and state.at_cap >= cfg.give_up_at_cap:
+        return replace(state, ok=0, gave_up=True), Action("done", converged=False)
 
     if err < 0:  # too low -> SET
         v = state.v_set  # already restarted by any RESET pulse in between
@@ -142,8 +149,10 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig) -> tuple[
             v = _fast_amplitude(state, v, +1, moved, step_done, abs(err), band, cfg)
         v = min(max(v, cfg.v_set_start), cfg.v_set_max)
         nxt = min(v + cfg.v_step, cfg.v_set_max)
+        at_cap = state.at_cap + 1 if v >= cfg.v_set_max and state.last_volts > 0 else int(
+            v >= cfg.v_set_max)
         new = replace(state, ok=0, pulses=state.pulses + 1, set_pulses=state.set_pulses + 1,
-                      v_set=nxt, v_reset=_restart_reset(state, cfg, fast),
+                      at_cap=at_cap, v_set=nxt, v_reset=_restart_reset(state, cfg, fast),
                       last_volts=v, g_before=g)
         return new, Action("pulse", volts=v)
     # too high -> RESET
@@ -152,8 +161,10 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig) -> tuple[
         v = _fast_amplitude(state, v, -1, moved, step_done, abs(err), band, cfg)
     v = max(min(v, cfg.v_reset_start), cfg.v_reset_min)
     nxt = max(v - cfg.v_step, cfg.v_reset_min)
+    at_cap = state.at_cap + 1 if v <= cfg.v_reset_min and state.last_volts < 0 else int(
+        v <= cfg.v_reset_min)
     new = replace(state, ok=0, pulses=state.pulses + 1, reset_pulses=state.reset_pulses + 1,
-                  v_reset=nxt, v_set=_restart_set(state, cfg, fast),
+                  at_cap=at_cap, v_reset=nxt, v_set=_restart_set(state, cfg, fast),
                   last_volts=v, g_before=g)
     return new, Action("pulse", volts=v)
 
@@ -215,6 +226,7 @@ class TuneResult:
     final_reads: np.ndarray          # the in-band confirmation reads (or the last read on failure)
     t_start: float
     t_end: float
+    gave_up: bool = False            # stopped early at a ramp cap (the device looks stuck)
     #: every pulse and read, in order: kind (0 read, 1 pulse + verify read), volts, width [s],
     #: g [S] (the read), t [s] (instrument time after it), used (False: a confirmation read taken
     #: in the same execution after an out-of-band read, recorded but not acted on)
@@ -306,5 +318,5 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
                for k, v in hist.items()}
     return TuneResult(row=row, col=col, target=float(target), converged=converged,
                       pulses=state.pulses, set_pulses=state.set_pulses,
-                      reset_pulses=state.reset_pulses, g_initial=g0, final_reads=final,
+                      reset_pulses=state.reset_pulses, g_initial=g0, gave_up=state.gave_up, final_reads=final,
                       t_start=t_start, t_end=float(rig.clock), history=history)

@@ -165,3 +165,12 @@ def test_fast_variant_uses_at_most_half_the_pulses_for_the_same_tolerance():
     # same final-error spread within a generous factor
     ratio = np.std(errors["fast"]) / np.std(errors["alibart"])
     assert 0.5 < ratio < 2.0 and math.isfinite(ratio)
+
+
+def test_stuck_device_gives_up_after_k_pulses_at_the_cap():
+    cfg = TuneConfig(give_up_at_cap=10)
+    r = tune(ToyRig(g0=50e-6, stuck=[[True]]), 0, 0, T, cfg)
+    assert not r.converged and r.gave_up
+    n_ramp = round((cfg.v_set_max - cfg.v_set_start) / cfg.v_step)
+    assert r.pulses == n_ramp + 10
+    assert np.sum(r.history["volts"] >= cfg.v_set_max - 1e-12) == 10

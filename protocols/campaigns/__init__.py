@@ -1,0 +1,18 @@
+"""Characterisation campaigns: resumable loops over devices writing raw-run HDF5 files.
+
+Each module exposes ``run(rig, config, store, *, seed, station, resume, overwrite, progress,
+chip)`` and a pydantic config class. ``CAMPAIGNS`` maps the CLI names to (module, config class).
+"""
+
+from __future__ import annotations
+
+from protocols.campaigns import disturbance, iv, stuck, tuning_untuning
+
+CAMPAIGNS = {
+    tuning_untuning.PROTOCOL: (tuning_untuning, tuning_untuning.TuningUntuningConfig),
+    disturbance.PROTOCOL: (disturbance, disturbance.DisturbanceConfig),
+    stuck.PROTOCOL: (stuck, stuck.StuckConfig),
+    iv.PROTOCOL: (iv, iv.IVConfig),
+}
+
+__all__ = ["CAMPAIGNS"]

@@ -1,0 +1,134 @@
+"""Tuning/untuning campaign: the data behind the tuning-imprecision model (paper Fig. 2).
+
+Per device, for each of N equidistant levels (default 8 across 100..400 uS) and R repetitions
+(default 40): untune (RESET to the off state, a loose write-verify to max(off_floor,
+off_fraction * level)), tune to the level with the configured algorithm, optionally let
+`settle_s` of instrument time pass, and read once more. Stored per tuning: the in-band
+confirmation reads' mean (g_final) and the settled read (g_settled); every pulse and read goes
+to the `history` table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from protocols.campaigns._loop import UnitResult, let_time_pass, raster, run_units
+from protocols.campaigns.common import (
+    HISTORY_COLUMNS,
+    CampaignConfig,
+    CampaignResult,
+    concat,
+    history_rows,
+    hooks,
+    log,
+    open_store,
+)
+from protocols.tuning import tune
+
+PROTOCOL = "tuning-untuning"
+
+TUNINGS_COLUMNS = {
+    "device": ("i4", "1"), "row": ("i4", "1"), "col": ("i4", "1"),
+    "level": ("i4", "1"), "repeat": ("i4", "1"), "target": ("f8", "S"),
+    "g_off": ("f8", "S"), "untune_pulses": ("i4", "1"), "converged": ("?", "1"),
+    "gave_up": ("?", "1"), "pulses": ("i4", "1"), "set_pulses": ("i4", "1"),
+    "reset_pulses": ("i4", "1"), "g_initial": ("f8", "S"), "g_final": ("f8", "S"),
+    "g_settled": ("f8", "S"), "t_start": ("f8", "s"), "t_end": ("f8", "s"),
+}
+
+
+class TuningUntuningConfig(CampaignConfig):
+    levels: int = Field(8, ge=1, le=256, description="number of equidistant target levels")
+    g_low: float = Field(100e-6, gt=0, description="lowest level [S]")
+    g_high: float = Field(400e-6, gt=0, description="highest level [S]")
+    repeats: int = Field(40, ge=1, description="tunings per level")
+    off_fraction: float = Field(0.6, gt=0, lt=1, description="untune target as a fraction of the level")
+    off_floor: float = Field(80e-6, gt=0, description="untune target floor [S]")
+    off_tolerance: float = Field(0.05, gt=0, lt=1, description="untune band (loose) [fraction]")
+    settle_s: float = Field(0.0, ge=0, description="instrument time between tuning and settled read [s]")
+    record_history: bool = Field(True, description="store every pulse and read")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.g_high < self.g_low:
+            raise ValueError("g_high must not be below g_low")
+        return self
+
+    def level_values(self) -> np.ndarray:
+        return np.linspace(self.g_low, self.g_high, self.levels)
+
+
+def tables(cfg: TuningUntuningConfig) -> dict:
+    t = {"tunings": TUNINGS_COLUMNS}
+    if cfg.record_history:
+        t["history"] = HISTORY_COLUMNS
+    return t
+
+
+def run(rig, config: TuningUntuningConfig, store, *, seed: int | None = None,
+        station: dict | None = None, resume: bool = False, overwrite: bool = False,
+        progress: bool = True, chip=None) -> CampaignResult:
+    """Run (or continue) the campaign on `rig`, writing to the HDF5 file `store`."""
+    cfg = config
+    units = raster(rig.shape, cfg.devices)
+    writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
+                        tables=tables(cfg), devices_total=len(units), resume=resume,
+                        overwrite=overwrite)
+    resumed = writer.devices_done
+    sim = hooks(rig, chip)
+    levels = cfg.level_values()
+    off_cfg = cfg.tune.model_copy(update={"tolerance": cfg.off_tolerance, "n_inband": 1})
+    per_device = cfg.levels * cfg.repeats
+
+    def work(i: int, rc: tuple[int, int]) -> UnitResult:
+        r, c = rc
+        rows: dict[str, list] = {k: [] for k in TUNINGS_COLUMNS}
+        hist = []
+        pulses = 0
+        for li, level in enumerate(levels):
+            off = max(cfg.off_floor, cfg.off_fraction * level)
+            for rep in range(cfg.repeats):
+                tix = i * per_device + li * cfg.repeats + rep
+                un = tune(rig, r, c, off, off_cfg)
+                res = tune(rig, r, c, float(level), cfg.tune)
+                let_time_pass(rig, cfg.settle_s, sim)
+                g_set = float(rig.read(r, c))
+                pulses += un.pulses + res.pulses
+                vals = dict(device=i, row=r, col=c, level=li, repeat=rep, target=float(level),
+                            g_off=un.g_final, untune_pulses=un.pulses, converged=res.converged,
+                            gave_up=res.gave_up, pulses=res.pulses, set_pulses=res.set_pulses,
+                            reset_pulses=res.reset_pulses, g_initial=res.g_initial,
+                            g_final=res.g_final, g_settled=g_set, t_start=un.t_start,
+                            t_end=float(rig.clock))
+                for k, v in vals.items():
+                    rows[k].append(v)
+                if cfg.record_history:
+                    hist.append(history_rows(un, i, tix, 0))
+                    hist.append(history_rows(res, i, tix, 1))
+        out = {"tunings": {k: np.asarray(v) for k, v in rows.items()}}
+        if cfg.record_history:
+            out["history"] = concat(hist, HISTORY_COLUMNS)
+        return UnitResult(out, pulses)
+
+    run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work, sim=sim,
+              progress=progress)
+    summary = summarize(writer.table("tunings"))
+    writer.finish(summary)
+    log.info("%s: %s", PROTOCOL, summary)
+    return CampaignResult(writer.path, writer.run, summary, resumed)
+
+
+def summarize(df) -> dict:
+    if len(df) == 0:
+        return {"tunings": 0}
+    ok = df[df.converged]
+    err = (ok.g_final - ok.target) / ok.target
+    return {"devices": int(df.device.nunique()), "tunings": int(len(df)),
+            "failed": int((~df.converged).sum()),
+            "failure_rate": float((~df.converged).mean()),
+            "pulses_median": float(np.median(df.pulses)),
+            "pulses_p90": float(np.percentile(df.pulses, 90)),
+            "error_mean_rel": float(err.mean()) if len(ok) else float("nan"),
+            "error_std_rel": float(err.std()) if len(ok) > 1 else float("nan"),
+            "instrument_time_s": float(df.t_end.max() - df.t_start.min())}
