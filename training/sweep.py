@@ -384,12 +384,6 @@ def _timed_call(point_fn: PointFn, params: dict) -> dict:
             "pid": os.getpid()}
 
 
-def _init_worker(threads: int) -> None:
-    # read by run_point, which sets torch's intra-op threads before any work (torch is not
-    # imported here so that a toy point function costs nothing)
-    os.environ["XBARLAB_SWEEP_THREADS"] = str(threads)
-
-
 @dataclass
 class Outcome:
     point: Point
@@ -402,15 +396,14 @@ def iter_local(points: list[Point], point_fn: PointFn, workers: int = 1) -> Iter
     """Run points on local processes, yielding each as it finishes.
 
     One worker runs the points in this process, one after the other (no pool to start, and
-    Ctrl-C stops at once). More workers use a ProcessPoolExecutor ('spawn' start method: each
-    worker starts clean, which CUDA and torch's thread pools need) with the CPU cores split
-    between them for torch's intra-op threads.
+    Ctrl-C stops at once). More workers use a ProcessPoolExecutor with the 'spawn' start method:
+    each worker starts clean, which CUDA and torch's thread pools need. Training runs torch on one
+    intra-op thread (training.train.set_threads: these tensors are too small to gain from more),
+    so N workers keep about N cores busy.
     """
     if workers < 1:
         raise SweepError(f"--workers must be >= 1, got {workers}")
-    threads = max(1, (os.cpu_count() or 1) // workers)
     if workers == 1:
-        _init_worker(threads)
         for p in points:
             try:
                 yield Outcome(p, payload=_timed_call(point_fn, p.params))
@@ -418,8 +411,7 @@ def iter_local(points: list[Point], point_fn: PointFn, workers: int = 1) -> Iter
                 yield Outcome(p, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc())
         return
     ctx = multiprocessing.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(threads,))
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     try:
         futures = {pool.submit(_timed_call, point_fn, p.params): p for p in points}
         for fut in cf.as_completed(futures):

@@ -11,8 +11,6 @@ Ray is an optional extra (``pip install 'xbarlab[ray]'``) and is imported only h
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Iterator
 
 from training.sweep import Outcome, Point, PointFn, SweepError, _timed_call
@@ -26,10 +24,8 @@ def _import_ray():
     return ray
 
 
-def _task(point_fn: PointFn, params: dict, threads: int) -> dict:
-    # runs on a Ray worker: give torch the CPUs this task reserved (run_point reads it)
-    os.environ["XBARLAB_SWEEP_THREADS"] = str(threads)
-    return _timed_call(point_fn, params)
+def _task(point_fn: PointFn, params: dict) -> dict:
+    return _timed_call(point_fn, params)  # runs on a Ray worker
 
 
 def connect(address: str | None):
@@ -62,8 +58,7 @@ def iter_ray(points: list[Point], point_fn: PointFn, *, address: str | None = No
     ray = connect(address)
     task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_task)
     fn_ref = ray.put(point_fn)
-    threads = max(1, math.floor(num_cpus))
-    pending = {task.remote(fn_ref, p.params, threads): p for p in points}
+    pending = {task.remote(fn_ref, p.params): p for p in points}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
