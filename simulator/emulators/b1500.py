@@ -1,0 +1,164 @@
+"""Emulated Keysight B1500A, FLEX subset: *IDN?, *RST, *OPC?, UNT?, FMT, CN, CL, DV, DZ, TI, TV,
+AAD, RI, MM, BC, TSR, ERRX?, ERR?.
+
+SMU channel N is the world terminal `smuN`: floating while disabled (CL), 0 V once enabled
+(CN), its DV level after DV. Commands of one message are split at `;`. A bad command or
+parameter puts an entry in the error queue (read by ERRX?/ERR?) and does nothing; a bad query
+also produces no reply (the caller times out), as the instrument does. Error codes are this
+emulator's choice where the guide was not at hand: 100 undefined command, 120 bad parameter,
+150 channel not installed or not enabled.
+"""
+
+from __future__ import annotations
+
+import math
+
+SMU_MODELS = ("B1511B", "B1517A", "B1510A", "B1514A")
+
+
+class B1500Emulator:
+    idn = "Agilent Technologies,B1500A,0,A.04.03.2010.0130"
+
+    def __init__(self, world=None, modules: list[str] | None = None):
+        self.world = world
+        # slot 1 WGFMU (channels 101/102), slots 2-3 medium-power SMUs, rest empty
+        self.modules = (modules or ["B1530A", "B1517A", "B1517A"]) + ["0"] * 10
+        self.modules = self.modules[:10]
+        self.errors: list[tuple[int, str]] = []
+        self.enabled: set[int] = set()
+        self.levels: dict[int, float] = {}
+        self.fmt = (1, 0)
+        self._publish()
+
+    @property
+    def smu_channels(self) -> list[int]:
+        return [i + 1 for i, m in enumerate(self.modules) if m in SMU_MODELS]
+
+    def output_levels(self) -> dict[int, float]:
+        """Voltage at each SMU output [V]; NaN = output relay open (disabled)."""
+        return {ch: (self.levels.get(ch, 0.0) if ch in self.enabled else math.nan)
+                for ch in self.smu_channels}
+
+    def _publish(self) -> None:
+        if self.world is None:
+            return
+        self.world.settle_dc()
+        for ch, v in self.output_levels().items():
+            self.world.static[f"smu{ch}"] = v
+
+    def _err(self, code: int, text: str) -> None:
+        if len(self.errors) < 30:
+            self.errors.append((code, text))
+
+    def _chans(self, args: list[str], need_enabled: bool = False) -> list[int] | None:
+        try:
+            chans = [int(a) for a in args if a.strip()]
+        except ValueError:
+            self._err(120, "Incorrect parameter.")
+            return None
+        for c in chans:
+            if c not in self.smu_channels or (need_enabled and c not in self.enabled):
+                self._err(150, f"Channel {c} not installed or not enabled.")
+                return None
+        return chans
+
+    def handle(self, msg: str) -> str | None:
+        replies: list[str] = []
+        for part in msg.split(";"):
+            part = part.strip()
+            if not part:
+                continue
+            head, _, rest = part.partition(" ")
+            head = head.upper()
+            args = [a.strip() for a in rest.split(",")] if rest.strip() else []
+            r = self._one(head, args)
+            if r is not None:
+                replies.append(r)
+        return ",".join(replies) if replies else None
+
+    def _one(self, head: str, args: list[str]) -> str | None:
+        if head == "*IDN?":
+            return self.idn
+        if head == "*OPC?":
+            return "1"
+        if head == "UNT?":
+            return ";".join("0,0" if m == "0" else f"{m},0" for m in self.modules)
+        if head == "ERRX?":
+            if not self.errors:
+                return '+0,"No Error."'
+            code, text = self.errors.pop(0)
+            return f'{code},"{text}"'
+        if head == "ERR?":
+            codes = [c for c, _ in self.errors[:4]] + [0] * 4
+            self.errors.clear()
+            return ",".join(str(c) for c in codes[:4])
+        if head == "*RST":
+            self.enabled.clear()
+            self.levels.clear()
+            self._publish()
+            return None
+        if head == "FMT":
+            if args[:1] not in (["1"], ["2"], ["3"], ["4"], ["5"]):
+                self._err(120, "Incorrect FMT parameter.")
+                return None
+            self.fmt = tuple(int(a) for a in args)
+            return None
+        if head in ("CN", "CL"):
+            chans = self._chans(args)
+            if chans is None:
+                return None
+            if head == "CN":
+                self.enabled |= set(chans or self.smu_channels)
+            else:
+                for c in chans or list(self.enabled):
+                    self.enabled.discard(c)
+                    self.levels.pop(c, None)
+            self._publish()
+            return None
+        if head == "DZ":
+            chans = self._chans(args)
+            if chans is None:
+                return None
+            for c in chans or self.smu_channels:
+                self.levels[c] = 0.0
+            self._publish()
+            return None
+        if head == "DV":
+            if len(args) < 3:
+                self._err(120, "Incorrect parameter count for DV.")
+                return None
+            chans = self._chans(args[:1], need_enabled=True)
+            if chans is None:
+                return None
+            try:
+                vrange, v = int(args[1]), float(args[2])
+                icomp = float(args[3]) if len(args) > 3 else 0.1
+            except ValueError:
+                self._err(120, "Incorrect numeric parameter.")
+                return None
+            full = {0: 100.0, 20: 2.0, 200: 20.0, 11: 0.5, 12: 5.0}.get(vrange)
+            if full is None or abs(v) > full or not 0 < abs(icomp) <= 0.1:
+                self._err(120, "Parameter out of range.")
+                return None
+            self.levels[chans[0]] = v
+            self._publish()
+            return None
+        if head in ("TI", "TV"):
+            chans = self._chans(args[:1], need_enabled=True)
+            if not chans:
+                if chans == []:
+                    self._err(120, "Channel required.")
+                return None
+            ch = chans[0]
+            letter = "ABCDEFGHIJ"[ch - 1]
+            if head == "TV":
+                return f"N{letter}V{self.levels.get(ch, 0.0):+.3E}"
+            cur = 0.0
+            if self.world is not None:
+                self.world.clock.advance(self.world.latency.read_time, "read")
+                cur = self.world.sensed_current({}, f"smu{ch}")
+            return f"N{letter}I{cur:+.3E}"
+        if head in ("AAD", "RI", "MM", "BC", "TSR", "XE", "RZ"):
+            return None  # accepted; no effect on the emulated physics
+        self._err(100, f"Undefined GPIB command {head}.")
+        return None

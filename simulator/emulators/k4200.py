@@ -1,0 +1,282 @@
+"""Emulated Keithley 4200A-SCS over KXCI (Ethernet): every setter answers `ACK`.
+
+Covers *IDN?, *OPT?, ID, BC, US/DE/UL, DVn (SMU), TIn, EX (pmuulib kxci_rpm_switch), GP,
+:ERROR:LAST:GET/CLEAR and the 4225-PMU segment-ARB subset: :PMU:INIT, :PMU:RPM:CONFIGURE,
+:PMU:SOURCE:RANGE, :PMU:MEASURE:RANGE, :PMU:LOAD, :PMU:SARB:SEQ:(TIME|STARTV|STOPV|MEAS:TYPE|
+MEAS:START|MEAS:STOP), :PMU:SARB:WFM:SEQ:LIST, :PMU:OUTPUT:STATE, :PMU:EXECUTE,
+:PMU:TEST:STATUS?, :PMU:DATA:COUNT?, :PMU:DATA:GET, :PMU:ABORT.
+
+PMU channel n is the world terminal `pmun` (0 V while its output is on and idle, floating when
+off). :PMU:EXECUTE plays the listed sequences through `LabWorld.run`, so the levels on the
+707B-routed lines really pulse the simulated devices; spot-mean segments (MEAS:TYPE 1 or 3)
+return one point each with the sensed current. A refused command answers the error text
+instead of ACK (`<message> (<code>)`, the same text :ERROR:LAST:GET returns; the exact KXCI
+format is to confirm on hardware). Unknown commands: -992 "Unrecognized command".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from simulator.emulators.world import Segment
+
+_ARRAYS = ("TIME", "STARTV", "STOPV", "MEAS:TYPE", "MEAS:START", "MEAS:STOP")
+_SARB = re.compile(r"^:PMU:SARB:SEQ:(TIME|STARTV|STOPV|MEAS:TYPE|MEAS:START|MEAS:STOP)\s+(.*)$")
+_EX = re.compile(r"^EX (\w+) (\w+)\((.*)\)$")
+
+
+class KxciError(Exception):
+    def __init__(self, code: int, text: str):
+        super().__init__(text)
+        self.code, self.text = code, text
+
+
+class K4200Emulator:
+    idn = "KI4200A V4.6.0"
+    options = "SMU1,SMU2,SMU3,SMU4,PMU1,RPM1,RPM2"
+
+    def __init__(self, world=None):
+        self.world = world
+        self.last_error = (0, "No error.")
+        self.mode = ""
+        self.smu: dict[int, float] = {}
+        self.ul_params: list[float] = []
+        self._reset_pmu()
+        self.sarb = False
+        self.executions = 0
+
+    def _reset_pmu(self) -> None:
+        self.sarb = False
+        self.seqs: dict[tuple[int, int], dict[str, list[float]]] = {}
+        self.seq_list: dict[int, list[tuple[int, int]]] = {}
+        self.outputs: dict[int, bool] = {1: False, 2: False}
+        self.ranges: dict[int, tuple] = {}
+        self.data: dict[int, list[tuple[float, float, float, float]]] = {1: [], 2: []}
+        self._publish()
+
+    def output_levels(self) -> dict[str, float]:
+        """Idle output of each PMU channel and SMU [V]; NaN = output off."""
+        out = {f"pmu{ch}": (0.0 if on else math.nan) for ch, on in self.outputs.items()}
+        out.update({f"smu{ch}": v for ch, v in self.smu.items()})
+        return out
+
+    def _publish(self) -> None:
+        if self.world is not None:
+            self.world.settle_dc()
+            for ch, on in self.outputs.items():
+                self.world.static[f"pmu{ch}"] = 0.0 if on else math.nan
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def handle(self, msg: str) -> str | None:
+        msg = msg.strip()
+        try:
+            reply = self._dispatch(msg)
+        except KxciError as e:
+            self.last_error = (e.code, e.text)
+            return f"{e.text} ({e.code})"
+        except (ValueError, IndexError):
+            self.last_error = (-122, "Illegal parameter")
+            return "Illegal parameter (-122)"
+        return "ACK" if reply is None else reply
+
+    def _dispatch(self, msg: str) -> str | None:
+        if msg.startswith(":PMU:"):
+            return self._pmu(msg)
+        if msg in ("*IDN?", "ID"):
+            return self.idn
+        if msg == "*OPT?":
+            return self.options
+        if msg == ":ERROR:LAST:GET":
+            code, text = self.last_error
+            return f"{text} ({code})"
+        if msg == ":ERROR:LAST:CLEAR":
+            self.last_error = (0, "No error.")
+            return None
+        if msg == "BC":
+            return None
+        if msg in ("US", "DE"):
+            self.mode = "US"
+            return None
+        if msg == "UL":
+            self.mode = "UL"
+            return None
+        parts = msg.split(";")
+        if len(parts) > 1 and parts[0] == "US":  # pymeasure style "US;DV1,..."
+            self.mode = "US"
+            msg = parts[1]
+        m = re.match(r"^DV(\d)(?:,(\d+),([-+.\deE]+),([-+.\deE]+))?$", msg)
+        if m:
+            if self.mode != "US":
+                raise KxciError(-992, "Failure")
+            ch = int(m.group(1))
+            if m.group(2) is None:
+                self.smu.pop(ch, None)
+            else:
+                self.smu[ch] = float(m.group(3))
+            return None
+        m = re.match(r"^TI(\d)$", msg)
+        if m:
+            if self.mode != "US":
+                raise KxciError(-992, "Failure")
+            return "NAI+0.000000E+00"  # SMUs are not wired to the crossbar in this station
+        m = _EX.match(msg)
+        if m:
+            if self.mode != "UL":
+                raise KxciError(-992, "Failure")
+            lib, mod, params = m.groups()
+            if (lib, mod) != ("pmuulib", "kxci_rpm_switch"):
+                raise KxciError(-990, f"Module {lib}.{mod} not found")
+            vals = [float(x) for x in params.split(",")]
+            if len(vals) != 2 or vals[1] not in (0, 1, 2, 3):
+                raise KxciError(-122, "Illegal parameter")
+            self.ul_params = vals
+            return "RETURN VALUE = 0"
+        m = re.match(r"^GP (\d+)(?: (\d+))?$", msg)
+        if m:
+            i, n = int(m.group(1)), int(m.group(2) or 1)
+            if not 1 <= i <= len(self.ul_params):
+                raise KxciError(-122, "Illegal parameter")
+            return "PARAM VALUE = " + ",".join(f"{self.ul_params[i - 1]:g}" for _ in range(n))
+        raise KxciError(-992, "Unrecognized command")
+
+    # -- PMU -----------------------------------------------------------------------------------
+    def _ch(self, s: str) -> int:
+        ch = int(s)
+        if ch not in (1, 2):
+            raise KxciError(-122, "Illegal parameter")
+        return ch
+
+    def _pmu(self, msg: str) -> str | None:
+        m = _SARB.match(msg)
+        if m:
+            if not self.sarb:
+                raise KxciError(-804, "not in SARB mode")
+            name, body = m.groups()
+            vals = [x.strip() for x in body.split(",")]
+            ch, seq = self._ch(vals[0]), int(vals[1])
+            arr = [float(x) for x in vals[2:]]
+            if not 1 <= len(arr) <= 128 or not 1 <= seq <= 512:
+                raise KxciError(-122, "Illegal parameter")
+            if name == "TIME" and any(t < 20e-9 - 1e-15 for t in arr):
+                raise KxciError(-824, "invalid pulse timing")
+            self.seqs.setdefault((ch, seq), {})[name] = arr
+            return None
+        head, _, rest = msg.partition(" ")
+        args = [a.strip() for a in rest.split(",")] if rest.strip() else []
+        if head == ":PMU:INIT":
+            if args not in (["0"], ["1"]):
+                raise KxciError(-122, "Illegal parameter")
+            self._reset_pmu()
+            self.sarb = args == ["1"]
+            return None
+        if head == ":PMU:RPM:CONFIGURE":
+            if not re.match(r"^PMU1-[12]$", args[0]) or args[1] not in ("0", "1", "2", "3"):
+                raise KxciError(-122, "Illegal parameter")
+            return None
+        if head == ":PMU:SOURCE:RANGE":
+            ch = self._ch(args[0])
+            if float(args[1]) not in (10.0, 40.0):
+                raise KxciError(-122, "Illegal parameter")
+            self.ranges[ch] = (float(args[1]),) + self.ranges.get(ch, (0, 0, 0))[1:]
+            return None
+        if head == ":PMU:MEASURE:RANGE":
+            self._ch(args[0])
+            if args[1] != "2" and self.sarb:
+                raise KxciError(-122, "SegArb needs fixed ranges")
+            if float(args[2]) not in (0.2, 10e-3, 1e-3, 100e-6, 10e-6, 1e-6, 100e-9):
+                raise KxciError(-122, "Illegal parameter")
+            return None
+        if head == ":PMU:LOAD":
+            self._ch(args[0])
+            if not 1 <= float(args[1]) <= 1e7:
+                raise KxciError(-122, "Illegal parameter")
+            return None
+        if head == ":PMU:SARB:WFM:SEQ:LIST":
+            if not self.sarb:
+                raise KxciError(-804, "not in SARB mode")
+            ch = self._ch(args[0])
+            pairs = [(int(args[i]), int(float(args[i + 1]))) for i in range(1, len(args) - 1, 2)]
+            if not pairs or len(args) % 2 == 0 or any(n < 1 for _, n in pairs):
+                raise KxciError(-122, "Illegal parameter")
+            self.seq_list[ch] = pairs
+            return None
+        if head == ":PMU:OUTPUT:STATE":
+            ch = self._ch(args[0])
+            if args[1] not in ("0", "1"):
+                raise KxciError(-122, "Illegal parameter")
+            self.outputs[ch] = args[1] == "1"
+            self._publish()
+            return None
+        if head == ":PMU:EXECUTE":
+            self._execute()
+            return None
+        if head == ":PMU:TEST:STATUS?":
+            return "0"
+        if head == ":PMU:ABORT":
+            return None
+        if head == ":PMU:DATA:COUNT?":
+            return str(len(self.data[self._ch(args[0])]))
+        if head == ":PMU:DATA:GET":
+            ch, start, count = self._ch(args[0]), int(args[1]), int(args[2])
+            pts = self.data[ch]
+            if start < 0 or count < 1 or count > 2048 or start + count > len(pts):
+                raise KxciError(-122, "Illegal parameter")
+            return ";".join(f"{v:.6E},{i:.6E},{t:.6E},{int(s)}"
+                            for v, i, t, s in pts[start:start + count])
+        raise KxciError(-992, "Unrecognized command")
+
+    def _segments_of(self, ch: int) -> list[tuple[float, float, float, int, float, float]]:
+        out = []
+        for seq, loops in self.seq_list[ch]:
+            d = self.seqs.get((ch, seq))
+            if d is None or any(k not in d for k in ("TIME", "STARTV", "STOPV")):
+                raise KxciError(-804, f"sequence {seq} of channel {ch} not defined")
+            n = len(d["TIME"])
+            mt = d.get("MEAS:TYPE", [0] * n)
+            ms, me = d.get("MEAS:START", [0] * n), d.get("MEAS:STOP", [0] * n)
+            if not all(len(x) == n for x in (d["STARTV"], d["STOPV"], mt, ms, me)):
+                raise KxciError(-122, f"sequence {seq}: arrays of unequal length")
+            for k in range(1, n):
+                if abs(d["STARTV"][k] - d["STOPV"][k - 1]) > 1e-9:
+                    raise KxciError(-122, f"sequence {seq}: segment {k + 1} does not start "
+                                          "where the previous stopped")
+            rows = list(zip(d["TIME"], d["STARTV"], d["STOPV"], mt, ms, me, strict=True))
+            out.extend(rows * loops)
+        return out
+
+    def _execute(self) -> None:
+        if not self.sarb:
+            raise KxciError(-804, "not in SARB mode")
+        active = [ch for ch, on in self.outputs.items() if on]
+        if not active:
+            raise KxciError(-122, "no channel output enabled")
+        per = {}
+        for ch in active:
+            if ch not in self.seq_list:
+                raise KxciError(-804, f"no sequence list for channel {ch}")
+            per[ch] = self._segments_of(ch)
+        lens = {len(v) for v in per.values()}
+        times = {tuple(round(s[0] / 1e-9) for s in v) for v in per.values()}
+        if len(lens) != 1 or len(times) != 1:
+            # one card shares its timing: both channels need identical segment times
+            raise KxciError(-824, "invalid pulse timing")
+        for ch in (1, 2):
+            self.data[ch] = []
+        nseg = lens.pop()
+        segs: list[Segment] = []
+        for k in range(nseg):
+            t = per[active[0]][k][0]
+            v0 = {f"pmu{ch}": per[ch][k][1] for ch in active}
+            v1 = {f"pmu{ch}": per[ch][k][2] for ch in active}
+            meas = [(f"pmu{ch}", per[ch][k][4], per[ch][k][5]) for ch in active
+                    if per[ch][k][3] in (1, 3)]
+            segs.append(Segment(t, v0, v1, meas))
+        self.executions += 1
+        if self.world is None:
+            return
+        self.world.clock.advance(self.world.latency.round_trip, "round_trip")
+        res = self.world.run(segs)
+        for ch in active:
+            for t, v, i in res.get(f"pmu{ch}", []):
+                self.data[ch].append((v, i, t, 0))

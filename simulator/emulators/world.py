@@ -1,0 +1,231 @@
+"""The shared simulated "lab world": one crossbar, its wiring, and the instrument terminals.
+
+Terminals are named instrument outputs (`pmu1`, `pmu2`, `div_v3`, `div_2v3`, `gnd`, `smu2`,
+`wgfmu101`, ...). Each crossbar line reaches terminals either through fixed wiring (a probe
+card on a single crosspoint) or through closed 707B crosspoints (matrix row letter = terminal,
+matrix column = line). Emulated instruments hand the world their waveforms; the world resolves
+which potential every line sees and drives the physics:
+
+- a *write* excursion (a run of segments with some nonzero level and no measurement) becomes one
+  `Crossbar.apply_line_pulse` with the levels at the peak, lasting the time spent at the peak
+  (the plateau; edges are not counted, like `SimulatedRig`);
+- a measurement returns the current flowing out of a terminal into the array. The grounded-read
+  case (one row at Vr, every other line at 0 V, the sensing terminal on the selected column) uses
+  `Crossbar.read`, which includes the read noise; any other configuration uses the noise-free
+  nodal `Crossbar.measure` (documented limitation);
+- DC levels held by SMUs stress the routed devices for the time they are held (`settle_dc`).
+
+Lines with no terminal float (NaN). A line tied to two terminals at different levels is a short:
+it raises SimulatorError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.config import LatencyConfig
+from simulator.errors import SimulatorError
+
+Line = tuple[str, int]  # ("row", i) or ("col", j)
+
+
+@dataclass
+class Segment:
+    """One stretch of a waveform: levels go linearly from v0 to v1 on each terminal."""
+
+    seconds: float
+    v0: dict[str, float]
+    v1: dict[str, float]
+    #: measurements in this segment: (terminal, t_from, t_to) relative to the segment start
+    measures: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+@dataclass
+class Wiring:
+    """How crossbar lines reach terminals."""
+
+    #: fixed connections line -> terminal (probe card, no matrix)
+    fixed: dict[Line, str] = field(default_factory=dict)
+    #: matrix column of each line: line -> (slot, column)
+    matrix_lines: dict[Line, tuple[int, int]] = field(default_factory=dict)
+    #: matrix row letter -> terminal
+    matrix_rows: dict[str, str] = field(default_factory=dict)
+    #: derived terminals: name -> (source terminal, factor) (the pulse-divider board)
+    dividers: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+
+class LabWorld:
+    def __init__(self, crossbar, wiring: Wiring, latency: LatencyConfig | None = None):
+        self.crossbar = crossbar
+        self.clock = crossbar.clock
+        self.latency = latency or LatencyConfig()
+        self.wiring = wiring
+        self.rows, self.cols = crossbar.shape
+        #: providers of the physically closed 707B channels (set by the 707B emulator)
+        self.closed_channels: Callable[[], frozenset[str]] = frozenset
+        #: terminal -> static level [V] (NaN = output off / floating); instruments update it
+        self.static: dict[str, float] = {"gnd": 0.0}
+        self._map_version = -1
+        self._version = 0
+        self._term_lines: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._dc_since = self.clock.now
+        self.pulses_applied = 0
+        self.reads_taken = 0
+
+    # -- routing -------------------------------------------------------------------------------
+    def routing_changed(self) -> None:
+        self._version += 1
+
+    def _routing(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if self._map_version == self._version:
+            return self._term_lines
+        w = self.wiring
+        per_line: dict[Line, set[str]] = {}
+        for line, term in w.fixed.items():
+            per_line.setdefault(line, set()).add(term)
+        if w.matrix_lines:
+            by_col = {f"{s}{{}}{c:02d}": line for line, (s, c) in w.matrix_lines.items()}
+            closed = self.closed_channels()
+            for name in closed:
+                key = f"{name[0]}{{}}{name[2:]}"
+                line = by_col.get(key)
+                term = w.matrix_rows.get(name[1])
+                if line is not None and term is not None:
+                    per_line.setdefault(line, set()).add(term)
+        out: dict[str, tuple[list[int], list[int]]] = {}
+        for (kind, idx), terms in per_line.items():
+            for t in terms:
+                r, c = out.setdefault(t, ([], []))
+                (r if kind == "row" else c).append(idx)
+        self._term_lines = {t: (np.array(r, dtype=int), np.array(c, dtype=int))
+                            for t, (r, c) in out.items()}
+        self._map_version = self._version
+        return self._term_lines
+
+    def lines_of(self, terminal: str) -> tuple[list[int], list[int]]:
+        r, c = self._routing().get(terminal, (np.zeros(0, int), np.zeros(0, int)))
+        return list(r), list(c)
+
+    def line_levels(self, levels: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """Potential of every row and column for the given terminal levels (NaN = floating)."""
+        lv = dict(self.static)
+        lv.update(levels)
+        for name, (src, k) in self.wiring.dividers.items():
+            lv[name] = lv.get(src, np.nan) * k
+        row_v = np.full(self.rows, np.nan)
+        col_v = np.full(self.cols, np.nan)
+        for term, (ri, ci) in self._routing().items():
+            v = lv.get(term, np.nan)
+            for arr, idx in ((row_v, ri), (col_v, ci)):
+                if idx.size == 0:
+                    continue
+                prev = arr[idx]
+                clash = ~np.isnan(prev) & (prev != v)
+                if clash.any():
+                    raise SimulatorError(f"short: terminal {term} and another source drive the "
+                                         "same crossbar line")
+                arr[idx] = v
+        return row_v, col_v
+
+    # -- physics -------------------------------------------------------------------------------
+    def settle_dc(self) -> None:
+        """Apply the stress of the DC levels held since the last change (SMU bias lines)."""
+        now = self.clock.now
+        dt = now - self._dc_since
+        self._dc_since = now
+        if dt <= 0 or not any(v for k, v in self.static.items() if v == v and k != "gnd"):
+            return
+        row_v, col_v = self.line_levels({})
+        vals = np.concatenate([row_v, col_v])
+        if np.all(np.isnan(vals) | (vals == 0)):
+            return
+        self.crossbar.apply_line_pulse(row_v, col_v, dt)
+
+    def sensed_current(self, levels: dict[str, float], terminal: str) -> float:
+        """Current [A] flowing out of `terminal` into the array at these levels."""
+        row_v, col_v = self.line_levels(levels)
+        ri, ci = self._routing().get(terminal, (np.zeros(0, int), np.zeros(0, int)))
+        self.reads_taken += 1
+        if ri.size == 0 and ci.size == 0:
+            return 0.0
+        # grounded read: one row at Vr, every other line at 0, the sensor on one column
+        if ri.size == 0 and ci.size == 1 and not np.isnan(row_v).any() \
+                and not np.isnan(col_v).any() and not col_v.any():
+            nz = np.flatnonzero(row_v)
+            if nz.size == 1:
+                vr = float(row_v[nz[0]])
+                return -self.crossbar.read(int(nz[0]), int(ci[0]), vr, "grounded") * vr
+            if nz.size == 0:
+                return 0.0
+        if np.isnan(row_v).all() and np.isnan(col_v).all():
+            return 0.0
+        rc, cc = self.crossbar.measure(row_v, col_v)
+        return float(np.sum(rc[ri]) + np.sum(cc[ci]))
+
+    def run(self, segments: list[Segment]) -> dict[str, list[tuple[float, float, float]]]:
+        """Play a waveform. Returns measurements per terminal: (t_mid, mean level, current).
+
+        Advances the clock by the waveform duration (category "pulse", or "read" for the
+        excursions that measure)."""
+        self.settle_dc()
+        out: dict[str, list[tuple[float, float, float]]] = {}
+        t0 = 0.0
+        i = 0
+        n = len(segments)
+        while i < n:
+            seg = segments[i]
+            if not _active(seg):
+                self.clock.advance(seg.seconds, "idle")
+                t0 += seg.seconds
+                i += 1
+                continue
+            j = i
+            while j < n and _active(segments[j]):
+                j += 1
+            exc = segments[i:j]
+            dur = sum(s.seconds for s in exc)
+            if any(s.measures for s in exc):
+                t = t0
+                for s in exc:
+                    for term, a, b in s.measures:
+                        f = (a + b) / 2 / s.seconds if s.seconds else 0.0
+                        lv = {k: s.v0[k] + (s.v1.get(k, s.v0[k]) - s.v0[k]) * f for k in s.v0}
+                        cur = self.sensed_current(lv, term)
+                        out.setdefault(term, []).append((t + (a + b) / 2, lv.get(term, 0.0),
+                                                         cur))
+                    t += s.seconds
+                self.clock.advance(dur, "read")
+            else:
+                self._write(exc)
+                self.clock.advance(dur, "pulse")
+            t0 += dur
+            i = j
+        self._dc_since = self.clock.now
+        return out
+
+    def _write(self, exc: list[Segment]) -> None:
+        # the peak: the segment end point with the largest |level| on any terminal
+        best, peak = -1.0, None
+        for s in exc:
+            for lv in (s.v0, s.v1):
+                m = max((abs(v) for v in lv.values()), default=0.0)
+                if m > best:
+                    best, peak = m, lv
+        assert peak is not None
+        plateau = sum(s.seconds for s in exc if _same(s.v0, peak) and _same(s.v1, peak))
+        if plateau <= 0:  # a triangle: count half its duration
+            plateau = sum(s.seconds for s in exc) / 2
+        row_v, col_v = self.line_levels(peak)
+        self.crossbar.apply_line_pulse(row_v, col_v, plateau)
+        self.pulses_applied += 1
+
+
+def _active(s: Segment) -> bool:
+    return any(s.v0.values()) or any(s.v1.values()) or bool(s.measures)
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+    return all(abs(a.get(k, 0.0) - v) < 1e-12 for k, v in b.items())
