@@ -21,17 +21,41 @@ by about 2 %.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
+from scipy import linalg, sparse
+from scipy.sparse import linalg as splinalg
 
 from simulator.errors import SimulatorError
 
 _MAX_ITER = 60
 _ATOL_V = 1e-11      # convergence on node-voltage updates [V]
 _MAX_STEP_V = 0.5    # Newton damping: largest node-voltage change per iteration [V]
+# above this many nodes the (banded, very sparse) system goes to SuperLU instead of dense Cholesky
+_DENSE_MAX_NODES = 600
+
+# These systems are small (128 unknowns for 8x8): threaded BLAS only adds synchronisation, and on
+# a loaded 2-core machine it made a read map ~500x slower (0.26 ms -> 130 ms). When threadpoolctl
+# is installed, each solve runs with BLAS limited to one thread (~6 us per call); nothing is set
+# globally. Without it, set OPENBLAS_NUM_THREADS=1 yourself for full speed (docs/simulator.md).
+_controller = None
+
+
+def _single_thread():
+    global _controller
+    if _controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _controller = ThreadpoolController()
+        except ImportError:
+            _controller = False
+    if _controller is False:
+        return contextlib.nullcontext()
+    return _controller.limit(limits=1, user_api="blas")
 
 
 @dataclass
@@ -81,23 +105,28 @@ class NodalSolver:
             self.col_end = m + np.arange(n)
         self.N = N
         self.a, self.b = a, b
-        L = np.zeros((N, N))
+        self.dense = N <= _DENSE_MAX_NODES
+        rr, cc, vv = [], [], []
         if self.r_line > 0:
             gl = 1.0 / self.r_line
             wl = (ii[:, :-1] * n + jj[:, :-1]).ravel()             # WL(i,j)-WL(i,j+1)
             bl = (m * n + ii[:-1, :] * n + jj[:-1, :]).ravel()     # BL(i,j)-BL(i+1,j)
             for u, w in ((wl, wl + 1), (bl, bl + n)):
-                L[u, u] += gl
-                L[w, w] += gl
-                L[u, w] -= gl
-                L[w, u] -= gl
-        self.L_lines = L
-        # dense incidence: current of device k leaves node a_k and enters node b_k
-        Dt = np.zeros((N, m * n))
+                one = np.full(u.size, gl)
+                rr += [u, w, u, w]
+                cc += [u, w, w, u]
+                vv += [one, one, -one, -one]
+        if rr:
+            L = sparse.coo_matrix((np.concatenate(vv), (np.concatenate(rr), np.concatenate(cc))),
+                                  shape=(N, N)).tocsr()
+        else:
+            L = sparse.csr_matrix((N, N))
+        # incidence: current of device k leaves node a_k and enters node b_k
         k = np.arange(m * n)
-        Dt[a, k] += 1.0
-        Dt[b, k] -= 1.0
-        self.Dt = Dt
+        Dt = sparse.coo_matrix((np.r_[np.ones(m * n), -np.ones(m * n)], (np.r_[a, b], np.r_[k, k])),
+                               shape=(N, m * n)).tocsr()
+        self.L_lines = L.toarray() if self.dense else L
+        self.Dt = Dt.toarray() if self.dense else Dt
         self.diag = np.arange(N) * (N + 1)
         self.ab = a * N + b
         self.ba = b * N + a
@@ -111,13 +140,14 @@ class NodalSolver:
             return pat
         if not (row_driven.any() or col_driven.any()):
             raise SimulatorError("nodal solve needs at least one driven line (all are floating)")
-        L = self.L_lines.copy()
         ends = np.concatenate([self.row_end[row_driven], self.col_end[col_driven]])
+        add = np.zeros(self.N)
         if self.r_source > 0:
-            L[ends, ends] += 1.0 / self.r_source
+            add[ends] = 1.0 / self.r_source
             fixed = np.zeros(0, dtype=int)
         else:
             fixed = ends
+        L = self.L_lines + (np.diag(add) if self.dense else sparse.diags(add, format="csr"))
         free = np.setdiff1d(np.arange(self.N), fixed)
         pat = _Pattern(L=L, free=free, fixed=fixed, all_free=fixed.size == 0)
         self._patterns[key] = pat
@@ -129,6 +159,21 @@ class NodalSolver:
             return g * vd, g if vd.ndim == 1 else np.broadcast_to(g, vd.shape)
         x = vd / self.v_nl
         return (g * self.s) * np.sinh(x), (g * (self.s / self.v_nl)) * np.cosh(x)
+
+    def _factor(self, pat: _Pattern, gd: np.ndarray):
+        """Factor the system matrix (lines + devices with conductances gd) on the free nodes;
+        returns a function solving it for one or several right-hand sides."""
+        if self.dense:
+            J = self._stamp(pat.L, gd)
+            if not pat.all_free:
+                J = J[np.ix_(pat.free, pat.free)]
+            cho = linalg.cho_factor(J, check_finite=False)
+            return lambda rhs: linalg.cho_solve(cho, rhs, check_finite=False)
+        J = (pat.L + self.Dt @ sparse.diags(gd) @ self.Dt.T).tocsc()
+        if not pat.all_free:
+            J = J[pat.free][:, pat.free].tocsc()
+        lu = splinalg.splu(J)
+        return lu.solve
 
     def _stamp(self, L: np.ndarray, gd: np.ndarray) -> np.ndarray:
         J = L.copy()
@@ -162,6 +207,10 @@ class NodalSolver:
     # -- general solve (any bias, floating lines) ------------------------------------------------
     def solve(self, G, row_v, col_v) -> NodalResult:
         """Solve one bias: row_v (rows,), col_v (cols,) source voltages [V], NaN = floating."""
+        with _single_thread():
+            return self._solve(G, row_v, col_v)
+
+    def _solve(self, G, row_v, col_v) -> NodalResult:
         g = self._check_g(G)
         row_v = np.asarray(row_v, dtype=float).reshape(self.rows)
         col_v = np.asarray(col_v, dtype=float).reshape(self.cols)
@@ -176,12 +225,7 @@ class NodalSolver:
             if pat.free.size == 0:
                 break
             F = pat.L @ v - bvec + self.Dt @ i_dev
-            J = self._stamp(pat.L, gd)
-            if pat.all_free:
-                dv = linalg.solve(J, -F, assume_a="pos", check_finite=False)
-            else:
-                f = pat.free
-                dv = linalg.solve(J[np.ix_(f, f)], -F[f], assume_a="pos", check_finite=False)
+            dv = self._factor(pat, gd)(-F if pat.all_free else -F[pat.free])
             big = np.max(np.abs(dv))
             if self.v_nl is not None and big > _MAX_STEP_V:
                 dv *= _MAX_STEP_V / big
@@ -222,11 +266,16 @@ class NodalSolver:
         g = self._check_g(G)
         m, n = self.rows, self.cols
         rows = np.arange(m) if rows is None else np.atleast_1d(np.asarray(rows, dtype=int))
-        k = rows.size
         if self.r_line == 0 and self.r_source == 0:
             # fast path: every device sees exactly its line voltages
             gi = g.reshape(m, n)[rows]
             return self._iv(gi, np.full_like(gi, volts))[0]
+        with _single_thread():
+            return self._grounded(g, volts, rows)
+
+    def _grounded(self, g: np.ndarray, volts: float, rows: np.ndarray) -> np.ndarray:
+        m, n = self.rows, self.cols
+        k = rows.size
         driven_r = np.ones(m, dtype=bool)
         driven_c = np.ones(n, dtype=bool)
         pat = self._pattern(driven_r, driven_c)
@@ -242,11 +291,8 @@ class NodalSolver:
             gc = g
         else:
             gc = g * (self.s * math.sinh(volts / self.v_nl) / volts)
-        J = self._stamp(pat.L, gc)
         f = pat.free
-        if not pat.all_free:
-            J = J[np.ix_(f, f)]
-        cho = linalg.cho_factor(J, check_finite=False)
+        solve = self._factor(pat, gc)
         gcol = g[:, None]
         for _ in range(_MAX_ITER):
             vd = V[self.a] - V[self.b]
@@ -255,7 +301,7 @@ class NodalSolver:
             else:
                 cur = (gcol * self.s) * np.sinh(vd / self.v_nl)
             F = pat.L @ V - B + self.Dt @ cur
-            dV = linalg.cho_solve(cho, -(F if pat.all_free else F[f]), check_finite=False)
+            dV = solve(-(F if pat.all_free else F[f]))
             if pat.all_free:
                 V += dV
             else:

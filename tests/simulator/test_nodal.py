@@ -108,3 +108,21 @@ def test_all_floating_is_refused():
     s = NodalSolver(2, 2, 1.0, 1.0)
     with pytest.raises(SimulatorError):
         s.solve(np.full((2, 2), 1e-4), [NAN, NAN], [NAN, NAN])
+
+
+def test_sparse_path_matches_dense(monkeypatch):
+    import simulator.nodal as nodal
+
+    rng = np.random.default_rng(5)
+    g = rng.uniform(50e-6, 500e-6, (4, 5))
+    dense = {r: NodalSolver(4, 5, 1.0, r) for r in (3.0, 0.0)}
+    monkeypatch.setattr(nodal, "_DENSE_MAX_NODES", 0)
+    rv = np.array([0.2, NAN, 0.05, NAN])
+    cv = np.array([0.0, NAN, 0.1, NAN, 0.0])
+    for r_src, de in dense.items():
+        sp = NodalSolver(4, 5, 1.0, r_src)
+        assert de.dense and not sp.dense
+        np.testing.assert_allclose(sp.solve(g, rv, cv).col_currents,
+                                   de.solve(g, rv, cv).col_currents, rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(sp.grounded_column_currents(g, 0.2),
+                                   de.grounded_column_currents(g, 0.2), rtol=1e-9)
