@@ -14,6 +14,7 @@ to import and test. Only :func:`run_point` (the real point function) needs torch
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
 import itertools
 import json
@@ -475,15 +476,19 @@ def run_sweep(
     summary = SweepSummary(total=len(points), already_done=len(points) - len(pending))
     log.info("sweep %s: %d points, %d already done", spec.name, len(points), summary.already_done)
 
+    # the point function also learns which networks to train; the store keeps the parameters
+    by_key = {p.key: p for p in pending}
+    calls = [Point(p.key, {**p.params, "kinds": list(spec.kinds)}) for p in pending]
     if use_ray:
         from training.sweep_ray import iter_ray
 
-        outcomes = iter_ray(pending, point_fn, address=ray_address, **(ray_options or {}))
+        outcomes = iter_ray(calls, point_fn, address=ray_address, **(ray_options or {}))
     else:
-        outcomes = iter_local(pending, point_fn, workers=workers)
+        outcomes = iter_local(calls, point_fn, workers=workers)
     n_done = summary.already_done
     try:
         for oc in outcomes:
+            oc.point = by_key[oc.point.key]
             rec_base = {"key": oc.point.key, "params": oc.point.params,
                         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             if oc.error is None:
@@ -658,12 +663,96 @@ def write_plots(table: str | os.PathLike, plot_dir: str | os.PathLike,
 
 # -- the real point function -------------------------------------------------------------------
 
+#: default network per dataset: inputs, hidden widths, outputs
+DATASET_SIZES = {"moons": (2, (8,), 1), "digits": (64, (32,), 10)}
+
+#: sweep parameter -> TrainConfig field, passed only when the point sets it
+_TRAIN_FIELDS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size",
+                 "patience": "patience"}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_db(db: str):
+    """The non-ideality DB of a point, loaded once per worker process."""
+    if db == "reference":
+        from database.reference import import_reference
+
+        return import_reference()
+    from database.nonideality import load_nonideality
+
+    return load_nonideality(db)
+
+
+def _training_api():
+    """The training engineer's API, or SweepError naming what is missing."""
+    try:
+        from training import train as train_mod
+        from training.noise import NoiseConfig
+    except ImportError as e:
+        raise SweepError(f"run_point needs the training API: {e}") from None
+    try:
+        from training.evaluate import evaluate_transfers
+    except ImportError as e:
+        raise SweepError(f"run_point needs training.evaluate.evaluate_transfers: {e}") from None
+    return train_mod, NoiseConfig, evaluate_transfers
+
 
 def run_point(params: dict) -> dict:
     """Train the hardware-aware and the regular network of one point and evaluate both.
 
-    Needs the training API of ``training.train`` / ``training.evaluate`` and
-    ``database.reference``; raises SweepError naming what is missing if they are absent.
+    Both networks are evaluated under the same non-idealities (the regular one has the point's
+    noise model attached after training, as the paper does), on the dataset's test set, with
+    ``params['transfers']`` Monte-Carlo transfers. The digits train/test split is fixed (seed
+    0) so that seeds vary only the networks and their noise.
     """
-    raise SweepError("run_point: the training API (training.train, training.evaluate, "
-                     "database.reference) is not available yet")
+    import dataclasses
+
+    train_mod, NoiseConfig, evaluate_transfers = _training_api()
+    db = _load_db(params["db"])
+    data = train_mod.load_dataset(params["dataset"], seed=0)
+    x_tr, y_tr = data["train"]
+    x_te, y_te = data["test"]
+    n_in, hidden, n_out = DATASET_SIZES[params["dataset"]]
+    sizes = (n_in, *(params["hidden"] or hidden), n_out)
+    x_rate, y_rate = params["stuck_hrs_rate"], params["stuck_lrs_rate"]
+    noise = NoiseConfig(tuning_scale=params["tuning_sigma_scale"],
+                        disturbance_scale=params["disturbance_scale"],
+                        stuck_hrs_rate=x_rate, stuck_lrs_rate=y_rate)
+    kw: dict[str, Any] = {"sizes": sizes, "seed": params["seed"], "mapping": params["mapping"],
+                          "noise": noise, "dataset": params["dataset"]}
+    if params["tile_size"] is not None:
+        kw["tile_rows"] = kw["tile_cols"] = params["tile_size"]
+    known = {f.name for f in dataclasses.fields(train_mod.TrainConfig)}
+    for name, field_name in _TRAIN_FIELDS.items():
+        if params.get(name) is None:
+            continue
+        if field_name not in known:
+            raise SweepError(f"parameter {name!r} is not supported by training.train.TrainConfig")
+        kw[field_name] = params[name]
+
+    kinds: dict[str, dict] = {}
+    device = None
+    for kind in params.get("kinds") or KINDS:
+        cfg = train_mod.TrainConfig(hardware_aware=(kind == "hardware_aware"), **kw)
+        res = train_mod.train(cfg, x_tr, y_tr, db)
+        model = res.model
+        device = str(next(model.parameters()).device)
+        if model.mapping is None:  # the regular network: attach the same non-idealities
+            model.attach_noise(db, mapping=cfg.mapping, cfg=noise, tile_rows=cfg.tile_rows,
+                               tile_cols=cfg.tile_cols, share_bias=cfg.share_bias)
+        t0 = time.perf_counter()
+        ev = evaluate_transfers(model, x_te, y_te, params["transfers"], seed=params["seed"])
+        metrics = _metrics_from_evaluation(ev)
+        metrics.update(steps=res.steps, train_s=res.seconds, eval_s=time.perf_counter() - t0)
+        kinds[kind] = metrics
+    return {"kinds": kinds, "device": device,
+            "params_used": {"stuck_hrs_rate": db.stuck_hrs_rate if x_rate is None else x_rate,
+                            "stuck_lrs_rate": db.stuck_lrs_rate if y_rate is None else y_rate,
+                            "stuck_rate": (db.stuck_hrs_rate + db.stuck_lrs_rate
+                                           if x_rate is None else x_rate + y_rate)}}
+
+
+def _metrics_from_evaluation(ev: Any) -> dict[str, float]:
+    """Adapter from the evaluation result to the sweep's metric columns."""
+    raise SweepError("run_point: the result of training.evaluate.evaluate_transfers is not "
+                     "mapped to sweep metrics yet")

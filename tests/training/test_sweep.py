@@ -278,6 +278,20 @@ def test_killed_sweep_process_resumes_without_recomputing(tmp_path):
     assert not stored_ids & {c.split("@")[0] for c in new}
 
 
+def test_point_function_is_told_which_kinds_to_train(tmp_path):
+    seen = []
+
+    def only_ha(params):
+        seen.append(params["kinds"])
+        return {"kinds": {"hardware_aware": toy_metrics(params)["kinds"]["hardware_aware"]}}
+
+    spec = load_spec(write_spec(tmp_path, "kinds: [hardware_aware]\n"))
+    summary = run_sweep(spec, tmp_path / "out", point_fn=only_ha, plots=False)
+    assert seen == [["hardware_aware"]] and summary.ran == 1
+    (rec,) = ResultStore(tmp_path / "out").records()
+    assert "kinds" not in rec["params"] and list(rec["kinds"]) == ["hardware_aware"]
+
+
 def test_process_pool_workers_run_every_point_once(tmp_path):
     spec = load_spec(write_spec(tmp_path, GRID))
     calls_dir = tmp_path / "calls"
