@@ -62,3 +62,21 @@ class ToyRig(CrossbarRig):
 @pytest.fixture
 def toy_rig():
     return ToyRig
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_blas():
+    # the simulator's small dense solves are far slower with threaded BLAS on a busy 2-core box
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+def sim_rig(rows=4, cols=4, seed=0, **xb_kw):
+    """A SimulatedRig over a fresh simulated crossbar."""
+    from simulator.config import CrossbarConfig
+    from simulator.crossbar import Crossbar
+    from simulator.direct_rig import SimulatedRig
+
+    return SimulatedRig(Crossbar(CrossbarConfig(rows=rows, cols=cols, **xb_kw), seed=seed))
