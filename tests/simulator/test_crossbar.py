@@ -202,3 +202,14 @@ def test_virtual_chip_layout_seeds_and_file_continuation(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a chip")
     with pytest.raises(SimulatorError):
         VirtualChip.load(tmp_path / "bad.npz")
+
+
+def test_sim_show_command_writes_png(tmp_path):
+    from click.testing import CliRunner
+
+    from xbarlab.cli import cli
+
+    out = tmp_path / "map.png"
+    res = CliRunner().invoke(cli, ["sim", "show", "--seed", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "stuck HRS" in res.output and out.stat().st_size > 1000
