@@ -1,0 +1,5 @@
+"""Exceptions of the training package. The CLI catches `TrainingError` once (exit code 2)."""
+
+
+class TrainingError(Exception):
+    """A training or evaluation request cannot be carried out (bad config, checkpoint, DB)."""

@@ -1,0 +1,183 @@
+"""Hardware-aware layers and MLPs with an ensemble dimension.
+
+Shapes: K networks live side by side in one model (parameters (K, out, in) and (K, out)), so K
+seeds or variants train as one batched computation. A noisy forward takes a :class:`Draws` with
+T draws and returns (T, K, batch, out): T = 1 in training (one simulated transfer per step, as in
+the published code), T = many in Monte-Carlo evaluation (each draw fixed across the inputs).
+
+Noise is sampled for the whole network in one go (all tensors flattened to (K, P)) by the
+network's :class:`~training.mapping.Mapping`; a single :class:`HardwareAwareLinear` holds clean
+parameters and computes with whatever (noisy) weights its network hands it. For one noisy layer
+on its own, build ``HardwareAwareMLP([in, out])``.
+
+Gradients: straight-through. The forward uses the noisy weight, d(noisy)/d(w) is taken as the
+identity, except for weights with a stuck device in this draw, which get a zero gradient (and
+the training loop also restores their value after the optimiser step, see training.train).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from database.nonideality import NonIdealityDB
+from training.errors import TrainingError
+from training.mapping import Mapping, TensorSpec
+from training.noise import Draws, NoiseConfig, NoiseModel
+
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the noisy weights of every tensor. Backward: identity, zero where stuck.
+
+    One autograd node for the whole network instead of a chain of cat/slice/arithmetic nodes
+    (that chain cost more than the noise itself at this network size).
+    """
+
+    @staticmethod
+    def forward(ctx, model, draws, side, *params):
+        flat = torch.cat([p.detach().flatten(1) for p in params], 1)
+        noisy, stuck = model.mapping.apply(flat, draws)
+        any_stuck = bool(stuck.any())
+        side.extend((stuck, flat, any_stuck))
+        ctx.model, ctx.stuck, ctx.any_stuck = model, stuck, any_stuck
+        return tuple(model.split(noisy))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        out: list = [None, None, None]
+        if not ctx.any_stuck:  # identity: only sum over the T draws
+            return tuple(out + [None if g is None else g.sum(0) for g in grads])
+        keep = ctx.model.split(~ctx.stuck)
+        for g, k in zip(grads, keep, strict=False):
+            out.append(None if g is None else (g * k).sum(0))
+        return tuple(out)
+
+
+class HardwareAwareLinear(nn.Module):
+    """K linear layers (out x in) side by side; computes with clean or given noisy weights."""
+
+    def __init__(self, in_features: int, out_features: int, k: int = 1) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.k = in_features, out_features, k
+        self.weight = nn.Parameter(torch.empty(k, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(k, out_features))
+        self.reset_parameters([None] * k)
+
+    def reset_parameters(self, generators: list[torch.Generator | None]) -> None:
+        """xavier_uniform weights and bias 0.01 (the published initialisation), per network."""
+        bound = math.sqrt(6.0 / (self.in_features + self.out_features))
+        with torch.no_grad():
+            for j, g in enumerate(generators):
+                u = torch.rand(self.out_features, self.in_features, generator=g)
+                self.weight[j].copy_((2 * u - 1) * bound)
+            self.bias.fill_(0.01)
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, in) or (T, K, B, in); weight (T, K, out, in) (default: clean, T = 1)."""
+        w = self.weight.unsqueeze(0) if weight is None else weight
+        b = self.bias.unsqueeze(0) if bias is None else bias
+        if x.dim() == 2:  # shared inputs: one GEMM for every (transfer, network)
+            t, k = w.shape[:2]
+            y = (x @ w.reshape(-1, self.in_features).T).view(x.shape[0], t, k, -1)
+            y = y.permute(1, 2, 0, 3)
+        else:
+            y = torch.matmul(x, w.transpose(-1, -2))
+        return y + b.unsqueeze(-2)
+
+
+class HardwareAwareMLP(nn.Module):
+    """An MLP of HardwareAwareLinear layers (K networks), e.g. sizes (2, 8, 1)."""
+
+    def __init__(self, sizes: tuple[int, ...] | list[int], k: int = 1,
+                 activation: str = "sigmoid", seeds: list[int] | None = None) -> None:
+        super().__init__()
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise TrainingError(f"bad layer sizes {sizes}")
+        if activation not in ACTIVATIONS:
+            raise TrainingError(f"unknown activation {activation!r}; choose {list(ACTIVATIONS)}")
+        self.sizes, self.k, self.activation = tuple(int(s) for s in sizes), int(k), activation
+        self.layers = nn.ModuleList(HardwareAwareLinear(a, b, k)
+                                    for a, b in zip(self.sizes[:-1], self.sizes[1:], strict=False))
+        if seeds is not None:
+            self.init_from_seeds(seeds)
+        self.mapping: Mapping | None = None
+        self.noise_cfg = NoiseConfig.off()
+
+    def init_from_seeds(self, seeds: list[int]) -> None:
+        """Network j initialised from its own generator seeded with seeds[j]."""
+        if len(seeds) != self.k:
+            raise TrainingError(f"{len(seeds)} seeds for {self.k} networks")
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        for layer in self.layers:
+            layer.reset_parameters(gens)
+
+    def specs(self) -> list[TensorSpec]:
+        out = []
+        for i, layer in enumerate(self.layers):
+            out.append(TensorSpec(f"layers.{i}.weight", (layer.out_features, layer.in_features),
+                                  i, "weight"))
+            out.append(TensorSpec(f"layers.{i}.bias", (layer.out_features,), i, "bias"))
+        return out
+
+    def tensors(self) -> list[nn.Parameter]:
+        return [p for layer in self.layers for p in (layer.weight, layer.bias)]
+
+    # -- noise ------------------------------------------------------------------------------------
+    def attach_noise(self, db: NonIdealityDB | NoiseModel, *, mapping: str = "physical",
+                     cfg: NoiseConfig | None = None, tile_rows: int = 8, tile_cols: int = 8,
+                     share_bias: bool = True) -> HardwareAwareMLP:
+        """Sample non-idealities from db with the given mapping on noisy forwards."""
+        dev = self.layers[0].weight.device
+        nm = db if isinstance(db, NoiseModel) else NoiseModel(db, device=dev)
+        self.mapping = Mapping(self.specs(), mapping, nm, tile_rows=tile_rows,
+                               tile_cols=tile_cols, share_bias=share_bias)
+        self.noise_cfg = cfg if cfg is not None else NoiseConfig()
+        return self
+
+    def draw(self, t: int, generator: torch.Generator | None = None,
+             cfg: NoiseConfig | None = None) -> Draws:
+        """T independent transfers' worth of variates for all K networks."""
+        if self.mapping is None:
+            raise TrainingError("no non-ideality model attached (attach_noise first)")
+        return self.mapping.draw(t, self.k, cfg or self.noise_cfg, generator)
+
+    def effective(self, draws: Draws) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Noisy weights [(T, K, *shape)] with straight-through gradients, stuck mask (T, K, P).
+
+        Also keeps the clean flat weights of this forward in ``self.last_clean`` (K, P), which
+        the training loop uses to restore stuck weights after the optimiser step.
+        """
+        side: list[torch.Tensor] = []
+        outs = _StraightThrough.apply(self, draws, side, *self.tensors())
+        self.last_clean, self.last_any_stuck = side[1], side[2]
+        return list(outs), side[0]
+
+    def forward(self, x: torch.Tensor, draws: Draws | None = None,
+                return_stuck: bool = False):
+        """Logits (T, K, B, out); clean (T = 1) when draws is None."""
+        act = ACTIVATIONS[self.activation]
+        stuck = None
+        if draws is None:
+            ws = [None] * (2 * len(self.layers))
+        else:
+            ws, stuck = self.effective(draws)
+        h = x
+        for i, layer in enumerate(self.layers):
+            h = layer(h, ws[2 * i], ws[2 * i + 1])
+            if i < len(self.layers) - 1:
+                h = act(h)
+        return (h, stuck) if return_stuck else h
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """(..., K, P) -> per-tensor views (..., K, *shape) in self.tensors() order."""
+        out, a = [], 0
+        for p in self.tensors():
+            n = p[0].numel()
+            out.append(flat[..., a:a + n].reshape(*flat.shape[:-1], *p.shape[1:]))
+            a += n
+        return out

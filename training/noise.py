@@ -1,0 +1,208 @@
+"""The non-ideality model as torch tensors, built once from a NonIdealityDB.
+
+Random variates do not depend on the weights, only their effect does. So every draw is made up
+front for a whole block of forward passes (T transfers or T training steps) in a handful of
+whole-tensor calls, as a :class:`Draws` of shape (T, K, D, P): T draws, K networks, D = 2 devices
+per weight (G+, G-), P parameters. The mapping (training.mapping) then turns weights and draws
+into noisy weights with a few element-wise operations. No Python loop over weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from database.nonideality import NonIdealityDB
+from training.errors import TrainingError
+
+#: keys without any sample borrow the samples of the highest key holding at least this many
+MIN_SAMPLES_FALLBACK = 20
+
+
+@dataclass
+class NoiseConfig:
+    """Which non-idealities are sampled, and how strongly. Each switch works alone."""
+
+    tuning: bool = True  # write-verify spread: G += sigma_rel(G) * G * eps
+    offset: bool = True  # per-device relative offset G *= 1 + N(mean, std)
+    disturbance: bool = True  # V/3 half-select drift by programming position (key k)
+    stuck: bool = True  # stuck-HRS / stuck-LRS substitution
+    tuning_scale: float = 1.0  # multiplies eps
+    disturbance_scale: float = 1.0  # multiplies every disturbance draw
+    stuck_hrs_rate: float | None = None  # None: the database's rate
+    stuck_lrs_rate: float | None = None
+
+    @classmethod
+    def off(cls) -> NoiseConfig:
+        return cls(tuning=False, offset=False, disturbance=False, stuck=False)
+
+    def any(self) -> bool:
+        return self.tuning or self.offset or self.disturbance or self.stuck
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Draws:
+    """Pre-drawn variates of T draws, folded into per-device coefficients (T, K, D, P).
+
+    With the published noise order (offset o = 1 + off, then spread sigma_rel(G) = a G + b on the
+    offset conductance times eps, then disturbance d) the noisy conductance of a device is
+
+        G' = G o (1 + (a G o + b) eps) + d = G (gain + quad G) + shift,
+        gain = o (1 + b eps),  quad = a o^2 eps,  shift = d,
+
+    so applying a draw costs two fused multiply-adds. Then stuck devices (stuck_mask) take
+    stuck_value. A field is None when its source is off. (sigma_rel is not floored at 0 here:
+    the fit stays positive below intercept/|slope| = 1.1 mS, above every mapped conductance.)
+    """
+
+    gain: torch.Tensor | None
+    quad: torch.Tensor | None
+    shift: torch.Tensor | None  # conductance changes [S]
+    stuck_mask: torch.Tensor | None  # bool
+    stuck_value: torch.Tensor | None  # substituted conductance [S]
+
+    def __getitem__(self, sl: slice) -> Draws:
+        return Draws(*(None if t is None else t[sl] for t in
+                       (self.gain, self.quad, self.shift, self.stuck_mask, self.stuck_value)))
+
+    @property
+    def n(self) -> int:
+        for t in (self.gain, self.quad, self.shift, self.stuck_mask):
+            if t is not None:
+                return t.shape[0]
+        return 0
+
+    def apply(self, g: torch.Tensor) -> torch.Tensor:
+        """Noisy conductances (T, K, D, P) from clean ones g (K, D, P)."""
+        h = self.gain
+        if self.quad is not None:
+            h = torch.addcmul(h, self.quad, g)
+        if h is not None:
+            g = g * h if self.shift is None else torch.addcmul(self.shift, g, h)
+        elif self.shift is not None:
+            g = g + self.shift
+        if self.stuck_mask is not None:
+            g = torch.where(self.stuck_mask, self.stuck_value, g)
+        return g if g.dim() == 4 else g.unsqueeze(0)
+
+
+class NoiseModel:
+    """Tensors of one NonIdealityDB on one device, ready for fast sampling."""
+
+    def __init__(self, db: NonIdealityDB, *, device: torch.device | str = "cpu",
+                 max_key: int | None = None, dtype: torch.dtype = torch.float32) -> None:
+        db.validate()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.g_min, self.g_max = float(db.g_min), float(db.g_max)
+        self.sigma_slope = float(db.sigma_fit_slope)
+        self.sigma_intercept = float(db.sigma_fit_intercept)
+        self.offset_mean = float(db.offset_mean_rel)
+        self.offset_std = float(db.offset_std_rel)
+        self.stuck_hrs_rate = float(db.stuck_hrs_rate)
+        self.stuck_lrs_rate = float(db.stuck_lrs_rate)
+        self.stuck_hrs_range = tuple(db.stuck_hrs_range)
+        self.stuck_lrs_mean = float(db.stuck_lrs_mean)
+        self.stuck_lrs_std = float(db.stuck_lrs_std)
+
+        self._db = db
+        self._build_table(max(db.max_key, max_key or 0))
+
+    def ensure_max_key(self, max_key: int) -> None:
+        """Grow the key table so keys up to max_key can be drawn (missing keys borrow)."""
+        if max_key > self.max_key:
+            self._build_table(max_key)
+
+    def _build_table(self, max_key: int) -> None:
+        db, dtype = self._db, self.dtype
+        # padded per-key sample table: row k holds the samples of key k (row 0: a single 0)
+        n_keys = max_key + 1
+        per_key = [db.disturbance_for(k) for k in range(n_keys)]
+        per_key[0] = np.zeros(1)
+        counts = np.array([len(s) for s in per_key])
+        rich = [k for k in range(1, n_keys) if counts[k] >= MIN_SAMPLES_FALLBACK]
+        if not rich:
+            raise TrainingError("disturbance database has no key with enough samples")
+        self.fallback_key = max(rich)
+        self.borrowed_keys = [k for k in range(1, n_keys) if counts[k] == 0]
+        for k in self.borrowed_keys:
+            per_key[k] = per_key[self.fallback_key]
+        counts = np.array([len(s) for s in per_key])
+        table = np.zeros((n_keys, int(counts.max())))
+        for k, s in enumerate(per_key):
+            table[k, : len(s)] = s
+        self.max_key = n_keys - 1
+        self.table = torch.as_tensor(table, dtype=dtype, device=self.device)
+        self.counts = torch.as_tensor(counts, dtype=dtype, device=self.device)
+        # stored per-key sigma for the reference code's 4-sigma rule (inf: rule never fires)
+        ks = np.full(n_keys, np.inf)
+        stored = db.disturbance_key_sigma
+        m = min(n_keys, stored.size)
+        ks[:m] = np.where(np.isfinite(stored[:m]), stored[:m], np.inf)
+        for k in self.borrowed_keys:
+            ks[k] = ks[self.fallback_key]
+        self.key_sigma = torch.as_tensor(ks, dtype=dtype, device=self.device)
+
+    def sigma_rel(self, g: torch.Tensor) -> torch.Tensor:
+        return (self.sigma_slope * g + self.sigma_intercept).clamp_min(0.0)
+
+    def draw(self, keys: torch.Tensor, t: int, k: int, cfg: NoiseConfig,
+             generator: torch.Generator | None, *,
+             four_sigma: torch.Tensor | None = None, four_sigma_value: float = 60e-6,
+             offset_sign: torch.Tensor | None = None) -> Draws:
+        """Variates for T draws of K networks; keys is (D, P) int64 (0 = never disturbed).
+
+        four_sigma: optional (D, P) bool; where set, a disturbance draw with |d| > 4 x the key's
+        stored sigma is replaced by +four_sigma_value (the published code's rule).
+        offset_sign: optional (D,) +-1 per device (the published single-column path subtracts
+        the offset).
+        """
+        d, p = keys.shape
+        shape = (t, k, d, p)
+        dev, dt, g = self.device, self.dtype, generator
+        if int(keys.max()) > self.max_key:
+            raise TrainingError(f"disturbance key {int(keys.max())} beyond the table "
+                                f"({self.max_key}); build NoiseModel with max_key")
+        gain = quad = dist = smask = sval = None
+        if cfg.offset:
+            gain = torch.randn(shape, generator=g, device=dev, dtype=dt)
+            gain.mul_(self.offset_std).add_(self.offset_mean)
+            if offset_sign is not None:
+                gain.mul_(offset_sign.view(1, 1, d, 1))
+            gain.add_(1.0)
+        if cfg.tuning:
+            eps = torch.randn(shape, generator=g, device=dev, dtype=dt)
+            if cfg.tuning_scale != 1.0:
+                eps.mul_(cfg.tuning_scale)
+            o = gain if gain is not None else torch.ones((), device=dev, dtype=dt)
+            quad = (o * o) * (self.sigma_slope * eps)
+            gain = o * (1.0 + self.sigma_intercept * eps)
+        if cfg.disturbance:
+            u = torch.rand(shape, generator=g, device=dev, dtype=dt)
+            cnt = self.counts[keys]  # (D, P)
+            idx = (u * cnt).long().minimum((cnt - 1).long())
+            dist = self.table[keys.expand(shape), idx]
+            if four_sigma is not None and bool(four_sigma.any()):
+                big = dist.abs() > 4.0 * self.key_sigma[keys]
+                big &= four_sigma
+                dist = torch.where(big, torch.full_like(dist, four_sigma_value), dist)
+            if cfg.disturbance_scale != 1.0:
+                dist.mul_(cfg.disturbance_scale)
+        if cfg.stuck:
+            p_h = self.stuck_hrs_rate if cfg.stuck_hrs_rate is None else cfg.stuck_hrs_rate
+            p_l = self.stuck_lrs_rate if cfg.stuck_lrs_rate is None else cfg.stuck_lrs_rate
+            u = torch.rand(shape, generator=g, device=dev, dtype=dt)
+            lrs = u < p_l
+            smask = u < (p_l + p_h)
+            lo, hi = self.stuck_hrs_range
+            g_lrs = torch.randn(shape, generator=g, device=dev, dtype=dt)
+            g_lrs.mul_(self.stuck_lrs_std).add_(self.stuck_lrs_mean)
+            g_hrs = torch.rand(shape, generator=g, device=dev, dtype=dt)
+            g_hrs.mul_(hi - lo).add_(lo)
+            sval = torch.where(lrs, g_lrs, g_hrs)
+        return Draws(gain, quad, dist, smask, sval)
