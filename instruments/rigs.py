@@ -1,0 +1,359 @@
+"""The two instrument-backed rigs: `PmuRig` (4200A PMU + pulse divider + 707B) and `WgfmuRig`
+(B1500A + B1530A WGFMU, single crosspoint or crossbar through the 707B).
+
+Both implement the V/3 write scheme (selected row V, selected column 0, other rows V/3, other
+columns 2V/3) and grounded reads (selected row Vr, the selected column held at 0 V by the
+current-sensing channel, every other line at 0 V). Any exception inside a rig operation,
+Ctrl-C included, puts every instrument in its safe state before it propagates.
+
+PmuRig. Matrix rows carry the instrument terminals: A = PMU ch1 (drive, also feeding the
+divider), B = PMU ch2 (sense, 0 V), C = divider V/3, D = divider 2V/3, E = ground. The 707B
+selects a device with ONE `channel.exclusiveclose` per configuration. The divider's taps follow
+ch1, so a grounded read needs the unselected lines on E instead of C/D: a pulse + read is
+therefore two PMU executions (write routing, then read routing), and the routing is only re-sent
+when it changes (n confirmation reads or a read map cost one selection per device).
+
+WgfmuRig. Channel 101 drives the top electrode (row), 102 holds the bottom electrode (column) at
+0 V and senses. On a single crosspoint, pulse + n reads are one WGFMU execution. On a crossbar,
+the 707B routes row r to 101 (row A), column c to 102 (row B), the other rows to SMU `v3` (row C)
+and the other columns to SMU `2v3` (row D). Choice: the B1500 SMUs supply V/3 and 2V/3 as DC
+levels set just before the pulse execution and returned to 0 V right after it, so the read
+execution that follows is a grounded read with the same routing (one selection per device).
+The cost: the unselected devices see their V/3 stress for the SMU hold time (about a command
+round trip), not only for the pulse; the simulator charges that stress too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from instruments import wgfmu as W
+from instruments.b1500 import B1500
+from instruments.k707b import K707B, channel_name
+from instruments.k4200 import K4200
+from instruments.limits import SafetyLimits
+from instruments.rig import CrossbarRig, ReadSettings
+from instruments.wgfmu import Wgfmu
+
+
+def monotonic_clock() -> Callable[[], float]:
+    """Real elapsed time since the rig was built (the clock of a real station)."""
+    t0 = time.monotonic()
+    return lambda: time.monotonic() - t0
+
+
+@dataclass(frozen=True)
+class MatrixWiring:
+    """Which 707B column carries each crossbar line, and which matrix row each terminal uses."""
+
+    rows: tuple[tuple[int, int], ...]   # (slot, column) of word line i
+    cols: tuple[tuple[int, int], ...]   # (slot, column) of bit line j
+    terminals: dict[str, str]           # role -> matrix row letter
+
+    def name(self, line: tuple[int, int], role: str) -> str:
+        slot, column = line
+        return channel_name(slot, self.terminals[role], column)
+
+
+class _GuardedRig(CrossbarRig):
+    """Runs every hardware operation under a guard that leaves the rig safe on any exception."""
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except BaseException:
+            try:
+                self.safe_state()
+            except Exception:
+                pass
+            raise
+
+
+# -- PMU rig -------------------------------------------------------------------------------------
+class PmuRig(_GuardedRig):
+    name = "pmu"
+    #: matrix roles used by this rig
+    ROLES = ("drive", "sense", "v3", "2v3", "gnd")
+
+    def __init__(self, pmu: K4200, matrix: K707B, wiring: MatrixWiring,
+                 limits: SafetyLimits | None = None, read: ReadSettings | None = None,
+                 clock: Callable[[], float] | None = None, edge: float = 20e-9,
+                 i_range: float = 100e-6):
+        super().__init__((len(wiring.rows), len(wiring.cols)), limits=limits, read=read)
+        missing = [r for r in self.ROLES if r not in wiring.terminals]
+        if missing:
+            raise ValueError(f"PmuRig wiring lacks matrix rows for {missing}")
+        self.pmu, self.matrix, self.wiring = pmu, matrix, wiring
+        self._clock = clock or monotonic_clock()
+        self.edge = max(20e-9, edge)
+        self.i_range = i_range
+        self._ready = False
+        self._routes: dict[tuple[str, int, int], list[str]] = {}
+        self.executions = 0
+
+    @property
+    def clock(self) -> float:
+        return self._clock()
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        if self._ready:
+            return
+        p, rs = self.pmu, self.read_settings
+        p.pmu_init(channels=(1, 2), i_range=self.i_range)
+        # read sequence (2): rise, plateau with spot-mean from 2 us to 95 % of the plateau, fall
+        e = 100e-9
+        t = [e, rs.seconds, e, 100e-9]
+        start = min(2e-6, 0.2 * rs.seconds)
+        ms, me = [0, start, 0, 0], [0, 0.95 * rs.seconds, 0, 0]
+        mt = [0, 1, 0, 0]
+        v1 = ([0, rs.volts, rs.volts, 0], [rs.volts, rs.volts, 0, 0])
+        p.send_setup(p.sarb_commands(1, 2, t, v1[0], v1[1], mt, ms, me)
+                     + p.sarb_commands(2, 2, t, [0] * 4, [0] * 4, mt, ms, me))
+        p.output(1, True)
+        p.output(2, True)
+        self._ready = True
+
+    def _route(self, kind: str, row: int, col: int) -> list[str]:
+        key = (kind, row, col)
+        sel = self._routes.get(key)
+        if sel is None:
+            w = self.wiring
+            other_row, other_col = ("v3", "2v3") if kind == "write" else ("gnd", "gnd")
+            sel = [w.name(w.rows[row], "drive"), w.name(w.cols[col], "sense")]
+            sel += [w.name(w.rows[i], other_row) for i in range(self.shape[0]) if i != row]
+            sel += [w.name(w.cols[j], other_col) for j in range(self.shape[1]) if j != col]
+            self._routes[key] = sel
+        return sel
+
+    def _fire(self, volts: float, seconds: float) -> None:
+        p, e = self.pmu, self.edge
+        t = [100e-9, e, seconds, e, 100e-9]
+        a = [0.0, 0.0, volts, volts, 0.0]
+        b = [0.0, volts, volts, 0.0, 0.0]
+        z = [0] * 5
+        p.send_setup(p.sarb_commands(1, 1, t, a, b, z, z, z)
+                     + p.sarb_commands(2, 1, t, [0.0] * 5, [0.0] * 5, z, z, z)
+                     + [p.seq_list_command(1, [(1, 1)]), p.seq_list_command(2, [(1, 1)])])
+        p.execute()
+        self.executions += 1
+
+    def _write(self, row: int, col: int, volts: float, seconds: float) -> None:
+        self._setup()
+        self.matrix.exclusive_close(self._route("write", row, col))
+        self._fire(volts, seconds)
+
+    def _reads(self, row: int, col: int, n: int) -> np.ndarray:
+        self._setup()
+        p = self.pmu
+        self.matrix.exclusive_close(self._route("read", row, col))
+        p.send_setup([p.seq_list_command(1, [(2, n)]), p.seq_list_command(2, [(2, n)])])
+        p.execute()
+        self.executions += 1
+        d = p.data(2, 0, n)
+        g = -d[:, 1] / self.read_settings.volts
+        return np.minimum(g, self.read_settings.ceiling_S)
+
+    def _pulse(self, row, col, volts, seconds):
+        self._guard(self._write, row, col, volts, seconds)
+
+    def _read_repeated(self, row, col, n):
+        return self._guard(self._reads, row, col, n)
+
+    def _pulse_and_read(self, row, col, volts, seconds, n):
+        def both():
+            self._write(row, col, volts, seconds)
+            return self._reads(row, col, n)
+        return self._guard(both)
+
+    def safe_state(self) -> None:
+        first: BaseException | None = None
+        for inst in (self.pmu, self.matrix):
+            try:
+                inst.make_safe()
+            except Exception as e:
+                first = first or e
+        self._ready = False
+        if first is not None:
+            raise first
+
+    def close(self) -> None:
+        try:
+            self.safe_state()
+        finally:
+            self.pmu.close()
+            self.matrix.close()
+
+
+# -- WGFMU rig -----------------------------------------------------------------------------------
+class WgfmuRig(_GuardedRig):
+    name = "wgfmu"
+
+    def __init__(self, wgfmu: Wgfmu, address: str, b1500: B1500 | None = None,
+                 matrix: K707B | None = None, wiring: MatrixWiring | None = None,
+                 top: int = 101, bottom: int = 102, smu_v3: int = 2, smu_2v3: int = 3,
+                 limits: SafetyLimits | None = None, read: ReadSettings | None = None,
+                 clock: Callable[[], float] | None = None, edge: float = 10e-9,
+                 compliance: float = 10e-3):
+        shape = (len(wiring.rows), len(wiring.cols)) if matrix is not None and wiring else (1, 1)
+        super().__init__(shape, limits=limits, read=read)
+        if matrix is not None and (wiring is None or b1500 is None):
+            raise ValueError("a crossbar WgfmuRig needs the 707B wiring and the B1500 SMUs")
+        self.wgfmu, self.b1500, self.matrix, self.wiring = wgfmu, b1500, matrix, wiring
+        self.address, self.top, self.bottom = address, top, bottom
+        self.smu_v3, self.smu_2v3 = smu_v3, smu_2v3
+        self.edge = max(W.GRID, edge)
+        self.compliance = compliance
+        self._clock = clock or monotonic_clock()
+        self._open = False
+        self._ready = False
+        self._loaded: tuple | None = None
+        self._bias_on = False
+        self.executions = 0
+
+    @property
+    def clock(self) -> float:
+        return self._clock()
+
+    @property
+    def crossbar_mode(self) -> bool:
+        return self.matrix is not None
+
+    def _setup(self) -> None:
+        if self._ready:
+            return
+        w = self.wgfmu
+        if not self._open:
+            w.open(self.address)
+            self._open = True
+        self._channels()
+        if self.crossbar_mode:
+            self.b1500.enable([self.smu_v3, self.smu_2v3])
+        self._loaded = None
+        self._ready = True
+
+    def _channels(self) -> None:
+        w = self.wgfmu
+        w.setup_channel(self.top)
+        w.setup_channel(self.bottom, measure_current_range=W.MEASURE_CURRENT_RANGE_100UA)
+        w.connect(self.top)
+        w.connect(self.bottom)
+
+    def _load(self, volts: float | None, seconds: float, n: int) -> None:
+        """Build the patterns for an optional pulse followed by n reads (host side), unless
+        the same waveform is already loaded."""
+        key = (volts, seconds, n)
+        if key == self._loaded:
+            return
+        w, rs, e = self.wgfmu, self.read_settings, self.edge
+        self._loaded = None
+        w.clear()
+        vec: list[tuple[float, float]] = []
+        if volts is not None:
+            vec += [(e, volts), (W.on_grid(seconds), volts), (e, 0.0), (1e-6, 0.0)]
+        t_read0 = sum(dt for dt, _ in vec)
+        rise = 100e-9
+        period = rise + rs.seconds + rise + 1e-6
+        for _ in range(n):
+            vec += [(rise, rs.volts), (W.on_grid(rs.seconds), rs.volts), (rise, 0.0),
+                    (1e-6, 0.0)]
+        total = sum(dt for dt, _ in vec)
+        w.create_pattern("top", 0.0)
+        w.add_vectors("top", vec)
+        w.create_pattern("bottom", 0.0)
+        w.add_vectors("bottom", [(W.on_grid(total), 0.0)])
+        if n:
+            # average over the plateau after the 100 uA range has settled (>= 1 us)
+            settle = min(2e-6, 0.2 * rs.seconds)
+            avg = W.on_grid(rs.seconds - settle - 0.5e-6)
+            w.set_measure_event("bottom", "read", t_read0 + rise + settle, n,
+                                W.on_grid(period), avg)
+        w.add_sequence(self.top, "top", 1)
+        w.add_sequence(self.bottom, "bottom", 1)
+        self._channels()  # re-apply setup after clear() (instruments.md §3.5)
+        self._loaded = key
+
+    def _run(self, n: int) -> np.ndarray:
+        w = self.wgfmu
+        w.execute()
+        w.wait()
+        self.executions += 1
+        if not n:
+            return np.zeros(0)
+        _, cur = w.measured(self.bottom)
+        if cur.size != n:
+            raise W.InstrumentError(f"expected {n} read points, got {cur.size}",
+                                    instrument=w.name, command="WGFMU_getMeasureValues")
+        g = -cur / self.read_settings.volts
+        return np.minimum(g, self.read_settings.ceiling_S)
+
+    def _select(self, row: int, col: int) -> None:
+        if not self.crossbar_mode:
+            return
+        wi = self.wiring
+        sel = [wi.name(wi.rows[row], "top"), wi.name(wi.cols[col], "bottom")]
+        sel += [wi.name(wi.rows[i], "v3") for i in range(self.shape[0]) if i != row]
+        sel += [wi.name(wi.cols[j], "2v3") for j in range(self.shape[1]) if j != col]
+        self.matrix.exclusive_close(sel)
+
+    def _bias(self, volts: float) -> None:
+        if volts == 0.0 and not self._bias_on:
+            return
+        self.b1500.force_voltages({self.smu_v3: volts / 3, self.smu_2v3: 2 * volts / 3},
+                                  self.compliance)
+        self._bias_on = volts != 0.0
+
+    def _do(self, row: int, col: int, volts: float | None, seconds: float, n: int) -> np.ndarray:
+        self._setup()
+        self._select(row, col)
+        if not self.crossbar_mode:
+            self._load(volts, seconds, n)
+            return self._run(n)
+        out = np.zeros(0)
+        if volts is not None:
+            self._load(volts, seconds, 0)
+            self._bias(volts)
+            self._run(0)
+            self._bias(0.0)
+        if n:
+            self._load(None, 0.0, n)
+            out = self._run(n)
+        return out
+
+    def _pulse(self, row, col, volts, seconds):
+        self._guard(self._do, row, col, volts, seconds, 0)
+
+    def _read_repeated(self, row, col, n):
+        return self._guard(self._do, row, col, None, 0.0, n)
+
+    def _pulse_and_read(self, row, col, volts, seconds, n):
+        return self._guard(self._do, row, col, volts, seconds, n)
+
+    def safe_state(self) -> None:
+        first: BaseException | None = None
+        for inst in (self.wgfmu, self.b1500, self.matrix):
+            if inst is None:
+                continue
+            try:
+                inst.make_safe()
+            except Exception as e:
+                first = first or e
+        self._ready = False
+        self._bias_on = False
+        self._loaded = None
+        if first is not None:
+            raise first
+
+    def close(self) -> None:
+        try:
+            self.safe_state()
+        finally:
+            self.wgfmu.close()
+            self._open = False
+            for inst in (self.b1500, self.matrix):
+                if inst is not None:
+                    inst.close()
