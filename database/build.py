@@ -1,0 +1,184 @@
+"""Build the non-ideality database from raw campaign runs.
+
+- Tuning imprecision (tuning-untuning runs): per level, the relative error of converged tunings,
+  err = (g_settled - target) / target; sigma = its std, offset = its mean; a least-squares line
+  sigma_rel(G) over the levels. The per-device offset distribution N(mean, std) is the mean and
+  std over devices of each device's mean error. Failed tunings are counted, not used.
+- Disturbance (disturbance runs): every sample not marked `excluded` by the campaign (devices
+  whose own tuning failed or that look stuck, reads at the range ceiling), keyed by k. Outlier
+  rule: optionally drop |delta| > `disturbance_cut` [S] (the published database applied a
+  +-40 uS cut); the rule actually applied is written into the database text.
+- Stuck devices (stuck runs): rates = class counts / devices screened; samples = initial reads of
+  stuck devices that did not hit the range ceiling; the parametric models (HRS uniform range,
+  LRS normal) are fitted when there are at least 3 samples, else the published values are kept.
+- Shapiro-Wilk normality (scipy) of the tuning error per level and of the per-device offsets,
+  where the paper models them as normal; results go into provenance["statistics"].
+
+Provenance: every part names the files and runs (with their seeds) it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from database.errors import DatabaseError
+from database.nonideality import NonIdealityDB
+from database.runs import list_runs, read_table
+
+_DEFAULT_HRS = (10e-6, 100e-6)
+_DEFAULT_LRS = (573e-6, 99e-6)
+
+
+def _shapiro(x: np.ndarray) -> dict:
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    if x.size < 3 or np.ptp(x) == 0:
+        return {"n": int(x.size), "W": None, "p": None}
+    w, p = stats.shapiro(x[:5000])
+    return {"n": int(x.size), "W": float(w), "p": float(p)}
+
+
+def _collect(run_files) -> dict[str, list[tuple[Path, str, int | None]]]:
+    found: dict[str, list] = {}
+    for f in run_files:
+        f = Path(f)
+        for info in list_runs(f):
+            if info.devices_done == 0:
+                continue
+            found.setdefault(info.protocol, []).append((f, info.name, info.seed))
+    return found
+
+
+def _src(items) -> list[str]:
+    return [f"{p.name}:{run} (seed {seed})" for p, run, seed in items]
+
+
+def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None = None,
+                      g_max: float | None = None, disturbance_cut: float | None = None,
+                      use_settled: bool = True) -> NonIdealityDB:
+    """A NonIdealityDB from raw-run files (tuning-untuning and disturbance runs required)."""
+    found = _collect(run_files)
+    if "tuning-untuning" not in found:
+        raise DatabaseError("no tuning-untuning run among the inputs: cannot build the tuning model")
+    if "disturbance" not in found:
+        raise DatabaseError("no disturbance run among the inputs: cannot build the disturbance model")
+    provenance: dict = {"statistics": {}}
+
+    # -- tuning ----------------------------------------------------------------------------
+    parts = []
+    for p, run, _seed in found["tuning-untuning"]:
+        df = read_table(p, "tunings", run)
+        df["source"] = f"{p.name}:{run}"
+        parts.append(df)
+    tun = pd.concat(parts, ignore_index=True)
+    ok = tun[tun.converged]
+    if len(ok) == 0:
+        raise DatabaseError("tuning runs hold no converged tuning")
+    col = "g_settled" if use_settled else "g_final"
+    err = (ok[col] - ok.target) / ok.target
+    by_level = err.groupby(ok.target)
+    levels = np.array(sorted(by_level.groups), float)
+    sigma = np.array([by_level.get_group(lv).std(ddof=1) for lv in levels])
+    offset = np.array([by_level.get_group(lv).mean() for lv in levels])
+    counts = np.array([by_level.get_group(lv).size for lv in levels], float)
+    if levels.size >= 2:
+        slope, intercept = np.polyfit(levels, sigma, 1)
+    else:
+        slope, intercept = 0.0, float(sigma[0])
+    dev_mean = err.groupby([ok.source, ok.device]).mean()
+    provenance["tuning"] = (f"{len(ok)} converged of {len(tun)} tunings ({col}) from "
+                            + ", ".join(_src(found['tuning-untuning'])))
+    provenance["statistics"]["tuning_failure_rate"] = float((~tun.converged).mean())
+    provenance["statistics"]["shapiro_tuning_error_per_level"] = {
+        f"{lv:.6e}": _shapiro(by_level.get_group(lv).to_numpy()) for lv in levels}
+    provenance["statistics"]["shapiro_device_offsets"] = _shapiro(dev_mean.to_numpy())
+
+    # -- disturbance -----------------------------------------------------------------------
+    keys, deltas, n_excl = [], [], 0
+    for p, run, _seed in found["disturbance"]:
+        s = read_table(p, "samples", run)
+        n_excl += int(s.excluded.sum())
+        s = s[~s.excluded]
+        keys.append(s.k.to_numpy())
+        deltas.append(s.delta.to_numpy())
+    keys_a = np.concatenate(keys).astype(np.int64)
+    delta_a = np.concatenate(deltas)
+    rule = ("samples of devices flagged by the campaign (own tuning failed or stuck) and reads "
+            f"at the current-range ceiling excluded ({n_excl} samples)")
+    if disturbance_cut is not None:
+        keep = np.abs(delta_a) <= disturbance_cut
+        rule += f"; |delta| > {disturbance_cut:.3e} S dropped ({int((~keep).sum())} samples)"
+        keys_a, delta_a = keys_a[keep], delta_a[keep]
+    else:
+        rule += "; no magnitude cut"
+    if delta_a.size == 0:
+        raise DatabaseError("disturbance runs hold no usable sample")
+    kmax = int(keys_a.max())
+    mu = np.full(kmax + 1, np.nan)
+    sd = np.full(kmax + 1, np.nan)
+    for k in range(kmax + 1):
+        d = delta_a[keys_a == k]
+        if d.size:
+            mu[k] = d.mean()
+            sd[k] = d.std(ddof=1) if d.size > 1 else 0.0
+    provenance["disturbance"] = (f"{delta_a.size} samples, keys 1..{kmax}, from "
+                                 + ", ".join(_src(found["disturbance"])))
+
+    # -- stuck -----------------------------------------------------------------------------
+    hrs_rate = lrs_rate = None
+    hrs_s = lrs_s = np.zeros(0)
+    hrs_range, lrs_mean, lrs_std = _DEFAULT_HRS, *_DEFAULT_LRS
+    if "stuck" in found:
+        st = pd.concat([read_table(p, "devices", run) for p, run, _ in found["stuck"]],
+                       ignore_index=True)
+        n = len(st)
+        hrs_rate = float((st.status == 1).sum() / n)
+        lrs_rate = float((st.status == 2).sum() / n)
+        hrs_s = st.g_initial[(st.status == 1) & ~st.initial_clipped].to_numpy()
+        lrs_s = st.g_initial[(st.status == 2) & ~st.initial_clipped].to_numpy()
+        notes = []
+        if hrs_s.size >= 3:
+            hrs_range = (float(hrs_s.min()), float(hrs_s.max()))
+        else:
+            notes.append("HRS range: published U(10, 100) uS (fewer than 3 samples)")
+        if lrs_s.size >= 3:
+            lrs_mean, lrs_std = float(lrs_s.mean()), float(lrs_s.std(ddof=1))
+        else:
+            notes.append("LRS model: published N(573, 99) uS (fewer than 3 unclipped samples)")
+        n_clip = int(((st.status == 2) & st.initial_clipped).sum())
+        provenance["stuck"] = (f"{n} devices screened ({int((st.status == 1).sum())} HRS, "
+                               f"{int((st.status == 2).sum())} LRS, {n_clip} LRS reads clipped "
+                               "at the range ceiling and left out of the samples) from "
+                               + ", ".join(_src(found["stuck"])) + ("; " + "; ".join(notes)
+                                                                   if notes else ""))
+    else:
+        # fall back on the disturbance runs' flags for the rates, published models for values
+        dv = pd.concat([read_table(p, "devices", run) for p, run, _ in found["disturbance"]],
+                       ignore_index=True)
+        hrs_rate = float((dv.status == 1).mean())
+        lrs_rate = float((dv.status == 2).mean())
+        provenance["stuck"] = ("no stuck-screening run: rates from the disturbance runs' flags "
+                               f"({len(dv)} devices); value models are the published ones")
+
+    g_lo = float(levels.min()) if g_min is None else g_min
+    g_hi = float(levels.max()) if g_max is None else g_max
+    if not g_lo < g_hi:
+        raise DatabaseError("need at least two tuning levels (or explicit g_min < g_max)")
+    provenance["runs"] = sorted({str(p) for v in found.values() for p, _r, _s in v})
+    db = NonIdealityDB(
+        g_min=g_lo, g_max=g_hi, tuning_levels=levels, tuning_sigma_rel=sigma,
+        tuning_offset_rel=offset, tuning_counts=counts, sigma_fit_slope=float(slope),
+        sigma_fit_intercept=float(intercept), offset_mean_rel=float(dev_mean.mean()),
+        offset_std_rel=float(dev_mean.std(ddof=1)) if dev_mean.size > 1 else 0.0,
+        disturbance_keys=keys_a, disturbance_delta=delta_a, stuck_hrs_rate=hrs_rate,
+        stuck_lrs_rate=lrs_rate, stuck_hrs_samples=hrs_s, stuck_lrs_samples=lrs_s,
+        stuck_hrs_range=hrs_range, stuck_lrs_mean=lrs_mean, stuck_lrs_std=lrs_std,
+        disturbance_rule=rule, disturbance_key_mu=mu, disturbance_key_sigma=sd,
+        provenance=provenance)
+    db.validate()
+    return db

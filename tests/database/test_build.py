@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+
+from database.build import build_nonideality
+from database.errors import DatabaseError
+from database.nonideality import load_nonideality, save_nonideality
+from database.runs import RunWriter
+from protocols.campaigns import disturbance, stuck, tuning_untuning
+
+
+def _write(path, protocol, cls_tables, rows_per_device, config=None):
+    w = RunWriter.open(path, protocol=protocol, config=config or {}, station={}, seed=1,
+                       tables=cls_tables, devices_total=len(rows_per_device))
+    for i, rows in enumerate(rows_per_device):
+        w.commit_device(i, rows)
+    w.finish()
+
+
+def _tunings(rng, levels, n_dev=4, reps=50, sigma=lambda g: 0.007 - 6e-3 * g / 1e-3 * 0.1,
+             offset=-0.006):
+    out = []
+    for d in range(n_dev):
+        cols = {k: [] for k in tuning_untuning.TUNINGS_COLUMNS}
+        for li, lv in enumerate(levels):
+            for r in range(reps):
+                e = offset + sigma(lv) * rng.standard_normal()
+                vals = dict(device=d, row=0, col=d, level=li, repeat=r, target=lv, g_off=50e-6,
+                            untune_pulses=3, converged=not (d == 0 and r == 0 and li == 0),
+                            gave_up=False, pulses=40, set_pulses=30, reset_pulses=10,
+                            g_initial=50e-6, g_final=lv * (1 + e), g_settled=lv * (1 + e),
+                            t_start=0.0, t_end=1.0)
+                for k, v in vals.items():
+                    cols[k].append(v)
+        out.append({"tunings": cols})
+    return out
+
+
+def _disturbance_rows():
+    rows = []
+    for i in range(4):
+        dev = {"device": [i], "row": [0], "col": [i], "target": [2e-4], "converged": [i != 1],
+               "pulses": [30], "status": [0 if i != 1 else 1], "g_final": [2e-4],
+               "g_ref": [2e-4], "t_end": [1.0]}
+        prev = np.arange(i)
+        s = {"after": np.full(i, i), "device": prev, "row": prev * 0, "col": prev, "k": i - prev,
+             "g": np.full(i, 2e-4), "delta": -1e-6 * (i - prev) - (prev == 0) * 50e-6,
+             "excluded": prev == 1}
+        rows.append({"devices": dev, "samples": s})
+    return rows
+
+
+def test_build_from_synthetic_runs_recovers_the_model(tmp_path):
+    rng = np.random.default_rng(0)
+    levels = np.linspace(100e-6, 400e-6, 4)
+    sig = lambda g: 0.0069 - 6.24 * g  # noqa: E731  (the paper's line, G in S)
+    _write(tmp_path / "t.h5", "tuning-untuning", {"tunings": tuning_untuning.TUNINGS_COLUMNS},
+           _tunings(rng, levels, n_dev=6, reps=400, sigma=sig))
+    _write(tmp_path / "d.h5", "disturbance", {"devices": disturbance.DEVICES_COLUMNS,
+                                              "samples": disturbance.SAMPLES_COLUMNS},
+           _disturbance_rows())
+    db = build_nonideality([tmp_path / "t.h5", tmp_path / "d.h5"])
+    assert np.allclose(db.tuning_levels, levels)
+    assert np.allclose(db.tuning_sigma_rel, sig(levels), rtol=0.1)
+    assert db.sigma_fit_slope == pytest.approx(-6.24, rel=0.15)
+    assert db.offset_mean_rel == pytest.approx(-0.006, abs=5e-4)
+    assert db.tuning_counts.sum() == 6 * 4 * 400 - 1  # the failed tuning is not used
+    # disturbance: device 1 was flagged, its samples excluded; keys = devices after
+    assert db.disturbance_keys.size == 6 - 2
+    assert set(db.disturbance_keys) == {1, 2, 3}
+    assert db.disturbance_delta.min() == pytest.approx(-53e-6)
+    assert "no magnitude cut" in db.disturbance_rule
+    cut = build_nonideality([tmp_path / "t.h5", tmp_path / "d.h5"], disturbance_cut=40e-6)
+    assert cut.disturbance_delta.min() > -40e-6 and "dropped (3 samples)" in cut.disturbance_rule
+    # stuck rates without a stuck run: from the disturbance flags
+    assert db.stuck_hrs_rate == pytest.approx(0.25) and db.stuck_lrs_rate == 0
+    assert "t.h5:run0" in db.provenance["tuning"] and "d.h5:run0" in db.provenance["disturbance"]
+    sw = db.provenance["statistics"]["shapiro_tuning_error_per_level"]
+    assert len(sw) == 4 and all(v["p"] > 1e-3 for v in sw.values())
+    save_nonideality(db, tmp_path / "ni.h5")
+    back = load_nonideality(tmp_path / "ni.h5")
+    assert np.allclose(back.tuning_sigma_rel, db.tuning_sigma_rel)
+    assert back.provenance == db.provenance
+
+
+def test_build_needs_tuning_and_disturbance(tmp_path):
+    _write(tmp_path / "d.h5", "disturbance", {"devices": disturbance.DEVICES_COLUMNS,
+                                              "samples": disturbance.SAMPLES_COLUMNS},
+           _disturbance_rows())
+    with pytest.raises(DatabaseError, match="tuning"):
+        build_nonideality([tmp_path / "d.h5"])
+
+
+def test_stuck_run_gives_rates_and_samples(tmp_path):
+    rng = np.random.default_rng(1)
+    _write(tmp_path / "t.h5", "tuning-untuning", {"tunings": tuning_untuning.TUNINGS_COLUMNS},
+           _tunings(rng, [100e-6, 400e-6], n_dev=2, reps=5))
+    _write(tmp_path / "d.h5", "disturbance", {"devices": disturbance.DEVICES_COLUMNS,
+                                              "samples": disturbance.SAMPLES_COLUMNS},
+           _disturbance_rows())
+    status = [0] * 90 + [1] * 4 + [2] * 6
+    g0 = [2e-4] * 90 + [20e-6, 30e-6, 40e-6, 90e-6] + [450e-6, 480e-6, 470e-6, 500e-6, 500e-6, 460e-6]
+    rows = []
+    for i, (s, g) in enumerate(zip(status, g0, strict=True)):
+        rows.append({"devices": {"device": [i], "row": [i // 10], "col": [i % 10],
+                                 "g_initial": [g], "initial_clipped": [g >= 500e-6],
+                                 "g_after_set": [g], "set_pulses": [10], "g_after_reset": [g],
+                                 "reset_pulses": [10], "final_clipped": [False],
+                                 "status": [s]}})
+    _write(tmp_path / "s.h5", "stuck", {"devices": stuck.DEVICES_COLUMNS}, rows)
+    db = build_nonideality([tmp_path / p for p in ("t.h5", "d.h5", "s.h5")])
+    assert db.stuck_hrs_rate == pytest.approx(0.04) and db.stuck_lrs_rate == pytest.approx(0.06)
+    assert db.stuck_hrs_samples.size == 4 and db.stuck_lrs_samples.size == 4  # 2 clipped
+    assert db.stuck_hrs_range == pytest.approx((20e-6, 90e-6))
+    assert "clipped" in db.provenance["stuck"]
