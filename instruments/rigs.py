@@ -19,8 +19,12 @@ the 707B routes row r to 101 (row A), column c to 102 (row B), the other rows to
 and the other columns to SMU `2v3` (row D). Choice: the B1500 SMUs supply V/3 and 2V/3 as DC
 levels set just before the pulse execution and returned to 0 V right after it, so the read
 execution that follows is a grounded read with the same routing (one selection per device).
-The cost: the unselected devices see their V/3 stress for the SMU hold time (about a command
-round trip), not only for the pulse; the simulator charges that stress too.
+The cost, and it is large: while the SMUs hold their levels the WGFMU channels idle at 0 V, so
+the half-selected devices on the selected row see -2V/3 (and those on the selected column
++V/3) for the whole hold time, about one execution round trip (milliseconds), not only for the
+pulse. The simulator charges that DC stress, and on the simulated chip it visibly RESETs or SETs
+half-selected devices. Use PmuRig (divider levels pulsed in lock-step) for crossbars; the WGFMU
+crossbar mode is for occasional single-device work on a routed array.
 """
 
 from __future__ import annotations

@@ -289,7 +289,11 @@ class EmulatedWgfmuLibrary:
 
         def level(ch: int, t: float) -> float:
             for t0, dt, v0, v1 in waves[ch][0]:
-                if t0 - 1e-15 <= t <= t0 + dt + 1e-15:
+                if t0 - 1e-13 <= t <= t0 + dt + 1e-13:
+                    if t >= t0 + dt - 1e-13:  # exact end points: no rounding residue
+                        return v1
+                    if t <= t0 + 1e-13:
+                        return v0
                     return v0 + (v1 - v0) * ((t - t0) / dt)
             vec = waves[ch][0]
             return vec[-1][3] if vec else 0.0

@@ -224,7 +224,9 @@ class LabWorld:
 
 
 def _active(s: Segment) -> bool:
-    return any(s.v0.values()) or any(s.v1.values()) or bool(s.measures)
+    # |v| below 1 nV counts as 0 V (interpolation residue)
+    return (bool(s.measures) or any(abs(v) > 1e-9 for v in s.v0.values())
+            or any(abs(v) > 1e-9 for v in s.v1.values()))
 
 
 def _same(a: dict[str, float], b: dict[str, float]) -> bool:
