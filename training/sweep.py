@@ -736,13 +736,14 @@ def run_point(params: dict) -> dict:
         cfg = train_mod.TrainConfig(hardware_aware=(kind == "hardware_aware"), **kw)
         res = train_mod.train(cfg, x_tr, y_tr, db)
         model = res.model
-        device = str(next(model.parameters()).device)
-        if model.mapping is None:  # the regular network: attach the same non-idealities
-            model.attach_noise(db, mapping=cfg.mapping, cfg=noise, tile_rows=cfg.tile_rows,
-                               tile_cols=cfg.tile_cols, share_bias=cfg.share_bias)
+        device = str(model.layers[0].weight.device)
+        # both networks see the same non-idealities at evaluation (the paper's comparison)
         t0 = time.perf_counter()
-        ev = evaluate_transfers(model, x_te, y_te, params["transfers"], seed=params["seed"])
-        metrics = _metrics_from_evaluation(ev)
+        ev = evaluate_transfers(model, x_te, y_te, params["transfers"], db,
+                                mapping=cfg.mapping, noise=noise, seed=params["seed"],
+                                tile_rows=cfg.tile_rows, tile_cols=cfg.tile_cols,
+                                share_bias=cfg.share_bias)
+        metrics = _metrics_from_evaluation(ev.summary(0))
         metrics.update(steps=res.steps, train_s=res.seconds, eval_s=time.perf_counter() - t0)
         kinds[kind] = metrics
     return {"kinds": kinds, "device": device,
@@ -752,7 +753,14 @@ def run_point(params: dict) -> dict:
                                            if x_rate is None else x_rate + y_rate)}}
 
 
-def _metrics_from_evaluation(ev: Any) -> dict[str, float]:
-    """Adapter from the evaluation result to the sweep's metric columns."""
-    raise SweepError("run_point: the result of training.evaluate.evaluate_transfers is not "
-                     "mapped to sweep metrics yet")
+def _metrics_from_evaluation(summary: dict) -> dict[str, float]:
+    """Flatten training.evaluate's summary of one network into the sweep's metric columns:
+    share_correct_<q> for every threshold q (share_correct_95 is the paper's metric) and the
+    transfer-accuracy statistics."""
+    out = {"share_correct_95": float(summary["share_correct_95"])}
+    for q, v in summary["share_correct"].items():  # keys like ">=95%"
+        out[f"share_correct_{q.strip('>=%')}"] = float(v)
+    for name in ("transfer_acc_mean", "transfer_acc_p05", "clean_acc", "transfer_acc_std",
+                 "transfer_acc_median", "transfer_acc_min"):
+        out[name] = float(summary[name])
+    return out

@@ -367,3 +367,51 @@ def test_cli_runs_a_sweep_with_an_injected_point_function(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "o" / "results.csv").exists()
     assert "6 of 6 points" in res.output
+
+
+# -- the real point function (short trainings; skipped if the training API is absent) --------
+
+
+def test_run_point_trains_and_evaluates_both_networks():
+    pytest.importorskip("torch")
+    pytest.importorskip("training.evaluate")
+    from training.sweep import run_point
+
+    def point(**kw):
+        spec = {"base": {"epochs": 15, "transfers": 100, "seed": 3, **kw}}
+        from training.sweep import SweepSpec
+
+        (p,) = expand(SweepSpec.model_validate(spec))
+        return run_point({**p.params, "kinds": ["hardware_aware", "regular"]})
+
+    clean = point(stuck_rate=0.0, tile_size=4)
+    for kind in ("hardware_aware", "regular"):
+        m = clean["kinds"][kind]
+        assert set(METRICS) <= set(m)
+        assert 0.0 <= m["share_correct_95"] <= 1.0 and m["steps"] == 15 * 4
+        assert m["transfer_acc_p05"] <= m["transfer_acc_mean"] + 1e-9
+    assert clean["params_used"]["stuck_rate"] == 0.0
+    # the point's stuck rate reaches the noise model: 40 % stuck devices wreck the transfers
+    wrecked = point(stuck_rate=0.4, tile_size=4)
+    for kind in ("hardware_aware", "regular"):
+        assert (wrecked["kinds"][kind]["transfer_acc_mean"]
+                < clean["kinds"][kind]["transfer_acc_mean"] - 0.1)
+    # same seed, same numbers
+    again = point(stuck_rate=0.4, tile_size=4)
+    assert again["kinds"]["regular"]["share_correct_95"] == \
+        wrecked["kinds"]["regular"]["share_correct_95"]
+
+
+def test_run_point_digits_uses_the_digits_network():
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    pytest.importorskip("training.evaluate")
+    from training.sweep import SweepSpec, run_point
+
+    (p,) = expand(SweepSpec.model_validate(
+        {"base": {"dataset": "digits", "epochs": 3, "transfers": 20, "hidden": [16]}}))
+    res = run_point({**p.params, "kinds": ["hardware_aware"]})
+    m = res["kinds"]["hardware_aware"]
+    assert list(res["kinds"]) == ["hardware_aware"]
+    assert m["clean_acc"] > 0.3  # well above chance (0.1) after 3 epochs
+    assert m["steps"] == 3 * 6  # 1,348 training images in batches of 256
