@@ -257,6 +257,9 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
     cfg = cfg or TuneConfig()
     if not (target > 0 and math.isfinite(target)):
         raise ConfigError(f"tuning target must be a positive conductance in S, got {target!r}")
+    rows, cols = rig.shape
+    if not (0 <= row < rows and 0 <= col < cols):
+        raise ConfigError(f"device ({row},{col}) is outside the {rows}x{cols} crossbar")
     for v in (cfg.v_set_max, cfg.v_reset_min):
         try:
             rig.limits.check_pulse(v, cfg.width)

@@ -1,0 +1,87 @@
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from database.runs import list_runs, read_table
+from xbarlab.cli import main
+
+STATIONS = Path(__file__).resolve().parents[2] / "xbarlab" / "stations"
+PMU = str(STATIONS / "sim-pmu.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_blas():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+def _cli(args, capsys):
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_tune_command(capsys):
+    code, out, _ = _cli(["tune", "--station", PMU, "--device", "2,3", "--target", "250e-6",
+                         "--json"], capsys)
+    assert code == 0
+    res = json.loads(out)
+    assert res["converged"] and abs(res["error_pct"]) <= 1.0 and res["pulses"] > 0
+    code, _, err = _cli(["tune", "--station", PMU, "--device", "9,9", "--target", "1e-4"],
+                        capsys)
+    assert code == 2 and err.strip()
+
+
+def test_run_build_show_plot(tmp_path, capsys):
+    cfg = tmp_path / "tu.yaml"
+    cfg.write_text(yaml.safe_dump({"levels": 2, "repeats": 2, "record_history": False}))
+    tu, dist, st = tmp_path / "tu.h5", tmp_path / "d.h5", tmp_path / "s.h5"
+    code, out, _ = _cli(["run", "tuning-untuning", "--station", PMU, "-o", str(tu), "--config",
+                         str(cfg), "--device", "0,0", "--device", "1,1", "--no-progress"], capsys)
+    assert code == 0 and "tunings: 8" in out
+    assert tu.with_suffix(".log").exists()
+    assert list_runs(tu)[-1].station["name"] == "sim-pmu"
+    devs = [a for d in ("0,0", "0,1", "1,0", "1,1") for a in ("--device", d)]
+    code, _, _ = _cli(["run", "disturbance", "--station", PMU, "-o", str(dist), "--seed", "3",
+                       "--no-progress", *devs], capsys)
+    assert code == 0
+    assert len(read_table(dist, "samples")) == 6
+    code, _, _ = _cli(["run", "stuck", "--station", PMU, "-o", str(st), "--device", "3,3",
+                       "--no-progress"], capsys)
+    assert code == 0
+    # a complete file is not overwritten without --overwrite
+    code, _, err = _cli(["run", "stuck", "--station", PMU, "-o", str(st), "--device", "3,3",
+                         "--no-progress"], capsys)
+    assert code == 2 and "overwrite" in err
+    code, out, _ = _cli(["db", "show", str(tu)], capsys)
+    assert code == 0 and "tuning-untuning" in out and "complete" in out
+    db = tmp_path / "ni.h5"
+    code, out, _ = _cli(["db", "build", str(tu), str(dist), str(st), "-o", str(db)], capsys)
+    assert code == 0 and db.exists()
+    code, out, _ = _cli(["db", "show", str(db)], capsys)
+    assert code == 0 and "disturbance:" in out and "provenance tuning" in out
+    code, out, _ = _cli(["db", "plot", str(db), "--out", str(tmp_path / "fig")], capsys)
+    assert code == 0
+    pngs = sorted(p.name for p in (tmp_path / "fig").glob("*.png"))
+    assert pngs == ["disturbance.png", "stuck.png", "tuning.png"]
+    assert all((tmp_path / "fig" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_bad_inputs_exit_2(tmp_path, capsys):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"junk")
+    code, _, err = _cli(["db", "show", str(junk)], capsys)
+    assert code == 2 and "HDF5" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("levels: 0\n")
+    code, _, err = _cli(["run", "tuning-untuning", "--station", PMU, "-o",
+                         str(tmp_path / "x.h5"), "--config", str(bad)], capsys)
+    assert code == 2 and "levels" in err

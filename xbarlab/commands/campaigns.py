@@ -1,0 +1,161 @@
+"""`xbarlab tune` and `xbarlab run <campaign>`: write-verify and the characterisation campaigns."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+import yaml
+from pydantic import ValidationError
+
+from xbarlab.errors import XbarlabError
+
+log = logging.getLogger("xbarlab.campaign")
+
+
+def _parse_device(text: str) -> tuple[int, int]:
+    try:
+        r, c = (int(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected ROW,COL, got {text!r}") from None
+    return r, c
+
+
+def _load_config(cls, path: str | None, overrides: dict):
+    raw: dict = {}
+    if path:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise XbarlabError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise XbarlabError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise XbarlabError(f"{path}: a campaign config is a mapping of fields")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "(config)"
+        raise XbarlabError(f"campaign config: {where}: {err['msg']}") from None
+
+
+def _station(path: str):
+    from xbarlab.station import load_station
+
+    return load_station(path)
+
+
+def _log_to_file(out: Path) -> logging.Handler:
+    h = logging.FileHandler(out.with_suffix(".log"))
+    h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("xbarlab")
+    logger.addHandler(h)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return h
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def register(cli: click.Group) -> None:
+    run_group = cli.commands["run"]
+
+    @cli.command("tune")
+    @click.option("--station", "station_path", required=True, type=click.Path(dir_okay=False),
+                  help="station file (YAML)")
+    @click.option("--device", required=True, help="ROW,COL (0-based)")
+    @click.option("--target", required=True, type=float, help="target conductance [S]")
+    @click.option("--crossbar", default=None, help="crossbar on the chip (sim stations)")
+    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="alibart")
+    @click.option("--tolerance", type=float, default=None, help="band, fraction of target")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                  help="TuneConfig YAML")
+    @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+    def tune_cmd(station_path, device, target, crossbar, algorithm, tolerance, config_path,
+                 as_json):
+        """Write-verify one device to a target conductance."""
+        from protocols.tuning import TuneConfig, tune
+
+        row, col = _parse_device(device)
+        cfg = _load_config(TuneConfig, config_path, {"algorithm": algorithm,
+                                                     "tolerance": tolerance})
+        st = _station(station_path)
+        with st.open_rig(crossbar) as rig:
+            res = tune(rig, row, col, target, cfg)
+        out = {"device": [row, col], "target_S": target, "converged": res.converged,
+               "pulses": res.pulses, "set_pulses": res.set_pulses,
+               "reset_pulses": res.reset_pulses, "g_initial_S": res.g_initial,
+               "g_final_S": res.g_final, "error_pct": 100 * res.error_rel,
+               "instrument_time_s": res.t_end - res.t_start}
+        if as_json:
+            click.echo(json.dumps(out))
+            return
+        state = "converged" if res.converged else "FAILED"
+        click.echo(f"({row},{col}) {state} after {res.pulses} pulses "
+                   f"({res.set_pulses} SET, {res.reset_pulses} RESET): "
+                   f"{res.g_initial * 1e6:.2f} -> {res.g_final * 1e6:.2f} uS "
+                   f"(target {target * 1e6:.2f} uS, error {100 * res.error_rel:+.3f} %), "
+                   f"instrument time {res.t_end - res.t_start:.3f} s")
+        if not res.converged:
+            raise SystemExit(1)
+
+    def make(name: str):
+        @run_group.command(name)
+        @click.option("--station", "station_path", required=True,
+                      type=click.Path(dir_okay=False), help="station file (YAML)")
+        @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+                      help="raw-run HDF5 file")
+        @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                      help="campaign config YAML (fields of the campaign's config)")
+        @click.option("--seed", type=int, default=0, show_default=True,
+                      help="campaign seed (random targets)")
+        @click.option("--crossbar", default=None, help="crossbar on the chip (sim stations)")
+        @click.option("--device", "devices", multiple=True, help="ROW,COL; repeat; default all")
+        @click.option("--resume", is_flag=True,
+                      help="continue the file's unfinished run (same settings)")
+        @click.option("--overwrite", is_flag=True, help="replace an existing file")
+        @click.option("--no-progress", is_flag=True, help="no progress bar")
+        def cmd(station_path, out, config_path, seed, crossbar, devices, resume, overwrite,
+                no_progress):
+            from protocols.campaigns import CAMPAIGNS
+
+            module, cls = CAMPAIGNS[name]
+            over = {"devices": [_parse_device(d) for d in devices] if devices else None}
+            cfg = _load_config(cls, config_path, over)
+            out_p = Path(out)
+            if out_p.exists() and not (resume or overwrite):
+                click.echo(f"{out_p} exists: continuing its unfinished run if the settings match",
+                           err=True)
+            out_p.parent.mkdir(parents=True, exist_ok=True)
+            handler = _log_to_file(out_p)
+            try:
+                st = _station(station_path)
+                station_desc = st.describe()
+                log.info("%s on %s -> %s (seed %s)", name, st.name, out_p, seed)
+                with st.open_rig(crossbar) as rig:
+                    res = module.run(rig, cfg, out_p, seed=seed, station=station_desc,
+                                     resume=resume, overwrite=overwrite,
+                                     progress=not no_progress, chip=st.chip)
+            finally:
+                logging.getLogger("xbarlab").removeHandler(handler)
+                handler.close()
+            if res.resumed_from:
+                click.echo(f"resumed after {res.resumed_from} finished devices")
+            click.echo(f"{name}: {res.path} ({res.run})")
+            for k, v in res.summary.items():
+                click.echo(f"  {k}: {_fmt(v)}")
+
+        cmd.__doc__ = (f"Run the {name} campaign (resumable; re-run the same command to "
+                       "continue an interrupted run).")
+        return cmd
+
+    for name in ("tuning-untuning", "disturbance", "stuck", "iv"):
+        make(name)
