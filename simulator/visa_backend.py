@@ -157,10 +157,10 @@ class EmulatedVisaLibrary(highlevel.VisaLibraryBase):
         try:
             rname.parse_resource_name(resource_name)
         except rname.InvalidResourceName:
-            return 0, StatusCode.error_invalid_resource_name
+            raise VisaIOError(StatusCode.error_invalid_resource_name.value) from None
         emu = self.instruments.get(resource_name)
         if emu is None:
-            return 0, StatusCode.error_resource_not_found
+            raise VisaIOError(StatusCode.error_resource_not_found.value)
         return self._register(_Session(resource_name, emu)), StatusCode.success
 
     def close(self, session):
