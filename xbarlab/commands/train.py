@@ -1,0 +1,223 @@
+"""`xbarlab train`, `xbarlab evaluate`, `xbarlab reproduce`: hardware-aware training.
+
+torch is imported inside the commands only, so the CLI starts (and every other command works)
+on a lab PC without the [train] extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from xbarlab.errors import XbarlabError
+
+MAPPING = click.Choice(["physical", "reference"])
+
+
+def _need_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise XbarlabError("this command needs PyTorch: install the [train] extra "
+                           "(pip install 'xbarlab[train]')") from None
+
+
+def _load_db(path: str | None):
+    from database.nonideality import load_nonideality
+    from database.reference import import_reference
+
+    return import_reference() if path in (None, "reference") else load_nonideality(path)
+
+
+def _progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+
+
+def _train_with_progress(progress, label: str, cfg, x, y, db, device):
+    from training.train import train
+
+    task = progress.add_task(label, total=cfg.epochs * -(-len(y) // cfg.batch_size))
+    return train(cfg, x, y, db, device=device,
+                 progress=lambda s, _t: progress.update(task, completed=s))
+
+
+def _table(title: str, summaries: dict[str, dict]):
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("test points correct in")
+    for name in summaries:
+        t.add_column(name, justify="right")
+    first = next(iter(summaries.values()))
+    for q in first["share_correct"]:
+        t.add_row(f"{q} of transfers", *(f"{s['share_correct'][q]:.1%}"
+                                         for s in summaries.values()))
+    for key, label in (("clean_acc", "clean accuracy"), ("transfer_acc_mean", "transfer acc mean"),
+                       ("transfer_acc_median", "transfer acc median"),
+                       ("transfer_acc_p05", "transfer acc 5th pct"),
+                       ("transfer_acc_min", "transfer acc worst")):
+        t.add_row(label, *(f"{s[key]:.3f}" for s in summaries.values()))
+    return t
+
+
+def _multi_table(title: str, ms: dict):
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("test points correct in")
+    for name in ms:
+        t.add_column(f"{name} (mean [95 % CI])", justify="right")
+    for q in next(iter(ms.values()))["share_correct"]:
+        t.add_row(f"{q} of transfers", *(
+            f"{v['share_correct'][q]['mean']:.1%} [{v['share_correct'][q]['lo']:.1%}, "
+            f"{v['share_correct'][q]['hi']:.1%}]" for v in ms.values()))
+    return t
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("train")
+    @click.option("--db", "db_path", default="reference", show_default=True,
+                  help="Non-ideality database (.h5), or 'reference' for the shipped one.")
+    @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint.")
+    @click.option("--regular", is_flag=True, help="Train the regular (noise-free) network.")
+    @click.option("--epochs", default=10_000, show_default=True, type=click.IntRange(0))
+    @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+    @click.option("--k", "k", default=1, show_default=True, type=click.IntRange(1),
+                  help="Networks trained side by side (seeds seed..seed+k-1).")
+    @click.option("--mapping", type=MAPPING, default="physical", show_default=True)
+    @click.option("--dataset", type=click.Choice(["moons", "digits"]), default="moons",
+                  show_default=True)
+    @click.option("--hidden", default=None, help="Hidden sizes, e.g. '8' or '32,16'.")
+    @click.option("--tile", default="8x8", show_default=True, help="Tile size ROWSxCOLS.")
+    @click.option("--separate-bias-tile", is_flag=True, help="Bias on tiles of its own.")
+    @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:n].")
+    def train_cmd(db_path, out, regular, epochs, seed, k, mapping, dataset, hidden, tile,
+                  separate_bias_tile, device):
+        """Train a hardware-aware (default) or regular network; save a checkpoint."""
+        _need_torch()
+        from training.train import TrainConfig, load_dataset, save_checkpoint
+
+        data = load_dataset(dataset, seed)
+        x, y = data["train"]
+        n_out = 1 if dataset == "moons" else int(y.max()) + 1
+        hid = [int(h) for h in hidden.split(",")] if hidden else ([8] if dataset == "moons"
+                                                                  else [32])
+        try:
+            tr, tc = (int(v) for v in tile.lower().split("x"))
+        except ValueError:
+            raise click.BadParameter(f"tile must look like 8x8, got {tile!r}") from None
+        cfg = TrainConfig(sizes=(x.shape[1], *hid, n_out), hardware_aware=not regular,
+                          epochs=epochs, seed=seed, k=k, mapping=mapping, dataset=dataset,
+                          tile_rows=tr, tile_cols=tc, share_bias=not separate_bias_tile,
+                          activation="sigmoid" if dataset == "moons" else "relu")
+        db = _load_db(db_path)
+        with _progress() as p:
+            res = _train_with_progress(p, "regular" if regular else "hardware-aware", cfg, x,
+                                       y, db, device)
+        save_checkpoint(res, out)
+        click.echo(f"wrote {out}: {res.steps} steps in {res.seconds:.1f} s, final loss "
+                   f"{res.loss_history[-1] if res.loss_history else float('nan'):.4f}")
+
+    @cli.command("evaluate")
+    @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False))
+    @click.option("--db", "db_path", default="reference", show_default=True)
+    @click.option("--transfers", default=10_000, show_default=True, type=click.IntRange(1))
+    @click.option("--out", default="eval-out", show_default=True, type=click.Path(file_okay=False))
+    @click.option("--mapping", type=MAPPING, default=None,
+                  help="Mapping for the transfers (default: the model's).")
+    @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+    @click.option("--device", default="auto", show_default=True)
+    def evaluate_cmd(model_path, db_path, transfers, out, mapping, seed, device):
+        """Monte-Carlo transfer evaluation of a checkpoint: table, PNGs and summary.json."""
+        _need_torch()
+        from rich.console import Console
+
+        from training.evaluate import evaluate_transfers
+        from training.report import write_report
+        from training.train import db_hash, load_checkpoint, load_dataset
+
+        model, cfg, meta = load_checkpoint(model_path, device)
+        db = _load_db(db_path)
+        if meta.get("db_hash") and meta["db_hash"] != db_hash(db):
+            click.echo("note: evaluating with a different non-ideality DB than training used",
+                       err=True)
+        data = load_dataset(cfg.dataset, cfg.seed)
+        xt, yt = data["test"]
+        res = evaluate_transfers(model, xt, yt, transfers, db, mapping=mapping or cfg.mapping,
+                                 seed=seed, tile_rows=cfg.tile_rows, tile_cols=cfg.tile_cols,
+                                 share_bias=cfg.share_bias)
+        name = "hardware_aware" if cfg.hardware_aware else "regular"
+        summary = write_report(Path(out), {name: res}, {name: model}, xt, yt,
+                               extra={"model": str(model_path), "config": cfg.to_dict()})
+        Console().print(_table(f"{transfers} transfers ({mapping or cfg.mapping} mapping)",
+                               summary["networks"]))
+        click.echo(f"wrote {out}/summary.json and figures")
+
+    @cli.command("reproduce")
+    @click.option("--out", default="reproduce-out", show_default=True,
+                  type=click.Path(file_okay=False))
+    @click.option("--transfers", default=5_000, show_default=True, type=click.IntRange(1))
+    @click.option("--epochs", default=10_000, show_default=True, type=click.IntRange(0))
+    @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+    @click.option("--k", "k", default=1, show_default=True, type=click.IntRange(1),
+                  help="Independently seeded pairs (multi-seed table with 95 % intervals).")
+    @click.option("--mapping", type=click.Choice(["reference", "physical", "both"]),
+                  default="reference", show_default=True)
+    @click.option("--device", default="auto", show_default=True)
+    def reproduce_cmd(out, transfers, epochs, seed, k, mapping, device):
+        """The paper's experiment on the published data: both networks, table and figures."""
+        _need_torch()
+        from rich.console import Console
+
+        from database.datasets import load_moons_all
+        from database.reference import import_reference
+        from training.evaluate import evaluate_transfers, multi_seed_table
+        from training.report import write_json, write_report
+        from training.train import TrainConfig, save_checkpoint
+
+        console = Console()
+        db = import_reference()
+        data = load_moons_all()
+        (x, y), (xt, yt) = data["train"], data["test"]
+        everything: dict = {}
+        for mp in (["reference", "physical"] if mapping == "both" else [mapping]):
+            d = Path(out) / mp
+            results, models, trained = {}, {}, {}
+            with _progress() as p:
+                for name, hw in (("hardware_aware", True), ("regular", False)):
+                    cfg = TrainConfig(hardware_aware=hw, epochs=epochs, seed=seed, k=k,
+                                      mapping=mp)
+                    res = _train_with_progress(p, f"{mp}: train {name}", cfg, x, y, db, device)
+                    d.mkdir(parents=True, exist_ok=True)
+                    save_checkpoint(res, d / f"{name}.pt")
+                    trained[name] = res
+            for name, res in trained.items():
+                results[name] = evaluate_transfers(res.model, xt, yt, transfers, db,
+                                                   mapping=mp, seed=seed)
+                models[name] = res.model
+            extra = {"mapping": mp, "epochs": epochs, "seed": seed, "k": k,
+                     "train_seconds": {n: r.seconds for n, r in trained.items()},
+                     "paper": {"hardware_aware": 0.795, "regular": 0.185}}
+            if k > 1:
+                extra["multi_seed"] = multi_seed_table(results["hardware_aware"],
+                                                       results["regular"])
+            summary = write_report(d, results, models, xt, yt, extra=extra)
+            console.print(_table(f"{mp} mapping, {transfers} transfers, 200 test points"
+                                 + (" (network 0)" if k > 1 else ""), summary["networks"]))
+            if k > 1:
+                console.print(_multi_table(f"{mp} mapping: {k} seeds", extra["multi_seed"]))
+            everything[mp] = summary
+        write_json(everything, Path(out) / "summary.json")
+        click.echo(f"wrote {out}/ (checkpoints, figures, summary.json); paper: 79.5 % vs 18.5 % "
+                   f"of test points correct in >= 95 % of transfers")
