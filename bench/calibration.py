@@ -1,0 +1,176 @@
+"""Calibration of the simulated crossbar against the paper's statistics (prints figures).
+
+Sections and the rig each uses:
+1. tuning/untuning statistics: the full driver stack (sim-pmu station: K4200 PMU + 707B
+   emulators over the virtual chip), Alibart write-verify, settled read after `--settle` s;
+2. V/3 disturbance: full driver stack, whole 8x8 crossbars in raster order;
+3. stuck fractions: the simulated population (truth) and the screening campaign (SimulatedRig);
+4. fast variant vs Alibart: SimulatedRig, identical devices (same crossbar seed) for both;
+5. paper-sized tuning/untuning campaign (29 devices x 8 levels x 40 repeats): SimulatedRig on a
+   crossbar with ideal lines (r_line = r_source = 0, the simulator's fast read path; line
+   resistance only offsets reads by ~1-2 %, which closed-loop tuning absorbs), wall time and the
+   predicted instrument time.
+
+Usage: python bench/calibration.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+threadpool_limits(1, user_api="blas")
+
+from database.runs import read_table  # noqa: E402
+from protocols.campaigns import disturbance, stuck, tuning_untuning  # noqa: E402
+from protocols.tuning import TuneConfig, tune  # noqa: E402
+from simulator.config import CrossbarConfig  # noqa: E402
+from simulator.crossbar import Crossbar  # noqa: E402
+from simulator.direct_rig import SimulatedRig  # noqa: E402
+from xbarlab.station import load_station  # noqa: E402
+
+STATION = ROOT / "xbarlab" / "stations" / "sim-pmu.yaml"
+
+
+def paper_sigma_pct(g_uS):
+    return -6.24e-4 * g_uS + 0.691
+
+
+def section_tuning(tmp: Path, n_dev: int, repeats: int, settle: float):
+    print(f"\n== 1. tuning/untuning (full driver stack: sim-pmu), {n_dev} devices x 8 levels x "
+          f"{repeats} repeats, settled read {settle:g} s after tuning")
+    st = load_station(STATION)
+    devices = [(r, c) for r in range(8) for c in range(8)][:n_dev]
+    cfg = tuning_untuning.TuningUntuningConfig(devices=devices, repeats=repeats, settle_s=settle,
+                                               record_history=False)
+    t0 = time.perf_counter()
+    with st.open_rig() as rig:
+        tuning_untuning.run(rig, cfg, tmp / "tu.h5", seed=1, progress=False, chip=st.chip)
+    wall = time.perf_counter() - t0
+    df = read_table(tmp / "tu.h5", "tunings")
+    ok = df[df.converged]
+    err = (ok.g_settled - ok.target) / ok.target * 100
+    print("   level (uS)   sigma (%)  paper sigma (%)   mean offset (%)   n")
+    for lv, e in err.groupby(ok.target):
+        print(f"   {lv * 1e6:9.1f}   {e.std():9.3f}  {paper_sigma_pct(lv * 1e6):15.3f}   "
+              f"{e.mean():+15.3f}   {e.size}")
+    print(f"   mean offset over all: {err.mean():+.3f} %  (paper -0.589 %, always negative)")
+    print(f"   pulses per tuning: median {np.median(df.pulses):.0f}, p90 "
+          f"{np.percentile(df.pulses, 90):.0f}  (physics.md model: 30-70, p90 ~70-80)")
+    print(f"   failure rate: {100 * (~df.converged).mean():.2f} % of {len(df)} tunings "
+          "(target < 0.5 %)")
+    print(f"   wall {wall:.1f} s, instrument time {df.t_end.max() - df.t_start.min():.1f} s")
+
+
+def section_disturbance(tmp: Path, n_xbar: int):
+    print(f"\n== 2. V/3 disturbance (full driver stack: sim-pmu), {n_xbar} x 8x8 crossbars, "
+          "targets U(100, 400) uS, raster order")
+    frames = []
+    t0 = time.perf_counter()
+    for x in range(n_xbar):
+        st = load_station(STATION)
+        with st.open_rig(f"xbar{x}") as rig:
+            disturbance.run(rig, disturbance.DisturbanceConfig(record_history=False),
+                            tmp / f"d{x}.h5", seed=x, progress=False, chip=st.chip)
+        frames.append(read_table(tmp / f"d{x}.h5", "samples"))
+    wall = time.perf_counter() - t0
+    import pandas as pd
+
+    s = pd.concat(frames)
+    s = s[~s.excluded]
+    d = s.delta * 1e6
+    print(f"   all samples: n={d.size}, mean {d.mean():+.2f} uS, sd {d.std():.2f} uS, "
+          f"1st pct {np.percentile(d, 1):+.2f} uS, min {d.min():+.2f}, max {d.max():+.2f} uS")
+    print("   k range     mean (uS)   1st pct (uS)   n      (paper: mean -0.4 (k=1) -> ~-8 "
+          "(k 25-40); samples within +-40 uS)")
+    for lo, hi in [(1, 1), (2, 8), (9, 16), (17, 32), (33, 48), (49, 63)]:
+        sel = d[(s.k >= lo) & (s.k <= hi)]
+        if sel.size:
+            print(f"   {lo:2d}-{hi:2d}      {sel.mean():+9.2f}   {np.percentile(sel, 1):+11.2f}"
+                  f"   {sel.size}")
+    print(f"   wall {wall:.1f} s")
+
+
+def section_stuck(tmp: Path):
+    print("\n== 3. stuck devices")
+    truth = np.concatenate([Crossbar(seed=s).stuck.reshape(-1) for s in range(300)])
+    print(f"   simulated population ({truth.size} devices): stuck-HRS "
+          f"{100 * (truth == 1).mean():.2f} %, stuck-LRS {100 * (truth == 2).mean():.2f} % "
+          "(paper model 0.5 % + 0.5 %)")
+    rig = SimulatedRig(Crossbar(seed=11))
+    t = rig.crossbar.stuck.reshape(-1)
+    res = stuck.run(rig, stuck.StuckConfig(), tmp / "s.h5", progress=False)
+    got = read_table(tmp / "s.h5", "devices").status.to_numpy()
+    print(f"   screening campaign (SimulatedRig, 64 devices): {res.summary}; agrees with the "
+          f"simulated truth on {int((got == t).sum())}/64 devices")
+
+
+def section_fast(n: int):
+    print(f"\n== 4. fast variant vs Alibart (SimulatedRig, same devices, {n} tunings each)")
+    out = {}
+    for alg in ("alibart", "fast"):
+        rig = SimulatedRig(Crossbar(seed=5))
+        cfg = TuneConfig(algorithm=alg)
+        rng = np.random.default_rng(0)
+        pulses, errs, fails = [], [], 0
+        for i in range(n):
+            r, c = divmod(i % 64, 8)
+            if rig.crossbar.stuck[r, c]:
+                continue
+            tune(rig, r, c, 80e-6, cfg.model_copy(update={"tolerance": 0.05, "n_inband": 1}))
+            res = tune(rig, r, c, float(rng.uniform(100e-6, 400e-6)), cfg)
+            pulses.append(res.pulses)
+            errs.append(res.error_rel * 100)
+            fails += not res.converged
+        out[alg] = (np.array(pulses), np.array(errs), fails)
+    for alg, (p, e, f) in out.items():
+        print(f"   {alg:8s} pulses median {np.median(p):5.1f}  p90 {np.percentile(p, 90):5.1f}  "
+              f"final error mean {e.mean():+.3f} %  sd {e.std():.3f} %  "
+              f"|err| p95 {np.percentile(np.abs(e), 95):.3f} %  failures {f}")
+    ratio = np.median(out["fast"][0]) / np.median(out["alibart"][0])
+    print(f"   median pulse ratio fast/alibart = {ratio:.2f} (target <= 0.5)")
+
+
+def section_paper_sized(tmp: Path, n_dev: int, repeats: int):
+    print(f"\n== 5. paper-sized tuning/untuning: {n_dev} devices x 8 levels x {repeats} repeats "
+          "(SimulatedRig, ideal lines), Alibart, history recorded")
+    rig = SimulatedRig(Crossbar(CrossbarConfig(r_line=0.0, r_source=0.0), seed=3))
+    devs = [(r, c) for r in range(8) for c in range(8) if not rig.crossbar.stuck[r, c]][:n_dev]
+    cfg = tuning_untuning.TuningUntuningConfig(devices=devs, repeats=repeats)
+    t0 = time.perf_counter()
+    res = tuning_untuning.run(rig, cfg, tmp / "paper.h5", seed=1, progress=False)
+    wall = time.perf_counter() - t0
+    s = res.summary
+    print(f"   {s['tunings']} tunings, wall time {wall:.1f} s (target < 180 s); predicted "
+          f"instrument time {s['instrument_time_s']:.0f} s = {s['instrument_time_s'] / 3600:.2f} h "
+          f"at {rig.latency.round_trip * 1e3:g} ms per round trip; failures {s['failed']}, "
+          f"pulses median {s['pulses_median']:.0f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller runs")
+    ap.add_argument("--settle", type=float, default=60.0, help="settle time before the "
+                    "settled read [s] (physics.md §4.2 protocol: 60 s)")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        section_tuning(tmp, 2 if a.quick else 4, 3 if a.quick else 8, a.settle)
+        section_disturbance(tmp, 1 if a.quick else 2)
+        section_stuck(tmp)
+        section_fast(60 if a.quick else 200)
+        section_paper_sized(tmp, 4 if a.quick else 29, 5 if a.quick else 40)
+
+
+if __name__ == "__main__":
+    main()
