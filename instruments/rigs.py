@@ -116,7 +116,8 @@ class PmuRig(_GuardedRig):
         ms, me = [0, start, 0, 0], [0, 0.95 * rs.seconds, 0, 0]
         mt = [0, 1, 0, 0]
         v1 = ([0, rs.volts, rs.volts, 0], [rs.volts, rs.volts, 0, 0])
-        p.send_setup(p.sarb_commands(1, 2, t, v1[0], v1[1], mt, ms, me)
+        z = [0] * 4  # only the sense channel measures
+        p.send_setup(p.sarb_commands(1, 2, t, v1[0], v1[1], z, z, z)
                      + p.sarb_commands(2, 2, t, [0] * 4, [0] * 4, mt, ms, me))
         p.output(1, True)
         p.output(2, True)
