@@ -1,0 +1,153 @@
+"""The conductance plan matches what the training's physical mapping and tiles assumed."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training.errors import TrainingError  # noqa: E402
+from training.export import (  # noqa: E402
+    BIAS,
+    ConductancePlan,
+    conductance_plan,
+    plan_forward,
+    plan_from_weights,
+    plan_logits,
+    plan_weights,
+)
+from training.layers import HardwareAwareMLP  # noqa: E402
+from training.noise import NoiseConfig  # noqa: E402
+from training.tiles import layer_devices  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def db():
+    from database.reference import import_reference
+
+    return import_reference()
+
+
+@pytest.fixture(scope="module")
+def moons():
+    from database.datasets import load_moons_all
+
+    return load_moons_all()
+
+
+def _model(db, sizes=(2, 8, 1), k=2, **kw):
+    m = HardwareAwareMLP(sizes, k=k, seeds=list(range(k)))
+    with torch.no_grad():  # mixed-sign, non-trivial biases
+        for layer in m.layers:
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=torch.Generator().manual_seed(3)))
+    return m.attach_noise(db, mapping="physical", **kw)
+
+
+def _flat_index(model, plan):
+    """Index of each plan device into the mapping's flattened (D, P) device arrays."""
+    offs, a = {}, 0
+    for i, layer in enumerate(model.layers):
+        offs[(i, 0)] = a
+        a += layer.weight[0].numel()
+        offs[(i, 1)] = a
+        a += layer.bias[0].numel()
+    n_in = np.array([model.sizes[li] for li in plan.layer])
+    base = np.array([offs[(int(li), int(p))] for li, p in zip(plan.layer, plan.param, strict=True)])
+    return base + np.where(plan.param == BIAS, plan.out, plan.out * n_in + plan.inp)
+
+
+@pytest.mark.parametrize("member", [0, 1])
+def test_targets_and_keys_equal_the_training_mapping(db, member):
+    m = _model(db)
+    plan = conductance_plan(m, db, "physical", {"tile_rows": 8, "tile_cols": 8,
+                                                "share_bias": True}, member=member)
+    theta = torch.cat([p.detach().flatten(1) for p in m.tensors()], 1)
+    gp, gm = m.mapping.to_conductance(theta)
+    p_idx = _flat_index(m, plan)
+    want = np.where(plan.sign == 0, gp[member].numpy()[p_idx], gm[member].numpy()[p_idx])
+    np.testing.assert_allclose(plan.target, want, rtol=1e-6)
+    keys = m.mapping.keys.numpy()  # (2, P)
+    np.testing.assert_array_equal(plan.k, keys[plan.sign, p_idx])
+    assert plan.target.min() >= db.g_min - 1e-12 and plan.target.max() <= db.g_max + 1e-12
+
+
+def test_layout_matches_layer_devices():
+    rng = np.random.default_rng(0)
+    for sizes, share in (((2, 8, 1), True), ((5, 12, 3), True), ((5, 12, 3), False)):
+        w = [rng.normal(size=(o, i)) for i, o in zip(sizes[:-1], sizes[1:], strict=True)]
+        b = [rng.normal(size=o) for o in sizes[1:]]
+        plan = plan_from_weights(w, b, g_min=100e-6, g_max=400e-6, tile_rows=4, tile_cols=4,
+                                 share_bias=share)
+        tile0 = 0
+        for li, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            lay = layer_devices(n_out, n_in, tile_rows=4, tile_cols=4, share_bias=share)
+            for param, karr, tarr in ((0, lay.weight_k, lay.weight_tile),
+                                      (1, lay.bias_k, lay.bias_tile)):
+                m = (plan.layer == li) & (plan.param == param)
+                idx = (plan.sign[m], plan.out[m]) + ((plan.inp[m],) if param == 0 else ())
+                np.testing.assert_array_equal(plan.k[m], karr[idx])
+                np.testing.assert_array_equal(plan.tile[m], tarr[idx] + tile0)
+            tile0 += lay.n_tiles
+        assert plan.n_tiles == tile0
+        # programming order: tile by tile, column-major inside, k counting down to 0
+        for t in range(plan.n_tiles):
+            d = plan.tile_devices(t)
+            assert d.size == plan.tile_shape[t].prod()  # tiles are filled rectangles
+            order = plan.col[d] * plan.tile_shape[t][0] + plan.row[d]
+            np.testing.assert_array_equal(order, np.arange(d.size))
+            np.testing.assert_array_equal(plan.k[d], np.arange(d.size)[::-1])
+        # every (tile, row, col) used once
+        assert len(set(zip(plan.tile, plan.row, plan.col, strict=True))) == plan.n_devices
+
+
+def test_plan_forward_equals_model_clean_and_noisy(db, moons):
+    m = _model(db, k=2)
+    plan = conductance_plan(m, db, member=1)
+    x, _y = moons["test"]
+    clean = m(torch.as_tensor(x))[0, 1].detach().numpy()
+    np.testing.assert_allclose(plan_logits(plan, plan.target, x), clean, rtol=1e-4, atol=1e-4)
+    # one noisy draw: the same device conductances through plan_weights give the noisy weights
+    d = m.draw(1, torch.Generator().manual_seed(5), NoiseConfig(stuck=False))
+    theta = torch.cat([p.detach().flatten(1) for p in m.tensors()], 1)
+    w_noisy, _ = m.mapping.apply(theta, d)
+    gp, gm = m.mapping.to_conductance(theta)
+    gn = d.apply(torch.stack((gp, gm), 1))[0, 1].numpy()  # (D, P) of member 1
+    g_dev = gn[plan.sign, _flat_index(m, plan)]
+    flat = np.concatenate([np.concatenate([wl.reshape(-1), bl])
+                           for wl, bl in plan_weights(plan, g_dev)])
+    np.testing.assert_allclose(flat, w_noisy[0, 1].numpy(), rtol=1e-4, atol=1e-5)
+    pred = plan_forward(plan, g_dev, x)
+    assert pred.shape == (x.shape[0],) and set(np.unique(pred)) <= {0, 1}
+
+
+def test_batched_conductances_and_json_roundtrip(db, tmp_path):
+    plan = conductance_plan(_model(db, k=1), db)
+    x = np.random.default_rng(1).random((7, 2))
+    g = np.stack([plan.target, np.full(plan.n_devices, db.g_min)])
+    pred = plan_forward(plan, g, x)
+    assert pred.shape == (2, 7)
+    assert (pred[1] == (plan_logits(plan, g[1], x)[..., 0] > 0)).all()
+    again = ConductancePlan.load(plan.save(tmp_path / "plan.json"))
+    np.testing.assert_array_equal(again.target, plan.target)
+    assert json.dumps(again.to_dict()) == json.dumps(plan.to_dict())
+
+
+def test_refuses_reference_mapping_and_bad_input(db):
+    m = _model(db, k=1)
+    with pytest.raises(TrainingError, match="cannot be programmed"):
+        conductance_plan(m, db, "reference")
+    with pytest.raises(TrainingError, match="member"):
+        conductance_plan(m, db, member=3)
+    plan = conductance_plan(m, db)
+    with pytest.raises(TrainingError, match="conductances"):
+        plan_forward(plan, np.zeros(5), np.zeros((1, 2)))
+    with pytest.raises(TrainingError, match="kind"):
+        ConductancePlan.from_dict({"kind": "other"})
+
+
+def test_export_module_does_not_import_torch():
+    code = "import sys, training.export; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
