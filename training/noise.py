@@ -65,17 +65,16 @@ class Draws:
     shift: torch.Tensor | None  # conductance changes [S]
     stuck_mask: torch.Tensor | None  # bool
     stuck_value: torch.Tensor | None  # substituted conductance [S]
+    t: int = 1  # number of draws (also when every source is off)
 
     def __getitem__(self, sl: slice) -> Draws:
         return Draws(*(None if t is None else t[sl] for t in
-                       (self.gain, self.quad, self.shift, self.stuck_mask, self.stuck_value)))
+                       (self.gain, self.quad, self.shift, self.stuck_mask, self.stuck_value)),
+                     t=len(range(self.t)[sl]))
 
     @property
     def n(self) -> int:
-        for t in (self.gain, self.quad, self.shift, self.stuck_mask):
-            if t is not None:
-                return t.shape[0]
-        return 0
+        return self.t
 
     def apply(self, g: torch.Tensor) -> torch.Tensor:
         """Noisy conductances (T, K, D, P) from clean ones g (K, D, P)."""
@@ -88,7 +87,7 @@ class Draws:
             g = g + self.shift
         if self.stuck_mask is not None:
             g = torch.where(self.stuck_mask, self.stuck_value, g)
-        return g if g.dim() == 4 else g.unsqueeze(0)
+        return g if g.dim() == 4 else g.unsqueeze(0).expand(self.t, *g.shape)
 
 
 class NoiseModel:
@@ -205,4 +204,4 @@ class NoiseModel:
             g_hrs = torch.rand(shape, generator=g, device=dev, dtype=dt)
             g_hrs.mul_(hi - lo).add_(lo)
             sval = torch.where(lrs, g_lrs, g_hrs)
-        return Draws(gain, quad, dist, smask, sval)
+        return Draws(gain, quad, dist, smask, sval, t=t)
