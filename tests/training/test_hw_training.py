@@ -12,8 +12,7 @@ from database.reference import import_reference  # noqa: E402
 from training.evaluate import evaluate_transfers, multi_seed_table  # noqa: E402
 from training.layers import HardwareAwareMLP  # noqa: E402
 from training.noise import NoiseConfig  # noqa: E402
-from training.train import (TrainConfig, load_checkpoint, save_checkpoint,  # noqa: E402
-                            train)
+from training.train import TrainConfig, load_checkpoint, save_checkpoint, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")

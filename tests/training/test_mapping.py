@@ -4,9 +4,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.layers import HardwareAwareMLP
-from training.noise import NoiseConfig
-
+from training.layers import HardwareAwareMLP  # noqa: E402
+from training.noise import NoiseConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
