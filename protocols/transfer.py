@@ -1,0 +1,316 @@
+"""Program a trained network onto crossbars: the ex-situ transfer, measured.
+
+Input is a :class:`training.export.ConductancePlan` (plain numpy; no torch needed here): per
+device its target conductance, its tile, its (row, col) position in the tile and its place in
+the programming order, exactly as the hardware-aware training assumed (training.tiles). Each
+tile goes onto its own crossbar (``crossbars[t]``, position (0, 0) of the tile at device (0, 0)
+of the crossbar), so the disturbance a device sees comes only from the devices programmed after
+it in its own tile: the assumption behind the disturbance key k.
+
+Per tile: open the rig (``with rig:``, so any error or Ctrl-C leaves it safe), program the
+tile's devices one by one in the plan's order with the write-verify `tune`, optionally let
+``settle_s`` of instrument time pass, then read the whole crossbar back (``read_array``) and keep
+the tile's devices. When the last tile is read back and test data were given, the network is
+evaluated from the read-back conductances (`training.export.plan_forward`: conductances read
+back and multiplied).
+
+Storage (database.runs, protocol "transfer"): the plan itself is part of the run config (JSON),
+and the tables are
+
+- ``devices``   one row per programmed device: plan fields, tuning outcome and statistics;
+- ``readback``  one row per device: the read-back conductance after its tile was finished;
+- ``inference`` one row per test point: label, predicted class from the read-back conductances
+  and from the targets (the software network), the network output;
+- ``history``   every pulse and read (only with ``record_history``).
+
+Each device is one commit, so a killed transfer resumes at the next device (a simulated chip is
+restored to its committed state and the resumed run is identical to an uninterrupted one; on
+hardware the devices stay as the interrupted run left them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from database.runs import RunWriter, list_runs, read_table
+from protocols.campaigns._loop import let_time_pass, pack_state, sim_hooks, unpack_state
+from protocols.campaigns.common import HISTORY_COLUMNS, concat, history_rows
+from protocols.errors import ProtocolError
+from protocols.tuning import TuneConfig, tune
+from training.export import ConductancePlan, plan_forward, plan_logits
+
+log = logging.getLogger("xbarlab.transfer")
+
+PROTOCOL = "transfer"
+
+DEVICES_COLUMNS = {
+    "device": ("i4", "1"), "layer": ("i4", "1"), "param": ("i1", "0=weight, 1=bias"),
+    "out": ("i4", "1"), "inp": ("i4", "1 (-1 for a bias)"), "sign": ("i1", "0=G+, 1=G-"),
+    "tile": ("i4", "1"), "row": ("i4", "1"), "col": ("i4", "1"), "k": ("i4", "1"),
+    "target": ("f8", "S"), "converged": ("?", "1"), "gave_up": ("?", "1"),
+    "pulses": ("i4", "1"), "set_pulses": ("i4", "1"), "reset_pulses": ("i4", "1"),
+    "g_initial": ("f8", "S"), "g_final": ("f8", "S"), "t_start": ("f8", "s"),
+    "t_end": ("f8", "s"),
+}
+READBACK_COLUMNS = {
+    "device": ("i4", "1"), "tile": ("i4", "1"), "row": ("i4", "1"), "col": ("i4", "1"),
+    "target": ("f8", "S"), "g": ("f8", "S"), "t": ("f8", "s"),
+}
+INFERENCE_COLUMNS = {
+    "point": ("i4", "1"), "label": ("i8", "1"), "predicted": ("i8", "1"),
+    "predicted_target": ("i8", "1"), "output": ("f8", "1"),
+}
+
+
+class TransferConfig(BaseModel):
+    """How the plan is programmed. Defaults: the lab's write-verify settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="write-verify settings")
+    settle_s: float = Field(0.0, ge=0, description="instrument time between the last device of "
+                            "a tile and its read-back [s]")
+    record_history: bool = Field(False, description="store every pulse and read")
+
+
+@dataclass
+class TransferResult:
+    path: Path
+    run: str
+    summary: dict
+    resumed_from: int
+    plan: ConductancePlan
+    g_read: np.ndarray  # (n_devices,) read-back conductances [S] in plan order
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def _digest(x: np.ndarray, y: np.ndarray) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(x, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _tables(cfg: TransferConfig) -> dict:
+    t = {"devices": DEVICES_COLUMNS, "readback": READBACK_COLUMNS, "inference": INFERENCE_COLUMNS}
+    if cfg.record_history:
+        t["history"] = HISTORY_COLUMNS
+    return t
+
+
+def run(plan: ConductancePlan, open_rig: Callable[[str], object], crossbars: Sequence[str],
+        store, *, config: TransferConfig | None = None,
+        test_data: tuple[np.ndarray, np.ndarray] | None = None, seed: int | None = None,
+        station: dict | None = None, resume: bool = False, overwrite: bool = False,
+        progress: bool = True, chip=None,
+        on_tile: Callable[[int, str], None] | None = None) -> TransferResult:
+    """Program `plan` tile by tile (tile t onto crossbar ``crossbars[t]``) and read it back.
+
+    open_rig(name) returns an (unentered) CrossbarRig on crossbar `name`; on_tile(t, name) is
+    called before each tile (e.g. to ask an operator to move the probes). chip: the VirtualChip
+    of a simulated station (saved with every device so a resumed run is identical).
+    """
+    cfg = config or TransferConfig()
+    crossbars = [str(c) for c in crossbars]
+    if len(crossbars) != plan.n_tiles:
+        raise ProtocolError(f"the plan has {plan.n_tiles} tiles but {len(crossbars)} crossbars "
+                            "were given (one crossbar per tile)")
+    if len(set(crossbars)) != len(crossbars):
+        raise ProtocolError("a crossbar is named twice: each tile needs a crossbar of its own "
+                            "(the training's disturbance model counts devices per tile)")
+    x = y = None
+    if test_data is not None:
+        x = np.asarray(test_data[0], float)
+        y = np.asarray(test_data[1]).astype(np.int64).reshape(-1)
+        if x.ndim != 2 or x.shape[1] != plan.sizes[0] or x.shape[0] != y.size:
+            raise ProtocolError(f"test data of shape {x.shape} / {y.shape} do not fit a network "
+                                f"with {plan.sizes[0]} inputs")
+    run_cfg = {"plan": plan.to_dict(), "crossbars": crossbars,
+               "transfer": cfg.model_dump(mode="json"),
+               "test_data": None if x is None else {"points": int(y.size), "sha": _digest(x, y)}}
+    writer = RunWriter.open(store, protocol=PROTOCOL, config=run_cfg, station=station or {},
+                            seed=seed, tables=_tables(cfg), devices_total=plan.n_devices,
+                            resume=resume, overwrite=overwrite)
+    start = writer.devices_done
+    sim = sim_hooks(None, chip)
+    if start and start < plan.n_devices:
+        if sim is not None:
+            blob = writer.saved_state()
+            if blob is None:
+                raise ProtocolError(f"{writer.path}: {start} devices done but no simulator state "
+                                    "saved; cannot resume identically (pass overwrite)")
+            sim.set(unpack_state(blob))
+            log.info("transfer: resuming at device %d/%d with the saved simulator state",
+                     start + 1, plan.n_devices)
+        else:
+            log.warning("transfer: resuming at device %d/%d on hardware: devices are as the "
+                        "interrupted run left them", start + 1, plan.n_devices)
+    g_read = np.full(plan.n_devices, np.nan)
+    if start:
+        rb = writer.table("readback")
+        g_read[rb.device.to_numpy()] = rb.g.to_numpy()
+
+    bar = _Progress(f"transfer {plan.n_devices} devices, {plan.n_tiles} tiles",
+                    plan.n_devices, start, progress)
+    with bar:
+        for t in range(plan.n_tiles):
+            devs = plan.tile_devices(t)
+            todo = devs[devs >= start]
+            if todo.size == 0:
+                continue
+            name = crossbars[t]
+            if on_tile is not None:
+                on_tile(t, name)
+            rig = open_rig(name)
+            with rig:
+                rows, cols = rig.shape
+                used = plan.tile_shape[t]
+                if used[0] > rows or used[1] > cols:
+                    raise ProtocolError(f"tile {t} needs {used[0]}x{used[1]} devices, crossbar "
+                                        f"{name!r} is {rows}x{cols}")
+                for d in todo:
+                    bar.current(t, name, int(plan.row[d]), int(plan.col[d]))
+                    out = _program_device(plan, rig, int(d), cfg)
+                    if d == devs[-1]:  # the tile is complete: read it back
+                        let_time_pass(rig, cfg.settle_s, sim)
+                        t_read = float(rig.clock)
+                        gmap = rig.read_array()
+                        g_tile = gmap[plan.row[devs], plan.col[devs]]
+                        g_read[devs] = g_tile
+                        out["readback"] = {"device": devs, "tile": np.full(devs.size, t),
+                                           "row": plan.row[devs], "col": plan.col[devs],
+                                           "target": plan.target[devs], "g": g_tile,
+                                           "t": np.full(devs.size, t_read)}
+                        if d == plan.n_devices - 1 and x is not None:
+                            out["inference"] = _inference(plan, g_read, x, y)
+                    writer.commit_device(int(d), out, None if sim is None else
+                                         pack_state(sim.get()))
+                    bar.advance(int(out["devices"]["pulses"][0]))
+    tables = {name: writer.table(name) for name in _tables(cfg)}
+    summary = summarize(plan, tables)
+    if not writer.info.complete:
+        writer.finish(summary)
+    log.info("transfer: %s", summary)
+    return TransferResult(writer.path, writer.run, summary, start, plan, g_read, tables)
+
+
+def _program_device(plan: ConductancePlan, rig, d: int, cfg: TransferConfig) -> dict:
+    r, c = int(plan.row[d]), int(plan.col[d])
+    res = tune(rig, r, c, float(plan.target[d]), cfg.tune)
+    row = {"device": [d], "layer": [plan.layer[d]], "param": [plan.param[d]],
+           "out": [plan.out[d]], "inp": [plan.inp[d]], "sign": [plan.sign[d]],
+           "tile": [plan.tile[d]], "row": [r], "col": [c], "k": [plan.k[d]],
+           "target": [plan.target[d]], "converged": [res.converged], "gave_up": [res.gave_up],
+           "pulses": [res.pulses], "set_pulses": [res.set_pulses],
+           "reset_pulses": [res.reset_pulses], "g_initial": [res.g_initial],
+           "g_final": [res.g_final], "t_start": [res.t_start], "t_end": [res.t_end]}
+    out = {"devices": row}
+    if cfg.record_history:
+        out["history"] = concat([history_rows(res, d, d, 1)], HISTORY_COLUMNS)
+    return out
+
+
+def _inference(plan: ConductancePlan, g_read: np.ndarray, x: np.ndarray,
+               y: np.ndarray) -> dict:
+    if not np.all(np.isfinite(g_read)):
+        raise ProtocolError("a tile was not read back; cannot evaluate the transferred network")
+    logits = plan_logits(plan, g_read, x)
+    output = logits[:, 0] if logits.shape[1] == 1 else logits.max(1)
+    return {"point": np.arange(y.size), "label": y, "predicted": plan_forward(plan, g_read, x),
+            "predicted_target": plan_forward(plan, plan.target, x), "output": output}
+
+
+def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame]) -> dict:
+    """Plain-number summary of a transfer (S, s, fractions)."""
+    dev, rb, inf = tables["devices"], tables["readback"], tables["inference"]
+    out: dict = {"devices": int(len(dev)), "tiles": int(plan.n_tiles)}
+    if len(dev):
+        out.update(converged=int(dev.converged.sum()),
+                   failed=int((~dev.converged).sum()),
+                   pulses_total=int(dev.pulses.sum()),
+                   pulses_median=float(np.median(dev.pulses)),
+                   # instrument time: sum over tiles (each tile may be on its own rig and clock)
+                   instrument_time_s=float(sum(g.t_end.max() - g.t_start.min()
+                                               for _, g in dev.groupby("tile"))))
+    if len(rb):
+        err = (rb.g - rb.target) / rb.target
+        out.update(readback_error_mean_rel=float(err.mean()),
+                   readback_error_std_rel=float(err.std(ddof=1)) if len(rb) > 1 else 0.0,
+                   readback_error_median_abs_rel=float(np.median(np.abs(err))),
+                   readback_abs_error_rms_S=float(np.sqrt(np.mean((rb.g - rb.target) ** 2))))
+    if len(inf):
+        out.update(points=int(len(inf)),
+                   accuracy=float((inf.predicted == inf.label).mean()),
+                   accuracy_software=float((inf.predicted_target == inf.label).mean()))
+    return out
+
+
+def measured_conductances(plan: ConductancePlan, readback: pd.DataFrame) -> np.ndarray:
+    """Read-back conductances [S] in plan order (NaN for devices not read back yet)."""
+    g = np.full(plan.n_devices, np.nan)
+    g[readback.device.to_numpy()] = readback.g.to_numpy()
+    return g
+
+
+def load_transfer(path, run: str | None = None) -> TransferResult:
+    """A stored transfer as it is on disk: plan, read-back conductances, tables, summary."""
+    path = Path(path)
+    infos = [i for i in list_runs(path) if i.protocol == PROTOCOL]
+    info = next((i for i in infos if i.name == run), None) if run else (infos[-1] if infos
+                                                                         else None)
+    if info is None:
+        raise ProtocolError(f"{path}: no transfer run" + (f" {run!r}" if run else ""))
+    plan = ConductancePlan.from_dict(info.config["plan"])
+    tables = {t: read_table(path, t, info.name) for t in info.rows}
+    g = measured_conductances(plan, tables["readback"])
+    summary = info.summary if info.complete else summarize(plan, tables)
+    return TransferResult(path, info.name, summary, 0, plan, g, tables)
+
+
+class _Progress:
+    """Devices done / total, pulses, ETA, current tile and device (rich), or nothing."""
+
+    def __init__(self, title: str, total: int, done: int, enabled: bool):
+        self.p = None
+        self.pulses = 0
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          MofNCompleteColumn(), TextColumn("{task.fields[pulses]} pulses"),
+                          TextColumn("{task.fields[dev]}"), TimeElapsedColumn(),
+                          TextColumn("ETA"), TimeRemainingColumn())
+        self.task = self.p.add_task(title, total=total, completed=done, pulses=0, dev="")
+
+    def __enter__(self):
+        if self.p is not None:
+            self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.p is not None:
+            self.p.__exit__(*exc)
+
+    def current(self, tile: int, name: str, row: int, col: int) -> None:
+        if self.p is not None:
+            self.p.update(self.task, dev=f"tile {tile} on {name} ({row},{col})")
+
+    def advance(self, pulses: int) -> None:
+        self.pulses += pulses
+        if self.p is not None:
+            self.p.update(self.task, advance=1, pulses=self.pulses)
