@@ -7,11 +7,15 @@ about a minute per 10,000 transfers.
 
 import sys
 import time
+from pathlib import Path
 
-from database.datasets import load_moons_all
-from database.reference import import_reference
-from training.evaluate import evaluate_transfers
-from training.train import TrainConfig, train
+# run as `python bench/training.py`: this file's folder must not shadow the `training` package
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from database.datasets import load_moons_all  # noqa: E402
+from database.reference import import_reference  # noqa: E402
+from training.evaluate import evaluate_transfers  # noqa: E402
+from training.train import TrainConfig, train  # noqa: E402
 
 
 def main(epochs: int = 10_000) -> None:
