@@ -240,7 +240,9 @@ class K4200(MessageInstrument):
             if reply == "0":
                 return
             if reply != "1":
-                raise InstrumentError("unexpected status", instrument=self.name,
+                # an empty (cut-off) reply must say so: InstrumentError omits an empty reply
+                raise InstrumentError("unexpected status" if reply else "empty status reply",
+                                      instrument=self.name,
                                       command=":PMU:TEST:STATUS?", reply=reply)
             if time.monotonic() > deadline:
                 self.abort()

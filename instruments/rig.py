@@ -9,12 +9,15 @@ runs on. Any exception escaping a `with rig:` block leaves the rig in its safe s
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from instruments.errors import InstrumentError
 from instruments.limits import SafetyLimits
+
+log = logging.getLogger("xbarlab.rig")
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,17 @@ class CrossbarRig(abc.ABC):
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self.safe_state()
-        finally:
-            self.close()
+            try:
+                self.safe_state()
+            finally:
+                self.close()
+        except Exception as e:
+            if exc is None:
+                raise
+            # Keep the error that stopped the work (it names the command that failed); a lost
+            # instrument also fails its safe-state commands, which is said here, not raised.
+            log.error("%s: could not make every instrument safe after the error: %s",
+                      self.name, e)
 
     # -- for concrete rigs ---------------------------------------------------------------------
     @abc.abstractmethod

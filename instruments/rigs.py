@@ -190,8 +190,10 @@ class PmuRig(_GuardedRig):
         try:
             self.safe_state()
         finally:
-            self.pmu.close()
-            self.matrix.close()
+            try:  # a lost PMU must not keep the matrix session open (and vice versa)
+                self.pmu.close()
+            finally:
+                self.matrix.close()
 
 
 # -- WGFMU rig -----------------------------------------------------------------------------------

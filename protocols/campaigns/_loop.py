@@ -147,8 +147,15 @@ def run_units(*, title: str, rig, store: RunWriter, units: Sequence[tuple[int, i
                 pulses += res.pulses
                 bar.advance(pulses)
                 log.debug("%s: device %d (%d,%d) done, %d pulses", title, i, *rc, res.pulses)
-    finally:
-        rig.safe_state()  # whatever ended the loop (Ctrl-C too), nothing stays biased
+    except BaseException:
+        # whatever ended the loop (Ctrl-C too), nothing stays biased; the original error is
+        # what the user must see, so a safe-state failure (a lost instrument) is only logged
+        try:
+            rig.safe_state()
+        except Exception as e:
+            log.error("%s: could not make every instrument safe after the error: %s", title, e)
+        raise
+    rig.safe_state()
 
 
 def _pack(sim: SimHooks | None) -> bytes | None:
