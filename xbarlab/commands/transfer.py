@@ -1,0 +1,144 @@
+"""`xbarlab transfer`: program a trained network onto crossbars and measure it.
+
+torch is imported only inside the command, and only with ``--model``: a conductance plan
+(``--plan``, written by ``--save-plan``) transfers on a lab PC without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from xbarlab.errors import StationError, XbarlabError
+
+
+def _plan_from_model(model_path: str, db_path: str | None, member: int):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise XbarlabError("--model needs PyTorch (the [train] extra); on a PC without it, "
+                           "use --plan with a plan saved by --save-plan elsewhere") from None
+    from training.export import conductance_plan
+    from training.train import load_checkpoint, load_dataset
+
+    model, cfg, _meta = load_checkpoint(model_path, "cpu")
+    if db_path in (None, "reference"):
+        from database.reference import G_MAX, G_MIN
+        g_range = (G_MIN, G_MAX)
+    else:
+        from database.nonideality import load_nonideality
+        db = load_nonideality(db_path)
+        g_range = (db.g_min, db.g_max)
+    plan = conductance_plan(model, g_range, "physical", cfg, member=member)
+    plan.meta.update({"model": str(model_path), "trained_mapping": cfg.mapping,
+                      "hardware_aware": cfg.hardware_aware, "dataset": cfg.dataset})
+    if cfg.mapping != "physical":
+        click.echo(f"note: {model_path} was trained with the {cfg.mapping!r} mapping; it is "
+                   "programmed with the physical one (the only programmable mapping)", err=True)
+    data = load_dataset(cfg.dataset, cfg.seed)
+    return plan, data["test"]
+
+
+def pick_crossbars(station, n_tiles: int, names: tuple[str, ...]) -> list[str]:
+    """One crossbar per tile: the given names, or (sim) the chip's crossbars of station shape."""
+    if names:
+        if len(names) != n_tiles:
+            raise StationError(f"--crossbar given {len(names)} times; the network needs "
+                               f"{n_tiles} tiles (one crossbar each)")
+        return list(names)
+    chip = station.chip
+    if chip is None:
+        if n_tiles > 1:
+            raise StationError(f"the network needs {n_tiles} crossbars: name them with "
+                               "--crossbar (once per tile); you will be asked to move the "
+                               "probes between tiles")
+        return [station.cfg.crossbar]
+    shape = tuple(station.cfg.shape)
+    fits = [n for n, xb in chip.crossbars.items() if tuple(xb.shape) == shape]
+    fits.sort(key=lambda n: n != station.cfg.crossbar)  # the station's own crossbar first
+    if len(fits) < n_tiles:
+        raise StationError(f"the network needs {n_tiles} crossbars of {shape[0]}x{shape[1]}, "
+                           f"the chip has {len(fits)}")
+    return fits[:n_tiles]
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("transfer")
+    @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
+                  help="trained checkpoint (.pt; needs torch)")
+    @click.option("--plan", "plan_path", type=click.Path(exists=True, dir_okay=False),
+                  help="conductance plan (.json) instead of --model (no torch needed)")
+    @click.option("--station", "station_path", required=True, type=click.Path(dir_okay=False),
+                  help="station file (YAML)")
+    @click.option("--crossbar", "crossbars", multiple=True,
+                  help="crossbar for each tile, in tile order (repeat); sim default: the chip's")
+    @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+                  help="transfer HDF5 file")
+    @click.option("--db", "db_path", default=None,
+                  help="non-ideality DB the model was trained with (its G range); "
+                       "default: the published 100-500 uS")
+    @click.option("--member", default=0, show_default=True, type=click.IntRange(0),
+                  help="network of an ensemble checkpoint")
+    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="alibart",
+                  show_default=True, help="write-verify algorithm")
+    @click.option("--settle", type=float, default=0.0, show_default=True,
+                  help="instrument time before each tile's read-back [s]")
+    @click.option("--save-plan", type=click.Path(dir_okay=False), default=None,
+                  help="also write the conductance plan (JSON)")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--resume", is_flag=True, help="continue the file's unfinished transfer")
+    @click.option("--overwrite", is_flag=True, help="replace an existing file")
+    @click.option("--no-progress", is_flag=True)
+    def transfer_cmd(model_path, plan_path, station_path, crossbars, out, db_path, member,
+                     algorithm, settle, save_plan, seed, resume, overwrite, no_progress):
+        """Program a trained network onto crossbars (write-verify, in the order training
+        assumed), read it back and measure its test accuracy; everything into HDF5."""
+        from protocols.transfer import TransferConfig, run
+        from protocols.tuning import TuneConfig
+        from training.export import ConductancePlan
+        from xbarlab.station import load_station
+
+        if bool(model_path) == bool(plan_path):
+            raise click.UsageError("give exactly one of --model and --plan")
+        test = None
+        if model_path:
+            plan, test = _plan_from_model(model_path, db_path, member)
+        else:
+            plan = ConductancePlan.load(plan_path)
+            if plan.meta.get("dataset") == "moons":
+                from database.datasets import load_moons
+                test = load_moons("test")
+        if save_plan:
+            plan.save(save_plan)
+            click.echo(f"wrote {save_plan}")
+        st = load_station(station_path)
+        names = pick_crossbars(st, plan.n_tiles, tuple(crossbars))
+
+        def on_tile(t: int, name: str) -> None:
+            if st.chip is None and plan.n_tiles > 1:
+                r, c = plan.tile_shape[t]
+                click.pause(f"tile {t + 1}/{plan.n_tiles} ({r}x{c} devices): move the probes "
+                            f"to crossbar {name!r}, then press any key")
+
+        def open_rig(name: str):
+            return st.open_rig(name if st.chip is not None else None)
+
+        cfg = TransferConfig(tune=TuneConfig(algorithm=algorithm), settle_s=settle)
+        res = run(plan, open_rig, names, Path(out), config=cfg, test_data=test, seed=seed,
+                  station=st.describe(), resume=resume, overwrite=overwrite,
+                  progress=not no_progress, chip=st.chip, on_tile=on_tile)
+        if res.resumed_from:
+            click.echo(f"resumed after {res.resumed_from} finished devices")
+        s = res.summary
+        click.echo(f"transfer: {res.path} ({res.run}) onto {', '.join(names)}")
+        click.echo(f"  devices: {s['devices']} in {s['tiles']} tiles, {s.get('failed', 0)} "
+                   f"failed tunings, {s.get('pulses_total', 0)} pulses, instrument time "
+                   f"{s.get('instrument_time_s', 0.0):.1f} s")
+        if "readback_error_mean_rel" in s:
+            click.echo(f"  read-back error: mean {100 * s['readback_error_mean_rel']:+.2f} %, "
+                       f"std {100 * s['readback_error_std_rel']:.2f} % of target")
+        if "accuracy" in s:
+            click.echo(f"  test accuracy: {100 * s['accuracy']:.1f} % on the crossbar, "
+                       f"{100 * s['accuracy_software']:.1f} % in software "
+                       f"({s['points']} points)")
