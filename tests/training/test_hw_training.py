@@ -125,3 +125,23 @@ def test_hardware_aware_beats_regular_quickly(db, moons):
         r = train(TrainConfig(epochs=600, hardware_aware=hw, mapping="reference"), x, y, db)
         res[hw] = evaluate_transfers(r.model, xt, yt, 1000, db, mapping="reference")
     assert res[True].summary()["share_correct_95"] > res[False].summary()["share_correct_95"]
+
+
+def test_cli_train_and_evaluate(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from xbarlab.cli import cli
+
+    model = tmp_path / "hw.pt"
+    r = CliRunner().invoke(cli, ["train", "--out", str(model), "--epochs", "2",
+                                 "--mapping", "reference", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(cli, ["evaluate", "--model", str(model), "--transfers", "50",
+                                 "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["networks"]["hardware_aware"]["transfers"] == 50
+    assert (out / "accuracy_hist.png").exists() and (out / "boundary_map.png").exists()
