@@ -519,7 +519,8 @@ def run_sweep(
         if recs:
             summary.table = write_table(recs, out_dir)
     if plots and summary.table is not None:
-        summary.plots = write_plots(summary.table, out_dir / "plots")
+        summary.plots = [*write_plots(summary.table, out_dir / "plots"),
+                         *write_plots(summary.table, out_dir / "plots", "transfer_acc_mean")]
     return summary
 
 
@@ -602,10 +603,18 @@ def interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float
     return (m, m - half, m + half)
 
 
+METRIC_LABELS = {"share_correct_95": "test points correct in >= 95 % of transfers [%]",
+                 "transfer_acc_mean": "mean test accuracy over transfers [%]",
+                 "transfer_acc_p05": "5th-percentile test accuracy [%]",
+                 "clean_acc": "test accuracy without non-idealities [%]"}
+
+
 def write_plots(table: str | os.PathLike, plot_dir: str | os.PathLike,
                 metric: str = "share_correct_95") -> list[Path]:
-    """One PNG per varying parameter in PLOT_AXES: ``metric`` against it, a panel per dataset, a
-    line per network kind (and per other varying setting), mean with a 95 % interval over seeds.
+    """One PNG per varying parameter in PLOT_AXES: ``metric`` (a fraction, shown in %) against
+    it, a panel per dataset, a line per network kind (and per other varying setting), mean with
+    a 95 % interval over seeds. Named robustness_vs_<axis>.png for share_correct_95, else
+    <metric>_vs_<axis>.png.
     """
     import matplotlib
 
@@ -646,15 +655,15 @@ def write_plots(table: str | os.PathLike, plot_dir: str | os.PathLike,
                                 color=line.get_color(), alpha=0.2, linewidth=0)
             ax.set_title(f"{ds}")
             ax.set_xlabel("stuck devices (HRS + LRS) [%]" if axis == "stuck_rate" else axis)
-            ax.set_ylabel("test points correct in >= 95 % of transfers [%]"
-                          if metric == "share_correct_95" else metric)
+            ax.set_ylabel(METRIC_LABELS.get(metric, metric))
             ax.set_ylim(-2, 102)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.suptitle(f"robustness vs {axis} (mean, 95 % interval over seeds)", fontsize=10)
+        fig.suptitle(f"{metric} vs {axis} (mean, 95 % interval over seeds)", fontsize=10)
         fig.tight_layout()
         plot_dir.mkdir(parents=True, exist_ok=True)
-        path = plot_dir / f"robustness_vs_{axis}.png"
+        stem = "robustness" if metric == "share_correct_95" else metric
+        path = plot_dir / f"{stem}_vs_{axis}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)

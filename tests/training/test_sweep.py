@@ -189,7 +189,8 @@ def test_sweep_writes_tidy_table_and_plots(tmp_path):
         assert col in df.columns, col
     row = df[(df.kind == "regular") & (df.stuck_rate == 0.04) & (df.seed == 1)].iloc[0]
     assert row.share_correct_95 == pytest.approx(1.0 - 0.2 - 0.01 - 0.3)
-    assert [p.name for p in summary.plots] == ["robustness_vs_stuck_rate.png"]
+    assert [p.name for p in summary.plots] == ["robustness_vs_stuck_rate.png",
+                                               "transfer_acc_mean_vs_stuck_rate.png"]
     assert summary.plots[0].stat().st_size > 5000
 
 
