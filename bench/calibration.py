@@ -107,11 +107,14 @@ def section_stuck(tmp: Path):
     print(f"   simulated population ({truth.size} devices): stuck-HRS "
           f"{100 * (truth == 1).mean():.2f} %, stuck-LRS {100 * (truth == 2).mean():.2f} % "
           "(paper model 0.5 % + 0.5 %)")
-    rig = SimulatedRig(Crossbar(seed=11))
+    # screening accuracy on a crossbar with 5 % + 5 % stuck devices, so there is something to find
+    rig = SimulatedRig(Crossbar(CrossbarConfig(stuck_hrs_rate=0.05, stuck_lrs_rate=0.05),
+                                seed=11))
     t = rig.crossbar.stuck.reshape(-1)
     res = stuck.run(rig, stuck.StuckConfig(), tmp / "s.h5", progress=False)
     got = read_table(tmp / "s.h5", "devices").status.to_numpy()
-    print(f"   screening campaign (SimulatedRig, 64 devices): {res.summary}; agrees with the "
+    print(f"   screening campaign (SimulatedRig, 8x8 at 5 % + 5 % stuck; truth HRS "
+          f"{int((t == 1).sum())}, LRS {int((t == 2).sum())}): {res.summary}; agrees with the "
           f"simulated truth on {int((got == t).sum())}/64 devices")
 
 
