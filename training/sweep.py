@@ -42,6 +42,8 @@ from pydantic import (
     model_validator,
 )
 
+from training.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 #: network kinds a point trains; each becomes one row of the table
@@ -62,7 +64,7 @@ FAILURES_NAME = "failures.jsonl"
 TABLE_NAME = "results.csv"
 
 
-class SweepError(Exception):
+class SweepError(TrainingError):
     """A sweep file, output folder or backend problem, said in one line."""
 
 
@@ -86,6 +88,8 @@ class PointParams(BaseModel):
     stuck_lrs_rate: float | None = Field(None, ge=0.0, le=1.0)
     #: square crossbar tile edge (devices); layers larger than a tile span several tiles
     tile_size: int | None = Field(None, ge=1, le=4096)
+    #: a layer's bias on the same tiles as its weights (None = the training default)
+    share_bias: bool | None = None
     #: multipliers on the tuning-imprecision sigma and on the V/3 disturbance draws
     tuning_sigma_scale: float = Field(1.0, ge=0.0, le=100.0)
     disturbance_scale: float = Field(1.0, ge=0.0, le=100.0)
@@ -677,7 +681,7 @@ DATASET_SIZES = {"moons": (2, (8,), 1), "digits": (64, (32,), 10)}
 
 #: sweep parameter -> TrainConfig field, passed only when the point sets it
 _TRAIN_FIELDS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size",
-                 "patience": "patience"}
+                 "patience": "patience", "share_bias": "share_bias"}
 
 
 @functools.lru_cache(maxsize=4)

@@ -159,6 +159,14 @@ def test_shipped_example_sweeps_are_valid():
         assert pts, path
 
 
+def test_spec_and_store_import_without_torch_pandas_or_ray():
+    code = ("import sys, training.sweep, xbarlab.commands.sweep; "
+            "print(sorted(m for m in ('torch', 'pandas', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 # -- store ---------------------------------------------------------------------------------------
 
 
