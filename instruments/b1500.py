@@ -7,6 +7,7 @@ holds. The WGFMU module is not programmed through FLEX; see `instruments.wgfmu`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 from instruments.errors import InstrumentError
@@ -28,6 +29,22 @@ def parse_spot(reply: str) -> float:
     if status == "V" or abs(value) > 1e99:
         raise ValueError(f"over range {reply!r}")
     return value
+
+
+def _floats(fields: Sequence[str]) -> list[float]:
+    out = []
+    for f in fields:
+        try:
+            out.append(float(f))
+        except ValueError:
+            pass  # not a number: the instrument refuses the command itself
+    return out
+
+
+#: FLEX commands that set an output voltage: head -> indices of the voltage fields
+#: (DV ch,range,V; DI ch,range,I,Vcomp; PV ch,range,base,pulse; WV ch,mode,range,start,stop)
+_LEVEL_FIELDS = {"DV": (2,), "DI": (3,), "PV": (2, 3), "WV": (3, 4), "TDV": (2,)}
+_HEAD = re.compile(r"^\s*([A-Za-z]+)\s*(.*)$")  # `DV 1,...` and `DV1,...` alike
 
 
 class B1500(MessageInstrument):
@@ -103,6 +120,23 @@ class B1500(MessageInstrument):
             more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
             raise InstrumentError(f"B1500 error {code}: {text}{more}", instrument=self.name,
                                   command=command, reply=f'{code},"{text}"')
+
+    def check_outgoing(self, command: str) -> None:
+        """Refuse a raw FLEX message holding an output voltage beyond the station limits."""
+        for part in command.split(";"):
+            m = _HEAD.match(part)
+            if m is None:
+                continue
+            head, rest = m.groups()
+            idx = _LEVEL_FIELDS.get(head.upper())
+            if idx is None:
+                continue
+            fields = [x.strip() for x in rest.split(",")]
+            for v in _floats([fields[i] for i in idx if i < len(fields)]):
+                try:
+                    self.limits.check_level(v, where=f"{self.name} {head.upper()}")
+                except InstrumentError as e:
+                    raise type(e)(str(e), instrument=self.name, command=command) from None
 
     # -- SMU DC ----------------------------------------------------------------------------------
     def enable(self, channels: Iterable[int]) -> None:

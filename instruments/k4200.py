@@ -12,6 +12,7 @@ parsed leniently (`RETURN VALUE = 0` or a bare `0`).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 
@@ -25,6 +26,12 @@ MAX_ARRAY = 128
 MIN_SEGMENT = 20e-9
 #: PMU current ranges [A] with the RPM (confirm vs datasheet)
 PMU_I_RANGES = (0.2, 10e-3, 1e-3, 100e-6, 10e-6, 1e-6, 100e-9)
+
+
+#: raw KXCI commands that set an output voltage (SMU DV/DI, PMU segment and pulse levels)
+_SMU_LEVEL = re.compile(r"^D([VI])(\d),\s*[^,]*,\s*([^,]*)(?:,\s*([^,]*))?")
+_PMU_LEVEL = re.compile(r"^:PMU:(?:SARB:SEQ:(?:STARTV|STOPV)(?::ADD)?|PULSE:(?:VHIGH|VLOW|BASE)"
+                        r"|DCV)\s+(.*)$", re.IGNORECASE)
 
 
 def _grid(t: float) -> float:
@@ -68,6 +75,29 @@ class K4200(MessageInstrument):
             pass
         msg = f"4200 refused the command: {detail}" if detail else "4200 refused the command"
         raise InstrumentError(msg, instrument=self.name, command=command, reply=reply)
+
+    def check_outgoing(self, command: str) -> None:
+        """Refuse a raw KXCI message holding an output voltage beyond the station limits."""
+        for part in command.split(";"):
+            part = part.strip()
+            levels: list[str] = []
+            m = _SMU_LEVEL.match(part)
+            if m:  # DVch,range,V[,Icomp] (V is field 3) or DIch,range,I,Vcomp (Vcomp field 4)
+                levels = [m.group(3)] if m.group(1) == "V" else [m.group(4) or ""]
+            m = _PMU_LEVEL.match(part)
+            if m:
+                args = [a.strip() for a in m.group(1).split(",")]
+                # SARB arrays: ch, seq, values...; pulse/DC levels: ch, value
+                levels = args[2:] if "SARB" in part.upper() else args[1:]
+            for text in levels:
+                try:
+                    v = float(text)
+                except ValueError:
+                    continue  # not a number: the instrument refuses it itself
+                try:
+                    self.limits.check_level(v, where=f"{self.name} raw command")
+                except InstrumentError as e:
+                    raise type(e)(str(e), instrument=self.name, command=command) from None
 
     def idn(self) -> str:
         return self.query("*IDN?")

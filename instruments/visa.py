@@ -86,6 +86,7 @@ class MessageInstrument:
     def write(self, command: str) -> None:
         if self._closed:
             raise self._fail(RuntimeError("closed"), command)
+        self.check_outgoing(command)
         try:
             self._res.write(command)
         except (_VisaIOError, OSError, ValueError) as e:
@@ -95,6 +96,7 @@ class MessageInstrument:
     def query(self, command: str) -> str:
         if self._closed:
             raise self._fail(RuntimeError("closed"), command)
+        self.check_outgoing(command)
         try:
             reply = self._res.query(command)
         except (_VisaIOError, OSError, ValueError) as e:
@@ -107,6 +109,11 @@ class MessageInstrument:
         return self.writes + self.queries
 
     # -- errors and safety (drivers override) --------------------------------------------------
+    def check_outgoing(self, command: str) -> None:
+        """Last guard before bytes leave: drivers parse the level-setting commands of their
+        instrument in `command` (raw `write`/`query` included) and raise SafetyLimitError for a
+        level outside the station limits. The default checks nothing (no outputs)."""
+
     def check_errors(self, command: str = "") -> None:
         """Read the instrument's error queue; raise InstrumentError naming `command` if not empty."""
 

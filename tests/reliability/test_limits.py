@@ -1,0 +1,185 @@
+"""A pulse or bias beyond the station's limits is impossible through any public entry point.
+
+Every attempt below must raise (SafetyLimitError, or ConfigError for a tuning/campaign/transfer
+config whose ramps leave the envelope) and leave the emulated instruments and the crossbar
+exactly as they were: nothing sent, nothing applied. The station limits are those of the
+shipped sim stations: SET <= +2.1 V, RESET >= -2.5 V, |bias| <= 0.5 V, width in [20 ns, 1 ms]
+(PMU) / [10 ns, 1 ms] (WGFMU).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from instruments.b1500 import B1500
+from instruments.errors import SafetyLimitError
+from instruments.limits import SafetyLimits
+from instruments.rig import ReadSettings
+from protocols.campaigns import CAMPAIGNS
+from protocols.errors import ConfigError, ProtocolError
+from protocols.tuning import TuneConfig, tune
+from simulator.emulators import B1500Emulator
+from simulator.visa_backend import EmulatedVisaLibrary
+from tests.reliability.conftest import assert_unchanged, open_station, snapshot
+
+BAD_PULSES = [(2.2, 200e-9), (-2.6, 200e-9), (math.nan, 200e-9), (math.inf, 200e-9),
+              (1.0, 5e-9), (1.0, 2e-3), (1.0, math.nan), (-1.0, -200e-9)]
+
+
+@pytest.fixture(scope="module")
+def pmu():
+    st, rig = open_station("sim-pmu")
+    rig.pulse_and_read(0, 0, 1.0, 200e-9)   # a rig in use: routed, outputs on, setup sent
+    yield st, rig
+    rig.close()
+
+
+@pytest.fixture(scope="module")
+def wgf():
+    st, rig = open_station("sim-wgfmu")
+    rig.pulse_and_read(0, 0, 1.0, 200e-9)
+    yield st, rig
+    rig.close()
+
+
+def _applied(st) -> dict:
+    """Write excursions the crossbar saw (conductances alone may relax while relays switch to
+    the safe state, and a campaign may take a read, inside the bias limit, before it tunes)."""
+    return st.world.pulses_applied
+
+
+def _refused(st, fn, *args, exc=SafetyLimitError, strict=True, **kw):
+    """`fn` raises `exc`; strict: no emulator state changed at all (nothing was even sent);
+    otherwise: nothing executed or applied (a protocol may still make the rig safe)."""
+    before, applied = snapshot(st), _applied(st)
+    with pytest.raises(exc) as ei:
+        fn(*args, **kw)
+    assert "\n" not in str(ei.value)
+    assert _applied(st) == applied
+    if strict:
+        assert_unchanged(before, snapshot(st))
+    return ei.value
+
+
+@pytest.mark.parametrize("volts,seconds", BAD_PULSES)
+@pytest.mark.parametrize("station", ["pmu", "wgf"])
+def test_rig_pulse_entry_points_refuse(request, station, volts, seconds):
+    st, rig = request.getfixturevalue(station)
+    _refused(st, rig.pulse, 1 if station == "pmu" else 0, 0, volts, seconds)
+    _refused(st, rig.pulse_and_read, 0, 0, volts, seconds, n_reads=2)
+
+
+def test_rig_refuses_a_read_voltage_above_the_bias_limit():
+    st, rig = open_station("sim-pmu")
+    with pytest.raises(SafetyLimitError):
+        type(rig)(rig.pmu, rig.matrix, rig.wiring, limits=rig.limits,
+                  read=ReadSettings(volts=0.6))
+    rig.close()
+
+
+RAW_4200 = [
+    "DV1,0,3,0.01", "US;DV2,0,-2.6,1e-3", "DI1,6,1e-5,5",
+    ":PMU:SARB:SEQ:STARTV 1,1,0,0,2.5,2.5,0", ":PMU:SARB:SEQ:STOPV 1,1,0,-3,-3,0,0",
+    ":PMU:SARB:SEQ:STARTV 1,1,nan", ":PMU:PULSE:VHIGH 1, 5", ":PMU:DCV 1, -4",
+]
+
+
+@pytest.mark.parametrize("command", RAW_4200)
+def test_k4200_raw_messages_with_levels_beyond_limits_never_leave(pmu, command):
+    st, rig = pmu
+    for send in (rig.pmu.write, rig.pmu.query, rig.pmu.cmd):
+        e = _refused(st, send, command)
+        assert e.instrument == "K4200" and e.command == command
+
+
+def test_k4200_driver_methods_refuse(pmu):
+    st, rig = pmu
+    p = rig.pmu
+    _refused(st, p.smu_force_voltage, 1, 2.2, 1e-3)
+    _refused(st, p.smu_force_voltage, 1, 0.3, 0.5)              # compliance above 10 mA
+    t = [100e-9, 20e-9, 200e-9, 20e-9, 100e-9]
+    z = [0] * 5
+    for levels in ([0, 0, 3.0, 3.0, 0], [0, -2.6, -2.6, 0, 0], [0, 0, math.nan, 0, 0]):
+        _refused(st, lambda lv=levels: p.send_setup(p.sarb_commands(1, 1, t, lv, lv, z, z, z)))
+    _refused(st, p.send_setup, [("x", ":PMU:SARB:SEQ:STARTV 1,1,0,2.2")])
+
+
+@pytest.fixture
+def b1500():
+    emu = B1500Emulator(None)
+    sent: list[str] = []
+    handle = emu.handle
+    emu.handle = lambda msg: (sent.append(msg), handle(msg))[1]
+    lib = EmulatedVisaLibrary({"GPIB0::17::INSTR": emu})
+    import pyvisa
+
+    drv = B1500.open(pyvisa.ResourceManager(lib), "GPIB0::17::INSTR", limits=SafetyLimits())
+    drv.enable([2, 3])
+    yield drv, emu, sent
+    drv.close()
+
+
+def test_b1500_dc_bias_entry_points_refuse(b1500):
+    drv, emu, sent = b1500
+    n, levels = len(sent), dict(emu.levels)
+    attempts = [
+        lambda: drv.force_voltage(2, 2.2, 1e-3),
+        lambda: drv.force_voltages({2: 0.1, 3: -2.6}, 1e-3),   # one bad level: none is sent
+        lambda: drv.force_voltage(2, 0.1, 0.2),                # compliance above the limit
+        lambda: drv.dv_command(2, math.inf, 1e-3),
+        lambda: drv.batch(["CN 2", "DV 2,0,3.0,1e-3"]),
+        lambda: drv.write("DV2,0,-3,1e-3"),
+        lambda: drv.query("DV 2,20,2.5,1e-3;ERRX?"),
+        lambda: drv.write("PV 2,0,0,5,1e-3"),
+        lambda: drv.write("WV 2,1,0,0,4,11,1e-3"),
+        lambda: drv.write("DI 2,0,1e-5,12"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(SafetyLimitError):
+            attempt()
+    assert len(sent) == n and emu.levels == levels          # not one byte went out
+    drv.force_voltages({2: 0.2, 3: -0.4}, 1e-3)              # inside the limits: sent
+    assert emu.levels == {2: 0.2, 3: -0.4}
+
+
+def test_wgfmu_driver_patterns_refuse(wgf):
+    st, rig = wgf
+    w = rig.wgfmu
+    _refused(st, w.create_pattern, "bad", 2.2)
+    _refused(st, w.add_vectors, "top", [(10e-9, 1.0), (10e-9, -2.6)])   # all-or-nothing
+    _refused(st, w.add_vectors, "top", [(10e-9, math.nan)])
+
+
+def test_tuning_with_ramp_caps_beyond_limits_refuses_before_any_pulse(pmu):
+    st, rig = pmu
+    for over in ({"v_set_max": 2.5}, {"v_reset_min": -2.8}, {"width": 5e-9}):
+        cfg = TuneConfig(**over)
+        _refused(st, tune, rig, 2, 2, 200e-6, cfg, exc=ConfigError)
+
+
+@pytest.mark.parametrize("campaign", sorted(CAMPAIGNS))
+def test_campaign_with_out_of_range_ramps_applies_nothing(tmp_path, pmu, campaign):
+    st, rig = pmu
+    module, cls = CAMPAIGNS[campaign]
+    cfg = cls(devices=[(3, 3)], tune=TuneConfig(v_set_max=2.6, v_set_start=1.0))
+    extra = {"v_max": 3.0} if campaign == "iv" and "v_max" in cls.model_fields else {}
+    if extra:
+        cfg = cls(devices=[(3, 3)], **extra)
+    _refused(st, module.run, rig, cfg, tmp_path / "c.h5", seed=0, progress=False, chip=st.chip,
+             exc=(ConfigError, ProtocolError, SafetyLimitError), strict=False)
+
+
+def test_transfer_refuses_out_of_range_ramps_before_programming(tmp_path):
+    from protocols import transfer
+    from training.export import plan_from_weights
+
+    st, rig = open_station("sim-pmu")
+    plan = plan_from_weights([np.array([[0.5, -1.0]])], [np.array([0.2])], g_min=100e-6,
+                             g_max=300e-6)
+    cfg = transfer.TransferConfig(tune=TuneConfig(v_set_max=2.4))
+    _refused(st, transfer.run, plan, lambda _name: rig, ["xbar0"], tmp_path / "t.h5",
+             config=cfg, progress=False, chip=st.chip, exc=(ConfigError, ProtocolError),
+             strict=False)
