@@ -168,7 +168,7 @@ class K4200(MessageInstrument):
         value = reply.rpartition("=")[2].strip()
         try:
             return int(float(value))
-        except ValueError:
+        except (ValueError, OverflowError):  # 'inf' is a float, not an int
             self._raise_refused(command, reply)
         raise AssertionError  # unreachable
 
@@ -285,7 +285,7 @@ class K4200(MessageInstrument):
         reply = self.query(f":PMU:DATA:COUNT? {ch}")
         try:
             return int(float(reply))
-        except ValueError:
+        except (ValueError, OverflowError):  # 'inf' is a float, not an int
             raise InstrumentError("bad count", instrument=self.name,
                                   command=f":PMU:DATA:COUNT? {ch}", reply=reply) from None
 

@@ -93,7 +93,7 @@ class K707B(MessageInstrument):
         reply = self.query(f"{chunk} waitcomplete() print(errorqueue.count)")
         try:
             count = int(float(reply))
-        except ValueError:
+        except (ValueError, OverflowError):  # 'inf' is a float, not an int
             raise InstrumentError("unexpected reply", instrument=self.name, command=chunk,
                                   reply=reply) from None
         if count:
@@ -103,7 +103,7 @@ class K707B(MessageInstrument):
         reply = self.query("print(errorqueue.count)")
         try:
             return int(float(reply))
-        except ValueError:
+        except (ValueError, OverflowError):  # 'inf' is a float, not an int
             raise InstrumentError("unexpected reply", instrument=self.name,
                                   command="print(errorqueue.count)", reply=reply) from None
 
@@ -112,7 +112,7 @@ class K707B(MessageInstrument):
         fields = reply.split("\t")
         try:
             return int(float(fields[0])), (fields[1] if len(fields) > 1 else "")
-        except ValueError:
+        except (ValueError, OverflowError):  # 'inf' is a float, not an int
             raise InstrumentError("unexpected reply", instrument=self.name,
                                   command="print(errorqueue.next())", reply=reply) from None
 
@@ -122,6 +122,9 @@ class K707B(MessageInstrument):
             self._raise_queue(command, n)
 
     def _raise_queue(self, command: str, count: int) -> None:
+        if count < 0:  # a corrupted count must not end as an IndexError
+            raise InstrumentError("impossible error count", instrument=self.name,
+                                  command=command, reply=str(count))
         errs = [self.next_error() for _ in range(min(count, 10))]
         code, text = errs[0]
         more = f" (+{count - 1} more)" if count > 1 else ""
