@@ -19,6 +19,7 @@ the committed row count.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -59,7 +60,67 @@ def _open(path: Path, mode: str) -> h5py.File:
     try:
         return h5py.File(path, mode)
     except OSError as e:
+        if mode != "r" and _denied(path, e):
+            raise DatabaseError(f"{path}: cannot write: the file or its folder is read-only "
+                                "(nothing was changed)") from None
         raise SchemaError(f"{path}: not a readable HDF5 file ({e})") from None
+
+
+def _denied(path: Path, e: OSError) -> bool:
+    text = str(e)
+    return (e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or "errno = 13" in text
+            or "errno = 30" in text or "Permission denied" in text or "Read-only" in text
+            or (path.exists() and not os.access(path, os.W_OK)))
+
+
+def _write_failed(path: Path, e: OSError, what: str, done: int) -> DatabaseError:
+    why = "disk full" if (e.errno == errno.ENOSPC or "No space" in str(e)) else str(e)
+    return DatabaseError(f"{path}: cannot write {what} ({why}); the {done} devices committed "
+                         "before are intact: free space and re-run to resume")
+
+
+# -- one writer per file ---------------------------------------------------------------------
+# A POSIX record lock on `<file>.lock`, held while a RunWriter may append. The OS drops it when
+# the process dies (SIGKILL included), so a stale lock never blocks a resume; a second process
+# is refused at once. Record locks belong to the process, so re-opening the same file in one
+# process (a resume after an error) is allowed. Where fcntl is missing (Windows) only the
+# progress check in `commit_device` guards against a second writer.
+_LOCKS: dict[Path, int] = {}
+
+
+def _lock(path: Path) -> None:
+    key = path.resolve()
+    if key in _LOCKS:
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if _denied(lock, e):
+            raise DatabaseError(f"{path}: cannot write: the folder is read-only "
+                                "(nothing was changed)") from None
+        raise DatabaseError(f"{lock}: cannot create the lock file ({e})") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DatabaseError(f"{path} is being written by another xbarlab process; wait for it "
+                            "to finish (or stop it) before writing this file") from None
+    _LOCKS[key] = fd
+
+
+def _unlock(path: Path) -> None:
+    fd = _LOCKS.pop(path.resolve(), None)
+    if fd is None:
+        return
+    try:
+        path.with_name(path.name + ".lock").unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def _check_file(f: h5py.File, path: Path) -> None:
@@ -217,7 +278,22 @@ class RunWriter:
         """
         path = Path(path)
         cfg_json = json.dumps(config, sort_keys=True)
+        if path.parent.exists():
+            _lock(path)  # before reading or replacing anything: one writer per file
+        try:
+            return cls._open_locked(path, protocol=protocol, config=config, station=station,
+                                    seed=seed, tables=tables, devices_total=devices_total,
+                                    resume=resume, overwrite=overwrite, cfg_json=cfg_json)
+        except BaseException:
+            _unlock(path)
+            raise
+
+    @classmethod
+    def _open_locked(cls, path: Path, *, protocol, config, station, seed, tables,
+                     devices_total, resume, overwrite, cfg_json) -> RunWriter:
         if path.exists() and overwrite:
+            if not os.access(path.parent, os.W_OK):
+                raise DatabaseError(f"{path}: cannot replace: the folder is read-only")
             path.unlink()
         if path.exists():
             infos = list_runs(path)
@@ -240,7 +316,20 @@ class RunWriter:
             w._truncate_to_progress()
             return w
         del resume  # a missing file simply starts the run
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _lock(path)
+            cls._create(path, protocol=protocol, cfg_json=cfg_json, station=station, seed=seed,
+                        tables=tables, devices_total=devices_total)
+        except OSError as e:
+            path.unlink(missing_ok=True)  # a half-created file holds nothing worth keeping
+            if _denied(path.parent, e):
+                raise DatabaseError(f"{path}: cannot create: the folder is read-only") from None
+            raise _write_failed(path, e, "a new run file", 0) from None
+        return cls(path, "run0", tables)
+
+    @staticmethod
+    def _create(path: Path, *, protocol, cfg_json, station, seed, tables, devices_total) -> None:
         with h5py.File(path, "w") as f:
             f.attrs["kind"] = KIND
             f.attrs["format_version"] = FORMAT_VERSION
@@ -271,7 +360,6 @@ class RunWriter:
                 ds.attrs["units"] = "bytes"
             g.attrs["progress"] = json.dumps({"devices_done": 0, "rows": {t: 0 for t in tables},
                                               "state_slot": None})
-        return cls(path, "run0", tables)
 
     def _truncate_to_progress(self) -> None:
         """Drop anything a killed commit wrote beyond the last committed device."""
@@ -330,9 +418,21 @@ class RunWriter:
             prepared[tname] = arrays
             new_rows[tname] = int(new_rows[tname]) + lens.pop()
         slot = self._progress.get("state_slot")
+        try:
+            progress = self._append(device, prepared, state, slot, new_rows)
+        except OSError as e:
+            raise _write_failed(self.path, e, f"device {device}", self.devices_done) from None
+        self._progress = progress
+
+    def _append(self, device, prepared, state, slot, new_rows) -> dict:
         new_slot = slot
         with _open(self.path, "r+") as f:
             g = f["runs"][self.run]
+            on_file = _progress(g, self.path)
+            if on_file != self._progress:  # another writer committed since we last did
+                raise DatabaseError(f"{self.path}: run {self.run} was changed by another "
+                                    "process; refusing to write (a device would be lost or "
+                                    "duplicated)")
             for tname, arrays in prepared.items():
                 n0 = int(self._progress["rows"][tname])
                 for c, a in arrays.items():
@@ -347,13 +447,17 @@ class RunWriter:
                 ds[:] = buf
             progress = {"devices_done": device + 1, "rows": new_rows, "state_slot": new_slot}
             g.attrs["progress"] = json.dumps(progress)  # the commit point
-        self._progress = progress
+        return progress
 
     def finish(self, summary: dict | None = None) -> None:
         """Mark the run complete with its end time and summary."""
-        with _open(self.path, "r+") as f:
-            g = f["runs"][self.run]
-            g.attrs["summary"] = json.dumps(summary or {}, sort_keys=True, default=float)
-            g.attrs["end_time"] = _now()
-            g.attrs["complete"] = True
+        try:
+            with _open(self.path, "r+") as f:
+                g = f["runs"][self.run]
+                g.attrs["summary"] = json.dumps(summary or {}, sort_keys=True, default=float)
+                g.attrs["end_time"] = _now()
+                g.attrs["complete"] = True
+        except OSError as e:
+            raise _write_failed(self.path, e, "the run's end", self.devices_done) from None
+        _unlock(self.path)
         self.info = list_runs(self.path)[-1]

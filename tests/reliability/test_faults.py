@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reliability_support import (
+    energised_lines,
+    open_station,
+    single_thread_blas,  # noqa: F401 (autouse fixture)
+    unsafe_parts,
+)
 
 from database.runs import RunWriter, list_runs, read_run, read_table
 from instruments.errors import InstrumentError, InstrumentTimeout
 from protocols.campaigns import CAMPAIGNS
-from tests.reliability.conftest import energised_lines, open_station, unsafe_parts
 
 K4200 = "TCPIP0::192.168.0.2::1225::SOCKET"
 K707B = "GPIB0::18::INSTR"

@@ -13,6 +13,12 @@ import math
 
 import numpy as np
 import pytest
+from reliability_support import (
+    assert_unchanged,
+    open_station,
+    single_thread_blas,  # noqa: F401 (autouse fixture)
+    snapshot,
+)
 
 from instruments.b1500 import B1500
 from instruments.errors import SafetyLimitError
@@ -23,7 +29,6 @@ from protocols.errors import ConfigError, ProtocolError
 from protocols.tuning import TuneConfig, tune
 from simulator.emulators import B1500Emulator
 from simulator.visa_backend import EmulatedVisaLibrary
-from tests.reliability.conftest import assert_unchanged, open_station, snapshot
 
 BAD_PULSES = [(2.2, 200e-9), (-2.6, 200e-9), (math.nan, 200e-9), (math.inf, 200e-9),
               (1.0, 5e-9), (1.0, 2e-3), (1.0, math.nan), (-1.0, -200e-9)]

@@ -1,5 +1,9 @@
 """Shared helpers of the reliability suite: simulated stations and checks on the emulators' state.
 
+(Not a conftest.py: other test folders import their conftest by the bare name `conftest`, and a
+second module of that name would shadow theirs. Test modules import what they need from here,
+the autouse fixture included.)
+
 "Safe" is checked on what the emulated instruments hold, never on what the driver believes:
 every 707B relay open (as the instrument reports it and physically), every PMU output off,
 every SMU disabled or at 0 V, every WGFMU channel disconnected, and no crossbar line driven by a
@@ -23,7 +27,7 @@ WGFMU_STATION = STATIONS / "sim-wgfmu.yaml"
 
 
 @pytest.fixture(autouse=True)
-def _single_thread_blas():
+def single_thread_blas():
     # small nodal solves are far slower with threaded BLAS on a busy shared machine
     from threadpoolctl import threadpool_limits
 
