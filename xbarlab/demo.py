@@ -1,0 +1,370 @@
+"""The whole chain on a simulated station, one plain function per step.
+
+    station -> campaigns -> non-ideality DB -> training -> Monte-Carlo evaluation
+            -> transfer onto fresh virtual chips -> report
+
+Every step writes its files under the output folder and returns a :class:`StepResult` with the
+paths it wrote, its wall time and, where instruments are involved, the instrument time a real
+station would need (the virtual clock of the simulated instruments). Later steps read what
+earlier steps wrote (files, not objects), so each step can be rerun on its own and the report
+shows exactly what is on disk.
+
+Sizes: :data:`FULL` is sized to finish in well under 10 minutes on a 2-core PC, :data:`QUICK`
+in under 2 minutes (the end-to-end test). torch is imported inside the training steps only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+SHIPPED = Path(__file__).resolve().parent / "stations"
+NETWORKS = ("hardware_aware", "regular")
+LABELS = {"hardware_aware": "hardware-aware", "regular": "regular"}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How big each step is."""
+
+    tuning_devices: tuple[str, ...]  # single crosspoints measured on the WGFMU station
+    tuning_levels: int
+    tuning_repeats: int
+    stuck_crossbars: tuple[str, ...]  # 8x8 crossbars screened on the PMU station
+    disturbance_crossbars: tuple[str, ...]
+    epochs: int  # training epochs (4 mini-batches of 256 each)
+    mc_transfers: int  # Monte-Carlo transfers per network
+    map_transfers: int  # transfers behind the decision-boundary maps
+    chips: int  # fresh virtual chips each network is programmed onto
+
+
+QUICK = DemoSettings(tuning_devices=("dev0", "dev1"), tuning_levels=4, tuning_repeats=4,
+                     stuck_crossbars=("xbar0",), disturbance_crossbars=("xbar0",), epochs=500,
+                     mc_transfers=2000, map_transfers=100, chips=4)
+FULL = DemoSettings(tuning_devices=("dev0", "dev1", "dev2", "dev3"), tuning_levels=8,
+                    tuning_repeats=10, stuck_crossbars=("xbar0", "xbar1", "xbar2", "xbar3"),
+                    disturbance_crossbars=("xbar0", "xbar1"), epochs=10_000,
+                    mc_transfers=5000, map_transfers=500, chips=12)
+
+
+@dataclass
+class StepResult:
+    name: str
+    title: str
+    seconds: float  # wall time of this step on this PC
+    instrument_s: float | None = None  # predicted instrument time on a real station
+    paths: list[Path] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["paths"] = [str(p) for p in self.paths]
+        return d
+
+
+def _json(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    return path
+
+
+def _station(path: Path, seed: int | None = None):
+    """A loaded station; with `seed`, the same station over a fresh virtual chip of that seed."""
+    from xbarlab.station import Station, load_station
+
+    st = load_station(path)
+    if seed is None:
+        return st
+    sim = st.cfg.sim.model_copy(update={"seed": int(seed), "chip_file": None})
+    return Station(st.cfg.model_copy(update={"sim": sim}), st.path)
+
+
+# -- 1. station ----------------------------------------------------------------------------------
+
+def step_station(out: Path, seed: int) -> StepResult:
+    """Station files for the demo chip (the shipped sim stations, chip seed = `seed`)."""
+    t0 = time.perf_counter()
+    d = out / "station"
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in ("sim-pmu", "sim-wgfmu"):
+        raw = yaml.safe_load((SHIPPED / f"{name}.yaml").read_text())
+        raw.setdefault("sim", {})["seed"] = int(seed)
+        p = d / f"{name}.yaml"
+        p.write_text(f"# {name} with the demo's chip seed; see xbarlab/stations/{name}.yaml\n"
+                     + yaml.safe_dump(raw, sort_keys=False))
+        paths.append(p)
+    st = _station(paths[0])
+    chip = st.chip
+    # the simulator's ground truth, to judge the stuck screening against
+    layout = {n: {"shape": list(xb.shape), "stuck_hrs": int((xb.stuck == 1).sum()),
+                  "stuck_lrs": int((xb.stuck == 2).sum())} for n, xb in chip.crossbars.items()}
+    paths.append(_json(d / "chip.json", {"seed": int(seed), "crossbars": layout}))
+    return StepResult("station", "simulated station", time.perf_counter() - t0, None, paths,
+                      {"seed": int(seed), "crossbars": len(layout)})
+
+
+# -- 2. campaigns --------------------------------------------------------------------------------
+
+def step_campaigns(out: Path, settings: DemoSettings, seed: int, *,
+                   progress: bool = True) -> StepResult:
+    """Tuning/untuning on single crosspoints (WGFMU), stuck screening and V/3 disturbance on
+    8x8 crossbars (PMU), each a raw-run HDF5 file."""
+    from protocols.campaigns import disturbance, stuck, tuning_untuning
+
+    t0 = time.perf_counter()
+    d = out / "runs"
+    d.mkdir(parents=True, exist_ok=True)
+    wg, pmu = _station(out / "station" / "sim-wgfmu.yaml"), _station(out / "station" /
+                                                                     "sim-pmu.yaml")
+    jobs = [(wg, tuning_untuning, tuning_untuning.TuningUntuningConfig(
+        levels=settings.tuning_levels, repeats=settings.tuning_repeats), n)
+        for n in settings.tuning_devices]
+    jobs += [(pmu, stuck, stuck.StuckConfig(), n) for n in settings.stuck_crossbars]
+    jobs += [(pmu, disturbance, disturbance.DisturbanceConfig(), n)
+             for n in settings.disturbance_crossbars]
+    runs = []
+    for i, (st, module, cfg, name) in enumerate(jobs):
+        path = d / f"{module.PROTOCOL}-{name}.h5"
+        clock0 = st.chip.clock.now
+        w0 = time.perf_counter()
+        with st.open_rig(name) as rig:
+            res = module.run(rig, cfg, path, seed=seed + i, station=st.describe(),
+                             overwrite=True, progress=progress, chip=st.chip)
+        runs.append({"protocol": module.PROTOCOL, "station": st.name, "crossbar": name,
+                     "path": str(path), "summary": res.summary,
+                     "wall_s": time.perf_counter() - w0,
+                     "instrument_s": st.chip.clock.now - clock0})
+    paths = [Path(r["path"]) for r in runs]
+    paths.append(_json(d / "campaigns.json", runs))
+    instrument = float(sum(r["instrument_s"] for r in runs))
+    return StepResult("campaigns", "characterisation campaigns", time.perf_counter() - t0,
+                      instrument, paths, {"runs": len(runs)})
+
+
+# -- 3. non-ideality database ---------------------------------------------------------------
+
+def step_database(out: Path) -> StepResult:
+    """The non-ideality DB from the campaign runs, its figures and calibration statistics."""
+    from database.build import build_nonideality
+    from database.nonideality import save_nonideality
+    from database.plots import plot_all
+
+    t0 = time.perf_counter()
+    runs = json.loads((out / "runs" / "campaigns.json").read_text())
+    db = build_nonideality([r["path"] for r in runs])
+    d = out / "db"
+    path = save_nonideality(db, d / "nonideality.h5", overwrite=True)
+    figs = plot_all(db, d)
+    stats = calibration_stats(db)
+    stats_path = _json(d / "calibration.json", stats)
+    return StepResult("database", "non-ideality database", time.perf_counter() - t0, None,
+                      [path, *figs, stats_path], {"disturbance_samples": int(db.disturbance_delta.size)})
+
+
+def calibration_stats(db) -> dict:
+    """The numbers of a non-ideality DB a report shows (SI units, fractions)."""
+    d = db.disturbance_delta
+    return {
+        "g_min_S": db.g_min, "g_max_S": db.g_max,
+        "levels_S": db.tuning_levels.tolist(), "sigma_rel": db.tuning_sigma_rel.tolist(),
+        "offset_rel": db.tuning_offset_rel.tolist(), "counts": db.tuning_counts.tolist(),
+        "sigma_fit_slope_per_S": db.sigma_fit_slope, "sigma_fit_intercept": db.sigma_fit_intercept,
+        "offset_mean_rel": db.offset_mean_rel, "offset_std_rel": db.offset_std_rel,
+        "disturbance_samples": int(d.size), "disturbance_max_key": db.max_key,
+        "disturbance_mean_S": float(d.mean()), "disturbance_std_S": float(d.std(ddof=1)),
+        "disturbance_p1_S": float(np.percentile(d, 1)), "disturbance_min_S": float(d.min()),
+        "disturbance_max_S": float(d.max()),
+        "stuck_hrs_rate": db.stuck_hrs_rate, "stuck_lrs_rate": db.stuck_lrs_rate,
+        "provenance": {k: v for k, v in db.provenance.items() if k != "statistics"},
+    }
+
+
+# -- 4. training -----------------------------------------------------------------------------------
+
+def step_train(out: Path, settings: DemoSettings, seed: int, *,
+               progress: bool = True) -> StepResult:
+    """The hardware-aware and the regular 2-8-1 network on half-moons, from the demo DB."""
+    from database.datasets import load_moons
+    from database.nonideality import load_nonideality
+    from training.train import TrainConfig, save_checkpoint, train
+
+    t0 = time.perf_counter()
+    db = load_nonideality(out / "db" / "nonideality.h5")
+    x, y = load_moons("train")
+    d = out / "train"
+    paths, info = [], {}
+    for name in NETWORKS:
+        cfg = TrainConfig(hardware_aware=name == "hardware_aware", epochs=settings.epochs,
+                          seed=seed, mapping="physical")
+        with _Bar(f"train {LABELS[name]}", cfg.epochs * 4, progress) as bar:
+            res = train(cfg, x, y, db, progress=bar.update, log_every=200)
+        paths.append(save_checkpoint(res, d / f"{name}.pt"))
+        info[name] = {"steps": res.steps, "seconds": res.seconds,
+                      "final_loss": res.loss_history[-1] if res.loss_history else None}
+    paths.append(_json(d / "train.json", info))
+    return StepResult("train", "training", time.perf_counter() - t0, None, paths, info)
+
+
+# -- 5. Monte-Carlo evaluation ---------------------------------------------------------------------
+
+def step_evaluate(out: Path, settings: DemoSettings, seed: int) -> StepResult:
+    """Both networks over `mc_transfers` simulated transfers each (the prediction)."""
+    from database.datasets import load_moons
+    from database.nonideality import load_nonideality
+    from training.evaluate import evaluate_transfers
+    from training.report import write_report
+    from training.train import load_checkpoint
+
+    t0 = time.perf_counter()
+    db = load_nonideality(out / "db" / "nonideality.h5")
+    xt, yt = load_moons("test")
+    d = out / "evaluate"
+    results, models = {}, {}
+    for name in NETWORKS:
+        model, cfg, _meta = load_checkpoint(out / "train" / f"{name}.pt", "cpu")
+        results[name] = evaluate_transfers(model, xt, yt, settings.mc_transfers, db,
+                                           mapping="physical", seed=seed,
+                                           tile_rows=cfg.tile_rows, tile_cols=cfg.tile_cols,
+                                           share_bias=cfg.share_bias)
+        models[name] = model
+    summary = write_report(d, results, models, xt, yt, map_transfers=settings.map_transfers,
+                           extra={"mapping": "physical", "transfers": settings.mc_transfers})
+    acc = {name: r.transfer_acc[:, 0] for name, r in results.items()}
+    np.savez_compressed(d / "mc_accuracy.npz", **acc)
+    paths = [d / "summary.json", d / "mc_accuracy.npz", *map(Path, summary["figures"].values())]
+    return StepResult("evaluate", "Monte-Carlo evaluation", time.perf_counter() - t0, None,
+                      paths, {"transfers": settings.mc_transfers})
+
+
+# -- 6. transfer onto virtual chips ---------------------------------------------------------------
+
+def chip_seeds(seed: int, chips: int) -> list[int]:
+    """Fresh chips, none of them the characterised one."""
+    return [seed + 1 + j for j in range(chips)]
+
+
+def step_transfer(out: Path, settings: DemoSettings, seed: int, *,
+                  progress: bool = True) -> StepResult:
+    """Program both networks onto fresh virtual chips through the PMU rig, measure them."""
+    from database.datasets import load_moons
+    from database.nonideality import load_nonideality
+    from protocols.transfer import run
+    from training.export import conductance_plan
+    from training.train import load_checkpoint
+    from xbarlab.commands.transfer import pick_crossbars
+
+    t0 = time.perf_counter()
+    db = load_nonideality(out / "db" / "nonideality.h5")
+    test = load_moons("test")
+    d = out / "transfer"
+    d.mkdir(parents=True, exist_ok=True)
+    plans, paths = {}, []
+    for name in NETWORKS:
+        model, cfg, _meta = load_checkpoint(out / "train" / f"{name}.pt", "cpu")
+        plans[name] = conductance_plan(model, db, "physical", cfg)
+        plans[name].meta.update(network=name, dataset="moons")
+        paths.append(plans[name].save(d / f"{name}_plan.json"))
+    station_file = out / "station" / "sim-pmu.yaml"
+    runs: list[dict] = []
+    for chip_seed in chip_seeds(seed, settings.chips):
+        for name in NETWORKS:
+            # each network on its own copy of the same fresh chip: a paired comparison
+            st = _station(station_file, chip_seed)
+            plan = plans[name]
+            names = pick_crossbars(st, plan.n_tiles, ())
+            path = d / f"{name}_chip{chip_seed}.h5"
+            w0 = time.perf_counter()
+            res = run(plan, st.open_rig, names, path, test_data=test, seed=chip_seed,
+                      station=st.describe(), overwrite=True, progress=progress, chip=st.chip)
+            runs.append({"network": name, "chip_seed": chip_seed, "path": str(path),
+                         "crossbars": names, "summary": res.summary,
+                         "wall_s": time.perf_counter() - w0})
+            paths.append(path)
+    instrument = float(sum(r["summary"]["instrument_time_s"] for r in runs))
+    paths.append(_json(d / "transfers.json", runs))
+    return StepResult("transfer", "transfer onto virtual chips", time.perf_counter() - t0,
+                      instrument, paths, {"transfers": len(runs)})
+
+
+# -- the whole chain -------------------------------------------------------------------------------
+
+def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: bool = True,
+             echo: Callable[[str], None] = print) -> list[StepResult]:
+    """Every step in order; writes DIR/timing.json and DIR/report/."""
+    from xbarlab.report import step_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = QUICK if quick else FULL
+    _json(out / "settings.json", {"quick": quick, "seed": seed, **asdict(s)})
+    steps: list[StepResult] = []
+    t0 = time.perf_counter()
+    plan: list[tuple[str, Callable[[], StepResult]]] = [
+        ("1/7 simulated station", lambda: step_station(out, seed)),
+        ("2/7 characterisation campaigns", lambda: step_campaigns(out, s, seed,
+                                                                  progress=progress)),
+        ("3/7 non-ideality database", lambda: step_database(out)),
+        ("4/7 training", lambda: step_train(out, s, seed, progress=progress)),
+        ("5/7 Monte-Carlo evaluation", lambda: step_evaluate(out, s, seed)),
+        ("6/7 transfer onto virtual chips", lambda: step_transfer(out, s, seed,
+                                                                   progress=progress)),
+    ]
+    for title, fn in plan:
+        echo(f"== {title}")
+        r = fn()
+        steps.append(r)
+        echo(f"   {r.seconds:.1f} s" + ("" if r.instrument_s is None else
+                                         f" (predicted instrument time {r.instrument_s:.0f} s)"))
+        _json(out / "timing.json", _timing(steps, time.perf_counter() - t0))
+    echo("== 7/7 report")
+    r = step_report(out, steps)
+    steps.append(r)
+    _json(out / "timing.json", _timing(steps, time.perf_counter() - t0))
+    echo(f"   {r.seconds:.1f} s; open {out / 'report' / 'index.html'}")
+    return steps
+
+
+def _timing(steps: list[StepResult], total: float) -> dict:
+    return {"steps": [s.to_dict() for s in steps], "total_s": total,
+            "instrument_s": float(sum(s.instrument_s or 0.0 for s in steps))}
+
+
+class _Bar:
+    """A rich progress bar for training steps, or nothing."""
+
+    def __init__(self, title: str, total: int, enabled: bool):
+        self.p = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                              MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn(),
+                              TextColumn("ETA"), TimeRemainingColumn())
+            self.task = self.p.add_task(title, total=total)
+
+    def __enter__(self):
+        if self.p is not None:
+            self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.p is not None:
+            self.p.__exit__(*exc)
+
+    def update(self, step: int, _total: int) -> None:
+        if self.p is not None:
+            self.p.update(self.task, completed=step)
