@@ -126,3 +126,34 @@ def test_sparse_path_matches_dense(monkeypatch):
                                    de.solve(g, rv, cv).col_currents, rtol=1e-9, atol=1e-15)
         np.testing.assert_allclose(sp.grounded_column_currents(g, 0.2),
                                    de.grounded_column_currents(g, 0.2), rtol=1e-9)
+
+
+@pytest.mark.parametrize("r_line, r_source, v_nl", [(0.75, 2.0, 0.81), (2.0, 0.0, 0.81),
+                                                     (0.0, 5.0, 0.81), (5.0, 1.0, None)])
+def test_grounded_fixed_point_matches_factorised_solve(r_line, r_source, v_nl):
+    rng = np.random.default_rng(6)
+    g = rng.uniform(5e-6, 900e-6, (6, 9))
+    s = NodalSolver(6, 9, r_line, r_source, v_nl=v_nl)
+    for volts in (0.2, -0.5, 1.2):
+        ref = s.grounded_column_currents(g, volts, method="factor")
+        got = s.grounded_column_currents(g, volts, method="fixed_point")
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-15)
+        one = s.grounded_column_currents(g, volts, rows=[4], method="fixed_point")
+        np.testing.assert_allclose(one[0], ref[4], rtol=1e-9, atol=1e-15)
+    # the general (any-bias) solver agrees on one drive
+    rv = np.zeros(6)
+    rv[1] = 0.2
+    np.testing.assert_allclose(-s.solve(g, rv, np.zeros(9)).col_currents,
+                               s.grounded_column_currents(g, 0.2, rows=[1])[0], rtol=1e-9)
+
+
+def test_grounded_fixed_point_declines_a_weak_contraction():
+    g = np.full((16, 16), 800e-6)
+    s = NodalSolver(16, 16, 20.0, 10.0)
+    with pytest.raises(SimulatorError, match="fixed-point"):
+        s.grounded_column_currents(g, 0.2, method="fixed_point")
+    # auto falls back to the factorised solve
+    np.testing.assert_allclose(s.grounded_column_currents(g, 0.2, rows=[3]),
+                               s.grounded_column_currents(g, 0.2, rows=[3], method="factor"))
+    with pytest.raises(SimulatorError, match="method"):
+        s.grounded_column_currents(g, 0.2, method="magic")
