@@ -1,0 +1,147 @@
+"""The quick demo end to end: every artefact exists and the report equals its sources."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # the quick demo: about a minute
+
+from database.nonideality import load_nonideality  # noqa: E402
+from protocols.transfer import load_transfer  # noqa: E402
+from xbarlab.report import NETWORKS, pct, sec, us  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from threadpoolctl import threadpool_limits
+
+    from xbarlab.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    with threadpool_limits(1, user_api="blas"):
+        steps = run_demo(out, quick=True, seed=3, progress=False, echo=lambda _s: None)
+    report = json.loads((out / "report" / "report.json").read_text())
+    md = (out / "report" / "report.md").read_text()
+    page = (out / "report" / "index.html").read_text()
+    return out, steps, report, md, page
+
+
+def _row(*cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def test_every_step_wrote_its_files(demo):
+    out, steps, *_ = demo
+    assert [s.name for s in steps] == ["station", "campaigns", "database", "train", "evaluate",
+                                       "transfer", "report"]
+    for s in steps:
+        assert s.paths and s.seconds >= 0, s.name
+        for p in s.paths:
+            assert Path(p).is_file() and Path(p).stat().st_size > 0, p
+    timing = json.loads((out / "timing.json").read_text())
+    assert [s["name"] for s in timing["steps"]] == [s.name for s in steps]
+    # campaigns and transfers ran on instruments: the virtual clock predicts their time
+    inst = {s.name: s.instrument_s for s in steps}
+    assert inst["campaigns"] > 0 and inst["transfer"] > 0 and inst["train"] is None
+
+
+def test_figures_are_pngs_and_linked(demo):
+    out, _steps, _report, md, page = demo
+    srcs = re.findall(r"<img src='([^']+)'", page)
+    assert len(srcs) >= 8
+    for src in srcs:
+        p = out / "report" / src
+        assert p.read_bytes()[:8] == PNG and p.stat().st_size > 5000, src
+        assert f"]({src})" in md
+
+
+def test_transfers_in_report_equal_the_hdf5_files(demo):
+    out, _steps, report, md, page = demo
+    runs = json.loads((out / "transfer" / "transfers.json").read_text())
+    assert len(runs) == 2 * 4  # two networks on each of 4 fresh chips
+    acc = {n: {} for n in NETWORKS}
+    for r in runs:
+        t = load_transfer(r["path"])
+        inf = t.tables["inference"]
+        a = float((inf.predicted == inf.label).mean())
+        assert a == pytest.approx(t.summary["accuracy"])
+        assert t.summary["devices"] == t.plan.n_devices == 66
+        assert np.isfinite(t.g_read).all()
+        acc[r["network"]][r["chip_seed"]] = a
+        assert r["chip_seed"] != 3  # fresh chips, not the characterised one
+    for n in NETWORKS:
+        got = {c["chip_seed"]: c["accuracy"] for c in report["chips"][n]}
+        assert got == pytest.approx(acc[n])
+        vals = np.array(list(acc[n].values()))
+        m = report["measured"][n]
+        assert m["mean"] == pytest.approx(vals.mean())
+        assert m["std"] == pytest.approx(vals.std(ddof=1))
+        assert m["min"] == pytest.approx(vals.min()) and m["max"] == pytest.approx(vals.max())
+    for seed in acc["hardware_aware"]:
+        cells = [str(seed), pct(acc["hardware_aware"][seed]), pct(acc["regular"][seed])]
+        assert ("| " + " | ".join(cells) + " |") in md
+        assert "<tr>" + "".join(f"<td>{c}</td>" for c in cells) in page
+    # the computed statements follow from those numbers
+    hw, reg = report["measured"]["hardware_aware"], report["measured"]["regular"]
+    c = report["claims"]
+    assert c["hw_higher"] == (hw["mean"] > reg["mean"])
+    assert c["hw_less_spread"] == (hw["std"] < reg["std"])
+    for n in NETWORKS:
+        m, p = report["measured"][n], report["mc"][n]
+        assert c[f"mc_within_{n}"] == (m["min"] <= p["mean"] <= m["max"])
+        assert f"{pct(p['mean'])} in [{pct(m['min'])}, {pct(m['max'])}]" in md
+    if c["all_hold"]:
+        assert "All statements hold" in md
+    else:
+        assert "| NO |" in md and "All statements hold" not in md
+
+
+def test_monte_carlo_numbers_equal_the_evaluation_files(demo):
+    out, _steps, report, md, _page = demo
+    ev = json.loads((out / "evaluate" / "summary.json").read_text())["networks"]
+    mc = np.load(out / "evaluate" / "mc_accuracy.npz")
+    for n in NETWORKS:
+        assert mc[n].size == 2000
+        assert report["mc"][n]["mean"] == pytest.approx(float(mc[n].mean()))
+        assert report["mc"][n]["mean"] == pytest.approx(ev[n]["transfer_acc_mean"], abs=1e-6)
+        assert report["evaluate"]["networks"][n] == ev[n]
+    for q, label in ((">=95%", "95 %"), (">=80%", "80 %")):
+        assert _row(f"correct in >= {label} of transfers",
+                    pct(ev["hardware_aware"]["share_correct"][q]),
+                    pct(ev["regular"]["share_correct"][q])) in md
+    assert _row("clean (software) accuracy", pct(ev["hardware_aware"]["clean_acc"]),
+                pct(ev["regular"]["clean_acc"])) in md
+
+
+def test_calibration_numbers_equal_the_database(demo):
+    out, _steps, report, md, _page = demo
+    db = load_nonideality(out / "db" / "nonideality.h5")
+    cal = report["calibration"]
+    np.testing.assert_allclose(cal["levels_S"], db.tuning_levels)
+    np.testing.assert_allclose(cal["sigma_rel"], db.tuning_sigma_rel)
+    assert cal["disturbance_samples"] == db.disturbance_delta.size
+    assert cal["stuck_lrs_rate"] == pytest.approx(db.stuck_lrs_rate)
+    for lv, s in zip(db.tuning_levels, db.tuning_sigma_rel, strict=True):
+        assert f"| {us(lv)} | {pct(s, 3)} |" in md
+    assert f"{us(db.disturbance_delta.mean(), 2)} / " in md
+    # the campaigns' summaries are the raw-run files' own
+    from database.runs import list_runs
+    for r in json.loads((out / "runs" / "campaigns.json").read_text()):
+        assert list_runs(r["path"])[-1].summary == pytest.approx(r["summary"])
+
+
+def test_timing_table_equals_timing_json(demo):
+    out, _steps, report, md, _page = demo
+    timing = json.loads((out / "timing.json").read_text())["steps"]
+    shown = [t for t in timing if t["name"] != "report"]
+    assert [t["title"] for t in report["timing"]] == [t["title"] for t in shown]
+    for t in shown:
+        assert _row(t["title"], sec(t["seconds"]), sec(t["instrument_s"])) in md
+    total_inst = sum(t["instrument_s"] or 0.0 for t in shown)
+    assert f"| {sec(total_inst)} |" in md
