@@ -91,6 +91,12 @@ class NonIdealityDB:
             if getattr(self, name).size != n:
                 raise SchemaError(f"non-ideality DB: {name} has {getattr(self, name).size} "
                                   f"entries, tuning_levels has {n}")
+        if n == 0:
+            raise SchemaError("non-ideality DB: the tuning sub-database is empty")
+        for name in ("tuning_levels", "tuning_sigma_rel", "tuning_offset_rel", "tuning_counts",
+                     "stuck_hrs_samples", "stuck_lrs_samples"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise SchemaError(f"non-ideality DB: {name} contains NaN or inf")
         for name in ("sigma_fit_slope", "sigma_fit_intercept", "offset_mean_rel",
                      "offset_std_rel", "stuck_hrs_rate", "stuck_lrs_rate"):
             if not np.isfinite(getattr(self, name)):

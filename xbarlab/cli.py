@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(2)
     except user_errors() as e:
-        click.echo(f"error: {e}", err=True)
+        # one line whatever the message holds (a library error text may span several)
+        click.echo("error: " + " ".join(str(e).split()), err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted: instruments left in their safe state", err=True)
