@@ -26,7 +26,7 @@ THRESHOLDS = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 #: the bins of the published table code: [0.95, 1.01), [0.9, 0.95), ..., [0, 0.5)
 PAPER_BINS = (1.01, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.0)
 EVAL_SEED_OFFSET = 2_000_003
-MAX_CHUNK_ELEMENTS = 4_000_000  # per (T, K, B, width) activation tensor
+MAX_CHUNK_ELEMENTS = 4_000_000  # per tensor of a chunk (16 MB in float32)
 
 
 @dataclass
@@ -65,9 +65,32 @@ def _predict(logits: torch.Tensor) -> torch.Tensor:
     return (logits[..., 0] > 0).long() if logits.shape[-1] == 1 else logits.argmax(-1)
 
 
-def _chunk(model: HardwareAwareMLP, b: int) -> int:
+def _chunk(model: HardwareAwareMLP, b: int, k: int | None = None) -> int:
+    """Transfers per chunk so that no tensor of a chunk exceeds MAX_CHUNK_ELEMENTS.
+
+    Per transfer and network: activations B x width, and the noisy conductances D x P (D <= 3
+    devices per weight) plus their pre-drawn variates. k: networks (default: the model's K).
+    """
     width = max(model.sizes)
-    return max(1, MAX_CHUNK_ELEMENTS // max(1, model.k * b * width))
+    p = sum(t[0].numel() for t in model.tensors())
+    per_transfer = (model.k if k is None else k) * max(b * width, 3 * p)
+    return max(1, MAX_CHUNK_ELEMENTS // max(1, per_transfer))
+
+
+def _forward_chunks(model: HardwareAwareMLP, x: torch.Tensor, t: int, gen: torch.Generator,
+                    chunk: int | None):
+    """Logits of t transfers, yielded in pieces (T', K, B, out).
+
+    Variates are drawn `chunk` transfers at a time (default: sized for one network, so the
+    random stream, hence every network's result, does not depend on K), then pushed through
+    the K networks in sub-chunks sized for all K (bounded memory).
+    """
+    draw_n = chunk or _chunk(model, x.shape[0], 1)
+    fwd_n = min(draw_n, _chunk(model, x.shape[0]))
+    for start in range(0, t, draw_n):
+        d = model.draw(min(draw_n, t - start), gen, shared=True)
+        for a in range(0, d.t, fwd_n):
+            yield model(x, d[a:a + fwd_n])
 
 
 def attach(model: HardwareAwareMLP, db: NonIdealityDB | None, mapping: str | None,
@@ -87,7 +110,10 @@ def evaluate_transfers(model: HardwareAwareMLP, x: np.ndarray, y: np.ndarray, n:
 
     db/mapping/noise: attach this non-ideality model first (else the model's own is used).
     The regular network is evaluated exactly like the hardware-aware one (same layer, same
-    noise), as in the paper.
+    noise), as in the paper. Every network of the ensemble sees the same n transfers (one set
+    of variates, broadcast), so network j's result does not depend on K: evaluating the batch
+    equals evaluating each network alone with the same seed. Memory is bounded by computing
+    ``chunk`` transfers at a time (default: sized by MAX_CHUNK_ELEMENTS).
     """
     if n < 1:
         raise TrainingError("need at least one transfer")
@@ -96,12 +122,10 @@ def evaluate_transfers(model: HardwareAwareMLP, x: np.ndarray, y: np.ndarray, n:
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)
     yt = torch.as_tensor(np.asarray(y), device=dev).long()
     gen = torch.Generator(device=dev).manual_seed(seed + EVAL_SEED_OFFSET)
-    step = chunk or _chunk(model, xt.shape[0])
     hits = torch.zeros(model.k, xt.shape[0], device=dev)
     accs = []
-    for start in range(0, n, step):
-        t = min(step, n - start)
-        correct = _predict(model(xt, model.draw(t, gen))) == yt  # (t, K, B)
+    for logits in _forward_chunks(model, xt, n, gen, chunk):
+        correct = _predict(logits) == yt  # (t, K, B)
         hits += correct.sum(0)
         accs.append(correct.float().mean(-1))
     clean = (_predict(model(xt)) == yt).float().mean(-1)[0]
@@ -116,11 +140,9 @@ def class1_share(model: HardwareAwareMLP, grid: np.ndarray, n: int, *, seed: int
     dev = model.layers[0].weight.device
     g = torch.as_tensor(np.asarray(grid), dtype=torch.float32, device=dev)
     gen = torch.Generator(device=dev).manual_seed(seed + EVAL_SEED_OFFSET + 1)
-    step = _chunk(model, g.shape[0])
     ones = torch.zeros(g.shape[0], device=dev)
-    for start in range(0, n, step):
-        t = min(step, n - start)
-        ones += (_predict(model(g, model.draw(t, gen)))[:, k] == 1).float().sum(0)
+    for logits in _forward_chunks(model, g, n, gen, None):
+        ones += (_predict(logits)[:, k] == 1).float().sum(0)
     return (ones / n).cpu().numpy()
 
 

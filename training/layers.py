@@ -18,6 +18,7 @@ the training loop also restores their value after the optimiser step, see traini
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -139,12 +140,17 @@ class HardwareAwareMLP(nn.Module):
         self.noise_cfg = cfg if cfg is not None else NoiseConfig()
         return self
 
-    def draw(self, t: int, generator: torch.Generator | None = None,
-             cfg: NoiseConfig | None = None) -> Draws:
-        """T independent transfers' worth of variates for all K networks."""
+    def draw(self, t: int, generator: torch.Generator | Sequence[torch.Generator] | None = None,
+             cfg: NoiseConfig | None = None, *, shared: bool = False) -> Draws:
+        """T independent transfers' worth of variates for all K networks.
+
+        generator: one for all networks, or one per network (network j's draws then do not
+        depend on K). shared: one set of variates used by every network (K = 1 in the draw,
+        broadcast): each network sees the same transfers it would see evaluated alone.
+        """
         if self.mapping is None:
             raise TrainingError("no non-ideality model attached (attach_noise first)")
-        return self.mapping.draw(t, self.k, cfg or self.noise_cfg, generator)
+        return self.mapping.draw(t, 1 if shared else self.k, cfg or self.noise_cfg, generator)
 
     def effective(self, draws: Draws) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Noisy weights [(T, K, *shape)] with straight-through gradients, stuck mask (T, K, P).

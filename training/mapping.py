@@ -159,6 +159,8 @@ class Mapping:
                     stuck &= ~self.noise_free
             if stuck is None:
                 stuck = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+            elif stuck.shape != w.shape:  # draws shared by the K networks (K = 1 in the draw)
+                stuck = stuck.expand(w.shape)
             return w, stuck
 
     def draw(self, t: int, k: int, cfg, generator: torch.Generator | None) -> Draws:

@@ -9,6 +9,7 @@ into noisy weights with a few element-wise operations. No Python loop over weigh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -43,6 +44,9 @@ class NoiseConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_DRAW_FIELDS = ("gain", "quad", "shift", "stuck_mask", "stuck_value")
 
 
 @dataclass
@@ -151,16 +155,31 @@ class NoiseModel:
         return (self.sigma_slope * g + self.sigma_intercept).clamp_min(0.0)
 
     def draw(self, keys: torch.Tensor, t: int, k: int, cfg: NoiseConfig,
-             generator: torch.Generator | None, *,
+             generator: torch.Generator | Sequence[torch.Generator] | None, *,
              four_sigma: torch.Tensor | None = None, four_sigma_value: float = 60e-6,
              offset_sign: torch.Tensor | None = None) -> Draws:
         """Variates for T draws of K networks; keys is (D, P) int64 (0 = never disturbed).
 
+        generator: one generator for all K networks, or a sequence of K generators, one per
+        network: network j's variates then come from generator j alone, so they do not depend
+        on K or on the other networks (a batched ensemble draws what K separate runs would).
         four_sigma: optional (D, P) bool; where set, a disturbance draw with |d| > 4 x the key's
         stored sigma is replaced by +four_sigma_value (the published code's rule).
         offset_sign: optional (D,) +-1 per device (the published single-column path subtracts
         the offset).
         """
+        if generator is not None and not isinstance(generator, torch.Generator):
+            gens = list(generator)
+            if len(gens) != k:
+                raise TrainingError(f"{len(gens)} generators for {k} networks")
+            parts = [self.draw(keys, t, 1, cfg, g, four_sigma=four_sigma,
+                               four_sigma_value=four_sigma_value, offset_sign=offset_sign)
+                     for g in gens]
+            if k == 1:
+                return parts[0]
+            return Draws(*(None if getattr(parts[0], f) is None else
+                           torch.cat([getattr(q, f) for q in parts], 1) for f in _DRAW_FIELDS),
+                         t=t)
         d, p = keys.shape
         shape = (t, k, d, p)
         dev, dt, g = self.device, self.dtype, generator

@@ -9,11 +9,13 @@ Speed: all variates for a block of ``draw_block`` steps are drawn at once (train
 noisy weights of the whole network are a few element-wise operations on one (K, P) tensor, and
 torch runs on one thread for these tiny tensors (thread start-up costs more than the work).
 
-Seeds: network j of the ensemble is initialised from ``seed + j``; the mini-batch order comes
-from ``data_seed`` (default: ``seed``) and is shared by the K networks; the noise from its own
-generator derived from ``seed``. With the noise off, an ensemble of K equals K separate runs with
-seeds seed + j and the same data_seed. With noise on, member j sees different (equally
-distributed) draws than a separate run would.
+Seeds: network j of the ensemble is initialised from ``seed + j`` and draws its noise (and its
+validation transfers) from generators of its own seeded from ``seed + j``; the mini-batch order
+comes from ``data_seed`` (default: ``seed``) and is shared by the K networks. So an ensemble of
+K equals K separate runs with seeds seed + j and the same data_seed, noise on or off, up to
+floating-point rounding of the batched matrix products (tested).
+
+Convergence-aware training (``patience``) is off by default; see TrainConfig.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from training.noise import NoiseConfig
 CHECKPOINT_KIND = "xbarlab-model"
 CHECKPOINT_VERSION = 1
 NOISE_SEED_OFFSET = 1_000_003  # keeps the noise stream apart from the init streams
+VAL_SEED_OFFSET = 3_000_017  # validation draws and the held-out split
+DRAW_BLOCK_ELEMENTS = 1 << 18  # pre-drawn variates per field and network in one block
 
 
 @dataclass
@@ -58,8 +62,17 @@ class TrainConfig:
     tile_cols: int = 8
     share_bias: bool = True
     dataset: str = "moons"
-    draw_block: int = 1000  # steps whose variates are drawn in one call
+    draw_block: int = 1000  # steps whose variates are drawn in one call (capped by size)
     freeze_stuck: bool = True  # restore weights that had a stuck device after each step
+    # convergence-aware training (off by default: the paper's fixed number of epochs). Every
+    # eval_every epochs the validation loss (under noise, averaged over val_transfers draws, for
+    # a hardware-aware network; clean for a regular one) is measured; a network stops when it
+    # has not improved by more than min_delta for `patience` epochs.
+    patience: int | None = None  # epochs; None: off
+    min_delta: float = 0.0
+    eval_every: int = 50  # epochs between validation checks
+    val_transfers: int = 32
+    val_fraction: float = 0.125  # held out of the training data when no validation set given
 
     def __post_init__(self) -> None:
         if isinstance(self.noise, dict):
@@ -69,6 +82,11 @@ class TrainConfig:
             raise TrainingError(f"unknown mapping {self.mapping!r}; choose one of {MAPPINGS}")
         if self.epochs < 0 or self.batch_size < 1 or self.k < 1:
             raise TrainingError("epochs >= 0, batch_size >= 1 and k >= 1 required")
+        if self.patience is not None and (self.patience < 1 or self.eval_every < 1
+                                          or self.val_transfers < 1
+                                          or not 0 < self.val_fraction < 1):
+            raise TrainingError("early stopping needs patience, eval_every, val_transfers >= 1 "
+                                "and 0 < val_fraction < 1")
 
     @property
     def effective_weight_decay(self) -> float:
@@ -141,6 +159,18 @@ def _adam_kwargs(device: torch.device) -> dict:
     return {"fused": True}
 
 
+def loss_per_network(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean loss of each network (K,) over draws and points; logits (T, K, B, out)."""
+    t, k, b, out = logits.shape
+    if out == 1:
+        per = F.binary_cross_entropy_with_logits(logits[..., 0], y.expand(t, k, b),
+                                                 reduction="none")
+    else:
+        per = F.cross_entropy(logits.reshape(-1, out), y.repeat(t * k),
+                              reduction="none").view(t, k, b)
+    return per.mean((0, 2))
+
+
 def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Sum over networks of each network's mean loss (so each gets its own gradient).
 
@@ -158,19 +188,94 @@ class TrainResult:
     model: HardwareAwareMLP
     config: TrainConfig
     seconds: float
-    steps: int
+    steps: int  # optimiser steps run (the longest-running network's)
     loss_history: list[float]  # mean loss per network, every `log_every` steps
     db_hash: str | None
+    steps_per_network: list[int] = field(default_factory=list)  # where each network stopped
+    stopped_early: list[bool] = field(default_factory=list)
+    val_history: list[tuple[int, list[float]]] = field(default_factory=list)  # (step, losses)
+
+
+def _draw_block(cfg: TrainConfig, model: HardwareAwareMLP) -> int:
+    """Steps per pre-drawn block: cfg.draw_block, capped so one network's block stays small.
+
+    The cap depends on one network's size only (never on K), so that network j draws the same
+    variates in the same order whether it trains alone or in an ensemble.
+    """
+    per_step = len(model.mapping.keys) * model.mapping.p  # devices per network
+    return max(1, min(cfg.draw_block, DRAW_BLOCK_ELEMENTS // per_step))
+
+
+def _split_validation(cfg: TrainConfig, x: np.ndarray, y: np.ndarray):
+    """Hold out cfg.val_fraction of (x, y) (seeded by data_seed) when no validation set given."""
+    n = len(y)
+    n_val = max(1, int(round(cfg.val_fraction * n)))
+    seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    perm = np.random.default_rng(seed + VAL_SEED_OFFSET).permutation(n)
+    va, tr = perm[:n_val], perm[n_val:]
+    return x[tr], y[tr], (x[va], y[va])
+
+
+class _EarlyStopping:
+    """Per-network patience on the validation loss (under noise for hardware-aware networks)."""
+
+    def __init__(self, cfg: TrainConfig, model: HardwareAwareMLP, val, noisy: bool,
+                 dev: torch.device, per_epoch: int) -> None:
+        self.cfg, self.model, self.noisy, self.per_epoch = cfg, model, noisy, per_epoch
+        xv, yv = val
+        self.xv = torch.as_tensor(np.asarray(xv), dtype=torch.float32, device=dev)
+        yv = torch.as_tensor(np.asarray(yv), device=dev)
+        self.yv = yv.float() if cfg.sizes[-1] == 1 else yv.long()
+        # one generator per network, seeded from its own seed: its checks do not depend on K
+        self.gens = [torch.Generator(device=dev).manual_seed(s + VAL_SEED_OFFSET)
+                     for s in cfg.seeds]
+        self.best = torch.full((cfg.k,), math.inf, dtype=torch.float64)
+        self.best_epoch = torch.zeros(cfg.k, dtype=torch.long)
+        self.done = torch.zeros(cfg.k, dtype=torch.bool)
+        self.stop_step = [0] * cfg.k
+        self.history: list[tuple[int, list[float]]] = []
+
+    @torch.no_grad()
+    def losses(self) -> torch.Tensor:
+        """Validation loss of each network (K,), averaged over val_transfers transfers."""
+        m = self.model
+        if self.noisy:
+            logits = m(self.xv, m.draw(self.cfg.val_transfers, self.gens))
+        else:
+            logits = m(self.xv)
+        return loss_per_network(logits, self.yv).double().cpu()
+
+    def check(self, epoch: int, step: int) -> torch.Tensor:
+        """After `epoch` epochs: update; returns the networks that just stopped (bool (K,))."""
+        val = self.losses()
+        self.history.append((step, [float(v) for v in val]))
+        better = (val < self.best - self.cfg.min_delta) & ~self.done
+        self.best = torch.where(better, val, self.best)
+        self.best_epoch = torch.where(better, torch.full_like(self.best_epoch, epoch),
+                                      self.best_epoch)
+        newly = ~self.done & ~better & (epoch - self.best_epoch >= self.cfg.patience)
+        for j in torch.nonzero(newly).flatten().tolist():
+            self.stop_step[j] = step
+        self.done |= newly
+        return newly
 
 
 def train(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, db: NonIdealityDB | None = None, *,
           device: str | torch.device | None = None,
           progress: Callable[[int, int], None] | None = None,
-          log_every: int = 400) -> TrainResult:
-    """Train K networks per cfg on (x, y). progress(step, total) is called every log_every."""
+          log_every: int = 400,
+          val: tuple[np.ndarray, np.ndarray] | None = None) -> TrainResult:
+    """Train K networks per cfg on (x, y). progress(step, total) is called every log_every.
+
+    val: validation set for early stopping (cfg.patience); when None and early stopping is on,
+    cfg.val_fraction of (x, y) is held out (seeded by data_seed) and not trained on.
+    """
     dev = device if isinstance(device, torch.device) else pick_device(device)
     set_threads(dev)
     model = build_model(cfg, db, dev)
+    early = cfg.patience is not None
+    if early and val is None:
+        x, y, val = _split_validation(cfg, np.asarray(x), np.asarray(y))
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)
     yt = torch.as_tensor(np.asarray(y), device=dev)
     yt = yt.float() if cfg.sizes[-1] == 1 else yt.long()
@@ -179,25 +284,33 @@ def train(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, db: NonIdealityDB | No
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.effective_weight_decay,
                            **_adam_kwargs(dev))
     g_data = torch.Generator().manual_seed(cfg.seed if cfg.data_seed is None else cfg.data_seed)
-    g_noise = torch.Generator(device=dev).manual_seed(cfg.seed + NOISE_SEED_OFFSET)
+    # one noise generator per network, seeded from the network's own seed: network j draws the
+    # same variates whether it trains alone or with others (k = 1: the generator of before)
+    g_noise = [torch.Generator(device=dev).manual_seed(s + NOISE_SEED_OFFSET) for s in cfg.seeds]
     noisy = cfg.hardware_aware and cfg.noise.any()
     per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * per_epoch
     freeze = noisy and cfg.freeze_stuck and cfg.noise.stuck
+    stopper = (_EarlyStopping(cfg, model, val, cfg.hardware_aware and db is not None
+                              and model.mapping is not None and cfg.noise.any(), dev, per_epoch)
+               if early else None)
+    block_len = _draw_block(cfg, model) if noisy else 0
     history: list[float] = []
     acc_loss = torch.zeros((), device=dev)
     block = None
+    frozen: list[torch.Tensor] | None = None  # parameters of networks that stopped early
     step = last_log = 0
     t0 = time.perf_counter()
-    for _epoch in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=g_data).to(dev)
         for b in range(per_epoch):
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = xt[idx], yt[idx]
             if noisy:
-                i = step % cfg.draw_block
+                i = step % block_len
                 if i == 0:
-                    block = model.draw(min(cfg.draw_block, total - step), g_noise)
+                    # always a full block: the random stream must not depend on the run length
+                    block = model.draw(block_len, g_noise)
                 logits, stuck = model(xb, block[i:i + 1], return_stuck=True)
             else:
                 logits, stuck = model(xb), None
@@ -210,6 +323,10 @@ def train(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, db: NonIdealityDB | No
                     clean = model.split(model.last_clean)
                     for p, s, m in zip(params, clean, model.split(stuck[0]), strict=False):
                         p.copy_(torch.where(m, s, p))
+            if frozen is not None:  # networks that stopped keep their weights
+                with torch.no_grad():
+                    for p, f in zip(params, frozen, strict=True):
+                        p[stopper.done] = f[stopper.done]
             acc_loss += loss.detach()
             step += 1
             if step % log_every == 0 or step == total:
@@ -218,10 +335,25 @@ def train(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, db: NonIdealityDB | No
                 last_log = step
                 if progress is not None:
                     progress(step, total)
+        if stopper is not None and (epoch + 1) % cfg.eval_every == 0:
+            if stopper.check(epoch + 1, step).any():
+                if bool(stopper.done.all()):
+                    break
+                frozen = [p.detach().clone() for p in params]
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return TrainResult(model, cfg, seconds, step, history, db_hash(db) if db is not None else None)
+    if stopper is not None:
+        steps_each = [s if d else step for s, d in zip(stopper.stop_step,
+                                                       stopper.done.tolist(), strict=True)]
+        stopped = stopper.done.tolist()
+        val_hist = stopper.history
+    else:
+        steps_each, stopped, val_hist = [step] * cfg.k, [False] * cfg.k, []
+    if step and step % log_every and step != total:  # stopped early: log the tail
+        history.append(float(acc_loss) / (cfg.k * (step - last_log)))
+    return TrainResult(model, cfg, seconds, step, history,
+                       db_hash(db) if db is not None else None, steps_each, stopped, val_hist)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
