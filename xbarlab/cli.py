@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="xbarlab", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        # click turns Ctrl-C into Abort: say what state the hardware is in, as below
+        click.echo("interrupted: instruments left in their safe state", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
