@@ -16,13 +16,16 @@ in under 2 minutes (the end-to-end test). torch is imported inside the training 
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from xbarlab.errors import XbarlabError
 
 SHIPPED = Path(__file__).resolve().parent / "stations"
 NETWORKS = ("hardware_aware", "regular")
@@ -138,10 +141,10 @@ def step_campaigns(out: Path, settings: DemoSettings, seed: int, *,
             res = module.run(rig, cfg, path, seed=seed + i, station=st.describe(),
                              overwrite=True, progress=progress, chip=st.chip)
         runs.append({"protocol": module.PROTOCOL, "station": st.name, "crossbar": name,
-                     "path": str(path), "summary": res.summary,
+                     "path": str(path.relative_to(out)), "summary": res.summary,
                      "wall_s": time.perf_counter() - w0,
                      "instrument_s": st.chip.clock.now - clock0})
-    paths = [Path(r["path"]) for r in runs]
+    paths = [out / r["path"] for r in runs]
     paths.append(_json(d / "campaigns.json", runs))
     instrument = float(sum(r["instrument_s"] for r in runs))
     return StepResult("campaigns", "characterisation campaigns", time.perf_counter() - t0,
@@ -158,7 +161,7 @@ def step_database(out: Path) -> StepResult:
 
     t0 = time.perf_counter()
     runs = json.loads((out / "runs" / "campaigns.json").read_text())
-    db = build_nonideality([r["path"] for r in runs])
+    db = build_nonideality([out / r["path"] for r in runs])
     d = out / "db"
     path = save_nonideality(db, d / "nonideality.h5", overwrite=True)
     figs = plot_all(db, d)
@@ -283,7 +286,8 @@ def step_transfer(out: Path, settings: DemoSettings, seed: int, *,
             w0 = time.perf_counter()
             res = run(plan, st.open_rig, names, path, test_data=test, seed=chip_seed,
                       station=st.describe(), overwrite=True, progress=progress, chip=st.chip)
-            runs.append({"network": name, "chip_seed": chip_seed, "path": str(path),
+            runs.append({"network": name, "chip_seed": chip_seed,
+                         "path": str(path.relative_to(out)),
                          "crossbars": names, "summary": res.summary,
                          "wall_s": time.perf_counter() - w0})
             paths.append(path)
@@ -295,44 +299,77 @@ def step_transfer(out: Path, settings: DemoSettings, seed: int, *,
 
 # -- the whole chain -------------------------------------------------------------------------------
 
+STEPS = ("station", "campaigns", "database", "train", "evaluate", "transfer", "report")
+
+
 def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: bool = True,
-             echo: Callable[[str], None] = print) -> list[StepResult]:
-    """Every step in order; writes DIR/timing.json and DIR/report/."""
+             echo: Callable[[str], None] = print,
+             steps: Sequence[str] | None = None) -> list[StepResult]:
+    """Every step in order (or only `steps`, which then read what earlier runs wrote in
+    `out`); writes DIR/timing.json and DIR/report/."""
     from xbarlab.report import step_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    wanted = list(STEPS) if steps is None else list(steps)
+    bad = [w for w in wanted if w not in STEPS]
+    if bad:
+        raise XbarlabError(f"unknown demo step {bad[0]!r}; choose from {', '.join(STEPS)}")
     s = QUICK if quick else FULL
-    _json(out / "settings.json", {"quick": quick, "seed": seed, **asdict(s)})
-    steps: list[StepResult] = []
-    t0 = time.perf_counter()
-    plan: list[tuple[str, Callable[[], StepResult]]] = [
-        ("1/7 simulated station", lambda: step_station(out, seed)),
-        ("2/7 characterisation campaigns", lambda: step_campaigns(out, s, seed,
-                                                                  progress=progress)),
-        ("3/7 non-ideality database", lambda: step_database(out)),
-        ("4/7 training", lambda: step_train(out, s, seed, progress=progress)),
-        ("5/7 Monte-Carlo evaluation", lambda: step_evaluate(out, s, seed)),
-        ("6/7 transfer onto virtual chips", lambda: step_transfer(out, s, seed,
-                                                                   progress=progress)),
-    ]
-    for title, fn in plan:
-        echo(f"== {title}")
-        r = fn()
-        steps.append(r)
+    if "station" not in wanted and (out / "settings.json").exists():
+        before = json.loads((out / "settings.json").read_text())
+        if (before["quick"], before["seed"]) != (quick, seed):
+            raise XbarlabError(f"{out} was made with quick={before['quick']}, seed="
+                               f"{before['seed']}; rerun its steps with the same settings")
+    else:
+        _json(out / "settings.json", {"quick": quick, "seed": seed, **asdict(s)})
+    # timing of steps run earlier into the same folder is kept; rerun steps replace theirs
+    timing_path = out / "timing.json"
+    done: dict[str, StepResult] = {}
+    if steps is not None and timing_path.exists():
+        for d in json.loads(timing_path.read_text())["steps"]:
+            d["paths"] = [out / p for p in d["paths"]]
+            done[d["name"]] = StepResult(**d)
+    funcs: dict[str, Callable[[], StepResult]] = {
+        "station": lambda: step_station(out, seed),
+        "campaigns": lambda: step_campaigns(out, s, seed, progress=progress),
+        "database": lambda: step_database(out),
+        "train": lambda: step_train(out, s, seed, progress=progress),
+        "evaluate": lambda: step_evaluate(out, s, seed),
+        "transfer": lambda: step_transfer(out, s, seed, progress=progress),
+        "report": lambda: step_report(out, [done[n] for n in STEPS if n in done
+                                            and n != "report"]),
+    }
+    ran: list[StepResult] = []
+    for i, name in enumerate(STEPS):
+        if name not in wanted:
+            continue
+        echo(f"== {i + 1}/{len(STEPS)} {TITLES[name]}")
+        r = funcs[name]()
+        done[name] = r
+        ran.append(r)
         echo(f"   {r.seconds:.1f} s" + ("" if r.instrument_s is None else
-                                         f" (predicted instrument time {r.instrument_s:.0f} s)"))
-        _json(out / "timing.json", _timing(steps, time.perf_counter() - t0))
-    echo("== 7/7 report")
-    r = step_report(out, steps)
-    steps.append(r)
-    _json(out / "timing.json", _timing(steps, time.perf_counter() - t0))
-    echo(f"   {r.seconds:.1f} s; open {out / 'report' / 'index.html'}")
-    return steps
+                                         f" (predicted instrument time {r.instrument_s:.0f} s)")
+             + (f"; open {out / 'report' / 'index.html'}" if name == "report" else ""))
+        _json(timing_path, _timing([done[n] for n in STEPS if n in done], out))
+    return ran
 
 
-def _timing(steps: list[StepResult], total: float) -> dict:
-    return {"steps": [s.to_dict() for s in steps], "total_s": total,
+TITLES = {"station": "simulated station", "campaigns": "characterisation campaigns",
+          "database": "non-ideality database", "train": "training",
+          "evaluate": "Monte-Carlo evaluation", "transfer": "transfer onto virtual chips",
+          "report": "report"}
+
+
+def _timing(steps: list[StepResult], out: Path) -> dict:
+    """Step timings; paths relative to `out` so the folder can be moved."""
+    rows = []
+    for s in steps:
+        d = s.to_dict()
+        d["paths"] = [os.path.relpath(p, out) for p in d["paths"]]
+        rows.append(d)
+    return {"steps": rows,
+            "total_s": float(sum(s.seconds for s in steps)),
             "instrument_s": float(sum(s.instrument_s or 0.0 for s in steps))}
 
 

@@ -77,10 +77,10 @@ def gather(out: Path) -> dict:
                   for n in NETWORKS}
     chips: dict[str, list[dict]] = {n: [] for n in NETWORKS}
     for r in _load(out / "transfer" / "transfers.json"):
-        t = load_transfer(r["path"])  # the HDF5 file is the source of truth
+        t = load_transfer(out / r["path"])  # the HDF5 file is the source of truth
         inf = t.tables["inference"]
         chips[r["network"]].append({
-            "chip_seed": r["chip_seed"], "path": r["path"],
+            "chip_seed": r["chip_seed"], "path": r["path"],  # relative to the demo folder
             "accuracy": float((inf.predicted == inf.label).mean()),
             "accuracy_software": float((inf.predicted_target == inf.label).mean()),
             "failed": int(t.summary["failed"]), "pulses": int(t.summary["pulses_total"]),
@@ -102,7 +102,8 @@ def claims(data: dict) -> dict:
     """The statements the report makes, computed."""
     m, mc = data["measured"], data["mc"]
     hw, reg = m["hardware_aware"], m["regular"]
-    out = {"hw_higher": hw["mean"] > reg["mean"], "hw_less_spread": hw["std"] < reg["std"]}
+    out = {"hw_higher": hw["mean"] > reg["mean"], "hw_less_spread": hw["std"] < reg["std"],
+           "hw_worst_higher": hw["min"] > reg["min"]}
     for n in NETWORKS:
         out[f"mc_within_{n}"] = m[n]["min"] <= mc[n]["mean"] <= m[n]["max"]
         acc = [c["accuracy"] for c in data["chips"][n]]
@@ -153,7 +154,7 @@ def fig_mc_vs_measured(out: Path, data: dict, path: Path) -> Path:
     return path
 
 
-def fig_readback(data: dict, path: Path) -> Path:
+def fig_readback(out: Path, data: dict, path: Path) -> Path:
     from protocols.transfer import load_transfer
 
     plt = _plt()
@@ -161,8 +162,8 @@ def fig_readback(data: dict, path: Path) -> Path:
     for n, color in zip(NETWORKS, ("C0", "C1"), strict=True):
         tg, g, k = [], [], []
         for c in data["chips"][n]:
-            rb = load_transfer(c["path"]).tables["readback"].sort_values("device")
-            dev = load_transfer(c["path"]).tables["devices"]
+            t = load_transfer(out / c["path"])
+            rb, dev = t.tables["readback"].sort_values("device"), t.tables["devices"]
             tg.append(rb.target.to_numpy())
             g.append(rb.g.to_numpy())
             k.append(dev.k.to_numpy())
@@ -228,7 +229,9 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
     rows = [["hardware-aware mean measured accuracy above the regular one",
              f"{pct(hw['mean'])} vs {pct(reg['mean'])}", _yes(c["hw_higher"])],
             ["hardware-aware measured spread (std over chips) below the regular one",
-             f"{pct(hw['std'])} vs {pct(reg['std'])}", _yes(c["hw_less_spread"])]]
+             f"{pct(hw['std'])} vs {pct(reg['std'])}", _yes(c["hw_less_spread"])],
+            ["(also) hardware-aware worst chip above the regular network's worst chip",
+             f"{pct(hw['min'])} vs {pct(reg['min'])}", _yes(c["hw_worst_higher"])]]
     for n in NETWORKS:
         rows.append([f"{LABELS[n]}: Monte-Carlo mean inside the measured range",
                      f"{pct(mc[n]['mean'])} in [{pct(m[n]['min'])}, {pct(m[n]['max'])}]",
@@ -380,7 +383,11 @@ def explain(data: dict) -> list[str]:
             f"{pct(ev['regular']['clean_acc'])} in software), and on chips that happen to "
             f"program the regular network well the regular network keeps that lead; the "
             f"Monte-Carlo means ({pct(mc['hardware_aware']['mean'])} vs "
-            f"{pct(mc['regular']['mean'])}) show how close the two are on average.")
+            f"{pct(mc['regular']['mean'])}) show how close the two are on average. The "
+            f"published code's own re-runs behave the same way (mean transfer accuracy 85.3 % "
+            f"vs 85.9 %): hardware-aware training buys consistency (the spread and the worst "
+            f"case: {pct(m['hardware_aware']['min'])} vs {pct(m['regular']['min'])} on the "
+            f"worst measured chip here), not a higher average.")
     if not c["hw_less_spread"]:
         notes.append(
             f"The measured spread of the hardware-aware network is not the smaller one. With "
@@ -472,7 +479,7 @@ def step_report(out: Path, steps: list) -> object:
         shutil.copyfile(src, fd / f"{name}.png")
         figs[name] = f"figures/{name}.png"
     fig_mc_vs_measured(out, data, fd / "mc_vs_measured.png")
-    fig_readback(data, fd / "readback.png")
+    fig_readback(out, data, fd / "readback.png")
     fig_timing(timing, fd / "timing.png")
     figs.update(mc_vs_measured="figures/mc_vs_measured.png", readback="figures/readback.png",
                 timing="figures/timing.png")

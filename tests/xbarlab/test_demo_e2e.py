@@ -46,6 +46,8 @@ def test_every_step_wrote_its_files(demo):
             assert Path(p).is_file() and Path(p).stat().st_size > 0, p
     timing = json.loads((out / "timing.json").read_text())
     assert [s["name"] for s in timing["steps"]] == [s.name for s in steps]
+    for s in timing["steps"]:  # stored relative to the output folder
+        assert all((out / p).is_file() for p in s["paths"])
     # campaigns and transfers ran on instruments: the virtual clock predicts their time
     inst = {s.name: s.instrument_s for s in steps}
     assert inst["campaigns"] > 0 and inst["transfer"] > 0 and inst["train"] is None
@@ -67,7 +69,7 @@ def test_transfers_in_report_equal_the_hdf5_files(demo):
     assert len(runs) == 2 * 4  # two networks on each of 4 fresh chips
     acc = {n: {} for n in NETWORKS}
     for r in runs:
-        t = load_transfer(r["path"])
+        t = load_transfer(out / r["path"])
         inf = t.tables["inference"]
         a = float((inf.predicted == inf.label).mean())
         assert a == pytest.approx(t.summary["accuracy"])
@@ -133,7 +135,7 @@ def test_calibration_numbers_equal_the_database(demo):
     # the campaigns' summaries are the raw-run files' own
     from database.runs import list_runs
     for r in json.loads((out / "runs" / "campaigns.json").read_text()):
-        assert list_runs(r["path"])[-1].summary == pytest.approx(r["summary"])
+        assert list_runs(out / r["path"])[-1].summary == pytest.approx(r["summary"])
 
 
 def test_timing_table_equals_timing_json(demo):

@@ -12,8 +12,11 @@ def register(cli: click.Group) -> None:
                   type=click.Path(file_okay=False), help="output folder")
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
                   help="chip, campaign, training and evaluation seed")
+    @click.option("--steps", default=None,
+                  help="comma-separated subset of station,campaigns,database,train,evaluate,"
+                       "transfer,report (later steps read what earlier runs wrote in OUT)")
     @click.option("--no-progress", is_flag=True, help="no progress bars")
-    def demo_cmd(quick, out, seed, no_progress):
+    def demo_cmd(quick, out, seed, steps, no_progress):
         """Characterise a simulated chip, build the non-ideality DB, train the hardware-aware
         and the regular network, evaluate them by Monte-Carlo, program both onto fresh
         virtual chips through the rig, and write OUT/report/index.html."""
@@ -29,8 +32,9 @@ def register(cli: click.Group) -> None:
         from xbarlab.demo import run_demo
 
         console = Console()
+        wanted = None if steps is None else [x.strip() for x in steps.split(",") if x.strip()]
         steps = run_demo(out, quick=quick, seed=seed, progress=not no_progress,
-                         echo=console.print)
+                         echo=console.print, steps=wanted)
         t = Table(title="demo timing")
         t.add_column("step")
         t.add_column("wall time (s)", justify="right")
@@ -41,4 +45,5 @@ def register(cli: click.Group) -> None:
         t.add_row("total", f"{sum(s.seconds for s in steps):.1f}",
                   f"{sum(s.instrument_s or 0.0 for s in steps):.0f}")
         console.print(t)
-        console.print(f"report: {out}/report/index.html (and report.md)")
+        if any(s.name == "report" for s in steps):
+            console.print(f"report: {out}/report/index.html (and report.md)")
