@@ -97,6 +97,7 @@ class PmuRig(_GuardedRig):
         self.i_range = i_range
         self._ready = False
         self._routes: dict[tuple[str, int, int], list[str]] = {}
+        self._fire_cmds: dict[tuple[float, float], list[tuple[str, str]]] = {}
         self.executions = 0
 
     @property
@@ -137,13 +138,22 @@ class PmuRig(_GuardedRig):
 
     def _fire(self, volts: float, seconds: float) -> None:
         p, e = self.pmu, self.edge
-        t = [100e-9, e, seconds, e, 100e-9]
-        a = [0.0, 0.0, volts, volts, 0.0]
-        b = [0.0, volts, volts, 0.0, 0.0]
-        z = [0] * 5
-        p.send_setup(p.sarb_commands(1, 1, t, a, b, z, z, z)
-                     + p.sarb_commands(2, 1, t, [0.0] * 5, [0.0] * 5, z, z, z)
-                     + [p.seq_list_command(1, [(1, 1)]), p.seq_list_command(2, [(1, 1)])])
+        # a tuning ramp revisits the same amplitudes: build (format and check) each waveform's
+        # commands once; send_setup still sends only what changed on the instrument
+        key = (volts, seconds)
+        cmds = self._fire_cmds.get(key)
+        if cmds is None:
+            t = [100e-9, e, seconds, e, 100e-9]
+            a = [0.0, 0.0, volts, volts, 0.0]
+            b = [0.0, volts, volts, 0.0, 0.0]
+            z = [0] * 5
+            cmds = (p.sarb_commands(1, 1, t, a, b, z, z, z)
+                    + p.sarb_commands(2, 1, t, [0.0] * 5, [0.0] * 5, z, z, z)
+                    + [p.seq_list_command(1, [(1, 1)]), p.seq_list_command(2, [(1, 1)])])
+            if len(self._fire_cmds) >= 4096:
+                self._fire_cmds.clear()
+            self._fire_cmds[key] = cmds
+        p.send_setup(cmds)
         p.execute()
         self.executions += 1
 

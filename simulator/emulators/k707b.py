@@ -41,6 +41,7 @@ class K707BEmulator:
         self.connectrule = "BREAK_BEFORE_MAKE"
         self.latency = latency if latency is not None else getattr(world, "latency", None)
         self.selections = 0
+        self._parsed: dict[tuple[str, bool], frozenset[str] | None] = {}
         if world is not None:
             world.closed_channels = self.physically_closed
 
@@ -49,6 +50,18 @@ class K707BEmulator:
 
     # -- helpers -------------------------------------------------------------------------------
     def _expand(self, spec: str, allow_slots: bool) -> set[str] | None:
+        # a protocol sends the same few channel lists over and over: parse each once
+        key = (spec, allow_slots)
+        hit = self._parsed.get(key, False)
+        if hit is False:
+            hit = self._parse(spec, allow_slots)
+            hit = None if hit is None else frozenset(hit)
+            if len(self._parsed) > 1024:
+                self._parsed.clear()
+            self._parsed[key] = hit
+        return None if hit is None else set(hit)
+
+    def _parse(self, spec: str, allow_slots: bool) -> set[str] | None:
         out: set[str] = set()
         for item in (x.strip() for x in spec.split(",")):
             if not item:

@@ -21,6 +21,7 @@ it raises SimulatorError.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -71,6 +72,8 @@ class LabWorld:
         self._map_version = -1
         self._version = 0
         self._term_lines: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._shared = False
+        self._route_cache: dict[frozenset[str], tuple[dict, bool]] = {}
         self._dc_since = self.clock.now
         self.pulses_applied = 0
         self.reads_taken = 0
@@ -82,13 +85,26 @@ class LabWorld:
     def _routing(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if self._map_version == self._version:
             return self._term_lines
+        closed = self.closed_channels() if self.wiring.matrix_lines else frozenset()
+        # a protocol alternates between a few selections (write / read routing): keep each
+        # resolved map (the wiring itself is fixed once the world is built)
+        hit = self._route_cache.get(closed)
+        if hit is None:
+            hit = self._resolve(closed)
+            if len(self._route_cache) > 256:
+                self._route_cache.clear()
+            self._route_cache[closed] = hit
+        self._term_lines, self._shared = hit
+        self._map_version = self._version
+        return self._term_lines
+
+    def _resolve(self, closed: frozenset[str]):
         w = self.wiring
         per_line: dict[Line, set[str]] = {}
         for line, term in w.fixed.items():
             per_line.setdefault(line, set()).add(term)
         if w.matrix_lines:
             by_col = {f"{s}{{}}{c:02d}": line for line, (s, c) in w.matrix_lines.items()}
-            closed = self.closed_channels()
             for name in closed:
                 key = f"{name[0]}{{}}{name[2:]}"
                 line = by_col.get(key)
@@ -100,10 +116,11 @@ class LabWorld:
             for t in terms:
                 r, c = out.setdefault(t, ([], []))
                 (r if kind == "row" else c).append(idx)
-        self._term_lines = {t: (np.array(r, dtype=int), np.array(c, dtype=int))
-                            for t, (r, c) in out.items()}
-        self._map_version = self._version
-        return self._term_lines
+        term_lines = {t: (np.array(r, dtype=int), np.array(c, dtype=int))
+                      for t, (r, c) in out.items()}
+        # only a line on two terminals can be a short: check levels only then
+        shared = any(len(t) > 1 for t in per_line.values())
+        return term_lines, shared
 
     def lines_of(self, terminal: str) -> tuple[list[int], list[int]]:
         r, c = self._routing().get(terminal, (np.zeros(0, int), np.zeros(0, int)))
@@ -117,16 +134,20 @@ class LabWorld:
             lv[name] = lv.get(src, np.nan) * k
         row_v = np.full(self.rows, np.nan)
         col_v = np.full(self.cols, np.nan)
-        for term, (ri, ci) in self._routing().items():
-            v = lv.get(term, np.nan)
+        routing = self._routing()
+        shared = self._shared
+        nan = math.nan
+        for term, (ri, ci) in routing.items():
+            v = lv.get(term, nan)
             for arr, idx in ((row_v, ri), (col_v, ci)):
                 if idx.size == 0:
                     continue
-                prev = arr[idx]
-                clash = ~np.isnan(prev) & (prev != v)
-                if clash.any():
-                    raise SimulatorError(f"short: terminal {term} and another source drive the "
-                                         "same crossbar line")
+                if shared:
+                    prev = arr[idx]
+                    clash = ~np.isnan(prev) & (prev != v)
+                    if clash.any():
+                        raise SimulatorError(f"short: terminal {term} and another source drive "
+                                             "the same crossbar line")
                 arr[idx] = v
         return row_v, col_v
 
@@ -165,20 +186,18 @@ class LabWorld:
         rc, cc = self.crossbar.measure(row_v, col_v)
         return float(np.sum(rc[ri]) + np.sum(cc[ci]))
 
-    def run(self, segments: list[Segment]) -> dict[str, list[tuple[float, float, float]]]:
-        """Play a waveform. Returns measurements per terminal: (t_mid, mean level, current).
-
-        Advances the clock by the waveform duration (category "pulse", or "read" for the
-        excursions that measure)."""
-        self.settle_dc()
-        out: dict[str, list[tuple[float, float, float]]] = {}
+    def compile(self, segments: list[Segment]) -> Plan:
+        """Resolve a waveform once into what `run` does with it (idle stretches, write
+        excursions with their peak levels and plateau, measurement points), so an instrument
+        that plays the same waveform again (a tuning loop) skips this analysis."""
+        steps: list[tuple] = []
         t0 = 0.0
         i = 0
         n = len(segments)
         while i < n:
             seg = segments[i]
             if not _active(seg):
-                self.clock.advance(seg.seconds, "idle")
+                steps.append(("idle", seg.seconds))
                 t0 += seg.seconds
                 i += 1
                 continue
@@ -188,39 +207,72 @@ class LabWorld:
             exc = segments[i:j]
             dur = sum(s.seconds for s in exc)
             if any(s.measures for s in exc):
+                points = []
                 t = t0
                 for s in exc:
                     for term, a, b in s.measures:
                         f = (a + b) / 2 / s.seconds if s.seconds else 0.0
                         lv = {k: s.v0[k] + (s.v1.get(k, s.v0[k]) - s.v0[k]) * f for k in s.v0}
-                        cur = self.sensed_current(lv, term)
-                        out.setdefault(term, []).append((t + (a + b) / 2, lv.get(term, 0.0),
-                                                         cur))
+                        points.append((term, t + (a + b) / 2, lv))
                     t += s.seconds
-                self.clock.advance(dur, "read")
+                steps.append(("read", dur, points))
             else:
-                self._write(exc)
-                self.clock.advance(dur, "pulse")
+                steps.append(("write", dur) + _peak(exc))
             t0 += dur
             i = j
+        return Plan(steps)
+
+    def run(self, segments: list[Segment] | Plan) -> dict[str, list[tuple[float, float, float]]]:
+        """Play a waveform (segments, or a `compile`d plan). Returns measurements per terminal:
+        (t_mid, mean level, current).
+
+        Advances the clock by the waveform duration (category "pulse", or "read" for the
+        excursions that measure)."""
+        plan = segments if isinstance(segments, Plan) else self.compile(segments)
+        self.settle_dc()
+        out: dict[str, list[tuple[float, float, float]]] = {}
+        advance = self.clock.advance
+        for step in plan.steps:
+            kind = step[0]
+            if kind == "idle":
+                advance(step[1], "idle")
+            elif kind == "read":
+                for term, t_mid, lv in step[2]:
+                    cur = self.sensed_current(lv, term)
+                    out.setdefault(term, []).append((t_mid, lv.get(term, 0.0), cur))
+                advance(step[1], "read")
+            else:
+                _, dur, peak, plateau = step
+                row_v, col_v = self.line_levels(peak)
+                self.crossbar.apply_line_pulse(row_v, col_v, plateau)
+                self.pulses_applied += 1
+                advance(dur, "pulse")
         self._dc_since = self.clock.now
         return out
 
-    def _write(self, exc: list[Segment]) -> None:
-        # the peak: the segment end point with the largest |level| on any terminal
-        best, peak = -1.0, None
-        for s in exc:
-            for lv in (s.v0, s.v1):
-                m = max((abs(v) for v in lv.values()), default=0.0)
-                if m > best:
-                    best, peak = m, lv
-        assert peak is not None
-        plateau = sum(s.seconds for s in exc if _same(s.v0, peak) and _same(s.v1, peak))
-        if plateau <= 0:  # a triangle: count half its duration
-            plateau = sum(s.seconds for s in exc) / 2
-        row_v, col_v = self.line_levels(peak)
-        self.crossbar.apply_line_pulse(row_v, col_v, plateau)
-        self.pulses_applied += 1
+
+@dataclass(frozen=True)
+class Plan:
+    """A waveform resolved by `LabWorld.compile`: ("idle", s) | ("read", s, points) |
+    ("write", s, peak levels, plateau s)."""
+
+    steps: list[tuple]
+
+
+def _peak(exc: list[Segment]) -> tuple[dict[str, float], float]:
+    """Levels at the peak of a write excursion and the time spent there."""
+    # the peak: the segment end point with the largest |level| on any terminal
+    best, peak = -1.0, None
+    for s in exc:
+        for lv in (s.v0, s.v1):
+            m = max((abs(v) for v in lv.values()), default=0.0)
+            if m > best:
+                best, peak = m, lv
+    assert peak is not None
+    plateau = sum(s.seconds for s in exc if _same(s.v0, peak) and _same(s.v1, peak))
+    if plateau <= 0:  # a triangle: count half its duration
+        plateau = sum(s.seconds for s in exc) / 2
+    return peak, plateau
 
 
 def _active(s: Segment) -> bool:

@@ -52,14 +52,20 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
     done_seen = []
     for _kill in range(4):
         p = _run(script, out)
-        # let it finish 1-2 devices, then kill it at a random moment of the next one
+        # let it finish 1-2 devices, then kill it at a random moment of the next one (the
+        # wait scales with the time a device took, so a faster simulator is still interrupted)
         need, seen = rng.randint(1, 2), 0
+        t_line, per_device = time.monotonic(), 0.3
         while seen < need:
             line = p.stderr.readline().decode()
             if not line:
                 break
-            seen += " done, " in line
-        time.sleep(rng.uniform(0.0, 0.3))
+            now = time.monotonic()
+            if " done, " in line:
+                seen += 1
+                per_device = now - t_line   # the line before is the previous device's or set-up
+            t_line = now
+        time.sleep(rng.uniform(0.0, 0.8 * min(per_device, 0.3)))
         if p.poll() is not None:
             break
         p.send_signal(signal.SIGKILL)
