@@ -49,7 +49,7 @@ class DemoSettings:
 
 QUICK = DemoSettings(tuning_devices=("dev0", "dev1"), tuning_levels=4, tuning_repeats=4,
                      stuck_crossbars=("xbar0",), disturbance_crossbars=("xbar0",), epochs=500,
-                     mc_transfers=2000, map_transfers=100, chips=4)
+                     mc_transfers=2000, map_transfers=100, chips=3)
 FULL = DemoSettings(tuning_devices=("dev0", "dev1", "dev2", "dev3"), tuning_levels=8,
                     tuning_repeats=10, stuck_crossbars=("xbar0", "xbar1", "xbar2", "xbar3"),
                     disturbance_crossbars=("xbar0", "xbar1"), epochs=10_000,

@@ -66,7 +66,7 @@ def test_figures_are_pngs_and_linked(demo):
 def test_transfers_in_report_equal_the_hdf5_files(demo):
     out, _steps, report, md, page = demo
     runs = json.loads((out / "transfer" / "transfers.json").read_text())
-    assert len(runs) == 2 * 4  # two networks on each of 4 fresh chips
+    assert len(runs) == 2 * 3  # two networks on each of 3 fresh chips
     acc = {n: {} for n in NETWORKS}
     for r in runs:
         t = load_transfer(out / r["path"])
