@@ -43,6 +43,7 @@ class K707B(MessageInstrument):
     def __init__(self, resource, **kw):
         super().__init__(resource, **kw)
         self._selected: frozenset[str] | None = None  # unknown until we set it
+        self._listings: dict[tuple[str, ...], tuple[frozenset[str], str]] = {}
 
     def idn(self) -> str:
         return self.query("*IDN?")
@@ -58,10 +59,17 @@ class K707B(MessageInstrument):
     def exclusive_close(self, channels: Iterable[str]) -> bool:
         """Close exactly `channels`, open everything else. Returns False if nothing was sent
         because that selection is already closed."""
-        names = frozenset(check_channel(c) for c in channels)
+        key = tuple(channels)
+        hit = self._listings.get(key)
+        if hit is None:  # a rig alternates between a few selections: check and sort each once
+            names = frozenset(check_channel(c) for c in key)
+            hit = (names, ",".join(sorted(names, key=sort_key)))
+            if len(self._listings) >= 1024:
+                self._listings.clear()
+            self._listings[key] = hit
+        names, listing = hit
         if names == self._selected:
             return False
-        listing = ",".join(sorted(names, key=sort_key))
         self._selected = None  # unknown if the command fails half-way
         self._tsp(f'channel.exclusiveclose("{listing}")')
         self._selected = names

@@ -204,9 +204,14 @@ class Crossbar:
         self._check(row, col)
         if volts == 0:
             raise SimulatorError("read voltage must not be 0 V")
-        if scheme not in SCHEMES:
+        if scheme == "grounded":
+            # the verify read of every tuning step: straight to the solver
+            cur = float(self._solver.grounded_row_currents(self.conductance(), volts, row)[col])
+        elif scheme in SCHEMES:
+            cur = self._sensed(row, col, volts, scheme)
+        else:
             raise SimulatorError(f"unknown read scheme {scheme!r}; choose one of {SCHEMES}")
-        return float(self._noisy(self._sensed(row, col, volts, scheme), volts)) / volts
+        return float(self._noisy(cur, volts)) / volts
 
     def read_map(self, volts: float = 0.2, scheme: str = "grounded",
                  noise: bool = True) -> np.ndarray:

@@ -73,7 +73,9 @@ class LabWorld:
         self._version = 0
         self._term_lines: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._shared = False
-        self._route_cache: dict[frozenset[str], tuple[dict, bool]] = {}
+        self._gather: tuple[list[str], np.ndarray, np.ndarray] = ([], np.zeros(0, int),
+                                                                 np.zeros(0, int))
+        self._route_cache: dict[frozenset[str], tuple] = {}
         self._dc_since = self.clock.now
         self.pulses_applied = 0
         self.reads_taken = 0
@@ -94,7 +96,7 @@ class LabWorld:
             if len(self._route_cache) > 256:
                 self._route_cache.clear()
             self._route_cache[closed] = hit
-        self._term_lines, self._shared = hit
+        self._term_lines, self._shared, self._gather = hit
         self._map_version = self._version
         return self._term_lines
 
@@ -120,7 +122,15 @@ class LabWorld:
                       for t, (r, c) in out.items()}
         # only a line on two terminals can be a short: check levels only then
         shared = any(len(t) > 1 for t in per_line.values())
-        return term_lines, shared
+        # for the unshared case: terminal index of every line (len(terms) = not connected)
+        terms = list(term_lines)
+        row_t = np.full(self.rows, len(terms))
+        col_t = np.full(self.cols, len(terms))
+        for k, t in enumerate(terms):
+            ri, ci = term_lines[t]
+            row_t[ri] = k
+            col_t[ci] = k
+        return term_lines, shared, (terms, row_t, col_t)
 
     def lines_of(self, terminal: str) -> tuple[list[int], list[int]]:
         r, c = self._routing().get(terminal, (np.zeros(0, int), np.zeros(0, int)))
@@ -132,22 +142,25 @@ class LabWorld:
         lv.update(levels)
         for name, (src, k) in self.wiring.dividers.items():
             lv[name] = lv.get(src, np.nan) * k
+        routing = self._routing()
+        nan = math.nan
+        if not self._shared:
+            # every line on at most one terminal: gather the levels by index, no short possible
+            terms, row_t, col_t = self._gather
+            vals = np.array([lv.get(t, nan) for t in terms] + [nan])
+            return vals[row_t], vals[col_t]
         row_v = np.full(self.rows, np.nan)
         col_v = np.full(self.cols, np.nan)
-        routing = self._routing()
-        shared = self._shared
-        nan = math.nan
         for term, (ri, ci) in routing.items():
             v = lv.get(term, nan)
             for arr, idx in ((row_v, ri), (col_v, ci)):
                 if idx.size == 0:
                     continue
-                if shared:
-                    prev = arr[idx]
-                    clash = ~np.isnan(prev) & (prev != v)
-                    if clash.any():
-                        raise SimulatorError(f"short: terminal {term} and another source drive "
-                                             "the same crossbar line")
+                prev = arr[idx]
+                clash = ~np.isnan(prev) & (prev != v)
+                if clash.any():
+                    raise SimulatorError(f"short: terminal {term} and another source drive "
+                                         "the same crossbar line")
                 arr[idx] = v
         return row_v, col_v
 
@@ -173,14 +186,16 @@ class LabWorld:
         if ri.size == 0 and ci.size == 0:
             return 0.0
         # grounded read: one row at Vr, every other line at 0, the sensor on one column
-        if ri.size == 0 and ci.size == 1 and not np.isnan(row_v).any() \
-                and not np.isnan(col_v).any() and not col_v.any():
-            nz = np.flatnonzero(row_v)
-            if nz.size == 1:
-                vr = float(row_v[nz[0]])
-                return -self.crossbar.read(int(nz[0]), int(ci[0]), vr, "grounded") * vr
-            if nz.size == 0:
-                return 0.0
+        # (plain-float checks: these arrays hold a handful of lines)
+        if ri.size == 0 and ci.size == 1:
+            rv, cv = row_v.tolist(), col_v.tolist()
+            if all(c == 0.0 for c in cv) and not any(r != r for r in rv):
+                nz = [i for i, r in enumerate(rv) if r != 0.0]
+                if len(nz) == 1:
+                    vr = rv[nz[0]]
+                    return -self.crossbar.read(nz[0], int(ci[0]), vr, "grounded") * vr
+                if not nz:
+                    return 0.0
         if np.isnan(row_v).all() and np.isnan(col_v).all():
             return 0.0
         rc, cc = self.crossbar.measure(row_v, col_v)
