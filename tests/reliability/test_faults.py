@@ -201,3 +201,17 @@ def test_fault_mid_campaign_keeps_finished_devices_and_rerun_resumes(tmp_path, m
         np.testing.assert_allclose(df[num].to_numpy(float), ref_tables[name][num].to_numpy(float),
                                    rtol=1e-12, err_msg=name)
     assert unsafe_parts(st) == []
+
+
+@pytest.mark.xfail(reason="K707B.make_safe sends channel.open(\"allslots\") as an unchecked write: "
+                          "a lost message leaves relays closed with no error (reported; fixing "
+                          "it changes the driver's message-exact tests)", strict=False)
+def test_lost_safe_state_command_is_noticed():
+    st, rig = open_station("sim-pmu")
+    rig.read(0, 0)
+    st.visa_library.faults.add("no_execute", resource=K707B, match='channel.open("allslots")')
+    try:
+        rig.safe_state()
+    except InstrumentError:
+        return                          # noticed: the user is told the relays are not confirmed
+    assert unsafe_parts(st) == []       # or really safe (a verified/retried open)

@@ -1,0 +1,213 @@
+"""Soak test: a long randomized campaign on the simulated PMU station with instrument faults
+injected at a configurable rate, supervised the way a lab would run it (fault -> the rig makes
+itself safe -> re-run the same command, which resumes).
+
+    python bench/soak.py                          # defaults: 16 devices, rate 5e-4
+    python bench/soak.py --devices 64 --rate 1e-3 --duration 600
+
+Every instrument message has probability `rate` of a fault drawn from the kinds below (the
+dropped connection 20x rarer). After every stop the emulators are inspected: anything not in
+its safe state is counted, with the wall time from the faulty message to the verified safe
+state. At the end the file is compared with a fault-free run of the same seed.
+
+Printed: operations done (device units committed, instrument messages), faults injected (by
+kind), faults that stopped the campaign, faults recovered (the resumed run went on past the
+device that failed), faults with no visible effect, devices lost, data rows lost or differing
+(targets 0), unsafe states seen after a stop (target 0), time outside the safe state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from database.runs import list_runs, read_run  # noqa: E402
+from protocols.campaigns import CAMPAIGNS  # noqa: E402
+from xbarlab.errors import user_errors  # noqa: E402
+from xbarlab.station import load_station  # noqa: E402
+
+STATION = ROOT / "xbarlab" / "stations" / "sim-pmu.yaml"
+KINDS = ("timeout", "no_execute", "truncated", "garbled", "wrong_reply", "error")
+
+
+def unsafe(st, lost: set[str]) -> list[str]:
+    """What on the emulated station is not safe (lost instruments cannot be commanded; the
+    crossbar must then be isolated by the others)."""
+    bad = []
+    for name, emu in st.visa_library.instruments.items():
+        if name in lost:
+            continue
+        if getattr(emu, "closed", None):
+            bad.append(f"{name} relays closed")
+        if hasattr(emu, "outputs") and any(emu.outputs.values()):
+            bad.append(f"{name} outputs on")
+    rows, cols = st.world.line_levels({})
+    bad += ["line energised" for v in np.concatenate([rows, cols]) if not (math.isnan(v) or v == 0)]
+    return bad
+
+
+def session(args, out: Path, cfg, rate: float, rng: np.random.Generator, stats: Counter,
+            fire_times: list[float]) -> tuple[bool, int]:
+    """One run of the campaign command: (finished, devices done at the start)."""
+    st = load_station(STATION)
+    module, _ = CAMPAIGNS[args.campaign]
+    rig = st.open_rig()
+    lib = st.visa_library
+    lib.faults.rng.seed(int(rng.integers(2**31)))
+    if rate > 0:
+        for kind in KINDS:
+            lib.faults.add(kind, rate=rate / len(KINDS))
+        lib.faults.add("disconnect", rate=rate / 20)
+    take = lib.faults.take
+
+    def timed_take(resource, message):
+        kinds = take(resource, message)
+        if kinds:
+            fire_times.append(time.perf_counter())
+        stats["messages"] += 1
+        return kinds
+
+    lib.faults.take = timed_take
+    start = list_runs(out)[-1].devices_done if out.exists() else 0
+    try:
+        with rig:
+            module.run(rig, cfg, out, seed=args.seed, progress=False, chip=st.chip)
+        bad = unsafe(st, set(lib.dead))
+        if bad:  # a fault in the final safe-state commands that nobody noticed
+            stats["unsafe_after_stop"] += 1
+            print(f"  UNSAFE after a finished run: {bad[:3]}", file=sys.stderr)
+        return True, start
+    except user_errors() as e:
+        t_stop = time.perf_counter()
+        stats["stops"] += 1
+        stats[f"stop:{type(e).__name__}"] += 1
+        lost = set(lib.dead)
+        bad = unsafe(st, lost)
+        if bad:
+            stats["unsafe_after_stop"] += 1
+            print(f"  UNSAFE after {e}: {bad[:3]}", file=sys.stderr)
+        if fire_times:
+            stats["outside_safe_s"] += t_stop - fire_times[-1]
+            stats["outside_safe_max_s"] = max(stats["outside_safe_max_s"],
+                                              t_stop - fire_times[-1])
+        if args.verbose:
+            print(f"  stop: {str(e)[:150]}")
+        return False, start
+    finally:
+        stats["faults_injected"] += len(lib.faults.fired)
+        for kind, *_ in lib.faults.fired:
+            stats[f"kind:{kind}"] += 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--campaign", default="tuning-untuning", choices=sorted(CAMPAIGNS))
+    ap.add_argument("--devices", type=int, default=16, help="devices in the campaign (ops)")
+    ap.add_argument("--rate", type=float, default=5e-4, help="fault probability per message")
+    ap.add_argument("--duration", type=float, default=300.0, help="wall-time cap [s]")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+    # the rig logs each safe-state failure of a lost instrument; the summary counts them
+    logging.getLogger("xbarlab").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
+
+    _, cls = CAMPAIGNS[args.campaign]
+    extra = {"levels": 2, "repeats": 1} if args.campaign == "tuning-untuning" else {}
+    all_devs = [(r, c) for r in range(8) for c in range(8)]
+    rng = np.random.default_rng(args.seed)
+    devices = [all_devs[i] for i in rng.permutation(64)[: args.devices]]
+    cfg = cls(devices=devices, **extra)
+
+    with threadpool_limits(1, user_api="blas"), tempfile.TemporaryDirectory() as tmp:
+        ref, out = Path(tmp) / "ref.h5", Path(tmp) / "soak.h5"
+        t0 = time.perf_counter()
+        ok, _ = session(args, ref, cfg, 0.0, rng, Counter(), [])
+        assert ok
+        t_ref = time.perf_counter() - t0
+
+        stats: Counter = Counter()
+        stats["outside_safe_max_s"] = 0.0
+        fire_times: list[float] = []
+        t0 = time.perf_counter()
+        finished, sessions, recovered, done_at_stop = False, 0, 0, None
+        while time.perf_counter() - t0 < args.duration:
+            sessions += 1
+            stops_before = stats["stops"]
+            finished, start = session(args, out, cfg, args.rate, rng, stats, fire_times)
+            if done_at_stop is not None and start == done_at_stop:
+                recovered += 1  # safe, and the re-run resumed exactly where the file stopped
+            if finished:
+                break
+            if stats["stops"] > stops_before:
+                done_at_stop = list_runs(out)[-1].devices_done if out.exists() else 0
+        wall = time.perf_counter() - t0
+
+        info_ref, ref_t = read_run(ref)
+        info, got = read_run(out) if out.exists() else (None, {})
+        done = info.devices_done if info else 0
+        rows_ref = sum(len(df) for df in ref_t.values())
+        rows_lost = rows_diff = dup = 0
+        for name, df_ref in ref_t.items():
+            df = got.get(name)
+            n = 0 if df is None else len(df)
+            if df is not None and n:
+                dev = df.device.to_numpy()
+                # a device's rows must be contiguous and appear once
+                dup += int(np.sum(np.diff(dev) < 0))
+                part = df_ref[df_ref.device < done]
+                rows_lost += max(len(part) - n, 0)
+                m = min(len(part), n)
+                num = part.select_dtypes("number").columns
+                a, b = part[num].to_numpy(float)[:m], df[num].to_numpy(float)[:m]
+                rows_diff += int(np.sum(~np.all((a == b) | (np.isnan(a) & np.isnan(b)),
+                                                axis=1)))
+        key = "tunings" if "tunings" in ref_t else next(iter(ref_t))
+        want = set(ref_t[key].device[ref_t[key].device < done])
+        have = set(got[key].device) if key in got else set()
+        devices_lost = len(want - have)
+    fired = stats["faults_injected"]
+    stops = stats["stops"]
+    print(f"soak: {args.campaign}, {args.devices} devices, fault rate {args.rate:g}/message, "
+          f"seed {args.seed}")
+    print(f"  fault-free reference run      {t_ref:8.1f} s wall")
+    print(f"  soak wall time                {wall:8.1f} s in {sessions} sessions "
+          f"({'finished' if finished else 'NOT finished: duration cap'})")
+    print(f"  operations done               {done} of {args.devices} device units, "
+          f"{stats['messages']} instrument messages")
+    kinds = ", ".join(f"{k[5:]} {v}" for k, v in sorted(stats.items()) if k.startswith("kind:"))
+    print(f"  faults injected               {fired} ({kinds})")
+    print(f"  faults that stopped the run   {stops} "
+          f"({', '.join(f'{k[5:]} {v}' for k, v in sorted(stats.items()) if k.startswith('stop:'))})")
+    print(f"  faults recovered (resumed)    {recovered} of {stops} (rig verified safe, re-run "
+          "resumed at the last committed device)"
+          + ("" if finished else "; the last stop was not retried: duration cap"))
+    print(f"  faults with no visible effect {max(fired - stops, 0)} "
+          "(reply not needed, stale reply identical, ...)")
+    print(f"  devices lost                  {devices_lost}")
+    print(f"  data rows lost                {rows_lost} (reference has {rows_ref} rows)")
+    print(f"  data rows differing from ref  {rows_diff}")
+    print(f"  devices out of order/dup      {dup}")
+    print(f"  unsafe states after a session {stats['unsafe_after_stop']} (checked on the "
+          "emulators after every stop and at the end)")
+    mean = stats["outside_safe_s"] / stops if stops else 0.0
+    print(f"  time outside safe state       mean {mean * 1e3:.2f} ms, max "
+          f"{stats['outside_safe_max_s'] * 1e3:.2f} ms (wall, faulty message -> safe state "
+          "verified on the emulators)")
+    bad = rows_lost or rows_diff or dup or devices_lost or stats["unsafe_after_stop"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
