@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -63,8 +64,10 @@ def test_k4200_emulator_never_crashes(msgs):
     for msg in msgs:
         reply = emu.handle(msg)
         assert isinstance(reply, str) and reply  # KXCI over Ethernet always answers
-        if reply != "ACK" and not msg.strip().endswith("?") and "(" in reply:
-            assert emu.last_error[0] != 0 or reply.startswith(("KI4200A", "PARAM", "RETURN"))
+        refused = re.search(r"\((-?\d+)\)$", reply)
+        if refused and int(refused.group(1)) != 0:
+            # a refusal is also what :ERROR:LAST:GET reports next
+            assert emu.last_error[0] == int(refused.group(1))
 
 
 @SETTINGS
