@@ -25,7 +25,7 @@ from torch import nn
 
 from database.nonideality import NonIdealityDB
 from training.errors import TrainingError
-from training.mapping import Mapping, TensorSpec
+from training.mapping import Mapping, Prepared, TensorSpec
 from training.noise import Draws, NoiseConfig, NoiseModel
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
@@ -40,9 +40,10 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, model, draws, side, *params):
-        flat = torch.cat([p.detach().flatten(1) for p in params], 1)
+        flat = model.flat_weights()
         noisy, stuck = model.mapping.apply(flat, draws)
-        any_stuck = bool(stuck.any())
+        any_stuck = (any(draws.any_stuck) if isinstance(draws, Prepared)
+                     else bool(stuck.any()))
         side.extend((stuck, flat, any_stuck))
         ctx.model, ctx.stuck, ctx.any_stuck = model, stuck, any_stuck
         return tuple(model.split(noisy))
@@ -50,8 +51,9 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         out: list = [None, None, None]
-        if not ctx.any_stuck:  # identity: only sum over the T draws
-            return tuple(out + [None if g is None else g.sum(0) for g in grads])
+        if not ctx.any_stuck:  # identity: only sum over the T draws (T = 1: a view)
+            return tuple(out + [None if g is None else g[0] if g.shape[0] == 1 else g.sum(0)
+                                for g in grads])
         keep = ctx.model.split(~ctx.stuck)
         for g, k in zip(grads, keep, strict=False):
             out.append(None if g is None else (g * k).sum(0))
@@ -108,6 +110,54 @@ class HardwareAwareMLP(nn.Module):
             self.init_from_seeds(seeds)
         self.mapping: Mapping | None = None
         self.noise_cfg = NoiseConfig.off()
+        self._pack()
+
+    # -- one buffer for all parameters ------------------------------------------------------------
+    def _pack(self) -> None:
+        """Make every parameter a view into one (K, P) buffer (``self._flat``).
+
+        The noisy forward then reads all weights without a concatenation, and the training loop
+        restores stuck weights with one operation on the buffer. Parameter names, shapes and
+        the state dict are unchanged (views, not new parameters). Only for K = 1: with K > 1
+        the views would not be contiguous, and torch's fused Adam mis-updates non-contiguous
+        parameters (it treats them as contiguous; checked with torch 2.13), so K > 1 keeps
+        separate parameters and concatenates them per forward.
+        """
+        params = self.tensors()
+        flat = torch.cat([p.detach().flatten(1) for p in params], 1)
+        self._flat = None
+        if self.k != 1:
+            return
+        a = 0
+        for p in params:
+            n = p[0].numel()
+            p.data = flat[:, a:a + n].view(p.shape)
+            a += n
+        self._flat = flat
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .double() ... may re-allocate
+        out = super()._apply(fn, recurse)
+        if hasattr(self, "_flat"):
+            self._pack()
+        return out
+
+    @property
+    def packed(self) -> bool:
+        """Do the parameters share the one buffer (K = 1, not re-allocated since)?"""
+        f = self._flat
+        if f is None:
+            return False
+        p0, p1 = self.layers[0].weight, self.layers[-1].bias
+        return (p0.data_ptr() == f.data_ptr() and f.dtype == p0.dtype
+                and p1.data_ptr() + p1.element_size() * p1.shape[-1]
+                == f.data_ptr() + f.element_size() * f.shape[1])
+
+    def flat_weights(self) -> torch.Tensor:
+        """All parameters as one (K, P) tensor, detached: the shared buffer when packed (writes
+        to it change the parameters), else a concatenated copy."""
+        if self.packed:
+            return self._flat
+        return torch.cat([p.detach().flatten(1) for p in self.tensors()], 1)
 
     def init_from_seeds(self, seeds: list[int]) -> None:
         """Network j initialised from its own generator seeded with seeds[j]."""
@@ -152,7 +202,7 @@ class HardwareAwareMLP(nn.Module):
             raise TrainingError("no non-ideality model attached (attach_noise first)")
         return self.mapping.draw(t, 1 if shared else self.k, cfg or self.noise_cfg, generator)
 
-    def effective(self, draws: Draws) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def effective(self, draws: Draws | Prepared) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Noisy weights [(T, K, *shape)] with straight-through gradients, stuck mask (T, K, P).
 
         Also keeps the clean flat weights of this forward in ``self.last_clean`` (K, P), which
@@ -163,7 +213,7 @@ class HardwareAwareMLP(nn.Module):
         self.last_clean, self.last_any_stuck = side[1], side[2]
         return list(outs), side[0]
 
-    def forward(self, x: torch.Tensor, draws: Draws | None = None,
+    def forward(self, x: torch.Tensor, draws: Draws | Prepared | None = None,
                 return_stuck: bool = False):
         """Logits (T, K, B, out); clean (T = 1) when draws is None."""
         act = ACTIVATIONS[self.activation]
@@ -181,9 +231,7 @@ class HardwareAwareMLP(nn.Module):
 
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """(..., K, P) -> per-tensor views (..., K, *shape) in self.tensors() order."""
-        out, a = [], 0
-        for p in self.tensors():
-            n = p[0].numel()
-            out.append(flat[..., a:a + n].reshape(*flat.shape[:-1], *p.shape[1:]))
-            a += n
-        return out
+        shapes = [p.shape[1:] for p in self.tensors()]
+        parts = flat.split([s.numel() for s in shapes], -1)
+        lead = flat.shape[:-1]
+        return [q.view(*lead, *s) for q, s in zip(parts, shapes, strict=True)]

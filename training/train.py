@@ -310,19 +310,25 @@ def train(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, db: NonIdealityDB | No
                 i = step % block_len
                 if i == 0:
                     # always a full block: the random stream must not depend on the run length
-                    block = model.draw(block_len, g_noise)
-                logits, stuck = model(xb, block[i:i + 1], return_stuck=True)
+                    block = model.mapping.prepare(model.draw(block_len, g_noise)).steps()
+                logits, stuck = model(xb, block[i], return_stuck=True)
             else:
                 logits, stuck = model(xb), None
             loss = loss_fn(logits, yb)
+            if freeze and model.last_any_stuck:  # (packed: the optimiser updates it in place)
+                clean = model.last_clean.clone() if model.packed else model.last_clean
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if freeze and model.last_any_stuck:  # about half the steps of the 2-8-1 network
                 with torch.no_grad():
-                    clean = model.split(model.last_clean)
-                    for p, s, m in zip(params, clean, model.split(stuck[0]), strict=False):
-                        p.copy_(torch.where(m, s, p))
+                    if model.packed:  # one buffer behind every parameter
+                        flat = model.flat_weights()
+                        flat.copy_(torch.where(stuck[0], clean, flat))
+                    else:
+                        for p, c, m in zip(params, model.split(clean), model.split(stuck[0]),
+                                           strict=True):
+                            p.copy_(torch.where(m, c, p))
             if frozen is not None:  # networks that stopped keep their weights
                 with torch.no_grad():
                     for p, f in zip(params, frozen, strict=True):

@@ -95,3 +95,22 @@ def test_reference_four_sigma_rule_on_weights_only(db):
     assert sel.numel() > 0 and torch.allclose(sel, torch.full_like(sel, 60e-6))
     bias_cols = ~four[0] & (m.mapping.keys[0] > 0)
     assert torch.all(sh[:, 0, bias_cols].abs() < 41e-6)
+
+
+@pytest.mark.parametrize("mapping", ["physical", "reference"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_fast_path_equals_device_by_device(db, mapping, shared):
+    """apply (coefficients folded once per block) = the literal conductance computation."""
+    m = model(db, mapping, k=2, cfg=dataclasses.replace(NoiseConfig(), stuck_hrs_rate=0.1,
+                                                        stuck_lrs_rate=0.1))
+    with torch.no_grad():  # network 1: an all-negative hidden bias (reference: single column)
+        m.layers[0].bias[1].copy_(-torch.rand(8) - 0.1)
+    theta = flat(m)
+    for cfg in (m.noise_cfg, NoiseConfig.off(),
+                dataclasses.replace(NoiseConfig.off(), stuck=True, disturbance=True)):
+        d = m.draw(20, torch.Generator().manual_seed(4), cfg, shared=shared)
+        w1, s1 = m.mapping.apply(theta, d)
+        w2, s2 = m.mapping.apply_direct(theta, d)
+        torch.testing.assert_close(w1, w2, rtol=1e-4, atol=1e-6)
+        assert torch.equal(s1, s2)
+    assert s1.any()
