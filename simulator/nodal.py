@@ -137,7 +137,7 @@ class NodalSolver:
         self.ab = a * N + b
         self.ba = b * N + a
         self._patterns: dict[bytes, _Pattern] = {}
-        self._tr: tuple[np.ndarray, np.ndarray] | None = None
+        self._tr: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
 
     # -- building blocks -----------------------------------------------------------------------
     def _pattern(self, row_driven: np.ndarray, col_driven: np.ndarray) -> _Pattern:
@@ -333,66 +333,78 @@ class NodalSolver:
         k = rows.size
         if k == 0:
             return np.zeros((0, n))
-        zw, zb = self._transfer()
+        zw, zb, kron = self._transfer()
         linear = self.v_nl is None
         scale = 1.0 if linear else self.v_nl
         # work in x = vd / v_nl so the I-V is sinh(x) with no division per iteration
-        gs = (g if linear else g * self.s).reshape(m, n)
-        # one drive: plain 2-D arrays (cheaper than a batch of one)
-        shape = (m, n) if k == 1 else (k, m, n)
-        x0 = np.zeros(shape)
-        if k == 1:
-            x0[rows[0], :] = volts / scale
+        gs = g if linear else g * self.s
+        if kron is not None:
+            # small arrays: device states as vectors of rows*cols (row-major) and the whole
+            # line response as one symmetric matrix, so an iteration is one matrix product
+            if k == 1:
+                shape = (m * n,)
+                x0 = np.zeros(shape)
+                r = int(rows[0])
+                x0[r * n:(r + 1) * n] = volts / scale
+                respond = kron.dot
+            else:
+                shape = (k, m * n)
+                x0 = np.zeros(shape)
+                for a, r in enumerate(rows.tolist()):
+                    x0[a, r * n:(r + 1) * n] = volts / scale
+
+                def respond(cur):
+                    return cur @ kron
         else:
+            gs = gs.reshape(m, n)
+            shape = (k, m, n)
+            x0 = np.zeros(shape)
             x0[np.arange(k), rows, :] = volts / scale
+
+            def respond(cur):
+                return cur @ zw + zb @ cur
         # every node lies between 0 and `volts`, so |vd| <= |volts|: bound the device slopes
         slope = gs if linear else gs * math.cosh(volts / scale)
-        rho = float((slope @ zw + zb @ slope).max())   # max-norm bound of the map's Jacobian
+        # max-norm bound of the map's Jacobian (the response is non-negative)
+        rho = float(respond(slope if kron is not None else slope[None]).max())
         if rho >= 0.5:
             return None
         tol = _ATOL_V / scale
         cur = np.empty(shape)
-        x = np.empty(shape)
 
-        def iterate(src):
-            # x <- x0 - I(src) @ Zw - Zb @ I(src)
+        def current(x):
             if linear:
-                np.multiply(gs, src, out=cur)
-            else:
-                np.sinh(src, out=cur)
-                np.multiply(cur, gs, out=cur)
-            np.subtract(x0, cur @ zw, out=x)
-            np.subtract(x, zb @ cur, out=x)
+                return np.multiply(gs, x, out=cur)
+            np.sinh(x, out=cur)
+            return np.multiply(cur, gs, out=cur)
 
-        iterate(x0)
-        step = float(np.max(np.abs(x - x0)))
+        x = x0 - respond(current(x0))
+        step = float(np.abs(x - x0).max())
         # error after j more iterations <= rho^(j+1) / (1 - rho) * step
         bound = step * rho / (1.0 - rho)
         extra = 0
         if bound > tol and rho > 0.0:
             extra = int(math.ceil(math.log(tol / bound) / math.log(rho)))
         for _ in range(min(extra, _MAX_ITER)):
-            iterate(x)
-        if linear:
-            np.multiply(gs, x, out=cur)
-        else:
-            np.sinh(x, out=cur)
-            cur *= gs
+            x = x0 - respond(current(x))
         # all current entering a bit line leaves through its sense end
-        return cur.sum(axis=-2).reshape(k, n)
+        return current(x).reshape(k, m, n).sum(axis=1)
 
-    def _transfer(self) -> tuple[np.ndarray, np.ndarray]:
+    def _transfer(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Transfer resistances of one word line (cols x cols) and one bit line (rows x rows),
-        in units of v_nl (ohm / V_nl) so the iteration works on x = vd / v_nl."""
+        in units of v_nl (ohm / V_nl) so the iteration works on x = vd / v_nl; for arrays of
+        up to 256 devices also the whole response as one (rows*cols)^2 matrix."""
         tr = self._tr
         if tr is None:
             m, n = self.rows, self.cols
             scale = 1.0 if self.v_nl is None else self.v_nl
             j, i = np.arange(n), np.arange(m)
             # word lines driven at column 0; bit lines at row m-1
-            zw = self.r_source + self.r_line * np.minimum.outer(j, j)
-            zb = self.r_source + self.r_line * (m - 1 - np.maximum.outer(i, i))
-            tr = self._tr = (zw / scale, zb / scale)
+            zw = (self.r_source + self.r_line * np.minimum.outer(j, j)) / scale
+            zb = (self.r_source + self.r_line * (m - 1 - np.maximum.outer(i, i))) / scale
+            # vec(I @ Zw + Zb @ I) = (1_m (x) Zw + Zb (x) 1_n) vec(I), row-major vec
+            kron = (np.kron(np.eye(m), zw) + np.kron(zb, np.eye(n))) if m * n <= 256 else None
+            tr = self._tr = (zw, zb, kron)
         return tr
 
     def _grounded(self, g: np.ndarray, volts: float, rows: np.ndarray) -> np.ndarray:

@@ -171,6 +171,12 @@ class K4200Emulator:
             self._seq_key[(ch, seq)] = tuple(src.items())
             return None
         head, _, rest = msg.partition(" ")
+        # the commands of every pulse / read step first
+        if head == ":PMU:TEST:STATUS?":
+            return "0"
+        if head == ":PMU:EXECUTE":
+            self._execute()
+            return None
         args = [a.strip() for a in rest.split(",")] if rest.strip() else []
         if head == ":PMU:INIT":
             if args not in (["0"], ["1"]):
@@ -216,11 +222,6 @@ class K4200Emulator:
             self.outputs[ch] = args[1] == "1"
             self._publish()
             return None
-        if head == ":PMU:EXECUTE":
-            self._execute()
-            return None
-        if head == ":PMU:TEST:STATUS?":
-            return "0"
         if head == ":PMU:ABORT":
             return None
         if head == ":PMU:DATA:COUNT?":

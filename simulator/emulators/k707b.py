@@ -42,6 +42,7 @@ class K707BEmulator:
         self.latency = latency if latency is not None else getattr(world, "latency", None)
         self.selections = 0
         self._parsed: dict[tuple[str, bool], frozenset[str] | None] = {}
+        self._chunks: dict[str, list[dict]] = {}
         if world is not None:
             world.closed_channels = self.physically_closed
 
@@ -115,24 +116,35 @@ class K707BEmulator:
             return None
         if up == "*OPC?":
             return "1"
+        stmts = self._chunks.get(msg)
+        if stmts is None:
+            stmts = self._parse_chunk(msg)
+            if isinstance(stmts, str):
+                self.errors.append((-285, stmts))
+                return None
+            if len(self._chunks) >= 1024:
+                self._chunks.clear()
+            self._chunks[msg] = stmts   # a rig sends the same few chunks over and over
+        out: list[str] = []
+        for g in stmts:
+            self._run(g, out)
+        return "\n".join(out) if out else None
+
+    @staticmethod
+    def _parse_chunk(msg: str) -> list[dict] | str:
+        """The statements of a TSP chunk (their regex groups), or the syntax error text."""
         stmts = []
         pos = 0
         while pos < len(msg):
             m = _STMT.match(msg, pos)
             if not m or m.end() == pos:
                 near = msg[pos:pos + 20]
-                self.errors.append((-285, f"TSP Syntax error at line 1: unexpected symbol "
-                                          f"near '{near}'"))
-                return None
-            stmts.append(m)
+                return f"TSP Syntax error at line 1: unexpected symbol near '{near}'"
+            stmts.append(m.groupdict())
             pos = m.end()
-        out: list[str] = []
-        for m in stmts:
-            self._run(m, out)
-        return "\n".join(out) if out else None
+        return stmts
 
-    def _run(self, m: re.Match, out: list[str]) -> None:
-        g = m.groupdict()
+    def _run(self, g: dict, out: list[str]) -> None:
         if g["op"]:
             op = g["op"]
             spec = g["list"]
