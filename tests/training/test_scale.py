@@ -129,3 +129,30 @@ def test_digits_mlp_trains_and_evaluates_with_argmax(db):
     s = res.summary()
     assert s["clean_acc"] > 0.8  # argmax over 10 classes, far above chance (0.1)
     assert 0 <= s["share_correct_95"] <= 1 and res.transfer_acc.shape == (40, 1)
+
+
+def test_cli_digits_train_with_early_stopping_and_evaluate(tmp_path):
+    pytest.importorskip("sklearn")
+    import json
+
+    from click.testing import CliRunner
+
+    from xbarlab.cli import cli
+
+    model = tmp_path / "d.pt"
+    r = CliRunner().invoke(cli, ["train", "--dataset", "digits", "--out", str(model),
+                                 "--epochs", "4", "--patience", "1", "--eval-every", "2",
+                                 "--lr", "0", "--k", "2", "--tile", "16x8", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "early stopping: 2 of 2 stopped" in r.output  # lr 0: no improvement after epoch 2
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(cli, ["evaluate", "--model", str(model), "--transfers", "30",
+                                 "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((out / "summary.json").read_text())
+    cfg = s["config"]
+    assert cfg["sizes"] == [64, 32, 10] and cfg["tile_rows"] == 16 and cfg["patience"] == 1
+    assert s["train_steps"] == 4 * 5 and s["steps_per_network"] == [20, 20]  # 1,180 pts / 256
+    assert s["stopped_early"] == [True, True] and len(s["per_network"]) == 2
+    assert s["networks"]["hardware_aware"]["transfers"] == 30
+    assert "boundary_map" not in s["figures"]  # 64-D inputs: no input-plane map

@@ -44,12 +44,14 @@ def _progress():
                     TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
 
 
-def _train_with_progress(progress, label: str, cfg, x, y, db, device):
+def _train_with_progress(progress, label: str, cfg, x, y, db, device, val=None):
     from training.train import train
 
     task = progress.add_task(label, total=cfg.epochs * -(-len(y) // cfg.batch_size))
-    return train(cfg, x, y, db, device=device,
-                 progress=lambda s, _t: progress.update(task, completed=s))
+    res = train(cfg, x, y, db, device=device, val=val,
+                progress=lambda s, _t: progress.update(task, completed=s))
+    progress.update(task, completed=res.steps, total=res.steps)  # early stop: close the bar
+    return res
 
 
 def _table(title: str, summaries: dict[str, dict]):
@@ -91,43 +93,63 @@ def register(cli: click.Group) -> None:
                   help="Non-ideality database (.h5), or 'reference' for the shipped one.")
     @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint.")
     @click.option("--regular", is_flag=True, help="Train the regular (noise-free) network.")
-    @click.option("--epochs", default=10_000, show_default=True, type=click.IntRange(0))
+    @click.option("--dataset", type=click.Choice(["moons", "digits"]), default="moons",
+                  show_default=True)
+    @click.option("--epochs", default=None, type=click.IntRange(0),
+                  help="Default: 10,000 (moons, the paper's) or 300 (digits).")
+    @click.option("--lr", default=None, type=click.FloatRange(min=0),
+                  help="Adam learning rate. Default: 0.1 (moons) or 0.01 (digits).")
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
     @click.option("--k", "k", default=1, show_default=True, type=click.IntRange(1),
                   help="Networks trained side by side (seeds seed..seed+k-1).")
     @click.option("--mapping", type=MAPPING, default="physical", show_default=True)
-    @click.option("--dataset", type=click.Choice(["moons", "digits"]), default="moons",
-                  show_default=True)
-    @click.option("--hidden", default=None, help="Hidden sizes, e.g. '8' or '32,16'.")
+    @click.option("--hidden", default=None,
+                  help="Hidden sizes, e.g. '8' or '32,16'. Default: 8 (moons), 32 (digits).")
     @click.option("--tile", default="8x8", show_default=True, help="Tile size ROWSxCOLS.")
     @click.option("--separate-bias-tile", is_flag=True, help="Bias on tiles of its own.")
+    @click.option("--patience", default=None, type=click.IntRange(1),
+                  help="Early stopping: epochs without validation-loss improvement (off).")
+    @click.option("--min-delta", default=0.0, show_default=True, type=click.FloatRange(0),
+                  help="Early stopping: smallest loss decrease that counts as improvement.")
+    @click.option("--eval-every", default=50, show_default=True, type=click.IntRange(1),
+                  help="Early stopping: epochs between validation checks.")
     @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:n].")
-    def train_cmd(db_path, out, regular, epochs, seed, k, mapping, dataset, hidden, tile,
-                  separate_bias_tile, device):
+    def train_cmd(db_path, out, regular, dataset, epochs, lr, seed, k, mapping, hidden, tile,
+                  separate_bias_tile, patience, min_delta, eval_every, device):
         """Train a hardware-aware (default) or regular network; save a checkpoint."""
         _need_torch()
-        from training.train import TrainConfig, load_dataset, save_checkpoint
+        from training.train import DATASET_DEFAULTS, TrainConfig, load_dataset, save_checkpoint
 
         data = load_dataset(dataset, seed)
         x, y = data["train"]
+        dflt = DATASET_DEFAULTS[dataset]
         n_out = 1 if dataset == "moons" else int(y.max()) + 1
-        hid = [int(h) for h in hidden.split(",")] if hidden else ([8] if dataset == "moons"
-                                                                  else [32])
+        try:
+            hid = [int(h) for h in hidden.split(",")] if hidden else list(dflt["hidden"])
+        except ValueError:
+            raise click.BadParameter(f"hidden must look like 32 or 32,16, got {hidden!r}",
+                                     param_hint="--hidden") from None
         try:
             tr, tc = (int(v) for v in tile.lower().split("x"))
         except ValueError:
             raise click.BadParameter(f"tile must look like 8x8, got {tile!r}") from None
         cfg = TrainConfig(sizes=(x.shape[1], *hid, n_out), hardware_aware=not regular,
-                          epochs=epochs, seed=seed, k=k, mapping=mapping, dataset=dataset,
-                          tile_rows=tr, tile_cols=tc, share_bias=not separate_bias_tile,
-                          activation="sigmoid" if dataset == "moons" else "relu")
+                          epochs=dflt["epochs"] if epochs is None else epochs,
+                          lr=dflt["lr"] if lr is None else lr, seed=seed, k=k, mapping=mapping,
+                          dataset=dataset, tile_rows=tr, tile_cols=tc,
+                          share_bias=not separate_bias_tile, activation=dflt["activation"],
+                          patience=patience, min_delta=min_delta, eval_every=eval_every)
         db = _load_db(db_path)
         with _progress() as p:
             res = _train_with_progress(p, "regular" if regular else "hardware-aware", cfg, x,
-                                       y, db, device)
+                                       y, db, device, val=data.get("validation"))
         save_checkpoint(res, out)
+        stop = ""
+        if patience is not None:
+            stop = f" (early stopping: {sum(res.stopped_early)} of {k} stopped; steps per " \
+                   f"network {res.steps_per_network})"
         click.echo(f"wrote {out}: {res.steps} steps in {res.seconds:.1f} s, final loss "
-                   f"{res.loss_history[-1] if res.loss_history else float('nan'):.4f}")
+                   f"{res.loss_history[-1] if res.loss_history else float('nan'):.4f}{stop}")
 
     @cli.command("evaluate")
     @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False))
@@ -159,7 +181,13 @@ def register(cli: click.Group) -> None:
                                  share_bias=cfg.share_bias)
         name = "hardware_aware" if cfg.hardware_aware else "regular"
         summary = write_report(Path(out), {name: res}, {name: model}, xt, yt,
-                               extra={"model": str(model_path), "config": cfg.to_dict()})
+                               extra={"model": str(model_path), "config": cfg.to_dict(),
+                                      "train_steps": meta.get("steps"),
+                                      "steps_per_network": meta.get("steps_per_network"),
+                                      "stopped_early": meta.get("stopped_early"),
+                                      "train_seconds": meta.get("train_seconds"),
+                                      **({"per_network": [res.summary(j) for j in
+                                                          range(cfg.k)]} if cfg.k > 1 else {})})
         Console().print(_table(f"{transfers} transfers ({mapping or cfg.mapping} mapping)",
                                summary["networks"]))
         click.echo(f"wrote {out}/summary.json and figures")
