@@ -140,6 +140,18 @@ class K707B(MessageInstrument):
                               command=command, reply=f"{code}\t{text}")
 
     def make_safe(self) -> None:
+        """Open every relay and confirm it from the instrument's own closed list.
+
+        The confirmation rides in the same round trip; a lost or ignored open is retried once and
+        then reported, because "relays open" must never be assumed.
+        """
         self._selected = None
-        self.write('channel.open("allslots")')
-        self._selected = frozenset()
+        cmd = 'channel.open("allslots") waitcomplete() print(channel.getclose("allslots"))'
+        reply = ""
+        for _ in range(2):
+            reply = self.query(cmd)
+            if reply in ("nil", ""):
+                self._selected = frozenset()
+                return
+        raise InstrumentError("relays not confirmed open after two tries", instrument=self.name,
+                              command=cmd, reply=reply)

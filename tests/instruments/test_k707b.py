@@ -58,7 +58,17 @@ def test_bad_channel_names_send_nothing():
 
 
 def test_close_opens_every_relay():
-    t = Scripted([('channel.open("allslots")', None)])
+    cmd = 'channel.open("allslots") waitcomplete() print(channel.getclose("allslots"))'
+    t = Scripted([(cmd, "nil")])
     with K707B(t):
         pass
-    assert t.sent == ['channel.open("allslots")'] and t.closed
+    assert t.sent == [cmd] and t.closed
+
+
+def test_safe_state_retries_then_reports_relays_still_closed():
+    cmd = 'channel.open("allslots") waitcomplete() print(channel.getclose("allslots"))'
+    t = Scripted([(cmd, "1A01"), (cmd, "nil")])
+    K707B(t).make_safe()  # one retry is enough
+    t = Scripted([(cmd, "1A01"), (cmd, "1A01")])
+    with pytest.raises(InstrumentError, match="not confirmed open"):
+        K707B(t).make_safe()

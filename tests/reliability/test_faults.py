@@ -203,9 +203,6 @@ def test_fault_mid_campaign_keeps_finished_devices_and_rerun_resumes(tmp_path, m
     assert unsafe_parts(st) == []
 
 
-@pytest.mark.xfail(reason="K707B.make_safe sends channel.open(\"allslots\") as an unchecked write: "
-                          "a lost message leaves relays closed with no error (reported; fixing "
-                          "it changes the driver's message-exact tests)", strict=False)
 def test_lost_safe_state_command_is_noticed():
     st, rig = open_station("sim-pmu")
     rig.read(0, 0)
