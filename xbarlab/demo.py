@@ -45,6 +45,9 @@ class DemoSettings:
     mc_transfers: int  # Monte-Carlo transfers per network
     map_transfers: int  # transfers behind the decision-boundary maps
     chips: int  # fresh virtual chips each network is programmed onto
+    # instrument time between a tuning and its settled read: post-SET relaxation (tau ~ 5 s)
+    # is what makes the measured offset negative, as on the real devices (physics.md §4.2)
+    settle_s: float = 20.0
 
 
 QUICK = DemoSettings(tuning_devices=("dev0", "dev1"), tuning_levels=4, tuning_repeats=4,
@@ -127,7 +130,8 @@ def step_campaigns(out: Path, settings: DemoSettings, seed: int, *,
     wg, pmu = _station(out / "station" / "sim-wgfmu.yaml"), _station(out / "station" /
                                                                      "sim-pmu.yaml")
     jobs = [(wg, tuning_untuning, tuning_untuning.TuningUntuningConfig(
-        levels=settings.tuning_levels, repeats=settings.tuning_repeats), n)
+        levels=settings.tuning_levels, repeats=settings.tuning_repeats,
+        settle_s=settings.settle_s), n)
         for n in settings.tuning_devices]
     jobs += [(pmu, stuck, stuck.StuckConfig(), n) for n in settings.stuck_crossbars]
     jobs += [(pmu, disturbance, disturbance.DisturbanceConfig(), n)
