@@ -35,29 +35,28 @@ class _StraightThrough(torch.autograd.Function):
     """Forward: the noisy weights of every tensor. Backward: identity, zero where stuck.
 
     One autograd node for the whole network instead of a chain of cat/slice/arithmetic nodes
-    (that chain cost more than the noise itself at this network size).
+    (that chain cost more than the noise itself at this network size). Its input is the whole
+    network as one (K, P) tensor: the model's flat parameter when training set one up
+    (HardwareAwareMLP.flat_parameter), else a concatenation of the layer parameters (so their
+    .grad is filled as usual).
     """
 
     @staticmethod
-    def forward(ctx, model, draws, side, *params):
-        flat = model.flat_weights()
+    def forward(ctx, model, draws, side, flat):
+        flat = flat.detach()
         noisy, stuck = model.mapping.apply(flat, draws)
         any_stuck = (any(draws.any_stuck) if isinstance(draws, Prepared)
                      else bool(stuck.any()))
         side.extend((stuck, flat, any_stuck))
-        ctx.model, ctx.stuck, ctx.any_stuck = model, stuck, any_stuck
+        ctx.stuck, ctx.any_stuck = stuck, any_stuck
         return tuple(model.split(noisy))
 
     @staticmethod
     def backward(ctx, *grads):
-        out: list = [None, None, None]
-        if not ctx.any_stuck:  # identity: only sum over the T draws (T = 1: a view)
-            return tuple(out + [None if g is None else g[0] if g.shape[0] == 1 else g.sum(0)
-                                for g in grads])
-        keep = ctx.model.split(~ctx.stuck)
-        for g, k in zip(grads, keep, strict=False):
-            out.append(None if g is None else (g * k).sum(0))
-        return tuple(out)
+        g = torch.cat([q.flatten(2) for q in grads], -1)  # (T, K, P)
+        if ctx.any_stuck:
+            g = g.masked_fill(ctx.stuck, 0.0)
+        return None, None, None, g[0] if g.shape[0] == 1 else g.sum(0)
 
 
 class HardwareAwareLinear(nn.Module):
@@ -118,16 +117,15 @@ class HardwareAwareMLP(nn.Module):
 
         The noisy forward then reads all weights without a concatenation, and the training loop
         restores stuck weights with one operation on the buffer. Parameter names, shapes and
-        the state dict are unchanged (views, not new parameters). Only for K = 1: with K > 1
-        the views would not be contiguous, and torch's fused Adam mis-updates non-contiguous
-        parameters (it treats them as contiguous; checked with torch 2.13), so K > 1 keeps
-        separate parameters and concatenates them per forward.
+        the state dict are unchanged (views, not new parameters). With K > 1 the views are
+        not contiguous, and torch's fused Adam mis-updates non-contiguous parameters (it treats
+        them as contiguous; seen with torch 2.13): optimise ``flat_parameter()`` instead (the
+        training loop does), or the layer parameters with the non-fused Adam.
         """
         params = self.tensors()
         flat = torch.cat([p.detach().flatten(1) for p in params], 1)
         self._flat = None
-        if self.k != 1:
-            return
+        self._flat_param = None
         a = 0
         for p in params:
             n = p[0].numel()
@@ -151,6 +149,19 @@ class HardwareAwareMLP(nn.Module):
         return (p0.data_ptr() == f.data_ptr() and f.dtype == p0.dtype
                 and p1.data_ptr() + p1.element_size() * p1.shape[-1]
                 == f.data_ptr() + f.element_size() * f.shape[1])
+
+    def flat_parameter(self) -> nn.Parameter:
+        """A (K, P) leaf parameter on the shared buffer, for the optimiser (one contiguous tensor).
+
+        From now on every forward (clean or noisy) computes with views of it, so gradients
+        land in its .grad (not in the layer parameters'), and its in-place updates are the
+        layer parameters' updates.
+        """
+        if not self.packed:
+            self._pack()
+        # a plain attribute, not a registered parameter: the state dict stays per layer
+        self.__dict__["_flat_param"] = nn.Parameter(self._flat)
+        return self._flat_param
 
     def flat_weights(self) -> torch.Tensor:
         """All parameters as one (K, P) tensor, detached: the shared buffer when packed (writes
@@ -209,7 +220,9 @@ class HardwareAwareMLP(nn.Module):
         the training loop uses to restore stuck weights after the optimiser step.
         """
         side: list[torch.Tensor] = []
-        outs = _StraightThrough.apply(self, draws, side, *self.tensors())
+        fp = self._flat_param if self.packed else None
+        flat = fp if fp is not None else torch.cat([p.flatten(1) for p in self.tensors()], 1)
+        outs = _StraightThrough.apply(self, draws, side, flat)
         self.last_clean, self.last_any_stuck = side[1], side[2]
         return list(outs), side[0]
 
@@ -219,7 +232,9 @@ class HardwareAwareMLP(nn.Module):
         act = ACTIVATIONS[self.activation]
         stuck = None
         if draws is None:
-            ws = [None] * (2 * len(self.layers))
+            fp = self._flat_param if self.packed else None
+            ws = [None] * (2 * len(self.layers)) if fp is None else \
+                [w.unsqueeze(0) for w in self.split(fp)]
         else:
             ws, stuck = self.effective(draws)
         h = x

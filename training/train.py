@@ -285,14 +285,16 @@ def train(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, db: NonIdealityDB | No
     yt = torch.as_tensor(np.asarray(y), device=dev)
     yt = yt.float() if cfg.sizes[-1] == 1 else yt.long()
     n = xt.shape[0]
-    params = model.tensors()
+    noisy = cfg.hardware_aware and cfg.noise.any()
+    # the optimiser sees the whole network as one contiguous (K, P) parameter (one fused Adam
+    # tensor, one-op restores); the regular single network keeps its layer parameters
+    params = [model.flat_parameter()] if noisy or cfg.k > 1 else model.tensors()
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.effective_weight_decay,
                            **_adam_kwargs(dev))
     g_data = torch.Generator().manual_seed(cfg.seed if cfg.data_seed is None else cfg.data_seed)
     # one noise generator per network, seeded from the network's own seed: network j draws the
     # same variates whether it trains alone or with others (k = 1: the generator of before)
     g_noise = [torch.Generator(device=dev).manual_seed(s + NOISE_SEED_OFFSET) for s in cfg.seeds]
-    noisy = cfg.hardware_aware and cfg.noise.any()
     per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * per_epoch
     freeze = noisy and cfg.freeze_stuck and cfg.noise.stuck
@@ -320,24 +322,19 @@ def train(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, db: NonIdealityDB | No
             else:
                 logits, stuck = model(xb), None
             loss = loss_fn(logits, yb)
-            if freeze and model.last_any_stuck:  # (packed: the optimiser updates it in place)
-                clean = model.last_clean.clone() if model.packed else model.last_clean
+            if freeze and model.last_any_stuck:  # the optimiser updates the buffer in place
+                clean = model.last_clean.clone()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if freeze and model.last_any_stuck:  # about half the steps of the 2-8-1 network
-                with torch.no_grad():
-                    if model.packed:  # one buffer behind every parameter
-                        flat = model.flat_weights()
-                        flat.copy_(torch.where(stuck[0], clean, flat))
-                    else:
-                        for p, c, m in zip(params, model.split(clean), model.split(stuck[0]),
-                                           strict=True):
-                            p.copy_(torch.where(m, c, p))
+                with torch.no_grad():  # one buffer behind every parameter
+                    flat = model.flat_weights()
+                    flat.copy_(torch.where(stuck[0], clean, flat))
             if frozen is not None:  # networks that stopped keep their weights
                 with torch.no_grad():
-                    for p, f in zip(params, frozen, strict=True):
-                        p[stopper.done] = f[stopper.done]
+                    flat = model.flat_weights()
+                    flat[stopper.done] = frozen[stopper.done]
             acc_loss += loss.detach()
             step += 1
             if step % log_every == 0 or step == total:
@@ -350,7 +347,7 @@ def train(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, db: NonIdealityDB | No
             if stopper.check(epoch + 1, step).any():
                 if bool(stopper.done.all()):
                     break
-                frozen = [p.detach().clone() for p in params]
+                frozen = model.flat_weights().clone()
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
