@@ -5,9 +5,11 @@ hardware-aware network and none for the regular one, batch 256, BCE with logits,
 (4 mini-batches of the 875 training points each: 40,000 steps). The regular network is trained
 by the same loop with every non-ideality off.
 
-Speed: all variates for a block of ``draw_block`` steps are drawn at once (training.noise), the
-noisy weights of the whole network are a few element-wise operations on one (K, P) tensor, and
-torch runs on one thread for these tiny tensors (thread start-up costs more than the work).
+Speed: all variates for a block of ``draw_block`` steps are drawn at once (training.noise) and
+folded into per-weight coefficients once per block (Mapping.prepare), so the noisy weights of
+the whole network are about ten element-wise operations on one (K, P) tensor per step; the
+optimiser sees the network as that one (K, P) parameter (HardwareAwareMLP.flat_parameter); torch
+runs on one thread for these tiny tensors (thread start-up costs more than the work).
 
 Seeds: network j of the ensemble is initialised from ``seed + j`` and draws its noise (and its
 validation transfers) from generators of its own seeded from ``seed + j``; the mini-batch order
