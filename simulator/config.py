@@ -27,8 +27,9 @@ class DeviceParams(BaseModel):
 
     # -- soft exponential kinetics ----------------------------------------------------------
     v0_set: float = Field(0.08, gt=0, le=1.0, description="SET softness V0s [V]")
-    v0_reset: float = Field(0.17, gt=0, le=1.0, description="RESET softness V0r [V] "
-                            "(main knob of the V/3 negative tail)")
+    v0_reset: float = Field(0.20, gt=0, le=1.0, description="RESET softness V0r [V] "
+                            "(main knob of the V/3 negative tail; physics.md range 0.15-0.20, "
+                            "calibrated to the disturbance database: 0.20)")
     g0_set: float = Field(0.6e-6, gt=0, le=1e-3,
                           description="SET step at threshold for a t_ref pulse [S]")
     g0_reset: float = Field(0.6e-6, gt=0, le=1e-3,
@@ -41,8 +42,9 @@ class DeviceParams(BaseModel):
     # -- variability -----------------------------------------------------------------------
     sigma_c2c: float = Field(0.5, ge=0, le=3.0, description="cycle-to-cycle lognormal sigma "
                              "of every step (one draw per device per pulse)")
-    sigma_vth: float = Field(0.07, ge=0, le=1.0, description="device-to-device threshold "
-                             "offsets delta_s, delta_r, independent normal sigma [V]")
+    sigma_vth: float = Field(0.10, ge=0, le=1.0, description="device-to-device threshold "
+                             "offsets delta_s, delta_r, independent normal sigma [V] "
+                             "(physics.md range 0.05-0.1, calibrated: 0.10)")
     sigma_g0: float = Field(0.3, ge=0, le=3.0,
                             description="device-to-device lognormal sigma of g0_set and g0_reset")
 
@@ -55,7 +57,9 @@ class DeviceParams(BaseModel):
                                      "positive step that is volatile (goes to Gv)")
     volatile_cap: float = Field(0.011, ge=0, le=1.0,
                                 description="cap psi of Gv as a fraction of G")
-    tau_relax: float = Field(5.0, gt=0, description="relaxation time constant of Gv [s]")
+    tau_relax: float = Field(20.0, gt=0, description="relaxation time constant of Gv [s] "
+                             "(physics.md model value 5 s; calibrated: 20 s, so a device read "
+                             "a few seconds after its tuning has not yet lost most of Gv)")
 
     # -- reads -----------------------------------------------------------------------------
     read_noise_rel: float = Field(0.0015, ge=0, le=0.5,
