@@ -24,17 +24,21 @@ def main(epochs: int = 10_000) -> None:
     (x, y), (xt, yt) = data["train"], data["test"]
     rows = []
     for name, hw in (("hardware-aware", True), ("regular", False)):
+        c0 = time.process_time()
         r = train(TrainConfig(epochs=epochs, hardware_aware=hw, mapping="reference"), x, y, db)
+        cpu = time.process_time() - c0
         t0 = time.perf_counter()
         res = evaluate_transfers(r.model, xt, yt, 10_000, db, mapping="reference")
-        rows.append((name, r.steps, r.seconds, time.perf_counter() - t0,
+        rows.append((name, r.steps, r.seconds, cpu, time.perf_counter() - t0,
                      res.summary()["share_correct_95"]))
-    print(f"{'network':<16}{'steps':>8}{'train [s]':>11}{'us/step':>9}"
+    # the machine is shared: process CPU time (incl. model set-up) is less disturbed than wall
+    print(f"{'network':<16}{'steps':>8}{'train [s]':>11}{'cpu [s]':>9}{'us/step':>9}"
           f"{'eval 10k [s]':>14}{'>=95% share':>13}")
-    for name, steps, tr, ev, share in rows:
-        print(f"{name:<16}{steps:>8}{tr:>11.1f}{tr / steps * 1e6:>9.0f}{ev:>14.3f}{share:>13.1%}")
-    print(f"HW-aware / regular training time: {rows[0][2] / rows[1][2]:.2f}x "
-          "(targets: < 60 s, <= 2x; eval < 1 s)")
+    for name, steps, tr, cpu, ev, share in rows:
+        print(f"{name:<16}{steps:>8}{tr:>11.1f}{cpu:>9.1f}{tr / steps * 1e6:>9.0f}{ev:>14.3f}"
+              f"{share:>13.1%}")
+    print(f"HW-aware / regular training time: {rows[0][2] / rows[1][2]:.2f}x wall, "
+          f"{rows[0][3] / rows[1][3]:.2f}x cpu (targets: < 60 s, <= 2x; eval < 1 s)")
 
 
 if __name__ == "__main__":

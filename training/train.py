@@ -383,6 +383,7 @@ def save_checkpoint(result: TrainResult, path: str | Path) -> Path:
         "steps": result.steps,
         "steps_per_network": list(result.steps_per_network),
         "stopped_early": list(result.stopped_early),
+        "val_history": [[int(st), [float(v) for v in ls]] for st, ls in result.val_history],
         "loss_history": result.loss_history,
     }
     tmp = path.with_name(path.name + ".tmp")
