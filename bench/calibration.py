@@ -40,6 +40,8 @@ from simulator.direct_rig import SimulatedRig  # noqa: E402
 from xbarlab.station import load_station  # noqa: E402
 
 STATION = ROOT / "xbarlab" / "stations" / "sim-pmu.yaml"
+PAPER_DB = (ROOT / "database" / "reference_data" / "hardware_aware_article"
+            / "drift_delta_samples.csv")
 
 
 def paper_sigma_pct(g_uS):
@@ -60,11 +62,21 @@ def section_tuning(tmp: Path, n_dev: int, repeats: int, settle: float):
     df = read_table(tmp / "tu.h5", "tunings")
     ok = df[df.converged]
     err = (ok.g_settled - ok.target) / ok.target * 100
-    print("   level (uS)   sigma (%)  paper sigma (%)   mean offset (%)   n")
+    print("   level (uS)   sigma (%)  +-SE   paper sigma (%)   mean offset (%)   n")
+    lv_us, sig = [], []
     for lv, e in err.groupby(ok.target):
-        print(f"   {lv * 1e6:9.1f}   {e.std():9.3f}  {paper_sigma_pct(lv * 1e6):15.3f}   "
+        se = e.std() / np.sqrt(2 * (e.size - 1))
+        print(f"   {lv * 1e6:9.1f}   {e.std():9.3f}  {se:5.3f}  {paper_sigma_pct(lv * 1e6):15.3f}   "
               f"{e.mean():+15.3f}   {e.size}")
+        lv_us.append(lv * 1e6)
+        sig.append(e.std())
+    slope, icpt = np.polyfit(lv_us, sig, 1)
+    print(f"   linear fit sigma% = {slope:.3e} * G[uS] + {icpt:.3f}  "
+          "(paper: -6.240e-04 * G[uS] + 0.691)")
     print(f"   mean offset over all: {err.mean():+.3f} %  (paper -0.589 %, always negative)")
+    dev_off = err.groupby(ok.device).mean()
+    print(f"   per-device mean offset: sd {dev_off.std():.3f} % over {dev_off.size} devices "
+          "(paper model: offset N(-0.589 %, 0.339 %) per device)")
     print(f"   pulses per tuning: median {np.median(df.pulses):.0f}, p90 "
           f"{np.percentile(df.pulses, 90):.0f}  (physics.md model: 30-70, p90 ~70-80)")
     print(f"   failure rate: {100 * (~df.converged).mean():.2f} % of {len(df)} tunings "
@@ -91,13 +103,22 @@ def section_disturbance(tmp: Path, n_xbar: int):
     d = s.delta * 1e6
     print(f"   all samples: n={d.size}, mean {d.mean():+.2f} uS, sd {d.std():.2f} uS, "
           f"1st pct {np.percentile(d, 1):+.2f} uS, min {d.min():+.2f}, max {d.max():+.2f} uS")
-    print("   k range     mean (uS)   1st pct (uS)   n      (paper: mean -0.4 (k=1) -> ~-8 "
-          "(k 25-40); samples within +-40 uS)")
-    for lo, hi in [(1, 1), (2, 8), (9, 16), (17, 32), (33, 48), (49, 63)]:
-        sel = d[(s.k >= lo) & (s.k <= hi)]
+    ref = pd.read_csv(PAPER_DB)
+    ref_k, ref_d = ref.key.to_numpy(), ref.delta_S.to_numpy() * 1e6
+    print("   simulated                                    | paper database (drift_delta_samples)")
+    print("   k range  mean   sd    p1    p25   p75   min  | mean   sd    p1    p25   p75    n")
+    for lo, hi in [(1, 1), (2, 8), (9, 16), (17, 24), (25, 40), (41, 63)]:
+        sel = d[(s.k >= lo) & (s.k <= hi)].to_numpy()
+        rsel = ref_d[(ref_k >= lo) & (ref_k <= hi)]
         if sel.size:
-            print(f"   {lo:2d}-{hi:2d}      {sel.mean():+9.2f}   {np.percentile(sel, 1):+11.2f}"
-                  f"   {sel.size}")
+            q = np.percentile(sel, [1, 25, 75])
+            line = (f"   {lo:2d}-{hi:2d}  {sel.mean():+5.1f} {sel.std():5.1f} {q[0]:+5.1f} "
+                    f"{q[1]:+5.1f} {q[2]:+5.1f} {sel.min():+5.1f} |")
+            if rsel.size:
+                rq = np.percentile(rsel, [1, 25, 75])
+                line += (f" {rsel.mean():+5.1f} {rsel.std():5.1f} {rq[0]:+5.1f} {rq[1]:+5.1f} "
+                         f"{rq[2]:+5.1f} {rsel.size:5d}")
+            print(line)
     print(f"   wall {wall:.1f} s")
 
 
@@ -144,35 +165,52 @@ def section_fast(n: int):
     print(f"   median pulse ratio fast/alibart = {ratio:.2f} (target <= 0.5)")
 
 
-def section_paper_sized(tmp: Path, n_dev: int, repeats: int):
+def section_paper_sized(tmp: Path, n_dev: int, repeats: int, stack: bool):
+    where = "full driver stack: sim-pmu" if stack else "SimulatedRig, default line resistance"
     print(f"\n== 5. paper-sized tuning/untuning: {n_dev} devices x 8 levels x {repeats} repeats "
-          "(SimulatedRig, ideal lines), Alibart, history recorded")
-    rig = SimulatedRig(Crossbar(CrossbarConfig(r_line=0.0, r_source=0.0), seed=3))
-    devs = [(r, c) for r in range(8) for c in range(8) if not rig.crossbar.stuck[r, c]][:n_dev]
-    cfg = tuning_untuning.TuningUntuningConfig(devices=devs, repeats=repeats)
+          f"({where}), Alibart, history recorded")
+    if stack:
+        st = load_station(STATION)
+        ctx = st.open_rig()
+        chip = st.chip
+    else:
+        ctx = SimulatedRig(Crossbar(CrossbarConfig(), seed=3))
+        chip = None
     t0 = time.perf_counter()
-    res = tuning_untuning.run(rig, cfg, tmp / "paper.h5", seed=1, progress=False)
+    with ctx as rig:
+        xb = chip["xbar0"] if stack else rig.crossbar
+        devs = [(r, c) for r in range(8) for c in range(8) if not xb.stuck[r, c]][:n_dev]
+        cfg = tuning_untuning.TuningUntuningConfig(devices=devs, repeats=repeats)
+        res = tuning_untuning.run(rig, cfg, tmp / "paper.h5", seed=1, progress=False, chip=chip)
     wall = time.perf_counter() - t0
     s = res.summary
     print(f"   {s['tunings']} tunings, wall time {wall:.1f} s (target < 180 s); predicted "
-          f"instrument time {s['instrument_time_s']:.0f} s = {s['instrument_time_s'] / 3600:.2f} h "
-          f"at {rig.latency.round_trip * 1e3:g} ms per round trip; failures {s['failed']}, "
-          f"pulses median {s['pulses_median']:.0f}")
+          f"instrument time {s['instrument_time_s']:.0f} s = {s['instrument_time_s'] / 3600:.2f} h; "
+          f"failures {s['failed']}, pulses median {s['pulses_median']:.0f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller runs")
+    ap.add_argument("--paper-stack", action="store_true", help="run section 5 through the "
+                    "full driver stack (sim-pmu) instead of SimulatedRig")
+    ap.add_argument("--sections", default="12345", help="which sections to run, e.g. 125")
     ap.add_argument("--settle", type=float, default=60.0, help="settle time before the "
                     "settled read [s] (physics.md §4.2 protocol: 60 s)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        section_tuning(tmp, 2 if a.quick else 4, 3 if a.quick else 8, a.settle)
-        section_disturbance(tmp, 1 if a.quick else 2)
-        section_stuck(tmp)
-        section_fast(60 if a.quick else 200)
-        section_paper_sized(tmp, 4 if a.quick else 29, 5 if a.quick else 40)
+        sec = a.sections
+        if "1" in sec:
+            section_tuning(tmp, 2 if a.quick else 24, 3 if a.quick else 10, a.settle)
+        if "2" in sec:
+            section_disturbance(tmp, 1 if a.quick else 4)
+        if "3" in sec:
+            section_stuck(tmp)
+        if "4" in sec:
+            section_fast(60 if a.quick else 200)
+        if "5" in sec:
+            section_paper_sized(tmp, 4 if a.quick else 29, 5 if a.quick else 40, a.paper_stack)
 
 
 if __name__ == "__main__":
