@@ -1,6 +1,6 @@
 """Program a trained network onto crossbars: the ex-situ transfer, measured.
 
-Input is a :class:`training.export.ConductancePlan` (plain numpy; no torch needed here): per
+Input is a :class:`protocols.plan.ConductancePlan` (plain numpy; no torch needed here): per
 device its target conductance, its tile, its (row, col) position in the tile and its place in
 the programming order, exactly as the hardware-aware training assumed (training.tiles). Each
 tile goes onto its own crossbar (``crossbars[t]``, position (0, 0) of the tile at device (0, 0)
@@ -11,7 +11,7 @@ Per tile: open the rig (``with rig:``, so any error or Ctrl-C leaves it safe), p
 tile's devices one by one in the plan's order with the write-verify `tune`, optionally let
 ``settle_s`` of instrument time pass, then read the whole crossbar back (``read_array``) and keep
 the tile's devices. When the last tile is read back and test data were given, the network is
-evaluated from the read-back conductances (`training.export.plan_forward`: conductances read
+evaluated from the read-back conductances (`protocols.plan.plan_forward`: conductances read
 back and multiplied).
 
 Storage (database.runs, protocol "transfer"): the plan itself is part of the run config (JSON),
@@ -44,8 +44,9 @@ from database.runs import RunWriter, list_runs, read_table
 from protocols.campaigns._loop import let_time_pass, pack_state, sim_hooks, unpack_state
 from protocols.campaigns.common import HISTORY_COLUMNS, concat, history_rows
 from protocols.errors import ProtocolError
+from protocols.plan import ConductancePlan, plan_forward, plan_logits
+from protocols.progress import Bar
 from protocols.tuning import TuneConfig, tune
-from training.export import ConductancePlan, plan_forward, plan_logits
 
 log = logging.getLogger("xbarlab.transfer")
 
@@ -157,8 +158,8 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], object], crossbars: Seq
         rb = writer.table("readback")
         g_read[rb.device.to_numpy()] = rb.g.to_numpy()
 
-    bar = _Progress(f"transfer {plan.n_devices} devices, {plan.n_tiles} tiles",
-                    plan.n_devices, start, progress)
+    bar = Bar(f"transfer {plan.n_devices} devices, {plan.n_tiles} tiles", plan.n_devices, start,
+              enabled=progress)
     with bar:
         for t in range(plan.n_tiles):
             devs = plan.tile_devices(t)
@@ -176,7 +177,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], object], crossbars: Seq
                     raise ProtocolError(f"tile {t} needs {used[0]}x{used[1]} devices, crossbar "
                                         f"{name!r} is {rows}x{cols}")
                 for d in todo:
-                    bar.current(t, name, int(plan.row[d]), int(plan.col[d]))
+                    bar.current(f"tile {t} on {name} ({int(plan.row[d])},{int(plan.col[d])})")
                     out = _program_device(plan, rig, int(d), cfg)
                     if d == devs[-1]:  # the tile is complete: read it back
                         let_time_pass(rig, cfg.settle_s, sim)
@@ -274,43 +275,3 @@ def load_transfer(path, run: str | None = None) -> TransferResult:
     return TransferResult(path, info.name, summary, 0, plan, g, tables)
 
 
-class _Progress:
-    """Devices done / total, pulses, ETA, current tile and device (rich), or nothing."""
-
-    def __init__(self, title: str, total: int, done: int, enabled: bool):
-        self.p = None
-        self.pulses = 0
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                          MofNCompleteColumn(), TextColumn("{task.fields[pulses]} pulses"),
-                          TextColumn("{task.fields[dev]}"), TimeElapsedColumn(),
-                          TextColumn("ETA"), TimeRemainingColumn())
-        self.task = self.p.add_task(title, total=total, completed=done, pulses=0, dev="")
-
-    def __enter__(self):
-        if self.p is not None:
-            self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.p is not None:
-            self.p.__exit__(*exc)
-
-    def current(self, tile: int, name: str, row: int, col: int) -> None:
-        if self.p is not None:
-            self.p.update(self.task, dev=f"tile {tile} on {name} ({row},{col})")
-
-    def advance(self, pulses: int) -> None:
-        self.pulses += pulses
-        if self.p is not None:
-            self.p.update(self.task, advance=1, pulses=self.pulses)

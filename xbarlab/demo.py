@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from protocols.progress import Bar
 from xbarlab.errors import XbarlabError
 
 SHIPPED = Path(__file__).resolve().parent / "stations"
@@ -210,7 +211,8 @@ def step_train(out: Path, settings: DemoSettings, seed: int, *,
     for name in NETWORKS:
         cfg = TrainConfig(hardware_aware=name == "hardware_aware", epochs=settings.epochs,
                           seed=seed, mapping="physical")
-        with _Bar(f"train {LABELS[name]}", cfg.epochs * 4, progress) as bar:
+        with Bar(f"train {LABELS[name]}", cfg.epochs * 4, enabled=progress, unit="steps",
+                 pulses=False) as bar:
             res = train(cfg, x, y, db, progress=bar.update, log_every=200)
         paths.append(save_checkpoint(res, d / f"{name}.pt"))
         info[name] = {"steps": res.steps, "seconds": res.seconds,
@@ -377,35 +379,3 @@ def _timing(steps: list[StepResult], out: Path) -> dict:
             "instrument_s": float(sum(s.instrument_s or 0.0 for s in steps))}
 
 
-class _Bar:
-    """A rich progress bar for training steps, or nothing."""
-
-    def __init__(self, title: str, total: int, enabled: bool):
-        self.p = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                              MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn(),
-                              TextColumn("ETA"), TimeRemainingColumn())
-            self.task = self.p.add_task(title, total=total)
-
-    def __enter__(self):
-        if self.p is not None:
-            self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.p is not None:
-            self.p.__exit__(*exc)
-
-    def update(self, step: int, _total: int) -> None:
-        if self.p is not None:
-            self.p.update(self.task, completed=step)

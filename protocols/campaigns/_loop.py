@@ -28,6 +28,7 @@ import numpy as np
 
 from database.runs import RunWriter
 from protocols.errors import ProtocolError
+from protocols.progress import Bar
 
 log = logging.getLogger("xbarlab.campaign")
 
@@ -134,18 +135,16 @@ def run_units(*, title: str, rig, store: RunWriter, units: Sequence[tuple[int, i
         else:
             log.warning("%s: resuming at device %d/%d on hardware: devices are as the "
                         "interrupted run left them", title, start + 1, len(units))
-    pulses = 0
-    bar = _Progress(title, len(units), start, enabled=progress)
+    bar = Bar(title, len(units), start, enabled=progress)
     try:
         with bar:
             for i in range(start, len(units)):
                 rc = units[i]
-                bar.current(rc)
+                bar.current(f"device ({rc[0]},{rc[1]})")
                 res = work(i, rc)
                 state = _pack(sim)
                 store.commit_device(i, res.rows, state)
-                pulses += res.pulses
-                bar.advance(pulses)
+                bar.advance(res.pulses)
                 log.debug("%s: device %d (%d,%d) done, %d pulses", title, i, *rc, res.pulses)
     except BaseException:
         # whatever ended the loop (Ctrl-C too), nothing stays biased; the original error is
@@ -161,47 +160,6 @@ def run_units(*, title: str, rig, store: RunWriter, units: Sequence[tuple[int, i
 def _pack(sim: SimHooks | None) -> bytes | None:
     return None if sim is None else pack_state(sim.get())
 
-
-class _Progress:
-    """A rich progress bar, or nothing (tests, pipes)."""
-
-    def __init__(self, title: str, total: int, done: int, enabled: bool):
-        self.enabled = enabled
-        self.p = None
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                          MofNCompleteColumn(), TextColumn("devices"),
-                          TextColumn("{task.fields[pulses]} pulses"),
-                          TextColumn("{task.fields[dev]}"), TimeElapsedColumn(),
-                          TextColumn("ETA"), TimeRemainingColumn(), transient=False)
-        self.task = self.p.add_task(title, total=total, completed=done, pulses=0, dev="")
-
-    def __enter__(self):
-        if self.p is not None:
-            self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.p is not None:
-            self.p.__exit__(*exc)
-
-    def current(self, rc) -> None:
-        if self.p is not None:
-            self.p.update(self.task, dev=f"device ({rc[0]},{rc[1]})")
-
-    def advance(self, pulses: int) -> None:
-        if self.p is not None:
-            self.p.update(self.task, advance=1, pulses=pulses)
 
 
 def raster(shape: tuple[int, int], devices: Sequence[Sequence[int]] | None) -> list[tuple[int, int]]:

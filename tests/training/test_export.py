@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from protocols.errors import ProtocolError  # noqa: E402
 from training.errors import TrainingError  # noqa: E402
 from training.export import (  # noqa: E402
     BIAS,
@@ -142,9 +143,9 @@ def test_refuses_reference_mapping_and_bad_input(db):
     with pytest.raises(TrainingError, match="member"):
         conductance_plan(m, db, member=3)
     plan = conductance_plan(m, db)
-    with pytest.raises(TrainingError, match="conductances"):
+    with pytest.raises(ProtocolError, match="conductances"):
         plan_forward(plan, np.zeros(5), np.zeros((1, 2)))
-    with pytest.raises(TrainingError, match="kind"):
+    with pytest.raises(ProtocolError, match="kind"):
         ConductancePlan.from_dict({"kind": "other"})
 
 
