@@ -28,7 +28,6 @@ import yaml
 from protocols.progress import Bar
 from xbarlab.errors import XbarlabError
 
-SHIPPED = Path(__file__).resolve().parent / "stations"
 NETWORKS = ("hardware_aware", "regular")
 LABELS = {"hardware_aware": "hardware-aware", "regular": "regular"}
 
@@ -96,12 +95,14 @@ def _station(path: Path, seed: int | None = None):
 
 def step_station(out: Path, seed: int) -> StepResult:
     """Station files for the demo chip (the shipped sim stations, chip seed = `seed`)."""
+    from xbarlab.station import SHIPPED_STATIONS
+
     t0 = time.perf_counter()
     d = out / "station"
     d.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in ("sim-pmu", "sim-wgfmu"):
-        raw = yaml.safe_load((SHIPPED / f"{name}.yaml").read_text())
+        raw = yaml.safe_load((SHIPPED_STATIONS / f"{name}.yaml").read_text())
         raw.setdefault("sim", {})["seed"] = int(seed)
         p = d / f"{name}.yaml"
         p.write_text(f"# {name} with the demo's chip seed; see xbarlab/stations/{name}.yaml\n"

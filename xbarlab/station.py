@@ -160,8 +160,22 @@ def _consistency(c: StationCfg) -> None:
                            f"[{c.limits.width_min:g}, {c.limits.width_max:g}] s")
 
 
+#: the station files shipped with xbarlab; `load_station("sim-pmu")` finds them by name
+SHIPPED_STATIONS = Path(__file__).resolve().parent / "stations"
+
+
+def resolve_station(path: str | Path) -> Path:
+    """A station file path, or the name of a shipped station (``sim-pmu``, ``sim-wgfmu``...)."""
+    p = Path(path)
+    if not p.exists() and p.parent == Path(".") and p.suffix == "":
+        shipped = SHIPPED_STATIONS / f"{p.name}.yaml"
+        if shipped.exists():
+            return shipped
+    return p
+
+
 def load_station(path: str | Path) -> Station:
-    path = Path(path)
+    path = resolve_station(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:

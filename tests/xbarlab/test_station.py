@@ -71,3 +71,13 @@ def test_station_check_command_reports_identities_modules_and_limits():
     r = CliRunner().invoke(cli, ["station", "check", str(STATIONS / "sim-wgfmu.yaml")])
     assert r.exit_code == 0, r.output
     assert "WGFMU" in r.output and "1 x 1" in r.output
+
+
+def test_shipped_station_found_by_name(tmp_path, monkeypatch):
+    from xbarlab.station import SHIPPED_STATIONS, resolve_station
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_station("sim-pmu") == SHIPPED_STATIONS / "sim-pmu.yaml"
+    (tmp_path / "sim-pmu").write_text("x")  # a local file of that name wins
+    assert resolve_station("sim-pmu").resolve() == tmp_path / "sim-pmu"
+    assert not resolve_station("nope").exists()

@@ -62,7 +62,7 @@ def register(cli: click.Group) -> None:
     group = cli.commands["station"]
 
     @group.command("check")
-    @click.argument("station", type=click.Path(exists=True, dir_okay=False))
+    @click.argument("station")
     def check(station: str) -> None:
         """Open the station's instruments and print identities, modules, the 707B card,
         limits and the crossbar shape."""
