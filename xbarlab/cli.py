@@ -36,7 +36,11 @@ def cli(verbose: int) -> None:
     """xbarlab: characterise passive TiO2 ReRAM crossbars and train networks that survive
     ex-situ transfer onto them. Every command runs on a simulated station without hardware."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # the console shows `level`; files opened by commands (campaign logs) may take more
+    console = logging.StreamHandler()
+    console.setLevel(level)
+    console.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[console])
 
 
 @cli.group("db")
