@@ -6,8 +6,10 @@ crossbar names, so adding a crossbar at the end leaves the earlier ones unchange
 Chip file: a numpy `.npz` archive (no pickles). Key `meta` holds one JSON document
 (format, seed, clock, and per crossbar its config, RNG state and relaxation time stamp); the
 arrays of crossbar NAME are stored under `NAME.G`, `NAME.Gv`, `NAME.stuck`, `NAME.ds`,
-`NAME.dr`, `NAME.g0s`, `NAME.g0r` (SI units: S, V). Loading it gives a chip whose next
-operations are identical to those the saved chip would have done.
+`NAME.dr`, `NAME.g0s`, `NAME.g0r`, `NAME.psi` (SI units: S, V; psi is a fraction; files
+written before psi existed lack it, and then every device gets the config's volatile_cap).
+Loading it gives a chip whose next operations are identical to those the saved chip would have
+done.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from simulator.clock import VirtualClock
 from simulator.config import CrossbarConfig
-from simulator.crossbar import _STATE_ARRAYS, Crossbar
+from simulator.crossbar import _LATE_ARRAYS, _STATE_ARRAYS, Crossbar
 from simulator.errors import SimulatorError
 
 CHIP_FORMAT = "xbarlab-chip/1"
@@ -99,7 +101,8 @@ class VirtualChip:
             d = dict(m)
             try:
                 for k in _STATE_ARRAYS:
-                    d[k] = arrays[f"{name}.{k}"]
+                    if f"{name}.{k}" in arrays or k not in _LATE_ARRAYS:
+                        d[k] = arrays[f"{name}.{k}"]
             except KeyError as e:
                 raise SimulatorError(f"chip file {os.fspath(path)!r} lacks array {e}") from e
             chip.crossbars[name] = Crossbar.from_state_dict(d, clock=chip.clock)

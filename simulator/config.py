@@ -47,6 +47,9 @@ class DeviceParams(BaseModel):
                              "(physics.md range 0.05-0.1, calibrated: 0.10)")
     sigma_g0: float = Field(0.3, ge=0, le=3.0,
                             description="device-to-device lognormal sigma of g0_set and g0_reset")
+    sigma_volatile: float = Field(0.5, ge=0, le=3.0, description="device-to-device lognormal "
+                                  "sigma of the volatile cap psi (per-device relaxation, hence "
+                                  "per-device tuning offset; calibrated: 0.5)")
 
     # -- physical limits ---------------------------------------------------------------------
     g_min: float = Field(5e-6, gt=0, description="lowest conductance [S]")
@@ -55,8 +58,9 @@ class DeviceParams(BaseModel):
     # -- post-SET volatile relaxation -------------------------------------------------------
     volatile_fraction: float = Field(0.05, ge=0, le=1.0, description="share phi of each "
                                      "positive step that is volatile (goes to Gv)")
-    volatile_cap: float = Field(0.011, ge=0, le=1.0,
-                                description="cap psi of Gv as a fraction of G")
+    volatile_cap: float = Field(0.010, ge=0, le=1.0,
+                                description="cap psi of Gv as a fraction of G (median over "
+                                "devices; physics.md 0.011, calibrated: 0.010)")
     tau_relax: float = Field(20.0, gt=0, description="relaxation time constant of Gv [s] "
                              "(physics.md model value 5 s; calibrated: 20 s, so a device read "
                              "a few seconds after its tuning has not yet lost most of Gv)")

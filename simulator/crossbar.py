@@ -25,7 +25,9 @@ from simulator.nodal import NodalSolver
 
 WORKING, STUCK_HRS, STUCK_LRS = 0, 1, 2
 SCHEMES = ("grounded", "v2", "v3", "floating")
-_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r")
+_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi")
+#: arrays added after the first chip files were written: a state without them gets this value
+_LATE_ARRAYS = {"psi": lambda cfg: np.full((cfg.rows, cfg.cols), cfg.device.volatile_cap)}
 
 
 class Crossbar:
@@ -56,6 +58,8 @@ class Crossbar:
         self._dr = p.sigma_vth * rng.standard_normal((m, n))
         self._g0s = p.g0_set * np.exp(p.sigma_g0 * rng.standard_normal((m, n)))
         self._g0r = p.g0_reset * np.exp(p.sigma_g0 * rng.standard_normal((m, n)))
+        # drawn last, so the draws above are what they were before this constant existed
+        self._psi = p.volatile_cap * np.exp(p.sigma_volatile * rng.standard_normal((m, n)))
         self._G = G
         self._Gv = np.zeros((m, n))
         self._t_gv = self.clock.now      # time at which _Gv is valid
@@ -119,7 +123,7 @@ class Crossbar:
         xi = np.exp(self._sigma * self.rng.standard_normal(self.shape))
         self._G, self._Gv = physics.pulse_update(
             self._G, self._Gv, v, seconds, self._ds, self._dr, self._g0s, self._g0r, xi,
-            self._frozen if self._any_frozen else None, self._p)
+            self._frozen if self._any_frozen else None, self._p, self._psi)
 
     def pulse_device(self, row: int, col: int, volts: float, seconds: float) -> None:
         """A pulse on device (row, col) alone, every other device untouched (a single crosspoint
@@ -133,7 +137,8 @@ class Crossbar:
             return
         G, Gv = physics.pulse_update_scalar(
             float(self._G[r, c]), float(self._Gv[r, c]), v, seconds, float(self._ds[r, c]),
-            float(self._dr[r, c]), float(self._g0s[r, c]), float(self._g0r[r, c]), xi, self._p)
+            float(self._dr[r, c]), float(self._g0s[r, c]), float(self._g0r[r, c]), xi, self._p,
+            float(self._psi[r, c]))
         self._G[r, c] = G
         self._Gv[r, c] = Gv
 
@@ -252,7 +257,8 @@ class Crossbar:
         """Restore a `state_dict`; the clock too when the dict carries one."""
         try:
             cfg = CrossbarConfig.model_validate(d["config"])
-            arrays = {k: np.array(d[k]) for k in _STATE_ARRAYS}
+            arrays = {k: np.array(d[k]) if k in d or k not in _LATE_ARRAYS
+                      else _LATE_ARRAYS[k](cfg) for k in _STATE_ARRAYS}
             rng_state = json.loads(str(d["rng"]))
             t_gv = float(d["t_gv"])
         except (KeyError, ValueError, TypeError) as e:

@@ -12,7 +12,7 @@ Model, per device with nonvolatile G, volatile excess Gv and D2D constants (ds, 
     SET   V>0: dG = +g0s * (t/t_ref) * exp((V   - Vth_set)  / V0s) * xi * clip((Gmax-G)/Gmax, 0, 1)
     RESET V<0: dG = -g0r * (t/t_ref) * exp((|V| - Vth_reset)/ V0r) * xi * clip((G-Gmin)/Gmax, 0, 1)
     dG         = clip(dG, -max_step_fraction*G, Gmax - G)
-    a share phi of a positive dG goes to Gv (Gv <= psi*G, the excess stays in G);
+    a share phi of a positive dG goes to Gv (Gv <= psi*G, the excess stays in G; psi per device);
     Gv decays as exp(-dt/tau)
 """
 
@@ -41,12 +41,13 @@ def vth_reset(g_total, p: DeviceParams, dr=0.0):
 
 def pulse_update(G: np.ndarray, Gv: np.ndarray, v: np.ndarray, seconds: float,
                  ds: np.ndarray, dr: np.ndarray, g0s: np.ndarray, g0r: np.ndarray,
-                 xi: np.ndarray, frozen: np.ndarray | None, p: DeviceParams
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 xi: np.ndarray, frozen: np.ndarray | None, p: DeviceParams,
+                 psi: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One pulse of amplitude v[i] and width `seconds` on every device; returns new (G, Gv).
 
     `frozen` marks devices that do not respond (stuck); they keep G and Gv exactly.
-    Devices with v == 0 do not change.
+    Devices with v == 0 do not change. `psi`: per-device volatile cap (default
+    p.volatile_cap for all).
     """
     gt = G + Gv
     r = 1.0 / gt
@@ -79,13 +80,15 @@ def pulse_update(G: np.ndarray, Gv: np.ndarray, v: np.ndarray, seconds: float,
     # SET steps: a share phi is volatile, Gv capped at psi*G; the excess over the cap stays
     # nonvolatile, so a read right after the pulse always sees the whole step.
     up = dg > 0.0
-    gv_new = np.where(up, np.minimum(Gv + p.volatile_fraction * dg, p.volatile_cap * (G + dg)), Gv)
+    cap = p.volatile_cap if psi is None else psi
+    gv_new = np.where(up, np.minimum(Gv + p.volatile_fraction * dg, cap * (G + dg)), Gv)
     g_new = G + dg + (Gv - gv_new)
     return g_new, gv_new
 
 
 def pulse_update_scalar(G: float, Gv: float, v: float, seconds: float, ds: float, dr: float,
-                        g0s: float, g0r: float, xi: float, p: DeviceParams) -> tuple[float, float]:
+                        g0s: float, g0r: float, xi: float, p: DeviceParams,
+                        psi: float | None = None) -> tuple[float, float]:
     """`pulse_update` for one working device in plain Python floats (the fast single-device path).
 
     Same equations, same results to rounding; about ten times faster than numpy on size-1 arrays.
@@ -108,7 +111,8 @@ def pulse_update_scalar(G: float, Gv: float, v: float, seconds: float, ds: float
     hi = gmax - G
     dg = lo if dg < lo else (hi if dg > hi else dg)
     if dg > 0.0:
-        gv_new = min(Gv + p.volatile_fraction * dg, p.volatile_cap * (G + dg))
+        cap = p.volatile_cap if psi is None else psi
+        gv_new = min(Gv + p.volatile_fraction * dg, cap * (G + dg))
         return G + dg + (Gv - gv_new), gv_new
     return G + dg, Gv
 

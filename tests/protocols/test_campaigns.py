@@ -91,10 +91,11 @@ def test_iv_staircase(tmp_path):
     v = df.volts.to_numpy()
     assert v.max() == pytest.approx(1.6) and v.min() == pytest.approx(-1.8)
     assert np.allclose(df.i_read, df.g * 0.2)
-    # hysteresis: the SET branch raises the state, the RESET branch lowers it
+    # hysteresis: the SET branch raises the state, the RESET branch lowers it (from the peak
+    # the state reached, which may come after v_max: pulses above threshold on the way down)
     i_top = int(np.argmax(v))
     i_bot = int(np.argmin(v))
-    assert df.g[i_top] > df.g[0] and df.g[i_bot] < df.g[i_top]
+    assert df.g[i_top] > df.g[0] and df.g[i_bot] < df.g[:i_bot].max()
 
 
 def test_bad_device_lists_and_ctrl_c_leaves_rig_safe(tmp_path):
