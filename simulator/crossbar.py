@@ -161,7 +161,7 @@ class Crossbar:
         (sinh I-V at the pulse's levels, no line resistance) before the update."""
         row_v = np.asarray(row_v, dtype=float).reshape(self.shape[0])
         col_v = np.asarray(col_v, dtype=float).reshape(self.shape[1])
-        if np.isnan(row_v).any() or np.isnan(col_v).any():
+        if math.isnan(row_v.sum() + col_v.sum()):   # a NaN anywhere: a floating line
             ideal = NodalSolver(*self.shape, 0.0, 0.0, v_nl=self._p.v_nl, v_ref=self._p.v_ref)
             v = ideal.solve(self.conductance(), row_v, col_v).device_voltages
         else:
@@ -216,7 +216,10 @@ class Crossbar:
             cur = self._sensed(row, col, volts, scheme)
         else:
             raise SimulatorError(f"unknown read scheme {scheme!r}; choose one of {SCHEMES}")
-        return float(self._noisy(cur, volts)) / volts
+        # the same two draws as _noisy, in plain floats
+        z0, z1 = self.rng.standard_normal(2).tolist()
+        p = self._p
+        return (cur * (1.0 + p.read_noise_rel * z0) + p.read_noise_abs * z1) / volts
 
     def read_map(self, volts: float = 0.2, scheme: str = "grounded",
                  noise: bool = True) -> np.ndarray:

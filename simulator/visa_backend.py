@@ -205,7 +205,13 @@ class EmulatedVisaLibrary(highlevel.VisaLibraryBase):
             return 0, StatusCode.error_invalid_object
         if s.name in self.dead:
             raise VisaIOError(StatusCode.error_connection_lost.value)
-        s.inbuf += data.decode("latin-1")
+        text = data.decode("latin-1")
+        term = s.write_term
+        if not s.inbuf and text.endswith(term) and text.find(term) == len(text) - len(term):
+            # the usual case: exactly one whole message
+            self._message(s, text[:-len(term)])
+            return len(data), StatusCode.success
+        s.inbuf += text
         while True:
             msg, sep, rest = s.inbuf.partition(s.write_term)
             if not sep:

@@ -153,7 +153,7 @@ class K4200Emulator:
         return ch
 
     def _pmu(self, msg: str) -> str | None:
-        m = _SARB.match(msg)
+        m = _SARB.match(msg) if msg.startswith(":PMU:SARB:SEQ:") else None
         if m:
             if not self.sarb:
                 raise KxciError(-804, "not in SARB mode")
