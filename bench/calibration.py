@@ -2,16 +2,19 @@
 
 Sections and the rig each uses:
 1. tuning/untuning statistics: the full driver stack (sim-pmu station: K4200 PMU + 707B
-   emulators over the virtual chip), Alibart write-verify, settled read after `--settle` s;
-2. V/3 disturbance: full driver stack, whole 8x8 crossbars in raster order;
+   emulators over the virtual chip), 24 working devices x 8 levels x 10 repeats, Alibart
+   write-verify, settled read after `--settle` s; sigma per level pooled and within device
+   (after removing each device's mean offset), linear fits, per-device offset spread;
+2. V/3 disturbance: full driver stack, 4 whole 8x8 crossbars in raster order, by k next to the
+   paper's database (mean, sd, percentiles);
 3. stuck fractions: the simulated population (truth) and the screening campaign (SimulatedRig);
 4. fast variant vs Alibart: SimulatedRig, identical devices (same crossbar seed) for both;
-5. paper-sized tuning/untuning campaign (29 devices x 8 levels x 40 repeats): SimulatedRig on a
-   crossbar with ideal lines (r_line = r_source = 0, the simulator's fast read path; line
-   resistance only offsets reads by ~1-2 %, which closed-loop tuning absorbs), wall time and the
+5. paper-sized tuning/untuning campaign (29 devices x 8 levels x 40 repeats): SimulatedRig with
+   the default line resistance (or the full PMU stack with --paper-stack), wall time and the
    predicted instrument time.
 
-Usage: python bench/calibration.py [--quick]
+Usage: python bench/calibration.py [--quick] [--sections 12345] [--paper-stack]
+Results and the chosen defaults: docs/simulator.md, "Calibration against the paper".
 """
 
 from __future__ import annotations
