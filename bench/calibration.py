@@ -9,11 +9,12 @@ Sections and the rig each uses:
    paper's database (mean, sd, percentiles);
 3. stuck fractions: the simulated population (truth) and the screening campaign (SimulatedRig);
 4. fast variant vs Alibart: SimulatedRig, identical devices (same crossbar seed) for both;
-5. paper-sized tuning/untuning campaign (29 devices x 8 levels x 40 repeats): SimulatedRig with
-   the default line resistance (or the full PMU stack with --paper-stack), wall time and the
-   predicted instrument time.
+5. paper-sized tuning/untuning campaign (29 devices x 8 levels x 40 repeats): by default the
+   full WGFMU crosspoint stack (B1500 + WGFMU emulators, one device at a time, as the paper's
+   tuning data were taken); `--paper-rig pmu` the PMU crossbar stack, `--paper-rig simulated`
+   SimulatedRig; wall time and the predicted instrument time.
 
-Usage: python bench/calibration.py [--quick] [--sections 12345] [--paper-stack]
+Usage: python bench/calibration.py [--quick] [--sections 12345] [--paper-rig wgfmu|pmu|simulated]
 Results and the chosen defaults: docs/simulator.md, "Calibration against the paper".
 """
 
@@ -40,7 +41,7 @@ from protocols.tuning import TuneConfig, tune  # noqa: E402
 from simulator.config import CrossbarConfig  # noqa: E402
 from simulator.crossbar import Crossbar  # noqa: E402
 from simulator.direct_rig import SimulatedRig  # noqa: E402
-from xbarlab.station import load_station  # noqa: E402
+from xbarlab.station import Station, load_station  # noqa: E402
 
 STATION = ROOT / "xbarlab" / "stations" / "sim-pmu.yaml"
 PAPER_DB = (ROOT / "database" / "reference_data" / "hardware_aware_article"
@@ -178,35 +179,58 @@ def section_fast(n: int):
     print(f"   median pulse ratio fast/alibart = {ratio:.2f} (target <= 0.5)")
 
 
-def section_paper_sized(tmp: Path, n_dev: int, repeats: int, stack: bool):
-    where = "full driver stack: sim-pmu" if stack else "SimulatedRig, default line resistance"
+def section_paper_sized(tmp: Path, n_dev: int, repeats: int, rig_kind: str):
+    """29 single devices x 8 levels x `repeats`: through the WGFMU crosspoint stack (B1500 +
+    WGFMU emulators; the paper's tuning data came from single devices on such a station), the
+    PMU crossbar stack, or SimulatedRig."""
+    where = {"wgfmu": "full driver stack: sim-wgfmu, one crosspoint device at a time",
+             "pmu": "full driver stack: sim-pmu crossbar",
+             "simulated": "SimulatedRig, default line resistance"}[rig_kind]
     print(f"\n== 5. paper-sized tuning/untuning: {n_dev} devices x 8 levels x {repeats} repeats "
           f"({where}), Alibart, history recorded")
-    if stack:
-        st = load_station(STATION)
-        ctx = st.open_rig()
-        chip = st.chip
-    else:
-        ctx = SimulatedRig(Crossbar(CrossbarConfig(), seed=3))
-        chip = None
     t0 = time.perf_counter()
-    with ctx as rig:
-        xb = chip["xbar0"] if stack else rig.crossbar
-        devs = [(r, c) for r in range(8) for c in range(8) if not xb.stuck[r, c]][:n_dev]
-        cfg = tuning_untuning.TuningUntuningConfig(devices=devs, repeats=repeats)
-        res = tuning_untuning.run(rig, cfg, tmp / "paper.h5", seed=1, progress=False, chip=chip)
+    summaries = []
+    if rig_kind == "wgfmu":
+        base = load_station(ROOT / "xbarlab" / "stations" / "sim-wgfmu.yaml")
+        per_chip = 4  # dev0..dev3 on each virtual chip
+        cfg = tuning_untuning.TuningUntuningConfig(repeats=repeats)
+        for i in range(n_dev):
+            sim = base.cfg.sim.model_copy(update={"seed": 1000 + i // per_chip})
+            st = Station(base.cfg.model_copy(update={"sim": sim}), base.path)
+            name = f"dev{i % per_chip}"
+            with st.open_rig(name) as rig:
+                res = tuning_untuning.run(rig, cfg, tmp / f"paper-{i}.h5", seed=i,
+                                          progress=False, chip=st.chip)
+            summaries.append(res.summary)
+    else:
+        if rig_kind == "pmu":
+            st = load_station(STATION)
+            ctx, chip = st.open_rig(), st.chip
+        else:
+            ctx, chip = SimulatedRig(Crossbar(CrossbarConfig(), seed=3)), None
+        with ctx as rig:
+            xb = chip["xbar0"] if chip is not None else rig.crossbar
+            devs = [(r, c) for r in range(8) for c in range(8) if not xb.stuck[r, c]][:n_dev]
+            cfg = tuning_untuning.TuningUntuningConfig(devices=devs, repeats=repeats)
+            res = tuning_untuning.run(rig, cfg, tmp / "paper.h5", seed=1, progress=False,
+                                      chip=chip)
+        summaries.append(res.summary)
     wall = time.perf_counter() - t0
-    s = res.summary
-    print(f"   {s['tunings']} tunings, wall time {wall:.1f} s (target < 180 s); predicted "
-          f"instrument time {s['instrument_time_s']:.0f} s = {s['instrument_time_s'] / 3600:.2f} h; "
-          f"failures {s['failed']}, pulses median {s['pulses_median']:.0f}")
+    tunings = sum(s["tunings"] for s in summaries)
+    failed = sum(s["failed"] for s in summaries)
+    inst = sum(s["instrument_time_s"] for s in summaries)
+    med = float(np.median([s["pulses_median"] for s in summaries]))
+    print(f"   {tunings} tunings, wall time {wall:.1f} s (target < 180 s); predicted "
+          f"instrument time {inst:.0f} s = {inst / 3600:.2f} h; failures {failed}, "
+          f"pulses median {med:.0f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller runs")
-    ap.add_argument("--paper-stack", action="store_true", help="run section 5 through the "
-                    "full driver stack (sim-pmu) instead of SimulatedRig")
+    ap.add_argument("--paper-rig", choices=("wgfmu", "pmu", "simulated"), default="wgfmu",
+                    help="section 5 through the WGFMU crosspoint stack (default), the PMU "
+                    "crossbar stack, or SimulatedRig")
     ap.add_argument("--sections", default="12345", help="which sections to run, e.g. 125")
     ap.add_argument("--settle", type=float, default=60.0, help="settle time before the "
                     "settled read [s] (physics.md §4.2 protocol: 60 s)")
@@ -223,7 +247,7 @@ def main() -> None:
         if "4" in sec:
             section_fast(60 if a.quick else 200)
         if "5" in sec:
-            section_paper_sized(tmp, 4 if a.quick else 29, 5 if a.quick else 40, a.paper_stack)
+            section_paper_sized(tmp, 4 if a.quick else 29, 5 if a.quick else 40, a.paper_rig)
 
 
 if __name__ == "__main__":
