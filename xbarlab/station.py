@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from instruments.limits import SafetyLimits
 from instruments.rig import CrossbarRig, ReadSettings
 from xbarlab.errors import StationError
+from xbarlab.yamlfiles import read_mapping, validate
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -176,20 +176,8 @@ def resolve_station(path: str | Path) -> Path:
 
 def load_station(path: str | Path) -> Station:
     path = resolve_station(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise StationError(f"station file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise StationError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise StationError(f"{path}: a station file is a mapping of fields")
-    try:
-        cfg = StationCfg.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "(file)"
-        raise StationError(f"{path.name}: {where}: {err['msg']}") from None
+    raw = read_mapping(path, "station file", StationError)
+    cfg = validate(StationCfg, raw, path.name, StationError)
     _consistency(cfg)
     if cfg.sim.latency:
         from simulator.config import LatencyConfig  # validated now, used when opening

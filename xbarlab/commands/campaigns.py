@@ -7,10 +7,9 @@ import logging
 from pathlib import Path
 
 import click
-import yaml
-from pydantic import ValidationError
 
 from xbarlab.errors import XbarlabError
+from xbarlab.yamlfiles import read_mapping, validate
 
 log = logging.getLogger("xbarlab.campaign")
 
@@ -24,23 +23,9 @@ def _parse_device(text: str) -> tuple[int, int]:
 
 
 def _load_config(cls, path: str | None, overrides: dict):
-    raw: dict = {}
-    if path:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise XbarlabError(f"config file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise XbarlabError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise XbarlabError(f"{path}: a campaign config is a mapping of fields")
+    raw = read_mapping(path, "campaign config", XbarlabError) if path else {}
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return cls.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "(config)"
-        raise XbarlabError(f"campaign config: {where}: {err['msg']}") from None
+    return validate(cls, raw, "campaign config", XbarlabError)
 
 
 def _station(path: str):
