@@ -143,6 +143,9 @@ class SweepSpec(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     points: list[dict[str, Any]] = Field(default_factory=list)
     kinds: list[Literal["hardware_aware", "regular"]] = Field(default_factory=lambda: list(KINDS))
+    #: train points that differ only by seed as one batched model of K networks (see
+    #: :func:`group_points`); results are the same either way, to float rounding
+    batch_seeds: bool = True
     #: folder of the sweep file, against which a relative ``db`` path is resolved
     _source_dir: Path | None = PrivateAttr(None)
 
@@ -436,6 +439,86 @@ def iter_local(points: list[Point], point_fn: PointFn, workers: int = 1) -> Iter
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+# -- seed groups -------------------------------------------------------------------------------
+
+
+def group_points(points: list[Point]) -> list[list[Point]]:
+    """Points that differ only by ``seed`` (every other resolved parameter, the DB path
+    included, equal), in first-seen order; each group in file order."""
+    groups: dict[str, list[Point]] = {}
+    for p in points:
+        rest = {k: v for k, v in p.params.items() if k != "seed"}
+        groups.setdefault(point_key(rest), []).append(p)
+    return list(groups.values())
+
+
+#: params key of a work unit that holds a whole seed group
+MEMBERS = "members"
+
+
+@dataclass(frozen=True)
+class GroupRunner:
+    """The work-unit function of a seed group: ``{"members": [params, ...]}`` -> the group
+    function's list of per-point results, as ``{"members": [...]}``. A module-level class so that
+    worker processes and Ray tasks can unpickle it."""
+
+    group_fn: Callable[[list[dict]], list[dict]]
+
+    def __call__(self, unit: dict) -> dict:
+        members = unit[MEMBERS]
+        results = self.group_fn([dict(m) for m in members])
+        if not isinstance(results, list) or len(results) != len(members):
+            raise SweepError("group function must return one result per member point")
+        return {MEMBERS: results}
+
+
+@dataclass(frozen=True)
+class _UnitFn:
+    """Runs one work unit: a seed group through the group runner, a lone point through the
+    point function (picklable, for worker processes and Ray tasks)."""
+
+    point_fn: PointFn
+    runner: GroupRunner
+
+    def __call__(self, params: dict) -> dict:
+        return self.runner(params) if MEMBERS in params else self.point_fn(params)
+
+
+def _units(pending: list[Point], kinds: list[str], batch: bool) -> tuple[list[Point], dict]:
+    """Work units to submit and, per unit key, the member points it stands for.
+
+    Unbatched, a unit is the point itself (its params plus the kinds to train). Batched, a group
+    of two or more becomes one unit whose key is derived from its members' keys (a group of one
+    stays a plain point, so nothing changes for sweeps without repeated seeds)."""
+    units: list[Point] = []
+    members: dict[str, list[Point]] = {}
+    for grp in (group_points(pending) if batch else [[p] for p in pending]):
+        if len(grp) == 1:
+            p = grp[0]
+            units.append(Point(p.key, {**p.params, "kinds": list(kinds)}))
+            members[p.key] = grp
+        else:
+            key = "group-" + point_key({"members": [p.key for p in grp]})
+            units.append(Point(key, {MEMBERS: [{**p.params, "kinds": list(kinds)}
+                                               for p in grp]}))
+            members[key] = grp
+    return units, members
+
+
+def _split_outcome(oc: Outcome, grp: list[Point]) -> list[Outcome]:
+    """Per-point outcomes of a finished unit. A group's wall time is shared evenly among its
+    points (``wall_s``); the whole group's time and size are kept in the payload."""
+    if MEMBERS not in (oc.point.params or {}):
+        return [Outcome(grp[0], oc.payload, oc.error, oc.trace)]
+    if oc.error is not None:
+        return [Outcome(p, error=oc.error, trace=oc.trace) for p in grp]
+    results = oc.payload["result"][MEMBERS]
+    share = oc.payload["wall_s"] / len(grp)
+    return [Outcome(p, payload={**oc.payload, "result": r, "wall_s": share,
+                                "group": {"size": len(grp), "wall_s": oc.payload["wall_s"]}})
+            for p, r in zip(grp, results, strict=True)]
+
+
 # -- the driver --------------------------------------------------------------------------------
 
 
@@ -454,6 +537,8 @@ def run_sweep(
     out_dir: str | os.PathLike,
     *,
     point_fn: PointFn | None = None,
+    group_fn: Callable[[list[dict]], list[dict]] | None = None,
+    batch_seeds: bool | None = None,
     workers: int = 1,
     ray_address: str | None = None,
     use_ray: bool = False,
@@ -467,9 +552,18 @@ def run_sweep(
     ``use_ray`` runs the points as Ray tasks (``ray_address``: an address, "auto", or None to
     use a Ray instance this process already started). ``on_point(done, total, outcome)`` is
     called after each point is stored.
+
+    Seed batching: with ``batch_seeds`` (default: the sweep file's ``batch_seeds``, itself on by
+    default) and a group function, the pending points that differ only by seed run as one work
+    unit, ``group_fn([params, ...]) -> [result, ...]``; each point is still stored under its own
+    key. The default point function's group function is :func:`run_group` (one batched model of
+    K networks). A custom ``point_fn`` without a ``group_fn`` runs point by point.
     """
     out_dir = Path(out_dir)
-    point_fn = point_fn or run_point
+    if point_fn is None:
+        point_fn = run_point
+        group_fn = group_fn or run_group
+    batch = (spec.batch_seeds if batch_seeds is None else batch_seeds) and group_fn is not None
     points = expand(spec)
     store = ResultStore(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -480,39 +574,45 @@ def run_sweep(
     summary = SweepSummary(total=len(points), already_done=len(points) - len(pending))
     log.info("sweep %s: %d points, %d already done", spec.name, len(points), summary.already_done)
 
-    # the point function also learns which networks to train; the store keeps the parameters
-    by_key = {p.key: p for p in pending}
-    calls = [Point(p.key, {**p.params, "kinds": list(spec.kinds)}) for p in pending]
+    # the point function also learns which networks to train; the store keeps the parameters.
+    # Only pending points are grouped, so a group with finished members trains only the rest.
+    calls, members = _units(pending, list(spec.kinds), batch)
+    if any(MEMBERS in u.params for u in calls):
+        unit_fn: PointFn = _UnitFn(point_fn, GroupRunner(group_fn))
+    else:
+        unit_fn = point_fn
     if use_ray:
         from training.sweep_ray import iter_ray
 
-        outcomes = iter_ray(calls, point_fn, address=ray_address, **(ray_options or {}))
+        outcomes = iter_ray(calls, unit_fn, address=ray_address, **(ray_options or {}))
     else:
-        outcomes = iter_local(calls, point_fn, workers=workers)
+        outcomes = iter_local(calls, unit_fn, workers=workers)
     n_done = summary.already_done
     try:
-        for oc in outcomes:
-            oc.point = by_key[oc.point.key]
-            rec_base = {"key": oc.point.key, "params": oc.point.params,
-                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            if oc.error is None:
-                try:
-                    per_kind = check_result(oc.payload["result"], spec.kinds)
-                except SweepError as e:
-                    oc.error, oc.trace = str(e), None
-            if oc.error is not None:
-                store.append_failure({**rec_base, "error": oc.error, "trace": oc.trace})
-                summary.failed.append((oc.point.params, oc.error))
-                log.error("point %s failed: %s", oc.point.key, oc.error)
-            else:
-                extra = {k: v for k, v in oc.payload["result"].items() if k != "kinds"}
-                store.append({**rec_base, "kinds": {k: per_kind[k] for k in spec.kinds},
-                              "wall_s": oc.payload["wall_s"], "host": oc.payload["host"],
-                              **({"extra": extra} if extra else {})})
-                summary.ran += 1
-                n_done += 1
-            if on_point is not None:
-                on_point(n_done, summary.total, oc)
+        for unit_oc in outcomes:
+            for oc in _split_outcome(unit_oc, members[unit_oc.point.key]):
+                rec_base = {"key": oc.point.key, "params": oc.point.params,
+                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                if oc.error is None:
+                    try:
+                        per_kind = check_result(oc.payload["result"], spec.kinds)
+                    except SweepError as e:
+                        oc.error, oc.trace = str(e), None
+                if oc.error is not None:
+                    store.append_failure({**rec_base, "error": oc.error, "trace": oc.trace})
+                    summary.failed.append((oc.point.params, oc.error))
+                    log.error("point %s failed: %s", oc.point.key, oc.error)
+                else:
+                    extra = {k: v for k, v in oc.payload["result"].items() if k != "kinds"}
+                    store.append({**rec_base, "kinds": {k: per_kind[k] for k in spec.kinds},
+                                  "wall_s": oc.payload["wall_s"], "host": oc.payload["host"],
+                                  **({"extra": extra} if extra else {}),
+                                  **({"group": oc.payload["group"]} if "group" in oc.payload
+                                     else {})})
+                    summary.ran += 1
+                    n_done += 1
+                if on_point is not None:
+                    on_point(n_done, summary.total, oc)
     finally:
         close = getattr(outcomes, "close", None)
         if close is not None:
@@ -710,15 +810,69 @@ def _training_api():
     return train_mod, NoiseConfig, evaluate_transfers
 
 
+#: data order (mini-batch shuffling, held-out validation split) and the evaluation transfers are
+#: seeded by these constants, not by the point's seed: a batched model shares one data order and
+#: one set of evaluation transfers among its K networks, so a point trained alone must use the
+#: same ones to give the same result. The point's seed sets each network's initialisation and
+#: its training noise (per-network generators in training.train).
+DATA_SEED = 0
+EVAL_SEED = 0
+
+
 def run_point(params: dict) -> dict:
     """Train the hardware-aware and the regular network of one point and evaluate both.
 
     Both networks are evaluated under the same non-idealities (the regular one has the point's
     noise model attached after training, as the paper does), on the dataset's test set, with
     ``params['transfers']`` Monte-Carlo transfers. The digits train/test split is fixed (seed
-    0) so that seeds vary only the networks and their noise.
+    0), and so are the data order and the evaluation transfers (DATA_SEED, EVAL_SEED), so that
+    seeds vary only the networks and their training noise. Same as ``run_group([params])``.
+    """
+    return run_group([params])[0]
+
+
+def _seeded_config(train_mod, seeds: list[int], **kw):
+    """A TrainConfig for K networks with these (not necessarily consecutive) seeds.
+
+    TrainConfig names its networks' seeds ``seed .. seed + k - 1``; a seed group after a resume
+    may have gaps (0, 2, 3), so the seed list is given explicitly. training.train reads the
+    networks' seeds only through ``cfg.seeds``."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class _SeedListConfig(train_mod.TrainConfig):
+        seed_list: tuple[int, ...] = ()
+
+        @property
+        def seeds(self) -> list[int]:
+            return list(self.seed_list)
+
+    return _SeedListConfig(seed=seeds[0], k=len(seeds), seed_list=tuple(seeds), **kw)
+
+
+def run_group(group: list[dict]) -> list[dict]:
+    """Train and evaluate points that differ only by seed as one batched model per kind.
+
+    Network j of the K-network model is initialised from, and draws its training noise from,
+    point j's seed; all K share the data order and the evaluation transfers (as a point run
+    alone does: DATA_SEED, EVAL_SEED). So each point's result equals :func:`run_point`'s up to
+    the rounding of batched matrix products. ``train_s`` and ``eval_s`` of a point are its share
+    (1/K) of the batched model's times; ``steps`` is its own network's step count.
     """
     import dataclasses
+
+    if not group:
+        return []
+    params = group[0]
+    for other in group[1:]:
+        diff = [k for k in params if k != "seed" and other.get(k) != params[k]]
+        if diff or set(other) != set(params):
+            raise SweepError(f"run_group: points differ in {diff or 'their parameter names'}, "
+                             "not only in seed")
+    seeds = [int(p["seed"]) for p in group]
+    if len(set(seeds)) != len(seeds):
+        raise SweepError(f"run_group: repeated seeds {seeds}")
+    k = len(seeds)
 
     train_mod, NoiseConfig, evaluate_transfers = _training_api()
     db = _load_db(params["db"])
@@ -731,7 +885,7 @@ def run_point(params: dict) -> dict:
     noise = NoiseConfig(tuning_scale=params["tuning_sigma_scale"],
                         disturbance_scale=params["disturbance_scale"],
                         stuck_hrs_rate=x_rate, stuck_lrs_rate=y_rate)
-    kw: dict[str, Any] = {"sizes": sizes, "seed": params["seed"], "mapping": params["mapping"],
+    kw: dict[str, Any] = {"sizes": sizes, "data_seed": DATA_SEED, "mapping": params["mapping"],
                           "noise": noise, "dataset": params["dataset"]}
     if params["tile_size"] is not None:
         kw["tile_rows"] = kw["tile_cols"] = params["tile_size"]
@@ -743,27 +897,30 @@ def run_point(params: dict) -> dict:
             raise SweepError(f"parameter {name!r} is not supported by training.train.TrainConfig")
         kw[field_name] = params[name]
 
-    kinds: dict[str, dict] = {}
+    per_point: list[dict[str, dict]] = [{} for _ in group]
     device = None
     for kind in params.get("kinds") or KINDS:
-        cfg = train_mod.TrainConfig(hardware_aware=(kind == "hardware_aware"), **kw)
+        cfg = _seeded_config(train_mod, seeds, hardware_aware=(kind == "hardware_aware"), **kw)
         res = train_mod.train(cfg, x_tr, y_tr, db)
         model = res.model
         device = str(model.layers[0].weight.device)
         # both networks see the same non-idealities at evaluation (the paper's comparison)
         t0 = time.perf_counter()
         ev = evaluate_transfers(model, x_te, y_te, params["transfers"], db,
-                                mapping=cfg.mapping, noise=noise, seed=params["seed"],
+                                mapping=cfg.mapping, noise=noise, seed=EVAL_SEED,
                                 tile_rows=cfg.tile_rows, tile_cols=cfg.tile_cols,
                                 share_bias=cfg.share_bias)
-        metrics = _metrics_from_evaluation(ev.summary(0))
-        metrics.update(steps=res.steps, train_s=res.seconds, eval_s=time.perf_counter() - t0)
-        kinds[kind] = metrics
-    return {"kinds": kinds, "device": device,
-            "params_used": {"stuck_hrs_rate": db.stuck_hrs_rate if x_rate is None else x_rate,
-                            "stuck_lrs_rate": db.stuck_lrs_rate if y_rate is None else y_rate,
-                            "stuck_rate": (db.stuck_hrs_rate + db.stuck_lrs_rate
-                                           if x_rate is None else x_rate + y_rate)}}
+        eval_s = time.perf_counter() - t0
+        steps = res.steps_per_network or [res.steps] * k
+        for j in range(k):
+            metrics = _metrics_from_evaluation(ev.summary(j))
+            metrics.update(steps=steps[j], train_s=res.seconds / k, eval_s=eval_s / k)
+            per_point[j][kind] = metrics
+    used = {"stuck_hrs_rate": db.stuck_hrs_rate if x_rate is None else x_rate,
+            "stuck_lrs_rate": db.stuck_lrs_rate if y_rate is None else y_rate,
+            "stuck_rate": (db.stuck_hrs_rate + db.stuck_lrs_rate
+                           if x_rate is None else x_rate + y_rate)}
+    return [{"kinds": kinds, "device": device, "params_used": dict(used)} for kinds in per_point]
 
 
 def _metrics_from_evaluation(summary: dict) -> dict[str, float]:

@@ -41,12 +41,15 @@ def register(cli: click.Group) -> None:
                   type=click.FloatRange(min=0, min_open=True),
                   help="With --ray: CPUs each point asks for.")
     @click.option("--no-plots", is_flag=True, help="Write the table only.")
+    @click.option("--no-batch-seeds", is_flag=True,
+                  help="Train every point on its own, not points differing only by seed as one "
+                       "batched model (same results; overrides the file's batch_seeds).")
     @click.option("--point-fn", default=None, metavar="MODULE:FUNCTION",
                   help="Use another point function (params dict -> metrics); for tests and "
                        "custom experiments. Default: training.sweep.run_point.")
     def sweep_cmd(sweep_file: Path, out_dir: Path, workers: int, ray_address: str | None,
                   gpus_per_point: float, cpus_per_point: float, no_plots: bool,
-                  point_fn: str | None) -> None:
+                  point_fn: str | None, no_batch_seeds: bool) -> None:
         """Train and evaluate every point of SWEEP_FILE (hardware-aware and regular networks).
 
         Finished points are stored as they complete; running the same command again resumes,
@@ -77,6 +80,7 @@ def register(cli: click.Group) -> None:
             click.echo(f"sweep {spec.name!r}: {n_points} points -> {out_dir}")
             summary = run_sweep(
                 spec, out_dir, point_fn=fn, workers=workers,
+                batch_seeds=False if no_batch_seeds else None,
                 use_ray=ray_address is not None, ray_address=ray_address,
                 ray_options={"num_gpus": gpus_per_point, "num_cpus": cpus_per_point},
                 on_point=on_point, plots=not no_plots)
