@@ -1,4 +1,5 @@
-"""Ray backend of `xbarlab sweep --ray ADDRESS`: every pending point becomes one Ray task.
+"""Ray backend of `xbarlab sweep --ray ADDRESS`: every pending work unit (a point, or a seed
+group of points trained as one batched model: training.sweep.group_points) becomes one Ray task.
 
 The driver (the process running the sweep) keeps the store: tasks return their results and the
 driver appends each to ``results.jsonl`` as it arrives, exactly as with local processes, so a

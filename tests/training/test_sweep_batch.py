@@ -135,3 +135,36 @@ def test_run_group_rejects_points_that_differ_in_more_than_seed(tmp_path):
     a, b = (p.params for p in expand(spec_at(tmp_path))[2:4])
     with pytest.raises(SweepError, match="not only in seed"):
         run_group([a, b])
+
+
+def test_ray_submits_a_seed_group_as_one_task(tmp_path):
+    ray = pytest.importorskip("ray")
+    import os
+    from pathlib import Path
+
+    def toy_metrics(params: dict) -> dict:  # defined here: Ray workers cannot import tests
+        m = {"share_correct_95": 1.0 - 0.01 * params["seed"], "transfer_acc_mean": 0.9,
+             "transfer_acc_p05": 0.8, "clean_acc": 0.95, "steps": 1, "train_s": 0.0}
+        return {"kinds": {"hardware_aware": dict(m), "regular": dict(m)}}
+
+    calls_dir = tmp_path / "calls"
+    calls_dir.mkdir()
+    marker_dir = str(calls_dir)
+
+    def group(points: list[dict]) -> list[dict]:  # a closure: Ray ships it by value
+        seeds = "-".join(str(p["seed"]) for p in points)
+        Path(marker_dir, f"{seeds}@{os.getpid()}").touch()
+        return [toy_metrics(p) for p in points]
+
+    spec = spec_at(tmp_path)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = run_sweep(spec, tmp_path / "o", point_fn=toy_metrics, group_fn=group,
+                            use_ray=True, plots=False)
+    finally:
+        ray.shutdown()
+    assert summary.ran == 6
+    assert sorted(p.name.split("@")[0] for p in calls_dir.iterdir()) == ["0-1-2", "0-1-2"]
+    recs = stored(tmp_path / "o")
+    assert {k: r["kinds"] for k, r in recs.items()} == {
+        p.key: toy_metrics(p.params)["kinds"] for p in expand(spec)}
