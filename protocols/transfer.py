@@ -41,7 +41,12 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from database.runs import RunWriter, list_runs, read_table
-from protocols.campaigns._loop import let_time_pass, pack_state, sim_hooks, unpack_state
+from protocols.campaigns._loop import (
+    let_time_pass,
+    pack_state,
+    restore_progress,
+    sim_hooks,
+)
 from protocols.campaigns.common import HISTORY_COLUMNS, concat, history_rows
 from protocols.errors import ProtocolError
 from protocols.plan import ConductancePlan, plan_forward, plan_logits
@@ -139,20 +144,8 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], object], crossbars: Seq
     writer = RunWriter.open(store, protocol=PROTOCOL, config=run_cfg, station=station or {},
                             seed=seed, tables=_tables(cfg), devices_total=plan.n_devices,
                             resume=resume, overwrite=overwrite)
-    start = writer.devices_done
     sim = sim_hooks(None, chip)
-    if start and start < plan.n_devices:
-        if sim is not None:
-            blob = writer.saved_state()
-            if blob is None:
-                raise ProtocolError(f"{writer.path}: {start} devices done but no simulator state "
-                                    "saved; cannot resume identically (pass overwrite)")
-            sim.set(unpack_state(blob))
-            log.info("transfer: resuming at device %d/%d with the saved simulator state",
-                     start + 1, plan.n_devices)
-        else:
-            log.warning("transfer: resuming at device %d/%d on hardware: devices are as the "
-                        "interrupted run left them", start + 1, plan.n_devices)
+    start = restore_progress("transfer", writer, plan.n_devices, sim)
     g_read = np.full(plan.n_devices, np.nan)
     if start:
         rb = writer.table("readback")

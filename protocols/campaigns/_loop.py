@@ -115,6 +115,26 @@ class UnitResult:
     pulses: int = 0
 
 
+def restore_progress(title: str, store: RunWriter, total: int, sim: SimHooks | None) -> int:
+    """Devices already committed in `store`; on a sim station the chip state saved with the last
+    commit is put back, so the continuation equals an uninterrupted run."""
+    start = store.devices_done
+    if not start or start >= total:
+        return start
+    if sim is not None:
+        blob = store.saved_state()
+        if blob is None:
+            raise ProtocolError(f"{store.path}: {start} devices done but no simulator state "
+                                "saved; cannot resume identically (pass --overwrite)")
+        sim.set(unpack_state(blob))
+        log.info("%s: resuming at device %d/%d with the saved simulator state",
+                 title, start + 1, total)
+    else:
+        log.warning("%s: resuming at device %d/%d on hardware: devices are as the "
+                    "interrupted run left them", title, start + 1, total)
+    return start
+
+
 def run_units(*, title: str, rig, store: RunWriter, units: Sequence[tuple[int, int]],
               work: Callable[[int, tuple[int, int]], UnitResult], sim: SimHooks | None,
               progress: bool = True) -> None:
@@ -122,19 +142,7 @@ def run_units(*, title: str, rig, store: RunWriter, units: Sequence[tuple[int, i
     if store.info.devices_total != len(units):
         raise ProtocolError(f"{title}: store expects {store.info.devices_total} devices, "
                             f"campaign has {len(units)}")
-    start = store.devices_done
-    if start:
-        if sim is not None:
-            blob = store.saved_state()
-            if blob is None:
-                raise ProtocolError(f"{store.path}: {start} devices done but no simulator state "
-                                    "saved; cannot resume identically (pass --overwrite)")
-            sim.set(unpack_state(blob))
-            log.info("%s: resuming at device %d/%d with the saved simulator state",
-                     title, start + 1, len(units))
-        else:
-            log.warning("%s: resuming at device %d/%d on hardware: devices are as the "
-                        "interrupted run left them", title, start + 1, len(units))
+    start = restore_progress(title, store, len(units), sim)
     bar = Bar(title, len(units), start, enabled=progress)
     try:
         with bar:
