@@ -50,6 +50,21 @@ def monotonic_clock() -> Callable[[], float]:
     return lambda: time.monotonic() - t0
 
 
+def _make_all_safe(*instruments) -> None:
+    """Ask every instrument (None = absent) to go safe, even if an earlier one fails; then raise
+    the first failure, so one lost instrument never leaves the others biased."""
+    first: BaseException | None = None
+    for inst in instruments:
+        if inst is None:
+            continue
+        try:
+            inst.make_safe()
+        except Exception as e:
+            first = first or e
+    if first is not None:
+        raise first
+
+
 @dataclass(frozen=True)
 class MatrixWiring:
     """Which 707B column carries each crossbar line, and which matrix row each terminal uses."""
@@ -186,15 +201,8 @@ class PmuRig(_GuardedRig):
         return self._guard(both)
 
     def safe_state(self) -> None:
-        first: BaseException | None = None
-        for inst in (self.pmu, self.matrix):
-            try:
-                inst.make_safe()
-            except Exception as e:
-                first = first or e
         self._ready = False
-        if first is not None:
-            raise first
+        _make_all_safe(self.pmu, self.matrix)
 
     def close(self) -> None:
         try:
@@ -351,19 +359,10 @@ class WgfmuRig(_GuardedRig):
         return self._guard(self._do, row, col, volts, seconds, n)
 
     def safe_state(self) -> None:
-        first: BaseException | None = None
-        for inst in (self.wgfmu, self.b1500, self.matrix):
-            if inst is None:
-                continue
-            try:
-                inst.make_safe()
-            except Exception as e:
-                first = first or e
         self._ready = False
         self._bias_on = False
         self._loaded = None
-        if first is not None:
-            raise first
+        _make_all_safe(self.wgfmu, self.b1500, self.matrix)
 
     def close(self) -> None:
         try:
