@@ -83,7 +83,7 @@ def session(args, out: Path, cfg, rate: float, rng: np.random.Generator, stats: 
     start = list_runs(out)[-1].devices_done if out.exists() else 0
     try:
         with rig:
-            module.run(rig, cfg, out, seed=args.seed, progress=False, chip=st.chip)
+            module.run(rig, cfg, out, seed=args.seed, progress=False)
         bad = unsafe(st, set(lib.dead))
         if bad:  # a fault in the final safe-state commands that nobody noticed
             stats["unsafe_after_stop"] += 1

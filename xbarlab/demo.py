@@ -144,8 +144,8 @@ def step_campaigns(out: Path, settings: DemoSettings, seed: int, *,
         clock0 = st.chip.clock.now
         w0 = time.perf_counter()
         with st.open_rig(name) as rig:
-            res = module.run(rig, cfg, path, seed=seed + i, station=st.describe(),
-                             overwrite=True, progress=progress, chip=st.chip)
+            res = module.run(rig, cfg, path, seed=seed + i, station=st.describe(name),
+                             overwrite=True, progress=progress)
         runs.append({"protocol": module.PROTOCOL, "station": st.name, "crossbar": name,
                      "path": str(path.relative_to(out)), "summary": res.summary,
                      "wall_s": time.perf_counter() - w0,
@@ -292,7 +292,7 @@ def step_transfer(out: Path, settings: DemoSettings, seed: int, *,
             path = d / f"{name}_chip{chip_seed}.h5"
             w0 = time.perf_counter()
             res = run(plan, st.open_rig, names, path, test_data=test, seed=chip_seed,
-                      station=st.describe(), overwrite=True, progress=progress, chip=st.chip)
+                      station=st.describe(names), overwrite=True, progress=progress)
             runs.append({"network": name, "chip_seed": chip_seed,
                          "path": str(path.relative_to(out)),
                          "crossbars": names, "summary": res.summary,

@@ -10,7 +10,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from database.runs import RunWriter
-from protocols.campaigns._loop import SimHooks, sim_hooks
 from protocols.tuning import TuneConfig, TuneResult
 
 log = logging.getLogger("xbarlab.campaign")
@@ -78,7 +77,3 @@ def open_store(path, *, protocol: str, config: CampaignConfig, station: dict | N
     return RunWriter.open(path, protocol=protocol, config=config.model_dump(mode="json"),
                           station=station or {}, seed=seed, tables=tables,
                           devices_total=devices_total, resume=resume, overwrite=overwrite)
-
-
-def hooks(rig, chip) -> SimHooks | None:
-    return sim_hooks(rig, chip)

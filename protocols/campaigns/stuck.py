@@ -21,10 +21,10 @@ from protocols.campaigns.common import (
     WORKING,
     CampaignConfig,
     CampaignResult,
-    hooks,
     log,
     open_store,
 )
+from protocols.rig import CrossbarRig
 from protocols.tuning import TuneConfig, tune
 
 PROTOCOL = "stuck"
@@ -51,16 +51,15 @@ class StuckConfig(CampaignConfig):
                                          "give_up_at_cap is K")
 
 
-def run(rig, config: StuckConfig, store, *, seed: int | None = None,
+def run(rig: CrossbarRig, config: StuckConfig, store, *, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, chip=None) -> CampaignResult:
+        progress: bool = True) -> CampaignResult:
     cfg = config
     units = raster(rig.shape, cfg.devices)
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
                         tables={"devices": DEVICES_COLUMNS}, devices_total=len(units),
                         resume=resume, overwrite=overwrite)
     resumed = writer.devices_done
-    sim = hooks(rig, chip)
     ceiling = rig.read_settings.ceiling_S
 
     def work(i: int, rc: tuple[int, int]) -> UnitResult:
@@ -83,7 +82,7 @@ def run(rig, config: StuckConfig, store, *, seed: int | None = None,
                "status": [status]}
         return UnitResult({"devices": row}, up.pulses + down.pulses)
 
-    run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work, sim=sim,
+    run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work,
               progress=progress)
     summary = summarize(writer.table("devices"))
     writer.finish(summary)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-SMU_MODELS = ("B1511B", "B1517A", "B1510A", "B1514A")
+from instruments.b1500 import SMU_MODELS
 
 
 class B1500Emulator:

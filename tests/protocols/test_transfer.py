@@ -20,8 +20,8 @@ NAMES = ("a", "b", "c")
 class RecordingRig(SimulatedRig):
     """Logs every pulse's device; can fail at the n-th pulse (a crash in mid-tuning)."""
 
-    def __init__(self, crossbar, name, log, fail_at=None):
-        super().__init__(crossbar)
+    def __init__(self, crossbar, name, log, fail_at=None, lab=None):
+        super().__init__(crossbar, lab=lab)
         self.xname, self.log, self.fail_at = name, log, fail_at
         self.safe_calls = 0
 
@@ -56,12 +56,12 @@ def _data():
 
 def _run(tmp_path, chip, log, rigs, fail_at=None, name="t.h5", **kw):
     def open_rig(xname):
-        rig = RecordingRig(chip[xname], xname, log, fail_at)
+        rig = RecordingRig(chip[xname], xname, log, fail_at, lab=chip.lab)
         rigs.append(rig)
         return rig
 
     return run(_plan(), open_rig, list(NAMES), tmp_path / name, test_data=_data(), seed=1,
-               progress=False, chip=chip, **kw)
+               progress=False, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def test_relay_that_does_not_close_reads_as_open_device_never_as_overvoltage(tmp
     module, cls = CAMPAIGNS["stuck"]
     cfg = cls(devices=[(0, 0), (1, 1), (2, 2)])
     with rig:
-        module.run(rig, cfg, tmp_path / "s.h5", seed=0, progress=False, chip=st.chip)
+        module.run(rig, cfg, tmp_path / "s.h5", seed=0, progress=False)
     df = read_table(tmp_path / "s.h5", "devices")
     assert list(df.device) == [0, 1, 2]
     assert df.status[1] != 0 and df.g_initial[1] < 1e-6          # flagged, reads as open
@@ -168,14 +168,14 @@ def test_fault_mid_campaign_keeps_finished_devices_and_rerun_resumes(tmp_path, m
     ref = tmp_path / "ref.h5"
     st, rig = open_station()
     with rig:
-        module.run(rig, cfg, ref, seed=3, progress=False, chip=st.chip)
+        module.run(rig, cfg, ref, seed=3, progress=False)
 
     out = tmp_path / "run.h5"
     st, rig = open_station()
     with monkeypatch.context() as m:
         _arm_after(m, st, 2, **fault)
         with pytest.raises(InstrumentError) as ei, rig:
-            module.run(rig, cfg, out, seed=3, progress=False, chip=st.chip)
+            module.run(rig, cfg, out, seed=3, progress=False)
     assert ei.value.instrument in ("K4200", "K707B") and ei.value.command
     lost = (fault["resource"],) if fault["kind"] == "disconnect" else ()
     assert unsafe_parts(st, skip=lost) == []
@@ -187,7 +187,7 @@ def test_fault_mid_campaign_keeps_finished_devices_and_rerun_resumes(tmp_path, m
 
     st, rig = open_station()                        # a fresh session, as a re-run would be
     with rig:
-        res = module.run(rig, cfg, out, seed=3, progress=False, chip=st.chip)
+        res = module.run(rig, cfg, out, seed=3, progress=False)
     assert res.resumed_from == 2
     info, tables = read_run(out)
     _, ref_tables = read_run(ref)

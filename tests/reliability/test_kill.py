@@ -151,20 +151,20 @@ def test_ctrl_c_inside_an_instrument_call_leaves_the_rig_safe(campaign, tmp_path
         _CtrlC(st, int(rng.integers(5, 400)))
         try:
             with rig:
-                module.run(rig, cfg, out, seed=1, progress=False, chip=st.chip)
+                module.run(rig, cfg, out, seed=1, progress=False)
         except KeyboardInterrupt:
             pass
         assert unsafe_parts(st) == [], (attempt, unsafe_parts(st))
         read_run(out)                   # readable after every interruption
     st, rig = open_station()
     with rig:
-        module.run(rig, cfg, out, seed=1, progress=False, chip=st.chip)
+        module.run(rig, cfg, out, seed=1, progress=False)
     info, tables = read_run(out)
     assert info.complete and info.devices_done == 3
     ref = tmp_path / "ref.h5"
     st, rig = open_station()
     with rig:
-        module.run(rig, cfg, ref, seed=1, progress=False, chip=st.chip)
+        module.run(rig, cfg, ref, seed=1, progress=False)
     _, ref_tables = read_run(ref)
     for name, df in tables.items():
         pd.testing.assert_frame_equal(df, ref_tables[name], check_exact=True, obj=name)

@@ -23,9 +23,9 @@ from reliability_support import (
 from instruments.b1500 import B1500
 from instruments.errors import SafetyLimitError
 from instruments.limits import SafetyLimits
-from instruments.rig import ReadSettings
 from protocols.campaigns import CAMPAIGNS
 from protocols.errors import ConfigError, ProtocolError
+from protocols.rig import ReadSettings
 from protocols.tuning import TuneConfig, tune
 from simulator.emulators import B1500Emulator
 from simulator.visa_backend import EmulatedVisaLibrary
@@ -173,7 +173,7 @@ def test_campaign_with_out_of_range_ramps_applies_nothing(tmp_path, pmu, campaig
     extra = {"v_max": 3.0} if campaign == "iv" and "v_max" in cls.model_fields else {}
     if extra:
         cfg = cls(devices=[(3, 3)], **extra)
-    _refused(st, module.run, rig, cfg, tmp_path / "c.h5", seed=0, progress=False, chip=st.chip,
+    _refused(st, module.run, rig, cfg, tmp_path / "c.h5", seed=0, progress=False,
              exc=(ConfigError, ProtocolError, SafetyLimitError), strict=False)
 
 
@@ -186,5 +186,5 @@ def test_transfer_refuses_out_of_range_ramps_before_programming(tmp_path):
                              g_max=300e-6)
     cfg = transfer.TransferConfig(tune=TuneConfig(v_set_max=2.4))
     _refused(st, transfer.run, plan, lambda _name: rig, ["xbar0"], tmp_path / "t.h5",
-             config=cfg, progress=False, chip=st.chip, exc=(ConfigError, ProtocolError),
+             config=cfg, progress=False, exc=(ConfigError, ProtocolError),
              strict=False)

@@ -62,7 +62,7 @@ def test_disk_full_mid_campaign_keeps_committed_devices_and_resumes(tmp_path, mo
     with monkeypatch.context() as m:
         _disk_full_after(m, 2)
         with pytest.raises(DatabaseError) as ei, rig:
-            module.run(rig, cfg, out, seed=0, progress=False, chip=st.chip)
+            module.run(rig, cfg, out, seed=0, progress=False)
     msg = str(ei.value)
     assert "disk full" in msg and "2 devices committed before are intact" in msg
     assert "\n" not in msg
@@ -72,7 +72,7 @@ def test_disk_full_mid_campaign_keeps_committed_devices_and_resumes(tmp_path, mo
 
     st, rig = open_station()
     with rig:
-        res = module.run(rig, cfg, out, seed=0, progress=False, chip=st.chip)
+        res = module.run(rig, cfg, out, seed=0, progress=False)
     assert res.resumed_from == 2
     info, tables = read_run(out)
     assert info.complete and list(tables["devices"].device) == [0, 1, 2, 3]
@@ -110,7 +110,7 @@ def _interrupted_file(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         _disk_full_after(m, 2)
         with pytest.raises(DatabaseError), rig:
-            module.run(rig, cfg, out, seed=0, progress=False, chip=st.chip)
+            module.run(rig, cfg, out, seed=0, progress=False)
     return out
 
 
@@ -135,7 +135,7 @@ def test_read_only_file_mode_really_refused(tmp_path, monkeypatch):
     module, cfg = _campaign()
     st, rig = open_station()
     with pytest.raises(DatabaseError, match="read-only"), rig:
-        module.run(rig, cfg, out, seed=0, progress=False, chip=st.chip)
+        module.run(rig, cfg, out, seed=0, progress=False)
 
 
 HOLDER = textwrap.dedent("""

@@ -123,12 +123,12 @@ def register(cli: click.Group) -> None:
             handler = _log_to_file(out_p)
             try:
                 st = _station(station_path)
-                station_desc = st.describe()
+                station_desc = st.describe(crossbar)
                 log.info("%s on %s -> %s (seed %s)", name, st.name, out_p, seed)
                 with st.open_rig(crossbar) as rig:
                     res = module.run(rig, cfg, out_p, seed=seed, station=station_desc,
                                      resume=resume, overwrite=overwrite,
-                                     progress=not no_progress, chip=st.chip)
+                                     progress=not no_progress)
             finally:
                 logging.getLogger("xbarlab").removeHandler(handler)
                 handler.close()

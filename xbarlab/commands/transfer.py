@@ -126,8 +126,8 @@ def register(cli: click.Group) -> None:
 
         cfg = TransferConfig(tune=TuneConfig(algorithm=algorithm), settle_s=settle)
         res = run(plan, open_rig, names, Path(out), config=cfg, test_data=test, seed=seed,
-                  station=st.describe(), resume=resume, overwrite=overwrite,
-                  progress=not no_progress, chip=st.chip, on_tile=on_tile)
+                  station=st.describe(names), resume=resume,
+                  overwrite=overwrite, progress=not no_progress, on_tile=on_tile)
         if res.resumed_from:
             click.echo(f"resumed after {res.resumed_from} finished devices")
         s = res.summary
