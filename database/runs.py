@@ -24,6 +24,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 import h5py
@@ -45,11 +46,11 @@ def _now() -> str:
 
 
 def _software_version() -> str:
+    # the installed distribution's version (the store imports no higher package)
     try:
-        from xbarlab import __version__
-    except Exception:  # the store must work without the front door
-        return "unknown"
-    return __version__
+        return metadata.version("xbarlab")
+    except metadata.PackageNotFoundError:  # running from a source tree without installation
+        return "0.0.0+unknown"
 
 
 def _attr_str(v) -> str:

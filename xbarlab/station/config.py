@@ -1,11 +1,13 @@
 """The station file's fields (pydantic) and the checks that span several of them.
 
 The `instruments:` section and the `rig:` choices come from the registered parts
-(`registry`), so a new instrument brings its own section without an edit here.
+(`registry`), so a new instrument brings its own section without an edit here: the model is
+built from the registry when a station file is first read (`station_model`).
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator
@@ -14,12 +16,6 @@ from instruments.limits import SafetyLimits
 from protocols.rig import ReadSettings
 from xbarlab.errors import StationError
 from xbarlab.station.registry import INSTRUMENTS, RIGS, STRICT, load_parts
-
-load_parts()
-
-#: one optional section per registered instrument kind, in registration order
-Instruments = create_model("Instruments", __config__=STRICT,
-                           **{k: (kind.config | None, None) for k, kind in INSTRUMENTS.items()})
 
 
 class MatrixCfg(BaseModel):
@@ -73,22 +69,35 @@ class SimCfg(BaseModel):
                                       description="LatencyConfig overrides [s]")
 
 
-class StationCfg(BaseModel):
-    model_config = STRICT
-    name: str
-    rig: Literal[tuple(RIGS)]  # type: ignore[valid-type]  # the registered rig kinds
-    simulated: bool = False
-    crossbar: str = Field("xbar0", description="crossbar (name on the chip) this station wires")
-    shape: tuple[int, int] = Field((8, 8), description="rows, columns")
-    instruments: Instruments  # type: ignore[valid-type]
-    matrix: MatrixCfg | None = None
-    limits: SafetyLimits = Field(default_factory=SafetyLimits)
-    read: ReadCfg = Field(default_factory=ReadCfg)
-    pulse: PulseCfg = Field(default_factory=PulseCfg)
-    sim: SimCfg = Field(default_factory=SimCfg)
+@cache
+def station_model() -> type[BaseModel]:
+    """The model of a station file, from the parts registered by now (all of PARTS)."""
+    load_parts()
+    # one optional section per registered instrument kind, in registration order
+    instruments = create_model(
+        "Instruments", __config__=STRICT,
+        **{k: (kind.config | None, None) for k, kind in INSTRUMENTS.items()})
+    rigs = Literal[tuple(RIGS)]  # type: ignore[valid-type]
+
+    class StationCfg(BaseModel):
+        model_config = STRICT
+        name: str
+        rig: rigs  # type: ignore[valid-type]
+        simulated: bool = False
+        crossbar: str = Field("xbar0", description="crossbar (name on the chip) this station "
+                                                   "wires")
+        shape: tuple[int, int] = Field((8, 8), description="rows, columns")
+        instruments: instruments  # type: ignore[valid-type]
+        matrix: MatrixCfg | None = None
+        limits: SafetyLimits = Field(default_factory=SafetyLimits)
+        read: ReadCfg = Field(default_factory=ReadCfg)
+        pulse: PulseCfg = Field(default_factory=PulseCfg)
+        sim: SimCfg = Field(default_factory=SimCfg)
+
+    return StationCfg
 
 
-def check_consistency(c: StationCfg) -> None:
+def check_consistency(c) -> None:
     """What the field types cannot say: the rig's needs, wiring vs shape, terminals that exist,
     settings inside the limits. StationError naming the field."""
     kind = RIGS[c.rig]

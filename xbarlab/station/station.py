@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from instruments.limits import SafetyLimits
 from protocols.rig import CrossbarRig, ReadSettings
 from xbarlab.errors import StationError
-from xbarlab.station.config import StationCfg, check_consistency
+from xbarlab.station.config import check_consistency, station_model
 from xbarlab.station.registry import INSTRUMENTS, RIGS
 from xbarlab.station.resources import Resources, SimulatedLab
 from xbarlab.yamlfiles import read_mapping, validate
@@ -35,7 +35,7 @@ def resolve_station(path: str | Path) -> Path:
 def load_station(path: str | Path) -> Station:
     path = resolve_station(path)
     raw = read_mapping(path, "station file", StationError)
-    cfg = validate(StationCfg, raw, path.name, StationError)
+    cfg = validate(station_model(), raw, path.name, StationError)
     check_consistency(cfg)
     if cfg.sim.latency:
         from simulator.config import LatencyConfig  # validated now, used when opening
@@ -53,7 +53,8 @@ class Station:
     the last opened rig's drivers connect through (`world`, `visa_library` and `wgfmu_library`
     show the simulated lab's insides to tests and benches)."""
 
-    def __init__(self, cfg: StationCfg, path: Path | None = None):
+    def __init__(self, cfg, path: Path | None = None):
+        """`cfg`: a validated station file (`station_model()`)."""
         self.cfg = cfg
         self.path = path
         self._chip = None
