@@ -223,4 +223,5 @@ class CrossbarRig(abc.ABC):
     def _check_device(self, row: int, col: int) -> None:
         rows, cols = self.shape
         if not (0 <= row < rows and 0 <= col < cols):
-            raise IndexError(f"{self.name}: device ({row},{col}) outside the {rows}x{cols} crossbar")
+            raise IndexError(f"{self.name}: device ({row},{col}) outside the {rows}x{cols} "
+                             "crossbar")

@@ -107,8 +107,8 @@ def _tables(cfg: TransferConfig) -> dict:
     return t
 
 
-def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig], crossbars: Sequence[str],
-        store, *, config: TransferConfig | None = None,
+def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
+        crossbars: Sequence[str], store, *, config: TransferConfig | None = None,
         test_data: tuple[np.ndarray, np.ndarray] | None = None, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
         progress: bool = True,
@@ -193,7 +193,8 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig], crossbars
     return TransferResult(writer.path, writer.run, summary, start, plan, g_read, tables)
 
 
-def _program_device(plan: ConductancePlan, rig: CrossbarRig, d: int, cfg: TransferConfig) -> dict:
+def _program_device(plan: ConductancePlan, rig: CrossbarRig, d: int,
+                    cfg: TransferConfig) -> dict:
     r, c = int(plan.row[d]), int(plan.col[d])
     res = tune(rig, r, c, float(plan.target[d]), cfg.tune)
     row = {"device": [d], "layer": [plan.layer[d]], "param": [plan.param[d]],

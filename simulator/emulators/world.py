@@ -3,8 +3,9 @@
 Terminals are named instrument outputs (`pmu1`, `pmu2`, `div_v3`, `div_2v3`, `gnd`, `smu2`,
 `wgfmu101`, ...). Each crossbar line reaches terminals as `instruments.wiring.Wiring` (the
 description the rigs use too) says: through fixed wiring (a probe card on a single crosspoint)
-or through closed 707B crosspoints (matrix row letter = terminal, matrix column = line). Emulated instruments hand the world their waveforms; the world resolves
-which potential every line sees and drives the physics:
+or through closed 707B crosspoints (matrix row letter = terminal, matrix column = line).
+Emulated instruments hand the world their waveforms; the world resolves which potential every
+line sees and drives the physics:
 
 - a *write* excursion (a run of segments with some nonzero level and no measurement) becomes one
   `Crossbar.apply_line_pulse` with the levels at the peak, lasting the time spent at the peak

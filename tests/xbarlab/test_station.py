@@ -104,7 +104,8 @@ def test_binding_records_the_crossbar_chip_and_settings_really_used(tmp_path):
     # a chip file: the seed in the file (not the station's) and the file's content hash
     st.chip["xbar0"].G[0, 0] *= 1.5
     st.chip.save(tmp_path / "chip.npz")
-    raw = (STATIONS / "sim-pmu.yaml").read_text().replace("seed: 0", "seed: 7\n  chip_file: chip.npz")
+    raw = (STATIONS / "sim-pmu.yaml").read_text().replace("seed: 0",
+                                                          "seed: 7\n  chip_file: chip.npz")
     (tmp_path / "st.yaml").write_text(raw)
     d = load_station(tmp_path / "st.yaml").describe()
     assert d["sim"]["seed"] == 0 and d["sim"]["chip_file"] == "chip.npz"
@@ -177,3 +178,17 @@ def test_a_new_instrument_is_one_module_and_its_registration(tmp_path):
         assert k9999part.EMULATED == [("GPIB0::3::INSTR", (8, 8))]
     ''')
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_two_instruments_offering_one_terminal_are_refused(monkeypatch):
+    from dataclasses import replace
+
+    from xbarlab.station import registry
+    from xbarlab.station.config import check_consistency
+
+    st = load_station(STATIONS / "sim-pmu.yaml")
+    # as if the 707B kind also offered PMU channel 2's terminal
+    k707b = replace(registry.INSTRUMENTS["k707b"], terminals=lambda cfg: {"pmu2"})
+    monkeypatch.setitem(registry.INSTRUMENTS, "k707b", k707b)
+    with pytest.raises(StationError, match="pmu2"):
+        check_consistency(st.cfg)

@@ -113,8 +113,14 @@ def check_consistency(c) -> None:
     offered = {"gnd"}
     for key, kind_i in INSTRUMENTS.items():
         sec = getattr(c.instruments, key)
-        if sec is not None:
-            offered |= kind_i.terminals(sec)
+        if sec is None:
+            continue
+        mine = kind_i.terminals(sec)
+        if mine & offered:
+            raise StationError(f"instruments.{key}: terminal {sorted(mine & offered)[0]} is "
+                               "offered by another instrument too (terminal names must be "
+                               "unique on a station)")
+        offered |= mine
     offered |= {tap for tap, (src, _k) in wiring.dividers.items() if src in offered}
     for role, term in wiring.terminals.items():
         if (role in wiring.letters or term in wiring.fixed.values()) and term not in offered:
