@@ -14,7 +14,6 @@ file's fields, `resources` the real and the simulated lab behind one interface, 
 `Station` that opens rigs and describes what a run is bound to.
 """
 
-from xbarlab.station.config import station_model
 from xbarlab.station.station import SHIPPED_STATIONS, Station, load_station, resolve_station
 
-__all__ = ["SHIPPED_STATIONS", "Station", "load_station", "resolve_station", "station_model"]
+__all__ = ["SHIPPED_STATIONS", "Station", "load_station", "resolve_station"]

@@ -77,17 +77,17 @@ def station_model() -> type[BaseModel]:
     instruments = create_model(
         "Instruments", __config__=STRICT,
         **{k: (kind.config | None, None) for k, kind in INSTRUMENTS.items()})
-    rigs = Literal[tuple(RIGS)]  # type: ignore[valid-type]
+    rigs = Literal[tuple(RIGS)]
 
     class StationCfg(BaseModel):
         model_config = STRICT
         name: str
-        rig: rigs  # type: ignore[valid-type]
+        rig: rigs
         simulated: bool = False
         crossbar: str = Field("xbar0", description="crossbar (name on the chip) this station "
                                                    "wires")
         shape: tuple[int, int] = Field((8, 8), description="rows, columns")
-        instruments: instruments  # type: ignore[valid-type]
+        instruments: instruments
         matrix: MatrixCfg | None = None
         limits: SafetyLimits = Field(default_factory=SafetyLimits)
         read: ReadCfg = Field(default_factory=ReadCfg)
