@@ -80,7 +80,7 @@ def session(args, out: Path, cfg, rate: float, rng: np.random.Generator, stats: 
         return kinds
 
     lib.faults.take = timed_take
-    start = list_runs(out)[-1].devices_done if out.exists() else 0
+    start = list_runs(out)[-1].units_done if out.exists() else 0
     try:
         with rig:
             module.run(rig, cfg, out, seed=args.seed, progress=False, chip=st.chip)
@@ -151,12 +151,12 @@ def main() -> int:
             if finished:
                 break
             if stats["stops"] > stops_before:
-                done_at_stop = list_runs(out)[-1].devices_done if out.exists() else 0
+                done_at_stop = list_runs(out)[-1].units_done if out.exists() else 0
         wall = time.perf_counter() - t0
 
         info_ref, ref_t = read_run(ref)
         info, got = read_run(out) if out.exists() else (None, {})
-        done = info.devices_done if info else 0
+        done = info.units_done if info else 0
         rows_ref = sum(len(df) for df in ref_t.values())
         rows_lost = rows_diff = dup = 0
         for name, df_ref in ref_t.items():

@@ -48,7 +48,7 @@ def _collect(run_files) -> dict[str, list[tuple[Path, str, int | None]]]:
     for f in run_files:
         f = Path(f)
         for info in list_runs(f):
-            if info.devices_done == 0:
+            if info.units_done == 0:
                 continue
             found.setdefault(info.protocol, []).append((f, info.name, info.seed))
     return found

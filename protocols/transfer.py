@@ -142,7 +142,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], object], crossbars: Seq
                "transfer": cfg.model_dump(mode="json"),
                "test_data": None if x is None else {"points": int(y.size), "sha": _digest(x, y)}}
     writer = RunWriter.open(store, protocol=PROTOCOL, config=run_cfg, station=station or {},
-                            seed=seed, tables=_tables(cfg), devices_total=plan.n_devices,
+                            seed=seed, tables=_tables(cfg), units_total=plan.n_devices,
                             resume=resume, overwrite=overwrite)
     sim = sim_hooks(None, chip)
     start = restore_progress("transfer", writer, plan.n_devices, sim)
@@ -184,13 +184,11 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], object], crossbars: Seq
                                            "t": np.full(devs.size, t_read)}
                         if d == plan.n_devices - 1 and x is not None:
                             out["inference"] = _inference(plan, g_read, x, y)
-                    writer.commit_device(int(d), out, None if sim is None else
-                                         pack_state(sim.get()))
+                    writer.commit(int(d), out, None if sim is None else pack_state(sim.get()))
                     bar.advance(int(out["devices"]["pulses"][0]))
     tables = {name: writer.table(name) for name in _tables(cfg)}
     summary = summarize(plan, tables)
-    if not writer.info.complete:
-        writer.finish(summary)
+    writer.finish(summary)  # a run that was already complete is left as it is
     log.info("transfer: %s", summary)
     return TransferResult(writer.path, writer.run, summary, start, plan, g_read, tables)
 

@@ -118,15 +118,20 @@ class UnitResult:
 def restore_progress(title: str, store: RunWriter, total: int, sim: SimHooks | None) -> int:
     """Devices already committed in `store`; on a sim station the chip state saved with the last
     commit is put back, so the continuation equals an uninterrupted run."""
-    start = store.devices_done
+    start = store.units_done
     if not start or start >= total:
         return start
     if sim is not None:
         blob = store.saved_state()
         if blob is None:
-            raise ProtocolError(f"{store.path}: {start} devices done but no simulator state "
+            raise ProtocolError(f"{store.path}: {start} units done but no simulator state "
                                 "saved; cannot resume identically (pass --overwrite)")
-        sim.set(unpack_state(blob))
+        try:
+            state = unpack_state(blob)
+        except Exception as e:  # a format-1 file has no checksum on it
+            raise ProtocolError(f"{store.path}: the saved simulator state is damaged ({e}); "
+                                "cannot resume identically (pass --overwrite)") from None
+        sim.set(state)
         log.info("%s: resuming at device %d/%d with the saved simulator state",
                  title, start + 1, total)
     else:
@@ -138,9 +143,9 @@ def restore_progress(title: str, store: RunWriter, total: int, sim: SimHooks | N
 def run_units(*, title: str, rig, store: RunWriter, units: Sequence[tuple[int, int]],
               work: Callable[[int, tuple[int, int]], UnitResult], sim: SimHooks | None,
               progress: bool = True) -> None:
-    """Measure units[store.devices_done:] in order, committing after each one."""
-    if store.info.devices_total != len(units):
-        raise ProtocolError(f"{title}: store expects {store.info.devices_total} devices, "
+    """Measure units[store.units_done:] in order, committing after each one."""
+    if store.info.units_total != len(units):
+        raise ProtocolError(f"{title}: store expects {store.info.units_total} units, "
                             f"campaign has {len(units)}")
     start = restore_progress(title, store, len(units), sim)
     bar = Bar(title, len(units), start, enabled=progress)
@@ -151,7 +156,7 @@ def run_units(*, title: str, rig, store: RunWriter, units: Sequence[tuple[int, i
                 bar.current(f"device ({rc[0]},{rc[1]})")
                 res = work(i, rc)
                 state = _pack(sim)
-                store.commit_device(i, res.rows, state)
+                store.commit(i, res.rows, state)
                 bar.advance(res.pulses)
                 log.debug("%s: device %d (%d,%d) done, %d pulses", title, i, *rc, res.pulses)
     except BaseException:
@@ -161,6 +166,7 @@ def run_units(*, title: str, rig, store: RunWriter, units: Sequence[tuple[int, i
             rig.safe_state()
         except Exception as e:
             log.error("%s: could not make every instrument safe after the error: %s", title, e)
+        store.close()  # publishes what is committed, releases the file
         raise
     rig.safe_state()
 

@@ -73,9 +73,9 @@ def run(rig, config: TuningUntuningConfig, store, *, seed: int | None = None,
     cfg = config
     units = raster(rig.shape, cfg.devices)
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
-                        tables=tables(cfg), devices_total=len(units), resume=resume,
+                        tables=tables(cfg), units_total=len(units), resume=resume,
                         overwrite=overwrite)
-    resumed = writer.devices_done
+    resumed = writer.units_done
     sim = hooks(rig, chip)
     levels = cfg.level_values()
     off_cfg = cfg.tune.model_copy(update={"tolerance": cfg.off_tolerance, "n_inband": 1})
@@ -116,7 +116,7 @@ def run(rig, config: TuningUntuningConfig, store, *, seed: int | None = None,
     summary = summarize(writer.table("tunings"))
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
 
 
 def summarize(df) -> dict:

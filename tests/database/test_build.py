@@ -10,9 +10,9 @@ from protocols.campaigns import disturbance, stuck, tuning_untuning
 
 def _write(path, protocol, cls_tables, rows_per_device, config=None):
     w = RunWriter.open(path, protocol=protocol, config=config or {}, station={}, seed=1,
-                       tables=cls_tables, devices_total=len(rows_per_device))
+                       tables=cls_tables, units_total=len(rows_per_device))
     for i, rows in enumerate(rows_per_device):
-        w.commit_device(i, rows)
+        w.commit(i, rows)
     w.finish()
 
 
