@@ -4,6 +4,15 @@ itself safe -> re-run the same command, which resumes).
 
     python bench/soak.py                          # defaults: 16 devices, rate 5e-4
     python bench/soak.py --devices 64 --rate 1e-3 --duration 600
+    python bench/soak.py --section disk-full      # the output file on a disk that fills up
+    python bench/soak.py --section readers        # readers on the file during the campaign
+
+The storage sections run `xbarlab run disturbance` as a subprocess (so a native crash shows as
+a signal) and compare every stored row exactly with an uninterrupted run of the same seed:
+- disk-full (root: mounts a tmpfs per case): the output folder is a tmpfs of a random size; after
+  the run stops the committed rows are checked, the tmpfs is grown and the same command re-run.
+- readers: while the campaign writes, this process opens the file with h5py (HDF5 locking on)
+  and holds it for a random time, reads it through the store, and runs `xbarlab db show`.
 
 Every instrument message has probability `rate` of a fault drawn from the kinds below (the
 dropped connection 20x rarer). After every stop the emulators are inspected: anything not in
@@ -21,6 +30,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,6 +125,8 @@ def session(args, out: Path, cfg, rate: float, rng: np.random.Generator, stats: 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--section", default="faults", choices=("faults", "disk-full", "readers"))
+    ap.add_argument("--cases", type=int, default=20, help="random cases (storage sections)")
     ap.add_argument("--campaign", default="tuning-untuning", choices=sorted(CAMPAIGNS))
     ap.add_argument("--devices", type=int, default=16, help="devices in the campaign (ops)")
     ap.add_argument("--rate", type=float, default=5e-4, help="fault probability per message")
@@ -122,6 +136,10 @@ def main() -> int:
     args = ap.parse_args()
     # the rig logs each safe-state failure of a lost instrument; the summary counts them
     logging.getLogger("xbarlab").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
+    if args.section == "disk-full":
+        return disk_full(args)
+    if args.section == "readers":
+        return readers(args)
 
     _, cls = CAMPAIGNS[args.campaign]
     extra = {"levels": 2, "repeats": 1} if args.campaign == "tuning-untuning" else {}
@@ -226,6 +244,231 @@ def main() -> int:
           f"{stats['outside_safe_max_s'] * 1e3:.2f} ms (wall, faulty message -> safe state "
           "verified on the emulators)")
     bad = rows_lost or rows_diff or dup or devices_lost or stats["unsafe_after_stop"]
+    return 1 if bad else 0
+
+
+# -- storage sections ------------------------------------------------------------------------
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+           MPLBACKEND="Agg")
+STORE_DEVICES = ["0,0", "0,1", "0,2", "1,0", "1,1", "2,2"]
+
+
+def _cmd(out: Path, seed: int) -> list[str]:
+    return [sys.executable, "-m", "xbarlab", "run", "disturbance", "--station", str(STATION),
+            "-o", str(out), "--seed", str(seed), "--no-progress",
+            *[a for d in STORE_DEVICES for a in ("--device", d)]]
+
+
+def _compare(path: Path, ref: dict, units: int | None = None) -> tuple[int, int, int]:
+    """(units in the file, rows missing, rows differing) against the reference's rows of the
+    units the file holds (or of `units`, the count the tool said were committed)."""
+    info, got = read_run(path)
+    units = info.units_done if units is None else units
+    missing = differing = 0
+    for name, df_ref in ref.items():
+        key = "after" if "after" in df_ref.columns else "device"
+        want = df_ref[df_ref[key] < units].reset_index(drop=True)
+        df = got.get(name, df_ref.iloc[:0]).reset_index(drop=True)
+        missing += max(len(want) - len(df), 0)
+        m = min(len(want), len(df))
+        a, b = want.iloc[:m].to_numpy(float), df.iloc[:m].to_numpy(float)
+        differing += int(np.sum(~np.all((a == b) | (np.isnan(a) & np.isnan(b)), axis=1)))
+        differing += max(len(df) - len(want), 0)   # rows of units it should not hold
+    return info.units_done, missing, differing
+
+
+def _one_line(err: str) -> bool:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    return bool(lines) and lines[-1].startswith("error:") and "Traceback" not in err \
+        and "Exception ignored" not in err
+
+
+def _leftover(folder: Path) -> int:
+    return sum(1 for p in folder.iterdir() if p.suffix in (".lock", ".journal", ".tmp"))
+
+
+def _reference(tmp: Path, seed: int) -> tuple[Path, dict]:
+    ref = tmp / "ref.h5"
+    p = subprocess.run(_cmd(ref, seed), env=ENV, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(f"reference run failed: {p.stderr[-2000:]}")
+    return ref, read_run(ref)[1]
+
+
+def disk_full(args) -> int:
+    """The output folder on a tmpfs of random size, then grown, then the same command again."""
+    rng = np.random.default_rng(args.seed)
+    c: Counter = Counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ref, ref_t = _reference(tmp, args.seed)
+        full = ref.stat().st_size
+        t0 = time.perf_counter()
+        for case in range(args.cases):
+            size = int(rng.uniform(0.02, 2.5) * full) + 4096
+            mnt = tmp / f"m{case}"
+            mnt.mkdir()
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                               capture_output=True, text=True)
+            if r.returncode:
+                print(f"disk-full section skipped: cannot mount a tmpfs ({r.stderr.strip()})")
+                return 0
+            try:
+                out = mnt / "d.h5"
+                p = subprocess.run(_cmd(out, args.seed), env=ENV, cwd=ROOT, capture_output=True,
+                                   text=True)
+                c["cases"] += 1
+                if p.returncode < 0:
+                    c["crashes"] += 1
+                    print(f"  case {case}: size {size}: killed by signal {-p.returncode}")
+                elif p.returncode == 2:
+                    c["disk_full_stops"] += 1
+                    ok = _one_line(p.stderr) and "disk full" in p.stderr.splitlines()[-1]
+                    c["not_one_line"] += not ok
+                    if not ok or args.verbose:
+                        print(f"  case {case}: size {size}: {p.stderr.strip()[-400:]}")
+                elif p.returncode != 0:
+                    c["other_exit"] += 1
+                    print(f"  case {case}: exit {p.returncode}: {p.stderr.strip()[-400:]}")
+                said = re.search(r"the (\d+) units committed before are intact", p.stderr)
+                if out.exists():
+                    try:
+                        done, miss, diff = _compare(out, ref_t, int(said[1]) if said else None)
+                        c["rows_lost"] += miss
+                        c["rows_differing"] += diff
+                        c["units_committed_at_stop"] += done
+                    except Exception as e:
+                        c["files_damaged"] += 1
+                        print(f"  case {case}: file unreadable after the stop: {e}")
+                elif said and int(said[1]):
+                    c["rows_lost"] += sum(len(df) for df in ref_t.values())
+                subprocess.run(["mount", "-o", "remount,size=256m", str(mnt)], check=True)
+                p = subprocess.run(_cmd(out, args.seed), env=ENV, cwd=ROOT, capture_output=True,
+                                   text=True)
+                if p.returncode:
+                    c["resume_failed"] += 1
+                    print(f"  case {case}: re-run exit {p.returncode}: {p.stderr.strip()[-400:]}")
+                    continue
+                try:
+                    done, miss, diff = _compare(out, ref_t)
+                    c["final_rows_lost"] += miss + (len(STORE_DEVICES) - done)
+                    c["final_rows_differing"] += diff
+                except Exception as e:
+                    c["files_damaged"] += 1
+                    print(f"  case {case}: file unreadable after the re-run: {e}")
+                c["leftover_files"] += _leftover(mnt)
+            finally:
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        wall = time.perf_counter() - t0
+    rows = sum(len(df) for df in ref_t.values())
+    print(f"soak disk-full: `xbarlab run disturbance` ({len(STORE_DEVICES)} devices, seed "
+          f"{args.seed}) on a tmpfs of random size (2-250 % of the {full / 1e3:.0f} kB result), "
+          f"then grown and re-run; {c['cases']} cases, {wall:.0f} s")
+    print(f"  faults (runs stopped: disk full) {c['disk_full_stops']} of {c['cases']} "
+          f"(others had room); other exits {c['other_exit']}")
+    print(f"  crashes (signals)               {c['crashes']}")
+    print(f"  error not one line / untrue     {c['not_one_line']}")
+    print(f"  committed rows lost at the stop {c['rows_lost']} (units the message called intact "
+          f"vs the file)")
+    print(f"  committed rows differing        {c['rows_differing']} (exact, against the "
+          "uninterrupted run)")
+    print(f"  re-runs failed                  {c['resume_failed']}")
+    print(f"  final rows lost / differing     {c['final_rows_lost']} / "
+          f"{c['final_rows_differing']} (reference has {rows} rows; exact comparison)")
+    print(f"  files damaged (unreadable)      {c['files_damaged']}")
+    print(f"  lock/journal/temp files left    {c['leftover_files']}")
+    bad = sum(c[k] for k in ("crashes", "not_one_line", "rows_lost", "rows_differing",
+                             "resume_failed", "final_rows_lost", "final_rows_differing",
+                             "files_damaged", "leftover_files", "other_exit"))
+    return 1 if bad else 0
+
+
+def readers(args) -> int:
+    """Random readers on the file during whole campaigns."""
+    import h5py
+
+    rng = np.random.default_rng(args.seed)
+    c: Counter = Counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _ref, ref_t = _reference(tmp, args.seed)
+        t0 = time.perf_counter()
+        for case in range(args.cases):
+            out = tmp / f"r{case}.h5"
+            w = subprocess.Popen(_cmd(out, args.seed), env=ENV, cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            shows: list[subprocess.Popen] = []
+            seen = []
+            c["cases"] += 1
+            while w.poll() is None:
+                if not out.exists():
+                    time.sleep(0.005)
+                    continue
+                kind = rng.integers(3)
+                try:
+                    if kind == 0:                       # h5py with HDF5 file locking, held
+                        with h5py.File(out, "r") as f:
+                            c["h5py_holds"] += 1
+                            _ = f.attrs["kind"]
+                            time.sleep(rng.uniform(0.0, 0.5))
+                    elif kind == 1:                     # the store's readers
+                        done, miss, diff = _compare(out, ref_t)
+                        c["store_reads"] += 1
+                        c["reads_inconsistent"] += (miss + diff) > 0
+                        seen.append(done)
+                    elif len(shows) < 2:                # `xbarlab db show` in parallel
+                        shows.append(subprocess.Popen(
+                            [sys.executable, "-m", "xbarlab", "db", "show", str(out)], env=ENV,
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True))
+                except Exception as e:
+                    c["reads_failed"] += 1
+                    print(f"  case {case}: read failed: {e}")
+                for sp in [sp for sp in shows if sp.poll() is not None]:
+                    shows.remove(sp)
+                    c["db_show"] += 1
+                    if sp.returncode:
+                        c["reads_failed"] += 1
+                        print(f"  case {case}: db show exit {sp.returncode}: "
+                              f"{sp.stderr.read()[-300:]}")
+            err = w.stderr.read()
+            for sp in shows:
+                sp.wait()
+                c["db_show"] += 1
+                c["reads_failed"] += sp.returncode != 0
+            if w.returncode < 0:
+                c["crashes"] += 1
+            if w.returncode:
+                c["campaigns_stopped"] += 1
+                print(f"  case {case}: campaign exit {w.returncode}: {err.strip()[-400:]}")
+            c["progress_backwards"] += seen != sorted(seen)
+            try:
+                done, miss, diff = _compare(out, ref_t)
+                c["rows_lost"] += miss + sum(len(df[df[("after" if "after" in df else "device")]
+                                                    >= done]) for df in ref_t.values())
+                c["rows_differing"] += diff
+            except Exception as e:
+                c["files_damaged"] += 1
+                print(f"  case {case}: file unreadable: {e}")
+            c["leftover_files"] += _leftover(tmp)
+        wall = time.perf_counter() - t0
+    rows = sum(len(df) for df in ref_t.values())
+    print(f"soak readers: `xbarlab run disturbance` ({len(STORE_DEVICES)} devices, seed "
+          f"{args.seed}) with readers on its file; {c['cases']} cases, {wall:.0f} s")
+    print(f"  reads during the writes         {c['h5py_holds']} h5py opens held 0-0.5 s (HDF5 "
+          f"locking on), {c['store_reads']} store reads, {c['db_show']} `db show`")
+    print(f"  reads failed / inconsistent     {c['reads_failed']} / {c['reads_inconsistent']} "
+          f"(each read must be an exact prefix of the reference); progress going back "
+          f"{c['progress_backwards']}")
+    print(f"  campaigns stopped               {c['campaigns_stopped']} (crashes {c['crashes']})")
+    print(f"  data rows lost / differing      {c['rows_lost']} / {c['rows_differing']} "
+          f"(reference has {rows} rows; exact comparison)")
+    print(f"  files damaged                   {c['files_damaged']}")
+    print(f"  lock/journal/temp files left    {c['leftover_files']}")
+    bad = sum(c[k] for k in ("reads_failed", "reads_inconsistent", "progress_backwards",
+                             "campaigns_stopped", "crashes", "rows_lost", "rows_differing",
+                             "files_damaged", "leftover_files"))
     return 1 if bad else 0
 
 

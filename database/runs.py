@@ -84,7 +84,7 @@ log = logging.getLogger("xbarlab.store")
 KIND = "xbarlab-runs"
 FORMAT_VERSION = 2
 #: publish when the time since the last publish exceeds this many times its cost
-PUBLISH_RATIO = 10.0
+PUBLISH_RATIO = 50.0
 _CHUNK = 65536                  # elements per chunk: the unit of fletcher32 checking
 _VOLATILE_STATION = ("path",)   # station fields that may differ between a run and its resume
 _KINDS = "biuf"                 # column dtypes: bool, int, unsigned, float

@@ -328,6 +328,25 @@ def test_impossible_records_are_schema_errors(tmp_path):
             assert str(bad) in str(ei.value) and "\n" not in str(ei.value), case
 
 
+def test_impossible_records_in_format1_files(tmp_path):
+    """Format 1 has no checksums: the range and consistency checks alone must catch these."""
+    cases = {
+        "done>total": ("progress", _progress_edit(devices_done=67)),
+        "negative": ("progress", _progress_edit(devices_done=-5)),
+        "rows-beyond-data": ("progress", _progress_edit(rows={"devices": 99})),
+        "slot": ("progress", _progress_edit(state_slot=7)),
+        "complete-early": ("complete", lambda v: True),
+        "total": ("devices_total", lambda v: -1),
+    }
+    for case, (attr, fn) in cases.items():
+        bad = tmp_path / f"{case}.h5"
+        shutil.copy(DATA / "format1-unfinished.h5", bad)
+        _edit_run_attr(bad, attr, fn)
+        with pytest.raises(SchemaError) as ei:
+            list_runs(bad)
+        assert str(bad) in str(ei.value) and "\n" not in str(ei.value), case
+
+
 def test_schema_errors(tmp_path):
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"not hdf5 at all")
