@@ -118,8 +118,10 @@ def main() -> int:
     ap.add_argument("--units", type=int, default=10_000)
     ap.add_argument("--rows", type=int, default=60, help="history rows per unit")
     ap.add_argument("--state", type=int, default=15_000, help="chip-state bytes per commit")
-    ap.add_argument("--work-ms", type=float, default=20.0,
-                    help="work per unit in the 'with work' run [ms]")
+    ap.add_argument("--work-ms", type=float, default=200.0,
+                    help="work per unit in the 'with work' run [ms] (a simulated tuning takes "
+                         "~150-300 ms of wall time, one on hardware ~0.5 s)")
+    ap.add_argument("--work-units", type=int, default=1000, help="units of the 'with work' run")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -134,14 +136,16 @@ def main() -> int:
             b, total = publish_cost(folder, size, rng)
             print(f"  {size:3d} MB file   {_ms(total)} ({_ms(b).strip()})")
 
-        for label, state, work in (("no state, no work", 0, 0.0),
-                                   (f"{args.state / 1e3:.0f} kB state, no work", args.state, 0.0),
-                                   (f"{args.state / 1e3:.0f} kB state, {args.work_ms:g} ms work",
-                                    args.state, args.work_ms / 1e3)):
-            r = run(folder, args.units, args.rows, state, work, rng)
+        kb = f"{args.state / 1e3:.0f} kB state"
+        for label, units, state, work in (
+                ("no state, no work", args.units, 0, 0.0),
+                (f"{kb}, no work", args.units, args.state, 0.0),
+                (f"{kb}, {args.work_ms:g} ms work", args.work_units, args.state,
+                 args.work_ms / 1e3)):
+            r = run(folder, units, args.rows, state, work, rng)
             c, p = r["commit"], np.array(r["publishes"])
             store = c.sum() + r["finish"]
-            print(f"{args.units} commits, {label}: final file {r['size'] / 1e6:.1f} MB")
+            print(f"{units} commits, {label}: final file {r['size'] / 1e6:.1f} MB")
             print(f"  commit (journal append + fsync, and any publish it triggers): "
                   f"median {_ms(np.median(c)).strip()}, p99 {_ms(np.percentile(c, 99)).strip()},"
                   f" max {_ms(c.max()).strip()}")
@@ -151,7 +155,7 @@ def main() -> int:
                 print(f"  store time {store:.2f} s against {r['work']:.1f} s of work: overhead "
                       f"{100 * store / r['work']:.1f} %")
             else:
-                print(f"  store time {store:.2f} s = {1e3 * store / args.units:.2f} ms per unit "
+                print(f"  store time {store:.2f} s = {1e3 * store / units:.2f} ms per unit "
                       "(back to back)")
     return 0
 

@@ -32,13 +32,16 @@ Why build the file at each publish rather than keep an HDF5 image open in memory
 it: a commit then never enters HDF5 at all (its cost is one journal append), the file is a pure
 function of the committed data (every dataset exactly its committed length, no leftovers of
 resized datasets, the same bytes whatever faults happened before), and a published image is
-always one that a closed h5py file produced. Building is O(file size) (~50 ms for 30 MB,
-bench/store.py), so publishing is throttled: after each commit, publish when the time since the
-last publish exceeds PUBLISH_RATIO times that publish's cost (so publishing costs at most
-~1/PUBLISH_RATIO of the run's wall time), and always on the first commit, at finish and at
-close. The first commit of a new run publishes directly (there is no file yet to extend), which
-is also what makes `overwrite` safe: the old file stays as it is until the new run has its first
-unit, and is then replaced in one rename.
+always one that a closed h5py file produced. A commit costs one journal append + fdatasync
+(~4 ms on the development machine's disk, bench/store.py); a publish is O(file size) (~0.4 s for
+30 MB, a quarter of it building the image). So publishing is throttled: after a commit, publish
+when the time since the last publish exceeds PUBLISH_RATIO times that publish's cost, and always
+on the first commit, at finish and at close. Readers apply the journal themselves, so publishing
+only bounds the journal's length (what a resume or a reader parses) and what a copy of the file
+without its journal holds; PUBLISH_RATIO = 50 keeps it under ~2 % of the wall time (at 10 it was
+measured at ~10 %). The first commit of a new run publishes directly (there is no file yet to
+extend), which is also what makes `overwrite` safe: the old file stays as it is until the new run
+has its first unit, and is then replaced in one rename.
 
 Readers (`list_runs`, `read_table`, `read_run`) open the file with HDF5 file locking off; the
 writer's rename never waits for them and they keep reading the file they opened. Everything read
@@ -117,24 +120,28 @@ def _journal_path(path: Path) -> Path:
 # A POSIX record lock on `<file>.lock`, held while a RunWriter is open. The OS drops it when the
 # process dies (SIGKILL included), so a stale lock never blocks a resume; a second process is
 # refused at once. Record locks belong to the process, so re-opening the same file in one process
-# (a resume after an error) is allowed; the journal/file identity check in `commit` then keeps a
-# stale writer from writing. The lock file is removed when the last writer closes; whoever
-# locks checks that the file it locked is still the one on disk (not one just removed).
-_LOCKS: dict[Path, int] = {}
+# (a resume after an error) is allowed: the newest writer owns the lock, and the file/journal
+# identity check in `commit` keeps an older one from writing. Only the owner's close releases the
+# lock and removes the lock file; whoever locks checks that the file it locked is still the one on
+# disk (not one its owner just removed). Where fcntl is missing (Windows) only ownership is kept.
+_LOCKS: dict[Path, list] = {}   # resolved path -> [lock fd or None, owning writer]
 
 
 def _denied(e: OSError) -> bool:
     return e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def _lock(path: Path) -> None:
+def _lock(path: Path, owner) -> object | None:
+    """Lock `path` for `owner`; returns the writer of this process that owned it before."""
     key = path.resolve()
     if key in _LOCKS:
-        return
+        before, _LOCKS[key][1] = _LOCKS[key][1], owner
+        return before
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: the identity checks guard alone
-        return
+        _LOCKS[key] = [None, owner]
+        return None
     lock = path.with_name(path.name + ".lock")
     for _ in range(10):
         try:
@@ -155,15 +162,27 @@ def _lock(path: Path) -> None:
         except FileNotFoundError:
             same = False
         if same:
-            _LOCKS[key] = fd
-            return
+            _LOCKS[key] = [fd, owner]
+            return None
         os.close(fd)  # its owner removed it while we waited: lock the new one
     raise DatabaseError(f"{lock}: the lock file keeps changing; is another process busy?")
 
 
-def _unlock(path: Path) -> None:
-    fd = _LOCKS.pop(path.resolve(), None)
-    if fd is None:
+def _owns(path: Path, owner) -> bool:
+    entry = _LOCKS.get(path.resolve())
+    return entry is not None and entry[1] is owner
+
+
+def _unlock(path: Path, owner, before=None) -> None:
+    """Release `owner`'s lock (or hand it back to the writer that owned it `before`)."""
+    key = path.resolve()
+    if not _owns(path, owner):
+        return
+    if before is not None:
+        _LOCKS[key][1] = before
+        return
+    fd = _LOCKS.pop(key)[0]
+    if fd is None:  # pragma: no cover - Windows
         return
     try:
         path.with_name(path.name + ".lock").unlink(missing_ok=True)
@@ -260,7 +279,12 @@ def _check_root(f: h5py.File, path: Path) -> int:
     return version
 
 
-def _table_specs(g: h5py.Group, path: Path, names) -> tuple[TableSpecs, dict[str, int]]:
+def _unprotected(ds: h5py.Dataset, version: int) -> bool:
+    """A format-2 dataset without its checksum filter (replaced by another program)."""
+    return version >= 2 and not ds.fletcher32
+
+
+def _table_specs(g: h5py.Group, path: Path, names, version: int) -> tuple[TableSpecs, dict]:
     """Column specs and dataset lengths of the named tables, checked."""
     specs, lengths = {}, {}
     for t in names:
@@ -278,6 +302,9 @@ def _table_specs(g: h5py.Group, path: Path, names) -> tuple[TableSpecs, dict[str
                 raise SchemaError(f"{path}: {tg.name}/{c}: column is missing")
             if ds.ndim != 1 or ds.dtype.kind not in _KINDS:
                 raise SchemaError(f"{path}: {ds.name}: not a 1-D numeric column")
+            if _unprotected(ds, version):
+                raise SchemaError(f"{path}: {ds.name}: has no checksum filter (not written by "
+                                  "xbarlab)")
             spec[c] = (ds.dtype.str, str(_py(ds.attrs.get("units", ""), path, f"{ds.name} units")))
             n.add(ds.shape[0])
         if len(n) != 1:
@@ -299,7 +326,7 @@ def _read_run(g: h5py.Group, path: Path, version: int) -> _Run:
         rows = prog["rows"]
         if not isinstance(rows, dict):
             raise SchemaError(f"{path}: {where} progress rows are not a table of counts")
-        specs, lengths = _table_specs(g, path, sorted(rows))
+        specs, lengths = _table_specs(g, path, sorted(rows), version)
         if version >= 2:
             if _meta_crc(attrs, specs) != attrs["meta_crc32"]:
                 raise SchemaError(f"{path}: {where}: metadata damaged (checksum mismatch)")
@@ -325,8 +352,10 @@ def _read_run(g: h5py.Group, path: Path, version: int) -> _Run:
         if version >= 2:
             n_state = _int(prog["state_bytes"], path, f"{where} progress state_bytes", 0)
             ds = g.get("_state")
-            if not isinstance(ds, h5py.Dataset) or ds.shape != (n_state,):
-                raise SchemaError(f"{path}: {g.name}/_state: missing or not {n_state} bytes")
+            if not isinstance(ds, h5py.Dataset) or ds.shape != (n_state,) \
+                    or _unprotected(ds, version):
+                raise SchemaError(f"{path}: {g.name}/_state: missing, not {n_state} bytes or "
+                                  "without its checksum filter")
             state = ("_state", n_state) if n_state else None
             run_id = attrs["run_id"]
             if not isinstance(run_id, str):
@@ -709,17 +738,19 @@ class RunWriter:
         meta = {"protocol": protocol, "config": config, "station": station,
                 "seed": None if seed is None else int(seed), "units_total": int(units_total)}
         created = cls._folders(path)
+        token = object()
         try:
-            _lock(path)  # before reading or replacing anything: one writer per file
+            before = _lock(path, token)  # before reading or replacing anything
         except BaseException:
             cls._remove_folders(created)
             raise
         try:
             w = cls._open_locked(path, meta, tables, created, overwrite)
         except BaseException:
-            _unlock(path)
+            _unlock(path, token, before)
             cls._remove_folders(created)
             raise
+        _LOCKS[path.resolve()][1] = w
         _OPEN.add(w)
         return w
 
@@ -1053,15 +1084,16 @@ class RunWriter:
         finally:
             if self._journal is not None:
                 self._journal.close()
-            jp = _journal_path(self.path)
-            try:
-                if jp.exists() and jp.stat().st_size == 0:
-                    jp.unlink()
-            except OSError:
-                pass
-            _unlock(self.path)
-            if self._file_units < 0:
-                self._remove_folders(self._created)
+            if _owns(self.path, self):  # a newer writer of this process takes care of the rest
+                jp = _journal_path(self.path)
+                try:
+                    if jp.exists() and jp.stat().st_size == 0:
+                        jp.unlink()
+                except OSError:
+                    pass
+                _unlock(self.path, self)
+                if self._file_units < 0:
+                    self._remove_folders(self._created)
 
 
 def _dataset(g: h5py.Group, name: str, a: np.ndarray) -> h5py.Dataset:

@@ -515,7 +515,10 @@ def test_stale_writer_refused(tmp_path):
     c.commit(2, {"t": {"x": [4.0]}})
     with pytest.raises(DatabaseError, match="changed by another writer"):
         a.commit(2, {"t": {"x": [5.0]}})
+    a.close()                                  # the stale writer does not release c's lock
+    assert (tmp_path / "s.h5.lock").exists()
     c.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
     info, tables = read_run(out)
     assert info.complete and list(tables["t"].x) == [1.0, 3.0, 4.0]
 
