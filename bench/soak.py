@@ -6,6 +6,7 @@ itself safe -> re-run the same command, which resumes).
     python bench/soak.py --devices 64 --rate 1e-3 --duration 600
     python bench/soak.py --section disk-full      # the output file on a disk that fills up
     python bench/soak.py --section readers        # readers on the file during the campaign
+    python bench/soak.py --section flips          # random byte flips in a finished file
 
 The storage sections run `xbarlab run disturbance` as a subprocess (so a native crash shows as
 a signal) and compare every stored row exactly with an uninterrupted run of the same seed:
@@ -13,6 +14,9 @@ a signal) and compare every stored row exactly with an uninterrupted run of the 
   the run stops the committed rows are checked, the tmpfs is grown and the same command re-run.
 - readers: while the campaign writes, this process opens the file with h5py (HDF5 locking on)
   and holds it for a random time, reads it through the store, and runs `xbarlab db show`.
+- flips: one random byte of a finished file flipped per case, then read through the store (run
+  attributes, every table, the saved chip state), in a subprocess: detected (one-line
+  SchemaError), harmless (everything read equals the original), undetected, or a crash.
 
 Every instrument message has probability `rate` of a fault drawn from the kinds below (the
 dropped connection 20x rarer). After every stop the emulators are inspected: anything not in
@@ -28,6 +32,7 @@ device that failed), faults with no visible effect, devices lost, data rows lost
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -125,7 +130,8 @@ def session(args, out: Path, cfg, rate: float, rng: np.random.Generator, stats: 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--section", default="faults", choices=("faults", "disk-full", "readers"))
+    ap.add_argument("--section", default="faults",
+                    choices=("faults", "disk-full", "readers", "flips"))
     ap.add_argument("--cases", type=int, default=20, help="random cases (storage sections)")
     ap.add_argument("--campaign", default="tuning-untuning", choices=sorted(CAMPAIGNS))
     ap.add_argument("--devices", type=int, default=16, help="devices in the campaign (ops)")
@@ -140,6 +146,8 @@ def main() -> int:
         return disk_full(args)
     if args.section == "readers":
         return readers(args)
+    if args.section == "flips":
+        return flips(args)
 
     _, cls = CAMPAIGNS[args.campaign]
     extra = {"levels": 2, "repeats": 1} if args.campaign == "tuning-untuning" else {}
@@ -300,13 +308,14 @@ def disk_full(args) -> int:
     """The output folder on a tmpfs of random size, then grown, then the same command again."""
     rng = np.random.default_rng(args.seed)
     c: Counter = Counter()
+    stops: list[int] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ref, ref_t = _reference(tmp, args.seed)
         full = ref.stat().st_size
         t0 = time.perf_counter()
         for case in range(args.cases):
-            size = int(rng.uniform(0.02, 2.5) * full) + 4096
+            size = int(rng.uniform(0.02, 5.0) * full) + 4096
             mnt = tmp / f"m{case}"
             mnt.mkdir()
             r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
@@ -337,7 +346,8 @@ def disk_full(args) -> int:
                         done, miss, diff = _compare(out, ref_t, int(said[1]) if said else None)
                         c["rows_lost"] += miss
                         c["rows_differing"] += diff
-                        c["units_committed_at_stop"] += done
+                        if p.returncode:
+                            stops.append(done)
                     except Exception as e:
                         c["files_damaged"] += 1
                         print(f"  case {case}: file unreadable after the stop: {e}")
@@ -363,10 +373,11 @@ def disk_full(args) -> int:
         wall = time.perf_counter() - t0
     rows = sum(len(df) for df in ref_t.values())
     print(f"soak disk-full: `xbarlab run disturbance` ({len(STORE_DEVICES)} devices, seed "
-          f"{args.seed}) on a tmpfs of random size (2-250 % of the {full / 1e3:.0f} kB result), "
+          f"{args.seed}) on a tmpfs of random size (2-500 % of the {full / 1e3:.0f} kB result), "
           f"then grown and re-run; {c['cases']} cases, {wall:.0f} s")
     print(f"  faults (runs stopped: disk full) {c['disk_full_stops']} of {c['cases']} "
           f"(others had room); other exits {c['other_exit']}")
+    print(f"  units committed at the stops    {sorted(stops)} (of {len(STORE_DEVICES)})")
     print(f"  crashes (signals)               {c['crashes']}")
     print(f"  error not one line / untrue     {c['not_one_line']}")
     print(f"  committed rows lost at the stop {c['rows_lost']} (units the message called intact "
@@ -470,6 +481,85 @@ def readers(args) -> int:
                              "campaigns_stopped", "crashes", "rows_lost", "rows_differing",
                              "files_damaged", "leftover_files"))
     return 1 if bad else 0
+
+
+FLIP_CHILD = """
+import json, sys
+from pathlib import Path
+from database.errors import SchemaError
+from database.runs import RunWriter, read_run
+
+src, work, spec = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+
+def read(p):
+    info, tables = read_run(p)
+    w = RunWriter.open(p, **spec)
+    try:
+        state = w.saved_state()
+    finally:
+        w.close()
+    return json.dumps([info.__dict__, {k: v.to_dict("list") for k, v in tables.items()},
+                       state.hex() if state else None], sort_keys=True, default=repr)
+
+ref = read(src)
+data = src.read_bytes()
+for line in sys.stdin:
+    pos, xor = map(int, line.split())
+    bad = bytearray(data)
+    bad[pos] ^= xor
+    p = work / "flip.h5"
+    p.write_bytes(bytes(bad))
+    try:
+        got = read(p)
+        res = "harmless" if got == ref else "undetected"
+    except SchemaError as e:
+        res = "detected" if "\\n" not in str(e) and str(p) in str(e) else "not_one_line"
+    print(res, flush=True)
+"""
+
+
+def flips(args) -> int:
+    """Random byte flips in a finished file, each read back in full through the store."""
+    from protocols.campaigns import disturbance
+
+    rng = np.random.default_rng(args.seed)
+    c: Counter = Counter()
+    n = args.cases
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ref, _ = _reference(tmp, args.seed)
+        info = list_runs(ref)[-1]
+        tables = {"devices": disturbance.DEVICES_COLUMNS, "samples": disturbance.SAMPLES_COLUMNS,
+                  "history": disturbance.HISTORY_COLUMNS}
+        spec = dict(protocol=info.protocol, config=info.config, station=info.station,
+                    seed=info.seed, tables=tables, units_total=info.units_total)
+        size = ref.stat().st_size
+        todo = [(int(rng.integers(size)), int(rng.integers(1, 256))) for _ in range(n)]
+        t0 = time.perf_counter()
+        while todo:
+            p = subprocess.Popen([sys.executable, "-c", FLIP_CHILD, str(ref), str(tmp),
+                                  json.dumps(spec)], env=ENV, cwd=ROOT, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            out, err = p.communicate("".join(f"{a} {b}\n" for a, b in todo))
+            results = out.split()
+            for (pos, _x), res in zip(todo, results, strict=False):
+                c[res] += 1
+                if res != "detected" and res != "harmless":
+                    print(f"  flip at byte {pos}: {res}")
+            todo = todo[len(results):]
+            if todo:  # the child died on the next flip
+                c["crashes"] += 1
+                print(f"  flip at byte {todo[0][0]}: child exit {p.returncode}: {err[-300:]}")
+                todo = todo[1:]
+        wall = time.perf_counter() - t0
+    print(f"soak flips: {n} random byte flips (one per case) in a finished {size / 1e3:.0f} kB "
+          f"disturbance file, each read in full through the store; {wall:.0f} s")
+    print(f"  detected (one-line SchemaError) {c['detected']}")
+    print(f"  harmless (all read equal)       {c['harmless']}")
+    print(f"  undetected (data differ)        {c['undetected']}")
+    print(f"  error not one line              {c['not_one_line']}")
+    print(f"  crashes                         {c['crashes']}")
+    return 1 if c["undetected"] or c["not_one_line"] or c["crashes"] else 0
 
 
 if __name__ == "__main__":

@@ -704,6 +704,7 @@ class RunWriter:
         self._created = created         # folders made for this run (removed if it never starts)
         self._next_publish = 0.0
         self._closed = False
+        self._broken = False            # an interrupt hit between journal and memory
 
     # -- creation / resumption ---------------------------------------------------------------
     @classmethod
@@ -871,6 +872,9 @@ class RunWriter:
     def _usable(self) -> None:
         if self._closed:
             raise DatabaseError(f"{self.path}: this writer is closed")
+        if self._broken:
+            raise DatabaseError(f"{self.path}: a commit was interrupted; open the file again "
+                                "to continue from what is committed")
         if self._meta["complete"]:
             raise DatabaseError(f"{self.path}: the run is complete; nothing more can be committed")
 
@@ -930,14 +934,18 @@ class RunWriter:
         self._check_untouched()
         if self._file_units < 0:
             # nothing of this run on disk yet: the first commit writes the file itself
-            undo = self._apply(prepared, state)
+            try:
+                undo = self._apply(prepared, state)
+            except BaseException:
+                self._broken = True
+                raise
             try:
                 self._publish()
             except OSError as e:
                 undo()
                 raise self._failed(e, f"unit {unit}") from None
-            except BaseException:
-                undo()
+            except BaseException:  # e.g. Ctrl-C: whether the file was replaced is unknown
+                self._broken = True
                 raise
             return
         header, parts = _encode(self._meta["run_id"], unit, prepared, state)
@@ -947,13 +955,19 @@ class RunWriter:
             self._journal.append(header, parts)
         except OSError as e:
             raise self._failed(e, f"unit {unit}") from None
-        self._apply(prepared, state)
-        if time.monotonic() >= self._next_publish:
-            try:
-                self._publish()
-            except (OSError, DatabaseError) as e:  # the commit is safe in the journal
-                log.info("%s: publishing deferred (%s); the units are in the journal",
-                         self.path, _line(e))
+        try:
+            self._apply(prepared, state)
+            if time.monotonic() >= self._next_publish:
+                try:
+                    self._publish()
+                except (OSError, DatabaseError) as e:  # the commit is safe in the journal
+                    log.info("%s: publishing deferred (%s); the units are in the journal",
+                             self.path, _line(e))
+        except BaseException:
+            # e.g. Ctrl-C: the unit is committed in the journal, but memory may be half-way;
+            # nothing more is written by this writer, a re-open replays the journal
+            self._broken = True
+            raise
 
     def _apply(self, prepared: dict, state: bytes | None):
         """Put a unit into memory; returns how to take it out again."""
@@ -1075,7 +1089,8 @@ class RunWriter:
         self._closed = True
         _OPEN.discard(self)
         try:
-            if self._units > self._file_units >= 0 and not self._meta["complete"]:
+            if self._units > self._file_units >= 0 and not (self._meta["complete"]
+                                                             or self._broken):
                 try:
                     self._publish()
                 except (OSError, DatabaseError) as e:

@@ -414,3 +414,32 @@ def test_format1_files_are_read_and_resumed(tmp_path):
     assert info.format_version == runs.FORMAT_VERSION and info.complete
     pd.testing.assert_frame_equal(new["devices"].iloc[:2], old, check_exact=True)
     pd.testing.assert_frame_equal(new["devices"], tables["devices"], check_exact=True)
+
+
+def test_interrupt_inside_a_commit_never_publishes_half_a_unit(tmp_path, monkeypatch, no_publish):
+    """Ctrl-C after the journal append but while the unit is put into memory: the writer stops
+    writing (close does not publish a half-applied unit) and a re-open has the unit."""
+    p = tmp_path / "r.h5"
+    w = _open(p)
+    w.commit(0, _rows(0))
+    calls = {"n": 0}
+    orig = runs._Column.extend
+
+    def extend(self, x):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        orig(self, x)
+
+    with monkeypatch.context() as m:
+        m.setattr(runs._Column, "extend", extend)
+        with pytest.raises(KeyboardInterrupt):
+            w.commit(1, _rows(1))
+    with pytest.raises(DatabaseError, match="interrupted"):
+        w.commit(1, _rows(1))
+    w.close()
+    info, tables = read_run(p)
+    assert info.units_done == 2 and tables["t"].device.tolist() == [0, 0, 1, 1]
+    w = _open(p)
+    assert w.units_done == 2
+    w.close()
