@@ -351,8 +351,11 @@ def disk_full(args) -> int:
                     except Exception as e:
                         c["files_damaged"] += 1
                         print(f"  case {case}: file unreadable after the stop: {e}")
-                elif said and int(said[1]):
-                    c["rows_lost"] += sum(len(df) for df in ref_t.values())
+                else:
+                    if said and int(said[1]):
+                        c["rows_lost"] += sum(len(df) for df in ref_t.values())
+                    if p.returncode:
+                        stops.append(0)
                 subprocess.run(["mount", "-o", "remount,size=256m", str(mnt)], check=True)
                 p = subprocess.run(_cmd(out, args.seed), env=ENV, cwd=ROOT, capture_output=True,
                                    text=True)
