@@ -140,9 +140,9 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                "transfer": cfg.model_dump(mode="json"),
                "test_data": None if x is None else {"points": int(y.size), "sha": _digest(x, y)}}
     writer = RunWriter.open(store, protocol=PROTOCOL, config=run_cfg, station=station or {},
-                            seed=seed, tables=_tables(cfg), devices_total=plan.n_devices,
+                            seed=seed, tables=_tables(cfg), units_total=plan.n_devices,
                             resume=resume, overwrite=overwrite)
-    start = writer.devices_done
+    start = writer.units_done
     g_read = np.full(plan.n_devices, np.nan)
     if start:
         rb = writer.table("readback")
@@ -183,12 +183,11 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                                            "t": np.full(devs.size, t_read)}
                         if d == plan.n_devices - 1 and x is not None:
                             out["inference"] = _inference(plan, g_read, x, y)
-                    writer.commit_device(int(d), out, commit_state(rig))
+                    writer.commit(int(d), out, commit_state(rig))
                     bar.advance(int(out["devices"]["pulses"][0]))
     tables = {name: writer.table(name) for name in _tables(cfg)}
     summary = summarize(plan, tables)
-    if not writer.info.complete:
-        writer.finish(summary)
+    writer.finish(summary)  # a run that was already complete is left as it is
     log.info("transfer: %s", summary)
     return TransferResult(writer.path, writer.run, summary, start, plan, g_read, tables)
 

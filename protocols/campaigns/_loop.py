@@ -72,15 +72,20 @@ class UnitResult:
 def restore_progress(title: str, store: RunWriter, total: int, rig: CrossbarRig) -> int:
     """Devices already committed in `store`; a restorable rig (simulated station) gets back the
     state saved with the last commit, so the continuation equals an uninterrupted run."""
-    start = store.devices_done
+    start = store.units_done
     if not start or start >= total:
         return start
     if rig.restorable:
         blob = store.saved_state()
         if blob is None:
-            raise ProtocolError(f"{store.path}: {start} devices done but no simulator state "
+            raise ProtocolError(f"{store.path}: {start} units done but no simulator state "
                                 "saved; cannot resume identically (pass --overwrite)")
-        rig.restore_state(unpack_state(blob))
+        try:
+            state = unpack_state(blob)
+        except Exception as e:  # a format-1 file has no checksum on it
+            raise ProtocolError(f"{store.path}: the saved simulator state is damaged ({e}); "
+                                "cannot resume identically (pass --overwrite)") from None
+        rig.restore_state(state)
         log.info("%s: resuming at device %d/%d with the saved simulator state",
                  title, start + 1, total)
     else:
@@ -98,9 +103,9 @@ def commit_state(rig: CrossbarRig) -> bytes | None:
 def run_units(*, title: str, rig: CrossbarRig, store: RunWriter,
               units: Sequence[tuple[int, int]],
               work: Callable[[int, tuple[int, int]], UnitResult], progress: bool = True) -> None:
-    """Measure units[store.devices_done:] in order, committing after each one."""
-    if store.info.devices_total != len(units):
-        raise ProtocolError(f"{title}: store expects {store.info.devices_total} devices, "
+    """Measure units[store.units_done:] in order, committing after each one."""
+    if store.info.units_total != len(units):
+        raise ProtocolError(f"{title}: store expects {store.info.units_total} units, "
                             f"campaign has {len(units)}")
     start = restore_progress(title, store, len(units), rig)
     bar = Bar(title, len(units), start, enabled=progress)
@@ -110,7 +115,7 @@ def run_units(*, title: str, rig: CrossbarRig, store: RunWriter,
                 rc = units[i]
                 bar.current(f"device ({rc[0]},{rc[1]})")
                 res = work(i, rc)
-                store.commit_device(i, res.rows, commit_state(rig))
+                store.commit(i, res.rows, commit_state(rig))
                 bar.advance(res.pulses)
                 log.debug("%s: device %d (%d,%d) done, %d pulses", title, i, *rc, res.pulses)
     except BaseException:
@@ -120,6 +125,7 @@ def run_units(*, title: str, rig: CrossbarRig, store: RunWriter,
             rig.safe_state()
         except Exception as e:
             log.error("%s: could not make every instrument safe after the error: %s", title, e)
+        store.close()  # publishes what is committed, releases the file
         raise
     rig.safe_state()
 

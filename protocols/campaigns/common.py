@@ -69,11 +69,13 @@ class CampaignResult:
     run: str
     summary: dict = field(default_factory=dict)
     resumed_from: int = 0
+    #: the file already held this run, complete: nothing was measured or written
+    already_complete: bool = False
 
 
 def open_store(path, *, protocol: str, config: CampaignConfig, station: dict | None,
-               seed: int | None, tables: dict, devices_total: int, resume: bool,
+               seed: int | None, tables: dict, units_total: int, resume: bool,
                overwrite: bool) -> RunWriter:
     return RunWriter.open(path, protocol=protocol, config=config.model_dump(mode="json"),
                           station=station or {}, seed=seed, tables=tables,
-                          devices_total=devices_total, resume=resume, overwrite=overwrite)
+                          units_total=units_total, resume=resume, overwrite=overwrite)

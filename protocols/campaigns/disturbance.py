@@ -64,8 +64,8 @@ def run(rig: CrossbarRig, config: DisturbanceConfig, store, *, seed: int | None 
     if cfg.record_history:
         tbl["history"] = HISTORY_COLUMNS
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
-                        tables=tbl, devices_total=len(units), resume=resume, overwrite=overwrite)
-    resumed = writer.devices_done
+                        tables=tbl, units_total=len(units), resume=resume, overwrite=overwrite)
+    resumed = writer.units_done
     ceiling = rig.read_settings.ceiling_S
     # what earlier devices left behind: their reference read and flag (rebuilt on resume)
     done = writer.table("devices") if resumed else None
@@ -103,7 +103,7 @@ def run(rig: CrossbarRig, config: DisturbanceConfig, store, *, seed: int | None 
     summary = summarize(writer.table("devices"), writer.table("samples"))
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
 
 
 def final_samples(samples):

@@ -53,9 +53,9 @@ def run(rig: CrossbarRig, config: IVConfig, store, *, seed: int | None = None,
     for v in (cfg.v_max, cfg.v_min):
         rig.limits.check_pulse(v, cfg.width, where="iv sweep")
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
-                        tables={"points": POINTS_COLUMNS}, devices_total=len(units),
+                        tables={"points": POINTS_COLUMNS}, units_total=len(units),
                         resume=resume, overwrite=overwrite)
-    resumed = writer.devices_done
+    resumed = writer.units_done
     volts = cfg.staircase()
     vr = rig.read_settings.volts
 
@@ -78,4 +78,4 @@ def run(rig: CrossbarRig, config: IVConfig, store, *, seed: int | None = None,
                "g_max_S": float(df.g.max()) if len(df) else float("nan")}
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)

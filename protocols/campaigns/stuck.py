@@ -57,9 +57,9 @@ def run(rig: CrossbarRig, config: StuckConfig, store, *, seed: int | None = None
     cfg = config
     units = raster(rig.shape, cfg.devices)
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
-                        tables={"devices": DEVICES_COLUMNS}, devices_total=len(units),
+                        tables={"devices": DEVICES_COLUMNS}, units_total=len(units),
                         resume=resume, overwrite=overwrite)
-    resumed = writer.devices_done
+    resumed = writer.units_done
     ceiling = rig.read_settings.ceiling_S
 
     def work(i: int, rc: tuple[int, int]) -> UnitResult:
@@ -87,7 +87,7 @@ def run(rig: CrossbarRig, config: StuckConfig, store, *, seed: int | None = None
     summary = summarize(writer.table("devices"))
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
 
 
 def summarize(df) -> dict:

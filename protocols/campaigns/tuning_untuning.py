@@ -73,9 +73,9 @@ def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | No
     cfg = config
     units = raster(rig.shape, cfg.devices)
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
-                        tables=tables(cfg), devices_total=len(units), resume=resume,
+                        tables=tables(cfg), units_total=len(units), resume=resume,
                         overwrite=overwrite)
-    resumed = writer.devices_done
+    resumed = writer.units_done
     levels = cfg.level_values()
     off_cfg = cfg.tune.model_copy(update={"tolerance": cfg.off_tolerance, "n_inband": 1})
     per_device = cfg.levels * cfg.repeats
@@ -115,7 +115,7 @@ def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | No
     summary = summarize(writer.table("tunings"))
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
 
 
 def summarize(df) -> dict:

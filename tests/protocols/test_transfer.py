@@ -146,8 +146,14 @@ def test_resume_after_a_crash_is_identical(done, tmp_path):
     np.testing.assert_array_equal(res.g_read, ref.g_read)
     for t in ("devices", "readback", "inference"):
         assert res.tables[t].equals(ref.tables[t]), t
+    # asked again: reported complete, nothing programmed, the file as it was
+    before = (tmp_path / "r.h5").read_bytes()
+    log = []
+    again = _run(tmp_path, _chip(), log, [], name="r.h5")
+    assert again.resumed_from == ref.plan.n_devices and log == []
+    assert (tmp_path / "r.h5").read_bytes() == before
     with pytest.raises(DatabaseError, match="complete"):
-        _run(tmp_path, _chip(), [], [], name="r.h5")
+        _run(tmp_path, _chip(), [], [], name="r.h5", config=TransferConfig(settle_s=2.0))
 
 
 def test_refuses_bad_requests(tmp_path):

@@ -57,9 +57,9 @@ def test_run_build_show_plot(tmp_path, capsys):
     code, _, _ = _cli(["run", "stuck", "--station", PMU, "-o", str(st), "--device", "3,3",
                        "--no-progress"], capsys)
     assert code == 0
-    # a complete file is not overwritten without --overwrite
+    # a complete file is not overwritten by other settings without --overwrite
     code, _, err = _cli(["run", "stuck", "--station", PMU, "-o", str(st), "--device", "3,3",
-                         "--no-progress"], capsys)
+                         "--seed", "1", "--no-progress"], capsys)
     assert code == 2 and "overwrite" in err
     code, out, _ = _cli(["db", "show", str(tu)], capsys)
     assert code == 0 and "tuning-untuning" in out and "complete" in out

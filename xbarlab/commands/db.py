@@ -13,7 +13,7 @@ from database.errors import SchemaError
 
 def _kind(path: Path) -> str:
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", locking=False) as f:
             k = f.attrs.get("kind", "")
     except OSError as e:
         raise SchemaError(f"{path}: not a readable HDF5 file ({e})") from None
@@ -26,7 +26,7 @@ def _show_runs(path: Path) -> None:
     for info in list_runs(path):
         state = "complete" if info.complete else "UNFINISHED"
         click.echo(f"{path.name}:{info.name}  {info.protocol}  {state}  "
-                   f"{info.devices_done}/{info.devices_total} devices  seed {info.seed}")
+                   f"{info.units_done}/{info.units_total} units  seed {info.seed}")
         click.echo(f"  started {info.start_time}  ended {info.end_time or '-'}  "
                    f"xbarlab {info.software_version}  station {info.station.get('name', '?')}")
         for t, n in info.rows.items():
