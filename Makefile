@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/python -m pip install --quiet -e ".[train,dev,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[train,dev,ray,live]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -106,17 +106,16 @@ def _draw_map(ax, m: Map, fig) -> None:
     rows, cols = m.values.shape
     if m.classes:
         codes = sorted(m.classes)
-        cmap = ListedColormap([_CLASS_COLOURS[i % len(_CLASS_COLOURS)] for i in range(len(codes))])
+        cmap = ListedColormap([_CLASS_COLOURS[i % len(_CLASS_COLOURS)] for i in range(len(codes))]
+                              ).with_extremes(bad="#dddddd")
         idx = np.ma.masked_invalid(np.vectorize(lambda x: codes.index(x) if x in codes else np.nan,
                                                 otypes=[float])(m.values))
-        cmap.set_bad("#dddddd")
         im = ax.imshow(idx, cmap=cmap, norm=BoundaryNorm(np.arange(len(codes) + 1) - 0.5,
                                                          len(codes)))
         cb = fig.colorbar(im, ax=ax, ticks=range(len(codes)), shrink=0.85)
         cb.ax.set_yticklabels([m.classes[c] for c in codes])
     else:
-        cmap = plt.get_cmap("RdBu_r" if m.diverging else "viridis").copy()
-        cmap.set_bad("#dddddd")
+        cmap = plt.get_cmap("RdBu_r" if m.diverging else "viridis").with_extremes(bad="#dddddd")
         lim = np.nanmax(np.abs(m.values)) if m.diverging and np.isfinite(m.values).any() else None
         im = ax.imshow(v, cmap=cmap, vmin=-lim if lim else None, vmax=lim)
         cb = fig.colorbar(im, ax=ax, shrink=0.85)

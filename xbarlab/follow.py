@@ -7,9 +7,14 @@ would be unsafe: HDF5 takes a file lock on open, and a writer that opens the fil
 while a reader holds it open fails ("unable to lock file"), which would stop the campaign. If
 the file changed while it was copied, the copy is discarded and the next poll tries again.
 
-A file that cannot be read (damaged, truncated, not a raw-run file, a view that fails) turns the
-snapshot into an error state that keeps the last good data; the next good read clears it.
-No bokeh here: this is the data side of the live view, testable on its own.
+The copy is read in a child process, given `read_timeout_s`: a damaged file can make HDF5 loop
+for minutes inside one call while holding the GIL (a raw-run file whose tail is zeroed does, in
+`list_runs`), which in a thread would freeze the page and, with `--watch`, the campaign running
+in the same process. A read that takes too long is abandoned and its process killed.
+
+A file that cannot be read (damaged, truncated, not a raw-run file, a view that fails, a read
+that hangs) turns the snapshot into an error state that keeps the last good data; the next good
+read clears it. No bokeh here: this is the data side of the live view, testable on its own.
 """
 
 from __future__ import annotations
@@ -17,8 +22,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
+import queue
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -95,12 +105,122 @@ def _start_time(info: RunInfo) -> float | None:
         return None
 
 
+def read_view(path: str, run: str | None) -> tuple[RunInfo, RunView]:
+    """A run's attributes and view, from a raw-run file (the worker's job)."""
+    infos = list_runs(path)
+    if not infos:
+        raise ValueError("the file holds no run yet")
+    if run is None:
+        info = infos[-1]
+    else:
+        info = next((i for i in infos if i.name == run), None)
+        if info is None:
+            raise ValueError(f"no run {run!r} (runs: {', '.join(i.name for i in infos)})")
+    tables = {t: read_table(path, t, info.name) for t in info.rows}
+    return info, run_view(info, tables)
+
+
+def _serve() -> None:
+    """The reader process (`python -m xbarlab.follow`): answer pickled (path, run) requests on
+    stdin with pickled (ok, view or message) on stdout until stdin closes."""
+    out = sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but answers may reach the channel
+    pickle.dump("ready", out)
+    out.flush()
+    while True:
+        try:
+            path, run = pickle.load(sys.stdin.buffer)
+        except (EOFError, OSError):
+            return
+        try:
+            answer = (True, read_view(path, run))
+        except Exception as e:  # reported to the follower as a fault of the file
+            kind = "" if type(e).__name__ in ("DatabaseError", "SchemaError", "ValueError") \
+                else f"{type(e).__name__}: "
+            answer = (False, kind + str(e))
+        pickle.dump(answer, out)
+        out.flush()
+
+
+class ReadTimeout(Exception):
+    pass
+
+
+class Reader:
+    """`read_view` in a child process that is killed (and replaced) when a read hangs.
+
+    A plain subprocess, not multiprocessing: spawn would re-run the caller's main script.
+    A thread pumps the child's answers into a queue so every wait has a timeout, on any OS.
+    """
+
+    def __init__(self, start_timeout_s: float = 120.0):
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen | None = None
+        self._ready = False
+        self._answers: queue.Queue = queue.Queue()
+
+    def start(self) -> None:
+        """Start the process now (it imports for a second or two); `read` waits for it."""
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self._proc = subprocess.Popen([sys.executable, "-m", "xbarlab.follow"], env=env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._answers = queue.Queue()
+        threading.Thread(target=self._pump, args=(self._proc.stdout, self._answers),
+                         name="xbarlab-watch-reader", daemon=True).start()
+        self._ready = False
+
+    @staticmethod
+    def _pump(stream, answers: queue.Queue) -> None:
+        while True:
+            try:
+                answers.put(pickle.load(stream))
+            except Exception as e:  # the process ended or was killed
+                answers.put(EOFError(f"the reader process ended ({type(e).__name__})"))
+                return
+
+    def _wait(self, timeout_s: float, what: str):
+        try:
+            answer = self._answers.get(timeout=timeout_s)
+        except queue.Empty:
+            self.close()
+            raise ReadTimeout(what) from None
+        if isinstance(answer, EOFError):
+            self.close()
+            raise answer
+        return answer
+
+    def read(self, path: Path, run: str | None, timeout_s: float) -> tuple[RunInfo, RunView]:
+        if self._proc is None or self._proc.poll() is not None:
+            self.start()
+        if not self._ready:
+            self._wait(self.start_timeout_s, "the reader process did not start")
+            self._ready = True
+        pickle.dump((str(path), run), self._proc.stdin)
+        self._proc.stdin.flush()
+        ok, payload = self._wait(timeout_s, f"reading took more than {timeout_s:g} s")
+        if not ok:
+            raise ValueError(payload)
+        return payload
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(5)
+            for f in (self._proc.stdin, self._proc.stdout):
+                f.close()
+        self._proc = None
+
+
 class Follower:
     """Polls one raw-run file (the run `run`, default the latest) into `Snapshot`s."""
 
-    def __init__(self, path: str | os.PathLike, run: str | None = None):
+    def __init__(self, path: str | os.PathLike, run: str | None = None, *,
+                 read_timeout_s: float = 30.0):
         self.path = Path(path)
         self.run = run
+        self.read_timeout_s = read_timeout_s
+        self._reader = Reader()
+        self._reader.start()
         self._tmp = tempfile.TemporaryDirectory(prefix="xbarlab-watch-")
         self._copy = Path(self._tmp.name) / "snapshot.h5"
         self._sig: tuple | None = None
@@ -108,6 +228,7 @@ class Follower:
         self.snapshot = Snapshot(0, "waiting", f"waiting for {self.path} (no such file yet)")
 
     def close(self) -> None:
+        self._reader.close()
         self._tmp.cleanup()
 
     def _signature(self) -> tuple:
@@ -147,27 +268,17 @@ class Follower:
             return self.snapshot
         self._sig = sig
         try:
-            info, tables = self._read()
-            v = run_view(info, tables)
-        except Exception as e:  # any fault is shown on the page, never raised into the server
-            log.debug("watch %s", self.path, exc_info=True)
-            kind = "" if type(e).__name__ in ("DatabaseError", "SchemaError") else \
-                f"{type(e).__name__}: "
-            return self._error(kind + str(e).replace(str(self._copy), str(self.path)))
+            info, v = self._reader.read(self._copy, self.run, self.read_timeout_s)
+        except ReadTimeout as e:
+            return self._error(f"{self.path}: {e}: the file is damaged (or very large: "
+                               "raise --read-timeout)")
+        except (EOFError, OSError) as e:  # the reader process died (killed, out of memory)
+            self._reader.close()
+            return self._error(f"{self.path}: the reader process failed ({e!r})")
+        except ValueError as e:
+            text = str(e).replace(str(self._copy), str(self.path))
+            return self._error(text if str(self.path) in text else f"{self.path}: {text}")
         return self._update(info, v, sig[0] / 1e9)
-
-    def _read(self) -> tuple[RunInfo, dict]:
-        infos = list_runs(self._copy)
-        if not infos:
-            raise ValueError(f"{self.path}: the file holds no run yet")
-        if self.run is None:
-            info = infos[-1]
-        else:
-            info = next((i for i in infos if i.name == self.run), None)
-            if info is None:
-                raise ValueError(f"{self.path}: no run {self.run!r} "
-                                 f"(runs: {', '.join(i.name for i in infos)})")
-        return info, {t: read_table(self._copy, t, info.name) for t in info.rows}
 
     def _update(self, info: RunInfo, v: RunView, mtime: float) -> Snapshot:
         done, total = unit_counts(info)
@@ -187,3 +298,7 @@ class Follower:
         state = "complete" if info.complete else "running"
         return self._set(state=state, message="", info=info, view=v, done=done, total=total,
                          committed_at=mtime, unit_s=unit_s, eta_s=eta)
+
+
+if __name__ == "__main__":
+    _serve()

@@ -228,9 +228,11 @@ class Page:
         path = server.follower.path
         self.header = Div(text=f"<h2 style='margin:4px 0'>xbarlab live view: "
                                f"{html.escape(path.name)}</h2>", name="header", width=2 * W)
-        self.status = Div(text="", name="status", width=2 * W + 60, styles=STATUS_STYLE)
+        # fixed size: its text changes every second and must not re-lay out the page
+        self.status = Div(text="", name="status", width=2 * W + 60, height=48,
+                          styles=STATUS_STYLE)
         self.facts = Div(text="", name="facts", width=2 * W)
-        self.body = column(name="body")
+        self.body = column(Div(text="<i>waiting for data</i>"), name="body")
         doc.title = f"xbarlab: {path.name}"
         doc.add_root(column(self.header, self.status, self.facts, self.body))
         self.refresh()
@@ -242,9 +244,19 @@ class Page:
         if snap.version == self.version and now - self.status_at < 1.0:
             return
         self.status_at = now
-        self.status.text = html.escape(status_text(snap, now, self.server.poll_s))
-        self.status.styles = {**STATUS_STYLE, **STATE_STYLE[snap.state]}
-        self.status.css_classes = [f"xb-{snap.state}"]
+        self.doc.hold("combine")  # one message to the browser, one redraw
+        try:
+            self._refresh(snap, now)
+        finally:
+            self.doc.unhold()
+
+    def _refresh(self, snap: Snapshot, now: float) -> None:
+        text = html.escape(status_text(snap, now, self.server.poll_s))
+        if text != self.status.text:
+            self.status.text = text
+        if self.status.css_classes != [f"xb-{snap.state}"]:
+            self.status.styles = {**STATUS_STYLE, **STATE_STYLE[snap.state]}
+            self.status.css_classes = [f"xb-{snap.state}"]
         if snap.version != self.version:
             self.version = snap.version
             self._draw(snap)
@@ -296,8 +308,8 @@ class LiveServer:
     `start()` in a background thread next to a running campaign, and `stop()`."""
 
     def __init__(self, path: Path, *, run: str | None = None, host: str = "127.0.0.1",
-                 port: int = 5006, poll_s: float = 1.0):
-        self.follower = Follower(path, run)
+                 port: int = 5006, poll_s: float = 1.0, read_timeout_s: float = 30.0):
+        self.follower = Follower(path, run, read_timeout_s=read_timeout_s)
         self.host, self.port, self.poll_s = host, port, poll_s
         self._sockets = None
         self._loop: IOLoop | None = None
