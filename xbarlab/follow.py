@@ -88,7 +88,9 @@ def status_text(snap: Snapshot, now: float, poll_s: float) -> str:
         out.append(f"last commit {_clock(snap.committed_at)} "
                    f"({duration(now - snap.committed_at)} ago)")
     if snap.eta_s is not None:
-        left = max(0.0, snap.committed_at + snap.eta_s - now)
+        # the estimate runs down from the last commit, but never below the units still to start
+        left = max(snap.eta_s - (now - snap.committed_at),
+                   (snap.total - snap.done - 1) * (snap.unit_s or 0.0), 0.0)
         out.append(f"ETA {duration(left)} (about {_clock(now + left)})")
         if snap.unit_s and now - snap.committed_at > max(3 * snap.unit_s, 60):
             out.append(f"no new unit for {duration(now - snap.committed_at)} (a unit took "
@@ -220,12 +222,15 @@ class Follower:
         self.run = run
         self.read_timeout_s = read_timeout_s
         self._reader = Reader()
-        self._reader.start()
         self._tmp = tempfile.TemporaryDirectory(prefix="xbarlab-watch-")
         self._copy = Path(self._tmp.name) / "snapshot.h5"
         self._sig: tuple | None = None
         self._marks: list[tuple[float, int]] = []  # (commit time, units done) as seen
         self.snapshot = Snapshot(0, "waiting", f"waiting for {self.path} (no such file yet)")
+
+    def start(self) -> None:
+        """Start the reader process ahead of the first poll (it takes a second or two)."""
+        self._reader.start()
 
     def close(self) -> None:
         self._reader.close()

@@ -339,6 +339,7 @@ class LiveServer:
     def _setup(self) -> None:
         if self._sockets is None:
             self.bind()
+        self.follower.start()
         loop = IOLoop.current()
         app = BokehTornado({"/": Application(FunctionHandler(lambda doc: Page(doc, self)))},
                            extra_websocket_origins=self._origins())

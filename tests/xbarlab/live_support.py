@@ -126,8 +126,11 @@ class Replay:
                                      devices_total=self.total)
         self.done = 0
 
-    def commit(self, n: int = 1) -> None:
-        for _ in range(n):
+    def commit(self, n: int = 1, every_s: float = 0.0) -> None:
+        """Commit the next n units, `every_s` apart (the ETA comes from commit times)."""
+        for k in range(n):
+            if k and every_s:
+                time.sleep(every_s)
             i = self.done
             rows = {t: {c: df[c].to_numpy()[df[self.UNIT_KEY.get(t, "device")].to_numpy() == i]
                         for c in df.columns} for t, df in self.tables.items()}
@@ -148,11 +151,17 @@ def screenshot_live_view(h5: Path, png: Path, *, expect: str, width: int = 1000)
     try:
         driver.get(server.url)
         wait_until(lambda: expect in page_text(driver), what=f"{expect!r} on the page")
-        wait_until(lambda: driver.execute_script("return Bokeh.documents[0].is_idle"),
-                   what="the page to finish drawing")
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(width, int(height) + 20)
-        time.sleep(0.3)  # let the resized page repaint
+        height = 0
+        for _ in range(10):  # grow the window until the whole page fits
+            wait_until(lambda: driver.execute_script("return Bokeh.documents[0].is_idle"),
+                       what="the page to finish drawing")
+            time.sleep(0.5)
+            h = int(driver.execute_script("return document.documentElement.scrollHeight"))
+            if h <= height:
+                break
+            height = h
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": width, "height": height + 10, "deviceScaleFactor": 1, "mobile": False})
         driver.save_screenshot(str(png))
     finally:
         driver.quit()
@@ -177,7 +186,7 @@ def docs_images(out: Path, devices: int = 64, mid: float = 0.4) -> list[Path]:
             if e.code:
                 raise
         replay = Replay(src, live)
-        replay.commit(max(1, int(np.ceil(mid * replay.total))))
+        replay.commit(max(1, int(np.ceil(mid * replay.total))), every_s=0.2)
         shots = [screenshot_live_view(live, out / DOCS_IMAGES[0],
                                       expect=f"{replay.done} of {replay.total} devices")]
         _, pngs = plot_run(src, out_dir=tmp)
