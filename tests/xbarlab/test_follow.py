@@ -137,27 +137,36 @@ def test_a_copy_taken_while_the_file_changed_is_not_used(follower, monkeypatch):
 
 def test_following_never_disturbs_the_writer(tmp_path):
     """A writer in another process commits as fast as it can while we poll as fast as we can:
-    every commit must succeed (an HDF5 reader holding the file open would make them fail)."""
-    path = tmp_path / "run.h5"
+    every commit must succeed (an HDF5 reader holding the file open makes them fail)."""
+    path, go = tmp_path / "run.h5", tmp_path / "go"
     code = textwrap.dedent(f"""
-        import sys
+        import sys, time
+        from pathlib import Path
         sys.path[:0] = {[str(Path(__file__).parent)]!r}
         from test_follow import _unit, _writer
         w = _writer({str(path)!r}, total=60)
-        for i in range(60):
+        w.commit_device(0, _unit(0))
+        while not Path({str(go)!r}).exists():
+            time.sleep(0.01)
+        for i in range(1, 60):
             w.commit_device(i, _unit(i))
+            time.sleep(0.01)
         w.finish({{}})
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     f = Follower(path, read_timeout_s=20)
     try:
+        while f.poll().done < 1:  # the reader is up and has seen the first commit
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.05)
+        go.touch()
         seen = set()
         while proc.poll() is None:
             seen.add(f.poll().done)
         _, err = proc.communicate()
         assert proc.returncode == 0, err
         assert f.poll().state == "complete"
-        assert len(seen) > 1
+        assert len(seen) > 1  # we did read while it wrote
     finally:
         f.close()
 
