@@ -161,8 +161,12 @@ def _draw_panel(ax, p: Panel, fig) -> None:
 def render_png(figure: Figure, path: Path, heading: str = "") -> Path:
     """Draw one figure spec (a row of panels) to a PNG."""
     n = max(1, len(figure.panels))
-    fig, axes = plt.subplots(1, n, figsize=(4.3 * n, 3.8), squeeze=False)
-    for ax, p in zip(axes[0], figure.panels, strict=False):
+    cols = min(n, 4)  # wrap many panels (a transfer of many tiles) into rows of four
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.6 * rows + 0.4), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, p in zip(axes.flat, figure.panels, strict=False):
         _draw_panel(ax, p, fig)
     fig.suptitle(figure.title + (f"\n{heading}" if heading else ""), fontsize=10)
     fig.tight_layout()

@@ -297,7 +297,8 @@ class Page:
         for f in v.figures:
             rows.append(Div(text=f"<h3 style='margin:8px 0 0 0'>{html.escape(f.title)}</h3>",
                             name=f"title/{f.name}"))
-            rows.append(row(*[draw(f"{f.name}/{i}", p, "") for i, p in enumerate(f.panels)]))
+            figs = [draw(f"{f.name}/{i}", p, "") for i, p in enumerate(f.panels)]
+            rows += [row(*figs[k:k + 3]) for k in range(0, len(figs), 3)]
         self.body.children = rows
 
 

@@ -1,7 +1,10 @@
 """Support for the live-view tests and the docs' images.
 
 - `chromium()`: Debian's headless chromium driven by selenium through the system chromedriver
-  (nothing is downloaded); `chromium_missing()` says why the browser tests must skip.
+  (nothing is downloaded); `chromium_missing()` says why the browser tests must skip. Selenium
+  rather than playwright: Debian ships chromedriver built from the same source as its chromium,
+  so the driver always matches the browser, and selenium is pure Python; playwright's wheel
+  carries its own driver, which expects the browser builds it downloads (not reachable here).
 - `Replay`: writes a finished run again, unit by unit, through the store's RunWriter, so a test
   (or a screenshot) sees a run grow exactly as a campaign writes it.
 - `docs_images(out)`: the images docs/guide.md shows: the live view of a disturbance campaign
