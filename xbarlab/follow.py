@@ -14,7 +14,8 @@ in the same process. A read that takes too long is abandoned and its process kil
 
 A file that cannot be read (damaged, truncated, not a raw-run file, a view that fails, a read
 that hangs) turns the snapshot into an error state that keeps the last good data; the next good
-read clears it. No bokeh here: this is the data side of the live view, testable on its own.
+read clears it. A read that fails is believed only when the file is unchanged one poll later,
+so a copy taken in the middle of an in-place commit is not shown as damage. No bokeh here: this is the data side of the live view, testable on its own.
 """
 
 from __future__ import annotations
@@ -225,6 +226,7 @@ class Follower:
         self._tmp = tempfile.TemporaryDirectory(prefix="xbarlab-watch-")
         self._copy = Path(self._tmp.name) / "snapshot.h5"
         self._sig: tuple | None = None
+        self._suspect: tuple | None = None  # a signature whose read failed once
         self._marks: list[tuple[float, int]] = []  # (commit time, units done) as seen
         self.snapshot = Snapshot(0, "waiting", f"waiting for {self.path} (no such file yet)")
 
@@ -281,8 +283,15 @@ class Follower:
             self._reader.close()
             return self._error(f"{self.path}: the reader process failed ({e!r})")
         except ValueError as e:
+            # A writer that changes the file in place can leave it inconsistent on disk for a
+            # moment without its size or time changing while we copy: believe a failure only
+            # when the file is still the same at the next poll (it is then read once more).
+            if self._suspect != sig:
+                self._suspect, self._sig = sig, None
+                return self.snapshot
             text = str(e).replace(str(self._copy), str(self.path))
             return self._error(text if str(self.path) in text else f"{self.path}: {text}")
+        self._suspect = None
         return self._update(info, v, sig[0] / 1e9)
 
     def _update(self, info: RunInfo, v: RunView, mtime: float) -> Snapshot:

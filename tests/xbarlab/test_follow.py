@@ -75,7 +75,8 @@ def test_damaged_file_is_an_error_that_clears(follower):
     assert good.state == "running"
     data = follower.path.read_bytes()
     follower.path.write_bytes(b"this is not HDF5" * 64)
-    s = follower.poll()
+    assert follower.poll() is good  # one failed read may be a copy taken mid-commit
+    s = follower.poll()  # the same file one poll later: damaged
     assert s.state == "error" and str(follower.path) in s.message
     assert "not a readable HDF5 file" in s.message
     assert s.view is good.view and s.done == 1  # the last good data stay on the page
@@ -84,6 +85,21 @@ def test_damaged_file_is_an_error_that_clears(follower):
     assert follower.poll().state == "running"
     follower.path.unlink()
     assert "is gone" in follower.poll().message
+
+
+def test_a_copy_taken_mid_commit_is_not_shown_as_damage(follower):
+    """An in-place writer can leave the file unreadable for a moment without its size or time
+    changing while we copy; the next commit makes it readable again."""
+    w = _writer(follower.path)
+    w.commit_device(0, _unit(0))
+    good = follower.poll()
+    data = follower.path.read_bytes()
+    follower.path.write_bytes(data[:96])  # as a file being created or rewritten looks
+    assert follower.poll() is good
+    follower.path.write_bytes(data)
+    w.commit_device(1, _unit(1))
+    s = follower.poll()
+    assert (s.state, s.done) == ("running", 2)
 
 
 def test_a_read_that_hangs_is_abandoned(tmp_path):
