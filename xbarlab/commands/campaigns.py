@@ -108,9 +108,12 @@ def register(cli: click.Group) -> None:
                       help="continue the file's unfinished run (same settings)")
         @click.option("--overwrite", is_flag=True, help="replace an existing file")
         @click.option("--no-progress", is_flag=True, help="no progress bar")
+        @click.option("--watch", is_flag=True, help="serve a live view of the run on this PC "
+                      "while it runs (as `xbarlab watch`; needs the [live] extra)")
         def cmd(station_path, out, config_path, seed, crossbar, devices, resume, overwrite,
-                no_progress):
+                no_progress, watch):
             from protocols.campaigns import CAMPAIGNS
+            from xbarlab.commands.view import watching
 
             module, cls = CAMPAIGNS[name]
             over = {"devices": [_parse_device(d) for d in devices] if devices else None}
@@ -125,7 +128,7 @@ def register(cli: click.Group) -> None:
                 st = _station(station_path)
                 station_desc = st.describe(crossbar)
                 log.info("%s on %s -> %s (seed %s)", name, st.name, out_p, seed)
-                with st.open_rig(crossbar) as rig:
+                with watching(out_p, watch), st.open_rig(crossbar) as rig:
                     res = module.run(rig, cfg, out_p, seed=seed, station=station_desc,
                                      resume=resume, overwrite=overwrite,
                                      progress=not no_progress)

@@ -104,10 +104,16 @@ def register(cli: click.Group) -> None:
                   help="folder for the PNGs (default: next to FILE)")
     @click.option("--k", "keys", multiple=True, type=int, help="disturbance keys to show")
     def plot_cmd(file, out_dir, keys):
-        """Paper-style figures (tuning sigma/offset, disturbance by k, stuck) as PNG."""
+        """Paper-style figures of a non-ideality database (tuning sigma/offset, disturbance by
+        k, stuck) as PNG. Raw-run files: `xbarlab plot`."""
         from database.nonideality import load_nonideality
         from database.plots import plot_all
+        from database.runs import KIND as RUNS_KIND
 
+        if _kind(Path(file)) == RUNS_KIND:
+            raise SchemaError(f"{file} is a raw-run file, not a non-ideality database: "
+                              f"`xbarlab plot {file}` draws its figures (`xbarlab db build` "
+                              "turns raw runs into a database)")
         db = load_nonideality(file)
         out = Path(out_dir) if out_dir else Path(file).parent
         for p in plot_all(db, out, list(keys) or None):

@@ -90,13 +90,16 @@ def register(cli: click.Group) -> None:
     @click.option("--resume", is_flag=True, help="continue the file's unfinished transfer")
     @click.option("--overwrite", is_flag=True, help="replace an existing file")
     @click.option("--no-progress", is_flag=True)
+    @click.option("--watch", is_flag=True, help="serve a live view of the transfer on this PC "
+                  "while it runs (as `xbarlab watch`; needs the [live] extra)")
     def transfer_cmd(model_path, plan_path, station_path, crossbars, out, db_path, member,
-                     algorithm, settle, save_plan, seed, resume, overwrite, no_progress):
+                     algorithm, settle, save_plan, seed, resume, overwrite, no_progress, watch):
         """Program a trained network onto crossbars (write-verify, in the order training
         assumed), read it back and measure its test accuracy; everything into HDF5."""
         from protocols.transfer import TransferConfig, run
         from protocols.tuning import TuneConfig
         from training.export import ConductancePlan
+        from xbarlab.commands.view import watching
         from xbarlab.station import load_station
 
         if bool(model_path) == bool(plan_path):
@@ -125,9 +128,10 @@ def register(cli: click.Group) -> None:
             return st.open_rig(name if st.chip is not None else None)
 
         cfg = TransferConfig(tune=TuneConfig(algorithm=algorithm), settle_s=settle)
-        res = run(plan, open_rig, names, Path(out), config=cfg, test_data=test, seed=seed,
-                  station=st.describe(names), resume=resume,
-                  overwrite=overwrite, progress=not no_progress, on_tile=on_tile)
+        with watching(Path(out), watch):
+            res = run(plan, open_rig, names, Path(out), config=cfg, test_data=test, seed=seed,
+                      station=st.describe(names), resume=resume, overwrite=overwrite,
+                      progress=not no_progress, on_tile=on_tile)
         if res.resumed_from:
             click.echo(f"resumed after {res.resumed_from} finished devices")
         s = res.summary
