@@ -378,12 +378,11 @@ def test_cli_runs_a_sweep_with_an_injected_point_function(tmp_path):
     assert "6 of 6 points" in res.output
 
 
-# -- the real point function (short trainings; skipped if the training API is absent) --------
+# -- the real point function (short trainings; skipped without torch) -----------------------
 
 
 def test_run_point_trains_and_evaluates_both_networks():
     pytest.importorskip("torch")
-    pytest.importorskip("training.evaluate")
     from training.sweep import run_point
 
     def point(**kw):
@@ -414,7 +413,6 @@ def test_run_point_trains_and_evaluates_both_networks():
 def test_run_point_digits_uses_the_digits_network():
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
-    pytest.importorskip("training.evaluate")
     from training.sweep import SweepSpec, run_point
 
     (p,) = expand(SweepSpec.model_validate(
