@@ -22,7 +22,8 @@ def run_cli(args, capsys) -> tuple[int, str]:
 @pytest.mark.parametrize("steps, missing", [
     ("report", "station"),
     ("train", "database"),
-    ("evaluate,transfer", "train"),
+    ("evaluate,transfer", "database"),  # the earliest step missing
+    ("transfer", "station"),
     ("campaigns", "station"),
 ])
 def test_step_without_earlier_outputs_is_one_line(steps, missing, tmp_path, capsys):

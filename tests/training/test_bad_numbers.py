@@ -71,8 +71,7 @@ BAD_NUMBERS = {
     "tuning_sigma_rel-negative": ("tuning_sigma_rel", _set_data("tuning/sigma_rel", 0, -0.1)),
     "tuning_levels-zero": ("tuning_levels", _set_data("tuning/levels", 0, 0.0)),
     "key_sigma-inf": ("disturbance_key_sigma", _set_data("disturbance/key_sigma", 5, np.inf)),
-    "stuck_lrs_samples-negative": ("stuck_lrs_samples",
-                                   _set_data("stuck/lrs_samples", 0, -1e-4)),
+    "stuck_lrs_samples-5S": ("stuck_lrs_samples", _set_data("stuck/lrs_samples", 0, 5.0)),
     "disturbance_keys-huge": ("disturbance_keys", _set_data("disturbance/keys", 0, 2**40)),
 }
 
