@@ -314,6 +314,32 @@ def test_process_pool_workers_run_every_point_once(tmp_path):
     assert str(os.getpid()) not in {c.split("@")[1] for c in made}
 
 
+def slow_on_seed_1(params: dict) -> dict:
+    if params["seed"] == 1:
+        time.sleep(120)
+    return toy_metrics(params)
+
+
+def test_stopping_a_pool_sweep_stops_its_running_workers(tmp_path):
+    """The consumer stops after the first outcome: the workers busy with 2-minute points are
+    stopped at once, not waited for."""
+    import multiprocessing
+
+    from training.sweep.local import iter_local
+
+    units = expand(load_spec(write_spec(tmp_path, GRID)))
+    t0 = time.monotonic()
+    outcomes = iter_local(units, slow_on_seed_1, workers=2)
+    first = next(outcomes)
+    assert first.error is None and first.point.params["seed"] == 0
+    outcomes.close()
+    deadline = time.monotonic() + 20
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert multiprocessing.active_children() == []
+    assert time.monotonic() - t0 < 60
+
+
 def failing_on_seed_1(params: dict) -> dict:
     if params["seed"] == 1:
         raise RuntimeError("diverged")
