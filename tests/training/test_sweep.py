@@ -141,6 +141,54 @@ def test_bad_sweep_files_fail_with_one_line_naming_the_field(tmp_path, text, nee
     assert needle in msg and "\n" not in msg
 
 
+def test_unset_settings_resolve_to_the_dataset_defaults_and_into_the_key(tmp_path):
+    from training.defaults import DATASETS
+
+    pts = expand(load_spec(write_spec(tmp_path, "points: [{dataset: moons}, {dataset: digits}]\n")))
+    for p in pts:
+        d = DATASETS[p.params["dataset"]]
+        assert (p.params["hidden"], p.params["activation"], p.params["lr"], p.params["epochs"],
+                p.params["batch_size"]) == (list(d.hidden), d.activation, d.lr, d.epochs,
+                                            d.batch_size)
+        assert (p.params["tile_size"], p.params["share_bias"], p.params["mapping"]) == \
+            (8, True, "physical")
+    digits = pts[1].params
+    assert (digits["activation"], digits["lr"], digits["hidden"]) == ("relu", 0.01, [32])
+    # the defaults written out are the same point; another value is another point
+    same = expand(load_spec(write_spec(tmp_path, """
+        points: [{dataset: digits, activation: relu, lr: 0.01, hidden: [32], epochs: 300}]
+    """, "same.yaml")))
+    other = expand(load_spec(write_spec(tmp_path, """
+        points: [{dataset: digits, activation: sigmoid}]
+    """, "other.yaml")))
+    assert same[0].key == pts[1].key and other[0].key != pts[1].key
+
+
+def test_run_point_trains_what_the_point_says(tmp_path, monkeypatch):
+    """The resolved settings reach the training configuration (no training run here)."""
+    pytest.importorskip("torch")
+    import training.train
+    from training.sweep import run_point
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(cfg, *args, **kw):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(training.train, "train", capture)
+    (p,) = expand(load_spec(write_spec(tmp_path, "base: {dataset: moons, tile_size: 4, "
+                                                 "activation: tanh, epochs: 7}\n")))
+    with pytest.raises(Stop):
+        run_point({**p.params, "kinds": ["hardware_aware"]})
+    cfg = seen[0]
+    assert (cfg.sizes, cfg.activation, cfg.lr, cfg.epochs, cfg.tile_rows, cfg.mapping) == \
+        ((2, 8, 1), "tanh", 0.1, 7, 4, "physical")
+
+
 def test_db_path_resolved_against_sweep_file_and_content_keyed(tmp_path):
     (tmp_path / "sub").mkdir()
     db = tmp_path / "sub" / "ni.h5"
