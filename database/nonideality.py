@@ -30,6 +30,11 @@ from database.store_io import atomic_write
 
 KIND = "xbarlab-nonideality"
 FORMAT_VERSION = 1
+#: no device conducts more than this [S] (1 ohm): a larger conductance is a damaged file
+G_CEILING = 1.0
+#: largest disturbance key accepted (devices programmed after one device in its crossbar: a
+#: 1024 x 1024 array); a larger key is a damaged file, and would size the sampling table
+MAX_DISTURBANCE_KEY = 1 << 20
 
 
 @dataclass
@@ -91,56 +96,73 @@ class NonIdealityDB:
         return np.maximum(self.sigma_fit_slope * np.asarray(g, float) + self.sigma_fit_intercept, 0.0)
 
     def validate(self) -> None:
-        """Raise SchemaError naming the first inconsistent part."""
-        if not (0 < self.g_min < self.g_max):
-            raise SchemaError(f"non-ideality DB: need 0 < g_min < g_max, got {self.g_min}, {self.g_max}")
+        """Raise SchemaError naming the first field that is inconsistent or outside its range.
+
+        Every number training consumes is checked here, once, for the loader and the builder
+        alike: NaN, inf or an impossible value (a negative spread, a conductance of 5 S, a
+        disturbance key no crossbar has) is a damaged or mis-built file, never a measurement.
+        """
+        def fail(name: str, why: str) -> None:
+            raise SchemaError(f"non-ideality DB: {name} {why}")
+
+        def check(name: str, lo: float = -np.inf, hi: float = np.inf, *, lo_open: bool = False,
+                  allow_nan: bool = False) -> None:
+            raw = getattr(self, name)
+            v = np.asarray(raw, dtype=float).ravel()
+            if allow_nan:
+                v = v[~np.isnan(v)]
+            if not np.all(np.isfinite(v)):
+                fail(name, "contains NaN or inf" if np.ndim(raw) else "is not a finite number")
+            out = ((v <= lo) if lo_open else (v < lo)) | (v > hi)
+            if out.any():
+                fail(name, f"holds {v[out][0]:g}, outside {'(' if lo_open else '['}{lo:g}, {hi:g}]")
+
+        check("g_min", 0.0, G_CEILING, lo_open=True)
+        check("g_max", 0.0, G_CEILING, lo_open=True)
+        if not self.g_min < self.g_max:
+            fail("g_min", f"must be below g_max, got {self.g_min}, {self.g_max}")
         n = self.tuning_levels.size
         for name in ("tuning_sigma_rel", "tuning_offset_rel", "tuning_counts"):
             if getattr(self, name).size != n:
-                raise SchemaError(f"non-ideality DB: {name} has {getattr(self, name).size} "
-                                  f"entries, tuning_levels has {n}")
+                fail(name, f"has {getattr(self, name).size} entries, tuning_levels has {n}")
         if n == 0:
             raise SchemaError("non-ideality DB: the tuning sub-database is empty")
-        for name in ("tuning_levels", "tuning_sigma_rel", "tuning_offset_rel", "tuning_counts",
-                     "stuck_hrs_samples", "stuck_lrs_samples"):
-            if not np.all(np.isfinite(getattr(self, name))):
-                raise SchemaError(f"non-ideality DB: {name} contains NaN or inf")
-        for name in ("sigma_fit_slope", "sigma_fit_intercept", "offset_mean_rel",
-                     "offset_std_rel", "stuck_hrs_rate", "stuck_lrs_rate", "stuck_lrs_mean",
-                     "stuck_lrs_std"):
-            if not np.isfinite(getattr(self, name)):
-                raise SchemaError(f"non-ideality DB: {name} is not a finite number")
-        if np.any(self.tuning_levels <= 0) or np.any(self.tuning_sigma_rel < 0) \
-                or np.any(self.tuning_counts < 0):
-            raise SchemaError("non-ideality DB: tuning levels must be > 0, sigmas and counts >= 0")
-        if self.offset_std_rel < 0 or self.stuck_lrs_mean <= 0 or self.stuck_lrs_std < 0:
-            raise SchemaError("non-ideality DB: offset_std_rel and stuck_lrs_std must be >= 0, "
-                              "stuck_lrs_mean > 0")
-        lo, hi = self.stuck_hrs_range
-        if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo <= hi):
-            raise SchemaError(f"non-ideality DB: stuck_hrs_range ({lo}, {hi}) is not 0 <= lo <= hi")
-        if np.any(self.stuck_hrs_samples < 0) or np.any(self.stuck_lrs_samples < 0):
-            raise SchemaError("non-ideality DB: negative stuck conductance sample")
+        check("tuning_levels", 0.0, G_CEILING, lo_open=True)
+        check("tuning_sigma_rel", 0.0)
+        check("tuning_offset_rel", -1.0, 1.0, lo_open=True)  # G (1 + offset) stays positive
+        check("tuning_counts", 0.0)
+        check("sigma_fit_slope")
+        check("sigma_fit_intercept")
+        check("offset_mean_rel", -1.0, 1.0, lo_open=True)
+        check("offset_std_rel", 0.0, 1.0)
         if self.disturbance_keys.shape != self.disturbance_delta.shape:
             raise SchemaError("non-ideality DB: disturbance keys and samples differ in length")
         if self.disturbance_delta.size == 0:
             raise SchemaError("non-ideality DB: the disturbance sub-database is empty")
-        if not np.all(np.isfinite(self.disturbance_delta)):
-            raise SchemaError("non-ideality DB: disturbance samples contain NaN or inf")
-        if np.any(self.disturbance_keys < 0):
-            raise SchemaError("non-ideality DB: negative disturbance key")
+        check("disturbance_delta", -G_CEILING, G_CEILING)
+        check("disturbance_keys", 0, MAX_DISTURBANCE_KEY)
+        # per-key statistics: NaN where a key has none (the published data)
+        check("disturbance_key_mu", -G_CEILING, G_CEILING, allow_nan=True)
+        check("disturbance_key_sigma", 0.0, G_CEILING, allow_nan=True)
+        check("stuck_hrs_rate", 0.0, 1.0)
+        check("stuck_lrs_rate", 0.0, 1.0)
         mu, sd = self.disturbance_key_mu, self.disturbance_key_sigma
         if mu.size != sd.size:
             raise SchemaError("non-ideality DB: key_mu and key_sigma differ in length")
         if mu.size and self.max_key >= mu.size:
             raise SchemaError(f"non-ideality DB: disturbance key {self.max_key} has no per-key "
                               f"statistics (keys 0..{mu.size - 1})")
-        for name in ("stuck_hrs_rate", "stuck_lrs_rate"):
-            v = getattr(self, name)
-            if not (0 <= v <= 1):
-                raise SchemaError(f"non-ideality DB: {name}={v} outside [0, 1]")
         if self.stuck_hrs_rate + self.stuck_lrs_rate > 1:
             raise SchemaError("non-ideality DB: stuck rates add up to more than 1")
+        # measured reads (a nearly open device may read a little below 0 S)
+        check("stuck_hrs_samples", -G_CEILING, G_CEILING)
+        check("stuck_lrs_samples", -G_CEILING, G_CEILING)
+        # the sampling models: HRS ~ U(lo, hi), LRS ~ N(mean, std)
+        check("stuck_hrs_range", 0.0, G_CEILING)
+        if self.stuck_hrs_range[0] > self.stuck_hrs_range[1]:
+            fail("stuck_hrs_range", f"is reversed: {self.stuck_hrs_range}")
+        check("stuck_lrs_mean", 0.0, G_CEILING, lo_open=True)
+        check("stuck_lrs_std", 0.0, G_CEILING)
 
 
 _ARRAYS = {
