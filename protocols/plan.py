@@ -192,7 +192,8 @@ def plan_weights(plan: ConductancePlan, g: np.ndarray) -> list[tuple[np.ndarray,
     return out
 
 
-def _act(name: str, x: np.ndarray) -> np.ndarray:
+def activate(name: str, x: np.ndarray) -> np.ndarray:
+    """The hidden layers' activation `name` applied to x."""
     if name == "sigmoid":
         return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
     if name == "relu":
@@ -207,7 +208,7 @@ def plan_logits(plan: ConductancePlan, g: np.ndarray, x: np.ndarray) -> np.ndarr
     for i, (w, b) in enumerate(layers):
         h = np.matmul(h, np.swapaxes(w, -1, -2)) + b[..., None, :]
         if i < len(layers) - 1:
-            h = _act(plan.activation, h)
+            h = activate(plan.activation, h)
     return h
 
 

@@ -125,3 +125,9 @@ class LatencyConfig(BaseModel):
     gpib_cmd: float = Field(1e-3, ge=0, le=10, description="one bus command [s]")
     pulse_edge: float = Field(10e-9, ge=0, le=1e-3, description="rise = fall time of a pulse [s]")
     read_time: float = Field(10e-6, ge=0, le=1, description="one read incl. settling [s]")
+    dc_settle: float = Field(1e-3, ge=0, le=10, description="DC path (analog read-out): source "
+                             "settling and measurement delay per drive pattern [s] (estimate; no "
+                             "SMU settling figure in the references)")
+    dc_integration: float = Field(1 / 600, ge=0, le=10, description="DC path: one current "
+                                  "integration per drive pattern, all meters in parallel [s] "
+                                  "(0.1 PLC at 60 Hz, the 4200A's `IT1`)")

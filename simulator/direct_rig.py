@@ -9,16 +9,31 @@ charged to the crossbar's virtual clock from a LatencyConfig:
 - pulse + n reads:  round_trip + width + 2*pulse_edge + n*read_time (one execution)
 - read_array:       rows*cols * (round_trip + read_time) (one execution per device; the map is
                     taken at the start, relaxation during the map is neglected)
+- column_currents:  round_trip + k * (dc_settle + dc_integration) for k drive patterns (one
+                    list sweep), + relay_switch when the lines connected change and the DC path
+                    has fewer sources or meters than lines (they reach the array through a
+                    matrix); relaxation during the k patterns is neglected
+
+The DC path (`column_currents`) models an array tester with `channels` sources and meters
+(default: one per word line and one per bit line, so nothing is switched); the currents come
+from the nodal solver with every line driven (line resistance, sneak paths through the
+unselected devices, sinh I-V) plus the read noise of a sensed current per column current.
+`ideal` switches effects off on the DC path only ("lines": no line and source resistance,
+"nonlinearity": linear devices, "noise": no read noise), to attribute an error to each effect;
+a rig with any of them off is an analysis tool, not a station.
 
 The physics happens after the round trip, so volatile relaxation sees the host latency.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 from instruments.limits import SafetyLimits
-from protocols.rig import CrossbarRig, ReadSettings
+from protocols.errors import ProtocolError
+from protocols.rig import Channels, CrossbarRig, ReadSettings
 from simulator.chip import ChipLab
 from simulator.config import LatencyConfig
 from simulator.crossbar import Crossbar
@@ -33,14 +48,27 @@ class SimulatedRig(CrossbarRig):
     """
 
     name = "simulated"
+    #: effects the DC path can switch off (`ideal`)
+    EFFECTS = ("lines", "nonlinearity", "noise")
 
     def __init__(self, crossbar: Crossbar, latency: LatencyConfig | None = None,
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
-                 lab: ChipLab | None = None):
+                 lab: ChipLab | None = None, channels: Channels | None = None,
+                 ideal: Collection[str] = ()):
         super().__init__(crossbar.shape, limits or SafetyLimits(), read=read,
                          lab=lab or ChipLab({"crossbar": crossbar}, crossbar.clock))
         self.crossbar = crossbar
         self.latency = latency or LatencyConfig()
+        self._channels = channels or Channels(*crossbar.shape)
+        bad = set(ideal) - set(self.EFFECTS)
+        if bad:
+            raise ValueError(f"unknown effect(s) {sorted(bad)}; choose from {self.EFFECTS}")
+        self.ideal = frozenset(ideal)
+        self._routing: tuple | None = None   # lines connected by the last DC request
+
+    @property
+    def channels(self) -> Channels:
+        return self._channels
 
     def safe_state(self) -> None:
         # nothing is biased between operations in the simulation
@@ -82,3 +110,27 @@ class SimulatedRig(CrossbarRig):
         clk.advance(n * lat.round_trip, "round_trip")
         clk.advance(n * lat.read_time, "read")
         return g
+
+    def _column_currents(self, rows: np.ndarray, volts: np.ndarray,
+                         cols: np.ndarray) -> np.ndarray:
+        xb, clk, lat = self.crossbar, self.crossbar.clock, self.latency
+        clk.advance(lat.round_trip, "round_trip")
+        routing = (tuple(rows.tolist()), tuple(cols.tolist()))
+        switched = self._channels.sources < xb.shape[0] or self._channels.meters < xb.shape[1]
+        if switched and routing != self._routing:
+            clk.advance(lat.relay_switch, "relay")
+        self._routing = routing
+        row_v = np.zeros((volts.shape[0], xb.shape[0]))
+        row_v[:, rows] = volts
+        rc, cc = xb.column_currents(row_v, noise="noise" not in self.ideal,
+                                    lines="lines" not in self.ideal,
+                                    nonlinear="nonlinearity" not in self.ideal)
+        k = volts.shape[0]
+        clk.advance(k * lat.dc_settle, "dc_settle")
+        clk.advance(k * lat.dc_integration, "dc_integration")
+        worst = max(float(np.abs(rc).max()), float(np.abs(cc).max()))
+        if worst > self.limits.i_compliance:
+            raise ProtocolError(f"{self.name}: a line reached the current compliance "
+                                f"({worst:.3g} A > {self.limits.i_compliance:.3g} A) during the "
+                                "analog read-out")
+        return cc[:, cols]
