@@ -71,7 +71,8 @@ log = logging.getLogger("xbarlab.inference")
 
 PROTOCOL = "inference"
 #: instrument-time categories kept per unit ("other": whatever the rig books elsewhere)
-TIME_CATEGORIES = ("round_trip", "relay", "dc_settle", "dc_integration", "read", "other")
+TIME_CATEGORIES = ("round_trip", "relay", "pulse", "read", "dc_settle", "dc_integration",
+                   "other")
 ANALOG, READBACK = 0, 1  # `timing.kind`
 
 READBACK_COLUMNS = {"device": ("i4", "1"), "tile": ("i4", "1"), "row": ("i4", "1"),
@@ -252,7 +253,7 @@ class InferResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-def _times(rig: CrossbarRig, before: dict | None, t0: float) -> dict[str, float]:
+def instrument_times(rig: CrossbarRig, before: dict | None, t0: float) -> dict[str, float]:
     """Instrument time since (before, t0), by category (NaN on hardware) and in total."""
     total = float(rig.clock) - t0
     after = rig.time_breakdown()
@@ -364,7 +365,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                     before, t0 = rig.time_breakdown(), float(rig.clock)
                     cur = measure_tile(rig, tm, volts)
                     timing.append({"unit": u, "tile": t, "kind": ANALOG, "points": pts.size,
-                                   **_times(rig, before, t0)})
+                                   **instrument_times(rig, before, t0)})
                     currents.setdefault(t, np.full((y.size, tm.cols.size), np.nan))[pts] = cur
                     k, nr, nc = pts.size, tm.rows.size, tm.cols.size
                     rows["drive"] = {"point": np.repeat(pts, nr), "tile": np.full(k * nr, t),
@@ -400,7 +401,7 @@ def _read_back(plan: ConductancePlan, rig: CrossbarRig, t: int) -> tuple[dict, d
     d = plan.tile_devices(t)
     rows = {"device": d, "tile": np.full(d.size, t), "row": plan.row[d], "col": plan.col[d],
             "target": plan.target[d], "g": gmap[plan.row[d], plan.col[d]]}
-    return rows, _times(rig, before, t0)
+    return rows, instrument_times(rig, before, t0)
 
 
 def _predictions(plan: ConductancePlan, z: np.ndarray, g_read: np.ndarray, x: np.ndarray,
