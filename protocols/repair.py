@@ -333,6 +333,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                              **{k: [v] for k, v in times.items()}}
             writer.commit(u, rows, commit_state(last_rig[0]))
             bar.advance(st.used - used0)
+            log.debug("repair: unit %d done, %d pulses", u, st.used - used0)
     tables = {name: writer.table(name) for name in TABLES}
     summary = summarize(plan, tables, int(budget))
     writer.finish(summary)

@@ -1,0 +1,302 @@
+"""Repair after transfer: the model it reasons with, the budget, the limits, the record, resume."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instruments.errors import SafetyLimitError
+from protocols.errors import ProtocolError
+from protocols.plan import plan_weights
+from protocols.refit import MeasuredModel, TuningCost, pair_moves, pairs, refit
+from protocols.repair import (
+    CHOSEN,
+    COMPENSATE,
+    STOP,
+    RepairConfig,
+    RepairData,
+    load_repair,
+    run,
+)
+from protocols.transfer import run as transfer
+from protocols.tuning import TuneConfig
+from simulator.chip import VirtualChip
+from simulator.config import CrossbarConfig
+from simulator.direct_rig import SimulatedRig
+from training.export import plan_from_weights
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# a 2-4-1 network on 4x4 tiles and a data set it separates (shared with the subprocess below)
+SETUP = textwrap.dedent("""
+    import numpy as np
+    from protocols.repair import RepairConfig, RepairData
+    from protocols.tuning import TuneConfig
+    from simulator.chip import VirtualChip
+    from simulator.config import CrossbarConfig
+    from training.export import plan_from_weights
+
+    def plan():
+        w = [np.array([[3.0, -2.0], [-2.5, 2.0], [1.5, 1.5], [-1.0, 2.5]]),
+             np.array([[2.5, -3.0, 1.5, -2.0]])]
+        b = [np.array([-0.5, 0.3, -1.5, 0.2]), np.array([0.4])]
+        return plan_from_weights(w, b, g_min=100e-6, g_max=400e-6, tile_rows=4, tile_cols=4,
+                                 meta={"dataset": "toy"})
+
+    def data():
+        rng = np.random.default_rng(3)
+        x = rng.uniform(-1, 1, (160, 2))
+        h = 1 / (1 + np.exp(-(x @ plan().weights[0].T + plan().biases[0])))
+        y = ((h @ plan().weights[1].T + plan().biases[1])[:, 0] > 0).astype(np.int64)
+        return RepairData(refit=(x[:80], y[:80]), repair=(x[80:120], y[80:120]),
+                          test=(x[120:], y[120:]))
+
+    def chip(seed=5):
+        cfg = CrossbarConfig(rows=4, cols=4, stuck_hrs_rate=0.04, stuck_lrs_rate=0.0)
+        return VirtualChip({f"x{t}": cfg for t in range(plan().n_tiles)}, seed=seed)
+
+    CONFIG = RepairConfig(tune=TuneConfig(algorithm="fast", max_pulses=60), max_rounds=4,
+                          retune_devices=3, refit_points=60)
+""")
+exec(SETUP)   # plan(), data(), chip(), CONFIG
+
+
+class LimitRig(SimulatedRig):
+    """Records every pulse the seam let through, with the limits it was checked against."""
+
+    def __init__(self, crossbar, lab, log):
+        super().__init__(crossbar, lab=lab)
+        self.log = log
+
+    def _pulse_and_read(self, row, col, volts, seconds, n):
+        self.log.append((volts, seconds))
+        return super()._pulse_and_read(row, col, volts, seconds, n)
+
+
+def _transferred(tmp_path, seed=5):
+    c = chip(seed)
+    p = plan()
+    names = [f"x{t}" for t in range(p.n_tiles)]
+    tr = transfer(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "t.h5",
+                  config=_tcfg(), progress=False)
+    dev = tr.tables["devices"].sort_values("device")
+    return c, p, names, ~dev.converged.to_numpy(), (dev.g_initial, dev.target, dev.pulses)
+
+
+def _tcfg():
+    from protocols.transfer import TransferConfig
+
+    return TransferConfig(tune=TuneConfig(algorithm="fast"))
+
+
+# -- the model ------------------------------------------------------------------------------
+
+def _model(p, g, x, y, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    zs, h = [], x
+    for i, (w, b) in enumerate(plan_weights(p, g)):
+        z = h @ w.T + b + noise * rng.normal(size=(x.shape[0], w.shape[0]))
+        zs.append(z)
+        h = 1 / (1 + np.exp(-z)) if i == 0 else h
+    return MeasuredModel(p, x, y, zs, g)
+
+
+def test_measured_model_reproduces_the_measurement_and_its_gradient_is_exact():
+    p, d = plan(), data()
+    x, y = d.refit
+    g = p.target * np.random.default_rng(1).uniform(0.9, 1.1, p.n_devices)
+    m = _model(p, g, x, y, noise=0.3)
+    s, grad = m.gradient(g)
+    assert s == m.score(g)
+    eps = 1e-10
+    for dev in (0, 7, p.n_devices - 1):
+        e = np.zeros(p.n_devices)
+        e[dev] = eps
+        num = (m.score(g + e).loss - m.score(g - e).loss) / (2 * eps)
+        assert num == pytest.approx(grad[dev], rel=1e-4, abs=1e-3)
+
+
+def test_refit_keeps_stuck_devices_and_lowers_the_loss():
+    p, d = plan(), data()
+    x, y = d.refit
+    g = p.target.copy()
+    dp, dm = pairs(p)
+    stuck = np.zeros(p.n_devices, bool)
+    last = np.flatnonzero(p.layer[dp] == 1)
+    g[dp[last[0]]] = 30e-6            # a stuck-HRS G+ in the last layer
+    stuck[dp[last[0]]] = True
+    m = _model(p, g, x, y)
+    r = refit(m, {1: [0]}, g, stuck)
+    assert r.loss_after < r.loss_before
+    devs, tgts = pair_moves(p, g, stuck, r.pair, r.diff, 0.01,
+                            TuningCost(p.g_min, p.g_max, 20.0))
+    assert dp[last[0]] not in devs
+    assert np.all((tgts >= p.g_min) & (tgts <= p.g_max))
+
+
+def test_pair_moves_move_one_device_and_respect_the_range():
+    p = plan()
+    dp, dm = pairs(p)
+    g = np.full(p.n_devices, 200e-6)
+    cost = TuningCost(p.g_min, p.g_max, 20.0)
+    # want +50 uS: raise G+ or lower G- by 50 uS, one device
+    devs, tgts = pair_moves(p, g, np.zeros(p.n_devices, bool), [0], [50e-6], 0.01, cost)
+    assert devs.size == 1 and abs(abs(tgts[0] - 200e-6) - 50e-6) < 1e-12
+    # nothing to do inside the band
+    assert pair_moves(p, g, np.zeros(p.n_devices, bool), [0], [1e-6], 0.01, cost)[0].size == 0
+    # +350 uS does not fit one device from 200 uS: the mapping (G- to g_min)
+    devs, tgts = pair_moves(p, g, np.zeros(p.n_devices, bool), [0], [280e-6], 0.01, cost)
+    assert set(devs.tolist()) <= {dp[0], dm[0]}
+    assert np.all((tgts >= p.g_min - 1e-15) & (tgts <= p.g_max + 1e-15))
+
+
+# -- the protocol -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("budget", [0, 25, 140])
+def test_repair_never_exceeds_its_budget_nor_pulses_outside_the_limits(tmp_path, budget):
+    c, p, names, stuck, prior = _transferred(tmp_path)
+    pulses = []
+    res = run(p, lambda n: LimitRig(c[n], c.lab, pulses), names, tmp_path / "r.h5", data(),
+              budget=budget, config=CONFIG, stuck=stuck, prior_tunings=prior, progress=False)
+    tu = res.tables["tunings"]
+    assert len(pulses) == res.summary["pulses"] == tu.pulses.sum() <= budget
+    for v, w in pulses:
+        assert -2.5 <= v <= 2.1 and 10e-9 <= w <= 1e-3
+    # before each tuning its worst case fitted: the cap never goes beyond what was left
+    assert np.all(tu.cap.to_numpy() <= budget - np.r_[0, np.cumsum(tu.pulses)[:-1]])
+    assert np.all(tu.cap >= CONFIG.min_cap)
+    if budget == 0:
+        assert len(tu) == 0 and res.summary["stopped"] == "budget spent"
+
+
+def test_repair_records_every_decision_and_improves_the_measured_network(tmp_path):
+    c, p, names, stuck, prior = _transferred(tmp_path)
+    assert stuck.any(), "the test chip should hold a stuck device"
+    res = run(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "r.h5", data(),
+              budget=400, config=CONFIG, stuck=stuck, prior_tunings=prior, progress=False)
+    s = res.summary
+    de = res.tables["decisions"]
+    assert (de.action == STOP).sum() >= 1 and "stopped" in s
+    chosen = de[(de.why == CHOSEN) & (de.action != STOP)]
+    assert len(chosen) == s["rounds"] >= 1
+    assert (de.action == COMPENSATE).any()      # a stuck device is offered compensation
+    me = res.tables["measurements"]
+    rep = me[me.split == 1]
+    assert rep.accuracy.iloc[-1] >= rep.accuracy.iloc[0]
+    assert s["accuracy_after"] >= s["accuracy_before"] - 0.05
+    # the devices it tuned are the chosen candidates' devices, each round's read back
+    tu = res.tables["tunings"]
+    assert set(tu["round"]) <= set(chosen["round"])
+    rb = res.tables["readback"]
+    assert set(tu["round"]) <= set(rb["round"])
+    assert load_repair(res.path).summary == s
+
+
+def test_repair_refuses_bad_input(tmp_path):
+    c, p, names, stuck, prior = _transferred(tmp_path)
+    opener = lambda n: SimulatedRig(c[n], lab=c.lab)  # noqa: E731
+    with pytest.raises(ProtocolError, match="budget"):
+        run(p, opener, names, tmp_path / "a.h5", data(), budget=-1, progress=False)
+    with pytest.raises(ProtocolError, match="one crossbar per tile"):
+        run(p, opener, names[:1], tmp_path / "a.h5", data(), budget=10, progress=False)
+    with pytest.raises(ProtocolError, match="stuck flags"):
+        run(p, opener, names, tmp_path / "a.h5", data(), budget=10, stuck=np.zeros(3, bool),
+            progress=False)
+
+
+def test_a_tuning_cap_outside_the_station_limits_is_refused_before_any_pulse(tmp_path):
+    c, p, names, stuck, prior = _transferred(tmp_path)
+    from protocols.errors import ConfigError
+
+    pulses = []
+    cfg = RepairConfig(tune=TuneConfig(algorithm="fast", v_set_max=2.5, max_pulses=60),
+                       max_rounds=2, refit_points=60)
+    with pytest.raises((ConfigError, SafetyLimitError)):
+        run(p, lambda n: LimitRig(c[n], c.lab, pulses), names, tmp_path / "r.h5", data(),
+            budget=300, config=cfg, stuck=stuck, prior_tunings=prior, progress=False)
+    assert all(v <= 2.1 for v, _ in pulses)
+
+
+# -- resume after SIGKILL ------------------------------------------------------------------------
+
+SCRIPT = SETUP + textwrap.dedent("""
+    import logging
+    import sys
+    logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(message)s")
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1, user_api="blas")
+    from protocols.repair import run
+    from protocols.transfer import TransferConfig, run as transfer
+    from protocols.tuning import TuneConfig
+    from simulator.direct_rig import SimulatedRig
+
+    import time
+
+    class Slow(SimulatedRig):   # slower than the parent reads its log: kills land mid-run
+        def _column_currents(self, rows, volts, cols):
+            time.sleep(0.01)
+            return super()._column_currents(rows, volts, cols)
+
+    c, p = chip(), plan()
+    names = [f"x{t}" for t in range(p.n_tiles)]
+    opener = lambda n: Slow(c[n], lab=c.lab)
+    tr = transfer(p, opener, names, sys.argv[1] + ".transfer.h5", seed=1, progress=False,
+                  config=TransferConfig(tune=TuneConfig(algorithm="fast")))
+    dev = tr.tables["devices"].sort_values("device")
+    print("repair starts", file=sys.stderr, flush=True)
+    run(p, opener, names, sys.argv[1], data(), budget=300, config=CONFIG, seed=1,
+        stuck=~dev.converged.to_numpy(), prior_tunings=(dev.g_initial, dev.target, dev.pulses),
+        progress=False)
+""")
+
+
+def _spawn(script: Path, out: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, str(script), str(out)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path):
+    from database.runs import list_runs, read_run
+
+    script = tmp_path / "repair.py"
+    script.write_text(SCRIPT)
+    ref = tmp_path / "ref.h5"
+    p = _spawn(script, ref)
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+    out = tmp_path / "killed.h5"
+    rng = random.Random(7)
+    seen = []
+    for _ in range(3):
+        p = _spawn(script, out)
+        # kill it at once after one or two more units: a unit takes tens of milliseconds here
+        units, need = 0, rng.randint(1, 2)
+        while units < need:
+            line = p.stderr.readline().decode()
+            if not line:
+                break
+            if "repair: unit" in line:
+                units += 1
+        time.sleep(rng.uniform(0.0, 0.05))
+        if p.poll() is not None:
+            break
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        if out.exists():
+            seen.append(list_runs(out)[-1].units_done)
+    p = _spawn(script, out)
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+    # killed mid-run at least twice (6 units in all), never losing a unit
+    assert seen == sorted(seen) and len([u for u in seen if u < 6]) >= 2, seen
+    info_ref, a = read_run(ref)
+    info, b = read_run(out)
+    assert info.complete and info.summary == info_ref.summary
+    for name in a:
+        np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy(), err_msg=name)
