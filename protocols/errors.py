@@ -11,3 +11,7 @@ class ConfigError(ProtocolError):
 
 class NotAvailableError(ProtocolError):
     """The rig has no way to do what was asked (e.g. no DC source/measure path)."""
+
+
+class ComplianceError(ProtocolError):
+    """A source or meter reached the station's current compliance during a request."""

@@ -29,7 +29,10 @@ from typing import Protocol
 
 import numpy as np
 
-from protocols.errors import NotAvailableError, ProtocolError
+from protocols.errors import ComplianceError, NotAvailableError, ProtocolError
+
+__all__ = ["Channels", "ComplianceError", "CrossbarRig", "Lab", "Limits", "NotAvailableError",
+           "ReadSettings", "RealLab"]
 
 log = logging.getLogger("xbarlab.rig")
 
@@ -228,7 +231,7 @@ class CrossbarRig(abc.ABC):
         - the levels are DC bias, not pulses: each is checked against the station's read/bias
           limit (``limits.check_bias``) here, before the rig sees the request; sources run with
           the station's current compliance (``limits.i_compliance``), and a line that reaches it
-          ends the request with an error (outputs back at 0 V);
+          ends the request with a ComplianceError (outputs back at 0 V);
         - timing: one call is one instrument execution (a list sweep: one host round trip for
           the k patterns), each pattern costs the source settling plus one current integration
           (all meters in parallel), and a change of the lines connected since the previous call

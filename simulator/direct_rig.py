@@ -32,8 +32,7 @@ from collections.abc import Collection
 import numpy as np
 
 from instruments.limits import SafetyLimits
-from protocols.errors import ProtocolError
-from protocols.rig import Channels, CrossbarRig, ReadSettings
+from protocols.rig import Channels, ComplianceError, CrossbarRig, ReadSettings
 from simulator.chip import ChipLab
 from simulator.config import LatencyConfig
 from simulator.crossbar import Crossbar
@@ -130,7 +129,7 @@ class SimulatedRig(CrossbarRig):
         clk.advance(k * lat.dc_integration, "dc_integration")
         worst = max(float(np.abs(rc).max()), float(np.abs(cc).max()))
         if worst > self.limits.i_compliance:
-            raise ProtocolError(f"{self.name}: a line reached the current compliance "
+            raise ComplianceError(f"{self.name}: a line reached the current compliance "
                                 f"({worst:.3g} A > {self.limits.i_compliance:.3g} A) during the "
                                 "analog read-out")
         return cc[:, cols]

@@ -81,7 +81,7 @@ def test_tiny_array_equals_the_hand_solved_network():
         n = 8
         A, rhs = np.zeros((n, n)), np.zeros(n)
 
-        def link(p, q, c):
+        def link(p, q, c, A=A):
             A[p, p] += c
             A[q, q] += c
             A[p, q] -= c

@@ -157,7 +157,6 @@ def test_column_currents_refuse_levels_beyond_the_read_limit_before_the_array_se
 
 def test_column_currents_stop_at_the_current_compliance():
     from instruments.limits import SafetyLimits
-
     from protocols.errors import ProtocolError
 
     rig = SimulatedRig(Crossbar(seed=3), limits=SafetyLimits(i_compliance=1e-4))
