@@ -42,6 +42,8 @@ only that), max_rounds + 1 = the test set measured after. Tables:
 - ``targets``       the conductance differences G+ - G- a chosen refit or compensation set
                     for its weights (pair: index of `protocols.refit.pairs`);
 - ``readback``      conductances read back (round 0: every device; later: touched tiles);
+- ``currents``      column currents measured (round, split, point, tile, col, current [A]);
+                    a later round measures only the tiles whose devices or inputs changed;
 - ``outputs``       measured pre-activations (round, split, point, layer, out, value);
 - ``measurements``  per round and split: accuracy, loss, pulses used, instrument time;
 - ``predictions``   the test set before (phase 0) and after (phase 1): analog and read-back;
@@ -112,6 +114,9 @@ TABLES = {
                 "t_end": ("f8", "s")},
     "targets": {"round": ("i4", "1"), "pair": ("i4", "1"), "diff": ("f8", "S")},
     "readback": {"round": ("i4", "1"), "device": ("i4", "1"), "g": ("f8", "S")},
+    "currents": {"round": ("i4", "1"), "split": ("i1", "0 refit 1 repair 2 test"),
+                 "point": ("i4", "1"), "tile": ("i4", "1"), "col": ("i4", "1"),
+                 "current": ("f8", "A")},
     "outputs": {"round": ("i4", "1"), "split": ("i1", "0 refit 1 repair 2 test"),
                 "point": ("i4", "1"), "layer": ("i4", "1"), "out": ("i4", "1"),
                 "value": ("f8", "1")},
@@ -178,9 +183,10 @@ class _State:
     stuck: np.ndarray             # devices that cannot be moved (failed tunings)
     used: int = 0                 # pulses spent
     tunings: int = 0
-    zs: dict = field(default_factory=dict)        # split -> per layer measured z
-    measured: dict = field(default_factory=dict)  # split -> per layer when measured
-    changed_at: dict = field(default_factory=dict)  # layer -> when a device last moved
+    zs: dict = field(default_factory=dict)        # split -> layer -> measured z
+    cur: dict = field(default_factory=dict)       # split -> tile -> measured column currents
+    measured: dict = field(default_factory=dict)  # split -> tile -> when measured
+    changed_at: dict = field(default_factory=dict)  # tile -> when a device of it last moved
     best: tuple[float, float] = (-1.0, np.inf)     # repair-set (accuracy, loss)
     stale_rounds: int = 0
     stopped: int | None = None
@@ -220,22 +226,29 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
     st.history = list(zip(tu.g_before, tu.target, tu.pulses, strict=True))
     st.stuck[tu.device[~tu.converged].to_numpy()] = True
     for rnd, dev in zip(tu["round"].to_numpy(), tu.device.to_numpy(), strict=True):
-        li = int(plan.layer[dev])
-        st.changed_at[li] = max(st.changed_at.get(li, 0.0), _when(int(rnd), "tuning"))
-    out = writer.table("outputs")
+        t = int(plan.tile[dev])
+        st.changed_at[t] = max(st.changed_at.get(t, 0.0), _when(int(rnd), "tuning"))
+    out, cur = writer.table("outputs"), writer.table("currents")
     for split in SPLITS:
-        o = out[out.split == split]
         n = data[split][1].size
+        o = out[out.split == split]
         for li in range(len(plan.sizes) - 1):
             ol = o[o.layer == li]
-            if not len(ol):
-                continue
-            last = int(ol["round"].max())
-            ol = ol[ol["round"] == last]
-            z = np.full((n, plan.sizes[li + 1]), np.nan)
-            z[ol.point.to_numpy(), ol.out.to_numpy()] = ol.value.to_numpy()
-            st.zs.setdefault(split, {})[li] = z
-            st.measured.setdefault(split, {})[li] = _when(last, split)
+            if len(ol):
+                ol = ol[ol["round"] == ol["round"].max()]
+                z = np.full((n, plan.sizes[li + 1]), np.nan)
+                z[ol.point.to_numpy(), ol.out.to_numpy()] = ol.value.to_numpy()
+                st.zs.setdefault(split, {})[li] = z
+        c = cur[cur.split == split]
+        for t in range(plan.n_tiles):
+            ct = c[c.tile == t]
+            if len(ct):
+                last = int(ct["round"].max())
+                ct = ct[ct["round"] == last]
+                a = np.full((n, int(plan.tile_shape[t][1])), np.nan)
+                a[ct.point.to_numpy(), ct.col.to_numpy()] = ct.current.to_numpy()
+                st.cur.setdefault(split, {})[t] = a
+                st.measured.setdefault(split, {})[t] = _when(last, split)
     me = writer.table("measurements")
     for acc, loss in zip(me.accuracy[me.split == REPAIR_SET], me.loss[me.split == REPAIR_SET],
                          strict=True):
@@ -364,38 +377,43 @@ class _Work:
         return {"round": np.full(d.size, rnd), "device": d, "g": st.g[d]}
 
     def measure(self, st: _State, split: int, rnd: int, rows: dict) -> None:
-        """Measure `split` on the chip from the first layer that changed since its last
-        measurement (all layers the first time); add its outputs and measurement rows."""
+        """Measure `split` on the chip where it may have changed: a tile again when a device of
+        it moved or its inputs changed since its last measurement (every tile the first time;
+        the other tiles' currents are what they were); add the currents, the outputs of the
+        layers that changed and a measurement row. Nothing when nothing moved."""
         x, y = self.sets[split]
-        have = st.measured.get(split, {})
-        first = 0
-        if len(have) == self.n_layers:
-            # a layer's measurement is stale when a device of it or of an earlier layer moved
-            stale = [li for li in range(self.n_layers)
-                     if any(st.changed_at.get(j, -1) > have[li] for j in range(li + 1))]
-            first = min(stale, default=self.n_layers)
-            if first == self.n_layers:
-                return
+        cur = st.cur.setdefault(split, {})
+        when = st.measured.setdefault(split, {})
         zs = st.zs.setdefault(split, {})
-        h = x if first == 0 else activation(self.plan, zs[first - 1])
-        for li in range(first, self.n_layers):
+        v_in = self.cfg.infer.v_in
+        h, upstream = x, False
+        for li in range(self.n_layers):
             scale = input_scale(h)
-            cur = {}
-            for tm in (m for m in self.maps if m.layer == li):
+            again = [tm for tm in self.maps if tm.layer == li and (
+                upstream or tm.tile not in cur or st.changed_at.get(tm.tile, -1.0) > when[tm.tile])]
+            for tm in again:
                 rig = self.open(self.crossbars[tm.tile])
                 with rig:
-                    cur[tm.tile] = measure_tile(rig, tm, drive_levels(tm, h, scale,
-                                                                      self.cfg.infer.v_in))
-            z = layer_output(self.plan, li, self.maps, cur, scale, self.cfg.infer.v_in)
-            zs[li] = z
-            st.measured.setdefault(split, {})[li] = _when(rnd, split)
-            n, no = z.shape
-            _add(rows, "outputs", {"round": np.full(n * no, rnd),
-                                   "split": np.full(n * no, split),
-                                   "point": np.repeat(np.arange(n), no),
-                                   "layer": np.full(n * no, li),
-                                   "out": np.tile(np.arange(no), n), "value": z.reshape(-1)})
-            h = activation(self.plan, z)
+                    c = measure_tile(rig, tm, drive_levels(tm, h, scale, v_in))
+                cur[tm.tile], when[tm.tile] = c, _when(rnd, split)
+                n, nc = c.shape
+                _add(rows, "currents", {"round": np.full(n * nc, rnd),
+                                        "split": np.full(n * nc, split),
+                                        "point": np.repeat(np.arange(n), nc),
+                                        "tile": np.full(n * nc, tm.tile),
+                                        "col": np.tile(np.arange(nc), n), "current": c.reshape(-1)})
+            if again:
+                upstream = True
+                z = zs[li] = layer_output(self.plan, li, self.maps, cur, scale, v_in)
+                n, no = z.shape
+                _add(rows, "outputs", {"round": np.full(n * no, rnd),
+                                       "split": np.full(n * no, split),
+                                       "point": np.repeat(np.arange(n), no),
+                                       "layer": np.full(n * no, li),
+                                       "out": np.tile(np.arange(no), n), "value": z.reshape(-1)})
+            h = activation(self.plan, zs[li])
+        if not upstream:
+            return
         model = self.model(st, split)
         score = model.score(st.g)
         acc_rb = float(np.mean(plan_forward(self.plan, st.g, x) == y))
@@ -429,6 +447,7 @@ class _Work:
 
     def final(self, st: _State, u: int) -> dict:
         rows: dict = {}
+        st.cur.pop(TEST_SET, None)   # the result: every tile measured again, none reused
         self.measure(st, TEST_SET, u, rows)
         rows["predictions"] = self.predictions(st, 1)
         return rows
@@ -566,7 +585,7 @@ class _Work:
                     st.used += res.pulses
                     st.tunings += 1
                     st.history.append((res.g_initial, target, res.pulses))
-                    st.changed_at[int(plan.layer[d])] = _when(rnd, "tuning")
+                    st.changed_at[t] = _when(rnd, "tuning")
                     if not res.converged:
                         st.stuck[d] = True
                     _add(rows, "tunings", {"round": [rnd], "device": [d], "tile": [t],
