@@ -4,6 +4,8 @@ bench/repair.py share.
 - `programmed`: the plan and crossbars of a transfer or repair run, and (simulated station)
   the station's virtual chip put back in the state committed with that run's last unit: the
   chip as the run left it;
+- `prior_of`: what the programming run tells a repair (stuck devices, earlier tunings, the
+  transfer's pulse count);
 - `dc_opener`: rigs for the analog read-out: the station's own rig when it has a DC path;
   on a simulated station whose rig has none yet (the PMU and WGFMU rigs), `SimulatedRig` on the
   same virtual chip with the station's limits, read settings and latency model (an array tester
@@ -64,6 +66,31 @@ def programmed(path: str | Path, station=None) -> Programmed:
                                f"{want.get('seed')}, the station's chip has seed {have['seed']}")
         station.chip.lab.restore_state(unpack_state(blob))
     return got
+
+
+@dataclass
+class Prior:
+    stuck: np.ndarray          # devices known not to move
+    tunings: tuple | None      # (conductance before, target, pulses) of the transfer's tunings
+    transfer_pulses: int | None
+
+
+def prior_of(prog: Programmed) -> Prior:
+    """Stuck devices, earlier tunings and the transfer's pulse count from the transfer (or
+    the repair of a transfer) that programmed the chip."""
+    n = prog.plan.n_devices
+    if prog.protocol == "transfer":
+        from protocols.transfer import load_transfer
+
+        dev = load_transfer(prog.path).tables["devices"].sort_values("device")
+        if len(dev) != n:
+            raise XbarlabError(f"{prog.path}: the transfer is not complete")
+        return Prior(~dev.converged.to_numpy(),
+                     (dev.g_initial.to_numpy(), dev.target.to_numpy(), dev.pulses.to_numpy()),
+                     int(dev.pulses.sum()))
+    stuck = np.zeros(n, bool)
+    stuck[prog.config["stuck"]] = True
+    return Prior(stuck, None, prog.config.get("transfer_pulses"))
 
 
 def dc_opener(station, echo: Callable[[str], None] | None = None

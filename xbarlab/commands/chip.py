@@ -168,32 +168,18 @@ def register(cli: click.Group) -> None:
         """Measure the programmed chip and correct it under a pulse budget: re-tune the devices
         whose error costs most, compensate stuck devices, re-fit layers on measured
         activations; every decision into HDF5."""
-        import numpy as np
-
         from protocols.inference import InferConfig
         from protocols.repair import STOP_REASONS, RepairConfig, RepairData, run
         from protocols.tuning import TuneConfig
-        from xbarlab.chip_loop import dc_opener, test_sets
+        from xbarlab.chip_loop import dc_opener, prior_of, test_sets
         from xbarlab.station import load_station
 
         st = load_station(station_path)
         plan, names, prog = _network(from_run, plan_path, model_path, db_path, member,
                                      crossbars, st)
-        stuck = prior = None
-        transfer_pulses = None
-        if prog is not None and prog.protocol == "transfer":
-            from protocols.transfer import load_transfer
-
-            dev = load_transfer(prog.path).tables["devices"].sort_values("device")
-            if len(dev) != plan.n_devices:
-                raise XbarlabError(f"{prog.path}: the transfer is not complete")
-            stuck = ~dev.converged.to_numpy()
-            prior = (dev.g_initial.to_numpy(), dev.target.to_numpy(), dev.pulses.to_numpy())
-            transfer_pulses = int(dev.pulses.sum())
-        elif prog is not None:
-            transfer_pulses = prog.config.get("transfer_pulses")
-            stuck = np.zeros(plan.n_devices, bool)
-            stuck[prog.config["stuck"]] = True
+        pr = prior_of(prog) if prog is not None else None
+        stuck, prior = (None, None) if pr is None else (pr.stuck, pr.tunings)
+        transfer_pulses = None if pr is None else pr.transfer_pulses
         n_budget = parse_budget(budget, transfer_pulses)
         sets = test_sets(plan, seed)
         try:
