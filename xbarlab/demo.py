@@ -318,7 +318,8 @@ def step_repair(out: Path, settings: DemoSettings, seed: int, *,
                                 "transfer_pulses": prior.transfer_pulses})
         runs.append({"network": r["network"], "chip_seed": r["chip_seed"],
                      "path": str(path.relative_to(out)), "transfer": r["path"],
-                     "transfer_pulses": prior.transfer_pulses, "summary": res.summary,
+                     "transfer_pulses": prior.transfer_pulses, "budget_share": REPAIR_BUDGET,
+                     "summary": res.summary,
                      "wall_s": time.perf_counter() - w0})
         paths.append(path)
     instrument = float(sum(r["summary"]["instrument_time_s"] for r in runs))

@@ -133,6 +133,7 @@ def gather_repairs(out: Path) -> list[dict]:
                      "readback_after": s["accuracy_readback_after"],
                      "pulses": int(s["pulses"]), "budget": int(s["budget"]),
                      "transfer_pulses": int(r["transfer_pulses"]),
+                     "budget_share": float(r["budget_share"]),
                      "chosen": s["chosen"], "stopped": s.get("stopped", ""),
                      "instrument_time_s": float(s["instrument_time_s"]),
                      "wall_s": float(r["wall_s"])})
@@ -394,11 +395,12 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
 
     # repair after transfer
     rep = Section("Repair after transfer")
+    shares = " or ".join(sorted({pct(r["budget_share"], 0) for r in data["repairs"]}))
     rep.text.append(
         "The first chips of each network were measured with the network computing on the "
         "crossbars (inputs as row voltages, outputs from column currents, through the nodal "
         "solver: line resistance, sneak paths and the devices' non-linear I-V included) and "
-        "repaired with a pulse budget of a share of the transfer's pulses: re-tuning the "
+        f"repaired with a pulse budget of {shares} of the transfer's pulses: re-tuning the "
         "devices whose error costs the most, compensating stuck devices with their partner, and "
         "re-fitting layers on measured activations (protocols/repair.py, docs/guide.md). "
         "Accuracies are on the test set; 'analog' is measured on the crossbars, 'read-back' is "

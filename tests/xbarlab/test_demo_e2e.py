@@ -112,6 +112,7 @@ def test_repairs_in_report_equal_the_hdf5_files_and_keep_their_budget(demo):
     out, _steps, report, md, _page = demo
     runs = json.loads((out / "repair" / "repairs.json").read_text())
     assert sorted(r["network"] for r in runs) == sorted(NETWORKS)  # quick: the first chip
+    assert "pulse budget of 20 % of the transfer's pulses" in md
     for r, shown in zip(runs, report["repairs"], strict=True):
         s = load_repair(out / r["path"]).summary
         transfer = load_transfer(out / r["transfer"]).summary["pulses_total"]
