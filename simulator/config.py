@@ -74,6 +74,21 @@ class DeviceParams(BaseModel):
                         "I = G * v_ref * sinh(V/Vnl) / sinh(v_ref/Vnl)")
     v_ref: float = Field(0.2, gt=0, description="voltage at which G is defined [V] (I = G*v_ref)")
 
+    # -- slow conductance fluctuations (random telegraph noise, 1/f) ------------------------
+    rtn_count: int = Field(0, ge=0, le=64, description="two-state fluctuators (defects near the "
+                           "filament that trap and release charge or hop) per device; 0 = off")
+    rtn_amplitude: float = Field(0.0, ge=0, le=0.5, description="median relative conductance "
+                                 "change of one fluctuator at rtn_g_ref (fraction of G)")
+    rtn_sigma: float = Field(1.0, ge=0, le=3.0, description="lognormal spread of the fluctuator "
+                             "amplitudes (per fluctuator, so per device too)")
+    rtn_exponent: float = Field(0.5, ge=0, le=2.0, description="relative amplitude scales as "
+                                "(G / rtn_g_ref)^-rtn_exponent (RTN amplitude rises with R)")
+    rtn_g_ref: float = Field(100e-6, gt=0, description="conductance at which rtn_amplitude "
+                             "holds [S]")
+    rtn_tau_min: float = Field(1.0, gt=0, description="shortest mean dwell time of a "
+                               "fluctuator [s] (dwell times log-uniform in [min, max])")
+    rtn_tau_max: float = Field(1e4, gt=0, description="longest mean dwell time [s]")
+
     # -- initial (forming-free) and stuck states --------------------------------------------
     init_median: float = Field(120e-6, gt=0, description="median initial conductance [S]")
     init_sigma: float = Field(0.3, ge=0, le=3.0, description="lognormal sigma of initial G")
@@ -88,6 +103,8 @@ class DeviceParams(BaseModel):
             raise ValueError("g_min must be below g_max")
         if not self.stuck_hrs_min <= self.stuck_hrs_max:
             raise ValueError("stuck_hrs_min must not exceed stuck_hrs_max")
+        if not self.rtn_tau_min <= self.rtn_tau_max:
+            raise ValueError("rtn_tau_min must not exceed rtn_tau_max")
         return self
 
 

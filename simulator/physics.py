@@ -14,6 +14,11 @@ Model, per device with nonvolatile G, volatile excess Gv and D2D constants (ds, 
     dG         = clip(dG, -max_step_fraction*G, Gmax - G)
     a share phi of a positive dG goes to Gv (Gv <= psi*G, the excess stays in G; psi per device);
     Gv decays as exp(-dt/tau)
+
+Slow fluctuations (random telegraph noise): each device carries `rtn_count` two-state
+fluctuators j with relative amplitude a_j and state s_j in {0, 1}, switching at random with mean
+dwell time tau_j; a read sees (G + Gv) * (1 + sum_j a_j (s_j - 1/2) * ((G+Gv)/g_ref)^-beta).
+Pulses act on G and Gv only (the fluctuation is electronic, not ionic).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from simulator.config import DeviceParams
 # exp() arguments are capped here: far above threshold the step is clipped anyway, and the cap
 # keeps overflow warnings away for devices whose SET threshold is negative (G below ~40 uS).
 _EXP_CAP = 60.0
+_FLUCT_FLOOR = 0.1
 
 
 def vth_set(g_total, p: DeviceParams, ds=0.0):
@@ -115,6 +121,21 @@ def pulse_update_scalar(G: float, Gv: float, v: float, seconds: float, ds: float
         gv_new = min(Gv + p.volatile_fraction * dg, cap * (G + dg))
         return G + dg + (Gv - gv_new), gv_new
     return G + dg, Gv
+
+
+def telegraph_odd_flips(elapsed, tau):
+    """Probability that a symmetric two-state fluctuator with mean dwell time `tau` switches an
+    odd number of times in `elapsed` seconds (so ends in the other state)."""
+    return 0.5 * (1.0 - np.exp(-2.0 * np.asarray(elapsed) / tau))
+
+
+def fluctuation_factor(g_total, f, p: DeviceParams):
+    """Read conductance over G + Gv for fluctuator sum `f` (sum of amplitude * (state - 1/2)).
+
+    The relative amplitude scales as (G / rtn_g_ref)^-rtn_exponent; floored at 0.1 so that no
+    combination of fluctuators makes a conductance vanish."""
+    scale = f if p.rtn_exponent == 0 else f * (g_total / p.rtn_g_ref) ** (-p.rtn_exponent)
+    return np.maximum(1.0 + scale, _FLUCT_FLOOR)
 
 
 def relax(Gv, dt: float, tau: float):
