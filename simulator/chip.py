@@ -30,10 +30,13 @@ from simulator.errors import SimulatorError
 CHIP_FORMAT = "xbarlab-chip/1"
 
 
-def default_layout() -> dict[str, CrossbarConfig]:
-    """Four 8x8 crossbars and four single crosspoints (1x1), all with default physics."""
-    out = {f"xbar{k}": CrossbarConfig() for k in range(4)}
-    out.update({f"dev{k}": CrossbarConfig(rows=1, cols=1) for k in range(4)})
+def default_layout(model: CrossbarConfig | None = None) -> dict[str, CrossbarConfig]:
+    """Four 8x8 crossbars and four single crosspoints (1x1), all with the physics of `model`
+    (a chip model: device parameters, line resistances, stuck rates; default: the shipped
+    defaults)."""
+    base = model or CrossbarConfig()
+    out = {f"xbar{k}": base.model_copy(update={"rows": 8, "cols": 8}) for k in range(4)}
+    out.update({f"dev{k}": base.model_copy(update={"rows": 1, "cols": 1}) for k in range(4)})
     return out
 
 

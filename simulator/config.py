@@ -88,6 +88,10 @@ class DeviceParams(BaseModel):
     rtn_tau_min: float = Field(1.0, gt=0, description="shortest mean dwell time of a "
                                "fluctuator [s] (dwell times log-uniform in [min, max])")
     rtn_tau_max: float = Field(1e4, gt=0, description="longest mean dwell time [s]")
+    rtn_stress_time: float = Field(0.0, ge=0, description="dwell time [s] a pulse ages every "
+                                   "fluctuator of the device by, per unit of the pulse's ionic "
+                                   "drive (t/t_ref * exp((|V| - Vth)/V0), the factor of the "
+                                   "switching step): stress-stimulated hopping")
 
     # -- initial (forming-free) and stuck states --------------------------------------------
     init_median: float = Field(120e-6, gt=0, description="median initial conductance [S]")

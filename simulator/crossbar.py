@@ -109,6 +109,7 @@ class Crossbar:
         self._sigma = p.sigma_c2c
         self._decay_k = 1.0 / p.tau_relax
         self._has_rtn = self._rtn_amp.shape[2] > 0
+        self._stressed = self._has_rtn and p.rtn_stress_time > 0
         self._rtn_due = float(self._rtn_next.min()) if self._has_rtn else math.inf
         self._fluct = (self._rtn_amp * (self._rtn_state - 0.5)).sum(axis=2)
 
@@ -124,19 +125,30 @@ class Crossbar:
         if now >= self._rtn_due:
             self._switch_fluctuators(now)
 
+    def _stress_fluctuators(self, age, where=Ellipsis) -> None:
+        """A pulse ages the fluctuators of the pulsed devices by `age` seconds of dwell time:
+        their next switch comes that much earlier (switched at the next access)."""
+        self._rtn_next[where] -= age
+        self._rtn_due = min(self._rtn_due, float(np.min(self._rtn_next[where])))
+
     def _switch_fluctuators(self, now: float) -> None:
         """Every fluctuator whose next switch time has passed switches once then, and an odd
         number of further times before `now` with the exact two-state probability; its next
         switch is drawn from `now` (memoryless). Exact at every access time, whatever the
         spacing of the accesses; only fluctuators that switched draw numbers."""
-        hit = np.nonzero(self._rtn_next <= now)
-        tau = self._rtn_tau[hit]
-        u = self.rng_rtn.random(tau.size)
-        odd_more = u < physics.telegraph_odd_flips(now - self._rtn_next[hit], tau)
-        self._rtn_state[hit] ^= (~odd_more).astype(np.int8)
-        self._rtn_next[hit] = now + self.rng_rtn.exponential(tau)
-        self._rtn_due = float(self._rtn_next.min())
-        self._fluct = (self._rtn_amp * (self._rtn_state - 0.5)).sum(axis=2)
+        nxt = self._rtn_next.reshape(-1)
+        hit = np.flatnonzero(nxt <= now)
+        tau = self._rtn_tau.reshape(-1)[hit]
+        odd_more = self.rng_rtn.random(hit.size) < physics.telegraph_odd_flips(now - nxt[hit],
+                                                                              tau)
+        state = self._rtn_state.reshape(-1)
+        state[hit] ^= ~odd_more
+        nxt[hit] = now + self.rng_rtn.exponential(tau)
+        self._rtn_due = float(nxt.min())
+        n = self._rtn_amp.shape[2]
+        dev = hit // n
+        amp = self._rtn_amp.reshape(-1, n)[dev]
+        self._fluct.reshape(-1)[dev] = (amp * (self._rtn_state.reshape(-1, n)[dev] - 0.5)).sum(1)
 
     @property
     def G(self) -> np.ndarray:
@@ -176,9 +188,14 @@ class Crossbar:
         if v.shape != self.shape:
             raise SimulatorError(f"voltage map has shape {v.shape}, expected {self.shape}")
         xi = np.exp(self._sigma * self.rng.standard_normal(self.shape))
+        if self._stressed:
+            age = self._p.rtn_stress_time * physics.drive(self._G, self._Gv, v, seconds,
+                                                          self._ds, self._dr, self._p)
         self._G, self._Gv = physics.pulse_update(
             self._G, self._Gv, v, seconds, self._ds, self._dr, self._g0s, self._g0r, xi,
             self._frozen if self._any_frozen else None, self._p, self._psi)
+        if self._stressed:
+            self._stress_fluctuators(age[..., None])
 
     def pulse_device(self, row: int, col: int, volts: float, seconds: float) -> None:
         """A pulse on device (row, col) alone, every other device untouched (a single crosspoint
@@ -188,6 +205,10 @@ class Crossbar:
 
     def _pulse_one(self, r: int, c: int, v: float, seconds: float) -> None:
         xi = math.exp(self._sigma * self.rng.standard_normal())
+        if self._stressed:
+            self._stress_fluctuators(self._p.rtn_stress_time * physics.drive_scalar(
+                float(self._G[r, c]), float(self._Gv[r, c]), v, seconds, float(self._ds[r, c]),
+                float(self._dr[r, c]), self._p), (r, c))
         if self._stuck[r, c] != WORKING:
             return
         G, Gv = physics.pulse_update_scalar(

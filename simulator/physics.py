@@ -18,7 +18,10 @@ Model, per device with nonvolatile G, volatile excess Gv and D2D constants (ds, 
 Slow fluctuations (random telegraph noise): each device carries `rtn_count` two-state
 fluctuators j with relative amplitude a_j and state s_j in {0, 1}, switching at random with mean
 dwell time tau_j; a read sees (G + Gv) * (1 + sum_j a_j (s_j - 1/2) * ((G+Gv)/g_ref)^-beta).
-Pulses act on G and Gv only (the fluctuation is electronic, not ionic).
+A pulse ages every fluctuator of the pulsed device by rtn_stress_time * drive seconds of its
+dwell time, drive = (t/t_ref) exp((|V| - Vth)/V0) being the factor of the switching step: the
+ionic hopping that switches the device also rearranges the defects near the filament, so
+half-select stress switches fluctuators too. The fluctuators never change G or Gv.
 """
 
 from __future__ import annotations
@@ -127,6 +130,28 @@ def telegraph_odd_flips(elapsed, tau):
     """Probability that a symmetric two-state fluctuator with mean dwell time `tau` switches an
     odd number of times in `elapsed` seconds (so ends in the other state)."""
     return 0.5 * (1.0 - np.exp(-2.0 * np.asarray(elapsed) / tau))
+
+
+def drive(G, Gv, v, seconds: float, ds, dr, p: DeviceParams):
+    """Ionic drive of a pulse per device: (t/t_ref) * exp((|V| - Vth)/V0) on the SET branch for
+    v > 0 and the RESET branch otherwise (0 where v == 0) -- the factor of the switching step."""
+    r = 1.0 / (G + Gv)
+    arg = np.where(v > 0.0, (v - ((p.r_s0 - r) / p.k_s + ds)) / p.v0_set,
+                   (np.abs(v) - ((r - p.r_r0) / p.k_r + dr)) / p.v0_reset)
+    return np.where(v != 0.0, (seconds / p.t_ref) * np.exp(np.minimum(arg, _EXP_CAP)), 0.0)
+
+
+def drive_scalar(G: float, Gv: float, v: float, seconds: float, ds: float, dr: float,
+                 p: DeviceParams) -> float:
+    """`drive` for one device in plain floats."""
+    if v == 0.0:
+        return 0.0
+    r = 1.0 / (G + Gv)
+    if v > 0.0:
+        arg = (v - ((p.r_s0 - r) / p.k_s + ds)) / p.v0_set
+    else:
+        arg = (-v - ((r - p.r_r0) / p.k_r + dr)) / p.v0_reset
+    return (seconds / p.t_ref) * math.exp(arg if arg < _EXP_CAP else _EXP_CAP)
 
 
 def fluctuation_factor(g_total, f, p: DeviceParams):

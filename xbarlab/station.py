@@ -103,6 +103,8 @@ class SimCfg(BaseModel):
     model_config = _STRICT
     seed: int = Field(0, ge=0, description="master seed of the virtual chip")
     chip_file: str | None = Field(None, description="saved VirtualChip to start from")
+    model: str | None = Field(None, description="chip model (YAML from `xbarlab sim calibrate`) "
+                              "a fresh chip is built from; default: the shipped calibration")
     latency: dict[str, float] = Field(default_factory=dict,
                                       description="LatencyConfig overrides [s]")
 
@@ -187,7 +189,20 @@ def load_station(path: str | Path) -> Station:
             err = e.errors()[0]
             raise StationError(f"{path.name}: sim.latency.{err['loc'][0]}: {err['msg']}") \
                 from None
+    if cfg.sim.model:
+        from simulator.calibrate import load_chip_model
+        from simulator.errors import SimulatorError
+        try:
+            load_chip_model(_beside(path, cfg.sim.model))
+        except SimulatorError as e:
+            raise StationError(f"{path.name}: sim.model: {e}") from None
     return Station(cfg, path)
+
+
+def _beside(station_path: Path | None, name: str) -> Path:
+    """A path from a station file, relative to the file's folder."""
+    f = Path(name)
+    return f if f.is_absolute() or station_path is None else station_path.parent / f
 
 
 class Station:
@@ -220,14 +235,15 @@ class Station:
         if not self.cfg.simulated:
             return None
         if self._chip is None:
-            from simulator.chip import VirtualChip
+            from simulator.chip import VirtualChip, default_layout
             if self.cfg.sim.chip_file:
-                f = Path(self.cfg.sim.chip_file)
-                if not f.is_absolute() and self.path is not None:
-                    f = self.path.parent / f
-                self._chip = VirtualChip.load(f)
+                self._chip = VirtualChip.load(_beside(self.path, self.cfg.sim.chip_file))
             else:
-                self._chip = VirtualChip(seed=self.cfg.sim.seed)
+                model = None
+                if self.cfg.sim.model:
+                    from simulator.calibrate import load_chip_model
+                    model = load_chip_model(_beside(self.path, self.cfg.sim.model))
+                self._chip = VirtualChip(default_layout(model), seed=self.cfg.sim.seed)
         return self._chip
 
     def describe(self) -> dict[str, Any]:
