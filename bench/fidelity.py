@@ -14,6 +14,7 @@ Sections:
    seeds; share of test points correct in >= 95 % of transfers.
 
 Usage: python bench/fidelity.py [--quick] [--sections 123] [--model chip-model.yaml] [--seed N]
+       [--save-db sim.h5] [--sim-db sim.h5]
 Results: docs/simulator.md, "Calibration".
 """
 
@@ -50,7 +51,7 @@ def section_fidelity(model: CrossbarConfig, seed: int, quick: bool, tmp: Path):
     target = import_reference()
     setup = cal.PUBLISHED.model_copy(update={
         "seed": seed, "tuning_devices": 6 if quick else 24, "tuning_repeats": 3 if quick else 10,
-        "disturbance_crossbars": 3 if quick else 20, "stuck_crossbars": 2 if quick else 20})
+        "disturbance_crossbars": 3 if quick else 20, "stuck_crossbars": 2 if quick else 60})
     cfg = cal.from_target(model, target)
     levels = cal.tuning_levels(target, setup)
     print(f"\n== 1. fidelity: simulated vs published database ({setup.tuning_devices} devices x "
@@ -123,14 +124,22 @@ def main() -> None:
     ap.add_argument("--sections", default="12", help="which sections to run, e.g. 123")
     ap.add_argument("--model", default=None, help="chip model YAML (default: shipped)")
     ap.add_argument("--seed", type=int, default=1, help="replay seed (the calibration used 0)")
+    ap.add_argument("--save-db", default=None, help="write section 1's database here (.h5)")
+    ap.add_argument("--sim-db", default=None, help="section 3 on this database instead of "
+                    "replaying section 1")
     a = ap.parse_args()
     model = cal.load_chip_model(a.model) if a.model else CrossbarConfig()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         sim = None
-        if "1" in a.sections or "3" in a.sections:
+        if a.sim_db:
+            from database.nonideality import load_nonideality
+            sim = load_nonideality(a.sim_db)
+        elif "1" in a.sections or "3" in a.sections:
             (tmp / "fid").mkdir()
             sim = section_fidelity(model, a.seed, a.quick, tmp / "fid")
+            if a.save_db:
+                save_nonideality(sim, a.save_db, overwrite=True)
         if "2" in a.sections:
             section_clock(model, a.seed, a.quick, tmp)
         if "3" in a.sections:

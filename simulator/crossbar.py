@@ -89,10 +89,13 @@ class Crossbar:
         self._setup()
 
     def _init_fluctuators(self) -> None:
-        """rtn_count fluctuators per device: amplitude, dwell time, state, next switch time."""
+        """rtn_count fluctuators per working device: amplitude, dwell time, state, next switch
+        time (stuck devices get zero amplitudes)."""
         p, (m, n), rng = self.config.device, self.shape, self.rng_rtn
         shape = (m, n, p.rtn_count if p.rtn_amplitude > 0 else 0)
         self._rtn_amp = p.rtn_amplitude * np.exp(p.rtn_sigma * rng.standard_normal(shape))
+        # a stuck device is frozen: its read stays at its stuck value (the published model)
+        self._rtn_amp[self._stuck != WORKING] = 0.0
         lo, hi = math.log(p.rtn_tau_min), math.log(p.rtn_tau_max)
         self._rtn_tau = np.exp(rng.uniform(lo, hi, shape))
         self._rtn_state = (rng.random(shape) < 0.5).astype(np.int8)

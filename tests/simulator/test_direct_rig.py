@@ -95,7 +95,8 @@ def test_read_array_reads_each_device_at_its_own_time():
     # a map takes rows*cols executions: a device read late in the map has relaxed for longer,
     # as on a station that reads one device per execution (time-dependent physics sees it)
     lat = LatencyConfig(round_trip=1.0, read_time=10e-6)
-    dev = DeviceParams(volatile_fraction=0.5, volatile_cap=0.2, sigma_volatile=0.0, tau_relax=1.0)
+    dev = DeviceParams(volatile_fraction=0.5, volatile_cap=0.2, sigma_volatile=0.0, tau_relax=1.0,
+                       rtn_count=0)
     cfg = CrossbarConfig(rows=2, cols=2, stuck_hrs_rate=0, stuck_lrs_rate=0, r_line=0.0,
                          r_source=0.0, device=dev)
     rig = SimulatedRig(Crossbar(cfg, seed=1), latency=lat)

@@ -93,8 +93,10 @@ def sim_show(seed: int, name: str, model: str | None, out: str | None) -> None:
               help="Comma-separated parameters to fit (default: all fittable ones).")
 @click.option("--max-evals", type=click.IntRange(1), default=30, show_default=True,
               help="Campaign replays at most.")
-@click.option("--tuning-devices", type=click.IntRange(2), default=10, show_default=True)
-@click.option("--disturbance-crossbars", type=click.IntRange(1), default=6, show_default=True)
+@click.option("--tuning-devices", type=click.IntRange(2), default=16, show_default=True,
+              help="Single devices tuned per replay (8 levels x 5 repeats each).")
+@click.option("--disturbance-crossbars", type=click.IntRange(1), default=6, show_default=True,
+              help="Crossbars programmed in raster order per replay.")
 @click.option("--stuck-crossbars", type=click.IntRange(0), default=0, show_default=True,
               help="8x8 crossbars screened per replay (0: stuck rates from the disturbance "
                    "flags).")
