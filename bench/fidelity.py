@@ -67,8 +67,8 @@ def section_fidelity(model: CrossbarConfig, seed: int, quick: bool, tmp: Path):
 def section_clock(model: CrossbarConfig, seed: int, quick: bool, tmp: Path):
     target = import_reference()
     print("\n== 2. virtual clock: the disturbance campaign at two station latencies "
-          "(sd per k bin, uS)")
-    print("   s/step   " + "  ".join(f"{lo:>2d}-{hi:<2d}" for lo, hi in cal.K_BINS)
+          "(mean / sd per k bin, uS)")
+    print("   s/step  " + " ".join(f"{f'{lo}-{hi}':>11s}" for lo, hi in cal.K_BINS)
           + "   p75 (25-40)")
     for rt in (3e-3, 0.3):
         setup = cal.PUBLISHED.model_copy(update={
@@ -79,9 +79,10 @@ def section_clock(model: CrossbarConfig, seed: int, quick: bool, tmp: Path):
         sim = cal.simulate_db(cal.from_target(model, target), setup, d,
                               cal.tuning_levels(target, setup))
         k, x = sim.disturbance_keys, sim.disturbance_delta * 1e6
-        sds = [x[(k >= lo) & (k <= hi)].std() for lo, hi in cal.K_BINS]
+        cells = [f"{x[(k >= lo) & (k <= hi)].mean():+5.1f}/{x[(k >= lo) & (k <= hi)].std():4.1f}"
+                 for lo, hi in cal.K_BINS]
         p75 = np.percentile(x[(k >= 25) & (k <= 40)], 75)
-        print(f"   {rt:6g}  " + "  ".join(f"{s:5.1f}" for s in sds) + f"   {p75:+.1f}")
+        print(f"   {rt:6g} " + " ".join(f"{c:>11s}" for c in cells) + f"   {p75:+.1f}")
 
 
 def section_reproduce(sim_db, seed: int, quick: bool, tmp: Path):

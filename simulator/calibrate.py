@@ -179,15 +179,15 @@ def simulate_db(config: CrossbarConfig, setup: Setup, workdir: str | os.PathLike
         f = work / f"tuning-{d}.h5"
         tuning_untuning.run(rig, tcfg, f, seed=d, progress=False, overwrite=True)
         files.append(f)
-    square = config        # the model's own geometry (8 x 8 by default)
+    # disturbance and stuck screening on crossbars of the model's own geometry (8 x 8 default)
     dcfg = disturbance.DisturbanceConfig(record_history=False)
     for x in range(setup.disturbance_crossbars):
-        rig = SimulatedRig(Crossbar(square, seed=_seed(setup, 2, x)), latency=lat)
+        rig = SimulatedRig(Crossbar(config, seed=_seed(setup, 2, x)), latency=lat)
         f = work / f"disturbance-{x}.h5"
         disturbance.run(rig, dcfg, f, seed=x, progress=False, overwrite=True)
         files.append(f)
     for s in range(setup.stuck_crossbars):
-        rig = SimulatedRig(Crossbar(square, seed=_seed(setup, 3, s)), latency=lat)
+        rig = SimulatedRig(Crossbar(config, seed=_seed(setup, 3, s)), latency=lat)
         f = work / f"stuck-{s}.h5"
         stuck.run(rig, stuck.StuckConfig(), f, seed=s, progress=False, overwrite=True)
         files.append(f)
@@ -365,7 +365,9 @@ def calibrate(target, setup: Setup, start: CrossbarConfig | None = None,
     base = from_target(start or CrossbarConfig(), target)
     dev0 = base.device
     if dev0.rtn_count == 0 and "rtn_amplitude" in setup.params:
-        base = base.model_copy(update={"device": dev0.model_copy(update={"rtn_count": 8})})
+        # fitting the fluctuators of a model without any: give it the default population
+        base = base.model_copy(update={"device": dev0.model_copy(
+            update={"rtn_count": DeviceParams().rtn_count})})
     names = list(setup.params)
     bounds = [BOUNDS[n] for n in names]
     levels = tuning_levels(target, setup)

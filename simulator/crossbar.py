@@ -191,14 +191,13 @@ class Crossbar:
         if v.shape != self.shape:
             raise SimulatorError(f"voltage map has shape {v.shape}, expected {self.shape}")
         xi = np.exp(self._sigma * self.rng.standard_normal(self.shape))
-        if self._stressed:
-            age = self._p.rtn_stress_time * physics.drive(self._G, self._Gv, v, seconds,
-                                                          self._ds, self._dr, self._p)
+        drive = np.empty(self.shape) if self._stressed else None
         self._G, self._Gv = physics.pulse_update(
             self._G, self._Gv, v, seconds, self._ds, self._dr, self._g0s, self._g0r, xi,
-            self._frozen if self._any_frozen else None, self._p, self._psi)
-        if self._stressed:
-            self._stress_fluctuators(age[..., None])
+            self._frozen if self._any_frozen else None, self._p, self._psi, drive)
+        if drive is not None:
+            drive *= self._p.rtn_stress_time
+            self._stress_fluctuators(drive[..., None])
 
     def pulse_device(self, row: int, col: int, volts: float, seconds: float) -> None:
         """A pulse on device (row, col) alone, every other device untouched (a single crosspoint

@@ -51,12 +51,14 @@ def vth_reset(g_total, p: DeviceParams, dr=0.0):
 def pulse_update(G: np.ndarray, Gv: np.ndarray, v: np.ndarray, seconds: float,
                  ds: np.ndarray, dr: np.ndarray, g0s: np.ndarray, g0r: np.ndarray,
                  xi: np.ndarray, frozen: np.ndarray | None, p: DeviceParams,
-                 psi: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 psi: np.ndarray | None = None,
+                 drive_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One pulse of amplitude v[i] and width `seconds` on every device; returns new (G, Gv).
 
     `frozen` marks devices that do not respond (stuck); they keep G and Gv exactly.
     Devices with v == 0 do not change. `psi`: per-device volatile cap (default
-    p.volatile_cap for all).
+    p.volatile_cap for all). `drive_out`, when given, receives each device's ionic drive (see
+    `drive_scalar`; computed here anyway, so the fluctuators' stress costs nothing extra).
     """
     gt = G + Gv
     r = 1.0 / gt
@@ -68,6 +70,9 @@ def pulse_update(G: np.ndarray, Gv: np.ndarray, v: np.ndarray, seconds: float,
                    (np.abs(v) - ((r - p.r_r0) / p.k_r + dr)) / p.v0_reset)
     np.minimum(arg, _EXP_CAP, out=arg)
     np.exp(arg, out=arg)
+    if drive_out is not None:
+        np.multiply(arg, tp, out=drive_out)
+        drive_out[v == 0.0] = 0.0
     gmax = p.g_max
     hi = gmax - G
     w = np.where(pos, hi, G - p.g_min)
@@ -132,18 +137,11 @@ def telegraph_odd_flips(elapsed, tau):
     return 0.5 * (1.0 - np.exp(-2.0 * np.asarray(elapsed) / tau))
 
 
-def drive(G, Gv, v, seconds: float, ds, dr, p: DeviceParams):
-    """Ionic drive of a pulse per device: (t/t_ref) * exp((|V| - Vth)/V0) on the SET branch for
-    v > 0 and the RESET branch otherwise (0 where v == 0) -- the factor of the switching step."""
-    r = 1.0 / (G + Gv)
-    arg = np.where(v > 0.0, (v - ((p.r_s0 - r) / p.k_s + ds)) / p.v0_set,
-                   (np.abs(v) - ((r - p.r_r0) / p.k_r + dr)) / p.v0_reset)
-    return np.where(v != 0.0, (seconds / p.t_ref) * np.exp(np.minimum(arg, _EXP_CAP)), 0.0)
-
-
 def drive_scalar(G: float, Gv: float, v: float, seconds: float, ds: float, dr: float,
                  p: DeviceParams) -> float:
-    """`drive` for one device in plain floats."""
+    """Ionic drive of a pulse on one device: (t/t_ref) * exp((|V| - Vth)/V0), SET branch for
+    v > 0 and RESET branch otherwise, 0 for v == 0 -- the factor of the switching step (what
+    `pulse_update` returns in `drive_out`)."""
     if v == 0.0:
         return 0.0
     r = 1.0 / (G + Gv)

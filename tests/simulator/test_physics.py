@@ -114,3 +114,16 @@ def test_iv_normalised_at_read_voltage():
     # physics.md §3.2: I/(G V) = 1.12 at 0.67 V, 1.17 at 0.8 V, 3.25 at 2.4 V
     for v, ratio in ((0.67, 1.12), (0.8, 1.17), (2.4, 3.25)):
         assert physics.device_current(1.0, v, P) / v == pytest.approx(ratio, abs=0.03)
+
+
+def test_drive_is_the_factor_of_the_step_and_zero_without_a_pulse():
+    G = np.array([100e-6, 250e-6, 400e-6, 250e-6])
+    v = np.array([1.3, -1.2, -0.8, 0.0])
+    ds, dr = np.array([0.0, 0.05, -0.05, 0.0]), np.array([0.02, -0.03, 0.0, 0.0])
+    out = np.empty(4)
+    physics.pulse_update(G, np.zeros(4), v, 400e-9, ds, dr, np.full(4, P.g0_set),
+                         np.full(4, P.g0_reset), np.ones(4), None, P, drive_out=out)
+    for i in range(4):
+        assert out[i] == pytest.approx(physics.drive_scalar(G[i], 0.0, v[i], 400e-9, ds[i],
+                                                            dr[i], P), rel=1e-12)
+    assert out[3] == 0 and out[0] > 1.0    # 1.3 V is above the SET threshold at 100 uS
