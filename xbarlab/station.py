@@ -91,6 +91,10 @@ class ReadCfg(BaseModel):
     volts: float = Field(0.2, description="read voltage [V]")
     seconds: float = Field(10e-6, gt=0, le=1e-3, description="read plateau [s]")
     ceiling_S: float = Field(500e-6, gt=0, description="conductance where the range saturates [S]")
+    scheme: Literal["grounded", "write-routing"] = Field(
+        "grounded", description="verify read after a pulse (PMU rig): 'grounded' reroutes the "
+        "707B for every read; 'write-routing' reads in the pulse's own execution and routing, "
+        "corrected against grounded reads per device (instruments/rigs.py PmuRig)")
 
 
 class PulseCfg(BaseModel):
@@ -141,6 +145,9 @@ def _consistency(c: StationCfg) -> None:
             if c.matrix is None:
                 raise StationError("matrix: required for a wgfmu crossbar (shape != [1, 1])")
         need = {"top", "bottom", "v3", "2v3"}
+        if c.read.scheme != "grounded":
+            raise StationError(f"read.scheme: {c.read.scheme!r} needs the PMU rig's pulse "
+                               "divider; a wgfmu station reads grounded")
     if c.matrix is not None and (c.rig == "pmu" or c.shape != (1, 1)):
         missing = need - set(c.matrix.terminals)
         if missing:
@@ -332,7 +339,8 @@ class Station:
                 pmu = K4200.open(rm, ins.k4200.resource, limits=lim, timeout=ins.k4200.timeout)
                 opened.append(pmu)
                 return PmuRig(pmu, matrix, self._wiring(), limits=lim, read=self.read_settings,
-                              clock=clock, edge=c.pulse.edge)
+                              clock=clock, edge=c.pulse.edge, read_scheme=c.read.scheme,
+                              width=c.pulse.width)
             b1500 = None
             if ins.b1500 and c.shape != (1, 1):
                 b1500 = B1500.open(rm, ins.b1500.resource, limits=lim,
