@@ -7,13 +7,16 @@ it is made of: 707B relay reselections, message exchanges with the instruments (
 messages, WGFMU library calls that reach the instrument), instrument executions, pulses, and the
 precision reached: |error| of the tuned conductance (p95, %) and failures.
 
+- the write-routing read (PmuRig, read.scheme write-routing) against the grounded read of the
+  same state on the simulated array, with and without the per-device correction;
 - |error|: each device's conductance as a noise-free grounded read sees it, taken from the
   simulated chip right after its own tuning (no instrument time, no random draws): the
   precision of the tuning whatever read scheme steered it. `map |err| p95` is the read-back of
   the whole map after the last device (rig.read_array, grounded): it adds the V/3 disturbance of
-  the devices programmed later and is not a property of the tuning.
+  the devices programmed later and is not a property of the tuning. Its instrument time
+  (`read-back`, one grounded read and reselection per device) is not in the programming time.
 - failures: tunings that did not converge, among the working devices (stuck devices, known to
-  the simulator, fail by nature and are counted apart; their time is included).
+  the simulator, fail by nature: left out of |error| and failures, their time is included).
 - floor: what the instruments need at least for the same pulses, from the station's latencies:
   one relay reselection per device (PMU crossbar), and per closed-loop step one execution with
   the messages no step can do without (PMU: execute, one status poll, one data fetch; WGFMU: one
@@ -21,9 +24,10 @@ precision reached: |error| of the tuned conductance (p95, %) and failures.
   settled read. Amplitude changes are assumed free there (pre-loaded waveforms), so the floor
   is below what the 4200 can really do.
 
-    python bench/station_time.py                 # everything, full size (~15 min)
-    python bench/station_time.py --quick         # small campaigns, 1 map per combination
-    python bench/station_time.py --sections map  # only the 8x8 table
+    python bench/station_time.py                 # read, map, campaign (fast) at full size
+    python bench/station_time.py --quick         # one map per row, small campaigns
+    python bench/station_time.py --sections map --schemes grounded,write-routing
+    python bench/station_time.py --sections campaign --campaign-algorithms alibart,fast
 """
 
 from __future__ import annotations
@@ -130,18 +134,21 @@ def program_map(scheme: str | None, algorithm: str, seed: int, crossbar: str) ->
                     err.append((g - targets[r, c]) / targets[r, c])
                     failed += not res.converged
         counts = Counts.of(st, rig).minus(c0)
+        t0 = st.chip.clock.now
         gmap = rig.read_array()
+        readback = st.chip.clock.now - t0
     map_err = ((gmap - targets) / targets)[working]
     return dict(counts=counts, err=np.array(err), map_err=map_err, failed=failed,
                 working=int(working.sum()), pulses=pulses, wall=time.perf_counter() - wall,
-                lat=_lat(st), devices=rows * cols)
+                lat=_lat(st), devices=rows * cols, readback=readback)
 
 
 def section_map(n_maps: int, schemes: list[str | None]) -> None:
     print(f"\n== 8x8 random target map, U(100, 400) uS, raster order, PMU station (sim-pmu: "
           f"4200 PMU + divider + 707B), {n_maps} map(s) per row; times are per map")
     print("   scheme         algorithm  time (s)   relay  cmd    exec   pulse+read  relays  "
-          "messages  execs  pulses  |err| p95  map |err| p95  failures     floor (s)  wall")
+          "messages  execs  pulses  |err| p95  failures          floor (s)     read-back (s)  "
+          "map |err| p95  wall")
     for scheme in schemes:
         for alg in ALGORITHMS:
             runs = [program_map(scheme, alg, seed=s // 4, crossbar=f"xbar{s % 4}")
@@ -163,9 +170,59 @@ def section_map(n_maps: int, schemes: list[str | None]) -> None:
                   f"{wave:9.4f}  {sum(r['counts'].relays for r in runs) / k:6.0f}  "
                   f"{sum(r['counts'].messages for r in runs) / k:8.0f}  "
                   f"{sum(r['counts'].executions for r in runs) / k:5.0f}  {pulses:6.0f}  "
-                  f"{np.percentile(err, 95):8.3f}%  {np.percentile(merr, 95):12.3f}%  "
-                  f"{failed:3d}/{working} ({100 * failed / working:.2f} %)  {fl:6.2f} "
-                  f"(x{tot['total'] / fl:.1f})  {sum(r['wall'] for r in runs):5.1f} s")
+                  f"{np.percentile(err, 95):8.3f}%  {failed:3d}/{working} "
+                  f"({100 * failed / working:.2f} %)  {fl:6.2f} (x{tot['total'] / fl:.1f})  "
+                  f"{sum(r['readback'] for r in runs) / k:8.2f}     "
+                  f"{np.percentile(merr, 95):8.3f}%   {sum(r['wall'] for r in runs):5.1f} s")
+
+
+# -- the write-routing read against the grounded read -----------------------------------------
+
+def section_read(n_reads: int = 32) -> None:
+    """Devices of the four 8x8 crossbars tuned (write-routing verify reads only, n_inband = 1)
+    to three random targets each after one calibration at their initial state; then n_reads
+    corrected reads against the noise-free grounded read of the same state, also with the
+    divider's V/3 tap 1 % high (the simulated divider is ideal otherwise)."""
+    print(f"\n== write-routing read vs grounded read (PMU station, 8x8 with 0.75 ohm segments, "
+          f"2 ohm sources): systematic error = mean of {n_reads} corrected reads minus the "
+          "noise-free grounded read, grouped by how far the device moved since its calibration")
+    print("   divider V/3 tap   n    corrected: mean    sd     p95|.|  max|.|   uncorrected: "
+          "mean    max|.|   single-read sd (grounded)")
+    for mismatch in (1.0, 1.01):
+        rows, noise = [], []
+        for xbn in ("xbar0", "xbar1", "xbar2", "xbar3"):
+            st = _station("sim-pmu", 0, "write-routing")
+            with st.open_rig(xbn) as rig:
+                xb = st.chip[xbn]
+                st.world.wiring.dividers["div_v3"] = ("pmu1", mismatch / 3)
+                st.world.routing_changed()
+                rng = np.random.default_rng(int(xbn[-1]))
+                for r in range(8):
+                    for c in range(8):
+                        if xb.stuck[r, c] or (r + c) % 3:
+                            continue
+                        g0 = xb.read_map(0.2, "grounded", noise=False)[r, c]
+                        for target in rng.uniform(100e-6, 400e-6, 3):
+                            tune(rig, r, c, float(target), TuneConfig(n_inband=1))
+                            g = rig.read_repeated(r, c, n_reads)
+                            truth = xb.read_map(0.2, "grounded", noise=False)[r, c]
+                            off = rig.calibration[2]
+                            rows.append(((truth - g0) / g0, (g.mean() - truth) / truth,
+                                         (g.mean() + off - truth) / truth, g.std() / truth))
+                        # the same device, same state, read grounded (routed away first)
+                        rig.read(r, (c + 1) % 8)
+                        noise.append(rig.read_repeated(r, c, n_reads).std() / truth)
+        a = np.array(rows) * 100
+        print(f"   {mismatch / 3:.5f} x V   {len(a):4d}  {a[:, 1].mean():+13.3f}% "
+              f"{a[:, 1].std():6.3f}% {np.percentile(np.abs(a[:, 1]), 95):7.3f}% "
+              f"{np.abs(a[:, 1]).max():7.3f}%  {a[:, 2].mean():+16.3f}% "
+              f"{np.abs(a[:, 2]).max():7.3f}%   {a[:, 3].mean():.3f}% "
+              f"({100 * np.mean(noise):.3f}%)")
+        for lo, hi in ((-100, -30), (-30, 30), (30, 100), (100, 500)):
+            m = (a[:, 0] >= lo) & (a[:, 0] < hi)
+            if m.any():
+                print(f"      moved {lo:+4d}..{hi:+4d} %: n {m.sum():3d}, corrected mean "
+                      f"{a[m, 1].mean():+.3f}%, max|.| {np.abs(a[m, 1]).max():.3f}%")
 
 
 # -- paper-sized campaign ----------------------------------------------------------------------
@@ -236,14 +293,15 @@ def campaign(stack: str, algorithm: str, scheme: str | None, n_dev: int, repeats
     return out
 
 
-def section_campaign(n_dev: int, repeats: int, schemes: list[str | None], tmp: Path) -> None:
+def section_campaign(n_dev: int, repeats: int, schemes: list[str | None], algorithms: list[str],
+                     tmp: Path) -> None:
     print(f"\n== paper-sized tuning/untuning campaign: {n_dev} devices x 8 levels x {repeats} "
           "repeats (untune, tune, settled read)")
     print("   stack / scheme        algorithm  time (h)  relay (h)  cmd (h)  exec (h)  relays   "
           "messages   execs   pulses (tune+untune)  |err| p95  failures       floor (h)   wall")
     combos = [("pmu", s) for s in schemes] + [("wgfmu", None)]
     for stack, scheme in combos:
-        for alg in ALGORITHMS:
+        for alg in algorithms:
             r = campaign(stack, alg, scheme, n_dev, repeats, tmp)
             c = r["counts"]
             h = 1 / 3600
@@ -262,19 +320,25 @@ def section_campaign(n_dev: int, repeats: int, schemes: list[str | None], tmp: P
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="one map per row, small campaigns")
-    ap.add_argument("--sections", default="map,campaign")
+    ap.add_argument("--sections", default="read,map,campaign")
     ap.add_argument("--maps", type=int, default=None, help="8x8 maps per row (default 8)")
     ap.add_argument("--schemes", default="station",
                     help="PMU read schemes, comma separated: 'station' (the station file's), "
                     "'grounded', 'write-routing'")
+    ap.add_argument("--campaign-algorithms", default="fast",
+                    help="tuning algorithms of the campaign section, comma separated (alibart "
+                    "adds ~25 min of wall time at full size)")
     a = ap.parse_args()
     schemes = [None if s == "station" else s for s in a.schemes.split(",")]
     n_maps = a.maps or (1 if a.quick else 8)
+    if "read" in a.sections:
+        section_read()
     if "map" in a.sections:
         section_map(n_maps, schemes)
     if "campaign" in a.sections:
         with tempfile.TemporaryDirectory() as d:
-            section_campaign(4 if a.quick else 29, 3 if a.quick else 40, schemes, Path(d))
+            section_campaign(4 if a.quick else 29, 3 if a.quick else 40, schemes,
+                             a.campaign_algorithms.split(","), Path(d))
 
 
 if __name__ == "__main__":

@@ -82,6 +82,23 @@ def test_fast_variant_warm_starts_after_polarity_change():
     assert acts[-1].volts <= v_moving + 5 * cfg.v_step + 1e-9
 
 
+def test_fast_variant_starts_near_what_moved_the_device_in_its_previous_tuning():
+    fast = TuneConfig(algorithm="fast")
+    s = initial_state(fast, warm=(1.5, -1.45))
+    assert (s.v_set, s.v_reset) == pytest.approx((1.4, -1.35))   # warm_margin short of them
+    _, acts = _run(s, [200e-6], fast)
+    assert acts[0].volts == pytest.approx(1.4)
+    # nothing known (NaN) or a warm amplitude below the start value: the start values
+    s = initial_state(fast, warm=(math.nan, -1.0))
+    assert (s.v_set, s.v_reset) == pytest.approx((1.1, -1.1))
+    # Alibart restarts from its start values by definition
+    s = initial_state(CFG, warm=(1.5, -1.45))
+    assert (s.v_set, s.v_reset) == pytest.approx((1.1, -1.1))
+    # tune() hands the amplitudes on
+    res = tune(ToyRig(g0=100e-6, seed=1), 0, 0, T, fast)
+    assert res.converged and 1.1 < res.warm[0] <= fast.v_set_max
+
+
 def test_decide_is_pure():
     s = initial_state(CFG)
     a = decide(s, 200e-6, T, CFG)
