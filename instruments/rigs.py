@@ -116,9 +116,10 @@ class PmuRig(_GuardedRig):
                        +1 % on average and up to +4 % on the simulated array, more with an
                        imperfect divider) is measured and removed: whenever the rig routes a
                        device for writing it compares `n_cal` grounded reads (the device's last
-                       ones when no pulse came since) with `n_cal` write-routing reads taken
-                       right after the reselection and subtracts the difference of the means
-                       from every read of that device until it is routed elsewhere. Reads
+                       ones when no pulse came since, within REF_MAX_AGE) with `n_cal`
+                       write-routing reads taken right after the reselection and subtracts the
+                       difference of the means from every read of that device until it is
+                       routed elsewhere or the calibration is CAL_MAX_AGE old. Reads
                        without a pulse (`read`, `read_repeated`) of that device keep its routing
                        (the tuning's confirmation reads); of any other device they are grounded,
                        and `read_array` (the read-back) is always grounded. The corrected read
@@ -130,6 +131,11 @@ class PmuRig(_GuardedRig):
     #: matrix roles used by this rig
     ROLES = ("drive", "sense", "v3", "2v3", "gnd")
     READ_SCHEMES = ("grounded", "write-routing")
+    #: grounded reads older than this [s] are no reference (the device relaxes meanwhile)
+    REF_MAX_AGE = 1.0
+    #: a calibration older than this [s] is renewed (the other devices of the column and the
+    #: instruments drift): the next read is grounded, the next pulse recalibrates
+    CAL_MAX_AGE = 10.0
 
     def __init__(self, pmu: K4200, matrix: K707B, wiring: MatrixWiring,
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
@@ -163,10 +169,11 @@ class PmuRig(_GuardedRig):
         self._routed: tuple[str, int, int] | None = None
         self._device: tuple[int, int] | None = None  # device of the last operation
         self._pulses = 0                       # pulses sent so far (any device)
-        #: last grounded reads: (row, col, pulses sent before them, their mean [S])
-        self._ref: tuple[int, int, int, float] | None = None
-        #: device whose write-routing reads are calibrated, and the offset [S] to subtract
+        #: last grounded reads: (row, col, pulses sent before them, time [s], their mean [S])
+        self._ref: tuple[int, int, int, float, float] | None = None
+        #: device whose write-routing reads are calibrated, when [s], the offset [S] to subtract
         self._cal: tuple[int, int] | None = None
+        self._cal_t = 0.0
         self._offset = 0.0
         self.executions = 0
 
@@ -292,26 +299,32 @@ class PmuRig(_GuardedRig):
         self._route("read", row, col)
         k = max(n, self.n_cal) if self.read_scheme == "write-routing" else n
         g = self._run(SEQ_READ, k, k)
-        self._ref = (row, col, self._pulses, float(np.mean(g)))
+        self._ref = (row, col, self._pulses, self.clock, float(np.mean(g)))
         return g[:n]
 
     def _calibrate(self, row: int, col: int) -> None:
         """Route (row, col) for writing and measure its write-routing read offset."""
         ref = self._ref
-        if ref is None or ref[:3] != (row, col, self._pulses):
+        if (ref is None or ref[:3] != (row, col, self._pulses)
+                or self.clock - ref[3] > self.REF_MAX_AGE):
             self._grounded(row, col, self.n_cal)
             ref = self._ref
         self._route("write", row, col)
         lifted = self._run(SEQ_LIFTED, self.n_cal, self.n_cal)
-        self._offset = float(np.mean(lifted)) - ref[3]
-        self._cal = (row, col)
+        self._offset = float(np.mean(lifted)) - ref[4]
+        self._cal, self._cal_t = (row, col), self.clock
+
+    def _calibrated(self, row: int, col: int) -> bool:
+        """(row, col) is routed for writing with a calibration young enough to use."""
+        return (self._cal == (row, col) and self._routed == ("write", row, col)
+                and self.clock - self._cal_t <= self.CAL_MAX_AGE)
 
     def _step(self, row: int, col: int, volts: float, seconds: float, n: int) -> np.ndarray:
         """A pulse on (row, col) and, in the write-routing scheme, n corrected verify reads
         (the first in the pulse's execution)."""
         self._begin((row, col))
         wr = self.read_scheme == "write-routing"
-        if wr and n and (self._cal != (row, col) or self._routed != ("write", row, col)):
+        if wr and n and not self._calibrated(row, col):
             self._calibrate(row, col)
         else:
             self._route("write", row, col)
@@ -328,7 +341,7 @@ class PmuRig(_GuardedRig):
         """n reads without a pulse: corrected write-routing reads while the device is routed
         and calibrated for writing (confirmation reads keep the routing), else grounded."""
         self._begin((row, col))
-        if self._cal == (row, col) and self._routed == ("write", row, col):
+        if self._calibrated(row, col):
             return self._clip(self._run(SEQ_LIFTED, n, n) - self._offset)
         return self._clip(self._grounded(row, col, n))
 
