@@ -102,6 +102,7 @@ def _station(name: str, seed: int, scheme: str | None) -> Station:
 
 
 def floor_s(lat, *, devices: int, pulses: int, tunings: int, extra_reads: int, pmu: bool) -> float:
+    """The floor of the module docstring [s]."""
     execs = pulses + 2 * tunings + extra_reads
     msgs_per_exec = 3 if pmu else 1
     relays = devices if pmu else 0
@@ -119,7 +120,8 @@ def program_map(scheme: str | None, algorithm: str, seed: int, crossbar: str) ->
     st = _station("sim-pmu", seed, scheme)
     xb = st.chip[crossbar]
     rows, cols = xb.shape
-    targets = np.random.default_rng([seed, rows, cols]).uniform(100e-6, 400e-6, (rows, cols))
+    targets = np.random.default_rng([seed, int(crossbar[-1])]).uniform(100e-6, 400e-6,
+                                                                        (rows, cols))
     cfg = TuneConfig(algorithm=algorithm)
     err, failed, pulses, wall = [], 0, 0, time.perf_counter()
     working = xb.stuck == 0
@@ -247,8 +249,6 @@ def campaign(stack: str, algorithm: str, scheme: str | None, n_dev: int, repeats
             truth.append(abs(g - target) / target * 100)
         return res
 
-    tuning_untuning.tune = tune_and_look
-
     def add(st, rig, c0, path):
         c = Counts.of(st, rig).minus(c0)
         o = out["counts"]
@@ -260,6 +260,22 @@ def campaign(stack: str, algorithm: str, scheme: str | None, n_dev: int, repeats
         frames.append(read_table(path, "tunings"))
         out["lat"] = _lat(st)
 
+    tuning_untuning.tune = tune_and_look
+    try:
+        _campaign_runs(stack, scheme, n_dev, repeats, tune_cfg, tmp, chip, add)
+    finally:
+        tuning_untuning.tune = tune
+    import pandas as pd
+
+    df = pd.concat(frames)
+    out.update(tunings=len(df), failed=int((~df.converged).sum()), pulses=int(df.pulses.sum()),
+               untune=int(df.untune_pulses.sum()), wall=time.perf_counter() - t0,
+               err=np.array(truth), devices=n_dev)
+    return out
+
+
+def _campaign_runs(stack, scheme, n_dev, repeats, tune_cfg, tmp, chip, add) -> None:
+    algorithm = tune_cfg.algorithm
     if stack == "wgfmu":
         per_chip = 4  # dev0..dev3 on each virtual chip
         for i in range(n_dev):
@@ -283,14 +299,6 @@ def campaign(stack: str, algorithm: str, scheme: str | None, n_dev: int, repeats
             c0 = Counts.of(st, rig)
             tuning_untuning.run(rig, cfg, path, seed=1, progress=False, chip=st.chip)
             add(st, rig, c0, path)
-    tuning_untuning.tune = tune
-    import pandas as pd
-
-    df = pd.concat(frames)
-    out.update(tunings=len(df), failed=int((~df.converged).sum()), pulses=int(df.pulses.sum()),
-               untune=int(df.untune_pulses.sum()), wall=time.perf_counter() - t0,
-               err=np.array(truth), devices=n_dev)
-    return out
 
 
 def section_campaign(n_dev: int, repeats: int, schemes: list[str | None], algorithms: list[str],
