@@ -143,7 +143,7 @@ def test_tune_refuses_caps_beyond_station_limits():
 
 def test_stuck_device_fails_at_the_cap():
     rig = ToyRig(g0=50e-6, stuck=[[True]])
-    r = tune(rig, 0, 0, T, TuneConfig(max_pulses=60))
+    r = tune(rig, 0, 0, T, TuneConfig(algorithm="alibart", max_pulses=60))
     assert not r.converged and r.pulses == 60
     assert r.history["volts"].max() == pytest.approx(2.0)
 
