@@ -39,13 +39,15 @@ READ, PULSE = 0, 1  # history `kind` codes
 
 
 class TuneConfig(BaseModel):
-    """Write-verify settings, SI units. Defaults are the lab settings of the paper's data."""
+    """Write-verify settings, SI units. Defaults are the lab settings of the paper's data, but
+    for the algorithm (the paper's data were taken with 'alibart')."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     algorithm: Literal["alibart", "fast"] = Field(
         "fast", description="tuning algorithm: 'fast' (default: as precise on the simulated "
-        "devices with about 0.4x the pulses, docs/simulator.md) or 'alibart' (the paper's data)")
+        "devices with about a third of the pulses, docs/simulator.md) or 'alibart' (the "
+        "paper's data)")
     read_volts: float = Field(0.2, gt=0, le=0.5, description="verify read voltage [V] (the rig's)")
     v_set_start: float = Field(1.1, gt=0, le=3.0, description="first SET amplitude [V] (project: 0.8)")
     v_set_max: float = Field(2.0, gt=0, le=3.0, description="SET ramp cap [V]")

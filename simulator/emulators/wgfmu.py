@@ -13,8 +13,8 @@ Instrument time (physics.md §6): pattern building and channel setup are host-si
 applies setup at execute), so they are free; `execute` + `waitUntilCompleted` cost one
 `round_trip` plus the waveform; every other call that reaches the instrument (initialize,
 connect, disconnect, abort, getStatus, getMeasureValueSize, getMeasureValues, closeSession) costs
-one `gpib_cmd`; openSession costs `session_open`. Whether `clear()` resets channel setup is to confirm on hardware; here it does
-not (the driver re-applies setup anyway).
+one `gpib_cmd`; openSession costs `session_open`. Whether `clear()` resets channel setup is to
+confirm on hardware; here it does not (the driver re-applies setup anyway).
 """
 
 from __future__ import annotations
