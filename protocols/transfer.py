@@ -41,6 +41,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from database.runs import RunWriter, list_runs, read_table
+from instruments import interrupts
 from protocols.campaigns._loop import (
     let_time_pass,
     pack_state,
@@ -187,6 +188,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], object], crossbars: Seq
                     writer.commit_device(int(d), out, None if sim is None else
                                          pack_state(sim.get()))
                     bar.advance(int(out["devices"]["pulses"][0]))
+    interrupts.check()  # not complete if the last commit lost a Ctrl-C in a finaliser
     tables = {name: writer.table(name) for name in _tables(cfg)}
     summary = summarize(plan, tables)
     if not writer.info.complete:

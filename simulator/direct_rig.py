@@ -38,7 +38,7 @@ class SimulatedRig(CrossbarRig):
     def clock(self) -> float:
         return self.crossbar.clock.now
 
-    def safe_state(self) -> None:
+    def _safe_state(self) -> None:
         # nothing is biased between operations in the simulation
         return None
 

@@ -9,7 +9,8 @@ seed) and a function that measures one unit and returns its rows. The loop:
   (bit-identical results). On real hardware there is nothing to restore: the devices are where
   the interrupted run left them, which is what a lab would measure anyway; this is logged;
 - commits each unit's rows together with the chip state in one store commit;
-- leaves the rig in its safe state whatever happens (Ctrl-C included);
+- leaves the rig in its safe state whatever happens (Ctrl-C included) and stops at the next
+  unit when a Ctrl-C was lost in a finaliser (`instruments.interrupts`);
 - shows a rich progress bar (units done / total, pulses, ETA, current device) and logs.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from database.runs import RunWriter
+from instruments import interrupts
 from protocols.errors import ProtocolError
 from protocols.progress import Bar
 
@@ -147,6 +149,7 @@ def run_units(*, title: str, rig, store: RunWriter, units: Sequence[tuple[int, i
     try:
         with bar:
             for i in range(start, len(units)):
+                interrupts.check()  # a Ctrl-C lost in a finaliser (e.g. during the commit)
                 rc = units[i]
                 bar.current(f"device ({rc[0]},{rc[1]})")
                 res = work(i, rc)
@@ -154,6 +157,7 @@ def run_units(*, title: str, rig, store: RunWriter, units: Sequence[tuple[int, i
                 store.commit_device(i, res.rows, state)
                 bar.advance(res.pulses)
                 log.debug("%s: device %d (%d,%d) done, %d pulses", title, i, *rc, res.pulses)
+            interrupts.check()  # the run is not complete if the last commit lost a Ctrl-C
     except BaseException:
         # whatever ended the loop (Ctrl-C too), nothing stays biased; the original error is
         # what the user must see, so a safe-state failure (a lost instrument) is only logged
