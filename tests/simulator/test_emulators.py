@@ -12,6 +12,7 @@ from instruments import wgfmu as W
 from instruments.b1500 import B1500
 from instruments.k707b import K707B
 from instruments.k4200 import K4200
+from instruments.limits import SafetyLimits
 from simulator.crossbar import Crossbar
 from simulator.emulators import (
     B1500Emulator,
@@ -204,11 +205,12 @@ def test_wgfmu_library_state_machine_and_error_codes():
 def test_pyvisa_sim_definitions_serve_the_drivers():
     base = resources.files("simulator") / "yaml"
     rm = pyvisa.ResourceManager(f"{base / 'b1500.yaml'}@sim")
-    b = B1500.open(rm, "GPIB0::17::INSTR")
+    # limits wider than the sim's specs, so the sim (not the driver's guard) refuses 3 V
+    b = B1500.open(rm, "GPIB0::17::INSTR", limits=SafetyLimits(v_set_max=5.0))
     b.connect()
     assert b.idn().startswith("Agilent") and b.modules()[0][0] == "B1530A"
     b.force_voltage(2, 0.5, 1e-3)
-    with pytest.raises(InstrumentError, match="100"):       # out of specs -> error queue
+    with pytest.raises(InstrumentError, match="B1500 error 100"):  # out of specs -> queue
         b.batch(["DV 2,0,3,0.001"])                          # 3 V: beyond specs
     assert b.measure_current(2) == pytest.approx(5e-12)
     rm7 = pyvisa.ResourceManager(f"{base / 'k707b.yaml'}@sim")
@@ -217,7 +219,8 @@ def test_pyvisa_sim_definitions_serve_the_drivers():
     assert k.closed_channels() == []                        # canned nil: no state in pyvisa-sim
     rm42 = pyvisa.ResourceManager(f"{base / 'k4200.yaml'}@sim")
     p = K4200.open(rm42, PMU)
-    assert p.idn() == "KI4200A V4.6.0"
+    assert p.idn().startswith("KEITHLEY INSTRUMENTS,KI4200A,")
+    assert p.query("ID") == "KI4200A V4.6.0"
     p.cmd(":PMU:INIT 1")
     with pytest.raises(InstrumentError, match="-992"):
         p.cmd(":PMU:NOPE")
