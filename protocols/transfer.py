@@ -83,8 +83,8 @@ class TransferConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tune: TuneConfig = Field(default_factory=TuneConfig, description="write-verify settings")
-    settle_s: float = Field(0.0, ge=0, description="instrument time between the last device of "
-                            "a tile and its read-back [s]")
+    settle_s: float = Field(0.0, ge=0, le=3600, description="instrument time between the "
+                            "last device of a tile and its read-back [s] (at most an hour)")
     record_history: bool = Field(False, description="store every pulse and read")
 
 

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from instruments.limits import SafetyLimits
 from instruments.rig import CrossbarRig, ReadSettings
@@ -91,12 +91,25 @@ class ReadCfg(BaseModel):
     volts: float = Field(0.2, description="read voltage [V]")
     seconds: float = Field(10e-6, gt=0, le=1e-3, description="read plateau [s]")
     ceiling_S: float = Field(500e-6, gt=0, description="conductance where the range saturates [S]")
+    floor_S: float = Field(ReadSettings.floor_S, gt=0, description="smallest conductance a read "
+                           "resolves [S] (instruments.rig.ReadSettings); tuning targets must lie "
+                           "between floor_S and ceiling_S")
+
+    @model_validator(mode="after")
+    def _range(self) -> ReadCfg:
+        if self.floor_S >= self.ceiling_S:
+            raise ValueError("floor_S must be below ceiling_S")
+        return self
 
 
 class PulseCfg(BaseModel):
     model_config = _STRICT
-    width: float = Field(200e-9, gt=0, description="default write pulse width [s]")
-    edge: float = Field(10e-9, ge=0, description="rise = fall time [s] (PMU: at least 20 ns)")
+    width: float = Field(200e-9, gt=0, le=1, description="default write pulse width [s] (inside "
+                         "the limits' width_min..width_max)")
+    # An edge is a small part of a write pulse (the PMU's shortest is 20 ns, the WGFMU's 10 ns);
+    # 1 us is generous and refuses a unit slip (10 s edges: 20 s per "200 ns" pulse).
+    edge: float = Field(10e-9, ge=0, le=1e-6, description="rise = fall time [s] (PMU: at least "
+                        "20 ns; at most 1 us)")
 
 
 class SimCfg(BaseModel):
@@ -212,7 +225,8 @@ class Station:
     @property
     def read_settings(self) -> ReadSettings:
         r = self.cfg.read
-        return ReadSettings(volts=r.volts, seconds=r.seconds, ceiling_S=r.ceiling_S)
+        return ReadSettings(volts=r.volts, seconds=r.seconds, ceiling_S=r.ceiling_S,
+                            floor_S=r.floor_S)
 
     @property
     def chip(self):

@@ -263,6 +263,27 @@ def test_tuning_with_ramp_caps_beyond_limits_refuses_before_any_pulse(pmu):
         _refused(st, tune, rig, 2, 2, 200e-6, cfg, exc=ConfigError)
 
 
+@pytest.mark.parametrize("target", [250.0, 1.0, 1e-9, 1e-6, 500e-6, 496e-6])
+def test_tuning_target_the_station_cannot_verify_refuses_before_any_read(pmu, target):
+    st, rig = pmu
+    e = _refused(st, tune, rig, 2, 2, target, exc=ConfigError)
+    assert "verify" in str(e)
+
+
+@pytest.mark.parametrize("campaign,over", [
+    ("disturbance", {"g_high": 1.0}), ("disturbance", {"g_low": 1e-9}),
+    ("stuck", {"top_level": 400.0}), ("tuning-untuning", {"g_low": 1e-7, "off_floor": 1e-7}),
+])
+def test_campaign_targets_the_station_cannot_verify_refused_before_the_store(tmp_path, pmu,
+                                                                             campaign, over):
+    st, rig = pmu
+    module, cls = CAMPAIGNS[campaign]
+    cfg = cls(devices=[(3, 3)], **over)
+    _refused(st, module.run, rig, cfg, tmp_path / "c.h5", seed=0, progress=False, chip=st.chip,
+             exc=ConfigError)
+    assert not (tmp_path / "c.h5").exists()
+
+
 @pytest.mark.parametrize("campaign", sorted(CAMPAIGNS))
 def test_campaign_with_out_of_range_ramps_applies_nothing(tmp_path, pmu, campaign):
     st, rig = pmu
