@@ -222,11 +222,18 @@ def sigint_soak(args) -> int:
                 late.clear()
                 broken = i % 2 == 1
                 K707BEmulator.handle = ignores_open if broken else handle
-                delay = float(rng.uniform(0.0, 1.2 * t_ref))
+                # a moment of this session: it only has the devices left to measure
+                left = len(devices) - (list_runs(files[-1])[-1].devices_done
+                                       if files[-1].exists() else 0)
+                delay = float(rng.uniform(0.0, 0.2 + 1.1 * t_ref * left / len(devices)))
                 timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
                 timer.start()
                 code, _, err = _quiet_run(argv(files[-1]))
                 timer.join()
+                if args.verbose:
+                    print(f"  case {i}: SIGINT at {delay:.2f} s, exit {code}, "
+                          f"{'after the command' if late else 'during the command'}: "
+                          f"{err.strip().splitlines()[-1:]}")
                 lines = [ln for ln in err.splitlines() if ln.strip()]
                 bad = [p for st in stations if st.world is not None for p in unsafe(st, set())]
                 said_unsafe = any("NOT confirmed safe" in ln for ln in lines)
@@ -234,14 +241,19 @@ def sigint_soak(args) -> int:
                 c["traceback"] += "Traceback" in err
                 c["unsafe_unreported"] += bool(bad) and not said_unsafe
                 c["reported_unsafe"] += bool(bad) and said_unsafe
-                c["wrong"] += said_unsafe and not bad
+                wrong = said_unsafe and not bad
                 if late:   # the command had ended (finished, or stopped by the faulty 707B)
                     c["finished"] += 1
-                    c["wrong"] += code not in (0, 2) or (code == 2 and not said_unsafe)
+                    wrong |= code not in (0, 2) or (code == 2 and not said_unsafe)
                 else:
                     c["interrupted"] += code == 130
                     c["swallowed"] += code != 130
-                    c["wrong"] += len(lines) != 1 or not lines[0].startswith("interrupted: ")
+                    # one line, after at most the note that the file is being continued
+                    wrong |= (not lines or not lines[-1].startswith("interrupted: ")
+                              or any("exists: continuing" not in ln for ln in lines[:-1]))
+                c["wrong"] += wrong
+                if args.verbose and (wrong or bad):
+                    print(f"    {'WRONG ' if wrong else ''}unsafe {bad[:2]}, said {lines}")
                 if files[-1].exists() and list_runs(files[-1])[-1].complete:
                     check_file(files[-1])
                     files.append(Path(tmp) / f"int{len(files)}.h5")
@@ -261,21 +273,28 @@ def sigint_soak(args) -> int:
             sub = Path(tmp) / f"sub{i}.h5"
             p = subprocess.Popen([sys.executable, "-m", "xbarlab", *argv(sub)], cwd=ROOT, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(float(rng.uniform(0.0, 1.5 + t_ref)))
+            delay = float(rng.uniform(0.0, 1.5 + t_ref))
+            time.sleep(delay)
             p.send_signal(signal.SIGINT)
             _, err = p.communicate(timeout=300)
             lines = [ln for ln in err.splitlines() if ln.strip()]
             s["cases"] += 1
-            s["traceback"] += "Traceback" in err or "Exception ignored" in err
+            if not sub.exists() and ("<frozen site>" in err or not err.strip()):
+                # inside Python's own start-up, before the first line of xbarlab ran: Python
+                # prints its traceback or dies by the signal (nothing was created)
+                s["killed_before_start"] += 1
+                continue
+            trace = "Traceback" in err or "Exception ignored" in err
+            s["traceback"] += trace
             if p.returncode == 130:
                 s["interrupted"] += 1
-                s["wrong"] += len(lines) != 1 or not lines[0].startswith("interrupted: ")
-            elif p.returncode == 0:
-                s["finished"] += 1
-            elif p.returncode == -signal.SIGINT and not err.strip() and not sub.exists():
-                s["killed_before_start"] += 1   # inside Python's own start-up or shutdown
+                wrong = len(lines) != 1 or not lines[0].startswith("interrupted: ")
             else:
-                s["wrong"] += 1
+                s["finished"] += p.returncode == 0
+                wrong = p.returncode != 0
+            s["wrong"] += wrong
+            if args.verbose and (wrong or trace):
+                print(f"  process {i}: SIGINT at {delay:.2f} s, exit {p.returncode}:\n{err}")
     n_in = c["interrupted"] + c["swallowed"]
     print(f"sigint soak: disturbance, {args.devices} devices, seed {args.seed}, "
           f"{args.sigint} cases in process + {args.sigint} subprocesses "
@@ -295,10 +314,10 @@ def sigint_soak(args) -> int:
           f"{c['rows_differing']} (against the uninterrupted run)")
     print("  real processes (`python -m xbarlab`, SIGINT from 0 s: interpreter, imports, "
           "station, run):")
-    print(f"    interrupted, exit 130, one line    {s['interrupted'] - s['wrong']}")
+    print(f"    interrupted, exit 130              {s['interrupted']}")
     print(f"    finished before the signal         {s['finished']}")
-    print(f"    killed inside Python's own start   {s['killed_before_start']} (no output, "
-          "nothing created)")
+    print(f"    stopped in Python's own start-up   {s['killed_before_start']} (before xbarlab's "
+          "first line; nothing created)")
     print(f"    wrong messages or exit codes       {s['wrong']}, tracebacks {s['traceback']}")
     bad = (c["swallowed"] + c["unsafe_unreported"] + c["wrong"] + c["traceback"]
            + c["rows_lost"] + c["rows_differing"] + c["devices_lost"] + s["wrong"]

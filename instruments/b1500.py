@@ -188,9 +188,13 @@ class B1500(MessageInstrument):
         self.batch(["DZ"])
 
     def make_safe(self) -> None:
-        # DZ then CL: outputs at 0 V, then relays of every channel open. Errors are reported
-        # by the caller's own check; here we only make sure both commands go out.
+        # DZ then CL: outputs at 0 V, then relays of every channel open. `*OPC?` answers once
+        # both are done, so a lost message or a lost instrument is noticed, never assumed away.
         try:
             self.write("DZ;CL")
+            reply = self.query("*OPC?")
         finally:
             self._enabled.clear()
+        if reply != "1":
+            raise InstrumentError("outputs not confirmed off", instrument=self.name,
+                                  command="*OPC?", reply=reply)
