@@ -4,6 +4,8 @@ itself safe -> re-run the same command, which resumes).
 
     python bench/soak.py                          # defaults: 16 devices, rate 5e-4
     python bench/soak.py --devices 64 --rate 1e-3 --duration 600
+    python bench/soak.py --sigint 30              # Ctrl-C at random moments instead (see
+                                                  # sigint_soak)
 
 Every instrument message has probability `rate` of a fault drawn from the kinds below (the
 dropped connection 20x rarer). After every stop the emulators are inspected: anything not in

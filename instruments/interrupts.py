@@ -24,9 +24,7 @@ from contextlib import contextmanager
 
 
 class _State:
-    active = False    # a handler of ours is installed
-    received = 0      # SIGINTs since it was installed
-    lost = 0          # KeyboardInterrupts swallowed by a finaliser (raised again by check())
+    received = 0      # SIGINTs since the handler was installed
     deferring = 0     # depth of deferred() blocks
     held = False      # the command is over (hold()): only record
 
@@ -44,32 +42,28 @@ def _unraisable(hook):
     # An interrupt raised inside a finaliser is recorded and raised again by check(): the
     # multi-line "Exception ignored" report would only hide the one-line message.
     def report(u) -> None:
-        if isinstance(u.exc_value, KeyboardInterrupt):
-            _state.lost += 1
-            return
-        hook(u)
+        if not isinstance(u.exc_value, KeyboardInterrupt):
+            hook(u)
     return report
 
 
 @contextmanager
-def sigint_handler() -> Iterator[_State]:
+def sigint_handler() -> Iterator[None]:
     """Record every Ctrl-C while the block runs (outside the main thread: does nothing)."""
     if threading.current_thread() is not threading.main_thread():
-        yield _state
+        yield
         return
     previous = signal.signal(signal.SIGINT, _handler)
     hook = sys.unraisablehook
     sys.unraisablehook = _unraisable(hook)
-    saved = (_state.active, _state.received, _state.lost, _state.deferring, _state.held)
-    _state.active, _state.received, _state.lost, _state.deferring, _state.held = \
-        True, 0, 0, 0, False
+    saved = (_state.received, _state.deferring, _state.held)
+    _state.received, _state.deferring, _state.held = 0, 0, False
     try:
-        yield _state
+        yield
     finally:
         signal.signal(signal.SIGINT, previous)
         sys.unraisablehook = hook
-        (_state.active, _state.received, _state.lost, _state.deferring,
-         _state.held) = saved
+        _state.received, _state.deferring, _state.held = saved
 
 
 def received() -> bool:
