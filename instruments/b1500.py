@@ -17,6 +17,9 @@ from instruments.visa import NUM, MessageInstrument, allow_list, check_current, 
 #: FLEX input buffer is 256 characters incl. terminator; stay where QCoDeS stays
 MAX_MESSAGE = 250
 
+#: modules (`UNT?` model names) that make their slot an SMU channel
+SMU_MODELS = ("B1511B", "B1517A", "B1510A", "B1514A")
+
 #: DV voltage ranges (code -> full scale in V) of the SMUs we use
 V_RANGES = {0: None, 20: 2.0, 200: 20.0}
 

@@ -29,26 +29,17 @@ crossbar mode is for occasional single-device work on a routed array.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import numpy as np
 
 from instruments import wgfmu as W
 from instruments.b1500 import B1500
 from instruments.errors import InstrumentError
-from instruments.k707b import K707B, channel_name
+from instruments.k707b import K707B
 from instruments.k4200 import K4200
 from instruments.limits import SafetyLimits
-from instruments.rig import CrossbarRig, ReadSettings
 from instruments.wgfmu import Wgfmu
-
-
-def monotonic_clock() -> Callable[[], float]:
-    """Real elapsed time since the rig was built (the clock of a real station)."""
-    t0 = time.monotonic()
-    return lambda: time.monotonic() - t0
+from instruments.wiring import Wiring
+from protocols.rig import CrossbarRig, Lab, ReadSettings
 
 
 def _make_all_safe(*instruments) -> None:
@@ -67,19 +58,6 @@ def _make_all_safe(*instruments) -> None:
         raise failed[0]
     if failed:
         raise InstrumentError("; ".join(str(e) for e in failed)) from failed[0]
-
-
-@dataclass(frozen=True)
-class MatrixWiring:
-    """Which 707B column carries each crossbar line, and which matrix row each terminal uses."""
-
-    rows: tuple[tuple[int, int], ...]   # (slot, column) of word line i
-    cols: tuple[tuple[int, int], ...]   # (slot, column) of bit line j
-    terminals: dict[str, str]           # role -> matrix row letter
-
-    def name(self, line: tuple[int, int], role: str) -> str:
-        slot, column = line
-        return channel_name(slot, self.terminals[role], column)
 
 
 class _GuardedRig(CrossbarRig):
@@ -102,26 +80,21 @@ class PmuRig(_GuardedRig):
     #: matrix roles used by this rig
     ROLES = ("drive", "sense", "v3", "2v3", "gnd")
 
-    def __init__(self, pmu: K4200, matrix: K707B, wiring: MatrixWiring,
+    def __init__(self, pmu: K4200, matrix: K707B, wiring: Wiring,
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
-                 clock: Callable[[], float] | None = None, edge: float = 20e-9,
-                 i_range: float = 100e-6):
-        super().__init__((len(wiring.rows), len(wiring.cols)), limits=limits, read=read)
-        missing = [r for r in self.ROLES if r not in wiring.terminals]
+                 lab: Lab | None = None, edge: float = 20e-9, i_range: float = 100e-6):
+        super().__init__((len(wiring.rows), len(wiring.cols)), limits or SafetyLimits(),
+                         read=read, lab=lab)
+        missing = [r for r in self.ROLES if r not in wiring.letters]
         if missing:
             raise ValueError(f"PmuRig wiring lacks matrix rows for {missing}")
         self.pmu, self.matrix, self.wiring = pmu, matrix, wiring
-        self._clock = clock or monotonic_clock()
         self.edge = max(20e-9, edge)
         self.i_range = i_range
         self._ready = False
         self._routes: dict[tuple[str, int, int], list[str]] = {}
         self._fire_cmds: dict[tuple[float, float], list[tuple[str, str]]] = {}
         self.executions = 0
-
-    @property
-    def clock(self) -> float:
-        return self._clock()
 
     # -- setup -----------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -223,13 +196,12 @@ class WgfmuRig(_GuardedRig):
     name = "wgfmu"
 
     def __init__(self, wgfmu: Wgfmu, address: str, b1500: B1500 | None = None,
-                 matrix: K707B | None = None, wiring: MatrixWiring | None = None,
+                 matrix: K707B | None = None, wiring: Wiring | None = None,
                  top: int = 101, bottom: int = 102, smu_v3: int = 2, smu_2v3: int = 3,
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
-                 clock: Callable[[], float] | None = None, edge: float = 10e-9,
-                 compliance: float = 10e-3):
+                 lab: Lab | None = None, edge: float = 10e-9, compliance: float = 10e-3):
         shape = (len(wiring.rows), len(wiring.cols)) if matrix is not None and wiring else (1, 1)
-        super().__init__(shape, limits=limits, read=read)
+        super().__init__(shape, limits or SafetyLimits(), read=read, lab=lab)
         if matrix is not None and (wiring is None or b1500 is None):
             raise ValueError("a crossbar WgfmuRig needs the 707B wiring and the B1500 SMUs")
         self.wgfmu, self.b1500, self.matrix, self.wiring = wgfmu, b1500, matrix, wiring
@@ -237,16 +209,11 @@ class WgfmuRig(_GuardedRig):
         self.smu_v3, self.smu_2v3 = smu_v3, smu_2v3
         self.edge = max(W.GRID, edge)
         self.compliance = compliance
-        self._clock = clock or monotonic_clock()
         self._open = False
         self._ready = False
         self._loaded: tuple | None = None
         self._bias_on = False
         self.executions = 0
-
-    @property
-    def clock(self) -> float:
-        return self._clock()
 
     @property
     def crossbar_mode(self) -> bool:

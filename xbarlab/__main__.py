@@ -11,7 +11,7 @@ import sys
 
 def run() -> None:
     try:
-        import instruments.rig  # noqa: F401 (what `main` needs before its handler is in place)
+        import protocols.rig  # noqa: F401 (what `main` needs before its handler is in place)
         from xbarlab.cli import main
 
         # `main` installs its own handler for the command and puts this one back when it is over

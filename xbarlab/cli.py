@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "xbarlab.commands.db_reference",
     "xbarlab.commands.train",
     "xbarlab.commands.transfer",
+    "xbarlab.commands.view",
     "xbarlab.commands.demo",
     "xbarlab.commands.sweep",
 ]
@@ -76,12 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     """Run one command and exit with its code: 0, 2 (an error the user can act on, one line)
     or 130 (Ctrl-C).
 
-    A Ctrl-C is recorded the moment it arrives (`instruments.interrupts`), so one that Python
+    A Ctrl-C is recorded the moment it arrives (`protocols.interrupts`), so one that Python
     swallowed inside a finaliser still stops the work at the next rig call or device and still
     ends here with 130. The message says what the rigs' last safe state actually reached.
     """
-    from instruments import interrupts
-    from instruments.rig import recording_safe_states
+    from protocols import interrupts
+    from protocols.rig import recording_safe_states
 
     with interrupts.sigint_handler(), recording_safe_states() as rigs:
         code = _command(argv, rigs)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _command(argv: list[str] | None, rigs) -> int:
-    from instruments import interrupts
+    from protocols import interrupts
     from xbarlab.errors import user_errors
 
     error = ""

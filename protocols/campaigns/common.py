@@ -10,7 +10,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from database.runs import RunWriter
-from protocols.campaigns._loop import SimHooks, sim_hooks
 from protocols.tuning import TuneConfig, TuneResult, check_target, check_tune
 
 log = logging.getLogger("xbarlab.campaign")
@@ -85,17 +84,15 @@ class CampaignResult:
     run: str
     summary: dict = field(default_factory=dict)
     resumed_from: int = 0
+    #: the file already held this run, complete: nothing was measured or written
+    already_complete: bool = False
 
 
 def open_store(path, *, protocol: str, config: CampaignConfig, station: dict | None,
-               seed: int | None, tables: dict, devices_total: int, resume: bool,
+               seed: int | None, tables: dict, units_total: int, resume: bool,
                overwrite: bool, rig) -> RunWriter:
     """The campaign's run in `path`, after `config` was checked against the rig's station."""
     check_config(config, rig.limits, rig.read_settings)
     return RunWriter.open(path, protocol=protocol, config=config.model_dump(mode="json"),
                           station=station or {}, seed=seed, tables=tables,
-                          devices_total=devices_total, resume=resume, overwrite=overwrite)
-
-
-def hooks(rig, chip) -> SimHooks | None:
-    return sim_hooks(rig, chip)
+                          units_total=units_total, resume=resume, overwrite=overwrite)

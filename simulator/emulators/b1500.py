@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-SMU_MODELS = ("B1511B", "B1517A", "B1510A", "B1514A")
+from instruments.b1500 import SMU_MODELS
 
 #: FLEX voltage output range codes -> full scale [V] (dc-commands.md §2.3); 11..15 are the
 #: legacy forms of 20..2000. In DI the same numbers are *current* ranges (11 = 1 nA).

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instruments.rig import CrossbarRig
+from instruments.limits import SafetyLimits
+from protocols.rig import CrossbarRig
 
 
 class ToyRig(CrossbarRig):
@@ -17,7 +18,7 @@ class ToyRig(CrossbarRig):
 
     def __init__(self, shape=(1, 1), g0=120e-6, seed=0, noise_rel=0.0015, noise_abs=0.45e-6,
                  stuck=None, step=3e-3):
-        super().__init__(shape)
+        super().__init__(shape, SafetyLimits())
         self.rng = np.random.default_rng(seed)
         self.G = np.full(shape, float(g0)) if np.isscalar(g0) else np.array(g0, float)
         self.d_set = self.rng.normal(0, 0.07, shape)

@@ -53,7 +53,7 @@ def run_file(tmp_path_factory):
     module, cls = CAMPAIGNS["stuck"]
     st, rig = open_station()
     with rig:
-        module.run(rig, cls(devices=[(0, 0)]), out, seed=0, progress=False, chip=st.chip)
+        module.run(rig, cls(devices=[(0, 0)]), out, seed=0, progress=False)
     return out
 
 

@@ -32,7 +32,7 @@ from reliability_support import (
 )
 
 from database.runs import list_runs
-from instruments import interrupts
+from protocols import interrupts
 from simulator.emulators import K707BEmulator, K4200Emulator
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
@@ -102,17 +102,17 @@ def test_ctrl_c_during_the_safe_state_lets_it_finish(monkeypatch):
 _INJECT_AFTER_COMMIT = """
 import gc, signal, sys
 from database.runs import RunWriter
-commit = RunWriter.commit_device
+commit = RunWriter.commit
 def ctrl_c_in_gc(phase, info):
     if phase == "start":
         gc.callbacks.remove(ctrl_c_in_gc)
         signal.raise_signal(signal.SIGINT)   # raised inside the garbage collector: swallowed
-def commit_device(self, device, rows, state=None):
+def commit_unit(self, device, rows, state=None):
     commit(self, device, rows, state)
     if device == 1:
         gc.callbacks.append(ctrl_c_in_gc)
         gc.collect()
-RunWriter.commit_device = commit_device
+RunWriter.commit = commit_unit
 from xbarlab.cli import main
 main(sys.argv[1:])
 """
@@ -130,7 +130,7 @@ def test_cli_ctrl_c_swallowed_by_the_garbage_collector_still_stops_the_run(tmp_p
     assert p.returncode == 130, p.stderr[-2000:]
     assert _lines(p.stderr) == ["interrupted: instruments left in their safe state"], p.stderr
     info = list_runs(out)[-1]
-    assert info.devices_done == 2 and not info.complete   # stopped at the next device
+    assert info.units_done == 2 and not info.complete   # stopped at the next device
 
 
 _READY_THEN_RUN = """

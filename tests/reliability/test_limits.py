@@ -23,9 +23,9 @@ from reliability_support import (
 from instruments.b1500 import B1500
 from instruments.errors import SafetyLimitError
 from instruments.limits import SafetyLimits
-from instruments.rig import ReadSettings
 from protocols.campaigns import CAMPAIGNS
 from protocols.errors import ConfigError, ProtocolError
+from protocols.rig import ReadSettings
 from protocols.tuning import TuneConfig, tune
 from simulator.emulators import B1500Emulator
 from simulator.visa_backend import EmulatedVisaLibrary
@@ -140,7 +140,7 @@ def test_k4200_driver_methods_send_only_what_the_guard_knows(tmp_path):
     module, cls = CAMPAIGNS["disturbance"]
     with rig:
         module.run(rig, cls(devices=[(0, 0), (1, 1)]), tmp_path / "d.h5", seed=0,
-                   progress=False, chip=st.chip)
+                   progress=False)
         p = rig.pmu
         p.idn(), p.options(), p.last_error(), p.check_errors()
         p.smu_force_voltage(1, 0.2, 1e-3)
@@ -279,7 +279,7 @@ def test_campaign_targets_the_station_cannot_verify_refused_before_the_store(tmp
     st, rig = pmu
     module, cls = CAMPAIGNS[campaign]
     cfg = cls(devices=[(3, 3)], **over)
-    _refused(st, module.run, rig, cfg, tmp_path / "c.h5", seed=0, progress=False, chip=st.chip,
+    _refused(st, module.run, rig, cfg, tmp_path / "c.h5", seed=0, progress=False,
              exc=ConfigError)
     assert not (tmp_path / "c.h5").exists()
 
@@ -292,7 +292,7 @@ def test_campaign_with_out_of_range_ramps_applies_nothing(tmp_path, pmu, campaig
     extra = {"v_max": 3.0} if campaign == "iv" and "v_max" in cls.model_fields else {}
     if extra:
         cfg = cls(devices=[(3, 3)], **extra)
-    _refused(st, module.run, rig, cfg, tmp_path / "c.h5", seed=0, progress=False, chip=st.chip,
+    _refused(st, module.run, rig, cfg, tmp_path / "c.h5", seed=0, progress=False,
              exc=(ConfigError, ProtocolError, SafetyLimitError), strict=False)
 
 
@@ -305,5 +305,5 @@ def test_transfer_refuses_out_of_range_ramps_before_programming(tmp_path):
                              g_max=300e-6)
     cfg = transfer.TransferConfig(tune=TuneConfig(v_set_max=2.4))
     _refused(st, transfer.run, plan, lambda _name: rig, ["xbar0"], tmp_path / "t.h5",
-             config=cfg, progress=False, chip=st.chip, exc=(ConfigError, ProtocolError),
+             config=cfg, progress=False, exc=(ConfigError, ProtocolError),
              strict=False)

@@ -13,6 +13,7 @@ from instruments.b1500 import B1500
 from instruments.k707b import K707B
 from instruments.k4200 import K4200
 from instruments.limits import SafetyLimits
+from instruments.wiring import Wiring
 from simulator.crossbar import Crossbar
 from simulator.emulators import (
     B1500Emulator,
@@ -21,7 +22,6 @@ from simulator.emulators import (
     K4200Emulator,
     LabWorld,
     Segment,
-    Wiring,
 )
 from simulator.visa_backend import EmulatedVisaLibrary
 
@@ -32,10 +32,11 @@ def _world(rows=4, cols=4):
     from simulator.config import CrossbarConfig
     xb = Crossbar(CrossbarConfig(rows=rows, cols=cols), seed=3)
     m, n = xb.shape
-    wiring = Wiring(matrix_lines={("row", i): (1, i + 1) for i in range(m)}
-                    | {("col", j): (2, j + 1) for j in range(n)},
-                    matrix_rows={"A": "pmu1", "B": "pmu2", "C": "div_v3", "D": "div_2v3",
-                                 "E": "gnd"},
+    wiring = Wiring(rows=tuple((1, i + 1) for i in range(m)),
+                    cols=tuple((2, j + 1) for j in range(n)),
+                    letters={"drive": "A", "sense": "B", "v3": "C", "2v3": "D", "gnd": "E"},
+                    terminals={"drive": "pmu1", "sense": "pmu2", "v3": "div_v3",
+                               "2v3": "div_2v3", "gnd": "gnd"},
                     dividers={"div_v3": ("pmu1", 1 / 3), "div_2v3": ("pmu1", 2 / 3)})
     return xb, LabWorld(xb, wiring)
 

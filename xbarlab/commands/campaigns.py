@@ -39,29 +39,6 @@ def log_path(out: Path) -> Path:
     return out.with_name(out.name + ".log")
 
 
-def complete_run(out: Path, protocol: str, cfg, seed: int):
-    """The file's last run if it is this very run (protocol, config, seed) and complete, else
-    None; a file the store cannot read is left for the store to report.
-
-    Checked on the store as it is today; once the store itself tells a complete run asked for
-    again, this becomes that call."""
-    from database.errors import DatabaseError
-    from database.runs import list_runs
-
-    if not out.is_file():
-        return None
-    try:
-        runs = list_runs(out)
-    except DatabaseError:
-        return None
-    last = runs[-1] if runs else None
-    want = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
-    if (last is not None and last.complete and last.protocol == protocol and last.seed == seed
-            and json.dumps(last.config, sort_keys=True) == want):
-        return last
-    return None
-
-
 def _log_to_file(path: Path) -> logging.Handler:
     h = logging.FileHandler(path)
     h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -138,10 +115,14 @@ def register(cli: click.Group) -> None:
                       help="continue the file's unfinished run (same settings)")
         @click.option("--overwrite", is_flag=True, help="replace an existing file")
         @click.option("--no-progress", is_flag=True, help="no progress bar")
+        @click.option("--watch", is_flag=True, help="serve a live view of the run on this PC "
+                      "while it runs (as `xbarlab watch`; needs the [live] extra)")
         def cmd(station_path, out, config_path, seed, crossbar, devices, resume, overwrite,
-                no_progress):
+                no_progress, watch):
+            from database.runs import complete_run
             from protocols.campaigns import CAMPAIGNS
             from protocols.campaigns.common import check_config
+            from xbarlab.commands.view import watching
 
             module, cls = CAMPAIGNS[name]
             over = {"devices": [_parse_device(d) for d in devices] if devices else None}
@@ -151,10 +132,13 @@ def register(cli: click.Group) -> None:
             st = _station(station_path)
             check_config(cfg, st.limits, st.read_settings)
             out_p = Path(out)
-            done = None if overwrite else complete_run(out_p, name, cfg, seed)
+            station_desc = st.describe(crossbar)
+            done = None if overwrite else complete_run(
+                out_p, protocol=name, config=cfg.model_dump(mode="json"), station=station_desc,
+                seed=seed)
             if done is not None:
                 click.echo(f"{name}: {out_p} ({done.name}) is already complete, "
-                           f"{done.devices_done} devices: nothing to do (--overwrite to measure "
+                           f"{done.units_done} units: nothing to do (--overwrite to measure "
                            "again)")
                 for k, v in done.summary.items():
                     click.echo(f"  {k}: {_fmt(v)}")
@@ -165,12 +149,11 @@ def register(cli: click.Group) -> None:
             out_p.parent.mkdir(parents=True, exist_ok=True)
             handler = _log_to_file(log_path(out_p))
             try:
-                station_desc = st.describe()
                 log.info("%s on %s -> %s (seed %s)", name, st.name, out_p, seed)
-                with st.open_rig(crossbar) as rig:
+                with watching(out_p, watch), st.open_rig(crossbar) as rig:
                     res = module.run(rig, cfg, out_p, seed=seed, station=station_desc,
                                      resume=resume, overwrite=overwrite,
-                                     progress=not no_progress, chip=st.chip)
+                                     progress=not no_progress)
             finally:
                 logging.getLogger("xbarlab").removeHandler(handler)
                 handler.close()

@@ -1,12 +1,24 @@
-"""The CrossbarRig seam: everything a protocol may ask of hardware, in SI units.
+"""The rig seam: everything a protocol may ask of a station, in SI units.
 
-Concrete rigs (`WgfmuRig`, `PmuRig`, the simulator's direct rig) implement the underscored
-methods. The public methods here enforce the station's safety limits and bounds *before* a rig
-sees a request, so no protocol can reach an instrument outside the envelope, whatever rig it
-runs on. Any exception escaping a `with rig:` block leaves the rig in its safe state.
+Protocols are written against `CrossbarRig` and nothing behind it. Concrete rigs implement the
+underscored methods: `instruments.rigs` (PmuRig, WgfmuRig: real drivers, or the same drivers
+over emulated instruments on a simulated station) and `simulator.direct_rig` (SimulatedRig:
+straight on the physics). The public methods check every request against the station's safety
+limits and bounds *before* a concrete rig sees it, so no protocol can reach an instrument
+outside the envelope, whatever rig it runs on. Any exception escaping a `with rig:` block leaves
+the rig in its safe state.
+
+Behind every rig is a `Lab`: where instrument time comes from, how time passes, and the state
+that must be committed with the data for a resumed run to continue as if it had never stopped.
+`RealLab` is a probe station (real time, `time.sleep`, nothing to save: the devices keep their
+own state); the simulator's `ChipLab` is a virtual chip (virtual clock, chip state incl. RNGs).
+
+This module lives in `protocols` so that protocols import nothing but `database` and their own
+package; `instruments` and `simulator` import this module (and only this one) from `protocols`
+to implement it (docs/architecture.md).
 
 Every public method first acts on a Ctrl-C recorded but lost in a finaliser
-(`instruments.interrupts`), and `safe_state()` records what it reached in `rig.safe`, so the
+(`protocols.interrupts`), and `safe_state()` records what it reached in `rig.safe`, so the
 CLI only says "instruments left in their safe state" when that was confirmed.
 """
 
@@ -14,15 +26,17 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from instruments import interrupts
-from instruments.errors import InstrumentError
-from instruments.limits import SafetyLimits
+from protocols import interrupts
+from protocols.errors import ProtocolError
 
 log = logging.getLogger("xbarlab.rig")
 
@@ -74,22 +88,69 @@ def recording_safe_states() -> Iterator[list[SafeOutcome]]:
         _recorded = previous
 
 
+class Limits(Protocol):
+    """The station envelope a rig checks requests against (`instruments.limits.SafetyLimits`).
+    Each check raises (a SafetyLimitError) when the request is outside it."""
+
+    def check_pulse(self, volts: float, seconds: float, *, where: str = "") -> None: ...
+
+    def check_bias(self, volts: float, *, where: str = "") -> None: ...
+
+
+class Lab(abc.ABC):
+    """What a rig acts on, as far as a protocol cares: instrument time and the saved state."""
+
+    #: True when `save_state` captures everything behind the rig, so a run resumed from it
+    #: continues bit-identically (a simulated chip); False on hardware
+    restorable: bool = False
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """Instrument time spent so far [s]."""
+
+    @abc.abstractmethod
+    def wait(self, seconds: float) -> None:
+        """Let `seconds` (> 0) of instrument time pass with every output idle."""
+
+    def save_state(self) -> dict | None:
+        """The state to commit with a unit of data (JSON-able values and numpy arrays), or
+        None when there is nothing to save."""
+        return None
+
+    def restore_state(self, state: dict) -> None:
+        """Put back a state from `save_state` (only called when `restorable`)."""
+        raise ProtocolError(f"{type(self).__name__} has no state to restore")
+
+
+class RealLab(Lab):
+    """A probe station: real elapsed time since the lab was made, real waiting."""
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
 class CrossbarRig(abc.ABC):
     """Abstract rig addressing one crossbar (or a single crosspoint as a 1x1 crossbar).
 
     Coordinates are (row, col) = (word line, bit line), 0-based. Conductances in siemens,
-    voltages in volts, times in seconds. `clock` is the instrument time spent so far (the real
-    elapsed time on hardware, the virtual clock on a simulated station).
+    voltages in volts, times in seconds.
     """
 
     #: human-readable name for logs and HDF5 attributes
     name: str = "rig"
 
-    def __init__(self, shape: tuple[int, int], limits: SafetyLimits | None = None,
-                 read: ReadSettings | None = None):
+    def __init__(self, shape: tuple[int, int], limits: Limits, read: ReadSettings | None = None,
+                 lab: Lab | None = None):
         self._shape = (int(shape[0]), int(shape[1]))
-        self.limits = limits or SafetyLimits()
+        self.limits = limits
         self.read_settings = read or ReadSettings()
+        self.lab = lab or RealLab()
         self.limits.check_bias(self.read_settings.volts, where=f"{self.name} read voltage")
         #: the outcome of the last safe_state()
         self.safe = SafeOutcome(self.name)
@@ -102,9 +163,30 @@ class CrossbarRig(abc.ABC):
         return self._shape
 
     @property
-    @abc.abstractmethod
     def clock(self) -> float:
-        """Instrument time spent so far [s]."""
+        """Instrument time spent so far [s] (real elapsed time, or the virtual clock)."""
+        return self.lab.now()
+
+    def wait(self, seconds: float) -> None:
+        """Let `seconds` of instrument time pass, outputs idle (real: sleep; simulated: the
+        virtual clock advances, charged as 'wait')."""
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"wait needs a finite time >= 0 s, got {seconds!r}")
+        if seconds > 0:
+            self.lab.wait(float(seconds))
+
+    @property
+    def restorable(self) -> bool:
+        """True when `save_state` holds everything a resumed run needs (simulated stations)."""
+        return self.lab.restorable
+
+    def save_state(self) -> dict | None:
+        """The state to commit with each unit of data; None on hardware."""
+        return self.lab.save_state()
+
+    def restore_state(self, state: dict) -> None:
+        """Put back the state committed with the last finished unit."""
+        self.lab.restore_state(state)
 
     def read(self, row: int, col: int) -> float:
         self._check_device(row, col)
@@ -143,7 +225,8 @@ class CrossbarRig(abc.ABC):
         self._begin()
         out = np.asarray(self._read_array(), dtype=float)
         if out.shape != self.shape:
-            raise InstrumentError(f"{self.name}: read map has shape {out.shape}, expected {self.shape}")
+            raise ProtocolError(f"{self.name}: read map has shape {out.shape}, expected "
+                                f"{self.shape}")
         return out
 
     def safe_state(self) -> None:
@@ -211,4 +294,5 @@ class CrossbarRig(abc.ABC):
     def _check_device(self, row: int, col: int) -> None:
         rows, cols = self.shape
         if not (0 <= row < rows and 0 <= col < cols):
-            raise IndexError(f"{self.name}: device ({row},{col}) outside the {rows}x{cols} crossbar")
+            raise IndexError(f"{self.name}: device ({row},{col}) outside the {rows}x{cols} "
+                             "crossbar")
