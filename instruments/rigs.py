@@ -33,6 +33,7 @@ import numpy as np
 
 from instruments import wgfmu as W
 from instruments.b1500 import B1500
+from instruments.errors import InstrumentError
 from instruments.k707b import K707B
 from instruments.k4200 import K4200
 from instruments.limits import SafetyLimits
@@ -42,18 +43,21 @@ from protocols.rig import CrossbarRig, Lab, ReadSettings
 
 
 def _make_all_safe(*instruments) -> None:
-    """Ask every instrument (None = absent) to go safe, even if an earlier one fails; then raise
-    the first failure, so one lost instrument never leaves the others biased."""
-    first: BaseException | None = None
+    """Ask every instrument (None = absent) to go safe, even if an earlier one fails, so one
+    lost instrument never leaves the others biased; then raise the failure (one error naming
+    every instrument that failed when there are several)."""
+    failed: list[Exception] = []
     for inst in instruments:
         if inst is None:
             continue
         try:
             inst.make_safe()
         except Exception as e:
-            first = first or e
-    if first is not None:
-        raise first
+            failed.append(e)
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        raise InstrumentError("; ".join(str(e) for e in failed)) from failed[0]
 
 
 class _GuardedRig(CrossbarRig):
@@ -173,7 +177,7 @@ class PmuRig(_GuardedRig):
             return self._reads(row, col, n)
         return self._guard(both)
 
-    def safe_state(self) -> None:
+    def _safe_state(self) -> None:
         self._ready = False
         _make_all_safe(self.pmu, self.matrix)
 
@@ -325,7 +329,7 @@ class WgfmuRig(_GuardedRig):
     def _pulse_and_read(self, row, col, volts, seconds, n):
         return self._guard(self._do, row, col, volts, seconds, n)
 
-    def safe_state(self) -> None:
+    def _safe_state(self) -> None:
         self._ready = False
         self._bias_on = False
         self._loaded = None

@@ -42,7 +42,7 @@ class SimulatedRig(CrossbarRig):
         self.crossbar = crossbar
         self.latency = latency or LatencyConfig()
 
-    def safe_state(self) -> None:
+    def _safe_state(self) -> None:
         # nothing is biased between operations in the simulation
         return None
 

@@ -31,7 +31,7 @@ class RecordingRig(SimulatedRig):
         self.log.append((self.xname, row, col))
         return super()._pulse_and_read(row, col, volts, seconds, n)
 
-    def safe_state(self):
+    def _safe_state(self):
         self.safe_calls += 1
 
 

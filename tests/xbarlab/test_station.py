@@ -121,8 +121,10 @@ def test_fresh_run_on_another_crossbar_records_that_crossbar(tmp_path):
     from xbarlab.cli import main
 
     out = tmp_path / "s.h5"
-    main(["run", "stuck", "--station", str(STATIONS / "sim-pmu.yaml"), "-o", str(out),
-          "--crossbar", "xbar1", "--device", "0,0", "--no-progress"])
+    with pytest.raises(SystemExit) as e:
+        main(["run", "stuck", "--station", str(STATIONS / "sim-pmu.yaml"), "-o", str(out),
+              "--crossbar", "xbar1", "--device", "0,0", "--no-progress"])
+    assert e.value.code == 0
     assert list_runs(out)[-1].station["crossbars"] == ["xbar1"]
 
 
