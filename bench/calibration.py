@@ -78,7 +78,7 @@ def section_tuning(tmp: Path, n_dev: int, repeats: int, settle: float):
                                                record_history=False)
     t0 = time.perf_counter()
     with st.open_rig() as rig:
-        tuning_untuning.run(rig, cfg, tmp / "tu.h5", seed=1, progress=False, chip=st.chip)
+        tuning_untuning.run(rig, cfg, tmp / "tu.h5", seed=1, progress=False)
     wall = time.perf_counter() - t0
     df = read_table(tmp / "tu.h5", "tunings")
     ok = df[df.converged]
@@ -122,7 +122,7 @@ def section_disturbance(tmp: Path, n_xbar: int):
         with st.open_rig(f"xbar{x}") as rig:
             disturbance.run(rig, disturbance.DisturbanceConfig(tune=PAPER_TUNE,
                                                                record_history=False),
-                            tmp / f"d{x}.h5", seed=x, progress=False, chip=st.chip)
+                            tmp / f"d{x}.h5", seed=x, progress=False)
         frames.append(read_table(tmp / f"d{x}.h5", "samples"))
     wall = time.perf_counter() - t0
     import pandas as pd
@@ -215,7 +215,7 @@ def section_paper_sized(tmp: Path, n_dev: int, repeats: int, rig_kind: str):
             name = f"dev{i % per_chip}"
             with st.open_rig(name) as rig:
                 res = tuning_untuning.run(rig, cfg, tmp / f"paper-{i}.h5", seed=i,
-                                          progress=False, chip=st.chip)
+                                          progress=False)
             summaries.append(res.summary)
     else:
         if rig_kind == "pmu":
@@ -228,8 +228,7 @@ def section_paper_sized(tmp: Path, n_dev: int, repeats: int, rig_kind: str):
             devs = [(r, c) for r in range(8) for c in range(8) if not xb.stuck[r, c]][:n_dev]
             cfg = tuning_untuning.TuningUntuningConfig(devices=devs, repeats=repeats,
                                                        tune=PAPER_TUNE)
-            res = tuning_untuning.run(rig, cfg, tmp / "paper.h5", seed=1, progress=False,
-                                      chip=chip)
+            res = tuning_untuning.run(rig, cfg, tmp / "paper.h5", seed=1, progress=False)
         summaries.append(res.summary)
     wall = time.perf_counter() - t0
     tunings = sum(s["tunings"] for s in summaries)

@@ -286,7 +286,7 @@ def _campaign_runs(stack, scheme, n_dev, repeats, tune_cfg, tmp, chip, add) -> N
             chip["xb"] = st.chip[f"dev{i % per_chip}"]
             with st.open_rig(f"dev{i % per_chip}") as rig:
                 c0 = Counts.of(st, rig)
-                tuning_untuning.run(rig, cfg, path, seed=i, progress=False, chip=st.chip)
+                tuning_untuning.run(rig, cfg, path, seed=i, progress=False)
                 add(st, rig, c0, path)
     else:
         st = _station("sim-pmu", 0, scheme)
@@ -297,7 +297,7 @@ def _campaign_runs(stack, scheme, n_dev, repeats, tune_cfg, tmp, chip, add) -> N
         path = tmp / f"p-{algorithm}-{scheme}.h5"
         with st.open_rig() as rig:
             c0 = Counts.of(st, rig)
-            tuning_untuning.run(rig, cfg, path, seed=1, progress=False, chip=st.chip)
+            tuning_untuning.run(rig, cfg, path, seed=1, progress=False)
             add(st, rig, c0, path)
 
 

@@ -33,53 +33,35 @@ crossbar mode is for occasional single-device work on a routed array.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import numpy as np
 
 from instruments import wgfmu as W
 from instruments.b1500 import B1500
-from instruments.k707b import K707B, channel_name
+from instruments.errors import InstrumentError
+from instruments.k707b import K707B
 from instruments.k4200 import K4200
 from instruments.limits import SafetyLimits
-from instruments.rig import CrossbarRig, ReadSettings
 from instruments.wgfmu import Wgfmu
-
-
-def monotonic_clock() -> Callable[[], float]:
-    """Real elapsed time since the rig was built (the clock of a real station)."""
-    t0 = time.monotonic()
-    return lambda: time.monotonic() - t0
+from instruments.wiring import Wiring
+from protocols.rig import CrossbarRig, Lab, ReadSettings
 
 
 def _make_all_safe(*instruments) -> None:
-    """Ask every instrument (None = absent) to go safe, even if an earlier one fails; then raise
-    the first failure, so one lost instrument never leaves the others biased."""
-    first: BaseException | None = None
+    """Ask every instrument (None = absent) to go safe, even if an earlier one fails, so one
+    lost instrument never leaves the others biased; then raise the failure (one error naming
+    every instrument that failed when there are several)."""
+    failed: list[Exception] = []
     for inst in instruments:
         if inst is None:
             continue
         try:
             inst.make_safe()
         except Exception as e:
-            first = first or e
-    if first is not None:
-        raise first
-
-
-@dataclass(frozen=True)
-class MatrixWiring:
-    """Which 707B column carries each crossbar line, and which matrix row each terminal uses."""
-
-    rows: tuple[tuple[int, int], ...]   # (slot, column) of word line i
-    cols: tuple[tuple[int, int], ...]   # (slot, column) of bit line j
-    terminals: dict[str, str]           # role -> matrix row letter
-
-    def name(self, line: tuple[int, int], role: str) -> str:
-        slot, column = line
-        return channel_name(slot, self.terminals[role], column)
+            failed.append(e)
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        raise InstrumentError("; ".join(str(e) for e in failed)) from failed[0]
 
 
 class _GuardedRig(CrossbarRig):
@@ -137,13 +119,13 @@ class PmuRig(_GuardedRig):
     #: instruments drift): the next read is grounded, the next pulse recalibrates
     CAL_MAX_AGE = 10.0
 
-    def __init__(self, pmu: K4200, matrix: K707B, wiring: MatrixWiring,
+    def __init__(self, pmu: K4200, matrix: K707B, wiring: Wiring,
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
-                 clock: Callable[[], float] | None = None, edge: float = 20e-9,
-                 i_range: float = 100e-6, read_scheme: str = "write-routing", n_cal: int = 16,
-                 width: float = 200e-9):
-        super().__init__((len(wiring.rows), len(wiring.cols)), limits=limits, read=read)
-        missing = [r for r in self.ROLES if r not in wiring.terminals]
+                 lab: Lab | None = None, edge: float = 20e-9, i_range: float = 100e-6,
+                 read_scheme: str = "write-routing", n_cal: int = 16, width: float = 200e-9):
+        super().__init__((len(wiring.rows), len(wiring.cols)), limits or SafetyLimits(),
+                         read=read, lab=lab)
+        missing = [r for r in self.ROLES if r not in wiring.letters]
         if missing:
             raise ValueError(f"PmuRig wiring lacks matrix rows for {missing}")
         if read_scheme not in self.READ_SCHEMES:
@@ -159,7 +141,6 @@ class PmuRig(_GuardedRig):
         self.lifted = (1.5 * vr, 0.5 * vr)
         if read_scheme == "write-routing":
             self.limits.check_bias(self.lifted[0], where=f"{self.name} write-routing read drive")
-        self._clock = clock or monotonic_clock()
         self.edge = max(20e-9, edge)
         self.i_range = i_range
         self.width = width  # the pulse width SEQ_STEP is defined with at set-up [s]
@@ -176,10 +157,6 @@ class PmuRig(_GuardedRig):
         self._cal_t = 0.0
         self._offset = 0.0
         self.executions = 0
-
-    @property
-    def clock(self) -> float:
-        return self._clock()
 
     @property
     def calibration(self) -> tuple[int, int, float] | None:
@@ -234,7 +211,7 @@ class PmuRig(_GuardedRig):
         self._guard(self._setup)
         return self
 
-    def _begin(self, device: tuple[int, int] | None) -> None:
+    def _on_device(self, device: tuple[int, int] | None) -> None:
         """Start an operation on `device` (None: the whole array). On a change of device the
         settings that vary from device to device (the pulse's levels and timing, the sequence
         lists, the 707B selection) are treated as unknown and sent again, so what the rig sends for a
@@ -322,7 +299,7 @@ class PmuRig(_GuardedRig):
     def _step(self, row: int, col: int, volts: float, seconds: float, n: int) -> np.ndarray:
         """A pulse on (row, col) and, in the write-routing scheme, n corrected verify reads
         (the first in the pulse's execution)."""
-        self._begin((row, col))
+        self._on_device((row, col))
         wr = self.read_scheme == "write-routing"
         if wr and n and not self._calibrated(row, col):
             self._calibrate(row, col)
@@ -340,7 +317,7 @@ class PmuRig(_GuardedRig):
     def _reads(self, row: int, col: int, n: int) -> np.ndarray:
         """n reads without a pulse: corrected write-routing reads while the device is routed
         and calibrated for writing (confirmation reads keep the routing), else grounded."""
-        self._begin((row, col))
+        self._on_device((row, col))
         if self._calibrated(row, col):
             return self._clip(self._run(SEQ_LIFTED, n, n) - self._offset)
         return self._clip(self._grounded(row, col, n))
@@ -359,7 +336,7 @@ class PmuRig(_GuardedRig):
         rows, cols = self.shape
 
         def read_all():
-            self._begin(None)
+            self._on_device(None)
             return np.array([[self._clip(self._grounded(r, c, 1))[0] for c in range(cols)]
                              for r in range(rows)])
         return self._guard(read_all)
@@ -373,7 +350,7 @@ class PmuRig(_GuardedRig):
             return self._clip(self._grounded(row, col, n))
         return self._guard(both)
 
-    def safe_state(self) -> None:
+    def _safe_state(self) -> None:
         self._ready = False
         self._routed = self._device = None
         _make_all_safe(self.pmu, self.matrix)
@@ -393,13 +370,12 @@ class WgfmuRig(_GuardedRig):
     name = "wgfmu"
 
     def __init__(self, wgfmu: Wgfmu, address: str, b1500: B1500 | None = None,
-                 matrix: K707B | None = None, wiring: MatrixWiring | None = None,
+                 matrix: K707B | None = None, wiring: Wiring | None = None,
                  top: int = 101, bottom: int = 102, smu_v3: int = 2, smu_2v3: int = 3,
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
-                 clock: Callable[[], float] | None = None, edge: float = 10e-9,
-                 compliance: float = 10e-3):
+                 lab: Lab | None = None, edge: float = 10e-9, compliance: float = 10e-3):
         shape = (len(wiring.rows), len(wiring.cols)) if matrix is not None and wiring else (1, 1)
-        super().__init__(shape, limits=limits, read=read)
+        super().__init__(shape, limits or SafetyLimits(), read=read, lab=lab)
         if matrix is not None and (wiring is None or b1500 is None):
             raise ValueError("a crossbar WgfmuRig needs the 707B wiring and the B1500 SMUs")
         self.wgfmu, self.b1500, self.matrix, self.wiring = wgfmu, b1500, matrix, wiring
@@ -407,16 +383,11 @@ class WgfmuRig(_GuardedRig):
         self.smu_v3, self.smu_2v3 = smu_v3, smu_2v3
         self.edge = max(W.GRID, edge)
         self.compliance = compliance
-        self._clock = clock or monotonic_clock()
         self._open = False
         self._ready = False
         self._loaded: tuple | None = None
         self._bias_on = False
         self.executions = 0
-
-    @property
-    def clock(self) -> float:
-        return self._clock()
 
     @property
     def crossbar_mode(self) -> bool:
@@ -536,7 +507,7 @@ class WgfmuRig(_GuardedRig):
     def _pulse_and_read(self, row, col, volts, seconds, n):
         return self._guard(self._do, row, col, volts, seconds, n)
 
-    def safe_state(self) -> None:
+    def _safe_state(self) -> None:
         self._ready = False
         self._bias_on = False
         self._loaded = None

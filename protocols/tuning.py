@@ -266,10 +266,39 @@ class TuneResult:
         return np.sign(self.history["volts"]).astype(np.int8)
 
 
+def check_tune(cfg: TuneConfig, limits, read) -> None:
+    """ConfigError unless the ramp caps and the width fit the station `limits` and the config
+    reads at the station's read voltage (`read`: a ReadSettings)."""
+    for v in (cfg.v_set_max, cfg.v_reset_min):
+        try:
+            limits.check_pulse(v, cfg.width)
+        except Exception as e:
+            raise ConfigError(f"tuning ramp cap outside the station limits: {e}") from None
+    if abs(cfg.read_volts - read.volts) > 1e-9:
+        raise ConfigError(f"tune config reads at {cfg.read_volts} V but the station reads at "
+                          f"{read.volts} V")
+
+
+def check_target(target: float, tolerance: float, read) -> None:
+    """ConfigError unless the station can verify `target` [S]: its whole band
+    target * (1 +- tolerance) must lie inside the read range, above the smallest conductance a
+    read resolves (`read.floor_S`) and below the conductance where reads clip
+    (`read.ceiling_S`; a clipped read would pass for an in-band one)."""
+    lo, hi = read.floor_S / (1 - tolerance), read.ceiling_S / (1 + tolerance)
+    if not (math.isfinite(target) and lo <= target < hi):
+        raise ConfigError(f"tuning target {target!r} S is outside what the station can verify: "
+                          f"reads resolve {read.floor_S * 1e6:.3g} to {read.ceiling_S * 1e6:.3g} "
+                          f"uS, so with a {100 * tolerance:.3g} % band targets must lie in "
+                          f"[{lo * 1e6:.4g}, {hi * 1e6:.4g}) uS")
+
+
 def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
          record: Callable[[dict], None] | list | None = None,
          warm: tuple[float, float] | None = None) -> TuneResult:
     """Tune device (row, col) of `rig` to `target` siemens with write-verify.
+
+    Refuses (ConfigError) before the first read or pulse a config that leaves the station limits
+    and a target the station cannot verify (`check_tune`, `check_target`).
 
     Every pulse goes with its verify read in one execution (`rig.pulse_and_read`); confirmation
     reads once in band are taken together (`rig.read_repeated`) and judged one by one exactly as
@@ -279,19 +308,12 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
     amplitudes that moved it then).
     """
     cfg = cfg or TuneConfig()
-    if not (target > 0 and math.isfinite(target)):
-        raise ConfigError(f"tuning target must be a positive conductance in S, got {target!r}")
     rows, cols = rig.shape
     if not (0 <= row < rows and 0 <= col < cols):
         raise ConfigError(f"device ({row},{col}) is outside the {rows}x{cols} crossbar")
-    for v in (cfg.v_set_max, cfg.v_reset_min):
-        try:
-            rig.limits.check_pulse(v, cfg.width)
-        except Exception as e:  # refuse the whole tuning up front, not half-way through
-            raise ConfigError(f"tuning ramp cap outside the station limits: {e}") from None
-    if abs(cfg.read_volts - rig.read_settings.volts) > 1e-9:
-        raise ConfigError(f"tune config reads at {cfg.read_volts} V but the rig reads at "
-                          f"{rig.read_settings.volts} V")
+    # refuse the whole tuning up front, not half-way through or after pulsing to a ramp cap
+    check_tune(cfg, rig.limits, rig.read_settings)
+    check_target(target, cfg.tolerance, rig.read_settings)
     sink = record.append if isinstance(record, list) else record
     hist: dict[str, list] = {k: [] for k in HISTORY_FIELDS}
 

@@ -194,7 +194,9 @@ def test_wgfmu_crosspoint_pulse_and_read_in_one_execution():
 def test_wgfmu_crossbar_with_smu_bias_lines():
     st = load_station(STATIONS / "sim-pmu.yaml")  # reuse the wiring of the PMU station
     cfg = st.cfg.model_copy(deep=True)
-    from xbarlab.station import B1500Cfg, Station, WgfmuCfg
+    from xbarlab.station import Station
+    from xbarlab.station.b1500 import B1500Cfg
+    from xbarlab.station.wgfmu import WgfmuCfg
     cfg.rig = "wgfmu"
     cfg.instruments.k4200 = None
     cfg.instruments.b1500 = B1500Cfg(resource="GPIB0::17::INSTR")
