@@ -33,6 +33,7 @@ precision reached: |error| of the tuned conductance (p95, %) and failures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -196,7 +197,9 @@ def section_read(n_reads: int = 32) -> None:
             st = _station("sim-pmu", 0, "write-routing")
             with st.open_rig(xbn) as rig:
                 xb = st.chip[xbn]
-                st.world.wiring.dividers["div_v3"] = ("pmu1", mismatch / 3)
+                w = st.world.wiring
+                st.world.wiring = dataclasses.replace(
+                    w, dividers={**w.dividers, "div_v3": ("pmu1", mismatch / 3)})
                 st.world.routing_changed()
                 rng = np.random.default_rng(int(xbn[-1]))
                 for r in range(8):

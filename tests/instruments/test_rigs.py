@@ -1,5 +1,6 @@
 """PmuRig and WgfmuRig on emulated instruments over the simulated crossbar."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -123,7 +124,9 @@ def test_pmu_write_routing_read_equals_the_grounded_read_within_its_stated_error
         st = _pmu_station("write-routing")
         with st.open_rig("xbar1") as rig:
             xb = st.chip["xbar1"]
-            st.world.wiring.dividers["div_v3"] = ("pmu1", mismatch / 3)
+            w = st.world.wiring
+            st.world.wiring = dataclasses.replace(
+                w, dividers={**w.dividers, "div_v3": ("pmu1", mismatch / 3)})
             st.world.routing_changed()
             rng = np.random.default_rng(3)
             errs = []
