@@ -118,6 +118,11 @@ class K4200(MessageInstrument):
         self._sent[key] = command
         return True
 
+    def forget(self, keys) -> None:
+        """Treat these setting keys as unknown: their next command is sent even if unchanged."""
+        for k in keys:
+            self._sent.pop(k, None)
+
     def _raise_refused(self, command: str, reply: str):
         detail = ""
         try:

@@ -94,12 +94,14 @@ def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | No
         rows: dict[str, list] = {k: [] for k in TUNINGS_COLUMNS}
         hist = []
         pulses = 0
+        warm = None  # the fast variant starts each ramp near what last moved this device
         for li, level in enumerate(levels):
             off = max(cfg.off_floor, cfg.off_fraction * level)
             for rep in range(cfg.repeats):
                 tix = i * per_device + li * cfg.repeats + rep
-                un = tune(rig, r, c, off, off_cfg)
-                res = tune(rig, r, c, float(level), cfg.tune)
+                un = tune(rig, r, c, off, off_cfg, warm=warm)
+                res = tune(rig, r, c, float(level), cfg.tune, warm=un.warm)
+                warm = res.warm
                 rig.wait(cfg.settle_s)
                 g_set = float(rig.read(r, c))
                 pulses += un.pulses + res.pulses

@@ -53,6 +53,10 @@ class ReadCfg(BaseModel):
     floor_S: float = Field(ReadSettings.floor_S, gt=0, description="smallest conductance a read "
                            "resolves [S] (protocols.rig.ReadSettings); tuning targets must lie "
                            "between floor_S and ceiling_S")
+    scheme: Literal["grounded", "write-routing"] = Field(
+        "grounded", description="verify read after a pulse (PMU rig): 'grounded' reroutes the "
+        "707B for every read; 'write-routing' reads in the pulse's own execution and routing, "
+        "corrected against grounded reads per device (instruments/rigs.py PmuRig)")
 
     @model_validator(mode="after")
     def _range(self) -> ReadCfg:
