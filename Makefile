@@ -6,13 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo demo-quick test bench lint clean
+.PHONY: install demo demo-quick test bench lint clean docs-images
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/python -m pip install --quiet -e ".[train,dev,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[train,dev,ray,live]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# docs/img: the live view mid-run (headless chromium) and `xbarlab plot` figures
+docs-images: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python tests/xbarlab/live_support.py docs/img
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,7 +2,7 @@
 
 Sections:
 1. fidelity table: the characterisation campaigns replayed on the shipped (or a given) chip
-   model with the published database's measurement settings (`simulator.calibrate.PUBLISHED`:
+   model with the published database's measurement settings (`xbarlab.calibrate.PUBLISHED`:
    3IT-style station, 0.3 s per closed-loop step, settled read 60 s after a tuning, +-40 uS
    cut), seeds other than the calibration's; the database built from them next to the
    published one: disturbance per k bin (mean, sd, p1, p25, p75, two-sample KS), tuning sigma
@@ -37,8 +37,8 @@ threadpool_limits(1, user_api="blas")
 
 from database.nonideality import save_nonideality  # noqa: E402
 from database.reference import import_reference  # noqa: E402
-from simulator import calibrate as cal  # noqa: E402
 from simulator.config import CrossbarConfig  # noqa: E402
+from xbarlab import calibrate as cal  # noqa: E402
 
 
 def _timed(fn):

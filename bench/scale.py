@@ -21,7 +21,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 from database.datasets import load_moons_all  # noqa: E402
 from database.reference import import_reference  # noqa: E402
 from training.evaluate import evaluate_transfers  # noqa: E402
-from training.train import DATASET_DEFAULTS, TrainConfig, load_dataset, train  # noqa: E402
+from training.train import TrainConfig, load_dataset, train, train_config  # noqa: E402
 
 
 class Clock:
@@ -55,18 +55,15 @@ def main(epochs: int = 10_000) -> None:
 
     digits = load_dataset("digits")
     (dx, dy), (dxt, dyt) = digits["train"], digits["test"]
-    d = DATASET_DEFAULTS["digits"]
     for hw in (True, False):
-        cfg = TrainConfig(sizes=(64, *d["hidden"], 10), activation=d["activation"],
-                          epochs=d["epochs"], lr=d["lr"], mapping=d["mapping"],
-                          hardware_aware=hw, dataset="digits")
+        cfg = train_config("digits", hardware_aware=hw)
         name = "HW-aware" if hw else "regular"
         with Clock() as c:
             r = train(cfg, dx, dy, db)
         rows.append((f"digits: train {name} 64-32-10", f"{r.steps} steps", c.wall, c.cpu,
                      f"{c.wall / r.steps * 1e6:.0f} us/step"))
         with Clock() as c:
-            ev = evaluate_transfers(r.model, dxt, dyt, 1000, db, mapping=d["mapping"])
+            ev = evaluate_transfers(r.model, dxt, dyt, 1000, db, mapping=cfg.mapping)
         s = ev.summary()
         rows.append((f"digits: evaluate {name}", "1,000 transfers", c.wall, c.cpu,
                      f"clean {s['clean_acc']:.3f}, >=95 %: {s['share_correct_95']:.1%}, "

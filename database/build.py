@@ -17,6 +17,12 @@
   where the paper models them as normal; results go into provenance["statistics"].
 
 Provenance: every part names the files and runs (with their seeds) it came from.
+
+Every column used is checked before it is used (SchemaError naming file, run, table, column and
+row): targets finite and positive, conductances finite where they are used, classes known,
+device indices inside the run, and the disturbance key consistent with its run
+(k = after - device, 0 <= device < after < devices done). A damaged file therefore cannot steer
+the result or the memory it takes.
 """
 
 from __future__ import annotations
@@ -28,9 +34,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from database.errors import DatabaseError
+from database.errors import DatabaseError, SchemaError
 from database.nonideality import NonIdealityDB
-from database.runs import list_runs, read_table
+from database.runs import RunInfo, list_runs, read_table
 
 _DEFAULT_HRS = (10e-6, 100e-6)
 _DEFAULT_LRS = (573e-6, 99e-6)
@@ -45,19 +51,60 @@ def _shapiro(x: np.ndarray) -> dict:
     return {"n": int(x.size), "W": float(w), "p": float(p)}
 
 
-def _collect(run_files) -> dict[str, list[tuple[Path, str, int | None]]]:
+def _collect(run_files) -> dict[str, list[tuple[Path, RunInfo]]]:
     found: dict[str, list] = {}
     for f in run_files:
         f = Path(f)
         for info in list_runs(f):
-            if info.devices_done == 0:
+            if info.units_done == 0:
                 continue
-            found.setdefault(info.protocol, []).append((f, info.name, info.seed))
+            found.setdefault(info.protocol, []).append((f, info))
     return found
 
 
 def _src(items) -> list[str]:
-    return [f"{p.name}:{run} (seed {seed})" for p, run, seed in items]
+    return [f"{p.name}:{info.name} (seed {info.seed})" for p, info in items]
+
+
+def _require(df: pd.DataFrame, where: str, col: str, ok, what: str) -> None:
+    ok = np.asarray(ok, bool)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise SchemaError(f"{where}/{col}: {what} (row {i}: {df[col].iloc[i]!r})")
+
+
+def _table(item: tuple[Path, RunInfo], table: str) -> pd.DataFrame:
+    """A table of a run, its columns checked (see the module docstring)."""
+    path, info = item
+    df = read_table(path, table, info.name)
+    where = f"{path}: {info.name}/{table}"
+    n = info.units_done
+    if (info.protocol, table) == ("tuning-untuning", "tunings"):
+        _require(df, where, "target", np.isfinite(df.target) & (df.target > 0),
+                 "target must be finite and > 0")
+        for col in ("g_settled", "g_final"):
+            _require(df, where, col, np.isfinite(df[col]) | ~df.converged,
+                     "converged tuning without a finite conductance")
+        _require(df, where, "device", (df.device >= 0) & (df.device < info.units_total),
+                 f"device outside the run's {info.units_total} devices")
+    elif (info.protocol, table) == ("disturbance", "devices"):
+        _require(df, where, "device", df.device.to_numpy() == np.arange(len(df)),
+                 "devices not in programming order")
+        _require(df, where, "status", df.status.isin([0, 1, 2, 3]), "unknown class")
+    elif (info.protocol, table) == ("disturbance", "samples"):
+        _require(df, where, "after", (df["after"] >= 1) & (df["after"] < n),
+                 f"programming step outside 1..{n - 1}")
+        _require(df, where, "device", (df.device >= 0) & (df.device < df["after"]),
+                 "sample of a device not programmed before")
+        _require(df, where, "k", df.k == df["after"] - df.device,
+                 "key is not the devices programmed after the device")
+        for col in ("g", "delta"):
+            _require(df, where, col, np.isfinite(df[col]) | df.excluded, "not a finite number")
+    elif (info.protocol, table) == ("stuck", "devices"):
+        _require(df, where, "status", df.status.isin([0, 1, 2]), "unknown class")
+        _require(df, where, "g_initial", (np.isfinite(df.g_initial) & (df.g_initial >= 0))
+                 | (df.status == 0) | df.initial_clipped, "not a conductance")
+    return df
 
 
 def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None = None,
@@ -73,9 +120,9 @@ def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None
 
     # -- tuning ----------------------------------------------------------------------------
     parts = []
-    for p, run, _seed in found["tuning-untuning"]:
-        df = read_table(p, "tunings", run)
-        df["source"] = f"{p.name}:{run}"
+    for item in found["tuning-untuning"]:
+        df = _table(item, "tunings")
+        df["source"] = f"{item[0].name}:{item[1].name}"
         parts.append(df)
     tun = pd.concat(parts, ignore_index=True)
     ok = tun[tun.converged]
@@ -107,8 +154,8 @@ def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None
 
     # -- disturbance -----------------------------------------------------------------------
     keys, deltas, n_excl = [], [], 0
-    for p, run, _seed in found["disturbance"]:
-        s = read_table(p, "samples", run)
+    for item in found["disturbance"]:
+        s = _table(item, "samples")
         n_excl += int(s.excluded.sum())
         s = s[~s.excluded]
         keys.append(s.k.to_numpy())
@@ -141,8 +188,7 @@ def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None
     hrs_s = lrs_s = np.zeros(0)
     hrs_range, lrs_mean, lrs_std = _DEFAULT_HRS, *_DEFAULT_LRS
     if "stuck" in found:
-        st = pd.concat([read_table(p, "devices", run) for p, run, _ in found["stuck"]],
-                       ignore_index=True)
+        st = pd.concat([_table(item, "devices") for item in found["stuck"]], ignore_index=True)
         n = len(st)
         hrs_rate = float((st.status == 1).sum() / n)
         lrs_rate = float((st.status == 2).sum() / n)
@@ -165,7 +211,7 @@ def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None
                                                                    if notes else ""))
     else:
         # fall back on the disturbance runs' flags for the rates, published models for values
-        dv = pd.concat([read_table(p, "devices", run) for p, run, _ in found["disturbance"]],
+        dv = pd.concat([_table(item, "devices") for item in found["disturbance"]],
                        ignore_index=True)
         hrs_rate = float((dv.status == 1).mean())
         lrs_rate = float((dv.status == 2).mean())
@@ -176,7 +222,7 @@ def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None
     g_hi = float(levels.max()) if g_max is None else g_max
     if not g_lo < g_hi:
         raise DatabaseError("need at least two tuning levels (or explicit g_min < g_max)")
-    provenance["runs"] = sorted({str(p) for v in found.values() for p, _r, _s in v})
+    provenance["runs"] = sorted({str(p) for v in found.values() for p, _info in v})
     db = NonIdealityDB(
         g_min=g_lo, g_max=g_hi, tuning_levels=levels, tuning_sigma_rel=sigma,
         tuning_offset_rel=offset, tuning_counts=counts, sigma_fit_slope=float(slope),

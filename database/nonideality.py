@@ -3,25 +3,38 @@
 One HDF5 file, format documented in docs/hdf5-schema.md. In memory it is a plain dataclass of
 numpy arrays (SI units) so `training` never touches HDF5 or raw runs.
 
+The file is built in memory and written atomically with plain Python I/O (database.store_io):
+a full disk leaves the old file as it was and never reaches HDF5. Damage is detected on read:
+HDF5's metadata checksums (libver="latest"), fletcher32 on every array and `meta_crc32`, a CRC-32
+over every scalar and text attribute; then every number is range-checked (`validate`).
+
 Disturbance key convention: ``k`` = number of devices programmed *after* the device in its
 crossbar. ``k = 0`` (the last programmed device) is never disturbed.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
-import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from database.errors import SchemaError
+from database.errors import DatabaseError, SchemaError
+from database.store_io import atomic_write
 
 KIND = "xbarlab-nonideality"
 FORMAT_VERSION = 1
+#: no device conducts more than this [S] (1 ohm): a larger conductance is a damaged file
+G_CEILING = 1.0
+#: largest disturbance key accepted (devices programmed after one device in its crossbar: a
+#: 1024 x 1024 array); a larger key is a damaged file, and would size the sampling table
+MAX_DISTURBANCE_KEY = 1 << 20
 
 
 @dataclass
@@ -83,38 +96,73 @@ class NonIdealityDB:
         return np.maximum(self.sigma_fit_slope * np.asarray(g, float) + self.sigma_fit_intercept, 0.0)
 
     def validate(self) -> None:
-        """Raise SchemaError naming the first inconsistent part."""
-        if not (0 < self.g_min < self.g_max):
-            raise SchemaError(f"non-ideality DB: need 0 < g_min < g_max, got {self.g_min}, {self.g_max}")
+        """Raise SchemaError naming the first field that is inconsistent or outside its range.
+
+        Every number training consumes is checked here, once, for the loader and the builder
+        alike: NaN, inf or an impossible value (a negative spread, a conductance of 5 S, a
+        disturbance key no crossbar has) is a damaged or mis-built file, never a measurement.
+        """
+        def fail(name: str, why: str) -> None:
+            raise SchemaError(f"non-ideality DB: {name} {why}")
+
+        def check(name: str, lo: float = -np.inf, hi: float = np.inf, *, lo_open: bool = False,
+                  allow_nan: bool = False) -> None:
+            raw = getattr(self, name)
+            v = np.asarray(raw, dtype=float).ravel()
+            if allow_nan:
+                v = v[~np.isnan(v)]
+            if not np.all(np.isfinite(v)):
+                fail(name, "contains NaN or inf" if np.ndim(raw) else "is not a finite number")
+            out = ((v <= lo) if lo_open else (v < lo)) | (v > hi)
+            if out.any():
+                fail(name, f"holds {v[out][0]:g}, outside {'(' if lo_open else '['}{lo:g}, {hi:g}]")
+
+        check("g_min", 0.0, G_CEILING, lo_open=True)
+        check("g_max", 0.0, G_CEILING, lo_open=True)
+        if not self.g_min < self.g_max:
+            fail("g_min", f"must be below g_max, got {self.g_min}, {self.g_max}")
         n = self.tuning_levels.size
         for name in ("tuning_sigma_rel", "tuning_offset_rel", "tuning_counts"):
             if getattr(self, name).size != n:
-                raise SchemaError(f"non-ideality DB: {name} has {getattr(self, name).size} "
-                                  f"entries, tuning_levels has {n}")
+                fail(name, f"has {getattr(self, name).size} entries, tuning_levels has {n}")
         if n == 0:
             raise SchemaError("non-ideality DB: the tuning sub-database is empty")
-        for name in ("tuning_levels", "tuning_sigma_rel", "tuning_offset_rel", "tuning_counts",
-                     "stuck_hrs_samples", "stuck_lrs_samples"):
-            if not np.all(np.isfinite(getattr(self, name))):
-                raise SchemaError(f"non-ideality DB: {name} contains NaN or inf")
-        for name in ("sigma_fit_slope", "sigma_fit_intercept", "offset_mean_rel",
-                     "offset_std_rel", "stuck_hrs_rate", "stuck_lrs_rate"):
-            if not np.isfinite(getattr(self, name)):
-                raise SchemaError(f"non-ideality DB: {name} is not a finite number")
+        check("tuning_levels", 0.0, G_CEILING, lo_open=True)
+        check("tuning_sigma_rel", 0.0)
+        check("tuning_offset_rel", -1.0, 1.0, lo_open=True)  # G (1 + offset) stays positive
+        check("tuning_counts", 0.0)
+        check("sigma_fit_slope")
+        check("sigma_fit_intercept")
+        check("offset_mean_rel", -1.0, 1.0, lo_open=True)
+        check("offset_std_rel", 0.0, 1.0)
         if self.disturbance_keys.shape != self.disturbance_delta.shape:
             raise SchemaError("non-ideality DB: disturbance keys and samples differ in length")
         if self.disturbance_delta.size == 0:
             raise SchemaError("non-ideality DB: the disturbance sub-database is empty")
-        if not np.all(np.isfinite(self.disturbance_delta)):
-            raise SchemaError("non-ideality DB: disturbance samples contain NaN or inf")
-        if np.any(self.disturbance_keys < 0):
-            raise SchemaError("non-ideality DB: negative disturbance key")
-        for name in ("stuck_hrs_rate", "stuck_lrs_rate"):
-            v = getattr(self, name)
-            if not (0 <= v <= 1):
-                raise SchemaError(f"non-ideality DB: {name}={v} outside [0, 1]")
+        check("disturbance_delta", -G_CEILING, G_CEILING)
+        check("disturbance_keys", 0, MAX_DISTURBANCE_KEY)
+        # per-key statistics: NaN where a key has none (the published data)
+        check("disturbance_key_mu", -G_CEILING, G_CEILING, allow_nan=True)
+        check("disturbance_key_sigma", 0.0, G_CEILING, allow_nan=True)
+        check("stuck_hrs_rate", 0.0, 1.0)
+        check("stuck_lrs_rate", 0.0, 1.0)
+        mu, sd = self.disturbance_key_mu, self.disturbance_key_sigma
+        if mu.size != sd.size:
+            raise SchemaError("non-ideality DB: key_mu and key_sigma differ in length")
+        if mu.size and self.max_key >= mu.size:
+            raise SchemaError(f"non-ideality DB: disturbance key {self.max_key} has no per-key "
+                              f"statistics (keys 0..{mu.size - 1})")
         if self.stuck_hrs_rate + self.stuck_lrs_rate > 1:
             raise SchemaError("non-ideality DB: stuck rates add up to more than 1")
+        # measured reads (a nearly open device may read a little below 0 S)
+        check("stuck_hrs_samples", -G_CEILING, G_CEILING)
+        check("stuck_lrs_samples", -G_CEILING, G_CEILING)
+        # the sampling models: HRS ~ U(lo, hi), LRS ~ N(mean, std)
+        check("stuck_hrs_range", 0.0, G_CEILING)
+        if self.stuck_hrs_range[0] > self.stuck_hrs_range[1]:
+            fail("stuck_hrs_range", f"is reversed: {self.stuck_hrs_range}")
+        check("stuck_lrs_mean", 0.0, G_CEILING, lo_open=True)
+        check("stuck_lrs_std", 0.0, G_CEILING)
 
 
 _ARRAYS = {
@@ -136,35 +184,52 @@ _SCALARS = {
 }
 
 
+def _meta(kw: dict) -> dict:
+    """The scalar and text fields, as checksummed by `meta_crc32`."""
+    return {n: kw[n] for n in sorted(kw) if n not in {a for a, _u in _ARRAYS.values()}}
+
+
+def _crc(meta: dict) -> int:
+    return zlib.crc32(json.dumps(meta, sort_keys=True, default=list).encode())
+
+
 def save_nonideality(db: NonIdealityDB, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write `db` atomically (temp file + rename). Refuses to overwrite unless asked."""
+    """Write `db` atomically (built in memory, then temp file + rename). Refuses to overwrite
+    unless asked."""
     db.validate()
     path = Path(path)
     if path.exists() and not overwrite:
         raise SchemaError(f"{path} exists; refusing to overwrite (pass overwrite=True / --force)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    meta = {n: getattr(db, n) for grp in _SCALARS.values() for n in grp}
+    meta.update(stuck_hrs_range=list(db.stuck_hrs_range), disturbance_rule=db.disturbance_rule,
+                provenance=db.provenance)
+    meta = json.loads(json.dumps(meta, sort_keys=True, default=float))
+    bio = io.BytesIO()
+    with h5py.File(bio, "w", libver="latest") as f:
+        f.attrs["kind"] = KIND
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["provenance"] = json.dumps(db.provenance, sort_keys=True)
+        for grp in ("tuning", "disturbance", "stuck"):
+            f.create_group(grp)
+        for h5name, (attr, unit) in _ARRAYS.items():
+            a = getattr(db, attr)
+            ds = f.create_dataset(h5name, data=a, chunks=(max(1, min(a.size, 65536)),),
+                                  maxshape=(None,), fletcher32=True, track_times=False)
+            ds.attrs["units"] = unit
+        for grp, names in _SCALARS.items():
+            g = f[grp] if grp else f
+            for n in names:
+                g.attrs[n] = float(getattr(db, n))
+        f["stuck"].attrs["hrs_range"] = np.asarray(db.stuck_hrs_range, float)
+        f["disturbance"].attrs["rule"] = db.disturbance_rule
+        f.attrs["meta_crc32"] = _crc(meta)
     try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["kind"] = KIND
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["provenance"] = json.dumps(db.provenance, sort_keys=True)
-            for grp in ("tuning", "disturbance", "stuck"):
-                f.create_group(grp)
-            for h5name, (attr, unit) in _ARRAYS.items():
-                ds = f.create_dataset(h5name, data=getattr(db, attr))
-                ds.attrs["units"] = unit
-            for grp, names in _SCALARS.items():
-                g = f[grp] if grp else f
-                for n in names:
-                    g.attrs[n] = float(getattr(db, n))
-            f["stuck"].attrs["hrs_range"] = np.asarray(db.stuck_hrs_range, float)
-            f["disturbance"].attrs["rule"] = db.disturbance_rule
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, bio.getbuffer())
+    except OSError as e:
+        why = "disk full" if e.errno == errno.ENOSPC else _line(e)
+        raise DatabaseError(f"{path}: cannot write the database ({why}); nothing was "
+                            "changed") from None
     return path
 
 
@@ -174,38 +239,53 @@ def load_nonideality(path: str | os.PathLike) -> NonIdealityDB:
     if not path.exists():
         raise SchemaError(f"{path}: no such non-ideality database")
     try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise SchemaError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
-        kind = f.attrs.get("kind")
-        if isinstance(kind, bytes):
-            kind = kind.decode()
-        if kind != KIND:
-            raise SchemaError(f"{path}: not an xbarlab non-ideality database (kind={kind!r})")
-        version = int(f.attrs.get("format_version", -1))
-        if version > FORMAT_VERSION:
-            raise SchemaError(f"{path}: format version {version} is newer than this xbarlab "
-                              f"reads ({FORMAT_VERSION}); upgrade xbarlab")
-        if version < 1:
-            raise SchemaError(f"{path}: missing or invalid format_version")
-        kw: dict = {}
-        try:
-            for h5name, (attr, _unit) in _ARRAYS.items():
-                kw[attr] = f[h5name][()]
-            for grp, names in _SCALARS.items():
-                g = f[grp] if grp else f
-                for n in names:
-                    kw[n] = float(g.attrs[n])
-            kw["stuck_hrs_range"] = tuple(f["stuck"].attrs["hrs_range"])
-            rule = f["disturbance"].attrs.get("rule", "")
-            kw["disturbance_rule"] = rule.decode() if isinstance(rule, bytes) else str(rule)
-            kw["provenance"] = json.loads(f.attrs.get("provenance", "{}"))
-        except (KeyError, ValueError, TypeError) as e:
-            raise SchemaError(f"{path}: truncated or malformed non-ideality database ({e})") from None
+        with h5py.File(path, "r", locking=False) as f:
+            kw = _read(f, path)
+    except SchemaError:
+        raise
+    except (KeyError, ValueError, TypeError) as e:
+        raise SchemaError(f"{path}: truncated or malformed non-ideality database "
+                          f"({_line(e)})") from None
+    except Exception as e:  # whatever a damaged file makes h5py or numpy raise
+        raise SchemaError(f"{path}: not a readable non-ideality database ({_line(e)})") from None
     db = NonIdealityDB(**kw)
     try:
         db.validate()
     except SchemaError as e:
         raise SchemaError(f"{path}: {e}") from None
     return db
+
+
+def _line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _read(f: h5py.File, path: Path) -> dict:
+    kind = f.attrs.get("kind")
+    if isinstance(kind, bytes):
+        kind = kind.decode()
+    if kind != KIND:
+        raise SchemaError(f"{path}: not an xbarlab non-ideality database (kind={kind!r})")
+    version = int(f.attrs.get("format_version", -1))
+    if version > FORMAT_VERSION:
+        raise SchemaError(f"{path}: format version {version} is newer than this xbarlab "
+                          f"reads ({FORMAT_VERSION}); upgrade xbarlab")
+    if version < 1:
+        raise SchemaError(f"{path}: missing or invalid format_version")
+    kw: dict = {}
+    for h5name, (attr, _unit) in _ARRAYS.items():
+        kw[attr] = f[h5name][()]
+    for grp, names in _SCALARS.items():
+        g = f[grp] if grp else f
+        for n in names:
+            kw[n] = float(g.attrs[n])
+    kw["stuck_hrs_range"] = tuple(f["stuck"].attrs["hrs_range"])
+    rule = f["disturbance"].attrs.get("rule", "")
+    kw["disturbance_rule"] = rule.decode() if isinstance(rule, bytes) else str(rule)
+    kw["provenance"] = json.loads(f.attrs.get("provenance", "{}"))
+    crc = f.attrs.get("meta_crc32")   # absent in files written before it existed
+    if crc is not None:
+        meta = json.loads(json.dumps(_meta(kw), sort_keys=True, default=list))
+        if _crc(meta) != int(crc):
+            raise SchemaError(f"{path}: attributes damaged (checksum mismatch)")
+    return kw

@@ -1,4 +1,5 @@
-"""Paper-style figures of a non-ideality database (matplotlib, Agg, PNG). Display units: uS."""
+"""PNG figures (matplotlib, Agg): paper-style figures of a non-ideality database, and the
+figures of every raw run (the specs of `database.figures`). Display units: uS, V, %."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from database.figures import Figure, Hist, Map, Panel, RunView, run_view, unit_counts  # noqa: E402
 from database.nonideality import NonIdealityDB  # noqa: E402
 
 
@@ -93,3 +95,101 @@ def plot_all(db: NonIdealityDB, out_dir: str | os.PathLike,
     return [plot_tuning(db, out / "tuning.png"),
             plot_disturbance(db, out / "disturbance.png", keys),
             plot_stuck(db, out / "stuck.png")]
+
+
+# -- raw runs: the figure specs of database.figures as PNG ----------------------------------
+
+def _draw_map(ax, m: Map, fig) -> None:
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    v = np.ma.masked_invalid(m.values)
+    rows, cols = m.values.shape
+    if m.classes:
+        codes = sorted(m.classes)
+        cmap = ListedColormap([_CLASS_COLOURS[i % len(_CLASS_COLOURS)] for i in range(len(codes))]
+                              ).with_extremes(bad="#dddddd")
+        idx = np.ma.masked_invalid(np.vectorize(lambda x: codes.index(x) if x in codes else np.nan,
+                                                otypes=[float])(m.values))
+        im = ax.imshow(idx, cmap=cmap, norm=BoundaryNorm(np.arange(len(codes) + 1) - 0.5,
+                                                         len(codes)))
+        cb = fig.colorbar(im, ax=ax, ticks=range(len(codes)), shrink=0.85)
+        cb.ax.set_yticklabels([m.classes[c] for c in codes])
+    else:
+        cmap = plt.get_cmap("RdBu_r" if m.diverging else "viridis").with_extremes(bad="#dddddd")
+        lim = np.nanmax(np.abs(m.values)) if m.diverging and np.isfinite(m.values).any() else None
+        im = ax.imshow(v, cmap=cmap, vmin=-lim if lim else None, vmax=lim)
+        cb = fig.colorbar(im, ax=ax, shrink=0.85)
+        cb.set_label(m.label)
+    ax.set_xlabel("column")
+    ax.set_ylabel("row")
+    step_r, step_c = max(1, rows // 8), max(1, cols // 8)
+    ax.set_xticks(range(0, cols, step_c))
+    ax.set_yticks(range(0, rows, step_r))
+
+
+_CLASS_COLOURS = ["#4daf4a", "#377eb8", "#e41a1c", "#ff7f00", "#984ea3", "#999999"]
+
+
+def _draw_panel(ax, p: Panel, fig) -> None:
+    if isinstance(p, Map):
+        _draw_map(ax, p, fig)
+    elif isinstance(p, Hist):
+        for label, counts in p.counts.items():
+            ax.stairs(counts, p.edges, label=label, fill=len(p.counts) == 1, alpha=0.8)
+        ax.set_xlabel(p.x_label)
+        ax.set_ylabel(p.y_label)
+        if len(p.counts) > 1:
+            ax.legend(fontsize=8)
+    else:
+        for b in p.bands:
+            ax.axhspan(b.low, b.high, color="C2", alpha=0.2, label=b.label)
+        for s in p.series:
+            if s.style == "points":
+                ax.plot(s.x, s.y, ".", ms=3, alpha=0.5, label=s.label)
+            else:
+                ax.plot(s.x, s.y, "o-" if s.style == "linepoints" else "-", ms=3, lw=1,
+                        label=s.label)
+        ax.set_xlabel(p.x_label)
+        ax.set_ylabel(p.y_label)
+        if p.series or p.bands:
+            ax.legend(fontsize=7, ncol=2 if len(p.series) > 6 else 1)
+        else:
+            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(p.title, fontsize=9)
+
+
+def render_png(figure: Figure, path: Path, heading: str = "") -> Path:
+    """Draw one figure spec (a row of panels) to a PNG."""
+    n = max(1, len(figure.panels))
+    cols = min(n, 4)  # wrap many panels (a transfer of many tiles) into rows of four
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.6 * rows + 0.4), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, p in zip(axes.flat, figure.panels, strict=False):
+        _draw_panel(ax, p, fig)
+    fig.suptitle(figure.title + (f"\n{heading}" if heading else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_run(path: str | os.PathLike, run: str | None = None,
+             out_dir: str | os.PathLike | None = None) -> tuple[RunView, list[Path]]:
+    """Every figure of one run of a raw-run file as PNG (default: next to the file), named
+    `<file>-<run>-<figure>.png`. Returns the view (facts, notes) and the files written."""
+    from database.runs import read_run
+
+    path = Path(path)
+    info, tables = read_run(path, run)
+    v = run_view(info, tables)
+    out = Path(out_dir) if out_dir is not None else path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    done, total = unit_counts(info)
+    heading = f"{path.name} {info.name} ({info.protocol})"
+    if not info.complete:
+        heading += f", unfinished: {done} of {total} {v.unit}"
+    written = [render_png(f, out / f"{path.stem}-{info.name}-{f.name}.png", heading)
+               for f in v.figures]
+    return v, written

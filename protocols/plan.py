@@ -148,8 +148,19 @@ class ConductancePlan:
                                     f"expected ({n},)")
         if self.activation not in ACTIVATIONS:
             raise ProtocolError(f"conductance plan: unknown activation {self.activation!r}")
-        if not 0 < self.g_min < self.g_max:
+        if not 0 < self.g_min < self.g_max < np.inf:
             raise ProtocolError("conductance plan: need 0 < g_min < g_max")
+        # every number that reaches a target or the inference: finite, targets in the range
+        for name, values in (("scales", [self.scales]), ("weights", self.weights),
+                             ("biases", self.biases), ("target", [self.target])):
+            if not all(np.all(np.isfinite(v)) for v in values):
+                raise ProtocolError(f"conductance plan: {name} contains NaN or inf")
+        if np.any(self.scales <= 0):
+            raise ProtocolError("conductance plan: scales must be > 0")
+        tol = 1e-9 * self.g_max
+        if np.any(self.target < self.g_min - tol) or np.any(self.target > self.g_max + tol):
+            raise ProtocolError(f"conductance plan: target outside [g_min, g_max] = "
+                                f"[{self.g_min:g}, {self.g_max:g}] S")
         if np.any(np.diff(self.tile) < 0):
             raise ProtocolError("conductance plan: devices are not grouped tile by tile")
 

@@ -1,4 +1,5 @@
-"""One progress bar for every long loop: campaigns, transfers, training steps.
+"""One progress bar for every long loop: campaigns, transfers, training steps (the training
+package and the CLI use this one too).
 
 A thin layer over rich so each loop shows the same columns (done / total, pulses where they
 count, the current device, elapsed time, ETA), and so tests and pipes can switch it off.
@@ -10,7 +11,7 @@ from __future__ import annotations
 class Bar:
     """A rich progress bar, or nothing when `enabled` is false (tests, pipes)."""
 
-    def __init__(self, title: str, total: int, done: int = 0, *, enabled: bool = True,
+    def __init__(self, title: str, total: int | None, done: int = 0, *, enabled: bool = True,
                  unit: str = "devices", pulses: bool = True):
         self.p = None
         self.pulses = 0
@@ -54,7 +55,9 @@ class Bar:
         if self.p is not None:
             self.p.update(self.task, advance=1, pulses=self.pulses)
 
-    def update(self, completed: int, _total: int | None = None) -> None:
-        """Set the count done (fits `train(progress=...)`'s callback)."""
+    def update(self, completed: int, total: int | None = None) -> None:
+        """Set the count done, and the total when given (fits `train(progress=...)`'s
+        callback; a training that stopped early closes its bar with total = steps run)."""
         if self.p is not None:
-            self.p.update(self.task, completed=completed)
+            self.p.update(self.task, completed=completed,
+                          **({} if total is None else {"total": total}))

@@ -41,16 +41,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from database.runs import RunWriter, list_runs, read_table
-from protocols.campaigns._loop import (
-    let_time_pass,
-    pack_state,
-    restore_progress,
-    sim_hooks,
-)
+from protocols import interrupts
+from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.campaigns.common import HISTORY_COLUMNS, concat, history_rows
 from protocols.errors import ProtocolError
 from protocols.plan import ConductancePlan, plan_forward, plan_logits
 from protocols.progress import Bar
+from protocols.rig import CrossbarRig
 from protocols.tuning import TuneConfig, tune
 
 log = logging.getLogger("xbarlab.transfer")
@@ -82,8 +79,8 @@ class TransferConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tune: TuneConfig = Field(default_factory=TuneConfig, description="write-verify settings")
-    settle_s: float = Field(0.0, ge=0, description="instrument time between the last device of "
-                            "a tile and its read-back [s]")
+    settle_s: float = Field(0.0, ge=0, le=3600, description="instrument time between the "
+                            "last device of a tile and its read-back [s] (at most an hour)")
     record_history: bool = Field(False, description="store every pulse and read")
 
 
@@ -111,17 +108,19 @@ def _tables(cfg: TransferConfig) -> dict:
     return t
 
 
-def run(plan: ConductancePlan, open_rig: Callable[[str], object], crossbars: Sequence[str],
-        store, *, config: TransferConfig | None = None,
+def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
+        crossbars: Sequence[str], store, *, config: TransferConfig | None = None,
         test_data: tuple[np.ndarray, np.ndarray] | None = None, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, chip=None,
+        progress: bool = True,
         on_tile: Callable[[int, str], None] | None = None) -> TransferResult:
     """Program `plan` tile by tile (tile t onto crossbar ``crossbars[t]``) and read it back.
 
     open_rig(name) returns an (unentered) CrossbarRig on crossbar `name`; on_tile(t, name) is
-    called before each tile (e.g. to ask an operator to move the probes). chip: the VirtualChip
-    of a simulated station (saved with every device so a resumed run is identical).
+    called before each tile (e.g. to ask an operator to move the probes). The rigs of one
+    station share what lies behind them, so the state saved with each device through one
+    tile's rig (a simulated chip: every crossbar and the clock) is restored on a resume through
+    the rig of the tile it resumes in.
     """
     cfg = config or TransferConfig()
     crossbars = [str(c) for c in crossbars]
@@ -142,10 +141,9 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], object], crossbars: Seq
                "transfer": cfg.model_dump(mode="json"),
                "test_data": None if x is None else {"points": int(y.size), "sha": _digest(x, y)}}
     writer = RunWriter.open(store, protocol=PROTOCOL, config=run_cfg, station=station or {},
-                            seed=seed, tables=_tables(cfg), devices_total=plan.n_devices,
+                            seed=seed, tables=_tables(cfg), units_total=plan.n_devices,
                             resume=resume, overwrite=overwrite)
-    sim = sim_hooks(None, chip)
-    start = restore_progress("transfer", writer, plan.n_devices, sim)
+    start = writer.units_done
     g_read = np.full(plan.n_devices, np.nan)
     if start:
         rb = writer.table("readback")
@@ -169,11 +167,13 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], object], crossbars: Seq
                 if used[0] > rows or used[1] > cols:
                     raise ProtocolError(f"tile {t} needs {used[0]}x{used[1]} devices, crossbar "
                                         f"{name!r} is {rows}x{cols}")
+                if todo[0] == start:  # the first tile of this session: resume where it stopped
+                    restore_progress("transfer", writer, plan.n_devices, rig)
                 for d in todo:
                     bar.current(f"tile {t} on {name} ({int(plan.row[d])},{int(plan.col[d])})")
                     out = _program_device(plan, rig, int(d), cfg)
                     if d == devs[-1]:  # the tile is complete: read it back
-                        let_time_pass(rig, cfg.settle_s, sim)
+                        rig.wait(cfg.settle_s)
                         t_read = float(rig.clock)
                         gmap = rig.read_array()
                         g_tile = gmap[plan.row[devs], plan.col[devs]]
@@ -184,18 +184,18 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], object], crossbars: Seq
                                            "t": np.full(devs.size, t_read)}
                         if d == plan.n_devices - 1 and x is not None:
                             out["inference"] = _inference(plan, g_read, x, y)
-                    writer.commit_device(int(d), out, None if sim is None else
-                                         pack_state(sim.get()))
+                    writer.commit(int(d), out, commit_state(rig))
                     bar.advance(int(out["devices"]["pulses"][0]))
+    interrupts.check()  # not complete if the last commit lost a Ctrl-C in a finaliser
     tables = {name: writer.table(name) for name in _tables(cfg)}
     summary = summarize(plan, tables)
-    if not writer.info.complete:
-        writer.finish(summary)
+    writer.finish(summary)  # a run that was already complete is left as it is
     log.info("transfer: %s", summary)
     return TransferResult(writer.path, writer.run, summary, start, plan, g_read, tables)
 
 
-def _program_device(plan: ConductancePlan, rig, d: int, cfg: TransferConfig) -> dict:
+def _program_device(plan: ConductancePlan, rig: CrossbarRig, d: int,
+                    cfg: TransferConfig) -> dict:
     r, c = int(plan.row[d]), int(plan.col[d])
     res = tune(rig, r, c, float(plan.target[d]), cfg.tune)
     row = {"device": [d], "layer": [plan.layer[d]], "param": [plan.param[d]],

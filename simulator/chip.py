@@ -13,6 +13,10 @@ psi existed lack it, and then every device gets the config's volatile_cap; files
 the fluctuators existed load without fluctuators.
 Loading it gives a chip whose next operations are identical to those the saved chip would have
 done.
+
+`ChipLab` is what the rigs of a simulated station see behind their instruments (the
+`protocols.rig.Lab` seam): the virtual clock, and the state of every crossbar on the die (incl.
+RNGs) to commit with each unit of a campaign.
 """
 
 from __future__ import annotations
@@ -22,12 +26,45 @@ import os
 
 import numpy as np
 
+from protocols.rig import Lab
 from simulator.clock import VirtualClock
 from simulator.config import CrossbarConfig
 from simulator.crossbar import _LATE_ARRAYS, _STATE_ARRAYS, Crossbar
 from simulator.errors import SimulatorError
 
 CHIP_FORMAT = "xbarlab-chip/1"
+
+
+class ChipLab(Lab):
+    """Crossbars sharing one virtual clock: waiting advances the clock, and the saved state is
+    every crossbar's (arrays, RNG, relaxation time stamp) plus the clock."""
+
+    restorable = True
+
+    def __init__(self, crossbars: dict[str, Crossbar], clock: VirtualClock):
+        self.crossbars, self.clock = crossbars, clock
+
+    def now(self) -> float:
+        return self.clock.now
+
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds, "wait")
+
+    def save_state(self) -> dict:
+        return {"crossbars": {name: xb.state_dict(include_clock=False)
+                              for name, xb in self.crossbars.items()},
+                "clock": self.clock.state_dict()}
+
+    def restore_state(self, state: dict) -> None:
+        try:
+            saved = state["crossbars"]
+            if set(saved) != set(self.crossbars):
+                raise KeyError(f"crossbars {sorted(saved)}, expected {sorted(self.crossbars)}")
+            for name, xb in self.crossbars.items():
+                xb.load_state_dict(saved[name])
+            self.clock.load_state_dict(state["clock"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise SimulatorError(f"saved simulator state does not fit this chip ({e})") from None
 
 
 def default_layout(model: CrossbarConfig | None = None) -> dict[str, CrossbarConfig]:
@@ -55,6 +92,7 @@ class VirtualChip:
             name: Crossbar(cfg, seed=child, clock=self.clock)
             for (name, cfg), child in zip(layout.items(), children, strict=True)
         }
+        self.lab = ChipLab(self.crossbars, self.clock)
 
     def __getitem__(self, name: str) -> Crossbar:
         try:
@@ -113,6 +151,7 @@ class VirtualChip:
             except KeyError as e:
                 raise SimulatorError(f"chip file {os.fspath(path)!r} lacks array {e}") from e
             chip.crossbars[name] = Crossbar.from_state_dict(d, clock=chip.clock)
+        chip.lab = ChipLab(chip.crossbars, chip.clock)
         return chip
 
     def __repr__(self) -> str:

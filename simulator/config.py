@@ -146,10 +146,15 @@ class LatencyConfig(BaseModel):
 
     model_config = _STRICT
 
-    round_trip: float = Field(3e-3, ge=0, le=10, description="host round trip per closed-loop "
-                              "step / instrument execution [s] (optimistic 2-5 ms)")
-    relay_switch: float = Field(15e-3, ge=0, le=10, description="707B reselection [s]")
+    round_trip: float = Field(3e-3, ge=0, le=10, description="one instrument execution beyond "
+                              "its messages and its waveform: arming the sequencer, starting it "
+                              "and the host seeing it finish [s] (physics.md: 2-5 ms optimistic "
+                              "per closed-loop step)")
+    relay_switch: float = Field(15e-3, ge=0, le=10, description="707B reselection: relays "
+                                "settled after a changed selection [s]")
     session_open: float = Field(0.5, ge=0, le=60, description="opening an instrument session [s]")
-    gpib_cmd: float = Field(1e-3, ge=0, le=10, description="one bus command [s]")
+    gpib_cmd: float = Field(1e-3, ge=0, le=10, description="one message exchange with an "
+                            "instrument (command + ACK/reply, or a WGFMU library call that "
+                            "reaches the instrument) [s]")
     pulse_edge: float = Field(10e-9, ge=0, le=1e-3, description="rise = fall time of a pulse [s]")
     read_time: float = Field(10e-6, ge=0, le=1, description="one read incl. settling [s]")

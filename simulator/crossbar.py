@@ -250,8 +250,22 @@ class Crossbar:
     def measure(self, row_v, col_v) -> tuple[np.ndarray, np.ndarray]:
         """Noise-free nodal solve; returns currents [A] into the array at each driven row and
         column end (0 for floating lines, NaN voltage = floating)."""
-        res = self._solver.solve(self.conductance(), row_v, col_v)
+        G = self.conductance()
+        rv = np.asarray(row_v, dtype=float)
+        cv = np.asarray(col_v, dtype=float)
+        if not math.isnan(rv.sum() + cv.sum()):  # every line driven: the fixed-point solve
+            out = self._solver.driven_currents(G, rv, cv)
+            if out is not None:
+                return out
+        res = self._solver.solve(G, rv, cv)
         return res.row_currents, res.col_currents
+
+    def read_noise(self, current: float) -> float:
+        """`current` [A] as a sensing channel measures it: the read noise of `read` (relative
+        and absolute, the same two draws)."""
+        z0, z1 = self.rng.standard_normal(2).tolist()
+        p = self._p
+        return current * (1.0 + p.read_noise_rel * z0) + p.read_noise_abs * z1
 
     def _bias(self, row: int, col: int, volts: float, scheme: str):
         m, n = self.shape

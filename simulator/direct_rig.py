@@ -19,27 +19,31 @@ from __future__ import annotations
 import numpy as np
 
 from instruments.limits import SafetyLimits
-from instruments.rig import CrossbarRig, ReadSettings
+from protocols.rig import CrossbarRig, ReadSettings
+from simulator.chip import ChipLab
 from simulator.config import LatencyConfig
 from simulator.crossbar import Crossbar
 
 
 class SimulatedRig(CrossbarRig):
-    """A fast rig for protocol tests and Monte-Carlo calibrations."""
+    """A fast rig for protocol tests and Monte-Carlo calibrations.
+
+    `lab`: what a commit saves and a resume restores; by default the crossbar alone (with its
+    clock). A crossbar of a VirtualChip takes the chip's (`chip.lab`), so that every rig of a
+    multi-crossbar protocol (a transfer) saves and restores the whole die.
+    """
 
     name = "simulated"
 
     def __init__(self, crossbar: Crossbar, latency: LatencyConfig | None = None,
-                 limits: SafetyLimits | None = None, read: ReadSettings | None = None):
-        super().__init__(crossbar.shape, limits=limits, read=read)
+                 limits: SafetyLimits | None = None, read: ReadSettings | None = None,
+                 lab: ChipLab | None = None):
+        super().__init__(crossbar.shape, limits or SafetyLimits(), read=read,
+                         lab=lab or ChipLab({"crossbar": crossbar}, crossbar.clock))
         self.crossbar = crossbar
         self.latency = latency or LatencyConfig()
 
-    @property
-    def clock(self) -> float:
-        return self.crossbar.clock.now
-
-    def safe_state(self) -> None:
+    def _safe_state(self) -> None:
         # nothing is biased between operations in the simulation
         return None
 

@@ -3,3 +3,7 @@
 
 class TrainingError(Exception):
     """A training or evaluation request cannot be carried out (bad config, checkpoint, DB)."""
+
+
+class SweepError(TrainingError):
+    """A sweep file, output folder or backend problem, said in one line."""

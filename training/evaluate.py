@@ -11,16 +11,17 @@ test points classified correctly in at least q of the transfers (q = 100 %, 95 %
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from database.nonideality import NonIdealityDB
+from training.defaults import NETWORKS
 from training.errors import TrainingError
 from training.layers import HardwareAwareMLP
 from training.noise import NoiseConfig
+from training.stats import mean_interval
 
 THRESHOLDS = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 #: the bins of the published table code: [0.95, 1.01), [0.9, 0.95), ..., [0, 0.5)
@@ -30,8 +31,10 @@ MAX_CHUNK_ELEMENTS = 4_000_000  # per tensor of a chunk (16 MB in float32)
 
 
 @dataclass
-class TransferResult:
-    """Per network k: per-point correct rate (K, B), per-transfer accuracy (n, K), clean acc."""
+class MonteCarloResult:
+    """n simulated transfers of K networks: per-point correct rate (K, B), per-transfer
+    accuracy (n, K), clean accuracy (K,). (A transfer measured on a crossbar is
+    protocols.transfer.TransferResult.)"""
 
     point_rate: np.ndarray
     transfer_acc: np.ndarray
@@ -81,43 +84,41 @@ def _forward_chunks(model: HardwareAwareMLP, x: torch.Tensor, t: int, gen: torch
                     chunk: int | None):
     """Logits of t transfers, yielded in pieces (T', K, B, out).
 
-    Variates are drawn `chunk` transfers at a time (default: sized for one network, so the
-    random stream, hence every network's result, does not depend on K), then pushed through
-    the K networks in sub-chunks sized for all K (bounded memory).
+    Variates are drawn in blocks sized for one network (so the random stream, hence every
+    network's result, depends neither on K nor on `chunk`), then pushed through the K networks
+    `chunk` transfers at a time (default: sized for all K; bounded memory).
     """
-    draw_n = chunk or _chunk(model, x.shape[0], 1)
-    fwd_n = min(draw_n, _chunk(model, x.shape[0]))
+    draw_n = _chunk(model, x.shape[0], 1)
+    fwd_n = min(draw_n, chunk or _chunk(model, x.shape[0]))
     for start in range(0, t, draw_n):
         d = model.draw(min(draw_n, t - start), gen, shared=True)
         for a in range(0, d.t, fwd_n):
             yield model(x, d[a:a + fwd_n])
 
 
-def attach(model: HardwareAwareMLP, db: NonIdealityDB | None, mapping: str | None,
-           noise: NoiseConfig | None, **tile) -> None:
-    if db is not None:
-        model.attach_noise(db, mapping=mapping or "physical", cfg=noise or NoiseConfig(), **tile)
-    elif model.mapping is None:
-        raise TrainingError("evaluation needs a non-ideality database")
-
-
 @torch.no_grad()
 def evaluate_transfers(model: HardwareAwareMLP, x: np.ndarray, y: np.ndarray, n: int,
                        db: NonIdealityDB | None = None, *, mapping: str | None = None,
                        noise: NoiseConfig | None = None, seed: int = 0,
-                       chunk: int | None = None, **tile) -> TransferResult:
+                       chunk: int | None = None) -> MonteCarloResult:
     """n transfers of every network of `model` on (x, y); one draw fixed across the inputs.
 
-    db/mapping/noise: attach this non-ideality model first (else the model's own is used).
-    The regular network is evaluated exactly like the hardware-aware one (same layer, same
-    noise), as in the paper. Every network of the ensemble sees the same n transfers (one set
-    of variates, broadcast), so network j's result does not depend on K: evaluating the batch
-    equals evaluating each network alone with the same seed. Memory is bounded by computing
-    ``chunk`` transfers at a time (default: sized by MAX_CHUNK_ELEMENTS).
+    db/mapping/noise: attach this non-ideality model first, on the model's own tile layout
+    (mapping default: training.defaults.DEFAULT_MAPPING); without db the model's attached one
+    is used. The regular network is evaluated exactly like the hardware-aware one (same layer,
+    same noise), as in the paper. Every network of the ensemble sees the same n transfers (one
+    set of variates, broadcast), so network j's result does not depend on K: evaluating the
+    batch equals evaluating each network alone with the same seed. Memory is bounded by pushing
+    ``chunk`` transfers at a time through the networks (default: sized by MAX_CHUNK_ELEMENTS);
+    the result does not depend on it.
     """
     if n < 1:
         raise TrainingError("need at least one transfer")
-    attach(model, db, mapping, noise, **tile)
+    if db is not None:
+        kw = {} if mapping is None else {"mapping": mapping}
+        model.attach_noise(db, cfg=noise or NoiseConfig(), **kw)
+    elif model.mapping is None:
+        raise TrainingError("evaluation needs a non-ideality database")
     dev = model.layers[0].weight.device
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)
     yt = torch.as_tensor(np.asarray(y), device=dev).long()
@@ -129,8 +130,8 @@ def evaluate_transfers(model: HardwareAwareMLP, x: np.ndarray, y: np.ndarray, n:
         hits += correct.sum(0)
         accs.append(correct.float().mean(-1))
     clean = (_predict(model(xt)) == yt).float().mean(-1)[0]
-    return TransferResult((hits / n).cpu().numpy(), torch.cat(accs).cpu().numpy(),
-                          clean.cpu().numpy(), n)
+    return MonteCarloResult((hits / n).cpu().numpy(), torch.cat(accs).cpu().numpy(),
+                            clean.cpu().numpy(), n)
 
 
 @torch.no_grad()
@@ -146,28 +147,16 @@ def class1_share(model: HardwareAwareMLP, grid: np.ndarray, n: int, *, seed: int
     return (ones / n).cpu().numpy()
 
 
-def interval95(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean and two-sided 95 % t-interval of the mean over networks (shares: clip to [0, 1])."""
-    v = np.asarray(values, float)
-    m = float(v.mean())
-    if v.size < 2:
-        return m, m, m
-    from scipy import stats
-
-    h = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return m, m - h, m + h
-
-
-def multi_seed_table(hw: TransferResult, reg: TransferResult) -> dict:
+def multi_seed_table(hw: MonteCarloResult, reg: MonteCarloResult) -> dict:
     """Each row as mean and 95 % interval over the K hardware-aware / regular networks."""
     out: dict = {}
-    for name, res in (("hardware_aware", hw), ("regular", reg)):
+    for name, res in zip(NETWORKS, (hw, reg), strict=True):
         rows = [res.summary(k) for k in range(res.point_rate.shape[0])]
         keys = list(rows[0]["share_correct"])
         table = {q: tuple(float(np.clip(v, 0, 1)) for v in
-                          interval95(np.array([r["share_correct"][q] for r in rows])))
+                          mean_interval([r["share_correct"][q] for r in rows]))
                  for q in keys}
-        stats_ = {s: interval95(np.array([r[s] for r in rows]))
+        stats_ = {s: mean_interval([r[s] for r in rows])
                   for s in ("clean_acc", "transfer_acc_mean", "transfer_acc_median",
                             "transfer_acc_p05", "transfer_acc_min")}
         out[name] = {"networks": len(rows),

@@ -45,7 +45,7 @@ from protocols.plan import (  # noqa: F401  (re-exported: the plan is built here
     plan_weights,
 )
 from training.errors import TrainingError
-from training.tiles import tile_order
+from training.tiles import DEFAULT_LAYOUT, tile_order
 
 # -- building a plan ------------------------------------------------------------------------------
 
@@ -71,8 +71,9 @@ def _layer_layout(n_out: int, n_in: int, tile_rows: int, tile_cols: int, share_b
 
 
 def plan_from_weights(weights: list[np.ndarray], biases: list[np.ndarray], *, g_min: float,
-                      g_max: float, activation: str = "sigmoid", tile_rows: int = 8,
-                      tile_cols: int = 8, share_bias: bool = True,
+                      g_max: float, activation: str = "sigmoid",
+                      tile_rows: int = DEFAULT_LAYOUT.rows, tile_cols: int = DEFAULT_LAYOUT.cols,
+                      share_bias: bool = DEFAULT_LAYOUT.share_bias,
                       meta: dict | None = None) -> ConductancePlan:
     """The plan of an MLP given as numpy weights [(out, in)] and biases [(out,)]."""
     if len(weights) != len(biases) or not weights:
@@ -124,24 +125,13 @@ def plan_from_weights(weights: list[np.ndarray], biases: list[np.ndarray], *, g_
     return plan
 
 
-def _tile_settings(tile) -> tuple[int, int, bool]:
-    if tile is None:
-        return 8, 8, True
-    if isinstance(tile, dict):
-        get = tile.get
-    else:
-        def get(name, default=None):
-            return getattr(tile, name, default)
-    return int(get("tile_rows", 8)), int(get("tile_cols", 8)), bool(get("share_bias", True))
-
-
-def conductance_plan(model, db, mapping: str = "physical", tile=None, *,
-                     member: int = 0) -> ConductancePlan:
-    """The conductance plan of member `member` of a trained HardwareAwareMLP.
+def conductance_plan(model, db, mapping: str = "physical", *, member: int = 0
+                     ) -> ConductancePlan:
+    """The conductance plan of member `member` of a trained HardwareAwareMLP, on the model's
+    own tile layout (``model.layout``).
 
     db: the NonIdealityDB the network was trained with (its g_min, g_max), or a (g_min, g_max)
-    pair [S]. mapping: must be "physical" (the only programmable one). tile: an object or dict
-    with tile_rows, tile_cols, share_bias (e.g. the TrainConfig); default 8 x 8, shared bias.
+    pair [S]. mapping: must be "physical" (the only programmable one).
     """
     if mapping != "physical":
         raise TrainingError(f"mapping {mapping!r} cannot be programmed (the published "
@@ -151,17 +141,17 @@ def conductance_plan(model, db, mapping: str = "physical", tile=None, *,
         g_min, g_max = float(db[0]), float(db[1])
     else:
         g_min, g_max = float(db.g_min), float(db.g_max)
-    k = int(getattr(model, "k", 1))
+    k = model.k
     if not 0 <= member < k:
         raise TrainingError(f"member {member} outside the ensemble of {k} networks")
     weights, biases = [], []
     for layer in model.layers:
         weights.append(layer.weight.detach().cpu().numpy()[member].astype(float))
         biases.append(layer.bias.detach().cpu().numpy()[member].astype(float))
-    rows, cols, share = _tile_settings(tile)
+    layout = model.layout
     meta = {"member": member, "ensemble": k, "mapping": mapping}
     return plan_from_weights(weights, biases, g_min=g_min, g_max=g_max,
-                             activation=getattr(model, "activation", "sigmoid"),
-                             tile_rows=rows, tile_cols=cols, share_bias=share, meta=meta)
+                             activation=model.activation, tile_rows=layout.rows,
+                             tile_cols=layout.cols, share_bias=layout.share_bias, meta=meta)
 
 

@@ -12,7 +12,11 @@ on its own, build ``HardwareAwareMLP([in, out])``.
 
 Gradients: straight-through. The forward uses the noisy weight, d(noisy)/d(w) is taken as the
 identity, except for weights with a stuck device in this draw, which get a zero gradient (and
-the training loop also restores their value after the optimiser step, see training.train).
+the training loop also restores their value after the optimiser step, see training.train: the
+forward returns the stuck mask for that, ``return_stuck=True``).
+
+A model carries its tile layout (``layout``, a :class:`~training.tiles.TileLayout`): the noise
+model's disturbance keys, the conductance plan and the checkpoint all take it from the model.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import torch
 from torch import nn
 
 from database.nonideality import NonIdealityDB
+from training.defaults import DEFAULT_MAPPING
 from training.errors import TrainingError
 from training.mapping import Mapping, Prepared, TensorSpec
 from training.noise import Draws, NoiseConfig, NoiseModel
+from training.tiles import DEFAULT_LAYOUT, TileLayout
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
 
@@ -43,11 +49,10 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, model, draws, side, flat):
-        flat = flat.detach()
-        noisy, stuck = model.mapping.apply(flat, draws)
+        noisy, stuck = model.mapping.apply(flat.detach(), draws)
         any_stuck = (any(draws.any_stuck) if isinstance(draws, Prepared)
                      else bool(stuck.any()))
-        side.extend((stuck, flat, any_stuck))
+        side.append(stuck)  # the mask goes back to the caller, not through autograd
         ctx.stuck, ctx.any_stuck = stuck, any_stuck
         return tuple(model.split(noisy))
 
@@ -96,13 +101,15 @@ class HardwareAwareMLP(nn.Module):
     """An MLP of HardwareAwareLinear layers (K networks), e.g. sizes (2, 8, 1)."""
 
     def __init__(self, sizes: tuple[int, ...] | list[int], k: int = 1,
-                 activation: str = "sigmoid", seeds: list[int] | None = None) -> None:
+                 activation: str = "sigmoid", seeds: list[int] | None = None,
+                 layout: TileLayout = DEFAULT_LAYOUT) -> None:
         super().__init__()
         if len(sizes) < 2 or min(sizes) < 1:
             raise TrainingError(f"bad layer sizes {sizes}")
         if activation not in ACTIVATIONS:
             raise TrainingError(f"unknown activation {activation!r}; choose {list(ACTIVATIONS)}")
         self.sizes, self.k, self.activation = tuple(int(s) for s in sizes), int(k), activation
+        self.layout = layout
         self.layers = nn.ModuleList(HardwareAwareLinear(a, b, k)
                                     for a, b in zip(self.sizes[:-1], self.sizes[1:], strict=False))
         if seeds is not None:
@@ -190,14 +197,13 @@ class HardwareAwareMLP(nn.Module):
         return [p for layer in self.layers for p in (layer.weight, layer.bias)]
 
     # -- noise ------------------------------------------------------------------------------------
-    def attach_noise(self, db: NonIdealityDB | NoiseModel, *, mapping: str = "physical",
-                     cfg: NoiseConfig | None = None, tile_rows: int = 8, tile_cols: int = 8,
-                     share_bias: bool = True) -> HardwareAwareMLP:
-        """Sample non-idealities from db with the given mapping on noisy forwards."""
+    def attach_noise(self, db: NonIdealityDB | NoiseModel, *, mapping: str = DEFAULT_MAPPING,
+                     cfg: NoiseConfig | None = None) -> HardwareAwareMLP:
+        """Sample non-idealities from db with the given mapping (on this model's tile layout)
+        on noisy forwards."""
         dev = self.layers[0].weight.device
         nm = db if isinstance(db, NoiseModel) else NoiseModel(db, device=dev)
-        self.mapping = Mapping(self.specs(), mapping, nm, tile_rows=tile_rows,
-                               tile_cols=tile_cols, share_bias=share_bias)
+        self.mapping = Mapping(self.specs(), mapping, nm, layout=self.layout)
         self.noise_cfg = cfg if cfg is not None else NoiseConfig()
         return self
 
@@ -214,16 +220,11 @@ class HardwareAwareMLP(nn.Module):
         return self.mapping.draw(t, 1 if shared else self.k, cfg or self.noise_cfg, generator)
 
     def effective(self, draws: Draws | Prepared) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Noisy weights [(T, K, *shape)] with straight-through gradients, stuck mask (T, K, P).
-
-        Also keeps the clean flat weights of this forward in ``self.last_clean`` (K, P), which
-        the training loop uses to restore stuck weights after the optimiser step.
-        """
+        """Noisy weights [(T, K, *shape)] with straight-through gradients, stuck mask (T, K, P)."""
         side: list[torch.Tensor] = []
         fp = self._flat_param if self.packed else None
         flat = fp if fp is not None else torch.cat([p.flatten(1) for p in self.tensors()], 1)
         outs = _StraightThrough.apply(self, draws, side, flat)
-        self.last_clean, self.last_any_stuck = side[1], side[2]
         return list(outs), side[0]
 
     def forward(self, x: torch.Tensor, draws: Draws | Prepared | None = None,

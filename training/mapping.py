@@ -32,11 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from training.defaults import MAPPINGS
 from training.errors import TrainingError
 from training.noise import Draws, NoiseModel
-from training.tiles import layer_devices, reference_visit_keys
-
-MAPPINGS = ("physical", "reference")
+from training.tiles import DEFAULT_LAYOUT, TileLayout, layer_devices, reference_visit_keys
 
 
 @dataclass
@@ -108,7 +107,7 @@ class Mapping:
     """Maps a network's flattened parameters (K, P) to noisy weights (T, K, P)."""
 
     def __init__(self, specs: list[TensorSpec], name: str, noise: NoiseModel, *,
-                 tile_rows: int = 8, tile_cols: int = 8, share_bias: bool = True) -> None:
+                 layout: TileLayout = DEFAULT_LAYOUT) -> None:
         if name not in MAPPINGS:
             raise TrainingError(f"unknown mapping {name!r}; choose one of {MAPPINGS}")
         self.name, self.specs, self.noise = name, specs, noise
@@ -140,8 +139,8 @@ class Mapping:
                 by_layer.setdefault(s.layer, {})[s.kind] = s
             for s, a, b in zip(specs, self.offsets[:-1], self.offsets[1:], strict=False):
                 w = by_layer[s.layer]["weight"]
-                lay = layer_devices(w.shape[0], w.shape[1], tile_rows=tile_rows,
-                                    tile_cols=tile_cols, share_bias=share_bias)
+                lay = layer_devices(w.shape[0], w.shape[1], tile_rows=layout.rows,
+                                    tile_cols=layout.cols, share_bias=layout.share_bias)
                 keys[:, a:b] = (lay.weight_k if s.kind == "weight" else lay.bias_k).reshape(2, -1)
             sign = [1.0, 1.0]
         else:

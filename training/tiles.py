@@ -24,8 +24,28 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def tile_order(n_rows: int, n_cols: int, tile_rows: int = 8, tile_cols: int = 8
-               ) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class TileLayout:
+    """How a network sits on crossbar tiles: tile size in devices and where each bias goes.
+
+    A model carries its layout (``HardwareAwareMLP.layout``), its checkpoint stores it, and the
+    noise model, the evaluation and the conductance plan all read it from there.
+    """
+
+    rows: int = 8
+    cols: int = 8
+    share_bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rows < 1 or self.cols < 1:
+            raise ValueError(f"tile size must be at least 1 x 1, got {self.rows} x {self.cols}")
+
+
+DEFAULT_LAYOUT = TileLayout()
+
+
+def tile_order(n_rows: int, n_cols: int, tile_rows: int = DEFAULT_LAYOUT.rows,
+               tile_cols: int = DEFAULT_LAYOUT.cols) -> tuple[np.ndarray, np.ndarray]:
     """For an (n_rows, n_cols) device matrix: (tile index, k) per device, both int64 arrays.
 
     Tiles are numbered row-major over the tile grid; k counts the devices programmed after the
@@ -57,8 +77,9 @@ class LayerDevices:
     n_tiles: int
 
 
-def layer_devices(out_features: int, in_features: int, *, tile_rows: int = 8,
-                  tile_cols: int = 8, share_bias: bool = True) -> LayerDevices:
+def layer_devices(out_features: int, in_features: int, *, tile_rows: int = DEFAULT_LAYOUT.rows,
+                  tile_cols: int = DEFAULT_LAYOUT.cols,
+                  share_bias: bool = DEFAULT_LAYOUT.share_bias) -> LayerDevices:
     """Tile and k for every device of a layer laid out as described in the module docstring."""
     rows = in_features + (1 if share_bias else 0)
     tile, k = tile_order(rows, 2 * out_features, tile_rows, tile_cols)

@@ -1,9 +1,10 @@
 """Training loop (hardware-aware and regular), checkpoints, device selection.
 
-Defaults are the paper's: 2-8-1 sigmoid MLP, Adam lr 0.1, weight decay 1e-4 for the
-hardware-aware network and none for the regular one, batch 256, BCE with logits, 10,000 epochs
-(4 mini-batches of the 875 training points each: 40,000 steps). The regular network is trained
-by the same loop with every non-ideality off.
+Defaults are the paper's (training.defaults, half-moons): 2-8-1 sigmoid MLP, Adam lr 0.1,
+weight decay 1e-4 for the hardware-aware network and none for the regular one, batch 256, BCE
+with logits, 10,000 epochs (4 mini-batches of the 875 training points each: 40,000 steps);
+:func:`train_config` gives another dataset's defaults. The regular network is trained by the
+same loop with every non-ideality off.
 
 Speed: all variates for a block of ``draw_block`` steps are drawn at once (training.noise) and
 folded into per-weight coefficients once per block (Mapping.prepare), so the noisy weights of
@@ -26,7 +27,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from database.nonideality import NonIdealityDB
+from training.defaults import DEFAULT_MAPPING, LABELS, MAPPINGS, dataset_defaults, network_name
 from training.errors import TrainingError
-from training.layers import HardwareAwareMLP
-from training.mapping import MAPPINGS
+from training.layers import ACTIVATIONS, HardwareAwareMLP
 from training.noise import NoiseConfig
+from training.tiles import DEFAULT_LAYOUT, TileLayout
 
 CHECKPOINT_KIND = "xbarlab-model"
 CHECKPOINT_VERSION = 1
@@ -46,23 +48,28 @@ VAL_SEED_OFFSET = 3_000_017  # validation draws and the held-out split
 DRAW_BLOCK_ELEMENTS = 1 << 18  # pre-drawn variates per field and network in one block
 
 
+_MOONS = dataset_defaults("moons")
+
+
 @dataclass
 class TrainConfig:
-    sizes: tuple[int, ...] = (2, 8, 1)
-    activation: str = "sigmoid"
+    sizes: tuple[int, ...] = _MOONS.sizes()
+    activation: str = _MOONS.activation
     hardware_aware: bool = True
-    epochs: int = 10_000
-    batch_size: int = 256
-    lr: float = 0.1
+    epochs: int = _MOONS.epochs
+    batch_size: int = _MOONS.batch_size
+    lr: float = _MOONS.lr
     weight_decay: float | None = None  # None: 1e-4 hardware-aware, 0 regular (the paper's)
     seed: int = 0
     data_seed: int | None = None  # None: seed
     k: int = 1  # networks trained side by side (seeds seed .. seed + k - 1)
-    mapping: str = "reference"
+    # explicit seeds of the K networks instead of seed .. seed + k - 1 (e.g. 0, 2, 3)
+    seed_list: tuple[int, ...] | None = None
+    mapping: str = DEFAULT_MAPPING
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-    tile_rows: int = 8
-    tile_cols: int = 8
-    share_bias: bool = True
+    tile_rows: int = DEFAULT_LAYOUT.rows
+    tile_cols: int = DEFAULT_LAYOUT.cols
+    share_bias: bool = DEFAULT_LAYOUT.share_bias
     dataset: str = "moons"
     draw_block: int = 1000  # steps whose variates are drawn in one call (capped by size)
     freeze_stuck: bool = True  # restore weights that had a stuck device after each step
@@ -81,10 +88,22 @@ class TrainConfig:
         if isinstance(self.noise, dict):
             self.noise = NoiseConfig(**self.noise)
         self.sizes = tuple(int(s) for s in self.sizes)
+        if len(self.sizes) < 2 or min(self.sizes) < 1:
+            raise TrainingError(f"sizes must be two or more layer widths >= 1, got {self.sizes}")
+        if self.activation not in ACTIVATIONS:
+            raise TrainingError(f"unknown activation {self.activation!r}; choose one of "
+                                f"{tuple(ACTIVATIONS)}")
         if self.mapping not in MAPPINGS:
             raise TrainingError(f"unknown mapping {self.mapping!r}; choose one of {MAPPINGS}")
         if self.epochs < 0 or self.batch_size < 1 or self.k < 1:
             raise TrainingError("epochs >= 0, batch_size >= 1 and k >= 1 required")
+        if self.tile_rows < 1 or self.tile_cols < 1:
+            raise TrainingError(f"tile size must be at least 1 x 1, got {self.tile_rows} x "
+                                f"{self.tile_cols}")
+        if self.seed_list is not None:
+            self.seed_list = tuple(int(s) for s in self.seed_list)
+            if len(self.seed_list) != self.k:
+                raise TrainingError(f"{len(self.seed_list)} seeds in seed_list for k = {self.k}")
         if self.patience is not None and (self.patience < 1 or self.eval_every < 1
                                           or self.val_transfers < 1
                                           or not 0 < self.val_fraction < 1):
@@ -99,12 +118,29 @@ class TrainConfig:
 
     @property
     def seeds(self) -> list[int]:
+        if self.seed_list is not None:
+            return list(self.seed_list)
         return [self.seed + j for j in range(self.k)]
+
+    @property
+    def layout(self) -> TileLayout:
+        return TileLayout(self.tile_rows, self.tile_cols, self.share_bias)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["sizes"] = list(self.sizes)
         return d
+
+
+def train_config(dataset: str = "moons", *, hidden: tuple[int, ...] | list[int] | None = None,
+                 **settings) -> TrainConfig:
+    """A TrainConfig for `dataset`: its defaults (training.defaults.DATASETS: network, epochs,
+    lr, batch size) wherever `hidden` or `settings` leave a value unset (None is unset)."""
+    d = dataset_defaults(dataset)
+    kw = {"sizes": d.sizes(hidden), "activation": d.activation, "epochs": d.epochs,
+          "lr": d.lr, "batch_size": d.batch_size, "dataset": dataset}
+    kw.update({name: v for name, v in settings.items() if v is not None})
+    return TrainConfig(**kw)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -142,14 +178,14 @@ def db_hash(db: NonIdealityDB) -> str:
 def build_model(cfg: TrainConfig, db: NonIdealityDB | None, device: torch.device,
                 *, noisy: bool | None = None) -> HardwareAwareMLP:
     """Model initialised from cfg's seeds; noise attached when noisy (default: hardware-aware)."""
-    model = HardwareAwareMLP(cfg.sizes, cfg.k, cfg.activation, seeds=cfg.seeds).to(device)
+    model = HardwareAwareMLP(cfg.sizes, cfg.k, cfg.activation, seeds=cfg.seeds,
+                             layout=cfg.layout).to(device)
     if noisy is None:
         noisy = cfg.hardware_aware
     if noisy:
         if db is None:
             raise TrainingError("a non-ideality database is needed for hardware-aware training")
-        model.attach_noise(db, mapping=cfg.mapping, cfg=cfg.noise, tile_rows=cfg.tile_rows,
-                           tile_cols=cfg.tile_cols, share_bias=cfg.share_bias)
+        model.attach_noise(db, mapping=cfg.mapping, cfg=cfg.noise)
     return model
 
 
@@ -315,21 +351,24 @@ def train(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, db: NonIdealityDB | No
         for b in range(per_epoch):
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = xt[idx], yt[idx]
+            restore = False  # weights with a stuck device this step go back after the step
             if noisy:
                 i = step % block_len
                 if i == 0:
                     # always a full block: the random stream must not depend on the run length
                     block = model.mapping.prepare(model.draw(block_len, g_noise)).steps()
                 logits, stuck = model(xb, block[i], return_stuck=True)
+                # about half the steps of the 2-8-1 network have a stuck device
+                restore = freeze and block[i].any_stuck[0]
             else:
-                logits, stuck = model(xb), None
+                logits = model(xb)
             loss = loss_fn(logits, yb)
-            if freeze and model.last_any_stuck:  # the optimiser updates the buffer in place
-                clean = model.last_clean.clone()
+            if restore:  # the optimiser updates the buffer in place: keep a copy of before
+                clean = model.flat_weights().clone()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if freeze and model.last_any_stuck:  # about half the steps of the 2-8-1 network
+            if restore:
                 with torch.no_grad():  # one buffer behind every parameter
                     flat = model.flat_weights()
                     flat.copy_(torch.where(stuck[0], clean, flat))
@@ -366,6 +405,18 @@ def train(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, db: NonIdealityDB | No
                        db_hash(db) if db is not None else None, steps_each, stopped, val_hist)
 
 
+def train_with_bar(cfg: TrainConfig, x: np.ndarray, y: np.ndarray,
+                   db: NonIdealityDB | None = None, *, show: bool = True, **kw) -> TrainResult:
+    """train() behind the project's progress bar (protocols.progress), titled by the network."""
+    from protocols.progress import Bar
+
+    title = f"train {LABELS[network_name(cfg.hardware_aware)]}"
+    with Bar(title, None, enabled=show, unit="steps", pulses=False) as bar:
+        res = train(cfg, x, y, db, progress=bar.update, **kw)
+        bar.update(res.steps, res.steps)  # an early stop ends the bar where training ended
+    return res
+
+
 # -- checkpoints ----------------------------------------------------------------------------------
 
 
@@ -394,7 +445,13 @@ def save_checkpoint(result: TrainResult, path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, device: str | torch.device | None = None
                     ) -> tuple[HardwareAwareMLP, TrainConfig, dict]:
-    """(model without noise attached, its TrainConfig, the rest of the checkpoint)."""
+    """(model without noise attached, its TrainConfig, the rest of the checkpoint).
+
+    Everything is checked before it is used: the config (no unknown key, valid values), the
+    tensors (each one the network needs, of its shape, finite). Any problem is a TrainingError
+    of one line naming what is wrong, so nothing downstream (an evaluation, a conductance plan)
+    is computed from a damaged file.
+    """
     path = Path(path)
     if not path.exists():
         raise TrainingError(f"{path}: no such checkpoint")
@@ -407,22 +464,45 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None
     if int(payload.get("version", 0)) > CHECKPOINT_VERSION:
         raise TrainingError(f"{path}: checkpoint version {payload['version']} is newer than "
                             f"this xbarlab reads")
-    cfg = TrainConfig(**payload["config"])
-    dev = device if isinstance(device, torch.device) else pick_device(device)
-    model = HardwareAwareMLP(cfg.sizes, cfg.k, cfg.activation).to(dev)
+    cfg = _checkpoint_config(path, payload.get("config"))
+    model = HardwareAwareMLP(cfg.sizes, cfg.k, cfg.activation, layout=cfg.layout)
+    _check_tensors(path, payload.get("state_dict"), model.state_dict())
     model.load_state_dict(payload["state_dict"])
+    dev = device if isinstance(device, torch.device) else pick_device(device)
     meta = {k: v for k, v in payload.items() if k not in ("config", "state_dict")}
-    return model, cfg, meta
+    return model.to(dev), cfg, meta
 
 
-#: default network and optimiser per dataset (moons: the paper's; digits: chosen here, see
-#: docs/training.md). Used by the CLI when an option is not given.
-DATASET_DEFAULTS: dict[str, dict] = {
-    "moons": {"hidden": (8,), "activation": "sigmoid", "epochs": 10_000, "lr": 0.1,
-              "mapping": "reference"},
-    "digits": {"hidden": (32,), "activation": "relu", "epochs": 300, "lr": 0.01,
-               "mapping": "physical"},
-}
+def _checkpoint_config(path: Path, config) -> TrainConfig:
+    if not isinstance(config, dict):
+        raise TrainingError(f"{path}: the checkpoint's config is not a mapping")
+    unknown = sorted(set(config) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise TrainingError(f"{path}: the checkpoint's config has an unknown key {unknown[0]!r}")
+    try:
+        return TrainConfig(**config)
+    except (TrainingError, TypeError, ValueError) as e:
+        raise TrainingError(f"{path}: the checkpoint's config is invalid: {e}") from None
+
+
+def _check_tensors(path: Path, state, want: dict[str, torch.Tensor]) -> None:
+    """Every tensor the config's network needs, of its shape, finite; nothing else."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise TrainingError(f"{path}: the checkpoint's state_dict is not a mapping of tensors")
+    for name in want:
+        if name not in state:
+            raise TrainingError(f"{path}: the checkpoint lacks tensor {name!r}")
+    for name in state:
+        if name not in want:
+            raise TrainingError(f"{path}: the checkpoint holds an unexpected tensor {name!r}")
+    for name, ref in want.items():
+        t = state[name]
+        if t.shape != ref.shape:
+            raise TrainingError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}; the "
+                                f"config's network needs {tuple(ref.shape)}")
+        if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+            raise TrainingError(f"{path}: tensor {name!r} holds NaN, inf or non-float values")
 
 
 def load_dataset(name: str, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -433,4 +513,5 @@ def load_dataset(name: str, seed: int = 0) -> dict[str, tuple[np.ndarray, np.nda
         return datasets.load_moons_all()
     if name == "digits":
         return datasets.load_digits(seed=seed)
-    raise TrainingError(f"unknown dataset {name!r}; choose moons or digits")
+    dataset_defaults(name)  # raises: unknown dataset
+    raise AssertionError(f"dataset {name!r} has defaults but no loader")

@@ -6,8 +6,9 @@
 Every step writes its files under the output folder and returns a :class:`StepResult` with the
 paths it wrote, its wall time and, where instruments are involved, the instrument time a real
 station would need (the virtual clock of the simulated instruments). Later steps read what
-earlier steps wrote (files, not objects), so each step can be rerun on its own and the report
-shows exactly what is on disk.
+earlier steps wrote (files, not objects: :data:`OUTPUTS`, :data:`NEEDS`), so each step can be
+rerun on its own, a step whose inputs are missing says which earlier step to run, and the
+report (xbarlab/report.py) shows exactly what is on disk.
 
 Sizes: :data:`FULL` is sized to finish in well under 10 minutes on a 2-core PC, :data:`QUICK`
 in under 2 minutes (the end-to-end test). torch is imported inside the training steps only.
@@ -22,14 +23,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from protocols.progress import Bar
+from training.defaults import NETWORKS
 from xbarlab.errors import XbarlabError
-
-NETWORKS = ("hardware_aware", "regular")
-LABELS = {"hardware_aware": "hardware-aware", "regular": "regular"}
+from xbarlab.files import write_json
+from xbarlab.report import calibration_stats, write_report
 
 
 @dataclass(frozen=True)
@@ -74,12 +73,6 @@ class StepResult:
         return d
 
 
-def _json(path: Path, data) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    return path
-
-
 def _station(path: Path, seed: int | None = None):
     """A loaded station; with `seed`, the same station over a fresh virtual chip of that seed."""
     from xbarlab.station import Station, load_station
@@ -113,8 +106,8 @@ def step_station(out: Path, seed: int) -> StepResult:
     # the simulator's ground truth, to judge the stuck screening against
     layout = {n: {"shape": list(xb.shape), "stuck_hrs": int((xb.stuck == 1).sum()),
                   "stuck_lrs": int((xb.stuck == 2).sum())} for n, xb in chip.crossbars.items()}
-    paths.append(_json(d / "chip.json", {"seed": int(seed), "crossbars": layout}))
-    return StepResult("station", "simulated station", time.perf_counter() - t0, None, paths,
+    paths.append(write_json(d / "chip.json", {"seed": int(seed), "crossbars": layout}))
+    return StepResult("station", TITLES["station"], time.perf_counter() - t0, None, paths,
                       {"seed": int(seed), "crossbars": len(layout)})
 
 
@@ -144,16 +137,16 @@ def step_campaigns(out: Path, settings: DemoSettings, seed: int, *,
         clock0 = st.chip.clock.now
         w0 = time.perf_counter()
         with st.open_rig(name) as rig:
-            res = module.run(rig, cfg, path, seed=seed + i, station=st.describe(),
-                             overwrite=True, progress=progress, chip=st.chip)
+            res = module.run(rig, cfg, path, seed=seed + i, station=st.describe(name),
+                             overwrite=True, progress=progress)
         runs.append({"protocol": module.PROTOCOL, "station": st.name, "crossbar": name,
                      "path": str(path.relative_to(out)), "summary": res.summary,
                      "wall_s": time.perf_counter() - w0,
                      "instrument_s": st.chip.clock.now - clock0})
     paths = [out / r["path"] for r in runs]
-    paths.append(_json(d / "campaigns.json", runs))
+    paths.append(write_json(d / "campaigns.json", runs))
     instrument = float(sum(r["instrument_s"] for r in runs))
-    return StepResult("campaigns", "characterisation campaigns", time.perf_counter() - t0,
+    return StepResult("campaigns", TITLES["campaigns"], time.perf_counter() - t0,
                       instrument, paths, {"runs": len(runs)})
 
 
@@ -171,38 +164,22 @@ def step_database(out: Path) -> StepResult:
     d = out / "db"
     path = save_nonideality(db, d / "nonideality.h5", overwrite=True)
     figs = plot_all(db, d)
-    stats = calibration_stats(db)
-    stats_path = _json(d / "calibration.json", stats)
-    return StepResult("database", "non-ideality database", time.perf_counter() - t0, None,
-                      [path, *figs, stats_path], {"disturbance_samples": int(db.disturbance_delta.size)})
-
-
-def calibration_stats(db) -> dict:
-    """The numbers of a non-ideality DB a report shows (SI units, fractions)."""
-    d = db.disturbance_delta
-    return {
-        "g_min_S": db.g_min, "g_max_S": db.g_max,
-        "levels_S": db.tuning_levels.tolist(), "sigma_rel": db.tuning_sigma_rel.tolist(),
-        "offset_rel": db.tuning_offset_rel.tolist(), "counts": db.tuning_counts.tolist(),
-        "sigma_fit_slope_per_S": db.sigma_fit_slope, "sigma_fit_intercept": db.sigma_fit_intercept,
-        "offset_mean_rel": db.offset_mean_rel, "offset_std_rel": db.offset_std_rel,
-        "disturbance_samples": int(d.size), "disturbance_max_key": db.max_key,
-        "disturbance_mean_S": float(d.mean()), "disturbance_std_S": float(d.std(ddof=1)),
-        "disturbance_p1_S": float(np.percentile(d, 1)), "disturbance_min_S": float(d.min()),
-        "disturbance_max_S": float(d.max()),
-        "stuck_hrs_rate": db.stuck_hrs_rate, "stuck_lrs_rate": db.stuck_lrs_rate,
-        "provenance": {k: v for k, v in db.provenance.items() if k != "statistics"},
-    }
+    stats_path = write_json(d / "calibration.json", calibration_stats(db))
+    return StepResult("database", TITLES["database"], time.perf_counter() - t0, None,
+                      [path, *figs, stats_path],
+                      {"disturbance_samples": int(db.disturbance_delta.size)})
 
 
 # -- 4. training -----------------------------------------------------------------------------------
 
 def step_train(out: Path, settings: DemoSettings, seed: int, *,
                progress: bool = True) -> StepResult:
-    """The hardware-aware and the regular 2-8-1 network on half-moons, from the demo DB."""
+    """The hardware-aware and the regular network on half-moons (the dataset's defaults and
+    the default mapping, physical: the one a crossbar can be programmed with), from the demo
+    DB."""
     from database.datasets import load_moons
     from database.nonideality import load_nonideality
-    from training.train import TrainConfig, save_checkpoint, train
+    from training.train import save_checkpoint, train_config, train_with_bar
 
     t0 = time.perf_counter()
     db = load_nonideality(out / "db" / "nonideality.h5")
@@ -210,46 +187,46 @@ def step_train(out: Path, settings: DemoSettings, seed: int, *,
     d = out / "train"
     paths, info = [], {}
     for name in NETWORKS:
-        cfg = TrainConfig(hardware_aware=name == "hardware_aware", epochs=settings.epochs,
-                          seed=seed, mapping="physical")
-        with Bar(f"train {LABELS[name]}", cfg.epochs * 4, enabled=progress, unit="steps",
-                 pulses=False) as bar:
-            res = train(cfg, x, y, db, progress=bar.update, log_every=200)
+        cfg = train_config("moons", hardware_aware=name == "hardware_aware",
+                           epochs=settings.epochs, seed=seed)
+        res = train_with_bar(cfg, x, y, db, show=progress, log_every=200)
         paths.append(save_checkpoint(res, d / f"{name}.pt"))
         info[name] = {"steps": res.steps, "seconds": res.seconds,
                       "final_loss": res.loss_history[-1] if res.loss_history else None}
-    paths.append(_json(d / "train.json", info))
-    return StepResult("train", "training", time.perf_counter() - t0, None, paths, info)
+    paths.append(write_json(d / "train.json", info))
+    return StepResult("train", TITLES["train"], time.perf_counter() - t0, None, paths, info)
 
 
 # -- 5. Monte-Carlo evaluation ---------------------------------------------------------------------
 
 def step_evaluate(out: Path, settings: DemoSettings, seed: int) -> StepResult:
     """Both networks over `mc_transfers` simulated transfers each (the prediction)."""
+    import numpy as np
+
     from database.datasets import load_moons
     from database.nonideality import load_nonideality
     from training.evaluate import evaluate_transfers
-    from training.report import write_report
+    from training.figures import write_evaluation
     from training.train import load_checkpoint
 
     t0 = time.perf_counter()
     db = load_nonideality(out / "db" / "nonideality.h5")
     xt, yt = load_moons("test")
     d = out / "evaluate"
-    results, models = {}, {}
+    results, models, mappings = {}, {}, set()
     for name in NETWORKS:
         model, cfg, _meta = load_checkpoint(out / "train" / f"{name}.pt", "cpu")
         results[name] = evaluate_transfers(model, xt, yt, settings.mc_transfers, db,
-                                           mapping="physical", seed=seed,
-                                           tile_rows=cfg.tile_rows, tile_cols=cfg.tile_cols,
-                                           share_bias=cfg.share_bias)
+                                           mapping=cfg.mapping, seed=seed)
         models[name] = model
-    summary = write_report(d, results, models, xt, yt, map_transfers=settings.map_transfers,
-                           extra={"mapping": "physical", "transfers": settings.mc_transfers})
+        mappings.add(cfg.mapping)
+    summary = write_evaluation(d, results, models, xt, yt, map_transfers=settings.map_transfers,
+                               extra={"mapping": "/".join(sorted(mappings)),
+                                      "transfers": settings.mc_transfers})
     acc = {name: r.transfer_acc[:, 0] for name, r in results.items()}
     np.savez_compressed(d / "mc_accuracy.npz", **acc)
     paths = [d / "summary.json", d / "mc_accuracy.npz", *map(Path, summary["figures"].values())]
-    return StepResult("evaluate", "Monte-Carlo evaluation", time.perf_counter() - t0, None,
+    return StepResult("evaluate", TITLES["evaluate"], time.perf_counter() - t0, None,
                       paths, {"transfers": settings.mc_transfers})
 
 
@@ -268,7 +245,7 @@ def step_transfer(out: Path, settings: DemoSettings, seed: int, *,
     from protocols.transfer import run
     from training.export import conductance_plan
     from training.train import load_checkpoint
-    from xbarlab.commands.transfer import pick_crossbars
+    from xbarlab.crossbars import pick_crossbars
 
     t0 = time.perf_counter()
     db = load_nonideality(out / "db" / "nonideality.h5")
@@ -277,8 +254,8 @@ def step_transfer(out: Path, settings: DemoSettings, seed: int, *,
     d.mkdir(parents=True, exist_ok=True)
     plans, paths = {}, []
     for name in NETWORKS:
-        model, cfg, _meta = load_checkpoint(out / "train" / f"{name}.pt", "cpu")
-        plans[name] = conductance_plan(model, db, "physical", cfg)
+        model, _cfg, _meta = load_checkpoint(out / "train" / f"{name}.pt", "cpu")
+        plans[name] = conductance_plan(model, db)
         plans[name].meta.update(network=name, dataset="moons")
         paths.append(plans[name].save(d / f"{name}_plan.json"))
     station_file = out / "station" / "sim-pmu.yaml"
@@ -292,21 +269,63 @@ def step_transfer(out: Path, settings: DemoSettings, seed: int, *,
             path = d / f"{name}_chip{chip_seed}.h5"
             w0 = time.perf_counter()
             res = run(plan, st.open_rig, names, path, test_data=test, seed=chip_seed,
-                      station=st.describe(), overwrite=True, progress=progress, chip=st.chip)
+                      station=st.describe(names), overwrite=True, progress=progress)
             runs.append({"network": name, "chip_seed": chip_seed,
                          "path": str(path.relative_to(out)),
                          "crossbars": names, "summary": res.summary,
                          "wall_s": time.perf_counter() - w0})
             paths.append(path)
     instrument = float(sum(r["summary"]["instrument_time_s"] for r in runs))
-    paths.append(_json(d / "transfers.json", runs))
-    return StepResult("transfer", "transfer onto virtual chips", time.perf_counter() - t0,
+    paths.append(write_json(d / "transfers.json", runs))
+    return StepResult("transfer", TITLES["transfer"], time.perf_counter() - t0,
                       instrument, paths, {"transfers": len(runs)})
+
+
+# -- 7. report -----------------------------------------------------------------------------------
+
+def step_report(out: Path) -> StepResult:
+    """DIR/report/ from the files of the other steps (xbarlab/report.py)."""
+    t0 = time.perf_counter()
+    written = write_report(out)
+    return StepResult("report", TITLES["report"], time.perf_counter() - t0, None,
+                      written.paths, {"all_hold": written.all_hold})
 
 
 # -- the whole chain -------------------------------------------------------------------------------
 
 STEPS = ("station", "campaigns", "database", "train", "evaluate", "transfer", "report")
+TITLES = {"station": "simulated station", "campaigns": "characterisation campaigns",
+          "database": "non-ideality database", "train": "training",
+          "evaluate": "Monte-Carlo evaluation", "transfer": "transfer onto virtual chips",
+          "report": "report"}
+#: the files each step leaves for later ones (relative to the output folder)
+OUTPUTS = {
+    "station": ("station/sim-pmu.yaml", "station/sim-wgfmu.yaml", "station/chip.json"),
+    "campaigns": ("runs/campaigns.json",),
+    "database": ("db/nonideality.h5", "db/tuning.png", "db/disturbance.png", "db/stuck.png"),
+    "train": tuple(f"train/{n}.pt" for n in NETWORKS) + ("train/train.json",),
+    "evaluate": ("evaluate/summary.json", "evaluate/mc_accuracy.npz",
+                 "evaluate/accuracy_hist.png", "evaluate/boundary_map.png"),
+    "transfer": ("transfer/transfers.json",),
+}
+#: the earlier steps whose files each step reads
+NEEDS = {"station": (), "campaigns": ("station",), "database": ("campaigns",),
+         "train": ("database",), "evaluate": ("database", "train"),
+         "transfer": ("station", "database", "train"), "report": STEPS[:-1]}
+
+
+def check_inputs(out: Path, wanted: Sequence[str]) -> None:
+    """XbarlabError naming the earliest step whose outputs a wanted step needs and cannot
+    find (neither run before in `out` nor run now ahead of it)."""
+    for i, name in enumerate(wanted):
+        for need in NEEDS[name]:
+            if need in wanted[:i]:
+                continue
+            missing = [f for f in OUTPUTS[need] if not (out / f).is_file()]
+            if missing:
+                raise XbarlabError(f"demo step {name!r} reads the outputs of step {need!r}, "
+                                   f"and {missing[0]} is missing in {out}: run step {need!r} "
+                                   "first")
 
 
 def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: bool = True,
@@ -314,14 +333,12 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
              steps: Sequence[str] | None = None) -> list[StepResult]:
     """Every step in order (or only `steps`, which then read what earlier runs wrote in
     `out`); writes DIR/timing.json and DIR/report/."""
-    from xbarlab.report import step_report
-
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    wanted = list(STEPS) if steps is None else list(steps)
-    bad = [w for w in wanted if w not in STEPS]
+    wanted = list(STEPS) if steps is None else [n for n in STEPS if n in steps]
+    bad = [w for w in (steps or ()) if w not in STEPS]
     if bad:
         raise XbarlabError(f"unknown demo step {bad[0]!r}; choose from {', '.join(STEPS)}")
+    check_inputs(out, wanted)
     s = QUICK if quick else FULL
     if "station" not in wanted and (out / "settings.json").exists():
         before = json.loads((out / "settings.json").read_text())
@@ -329,7 +346,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
             raise XbarlabError(f"{out} was made with quick={before['quick']}, seed="
                                f"{before['seed']}; rerun its steps with the same settings")
     else:
-        _json(out / "settings.json", {"quick": quick, "seed": seed, **asdict(s)})
+        write_json(out / "settings.json", {"quick": quick, "seed": seed, **asdict(s)})
     # timing of steps run earlier into the same folder is kept; rerun steps replace theirs
     timing_path = out / "timing.json"
     done: dict[str, StepResult] = {}
@@ -344,28 +361,19 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
         "train": lambda: step_train(out, s, seed, progress=progress),
         "evaluate": lambda: step_evaluate(out, s, seed),
         "transfer": lambda: step_transfer(out, s, seed, progress=progress),
-        "report": lambda: step_report(out, [done[n] for n in STEPS if n in done
-                                            and n != "report"]),
+        "report": lambda: step_report(out),
     }
     ran: list[StepResult] = []
-    for i, name in enumerate(STEPS):
-        if name not in wanted:
-            continue
-        echo(f"== {i + 1}/{len(STEPS)} {TITLES[name]}")
+    for name in wanted:
+        echo(f"== {STEPS.index(name) + 1}/{len(STEPS)} {TITLES[name]}")
         r = funcs[name]()
         done[name] = r
         ran.append(r)
         echo(f"   {r.seconds:.1f} s" + ("" if r.instrument_s is None else
                                          f" (predicted instrument time {r.instrument_s:.0f} s)")
              + (f"; open {out / 'report' / 'index.html'}" if name == "report" else ""))
-        _json(timing_path, _timing([done[n] for n in STEPS if n in done], out))
+        write_json(timing_path, _timing([done[n] for n in STEPS if n in done], out))
     return ran
-
-
-TITLES = {"station": "simulated station", "campaigns": "characterisation campaigns",
-          "database": "non-ideality database", "train": "training",
-          "evaluate": "Monte-Carlo evaluation", "transfer": "transfer onto virtual chips",
-          "report": "report"}
 
 
 def _timing(steps: list[StepResult], out: Path) -> dict:
@@ -378,5 +386,3 @@ def _timing(steps: list[StepResult], out: Path) -> dict:
     return {"steps": rows,
             "total_s": float(sum(s.seconds for s in steps)),
             "instrument_s": float(sum(s.instrument_s or 0.0 for s in steps))}
-
-

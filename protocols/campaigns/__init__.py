@@ -1,7 +1,8 @@
 """Characterisation campaigns: resumable loops over devices writing raw-run HDF5 files.
 
-Each module exposes ``run(rig, config, store, *, seed, station, resume, overwrite, progress,
-chip)`` and a pydantic config class. ``CAMPAIGNS`` maps the CLI names to (module, config class).
+Each module exposes ``run(rig, config, store, *, seed, station, resume, overwrite, progress)``
+(rig: a `protocols.rig.CrossbarRig`) and a pydantic config class. ``CAMPAIGNS`` maps the CLI
+names to (module, config class).
 """
 
 from __future__ import annotations

@@ -4,12 +4,14 @@ A campaign is a list of work units (devices, in a fixed order derived from the c
 seed) and a function that measures one unit and returns its rows. The loop:
 
 - starts at the store's first unfinished unit, so a re-run continues where a killed one stopped;
-- on a simulated station, restores the chip state committed with the last finished unit, so the
-  continued run sees exactly the devices, RNG and clock the uninterrupted run would have seen
-  (bit-identical results). On real hardware there is nothing to restore: the devices are where
-  the interrupted run left them, which is what a lab would measure anyway; this is logged;
-- commits each unit's rows together with the chip state in one store commit;
-- leaves the rig in its safe state whatever happens (Ctrl-C included);
+- gives the rig back the state committed with the last finished unit (`rig.restore_state`): on
+  a simulated station the chip, its RNGs and clock, so the continued run sees exactly what the
+  uninterrupted run would have seen (bit-identical results). A real rig has nothing to restore
+  (`rig.restorable` is False): the devices are where the interrupted run left them, which is what
+  a lab would measure anyway; this is logged;
+- commits each unit's rows together with `rig.save_state()` in one store commit;
+- leaves the rig in its safe state whatever happens (Ctrl-C included) and stops at the next
+  unit when a Ctrl-C was lost in a finaliser (`protocols.interrupts`);
 - shows a rich progress bar (units done / total, pulses, ETA, current device) and logs.
 """
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,13 +28,15 @@ from typing import Any
 import numpy as np
 
 from database.runs import RunWriter
+from protocols import interrupts
 from protocols.errors import ProtocolError
 from protocols.progress import Bar
+from protocols.rig import CrossbarRig
 
 log = logging.getLogger("xbarlab.campaign")
 
 
-# -- simulated chip state --------------------------------------------------------------------
+# -- saved rig state -------------------------------------------------------------------------
 
 def _enc(o: Any):
     if isinstance(o, np.ndarray):
@@ -60,53 +63,6 @@ def unpack_state(blob: bytes) -> dict:
     return json.loads(zlib.decompress(blob).decode(), object_hook=_dec)
 
 
-@dataclass
-class SimHooks:
-    """How to save and restore the simulated hardware behind a rig, and to let time pass."""
-
-    get: Callable[[], dict]
-    set: Callable[[dict], None]
-    clock: Any = None   # a VirtualClock-like object with advance(seconds, category)
-
-
-def sim_hooks(rig, chip=None) -> SimHooks | None:
-    """Hooks for a simulated station, or None for real hardware.
-
-    `chip` (a VirtualChip: `.crossbars` dict and `.clock`) covers the instrument-backed sim
-    stations; a rig with a `.crossbar` having `state_dict()` covers `SimulatedRig`. A rig may
-    also provide `sim_state_dict()` / `load_sim_state_dict()` itself.
-    """
-    if hasattr(rig, "sim_state_dict") and hasattr(rig, "load_sim_state_dict"):
-        return SimHooks(rig.sim_state_dict, rig.load_sim_state_dict, getattr(rig, "sim_clock", None))
-    if chip is not None and hasattr(chip, "crossbars"):
-        def get_chip() -> dict:
-            d = {name: xb.state_dict(include_clock=False) for name, xb in chip.crossbars.items()}
-            return {"crossbars": d, "clock": chip.clock.state_dict()}
-
-        def set_chip(d: dict) -> None:
-            for name, xb in chip.crossbars.items():
-                xb.load_state_dict(d["crossbars"][name])
-            chip.clock.load_state_dict(d["clock"])
-
-        return SimHooks(get_chip, set_chip, chip.clock)
-    xb = getattr(rig, "crossbar", None)
-    if xb is not None and hasattr(xb, "state_dict") and hasattr(xb, "load_state_dict"):
-        return SimHooks(xb.state_dict, xb.load_state_dict, getattr(xb, "clock", None))
-    return None
-
-
-def let_time_pass(rig, seconds: float, sim: SimHooks | None) -> None:
-    """Wait `seconds` of instrument time: virtual on a simulator, real on hardware."""
-    if seconds <= 0:
-        return
-    if hasattr(rig, "wait"):
-        rig.wait(seconds)
-    elif sim is not None and sim.clock is not None:
-        sim.clock.advance(seconds, "wait")
-    else:
-        time.sleep(seconds)
-
-
 # -- the loop --------------------------------------------------------------------------------
 
 @dataclass
@@ -115,18 +71,23 @@ class UnitResult:
     pulses: int = 0
 
 
-def restore_progress(title: str, store: RunWriter, total: int, sim: SimHooks | None) -> int:
-    """Devices already committed in `store`; on a sim station the chip state saved with the last
-    commit is put back, so the continuation equals an uninterrupted run."""
-    start = store.devices_done
+def restore_progress(title: str, store: RunWriter, total: int, rig: CrossbarRig) -> int:
+    """Devices already committed in `store`; a restorable rig (simulated station) gets back the
+    state saved with the last commit, so the continuation equals an uninterrupted run."""
+    start = store.units_done
     if not start or start >= total:
         return start
-    if sim is not None:
+    if rig.restorable:
         blob = store.saved_state()
         if blob is None:
-            raise ProtocolError(f"{store.path}: {start} devices done but no simulator state "
+            raise ProtocolError(f"{store.path}: {start} units done but no simulator state "
                                 "saved; cannot resume identically (pass --overwrite)")
-        sim.set(unpack_state(blob))
+        try:
+            state = unpack_state(blob)
+        except Exception as e:  # a format-1 file has no checksum on it
+            raise ProtocolError(f"{store.path}: the saved simulator state is damaged ({e}); "
+                                "cannot resume identically (pass --overwrite)") from None
+        rig.restore_state(state)
         log.info("%s: resuming at device %d/%d with the saved simulator state",
                  title, start + 1, total)
     else:
@@ -135,25 +96,32 @@ def restore_progress(title: str, store: RunWriter, total: int, sim: SimHooks | N
     return start
 
 
-def run_units(*, title: str, rig, store: RunWriter, units: Sequence[tuple[int, int]],
-              work: Callable[[int, tuple[int, int]], UnitResult], sim: SimHooks | None,
-              progress: bool = True) -> None:
-    """Measure units[store.devices_done:] in order, committing after each one."""
-    if store.info.devices_total != len(units):
-        raise ProtocolError(f"{title}: store expects {store.info.devices_total} devices, "
+def commit_state(rig: CrossbarRig) -> bytes | None:
+    """What to store with a commit: the rig's saved state, packed (None on hardware)."""
+    state = rig.save_state()
+    return None if state is None else pack_state(state)
+
+
+def run_units(*, title: str, rig: CrossbarRig, store: RunWriter,
+              units: Sequence[tuple[int, int]],
+              work: Callable[[int, tuple[int, int]], UnitResult], progress: bool = True) -> None:
+    """Measure units[store.units_done:] in order, committing after each one."""
+    if store.info.units_total != len(units):
+        raise ProtocolError(f"{title}: store expects {store.info.units_total} units, "
                             f"campaign has {len(units)}")
-    start = restore_progress(title, store, len(units), sim)
+    start = restore_progress(title, store, len(units), rig)
     bar = Bar(title, len(units), start, enabled=progress)
     try:
         with bar:
             for i in range(start, len(units)):
+                interrupts.check()  # a Ctrl-C lost in a finaliser (e.g. during the commit)
                 rc = units[i]
                 bar.current(f"device ({rc[0]},{rc[1]})")
                 res = work(i, rc)
-                state = _pack(sim)
-                store.commit_device(i, res.rows, state)
+                store.commit(i, res.rows, commit_state(rig))
                 bar.advance(res.pulses)
                 log.debug("%s: device %d (%d,%d) done, %d pulses", title, i, *rc, res.pulses)
+            interrupts.check()  # the run is not complete if the last commit lost a Ctrl-C
     except BaseException:
         # whatever ended the loop (Ctrl-C too), nothing stays biased; the original error is
         # what the user must see, so a safe-state failure (a lost instrument) is only logged
@@ -161,13 +129,9 @@ def run_units(*, title: str, rig, store: RunWriter, units: Sequence[tuple[int, i
             rig.safe_state()
         except Exception as e:
             log.error("%s: could not make every instrument safe after the error: %s", title, e)
+        store.close()  # publishes what is committed, releases the file
         raise
     rig.safe_state()
-
-
-def _pack(sim: SimHooks | None) -> bytes | None:
-    return None if sim is None else pack_state(sim.get())
-
 
 
 def raster(shape: tuple[int, int], devices: Sequence[Sequence[int]] | None) -> list[tuple[int, int]]:

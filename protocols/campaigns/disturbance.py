@@ -23,10 +23,10 @@ from protocols.campaigns.common import (
     CampaignResult,
     classify_failed_tuning,
     history_rows,
-    hooks,
     log,
     open_store,
 )
+from protocols.rig import CrossbarRig
 from protocols.tuning import tune
 
 PROTOCOL = "disturbance"
@@ -54,19 +54,22 @@ class DisturbanceConfig(CampaignConfig):
             raise ValueError("g_high must not be below g_low")
         return self
 
+    def targets(self) -> list[tuple[float, float]]:
+        return [(self.g_low, self.tune.tolerance), (self.g_high, self.tune.tolerance)]
 
-def run(rig, config: DisturbanceConfig, store, *, seed: int | None = None,
+
+def run(rig: CrossbarRig, config: DisturbanceConfig, store, *, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, chip=None) -> CampaignResult:
+        progress: bool = True) -> CampaignResult:
     cfg = config
     units = raster(rig.shape, cfg.devices)
     tbl = {"devices": DEVICES_COLUMNS, "samples": SAMPLES_COLUMNS}
     if cfg.record_history:
         tbl["history"] = HISTORY_COLUMNS
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
-                        tables=tbl, devices_total=len(units), resume=resume, overwrite=overwrite)
-    resumed = writer.devices_done
-    sim = hooks(rig, chip)
+                        tables=tbl, units_total=len(units), resume=resume, overwrite=overwrite,
+                        rig=rig)
+    resumed = writer.units_done
     ceiling = rig.read_settings.ceiling_S
     # what earlier devices left behind: their reference read and flag (rebuilt on resume)
     done = writer.table("devices") if resumed else None
@@ -99,12 +102,12 @@ def run(rig, config: DisturbanceConfig, store, *, seed: int | None = None,
             out["history"] = history_rows(res, i, i, 1)
         return UnitResult(out, res.pulses)
 
-    run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work, sim=sim,
+    run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work,
               progress=progress)
     summary = summarize(writer.table("devices"), writer.table("samples"))
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
 
 
 def final_samples(samples):

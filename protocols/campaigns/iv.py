@@ -13,7 +13,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from protocols.campaigns._loop import UnitResult, raster, run_units
-from protocols.campaigns.common import CampaignConfig, CampaignResult, hooks, log, open_store
+from protocols.campaigns.common import CampaignConfig, CampaignResult, log, open_store
+from protocols.rig import CrossbarRig
 
 PROTOCOL = "iv"
 
@@ -28,7 +29,8 @@ class IVConfig(CampaignConfig):
     v_max: float = Field(1.6, gt=0, description="positive sweep end [V]")
     v_min: float = Field(-1.8, lt=0, description="negative sweep end [V]")
     v_step: float = Field(0.05, gt=0, description="staircase step [V]")
-    width: float = Field(1e-6, gt=0, description="duration of each staircase step [s]")
+    width: float = Field(1e-6, gt=0, le=1e-3, description="duration of each staircase step "
+                         "[s] (at most 1 ms, as a tuning pulse; the station limits apply too)")
     cycles: int = Field(1, ge=1, description="sweeps per device")
 
     @model_validator(mode="after")
@@ -44,18 +46,17 @@ class IVConfig(CampaignConfig):
         return v[v != 0.0]
 
 
-def run(rig, config: IVConfig, store, *, seed: int | None = None,
+def run(rig: CrossbarRig, config: IVConfig, store, *, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, chip=None) -> CampaignResult:
+        progress: bool = True) -> CampaignResult:
     cfg = config
     units = raster(rig.shape, cfg.devices)
     for v in (cfg.v_max, cfg.v_min):
         rig.limits.check_pulse(v, cfg.width, where="iv sweep")
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
-                        tables={"points": POINTS_COLUMNS}, devices_total=len(units),
-                        resume=resume, overwrite=overwrite)
-    resumed = writer.devices_done
-    sim = hooks(rig, chip)
+                        tables={"points": POINTS_COLUMNS}, units_total=len(units),
+                        resume=resume, overwrite=overwrite, rig=rig)
+    resumed = writer.units_done
     volts = cfg.staircase()
     vr = rig.read_settings.volts
 
@@ -70,7 +71,7 @@ def run(rig, config: IVConfig, store, *, seed: int | None = None,
                     rows[k].append(val)
         return UnitResult({"points": rows}, cfg.cycles * volts.size)
 
-    run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work, sim=sim,
+    run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work,
               progress=progress)
     df = writer.table("points")
     summary = {"devices": int(df.device.nunique()) if len(df) else 0, "points": int(len(df)),
@@ -78,4 +79,4 @@ def run(rig, config: IVConfig, store, *, seed: int | None = None,
                "g_max_S": float(df.g.max()) if len(df) else float("nan")}
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)

@@ -21,10 +21,10 @@ from protocols.campaigns.common import (
     WORKING,
     CampaignConfig,
     CampaignResult,
-    hooks,
     log,
     open_store,
 )
+from protocols.rig import CrossbarRig
 from protocols.tuning import TuneConfig, tune
 
 PROTOCOL = "stuck"
@@ -50,17 +50,19 @@ class StuckConfig(CampaignConfig):
                              description="loose write-verify used for the SET/RESET tests; "
                                          "give_up_at_cap is K")
 
+    def targets(self) -> list[tuple[float, float]]:
+        return [(self.top_level, self.tune.tolerance), (self.bottom_level, self.tune.tolerance)]
 
-def run(rig, config: StuckConfig, store, *, seed: int | None = None,
+
+def run(rig: CrossbarRig, config: StuckConfig, store, *, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, chip=None) -> CampaignResult:
+        progress: bool = True) -> CampaignResult:
     cfg = config
     units = raster(rig.shape, cfg.devices)
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
-                        tables={"devices": DEVICES_COLUMNS}, devices_total=len(units),
-                        resume=resume, overwrite=overwrite)
-    resumed = writer.devices_done
-    sim = hooks(rig, chip)
+                        tables={"devices": DEVICES_COLUMNS}, units_total=len(units),
+                        resume=resume, overwrite=overwrite, rig=rig)
+    resumed = writer.units_done
     ceiling = rig.read_settings.ceiling_S
 
     def work(i: int, rc: tuple[int, int]) -> UnitResult:
@@ -83,12 +85,12 @@ def run(rig, config: StuckConfig, store, *, seed: int | None = None,
                "status": [status]}
         return UnitResult({"devices": row}, up.pulses + down.pulses)
 
-    run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work, sim=sim,
+    run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work,
               progress=progress)
     summary = summarize(writer.table("devices"))
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
 
 
 def summarize(df) -> dict:

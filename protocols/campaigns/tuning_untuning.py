@@ -13,17 +13,17 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
-from protocols.campaigns._loop import UnitResult, let_time_pass, raster, run_units
+from protocols.campaigns._loop import UnitResult, raster, run_units
 from protocols.campaigns.common import (
     HISTORY_COLUMNS,
     CampaignConfig,
     CampaignResult,
     concat,
     history_rows,
-    hooks,
     log,
     open_store,
 )
+from protocols.rig import CrossbarRig
 from protocols.tuning import tune
 
 PROTOCOL = "tuning-untuning"
@@ -46,7 +46,9 @@ class TuningUntuningConfig(CampaignConfig):
     off_fraction: float = Field(0.6, gt=0, lt=1, description="untune target as a fraction of the level")
     off_floor: float = Field(80e-6, gt=0, description="untune target floor [S]")
     off_tolerance: float = Field(0.05, gt=0, lt=1, description="untune band (loose) [fraction]")
-    settle_s: float = Field(0.0, ge=0, description="instrument time between tuning and settled read [s]")
+    settle_s: float = Field(0.0, ge=0, le=3600, description="instrument time between tuning "
+                            "and settled read [s] (at most an hour: longer is a retention study, "
+                            "and every tuning waits it)")
     record_history: bool = Field(True, description="store every pulse and read")
 
     @model_validator(mode="after")
@@ -58,6 +60,13 @@ class TuningUntuningConfig(CampaignConfig):
     def level_values(self) -> np.ndarray:
         return np.linspace(self.g_low, self.g_high, self.levels)
 
+    def targets(self) -> list[tuple[float, float]]:
+        out = []
+        for level in self.level_values():
+            off = max(self.off_floor, self.off_fraction * level)
+            out += [(float(level), self.tune.tolerance), (float(off), self.off_tolerance)]
+        return out
+
 
 def tables(cfg: TuningUntuningConfig) -> dict:
     t = {"tunings": TUNINGS_COLUMNS}
@@ -66,17 +75,16 @@ def tables(cfg: TuningUntuningConfig) -> dict:
     return t
 
 
-def run(rig, config: TuningUntuningConfig, store, *, seed: int | None = None,
+def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, chip=None) -> CampaignResult:
+        progress: bool = True) -> CampaignResult:
     """Run (or continue) the campaign on `rig`, writing to the HDF5 file `store`."""
     cfg = config
     units = raster(rig.shape, cfg.devices)
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
-                        tables=tables(cfg), devices_total=len(units), resume=resume,
-                        overwrite=overwrite)
-    resumed = writer.devices_done
-    sim = hooks(rig, chip)
+                        tables=tables(cfg), units_total=len(units), resume=resume,
+                        overwrite=overwrite, rig=rig)
+    resumed = writer.units_done
     levels = cfg.level_values()
     off_cfg = cfg.tune.model_copy(update={"tolerance": cfg.off_tolerance, "n_inband": 1})
     per_device = cfg.levels * cfg.repeats
@@ -86,13 +94,15 @@ def run(rig, config: TuningUntuningConfig, store, *, seed: int | None = None,
         rows: dict[str, list] = {k: [] for k in TUNINGS_COLUMNS}
         hist = []
         pulses = 0
+        warm = None  # the fast variant starts each ramp near what last moved this device
         for li, level in enumerate(levels):
             off = max(cfg.off_floor, cfg.off_fraction * level)
             for rep in range(cfg.repeats):
                 tix = i * per_device + li * cfg.repeats + rep
-                un = tune(rig, r, c, off, off_cfg)
-                res = tune(rig, r, c, float(level), cfg.tune)
-                let_time_pass(rig, cfg.settle_s, sim)
+                un = tune(rig, r, c, off, off_cfg, warm=warm)
+                res = tune(rig, r, c, float(level), cfg.tune, warm=un.warm)
+                warm = res.warm
+                rig.wait(cfg.settle_s)
                 g_set = float(rig.read(r, c))
                 pulses += un.pulses + res.pulses
                 vals = dict(device=i, row=r, col=c, level=li, repeat=rep, target=float(level),
@@ -111,12 +121,12 @@ def run(rig, config: TuningUntuningConfig, store, *, seed: int | None = None,
             out["history"] = concat(hist, HISTORY_COLUMNS)
         return UnitResult(out, pulses)
 
-    run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work, sim=sim,
+    run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work,
               progress=progress)
     summary = summarize(writer.table("tunings"))
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
 
 
 def summarize(df) -> dict:

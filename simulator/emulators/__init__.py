@@ -9,7 +9,7 @@ from simulator.emulators.b1500 import B1500Emulator
 from simulator.emulators.k707b import K707BEmulator
 from simulator.emulators.k4200 import K4200Emulator
 from simulator.emulators.wgfmu import EmulatedWgfmuLibrary
-from simulator.emulators.world import LabWorld, Segment, Wiring
+from simulator.emulators.world import LabWorld, Segment
 
 __all__ = ["B1500Emulator", "EmulatedWgfmuLibrary", "K4200Emulator", "K707BEmulator",
-           "LabWorld", "Segment", "Wiring"]
+           "LabWorld", "Segment"]

@@ -1,18 +1,19 @@
 """The shared simulated "lab world": one crossbar, its wiring, and the instrument terminals.
 
 Terminals are named instrument outputs (`pmu1`, `pmu2`, `div_v3`, `div_2v3`, `gnd`, `smu2`,
-`wgfmu101`, ...). Each crossbar line reaches terminals either through fixed wiring (a probe
-card on a single crosspoint) or through closed 707B crosspoints (matrix row letter = terminal,
-matrix column = line). Emulated instruments hand the world their waveforms; the world resolves
-which potential every line sees and drives the physics:
+`wgfmu101`, ...). Each crossbar line reaches terminals as `instruments.wiring.Wiring` (the
+description the rigs use too) says: through fixed wiring (a probe card on a single crosspoint)
+or through closed 707B crosspoints (matrix row letter = terminal, matrix column = line).
+Emulated instruments hand the world their waveforms; the world resolves which potential every
+line sees and drives the physics:
 
 - a *write* excursion (a run of segments with some nonzero level and no measurement) becomes one
   `Crossbar.apply_line_pulse` with the levels at the peak, lasting the time spent at the peak
   (the plateau; edges are not counted, like `SimulatedRig`);
 - a measurement returns the current flowing out of a terminal into the array. The grounded-read
   case (one row at Vr, every other line at 0 V, the sensing terminal on the selected column) uses
-  `Crossbar.read`, which includes the read noise; any other configuration uses the noise-free
-  nodal `Crossbar.measure` (documented limitation);
+  `Crossbar.read`; any other configuration the nodal `Crossbar.measure`, with the same read
+  noise added to the sensed current;
 - DC levels held by SMUs stress the routed devices for the time they are held (`settle_dc`).
 
 Lines with no terminal float (NaN). A line tied to two terminals at different levels is a short:
@@ -27,10 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from instruments.wiring import Line, Wiring
 from simulator.config import LatencyConfig
 from simulator.errors import SimulatorError
-
-Line = tuple[str, int]  # ("row", i) or ("col", j)
 
 
 @dataclass
@@ -42,20 +42,6 @@ class Segment:
     v1: dict[str, float]
     #: measurements in this segment: (terminal, t_from, t_to) relative to the segment start
     measures: list[tuple[str, float, float]] = field(default_factory=list)
-
-
-@dataclass
-class Wiring:
-    """How crossbar lines reach terminals."""
-
-    #: fixed connections line -> terminal (probe card, no matrix)
-    fixed: dict[Line, str] = field(default_factory=dict)
-    #: matrix column of each line: line -> (slot, column)
-    matrix_lines: dict[Line, tuple[int, int]] = field(default_factory=dict)
-    #: matrix row letter -> terminal
-    matrix_rows: dict[str, str] = field(default_factory=dict)
-    #: derived terminals: name -> (source terminal, factor) (the pulse-divider board)
-    dividers: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 class LabWorld:
@@ -199,7 +185,8 @@ class LabWorld:
         if np.isnan(row_v).all() and np.isnan(col_v).all():
             return 0.0
         rc, cc = self.crossbar.measure(row_v, col_v)
-        return float(np.sum(rc[ri]) + np.sum(cc[ci]))
+        # a sensing channel has the same read noise whatever the bias of the other lines
+        return self.crossbar.read_noise(float(np.sum(rc[ri]) + np.sum(cc[ci])))
 
     def compile(self, segments: list[Segment]) -> Plan:
         """Resolve a waveform once into what `run` does with it (idle stretches, write

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from database.build import build_nonideality
-from database.errors import DatabaseError
+from database.errors import DatabaseError, SchemaError
 from database.nonideality import load_nonideality, save_nonideality
 from database.runs import RunWriter
 from protocols.campaigns import disturbance, stuck, tuning_untuning
@@ -10,9 +10,9 @@ from protocols.campaigns import disturbance, stuck, tuning_untuning
 
 def _write(path, protocol, cls_tables, rows_per_device, config=None):
     w = RunWriter.open(path, protocol=protocol, config=config or {}, station={}, seed=1,
-                       tables=cls_tables, devices_total=len(rows_per_device))
+                       tables=cls_tables, units_total=len(rows_per_device))
     for i, rows in enumerate(rows_per_device):
-        w.commit_device(i, rows)
+        w.commit(i, rows)
     w.finish()
 
 
@@ -136,3 +136,45 @@ def test_stuck_run_gives_rates_and_samples(tmp_path):
     assert db.stuck_hrs_samples.size == 4 and db.stuck_lrs_samples.size == 4  # 2 clipped
     assert db.stuck_hrs_range == pytest.approx((20e-6, 90e-6))
     assert "clipped" in db.provenance["stuck"]
+
+
+def _damaged(edit):
+    rows = _disturbance_rows()
+    edit(rows)
+    return rows
+
+
+@pytest.mark.parametrize("case,edit,col", [
+    ("k-huge", lambda r: r[3]["samples"]["k"].__setitem__(0, 2**31 - 1), "k"),
+    ("k-negative", lambda r: r[3]["samples"]["k"].__setitem__(1, -5), "k"),
+    ("device-later", lambda r: r[2]["samples"]["device"].__setitem__(0, 3), "device"),
+    ("delta-nan", lambda r: r[3]["samples"]["delta"].__setitem__(2, np.nan), "delta"),
+    ("status", lambda r: r[1]["devices"]["status"].__setitem__(0, 9), "status"),
+])
+def test_build_checks_every_number_it_uses(tmp_path, case, edit, col):
+    """A file whose numbers are impossible (here written through the store, so every checksum
+    is valid) stops the build with one line naming file, table, column and row; the key k in
+    particular never sizes an allocation before it is checked."""
+    rng = np.random.default_rng(0)
+    _write(tmp_path / "t.h5", "tuning-untuning", {"tunings": tuning_untuning.TUNINGS_COLUMNS},
+           _tunings(rng, [100e-6, 400e-6], n_dev=2, reps=5))
+    _write(tmp_path / "d.h5", "disturbance", {"devices": disturbance.DEVICES_COLUMNS,
+                                              "samples": disturbance.SAMPLES_COLUMNS},
+           _damaged(edit))
+    with pytest.raises(SchemaError) as ei:
+        build_nonideality([tmp_path / "t.h5", tmp_path / "d.h5"])
+    msg = str(ei.value)
+    assert "d.h5" in msg and f"/{col}:" in msg and "row" in msg and "\n" not in msg
+
+
+def test_build_checks_tuning_targets(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = _tunings(rng, [100e-6, 400e-6], n_dev=2, reps=5)
+    rows[1]["tunings"]["target"][3] = 0.0
+    _write(tmp_path / "t.h5", "tuning-untuning", {"tunings": tuning_untuning.TUNINGS_COLUMNS},
+           rows)
+    _write(tmp_path / "d.h5", "disturbance", {"devices": disturbance.DEVICES_COLUMNS,
+                                              "samples": disturbance.SAMPLES_COLUMNS},
+           _disturbance_rows())
+    with pytest.raises(SchemaError, match="t.h5: run0/tunings/target"):
+        build_nonideality([tmp_path / "t.h5", tmp_path / "d.h5"])

@@ -1,14 +1,15 @@
 import numpy as np
 import pytest
 
-from instruments import CrossbarRig, SafetyLimitError, SafetyLimits
+from instruments import SafetyLimitError, SafetyLimits
+from protocols.rig import CrossbarRig
 
 
 class _RecordingRig(CrossbarRig):
     name = "recording"
 
     def __init__(self):
-        super().__init__((2, 3))
+        super().__init__((2, 3), SafetyLimits())
         self.sent = []
         self.safe_calls = 0
 
@@ -23,7 +24,7 @@ class _RecordingRig(CrossbarRig):
     def _pulse(self, row, col, volts, seconds):
         self.sent.append(("pulse", row, col, volts, seconds))
 
-    def safe_state(self):
+    def _safe_state(self):
         self.safe_calls += 1
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instruments.rig import CrossbarRig
+from instruments.limits import SafetyLimits
+from protocols.rig import CrossbarRig
 
 
 class ToyRig(CrossbarRig):
@@ -17,7 +18,7 @@ class ToyRig(CrossbarRig):
 
     def __init__(self, shape=(1, 1), g0=120e-6, seed=0, noise_rel=0.0015, noise_abs=0.45e-6,
                  stuck=None, step=3e-3):
-        super().__init__(shape)
+        super().__init__(shape, SafetyLimits())
         self.rng = np.random.default_rng(seed)
         self.G = np.full(shape, float(g0)) if np.isscalar(g0) else np.array(g0, float)
         self.d_set = self.rng.normal(0, 0.07, shape)
@@ -55,7 +56,7 @@ class ToyRig(CrossbarRig):
             dg = -0.6e-6 * seconds / 200e-9 * np.exp((-volts - vth) / 0.17) * xi * max((g - 5e-6) / 700e-6, 0)
         self.G[row, col] = g + float(np.clip(dg, -0.5 * g, 700e-6 - g))
 
-    def safe_state(self):
+    def _safe_state(self):
         self.safe_calls += 1
 
 

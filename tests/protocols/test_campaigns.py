@@ -125,10 +125,14 @@ def test_bad_device_lists_and_ctrl_c_leaves_rig_safe(tmp_path):
         stuck.run(rig, stuck.StuckConfig(), out, progress=False)
     assert calls["safe"] >= 1
     info = list_runs(out)[-1]
-    assert not info.complete and 1 <= info.devices_done < 4
-    assert len(read_table(out, "devices")) == info.devices_done
-    # an already complete file is not overwritten without the flag
+    assert not info.complete and 1 <= info.units_done < 4
+    assert len(read_table(out, "devices")) == info.units_done
+    # an already complete file is reported complete, and not overwritten by other settings
     rig2 = sim_rig(rows=1, cols=1)
-    stuck.run(rig2, stuck.StuckConfig(), tmp_path / "c.h5", progress=False)
-    with pytest.raises(DatabaseError):
-        stuck.run(rig2, stuck.StuckConfig(), tmp_path / "c.h5", progress=False)
+    done = tmp_path / "c.h5"
+    stuck.run(rig2, stuck.StuckConfig(), done, progress=False)
+    before = done.read_bytes()
+    assert stuck.run(rig2, stuck.StuckConfig(), done, progress=False).already_complete
+    with pytest.raises(DatabaseError, match="seed"):
+        stuck.run(rig2, stuck.StuckConfig(), done, seed=1, progress=False)
+    assert done.read_bytes() == before

@@ -70,7 +70,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
             break
         p.send_signal(signal.SIGKILL)
         p.wait()
-        done_seen.append(list_runs(out)[-1].devices_done)
+        done_seen.append(list_runs(out)[-1].units_done)
     p = _run(script, out)
     assert p.wait(timeout=120) == 0, p.stderr.read().decode()
     assert len(done_seen) >= 3, "the campaign finished before it could be interrupted"
@@ -78,7 +78,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
 
     info_ref, ref_tables = read_run(ref)
     info, tables = read_run(out)
-    assert info.complete and info.devices_done == info_ref.devices_done == 9
+    assert info.complete and info.units_done == info_ref.units_done == 9
     for name, df_ref in ref_tables.items():
         pd.testing.assert_frame_equal(tables[name], df_ref, check_exact=True)
     tun = tables["tunings"]

@@ -20,8 +20,8 @@ NAMES = ("a", "b", "c")
 class RecordingRig(SimulatedRig):
     """Logs every pulse's device; can fail at the n-th pulse (a crash in mid-tuning)."""
 
-    def __init__(self, crossbar, name, log, fail_at=None):
-        super().__init__(crossbar)
+    def __init__(self, crossbar, name, log, fail_at=None, lab=None):
+        super().__init__(crossbar, lab=lab)
         self.xname, self.log, self.fail_at = name, log, fail_at
         self.safe_calls = 0
 
@@ -31,7 +31,7 @@ class RecordingRig(SimulatedRig):
         self.log.append((self.xname, row, col))
         return super()._pulse_and_read(row, col, volts, seconds, n)
 
-    def safe_state(self):
+    def _safe_state(self):
         self.safe_calls += 1
 
 
@@ -56,12 +56,12 @@ def _data():
 
 def _run(tmp_path, chip, log, rigs, fail_at=None, name="t.h5", **kw):
     def open_rig(xname):
-        rig = RecordingRig(chip[xname], xname, log, fail_at)
+        rig = RecordingRig(chip[xname], xname, log, fail_at, lab=chip.lab)
         rigs.append(rig)
         return rig
 
     return run(_plan(), open_rig, list(NAMES), tmp_path / name, test_data=_data(), seed=1,
-               progress=False, chip=chip, **kw)
+               progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,9 @@ def test_readback_close_to_targets(done):
     err = np.abs(rb.g - rb.target) / rb.target
     last = dev.k.to_numpy() == 0
     assert (err.to_numpy()[last] <= 2 * tol).all()
-    assert np.median(err) < 3 * tol and err.max() < 0.2
+    # (the simulator is calibrated to the published V/3 disturbance: sd 7-18 uS, tails to
+    # +-40 uS, so a few earlier devices of a 100-400 uS tile move by tens of percent)
+    assert np.median(err) < 5 * tol and err.max() < 0.5
     np.testing.assert_allclose(res.g_read, rb.sort_values("device").g.to_numpy())
     assert all(r.safe_calls >= 1 for r in rigs)  # `with rig:` left every rig safe
 
@@ -146,8 +148,14 @@ def test_resume_after_a_crash_is_identical(done, tmp_path):
     np.testing.assert_array_equal(res.g_read, ref.g_read)
     for t in ("devices", "readback", "inference"):
         assert res.tables[t].equals(ref.tables[t]), t
+    # asked again: reported complete, nothing programmed, the file as it was
+    before = (tmp_path / "r.h5").read_bytes()
+    log = []
+    again = _run(tmp_path, _chip(), log, [], name="r.h5")
+    assert again.resumed_from == ref.plan.n_devices and log == []
+    assert (tmp_path / "r.h5").read_bytes() == before
     with pytest.raises(DatabaseError, match="complete"):
-        _run(tmp_path, _chip(), [], [], name="r.h5")
+        _run(tmp_path, _chip(), [], [], name="r.h5", config=TransferConfig(settle_s=2.0))
 
 
 def test_refuses_bad_requests(tmp_path):

@@ -30,11 +30,11 @@ PMU_FAULTS = [
     ("timeout", ":PMU:EXECUTE", "K4200", "no reply"),
     ("timeout", "exclusiveclose", "K707B", "no reply"),
     ("no_execute", ":PMU:TEST:STATUS?", "K4200", "no reply"),
-    ("truncated", ":PMU:DATA:GET", "K4200", "expected 2 points"),
+    ("truncated", ":PMU:DATA:GET", "K4200", "points of V,I,T,S"),
     ("garbled", ":PMU:DATA:GET", "K4200", "bad data"),
     ("garbled", "exclusiveclose", "K707B", "unexpected reply"),
     ("truncated", ":PMU:TEST:STATUS?", "K4200", "empty status reply"),
-    ("wrong_reply", ":PMU:DATA:GET", "K4200", "expected 2 points"),
+    ("wrong_reply", ":PMU:DATA:GET", "K4200", "points of V,I,T,S"),
     ("wrong_reply", ":PMU:SARB:SEQ:TIME 1", "K4200", "refused"),
     ("error", ":PMU:EXECUTE", "K4200", "Injected fault"),
     ("error", "exclusiveclose", "K707B", "707B error 999"),
@@ -112,7 +112,7 @@ def test_relay_that_does_not_close_reads_as_open_device_never_as_overvoltage(tmp
     module, cls = CAMPAIGNS["stuck"]
     cfg = cls(devices=[(0, 0), (1, 1), (2, 2)])
     with rig:
-        module.run(rig, cfg, tmp_path / "s.h5", seed=0, progress=False, chip=st.chip)
+        module.run(rig, cfg, tmp_path / "s.h5", seed=0, progress=False)
     df = read_table(tmp_path / "s.h5", "devices")
     assert list(df.device) == [0, 1, 2]
     assert df.status[1] != 0 and df.g_initial[1] < 1e-6          # flagged, reads as open
@@ -140,14 +140,14 @@ def test_wgfmu_library_error_names_the_call_and_leaves_channels_disconnected():
 
 def _arm_after(monkeypatch, st, n_devices: int, **fault) -> None:
     """Arm `fault` on the station once `n_devices` devices are committed to the file."""
-    orig = RunWriter.commit_device
+    orig = RunWriter.commit
 
     def commit(self, device, rows, state=None):
         orig(self, device, rows, state)
         if device + 1 == n_devices:
             st.visa_library.faults.add(**fault)
 
-    monkeypatch.setattr(RunWriter, "commit_device", commit)
+    monkeypatch.setattr(RunWriter, "commit", commit)
 
 
 CAMPAIGN_CFG = {"tuning-untuning": {"levels": 1, "repeats": 1},
@@ -168,30 +168,30 @@ def test_fault_mid_campaign_keeps_finished_devices_and_rerun_resumes(tmp_path, m
     ref = tmp_path / "ref.h5"
     st, rig = open_station()
     with rig:
-        module.run(rig, cfg, ref, seed=3, progress=False, chip=st.chip)
+        module.run(rig, cfg, ref, seed=3, progress=False)
 
     out = tmp_path / "run.h5"
     st, rig = open_station()
     with monkeypatch.context() as m:
         _arm_after(m, st, 2, **fault)
         with pytest.raises(InstrumentError) as ei, rig:
-            module.run(rig, cfg, out, seed=3, progress=False, chip=st.chip)
+            module.run(rig, cfg, out, seed=3, progress=False)
     assert ei.value.instrument in ("K4200", "K707B") and ei.value.command
     lost = (fault["resource"],) if fault["kind"] == "disconnect" else ()
     assert unsafe_parts(st, skip=lost) == []
     info = list_runs(out)[-1]
-    assert info.devices_done == 2 and not info.complete
+    assert info.units_done == 2 and not info.complete
     _, tables = read_run(out)                       # readable, holds the two finished devices
     first = next(iter(tables.values()))
     assert set(first.device) == {0, 1}
 
     st, rig = open_station()                        # a fresh session, as a re-run would be
     with rig:
-        res = module.run(rig, cfg, out, seed=3, progress=False, chip=st.chip)
+        res = module.run(rig, cfg, out, seed=3, progress=False)
     assert res.resumed_from == 2
     info, tables = read_run(out)
     _, ref_tables = read_run(ref)
-    assert info.complete and info.devices_done == 4
+    assert info.complete and info.units_done == 4
     for name, df in tables.items():
         # the same rows, device by device, that an uninterrupted run stored (the chip state is
         # restored on resume): no device lost, none duplicated
@@ -203,12 +203,47 @@ def test_fault_mid_campaign_keeps_finished_devices_and_rerun_resumes(tmp_path, m
     assert unsafe_parts(st) == []
 
 
-def test_lost_safe_state_command_is_noticed():
+def test_lost_safe_state_command_is_noticed_and_the_others_are_made_safe():
+    """The 707B's "open all" is lost: safe_state raises naming the 707B, records the rig as not
+    safe, and the PMU is made safe all the same; once the 707B answers, the rig is safe."""
     st, rig = open_station("sim-pmu")
-    rig.read(0, 0)
+    rig.pulse_and_read(1, 1, 1.2, 200e-9)
     st.visa_library.faults.add("no_execute", resource=K707B, match='channel.open("allslots")')
-    try:
+    with pytest.raises(InstrumentError) as ei:
         rig.safe_state()
-    except InstrumentError:
-        return                          # noticed: the user is told the relays are not confirmed
-    assert unsafe_parts(st) == []       # or really safe (a verified/retried open)
+    assert ei.value.instrument == "K707B"
+    assert rig.safe.state == "unsafe" and "K707B" in rig.safe.detail
+    pmu = st.visa_library.instruments[K4200]
+    assert not any(pmu.outputs.values())               # the other instrument went safe
+    assert st.visa_library.instruments[K707B].closed   # and the relays really are closed
+    rig.safe_state()
+    assert rig.safe.state == "safe" and unsafe_parts(st) == []
+    rig.close()
+
+
+@pytest.mark.parametrize("ignored,confirmed", [(1, True), (2, False)])
+def test_707b_that_ignores_open_all_is_retried_once_then_reported(ignored, confirmed):
+    """A 707B that answers "open all" with its relays still listed (it ignored the command):
+    one retry; if the relays are still listed, "relays not confirmed open"."""
+    st, rig = open_station("sim-pmu")
+    rig.pulse_and_read(1, 1, 1.2, 200e-9)
+    k7 = st.visa_library.instruments[K707B]
+    handle, left = k7.handle, [ignored]
+
+    def ignore_open(msg):
+        if 'channel.open("allslots")' in msg and left[0] > 0:
+            left[0] -= 1
+            return ";".join(sorted(k7.closed))
+        return handle(msg)
+
+    k7.handle = ignore_open
+    if confirmed:
+        rig.safe_state()
+        assert rig.safe.state == "safe" and unsafe_parts(st) == []
+    else:
+        with pytest.raises(InstrumentError, match="relays not confirmed open"):
+            rig.safe_state()
+        assert rig.safe.state == "unsafe" and k7.closed
+    k7.handle = handle
+    rig.close()
+    assert unsafe_parts(st) == []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from instruments.errors import SafetyLimitError
-from instruments.rig import ReadSettings
+from protocols.rig import ReadSettings
 from simulator.config import CrossbarConfig, DeviceParams, LatencyConfig
 from simulator.crossbar import Crossbar
 from simulator.direct_rig import SimulatedRig

@@ -63,8 +63,7 @@ def _flat_index(model, plan):
 @pytest.mark.parametrize("member", [0, 1])
 def test_targets_and_keys_equal_the_training_mapping(db, member):
     m = _model(db)
-    plan = conductance_plan(m, db, "physical", {"tile_rows": 8, "tile_cols": 8,
-                                                "share_bias": True}, member=member)
+    plan = conductance_plan(m, db, "physical", member=member)  # the model's 8x8, shared bias
     theta = torch.cat([p.detach().flatten(1) for p in m.tensors()], 1)
     gp, gm = m.mapping.to_conductance(theta)
     p_idx = _flat_index(m, plan)

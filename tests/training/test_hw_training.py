@@ -95,11 +95,15 @@ def test_same_seed_same_table_and_checkpoint_reload(db, moons, tmp_path):
 def test_chunked_evaluation_equals_unchunked_statistics(db, moons):
     xt, yt = moons["test"]
     m = HardwareAwareMLP((2, 8, 1), k=2, seeds=[0, 1])
-    r1 = evaluate_transfers(m, xt, yt, 50, db, mapping="physical", chunk=50)
-    r2 = evaluate_transfers(m, xt, yt, 50, db, mapping="physical", chunk=50)
-    np.testing.assert_array_equal(r1.point_rate, r2.point_rate)
-    r3 = evaluate_transfers(m, xt, yt, 50, db, mapping="physical", chunk=7)
+    r1 = evaluate_transfers(m, xt, yt, 50, db, mapping="physical", chunk=50)  # one chunk
+    r2 = evaluate_transfers(m, xt, yt, 50, db, mapping="physical")  # default chunking
+    r3 = evaluate_transfers(m, xt, yt, 50, db, mapping="physical", chunk=7)  # 8 chunks
     assert r3.transfer_acc.shape == (50, 2) and r3.point_rate.shape == (2, 200)
+    for r in (r2, r3):  # the same 50 transfers however they are cut into chunks
+        np.testing.assert_array_equal(r.point_rate, r1.point_rate)
+        np.testing.assert_array_equal(r.transfer_acc, r1.transfer_acc)
+    r4 = evaluate_transfers(m, xt, yt, 50, db, mapping="physical", seed=1)
+    assert not np.array_equal(r4.transfer_acc, r1.transfer_acc)
     ms = multi_seed_table(r1, r3)
     assert set(ms) == {"hardware_aware", "regular"}
     row = ms["hardware_aware"]["share_correct"][">=95%"]

@@ -12,7 +12,7 @@ from database.reference import import_reference  # noqa: E402
 from training.evaluate import evaluate_transfers  # noqa: E402
 from training.layers import HardwareAwareMLP  # noqa: E402
 from training.noise import NoiseConfig  # noqa: E402
-from training.tiles import layer_devices  # noqa: E402
+from training.tiles import TileLayout, layer_devices  # noqa: E402
 from training.train import TrainConfig, load_dataset, train  # noqa: E402
 
 
@@ -28,8 +28,8 @@ def moons():
 
 @pytest.mark.parametrize("share_bias", [True, False])
 def test_physical_mapping_uses_tile_keys_of_every_layer(db, share_bias):
-    m = HardwareAwareMLP((64, 32, 10), seeds=[0]).attach_noise(
-        db, mapping="physical", share_bias=share_bias)
+    m = HardwareAwareMLP((64, 32, 10), seeds=[0], layout=TileLayout(share_bias=share_bias)
+                         ).attach_noise(db, mapping="physical")
     keys = m.mapping.keys.numpy()  # (2, P): G+ and G- key of every parameter
     a = 0
     for layer in m.layers:

@@ -141,6 +141,54 @@ def test_bad_sweep_files_fail_with_one_line_naming_the_field(tmp_path, text, nee
     assert needle in msg and "\n" not in msg
 
 
+def test_unset_settings_resolve_to_the_dataset_defaults_and_into_the_key(tmp_path):
+    from training.defaults import DATASETS
+
+    pts = expand(load_spec(write_spec(tmp_path, "points: [{dataset: moons}, {dataset: digits}]\n")))
+    for p in pts:
+        d = DATASETS[p.params["dataset"]]
+        assert (p.params["hidden"], p.params["activation"], p.params["lr"], p.params["epochs"],
+                p.params["batch_size"]) == (list(d.hidden), d.activation, d.lr, d.epochs,
+                                            d.batch_size)
+        assert (p.params["tile_size"], p.params["share_bias"], p.params["mapping"]) == \
+            (8, True, "physical")
+    digits = pts[1].params
+    assert (digits["activation"], digits["lr"], digits["hidden"]) == ("relu", 0.01, [32])
+    # the defaults written out are the same point; another value is another point
+    same = expand(load_spec(write_spec(tmp_path, """
+        points: [{dataset: digits, activation: relu, lr: 0.01, hidden: [32], epochs: 300}]
+    """, "same.yaml")))
+    other = expand(load_spec(write_spec(tmp_path, """
+        points: [{dataset: digits, activation: sigmoid}]
+    """, "other.yaml")))
+    assert same[0].key == pts[1].key and other[0].key != pts[1].key
+
+
+def test_run_point_trains_what_the_point_says(tmp_path, monkeypatch):
+    """The resolved settings reach the training configuration (no training run here)."""
+    pytest.importorskip("torch")
+    import training.train
+    from training.sweep import run_point
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(cfg, *args, **kw):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(training.train, "train", capture)
+    (p,) = expand(load_spec(write_spec(tmp_path, "base: {dataset: moons, tile_size: 4, "
+                                                 "activation: tanh, epochs: 7}\n")))
+    with pytest.raises(Stop):
+        run_point({**p.params, "kinds": ["hardware_aware"]})
+    cfg = seen[0]
+    assert (cfg.sizes, cfg.activation, cfg.lr, cfg.epochs, cfg.tile_rows, cfg.mapping) == \
+        ((2, 8, 1), "tanh", 0.1, 7, 4, "physical")
+
+
 def test_db_path_resolved_against_sweep_file_and_content_keyed(tmp_path):
     (tmp_path / "sub").mkdir()
     db = tmp_path / "sub" / "ni.h5"
@@ -314,6 +362,32 @@ def test_process_pool_workers_run_every_point_once(tmp_path):
     assert str(os.getpid()) not in {c.split("@")[1] for c in made}
 
 
+def slow_on_seed_1(params: dict) -> dict:
+    if params["seed"] == 1:
+        time.sleep(120)
+    return toy_metrics(params)
+
+
+def test_stopping_a_pool_sweep_stops_its_running_workers(tmp_path):
+    """The consumer stops after the first outcome: the workers busy with 2-minute points are
+    stopped at once, not waited for."""
+    import multiprocessing
+
+    from training.sweep.local import iter_local
+
+    units = expand(load_spec(write_spec(tmp_path, GRID)))
+    t0 = time.monotonic()
+    outcomes = iter_local(units, slow_on_seed_1, workers=2)
+    first = next(outcomes)
+    assert first.error is None and first.point.params["seed"] == 0
+    outcomes.close()
+    deadline = time.monotonic() + 20
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert multiprocessing.active_children() == []
+    assert time.monotonic() - t0 < 60
+
+
 def failing_on_seed_1(params: dict) -> dict:
     if params["seed"] == 1:
         raise RuntimeError("diverged")
@@ -378,12 +452,11 @@ def test_cli_runs_a_sweep_with_an_injected_point_function(tmp_path):
     assert "6 of 6 points" in res.output
 
 
-# -- the real point function (short trainings; skipped if the training API is absent) --------
+# -- the real point function (short trainings; skipped without torch) -----------------------
 
 
 def test_run_point_trains_and_evaluates_both_networks():
     pytest.importorskip("torch")
-    pytest.importorskip("training.evaluate")
     from training.sweep import run_point
 
     def point(**kw):
@@ -414,7 +487,6 @@ def test_run_point_trains_and_evaluates_both_networks():
 def test_run_point_digits_uses_the_digits_network():
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
-    pytest.importorskip("training.evaluate")
     from training.sweep import SweepSpec, run_point
 
     (p,) = expand(SweepSpec.model_validate(

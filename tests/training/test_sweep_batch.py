@@ -11,7 +11,6 @@ import pytest
 from training.sweep import ResultStore, expand, group_points, load_spec, run_group, run_sweep
 
 pytest.importorskip("torch")
-pytest.importorskip("training.evaluate")
 
 # 3 seeds x 2 stuck rates: two groups of three; tiny training so the test stays fast
 SPEC = """

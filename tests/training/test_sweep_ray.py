@@ -48,7 +48,7 @@ def make_point_fn(calls_dir: str, fail_seed: int | None = None):
 
 def test_ray_auto_without_a_cluster_is_one_line(monkeypatch):
     from training.sweep import SweepError
-    from training.sweep_ray import connect
+    from training.sweep.ray_cluster import connect
 
     if ray.is_initialized():
         pytest.skip("a Ray instance is already running in this process")

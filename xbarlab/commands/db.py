@@ -13,7 +13,7 @@ from database.errors import SchemaError
 
 def _kind(path: Path) -> str:
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", locking=False) as f:
             k = f.attrs.get("kind", "")
     except OSError as e:
         raise SchemaError(f"{path}: not a readable HDF5 file ({e})") from None
@@ -26,7 +26,7 @@ def _show_runs(path: Path) -> None:
     for info in list_runs(path):
         state = "complete" if info.complete else "UNFINISHED"
         click.echo(f"{path.name}:{info.name}  {info.protocol}  {state}  "
-                   f"{info.devices_done}/{info.devices_total} devices  seed {info.seed}")
+                   f"{info.units_done}/{info.units_total} units  seed {info.seed}")
         click.echo(f"  started {info.start_time}  ended {info.end_time or '-'}  "
                    f"xbarlab {info.software_version}  station {info.station.get('name', '?')}")
         for t, n in info.rows.items():
@@ -104,10 +104,16 @@ def register(cli: click.Group) -> None:
                   help="folder for the PNGs (default: next to FILE)")
     @click.option("--k", "keys", multiple=True, type=int, help="disturbance keys to show")
     def plot_cmd(file, out_dir, keys):
-        """Paper-style figures (tuning sigma/offset, disturbance by k, stuck) as PNG."""
+        """Paper-style figures of a non-ideality database (tuning sigma/offset, disturbance by
+        k, stuck) as PNG. Raw-run files: `xbarlab plot`."""
         from database.nonideality import load_nonideality
         from database.plots import plot_all
+        from database.runs import KIND as RUNS_KIND
 
+        if _kind(Path(file)) == RUNS_KIND:
+            raise SchemaError(f"{file} is a raw-run file, not a non-ideality database: "
+                              f"`xbarlab plot {file}` draws its figures (`xbarlab db build` "
+                              "turns raw runs into a database)")
         db = load_nonideality(file)
         out = Path(out_dir) if out_dir else Path(file).parent
         for p in plot_all(db, out, list(keys) or None):

@@ -26,9 +26,9 @@ def sim_show(seed: int, name: str, model: str | None, out: str | None) -> None:
     """Create a virtual chip, read one crossbar (grounded, 0.2 V) and summarise it."""
     import numpy as np
 
-    from simulator.calibrate import load_chip_model
     from simulator.chip import VirtualChip, default_layout
     from simulator.crossbar import STUCK_HRS, STUCK_LRS
+    from xbarlab.calibrate import load_chip_model
 
     chip = VirtualChip(default_layout(load_chip_model(model) if model else None), seed=seed)
     xb = chip[name]
@@ -116,7 +116,7 @@ def sim_calibrate(db_path, out, round_trip, settle, cut, params, max_evals, tuni
 
     from database.nonideality import load_nonideality
     from database.reference import import_reference
-    from simulator import calibrate as cal
+    from xbarlab import calibrate as cal
     from xbarlab.errors import XbarlabError
 
     out_p = Path(out)

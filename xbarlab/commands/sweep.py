@@ -1,7 +1,7 @@
 """`xbarlab sweep SWEEP.yaml --out DIR`: train and evaluate every point of a parameter sweep.
 
-The work happens in `training.sweep` (and `training.sweep_ray` for --ray); this module only parses
-options and shows progress. It imports neither torch nor the sweep machinery at load time, so
+The work happens in the `training.sweep` package; this module only parses options and shows
+progress. It imports neither torch nor the sweep machinery at load time, so
 `xbarlab --help` stays fast on a lab PC without the [train] extra.
 """
 
@@ -46,7 +46,7 @@ def register(cli: click.Group) -> None:
                        "batched model (same results; overrides the file's batch_seeds).")
     @click.option("--point-fn", default=None, metavar="MODULE:FUNCTION",
                   help="Use another point function (params dict -> metrics); for tests and "
-                       "custom experiments. Default: training.sweep.run_point.")
+                       "custom experiments. Default: training.sweep.point.run_point.")
     def sweep_cmd(sweep_file: Path, out_dir: Path, workers: int, ray_address: str | None,
                   gpus_per_point: float, cpus_per_point: float, no_plots: bool,
                   point_fn: str | None, no_batch_seeds: bool) -> None:
@@ -55,6 +55,7 @@ def register(cli: click.Group) -> None:
         Finished points are stored as they complete; running the same command again resumes,
         recomputing nothing that finished. See docs/sweeps.md for the file format.
         """
+        from training.defaults import LABELS
         from training.sweep import SweepError, expand, load_spec, run_sweep
 
         fn = _load_point_fn(point_fn) if point_fn else None
@@ -71,7 +72,7 @@ def register(cli: click.Group) -> None:
                     click.echo(f"  FAILED {label}: {oc.error}", err=True)
                     return
                 kinds = oc.payload["result"]["kinds"]
-                scores = ", ".join(f"{k} {100 * kinds[k]['share_correct_95']:.1f} %"
+                scores = ", ".join(f"{LABELS[k]} {100 * kinds[k]['share_correct_95']:.1f} %"
                                    for k in spec.kinds)
                 elapsed = time.perf_counter() - t0
                 click.echo(f"[{done}/{total}] {label}: {scores} "

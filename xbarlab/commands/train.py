@@ -10,9 +10,11 @@ from pathlib import Path
 
 import click
 
+from training.defaults import DATASETS, DEFAULT_MAPPING, LABELS, MAPPINGS, network_name
 from xbarlab.errors import XbarlabError
 
-MAPPING = click.Choice(["physical", "reference"])
+MAPPING = click.Choice(list(MAPPINGS))
+_MOONS, _DIGITS = DATASETS["moons"], DATASETS["digits"]
 
 
 def _need_torch() -> None:
@@ -30,37 +32,13 @@ def _load_db(path: str | None):
     return import_reference() if path in (None, "reference") else load_nonideality(path)
 
 
-def _progress():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
-
-
-def _train_with_progress(progress, label: str, cfg, x, y, db, device, val=None):
-    from training.train import train
-
-    task = progress.add_task(label, total=cfg.epochs * -(-len(y) // cfg.batch_size))
-    res = train(cfg, x, y, db, device=device, val=val,
-                progress=lambda s, _t: progress.update(task, completed=s))
-    progress.update(task, completed=res.steps, total=res.steps)  # early stop: close the bar
-    return res
-
-
 def _table(title: str, summaries: dict[str, dict]):
     from rich.table import Table
 
     t = Table(title=title)
     t.add_column("test points correct in")
     for name in summaries:
-        t.add_column(name, justify="right")
+        t.add_column(LABELS.get(name, name), justify="right")
     first = next(iter(summaries.values()))
     for q in first["share_correct"]:
         t.add_row(f"{q} of transfers", *(f"{s['share_correct'][q]:.1%}"
@@ -79,7 +57,7 @@ def _multi_table(title: str, ms: dict):
     t = Table(title=title)
     t.add_column("test points correct in")
     for name in ms:
-        t.add_column(f"{name} (mean [95 % CI])", justify="right")
+        t.add_column(f"{LABELS.get(name, name)} (mean [95 % CI])", justify="right")
     for q in next(iter(ms.values()))["share_correct"]:
         t.add_row(f"{q} of transfers", *(
             f"{v['share_correct'][q]['mean']:.1%} [{v['share_correct'][q]['lo']:.1%}, "
@@ -93,18 +71,22 @@ def register(cli: click.Group) -> None:
                   help="Non-ideality database (.h5), or 'reference' for the shipped one.")
     @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint.")
     @click.option("--regular", is_flag=True, help="Train the regular (noise-free) network.")
-    @click.option("--dataset", type=click.Choice(["moons", "digits"]), default="moons",
+    @click.option("--dataset", type=click.Choice(list(DATASETS)), default="moons",
                   show_default=True)
     @click.option("--epochs", default=None, type=click.IntRange(0),
-                  help="Default: 10,000 (moons, the paper's) or 300 (digits).")
+                  help=f"Default: {_MOONS.epochs:,} (moons, the paper's) or {_DIGITS.epochs} "
+                       "(digits).")
     @click.option("--lr", default=None, type=click.FloatRange(min=0),
-                  help="Adam learning rate. Default: 0.1 (moons) or 0.01 (digits).")
+                  help=f"Adam learning rate. Default: {_MOONS.lr} (moons) or {_DIGITS.lr} "
+                       "(digits).")
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
     @click.option("--k", "k", default=1, show_default=True, type=click.IntRange(1),
                   help="Networks trained side by side (seeds seed..seed+k-1).")
-    @click.option("--mapping", type=MAPPING, default="physical", show_default=True)
+    @click.option("--mapping", type=MAPPING, default=DEFAULT_MAPPING, show_default=True)
     @click.option("--hidden", default=None,
-                  help="Hidden sizes, e.g. '8' or '32,16'. Default: 8 (moons), 32 (digits).")
+                  help="Hidden sizes, e.g. '8' or '32,16'. Default: "
+                       f"{','.join(map(str, _MOONS.hidden))} (moons), "
+                       f"{','.join(map(str, _DIGITS.hidden))} (digits).")
     @click.option("--tile", default="8x8", show_default=True, help="Tile size ROWSxCOLS.")
     @click.option("--separate-bias-tile", is_flag=True, help="Bias on tiles of its own.")
     @click.option("--patience", default=None, type=click.IntRange(1),
@@ -118,14 +100,10 @@ def register(cli: click.Group) -> None:
                   separate_bias_tile, patience, min_delta, eval_every, device):
         """Train a hardware-aware (default) or regular network; save a checkpoint."""
         _need_torch()
-        from training.train import DATASET_DEFAULTS, TrainConfig, load_dataset, save_checkpoint
+        from training.train import load_dataset, save_checkpoint, train_config, train_with_bar
 
-        data = load_dataset(dataset, seed)
-        x, y = data["train"]
-        dflt = DATASET_DEFAULTS[dataset]
-        n_out = 1 if dataset == "moons" else int(y.max()) + 1
         try:
-            hid = [int(h) for h in hidden.split(",")] if hidden else list(dflt["hidden"])
+            hid = [int(h) for h in hidden.split(",")] if hidden else None
         except ValueError:
             raise click.BadParameter(f"hidden must look like 32 or 32,16, got {hidden!r}",
                                      param_hint="--hidden") from None
@@ -133,16 +111,14 @@ def register(cli: click.Group) -> None:
             tr, tc = (int(v) for v in tile.lower().split("x"))
         except ValueError:
             raise click.BadParameter(f"tile must look like 8x8, got {tile!r}") from None
-        cfg = TrainConfig(sizes=(x.shape[1], *hid, n_out), hardware_aware=not regular,
-                          epochs=dflt["epochs"] if epochs is None else epochs,
-                          lr=dflt["lr"] if lr is None else lr, seed=seed, k=k, mapping=mapping,
-                          dataset=dataset, tile_rows=tr, tile_cols=tc,
-                          share_bias=not separate_bias_tile, activation=dflt["activation"],
-                          patience=patience, min_delta=min_delta, eval_every=eval_every)
+        cfg = train_config(dataset, hidden=hid, hardware_aware=not regular, epochs=epochs,
+                           lr=lr, seed=seed, k=k, mapping=mapping, tile_rows=tr, tile_cols=tc,
+                           share_bias=not separate_bias_tile, patience=patience,
+                           min_delta=min_delta, eval_every=eval_every)
         db = _load_db(db_path)
-        with _progress() as p:
-            res = _train_with_progress(p, "regular" if regular else "hardware-aware", cfg, x,
-                                       y, db, device, val=data.get("validation"))
+        data = load_dataset(dataset, seed)
+        x, y = data["train"]
+        res = train_with_bar(cfg, x, y, db, device=device, val=data.get("validation"))
         save_checkpoint(res, out)
         stop = ""
         if patience is not None:
@@ -166,7 +142,7 @@ def register(cli: click.Group) -> None:
         from rich.console import Console
 
         from training.evaluate import evaluate_transfers
-        from training.report import write_report
+        from training.figures import write_evaluation
         from training.train import db_hash, load_checkpoint, load_dataset
 
         model, cfg, meta = load_checkpoint(model_path, device)
@@ -177,10 +153,9 @@ def register(cli: click.Group) -> None:
         data = load_dataset(cfg.dataset, cfg.seed)
         xt, yt = data["test"]
         res = evaluate_transfers(model, xt, yt, transfers, db, mapping=mapping or cfg.mapping,
-                                 seed=seed, tile_rows=cfg.tile_rows, tile_cols=cfg.tile_cols,
-                                 share_bias=cfg.share_bias)
-        name = "hardware_aware" if cfg.hardware_aware else "regular"
-        summary = write_report(Path(out), {name: res}, {name: model}, xt, yt,
+                                 seed=seed)
+        name = network_name(cfg.hardware_aware)
+        summary = write_evaluation(Path(out), {name: res}, {name: model}, xt, yt,
                                extra={"model": str(model_path), "config": cfg.to_dict(),
                                       "train_steps": meta.get("steps"),
                                       "steps_per_network": meta.get("steps_per_network"),
@@ -200,8 +175,9 @@ def register(cli: click.Group) -> None:
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
     @click.option("--k", "k", default=1, show_default=True, type=click.IntRange(1),
                   help="Independently seeded pairs (multi-seed table with 95 % intervals).")
-    @click.option("--mapping", type=click.Choice(["reference", "physical", "both"]),
-                  default="reference", show_default=True)
+    @click.option("--mapping", type=click.Choice([*MAPPINGS, "both"]), default="reference",
+                  show_default=True, help="reference: the published code's mapping, whose "
+                  "numbers the paper reports (the one command not on the default mapping).")
     @click.option("--device", default="auto", show_default=True)
     def reproduce_cmd(out, transfers, epochs, seed, k, mapping, device):
         """The paper's experiment on the published data: both networks, table and figures."""
@@ -211,25 +187,27 @@ def register(cli: click.Group) -> None:
         from database.datasets import load_moons_all
         from database.reference import import_reference
         from training.evaluate import evaluate_transfers, multi_seed_table
-        from training.report import write_json, write_report
-        from training.train import TrainConfig, save_checkpoint
+        from training.figures import write_evaluation, write_json
+        from training.train import save_checkpoint, train_config, train_with_bar
 
         console = Console()
         db = import_reference()
         data = load_moons_all()
         (x, y), (xt, yt) = data["train"], data["test"]
         everything: dict = {}
+        # "both": the published code's mapping first, as the paper's numbers come from it
         for mp in (["reference", "physical"] if mapping == "both" else [mapping]):
             d = Path(out) / mp
             results, models, trained = {}, {}, {}
-            with _progress() as p:
-                for name, hw in (("hardware_aware", True), ("regular", False)):
-                    cfg = TrainConfig(hardware_aware=hw, epochs=epochs, seed=seed, k=k,
-                                      mapping=mp)
-                    res = _train_with_progress(p, f"{mp}: train {name}", cfg, x, y, db, device)
-                    d.mkdir(parents=True, exist_ok=True)
-                    save_checkpoint(res, d / f"{name}.pt")
-                    trained[name] = res
+            for hw in (True, False):
+                name = network_name(hw)
+                console.print(f"{mp} mapping: {LABELS[name]} network")
+                cfg = train_config("moons", hardware_aware=hw, epochs=epochs, seed=seed, k=k,
+                                   mapping=mp)
+                res = train_with_bar(cfg, x, y, db, device=device)
+                d.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(res, d / f"{name}.pt")
+                trained[name] = res
             for name, res in trained.items():
                 results[name] = evaluate_transfers(res.model, xt, yt, transfers, db,
                                                    mapping=mp, seed=seed)
@@ -240,7 +218,7 @@ def register(cli: click.Group) -> None:
             if k > 1:
                 extra["multi_seed"] = multi_seed_table(results["hardware_aware"],
                                                        results["regular"])
-            summary = write_report(d, results, models, xt, yt, extra=extra)
+            summary = write_evaluation(d, results, models, xt, yt, extra=extra)
             console.print(_table(f"{mp} mapping, {transfers} transfers, 200 test points"
                                  + (" (network 0)" if k > 1 else ""), summary["networks"]))
             if k > 1:

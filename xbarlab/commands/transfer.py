@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from xbarlab.errors import StationError, XbarlabError
+from xbarlab.crossbars import pick_crossbars
+from xbarlab.errors import XbarlabError
 
 
 def _plan_from_model(model_path: str, db_path: str | None, member: int):
@@ -30,7 +31,7 @@ def _plan_from_model(model_path: str, db_path: str | None, member: int):
         from database.nonideality import load_nonideality
         db = load_nonideality(db_path)
         g_range = (db.g_min, db.g_max)
-    plan = conductance_plan(model, g_range, "physical", cfg, member=member)
+    plan = conductance_plan(model, g_range, member=member)
     plan.meta.update({"model": str(model_path), "trained_mapping": cfg.mapping,
                       "hardware_aware": cfg.hardware_aware, "dataset": cfg.dataset})
     if cfg.mapping != "physical":
@@ -38,29 +39,6 @@ def _plan_from_model(model_path: str, db_path: str | None, member: int):
                    "programmed with the physical one (the only programmable mapping)", err=True)
     data = load_dataset(cfg.dataset, cfg.seed)
     return plan, data["test"]
-
-
-def pick_crossbars(station, n_tiles: int, names: tuple[str, ...]) -> list[str]:
-    """One crossbar per tile: the given names, or (sim) the chip's crossbars of station shape."""
-    if names:
-        if len(names) != n_tiles:
-            raise StationError(f"--crossbar given {len(names)} times; the network needs "
-                               f"{n_tiles} tiles (one crossbar each)")
-        return list(names)
-    chip = station.chip
-    if chip is None:
-        if n_tiles > 1:
-            raise StationError(f"the network needs {n_tiles} crossbars: name them with "
-                               "--crossbar (once per tile); you will be asked to move the "
-                               "probes between tiles")
-        return [station.cfg.crossbar]
-    shape = tuple(station.cfg.shape)
-    fits = [n for n, xb in chip.crossbars.items() if tuple(xb.shape) == shape]
-    fits.sort(key=lambda n: n != station.cfg.crossbar)  # the station's own crossbar first
-    if len(fits) < n_tiles:
-        raise StationError(f"the network needs {n_tiles} crossbars of {shape[0]}x{shape[1]}, "
-                           f"the chip has {len(fits)}")
-    return fits[:n_tiles]
 
 
 def register(cli: click.Group) -> None:
@@ -80,23 +58,26 @@ def register(cli: click.Group) -> None:
                        "default: the published 100-500 uS")
     @click.option("--member", default=0, show_default=True, type=click.IntRange(0),
                   help="network of an ensemble checkpoint")
-    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="alibart",
-                  show_default=True, help="write-verify algorithm")
-    @click.option("--settle", type=float, default=0.0, show_default=True,
+    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="fast",
+                  show_default=True, help="write-verify algorithm (alibart: the paper's)")
+    @click.option("--settle", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
                   help="instrument time before each tile's read-back [s]")
     @click.option("--save-plan", type=click.Path(dir_okay=False), default=None,
                   help="also write the conductance plan (JSON)")
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
     @click.option("--resume", is_flag=True, help="continue the file's unfinished transfer")
     @click.option("--overwrite", is_flag=True, help="replace an existing file")
     @click.option("--no-progress", is_flag=True)
+    @click.option("--watch", is_flag=True, help="serve a live view of the transfer on this PC "
+                  "while it runs (as `xbarlab watch`; needs the [live] extra)")
     def transfer_cmd(model_path, plan_path, station_path, crossbars, out, db_path, member,
-                     algorithm, settle, save_plan, seed, resume, overwrite, no_progress):
+                     algorithm, settle, save_plan, seed, resume, overwrite, no_progress, watch):
         """Program a trained network onto crossbars (write-verify, in the order training
         assumed), read it back and measure its test accuracy; everything into HDF5."""
         from protocols.transfer import TransferConfig, run
         from protocols.tuning import TuneConfig
         from training.export import ConductancePlan
+        from xbarlab.commands.view import watching
         from xbarlab.station import load_station
 
         if bool(model_path) == bool(plan_path):
@@ -109,11 +90,11 @@ def register(cli: click.Group) -> None:
             if plan.meta.get("dataset") == "moons":
                 from database.datasets import load_moons
                 test = load_moons("test")
-        if save_plan:
-            plan.save(save_plan)
-            click.echo(f"wrote {save_plan}")
         st = load_station(station_path)
         names = pick_crossbars(st, plan.n_tiles, tuple(crossbars))
+        if save_plan:  # written once the model, the station and the crossbars are known good
+            plan.save(save_plan)
+            click.echo(f"wrote {save_plan}")
 
         def on_tile(t: int, name: str) -> None:
             if st.chip is None and plan.n_tiles > 1:
@@ -125,9 +106,10 @@ def register(cli: click.Group) -> None:
             return st.open_rig(name if st.chip is not None else None)
 
         cfg = TransferConfig(tune=TuneConfig(algorithm=algorithm), settle_s=settle)
-        res = run(plan, open_rig, names, Path(out), config=cfg, test_data=test, seed=seed,
-                  station=st.describe(), resume=resume, overwrite=overwrite,
-                  progress=not no_progress, chip=st.chip, on_tile=on_tile)
+        with watching(Path(out), watch):
+            res = run(plan, open_rig, names, Path(out), config=cfg, test_data=test, seed=seed,
+                      station=st.describe(names), resume=resume, overwrite=overwrite,
+                      progress=not no_progress, on_tile=on_tile)
         if res.resumed_from:
             click.echo(f"resumed after {res.resumed_from} finished devices")
         s = res.summary

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import yaml
@@ -107,6 +108,9 @@ class Setup(BaseModel):
                               "step (pulse + verify read) and per device of a read map [s]")
     settle_s: float = Field(60.0, ge=0, description="wait between a tuning and its settled "
                             "read [s]")
+    algorithm: Literal["alibart", "fast"] = Field(
+        "alibart", description="write-verify the target was measured with (the published "
+        "data: Alibart's; xbarlab's own default is the fast variant)")
     cut: float | None = Field(None, gt=0, description="disturbance samples with |delta| above "
                               "this were dropped from the target [S]; the same cut is applied "
                               "to the simulated samples")
@@ -163,6 +167,7 @@ def simulate_db(config: CrossbarConfig, setup: Setup, workdir: str | os.PathLike
     """Run the campaigns on simulated crossbars of `config` and build their non-ideality DB."""
     from database.build import build_nonideality
     from protocols.campaigns import disturbance, stuck, tuning_untuning
+    from protocols.tuning import TuneConfig
     from simulator.direct_rig import SimulatedRig
 
     work = Path(workdir)
@@ -173,14 +178,16 @@ def simulate_db(config: CrossbarConfig, setup: Setup, workdir: str | os.PathLike
     levels = np.asarray(levels, float)
     tcfg = tuning_untuning.TuningUntuningConfig(
         levels=levels.size, g_low=float(levels[0]), g_high=float(levels[-1]),
-        repeats=setup.tuning_repeats, settle_s=setup.settle_s, record_history=False)
+        repeats=setup.tuning_repeats, settle_s=setup.settle_s, record_history=False,
+        tune=TuneConfig(algorithm=setup.algorithm))
     for d in range(setup.tuning_devices):
         rig = SimulatedRig(Crossbar(one, seed=_seed(setup, 1, d)), latency=lat)
         f = work / f"tuning-{d}.h5"
         tuning_untuning.run(rig, tcfg, f, seed=d, progress=False, overwrite=True)
         files.append(f)
     # disturbance and stuck screening on crossbars of the model's own geometry (8 x 8 default)
-    dcfg = disturbance.DisturbanceConfig(record_history=False)
+    dcfg = disturbance.DisturbanceConfig(record_history=False,
+                                         tune=TuneConfig(algorithm=setup.algorithm))
     for x in range(setup.disturbance_crossbars):
         rig = SimulatedRig(Crossbar(config, seed=_seed(setup, 2, x)), latency=lat)
         f = work / f"disturbance-{x}.h5"

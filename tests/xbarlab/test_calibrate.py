@@ -1,4 +1,4 @@
-"""`simulator.calibrate`: replay campaigns, compare databases, fit, chip-model files, CLI."""
+"""`xbarlab.calibrate`: replay campaigns, compare databases, fit, chip-model files, CLI."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ import yaml
 from click.testing import CliRunner
 
 from database.nonideality import save_nonideality
-from simulator import calibrate as cal
 from simulator.config import CrossbarConfig, DeviceParams
 from simulator.errors import SimulatorError
+from xbarlab import calibrate as cal
 
 # small replays: 4 x 4 crossbars (k up to 15), fast station, short settle; the start point of
 # the fit is explicit so the test does not depend on the shipped defaults

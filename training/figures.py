@@ -1,4 +1,5 @@
-"""Figures (PNG) and numbers (JSON) of a transfer evaluation: HW-aware vs regular side by side."""
+"""The files of a Monte-Carlo evaluation: figures (PNG) and numbers (summary.json), the
+hardware-aware and the regular network side by side. (The demo's report is xbarlab/report.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluate import TransferResult, class1_share
+from training.defaults import LABELS
+from training.evaluate import MonteCarloResult, class1_share
 from training.layers import HardwareAwareMLP
 
 
@@ -20,14 +22,14 @@ def _plt():
     return plt
 
 
-def accuracy_histograms(results: dict[str, TransferResult], path: Path, k: int = 0) -> Path:
+def accuracy_histograms(results: dict[str, MonteCarloResult], path: Path, k: int = 0) -> Path:
     """Per-transfer test accuracy and per-point correct rate, one colour per network."""
     plt = _plt()
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
     bins = np.linspace(0, 1, 41)
     for name, res in results.items():
-        ax[0].hist(res.transfer_acc[:, k], bins=bins, alpha=0.6, label=name)
-        ax[1].hist(res.point_rate[k], bins=bins, alpha=0.6, label=name)
+        ax[0].hist(res.transfer_acc[:, k], bins=bins, alpha=0.6, label=LABELS.get(name, name))
+        ax[1].hist(res.point_rate[k], bins=bins, alpha=0.6, label=LABELS.get(name, name))
     ax[0].set(xlabel="test accuracy of one transfer", ylabel="transfers",
               title=f"{next(iter(results.values())).n} simulated transfers")
     ax[1].axvline(0.95, color="k", ls="--", lw=0.8)
@@ -57,7 +59,8 @@ def boundary_maps(models: dict[str, HardwareAwareMLP], x: np.ndarray, y: np.ndar
         uncertain[name] = float(np.mean((share > 0.05) & (share < 0.95)))
         im = a.pcolormesh(gx, gy, share, cmap="coolwarm", vmin=0, vmax=1, shading="auto")
         a.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", edgecolors="k", s=12, lw=0.4)
-        a.set(title=f"{name}: P(class 1) over {n} transfers", xlabel="x0", ylabel="x1")
+        a.set(title=f"{LABELS.get(name, name)}: P(class 1) over {n} transfers", xlabel="x0",
+              ylabel="x1")
         fig.colorbar(im, ax=a)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -70,7 +73,7 @@ def write_json(data: dict, path: Path) -> Path:
     return path
 
 
-def write_report(out: Path, results: dict[str, TransferResult],
+def write_evaluation(out: Path, results: dict[str, MonteCarloResult],
                  models: dict[str, HardwareAwareMLP] | None = None,
                  x_plane: np.ndarray | None = None, y_plane: np.ndarray | None = None,
                  extra: dict | None = None, *, map_transfers: int = 500) -> dict:

@@ -1,5 +1,5 @@
-"""Ray backend of `xbarlab sweep --ray ADDRESS`: every pending work unit (a point, or a seed
-group of points trained as one batched model: training.sweep.group_points) becomes one Ray task.
+"""Ray executor of `xbarlab sweep --ray ADDRESS`: every pending work unit (a point, or a seed
+group of points trained as one batched model: training.sweep.units) becomes one Ray task.
 
 The driver (the process running the sweep) keeps the store: tasks return their results and the
 driver appends each to ``results.jsonl`` as it arrives, exactly as with local processes, so a
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from training.sweep import Outcome, Point, PointFn, SweepError, _timed_call
+from training.errors import SweepError
+from training.sweep.spec import Point
+from training.sweep.units import Outcome, PointFn, timed_call
 
 
 def _import_ray():
@@ -25,8 +27,8 @@ def _import_ray():
     return ray
 
 
-def _task(point_fn: PointFn, params: dict) -> dict:
-    return _timed_call(point_fn, params)  # runs on a Ray worker
+def _task(fn: PointFn, params: dict) -> dict:
+    return timed_call(fn, params)  # runs on a Ray worker
 
 
 def connect(address: str | None):
@@ -45,35 +47,35 @@ def connect(address: str | None):
     return ray
 
 
-def iter_ray(points: list[Point], point_fn: PointFn, *, address: str | None = None,
+def iter_ray(units: list[Point], fn: PointFn, *, address: str | None = None,
              num_cpus: float = 1.0, num_gpus: float = 0.0) -> Iterator[Outcome]:
-    """Submit every point as a Ray task; yield outcomes in completion order.
+    """Submit every unit as a Ray task; yield outcomes in completion order.
 
     ``num_gpus`` > 0 lets a task see a GPU (Ray hides GPUs from tasks that reserve none), and the
-    training code then uses CUDA. A point that fails (exception, crashed worker) is yielded as an
-    error; a point is not retried by Ray, because the sweep itself retries failed points on the
+    training code then uses CUDA. A unit that fails (exception, crashed worker) is yielded as an
+    error; a unit is not retried by Ray, because the sweep itself retries failed points on the
     next run. If the driver stops early, the outstanding tasks are cancelled.
     """
-    if not points:
+    if not units:
         return
     ray = connect(address)
     task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_task)
-    fn_ref = ray.put(point_fn)
-    pending = {task.remote(fn_ref, p.params): p for p in points}
+    fn_ref = ray.put(fn)
+    pending = {task.remote(fn_ref, u.params): u for u in units}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                p = pending.pop(ref)
+                u = pending.pop(ref)
                 try:
                     payload = ray.get(ref)
                 except ray.exceptions.RayError as e:
                     cause = getattr(e, "cause", None) or e
                     msg = str(cause).strip().splitlines()
-                    yield Outcome(p, error=f"{type(cause).__name__}: {msg[0] if msg else ''}",
+                    yield Outcome(u, error=f"{type(cause).__name__}: {msg[0] if msg else ''}",
                                   trace=str(e))
                 else:
-                    yield Outcome(p, payload=payload)
+                    yield Outcome(u, payload=payload)
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)

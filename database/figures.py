@@ -1,0 +1,456 @@
+"""What the figures of a raw run show: one function per protocol, shared by every renderer.
+
+A view function turns a run's attributes and committed tables into plain figure specs in display
+units (uS, V, uA, %): maps of the array, x-y plots and histograms. The PNG renderer
+(`database.plots.render_png`, matplotlib) and the live view (`xbarlab.live`, Bokeh) both draw
+these specs, so the data of a figure is extracted in exactly one place. A new campaign adds its
+figures with one function::
+
+    @view("my-campaign")
+    def _my_campaign(info: RunInfo, tables: dict[str, pd.DataFrame]) -> RunView: ...
+
+Views only read columns by name (docs/hdf5-schema.md); they never import the protocols. The
+device classes of a `status` column are read from its `units` attribute ("0=working, ...").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from database.runs import RunInfo
+
+uS = 1e6   # S -> uS
+uA = 1e6   # A -> uA
+PCT = 100  # fraction -> %
+
+
+@dataclass
+class Series:
+    """One line or set of points of a plot; x and y in display units."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    style: str = "line"   # "line", "points" or "linepoints"
+
+
+@dataclass
+class Band:
+    """A horizontal band (e.g. the write-verify tolerance band), display units."""
+
+    label: str
+    low: float
+    high: float
+
+
+@dataclass
+class Plot:
+    title: str
+    x_label: str
+    y_label: str
+    series: list[Series] = field(default_factory=list)
+    bands: list[Band] = field(default_factory=list)
+
+
+@dataclass
+class Hist:
+    """A histogram with shared bins (counts per label), so every renderer shows the same bars."""
+
+    title: str
+    x_label: str
+    y_label: str
+    edges: np.ndarray
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Map:
+    """Values over the array (rows x cols, NaN = not measured). `classes` makes it categorical
+    (value code -> class name); `diverging` centres the colours on zero."""
+
+    title: str
+    label: str
+    values: np.ndarray
+    classes: dict[int, str] | None = None
+    diverging: bool = False
+
+
+Panel = Plot | Hist | Map
+
+
+@dataclass
+class Figure:
+    """One figure: a row of panels. `name` becomes the PNG file name."""
+
+    name: str
+    title: str
+    panels: list[Panel]
+
+
+@dataclass
+class RunView:
+    """Everything shown of one run.
+
+    conductance: the array's latest conductance map (first panel of the live view);
+    trace: the latest committed device's pulse/read trace against its band (None when the run
+    stores no per-pulse history); figures: the campaign's own figures (PNG files, live view);
+    facts: labelled summary figures ("working: 62 of 64 devices (96.9 %)"); unit: what a unit
+    of work is called.
+    """
+
+    conductance: Map | None
+    trace: Plot | None
+    figures: list[Figure]
+    facts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unit: str = "devices"
+
+
+ViewFn = Callable[[RunInfo, dict[str, pd.DataFrame]], RunView]
+VIEWS: dict[str, ViewFn] = {}
+
+
+def view(protocol: str) -> Callable[[ViewFn], ViewFn]:
+    """Register the view function of a protocol."""
+
+    def deco(fn: ViewFn) -> ViewFn:
+        VIEWS[protocol] = fn
+        return fn
+
+    return deco
+
+
+def run_view(info: RunInfo, tables: dict[str, pd.DataFrame]) -> RunView:
+    """The view of a run; a protocol without one gets its tables listed and no figures."""
+    fn = VIEWS.get(info.protocol)
+    if fn is None:
+        rows = ", ".join(f"{t}: {len(df)} rows" for t, df in tables.items())
+        return RunView(None, None, [], notes=[f"no figures for protocol {info.protocol!r} "
+                                              f"in this xbarlab ({rows})"])
+    return fn(info, tables)
+
+
+def unit_counts(info: RunInfo) -> tuple[int, int]:
+    """(units done, units in total) of a run."""
+    return int(info.units_done), int(info.units_total)
+
+
+# -- shared pieces ---------------------------------------------------------------------------
+
+def class_names(df: pd.DataFrame, column: str = "status") -> dict[int, str]:
+    """Class codes of a column from its units attribute ("0=working, 1=stuck-HRS, ...")."""
+    text = df.attrs.get("units", {}).get(column, "")
+    return {int(k): v.strip() for k, v in re.findall(r"(-?\d+)\s*=\s*([^,]+)", text)}
+
+
+def array_shape(info: RunInfo, *frames: pd.DataFrame) -> tuple[int, int]:
+    """The crossbar's shape: the station's, else the largest row/col seen."""
+    shape = info.station.get("shape") if isinstance(info.station, dict) else None
+    if shape and len(shape) == 2:
+        return int(shape[0]), int(shape[1])
+    rows = cols = 1
+    for df in frames:
+        if len(df) and "row" in df and "col" in df:
+            rows = max(rows, int(df.row.max()) + 1)
+            cols = max(cols, int(df.col.max()) + 1)
+    return rows, cols
+
+
+def grid(shape: tuple[int, int], row, col, values) -> np.ndarray:
+    """A rows x cols array holding `values` at (row, col), NaN elsewhere (later values win)."""
+    out = np.full(shape, np.nan)
+    r, c = np.asarray(row, int), np.asarray(col, int)
+    ok = (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
+    out[r[ok], c[ok]] = np.asarray(values, float)[ok]
+    return out
+
+
+def histogram(title: str, x_label: str, y_label: str, data: dict[str, np.ndarray]) -> Hist:
+    """Counts of each data set in shared bins (about sqrt(n) of them, 5 to 40)."""
+    finite = {k: np.asarray(v, float)[np.isfinite(np.asarray(v, float))] for k, v in data.items()}
+    allv = np.concatenate([v for v in finite.values()] or [np.zeros(0)])
+    bins = int(np.clip(np.sqrt(max(len(v) for v in finite.values()) if finite else 0), 5, 40))
+    if allv.size == 0:
+        edges = np.linspace(0.0, 1.0, 2)
+    else:
+        lo, hi = float(allv.min()), float(allv.max())
+        if hi - lo < 1e-12:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, bins + 1)
+    return Hist(title, x_label, y_label, edges,
+                {k: np.histogram(v, edges)[0] for k, v in finite.items()})
+
+
+def pct(n: int, total: int) -> str:
+    return f"{100 * n / total:.1f} %" if total else "-"
+
+
+def tolerance(config: dict, *path: str) -> float | None:
+    """A write-verify tolerance (fraction) from a nested run config, if present."""
+    d = config
+    for p in path:
+        d = d.get(p) if isinstance(d, dict) else None
+    return float(d) if isinstance(d, int | float) else None
+
+
+def tuning_trace(hist: pd.DataFrame | None, tuning: int, target: float, tol: float | None,
+                 what: str) -> Plot | None:
+    """One tuning's reads (uS) by operation, against its tolerance band."""
+    if hist is None or len(hist) == 0:
+        return None
+    h = hist[(hist.tuning == tuning) & (hist.phase == 1)] if "phase" in hist else \
+        hist[hist.tuning == tuning]
+    if len(h) == 0:
+        return None
+    n = np.arange(1, len(h) + 1)
+    after_pulse = h.kind.to_numpy() == 1
+    plot = Plot(f"{what}: {len(h)} operations, {int(after_pulse.sum())} pulses",
+                "operation (pulse + read, or read)", "conductance (uS)")
+    plot.series.append(Series("read", n, h.g.to_numpy() * uS, "line"))
+    plot.series.append(Series("read after a pulse", n[after_pulse],
+                              h.g.to_numpy()[after_pulse] * uS, "points"))
+    plot.series.append(Series("verify read", n[~after_pulse], h.g.to_numpy()[~after_pulse] * uS,
+                              "points"))
+    if tol is not None:
+        plot.bands.append(Band(f"target {target * uS:.1f} uS +- {tol * PCT:g} %",
+                               target * (1 - tol) * uS, target * (1 + tol) * uS))
+    return plot
+
+
+def no_history_note(config: dict, key: str = "record_history") -> str:
+    return (f"no pulse-by-pulse trace: this run did not store its pulses and reads "
+            f"({key}: {str(bool(config.get(key, False))).lower()})")
+
+
+# -- campaigns -------------------------------------------------------------------------------
+
+@view("disturbance")
+def _disturbance(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
+    dev, smp, hist = t["devices"], t["samples"], t.get("history")
+    shape = array_shape(info, dev)
+    names = class_names(dev)
+    tol = tolerance(info.config, "tune", "tolerance")
+    g_ref = grid(shape, dev.row, dev.col, dev.g_ref * uS)
+    g_now = g_ref.copy()
+    delta = np.full(shape, np.nan)
+    facts, trace, notes = [], None, []
+    if len(dev):
+        last = int(dev.device.max())
+        cur = smp[smp["after"] == last]
+        g_now = grid(shape, np.r_[cur.row, dev.row.iloc[-1]], np.r_[cur.col, dev.col.iloc[-1]],
+                     np.r_[cur.g, dev.g_ref.iloc[-1]] * uS)
+        keep = cur[~cur.excluded]
+        delta = grid(shape, keep.row, keep.col, keep.delta * uS)
+        row = dev[dev.device == last].iloc[0]
+        trace = tuning_trace(hist, last, float(row.target), tol,
+                             f"device ({int(row.row)},{int(row.col)})")
+        if hist is None:
+            notes.append(no_history_note(info.config))
+    ok = smp[~smp.excluded]
+    ks = np.sort(ok.k.unique())
+    by_k = Plot("change of earlier devices by k (samples not flagged)",
+                "k = devices programmed after the device", "conductance change (uS)")
+    if len(ok):
+        grp = ok.groupby("k").delta
+        by_k.series += [
+            Series("sample", ok.k.to_numpy(), ok.delta.to_numpy() * uS, "points"),
+            Series("mean", ks, grp.mean().reindex(ks).to_numpy() * uS, "linepoints"),
+            Series("1st percentile", ks, grp.quantile(0.01).reindex(ks).to_numpy() * uS, "line"),
+            Series("99th percentile", ks, grp.quantile(0.99).reindex(ks).to_numpy() * uS, "line")]
+    status = Map("device class", "class", grid(shape, dev.row, dev.col, dev.status), names)
+    conv = dev[dev.converged]
+    err = histogram("write-verify error of each device", "final error (% of target)",
+                    "devices", {"converged": (conv.g_final - conv.target) / conv.target * PCT})
+    pulses = histogram("pulses per device", "pulses", "devices", {"all": dev.pulses})
+    figures = [
+        Figure("by-k", "V/3 disturbance by k", [by_k]),
+        Figure("by-position", "V/3 disturbance by position",
+               [Map("latest change of each device (uS, flagged devices blank)", "change (uS)",
+                    delta, diverging=True), status]),
+        Figure("conductance", "conductance before / after the rest of the array was programmed",
+               [Map("right after its own tuning (uS)", "conductance (uS)", g_ref),
+                Map("latest read (uS)", "conductance (uS)", g_now)]),
+        Figure("tuning", "write-verify of each device", [err, pulses]),
+    ]
+    n = len(dev)
+    flagged = int((dev.status != 0).sum())
+    facts += [f"devices programmed: {n}", f"flagged (stuck or failed): {flagged} ({pct(flagged, n)})",
+              f"disturbance samples: {len(ok)} (k up to {int(ks.max()) if ks.size else 0})"]
+    if len(ok):
+        facts += [f"mean change: {ok.delta.mean() * uS:+.2f} uS",
+                  f"1st percentile of change: {np.percentile(ok.delta, 1) * uS:+.2f} uS"]
+    cond = Map("latest conductance (uS)", "conductance (uS)", g_now)
+    return RunView(cond, trace, figures, facts, notes)
+
+
+@view("stuck")
+def _stuck(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
+    dev = t["devices"]
+    shape = array_shape(info, dev)
+    names = class_names(dev)
+
+    def m(col: str, title: str) -> Map:
+        return Map(title, "conductance (uS)", grid(shape, dev.row, dev.col, dev[col] * uS))
+
+    status = Map("stuck / working", "class", grid(shape, dev.row, dev.col, dev.status), names)
+    dist = histogram("conductances", "conductance (uS)", "devices",
+                     {"initial": dev.g_initial * uS, "after the RESET test": dev.g_after_reset * uS})
+    figures = [Figure("status", "stuck / working map", [status, dist]),
+               Figure("conductance", "conductance before / during / after the screening",
+                      [m("g_initial", "initial read (uS)"),
+                       m("g_after_set", "highest read in the SET test (uS)"),
+                       m("g_after_reset", "after the RESET test (uS)")])]
+    n = len(dev)
+    facts = [f"devices screened: {n}"]
+    for code, name in sorted(names.items()):
+        k = int((dev.status == code).sum())
+        if k or code in (0, 1, 2):
+            facts.append(f"{name}: {k} ({pct(k, n)})")
+    clipped = int(dev.initial_clipped.sum() + dev.final_clipped.sum())
+    if clipped:
+        facts.append(f"reads at the range ceiling (clipped): {clipped}")
+    notes = ["no pulse-by-pulse trace: the screening stores one row per device"]
+    return RunView(m("g_after_reset", "after the RESET test (uS)"), None, figures, facts, notes)
+
+
+@view("tuning-untuning")
+def _tuning_untuning(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
+    tun, hist = t["tunings"], t.get("history")
+    shape = array_shape(info, tun)
+    tol = tolerance(info.config, "tune", "tolerance")
+    last = tun.groupby("device").tail(1)
+    cond = Map("latest settled read (uS)", "conductance (uS)",
+               grid(shape, last.row, last.col, last.g_settled * uS))
+    trace, notes = None, []
+    if len(tun):
+        tix = len(tun) - 1  # tuning index = row of the tunings table (docs/hdf5-schema.md)
+        row = tun.iloc[tix]
+        trace = tuning_trace(hist, tix, float(row.target), tol,
+                             f"device {int(row.device)}, level {row.target * uS:.0f} uS, "
+                             f"repeat {int(row['repeat'])}")
+        if hist is None:
+            notes.append(no_history_note(info.config))
+    ok = tun[tun.converged]
+    err_settled = (ok.g_settled - ok.target) / ok.target * PCT
+    err_final = (ok.g_final - ok.target) / ok.target * PCT
+    hist_err = histogram("error of converged tunings", "error (% of target)", "tunings",
+                         {"settled read": err_settled, "in-band reads (mean)": err_final})
+    by_level = Plot("error by level (settled read)", "target (uS)", "error (% of target)")
+    if len(ok):
+        g = err_settled.groupby(ok.target)
+        lv = np.array(sorted(ok.target.unique()))
+        by_level.series += [Series("mean", lv * uS, g.mean().reindex(lv).to_numpy(), "linepoints"),
+                            Series("std", lv * uS, g.std().reindex(lv).fillna(0).to_numpy(),
+                                   "linepoints")]
+    panels: list[Panel] = [hist_err, by_level]
+    traces = Plot("tuning traces (latest repeat of each level)", "operation",
+                  "error (% of target)")
+    if hist is not None and len(hist) and len(tun):
+        for _, r in tun.groupby("level").tail(1).iterrows():
+            h = hist[(hist.tuning == r.name) & (hist.phase == 1)]
+            traces.series.append(Series(f"{r.target * uS:.0f} uS", np.arange(1, len(h) + 1),
+                                        (h.g.to_numpy() - r.target) / r.target * PCT, "line"))
+        if tol is not None:
+            traces.bands.append(Band(f"+- {tol * PCT:g} % band", -tol * PCT, tol * PCT))
+        panels.insert(0, traces)
+    pulses = histogram("pulses per tuning", "pulses", "tunings", {"all": tun.pulses})
+    figures = [Figure("tuning", "write-verify tuning", panels),
+               Figure("pulses", "pulses per tuning", [pulses])]
+    n = len(tun)
+    failed = int((~tun.converged).sum())
+    facts = [f"tunings: {n} on {tun.device.nunique() if n else 0} devices",
+             f"failed tunings: {failed} ({pct(failed, n)})"]
+    if len(ok) > 1:
+        facts += [f"settled error: mean {err_settled.mean():+.2f} %, std {err_settled.std():.2f} % "
+                  "of target"]
+    if n:
+        facts.append(f"pulses per tuning: median {np.median(tun.pulses):.0f}")
+    return RunView(cond, trace, figures, facts, notes)
+
+
+@view("iv")
+def _iv(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
+    pts = t["points"]
+    shape = array_shape(info, pts)
+    last = pts.groupby("device").tail(1)
+    cond = Map("latest read (uS)", "conductance (uS)", grid(shape, last.row, last.col, last.g * uS))
+    loops_i = Plot("I-V loops (read current after each step)", "step voltage (V)",
+                   "read current (uA)")
+    loops_g = Plot("conductance after each step", "step voltage (V)", "conductance (uS)")
+    trace = None
+    keys = list(pts.groupby(["device", "cycle"]).groups)[-12:]  # the latest 12 loops
+    for d, c in keys:
+        p = pts[(pts.device == d) & (pts.cycle == c)]
+        where = f"({int(p.row.iloc[0])},{int(p.col.iloc[0])})"
+        label = f"{where} cycle {c}"
+        loops_i.series.append(Series(label, p.volts.to_numpy(), p.i_read.to_numpy() * uA))
+        loops_g.series.append(Series(label, p.volts.to_numpy(), p.g.to_numpy() * uS))
+    if keys:
+        d, c = keys[-1]
+        p = pts[(pts.device == d) & (pts.cycle == c)]
+        trace = Plot(f"latest sweep: device ({int(p.row.iloc[0])},{int(p.col.iloc[0])}), "
+                     f"cycle {c}", "step", "conductance (uS)",
+                     [Series("read after step", np.arange(1, len(p) + 1), p.g.to_numpy() * uS,
+                             "linepoints")])
+    figures = [Figure("loops", "pulsed I-V loops (remanent state)", [loops_i, loops_g])]
+    facts = [f"devices swept: {pts.device.nunique()}", f"points: {len(pts)}"]
+    if len(pts):
+        facts.append(f"conductance range: {pts.g.min() * uS:.1f} to {pts.g.max() * uS:.1f} uS")
+    notes = [] if len(keys) == pts.groupby(["device", "cycle"]).ngroups else \
+        ["showing the latest 12 loops"]
+    return RunView(cond, trace, figures, facts, notes)
+
+
+@view("transfer")
+def _transfer(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
+    dev, rb, inf, hist = t["devices"], t["readback"], t["inference"], t.get("history")
+    shape = array_shape(info, dev)
+    tol = tolerance(info.config, "transfer", "tune", "tolerance")
+    crossbars = info.config.get("crossbars", [])
+    figures, notes, trace, cond = [], [], None, None
+    err_maps = []
+    for tile in sorted(dev.tile.unique()):
+        d, r = dev[dev.tile == tile], rb[rb.tile == tile]
+        name = crossbars[tile] if tile < len(crossbars) else f"tile {tile}"
+        target = Map(f"{name}: target (uS)", "conductance (uS)", grid(shape, d.row, d.col,
+                                                                     d.target * uS))
+        tuned = Map(f"{name}: after its write-verify (uS)", "conductance (uS)",
+                    grid(shape, d.row, d.col, d.g_final * uS))
+        panels: list[Panel] = [target, tuned]
+        if len(r):
+            panels.append(Map(f"{name}: read back (uS)", "conductance (uS)",
+                              grid(shape, r.row, r.col, r.g * uS)))
+            err_maps.append(Map(f"{name}: read-back error (% of target)", "error (%)",
+                                grid(shape, r.row, r.col, (r.g - r.target) / r.target * PCT),
+                                diverging=True))
+        figures.append(Figure(f"tile{tile}", f"tile {tile} on {name}", panels))
+        cond = panels[-1]  # the latest tile: read back if it is, else as tuned
+    if len(rb):
+        err = histogram("read-back error", "error (% of target)", "devices",
+                        {"read back": (rb.g - rb.target) / rb.target * PCT})
+        figures.insert(0, Figure("readback-error", "read-back error", [*err_maps, err]))
+    if len(dev):
+        last = dev.iloc[-1]
+        trace = tuning_trace(hist, int(last.device), float(last.target), tol,
+                             f"device {int(last.device)} (tile {int(last.tile)}, "
+                             f"({int(last.row)},{int(last.col)}))")
+        if hist is None:
+            notes.append(no_history_note(info.config.get("transfer", {})))
+    n = len(dev)
+    failed = int((~dev.converged).sum()) if n else 0
+    facts = [f"devices programmed: {n}", f"failed tunings: {failed} ({pct(failed, n)})"]
+    if len(rb):
+        e = (rb.g - rb.target) / rb.target * PCT
+        facts.append(f"read-back error: mean {e.mean():+.2f} %, std "
+                     f"{e.std() if len(e) > 1 else 0.0:.2f} % of target")
+    if len(inf):
+        acc = float((inf.predicted == inf.label).mean()) * PCT
+        sw = float((inf.predicted_target == inf.label).mean()) * PCT
+        facts.append(f"test accuracy: {acc:.1f} % on the crossbar, {sw:.1f} % in software "
+                     f"({len(inf)} points)")
+    return RunView(cond, trace, figures, facts, notes)

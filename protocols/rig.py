@@ -1,0 +1,298 @@
+"""The rig seam: everything a protocol may ask of a station, in SI units.
+
+Protocols are written against `CrossbarRig` and nothing behind it. Concrete rigs implement the
+underscored methods: `instruments.rigs` (PmuRig, WgfmuRig: real drivers, or the same drivers
+over emulated instruments on a simulated station) and `simulator.direct_rig` (SimulatedRig:
+straight on the physics). The public methods check every request against the station's safety
+limits and bounds *before* a concrete rig sees it, so no protocol can reach an instrument
+outside the envelope, whatever rig it runs on. Any exception escaping a `with rig:` block leaves
+the rig in its safe state.
+
+Behind every rig is a `Lab`: where instrument time comes from, how time passes, and the state
+that must be committed with the data for a resumed run to continue as if it had never stopped.
+`RealLab` is a probe station (real time, `time.sleep`, nothing to save: the devices keep their
+own state); the simulator's `ChipLab` is a virtual chip (virtual clock, chip state incl. RNGs).
+
+This module lives in `protocols` so that protocols import nothing but `database` and their own
+package; `instruments` and `simulator` import this module (and only this one) from `protocols`
+to implement it (docs/architecture.md).
+
+Every public method first acts on a Ctrl-C recorded but lost in a finaliser
+(`protocols.interrupts`), and `safe_state()` records what it reached in `rig.safe`, so the
+CLI only says "instruments left in their safe state" when that was confirmed.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from protocols import interrupts
+from protocols.errors import ProtocolError
+
+log = logging.getLogger("xbarlab.rig")
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """How a verify read is taken."""
+
+    volts: float = 0.2
+    seconds: float = 10e-6
+    #: conductance at which the current range saturates (100 uA at 0.2 V -> 500 uS);
+    #: reads are clipped to it and the protocol flags them.
+    ceiling_S: float = 500e-6
+    #: smallest conductance a read resolves. The 100 uA range averages to about 5 nA rms over
+    #: a 10 us read (instruments.md §3.4: 47 nA rms per 130 ns window), 25 nS at 0.2 V; a
+    #: write-verify band (1 % of the target by default) narrower than that noise is met by
+    #: chance, not by the device: 25 nS / 1 % = 2.5 uS.
+    floor_S: float = 2.5e-6
+
+
+@dataclass
+class SafeOutcome:
+    """What the last `safe_state()` of a rig reached: `state` is "unused" (nothing done yet),
+    "in use" (operated since the last safe state), "safe" (confirmed) or "unsafe" (`detail`
+    says what could not be made safe)."""
+
+    rig: str
+    state: str = "unused"
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.state == "unsafe":
+            return f"{self.rig}: {self.detail}"
+        return f"{self.rig}: {self.state}, not made safe afterwards"
+
+
+#: outcomes of the rigs built inside `recording_safe_states()` (None: not recording)
+_recorded: list[SafeOutcome] | None = None
+
+
+@contextmanager
+def recording_safe_states() -> Iterator[list[SafeOutcome]]:
+    """Collect the SafeOutcome of every rig built inside the block (the CLI, per command)."""
+    global _recorded
+    previous, _recorded = _recorded, []
+    try:
+        yield _recorded
+    finally:
+        _recorded = previous
+
+
+class Limits(Protocol):
+    """The station envelope a rig checks requests against (`instruments.limits.SafetyLimits`).
+    Each check raises (a SafetyLimitError) when the request is outside it."""
+
+    def check_pulse(self, volts: float, seconds: float, *, where: str = "") -> None: ...
+
+    def check_bias(self, volts: float, *, where: str = "") -> None: ...
+
+
+class Lab(abc.ABC):
+    """What a rig acts on, as far as a protocol cares: instrument time and the saved state."""
+
+    #: True when `save_state` captures everything behind the rig, so a run resumed from it
+    #: continues bit-identically (a simulated chip); False on hardware
+    restorable: bool = False
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """Instrument time spent so far [s]."""
+
+    @abc.abstractmethod
+    def wait(self, seconds: float) -> None:
+        """Let `seconds` (> 0) of instrument time pass with every output idle."""
+
+    def save_state(self) -> dict | None:
+        """The state to commit with a unit of data (JSON-able values and numpy arrays), or
+        None when there is nothing to save."""
+        return None
+
+    def restore_state(self, state: dict) -> None:
+        """Put back a state from `save_state` (only called when `restorable`)."""
+        raise ProtocolError(f"{type(self).__name__} has no state to restore")
+
+
+class RealLab(Lab):
+    """A probe station: real elapsed time since the lab was made, real waiting."""
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class CrossbarRig(abc.ABC):
+    """Abstract rig addressing one crossbar (or a single crosspoint as a 1x1 crossbar).
+
+    Coordinates are (row, col) = (word line, bit line), 0-based. Conductances in siemens,
+    voltages in volts, times in seconds.
+    """
+
+    #: human-readable name for logs and HDF5 attributes
+    name: str = "rig"
+
+    def __init__(self, shape: tuple[int, int], limits: Limits, read: ReadSettings | None = None,
+                 lab: Lab | None = None):
+        self._shape = (int(shape[0]), int(shape[1]))
+        self.limits = limits
+        self.read_settings = read or ReadSettings()
+        self.lab = lab or RealLab()
+        self.limits.check_bias(self.read_settings.volts, where=f"{self.name} read voltage")
+        #: the outcome of the last safe_state()
+        self.safe = SafeOutcome(self.name)
+        if _recorded is not None:
+            _recorded.append(self.safe)
+
+    # -- public API (checked) ------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    @property
+    def clock(self) -> float:
+        """Instrument time spent so far [s] (real elapsed time, or the virtual clock)."""
+        return self.lab.now()
+
+    def wait(self, seconds: float) -> None:
+        """Let `seconds` of instrument time pass, outputs idle (real: sleep; simulated: the
+        virtual clock advances, charged as 'wait')."""
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"wait needs a finite time >= 0 s, got {seconds!r}")
+        if seconds > 0:
+            self.lab.wait(float(seconds))
+
+    @property
+    def restorable(self) -> bool:
+        """True when `save_state` holds everything a resumed run needs (simulated stations)."""
+        return self.lab.restorable
+
+    def save_state(self) -> dict | None:
+        """The state to commit with each unit of data; None on hardware."""
+        return self.lab.save_state()
+
+    def restore_state(self, state: dict) -> None:
+        """Put back the state committed with the last finished unit."""
+        self.lab.restore_state(state)
+
+    def read(self, row: int, col: int) -> float:
+        self._check_device(row, col)
+        self._begin()
+        return float(self._read_repeated(row, col, 1)[0])
+
+    def read_repeated(self, row: int, col: int, n: int) -> np.ndarray:
+        """n reads in one instrument execution."""
+        self._check_device(row, col)
+        if n < 1:
+            raise ValueError(f"read_repeated needs n >= 1, got {n}")
+        self._begin()
+        return np.asarray(self._read_repeated(row, col, int(n)), dtype=float)
+
+    def pulse(self, row: int, col: int, volts: float, seconds: float) -> None:
+        """One write pulse on (row, col); the rig applies its bias scheme to every other line."""
+        self._check_device(row, col)
+        self.limits.check_pulse(volts, seconds, where=f"{self.name} ({row},{col})")
+        self._begin()
+        self._pulse(row, col, float(volts), float(seconds))
+
+    def pulse_and_read(self, row: int, col: int, volts: float, seconds: float,
+                       n_reads: int = 1) -> np.ndarray | float:
+        """A pulse followed by n verify reads in one execution; float when n_reads == 1."""
+        self._check_device(row, col)
+        self.limits.check_pulse(volts, seconds, where=f"{self.name} ({row},{col})")
+        if n_reads < 1:
+            raise ValueError(f"pulse_and_read needs n_reads >= 1, got {n_reads}")
+        self._begin()
+        out = np.asarray(self._pulse_and_read(row, col, float(volts), float(seconds),
+                                              int(n_reads)), dtype=float)
+        return float(out[0]) if n_reads == 1 else out
+
+    def read_array(self) -> np.ndarray:
+        """Conductance map of the whole crossbar [S], shape == self.shape."""
+        self._begin()
+        out = np.asarray(self._read_array(), dtype=float)
+        if out.shape != self.shape:
+            raise ProtocolError(f"{self.name}: read map has shape {out.shape}, expected "
+                                f"{self.shape}")
+        return out
+
+    def safe_state(self) -> None:
+        """All outputs 0 V, all relays open; raises if an instrument could not be made safe.
+
+        Runs to its end even if Ctrl-C arrives meanwhile (the interrupt is acted on after), and
+        records the outcome in `self.safe`."""
+        self.safe.state, self.safe.detail = "unsafe", "interrupted while being made safe"
+        try:
+            with interrupts.deferred():
+                self._safe_state()
+        except Exception as e:
+            self.safe.detail = " ".join(str(e).split()) or type(e).__name__
+            raise
+        self.safe.state, self.safe.detail = "safe", ""
+
+    def close(self) -> None:
+        """Leave everything safe and release the instruments."""
+        self.safe_state()
+
+    def __enter__(self) -> CrossbarRig:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            try:
+                self.safe_state()
+            finally:
+                self.close()
+        except Exception as e:
+            if exc is None:
+                raise
+            # Keep the error that stopped the work (it names the command that failed); a lost
+            # instrument also fails its safe-state commands, which is said here, not raised.
+            log.error("%s: could not make every instrument safe after the error: %s",
+                      self.name, e)
+
+    def _begin(self) -> None:
+        """Before any hardware operation: act on a lost Ctrl-C; the rig is in use from now."""
+        interrupts.check()
+        self.safe.state = "in use"
+
+    # -- for concrete rigs ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def _safe_state(self) -> None:
+        """All outputs 0 V, all relays open. Must not raise for an instrument already safe."""
+
+    @abc.abstractmethod
+    def _read_repeated(self, row: int, col: int, n: int) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _pulse(self, row: int, col: int, volts: float, seconds: float) -> None: ...
+
+    def _pulse_and_read(self, row: int, col: int, volts: float, seconds: float,
+                        n: int) -> np.ndarray:
+        # Rigs that can do both in one execution override this.
+        self._pulse(row, col, volts, seconds)
+        return self._read_repeated(row, col, n)
+
+    def _read_array(self) -> np.ndarray:
+        rows, cols = self.shape
+        return np.array([[self._read_repeated(r, c, 1)[0] for c in range(cols)]
+                         for r in range(rows)])
+
+    def _check_device(self, row: int, col: int) -> None:
+        rows, cols = self.shape
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise IndexError(f"{self.name}: device ({row},{col}) outside the {rows}x{cols} "
+                             "crossbar")
