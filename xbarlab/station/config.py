@@ -83,6 +83,8 @@ class SimCfg(BaseModel):
     model_config = STRICT
     seed: int = Field(0, ge=0, description="master seed of the virtual chip")
     chip_file: str | None = Field(None, description="saved VirtualChip to start from")
+    model: str | None = Field(None, description="chip model (YAML from `xbarlab sim calibrate`) "
+                              "a fresh chip is built from; default: the shipped calibration")
     latency: dict[str, float] = Field(default_factory=dict,
                                       description="LatencyConfig overrides [s]")
 
