@@ -46,6 +46,7 @@ threadpool_limits(1, user_api="blas")
 from database.datasets import chip_in_the_loop_sets  # noqa: E402
 from protocols.repair import RepairData, load_repair  # noqa: E402
 from protocols.repair import run as repair  # noqa: E402
+from protocols.rig import ReadSettings  # noqa: E402
 from protocols.tuning import TuneConfig, tune  # noqa: E402
 from simulator.chip import VirtualChip  # noqa: E402
 from simulator.config import CrossbarConfig  # noqa: E402
@@ -54,6 +55,9 @@ from training.defaults import LABELS, NETWORKS  # noqa: E402
 from xbarlab.chip_loop import explain_gap  # noqa: E402
 
 BUDGET = 0.20   # of the transfer's pulses
+#: the rigs' read range: the published 100-500 uS range puts targets at 500 uS, which a
+#: 500 uS ceiling cannot verify (tuning.check_target), so the bench reads up to 1 mS
+READ = ReadSettings(ceiling_S=1e-3)
 
 
 def train_or_load(out: Path, dataset: str, quick: bool) -> dict:
@@ -98,7 +102,7 @@ def one_chip(job: tuple) -> dict:
     names = list(chip.crossbars)
 
     def opener(n):
-        return SimulatedRig(chip[n], lab=chip.lab)
+        return SimulatedRig(chip[n], lab=chip.lab, read=READ)
 
     w0 = time.perf_counter()
     tc = TuneConfig(algorithm="fast")

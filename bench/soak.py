@@ -4,9 +4,12 @@ itself safe -> re-run the same command, which resumes).
 
     python bench/soak.py                          # defaults: 16 devices, rate 5e-4
     python bench/soak.py --devices 64 --rate 1e-3 --duration 600
+    python bench/soak.py --sigint 30              # Ctrl-C at random moments instead (see
+                                                  # sigint_soak)
     python bench/soak.py --section disk-full      # the output file on a disk that fills up
     python bench/soak.py --section readers        # readers on the file during the campaign
     python bench/soak.py --section flips          # random byte flips in a finished file
+    python bench/soak.py --section station-change # resume with a changed station refused
 
 The storage sections run `xbarlab run disturbance` as a subprocess (so a native crash shows as
 a signal) and compare every stored row exactly with an uninterrupted run of the same seed:
@@ -128,10 +131,224 @@ def session(args, out: Path, cfg, rate: float, rng: np.random.Generator, stats: 
             stats[f"kind:{kind}"] += 1
 
 
+# -- Ctrl-C at random moments ----------------------------------------------------------------
+
+def _quiet_run(argv: list[str]) -> tuple[int, str, str]:
+    """`xbarlab <argv>` in this process: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from xbarlab.cli import main as cli_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli_main(argv)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def _same_rows(ref: dict, got: dict, done: int) -> tuple[int, int]:
+    """(rows lost, rows differing) of the units < `done` against the reference run; values
+    compared with 1e-5 relative / 10 nS (a resume re-closes relays the Ctrl-C opened, so later
+    reads relax a few nS more), instrument times not compared."""
+    lost = diff = 0
+    for name, df_ref in ref.items():
+        unit = "after" if "after" in df_ref.columns else "device"
+        part = df_ref[df_ref[unit] < done]
+        df = got.get(name)
+        n = 0 if df is None else len(df)
+        lost += max(len(part) - n, 0)
+        if df is None or not n:
+            continue
+        m = min(len(part), n)
+        cols = [c for c in part.select_dtypes("number").columns
+                if not (c == "t" or c.startswith("t_"))]
+        a, b = part[cols].to_numpy(float)[:m], df[cols].to_numpy(float)[:m]
+        same = np.isclose(a, b, rtol=1e-5, atol=1e-8) | (np.isnan(a) & np.isnan(b))
+        diff += int(np.sum(~np.all(same, axis=1)))
+    return lost, diff
+
+
+def sigint_soak(args) -> int:
+    """SIGINT at random moments of `xbarlab run` (start-up included), in this process (where
+    the emulators can be inspected afterwards) and as real `python -m xbarlab` processes.
+
+    In process, every second case runs a 707B that ignores "open all" (its relays stay
+    closed): the CLI must then say the instruments are NOT confirmed safe. Every case continues
+    the same file, as a lab re-running after Ctrl-C would; at the end one uninterrupted run
+    completes it and it is compared with a run that was never interrupted."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    from simulator.emulators import K707BEmulator
+    from xbarlab.station import Station
+
+    rng = np.random.default_rng(args.seed)
+    all_devs = [(r, c) for r in range(8) for c in range(8)]
+    devices = [all_devs[i] for i in rng.permutation(64)[: args.devices]]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path = Path(tmp) / "cfg.json"
+        cfg_path.write_text(json.dumps({"devices": devices, "record_history": False}))
+
+        def argv(out: Path) -> list[str]:
+            return ["run", "disturbance", "--station", str(STATION), "-o", str(out),
+                    "--config", str(cfg_path), "--seed", str(args.seed), "--no-progress"]
+
+        ref = Path(tmp) / "ref.h5"
+        t0 = time.perf_counter()
+        code, _, err = _quiet_run(argv(ref))
+        t_ref = time.perf_counter() - t0
+        assert code == 0, err
+
+        stations: list = []
+        open_rig = Station.open_rig
+
+        def recording_open_rig(self, *a, **k):
+            stations.append(self)
+            return open_rig(self, *a, **k)
+
+        late = []
+        previous = signal.signal(signal.SIGINT, lambda *_: late.append(1))
+        handle = K707BEmulator.handle
+
+        def ignores_open(self, msg):
+            if 'channel.open("allslots")' in msg:
+                return ";".join(sorted(self.closed)) or "nil"
+            return handle(self, msg)
+
+        c: Counter = Counter()
+        _, ref_t = read_run(ref)
+        files = [Path(tmp) / "int0.h5"]
+
+        def check_file(path: Path) -> None:
+            """A completed file against the uninterrupted run; then continue in a new file."""
+            info, got = read_run(path)
+            lost, diff = _same_rows(ref_t, got, info.units_done)
+            c["rows_lost"] += lost
+            c["rows_differing"] += diff
+            c["devices_lost"] += len(devices) - info.units_done
+            c["files"] += 1
+
+        Station.open_rig = recording_open_rig
+        try:
+            for i in range(args.sigint):
+                stations.clear()
+                late.clear()
+                broken = i % 2 == 1
+                K707BEmulator.handle = ignores_open if broken else handle
+                # a moment of this session: it only has the devices left to measure
+                left = len(devices) - (list_runs(files[-1])[-1].units_done
+                                       if files[-1].exists() else 0)
+                delay = float(rng.uniform(0.0, 0.2 + 1.1 * t_ref * left / len(devices)))
+                timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+                timer.start()
+                code, _, err = _quiet_run(argv(files[-1]))
+                timer.join()
+                if args.verbose:
+                    print(f"  case {i}: SIGINT at {delay:.2f} s, exit {code}, "
+                          f"{'after the command' if late else 'during the command'}: "
+                          f"{err.strip().splitlines()[-1:]}")
+                lines = [ln for ln in err.splitlines() if ln.strip()]
+                bad = [p for st in stations if st.world is not None for p in unsafe(st, set())]
+                said_unsafe = any("NOT confirmed safe" in ln for ln in lines)
+                c["cases"] += 1
+                c["traceback"] += "Traceback" in err
+                c["unsafe_unreported"] += bool(bad) and not said_unsafe
+                c["reported_unsafe"] += bool(bad) and said_unsafe
+                wrong = said_unsafe and not bad
+                if late:   # the command had ended (finished, or stopped by the faulty 707B)
+                    c["finished"] += 1
+                    wrong |= code not in (0, 2) or (code == 2 and not said_unsafe)
+                else:
+                    c["interrupted"] += code == 130
+                    c["swallowed"] += code != 130
+                    # one line, after at most the note that the file is being continued
+                    wrong |= (not lines or not lines[-1].startswith("interrupted: ")
+                              or any("exists: continuing" not in ln for ln in lines[:-1]))
+                c["wrong"] += wrong
+                if args.verbose and (wrong or bad):
+                    print(f"    {'WRONG ' if wrong else ''}unsafe {bad[:2]}, said {lines}")
+                if files[-1].exists() and list_runs(files[-1])[-1].complete:
+                    check_file(files[-1])
+                    files.append(Path(tmp) / f"int{len(files)}.h5")
+        finally:
+            Station.open_rig = open_rig
+            K707BEmulator.handle = handle
+            signal.signal(signal.SIGINT, previous)
+        if files[-1].exists():                         # the lab's last, uninterrupted re-run
+            code, _, err = _quiet_run(argv(files[-1]))
+            assert code == 0, err
+            check_file(files[-1])
+
+        s: Counter = Counter()
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+                   OPENBLAS_NUM_THREADS="1")
+        for i in range(args.sigint):
+            sub = Path(tmp) / f"sub{i}.h5"
+            p = subprocess.Popen([sys.executable, "-m", "xbarlab", *argv(sub)], cwd=ROOT, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            delay = float(rng.uniform(0.0, 1.5 + t_ref))
+            time.sleep(delay)
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=300)
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            s["cases"] += 1
+            if not sub.exists() and ("<frozen site>" in err or not err.strip()):
+                # inside Python's own start-up, before the first line of xbarlab ran: Python
+                # prints its traceback or dies by the signal (nothing was created)
+                s["killed_before_start"] += 1
+                continue
+            trace = "Traceback" in err or "Exception ignored" in err
+            s["traceback"] += trace
+            if p.returncode == 130:
+                s["interrupted"] += 1
+                wrong = len(lines) != 1 or not lines[0].startswith("interrupted: ")
+            else:
+                s["finished"] += p.returncode == 0
+                wrong = p.returncode != 0
+            s["wrong"] += wrong
+            if args.verbose and (wrong or trace):
+                print(f"  process {i}: SIGINT at {delay:.2f} s, exit {p.returncode}:\n{err}")
+    n_in = c["interrupted"] + c["swallowed"]
+    print(f"sigint soak: disturbance, {args.devices} devices, seed {args.seed}, "
+          f"{args.sigint} cases in process + {args.sigint} subprocesses "
+          f"(uninterrupted run {t_ref:.1f} s)")
+    print("  in process (SIGINT from a timer at a random moment of `xbarlab run`, start-up "
+          "included; every second case with a 707B that ignores 'open all'):")
+    print(f"    interrupted, exit 130              {c['interrupted']} of {n_in}")
+    print(f"    finished before the signal         {c['finished']}")
+    print(f"    swallowed (no exit 130)            {c['swallowed']}")
+    print(f"    unsafe at exit and not reported    {c['unsafe_unreported']} (checked on the "
+          "emulators)")
+    print(f"    unsafe at exit, reported           {c['reported_unsafe']} (the faulty 707B "
+          "once relays were closed)")
+    print(f"    wrong or extra messages            {c['wrong']}, tracebacks {c['traceback']}")
+    print(f"    after the re-runs ({c['files']} files completed): devices lost "
+          f"{c['devices_lost']}, rows lost {c['rows_lost']}, rows differing "
+          f"{c['rows_differing']} (against the uninterrupted run)")
+    print("  real processes (`python -m xbarlab`, SIGINT from 0 s: interpreter, imports, "
+          "station, run):")
+    print(f"    interrupted, exit 130              {s['interrupted']}")
+    print(f"    finished before the signal         {s['finished']}")
+    print(f"    stopped in Python's own start-up   {s['killed_before_start']} (before xbarlab's "
+          "first line; nothing created)")
+    print(f"    wrong messages or exit codes       {s['wrong']}, tracebacks {s['traceback']}")
+    bad = (c["swallowed"] + c["unsafe_unreported"] + c["wrong"] + c["traceback"]
+           + c["rows_lost"] + c["rows_differing"] + c["devices_lost"] + s["wrong"]
+           + s["traceback"])
+    return 1 if bad else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--section", default="faults",
-                    choices=("faults", "disk-full", "readers", "flips"))
+                    choices=("faults", "disk-full", "readers", "flips", "station-change"))
     ap.add_argument("--cases", type=int, default=20, help="random cases (storage sections)")
     ap.add_argument("--campaign", default="tuning-untuning", choices=sorted(CAMPAIGNS))
     ap.add_argument("--devices", type=int, default=16, help="devices in the campaign (ops)")
@@ -139,7 +356,12 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=300.0, help="wall-time cap [s]")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--sigint", type=int, default=0, metavar="N",
+                    help="instead: N Ctrl-C cases at random moments, in process and as real "
+                         "processes (see sigint_soak)")
     args = ap.parse_args()
+    if args.sigint:
+        return sigint_soak(args)
     # the rig logs each safe-state failure of a lost instrument; the summary counts them
     logging.getLogger("xbarlab").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
     if args.section == "disk-full":
@@ -148,6 +370,8 @@ def main() -> int:
         return readers(args)
     if args.section == "flips":
         return flips(args)
+    if args.section == "station-change":
+        return station_change(args)
 
     _, cls = CAMPAIGNS[args.campaign]
     extra = {"levels": 2, "repeats": 1} if args.campaign == "tuning-untuning" else {}
@@ -397,6 +621,145 @@ def disk_full(args) -> int:
                              "files_damaged", "leftover_files", "other_exit"))
     return 1 if bad else 0
 
+
+
+#: changes a resume must refuse: (what, how) -> extra CLI arguments and station-file edits
+#: (what, change, the word the refusal must name)
+CHANGES = [
+    ("crossbar", {"args": ["--crossbar", "xbar1"]}, "crossbars"),
+    ("seed", {"args": ["--seed", "99"]}, "seed"),
+    ("devices", {"devices": STORE_DEVICES[:-1] + ["3,3"]}, "config"),
+    ("limits.v_set_max", {"edit": lambda d: d["limits"].update(v_set_max=2.05)}, "v_set_max"),
+    ("read.seconds", {"edit": lambda d: d["read"].update(seconds=20e-6)}, "read.seconds"),
+    ("read.scheme", {"edit": lambda d: d["read"].update(scheme="grounded")}, "read.scheme"),
+    ("pulse.width", {"edit": lambda d: d["pulse"].update(width=300e-9)}, "pulse.width"),
+    ("sim.seed (another chip)", {"edit": lambda d: d["sim"].update(seed=5)}, "sim.seed"),
+    ("sim.latency.relay_switch", {"edit": lambda d: d["sim"]["latency"].update(
+        relay_switch=10e-3)}, "relay_switch"),
+    ("station name", {"edit": lambda d: d.update(name="sim-pmu-2")}, "station.name"),
+]
+
+
+def _changed(cmd: list[str], change: dict, base: dict, station: Path) -> list[str]:
+    """`cmd` with one change: other CLI arguments, devices, or an edited copy of the station."""
+    import yaml
+
+    cmd = list(cmd)
+    if "edit" in change:
+        d = json.loads(json.dumps(base))
+        change["edit"](d)
+        station.write_text(yaml.safe_dump(d))
+        cmd[cmd.index(str(STATION))] = str(station)
+    if "devices" in change:
+        cmd = [a for a in cmd if a != "--device" and a not in STORE_DEVICES]
+        cmd += [a for dv in change["devices"] for a in ("--device", dv)]
+    extra = list(change.get("args", []))
+    if extra[:1] == ["--seed"]:
+        i = cmd.index("--seed")
+        del cmd[i:i + 2]
+    return cmd + extra
+
+
+def station_change(args) -> int:
+    """Kill a run at a random moment, re-run it with one random change of station, crossbar or
+    settings (must be refused in one line, the file untouched), then with the original settings
+    (must resume and equal an uninterrupted run)."""
+    import yaml
+
+    rng = np.random.default_rng(args.seed)
+    c: Counter = Counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _, ref_t = _reference(tmp, args.seed)
+        base = yaml.safe_load(STATION.read_text())
+        t_ref = None
+        t0 = time.perf_counter()
+        for case in range(args.cases):
+            out = tmp / f"c{case}.h5"
+            what, change, word = CHANGES[case % len(CHANGES)] if case < len(CHANGES) else \
+                CHANGES[int(rng.integers(len(CHANGES)))]
+            c["cases"] += 1
+            # the interrupted run: SIGKILL at a random moment after its first commit
+            w0 = time.perf_counter()
+            p = subprocess.Popen(_cmd(out, args.seed), env=ENV, cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if t_ref is None:
+                p.wait()
+                t_ref = time.perf_counter() - w0   # first case: measure a whole run
+                out.unlink()
+                for f in tmp.glob(f"{out.name}.*"):
+                    f.unlink()
+                p = subprocess.Popen(_cmd(out, args.seed), env=ENV, cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # after the first commit (start-up is most of a short run), at a random moment
+            while p.poll() is None and not out.exists():
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.3) * t_ref)
+            if p.poll() is None:
+                p.kill()
+                c["killed"] += 1
+            p.wait()
+            before = {f: f.read_bytes() for f in (out, out.with_name(out.name + ".journal"))
+                      if f.exists()}
+            # the changed re-run (only meaningful once a unit was committed: before that
+            # there is no run to mix with, and a new run with other settings is legitimate)
+            if not out.exists():
+                c["nothing_committed"] += 1
+            else:
+                r = subprocess.run(_changed(cmd=_cmd(out, args.seed), change=change, base=base,
+                                            station=tmp / f"station{case}.yaml"),
+                                   env=ENV, cwd=ROOT, capture_output=True, text=True)
+                if r.returncode < 0:
+                    c["crashes"] += 1
+                elif r.returncode == 2 and _one_line(r.stderr):
+                    c["refused"] += 1
+                    c["named"] += word in r.stderr
+                    if word not in r.stderr or args.verbose:
+                        print(f"  case {case} ({what}): {r.stderr.strip()[-300:]}")
+                else:
+                    c["accepted_mixed" if r.returncode == 0 else "not_one_line"] += 1
+                    print(f"  case {case} ({what}): exit {r.returncode}: "
+                          f"{r.stderr.strip()[-300:]}")
+                if any(not f.exists() or f.read_bytes() != b for f, b in before.items()):
+                    c["files_changed"] += 1
+                    print(f"  case {case} ({what}): the refused run changed the file")
+            # the same command as before the kill: resumes, equals the uninterrupted run
+            r = subprocess.run(_cmd(out, args.seed), env=ENV, cwd=ROOT, capture_output=True,
+                               text=True)
+            if r.returncode:
+                c["resume_failed"] += 1
+                print(f"  case {case}: resume exit {r.returncode}: {r.stderr.strip()[-300:]}")
+                continue
+            try:
+                done, miss, diff = _compare(out, ref_t)
+                c["rows_lost"] += miss + (len(STORE_DEVICES) - done)
+                c["rows_differing"] += diff
+            except Exception as e:
+                c["files_damaged"] += 1
+                print(f"  case {case}: file unreadable: {e}")
+        wall = time.perf_counter() - t0
+    rows = sum(len(df) for df in ref_t.values())
+    print(f"soak station-change: `xbarlab run disturbance` ({len(STORE_DEVICES)} devices, seed "
+          f"{args.seed}) killed at a random moment, re-run with one change ({len(CHANGES)} "
+          f"kinds: {', '.join(w for w, _, _ in CHANGES)}), then as before; {c['cases']} cases, "
+          f"{wall:.0f} s")
+    print(f"  killed mid-run                   {c['killed']} of {c['cases']}")
+    print(f"  nothing committed at the kill    {c['nothing_committed']} (no run to mix with)")
+    print(f"  changed re-runs refused          {c['refused']} of "
+          f"{c['cases'] - c['nothing_committed']} (one line, exit 2; the differing field "
+          f"named in {c['named']})")
+    print(f"  changed re-runs accepted (mixed) {c['accepted_mixed']}")
+    print(f"  error not one line               {c['not_one_line']}")
+    print(f"  files changed by a refused run   {c['files_changed']}")
+    print(f"  crashes (signals)                {c['crashes']}")
+    print(f"  resumes failed                   {c['resume_failed']}")
+    print(f"  rows lost / differing            {c['rows_lost']} / {c['rows_differing']} "
+          f"(reference has {rows} rows; exact comparison)")
+    print(f"  files damaged                    {c['files_damaged']}")
+    bad = sum(c[k] for k in ("accepted_mixed", "not_one_line", "files_changed", "crashes",
+                             "resume_failed", "rows_lost", "rows_differing", "files_damaged"))
+    bad += c["refused"] - c["named"]
+    return 1 if bad else 0
 
 def readers(args) -> int:
     """Random readers on the file during whole campaigns."""

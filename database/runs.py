@@ -669,6 +669,26 @@ def _settings_diff(info: RunInfo, protocol, config, station, seed, units_total) 
     return None
 
 
+def complete_run(path: str | os.PathLike, *, protocol: str, config: dict, station: dict,
+                 seed: int | None) -> RunInfo | None:
+    """The file's run if it is complete and has exactly these settings (what `RunWriter.open`
+    would report as `already_complete`), else None; a missing or unreadable file is None (the
+    writer reports what is wrong with it). Lets a caller skip opening instruments for nothing."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        runs = list_runs(path)
+    except (DatabaseError, SchemaError):
+        return None
+    if len(runs) != 1 or not runs[0].complete:
+        return None
+    info = runs[0]
+    d = _settings_diff(info, protocol, _normal(config), _normal(station),
+                       None if seed is None else int(seed), info.units_total)
+    return None if d else info
+
+
 def _plain(o):
     return o.item() if isinstance(o, np.generic) else str(o)
 

@@ -7,11 +7,12 @@ holds. The WGFMU module is not programmed through FLEX; see `instruments.wgfmu`.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 
 from instruments.errors import InstrumentError
-from instruments.visa import MessageInstrument, fmt
+from instruments.visa import NUM, MessageInstrument, allow_list, check_current, fmt
 
 #: FLEX input buffer is 256 characters incl. terminator; stay where QCoDeS stays
 MAX_MESSAGE = 250
@@ -34,26 +35,48 @@ def parse_spot(reply: str) -> float:
     return value
 
 
-def _floats(fields: Sequence[str]) -> list[float]:
-    out = []
-    for f in fields:
-        try:
-            out.append(float(f))
-        except ValueError:
-            pass  # not a number: the instrument refuses the command itself
-    return out
+def _smu_source(limits, m) -> None:
+    """`DV ch,range,V,Icomp[,pol[,Irange]]` / `DI ch,range,I,Vcomp[,pol[,Vrange]]`. The
+    compliance is required: without it the SMU would use a default the guard cannot check."""
+    kind, ch, _rng, value, comp = m.groups()
+    where = f"B1500 raw D{kind} {ch}"
+    value, comp = float(value), float(comp)
+    if kind == "V":
+        limits.check_level(value, where=where)
+        limits.check_compliance(abs(comp), where=where)
+    else:  # forcing a current: the output swings up to the voltage compliance, its sign
+        check_current(limits, value, where)
+        limits.check_level(math.copysign(abs(comp), value), where=where)
 
 
-#: FLEX commands that set an output voltage: head -> indices of the voltage fields
-#: (DV ch,range,V; DI ch,range,I,Vcomp; PV ch,range,base,pulse; WV ch,mode,range,start,stop)
-_LEVEL_FIELDS = {"DV": (2,), "DI": (3,), "PV": (2, 3), "WV": (3, 4), "TDV": (2,)}
-_HEAD = re.compile(r"^\s*([A-Za-z]+)\s*(.*)$")  # `DV 1,...` and `DV1,...` alike
+_CHANNELS = r"(?: \d+(?:,\s*\d+)*)?"
+#: every FLEX command the raw guard knows (instruments.md §2, dc-commands.md §2), matched
+#: upper-cased (FLEX headers are case-insensitive): DV and DI are parsed and checked, the others
+#: set no level. Not listed (so refused): sweeps and pulsed sources (`WV`, `WI`, `PV`, `MV`...),
+#: `RZ` (restores levels set earlier), `XE` (runs whatever was set up), and the rest.
+RAW_COMMANDS = allow_list({
+    "*IDN?": (r"\*IDN\?", None), "UNT?": (r"UNT\?", None), "*OPC?": (r"\*OPC\?", None),
+    "ERRX?": (r"ERRX\?(?: [01])?", None), "ERR?": (r"ERR\?(?: [01])?", None),
+    "*RST": (r"\*RST", None), "FMT": (r"FMT \d+(?:,\s*\d+)?", None),
+    "CN": (f"CN{_CHANNELS}", None), "CL": (f"CL{_CHANNELS}", None),
+    "DZ": (f"DZ{_CHANNELS}", None),
+    "DV": (rf"D(V) ?(\d+),\s*(\d+),\s*({NUM}),\s*({NUM})(?:,\s*\d+(?:,\s*\d+)?)?",
+           _smu_source),
+    "DI": (rf"D(I) ?(\d+),\s*(\d+),\s*({NUM}),\s*({NUM})(?:,\s*\d+(?:,\s*\d+)?)?",
+           _smu_source),
+    "TI": (r"TI \d+(?:,\s*-?\d+)?", None), "TV": (r"TV \d+(?:,\s*-?\d+)?", None),
+    "TIV": (r"TIV \d+(?:,\s*-?\d+,\s*-?\d+)?", None),
+    "RI": (r"RI \d+,\s*-?\d+", None), "AAD": (r"AAD \d+,\s*[012]", None),
+    "BC": ("BC", None), "TSR": (r"TSR(?: \d+)?", None),
+}, re.ASCII)
 
 
 class B1500(MessageInstrument):
     kind = "B1500"
     read_termination = "\r\n"
     write_termination = "\r\n"
+    RAW_COMMANDS = RAW_COMMANDS
+    RAW_CASE_SENSITIVE = False
 
     def __init__(self, resource, **kw):
         super().__init__(resource, **kw)
@@ -124,23 +147,6 @@ class B1500(MessageInstrument):
             raise InstrumentError(f"B1500 error {code}: {text}{more}", instrument=self.name,
                                   command=command, reply=f'{code},"{text}"')
 
-    def check_outgoing(self, command: str) -> None:
-        """Refuse a raw FLEX message holding an output voltage beyond the station limits."""
-        for part in command.split(";"):
-            m = _HEAD.match(part)
-            if m is None:
-                continue
-            head, rest = m.groups()
-            idx = _LEVEL_FIELDS.get(head.upper())
-            if idx is None:
-                continue
-            fields = [x.strip() for x in rest.split(",")]
-            for v in _floats([fields[i] for i in idx if i < len(fields)]):
-                try:
-                    self.limits.check_level(v, where=f"{self.name} {head.upper()}")
-                except InstrumentError as e:
-                    raise type(e)(str(e), instrument=self.name, command=command) from None
-
     # -- SMU DC ----------------------------------------------------------------------------------
     def enable(self, channels: Iterable[int]) -> None:
         chans = sorted(set(int(c) for c in channels))
@@ -185,9 +191,13 @@ class B1500(MessageInstrument):
         self.batch(["DZ"])
 
     def make_safe(self) -> None:
-        # DZ then CL: outputs at 0 V, then relays of every channel open. Errors are reported
-        # by the caller's own check; here we only make sure both commands go out.
+        # DZ then CL: outputs at 0 V, then relays of every channel open. `*OPC?` answers once
+        # both are done, so a lost message or a lost instrument is noticed, never assumed away.
         try:
             self.write("DZ;CL")
+            reply = self.query("*OPC?")
         finally:
             self._enabled.clear()
+        if reply != "1":
+            raise InstrumentError("outputs not confirmed off", instrument=self.name,
+                                  command="*OPC?", reply=reply)

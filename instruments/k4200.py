@@ -12,6 +12,7 @@ parsed leniently (`RETURN VALUE = 0` or a bare `0`).
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from instruments.errors import InstrumentError, InstrumentTimeout
-from instruments.visa import MessageInstrument, fmt
+from instruments.visa import NUM, MessageInstrument, allow_list, check_current, fmt
 
 #: one SARB array call holds at most this many values (instruments.md §4.4)
 MAX_ARRAY = 128
@@ -28,10 +29,59 @@ MIN_SEGMENT = 20e-9
 PMU_I_RANGES = (0.2, 10e-3, 1e-3, 100e-6, 10e-6, 1e-6, 100e-9)
 
 
-#: raw KXCI commands that set an output voltage (SMU DV/DI, PMU segment and pulse levels)
-_SMU_LEVEL = re.compile(r"^D([VI])(\d),\s*[^,]*,\s*([^,]*)(?:,\s*([^,]*))?")
-_PMU_LEVEL = re.compile(r"^:PMU:(?:SARB:SEQ:(?:STARTV|STOPV)(?::ADD)?|PULSE:(?:VHIGH|VLOW|BASE)"
-                        r"|DCV)\s+(.*)$", re.IGNORECASE)
+def _smu_source(limits, m) -> None:
+    """`DVch,range,V,Icomp` / `DIch,range,I,Vcomp`; a bare `DVch` / `DIch` turns it off."""
+    kind, ch, rng, value, comp = m.groups()
+    if rng is None:
+        return
+    where = f"K4200 raw D{kind}{ch}"
+    value, comp = float(value), float(comp)
+    if kind == "V":
+        limits.check_level(value, where=where)
+        limits.check_compliance(abs(comp), where=where)
+    else:  # forcing a current: the output swings up to the voltage compliance, its sign
+        check_current(limits, value, where)
+        limits.check_level(math.copysign(abs(comp), value), where=where)
+
+
+def _sarb_levels(limits, m) -> None:
+    for v in re.findall(NUM, m.group(1)):
+        limits.check_level(float(v), where="K4200 raw SARB level")
+
+
+_ARRAY = rf"(?:,\s*{NUM})+"
+#: every KXCI command the raw guard knows (instruments.md §4, dc-commands.md §1): those that
+#: set an output level are parsed and checked; the others set none. Not listed (so refused):
+#: standard-pulse, sweep, system-mode and PGU commands (`:PMU:PULSE:*`, `:PMU:STEP:*`,
+#: `:PMU:SWEEP:*`, `PV`, `VR`, `VC`, `DS`...), SARB `:ADD` arrays, other user-library modules.
+RAW_COMMANDS = allow_list({
+    "*IDN?": (r"\*IDN\?", None), "ID": ("ID", None), "*OPT?": (r"\*OPT\?", None),
+    "*RST": (r"\*RST", None), "BC": ("BC", None), "SP": ("SP", None),
+    "US": ("US", None), "UL": ("UL", None), "DE": ("DE", None),
+    ":ERROR:LAST:GET": (":ERROR:LAST:GET", None), ":ERROR:LAST:CLEAR": (":ERROR:LAST:CLEAR", None),
+    "DV": (rf"D(V)(\d)(?:,\s*(\d+),\s*({NUM}),\s*({NUM}))?", _smu_source),
+    "DI": (rf"D(I)(\d)(?:,\s*(\d+),\s*({NUM}),\s*({NUM}))?", _smu_source),
+    "TI": (r"TI\d", None), "TV": (r"TV\d", None),
+    "GP": (r"GP \d+(?: \d+)?", None),
+    "EX": (r"EX pmuulib kxci_rpm_switch\(\d+,\d+\)", None),   # RPM path, no level
+    ":PMU:INIT": (r":PMU:INIT [01]", None),
+    ":PMU:RPM:CONFIGURE": (r":PMU:RPM:CONFIGURE PMU1-[12],\s*[0-3]", None),
+    ":PMU:SOURCE:RANGE": (rf":PMU:SOURCE:RANGE [12],\s*{NUM}", None),
+    ":PMU:MEASURE:RANGE": (rf":PMU:MEASURE:RANGE [12],\s*\d,\s*{NUM}", None),
+    ":PMU:LOAD": (rf":PMU:LOAD [12],\s*{NUM}", None),
+    ":PMU:SARB:SEQ:TIME": (rf":PMU:SARB:SEQ:TIME [12],\s*\d+{_ARRAY}", None),
+    ":PMU:SARB:SEQ:STARTV": (rf":PMU:SARB:SEQ:STARTV [12],\s*\d+({_ARRAY})", _sarb_levels),
+    ":PMU:SARB:SEQ:STOPV": (rf":PMU:SARB:SEQ:STOPV [12],\s*\d+({_ARRAY})", _sarb_levels),
+    ":PMU:SARB:SEQ:MEAS:TYPE": (r":PMU:SARB:SEQ:MEAS:TYPE [12],\s*\d+(?:,\s*[0-4])+", None),
+    ":PMU:SARB:SEQ:MEAS:START": (rf":PMU:SARB:SEQ:MEAS:START [12],\s*\d+{_ARRAY}", None),
+    ":PMU:SARB:SEQ:MEAS:STOP": (rf":PMU:SARB:SEQ:MEAS:STOP [12],\s*\d+{_ARRAY}", None),
+    ":PMU:SARB:WFM:SEQ:LIST": (rf":PMU:SARB:WFM:SEQ:LIST [12](?:,\s*\d+,\s*{NUM})+", None),
+    ":PMU:OUTPUT:STATE": (r":PMU:OUTPUT:STATE [12],\s*[01]", None),
+    ":PMU:EXECUTE": (":PMU:EXECUTE", None), ":PMU:ABORT": (":PMU:ABORT", None),
+    ":PMU:TEST:STATUS?": (r":PMU:TEST:STATUS\?", None),
+    ":PMU:DATA:COUNT?": (r":PMU:DATA:COUNT\? [12]", None),
+    ":PMU:DATA:GET": (r":PMU:DATA:GET [12],\s*\d+,\s*\d+", None),
+})
 
 
 def _grid(t: float) -> float:
@@ -43,6 +93,7 @@ class K4200(MessageInstrument):
     kind = "K4200"
     read_termination = "\0"
     write_termination = "\0"
+    RAW_COMMANDS = RAW_COMMANDS
 
     def __init__(self, resource, **kw):
         super().__init__(resource, **kw)
@@ -67,6 +118,11 @@ class K4200(MessageInstrument):
         self._sent[key] = command
         return True
 
+    def forget(self, keys) -> None:
+        """Treat these setting keys as unknown: their next command is sent even if unchanged."""
+        for k in keys:
+            self._sent.pop(k, None)
+
     def _raise_refused(self, command: str, reply: str):
         detail = ""
         try:
@@ -75,29 +131,6 @@ class K4200(MessageInstrument):
             pass
         msg = f"4200 refused the command: {detail}" if detail else "4200 refused the command"
         raise InstrumentError(msg, instrument=self.name, command=command, reply=reply)
-
-    def check_outgoing(self, command: str) -> None:
-        """Refuse a raw KXCI message holding an output voltage beyond the station limits."""
-        for part in command.split(";"):
-            part = part.strip()
-            levels: list[str] = []
-            m = _SMU_LEVEL.match(part)
-            if m:  # DVch,range,V[,Icomp] (V is field 3) or DIch,range,I,Vcomp (Vcomp field 4)
-                levels = [m.group(3)] if m.group(1) == "V" else [m.group(4) or ""]
-            m = _PMU_LEVEL.match(part)
-            if m:
-                args = [a.strip() for a in m.group(1).split(",")]
-                # SARB arrays: ch, seq, values...; pulse/DC levels: ch, value
-                levels = args[2:] if "SARB" in part.upper() else args[1:]
-            for text in levels:
-                try:
-                    v = float(text)
-                except ValueError:
-                    continue  # not a number: the instrument refuses it itself
-                try:
-                    self.limits.check_level(v, where=f"{self.name} raw command")
-                except InstrumentError as e:
-                    raise type(e)(str(e), instrument=self.name, command=command) from None
 
     def idn(self) -> str:
         return self.query("*IDN?")

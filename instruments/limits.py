@@ -19,7 +19,7 @@ class SafetyLimits(BaseModel):
         2.5, gt=0, le=10, description="largest negative pulse magnitude [V] (RESET)"
     )
     v_read_max: float = Field(0.5, gt=0, le=2, description="largest read/bias voltage [V]")
-    width_min: float = Field(10e-9, gt=0, description="shortest pulse width [s]")
+    width_min: float = Field(10e-9, gt=0, le=1, description="shortest pulse width [s]")
     width_max: float = Field(1e-3, gt=0, le=1, description="longest pulse width [s]")
     i_compliance: float = Field(
         10e-3, gt=0, le=0.1, description="current compliance for DC bias [A]"

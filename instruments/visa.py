@@ -12,9 +12,11 @@ the simulator's VISA library, one from pyvisa-sim, or a scripted fake in tests.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
-from instruments.errors import InstrumentError, InstrumentTimeout
+from instruments.errors import InstrumentError, InstrumentTimeout, SafetyLimitError
 from instruments.limits import SafetyLimits
 
 try:  # pyvisa is a hard dependency, but keep the import local to the error mapping
@@ -28,6 +30,29 @@ except ImportError:  # pragma: no cover
 def fmt(x: float) -> str:
     """Numbers as sent to instruments: shortest form with 6 significant digits (0.333333, 1e-05)."""
     return format(float(x), ".6g")
+
+
+#: a number as the raw-command guard accepts it: plain decimal or exponent form. No "nan",
+#: "inf", units or other forms the guard would have to guess how the instrument reads.
+NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+#: the command name at the start of a message part: `DV` of `DV1,0,...`, `:PMU:LOAD`, `*IDN?`
+_HEAD = re.compile(r"[:*A-Z?]+")
+
+#: check of the levels a known command sets (raises SafetyLimitError), or None: sets none
+LevelCheck = Callable[[SafetyLimits, "re.Match[str]"], None] | None
+
+
+def allow_list(rules: dict[str, tuple[str, LevelCheck]],
+               flags: int = 0) -> dict[str, tuple[re.Pattern[str], LevelCheck]]:
+    """{command name: (pattern the whole command must match, its level check)}."""
+    return {head: (re.compile(pattern, flags), check) for head, (pattern, check) in rules.items()}
+
+
+def check_current(limits: SafetyLimits, amps: float, where: str) -> None:
+    """A forced current must stay within the station's compliance limit."""
+    if abs(amps) > limits.i_compliance:
+        raise SafetyLimitError(f"refused forced current {amps!r} A: beyond the station limit "
+                               f"{limits.i_compliance:.3e} A ({where})")
 
 
 class MessageInstrument:
@@ -109,10 +134,39 @@ class MessageInstrument:
         return self.writes + self.queries
 
     # -- errors and safety (drivers override) --------------------------------------------------
+    #: the raw-command allow-list of instruments with outputs (see `check_outgoing`); empty:
+    #: the instrument drives no level (the 707B) and nothing is checked
+    RAW_COMMANDS: dict[str, tuple[re.Pattern[str], LevelCheck]] = {}
+    #: FLEX headers are case-insensitive; KXCI refuses lower case (so the guard does too)
+    RAW_CASE_SENSITIVE = True
+
     def check_outgoing(self, command: str) -> None:
-        """Last guard before bytes leave: drivers parse the level-setting commands of their
-        instrument in `command` (raw `write`/`query` included) and raise SafetyLimitError for a
-        level outside the station limits. The default checks nothing (no outputs)."""
+        """Last guard before bytes leave, on every message (raw `write`/`query` included).
+
+        An allow-list: each `;`-separated command must be one the guard knows (`RAW_COMMANDS`),
+        in full; a command that sets a level has its levels checked against the station
+        limits. Anything else is refused with SafetyLimitError naming it: an unknown command
+        may set a level in a way the guard cannot read."""
+        if not self.RAW_COMMANDS:
+            return
+        for part in command.split(";"):
+            part = part.strip()
+            if not part:
+                continue
+            text = part if self.RAW_CASE_SENSITIVE else part.upper()
+            head = _HEAD.match(text)
+            rule = self.RAW_COMMANDS.get(head.group(0)) if head else None
+            m = rule[0].fullmatch(text) if rule else None
+            if m is None:
+                raise SafetyLimitError(f"refused raw command {part!r}: not one the {self.kind} "
+                                       "guard knows (it could set an output level unchecked)",
+                                       instrument=self.name, command=command)
+            if rule[1] is not None:
+                try:
+                    rule[1](self.limits, m)
+                except SafetyLimitError as e:
+                    raise SafetyLimitError(str(e), instrument=self.name,
+                                           command=command) from None
 
     def check_errors(self, command: str = "") -> None:
         """Read the instrument's error queue; raise InstrumentError naming `command` if not empty."""

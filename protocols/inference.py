@@ -60,6 +60,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from database.runs import RunWriter, list_runs, read_table
+from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.errors import ProtocolError
 from protocols.plan import MINUS, ConductancePlan, activate, plan_forward
@@ -349,6 +350,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                                 "devices)", t, tm.rows.size, rig.channels.sources, groups[t])
                 last_of_layer = not any(m.layer == tm.layer for m in maps[t + 1:])
                 for b in range(max(0, start - first), n_batches):
+                    interrupts.check()  # a Ctrl-C lost in a finaliser (e.g. during the commit)
                     u = first + b
                     pts = np.arange(b * cfg.batch, min((b + 1) * cfg.batch, y.size))
                     bar.current(f"tile {t} on {name}, points {pts[0]}-{pts[-1]}")
@@ -388,6 +390,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                             rows["predictions"] = _predictions(plan, z, g_read, x, y, pts, t)
                     writer.commit(u, rows, commit_state(rig))
                     bar.advance(0)
+    interrupts.check()  # the run is not complete if the last commit lost a Ctrl-C
     tables = {name: writer.table(name) for name in TABLES}
     summary = summarize(plan, tables, row_groups=max(groups.values(), default=1))
     writer.finish(summary)

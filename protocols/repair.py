@@ -65,6 +65,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from database.runs import RunWriter, list_runs, read_table
+from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.errors import ProtocolError
 from protocols.inference import (
@@ -330,6 +331,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
     bar = Bar(f"repair, budget {budget} pulses", units, start, enabled=progress, unit="units")
     with bar:
         for u in range(start, units):
+            interrupts.check()  # a Ctrl-C lost in a finaliser (e.g. during the commit)
             rig0 = last_rig[0]
             before, t0, used0 = rig0.time_breakdown(), float(rig0.clock), st.used
             if u == 0:
@@ -347,6 +349,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
             writer.commit(u, rows, commit_state(last_rig[0]))
             bar.advance(st.used - used0)
             log.debug("repair: unit %d done, %d pulses", u, st.used - used0)
+    interrupts.check()  # the run is not complete if the last commit lost a Ctrl-C
     tables = {name: writer.table(name) for name in TABLES}
     summary = summarize(plan, tables, int(budget))
     writer.finish(summary)

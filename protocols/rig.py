@@ -16,6 +16,10 @@ own state); the simulator's `ChipLab` is a virtual chip (virtual clock, chip sta
 This module lives in `protocols` so that protocols import nothing but `database` and their own
 package; `instruments` and `simulator` import this module (and only this one) from `protocols`
 to implement it (docs/architecture.md).
+
+Every public method first acts on a Ctrl-C recorded but lost in a finaliser
+(`protocols.interrupts`), and `safe_state()` records what it reached in `rig.safe`, so the
+CLI only says "instruments left in their safe state" when that was confirmed.
 """
 
 from __future__ import annotations
@@ -24,15 +28,18 @@ import abc
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from protocols import interrupts
 from protocols.errors import ComplianceError, NotAvailableError, ProtocolError
 
 __all__ = ["Channels", "ComplianceError", "CrossbarRig", "Lab", "Limits", "NotAvailableError",
-           "ReadSettings", "RealLab"]
+           "ReadSettings", "RealLab", "SafeOutcome", "recording_safe_states"]
 
 log = logging.getLogger("xbarlab.rig")
 
@@ -46,6 +53,42 @@ class ReadSettings:
     #: conductance at which the current range saturates (100 uA at 0.2 V -> 500 uS);
     #: reads are clipped to it and the protocol flags them.
     ceiling_S: float = 500e-6
+    #: smallest conductance a read resolves. The 100 uA range averages to about 5 nA rms over
+    #: a 10 us read (instruments.md §3.4: 47 nA rms per 130 ns window), 25 nS at 0.2 V; a
+    #: write-verify band (1 % of the target by default) narrower than that noise is met by
+    #: chance, not by the device: 25 nS / 1 % = 2.5 uS.
+    floor_S: float = 2.5e-6
+
+
+@dataclass
+class SafeOutcome:
+    """What the last `safe_state()` of a rig reached: `state` is "unused" (nothing done yet),
+    "in use" (operated since the last safe state), "safe" (confirmed) or "unsafe" (`detail`
+    says what could not be made safe)."""
+
+    rig: str
+    state: str = "unused"
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.state == "unsafe":
+            return f"{self.rig}: {self.detail}"
+        return f"{self.rig}: {self.state}, not made safe afterwards"
+
+
+#: outcomes of the rigs built inside `recording_safe_states()` (None: not recording)
+_recorded: list[SafeOutcome] | None = None
+
+
+@contextmanager
+def recording_safe_states() -> Iterator[list[SafeOutcome]]:
+    """Collect the SafeOutcome of every rig built inside the block (the CLI, per command)."""
+    global _recorded
+    previous, _recorded = _recorded, []
+    try:
+        yield _recorded
+    finally:
+        _recorded = previous
 
 
 @dataclass(frozen=True)
@@ -131,6 +174,10 @@ class CrossbarRig(abc.ABC):
         self.read_settings = read or ReadSettings()
         self.lab = lab or RealLab()
         self.limits.check_bias(self.read_settings.volts, where=f"{self.name} read voltage")
+        #: the outcome of the last safe_state()
+        self.safe = SafeOutcome(self.name)
+        if _recorded is not None:
+            _recorded.append(self.safe)
 
     # -- public API (checked) ------------------------------------------------------------------
     @property
@@ -169,6 +216,7 @@ class CrossbarRig(abc.ABC):
 
     def read(self, row: int, col: int) -> float:
         self._check_device(row, col)
+        self._begin()
         return float(self._read_repeated(row, col, 1)[0])
 
     def read_repeated(self, row: int, col: int, n: int) -> np.ndarray:
@@ -176,12 +224,14 @@ class CrossbarRig(abc.ABC):
         self._check_device(row, col)
         if n < 1:
             raise ValueError(f"read_repeated needs n >= 1, got {n}")
+        self._begin()
         return np.asarray(self._read_repeated(row, col, int(n)), dtype=float)
 
     def pulse(self, row: int, col: int, volts: float, seconds: float) -> None:
         """One write pulse on (row, col); the rig applies its bias scheme to every other line."""
         self._check_device(row, col)
         self.limits.check_pulse(volts, seconds, where=f"{self.name} ({row},{col})")
+        self._begin()
         self._pulse(row, col, float(volts), float(seconds))
 
     def pulse_and_read(self, row: int, col: int, volts: float, seconds: float,
@@ -191,12 +241,14 @@ class CrossbarRig(abc.ABC):
         self.limits.check_pulse(volts, seconds, where=f"{self.name} ({row},{col})")
         if n_reads < 1:
             raise ValueError(f"pulse_and_read needs n_reads >= 1, got {n_reads}")
+        self._begin()
         out = np.asarray(self._pulse_and_read(row, col, float(volts), float(seconds),
                                               int(n_reads)), dtype=float)
         return float(out[0]) if n_reads == 1 else out
 
     def read_array(self) -> np.ndarray:
         """Conductance map of the whole crossbar [S], shape == self.shape."""
+        self._begin()
         out = np.asarray(self._read_array(), dtype=float)
         if out.shape != self.shape:
             raise ProtocolError(f"{self.name}: read map has shape {out.shape}, expected "
@@ -260,6 +312,7 @@ class CrossbarRig(abc.ABC):
             raise ValueError("column_currents: every level must be a finite voltage")
         worst = float(v.flat[np.argmax(np.abs(v))])
         self.limits.check_bias(worst, where=f"{self.name} analog read-out")
+        self._begin()
         out = np.asarray(self._column_currents(rows, v, cols), dtype=float)
         if out.shape != (v.shape[0], cols.size):
             raise ProtocolError(f"{self.name}: column currents of shape {out.shape}, expected "
@@ -286,9 +339,19 @@ class CrossbarRig(abc.ABC):
         # rigs with a DC path override this and `channels`
         raise NotAvailableError(f"analog read-out is not available on this rig ({self.name})")
 
-    @abc.abstractmethod
     def safe_state(self) -> None:
-        """All outputs 0 V, all relays open. Must not raise for an instrument already safe."""
+        """All outputs 0 V, all relays open; raises if an instrument could not be made safe.
+
+        Runs to its end even if Ctrl-C arrives meanwhile (the interrupt is acted on after), and
+        records the outcome in `self.safe`."""
+        self.safe.state, self.safe.detail = "unsafe", "interrupted while being made safe"
+        try:
+            with interrupts.deferred():
+                self._safe_state()
+        except Exception as e:
+            self.safe.detail = " ".join(str(e).split()) or type(e).__name__
+            raise
+        self.safe.state, self.safe.detail = "safe", ""
 
     def close(self) -> None:
         """Leave everything safe and release the instruments."""
@@ -311,7 +374,16 @@ class CrossbarRig(abc.ABC):
             log.error("%s: could not make every instrument safe after the error: %s",
                       self.name, e)
 
+    def _begin(self) -> None:
+        """Before any hardware operation: act on a lost Ctrl-C; the rig is in use from now."""
+        interrupts.check()
+        self.safe.state = "in use"
+
     # -- for concrete rigs ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def _safe_state(self) -> None:
+        """All outputs 0 V, all relays open. Must not raise for an instrument already safe."""
+
     @abc.abstractmethod
     def _read_repeated(self, row: int, col: int, n: int) -> np.ndarray: ...
 

@@ -41,6 +41,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from database.runs import RunWriter, list_runs, read_table
+from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.campaigns.common import HISTORY_COLUMNS, concat, history_rows
 from protocols.errors import ProtocolError
@@ -78,8 +79,8 @@ class TransferConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tune: TuneConfig = Field(default_factory=TuneConfig, description="write-verify settings")
-    settle_s: float = Field(0.0, ge=0, description="instrument time between the last device of "
-                            "a tile and its read-back [s]")
+    settle_s: float = Field(0.0, ge=0, le=3600, description="instrument time between the "
+                            "last device of a tile and its read-back [s] (at most an hour)")
     record_history: bool = Field(False, description="store every pulse and read")
 
 
@@ -185,6 +186,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                             out["inference"] = _inference(plan, g_read, x, y)
                     writer.commit(int(d), out, commit_state(rig))
                     bar.advance(int(out["devices"]["pulses"][0]))
+    interrupts.check()  # not complete if the last commit lost a Ctrl-C in a finaliser
     tables = {name: writer.table(name) for name in _tables(cfg)}
     summary = summarize(plan, tables)
     writer.finish(summary)  # a run that was already complete is left as it is

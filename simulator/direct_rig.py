@@ -7,12 +7,13 @@ charged to the crossbar's virtual clock from a LatencyConfig:
 - pulse:            round_trip + width + 2*pulse_edge
 - n reads:          round_trip + n*read_time
 - pulse + n reads:  round_trip + width + 2*pulse_edge + n*read_time (one execution)
-- read_array:       rows*cols * (round_trip + read_time) (one execution per device; the map is
-                    taken at the start, relaxation during the map is neglected)
+- read_array:       rows*cols * (round_trip + read_time): one execution per device, in raster
+                    order, each device read at its own time (relaxation and the slow
+                    fluctuators move on while the map is taken)
 - column_currents:  round_trip + k * (dc_settle + dc_integration) for k drive patterns (one
                     list sweep), + relay_switch when the lines connected change and the DC path
                     has fewer sources or meters than lines (they reach the array through a
-                    matrix); relaxation during the k patterns is neglected
+                    matrix); relaxation and the fluctuators during the k patterns are neglected
 
 The DC path (`column_currents`) models an array tester with `channels` sources and meters
 (default: one per word line and one per bit line, so nothing is switched); the currents come
@@ -69,7 +70,7 @@ class SimulatedRig(CrossbarRig):
     def channels(self) -> Channels:
         return self._channels
 
-    def safe_state(self) -> None:
+    def _safe_state(self) -> None:
         # nothing is biased between operations in the simulation
         return None
 
@@ -104,11 +105,15 @@ class SimulatedRig(CrossbarRig):
 
     def _read_array(self) -> np.ndarray:
         xb, clk, lat = self.crossbar, self.crossbar.clock, self.latency
-        g = self._clip(xb.read_map(self.read_settings.volts, "grounded"))
-        n = g.size
-        clk.advance(n * lat.round_trip, "round_trip")
-        clk.advance(n * lat.read_time, "read")
-        return g
+        volts = self.read_settings.volts
+        rows, cols = xb.shape
+        g = np.empty((rows, cols))
+        for i in range(rows):
+            for j in range(cols):
+                clk.advance(lat.round_trip, "round_trip")
+                g[i, j] = xb.read(i, j, volts, "grounded")
+                clk.advance(lat.read_time, "read")
+        return self._clip(g)
 
     def _column_currents(self, rows: np.ndarray, volts: np.ndarray,
                          cols: np.ndarray) -> np.ndarray:

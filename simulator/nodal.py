@@ -284,7 +284,7 @@ class NodalSolver:
             return self._iv(gi, np.full_like(gi, volts))[0]
         return self._driven(g, _one_hot(m, rows, volts), method)[1]
 
-    def driven_currents(self, G, row_v, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    def readout_currents(self, G, row_v, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """Every word line i driven at row_v[a, i] [V] and every bit line held at 0 V (virtual
         ground), for each drive pattern a of row_v (k, rows): returns (row currents (k, rows)
         [A] flowing into the array at each word-line end, column currents (k, cols) [A]
@@ -310,7 +310,7 @@ class NodalSolver:
         if method not in ("auto", "fixed_point", "factor"):
             raise SimulatorError(f"unknown grounded-read method {method!r}")
         if method != "factor":
-            cur = self._fixed_point(g, row_v)
+            cur = self._row_fixed_point(g, row_v)
             if cur is not None:
                 # all current of a word line enters at its driven end, all current entering
                 # a bit line leaves through its sense end
@@ -330,38 +330,70 @@ class NodalSolver:
             return self._iv(g, np.full_like(g, volts))[0]
         g = self._check_g(G)
         row_v = _one_hot(self.rows, np.array([row]), volts)
-        cur = self._fixed_point(g, row_v, abs(volts))
+        cur = self._row_fixed_point(g, row_v, abs(volts))
         if cur is not None:
             return cur[0].sum(axis=0)
         with _single_thread():
             return self._factored(g, row_v)[1][0]
 
-    def _fixed_point(self, g: np.ndarray, row_v: np.ndarray,
-                     span: float | None = None) -> np.ndarray | None:
-        """Device currents (k, rows, cols) [A] for each drive pattern of row_v (k, rows), bit
-        lines at 0 V, by fixed-point iteration on the device voltages; None when the bound on
-        its contraction is too weak (then the factorised solve is used).
+    def driven_currents(self, G, row_v, col_v) -> tuple[np.ndarray, np.ndarray] | None:
+        """Currents [A] into the array at every row and column end for a bias that drives every
+        line (no NaN), by the fixed point of `_fixed_point` started from the applied device
+        voltages row_v[i] - col_v[j]; None when its contraction bound is too weak (use
+        `solve`). Every node lies between the lowest and the highest source level, so that span
+        bounds the device voltages and hence their slopes."""
+        g = self._check_g(G)
+        row_v = np.asarray(row_v, dtype=float).reshape(self.rows)
+        col_v = np.asarray(col_v, dtype=float).reshape(self.cols)
+        levels = np.concatenate([row_v, col_v])
+        if not np.all(np.isfinite(levels)):
+            raise SimulatorError("driven_currents needs every line driven (no NaN level)")
+        scale = 1.0 if self.v_nl is None else self.v_nl
+        x0 = ((row_v[:, None] - col_v[None, :]) / scale)[None]
+        cur = self._fixed_point(g, x0, float(levels.max() - levels.min()))
+        if cur is None:
+            return None
+        cur = cur[0]
+        # a device current leaves its word line and enters its bit line
+        return cur.sum(axis=1), -cur.sum(axis=0)
 
-        With every line driven (word line i at row_v[a, i] through r_source, every bit line at
-        0 V), the lines alone form a fixed linear network whose response to currents injected
-        at its nodes is known in closed form: along a chain driven at one end through r_source,
-        the transfer resistance between nodes a and b is the resistance of their common path to
-        the source, r_source + r_line * (segments shared). With device currents I (rows x cols)
-        leaving word-line nodes and entering bit-line nodes, the device voltages are exactly
+    def _row_fixed_point(self, g: np.ndarray, row_v: np.ndarray,
+                         span: float | None = None) -> np.ndarray | None:
+        """`_fixed_point` for drive patterns row_v (k, rows) with every bit line at 0 V.
+        `span`: the largest minus the smallest source voltage (0 V included), when the caller
+        knows it."""
+        if span is None:
+            span = float(row_v.max(initial=0.0) - row_v.min(initial=0.0))
+        scale = 1.0 if self.v_nl is None else self.v_nl
+        x0 = np.repeat((row_v / scale)[:, :, None], self.cols, axis=2)
+        return self._fixed_point(g, x0, span)
+
+    def _fixed_point(self, g: np.ndarray, x0: np.ndarray, span: float) -> np.ndarray | None:
+        """Device currents (k, rows, cols) [A] of k all-driven biases whose applied device
+        voltages are x0 * v_nl (x0: (k, rows, cols)), by fixed-point iteration on the device
+        voltages; `span` [V] bounds every |device voltage| (every node lies between the lowest
+        and the highest source level). None when the bound on its contraction is too weak (then
+        the factorised solve is used).
+
+        With every line driven through r_source, the lines alone form a fixed linear network
+        whose response to currents injected at its nodes is known in closed form: along a chain
+        driven at one end through r_source, the transfer resistance between nodes a and b is the
+        resistance of their common path to the source, r_source + r_line * (segments shared).
+        With device currents I (rows x cols) leaving word-line nodes and entering bit-line
+        nodes, the device voltages are exactly
 
             vd = V0 - I @ Zw - Zb @ I,    I = I_dev(vd)
 
-        (V0[i, j] = row_v[a, i]; Zw, Zb: transfer resistances of one word line and one bit
-        line). Iterating this map converges because device conductances (<= ~1e-3 S) times
-        line resistances (ohms) make it a strong contraction; its rate is bounded from the
-        device slopes (rho below) and the iteration count follows from that bound, so the result
-        meets the same tolerance as the factorised solve (_ATOL_V). Exact for the model,
-        including the sinh I-V; a few 8x8 matrix products per iteration. A grounded read is the
-        pattern with one row at the read voltage and every other line at 0 V. `span`: the
-        largest minus the smallest source voltage (0 V included), when the caller knows it.
+        (V0 = x0 * v_nl; Zw, Zb: transfer resistances of one word line and one bit line).
+        Iterating this map converges because device conductances (<= ~1e-3 S) times line
+        resistances (ohms) make it a strong contraction; its rate is bounded from the device
+        slopes (rho below) and the iteration count follows from that bound, so the result meets
+        the same tolerance as the factorised solve (_ATOL_V). Exact for the model, including the
+        sinh I-V; a few 8x8 matrix products per iteration. A grounded read is the bias with one
+        row at the read voltage and every other line at 0 V.
         """
         m, n = self.rows, self.cols
-        k = row_v.shape[0]
+        k = x0.shape[0]
         if k == 0:
             return np.zeros((0, m, n))
         zw, zb, kron = self._transfer()
@@ -374,25 +406,19 @@ class NodalSolver:
             # line response as one symmetric matrix, so an iteration is one matrix product
             if k == 1:
                 shape = (m * n,)
-                x0 = np.repeat(row_v[0] / scale, n)     # row-major: row i's devices together
                 respond = kron.dot
             else:
                 shape = (k, m * n)
-                x0 = np.repeat(row_v / scale, n, axis=1)
 
                 def respond(cur):
                     return cur @ kron
+            x0 = x0.reshape(shape)
         else:
             gs = gs.reshape(m, n)
             shape = (k, m, n)
-            x0 = np.repeat((row_v / scale)[:, :, None], n, axis=2)
 
             def respond(cur):
                 return cur @ zw + zb @ cur
-        # every node lies between the lowest and the highest source voltage (0 V included),
-        # so |vd| is at most their difference: bound the device slopes
-        if span is None:
-            span = max(float(row_v.max()), 0.0) - min(float(row_v.min()), 0.0)
         slope = gs if linear else gs * math.cosh(span / scale)
         # max-norm bound of the map's Jacobian (the response is non-negative)
         rho = float(respond(slope if kron is not None else slope[None]).max())
@@ -436,7 +462,7 @@ class NodalSolver:
         return tr
 
     def _factored(self, g: np.ndarray, row_v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`_fixed_point` by the factorised solve: (row currents (k, rows), sensed column
+        """`_row_fixed_point` by the factorised solve: (row currents (k, rows), sensed column
         currents (k, cols)). One Cholesky factor of the matrix linearised at the largest drive
         (chord iterations), reused for every pattern."""
         m, n = self.rows, self.cols

@@ -60,10 +60,11 @@ def programmed(path: str | Path, station=None) -> Programmed:
             raise XbarlabError(f"{path}: no simulator state saved with the run; cannot put the "
                                "simulated chip back as it was programmed")
         want, have = info.station.get("sim", {}), station.describe()["sim"]
-        if want and (want.get("seed"), want.get("chip_sha256")) != (have["seed"],
-                                                                    have["chip_sha256"]):
-            raise XbarlabError(f"{path} was measured on the virtual chip of seed "
-                               f"{want.get('seed')}, the station's chip has seed {have['seed']}")
+        keys = ("seed", "chip_sha256", "model_sha256")   # the chip and its device model
+        if want and any(want.get(k) != have.get(k) for k in keys):
+            raise XbarlabError(f"{path} was measured on another virtual chip (seed "
+                               f"{want.get('seed')}, model {want.get('model')}) than the "
+                               f"station's (seed {have['seed']}, model {have.get('model')})")
         station.chip.lab.restore_state(unpack_state(blob))
     return got
 

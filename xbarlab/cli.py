@@ -1,8 +1,8 @@
 """The `xbarlab` command line. Sub-commands live in `xbarlab/commands/*.py`.
 
 Every module listed in COMMAND_MODULES exposes ``register(cli: click.Group)``. Errors that a user
-can act on (instrument, protocol, database, station, training) are caught here once, printed as
-one line, and exit with code 2.
+can act on (instrument, protocol, database, station, training, a bad argument) are caught here
+once, printed as one line, and exit with code 2; Ctrl-C exits with 130 (see `main`).
 """
 
 from __future__ import annotations
@@ -75,21 +75,68 @@ _register_all()
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command and exit with its code: 0, 2 (an error the user can act on, one line)
+    or 130 (Ctrl-C).
+
+    A Ctrl-C is recorded the moment it arrives (`protocols.interrupts`), so one that Python
+    swallowed inside a finaliser still stops the work at the next rig call or device and still
+    ends here with 130. The message says what the rigs' last safe state actually reached.
+    """
+    from protocols import interrupts
+    from protocols.rig import recording_safe_states
+
+    with interrupts.sigint_handler(), recording_safe_states() as rigs:
+        code = _command(argv, rigs)
+    # CPython remembers a KeyboardInterrupt that escaped source text run by exec/eval (dataclass
+    # and namedtuple creation do that), even one handled since, and then ends the process by
+    # SIGINT instead of with `code`; evaluating source text clears that memory.
+    eval("None")
+    sys.exit(code)
+
+
+def _command(argv: list[str] | None, rigs) -> int:
+    from protocols import interrupts
     from xbarlab.errors import user_errors
 
+    error = ""
     try:
-        cli.main(args=argv, prog_name="xbarlab", standalone_mode=False)
-    except click.exceptions.Abort:
-        # click turns Ctrl-C into Abort: say what state the hardware is in, as below
-        click.echo("interrupted: instruments left in their safe state", err=True)
-        sys.exit(130)
+        try:
+            rv = cli.main(args=argv, prog_name="xbarlab", standalone_mode=False)
+            code = rv if isinstance(rv, int) else 0  # --help / --version exit through here
+        finally:
+            interrupts.hold()  # the command is over: a later Ctrl-C only waits for the report
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        code = 130  # click turns Ctrl-C into Abort
     except click.ClickException as e:
-        e.show()
-        sys.exit(2)
+        code, error = 2, e.format_message()
+        if getattr(e, "ctx", None) is not None:
+            error += f" (see '{e.ctx.command_path} --help')"
     except user_errors() as e:
+        code, error = 2, str(e)
+    except SystemExit as e:  # a command's own exit code (e.g. `tune` that did not converge)
+        code = e.code if isinstance(e.code, int) else 1
+    interrupts.hold()
+    if interrupts.received():
+        code = 130
+    safe, state = _safe_state_reached(rigs)
+    if code == 130:
+        click.echo(f"interrupted: {state}", err=True)
+        return code
+    if not safe:
+        click.echo(f"warning: {state}", err=True)
+    if error:
         # one line whatever the message holds (a library error text may span several)
-        click.echo("error: " + " ".join(str(e).split()), err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("interrupted: instruments left in their safe state", err=True)
-        sys.exit(130)
+        click.echo("error: " + " ".join(error.split()), err=True)
+    return code
+
+
+def _safe_state_reached(rigs) -> tuple[bool, str]:
+    """(all confirmed, what to say) from the last safe state of every rig the command built."""
+    used = [r for r in rigs if r.state != "unused"]
+    bad = [r for r in used if r.state != "safe"]
+    if bad:
+        return False, ("instruments NOT confirmed safe: " + "; ".join(r.describe() for r in bad)
+                       + "; check them before touching the probes")
+    if used:
+        return True, "instruments left in their safe state"
+    return True, "no instrument was used"

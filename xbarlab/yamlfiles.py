@@ -15,9 +15,14 @@ def read_mapping(path: str | Path, what: str, error: type[Exception]) -> dict:
     """The YAML mapping in `path`; `error` with one line if missing, malformed or not a mapping."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not a text file in UTF-8 (byte {e.start}: "
+                    f"{e.object[e.start:e.start + 1]!r})") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if raw is None:

@@ -10,7 +10,8 @@ seed) and a function that measures one unit and returns its rows. The loop:
   (`rig.restorable` is False): the devices are where the interrupted run left them, which is what
   a lab would measure anyway; this is logged;
 - commits each unit's rows together with `rig.save_state()` in one store commit;
-- leaves the rig in its safe state whatever happens (Ctrl-C included);
+- leaves the rig in its safe state whatever happens (Ctrl-C included) and stops at the next
+  unit when a Ctrl-C was lost in a finaliser (`protocols.interrupts`);
 - shows a rich progress bar (units done / total, pulses, ETA, current device) and logs.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from database.runs import RunWriter
+from protocols import interrupts
 from protocols.errors import ProtocolError
 from protocols.progress import Bar
 from protocols.rig import CrossbarRig
@@ -112,12 +114,14 @@ def run_units(*, title: str, rig: CrossbarRig, store: RunWriter,
     try:
         with bar:
             for i in range(start, len(units)):
+                interrupts.check()  # a Ctrl-C lost in a finaliser (e.g. during the commit)
                 rc = units[i]
                 bar.current(f"device ({rc[0]},{rc[1]})")
                 res = work(i, rc)
                 store.commit(i, res.rows, commit_state(rig))
                 bar.advance(res.pulses)
                 log.debug("%s: device %d (%d,%d) done, %d pulses", title, i, *rc, res.pulses)
+            interrupts.check()  # the run is not complete if the last commit lost a Ctrl-C
     except BaseException:
         # whatever ended the loop (Ctrl-C too), nothing stays biased; the original error is
         # what the user must see, so a safe-state failure (a lost instrument) is only logged

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from database.runs import RunWriter
-from protocols.tuning import TuneConfig, TuneResult
+from protocols.tuning import TuneConfig, TuneResult, check_target, check_tune
 
 log = logging.getLogger("xbarlab.campaign")
 
@@ -25,8 +25,23 @@ class CampaignConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    devices: list[tuple[int, int]] | None = Field(None, description="(row, col) list; None = all")
+    devices: list[tuple[int, int]] | None = Field(None, min_length=1,
+                                                  description="(row, col) list; None = all")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="write-verify settings")
+
+    def targets(self) -> list[tuple[float, float]]:
+        """(target [S], tolerance) of every tuning the campaign may ask for (the extremes of
+        a range stand for the range)."""
+        return []
+
+
+def check_config(cfg: CampaignConfig, limits, read) -> None:
+    """ConfigError for what can be known wrong before the store is opened or a pulse fired:
+    tuning ramps beyond the station `limits`, targets the station cannot read back (`read`, a
+    ReadSettings)."""
+    check_tune(cfg.tune, limits, read)
+    for target, tolerance in cfg.targets():
+        check_target(target, tolerance, read)
 
 
 HISTORY_COLUMNS = {
@@ -75,7 +90,9 @@ class CampaignResult:
 
 def open_store(path, *, protocol: str, config: CampaignConfig, station: dict | None,
                seed: int | None, tables: dict, units_total: int, resume: bool,
-               overwrite: bool) -> RunWriter:
+               overwrite: bool, rig) -> RunWriter:
+    """The campaign's run in `path`, after `config` was checked against the rig's station."""
+    check_config(config, rig.limits, rig.read_settings)
     return RunWriter.open(path, protocol=protocol, config=config.model_dump(mode="json"),
                           station=station or {}, seed=seed, tables=tables,
                           units_total=units_total, resume=resume, overwrite=overwrite)

@@ -54,6 +54,9 @@ class DisturbanceConfig(CampaignConfig):
             raise ValueError("g_high must not be below g_low")
         return self
 
+    def targets(self) -> list[tuple[float, float]]:
+        return [(self.g_low, self.tune.tolerance), (self.g_high, self.tune.tolerance)]
+
 
 def run(rig: CrossbarRig, config: DisturbanceConfig, store, *, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
@@ -64,7 +67,8 @@ def run(rig: CrossbarRig, config: DisturbanceConfig, store, *, seed: int | None 
     if cfg.record_history:
         tbl["history"] = HISTORY_COLUMNS
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
-                        tables=tbl, units_total=len(units), resume=resume, overwrite=overwrite)
+                        tables=tbl, units_total=len(units), resume=resume, overwrite=overwrite,
+                        rig=rig)
     resumed = writer.units_done
     ceiling = rig.read_settings.ceiling_S
     # what earlier devices left behind: their reference read and flag (rebuilt on resume)

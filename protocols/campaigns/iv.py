@@ -29,7 +29,8 @@ class IVConfig(CampaignConfig):
     v_max: float = Field(1.6, gt=0, description="positive sweep end [V]")
     v_min: float = Field(-1.8, lt=0, description="negative sweep end [V]")
     v_step: float = Field(0.05, gt=0, description="staircase step [V]")
-    width: float = Field(1e-6, gt=0, description="duration of each staircase step [s]")
+    width: float = Field(1e-6, gt=0, le=1e-3, description="duration of each staircase step "
+                         "[s] (at most 1 ms, as a tuning pulse; the station limits apply too)")
     cycles: int = Field(1, ge=1, description="sweeps per device")
 
     @model_validator(mode="after")
@@ -54,7 +55,7 @@ def run(rig: CrossbarRig, config: IVConfig, store, *, seed: int | None = None,
         rig.limits.check_pulse(v, cfg.width, where="iv sweep")
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
                         tables={"points": POINTS_COLUMNS}, units_total=len(units),
-                        resume=resume, overwrite=overwrite)
+                        resume=resume, overwrite=overwrite, rig=rig)
     resumed = writer.units_done
     volts = cfg.staircase()
     vr = rig.read_settings.volts

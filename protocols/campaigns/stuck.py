@@ -50,6 +50,9 @@ class StuckConfig(CampaignConfig):
                              description="loose write-verify used for the SET/RESET tests; "
                                          "give_up_at_cap is K")
 
+    def targets(self) -> list[tuple[float, float]]:
+        return [(self.top_level, self.tune.tolerance), (self.bottom_level, self.tune.tolerance)]
+
 
 def run(rig: CrossbarRig, config: StuckConfig, store, *, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
@@ -58,7 +61,7 @@ def run(rig: CrossbarRig, config: StuckConfig, store, *, seed: int | None = None
     units = raster(rig.shape, cfg.devices)
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
                         tables={"devices": DEVICES_COLUMNS}, units_total=len(units),
-                        resume=resume, overwrite=overwrite)
+                        resume=resume, overwrite=overwrite, rig=rig)
     resumed = writer.units_done
     ceiling = rig.read_settings.ceiling_S
 

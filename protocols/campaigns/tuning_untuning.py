@@ -46,7 +46,9 @@ class TuningUntuningConfig(CampaignConfig):
     off_fraction: float = Field(0.6, gt=0, lt=1, description="untune target as a fraction of the level")
     off_floor: float = Field(80e-6, gt=0, description="untune target floor [S]")
     off_tolerance: float = Field(0.05, gt=0, lt=1, description="untune band (loose) [fraction]")
-    settle_s: float = Field(0.0, ge=0, description="instrument time between tuning and settled read [s]")
+    settle_s: float = Field(0.0, ge=0, le=3600, description="instrument time between tuning "
+                            "and settled read [s] (at most an hour: longer is a retention study, "
+                            "and every tuning waits it)")
     record_history: bool = Field(True, description="store every pulse and read")
 
     @model_validator(mode="after")
@@ -57,6 +59,13 @@ class TuningUntuningConfig(CampaignConfig):
 
     def level_values(self) -> np.ndarray:
         return np.linspace(self.g_low, self.g_high, self.levels)
+
+    def targets(self) -> list[tuple[float, float]]:
+        out = []
+        for level in self.level_values():
+            off = max(self.off_floor, self.off_fraction * level)
+            out += [(float(level), self.tune.tolerance), (float(off), self.off_tolerance)]
+        return out
 
 
 def tables(cfg: TuningUntuningConfig) -> dict:
@@ -74,7 +83,7 @@ def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | No
     units = raster(rig.shape, cfg.devices)
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
                         tables=tables(cfg), units_total=len(units), resume=resume,
-                        overwrite=overwrite)
+                        overwrite=overwrite, rig=rig)
     resumed = writer.units_done
     levels = cfg.level_values()
     off_cfg = cfg.tune.model_copy(update={"tolerance": cfg.off_tolerance, "n_inband": 1})
@@ -85,12 +94,14 @@ def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | No
         rows: dict[str, list] = {k: [] for k in TUNINGS_COLUMNS}
         hist = []
         pulses = 0
+        warm = None  # the fast variant starts each ramp near what last moved this device
         for li, level in enumerate(levels):
             off = max(cfg.off_floor, cfg.off_fraction * level)
             for rep in range(cfg.repeats):
                 tix = i * per_device + li * cfg.repeats + rep
-                un = tune(rig, r, c, off, off_cfg)
-                res = tune(rig, r, c, float(level), cfg.tune)
+                un = tune(rig, r, c, off, off_cfg, warm=warm)
+                res = tune(rig, r, c, float(level), cfg.tune, warm=un.warm)
+                warm = res.warm
                 rig.wait(cfg.settle_s)
                 g_set = float(rig.read(r, c))
                 pulses += un.pulses + res.pulses

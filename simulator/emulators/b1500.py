@@ -2,7 +2,8 @@
 AAD, RI, MM, BC, TSR, ERRX?, ERR?.
 
 SMU channel N is the world terminal `smuN`: floating while disabled (CL), 0 V once enabled
-(CN), its DV level after DV. Commands of one message are split at `;`. A bad command or
+(CN), its DV level after DV. DV range codes are output ranges in "limited auto": the SMU uses
+the smallest of its ranges that holds the value, never below the one named. Commands of one message are split at `;`. A bad command or
 parameter puts an entry in the error queue (read by ERRX?/ERR?) and does nothing; a bad query
 also produces no reply (the caller times out), as the instrument does. Error codes are this
 emulator's choice where the guide was not at hand: 100 undefined command, 120 bad parameter,
@@ -14,6 +15,29 @@ from __future__ import annotations
 import math
 
 from instruments.b1500 import SMU_MODELS
+
+#: FLEX voltage output range codes -> full scale [V] (dc-commands.md §2.3); 11..15 are the
+#: legacy forms of 20..2000. In DI the same numbers are *current* ranges (11 = 1 nA).
+V_RANGE_FULL = {2: 0.2, 5: 0.5, 11: 2.0, 20: 2.0, 50: 5.0, 12: 20.0, 200: 20.0, 13: 40.0,
+                400: 40.0, 14: 100.0, 1000: 100.0, 15: 200.0, 2000: 200.0}
+#: voltage range codes each SMU model accepts (0 = auto)
+_HR = {0, 5, 11, 20, 50, 12, 200, 13, 400, 14, 1000}
+MODULE_V_CODES = {"B1517A": _HR, "B1511B": _HR,
+                  "B1510A": {0, 11, 20, 12, 200, 13, 400, 14, 1000, 15, 2000},
+                  "B1514A": {0, 2, 11, 20, 12, 200, 13, 400}}
+
+
+def output_range(model: str, code: int, volts: float) -> float | None:
+    """Full scale [V] the SMU outputs `volts` on for DV range `code`, or None if it cannot.
+
+    Output range codes are "limited auto": the smallest range of the module that holds the
+    value, never below the range named (0 = full auto)."""
+    codes = MODULE_V_CODES[model]
+    if code not in codes:
+        return None
+    floor = V_RANGE_FULL.get(code, 0.0)
+    fits = [V_RANGE_FULL[c] for c in codes if c and V_RANGE_FULL[c] >= max(floor, abs(volts))]
+    return min(fits) if fits else None
 
 
 class B1500Emulator:
@@ -27,6 +51,7 @@ class B1500Emulator:
         self.errors: list[tuple[int, str]] = []
         self.enabled: set[int] = set()
         self.levels: dict[int, float] = {}
+        self.vranges: dict[int, float] = {}   # output range in use per channel [V full scale]
         self.fmt = (1, 0)
         self._publish()
 
@@ -95,6 +120,7 @@ class B1500Emulator:
         if head == "*RST":
             self.enabled.clear()
             self.levels.clear()
+            self.vranges.clear()
             self._publish()
             return None
         if head == "FMT":
@@ -113,6 +139,7 @@ class B1500Emulator:
                 for c in chans or list(self.enabled):
                     self.enabled.discard(c)
                     self.levels.pop(c, None)
+                    self.vranges.pop(c, None)
             self._publish()
             return None
         if head == "DZ":
@@ -136,11 +163,12 @@ class B1500Emulator:
             except ValueError:
                 self._err(120, "Incorrect numeric parameter.")
                 return None
-            full = {0: 100.0, 20: 2.0, 200: 20.0, 11: 0.5, 12: 5.0}.get(vrange)
-            if full is None or abs(v) > full or not 0 < abs(icomp) <= 0.1:
+            full = output_range(self.modules[chans[0] - 1], vrange, v)
+            if full is None or not 0 < abs(icomp) <= 0.1:
                 self._err(120, "Parameter out of range.")
                 return None
             self.levels[chans[0]] = v
+            self.vranges[chans[0]] = full
             self._publish()
             return None
         if head in ("TI", "TV"):

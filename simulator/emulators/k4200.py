@@ -33,7 +33,11 @@ class KxciError(Exception):
 
 
 class K4200Emulator:
-    idn = "KI4200A V4.6.0"
+    #: `*IDN?` answers the IEEE-488.2 form, manufacturer, model, serial, version (as 4200A
+    #: drivers' fixtures record it, e.g. hephy-dd/diode-measurement); KXCI's own `ID` answers
+    #: `KI4200A V4.6.0` (pymeasure's fixture). Exact strings to confirm on the instrument.
+    idn = "KEITHLEY INSTRUMENTS,KI4200A,1234567,V1.13"
+    id_reply = "KI4200A V4.6.0"
     options = "SMU1,SMU2,SMU3,SMU4,PMU1,RPM1,RPM2"
 
     def __init__(self, world=None):
@@ -88,8 +92,10 @@ class K4200Emulator:
     def _dispatch(self, msg: str) -> str | None:
         if msg.startswith(":PMU:"):
             return self._pmu(msg)
-        if msg in ("*IDN?", "ID"):
+        if msg == "*IDN?":
             return self.idn
+        if msg == "ID":
+            return self.id_reply
         if msg == "*OPT?":
             return self.options
         if msg == ":ERROR:LAST:GET":

@@ -2,7 +2,8 @@
 
 Like pymeasure's expected_protocol: the test lists (sent, reply) pairs in order, without
 terminators; a reply of None means the instrument says nothing. A read with nothing queued times
-out like pyvisa does.
+out like pyvisa does; a message the script does not expect (another one, or one more after the
+script ended) fails the test.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ class Scripted:
     def write(self, message: str) -> None:
         assert not self.closed, "write after close"
         self.sent.append(message)
-        if self.script:
-            expected, reply = self.script.pop(0)
-            assert message == expected, f"sent {message!r}, script expected {expected!r}"
-            if reply is not None:
-                self._replies.append(reply)
+        assert self.script, f"sent {message!r} after the script ended"
+        expected, reply = self.script.pop(0)
+        assert message == expected, f"sent {message!r}, script expected {expected!r}"
+        if reply is not None:
+            self._replies.append(reply)
 
     def read(self) -> str:
         if not self._replies:

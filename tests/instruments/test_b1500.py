@@ -75,11 +75,20 @@ def test_timeout_names_instrument_and_command():
 
 
 def test_close_and_context_manager_leave_outputs_zero_and_disconnected():
-    t = Scripted([("DZ;CL", None)])
+    t = Scripted([("DZ;CL", None), ("*OPC?", "1")])
     with B1500(t):
         pass
-    assert t.sent == ["DZ;CL"] and t.closed
-    t2 = Scripted([("DZ;CL", None)])
+    assert t.done() and t.closed
+    t2 = Scripted([("DZ;CL", None), ("*OPC?", "1")])
     with pytest.raises(KeyboardInterrupt), B1500(t2):
         raise KeyboardInterrupt
-    assert t2.sent == ["DZ;CL"] and t2.closed
+    assert t2.done() and t2.closed
+
+
+def test_safe_state_is_confirmed_not_assumed():
+    """The outputs-off message is followed by *OPC?: a B1500 that does not answer (message
+    lost, connection gone) makes make_safe raise instead of passing for safe."""
+    t = Scripted([("DZ;CL", None), ("*OPC?", None)])
+    with pytest.raises(InstrumentTimeout) as e:
+        B1500(t).make_safe()
+    assert e.value.command == "*OPC?"

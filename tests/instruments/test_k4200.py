@@ -10,14 +10,14 @@ from instruments.k4200 import K4200
 
 def test_terminator_identity_and_init():
     t = Scripted([
-        ("*IDN?", "KI4200A V4.6.0"),
+        ("*IDN?", "KEITHLEY INSTRUMENTS,KI4200A,1234567,V1.13"),
         (":PMU:INIT 1", "ACK"),
         (":PMU:RPM:CONFIGURE PMU1-1, 0", "ACK"), (":PMU:SOURCE:RANGE 1, 10", "ACK"),
         (":PMU:MEASURE:RANGE 1, 2, 0.0001", "ACK"), (":PMU:LOAD 1, 1e+06", "ACK"),
     ])
     k = K4200(t)
     assert t.read_termination == "\0" and t.write_termination == "\0"
-    assert k.idn() == "KI4200A V4.6.0"
+    assert k.idn() == "KEITHLEY INSTRUMENTS,KI4200A,1234567,V1.13"
     k.pmu_init(channels=(1,))
     assert t.done()
 

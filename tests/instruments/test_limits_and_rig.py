@@ -24,7 +24,7 @@ class _RecordingRig(CrossbarRig):
     def _pulse(self, row, col, volts, seconds):
         self.sent.append(("pulse", row, col, volts, seconds))
 
-    def safe_state(self):
+    def _safe_state(self):
         self.safe_calls += 1
 
 

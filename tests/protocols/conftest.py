@@ -56,7 +56,7 @@ class ToyRig(CrossbarRig):
             dg = -0.6e-6 * seconds / 200e-9 * np.exp((-volts - vth) / 0.17) * xi * max((g - 5e-6) / 700e-6, 0)
         self.G[row, col] = g + float(np.clip(dg, -0.5 * g, 700e-6 - g))
 
-    def safe_state(self):
+    def _safe_state(self):
         self.safe_calls += 1
 
 

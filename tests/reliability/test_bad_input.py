@@ -22,6 +22,7 @@ from reliability_support import (
 
 from database.nonideality import save_nonideality
 from database.reference import import_reference
+from database.runs import list_runs
 from protocols.campaigns import CAMPAIGNS
 
 
@@ -103,6 +104,8 @@ BAD_STATIONS = {
                                                         cols=raw["matrix"]["cols"][:4])),
                       "shape"),
     "not-a-mapping": (lambda raw: raw.clear(), None),
+    "edge-too-long": (_set(["pulse", "edge"], 10.0), "pulse.edge"),     # s typed for ns
+    "read-floor-above-ceiling": (_set(["read", "floor_S"], 1e-3), "floor_S"),
 }
 
 
@@ -125,6 +128,15 @@ BAD_CONFIGS = {
     "width-out-of-range": ({"tune": {"width": 1.0}}, "disturbance", "width"),
     "device-not-a-pair": ({"devices": [[0]]}, "iv", "devices"),
     "not-a-mapping": (["a", "list"], "stuck", "mapping"),
+    "settle-too-long": ({"settle_s": 1e6}, "tuning-untuning", "settle_s"),
+    "iv-step-too-long": ({"width": 1.0}, "iv", "width"),
+    "empty-device-list": ({"devices": []}, "disturbance", "devices"),
+    # targets the station cannot read back (read range 2.5 uS .. 500 uS): refused before the
+    # store is opened, so the protected file is untouched even with --overwrite
+    "target-range-in-S-typo": ({"g_high": 1.0}, "disturbance", "verify"),
+    "targets-below-read-range": ({"g_low": 1e-9, "g_high": 1e-8}, "disturbance", "verify"),
+    "stuck-top-level-typo": ({"top_level": 400.0}, "stuck", "verify"),
+    "levels-up-to-the-ceiling": ({"g_high": 500e-6}, "tuning-untuning", "verify"),
 }
 
 
@@ -147,6 +159,65 @@ def test_ramp_inside_pydantic_but_beyond_station_limits(tmp_path, capsys):
     tcfg.write_text(yaml.safe_dump({"v_set_max": 2.5}))
     _fails_cleanly(["tune", "--station", PMU_STATION, "--device", "0,0", "--target", "2e-4",
                     "--config", tcfg], capsys, text="station limit")
+
+
+@pytest.mark.parametrize("target", ["250", "1", "1e-9", "5e-4", "0", "-1e-4", "nan", "inf"])
+def test_tune_refuses_a_target_the_station_cannot_verify(target, capsys, monkeypatch):
+    """250 is uS typed as S: without the check the tuning pulses to its ramp cap (~100
+    pulses) and leaves the device at the read ceiling. Refused before the rig is even opened."""
+    def no_rig(*_a, **_k):
+        raise AssertionError("the rig was opened")
+
+    monkeypatch.setattr("xbarlab.station.Station.open_rig", no_rig)
+    _fails_cleanly(["tune", "--station", PMU_STATION, "--device", "0,0", "--target", target],
+                   capsys, text="verify")
+
+
+def test_negative_seed_is_refused_before_anything_is_created(tmp_path, capsys):
+    out = tmp_path / "new" / "d.h5"
+    _fails_cleanly(["run", "disturbance", "--station", PMU_STATION, "-o", out, "--seed", "-5",
+                    "--no-progress"], capsys, text="--seed")
+    assert not (tmp_path / "new").exists()
+
+
+def test_station_file_that_is_not_utf8(tmp_path, victim, capsys):
+    st = tmp_path / "latin1.yaml"
+    st.write_bytes("name: station \xb5S\n".encode("latin-1"))
+    _fails_cleanly(["run", "stuck", "--station", st, "-o", victim, "--device", "0,0",
+                    "--overwrite", "--no-progress"], capsys, protect=[victim], text="UTF-8")
+    _fails_cleanly(["station", "check", st], capsys, text="UTF-8")
+
+
+def test_bad_input_creates_no_folder_and_no_log(tmp_path, capsys):
+    st = _station(tmp_path, _set(["pulse", "edge"], 10.0))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"g_high": 1.0}))
+    for args in (["--station", st], ["--station", PMU_STATION, "--config", cfg]):
+        _fails_cleanly(["run", "disturbance", *args, "-o", tmp_path / "sub" / "d.h5",
+                        "--no-progress"], capsys)
+        assert not (tmp_path / "sub").exists()
+
+
+def test_output_named_like_a_log(tmp_path, capsys):
+    out = tmp_path / "x.log"
+    code, _, err = cli(["run", "stuck", "--station", str(PMU_STATION), "-o", str(out),
+                        "--device", "0,0", "--no-progress"], capsys)
+    assert code == 0, err
+    assert list_runs(out)[-1].complete
+    assert "stuck on" in (tmp_path / "x.log.log").read_text()
+
+
+def test_complete_run_asked_for_again_exits_0_and_says_so(tmp_path, capsys):
+    out = tmp_path / "s.h5"
+    args = ["run", "stuck", "--station", str(PMU_STATION), "-o", str(out), "--device", "0,0",
+            "--no-progress"]
+    assert cli(args, capsys)[0] == 0
+    before = _stamp([out])
+    code, stdout, err = cli(args, capsys)
+    assert code == 0 and "already complete" in stdout and "nothing to do" in stdout, err
+    assert _stamp([out]) == before
+    # the same file asked for with other settings is still refused
+    _fails_cleanly([*args, "--seed", "3"], capsys, protect=[out], text="complete")
 
 
 @pytest.mark.parametrize("device", ["9,9", "-1,0"])

@@ -30,11 +30,11 @@ PMU_FAULTS = [
     ("timeout", ":PMU:EXECUTE", "K4200", "no reply"),
     ("timeout", "exclusiveclose", "K707B", "no reply"),
     ("no_execute", ":PMU:TEST:STATUS?", "K4200", "no reply"),
-    ("truncated", ":PMU:DATA:GET", "K4200", "expected 2 points"),
+    ("truncated", ":PMU:DATA:GET", "K4200", "points of V,I,T,S"),
     ("garbled", ":PMU:DATA:GET", "K4200", "bad data"),
     ("garbled", "exclusiveclose", "K707B", "unexpected reply"),
     ("truncated", ":PMU:TEST:STATUS?", "K4200", "empty status reply"),
-    ("wrong_reply", ":PMU:DATA:GET", "K4200", "expected 2 points"),
+    ("wrong_reply", ":PMU:DATA:GET", "K4200", "points of V,I,T,S"),
     ("wrong_reply", ":PMU:SARB:SEQ:TIME 1", "K4200", "refused"),
     ("error", ":PMU:EXECUTE", "K4200", "Injected fault"),
     ("error", "exclusiveclose", "K707B", "707B error 999"),
@@ -203,12 +203,47 @@ def test_fault_mid_campaign_keeps_finished_devices_and_rerun_resumes(tmp_path, m
     assert unsafe_parts(st) == []
 
 
-def test_lost_safe_state_command_is_noticed():
+def test_lost_safe_state_command_is_noticed_and_the_others_are_made_safe():
+    """The 707B's "open all" is lost: safe_state raises naming the 707B, records the rig as not
+    safe, and the PMU is made safe all the same; once the 707B answers, the rig is safe."""
     st, rig = open_station("sim-pmu")
-    rig.read(0, 0)
+    rig.pulse_and_read(1, 1, 1.2, 200e-9)
     st.visa_library.faults.add("no_execute", resource=K707B, match='channel.open("allslots")')
-    try:
+    with pytest.raises(InstrumentError) as ei:
         rig.safe_state()
-    except InstrumentError:
-        return                          # noticed: the user is told the relays are not confirmed
-    assert unsafe_parts(st) == []       # or really safe (a verified/retried open)
+    assert ei.value.instrument == "K707B"
+    assert rig.safe.state == "unsafe" and "K707B" in rig.safe.detail
+    pmu = st.visa_library.instruments[K4200]
+    assert not any(pmu.outputs.values())               # the other instrument went safe
+    assert st.visa_library.instruments[K707B].closed   # and the relays really are closed
+    rig.safe_state()
+    assert rig.safe.state == "safe" and unsafe_parts(st) == []
+    rig.close()
+
+
+@pytest.mark.parametrize("ignored,confirmed", [(1, True), (2, False)])
+def test_707b_that_ignores_open_all_is_retried_once_then_reported(ignored, confirmed):
+    """A 707B that answers "open all" with its relays still listed (it ignored the command):
+    one retry; if the relays are still listed, "relays not confirmed open"."""
+    st, rig = open_station("sim-pmu")
+    rig.pulse_and_read(1, 1, 1.2, 200e-9)
+    k7 = st.visa_library.instruments[K707B]
+    handle, left = k7.handle, [ignored]
+
+    def ignore_open(msg):
+        if 'channel.open("allslots")' in msg and left[0] > 0:
+            left[0] -= 1
+            return ";".join(sorted(k7.closed))
+        return handle(msg)
+
+    k7.handle = ignore_open
+    if confirmed:
+        rig.safe_state()
+        assert rig.safe.state == "safe" and unsafe_parts(st) == []
+    else:
+        with pytest.raises(InstrumentError, match="relays not confirmed open"):
+            rig.safe_state()
+        assert rig.safe.state == "unsafe" and k7.closed
+    k7.handle = handle
+    rig.close()
+    assert unsafe_parts(st) == []

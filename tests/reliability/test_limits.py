@@ -85,19 +85,75 @@ def test_rig_refuses_a_read_voltage_above_the_bias_limit():
     rig.close()
 
 
+def _received(st, resource):
+    """The messages the emulated instrument behind `resource` receives from now on."""
+    emu = st.visa_library.instruments[resource]
+    got: list[str] = []
+    handle = emu.handle
+    emu.handle = lambda msg: (got.append(msg), handle(msg))[1]
+    return got
+
+
+K4200_RES = "TCPIP0::192.168.0.2::1225::SOCKET"
+
+#: KXCI commands that set an output level, each at a level beyond the station limits (+2.1 V,
+#: -2.5 V, 10 mA): the ones the guard parses, and real or plausible ones it does not know
+#: (standard-pulse, sweep, system-mode, PGU, user-library), which an allow-list must refuse
 RAW_4200 = [
-    "DV1,0,3,0.01", "US;DV2,0,-2.6,1e-3", "DI1,6,1e-5,5",
+    "DV1,0,3,0.01", "DV1,1,-3,0.001", "US;DV2,0,-2.6,1e-3", "DV1, 0, 5, 0.01",
+    "DV1,0,0.1,0.05",                                   # compliance beyond 10 mA
+    "DI1,6,1e-5,5", "DI1,6,-1e-5,3", "DI1,9,0.05,1",   # voltage compliance / current
     ":PMU:SARB:SEQ:STARTV 1,1,0,0,2.5,2.5,0", ":PMU:SARB:SEQ:STOPV 1,1,0,-3,-3,0,0",
-    ":PMU:SARB:SEQ:STARTV 1,1,nan", ":PMU:PULSE:VHIGH 1, 5", ":PMU:DCV 1, -4",
+    ":PMU:SARB:SEQ:STARTV 1,1,nan", ":PMU:SARB:SEQ:STARTV 1,1,1e999",
+    ":PMU:SARB:SEQ:STARTV:ADD 1,1,5",
+    ":PMU:PULSE:TRAIN 1, 0, 5", ":PMU:STEP:PULSE:AMPLITUDE 1, 5",
+    ":PMU:SWEEP:PULSE:AMPLITUDE 1, 0, 5, 0.5", ":PMU:PULSE:VHIGH 1, 5", ":PMU:PULSE:VLOW 1, -5",
+    ":PMU:PULSE:BASE 1, 5", ":PMU:DCV 1, -4", "PV 5", "DS1, 5", "VC 1, 5, 0.01",
+    "VR 1, 0, 5, 0.1, 0.01", "VP 5, 5, 3, 0.01", "VL1,1, 0.01, 0, 5", "EX nvm pulse(1,5)",
+    "dv1,0,5,0.01", "DV1,0,5V,0.01", "ID;DV1,0,5,0.01", "DV1,0,1,0.001;DS1, 5",
 ]
 
 
 @pytest.mark.parametrize("command", RAW_4200)
-def test_k4200_raw_messages_with_levels_beyond_limits_never_leave(pmu, command):
+def test_k4200_raw_level_commands_beyond_limits_never_leave(pmu, command):
     st, rig = pmu
+    got = _received(st, K4200_RES)
     for send in (rig.pmu.write, rig.pmu.query, rig.pmu.cmd):
         e = _refused(st, send, command)
         assert e.instrument == "K4200" and e.command == command
+    assert got == []
+
+
+def test_k4200_raw_guard_passes_known_commands_within_limits(pmu):
+    _, rig = pmu
+    for command in ("DV1,0,1.5,0.001", "DV1", "DI1,6,1e-5,2", "US;DV2,0,-2.5,1e-3", "TV1",
+                    ":PMU:SARB:SEQ:STARTV 1,1,0,2.1,-2.5", "ID", "BC", "SP", "*RST",
+                    ":ERROR:LAST:CLEAR", ":PMU:OUTPUT:STATE 2, 1", "GP 1 2"):
+        rig.pmu.check_outgoing(command)
+
+
+def test_k4200_driver_methods_send_only_what_the_guard_knows(tmp_path):
+    """Every message the driver sends for its own methods and a campaign passes the guard (a
+    refusal would raise here); recorded at the instrument, so each really left."""
+    st, rig = open_station("sim-pmu")
+    got = _received(st, K4200_RES)
+    module, cls = CAMPAIGNS["disturbance"]
+    with rig:
+        module.run(rig, cls(devices=[(0, 0), (1, 1)]), tmp_path / "d.h5", seed=0,
+                   progress=False)
+        p = rig.pmu
+        p.idn(), p.options(), p.last_error(), p.check_errors()
+        p.smu_force_voltage(1, 0.2, 1e-3)
+        p.smu_measure_current(1)
+        p.smu_off(1)
+        p.rpm_switch(1, 0)
+        p.ul_get(1, 2)
+        p.abort()
+        p.make_safe()
+    heads = {m.split(" ")[0].split(",")[0] for m in got}
+    assert {":PMU:SARB:SEQ:STARTV", ":PMU:SARB:SEQ:TIME", ":PMU:SARB:WFM:SEQ:LIST",
+            ":PMU:EXECUTE", ":PMU:DATA:GET", ":PMU:OUTPUT:STATE", ":PMU:INIT", "EX", "GP",
+            "US", "DV1", "TI1", "*IDN?", "*OPT?", ":ERROR:LAST:GET"} <= heads, heads
 
 
 def test_k4200_driver_methods_refuse(pmu):
@@ -136,11 +192,6 @@ def test_b1500_dc_bias_entry_points_refuse(b1500):
         lambda: drv.force_voltage(2, 0.1, 0.2),                # compliance above the limit
         lambda: drv.dv_command(2, math.inf, 1e-3),
         lambda: drv.batch(["CN 2", "DV 2,0,3.0,1e-3"]),
-        lambda: drv.write("DV2,0,-3,1e-3"),
-        lambda: drv.query("DV 2,20,2.5,1e-3;ERRX?"),
-        lambda: drv.write("PV 2,0,0,5,1e-3"),
-        lambda: drv.write("WV 2,1,0,0,4,11,1e-3"),
-        lambda: drv.write("DI 2,0,1e-5,12"),
     ]
     for attempt in attempts:
         with pytest.raises(SafetyLimitError):
@@ -148,6 +199,53 @@ def test_b1500_dc_bias_entry_points_refuse(b1500):
     assert len(sent) == n and emu.levels == levels          # not one byte went out
     drv.force_voltages({2: 0.2, 3: -0.4}, 1e-3)              # inside the limits: sent
     assert emu.levels == {2: 0.2, 3: -0.4}
+
+
+#: FLEX commands that set a level, beyond the limits or in a form the guard cannot check
+RAW_B1500 = [
+    "DV 2,0,3,1e-3", "DV2,0,-3,1e-3", "dv 2,0,3,1e-3", "DV 2,20,2.5,1e-3;ERRX?",
+    "DV 2,0,0.1,0.2",               # compliance 200 mA
+    "DV 2,0,1",                     # no compliance: the SMU's default is not checkable
+    "DV 2,0,nan,1e-3", "DV 2,0,1E999,1e-3",
+    "DI 2,0,1e-5,12", "DI 2,0,-1e-5,-3", "DI 2,0,0.05,1",
+    "PV 2,0,0,5,1e-3", "WV 2,1,0,0,4,11,1e-3", "WI 2,1,0,0,1e-2,11,5", "MV 2,0,0,5,1e-3",
+    "TDV 2,0,5", "RZ", "XE", "CN 2;DV 2,0,3,1e-3", "DV 2,0,0.5,1e-3;WV 2,1,0,0,4,11,1e-3",
+]
+
+
+@pytest.mark.parametrize("command", RAW_B1500)
+def test_b1500_raw_level_commands_beyond_limits_never_leave(b1500, command):
+    drv, emu, sent = b1500
+    n, levels = len(sent), dict(emu.levels)
+    for send in (drv.write, drv.query, lambda c: drv.batch([c])):
+        with pytest.raises(SafetyLimitError) as ei:
+            send(command)
+        assert ei.value.instrument == "B1500" and command in ei.value.command
+    assert len(sent) == n and emu.levels == levels
+
+
+def test_b1500_raw_guard_passes_known_commands_within_limits(b1500):
+    drv, _, _ = b1500
+    for command in ("DV 2,0,-2.5,1e-3", "dv 2,20,0.5,0.001", "DV 2,0,1,1e-3,0,16",
+                    "DI 2,0,1e-4,2", "*OPC?", "ERR?", "ERRX? 0", "TIV 2", "RI 2,-16",
+                    "AAD 2,1", "BC", "TSR", "cn 2,3", "DZ", "CL 2"):
+        drv.check_outgoing(command)
+
+
+def test_b1500_driver_methods_send_only_what_the_guard_knows(b1500):
+    drv, emu, sent = b1500
+    drv.idn(), drv.modules(), drv.errors()
+    drv.force_voltages({2: 0.3, 3: -0.3}, 1e-3)
+    drv.measure_current(2)
+    drv.zero()
+    drv.disable([3])
+    drv.disable()
+    drv.reset()
+    drv.connect()
+    drv.enable([2])
+    drv.make_safe()
+    heads = {m.split(" ")[0].split(";")[0] for m in sent}
+    assert {"*IDN?", "UNT?", "ERRX?", "DV", "TI", "DZ", "CL", "*RST", "FMT", "CN"} <= heads
 
 
 def test_wgfmu_driver_patterns_refuse(wgf):
@@ -163,6 +261,27 @@ def test_tuning_with_ramp_caps_beyond_limits_refuses_before_any_pulse(pmu):
     for over in ({"v_set_max": 2.5}, {"v_reset_min": -2.8}, {"width": 5e-9}):
         cfg = TuneConfig(**over)
         _refused(st, tune, rig, 2, 2, 200e-6, cfg, exc=ConfigError)
+
+
+@pytest.mark.parametrize("target", [250.0, 1.0, 1e-9, 1e-6, 500e-6, 496e-6])
+def test_tuning_target_the_station_cannot_verify_refuses_before_any_read(pmu, target):
+    st, rig = pmu
+    e = _refused(st, tune, rig, 2, 2, target, exc=ConfigError)
+    assert "verify" in str(e)
+
+
+@pytest.mark.parametrize("campaign,over", [
+    ("disturbance", {"g_high": 1.0}), ("disturbance", {"g_low": 1e-9}),
+    ("stuck", {"top_level": 400.0}), ("tuning-untuning", {"g_low": 1e-7, "off_floor": 1e-7}),
+])
+def test_campaign_targets_the_station_cannot_verify_refused_before_the_store(tmp_path, pmu,
+                                                                             campaign, over):
+    st, rig = pmu
+    module, cls = CAMPAIGNS[campaign]
+    cfg = cls(devices=[(3, 3)], **over)
+    _refused(st, module.run, rig, cfg, tmp_path / "c.h5", seed=0, progress=False,
+             exc=ConfigError)
+    assert not (tmp_path / "c.h5").exists()
 
 
 @pytest.mark.parametrize("campaign", sorted(CAMPAIGNS))

@@ -5,7 +5,7 @@ import pytest
 
 from instruments.errors import SafetyLimitError
 from protocols.rig import ReadSettings
-from simulator.config import CrossbarConfig, LatencyConfig
+from simulator.config import CrossbarConfig, DeviceParams, LatencyConfig
 from simulator.crossbar import Crossbar
 from simulator.direct_rig import SimulatedRig
 
@@ -102,7 +102,7 @@ def test_column_currents_are_the_nodal_solution_and_charge_one_execution():
     out = rig.column_currents(rows, v, cols)
     row_v = np.zeros((5, 8))
     row_v[:, rows] = v
-    _, cc = rig.crossbar._solver.driven_currents(rig.crossbar.conductance(), row_v)
+    _, cc = rig.crossbar._solver.readout_currents(rig.crossbar.conductance(), row_v)
     np.testing.assert_allclose(out, cc[:, cols], rtol=1e-12)
     assert rig.clock == pytest.approx(2e-3 + 5 * (1e-3 + 2e-3))
     t = rig.time_breakdown()
@@ -162,3 +162,46 @@ def test_column_currents_stop_at_the_current_compliance():
     rig = SimulatedRig(Crossbar(seed=3), limits=SafetyLimits(i_compliance=1e-4))
     with pytest.raises(ProtocolError, match="compliance"):
         rig.column_currents(np.arange(8), np.full((1, 8), 0.2), np.arange(8))
+
+
+def test_read_array_reads_each_device_at_its_own_time():
+    # a map takes rows*cols executions: a device read late in the map has relaxed for longer,
+    # as on a station that reads one device per execution (time-dependent physics sees it)
+    lat = LatencyConfig(round_trip=1.0, read_time=10e-6)
+    dev = DeviceParams(volatile_fraction=0.5, volatile_cap=0.2, sigma_volatile=0.0, tau_relax=1.0,
+                       rtn_count=0)
+    cfg = CrossbarConfig(rows=2, cols=2, stuck_hrs_rate=0, stuck_lrs_rate=0, r_line=0.0,
+                         r_source=0.0, device=dev)
+    rig = SimulatedRig(Crossbar(cfg, seed=1), latency=lat)
+    xb = rig.crossbar
+    for (i, j) in ((0, 0), (1, 1)):
+        for _ in range(30):
+            xb.pulse_device(i, j, 1.6, 200e-9)
+    gv0 = xb.Gv
+    assert gv0[0, 0] > 10e-6 and gv0[1, 1] > 10e-6
+    t0 = rig.clock
+    g = rig.read_array()
+    for (i, j), k in (((0, 0), 1), ((1, 1), 4)):
+        # device number k in raster order is read k round trips (and k-1 reads) into the map
+        seen = xb.G[i, j] + gv0[i, j] * np.exp(-(k * 1.0 + (k - 1) * 10e-6) / dev.tau_relax)
+        assert g[i, j] == pytest.approx(seen, abs=5 * np.hypot(0.0015 * seen, 0.45e-6))
+    assert rig.clock == pytest.approx(t0 + 4 * (1.0 + 10e-6))
+
+
+def test_column_currents_act_on_a_lost_ctrl_c_and_mark_the_rig_in_use():
+    import signal
+
+    from protocols import interrupts
+
+    rig = _rig()
+    rig.safe_state()
+    with interrupts.sigint_handler():
+        try:
+            signal.raise_signal(signal.SIGINT)   # recorded, as one lost in a finaliser would be
+        except KeyboardInterrupt:
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            rig.column_currents([0], np.full((1, 1), 0.1), [0])
+    assert rig.clock == 0.0 and rig.safe.state == "safe"   # nothing reached the array
+    rig.column_currents([0], np.full((1, 1), 0.1), [0])
+    assert rig.safe.state == "in use"

@@ -12,6 +12,7 @@ from instruments import wgfmu as W
 from instruments.b1500 import B1500
 from instruments.k707b import K707B
 from instruments.k4200 import K4200
+from instruments.limits import SafetyLimits
 from instruments.wiring import Wiring
 from simulator.crossbar import Crossbar
 from simulator.emulators import (
@@ -84,8 +85,9 @@ def test_b1500_flex_error_queue_and_bad_query(lab):
     _, world, lib, rm = lab
     b = B1500.open(rm, "GPIB0::17::INSTR")
     b.connect()
+    b._res.write("XYZ 1")          # past the driver's guard (which refuses unknown commands)
     with pytest.raises(InstrumentError, match="100"):
-        b.batch(["XYZ 1"])
+        b.check_errors("XYZ 1")
     with pytest.raises(InstrumentError, match="150"):   # DV on a channel not enabled
         b.force_voltage(2, 0.1, 1e-3)
     b.enable([2, 3])
@@ -123,8 +125,8 @@ def test_pmu_execute_pulses_routed_devices(lab):
     with pytest.raises(InstrumentError, match="-804"):
         p.cmd(":PMU:SARB:WFM:SEQ:LIST 1,7,1")
         p.execute()
-    with pytest.raises(InstrumentError, match="-992"):
-        p.cmd(":PMU:BOGUS 1")
+    # past the driver's guard (which refuses unknown commands): the 4200 answers its error
+    assert p._res.query(":PMU:BOGUS 1") == "Unrecognized command (-992)"
     p.close()
     emu = lib.instruments[PMU]
     assert not any(emu.outputs.values())
@@ -205,11 +207,12 @@ def test_wgfmu_library_state_machine_and_error_codes():
 def test_pyvisa_sim_definitions_serve_the_drivers():
     base = resources.files("simulator") / "yaml"
     rm = pyvisa.ResourceManager(f"{base / 'b1500.yaml'}@sim")
-    b = B1500.open(rm, "GPIB0::17::INSTR")
+    # limits wider than the sim's specs, so the sim (not the driver's guard) refuses 3 V
+    b = B1500.open(rm, "GPIB0::17::INSTR", limits=SafetyLimits(v_set_max=5.0))
     b.connect()
     assert b.idn().startswith("Agilent") and b.modules()[0][0] == "B1530A"
     b.force_voltage(2, 0.5, 1e-3)
-    with pytest.raises(InstrumentError, match="100"):       # out of specs -> error queue
+    with pytest.raises(InstrumentError, match="B1500 error 100"):  # out of specs -> queue
         b.batch(["DV 2,0,3,0.001"])                          # 3 V: beyond specs
     assert b.measure_current(2) == pytest.approx(5e-12)
     rm7 = pyvisa.ResourceManager(f"{base / 'k707b.yaml'}@sim")
@@ -218,7 +221,39 @@ def test_pyvisa_sim_definitions_serve_the_drivers():
     assert k.closed_channels() == []                        # canned nil: no state in pyvisa-sim
     rm42 = pyvisa.ResourceManager(f"{base / 'k4200.yaml'}@sim")
     p = K4200.open(rm42, PMU)
-    assert p.idn() == "KI4200A V4.6.0"
+    assert p.idn().startswith("KEITHLEY INSTRUMENTS,KI4200A,")
+    assert p.query("ID") == "KI4200A V4.6.0"
     p.cmd(":PMU:INIT 1")
-    with pytest.raises(InstrumentError, match="-992"):
-        p.cmd(":PMU:NOPE")
+    assert p._res.query(":PMU:NOPE") == "Unrecognized command (-992)"  # past the guard
+
+
+def test_every_message_and_instrument_call_is_charged_to_the_clock(lab):
+    """physics.md §6: one gpib_cmd per message exchange (a KXCI setter waits for its ACK, a TSP
+    chunk for its reply), one relay_switch per changed 707B selection, one round_trip per
+    execution; WGFMU pattern building is host-side and free, calls that reach the instrument
+    are not."""
+    _, world, lib, rm = lab
+    lat, clk = world.latency, world.clock
+    k = K4200.open(rm, PMU)
+    m = K707B.open(rm, "GPIB0::18::INSTR")
+    before = clk.totals.get("command", 0.0)
+    n0 = k.round_trips + m.round_trips
+    k.pmu_init(channels=(1,))
+    m.exclusive_close(["1A01", "2B01"])
+    n = k.round_trips + m.round_trips - n0
+    assert n == 6
+    assert clk.totals["command"] - before == pytest.approx(n * lat.gpib_cmd)
+    assert clk.totals["relay"] == pytest.approx(lat.relay_switch)
+
+    wl = EmulatedWgfmuLibrary(world)
+    w = W.Wgfmu(wl)
+    w.open("GPIB0::17::INSTR")                    # session + initialize
+    t = dict(clk.totals)
+    w.setup_channel(101)
+    w.create_pattern("p", 0.0)
+    w.add_vectors("p", [(1e-6, 0.0)])
+    assert clk.totals == t                         # host-side until execute
+    w.connect(101)
+    w.connect(101)                                 # already connected: nothing sent
+    assert clk.totals["command"] - t["command"] == pytest.approx(lat.gpib_cmd)
+    assert wl.exchanges == 2                       # initialize, connect

@@ -147,6 +147,28 @@ def test_grounded_fixed_point_matches_factorised_solve(r_line, r_source, v_nl):
                                s.grounded_column_currents(g, 0.2, rows=[1])[0], rtol=1e-9)
 
 
+@pytest.mark.parametrize("r_line, r_source, v_nl", [(0.75, 2.0, 0.81), (2.0, 0.0, 0.81),
+                                                     (0.0, 5.0, 0.81), (5.0, 1.0, None),
+                                                     (0.75, 2.0, None)])
+def test_driven_currents_match_the_newton_solve_for_any_all_driven_bias(r_line, r_source, v_nl):
+    rng = np.random.default_rng(7)
+    g = rng.uniform(5e-6, 900e-6, (6, 9))
+    s = NodalSolver(6, 9, r_line, r_source, v_nl=v_nl)
+    # the V/3 write routing read with the sensed column lifted (PmuRig 'write-routing'), a V/3
+    # write and a random bias: every line driven
+    rv, cv = np.full(6, 0.1), np.full(9, 0.2)
+    rv[2], cv[4] = 0.3, 0.1
+    third = np.full(6, 0.4), np.full(9, 0.8)
+    third[0][1], third[1][3] = 1.2, 0.0
+    for row_v, col_v in ((rv, cv), third, (rng.uniform(-1, 1, 6), rng.uniform(-1, 1, 9))):
+        ref = s.solve(g, row_v, col_v)
+        rc, cc = s.driven_currents(g, row_v, col_v)
+        np.testing.assert_allclose(rc, ref.row_currents, rtol=1e-8, atol=1e-14)
+        np.testing.assert_allclose(cc, ref.col_currents, rtol=1e-8, atol=1e-14)
+    with pytest.raises(SimulatorError, match="NaN"):
+        s.driven_currents(g, np.full(6, NAN), cv)
+
+
 def test_grounded_fixed_point_declines_a_weak_contraction():
     g = np.full((16, 16), 800e-6)
     s = NodalSolver(16, 16, 20.0, 10.0)
@@ -168,7 +190,7 @@ def test_1x2_driven_row_with_line_resistance_is_the_hand_solved_ladder():
     rp = ra * rb / (ra + rb)
     va = V * rp / (rs + rp)
     s = NodalSolver(1, 2, r_line=rl, r_source=rs, v_nl=None)
-    rc, cc = s.driven_currents(np.array([[g0, g1]]), np.array([[V]]))
+    rc, cc = s.readout_currents(np.array([[g0, g1]]), np.array([[V]]))
     np.testing.assert_allclose(cc[0], [va / ra, va / rb], rtol=1e-9)
     assert rc[0, 0] == pytest.approx(va / ra + va / rb, rel=1e-9)
 
@@ -176,7 +198,7 @@ def test_1x2_driven_row_with_line_resistance_is_the_hand_solved_ladder():
 def test_1x1_driven_sinh_device_satisfies_its_iv_equation_at_negative_drive():
     G, rs, V, vnl = 250e-6, 4.0, -0.18, 0.81
     s = NodalSolver(1, 1, r_line=0.0, r_source=rs, v_nl=vnl, v_ref=0.2)
-    _, cc = s.driven_currents(np.array([[G]]), np.array([[V]]))
+    _, cc = s.readout_currents(np.array([[G]]), np.array([[V]]))
     i = cc[0, 0]
     vd = V - 2 * rs * i
     assert i < 0 and i == pytest.approx(G * 0.2 / math.sinh(0.2 / vnl) * math.sinh(vd / vnl),
@@ -192,8 +214,8 @@ def test_driven_fixed_point_matches_factorised_solve_and_the_general_solver(r_li
     row_v = rng.uniform(-0.2, 0.2, (7, 6))
     row_v[2, 3] = 0.0
     s = NodalSolver(6, 5, r_line, r_source, v_nl=v_nl)
-    rc, cc = s.driven_currents(g, row_v, method="fixed_point")
-    rc_f, cc_f = s.driven_currents(g, row_v, method="factor")
+    rc, cc = s.readout_currents(g, row_v, method="fixed_point")
+    rc_f, cc_f = s.readout_currents(g, row_v, method="factor")
     np.testing.assert_allclose(cc, cc_f, rtol=1e-8, atol=1e-15)
     np.testing.assert_allclose(rc, rc_f, rtol=1e-8, atol=1e-15)
     for a in (0, 4):
@@ -208,7 +230,7 @@ def test_driven_one_row_equals_the_grounded_read():
     s = NodalSolver(8, 8, 0.75, 2.0)
     row_v = np.zeros((8, 8))
     np.fill_diagonal(row_v, 0.2)
-    np.testing.assert_allclose(s.driven_currents(g, row_v)[1],
+    np.testing.assert_allclose(s.readout_currents(g, row_v)[1],
                                s.grounded_column_currents(g, 0.2), rtol=1e-12)
 
 
@@ -216,7 +238,7 @@ def test_driven_ideal_lines_and_linear_devices_is_the_matrix_product():
     rng = np.random.default_rng(7)
     g = rng.uniform(5e-6, 700e-6, (4, 6))
     row_v = rng.uniform(-0.3, 0.3, (5, 4))
-    rc, cc = NodalSolver(4, 6, 0.0, 0.0, v_nl=None).driven_currents(g, row_v)
+    rc, cc = NodalSolver(4, 6, 0.0, 0.0, v_nl=None).readout_currents(g, row_v)
     np.testing.assert_allclose(cc, row_v @ g, rtol=1e-13)
     np.testing.assert_allclose(rc, row_v * g.sum(1), rtol=1e-13)
 
@@ -225,6 +247,6 @@ def test_driven_rejects_a_wrong_shape_or_a_floating_line():
     s = NodalSolver(2, 2, 0.5, 1.0)
     g = np.full((2, 2), 1e-4)
     with pytest.raises(SimulatorError):
-        s.driven_currents(g, np.zeros((1, 3)))
+        s.readout_currents(g, np.zeros((1, 3)))
     with pytest.raises(SimulatorError):
-        s.driven_currents(g, np.array([[0.1, NAN]]))
+        s.readout_currents(g, np.array([[0.1, NAN]]))

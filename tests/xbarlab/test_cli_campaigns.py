@@ -47,7 +47,7 @@ def test_run_build_show_plot(tmp_path, capsys):
     code, out, _ = _cli(["run", "tuning-untuning", "--station", PMU, "-o", str(tu), "--config",
                          str(cfg), "--device", "0,0", "--device", "1,1", "--no-progress"], capsys)
     assert code == 0 and "tunings: 8" in out
-    assert tu.with_suffix(".log").exists()
+    assert tu.with_name("tu.h5.log").exists()                # the campaign log, <file>.log
     assert list_runs(tu)[-1].station["name"] == "sim-pmu"
     devs = [a for d in ("0,0", "0,1", "1,0", "1,1") for a in ("--device", d)]
     code, _, _ = _cli(["run", "disturbance", "--station", PMU, "-o", str(dist), "--seed", "3",
@@ -57,9 +57,13 @@ def test_run_build_show_plot(tmp_path, capsys):
     code, _, _ = _cli(["run", "stuck", "--station", PMU, "-o", str(st), "--device", "3,3",
                        "--no-progress"], capsys)
     assert code == 0
-    # a complete file is not overwritten by other settings without --overwrite
-    code, _, err = _cli(["run", "stuck", "--station", PMU, "-o", str(st), "--device", "3,3",
-                         "--seed", "1", "--no-progress"], capsys)
+    # the same complete run asked for again: nothing to do; another run is not written over
+    # a complete file without --overwrite
+    code, out, _ = _cli(["run", "stuck", "--station", PMU, "-o", str(st), "--device", "3,3",
+                         "--no-progress"], capsys)
+    assert code == 0 and "already complete" in out
+    code, _, err = _cli(["run", "stuck", "--station", PMU, "-o", str(st), "--device", "2,3",
+                         "--no-progress"], capsys)
     assert code == 2 and "overwrite" in err
     code, out, _ = _cli(["db", "show", str(tu)], capsys)
     assert code == 0 and "tuning-untuning" in out and "complete" in out

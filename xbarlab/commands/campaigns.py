@@ -34,8 +34,13 @@ def _station(path: str):
     return load_station(path)
 
 
-def _log_to_file(out: Path) -> logging.Handler:
-    h = logging.FileHandler(out.with_suffix(".log"))
+def log_path(out: Path) -> Path:
+    """The campaign log next to the run file: `<file>.log` (never the run file itself)."""
+    return out.with_name(out.name + ".log")
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    h = logging.FileHandler(path)
     h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logger = logging.getLogger("xbarlab")
     logger.addHandler(h)
@@ -59,7 +64,8 @@ def register(cli: click.Group) -> None:
     @click.option("--device", required=True, help="ROW,COL (0-based)")
     @click.option("--target", required=True, type=float, help="target conductance [S]")
     @click.option("--crossbar", default=None, help="crossbar on the chip (sim stations)")
-    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="alibart")
+    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default=None,
+                  help="write-verify algorithm [default: the config's, else fast]")
     @click.option("--tolerance", type=float, default=None, help="band, fraction of target")
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                   help="TuneConfig YAML")
@@ -67,12 +73,14 @@ def register(cli: click.Group) -> None:
     def tune_cmd(station_path, device, target, crossbar, algorithm, tolerance, config_path,
                  as_json):
         """Write-verify one device to a target conductance."""
-        from protocols.tuning import TuneConfig, tune
+        from protocols.tuning import TuneConfig, check_target, check_tune, tune
 
         row, col = _parse_device(device)
         cfg = _load_config(TuneConfig, config_path, {"algorithm": algorithm,
                                                      "tolerance": tolerance})
         st = _station(station_path)
+        check_tune(cfg, st.limits, st.read_settings)        # before any instrument is opened
+        check_target(target, cfg.tolerance, st.read_settings)
         with st.open_rig(crossbar) as rig:
             res = tune(rig, row, col, target, cfg)
         out = {"device": [row, col], "target_S": target, "converged": res.converged,
@@ -100,7 +108,7 @@ def register(cli: click.Group) -> None:
                       help="raw-run HDF5 file")
         @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                       help="campaign config YAML (fields of the campaign's config)")
-        @click.option("--seed", type=int, default=0, show_default=True,
+        @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                       help="campaign seed (random targets)")
         @click.option("--crossbar", default=None, help="crossbar on the chip (sim stations)")
         @click.option("--device", "devices", multiple=True, help="ROW,COL; repeat; default all")
@@ -112,21 +120,36 @@ def register(cli: click.Group) -> None:
                       "while it runs (as `xbarlab watch`; needs the [live] extra)")
         def cmd(station_path, out, config_path, seed, crossbar, devices, resume, overwrite,
                 no_progress, watch):
+            from database.runs import complete_run
             from protocols.campaigns import CAMPAIGNS
+            from protocols.campaigns.common import check_config
             from xbarlab.commands.view import watching
 
             module, cls = CAMPAIGNS[name]
             over = {"devices": [_parse_device(d) for d in devices] if devices else None}
+            # everything that can be wrong with the input is found before a file or folder is
+            # created or an instrument opened
             cfg = _load_config(cls, config_path, over)
+            st = _station(station_path)
+            check_config(cfg, st.limits, st.read_settings)
             out_p = Path(out)
+            station_desc = st.describe(crossbar)
+            done = None if overwrite else complete_run(
+                out_p, protocol=name, config=cfg.model_dump(mode="json"), station=station_desc,
+                seed=seed)
+            if done is not None:
+                click.echo(f"{name}: {out_p} ({done.name}) is already complete, "
+                           f"{done.units_done} units: nothing to do (--overwrite to measure "
+                           "again)")
+                for k, v in done.summary.items():
+                    click.echo(f"  {k}: {_fmt(v)}")
+                return
             if out_p.exists() and not (resume or overwrite):
                 click.echo(f"{out_p} exists: continuing its unfinished run if the settings match",
                            err=True)
             out_p.parent.mkdir(parents=True, exist_ok=True)
-            handler = _log_to_file(out_p)
+            handler = _log_to_file(log_path(out_p))
             try:
-                st = _station(station_path)
-                station_desc = st.describe(crossbar)
                 log.info("%s on %s -> %s (seed %s)", name, st.name, out_p, seed)
                 with watching(out_p, watch), st.open_rig(crossbar) as rig:
                     res = module.run(rig, cfg, out_p, seed=seed, station=station_desc,

@@ -62,7 +62,7 @@ def _common(f):
                      help="output HDF5 file"),
         click.option("--v-in", type=float, default=0.2, show_default=True,
                      help="full-scale input level [V] (non-disturbing read range)"),
-        click.option("--seed", type=int, default=0, show_default=True,
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                      help="seed of the digits split"),
         click.option("--resume", is_flag=True, help="continue the file's unfinished run"),
         click.option("--overwrite", is_flag=True, help="replace an existing file"),

@@ -58,13 +58,13 @@ def register(cli: click.Group) -> None:
                        "default: the published 100-500 uS")
     @click.option("--member", default=0, show_default=True, type=click.IntRange(0),
                   help="network of an ensemble checkpoint")
-    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="alibart",
-                  show_default=True, help="write-verify algorithm")
-    @click.option("--settle", type=float, default=0.0, show_default=True,
+    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="fast",
+                  show_default=True, help="write-verify algorithm (alibart: the paper's)")
+    @click.option("--settle", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
                   help="instrument time before each tile's read-back [s]")
     @click.option("--save-plan", type=click.Path(dir_okay=False), default=None,
                   help="also write the conductance plan (JSON)")
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
     @click.option("--resume", is_flag=True, help="continue the file's unfinished transfer")
     @click.option("--overwrite", is_flag=True, help="replace an existing file")
     @click.option("--no-progress", is_flag=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Literal
 
-from pydantic import BaseModel, Field, create_model, field_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
 from instruments.limits import SafetyLimits
 from protocols.rig import ReadSettings
@@ -50,21 +50,41 @@ class ReadCfg(BaseModel):
     volts: float = Field(0.2, description="read voltage [V]")
     seconds: float = Field(10e-6, gt=0, le=1e-3, description="read plateau [s]")
     ceiling_S: float = Field(500e-6, gt=0, description="conductance where the range saturates [S]")
+    floor_S: float = Field(ReadSettings.floor_S, gt=0, description="smallest conductance a read "
+                           "resolves [S] (protocols.rig.ReadSettings); tuning targets must lie "
+                           "between floor_S and ceiling_S")
+    scheme: Literal["grounded", "write-routing"] = Field(
+        "grounded", description="verify read after a pulse (PMU rig): 'grounded' reroutes the "
+        "707B for every read; 'write-routing' reads in the pulse's own execution and routing, "
+        "corrected against grounded reads per device (instruments/rigs.py PmuRig)")
+
+    @model_validator(mode="after")
+    def _range(self) -> ReadCfg:
+        if self.floor_S >= self.ceiling_S:
+            raise ValueError("floor_S must be below ceiling_S")
+        return self
 
     def settings(self) -> ReadSettings:
-        return ReadSettings(volts=self.volts, seconds=self.seconds, ceiling_S=self.ceiling_S)
+        return ReadSettings(volts=self.volts, seconds=self.seconds, ceiling_S=self.ceiling_S,
+                            floor_S=self.floor_S)
 
 
 class PulseCfg(BaseModel):
     model_config = STRICT
-    width: float = Field(200e-9, gt=0, description="default write pulse width [s]")
-    edge: float = Field(10e-9, ge=0, description="rise = fall time [s] (PMU: at least 20 ns)")
+    width: float = Field(200e-9, gt=0, le=1, description="default write pulse width [s] (inside "
+                         "the limits' width_min..width_max)")
+    # An edge is a small part of a write pulse (the PMU's shortest is 20 ns, the WGFMU's 10 ns);
+    # 1 us is generous and refuses a unit slip (10 s edges: 20 s per "200 ns" pulse).
+    edge: float = Field(10e-9, ge=0, le=1e-6, description="rise = fall time [s] (PMU: at least "
+                        "20 ns; at most 1 us)")
 
 
 class SimCfg(BaseModel):
     model_config = STRICT
     seed: int = Field(0, ge=0, description="master seed of the virtual chip")
     chip_file: str | None = Field(None, description="saved VirtualChip to start from")
+    model: str | None = Field(None, description="chip model (YAML from `xbarlab sim calibrate`) "
+                              "a fresh chip is built from; default: the shipped calibration")
     latency: dict[str, float] = Field(default_factory=dict,
                                       description="LatencyConfig overrides [s]")
 
