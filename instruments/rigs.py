@@ -92,6 +92,7 @@ class PmuRig(_GuardedRig):
         self.edge = max(20e-9, edge)
         self.i_range = i_range
         self._ready = False
+        self._routed: tuple[str, int, int] | None = None  # the matrix routing now closed
         self._routes: dict[tuple[str, int, int], list[str]] = {}
         self._fire_cmds: dict[tuple[float, float], list[tuple[str, str]]] = {}
         self.executions = 0
@@ -149,15 +150,19 @@ class PmuRig(_GuardedRig):
         p.execute()
         self.executions += 1
 
-    def _write(self, row: int, col: int, volts: float, seconds: float) -> None:
+    def _connect(self, kind: str, row: int, col: int) -> None:
         self._setup()
-        self.matrix.exclusive_close(self._route("write", row, col))
+        self._routed = None  # unknown if the command fails half-way
+        self.matrix.exclusive_close(self._route(kind, row, col))
+        self._routed = (kind, row, col)
+
+    def _write(self, row: int, col: int, volts: float, seconds: float) -> None:
+        self._connect("write", row, col)
         self._fire(volts, seconds)
 
     def _reads(self, row: int, col: int, n: int) -> np.ndarray:
-        self._setup()
+        self._connect("read", row, col)
         p = self.pmu
-        self.matrix.exclusive_close(self._route("read", row, col))
         p.send_setup([p.seq_list_command(1, [(2, n)]), p.seq_list_command(2, [(2, n)])])
         p.execute()
         self.executions += 1
@@ -179,7 +184,15 @@ class PmuRig(_GuardedRig):
 
     def _safe_state(self) -> None:
         self._ready = False
+        self._routed = None
         _make_all_safe(self.pmu, self.matrix)
+
+    def _instrument_state(self) -> dict | None:
+        return None if self._routed is None else {"route": list(self._routed)}
+
+    def _reinstate(self, state: dict) -> None:
+        kind, row, col = state["route"]
+        self._guard(self._connect, str(kind), int(row), int(col))
 
     def close(self) -> None:
         try:
@@ -213,6 +226,7 @@ class WgfmuRig(_GuardedRig):
         self._ready = False
         self._loaded: tuple | None = None
         self._bias_on = False
+        self._selected: tuple[int, int] | None = None  # the matrix routing now closed
         self.executions = 0
 
     @property
@@ -294,7 +308,9 @@ class WgfmuRig(_GuardedRig):
         sel = [wi.name(wi.rows[row], "top"), wi.name(wi.cols[col], "bottom")]
         sel += [wi.name(wi.rows[i], "v3") for i in range(self.shape[0]) if i != row]
         sel += [wi.name(wi.cols[j], "2v3") for j in range(self.shape[1]) if j != col]
+        self._selected = None  # unknown if the command fails half-way
         self.matrix.exclusive_close(sel)
+        self._selected = (row, col)
 
     def _bias(self, volts: float) -> None:
         if volts == 0.0 and not self._bias_on:
@@ -333,7 +349,20 @@ class WgfmuRig(_GuardedRig):
         self._ready = False
         self._bias_on = False
         self._loaded = None
+        self._selected = None
         _make_all_safe(self.wgfmu, self.b1500, self.matrix)
+
+    def _instrument_state(self) -> dict | None:
+        if not self._open:
+            return None
+        return {"select": None if self._selected is None else list(self._selected)}
+
+    def _reinstate(self, state: dict) -> None:
+        def again():
+            self._setup()  # opens the session
+            if state.get("select") is not None:
+                self._select(*(int(x) for x in state["select"]))
+        self._guard(again)
 
     def close(self) -> None:
         try:

@@ -6,9 +6,15 @@ off_fraction * level)), tune to the level with the configured algorithm, optiona
 `settle_s` of instrument time pass, and read once more. Stored per tuning: the in-band
 confirmation reads' mean (g_final) and the settled read (g_settled); every pulse and read goes
 to the `history` table.
+
+The unit of work is one tuning (device, level, repeat): a paper-sized device is 8 levels x 40
+repeats, hours on a real station, so each tuning is committed on its own and a crash loses at
+most the tuning in progress; a resume starts at the first unfinished tuning.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -68,6 +74,25 @@ class TuningUntuningConfig(CampaignConfig):
         return out
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """One unit of work: tune `device` (its index in the device list) at (row, col) to level
+    index `level`, repetition `repeat`."""
+
+    device: int
+    row: int
+    col: int
+    level: int
+    repeat: int
+
+
+def tunings(devices: list[tuple[int, int]], cfg: TuningUntuningConfig) -> list[Tuning]:
+    """Every tuning in campaign order: device by device, level by level, repeat by repeat (unit
+    index = device * levels * repeats + level * repeats + repeat, the history's `tuning`)."""
+    return [Tuning(i, r, c, li, rep) for i, (r, c) in enumerate(devices)
+            for li in range(cfg.levels) for rep in range(cfg.repeats)]
+
+
 def tables(cfg: TuningUntuningConfig) -> dict:
     t = {"tunings": TUNINGS_COLUMNS}
     if cfg.record_history:
@@ -80,51 +105,45 @@ def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | No
         progress: bool = True) -> CampaignResult:
     """Run (or continue) the campaign on `rig`, writing to the HDF5 file `store`."""
     cfg = config
-    units = raster(rig.shape, cfg.devices)
+    units = tunings(raster(rig.shape, cfg.devices), cfg)
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
                         tables=tables(cfg), units_total=len(units), resume=resume,
                         overwrite=overwrite, rig=rig)
     resumed = writer.units_done
     levels = cfg.level_values()
     off_cfg = cfg.tune.model_copy(update={"tolerance": cfg.off_tolerance, "n_inband": 1})
-    per_device = cfg.levels * cfg.repeats
 
-    def work(i: int, rc: tuple[int, int]) -> UnitResult:
-        r, c = rc
-        rows: dict[str, list] = {k: [] for k in TUNINGS_COLUMNS}
-        hist = []
-        pulses = 0
-        for li, level in enumerate(levels):
-            off = max(cfg.off_floor, cfg.off_fraction * level)
-            for rep in range(cfg.repeats):
-                tix = i * per_device + li * cfg.repeats + rep
-                un = tune(rig, r, c, off, off_cfg)
-                res = tune(rig, r, c, float(level), cfg.tune)
-                rig.wait(cfg.settle_s)
-                g_set = float(rig.read(r, c))
-                pulses += un.pulses + res.pulses
-                vals = dict(device=i, row=r, col=c, level=li, repeat=rep, target=float(level),
-                            g_off=un.g_final, untune_pulses=un.pulses, converged=res.converged,
-                            gave_up=res.gave_up, pulses=res.pulses, set_pulses=res.set_pulses,
-                            reset_pulses=res.reset_pulses, g_initial=res.g_initial,
-                            g_final=res.g_final, g_settled=g_set, t_start=un.t_start,
-                            t_end=float(rig.clock))
-                for k, v in vals.items():
-                    rows[k].append(v)
-                if cfg.record_history:
-                    hist.append(history_rows(un, i, tix, 0))
-                    hist.append(history_rows(res, i, tix, 1))
-        out = {"tunings": {k: np.asarray(v) for k, v in rows.items()}}
+    def work(tix: int, u: Tuning) -> UnitResult:
+        r, c, i, li = u.row, u.col, u.device, u.level
+        level = float(levels[li])
+        off = max(cfg.off_floor, cfg.off_fraction * level)
+        un = tune(rig, r, c, off, off_cfg)
+        res = tune(rig, r, c, level, cfg.tune)
+        rig.wait(cfg.settle_s)
+        g_set = float(rig.read(r, c))
+        row = dict(device=i, row=r, col=c, level=li, repeat=u.repeat, target=level,
+                   g_off=un.g_final, untune_pulses=un.pulses, converged=res.converged,
+                   gave_up=res.gave_up, pulses=res.pulses, set_pulses=res.set_pulses,
+                   reset_pulses=res.reset_pulses, g_initial=res.g_initial,
+                   g_final=res.g_final, g_settled=g_set, t_start=un.t_start,
+                   t_end=float(rig.clock))
+        out = {"tunings": {k: [v] for k, v in row.items()}}
         if cfg.record_history:
-            out["history"] = concat(hist, HISTORY_COLUMNS)
-        return UnitResult(out, pulses)
+            out["history"] = concat([history_rows(un, i, tix, 0), history_rows(res, i, tix, 1)],
+                                    HISTORY_COLUMNS)
+        return UnitResult(out, un.pulses + res.pulses)
+
+    def label(u: Tuning) -> str:
+        return (f"device ({u.row},{u.col}) level {u.level + 1}/{cfg.levels} "
+                f"repeat {u.repeat + 1}/{cfg.repeats}")
 
     run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work,
-              progress=progress)
+              progress=progress, label=label, unit="tunings")
     summary = summarize(writer.table("tunings"))
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete,
+                          unit="tunings")
 
 
 def summarize(df) -> dict:

@@ -37,8 +37,11 @@ from database.runs import list_runs, read_run
 from protocols.campaigns import CAMPAIGNS
 
 DEVICES = ["0,0", "0,1", "1,0", "1,1", "2,2"]
+#: what a unit of work is, where it is not a device
+UNITS = {"tuning-untuning": "tunings", "iv": "sweeps", "retention": "steps"}
 CONFIGS = {"tuning-untuning": {"levels": 1, "repeats": 2, "record_history": True},
-           "disturbance": {"record_history": True}, "stuck": {}, "iv": {}}
+           "disturbance": {"record_history": True}, "stuck": {}, "iv": {},
+           "retention": {"levels": [150e-6, 300e-6], "span_s": 3600.0, "reads": 4}}
 
 
 def _args(campaign, out, cfg):
@@ -66,7 +69,7 @@ def _wait_devices(p, n: int) -> None:
 def _assert_same(out, ref):
     info, tables = read_run(out)
     info_ref, ref_tables = read_run(ref)
-    assert info.complete and info.units_done == info_ref.units_done == len(DEVICES)
+    assert info.complete and info.units_done == info_ref.units_done == info.units_total
     assert tables.keys() == ref_tables.keys()
     for name, df in tables.items():
         pd.testing.assert_frame_equal(df, ref_tables[name], check_exact=True, obj=name)
@@ -90,12 +93,13 @@ def test_sigkill_at_random_point_then_rerun_equals_uninterrupted(campaign, tmp_p
     p.wait(timeout=30)
     assert killed, "the campaign finished before it could be killed"
     info = list_runs(out)[-1]                       # readable right after the kill
-    assert 1 <= info.units_done < len(DEVICES) and not info.complete
+    assert 1 <= info.units_done < info.units_total and not info.complete
     read_run(out)
 
     code, stdout, err = cli(_args(campaign, out, cfg), capsys)
     assert code == 0, err
-    assert f"resumed after {info.units_done} finished devices" in stdout
+    unit = UNITS.get(campaign, "devices")
+    assert f"resumed after {info.units_done} finished {unit}" in stdout
     _assert_same(out, ref)
 
 
@@ -111,8 +115,8 @@ def test_sigint_subprocess_exits_130_and_file_resumes(tmp_path, capsys):
     assert p.returncode == 130, err[-2000:]
     assert "interrupted: instruments left in their safe state" in err.splitlines()
     assert "Traceback" not in err
-    done = list_runs(out)[-1].units_done
-    assert 2 <= done < len(DEVICES)
+    info = list_runs(out)[-1]
+    assert 2 <= info.units_done < info.units_total
     ref = tmp_path / "ref.h5"
     assert cli(_args("tuning-untuning", ref, cfg), capsys)[0] == 0
     assert cli(_args("tuning-untuning", out, cfg), capsys)[0] == 0
@@ -161,7 +165,7 @@ def test_ctrl_c_inside_an_instrument_call_leaves_the_rig_safe(campaign, tmp_path
     with rig:
         module.run(rig, cfg, out, seed=1, progress=False)
     info, tables = read_run(out)
-    assert info.complete and info.units_done == 3
+    assert info.complete and info.units_done == info.units_total
     ref = tmp_path / "ref.h5"
     st, rig = open_station()
     with rig:
@@ -169,3 +173,42 @@ def test_ctrl_c_inside_an_instrument_call_leaves_the_rig_safe(campaign, tmp_path
     _, ref_tables = read_run(ref)
     for name, df in tables.items():
         pd.testing.assert_frame_equal(df, ref_tables[name], check_exact=True, obj=name)
+
+
+@pytest.mark.parametrize("station", ["sim-wgfmu", "sim-pmu"])
+def test_resume_mid_device_through_the_emulated_stack_equals_uninterrupted(station, tmp_path):
+    """A tuning/untuning run interrupted inside a device and resumed by a fresh station (a new
+    process's instruments: no open session, no relay closed) equals an uninterrupted run: the
+    rig re-instates its session and routing from the saved state before the chip and clock
+    are restored, so the set-up costs no instrument time the uninterrupted run did not spend."""
+    module, cls = CAMPAIGNS["tuning-untuning"]
+    cfg = cls(levels=2, repeats=2, settle_s=1.0, devices=[(0, 0)] if station == "sim-pmu"
+              else None)
+    ref = tmp_path / "ref.h5"
+    st, rig = open_station(station)
+    with rig:
+        module.run(rig, cfg, ref, seed=3, progress=False)
+    tun = read_run(ref)[1]["tunings"]
+    pulses = (tun.untune_pulses + tun.pulses).tolist()   # pulse_and_read calls per tuning
+    out = tmp_path / "out.h5"
+    # interrupt half-way through tuning 1, then (resumed at 1) half-way through tuning 2
+    for stop in (pulses[0] + pulses[1] // 2, pulses[1] + pulses[2] // 2):
+        st, rig = open_station(station)
+        calls, orig = {"n": 0}, rig._pulse_and_read
+
+        def pulse_and_read(*a, _orig=orig, _calls=calls, _stop=stop):
+            _calls["n"] += 1
+            if _calls["n"] == _stop:
+                raise KeyboardInterrupt
+            return _orig(*a)
+
+        rig._pulse_and_read = pulse_and_read
+        with pytest.raises(KeyboardInterrupt), rig:
+            module.run(rig, cfg, out, seed=3, progress=False)
+    assert list_runs(out)[-1].units_done == 2
+    st, rig = open_station(station)
+    with rig:
+        res = module.run(rig, cfg, out, seed=3, progress=False)
+    assert res.resumed_from == 2
+    for name, df in read_run(ref)[1].items():
+        pd.testing.assert_frame_equal(read_run(out)[1][name], df, check_exact=True, obj=name)

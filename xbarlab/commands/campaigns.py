@@ -55,6 +55,13 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _echo_summary(module, summary: dict) -> None:
+    """A campaign's summary: its own lines with units where it has them, else key: value."""
+    lines = getattr(module, "summary_lines", None)
+    for line in lines(summary) if lines else (f"{k}: {_fmt(v)}" for k, v in summary.items()):
+        click.echo(f"  {line}")
+
+
 def register(cli: click.Group) -> None:
     run_group = cli.commands["run"]
 
@@ -140,8 +147,7 @@ def register(cli: click.Group) -> None:
                 click.echo(f"{name}: {out_p} ({done.name}) is already complete, "
                            f"{done.units_done} units: nothing to do (--overwrite to measure "
                            "again)")
-                for k, v in done.summary.items():
-                    click.echo(f"  {k}: {_fmt(v)}")
+                _echo_summary(module, done.summary)
                 return
             if out_p.exists() and not (resume or overwrite):
                 click.echo(f"{out_p} exists: continuing its unfinished run if the settings match",
@@ -158,14 +164,13 @@ def register(cli: click.Group) -> None:
                 logging.getLogger("xbarlab").removeHandler(handler)
                 handler.close()
             if res.resumed_from:
-                click.echo(f"resumed after {res.resumed_from} finished devices")
+                click.echo(f"resumed after {res.resumed_from} finished {res.unit}")
             click.echo(f"{name}: {res.path} ({res.run})")
-            for k, v in res.summary.items():
-                click.echo(f"  {k}: {_fmt(v)}")
+            _echo_summary(module, res.summary)
 
         cmd.__doc__ = (f"Run the {name} campaign (resumable; re-run the same command to "
                        "continue an interrupted run).")
         return cmd
 
-    for name in ("tuning-untuning", "disturbance", "stuck", "iv"):
+    for name in ("tuning-untuning", "disturbance", "stuck", "iv", "retention"):
         make(name)
