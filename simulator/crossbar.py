@@ -8,6 +8,8 @@ Random numbers: one `numpy.random.Generator` per crossbar, drawn in a fixed orde
 construction (stuck classes, stuck conductances, initial states, D2D constants), then one
 standard normal per device per pulse (C2C factor), then two normals per sensed read (noise).
 Same seed and same call sequence -> the same history, also across `state_dict` round trips.
+Retention (simulator/retention.py) draws its device constants from a stream of its own and
+moves the nonvolatile G lazily with the clock, like the volatile relaxation.
 """
 
 from __future__ import annotations
@@ -22,12 +24,17 @@ from simulator.clock import VirtualClock
 from simulator.config import CrossbarConfig
 from simulator.errors import SimulatorError
 from simulator.nodal import NodalSolver
+from simulator.retention import ARRAYS as _RET_ARRAYS
+from simulator.retention import Retention
 
 WORKING, STUCK_HRS, STUCK_LRS = 0, 1, 2
 SCHEMES = ("grounded", "v2", "v3", "floating")
-_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi")
+_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi", *_RET_ARRAYS)
 #: arrays added after the first chip files were written: a state without them gets this value
-_LATE_ARRAYS = {"psi": lambda cfg: np.full((cfg.rows, cfg.cols), cfg.device.volatile_cap)}
+#: (from the config, the arrays before it and the relaxation time stamp)
+_LATE_ARRAYS = {"psi": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), cfg.device.volatile_cap),
+                **{k: (lambda cfg, a, t, k=k: Retention.missing(k, a["G"], t))
+                   for k in _RET_ARRAYS}}
 
 
 class Crossbar:
@@ -64,6 +71,7 @@ class Crossbar:
         self._Gv = np.zeros((m, n))
         self._t_gv = self.clock.now      # time at which _Gv is valid
         self._stuck = stuck
+        self._ret = Retention.new(p.retention, p.g_min, p.g_max, seed, G, stuck, self.clock.now)
         self._setup()
 
     def _setup(self) -> None:
@@ -86,10 +94,12 @@ class Crossbar:
             if dt > 0.0:
                 self._Gv *= math.exp(-dt * self._decay_k)
             self._t_gv = now
+            self._ret.settle(self._G, now)
 
     @property
     def G(self) -> np.ndarray:
-        """Nonvolatile conductance [S] (copy)."""
+        """Nonvolatile conductance [S] at clock.now (copy; retention moves it with time)."""
+        self._settle()
         return self._G.copy()
 
     @property
@@ -121,9 +131,11 @@ class Crossbar:
         if v.shape != self.shape:
             raise SimulatorError(f"voltage map has shape {v.shape}, expected {self.shape}")
         xi = np.exp(self._sigma * self.rng.standard_normal(self.shape))
+        g_old = self._G
         self._G, self._Gv = physics.pulse_update(
             self._G, self._Gv, v, seconds, self._ds, self._dr, self._g0s, self._g0r, xi,
             self._frozen if self._any_frozen else None, self._p, self._psi)
+        self._ret.programmed(g_old, self._G, self.clock.now)
 
     def pulse_device(self, row: int, col: int, volts: float, seconds: float) -> None:
         """A pulse on device (row, col) alone, every other device untouched (a single crosspoint
@@ -139,8 +151,10 @@ class Crossbar:
             float(self._G[r, c]), float(self._Gv[r, c]), v, seconds, float(self._ds[r, c]),
             float(self._dr[r, c]), float(self._g0s[r, c]), float(self._g0r[r, c]), xi, self._p,
             float(self._psi[r, c]))
+        g_old = float(self._G[r, c])
         self._G[r, c] = G
         self._Gv[r, c] = Gv
+        self._ret.programmed_one(self._G, (r, c), g_old, self.clock.now)
 
     def pulse_v3(self, row: int, col: int, volts: float, seconds: float) -> None:
         """V/3 write: selected row V, selected column 0, other rows V/3, other columns 2V/3.
@@ -251,7 +265,9 @@ class Crossbar:
              "rng": json.dumps(self.rng.bit_generator.state),
              "t_gv": self._t_gv}
         for k in _STATE_ARRAYS:
-            d[k] = getattr(self, "_" + k).copy()
+            if k not in _RET_ARRAYS:
+                d[k] = getattr(self, "_" + k).copy()
+        d.update(self._ret.state())
         if include_clock:
             d["clock"] = self.clock.state_dict()
         return d
@@ -260,10 +276,12 @@ class Crossbar:
         """Restore a `state_dict`; the clock too when the dict carries one."""
         try:
             cfg = CrossbarConfig.model_validate(d["config"])
-            arrays = {k: np.array(d[k]) if k in d or k not in _LATE_ARRAYS
-                      else _LATE_ARRAYS[k](cfg) for k in _STATE_ARRAYS}
-            rng_state = json.loads(str(d["rng"]))
             t_gv = float(d["t_gv"])
+            arrays: dict[str, np.ndarray] = {}
+            for k in _STATE_ARRAYS:
+                arrays[k] = (np.array(d[k]) if k in d or k not in _LATE_ARRAYS
+                             else _LATE_ARRAYS[k](cfg, arrays, t_gv))
+            rng_state = json.loads(str(d["rng"]))
         except (KeyError, ValueError, TypeError) as e:
             raise SimulatorError(f"bad crossbar state: {e}") from e
         shape = (cfg.rows, cfg.cols)
@@ -274,7 +292,10 @@ class Crossbar:
         self.shape = shape
         self.rng.bit_generator.state = rng_state
         for k, a in arrays.items():
-            setattr(self, "_" + k, a.astype(np.int8 if k == "stuck" else float))
+            if k not in _RET_ARRAYS:
+                setattr(self, "_" + k, a.astype(np.int8 if k == "stuck" else float))
+        self._ret = Retention(cfg.device.retention, cfg.device.g_min,
+                              {k: arrays[k] for k in _RET_ARRAYS})
         if "clock" in d and d["clock"] is not None:
             self.clock.load_state_dict(d["clock"])
         self._t_gv = t_gv
