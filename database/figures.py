@@ -15,6 +15,7 @@ device classes of a `status` column are read from its `units` attribute ("0=work
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class Plot:
     y_label: str
     series: list[Series] = field(default_factory=list)
     bands: list[Band] = field(default_factory=list)
+    log_x: bool = False   # a logarithmic x axis (times after programming)
 
 
 @dataclass
@@ -184,6 +186,20 @@ def histogram(title: str, x_label: str, y_label: str, data: dict[str, np.ndarray
         edges = np.linspace(lo, hi, bins + 1)
     return Hist(title, x_label, y_label, edges,
                 {k: np.histogram(v, edges)[0] for k, v in finite.items()})
+
+
+def duration(seconds: float) -> str:
+    """A time span for people: 45 s, 12 min, 3.5 h, 2.1 d."""
+    s = float(seconds)
+    if not math.isfinite(s):
+        return "-"
+    if abs(s) < 90:
+        return f"{s:.3g} s"
+    if abs(s) < 5400:
+        return f"{s / 60:.3g} min"
+    if abs(s) < 172800:
+        return f"{s / 3600:.3g} h"
+    return f"{s / 86400:.3g} d"
 
 
 def pct(n: int, total: int) -> str:
@@ -370,7 +386,9 @@ def _tuning_untuning(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
                   "of target"]
     if n:
         facts.append(f"pulses per tuning: median {np.median(tun.pulses):.0f}")
-    return RunView(cond, trace, figures, facts, notes)
+    # runs written before a unit was one tuning committed a device (all its tunings) per unit
+    unit = "tunings" if info.rows.get("tunings", 0) == info.units_done else "devices"
+    return RunView(cond, trace, figures, facts, notes, unit=unit)
 
 
 @view("iv")
@@ -403,7 +421,7 @@ def _iv(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
         facts.append(f"conductance range: {pts.g.min() * uS:.1f} to {pts.g.max() * uS:.1f} uS")
     notes = [] if len(keys) == pts.groupby(["device", "cycle"]).ngroups else \
         ["showing the latest 12 loops"]
-    return RunView(cond, trace, figures, facts, notes)
+    return RunView(cond, trace, figures, facts, notes, unit="sweeps")
 
 
 @view("transfer")
@@ -454,3 +472,68 @@ def _transfer(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
         facts.append(f"test accuracy: {acc:.1f} % on the crossbar, {sw:.1f} % in software "
                      f"({len(inf)} points)")
     return RunView(cond, trace, figures, facts, notes)
+
+
+@view("retention")
+def _retention(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
+    prog, reads = t["programming"], t["reads"]
+    shape = array_shape(info, prog)
+    threshold = info.config.get("up_threshold", 0.05)
+    n_sched = int(info.config.get("reads", 0))
+    last = reads[reads["read"] == reads["read"].max()] if len(reads) else reads
+    facts, notes = [], []
+    levels = sorted(prog.target.unique())
+    facts.append(f"devices programmed: {len(prog)} ({int(prog.converged.sum())} converged), "
+                 "levels " + ", ".join(f"{lv * uS:.0f}" for lv in levels) + " uS")
+    curves = Plot("retention curves: mean drift by level", "time since programming (s)",
+                  "drift (% of the programmed conductance)", log_x=True)
+    spread = Plot("every device", "time since programming (s)",
+                  "drift (% of the programmed conductance)", log_x=True)
+    by_level = Plot("conductance by level (mean)", "time since programming (s)",
+                    "conductance (uS)", log_x=True)
+    for lv in levels:
+        r = reads[reads.target == lv]
+        if not len(r):
+            continue
+        g = r.groupby("read")
+        name = f"{lv * uS:.0f} uS"
+        curves.series.append(Series(name, g.age.median().to_numpy(),
+                                    g.drift_rel.mean().to_numpy() * PCT, "linepoints"))
+        spread.series.append(Series(name, r.age.to_numpy(), r.drift_rel.to_numpy() * PCT,
+                                    "points"))
+        by_level.series.append(Series(name, g.age.median().to_numpy(),
+                                      g.g.mean().to_numpy() * uS, "linepoints"))
+    figures = [Figure("curves", "retention curves", [curves, spread])]
+    cond = Map("programmed conductance (uS)", "conductance (uS)",
+               grid(shape, prog.row, prog.col, prog.g_final * uS))
+    if len(last):
+        when = duration(float(last.t_actual.median()))
+        dist = histogram(f"drift at the latest read ({when} after programming)",
+                         "drift (% of the programmed conductance)", "devices",
+                         {f"{lv * uS:.0f} uS": last.drift_rel[last.target == lv] * PCT
+                          for lv in levels})
+        figures.append(Figure("drift", "drift distribution at the latest read",
+                              [dist, Map(f"drift at the latest read ({when}), %", "drift (%)",
+                                         grid(shape, last.row, last.col, last.drift_rel * PCT),
+                                         diverging=True)]))
+        cond = Map(f"latest read, {when} after programming (uS)", "conductance (uS)",
+                   grid(shape, last.row, last.col, last.g * uS))
+        k = int(last["read"].iloc[0])
+        facts.append(f"reads: {k + 1} of {n_sched} done, the latest {when} after programming "
+                     f"(scheduled {duration(float(last.t_scheduled.iloc[0]))})")
+        for lv in levels:
+            d = last.drift_rel[last.target == lv]
+            if len(d):
+                facts.append(f"drift at {lv * uS:.0f} uS: mean {d.mean() * PCT:+.2f} %, std "
+                             f"{(d.std() if len(d) > 1 else 0.0) * PCT:.2f} %")
+        up = int((last.drift_rel > threshold).sum())
+        facts.append(f"drifting up (more than +{threshold * PCT:g} %): {up} of {len(last)} "
+                     f"devices ({pct(up, len(last))})")
+        clipped = int(reads.clipped.sum())
+        if clipped:
+            facts.append(f"reads at the range ceiling (clipped): {clipped}")
+    else:
+        notes.append("no scheduled read yet: programming")
+    notes.append("no pulse-by-pulse trace: the campaign stores one row per programming and "
+                 "per device read")
+    return RunView(cond, by_level, figures, facts, notes, unit="steps")
