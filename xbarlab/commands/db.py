@@ -57,6 +57,18 @@ def _show_db(path: Path) -> None:
     click.echo(f"  rule: {db.disturbance_rule}")
     click.echo(f"  stuck: HRS {db.stuck_hrs_rate * 100:.2f} % ({db.stuck_hrs_samples.size} samples), "
                f"LRS {db.stuck_lrs_rate * 100:.2f} % ({db.stuck_lrs_samples.size} samples)")
+    if db.retention is not None:
+        from database.figures import duration
+
+        r = db.retention
+        click.echo(f"  retention: {r.time.size} cells (level x time since programming)")
+        click.echo("    level (uS)  time since programming  drift mean (%)  std (%)  "
+                   "drifting up (%)  devices")
+        for lv, t, m, sd, up, n in zip(r.level, r.time, r.mean_rel, r.std_rel, r.up_fraction,
+                                       r.counts, strict=True):
+            click.echo(f"    {lv * 1e6:10.1f}  {duration(t):>22}  {m * 100:+14.3f}  "
+                       f"{sd * 100:7.3f}  {up * 100:15.1f}  {int(n):7d}")
+        click.echo(f"  retention rule: {r.rule}")
     for k, v in db.provenance.items():
         if k != "statistics":
             click.echo(f"  provenance {k}: {v if isinstance(v, str) else json.dumps(v)}")
