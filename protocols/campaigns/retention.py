@@ -213,7 +213,8 @@ def summary_lines(s: dict) -> list[str]:
     out.append(f"drift at the last read ({duration(s['last_read_s'])} after programming): "
                f"mean {100 * s['drift_mean_rel']:+.2f} %, std {100 * s['drift_std_rel']:.2f} %")
     for lv in s["by_level"]:
-        out.append(f"  {lv['target_S'] * 1e6:6.1f} uS: {lv['devices']} devices, mean "
+        out.append(f"  {lv['target_S'] * 1e6:6.1f} uS: {lv['devices']} "
+                   f"device{'' if lv['devices'] == 1 else 's'}, mean "
                    f"{100 * lv['drift_mean_rel']:+.2f} %, std {100 * lv['drift_std_rel']:.2f} %"
                    f", drifting up {lv['drifting_up']}")
     out.append(f"drifting up (more than +{100 * s['up_threshold_rel']:g} %): "
