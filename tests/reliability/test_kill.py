@@ -212,3 +212,58 @@ def test_resume_mid_device_through_the_emulated_stack_equals_uninterrupted(stati
     assert res.resumed_from == 2
     for name, df in read_run(ref)[1].items():
         pd.testing.assert_frame_equal(read_run(out)[1][name], df, check_exact=True, obj=name)
+
+
+@pytest.mark.slow
+def test_sigkill_inside_a_single_device_tuning_campaign_loses_at_most_the_tuning_in_progress(
+        tmp_path, capsys):
+    """`xbarlab run tuning-untuning` on the single-crosspoint WGFMU station, SIGKILLed several
+    times at random moments: every tuning logged as done is in the file after each kill (at
+    most the tuning in progress is lost), each re-run resumes at the first unfinished tuning,
+    and the finished file equals an uninterrupted run."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"levels": 4, "repeats": 6, "record_history": True}))
+    station = str(PMU_STATION.with_name("sim-wgfmu.yaml"))
+
+    def args(out):
+        return ["run", "tuning-untuning", "--station", station, "-o", str(out), "--config",
+                str(cfg), "--seed", "5", "--no-progress"]
+
+    ref = tmp_path / "ref.h5"
+    assert cli(args(ref), capsys)[0] == 0
+    total = list_runs(ref)[-1].units_total
+    assert total == 24
+
+    out = tmp_path / "killed.h5"
+    rng = random.Random(13)
+    before, kills = 0, []
+    while len(kills) < 4:
+        p = _spawn(args(out))
+        need, seen, t_line, per_unit = rng.randint(1, 3), 0, None, 0.01
+        while seen < need:
+            line = p.stderr.readline()
+            if not line:
+                break
+            if " done, " in line:
+                seen += 1
+                now = time.monotonic()
+                per_unit = per_unit if t_line is None else now - t_line  # one tuning's time
+                t_line = now
+        time.sleep(rng.uniform(0.0, per_unit))   # a random moment inside the next tuning
+        if p.poll() is not None:
+            break
+        p.send_signal(signal.SIGKILL)
+        logged = seen + sum(" done, " in ln for ln in p.communicate()[1].splitlines())
+        after = list_runs(out)[-1].units_done        # readable right after the kill
+        read_run(out)
+        # every tuning logged as done survived; at most one more (committed, not yet logged)
+        assert before + logged <= after <= before + logged + 1, (before, logged, after)
+        assert after < total
+        kills.append(after)
+        before = after
+    assert len(kills) == 4 and kills == sorted(kills), kills
+
+    code, stdout, err = cli(args(out), capsys)
+    assert code == 0, err
+    assert f"resumed after {before} finished tunings" in stdout
+    _assert_same(out, ref)
