@@ -10,7 +10,7 @@ from pathlib import Path
 
 from xbarlab.files import write_json
 
-#: (devices: every other device of the diagonal band, span, reads) per demo size
+#: (devices, span [s], reads) per demo size; devices on the diagonal, then on col = row + 1
 SIZES = {True: (8, 3600.0, 6), False: (16, 86400.0, 10)}
 CROSSBAR = "xbar3"
 
