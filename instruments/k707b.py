@@ -75,6 +75,10 @@ class K707B(MessageInstrument):
         self._selected = names
         return True
 
+    def forget_selection(self) -> None:
+        """Treat the closed set as unknown: the next `exclusive_close` is sent in any case."""
+        self._selected = None
+
     def close_channels(self, channels: Iterable[str]) -> None:
         """channel.close: ADDS closures."""
         names = sorted({check_channel(c) for c in channels}, key=sort_key)

@@ -190,6 +190,10 @@ class Wgfmu:
             self._call("setMeasureCurrentRange", channel, measure_current_range)
 
     def connect(self, channel: int) -> None:
+        """Connect `channel` (output relay and RSU on); nothing is sent when it already is
+        (connections survive `clear()`, which drops patterns, sequences and errors only)."""
+        if channel in self._connected:
+            return
         self._call("connect", channel)
         self._connected.add(channel)
 
@@ -231,8 +235,13 @@ class Wgfmu:
     def status(self) -> int:
         return self._call("getStatus")[1]
 
-    def measured(self, channel: int) -> tuple[np.ndarray, np.ndarray]:
-        """All measured points of `channel` as (t [s], value) arrays."""
+    def measured(self, channel: int, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Measured points of `channel` as (t [s], value) arrays: all of them, or the first
+        `count` in one call when the caller knows how many its pattern takes (the library
+        refuses a count beyond what was measured)."""
+        if count is not None:
+            _, t, v = self._call("getMeasureValues", channel, 0, int(count))
+            return np.asarray(t, dtype=float), np.asarray(v, dtype=float)
         _, measured, _total = self._call("getMeasureValueSize", channel)
         if measured == 0:
             return np.zeros(0), np.zeros(0)

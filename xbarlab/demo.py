@@ -56,7 +56,7 @@ QUICK = DemoSettings(tuning_devices=("dev0", "dev1"), tuning_levels=4, tuning_re
 FULL = DemoSettings(tuning_devices=("dev0", "dev1", "dev2", "dev3"), tuning_levels=8,
                     tuning_repeats=10, stuck_crossbars=("xbar0", "xbar1", "xbar2", "xbar3"),
                     disturbance_crossbars=("xbar0", "xbar1"), epochs=10_000,
-                    mc_transfers=5000, map_transfers=500, chips=12)
+                    mc_transfers=5000, map_transfers=500, chips=24)
 
 
 @dataclass

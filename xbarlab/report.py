@@ -81,6 +81,7 @@ def gather(out: Path) -> dict:
     """Every number the report shows, read from the demo's files."""
     from database.nonideality import load_nonideality
     from protocols.transfer import load_transfer
+    from xbarlab.prediction import compare
 
     data: dict = {"settings": _load(out / "settings.json"),
                   "chip": _load(out / "station" / "chip.json"),
@@ -114,6 +115,8 @@ def gather(out: Path) -> dict:
         meas[n] = {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
                    "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
     data["measured"] = meas
+    data["prediction"] = {n: compare(mc[n], [c["accuracy"] for c in chips[n]])
+                          for n in NETWORKS}
     data["claims"] = claims(data)
     return data
 
@@ -233,6 +236,8 @@ def _yes(b: bool) -> str:
 
 
 def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list[Section]:
+    from xbarlab.prediction import table_rows
+
     s, m, mc, c = data["settings"], data["measured"], data["mc"], data["claims"]
     hw, reg = m["hardware_aware"], m["regular"]
     secs: list[Section] = []
@@ -259,6 +264,12 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
         rows.append([f"{LABELS[n]}: measured chips inside the Monte-Carlo 5-95 % band",
                      f"{c[f'chips_in_mc_band_{n}']} of {m[n]['n']} in "
                      f"[{pct(mc[n]['p05'])}, {pct(mc[n]['p95'])}]", "-"])
+        pr = data["prediction"][n]
+        rows.append([f"{LABELS[n]}: the prediction describes the chips (mean inside the 95 % "
+                     "interval for that many chips; KS and Mann-Whitney at 5 %)",
+                     f"{pct(pr['measured_mean'])} in [{pct(pr['mean_interval'][0])}, "
+                     f"{pct(pr['mean_interval'][1])}]; KS p {pr['ks_pvalue']:.2g}, MW p "
+                     f"{pr['mannwhitney_pvalue']:.2g}", _yes(pr["verdict"] == "consistent")])
     summ.tables.append(Table(["statement", "numbers", "holds"], rows))
     summ.notes += explain(data)
     secs.append(summ)
@@ -358,6 +369,10 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
     tr.tables.append(Table(["network", "Monte-Carlo mean +- std", "Monte-Carlo 5-95 %",
                             "measured mean +- std", "measured min to max", "chips (count)"],
                            rows, "Prediction beside measurement (test accuracy)"))
+    head, rows = table_rows(data["prediction"], LABELS)
+    tr.tables.append(Table(head, rows, "Does the prediction describe the chips? (measured "
+                                       "mean against the mean of as many Monte-Carlo "
+                                       "transfers; two-sample tests, 5 % level)"))
     rows = []
     by_seed = {n: {ch["chip_seed"]: ch for ch in data["chips"][n]} for n in NETWORKS}
     for seed in sorted(by_seed["hardware_aware"]):

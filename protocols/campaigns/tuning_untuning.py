@@ -9,7 +9,10 @@ to the `history` table.
 
 The unit of work is one tuning (device, level, repeat): a paper-sized device is 8 levels x 40
 repeats, hours on a real station, so each tuning is committed on its own and a crash loses at
-most the tuning in progress; a resume starts at the first unfinished tuning.
+most the tuning in progress; a resume starts at the first unfinished tuning. The fast algorithm
+(the default) starts each ramp near the amplitudes that last moved the device (`warm`); they go
+from one tuning of a device to its next and are stored with each tuning (warm_set, warm_reset),
+so a resumed run carries on with them.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ TUNINGS_COLUMNS = {
     "gave_up": ("?", "1"), "pulses": ("i4", "1"), "set_pulses": ("i4", "1"),
     "reset_pulses": ("i4", "1"), "g_initial": ("f8", "S"), "g_final": ("f8", "S"),
     "g_settled": ("f8", "S"), "t_start": ("f8", "s"), "t_end": ("f8", "s"),
+    "warm_set": ("f8", "V"), "warm_reset": ("f8", "V"),
 }
 
 
@@ -113,12 +117,21 @@ def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | No
     levels = cfg.level_values()
     off_cfg = cfg.tune.model_copy(update={"tolerance": cfg.off_tolerance, "n_inband": 1})
 
+    # the fast variant starts each ramp near what last moved the device (TuneResult.warm): carried
+    # from one tuning of a device to its next, and stored with every tuning, so a resumed run
+    # carries on with the value the interrupted one had
+    done = writer.table("tunings")
+    warm: dict[int, tuple[float, float]] = {} if done.empty else {
+        int(done.device.iloc[-1]): (float(done.warm_set.iloc[-1]),
+                                    float(done.warm_reset.iloc[-1]))}
+
     def work(tix: int, u: Tuning) -> UnitResult:
         r, c, i, li = u.row, u.col, u.device, u.level
         level = float(levels[li])
         off = max(cfg.off_floor, cfg.off_fraction * level)
-        un = tune(rig, r, c, off, off_cfg)
-        res = tune(rig, r, c, level, cfg.tune)
+        un = tune(rig, r, c, off, off_cfg, warm=warm.get(i))
+        res = tune(rig, r, c, level, cfg.tune, warm=un.warm)
+        warm[i] = res.warm
         rig.wait(cfg.settle_s)
         g_set = float(rig.read(r, c))
         row = dict(device=i, row=r, col=c, level=li, repeat=u.repeat, target=level,
@@ -126,7 +139,7 @@ def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | No
                    gave_up=res.gave_up, pulses=res.pulses, set_pulses=res.set_pulses,
                    reset_pulses=res.reset_pulses, g_initial=res.g_initial,
                    g_final=res.g_final, g_settled=g_set, t_start=un.t_start,
-                   t_end=float(rig.clock))
+                   t_end=float(rig.clock), warm_set=res.warm[0], warm_reset=res.warm[1])
         out = {"tunings": {k: [v] for k, v in row.items()}}
         if cfg.record_history:
             out["history"] = concat([history_rows(un, i, tix, 0), history_rows(res, i, tix, 1)],

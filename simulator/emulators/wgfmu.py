@@ -7,8 +7,14 @@ out-of-range vectors refused and not added); measure events must end inside thei
 results are RESULT_NOT_READY before an execute and RESULT_OUT_OF_DATE once the setup changed.
 Channel `c` is the world terminal `wgfmu<c>`: 0 V while connected and idle, floating otherwise.
 `execute()` plays all sequenced channels together through `LabWorld.run` and stores the
-measured points. Whether `clear()` resets channel setup is to confirm on hardware; here it does
-not (the driver re-applies setup anyway).
+measured points.
+
+Instrument time (physics.md §6): pattern building and channel setup are host-side (the library
+applies setup at execute), so they are free; `execute` + `waitUntilCompleted` cost one
+`round_trip` plus the waveform; every other call that reaches the instrument (initialize,
+connect, disconnect, abort, getStatus, getMeasureValueSize, getMeasureValues, closeSession) costs
+one `gpib_cmd`; openSession costs `session_open`. Whether `clear()` resets channel setup is to
+confirm on hardware; here it does not (the driver re-applies setup anyway).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class EmulatedWgfmuLibrary:
         self.results_valid = False
         self.status = W.STATUS_IDLE
         self.executions = 0
+        self.exchanges = 0  # calls that reached the instrument (each charged gpib_cmd)
 
     def _defaults(self) -> None:
         self.mode = {c: W.OPERATION_MODE_SMU for c in self.channels}
@@ -72,6 +79,12 @@ class EmulatedWgfmuLibrary:
             self.fail_next = None
             return True
         return False
+
+    def _bus(self) -> None:
+        """One exchange with the instrument."""
+        self.exchanges += 1
+        if self.world is not None:
+            self.world.clock.advance(self.world.latency.gpib_cmd, "command")
 
     def _need_session(self, fn: str) -> int:
         if self._fault(fn):
@@ -113,6 +126,7 @@ class EmulatedWgfmuLibrary:
         if not self.session:
             return self._e(W.CONTEXT_ERROR, "closeSession: no session open")
         self.session = False
+        self._bus()
         return W.NO_ERROR
 
     def setTimeout(self, seconds: float) -> int:
@@ -124,11 +138,14 @@ class EmulatedWgfmuLibrary:
         rc = self._need_session("initialize")
         if rc:
             return rc
+        self._bus()
         self._defaults()
         self._changed()
         return W.NO_ERROR
 
     def abort(self) -> int:
+        if self.session:
+            self._bus()
         if self.status == W.STATUS_RUNNING:
             self.status = W.STATUS_ABORTED
         return W.NO_ERROR
@@ -228,6 +245,7 @@ class EmulatedWgfmuLibrary:
         rc = self._chan("connect", channel)
         if rc:
             return rc
+        self._bus()
         self.connected.add(channel)
         self._publish()
         return W.NO_ERROR
@@ -236,6 +254,7 @@ class EmulatedWgfmuLibrary:
         rc = self._chan("disconnect", channel)
         if rc:
             return rc
+        self._bus()
         self.connected.discard(channel)
         self._publish()
         return W.NO_ERROR
@@ -328,12 +347,16 @@ class EmulatedWgfmuLibrary:
 
     def getStatus(self):
         rc = self._need_session("getStatus")
+        if not rc:
+            self._bus()
         return rc, self.status, 0.0, 0.0
 
     def _result(self, fn: str, ch: int) -> int:
         rc = self._chan(fn, ch)
         if rc:
             return rc
+        if fn != "getInterpolatedForceValue":  # computed by the library from the pattern
+            self._bus()
         if self.results is None:
             return self._e(W.RESULT_NOT_READY_ERROR, f"{fn}: nothing executed")
         if not self.results_valid:

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _crossbar(**ret) -> Crossbar:
-    # no line resistance (a grounded read is then exactly G * V plus read noise) and no volatile
-    # excess, so a read is the retention closed form plus read noise alone
-    dev = DeviceParams(volatile_fraction=0.0, volatile_cap=0.0,
+    # no line resistance (a grounded read is then exactly G * V plus read noise), no volatile
+    # excess and no slow fluctuators, so a read is the retention closed form plus read noise
+    dev = DeviceParams(volatile_fraction=0.0, volatile_cap=0.0, rtn_count=0,
                        retention=RetentionParams(**ret))
     return Crossbar(CrossbarConfig(rows=4, cols=4, r_line=0.0, r_source=0.0, stuck_hrs_rate=0,
                                    stuck_lrs_rate=0, device=dev), seed=8)

@@ -71,7 +71,8 @@ def register(cli: click.Group) -> None:
     @click.option("--device", required=True, help="ROW,COL (0-based)")
     @click.option("--target", required=True, type=float, help="target conductance [S]")
     @click.option("--crossbar", default=None, help="crossbar on the chip (sim stations)")
-    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="alibart")
+    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default=None,
+                  help="write-verify algorithm [default: the config's, else fast]")
     @click.option("--tolerance", type=float, default=None, help="band, fraction of target")
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                   help="TuneConfig YAML")

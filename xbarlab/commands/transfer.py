@@ -58,8 +58,8 @@ def register(cli: click.Group) -> None:
                        "default: the published 100-500 uS")
     @click.option("--member", default=0, show_default=True, type=click.IntRange(0),
                   help="network of an ensemble checkpoint")
-    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="alibart",
-                  show_default=True, help="write-verify algorithm")
+    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="fast",
+                  show_default=True, help="write-verify algorithm (alibart: the paper's)")
     @click.option("--settle", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
                   help="instrument time before each tile's read-back [s]")
     @click.option("--save-plan", type=click.Path(dir_okay=False), default=None,

@@ -35,7 +35,8 @@ def _wiring(c) -> Wiring:
 
 def _build(c, drivers, wiring: Wiring, lab) -> PmuRig:
     return PmuRig(drivers["k4200"], drivers["k707b"], wiring, limits=c.limits,
-                  read=c.read.settings(), lab=lab, edge=c.pulse.edge)
+                  read=c.read.settings(), lab=lab, edge=c.pulse.edge, read_scheme=c.read.scheme,
+                  width=c.pulse.width)
 
 
 register(RigKind("pmu", _check, lambda c: ("k707b", "k4200"), _wiring, _build))

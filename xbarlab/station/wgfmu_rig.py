@@ -22,6 +22,9 @@ def _routed(c) -> bool:
 def _check(c) -> None:
     if c.instruments.wgfmu is None:
         raise StationError("instruments.wgfmu: required for rig 'wgfmu'")
+    if c.read.scheme != "grounded":
+        raise StationError(f"read.scheme: {c.read.scheme!r} needs the PMU rig's pulse "
+                           "divider; a wgfmu station reads grounded")
     if not _routed(c):
         return
     for field in ("b1500", "k707b"):
