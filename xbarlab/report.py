@@ -18,23 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from database.display import duration, pct, us
 from training.defaults import LABELS, NETWORKS
 from xbarlab.files import write_json
 
 THRESHOLD_LABELS = {">=100%": "100 %", ">=95%": "95 %", ">=90%": "90 %", ">=80%": "80 %",
                     ">=70%": "70 %", ">=60%": "60 %", ">=50%": "50 %"}
-
-
-def pct(x: float, nd: int = 1) -> str:
-    return f"{100 * x:.{nd}f} %"
-
-
-def us(x: float, nd: int = 1) -> str:
-    return f"{x * 1e6:.{nd}f} uS"
-
-
-def sec(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f} s"
 
 
 @dataclass
@@ -318,7 +307,7 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
         else:
             what = f"{sm['samples']} samples, {sm['flagged']} devices flagged"
         rows.append([r["protocol"], f"{r['station']} / {r['crossbar']}", what,
-                     sec(r["wall_s"]), sec(r["instrument_s"])])
+                     duration(r["wall_s"]), duration(r["instrument_s"])])
     sec_cal.tables.append(Table(["campaign", "station / crossbar", "result", "wall time (s)",
                                  "predicted instrument time (s)"], rows, "Campaign runs"))
     sec_cal.images += [(figs["tuning"], "Tuning imprecision"),
@@ -376,7 +365,7 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
                      f"{h['failed']} / {r['failed']}",
                      f"{pct(h['readback_error_std_rel'], 2)} / "
                      f"{pct(r['readback_error_std_rel'], 2)}",
-                     f"{sec(h['instrument_time_s'])} / {sec(r['instrument_time_s'])}"])
+                     f"{duration(h['instrument_time_s'])} / {duration(r['instrument_time_s'])}"])
     tr.tables.append(Table(["chip seed", "hardware-aware accuracy", "regular accuracy",
                             "failed tunings (count, HW / reg)",
                             "read-back error std (% of target, HW / reg)",
@@ -387,9 +376,9 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
 
     # timing
     tim = Section("Time taken")
-    rows = [[t["title"], sec(t["seconds"]), sec(t["instrument_s"])] for t in timing]
-    rows.append(["total (steps above)", sec(sum(t["seconds"] for t in timing)),
-                 sec(sum(t["instrument_s"] or 0.0 for t in timing))])
+    rows = [[t["title"], duration(t["seconds"]), duration(t["instrument_s"])] for t in timing]
+    rows.append(["total (steps above)", duration(sum(t["seconds"] for t in timing)),
+                 duration(sum(t["instrument_s"] or 0.0 for t in timing))])
     tim.tables.append(Table(["step", "wall time on this PC (s)",
                              "predicted instrument time on a real station (s)"], rows))
     tim.text.append("Predicted instrument time is the virtual clock of the simulated "

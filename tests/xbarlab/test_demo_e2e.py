@@ -10,9 +10,10 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow  # the quick demo: about a minute
 
+from database.display import duration, pct, us  # noqa: E402
 from database.nonideality import load_nonideality  # noqa: E402
 from protocols.transfer import load_transfer  # noqa: E402
-from xbarlab.report import NETWORKS, pct, sec, us  # noqa: E402
+from xbarlab.report import NETWORKS  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -144,6 +145,6 @@ def test_timing_table_equals_timing_json(demo):
     shown = [t for t in timing if t["name"] != "report"]
     assert [t["title"] for t in report["timing"]] == [t["title"] for t in shown]
     for t in shown:
-        assert _row(t["title"], sec(t["seconds"]), sec(t["instrument_s"])) in md
+        assert _row(t["title"], duration(t["seconds"]), duration(t["instrument_s"])) in md
     total_inst = sum(t["instrument_s"] or 0.0 for t in shown)
-    assert f"| {sec(total_inst)} |" in md
+    assert f"| {duration(total_inst)} |" in md

@@ -21,8 +21,11 @@ def _kind(path: Path) -> str:
 
 
 def _show_runs(path: Path) -> None:
-    from database.runs import list_runs
+    from database.display import column_unit
+    from database.runs import list_runs, table_columns
+    from xbarlab.commands.campaigns import summary_text
 
+    columns = table_columns(path)
     for info in list_runs(path):
         state = "complete" if info.complete else "UNFINISHED"
         click.echo(f"{path.name}:{info.name}  {info.protocol}  {state}  "
@@ -30,9 +33,10 @@ def _show_runs(path: Path) -> None:
         click.echo(f"  started {info.start_time}  ended {info.end_time or '-'}  "
                    f"xbarlab {info.software_version}  station {info.station.get('name', '?')}")
         for t, n in info.rows.items():
-            click.echo(f"  table {t}: {n} rows")
-        for k, v in info.summary.items():
-            click.echo(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
+            cols = columns.get(info.name, {}).get(t, {})
+            click.echo(f"  table {t}: {n:,} rows; columns "
+                       + ", ".join(c + column_unit(u) for c, u in cols.items()))
+        click.echo(summary_text(info.protocol, info.summary))
 
 
 def _show_db(path: Path) -> None:
