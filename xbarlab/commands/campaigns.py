@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from xbarlab.commands import first_line, next_steps
 from xbarlab.errors import XbarlabError
 from xbarlab.yamlfiles import read_mapping, validate
 
@@ -57,6 +58,11 @@ def summary_text(protocol: str, summary: dict) -> str:
     return "\n".join("  " + ln for ln in summary_lines(summary, summary_metrics(protocol)))
 
 
+def _next(out: Path) -> None:
+    next_steps(f"`xbarlab plot {out}` (its figures)", f"`xbarlab db show {out}` (tables, units)",
+               f"`xbarlab db build {out} ... -o db.h5` (a non-ideality database)")
+
+
 def register(cli: click.Group) -> None:
     run_group = cli.commands["run"]
 
@@ -103,8 +109,25 @@ def register(cli: click.Group) -> None:
         if not res.converged:
             raise SystemExit(1)
 
+    def print_config(ctx, _param, value):
+        if not value or ctx.resilient_parsing:
+            return
+        from protocols.campaigns import CAMPAIGNS
+        from xbarlab.yamlfiles import config_yaml
+
+        name = ctx.command.name
+        click.echo(config_yaml(CAMPAIGNS[name][1], f"{name} campaign: the default config, "
+                               "every field with its unit and range.\nEdit, then: xbarlab run "
+                               f"{name} --station STATION --config THIS.yaml -o FILE.h5"), nl=False)
+        ctx.exit()
+
     def make(name: str):
-        @run_group.command(name)
+        from protocols.campaigns import CAMPAIGNS
+
+        @run_group.command(name, short_help=first_line(CAMPAIGNS[name][0].__doc__))
+        @click.option("--print-config", is_flag=True, is_eager=True, expose_value=False,
+                      callback=print_config,
+                      help="print the default config (YAML, commented) and exit")
         @click.option("--station", "station_path", required=True,
                       type=click.Path(dir_okay=False), help="station file (YAML)")
         @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
@@ -145,6 +168,7 @@ def register(cli: click.Group) -> None:
                            f"{done.units_done} units: nothing to do (--overwrite to measure "
                            "again)")
                 click.echo(summary_text(name, done.summary))
+                _next(out_p)
                 return
             if out_p.exists() and not (resume or overwrite):
                 click.echo(f"{out_p} exists: continuing its unfinished run if the settings match",
@@ -164,9 +188,11 @@ def register(cli: click.Group) -> None:
                 click.echo(f"resumed after {res.resumed_from} finished devices")
             click.echo(f"{name}: {res.path} ({res.run})")
             click.echo(summary_text(name, res.summary))
+            _next(out_p)
 
-        cmd.__doc__ = (f"Run the {name} campaign (resumable; re-run the same command to "
-                       "continue an interrupted run).")
+        cmd.__doc__ = (f"{CAMPAIGNS[name][0].__doc__.strip()}\n\nResumable: re-run the same "
+                       "command to continue an interrupted run. `--print-config` shows every "
+                       "config field with its default, unit and range.")
         return cmd
 
     for name in ("tuning-untuning", "disturbance", "stuck", "iv"):

@@ -9,6 +9,7 @@ import click
 import h5py
 
 from database.errors import SchemaError
+from xbarlab.commands import next_steps
 
 
 def _kind(path: Path) -> str:
@@ -84,6 +85,8 @@ def register(cli: click.Group) -> None:
         save_nonideality(db, out, overwrite=force)
         click.echo(f"wrote {out}")
         _show_db(Path(out))
+        next_steps(f"`xbarlab db plot {out}` (its figures)",
+                   f"`xbarlab train --db {out} --out net.pt` (a network trained on it)")
 
     @db_group.command("show")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False))

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from training.defaults import DATASETS, DEFAULT_MAPPING, LABELS, MAPPINGS, network_name
+from xbarlab.commands import next_steps
 from xbarlab.errors import XbarlabError
 
 MAPPING = click.Choice(list(MAPPINGS))
@@ -126,6 +127,9 @@ def register(cli: click.Group) -> None:
                    f"network {res.steps_per_network})"
         click.echo(f"wrote {out}: {res.steps} steps in {res.seconds:.1f} s, final loss "
                    f"{res.loss_history[-1] if res.loss_history else float('nan'):.4f}{stop}")
+        next_steps(f"`xbarlab evaluate --model {out}` (Monte-Carlo transfers)",
+                   f"`xbarlab transfer --model {out} --station sim-pmu -o transfer.h5` "
+                   "(program it onto crossbars)")
 
     @cli.command("evaluate")
     @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False))
@@ -166,6 +170,8 @@ def register(cli: click.Group) -> None:
         Console().print(_table(f"{transfers} transfers ({mapping or cfg.mapping} mapping)",
                                summary["networks"]))
         click.echo(f"wrote {out}/summary.json and figures")
+        next_steps(f"`xbarlab transfer --model {model_path} --station sim-pmu -o transfer.h5` "
+                   "(measure it on programmed crossbars)")
 
     @cli.command("reproduce")
     @click.option("--out", default="reproduce-out", show_default=True,
