@@ -20,10 +20,14 @@ RAW_SI = re.compile(r"(?<![\w.])-?\d+(\.\d+)?[eE][-+]?\d+\b")
 FRACTION = re.compile(r"\b(accuracy|yield|rate|share|error)\b[^:\n]*:\s*-?\d*\.?\d+\s*$",
                       re.I | re.M)
 
+#: a bare number below 1 without a unit (a fraction in a table cell: "clean accuracy  0.875")
+BARE = re.compile(r"(?<![\w.+-])-?0\.\d+(?![\d.]|\s*(%|uS|uA|V\b|s\b|ms|us|ns|min|h\b))")
+
 
 def offences(text: str) -> list[str]:
     return ([m.group(0) for m in RAW_SI.finditer(text)]
-            + [m.group(0) for m in FRACTION.finditer(text)])
+            + [m.group(0) for m in FRACTION.finditer(text)]
+            + [m.group(0) for m in BARE.finditer(text)])
 
 
 def test_the_scan_catches_the_old_output():
@@ -31,6 +35,7 @@ def test_the_scan_catches_the_old_output():
     assert offences("  delta_p1_S: -2.676e-05\n")
     assert offences("  accuracy: 0.875\n")
     assert offences("  yield: 1\n")
+    assert offences("│ clean accuracy │ 0.875 │ 0.990 │")
     assert not offences("  yield (working devices): 100.0 %\n  lowest conductance read: 4.2 uS\n")
 
 
@@ -43,6 +48,22 @@ def test_summary_lines_name_and_convert():
                      "yield: 50.0 %", "instrument time: 4.2 min", "devices: 5,000"]
     assert metric_for("readback_error_mean_rel").unit == "fraction"
     assert duration(2e-7) == "200 ns" and duration(12.34) == "12.3 s"
+
+
+def test_evaluate_table_in_percent():
+    from rich.console import Console
+
+    from xbarlab.commands.train import _table
+
+    s = {"share_correct": {">=100%": 0.5, ">=95%": 0.795}, "clean_acc": 0.875,
+         "transfer_acc_mean": 0.84, "transfer_acc_median": 0.85, "transfer_acc_p05": 0.7,
+         "transfer_acc_min": 0.61}
+    con = Console(record=True, width=100)
+    con.print(_table("t", {"hardware_aware": s, "regular": s}))
+    text = con.export_text()
+    assert offences(text) == [], text
+    assert "79.5 %" in text and "87.5 %" in text and "hardware-aware" in text
+    assert ">= 95 % of transfers" in text
 
 
 def _cli(args, capsys):
