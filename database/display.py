@@ -12,7 +12,8 @@ summary keys with Metrics (its `SUMMARY`); a key it does not describe is read by
 ``..._S`` a conductance, ``..._V`` a voltage, ``..._A`` a current, ``..._s`` a time, and
 ``..._rel``, ``...rate``, ``yield``, ``accuracy...``, ``share...`` a fraction.
 
-This module sits at the bottom of the package graph (numpy only), so every package can use it.
+This module sits at the bottom of the package graph (standard library only), so every package
+can use it.
 """
 
 from __future__ import annotations

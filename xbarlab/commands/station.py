@@ -22,7 +22,7 @@ def describe_shipped() -> list[tuple[str, str]]:
         what = first.lstrip("#").strip().split(": ")[0] if first.startswith("#") else ""
         raw = yaml.safe_load(text) or {}
         shape = "x".join(str(n) for n in raw.get("shape", []))
-        out.append((p.stem, f"{what} (rig {raw.get('rig', '?')}, {shape} devices)"))
+        out.append((p.stem, f"{what}; rig {raw.get('rig', '?')}, {shape} devices"))
     return out
 
 
