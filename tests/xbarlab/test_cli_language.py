@@ -86,7 +86,7 @@ def _single_thread_blas():
 
 def test_cli_summaries_speak_display_units(tmp_path, capsys):
     cfg = tmp_path / "tu.yaml"
-    cfg.write_text(yaml.safe_dump({"levels": 2, "repeats": 1, "record_history": False}))
+    cfg.write_text(yaml.safe_dump({"levels": 2, "repeats": 2, "record_history": False}))
     iv = tmp_path / "iv.yaml"
     iv.write_text(yaml.safe_dump({"v_step": 0.4}))
     runs = {
@@ -104,6 +104,11 @@ def test_cli_summaries_speak_display_units(tmp_path, capsys):
         code, text = _cli(["db", "show", str(out)], capsys)
         assert code == 0, text
         seen.append(text)
+    db = tmp_path / "ni.h5"
+    code, text = _cli(["db", "build", *(str(tmp_path / n) for n in ("tu.h5", "d.h5", "s.h5")),
+                       "-o", str(db)], capsys)
+    assert code == 0, text
+    seen.append(text)
     code, text = _cli(["tune", "--station", PMU, "--device", "2,3", "--target", "250e-6"],
                       capsys)
     seen.append(text)

@@ -43,25 +43,29 @@ def _show_runs(path: Path) -> None:
 def _show_db(path: Path) -> None:
     import numpy as np
 
+    from database.display import count, pct, us
     from database.nonideality import load_nonideality
 
     db = load_nonideality(path)
-    click.echo(f"{path.name}: non-ideality database, G range {db.g_min * 1e6:.0f}-"
-               f"{db.g_max * 1e6:.0f} uS")
-    click.echo("  tuning: level (uS)  sigma (%)  offset (%)  n")
+    click.echo(f"{path.name}: non-ideality database, G range {us(db.g_min, 0)} to "
+               f"{us(db.g_max, 0)}")
+    click.echo(f"  tuning: {'level':>10}  {'sigma':>9}  {'offset':>10}  tunings")
     for lv, s, o, n in zip(db.tuning_levels, db.tuning_sigma_rel, db.tuning_offset_rel,
                            db.tuning_counts, strict=True):
-        click.echo(f"    {lv * 1e6:8.1f}  {s * 100:8.3f}  {o * 100:+9.3f}  {int(n)}")
-    click.echo(f"  sigma fit: {db.sigma_fit_slope * 1e-6 * 100:+.3e} %/uS * G + "
-               f"{db.sigma_fit_intercept * 100:.3f} %; offset N({db.offset_mean_rel * 100:+.3f} %, "
-               f"{db.offset_std_rel * 100:.3f} %)")
-    d = db.disturbance_delta * 1e6
-    click.echo(f"  disturbance: {d.size} samples, keys {db.disturbance_keys.min()}-{db.max_key}, "
-               f"mean {d.mean():+.2f} uS, 1st pct {np.percentile(d, 1):+.2f} uS, "
-               f"min {d.min():+.2f} uS, max {d.max():+.2f} uS")
+        click.echo(f"          {us(lv):>10}  {pct(s, 3):>9}  {pct(o, 3, signed=True):>10}  "
+                   f"{count(n)}")
+    click.echo(f"  sigma fit: {pct(db.sigma_fit_intercept, 3)} "
+               f"{pct(db.sigma_fit_slope * 100e-6, 4, signed=True)} per 100 uS of G; offset "
+               f"N({pct(db.offset_mean_rel, 3, signed=True)}, {pct(db.offset_std_rel, 3)})")
+    d = db.disturbance_delta
+    click.echo(f"  disturbance: {count(d.size)} samples, keys {db.disturbance_keys.min()}-"
+               f"{db.max_key}, mean {us(d.mean(), 2, signed=True)}, 1st percentile "
+               f"{us(np.percentile(d, 1), 2, signed=True)}, min {us(d.min(), 2, signed=True)}, "
+               f"max {us(d.max(), 2, signed=True)}")
     click.echo(f"  rule: {db.disturbance_rule}")
-    click.echo(f"  stuck: HRS {db.stuck_hrs_rate * 100:.2f} % ({db.stuck_hrs_samples.size} samples), "
-               f"LRS {db.stuck_lrs_rate * 100:.2f} % ({db.stuck_lrs_samples.size} samples)")
+    click.echo(f"  stuck: HRS {pct(db.stuck_hrs_rate, 2)} ({count(db.stuck_hrs_samples.size)} "
+               f"samples), LRS {pct(db.stuck_lrs_rate, 2)} ({count(db.stuck_lrs_samples.size)} "
+               "samples)")
     for k, v in db.provenance.items():
         if k != "statistics":
             click.echo(f"  provenance {k}: {v if isinstance(v, str) else json.dumps(v)}")
