@@ -370,7 +370,11 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
     rob.tables.append(Table(["test points", "hardware-aware", "regular"], rows,
                             "Robustness table"))
     rob.images += [(figs["accuracy_hist"], "Monte-Carlo accuracy histograms"),
-                   (figs["boundary_map"], "Decision-boundary variability")]
+                   (figs["boundary_map"], "Decision-boundary variability: share of "
+                    f"{data['evaluate'].get('boundary_map_transfers', 'the')} transfers per grid point "
+                    f"predicting class 1 (fewer than the {mc['hardware_aware']['n']:,} "
+                    "behind the histograms and the table: one map costs a transfer per "
+                    "grid point)")]
     secs.append(rob)
 
     # measured transfers
