@@ -15,7 +15,6 @@ device classes of a `status` column are read from its `units` attribute ("0=work
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from database.display import duration
 from database.runs import RunInfo
 
 uS = 1e6   # S -> uS
@@ -186,20 +186,6 @@ def histogram(title: str, x_label: str, y_label: str, data: dict[str, np.ndarray
         edges = np.linspace(lo, hi, bins + 1)
     return Hist(title, x_label, y_label, edges,
                 {k: np.histogram(v, edges)[0] for k, v in finite.items()})
-
-
-def duration(seconds: float) -> str:
-    """A time span for people: 45 s, 12 min, 3.5 h, 2.1 d."""
-    s = float(seconds)
-    if not math.isfinite(s):
-        return "-"
-    if abs(s) < 90:
-        return f"{s:.3g} s"
-    if abs(s) < 5400:
-        return f"{s / 60:.3g} min"
-    if abs(s) < 172800:
-        return f"{s / 3600:.3g} h"
-    return f"{s / 86400:.3g} d"
 
 
 def pct(n: int, total: int) -> str:

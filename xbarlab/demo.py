@@ -290,7 +290,8 @@ def step_report(out: Path) -> StepResult:
     t0 = time.perf_counter()
     written = write_report(out)
     return StepResult("report", TITLES["report"], time.perf_counter() - t0, None,
-                      written.paths, {"all_hold": written.all_hold})
+                      written.paths, {"all_hold": written.all_hold,
+                                      "conclusion": written.conclusion})
 
 
 # -- the whole chain -------------------------------------------------------------------------------

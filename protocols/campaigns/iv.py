@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
+from database.display import Metric
 from protocols.campaigns._loop import UnitResult, raster, run_units
 from protocols.campaigns.common import CampaignConfig, CampaignResult, log, open_store
 from protocols.rig import CrossbarRig
@@ -47,6 +48,15 @@ class IVConfig(CampaignConfig):
         dn = np.arange(-self.v_step, self.v_min - 1e-12, -self.v_step)
         v = np.concatenate([up, up[::-1][1:], [0.0], dn, dn[::-1][1:], [0.0]])
         return v[v != 0.0]
+
+
+#: what each number of the summary is (stored in S; shown in uS)
+SUMMARY = {
+    "devices": Metric("devices swept"),
+    "points": Metric("points (steps read)"),
+    "g_min_S": Metric("lowest conductance read", "S"),
+    "g_max_S": Metric("highest conductance read", "S"),
+}
 
 
 def run(rig: CrossbarRig, config: IVConfig, store, *, seed: int | None = None,

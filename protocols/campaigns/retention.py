@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field, model_validator
 
-from database.figures import duration
+from database.display import duration, pct, us
 from protocols.campaigns._loop import UnitResult, raster, run_units
 from protocols.campaigns.common import CampaignConfig, CampaignResult, log, open_store
 from protocols.rig import CrossbarRig
@@ -211,13 +211,14 @@ def summary_lines(s: dict) -> list[str]:
     if "last_read_s" not in s:
         return out
     out.append(f"drift at the last read ({duration(s['last_read_s'])} after programming): "
-               f"mean {100 * s['drift_mean_rel']:+.2f} %, std {100 * s['drift_std_rel']:.2f} %")
+               f"mean {pct(s['drift_mean_rel'], 2, signed=True)}, "
+               f"std {pct(s['drift_std_rel'], 2)}")
     for lv in s["by_level"]:
-        out.append(f"  {lv['target_S'] * 1e6:6.1f} uS: {lv['devices']} "
+        out.append(f"  {us(lv['target_S'])}: {lv['devices']} "
                    f"device{'' if lv['devices'] == 1 else 's'}, mean "
-                   f"{100 * lv['drift_mean_rel']:+.2f} %, std {100 * lv['drift_std_rel']:.2f} %"
-                   f", drifting up {lv['drifting_up']}")
-    out.append(f"drifting up (more than +{100 * s['up_threshold_rel']:g} %): "
+                   f"{pct(lv['drift_mean_rel'], 2, signed=True)}, "
+                   f"std {pct(lv['drift_std_rel'], 2)}, drifting up {lv['drifting_up']}")
+    out.append(f"drifting up (more than {pct(s['up_threshold_rel'], 1, signed=True)}): "
                f"{s['drifting_up']} of {s['devices']} devices")
     if s["clipped_reads"]:
         out.append(f"reads at the range ceiling (clipped): {s['clipped_reads']}")

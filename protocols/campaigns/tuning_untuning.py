@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field, model_validator
 
+from database.display import Metric
 from protocols.campaigns._loop import UnitResult, raster, run_units
 from protocols.campaigns.common import (
     HISTORY_COLUMNS,
@@ -157,6 +158,21 @@ def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | No
     log.info("%s: %s", PROTOCOL, summary)
     return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete,
                           unit="tunings")
+
+
+#: what each number of the summary is (stored in SI and fractions; shown in uS and %)
+SUMMARY = {
+    "devices": Metric("devices measured"),
+    "tunings": Metric("tunings"),
+    "failed": Metric("failed tunings"),
+    "failure_rate": Metric("share of tunings that failed", "fraction"),
+    "pulses_median": Metric("pulses per tuning, median"),
+    "pulses_p90": Metric("pulses per tuning, 90th percentile"),
+    "error_mean_rel": Metric("mean error of the converged tunings (of target)", "fraction",
+                             nd=2, signed=True),
+    "error_std_rel": Metric("std of that error (of target)", "fraction", nd=2),
+    "instrument_time_s": Metric("instrument time", "s"),
+}
 
 
 def summarize(df) -> dict:

@@ -144,6 +144,8 @@ def test_tuning_untuning_progress_moves_inside_a_device(tmp_path, monkeypatch):
     file stopped."""
     from rich.console import Console
 
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: the bar shows every column
+
     from protocols.campaigns import _loop
     from protocols.progress import Bar
 

@@ -104,7 +104,7 @@ def test_run_retention_on_each_shipped_simulated_station(station, tmp_path, caps
                               "-o", str(out), "--config", str(cfg), "--seed", "2",
                               "--no-progress", *devices], capsys)
     assert code == 0, err
-    assert "drift at the last read (24 h after programming)" in stdout
+    assert "drift at the last read (24.0 h after programming)" in stdout
     info = list_runs(out)[-1]
     n_dev = 2 if station == "sim-pmu" else 1
     assert info.complete and info.units_done == n_dev + 5
