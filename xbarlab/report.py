@@ -74,7 +74,8 @@ def gather(out: Path) -> dict:
 
     data: dict = {"settings": _load(out / "settings.json"),
                   "chip": _load(out / "station" / "chip.json"),
-                  "campaigns": _load(out / "runs" / "campaigns.json"),
+                  "campaigns": [*_load(out / "runs" / "campaigns.json"),
+                                *_load(out / "runs" / "retention.json")],
                   "calibration": calibration_stats(load_nonideality(out / "db" /
                                                                     "nonideality.h5")),
                   "train": _load(out / "train" / "train.json"),
@@ -340,6 +341,10 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
         elif r["protocol"] == "stuck":
             what = (f"{sm['working']} working, {sm['stuck-HRS']} stuck-HRS, "
                     f"{sm['stuck-LRS']} stuck-LRS")
+        elif r["protocol"] == "retention":
+            what = (f"{sm['devices']} devices, drift {duration(sm['last_read_s'])} after "
+                    f"programming {pct(sm['drift_mean_rel'], 2, signed=True)} +- "
+                    f"{pct(sm['drift_std_rel'], 2)}, {sm['drifting_up']} drifting up")
         else:
             what = f"{sm['samples']} samples, {sm['flagged']} devices flagged"
         rows.append([r["protocol"], f"{r['station']} / {r['crossbar']}", what,

@@ -43,7 +43,7 @@ def _show_runs(path: Path) -> None:
 def _show_db(path: Path) -> None:
     import numpy as np
 
-    from database.display import count, pct, us
+    from database.display import count, duration, pct, us
     from database.nonideality import load_nonideality
 
     db = load_nonideality(path)
@@ -66,6 +66,16 @@ def _show_db(path: Path) -> None:
     click.echo(f"  stuck: HRS {pct(db.stuck_hrs_rate, 2)} ({count(db.stuck_hrs_samples.size)} "
                f"samples), LRS {pct(db.stuck_lrs_rate, 2)} ({count(db.stuck_lrs_samples.size)} "
                "samples)")
+    if db.retention is not None:
+        r = db.retention
+        click.echo(f"  retention: {r.time.size} cells (level x time since programming)")
+        click.echo("          level  time since programming  drift mean      std  "
+                   "drifting up  devices")
+        for lv, t, m, sd, up, n in zip(r.level, r.time, r.mean_rel, r.std_rel, r.up_fraction,
+                                       r.counts, strict=True):
+            click.echo(f"    {us(lv):>11}  {duration(t):>22}  {pct(m, 3, signed=True):>10}  "
+                       f"{pct(sd, 3):>7}  {pct(up):>11}  {count(int(n)):>7}")
+        click.echo(f"  retention rule: {r.rule}")
     for k, v in db.provenance.items():
         if k != "statistics":
             click.echo(f"  provenance {k}: {v if isinstance(v, str) else json.dumps(v)}")
