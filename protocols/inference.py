@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from database.display import Metric
 from database.runs import RunWriter, list_runs, read_table
 from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
@@ -75,6 +76,24 @@ PROTOCOL = "inference"
 TIME_CATEGORIES = ("round_trip", "relay", "pulse", "read", "dc_settle", "dc_integration",
                    "other")
 ANALOG, READBACK = 0, 1  # `timing.kind`
+
+#: the summary's metrics (``protocols.summaries``)
+SUMMARY = {
+    "points": Metric("test points"),
+    "tiles": Metric("tiles (one crossbar each)"),
+    "row_groups": Metric("row groups driven one after the other per tile"),
+    "accuracy": Metric("test accuracy on the crossbars (column currents)", "fraction"),
+    "accuracy_readback": Metric("test accuracy estimated from read-back conductances",
+                                "fraction"),
+    "accuracy_software": Metric("test accuracy in software (the plan's weights)", "fraction"),
+    "agreement_readback": Metric("points where the analog and read-back predictions agree",
+                                 "fraction"),
+    "instrument_time_s": Metric("instrument time", "s"),
+    "readback_time_s": Metric("instrument time of the read-back maps", "s"),
+    "analog_time_s": Metric("instrument time of the analog read-out", "s"),
+    "per_inference_s": Metric("instrument time per inference", "s"),
+    "per_inference_by_category_s": Metric("per inference, by category", "s"),
+}
 
 READBACK_COLUMNS = {"device": ("i4", "1"), "tile": ("i4", "1"), "row": ("i4", "1"),
                     "col": ("i4", "1"), "target": ("f8", "S"), "g": ("f8", "S")}

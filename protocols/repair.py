@@ -64,6 +64,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from database.display import Metric
 from database.runs import RunWriter, list_runs, read_table
 from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
@@ -100,6 +101,25 @@ STOP_REASONS = {0: "rounds used up", 1: "budget spent", 2: "no correction expect
                 3: "measured accuracy stopped improving", 4: "stopped in an earlier round"}
 REFIT_SET, REPAIR_SET, TEST_SET = 0, 1, 2                            # outputs/measurements.split
 SPLITS = {REFIT_SET: "refit", REPAIR_SET: "repair", TEST_SET: "test"}
+
+#: the summary's metrics (``protocols.summaries``)
+SUMMARY = {
+    "budget": Metric("pulse budget"),
+    "pulses": Metric("pulses used"),
+    "tunings": Metric("tunings"),
+    "failed_tunings": Metric("failed tunings"),
+    "rounds": Metric("rounds with a correction"),
+    "stopped": Metric("stopped because"),
+    "accuracy_before": Metric("test accuracy on the crossbars before", "fraction"),
+    "accuracy_readback_before": Metric("test accuracy from read-back before", "fraction"),
+    "accuracy_after": Metric("test accuracy on the crossbars after", "fraction"),
+    "accuracy_readback_after": Metric("test accuracy from read-back after", "fraction"),
+    "repair_set_accuracy_before": Metric("repair-set accuracy before", "fraction"),
+    "repair_set_accuracy_after": Metric("repair-set accuracy after", "fraction"),
+    "instrument_time_s": Metric("instrument time", "s"),
+    "instrument_time_by_category_s": Metric("instrument time by category", "s"),
+    "chosen": Metric("corrections (rounds)"),
+}
 
 TABLES = {
     "decisions": {"round": ("i4", "1"), "action": ("i1", "0 retune 1 compensate 2 refit 3 stop"),

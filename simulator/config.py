@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from simulator.retention import RetentionParams
+
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -107,6 +109,11 @@ class DeviceParams(BaseModel):
     stuck_lrs_std: float = Field(99e-6, ge=0, description="stuck-LRS std of conductance [S]")
     stuck_hrs_min: float = Field(10e-6, gt=0, description="stuck-HRS uniform lower bound [S]")
     stuck_hrs_max: float = Field(100e-6, gt=0, description="stuck-HRS uniform upper bound [S]")
+
+    # -- retention (simulator/retention.py) --------------------------------------------------
+    retention: RetentionParams = Field(default_factory=RetentionParams,
+                                       description="drift of the programmed conductance with "
+                                       "time since programming, retention failures")
 
     @model_validator(mode="after")
     def _ordered(self) -> DeviceParams:

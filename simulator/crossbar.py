@@ -8,7 +8,9 @@ Random numbers: one `numpy.random.Generator` per crossbar, drawn in a fixed orde
 construction (stuck classes, stuck conductances, initial states, D2D constants), then one
 standard normal per device per pulse (C2C factor), then two normals per sensed read (noise).
 The slow fluctuators (random telegraph noise) draw from a second generator derived from the same
-seed, so switching them on or off leaves the draws above unchanged. Same seed and same call
+seed, so switching them on or off leaves the draws above unchanged. Retention
+(simulator/retention.py) draws its device constants from a third stream of its own and moves the
+nonvolatile G lazily with the clock, like the volatile relaxation. Same seed and same call
 sequence -> the same history, also across `state_dict` round trips.
 """
 
@@ -24,18 +26,22 @@ from simulator.clock import VirtualClock
 from simulator.config import CrossbarConfig
 from simulator.errors import SimulatorError
 from simulator.nodal import NodalSolver
+from simulator.retention import ARRAYS as _RET_ARRAYS
+from simulator.retention import Retention
 
 WORKING, STUCK_HRS, STUCK_LRS = 0, 1, 2
 SCHEMES = ("grounded", "v2", "v3", "floating")
-_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi",
-                 "rtn_amp", "rtn_tau", "rtn_state", "rtn_next")
 #: per-fluctuator arrays, shape (rows, cols, fluctuators per device)
 _RTN_ARRAYS = ("rtn_amp", "rtn_tau", "rtn_state", "rtn_next")
+_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi", *_RTN_ARRAYS, *_RET_ARRAYS)
 #: arrays added after the first chip files were written: a state without them gets this value
-#: (a crossbar saved before the fluctuators existed has none)
-_LATE_ARRAYS = {"psi": lambda cfg: np.full((cfg.rows, cfg.cols), cfg.device.volatile_cap),
-                **{k: (lambda cfg: np.zeros((cfg.rows, cfg.cols, 0))) for k in _RTN_ARRAYS}}
-#: spawn-key tag of the fluctuators' generator ("RTN")
+#: (from the config, the arrays before it and the relaxation time stamp); a crossbar saved
+#: before the fluctuators existed has none, one saved before retention existed does not drift
+_LATE_ARRAYS = {"psi": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), cfg.device.volatile_cap),
+                **{k: (lambda cfg, a, t: np.zeros((cfg.rows, cfg.cols, 0))) for k in _RTN_ARRAYS},
+                **{k: (lambda cfg, a, t, k=k: Retention.missing(k, a["G"], t))
+                   for k in _RET_ARRAYS}}
+#: spawn-key tag of the fluctuators' generator ("RTN"; retention's is "RET")
 _RTN_STREAM = 0x52544E
 
 
@@ -86,6 +92,7 @@ class Crossbar:
         self._t_gv = self.clock.now      # time at which _Gv is valid
         self._stuck = stuck
         self._init_fluctuators()
+        self._ret = Retention.new(p.retention, p.g_min, p.g_max, ss, G, stuck, self.clock.now)
         self._setup()
 
     def _init_fluctuators(self) -> None:
@@ -126,6 +133,7 @@ class Crossbar:
             if dt > 0.0:
                 self._Gv *= math.exp(-dt * self._decay_k)
             self._t_gv = now
+            self._ret.settle(self._G, now)
         if now >= self._rtn_due:
             self._switch_fluctuators(now)
 
@@ -156,7 +164,8 @@ class Crossbar:
 
     @property
     def G(self) -> np.ndarray:
-        """Nonvolatile conductance [S] (copy)."""
+        """Nonvolatile conductance [S] at clock.now (copy; retention moves it with time)."""
+        self._settle()
         return self._G.copy()
 
     @property
@@ -193,9 +202,11 @@ class Crossbar:
             raise SimulatorError(f"voltage map has shape {v.shape}, expected {self.shape}")
         xi = np.exp(self._sigma * self.rng.standard_normal(self.shape))
         drive = np.empty(self.shape) if self._stressed else None
+        g_old = self._G
         self._G, self._Gv = physics.pulse_update(
             self._G, self._Gv, v, seconds, self._ds, self._dr, self._g0s, self._g0r, xi,
             self._frozen if self._any_frozen else None, self._p, self._psi, drive)
+        self._ret.programmed(g_old, self._G, self.clock.now)
         if drive is not None:
             drive *= self._p.rtn_stress_time
             self._stress_fluctuators(drive[..., None])
@@ -218,8 +229,10 @@ class Crossbar:
             float(self._G[r, c]), float(self._Gv[r, c]), v, seconds, float(self._ds[r, c]),
             float(self._dr[r, c]), float(self._g0s[r, c]), float(self._g0r[r, c]), xi, self._p,
             float(self._psi[r, c]))
+        g_old = float(self._G[r, c])
         self._G[r, c] = G
         self._Gv[r, c] = Gv
+        self._ret.programmed_one(self._G, (r, c), g_old, self.clock.now)
 
     def pulse_v3(self, row: int, col: int, volts: float, seconds: float) -> None:
         """V/3 write: selected row V, selected column 0, other rows V/3, other columns 2V/3.
@@ -372,7 +385,9 @@ class Crossbar:
              "rng_rtn": json.dumps(self.rng_rtn.bit_generator.state),
              "t_gv": self._t_gv}
         for k in _STATE_ARRAYS:
-            d[k] = getattr(self, "_" + k).copy()
+            if k not in _RET_ARRAYS:
+                d[k] = getattr(self, "_" + k).copy()
+        d.update(self._ret.state())
         if include_clock:
             d["clock"] = self.clock.state_dict()
         return d
@@ -381,12 +396,20 @@ class Crossbar:
         """Restore a `state_dict`; the clock too when the dict carries one."""
         try:
             cfg = CrossbarConfig.model_validate(d["config"])
-            arrays = {k: np.array(d[k]) if k in d or k not in _LATE_ARRAYS
-                      else _LATE_ARRAYS[k](cfg) for k in _STATE_ARRAYS}
+            t_gv = float(d["t_gv"])
+            arrays: dict[str, np.ndarray] = {}
+            for k in _STATE_ARRAYS:
+                arrays[k] = (np.array(d[k]) if k in d or k not in _LATE_ARRAYS
+                             else _LATE_ARRAYS[k](cfg, arrays, t_gv))
             rng_state = json.loads(str(d["rng"]))
             # a state saved before the fluctuators existed has none, so never draws from it
             rtn_state = json.loads(str(d["rng_rtn"])) if "rng_rtn" in d else None
             t_gv = float(d["t_gv"])
+            arrays: dict[str, np.ndarray] = {}
+            for k in _STATE_ARRAYS:
+                arrays[k] = (np.array(d[k]) if k in d or k not in _LATE_ARRAYS
+                             else _LATE_ARRAYS[k](cfg, arrays, t_gv))
+            rng_state = json.loads(str(d["rng"]))
         except (KeyError, ValueError, TypeError) as e:
             raise SimulatorError(f"bad crossbar state: {e}") from e
         shape = (cfg.rows, cfg.cols)
@@ -401,8 +424,11 @@ class Crossbar:
         if rtn_state is not None:
             self.rng_rtn.bit_generator.state = rtn_state
         for k, a in arrays.items():
-            dtype = np.int8 if k in ("stuck", "rtn_state") else float
-            setattr(self, "_" + k, a.astype(dtype))
+            if k not in _RET_ARRAYS:
+                dtype = np.int8 if k in ("stuck", "rtn_state") else float
+                setattr(self, "_" + k, a.astype(dtype))
+        self._ret = Retention(cfg.device.retention, cfg.device.g_min,
+                              {k: arrays[k] for k in _RET_ARRAYS})
         if "clock" in d and d["clock"] is not None:
             self.clock.load_state_dict(d["clock"])
         self._t_gv = t_gv

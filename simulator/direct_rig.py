@@ -74,6 +74,17 @@ class SimulatedRig(CrossbarRig):
         # nothing is biased between operations in the simulation
         return None
 
+    def _instrument_state(self) -> dict | None:
+        # the lines the switched DC path has connected: a resumed run switches relays exactly
+        # when the uninterrupted one does
+        if self._routing is None:
+            return None
+        return {"routing": [list(self._routing[0]), list(self._routing[1])]}
+
+    def _reinstate(self, state: dict) -> None:
+        rows, cols = state["routing"]
+        self._routing = (tuple(int(r) for r in rows), tuple(int(c) for c in cols))
+
     def _clip(self, g):
         return np.minimum(g, self.read_settings.ceiling_S)
 

@@ -1,6 +1,6 @@
 """The whole chain on a simulated station, one plain function per step.
 
-    station -> campaigns -> non-ideality DB -> training -> Monte-Carlo evaluation
+    station -> campaigns, retention -> non-ideality DB -> training -> Monte-Carlo evaluation
             -> transfer onto fresh virtual chips -> repair after transfer -> report
 
 Every step writes its files under the output folder and returns a :class:`StepResult` with the
@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from training.defaults import NETWORKS
+from xbarlab.demo_retention import step_retention
 from xbarlab.errors import XbarlabError
 from xbarlab.files import write_json
 from xbarlab.report import calibration_stats, write_report
@@ -160,7 +161,8 @@ def step_database(out: Path) -> StepResult:
     from database.plots import plot_all
 
     t0 = time.perf_counter()
-    runs = json.loads((out / "runs" / "campaigns.json").read_text())
+    runs = [*json.loads((out / "runs" / "campaigns.json").read_text()),
+            *json.loads((out / "runs" / "retention.json").read_text())]
     db = build_nonideality([out / r["path"] for r in runs])
     d = out / "db"
     path = save_nonideality(db, d / "nonideality.h5", overwrite=True)
@@ -335,14 +337,16 @@ def step_report(out: Path) -> StepResult:
     t0 = time.perf_counter()
     written = write_report(out)
     return StepResult("report", TITLES["report"], time.perf_counter() - t0, None,
-                      written.paths, {"all_hold": written.all_hold})
+                      written.paths, {"all_hold": written.all_hold,
+                                      "conclusion": written.conclusion})
 
 
 # -- the whole chain -------------------------------------------------------------------------------
 
-STEPS = ("station", "campaigns", "database", "train", "evaluate", "transfer", "repair",
-         "report")
+STEPS = ("station", "campaigns", "retention", "database", "train", "evaluate", "transfer",
+         "repair", "report")
 TITLES = {"station": "simulated station", "campaigns": "characterisation campaigns",
+          "retention": "retention (virtual time)",
           "database": "non-ideality database", "train": "training",
           "evaluate": "Monte-Carlo evaluation", "transfer": "transfer onto virtual chips",
           "repair": "repair after transfer", "report": "report"}
@@ -350,6 +354,7 @@ TITLES = {"station": "simulated station", "campaigns": "characterisation campaig
 OUTPUTS = {
     "station": ("station/sim-pmu.yaml", "station/sim-wgfmu.yaml", "station/chip.json"),
     "campaigns": ("runs/campaigns.json",),
+    "retention": ("runs/retention.json",),
     "database": ("db/nonideality.h5", "db/tuning.png", "db/disturbance.png", "db/stuck.png"),
     "train": tuple(f"train/{n}.pt" for n in NETWORKS) + ("train/train.json",),
     "evaluate": ("evaluate/summary.json", "evaluate/mc_accuracy.npz",
@@ -358,7 +363,8 @@ OUTPUTS = {
     "repair": ("repair/repairs.json",),
 }
 #: the earlier steps whose files each step reads
-NEEDS = {"station": (), "campaigns": ("station",), "database": ("campaigns",),
+NEEDS = {"station": (), "campaigns": ("station",), "retention": ("station",),
+         "database": ("campaigns", "retention"),
          "train": ("database",), "evaluate": ("database", "train"),
          "transfer": ("station", "database", "train"), "repair": ("station", "transfer"),
          "report": STEPS[:-1]}
@@ -407,6 +413,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
     funcs: dict[str, Callable[[], StepResult]] = {
         "station": lambda: step_station(out, seed),
         "campaigns": lambda: step_campaigns(out, s, seed, progress=progress),
+        "retention": lambda: step_retention(out, quick, seed, progress=progress),
         "database": lambda: step_database(out),
         "train": lambda: step_train(out, s, seed, progress=progress),
         "evaluate": lambda: step_evaluate(out, s, seed),

@@ -7,13 +7,14 @@ names to (module, config class).
 
 from __future__ import annotations
 
-from protocols.campaigns import disturbance, iv, stuck, tuning_untuning
+from protocols.campaigns import disturbance, iv, retention, stuck, tuning_untuning
 
 CAMPAIGNS = {
     tuning_untuning.PROTOCOL: (tuning_untuning, tuning_untuning.TuningUntuningConfig),
     disturbance.PROTOCOL: (disturbance, disturbance.DisturbanceConfig),
     stuck.PROTOCOL: (stuck, stuck.StuckConfig),
     iv.PROTOCOL: (iv, iv.IVConfig),
+    retention.PROTOCOL: (retention, retention.RetentionConfig),
 }
 
 __all__ = ["CAMPAIGNS"]

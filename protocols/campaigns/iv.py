@@ -5,6 +5,9 @@ The pulse rigs cannot hold a DC bias, so the sweep is a staircase: 0 -> +v_max -
 in the same execution. What is stored is the remanent state after each step (g, and the read
 current i_read = g * V_read), i.e. the pulsed hysteresis loop, not the current *during* the
 bias; a true DC sweep needs an SMU rig (not built).
+
+The unit of work is one sweep (device, cycle), so a run of many cycles per device loses at most
+the sweep in progress.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
+from database.display import Metric
 from protocols.campaigns._loop import UnitResult, raster, run_units
 from protocols.campaigns.common import CampaignConfig, CampaignResult, log, open_store
 from protocols.rig import CrossbarRig
@@ -46,11 +50,21 @@ class IVConfig(CampaignConfig):
         return v[v != 0.0]
 
 
+#: what each number of the summary is (stored in S; shown in uS)
+SUMMARY = {
+    "devices": Metric("devices swept"),
+    "points": Metric("points (steps read)"),
+    "g_min_S": Metric("lowest conductance read", "S"),
+    "g_max_S": Metric("highest conductance read", "S"),
+}
+
+
 def run(rig: CrossbarRig, config: IVConfig, store, *, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
         progress: bool = True) -> CampaignResult:
     cfg = config
-    units = raster(rig.shape, cfg.devices)
+    units = [(i, r, c, cyc) for i, (r, c) in enumerate(raster(rig.shape, cfg.devices))
+             for cyc in range(cfg.cycles)]
     for v in (cfg.v_max, cfg.v_min):
         rig.limits.check_pulse(v, cfg.width, where="iv sweep")
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
@@ -60,23 +74,24 @@ def run(rig: CrossbarRig, config: IVConfig, store, *, seed: int | None = None,
     volts = cfg.staircase()
     vr = rig.read_settings.volts
 
-    def work(i: int, rc: tuple[int, int]) -> UnitResult:
-        r, c = rc
+    def work(_unit: int, u: tuple[int, int, int, int]) -> UnitResult:
+        i, r, c, cyc = u
         rows: dict[str, list] = {k: [] for k in POINTS_COLUMNS}
-        for cyc in range(cfg.cycles):
-            for p, v in enumerate(volts):
-                g = float(rig.pulse_and_read(r, c, float(v), cfg.width))
-                for k, val in dict(device=i, row=r, col=c, cycle=cyc, point=p, volts=v, g=g,
-                                   i_read=g * vr, t=float(rig.clock)).items():
-                    rows[k].append(val)
-        return UnitResult({"points": rows}, cfg.cycles * volts.size)
+        for p, v in enumerate(volts):
+            g = float(rig.pulse_and_read(r, c, float(v), cfg.width))
+            for k, val in dict(device=i, row=r, col=c, cycle=cyc, point=p, volts=v, g=g,
+                               i_read=g * vr, t=float(rig.clock)).items():
+                rows[k].append(val)
+        return UnitResult({"points": rows}, volts.size)
 
     run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work,
-              progress=progress)
+              progress=progress, label=lambda u: f"device ({u[1]},{u[2]}) cycle {u[3] + 1}",
+              unit="sweeps")
     df = writer.table("points")
     summary = {"devices": int(df.device.nunique()) if len(df) else 0, "points": int(len(df)),
                "g_min_S": float(df.g.min()) if len(df) else float("nan"),
                "g_max_S": float(df.g.max()) if len(df) else float("nan")}
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete,
+                          unit="sweeps")

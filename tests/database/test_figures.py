@@ -28,7 +28,7 @@ def _single_thread_blas():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One small real run of each protocol on simulated crossbars."""
-    from protocols.campaigns import disturbance, iv, stuck, tuning_untuning
+    from protocols.campaigns import disturbance, iv, retention, stuck, tuning_untuning
 
     tmp = tmp_path_factory.mktemp("figs")
     out = {}
@@ -46,6 +46,11 @@ def runs(tmp_path_factory):
                         tuning_untuning.TuningUntuningConfig(levels=2, repeats=2),
                         out["tuning-untuning"], progress=False)
     out["transfer"] = _transfer(tmp / "transfer.h5")
+    out["retention"] = tmp / "ret.h5"
+    retention.run(sim_rig(3, 3, seed=6),
+                  retention.RetentionConfig(devices=[(0, 0), (1, 2), (2, 1)],
+                                            levels=[150e-6, 300e-6], span_s=3600.0, reads=4),
+                  out["retention"], progress=False)
     return out
 
 
@@ -147,6 +152,23 @@ def test_iv_view_draws_each_loop(runs):
                                                                      p.i_read * 1e6)
 
 
+def test_retention_view_curves_on_a_log_time_axis(runs):
+    info, t = read_run(runs["retention"])
+    v = run_view(info, t)
+    reads = t["reads"]
+    curves, every = _panel(v, "curves", 0), _panel(v, "curves", 1)
+    assert curves.log_x and every.log_x
+    assert [s.label for s in curves.series] == ["150 uS", "300 uS"]
+    r = reads[reads.target == 300e-6].groupby("read")
+    s = _series(curves, "300 uS")
+    assert np.allclose(s.x, r.age.median()) and np.allclose(s.y, r.drift_rel.mean() * 100)
+    assert len(_series(every, "150 uS").x) == 2 * 4      # devices 0 and 2, four reads each
+    last = reads[reads["read"] == 3]
+    drift = _panel(v, "drift", 1)
+    assert np.allclose(drift.values[last.row, last.col], last.drift_rel * 100)
+    assert any(f.startswith("reads: 4 of 4 done") for f in v.facts)
+
+
 def test_transfer_view_readback_error_map(runs):
     info, t = read_run(runs["transfer"])
     v = run_view(info, t)
@@ -180,3 +202,22 @@ def test_unknown_protocol_and_unfinished_run(tmp_path):
     assert v.figures == [] and "future-campaign" in v.notes[0] and "t: 1 rows" in v.notes[0]
     v, written = plot_run(p, out_dir=tmp_path)
     assert written == []
+
+
+def test_stuck_figure_says_when_reads_were_clipped(tmp_path):
+    # the demo's screening: stuck-LRS devices found, but every read of them at the range
+    # ceiling; the figure must say so instead of drawing an empty histogram
+    import dataclasses
+
+    import numpy as np
+
+    from database.plots import plot_stuck, stuck_notes
+    from database.reference import import_reference
+
+    db = dataclasses.replace(import_reference(), stuck_lrs_rate=0.02,
+                             stuck_lrs_samples=np.zeros(0))
+    notes = stuck_notes(db)
+    assert len(notes) == 1 and "LRS" in notes[0] and "clipped" in notes[0] and "2.00 %" in notes[0]
+    assert plot_stuck(db, tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    measured = dataclasses.replace(db, stuck_lrs_samples=np.array([5e-4, 6e-4, 7e-4]))
+    assert stuck_notes(measured) == []

@@ -126,6 +126,26 @@ def test_fewer_channels_than_lines_switch_relays_when_the_lines_change():
         rig.column_currents(range(5), np.full((1, 5), 0.1), [0])
 
 
+def test_a_resumed_dc_path_keeps_its_routing():
+    # the lines the switched DC path has connected are instrument state: a run resumed from a
+    # commit connects the same lines again only when the uninterrupted run would have
+    from protocols.rig import Channels
+
+    lat = LatencyConfig(relay_switch=15e-3)
+    ch = Channels(sources=4, meters=2)
+    rig = SimulatedRig(Crossbar(seed=2), latency=lat, channels=ch)
+    v = np.full((2, 4), 0.1)
+    rig.column_currents([0, 1, 2, 3], v, [0, 1])
+    state = rig.save_state()
+    assert state["rig"] == {"routing": [[0, 1, 2, 3], [0, 1]]}
+    again = SimulatedRig(Crossbar(seed=2), latency=lat, channels=ch)
+    again.restore_state(state)
+    before = again.time_breakdown().get("relay", 0.0)
+    again.column_currents([0, 1, 2, 3], v, [0, 1])
+    assert again.time_breakdown().get("relay", 0.0) == before     # nothing switched
+    assert SimulatedRig(Crossbar(seed=2)).save_state().get("rig") is None
+
+
 def test_ideal_effects_switch_line_resistance_and_nonlinearity_off():
     xb = Crossbar(CrossbarConfig(stuck_hrs_rate=0, stuck_lrs_rate=0), seed=8)
     v = np.full((1, 8), 0.2)

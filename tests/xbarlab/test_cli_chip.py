@@ -5,7 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_cli_language import offences
 
+from database.display import pct
 from protocols.inference import load_inference
 from protocols.repair import load_repair
 from protocols.transfer import load_transfer
@@ -37,9 +39,10 @@ def test_infer_from_a_transfer_measures_the_programmed_chip(transferred):
                                    "-o", str(out), "--no-progress", "--explain"])
     assert res.exit_code == 0, res.output
     s = load_inference(out).summary
-    assert f"{100 * s['accuracy']:.1f} % analog" in res.output
-    assert "per inference" in res.output and "line resistance" in res.output
-    assert "next: xbarlab repair" in res.output
+    assert f"test accuracy on the crossbars (column currents): {pct(s['accuracy'])}" in res.output
+    assert "instrument time per inference: " in res.output and "line resistance" in res.output
+    assert "next: `xbarlab repair --from" in res.output
+    assert offences(res.output) == [], res.output   # display units, every number named
     # the chip it measured is the one the transfer programmed: the read-back agrees with the
     # transfer's own read-back to within the read noise, not with a fresh chip
     rb = load_inference(out).tables["readback"].sort_values("device")
@@ -58,7 +61,11 @@ def test_repair_from_a_transfer_stays_in_its_budget_then_infer_from_the_repair(t
     pulses_t = int(load_transfer(t).summary["pulses_total"])
     assert r.summary["budget"] == int(0.1 * pulses_t)
     assert r.summary["pulses"] <= r.summary["budget"]
-    assert "measured on the crossbars" in res.output and "next: xbarlab infer" in res.output
+    assert f"test accuracy on the crossbars after: {pct(r.summary['accuracy_after'])}" \
+        in res.output
+    assert "pulses relative to the transfer's" in res.output
+    assert "next: `xbarlab infer --from" in res.output
+    assert offences(res.output) == [], res.output
     res = CliRunner().invoke(cli, ["infer", "--from", str(out), "--station", str(STATION),
                                    "-o", str(tmp / "after.h5"), "--no-progress"])
     assert res.exit_code == 0, res.output

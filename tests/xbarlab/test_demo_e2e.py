@@ -10,9 +10,10 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow  # the quick demo: about a minute
 
+from database.display import duration, pct, us  # noqa: E402
 from database.nonideality import load_nonideality  # noqa: E402
 from protocols.transfer import load_transfer  # noqa: E402
-from xbarlab.report import NETWORKS, pct, sec, us  # noqa: E402
+from xbarlab.report import NETWORKS  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -38,8 +39,8 @@ def _row(*cells):
 
 def test_every_step_wrote_its_files(demo):
     out, steps, *_ = demo
-    assert [s.name for s in steps] == ["station", "campaigns", "database", "train", "evaluate",
-                                       "transfer", "repair", "report"]
+    assert [s.name for s in steps] == ["station", "campaigns", "retention", "database", "train",
+                                       "evaluate", "transfer", "repair", "report"]
     for s in steps:
         assert s.paths and s.seconds >= 0, s.name
         for p in s.paths:
@@ -52,6 +53,17 @@ def test_every_step_wrote_its_files(demo):
     inst = {s.name: s.instrument_s for s in steps}
     assert inst["campaigns"] > 0 and inst["transfer"] > 0 and inst["train"] is None
     assert inst["repair"] > 0
+    # the retention step waited its (virtual) hour between programming and the last read
+    assert inst["retention"] >= 3600.0
+
+
+def test_retention_step_reaches_the_database(demo):
+    from database.nonideality import load_nonideality
+
+    out, *_ = demo
+    db = load_nonideality(out / "db" / "nonideality.h5")
+    assert db.retention is not None and db.retention.time.max() > 3000.0
+    assert "retention-xbar3.h5" in db.provenance["retention"]
 
 
 def test_figures_are_pngs_and_linked(demo):
@@ -163,6 +175,62 @@ def test_timing_table_equals_timing_json(demo):
     shown = [t for t in timing if t["name"] != "report"]
     assert [t["title"] for t in report["timing"]] == [t["title"] for t in shown]
     for t in shown:
-        assert _row(t["title"], sec(t["seconds"]), sec(t["instrument_s"])) in md
+        assert _row(t["title"], duration(t["seconds"]), duration(t["instrument_s"])) in md
     total_inst = sum(t["instrument_s"] or 0.0 for t in shown)
-    assert f"| {sec(total_inst)} |" in md
+    assert f"| {duration(total_inst)} |" in md
+
+
+def test_report_leads_with_the_published_claim_measured_on_chips(demo):
+    out, steps, report, md, _page = demo
+    ev = json.loads((out / "evaluate" / "summary.json").read_text())["networks"]
+    # the chip figure recomputed from the HDF5 files: a test point counts when it is right on
+    # >= 95 % of the chips that carried the network
+    right = {n: [] for n in NETWORKS}
+    for r in json.loads((out / "transfer" / "transfers.json").read_text()):
+        inf = load_transfer(out / r["path"]).tables["inference"]
+        right[r["network"]].append((inf.predicted == inf.label).to_numpy())
+    rb, c = report["robust"], report["claims"]
+    for n in NETWORKS:
+        per_point = sum(right[n]) / len(right[n])
+        assert rb[n]["chips"] == pytest.approx(float((per_point >= 0.95 - 1e-9).mean()))
+        assert rb[n]["monte_carlo"] == ev[n]["share_correct"][">=95%"]
+    assert c["hw_robust_chips"] == (rb["hardware_aware"]["chips"] > rb["regular"]["chips"])
+    # the summary table's first rows are the published claim, Monte-Carlo then chips
+    summary = md.split("## Summary", 1)[1]
+    first = [ln for ln in summary.splitlines() if ln.startswith("| ") and "statement" not in ln]
+    assert first[0].startswith("| published claim, Monte-Carlo")
+    assert first[1].startswith("| published claim, on the 3 programmed chips")
+    assert "(not claimed)" in first[2]
+    # the demo says its conclusion: the report step carries the lines the CLI prints
+    lines = steps[-1].info["conclusion"]
+    assert lines[0].startswith("Published claim") and "programmed chips" in lines[2]
+    assert pct(rb["hardware_aware"]["chips"]) in lines[2]
+
+
+def test_report_page_in_a_real_browser(demo, tmp_path):
+    """Headless chromium draws the report: title, sections in order with the published claim
+    first, every figure loaded; the screenshot in docs/ is the same page (make docs-images)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from live_support import REPORT_IMAGE, chromium, chromium_missing, open_report, save_full_page
+
+    if (why := chromium_missing()):
+        pytest.skip(why)
+    out, *_ = demo
+    driver = chromium(1100, 900)
+    try:
+        seen = open_report(driver, out / "report")
+        png = save_full_page(driver, tmp_path / "report.png", 1100)
+    finally:
+        driver.quit()
+    assert "demo" in seen["h1"].lower()
+    assert seen["h2"][0] == "Summary"
+    text = seen["summary"].lower()  # the published claim comes before what it never claimed
+    assert "published claim" in text and "not claimed" in text, text[:500]
+    assert text.index("published claim") < text.index("not claimed")
+    assert seen["images"] >= 8 and not seen["broken"], seen["broken"]
+    assert png.read_bytes()[:8] == PNG and png.stat().st_size > 50_000
+    docs = Path(__file__).parents[2] / "docs"
+    assert (docs / "img" / REPORT_IMAGE).read_bytes()[:8] == PNG
+    assert f"img/{REPORT_IMAGE}" in (docs / "guide.md").read_text()

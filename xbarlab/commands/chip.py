@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from database.display import count, pct
+from xbarlab.commands import next_steps
 from xbarlab.errors import XbarlabError
 
 
@@ -72,8 +74,10 @@ def _common(f):
     return f
 
 
-def _ms(x) -> str:
-    return "-" if x is None else f"{1e3 * x:.1f} ms"
+def _summary(protocol: str, summary: dict) -> str:
+    from protocols.summaries import summary_lines
+
+    return "\n".join("  " + ln for ln in summary_lines(protocol, summary))
 
 
 def parse_budget(text: str, transfer_pulses: int | None) -> int:
@@ -126,34 +130,25 @@ def register(cli: click.Group) -> None:
                   progress=not no_progress, extra_config=extra)
         if res.resumed_from:
             click.echo(f"resumed after {res.resumed_from} finished units")
-        s = res.summary
-        click.echo(f"inference: {res.path} ({res.run}), {s['points']} test points on "
-                   f"{', '.join(names)}")
-        click.echo(f"  test accuracy: {100 * s['accuracy']:.1f} % analog (column currents), "
-                   f"{100 * s['accuracy_readback']:.1f} % read-back estimate, "
-                   f"{100 * s['accuracy_software']:.1f} % software")
-        cats = {k: v for k, v in s["per_inference_by_category_s"].items() if v and v > 1e-9}
-        click.echo(f"  predicted instrument time: {_ms(s['per_inference_s'])} per inference ("
-                   + ", ".join(f"{k} {_ms(v)}" for k, v in sorted(cats.items(),
-                                                                   key=lambda kv: -kv[1]))
-                   + f"), {s['readback_time_s']:.1f} s for the read-back maps")
-        if s["row_groups"] > 1:
-            click.echo(f"  rows driven in {s['row_groups']} groups (fewer sources than rows): "
-                       "currents added, exact only for linear devices")
+        click.echo(f"inference: {res.path} ({res.run}) on {', '.join(names)}")
+        click.echo(_summary("inference", res.summary))
+        if res.summary["row_groups"] > 1:
+            click.echo("  (fewer sources than rows: the groups' currents are added, exact only "
+                       "for linear devices)")
         if explain:
             from simulator.config import LatencyConfig
 
             gap = explain_gap(plan, st.chip, names, *sets["test"], cfg,
                               latency=LatencyConfig(**st.cfg.sim.latency), limits=st.limits)
-            a = gap["accuracy"]
             click.echo("  why analog differs (simulated, measured again with effects off): "
-                       + ", ".join(f"{k} {100 * v:.1f} %" for k, v in a.items()))
+                       + ", ".join(f"{k} {pct(v)}" for k, v in gap["accuracy"].items()))
             click.echo(f"  of the analog outputs' mean squared deviation from the ideal array: "
-                       f"{100 * gap['share_lines']:.0f} % line resistance, "
-                       f"{100 * gap['share_nonlinearity']:.0f} % device non-linearity")
-        src = f"--from {from_run}" if from_run else "--from TRANSFER.h5"
-        click.echo(f"  next: xbarlab repair {src} --station {station_path} -o repair.h5 "
-                   "--budget 20%")
+                       f"{pct(gap['share_lines'], 0)} line resistance, "
+                       f"{pct(gap['share_nonlinearity'], 0)} device non-linearity")
+        src = from_run or "TRANSFER.h5"
+        next_steps(f"`xbarlab repair --from {src} --station {station_path} -o repair.h5 "
+                   "--budget 20%` (correct the chip)", f"`xbarlab db show {res.path}` (every "
+                   "number of the run)")
 
     @cli.command("repair")
     @_common
@@ -169,7 +164,7 @@ def register(cli: click.Group) -> None:
         whose error costs most, compensate stuck devices, re-fit layers on measured
         activations; every decision into HDF5."""
         from protocols.inference import InferConfig
-        from protocols.repair import STOP_REASONS, RepairConfig, RepairData, run
+        from protocols.repair import RepairConfig, RepairData, run
         from protocols.tuning import TuneConfig
         from xbarlab.chip_loop import dc_opener, prior_of, test_sets
         from xbarlab.station import load_station
@@ -197,16 +192,10 @@ def register(cli: click.Group) -> None:
         if res.resumed_from:
             click.echo(f"resumed after {res.resumed_from} finished units")
         s = res.summary
-        chosen = ", ".join(f"{n} {k}" for k, n in s["chosen"].items()) or "no correction"
-        click.echo(f"repair: {res.path} ({res.run}) on {', '.join(names)}: {chosen}; stopped: "
-                   f"{s.get('stopped', STOP_REASONS[0])}")
-        click.echo(f"  test accuracy: {100 * s['accuracy_before']:.1f} % -> "
-                   f"{100 * s['accuracy_after']:.1f} % measured on the crossbars (read-back "
-                   f"estimate {100 * s['accuracy_readback_before']:.1f} % -> "
-                   f"{100 * s['accuracy_readback_after']:.1f} %)")
-        rel = "" if not transfer_pulses else \
-            f", {100 * s['pulses'] / transfer_pulses:.1f} % of the transfer's {transfer_pulses}"
-        click.echo(f"  pulses: {s['pulses']} of a budget of {s['budget']}{rel}; "
-                   f"{s['tunings']} tunings; predicted instrument time "
-                   f"{s['instrument_time_s']:.1f} s")
-        click.echo(f"  next: xbarlab infer --from {out} --station {station_path} -o after.h5")
+        click.echo(f"repair: {res.path} ({res.run}) on {', '.join(names)}")
+        click.echo(_summary("repair", s))
+        if transfer_pulses:
+            click.echo(f"  pulses relative to the transfer's {count(transfer_pulses)}: "
+                       f"{pct(s['pulses'] / transfer_pulses)}")
+        next_steps(f"`xbarlab infer --from {out} --station {station_path} -o after.h5` "
+                   "(measure the repaired chip)", f"`xbarlab db show {out}` (every decision)")

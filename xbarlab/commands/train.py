@@ -10,7 +10,16 @@ from pathlib import Path
 
 import click
 
-from training.defaults import DATASETS, DEFAULT_MAPPING, LABELS, MAPPINGS, network_name
+from database.display import pct
+from training.defaults import (
+    DATASETS,
+    DEFAULT_MAPPING,
+    LABELS,
+    MAPPINGS,
+    PAPER_SHARE_CORRECT_95,
+    network_name,
+)
+from xbarlab.commands import next_steps
 from xbarlab.errors import XbarlabError
 
 MAPPING = click.Choice(list(MAPPINGS))
@@ -41,14 +50,20 @@ def _table(title: str, summaries: dict[str, dict]):
         t.add_column(LABELS.get(name, name), justify="right")
     first = next(iter(summaries.values()))
     for q in first["share_correct"]:
-        t.add_row(f"{q} of transfers", *(f"{s['share_correct'][q]:.1%}"
-                                         for s in summaries.values()))
-    for key, label in (("clean_acc", "clean accuracy"), ("transfer_acc_mean", "transfer acc mean"),
-                       ("transfer_acc_median", "transfer acc median"),
-                       ("transfer_acc_p05", "transfer acc 5th pct"),
-                       ("transfer_acc_min", "transfer acc worst")):
-        t.add_row(label, *(f"{s[key]:.3f}" for s in summaries.values()))
+        t.add_row(f"{_share(q)} of transfers", *(pct(s["share_correct"][q])
+                                                 for s in summaries.values()))
+    for key, label in (("clean_acc", "clean (software) accuracy"),
+                       ("transfer_acc_mean", "transfer accuracy, mean"),
+                       ("transfer_acc_median", "transfer accuracy, median"),
+                       ("transfer_acc_p05", "transfer accuracy, 5th percentile"),
+                       ("transfer_acc_min", "transfer accuracy, worst")):
+        t.add_row(label, *(pct(s[key]) for s in summaries.values()))
     return t
+
+
+def _share(q: str) -> str:
+    """A threshold key of the evaluation ('>=95%') as people read it ('>= 95 %')."""
+    return f">= {q.removeprefix('>=').removesuffix('%')} %"
 
 
 def _multi_table(title: str, ms: dict):
@@ -59,9 +74,9 @@ def _multi_table(title: str, ms: dict):
     for name in ms:
         t.add_column(f"{LABELS.get(name, name)} (mean [95 % CI])", justify="right")
     for q in next(iter(ms.values()))["share_correct"]:
-        t.add_row(f"{q} of transfers", *(
-            f"{v['share_correct'][q]['mean']:.1%} [{v['share_correct'][q]['lo']:.1%}, "
-            f"{v['share_correct'][q]['hi']:.1%}]" for v in ms.values()))
+        t.add_row(f"{_share(q)} of transfers", *(
+            f"{pct(v['share_correct'][q]['mean'])} [{pct(v['share_correct'][q]['lo'])}, "
+            f"{pct(v['share_correct'][q]['hi'])}]" for v in ms.values()))
     return t
 
 
@@ -95,11 +110,16 @@ def register(cli: click.Group) -> None:
                   help="Early stopping: smallest loss decrease that counts as improvement.")
     @click.option("--eval-every", default=50, show_default=True, type=click.IntRange(1),
                   help="Early stopping: epochs between validation checks.")
+    @click.option("--retention-s", "retention_s", default=None,
+                  type=click.FloatRange(min=0, min_open=True),
+                  help="Also sample the drift this long after programming [s], from the "
+                       "database's retention statistics (off).")
     @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:n].")
     def train_cmd(db_path, out, regular, dataset, epochs, lr, seed, k, mapping, hidden, tile,
-                  separate_bias_tile, patience, min_delta, eval_every, device):
+                  separate_bias_tile, patience, min_delta, eval_every, retention_s, device):
         """Train a hardware-aware (default) or regular network; save a checkpoint."""
         _need_torch()
+        from training.noise import NoiseConfig
         from training.train import load_dataset, save_checkpoint, train_config, train_with_bar
 
         try:
@@ -114,7 +134,9 @@ def register(cli: click.Group) -> None:
         cfg = train_config(dataset, hidden=hid, hardware_aware=not regular, epochs=epochs,
                            lr=lr, seed=seed, k=k, mapping=mapping, tile_rows=tr, tile_cols=tc,
                            share_bias=not separate_bias_tile, patience=patience,
-                           min_delta=min_delta, eval_every=eval_every)
+                           min_delta=min_delta, eval_every=eval_every,
+                           noise=None if retention_s is None else
+                           NoiseConfig(retention_s=retention_s))
         db = _load_db(db_path)
         data = load_dataset(dataset, seed)
         x, y = data["train"]
@@ -126,6 +148,9 @@ def register(cli: click.Group) -> None:
                    f"network {res.steps_per_network})"
         click.echo(f"wrote {out}: {res.steps} steps in {res.seconds:.1f} s, final loss "
                    f"{res.loss_history[-1] if res.loss_history else float('nan'):.4f}{stop}")
+        next_steps(f"`xbarlab evaluate --model {out}` (Monte-Carlo transfers)",
+                   f"`xbarlab transfer --model {out} --station sim-pmu -o transfer.h5` "
+                   "(program it onto crossbars)")
 
     @cli.command("evaluate")
     @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False))
@@ -135,14 +160,19 @@ def register(cli: click.Group) -> None:
     @click.option("--mapping", type=MAPPING, default=None,
                   help="Mapping for the transfers (default: the model's).")
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+    @click.option("--retention-s", "retention_s", default=None,
+                  type=click.FloatRange(min=0, min_open=True),
+                  help="Transfers read this long after programming [s]: the database's "
+                       "retention statistics move every device (off).")
     @click.option("--device", default="auto", show_default=True)
-    def evaluate_cmd(model_path, db_path, transfers, out, mapping, seed, device):
+    def evaluate_cmd(model_path, db_path, transfers, out, mapping, seed, retention_s, device):
         """Monte-Carlo transfer evaluation of a checkpoint: table, PNGs and summary.json."""
         _need_torch()
         from rich.console import Console
 
         from training.evaluate import evaluate_transfers
         from training.figures import write_evaluation
+        from training.noise import NoiseConfig
         from training.train import db_hash, load_checkpoint, load_dataset
 
         model, cfg, meta = load_checkpoint(model_path, device)
@@ -153,10 +183,11 @@ def register(cli: click.Group) -> None:
         data = load_dataset(cfg.dataset, cfg.seed)
         xt, yt = data["test"]
         res = evaluate_transfers(model, xt, yt, transfers, db, mapping=mapping or cfg.mapping,
-                                 seed=seed)
+                                 seed=seed, noise=NoiseConfig(retention_s=retention_s))
         name = network_name(cfg.hardware_aware)
         summary = write_evaluation(Path(out), {name: res}, {name: model}, xt, yt,
                                extra={"model": str(model_path), "config": cfg.to_dict(),
+                                      "retention_s": retention_s,
                                       "train_steps": meta.get("steps"),
                                       "steps_per_network": meta.get("steps_per_network"),
                                       "stopped_early": meta.get("stopped_early"),
@@ -166,6 +197,8 @@ def register(cli: click.Group) -> None:
         Console().print(_table(f"{transfers} transfers ({mapping or cfg.mapping} mapping)",
                                summary["networks"]))
         click.echo(f"wrote {out}/summary.json and figures")
+        next_steps(f"`xbarlab transfer --model {model_path} --station sim-pmu -o transfer.h5` "
+                   "(measure it on programmed crossbars)")
 
     @cli.command("reproduce")
     @click.option("--out", default="reproduce-out", show_default=True,
@@ -214,7 +247,7 @@ def register(cli: click.Group) -> None:
                 models[name] = res.model
             extra = {"mapping": mp, "epochs": epochs, "seed": seed, "k": k,
                      "train_seconds": {n: r.seconds for n, r in trained.items()},
-                     "paper": {"hardware_aware": 0.795, "regular": 0.185}}
+                     "paper": dict(PAPER_SHARE_CORRECT_95)}
             if k > 1:
                 extra["multi_seed"] = multi_seed_table(results["hardware_aware"],
                                                        results["regular"])
