@@ -46,18 +46,18 @@ threadpool_limits(1, user_api="blas")
 from database.datasets import chip_in_the_loop_sets  # noqa: E402
 from protocols.repair import RepairData, load_repair  # noqa: E402
 from protocols.repair import run as repair  # noqa: E402
-from protocols.rig import ReadSettings  # noqa: E402
 from protocols.tuning import TuneConfig, tune  # noqa: E402
 from simulator.chip import VirtualChip  # noqa: E402
 from simulator.config import CrossbarConfig  # noqa: E402
 from simulator.direct_rig import SimulatedRig  # noqa: E402
 from training.defaults import LABELS, NETWORKS  # noqa: E402
 from xbarlab.chip_loop import explain_gap  # noqa: E402
+from xbarlab.station import load_station  # noqa: E402
 
 BUDGET = 0.20   # of the transfer's pulses
-#: the rigs' read range: the published 100-500 uS range puts targets at 500 uS, which a
-#: 500 uS ceiling cannot verify (tuning.check_target), so the bench reads up to 1 mS
-READ = ReadSettings(ceiling_S=1e-3)
+#: the rigs read as the shipped simulated PMU station does; the plans are mapped into what it
+#: can verify (the published 100-500 uS range puts targets at its 500 uS read ceiling)
+READ = load_station(ROOT / "xbarlab" / "stations" / "sim-pmu.yaml").read_settings
 
 
 def train_or_load(out: Path, dataset: str, quick: bool) -> dict:
@@ -119,6 +119,7 @@ def one_chip(job: tuple) -> dict:
     w2 = time.perf_counter()
     path = Path(tmp) / f"{dataset}_{network}_{seed}.h5"
     r = repair(plan, opener, names, path, RepairData(**sets), budget=int(BUDGET * pulses),
+               read=READ,
                stuck=np.array([not x.converged for x in res]),
                prior_tunings=(np.array([x.g_initial for x in res]),
                               np.array([x.target for x in res]),
@@ -216,7 +217,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for seed in range(1, chips + 1):
                 for name in NETWORKS:
-                    plan = conductance_plan(t["models"][name], t["db"])
+                    plan = conductance_plan(t["models"][name], t["db"], read=READ)
                     plan.meta.update(network=name, dataset=dataset)
                     jobs.append((plan.to_dict(), dataset, name, 1000 + seed, tmp))
             if a.workers > 1:

@@ -83,10 +83,10 @@ from protocols.inference import (
     predict,
     tile_maps,
 )
-from protocols.plan import ConductancePlan, plan_forward
+from protocols.plan import ConductancePlan, check_reads, check_verifiable, plan_forward
 from protocols.progress import Bar
 from protocols.refit import MeasuredModel, TuningCost, pair_moves, pairs, refit
-from protocols.rig import CrossbarRig
+from protocols.rig import CrossbarRig, ReadSettings
 from protocols.transfer import _digest
 from protocols.tuning import TuneConfig, tune
 
@@ -291,7 +291,7 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
 
 def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
         crossbars: Sequence[str], store, data: RepairData, *, budget: int,
-        config: RepairConfig | None = None, stuck: np.ndarray | None = None,
+        read: ReadSettings, config: RepairConfig | None = None, stuck: np.ndarray | None = None,
         prior_tunings: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         seed: int | None = None, station: dict | None = None, resume: bool = False,
         overwrite: bool = False, progress: bool = True,
@@ -299,7 +299,9 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
     """Repair the network programmed on `crossbars` (tile t on ``crossbars[t]``) with at most
     `budget` pulses. `stuck`: devices known not to move (e.g. the transfer's failed tunings);
     `prior_tunings`: (conductance before, target, pulses) of earlier tunings on this chip (the
-    transfer's), for the expected cost of each correction."""
+    transfer's), for the expected cost of each correction. `read`: the station's read settings;
+    every target of the plan and its whole range [g_min, g_max] (what a correction may set)
+    are checked against them before the store is opened (`check_verifiable`)."""
     cfg = config or RepairConfig()
     crossbars = [str(c) for c in crossbars]
     if len(crossbars) != plan.n_tiles:
@@ -307,6 +309,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                             "were given (one crossbar per tile)")
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
         raise ProtocolError(f"the pulse budget must be a whole number >= 0, got {budget!r}")
+    check_verifiable(plan, cfg.tune.tolerance, read, whole_range=True)
     sets = {REFIT_SET: check_test_data(plan, data.refit),
             REPAIR_SET: check_test_data(plan, data.repair),
             TEST_SET: check_test_data(plan, data.test)}
@@ -344,6 +347,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
     if start < units:
         rig = opener(crossbars[0])
         with rig:
+            check_reads(rig, read)
             check_crossbar(plan, rig, 0, crossbars[0])
             restore_progress("repair", writer, units, rig)
     st = _rebuild(plan, writer, stuck0, sets)

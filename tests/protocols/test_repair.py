@@ -18,6 +18,7 @@ from protocols.errors import ProtocolError
 from protocols.plan import plan_weights
 from protocols.refit import MeasuredModel, TuningCost, pair_moves, pairs, refit
 from protocols.repair import CHOSEN, COMPENSATE, STOP, RepairConfig, load_repair, run
+from protocols.rig import ReadSettings
 from protocols.transfer import run as transfer
 from protocols.tuning import TuneConfig
 from simulator.direct_rig import SimulatedRig
@@ -43,7 +44,7 @@ def _transferred(tmp_path, seed=5):
     p = plan()
     names = [f"x{t}" for t in range(p.n_tiles)]
     tr = transfer(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "t.h5",
-                  config=_tcfg(), progress=False)
+                  read=ReadSettings(), config=_tcfg(), progress=False)
     dev = tr.tables["devices"].sort_values("device")
     return c, p, names, ~dev.converged.to_numpy(), (dev.g_initial, dev.target, dev.pulses)
 
@@ -122,7 +123,7 @@ def test_repair_never_exceeds_its_budget_nor_pulses_outside_the_limits(tmp_path,
     c, p, names, stuck, prior = _transferred(tmp_path)
     pulses = []
     res = run(p, lambda n: LimitRig(c[n], c.lab, pulses), names, tmp_path / "r.h5", data(),
-              budget=budget, config=CONFIG, stuck=stuck, prior_tunings=prior, progress=False)
+              budget=budget, read=ReadSettings(), config=CONFIG, stuck=stuck, prior_tunings=prior, progress=False)
     tu = res.tables["tunings"]
     assert len(pulses) == res.summary["pulses"] == tu.pulses.sum() <= budget
     for v, w in pulses:
@@ -138,7 +139,7 @@ def test_repair_records_every_decision_and_improves_the_measured_network(tmp_pat
     c, p, names, stuck, prior = _transferred(tmp_path)
     assert stuck.any(), "the test chip should hold a stuck device"
     res = run(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "r.h5", data(),
-              budget=400, config=CONFIG, stuck=stuck, prior_tunings=prior, progress=False)
+              budget=400, read=ReadSettings(), config=CONFIG, stuck=stuck, prior_tunings=prior, progress=False)
     s = res.summary
     de = res.tables["decisions"]
     assert (de.action == STOP).sum() >= 1 and "stopped" in s
@@ -163,12 +164,14 @@ def test_repair_refuses_bad_input(tmp_path):
     c, p, names, stuck, prior = _transferred(tmp_path)
     opener = lambda n: SimulatedRig(c[n], lab=c.lab)  # noqa: E731
     with pytest.raises(ProtocolError, match="budget"):
-        run(p, opener, names, tmp_path / "a.h5", data(), budget=-1, progress=False)
+        run(p, opener, names, tmp_path / "a.h5", data(), budget=-1, read=ReadSettings(),
+            progress=False)
     with pytest.raises(ProtocolError, match="one crossbar per tile"):
-        run(p, opener, names[:1], tmp_path / "a.h5", data(), budget=10, progress=False)
+        run(p, opener, names[:1], tmp_path / "a.h5", data(), budget=10, read=ReadSettings(),
+            progress=False)
     with pytest.raises(ProtocolError, match="stuck flags"):
         run(p, opener, names, tmp_path / "a.h5", data(), budget=10, stuck=np.zeros(3, bool),
-            progress=False)
+            read=ReadSettings(), progress=False)
 
 
 def test_a_tuning_cap_outside_the_station_limits_is_refused_before_any_pulse(tmp_path):
@@ -180,7 +183,7 @@ def test_a_tuning_cap_outside_the_station_limits_is_refused_before_any_pulse(tmp
                        max_rounds=2, refit_points=60)
     with pytest.raises((ConfigError, SafetyLimitError)):
         run(p, lambda n: LimitRig(c[n], c.lab, pulses), names, tmp_path / "r.h5", data(),
-            budget=300, config=cfg, stuck=stuck, prior_tunings=prior, progress=False)
+            budget=300, read=ReadSettings(), config=cfg, stuck=stuck, prior_tunings=prior, progress=False)
     assert all(v <= 2.1 for v, _ in pulses)
 
 
@@ -197,6 +200,7 @@ SCRIPT = textwrap.dedent("""
     from protocols.transfer import TransferConfig, run as transfer
     from protocols.tuning import TuneConfig
     from simulator.direct_rig import SimulatedRig
+    from protocols.rig import ReadSettings
 
     import time
 
@@ -209,10 +213,11 @@ SCRIPT = textwrap.dedent("""
     names = [f"x{t}" for t in range(p.n_tiles)]
     opener = lambda n: Slow(c[n], lab=c.lab)
     tr = transfer(p, opener, names, sys.argv[1] + ".transfer.h5", seed=1, progress=False,
+                  read=ReadSettings(),
                   config=TransferConfig(tune=TuneConfig(algorithm="fast")))
     dev = tr.tables["devices"].sort_values("device")
     print("repair starts", file=sys.stderr, flush=True)
-    run(p, opener, names, sys.argv[1], data(), budget=300, config=CONFIG, seed=1,
+    run(p, opener, names, sys.argv[1], data(), budget=300, config=CONFIG, seed=1, read=ReadSettings(),
         stuck=~dev.converged.to_numpy(), prior_tunings=(dev.g_initial, dev.target, dev.pulses),
         progress=False)
 """)

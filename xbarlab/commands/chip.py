@@ -31,9 +31,12 @@ def _network(from_run, plan_path, model_path, db_path, member, crossbars, st):
                                    "leave out --crossbar")
         return got.plan, got.crossbars, got
     if model_path:
+        from protocols.tuning import TuneConfig
         from xbarlab.commands.transfer import _plan_from_model
 
-        plan = _plan_from_model(model_path, db_path, member)[0]
+        # mapped for this station as `xbarlab transfer --model` maps it
+        plan = _plan_from_model(model_path, db_path, member, st.read_settings,
+                                TuneConfig().tolerance)[0]
     else:
         from protocols.plan import ConductancePlan
 
@@ -186,7 +189,7 @@ def register(cli: click.Group) -> None:
         extra = {"programmed_by": None if prog is None else str(prog.path),
                  "transfer_pulses": transfer_pulses}
         res = run(plan, open_rig, names, Path(out), RepairData(**sets), budget=n_budget,
-                  config=cfg, stuck=stuck, prior_tunings=prior, seed=seed,
+                  read=st.read_settings, config=cfg, stuck=stuck, prior_tunings=prior, seed=seed,
                   station=st.describe(names), resume=resume, overwrite=overwrite,
                   progress=not no_progress, extra_config=extra)
         if res.resumed_from:
