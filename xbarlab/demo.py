@@ -26,7 +26,6 @@ from pathlib import Path
 import yaml
 
 from training.defaults import NETWORKS
-from xbarlab.demo_retention import step_retention
 from xbarlab.errors import XbarlabError
 from xbarlab.files import write_json
 from xbarlab.report import calibration_stats, write_report
@@ -298,6 +297,41 @@ def step_report(out: Path) -> StepResult:
 
 STEPS = ("station", "campaigns", "retention", "database", "train", "evaluate", "transfer",
          "report")
+# -- retention: program levels on one crossbar, read them on a log-spaced schedule; the span is
+# virtual (the simulated station advances its clock between reads), so a day takes ~1 s here
+
+#: (devices, span [s], reads) per demo size; devices on the diagonal, then on col = row + 1
+RETENTION_SIZES = {True: (8, 3600.0, 6), False: (16, 86400.0, 10)}
+RETENTION_CROSSBAR = "xbar3"
+
+
+def step_retention(out: Path, quick: bool, seed: int, *, progress: bool = True) -> StepResult:
+    """Retention on crossbar xbar3 through the PMU station: `runs/retention-xbar3.h5` and
+    `runs/retention.json` (the run's summary, wall and predicted instrument time)."""
+    from protocols.campaigns import retention
+
+    t0 = time.perf_counter()
+    n, span, reads = RETENTION_SIZES[quick]
+    devices = [(i % 8, (i + i // 8) % 8) for i in range(n)]   # spread over rows and columns
+    cfg = retention.RetentionConfig(devices=devices, levels=[100e-6, 200e-6, 300e-6, 400e-6],
+                                    first_s=10.0, span_s=span, reads=reads)
+    st = _station(out / "station" / "sim-pmu.yaml")
+    d = out / "runs"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"retention-{RETENTION_CROSSBAR}.h5"
+    clock0 = st.chip.clock.now
+    with st.open_rig(RETENTION_CROSSBAR) as rig:
+        res = retention.run(rig, cfg, path, seed=seed, station=st.describe(RETENTION_CROSSBAR),
+                            overwrite=True, progress=progress)
+    instrument = st.chip.clock.now - clock0
+    run = {"protocol": retention.PROTOCOL, "station": st.name, "crossbar": RETENTION_CROSSBAR,
+           "path": str(path.relative_to(out)), "summary": res.summary,
+           "wall_s": time.perf_counter() - t0, "instrument_s": instrument}
+    listing = write_json(d / "retention.json", [run])
+    return StepResult("retention", TITLES["retention"], time.perf_counter() - t0, instrument,
+                      [path, listing], {"devices": n, "span_s": span})
+
+
 TITLES = {"station": "simulated station", "campaigns": "characterisation campaigns",
           "retention": "retention (virtual time)",
           "database": "non-ideality database", "train": "training",
