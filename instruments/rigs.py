@@ -110,10 +110,11 @@ class PmuRig(_GuardedRig):
         mt = [0, 1, 0, 0]
         v1 = ([0, rs.volts, rs.volts, 0], [rs.volts, rs.volts, 0, 0])
         z = [0] * 4  # only the sense channel measures
-        p.send_setup(p.sarb_commands(1, 2, t, v1[0], v1[1], z, z, z)
-                     + p.sarb_commands(2, 2, t, [0] * 4, [0] * 4, mt, ms, me))
-        p.output(1, True)
-        p.output(2, True)
+        drive, sense = p.pmu(1), p.pmu(2)
+        p.send_setup(drive.sarb(2, t, v1[0], v1[1], z, z, z)
+                     + sense.sarb(2, t, [0] * 4, [0] * 4, mt, ms, me))
+        drive.output(True)
+        sense.output(True)
         self._ready = True
 
     def _route(self, kind: str, row: int, col: int) -> list[str]:
@@ -139,9 +140,10 @@ class PmuRig(_GuardedRig):
             a = [0.0, 0.0, volts, volts, 0.0]
             b = [0.0, volts, volts, 0.0, 0.0]
             z = [0] * 5
-            cmds = (p.sarb_commands(1, 1, t, a, b, z, z, z)
-                    + p.sarb_commands(2, 1, t, [0.0] * 5, [0.0] * 5, z, z, z)
-                    + [p.seq_list_command(1, [(1, 1)]), p.seq_list_command(2, [(1, 1)])])
+            drive, sense = p.pmu(1), p.pmu(2)
+            cmds = (drive.sarb(1, t, a, b, z, z, z)
+                    + sense.sarb(1, t, [0.0] * 5, [0.0] * 5, z, z, z)
+                    + [drive.seq_list([(1, 1)]), sense.seq_list([(1, 1)])])
             if len(self._fire_cmds) >= 4096:
                 self._fire_cmds.clear()
             self._fire_cmds[key] = cmds
@@ -158,10 +160,10 @@ class PmuRig(_GuardedRig):
         self._setup()
         p = self.pmu
         self.matrix.exclusive_close(self._route("read", row, col))
-        p.send_setup([p.seq_list_command(1, [(2, n)]), p.seq_list_command(2, [(2, n)])])
+        p.send_setup([p.pmu(1).seq_list([(2, n)]), p.pmu(2).seq_list([(2, n)])])
         p.execute()
         self.executions += 1
-        d = p.data(2, 0, n)
+        d = p.pmu(2).data(0, n)
         g = -d[:, 1] / self.read_settings.volts
         return np.minimum(g, self.read_settings.ceiling_S)
 
@@ -228,16 +230,16 @@ class WgfmuRig(_GuardedRig):
             self._open = True
         self._channels()
         if self.crossbar_mode:
-            self.b1500.enable([self.smu_v3, self.smu_2v3])
+            self.b1500.enable([self.b1500.smu(self.smu_v3), self.b1500.smu(self.smu_2v3)])
         self._loaded = None
         self._ready = True
 
     def _channels(self) -> None:
-        w = self.wgfmu
-        w.setup_channel(self.top)
-        w.setup_channel(self.bottom, measure_current_range=W.MEASURE_CURRENT_RANGE_100UA)
-        w.connect(self.top)
-        w.connect(self.bottom)
+        top, bottom = self.wgfmu.channel(self.top), self.wgfmu.channel(self.bottom)
+        top.setup()
+        bottom.setup(measure_current_range=W.MEASURE_CURRENT_RANGE_100UA)
+        top.connect()
+        bottom.connect()
 
     def _load(self, volts: float | None, seconds: float, n: int) -> None:
         """Build the patterns for an optional pulse followed by n reads (host side), unless
@@ -268,8 +270,8 @@ class WgfmuRig(_GuardedRig):
             avg = W.on_grid(rs.seconds - settle - 0.5e-6)
             w.set_measure_event("bottom", "read", t_read0 + rise + settle, n,
                                 W.on_grid(period), avg)
-        w.add_sequence(self.top, "top", 1)
-        w.add_sequence(self.bottom, "bottom", 1)
+        w.channel(self.top).add_sequence("top", 1)
+        w.channel(self.bottom).add_sequence("bottom", 1)
         self._channels()  # re-apply setup after clear() (instruments.md §3.5)
         self._loaded = key
 
@@ -280,7 +282,7 @@ class WgfmuRig(_GuardedRig):
         self.executions += 1
         if not n:
             return np.zeros(0)
-        _, cur = w.measured(self.bottom)
+        _, cur = w.channel(self.bottom).measured()
         if cur.size != n:
             raise W.InstrumentError(f"expected {n} read points, got {cur.size}",
                                     instrument=w.name, command="WGFMU_getMeasureValues")
@@ -299,8 +301,9 @@ class WgfmuRig(_GuardedRig):
     def _bias(self, volts: float) -> None:
         if volts == 0.0 and not self._bias_on:
             return
-        self.b1500.force_voltages({self.smu_v3: volts / 3, self.smu_2v3: 2 * volts / 3},
-                                  self.compliance)
+        b = self.b1500
+        b.force_voltages({b.smu(self.smu_v3): volts / 3, b.smu(self.smu_2v3): 2 * volts / 3},
+                         self.compliance)
         self._bias_on = volts != 0.0
 
     def _do(self, row: int, col: int, volts: float | None, seconds: float, n: int) -> np.ndarray:

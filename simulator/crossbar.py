@@ -5,8 +5,15 @@ instrument emulator) books instrument time on `clock`. Volatile relaxation is ev
 against `clock.now`, so a crossbar left alone while the clock runs relaxes.
 
 Random numbers: one `numpy.random.Generator` per crossbar, drawn in a fixed order:
-construction (stuck classes, stuck conductances, initial states, D2D constants), then one
-standard normal per device per pulse (C2C factor), then two normals per sensed read (noise).
+construction (stuck classes, stuck conductances, initial states, D2D constants; only when
+`unformed_rate` > 0, then the unformed devices, their forming voltages and formed conductances),
+then one standard normal per device per pulse (C2C factor), then two normals per sensed read
+(noise).
+
+Unformed devices (`vform` finite) sit at `g_unformed` and do not switch (frozen, like stuck
+devices) until a pulse or DC bias reaches their forming voltage; then they take their formed
+conductance `gform` and switch as any device from there on. Line faults (`config.faults`) live
+in the nodal solver; a pulse reaches no device of a line cut off its driver (the line floats).
 Same seed and same call sequence -> the same history, also across `state_dict` round trips.
 """
 
@@ -25,9 +32,11 @@ from simulator.nodal import NodalSolver
 
 WORKING, STUCK_HRS, STUCK_LRS = 0, 1, 2
 SCHEMES = ("grounded", "v2", "v3", "floating")
-_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi")
+_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi", "vform", "gform")
 #: arrays added after the first chip files were written: a state without them gets this value
-_LATE_ARRAYS = {"psi": lambda cfg: np.full((cfg.rows, cfg.cols), cfg.device.volatile_cap)}
+_LATE_ARRAYS = {"psi": lambda cfg: np.full((cfg.rows, cfg.cols), cfg.device.volatile_cap),
+                "vform": lambda cfg: np.full((cfg.rows, cfg.cols), np.nan),
+                "gform": lambda cfg: np.full((cfg.rows, cfg.cols), cfg.device.init_median)}
 
 
 class Crossbar:
@@ -60,6 +69,17 @@ class Crossbar:
         self._g0r = p.g0_reset * np.exp(p.sigma_g0 * rng.standard_normal((m, n)))
         # drawn last, so the draws above are what they were before this constant existed
         self._psi = p.volatile_cap * np.exp(p.sigma_volatile * rng.standard_normal((m, n)))
+        # unformed devices: drawn only when configured, so forming-free chips keep their draws
+        self._vform = np.full((m, n), np.nan)
+        self._gform = np.full((m, n), p.init_median)
+        if cfg.unformed_rate > 0:
+            unformed = (rng.random((m, n)) < cfg.unformed_rate) & (stuck == WORKING)
+            vf = p.v_form_mean + p.v_form_std * rng.standard_normal((m, n))
+            gf = np.clip(p.init_median * np.exp(p.init_sigma * rng.standard_normal((m, n))),
+                         p.g_min, p.g_max)
+            self._vform = np.where(unformed, vf, np.nan)
+            self._gform = gf
+            G = np.where(unformed, p.g_unformed, G)
         self._G = G
         self._Gv = np.zeros((m, n))
         self._t_gv = self.clock.now      # time at which _Gv is valid
@@ -69,10 +89,12 @@ class Crossbar:
     def _setup(self) -> None:
         """Derived, stateless helpers (rebuilt after a load)."""
         cfg, p = self.config, self.config.device
-        self._frozen = self._stuck != WORKING
+        unformed = np.isfinite(self._vform)
+        self._any_unformed = bool(unformed.any())
+        self._frozen = (self._stuck != WORKING) | unformed
         self._any_frozen = bool(self._frozen.any())
         self._solver = NodalSolver(cfg.rows, cfg.cols, cfg.r_line, cfg.r_source,
-                                   v_nl=p.v_nl, v_ref=p.v_ref)
+                                   v_nl=p.v_nl, v_ref=p.v_ref, faults=cfg.faults)
         self._p = p
         self._sigma = p.sigma_c2c
         self._decay_k = 1.0 / p.tau_relax
@@ -103,6 +125,16 @@ class Crossbar:
         """0 working, 1 stuck-HRS, 2 stuck-LRS (copy)."""
         return self._stuck.copy()
 
+    @property
+    def unformed(self) -> np.ndarray:
+        """True where a device is not formed yet (copy)."""
+        return np.isfinite(self._vform)
+
+    @property
+    def solver(self) -> NodalSolver:
+        """The nodal solver of this crossbar's electrics (line resistance, faults)."""
+        return self._solver
+
     def conductance(self) -> np.ndarray:
         """G + Gv at clock.now [S]: the noise-free conductance a 0.2 V read would see."""
         self._settle()
@@ -120,6 +152,8 @@ class Crossbar:
         v = np.asarray(v, dtype=float)
         if v.shape != self.shape:
             raise SimulatorError(f"voltage map has shape {v.shape}, expected {self.shape}")
+        if self._any_unformed:
+            self._form(v)
         xi = np.exp(self._sigma * self.rng.standard_normal(self.shape))
         self._G, self._Gv = physics.pulse_update(
             self._G, self._Gv, v, seconds, self._ds, self._dr, self._g0s, self._g0r, xi,
@@ -132,6 +166,10 @@ class Crossbar:
         self._pulse_one(row, col, float(volts), float(seconds))
 
     def _pulse_one(self, r: int, c: int, v: float, seconds: float) -> None:
+        if self._any_unformed:
+            one = np.zeros(self.shape)
+            one[r, c] = v
+            self._form(one)
         xi = math.exp(self._sigma * self.rng.standard_normal())
         if self._stuck[r, c] != WORKING:
             return
@@ -142,12 +180,43 @@ class Crossbar:
         self._G[r, c] = G
         self._Gv[r, c] = Gv
 
+    def _form(self, v: np.ndarray) -> None:
+        """Unformed devices whose voltage reaches their forming voltage are formed now."""
+        now = np.isfinite(self._vform) & (v >= np.nan_to_num(self._vform, nan=np.inf))
+        if now.any():
+            self._G = np.where(now, self._gform, self._G)
+            self._Gv = np.where(now, 0.0, self._Gv)
+            self._vform = np.where(now, np.nan, self._vform)
+            self._setup()
+
+    def predict_change(self, v, seconds: float) -> np.ndarray:
+        """Change of G + Gv [S] that a pulse of device voltages `v` lasting `seconds` would make
+        with the cycle-to-cycle factor at its median (1): no random draw, nothing changed.
+        Forming is not predicted. Used to size the time steps of a DC hold (simulator.dc)."""
+        self._settle()
+        v = np.broadcast_to(np.asarray(v, dtype=float), self.shape)
+        G, Gv = physics.pulse_update(
+            self._G, self._Gv, v, seconds, self._ds, self._dr, self._g0s, self._g0r,
+            np.ones(self.shape), self._frozen if self._any_frozen else None, self._p, self._psi)
+        return (G + Gv) - (self._G + self._Gv)
+
+    def noisy(self, current):
+        """`current` [A] as a measurement sees it: the read-noise model (two normal draws per
+        value, relative and absolute)."""
+        return self._noisy(np.asarray(current, dtype=float), 0.0)
+
     def pulse_v3(self, row: int, col: int, volts: float, seconds: float) -> None:
         """V/3 write: selected row V, selected column 0, other rows V/3, other columns 2V/3.
 
         The selected device sees V, its row and column neighbours +V/3, all others -V/3, in one
         pulse. Line resistance is neglected while writing (ideal drivers)."""
         self._check(row, col)
+        if self._solver.faulty:  # the line levels, so that a line cut off its driver floats
+            third = volts / 3.0
+            rv, cv = np.full(self.shape[0], third), np.full(self.shape[1], 2 * third)
+            rv[row], cv[col] = volts, 0.0
+            self.apply_line_pulse(rv, cv, seconds)
+            return
         third = volts / 3.0
         v = np.full(self.shape, -third)
         v[row, :] = third
@@ -161,6 +230,9 @@ class Crossbar:
         (sinh I-V at the pulse's levels, no line resistance) before the update."""
         row_v = np.asarray(row_v, dtype=float).reshape(self.shape[0])
         col_v = np.asarray(col_v, dtype=float).reshape(self.shape[1])
+        if self._solver.faulty:
+            row_v = np.where(self._solver.cut_rows, np.nan, row_v)
+            col_v = np.where(self._solver.cut_cols, np.nan, col_v)
         if math.isnan(row_v.sum() + col_v.sum()):   # a NaN anywhere: a floating line
             ideal = NodalSolver(*self.shape, 0.0, 0.0, v_nl=self._p.v_nl, v_ref=self._p.v_ref)
             v = ideal.solve(self.conductance(), row_v, col_v).device_voltages

@@ -4,7 +4,8 @@ import pytest
 from scripted_transport import Scripted
 
 from instruments import InstrumentError, InstrumentTimeout, SafetyLimitError, SafetyLimits
-from instruments.b1500 import B1500, parse_spot
+from instruments.b1500 import B1500
+from instruments.smu import parse_spot
 
 OK = '0,"No Error."'
 
@@ -31,17 +32,17 @@ def test_bias_levels_are_one_batch_and_one_error_check():
         ("DZ", None), ("ERRX?", OK),
     ])
     b = B1500(t)
-    b.enable([3, 2])
-    b.force_voltages({2: 1 / 3, 3: 2 / 3}, 1e-3)
+    b.enable([b.smu(3), b.smu(2)])
+    b.force_voltages({b.smu(2): 1 / 3, b.smu(3): 2 / 3}, 1e-3)
     b.zero()
     assert t.done()
 
 
 def test_spot_current_read():
     t = Scripted([("TI 2", "NAI+000.005E-09")])
-    assert B1500(t).measure_current(2) == pytest.approx(5e-12)
-    with pytest.raises(ValueError):
-        parse_spot("VAI+199.999E+99")
+    assert B1500(t).smu(2).measure_current().value == pytest.approx(5e-12)
+    over = parse_spot("VAI+199.999E+99", "I")  # over range: a status, not a number
+    assert over.overflow and not over.valid and over.value != over.value
 
 
 def test_instrument_error_names_command_and_reply_and_drains_queue():
@@ -51,7 +52,7 @@ def test_instrument_error_names_command_and_reply_and_drains_queue():
         ("ERRX?", '0,"No Error."'),
     ])
     with pytest.raises(InstrumentError) as e:
-        B1500(t).force_voltage(9, 0.1, 1e-3)
+        B1500(t).smu(9).force_voltage(0.1, 1e-3)
     msg = str(e.value)
     assert "305" in msg and "DV 9,0,0.1,0.001" in msg and "Excess current" in msg
     assert t.done()
@@ -61,9 +62,9 @@ def test_out_of_limits_sends_no_byte():
     t = Scripted()
     b = B1500(t, limits=SafetyLimits(v_set_max=1.0, i_compliance=1e-3))
     with pytest.raises(SafetyLimitError):
-        b.force_voltages({2: 0.5, 3: 1.5}, 1e-4)     # second level beyond +1 V
+        b.force_voltages({b.smu(2): 0.5, b.smu(3): 1.5}, 1e-4)     # second level beyond +1 V
     with pytest.raises(SafetyLimitError):
-        b.force_voltage(2, 0.5, 5e-3)                 # compliance beyond station limit
+        b.smu(2).force_voltage(0.5, 5e-3)                 # compliance beyond station limit
     assert t.sent == []
 
 

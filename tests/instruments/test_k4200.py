@@ -40,10 +40,10 @@ def test_pulse_sequence_execute_and_unchanged_setup_not_resent():
     t = Scripted(seq)
     k = K4200(t)
     times[1] = times[3] = 2e-8
-    pairs = k.sarb_commands(1, 1, times, v[:], [0, 1.5, 1.5, 0, 0], [0] * 5, [0] * 5, [0] * 5)
+    pairs = k.pmu(1).sarb(1, times, v[:], [0, 1.5, 1.5, 0, 0], [0] * 5, [0] * 5, [0] * 5)
     for _ in range(2):
-        k.send_setup(pairs + [k.seq_list_command(1, [(1, 1)])])
-        k.output(1, True)
+        k.send_setup(pairs + [k.pmu(1).seq_list([(1, 1)])])
+        k.pmu(1).output(True)
         k.execute()
     assert t.done()
 
@@ -54,8 +54,8 @@ def test_read_fetches_spot_mean_points():
         (":PMU:DATA:GET 2, 0, 2", "0,-2.01E-05,5.7E-06,0;0,-1.99E-05,5.7E-06,0"),
     ])
     k = K4200(t)
-    assert k.data_count(2) == 2
-    d = k.data(2, 0, 2)
+    assert k.pmu(2).data_count() == 2
+    d = k.pmu(2).data(0, 2)
     assert d.shape == (2, 4) and np.allclose(d[:, 1], [-2.01e-5, -1.99e-5])
 
 
@@ -66,9 +66,9 @@ def test_smu_user_mode_and_user_library():
         ("GP 2 3", "PARAM VALUE = 1.0,2.0,3.0"),
     ])
     k = K4200(t)
-    k.smu_force_voltage(1, 0.2, 1e-3)
-    assert k.smu_measure_current(1) == pytest.approx(1.234e-6)
-    k.rpm_switch(1, 0)
+    k.smu(1).force_voltage(0.2, 1e-3)
+    assert k.smu(1).measure_current().value == pytest.approx(1.234e-6)
+    k.pmu(1).rpm_switch(0)
     assert k.ul_get(2, 3) == [1.0, 2.0, 3.0]
     assert t.done()
 
@@ -86,11 +86,11 @@ def test_out_of_limits_sequence_sends_no_byte():
     t = Scripted()
     k = K4200(t, limits=SafetyLimits(v_set_max=2.0))
     with pytest.raises(SafetyLimitError):
-        k.sarb_commands(1, 1, [1e-6, 2e-7], [0, 2.5], [2.5, 0], [0, 0], [0, 0], [0, 0])
+        k.pmu(1).sarb(1, [1e-6, 2e-7], [0, 2.5], [2.5, 0], [0, 0], [0, 0], [0, 0])
     with pytest.raises(InstrumentError):   # 10 ns segment: shorter than the PMU allows
-        k.sarb_commands(1, 1, [1e-8], [0], [0], [0], [0], [0])
+        k.pmu(1).sarb(1, [1e-8], [0], [0], [0], [0], [0])
     with pytest.raises(SafetyLimitError):
-        k.smu_force_voltage(1, 3.0, 1e-3)
+        k.smu(1).force_voltage(3.0, 1e-3)
     assert t.sent == []
 
 

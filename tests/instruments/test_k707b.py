@@ -14,7 +14,7 @@ def test_identity_and_card():
                   ("print(slot[1].idn)", "7174A,8x12 Low Current Matrix")])
     k = K707B(t)
     assert k.idn().startswith("Keithley Instruments Inc., Model 707B")
-    assert k.card(1).startswith("7174A")
+    assert k.slot(1).idn().startswith("7174A")
     assert t.write_termination == "\n"
 
 

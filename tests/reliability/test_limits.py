@@ -143,10 +143,10 @@ def test_k4200_driver_methods_send_only_what_the_guard_knows(tmp_path):
                    progress=False)
         p = rig.pmu
         p.idn(), p.options(), p.last_error(), p.check_errors()
-        p.smu_force_voltage(1, 0.2, 1e-3)
-        p.smu_measure_current(1)
-        p.smu_off(1)
-        p.rpm_switch(1, 0)
+        p.smu(1).force_voltage(0.2, 1e-3)
+        p.smu(1).measure_current()
+        p.smu(1).off()
+        p.pmu(1).rpm_switch(0)
         p.ul_get(1, 2)
         p.abort()
         p.make_safe()
@@ -159,12 +159,12 @@ def test_k4200_driver_methods_send_only_what_the_guard_knows(tmp_path):
 def test_k4200_driver_methods_refuse(pmu):
     st, rig = pmu
     p = rig.pmu
-    _refused(st, p.smu_force_voltage, 1, 2.2, 1e-3)
-    _refused(st, p.smu_force_voltage, 1, 0.3, 0.5)              # compliance above 10 mA
+    _refused(st, p.smu(1).force_voltage, 2.2, 1e-3)
+    _refused(st, p.smu(1).force_voltage, 0.3, 0.5)              # compliance above 10 mA
     t = [100e-9, 20e-9, 200e-9, 20e-9, 100e-9]
     z = [0] * 5
     for levels in ([0, 0, 3.0, 3.0, 0], [0, -2.6, -2.6, 0, 0], [0, 0, math.nan, 0, 0]):
-        _refused(st, lambda lv=levels: p.send_setup(p.sarb_commands(1, 1, t, lv, lv, z, z, z)))
+        _refused(st, lambda lv=levels: p.send_setup(p.pmu(1).sarb(1, t, lv, lv, z, z, z)))
     _refused(st, p.send_setup, [("x", ":PMU:SARB:SEQ:STARTV 1,1,0,2.2")])
 
 
@@ -178,7 +178,7 @@ def b1500():
     import pyvisa
 
     drv = B1500.open(pyvisa.ResourceManager(lib), "GPIB0::17::INSTR", limits=SafetyLimits())
-    drv.enable([2, 3])
+    drv.enable([drv.smu(2), drv.smu(3)])
     yield drv, emu, sent
     drv.close()
 
@@ -187,17 +187,17 @@ def test_b1500_dc_bias_entry_points_refuse(b1500):
     drv, emu, sent = b1500
     n, levels = len(sent), dict(emu.levels)
     attempts = [
-        lambda: drv.force_voltage(2, 2.2, 1e-3),
-        lambda: drv.force_voltages({2: 0.1, 3: -2.6}, 1e-3),   # one bad level: none is sent
-        lambda: drv.force_voltage(2, 0.1, 0.2),                # compliance above the limit
-        lambda: drv.dv_command(2, math.inf, 1e-3),
+        lambda: drv.smu(2).force_voltage(2.2, 1e-3),
+        lambda: drv.force_voltages({drv.smu(2): 0.1, drv.smu(3): -2.6}, 1e-3),   # one bad level: none is sent
+        lambda: drv.smu(2).force_voltage(0.1, 0.2),                # compliance above the limit
+        lambda: drv.smu(2).dv(math.inf, 1e-3),
         lambda: drv.batch(["CN 2", "DV 2,0,3.0,1e-3"]),
     ]
     for attempt in attempts:
         with pytest.raises(SafetyLimitError):
             attempt()
     assert len(sent) == n and emu.levels == levels          # not one byte went out
-    drv.force_voltages({2: 0.2, 3: -0.4}, 1e-3)              # inside the limits: sent
+    drv.force_voltages({drv.smu(2): 0.2, drv.smu(3): -0.4}, 1e-3)              # inside the limits: sent
     assert emu.levels == {2: 0.2, 3: -0.4}
 
 
@@ -235,14 +235,14 @@ def test_b1500_raw_guard_passes_known_commands_within_limits(b1500):
 def test_b1500_driver_methods_send_only_what_the_guard_knows(b1500):
     drv, emu, sent = b1500
     drv.idn(), drv.modules(), drv.errors()
-    drv.force_voltages({2: 0.3, 3: -0.3}, 1e-3)
-    drv.measure_current(2)
+    drv.force_voltages({drv.smu(2): 0.3, drv.smu(3): -0.3}, 1e-3)
+    drv.smu(2).measure_current()
     drv.zero()
-    drv.disable([3])
+    drv.disable([drv.smu(3)])
     drv.disable()
     drv.reset()
     drv.connect()
-    drv.enable([2])
+    drv.enable([drv.smu(2)])
     drv.make_safe()
     heads = {m.split(" ")[0].split(";")[0] for m in sent}
     assert {"*IDN?", "UNT?", "ERRX?", "DV", "TI", "DZ", "CL", "*RST", "FMT", "CN"} <= heads
