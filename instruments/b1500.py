@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from instruments.errors import InstrumentError
 from instruments.smu import Spot, parse_spot
@@ -236,9 +236,13 @@ class B1500(MessageInstrument):
             self.batch(["CL " + ",".join(str(c) for c in chans)])
             self._enabled.difference_update(chans)
 
-    def force_voltages(self, levels: dict[B1500Smu, float], compliance: float) -> None:
-        """Set several SMUs in one batch (all levels checked before any byte is sent)."""
-        self.batch([smu.dv(v, compliance) for smu, v in levels.items()])
+    def force_voltages(self, levels: dict[B1500Smu, float],
+                       compliance: float | Mapping[B1500Smu, float]) -> None:
+        """Set several SMUs in one batch (all levels and compliances, one for all or per SMU,
+        checked before any byte is sent)."""
+        comp = compliance if isinstance(compliance, Mapping) else dict.fromkeys(levels,
+                                                                                 compliance)
+        self.batch([smu.dv(v, comp[smu]) for smu, v in levels.items()])
 
     def integration(self, adc: int, plc: float) -> None:
         """`AIT adc,2,N`: the ADC integrates N power-line cycles (dc-commands.md §2.2; the
@@ -247,6 +251,27 @@ class B1500(MessageInstrument):
             raise InstrumentError(f"integration of {plc!r} PLC: 1..100 whole cycles",
                                   instrument=self.name)
         self.batch([f"AIT {int(adc)},2,{int(plc)}"])
+
+    # -- the DC path's interface (instruments.dc) ------------------------------------------------
+    def prepare_smus(self, smus: Sequence[B1500Smu], *, nplc: float, i_range: float | None,
+                     fixed: bool) -> float:
+        """Outputs on (CN), the high-resolution ADC integrating whole power-line cycles (at least
+        `nplc`), and each SMU's current range: auto, limited auto from `i_range`, or fixed there.
+        One batch. Returns the PLC used."""
+        plc = float(min(100, max(1, math.ceil(nplc - 1e-9))))
+        code = 0 if i_range is None else (-1 if fixed else 1) * range_code(i_range)
+        chans = sorted({s.number for s in smus})
+        self.batch(["CN " + ",".join(str(c) for c in chans)]
+                   + [f"AAD {c},{ADC_HR}" for c in chans] + [f"RI {c},{code}" for c in chans]
+                   + [f"AIT {ADC_HR},2,{int(plc)}"])
+        self._enabled.update(chans)
+        return plc
+
+    def release_smus(self, smus: Sequence[B1500Smu]) -> None:
+        """DZ then CL on the SMUs used: 0 V, then their output relays open."""
+        chans = ",".join(str(c) for c in sorted({s.number for s in smus}))
+        self.batch([f"DZ {chans}", f"CL {chans}"])
+        self._enabled.difference_update(s.number for s in smus)
 
     def zero(self) -> None:
         """DZ: every channel to 0 V (setup stored)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +36,8 @@ PMU_I_RANGES = (0.2, 10e-3, 1e-3, 100e-6, 10e-6, 1e-6, 100e-9)
 RPM_PMU, RPM_SMU = 0, 2
 #: `IT` codes by integration in power-line cycles (4200RM p.9-44)
 IT_CODES = {0.1: 1, 1.0: 2, 10.0: 3}
+#: the 4200-SMU's lowest current range without preamp [A] (dc-commands.md §1.2, DI code 3)
+SMU_LOWEST_RANGE = 100e-9
 
 
 def _smu_source(limits, m) -> None:
@@ -344,6 +346,39 @@ class K4200(MessageInstrument):
             raise InstrumentError(f"integration of {plc!r} PLC: the 4200 offers 0.1, 1 or 10",
                                   instrument=self.name)
         self.cmd(f"IT{code}")
+
+    # -- the DC path's interface (instruments.dc) ------------------------------------------------
+    def prepare_smus(self, smus: Sequence[K4200Smu], *, nplc: float, i_range: float | None,
+                     fixed: bool) -> float:
+        """User mode, the integration (the 4200's 0.1 / 1 / 10 PLC at or above `nplc`) and the
+        lowest autorange of each SMU (`i_range`, else the 100 nA range). Returns the PLC used.
+        A fixed current range is refused: `RI` is unconfirmed in user mode."""
+        if fixed:
+            raise InstrumentError("the 4200 offers no fixed current range here (RI in user "
+                                  "mode is unconfirmed, dc-commands.md §4); use a lowest "
+                                  "range (limited auto)", instrument=self.name)
+        plc = min((c for c in IT_CODES if c >= nplc * (1 - 1e-9)), default=10.0)
+        self.user_mode()
+        self.integration(plc)
+        for smu in smus:
+            smu.lowest_range(i_range or SMU_LOWEST_RANGE)
+        return plc
+
+    def force_voltages(self, levels: dict[K4200Smu, float],
+                       compliance: float | Mapping[K4200Smu, float]) -> None:
+        """Every level and compliance (one for all, or per SMU) checked, then one acknowledged
+        DV per SMU."""
+        comp = compliance if isinstance(compliance, Mapping) else dict.fromkeys(levels,
+                                                                                 compliance)
+        for smu, v in levels.items():
+            self.limits.check_level(v, where=str(smu))
+            self.limits.check_compliance(comp[smu], where=str(smu))
+        for smu, v in levels.items():
+            smu.force_voltage(v, comp[smu])
+
+    def release_smus(self, smus: Sequence[K4200Smu]) -> None:
+        for smu in smus:
+            smu.off()
 
     # -- user library --------------------------------------------------------------------------
     @staticmethod

@@ -25,21 +25,32 @@ the half-selected devices on the selected row see -2V/3 (and those on the select
 pulse. The simulator charges that DC stress, and on the simulated chip it visibly RESETs or SETs
 half-selected devices. Use PmuRig (divider levels pulsed in lock-step) for crossbars; the WGFMU
 crossbar mode is for occasional single-device work on a routed array.
+
+DC (`rig.dc`, the seam's line-level request): both rigs take the SMUs of their instrument as
+`instruments.dc.SmuPort`s. On the PMU rig, SMU1 and SMU2 reach the cables of PMU channels 1 and 2
+through the 4225-RPMs (switched to their SMU path for the request; the next pulse re-initialises
+the PMU, RPMs back on the pulse path) and further SMUs sit on matrix rows of their own; grounded
+lines go to the matrix row on ground. On the WGFMU rig the B1500 SMUs are the V/3 and 2V/3
+sources (and any others on matrix rows); on a single crosspoint they reach the two electrodes
+through the WGFMU channels' RSUs in SMU mode.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from instruments import wgfmu as W
 from instruments.b1500 import B1500
+from instruments.dc import DcBank, SmuPort
 from instruments.errors import InstrumentError
 from instruments.k707b import K707B
-from instruments.k4200 import K4200
+from instruments.k4200 import K4200, RPM_SMU
 from instruments.limits import SafetyLimits
 from instruments.wgfmu import Wgfmu
 from instruments.wiring import Wiring
-from protocols.rig import CrossbarRig, Lab, ReadSettings
+from protocols.rig import CrossbarRig, DcCapacity, DcGroup, DcMeasured, DcRequest, Lab, ReadSettings
 
 
 def _make_all_safe(*instruments) -> None:
@@ -63,6 +74,16 @@ def _make_all_safe(*instruments) -> None:
 class _GuardedRig(CrossbarRig):
     """Runs every hardware operation under a guard that leaves the rig safe on any exception."""
 
+    #: the rig's DC path (None: no SMUs configured)
+    dc_bank: DcBank | None = None
+
+    @property
+    def dc_capacity(self) -> DcCapacity | None:
+        return None if self.dc_bank is None else self.dc_bank.capacity
+
+    def _dc_pass(self, groups: list[DcGroup], request: DcRequest) -> list[DcMeasured]:
+        return self._guard(self.dc_bank.run, groups, request, self.lab)
+
     def _guard(self, fn, *args):
         try:
             return fn(*args)
@@ -82,13 +103,18 @@ class PmuRig(_GuardedRig):
 
     def __init__(self, pmu: K4200, matrix: K707B, wiring: Wiring,
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
-                 lab: Lab | None = None, edge: float = 20e-9, i_range: float = 100e-6):
+                 lab: Lab | None = None, edge: float = 20e-9, i_range: float = 100e-6,
+                 smus: Sequence[SmuPort] = ()):
         super().__init__((len(wiring.rows), len(wiring.cols)), limits or SafetyLimits(),
                          read=read, lab=lab)
         missing = [r for r in self.ROLES if r not in wiring.letters]
         if missing:
             raise ValueError(f"PmuRig wiring lacks matrix rows for {missing}")
         self.pmu, self.matrix, self.wiring = pmu, matrix, wiring
+        if smus:
+            self.dc_bank = DcBank(pmu, smus, matrix=matrix, wiring=wiring,
+                                  ground_letter=wiring.letters["gnd"],
+                                  connect=self._rpms_to_smus, release=self._after_dc)
         self.edge = max(20e-9, edge)
         self.i_range = i_range
         self._ready = False
@@ -179,6 +205,21 @@ class PmuRig(_GuardedRig):
             return self._reads(row, col, n)
         return self._guard(both)
 
+    def _rpms_to_smus(self, ports: list[SmuPort]) -> None:
+        """SMU1 / SMU2 reach their cables through RPM1 / RPM2: switch those used to SMU."""
+        self._ready = False
+        for port in ports:
+            if port.smu.number in (1, 2):
+                self.pmu.pmu(port.smu.number).rpm(RPM_SMU)
+
+    def _after_dc(self) -> None:
+        self._ready = False  # the next pulse or read re-initialises the PMU (RPMs to pulse)
+
+    def snapshot(self) -> dict:
+        slots = [s for s, _ in self.wiring.rows + self.wiring.cols]
+        return {"rig": self.name, "instruments": {"k4200": self.pmu.snapshot(),
+                                                  "k707b": self.matrix.snapshot(slots)}}
+
     def _safe_state(self) -> None:
         self._ready = False
         _make_all_safe(self.pmu, self.matrix)
@@ -201,7 +242,8 @@ class WgfmuRig(_GuardedRig):
                  matrix: K707B | None = None, wiring: Wiring | None = None,
                  top: int = 101, bottom: int = 102, smu_v3: int = 2, smu_2v3: int = 3,
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
-                 lab: Lab | None = None, edge: float = 10e-9, compliance: float = 10e-3):
+                 lab: Lab | None = None, edge: float = 10e-9, compliance: float = 10e-3,
+                 smus: Sequence[SmuPort] = (), rsu_smus: dict[int, int] | None = None):
         shape = (len(wiring.rows), len(wiring.cols)) if matrix is not None and wiring else (1, 1)
         super().__init__(shape, limits or SafetyLimits(), read=read, lab=lab)
         if matrix is not None and (wiring is None or b1500 is None):
@@ -216,10 +258,51 @@ class WgfmuRig(_GuardedRig):
         self._loaded: tuple | None = None
         self._bias_on = False
         self.executions = 0
+        #: WGFMU channel -> the B1500 SMU slot cabled to its RSU (SMU pass-through)
+        self.rsu_smus = dict(rsu_smus or {})
+        if smus:
+            if b1500 is None:
+                raise ValueError("the WGFMU rig's DC path needs the B1500")
+            ground = wiring.letters.get("gnd") if self.crossbar_mode else None
+            self.dc_bank = DcBank(b1500, smus, matrix=matrix, wiring=wiring,
+                                  ground_letter=ground, connect=self._rsus_to_smus,
+                                  release=self._after_dc)
 
     @property
     def crossbar_mode(self) -> bool:
         return self.matrix is not None
+
+    def _rsus_to_smus(self, ports: list[SmuPort]) -> None:
+        """On a probe card the SMUs reach the electrodes through the RSUs: channels whose SMU
+        is used go to SMU mode and connect, the others disconnect (their line floats)."""
+        self._ready = False
+        self._loaded = None
+        if not self.rsu_smus:
+            return
+        if not self._open:
+            self.wgfmu.open(self.address)
+            self._open = True
+        used = {p.smu.number for p in ports}
+        for ch, slot in self.rsu_smus.items():
+            channel = self.wgfmu.channel(ch)
+            if slot in used:
+                channel.setup(mode=W.OPERATION_MODE_SMU, force_range=None)
+                channel.connect()
+            else:
+                channel.disconnect()
+
+    def _after_dc(self) -> None:
+        self._ready = False  # the next pulse or read sets the channels up again
+        self._loaded = None
+
+    def snapshot(self) -> dict:
+        out = {"rig": self.name, "instruments": {"wgfmu": self.wgfmu.snapshot()}}
+        if self.b1500 is not None:
+            out["instruments"]["b1500"] = self.b1500.snapshot()
+        if self.matrix is not None:
+            slots = [s for s, _ in self.wiring.rows + self.wiring.cols]
+            out["instruments"]["k707b"] = self.matrix.snapshot(slots)
+        return out
 
     def _setup(self) -> None:
         if self._ready:

@@ -21,7 +21,6 @@ nothing noticeably is one step. Each step draws the C2C factors of one pulse.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -81,6 +81,9 @@ class SimCfg(BaseModel):
     chip_file: str | None = Field(None, description="saved VirtualChip to start from")
     latency: dict[str, float] = Field(default_factory=dict,
                                       description="LatencyConfig overrides [s]")
+    crossbars: dict[str, dict] = Field(default_factory=dict, description="crossbar name -> "
+                                       "CrossbarConfig overrides (line faults, unformed "
+                                       "devices...) for a chip built from the seed")
 
 
 @cache

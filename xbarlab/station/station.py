@@ -45,7 +45,32 @@ def load_station(path: str | Path) -> Station:
             err = e.errors()[0]
             raise StationError(f"{path.name}: sim.latency.{err['loc'][0]}: {err['msg']}") \
                 from None
+    if cfg.sim.crossbars:
+        _layout(cfg.sim, path.name)  # validated now, used when the chip is built
     return Station(cfg, path)
+
+
+def _layout(sim, where: str):
+    """The chip's crossbars with the station file's overrides (`sim.crossbars`)."""
+    from simulator.chip import default_layout
+    from simulator.config import CrossbarConfig
+
+    layout = default_layout()
+    for name, over in sim.crossbars.items():
+        if sim.chip_file:
+            raise StationError(f"{where}: sim.crossbars: overrides apply to a chip built from "
+                               "the seed, not to sim.chip_file")
+        if name not in layout:
+            raise StationError(f"{where}: sim.crossbars.{name}: no such crossbar on the chip "
+                               f"({', '.join(layout)})")
+        try:
+            layout[name] = CrossbarConfig.model_validate(
+                layout[name].model_dump() | dict(over))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            raise StationError(f"{where}: sim.crossbars.{name}.{loc}: {err['msg']}") from None
+    return layout
 
 
 class Station:
@@ -87,7 +112,7 @@ class Station:
                 self._chip = VirtualChip.load(f)
                 self._chip_sha256 = hashlib.sha256(f.read_bytes()).hexdigest()
             else:
-                self._chip = VirtualChip(seed=self.cfg.sim.seed)
+                self._chip = VirtualChip(_layout(self.cfg.sim, self.name), seed=self.cfg.sim.seed)
         return self._chip
 
     @property
@@ -123,6 +148,8 @@ class Station:
             d["sim"] = {"seed": self.chip.seed, "chip_file": c.sim.chip_file,
                         "chip_sha256": self._chip_sha256,
                         "latency": LatencyConfig(**c.sim.latency).model_dump(mode="json")}
+            if c.sim.crossbars:
+                d["sim"]["crossbars"] = c.sim.crossbars
         d["path"] = str(self.path) if self.path else None
         return d
 
