@@ -59,6 +59,7 @@ class OperatingPoint:
     current: np.ndarray          # current of each source into the array [A]
     limited: np.ndarray          # bool: the source is at its compliance
     device_voltages: np.ndarray  # [V], rows x cols
+    solution: object = None      # the nodal solution (a warm start for a nearby point)
 
 
 def _levels(shape, sources: list[Source], volts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +88,7 @@ def operating_point(xb, sources: list[Source],
         volts = np.where(limited, guess.volts, volts)
 
     memo: dict[bytes, tuple] = {}
+    warm = [guess.solution if guess is not None else None]
 
     def solve(v: np.ndarray):
         key = v.tobytes()
@@ -96,7 +98,8 @@ def operating_point(xb, sources: list[Source],
         row_v, col_v = _levels(xb.shape, sources, v)
         if np.isnan(row_v).all() and np.isnan(col_v).all():
             return None, np.zeros(n)
-        res = solver.solve(G, row_v, col_v)
+        res = solver.solve(G, row_v, col_v, warm[0])
+        warm[0] = res
         cur = np.array([res.row_currents[s.rows].sum() + res.col_currents[s.cols].sum()
                         for s in sources])
         memo[key] = res, cur
@@ -113,7 +116,7 @@ def operating_point(xb, sources: list[Source],
             if k in settled_at and np.array_equal(settled_at[k], volts):
                 continue  # nothing moved since: it stays where it is
             v_new, lim = _settle_source(sources, k, volts, cur, limited[k], solve)
-            if v_new is not None and (abs(v_new - volts[k]) > 1e-12 or lim != limited[k]):
+            if v_new is not None and (abs(v_new - volts[k]) > 1e-9 or lim != limited[k]):
                 moved = True
                 volts[k], limited[k] = v_new, lim
                 res, cur = solve(volts)
@@ -122,7 +125,7 @@ def operating_point(xb, sources: list[Source],
             break
     else:
         raise SimulatorError("DC operating point: sources in compliance did not settle")
-    return OperatingPoint(volts, cur, limited, res.device_voltages)
+    return OperatingPoint(volts, cur, limited, res.device_voltages, res)
 
 
 def _settle_source(sources, k, volts, cur, limited, solve):
@@ -144,9 +147,7 @@ def _settle_source(sources, k, volts, cur, limited, solve):
     comp = s.compliance
     if not limited and abs(cur[k]) <= comp * (1 + _RTOL):
         return None, False
-    # at its set level it drives at least the current it drives nearer 0 V (monotonic)
-    at_set = cur[k] if not limited or abs(cur[k]) >= comp * (1 - _RTOL) else \
-        current_at(s.volts)
+    at_set = current_at(s.volts) if limited else cur[k]
     if abs(at_set) <= comp * (1 + _RTOL):
         return s.volts, False
     # a current source at the compliance: between its set level and the lowest (highest)
@@ -188,13 +189,15 @@ def _root(current_at, target: float, lo: float, hi: float, start: float) -> floa
     return optimize.brentq(lambda v: current_at(v) - target, lo, hi, xtol=1e-12)
 
 
-def hold(xb, sources: list[Source], seconds: float) -> OperatingPoint | None:
+def hold(xb, sources: list[Source], seconds: float,
+         guess: OperatingPoint | None = None) -> OperatingPoint | None:
     """Apply the stress of `sources` held for `seconds` (see the module docstring); returns
-    the operating point at the end (None when nothing was held)."""
+    the operating point at the end (None when nothing was held). `guess`: the operating point
+    of the previous levels of the same sources (a sweep), to start from."""
     if not seconds > 0 or not sources:
         return None
     done = 0.0
-    op = operating_point(xb, sources)
+    op = operating_point(xb, sources, guess)
     while seconds - done > MIN_STEP / 2:
         rest = seconds - done
         step = rest

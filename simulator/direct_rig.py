@@ -109,14 +109,14 @@ class SimulatedRig(CrossbarRig):
                   np.array([i for kind, i in g.lines if kind == "col"], dtype=int))
                  for g in groups]
         held = request.hold + lat.smu_settle + request.nplc / lat.line_frequency
+        op = None
         for p in range(n):
             sources = [dc.Source(r, c, float(g.volts[p]), None if g.ground else
                                  (request.compliance if g.sensed else held_comp), name=str(k))
                        for k, (g, (r, c)) in enumerate(zip(groups, lines, strict=True))]
             clk.advance(lat.round_trip, "round_trip")
             clk.advance(held, "dc")
-            dc.hold(xb, sources, held)
-            op = dc.operating_point(xb, sources)
+            op = dc.hold(xb, sources, held, op)
             for m, k in zip(out, sensed, strict=True):
                 cur = float(xb.noisy(op.current[k]))
                 over = request.fixed_range and abs(cur) > request.i_range

@@ -45,6 +45,9 @@ from simulator.errors import SimulatorError
 
 _MAX_ITER = 60
 _ATOL_V = 1e-11      # convergence on node-voltage updates [V]
+# ... or on the current residual [A]: with floating lines behind nearly insulating devices
+# (unformed, ~1e-8 S) the updates stall at round-off (~1e-10 V) once the residual is ~1e-16 A
+_ATOL_I = 1e-14
 _MAX_STEP_V = 0.5    # Newton damping: largest node-voltage change per iteration [V]
 # above this many nodes the (banded, very sparse) system goes to SuperLU instead of dense Cholesky
 _DENSE_MAX_NODES = 600
@@ -76,6 +79,7 @@ class NodalResult:
     col_currents: np.ndarray    # [A] into the array at each bit-line end (0 if floating)
     device_voltages: np.ndarray  # [V] V_WL - V_BL across each device, shape (rows, cols)
     iterations: int
+    nodes: np.ndarray | None = None  # [V] every node's potential (a warm start for `solve`)
 
 
 @dataclass
@@ -260,12 +264,14 @@ class NodalSolver:
         return g.ravel()
 
     # -- general solve (any bias, floating lines) ------------------------------------------------
-    def solve(self, G, row_v, col_v) -> NodalResult:
-        """Solve one bias: row_v (rows,), col_v (cols,) source voltages [V], NaN = floating."""
+    def solve(self, G, row_v, col_v, start: NodalResult | None = None) -> NodalResult:
+        """Solve one bias: row_v (rows,), col_v (cols,) source voltages [V], NaN = floating.
+        `start`: a solution of a nearby bias whose node potentials start the Newton iteration
+        (the DC operating points of a sweep; same tolerance, fewer iterations)."""
         with _single_thread():
-            return self._solve(G, row_v, col_v)
+            return self._solve(G, row_v, col_v, start)
 
-    def _solve(self, G, row_v, col_v) -> NodalResult:
+    def _solve(self, G, row_v, col_v, start: NodalResult | None = None) -> NodalResult:
         g = self._check_g(G)
         row_v = np.asarray(row_v, dtype=float).reshape(self.rows)
         col_v = np.asarray(col_v, dtype=float).reshape(self.cols)
@@ -275,6 +281,8 @@ class NodalSolver:
         row_driven, col_driven = ~np.isnan(row_v), ~np.isnan(col_v)
         pat = self._pattern(row_driven, col_driven)
         bvec, v = self._sources(row_v, col_v, row_driven, col_driven)
+        if start is not None and start.nodes is not None and start.nodes.shape == v.shape:
+            v[pat.free] = start.nodes[pat.free]
         it = 0
         for _ in range(_MAX_ITER):
             it += 1
@@ -283,6 +291,9 @@ class NodalSolver:
             if pat.free.size == 0:
                 break
             F = pat.L @ v - bvec + self.Dt @ i_dev
+            if self.v_nl is not None and it > 1 and np.max(np.abs(
+                    F if pat.all_free else F[pat.free])) < _ATOL_I:
+                break
             dv = self._factor(pat, gd)(-F if pat.all_free else -F[pat.free])
             big = np.max(np.abs(dv))
             if self.v_nl is not None and big > _MAX_STEP_V:
@@ -296,7 +307,8 @@ class NodalSolver:
         i_dev, _ = self._iv(g, vd)
         return NodalResult(*self._end_currents(pat, v[:, None], i_dev[:, None], row_v[:, None],
                                                col_v[:, None], row_driven, col_driven),
-                           device_voltages=vd.reshape(self.rows, self.cols), iterations=it)
+                           device_voltages=vd.reshape(self.rows, self.cols), iterations=it,
+                           nodes=v)
 
     def _end_currents(self, pat, V, cur, row_v, col_v, row_driven, col_driven):
         """Currents into the array at driven line ends; V (N,k), cur (ndev,k), sources (.., k)."""

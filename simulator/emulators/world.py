@@ -77,6 +77,7 @@ class LabWorld:
                                                                  np.zeros(0, int))
         self._route_cache: dict[frozenset[str], tuple] = {}
         self._dc_since = self.clock.now
+        self._dc_op: dc.OperatingPoint | None = None
         self.pulses_applied = 0
         self.reads_taken = 0
 
@@ -190,24 +191,29 @@ class LabWorld:
                           float(lv[src]), self.compliance.get(src),
                           name=src) for src, (r, c) in acc.items()]
 
-    def settle_dc(self) -> None:
-        """Apply the stress of the DC levels held since the last change (SMU bias lines)."""
+    def settle_dc(self) -> dc.OperatingPoint | None:
+        """Apply the stress of the DC levels held since the last change (SMU bias lines);
+        returns the operating point at the end of it (None when nothing was held)."""
         now = self.clock.now
         dt = now - self._dc_since
         self._dc_since = now
         if dt <= 0 or not any(v for k, v in self.static.items() if v == v and k != "gnd"):
-            return
+            return None
         sources = self.dc_sources()
         if all(s.volts == 0 for s in sources):
-            return
-        dc.hold(self.crossbar, sources, dt)
+            return None
+        # the previous operating point of the same outputs starts the solves (a sweep)
+        guess = self._dc_op if self._dc_op is not None and \
+            len(self._dc_op.volts) == len(sources) else None
+        self._dc_op = dc.hold(self.crossbar, sources, dt, guess)
+        return self._dc_op
 
     def smu_reading(self, terminal: str, siblings=()) -> tuple[float, float, bool, bool]:
         """An SMU measurement at `terminal` now: (its output voltage [V], its current into the
         array [A] with read noise, itself in compliance, one of `siblings` (the same
         instrument's other SMU terminals) in compliance). The stress up to now is applied
         first."""
-        self.settle_dc()
+        held = self.settle_dc()
         sources = self.dc_sources()
         self.reads_taken += 1
         names = [s.name for s in sources]
@@ -215,7 +221,7 @@ class LabWorld:
             level = self.static.get(terminal, math.nan)
             return (0.0 if level != level else level), float(self.crossbar.noisy(0.0)), \
                 False, False
-        op = dc.operating_point(self.crossbar, sources)
+        op = held if held is not None else dc.operating_point(self.crossbar, sources)
         k = names.index(terminal)
         other = any(op.limited[j] for j, n in enumerate(names) if n in siblings and j != k)
         return (float(op.volts[k]), float(self.crossbar.noisy(op.current[k])),

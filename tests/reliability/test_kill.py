@@ -38,7 +38,7 @@ from protocols.campaigns import CAMPAIGNS
 
 DEVICES = ["0,0", "0,1", "1,0", "1,1", "2,2"]
 CONFIGS = {"tuning-untuning": {"levels": 1, "repeats": 2, "record_history": True},
-           "disturbance": {"record_history": True}, "stuck": {}, "iv": {}}
+           "disturbance": {"record_history": True}, "stuck": {}, "iv-pulsed": {}}
 
 
 def _args(campaign, out, cfg):

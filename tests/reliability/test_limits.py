@@ -289,7 +289,7 @@ def test_campaign_with_out_of_range_ramps_applies_nothing(tmp_path, pmu, campaig
     st, rig = pmu
     module, cls = CAMPAIGNS[campaign]
     cfg = cls(devices=[(3, 3)], tune=TuneConfig(v_set_max=2.6, v_set_start=1.0))
-    extra = {"v_max": 3.0} if campaign == "iv" and "v_max" in cls.model_fields else {}
+    extra = {"v_max": 3.0} if campaign == "iv-pulsed" else {}
     if extra:
         cfg = cls(devices=[(3, 3)], **extra)
     _refused(st, module.run, rig, cfg, tmp_path / "c.h5", seed=0, progress=False,

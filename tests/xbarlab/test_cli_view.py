@@ -33,7 +33,7 @@ def _iv(tmp_path, capsys, *extra):
     cfg = tmp_path / "iv.yaml"
     cfg.write_text(yaml.safe_dump({"v_step": 0.4}))
     out = tmp_path / "iv.h5"
-    code, stdout, err = _cli(["run", "iv", "--station", PMU, "-o", str(out), "--config",
+    code, stdout, err = _cli(["run", "iv-pulsed", "--station", PMU, "-o", str(out), "--config",
                               str(cfg), "--device", "1,2", "--no-progress", *extra], capsys)
     assert code == 0, err
     return out, stdout, err

@@ -167,5 +167,6 @@ def register(cli: click.Group) -> None:
                        "continue an interrupted run).")
         return cmd
 
-    for name in ("tuning-untuning", "disturbance", "stuck", "iv"):
+    for name in ("tuning-untuning", "disturbance", "stuck", "iv", "iv-pulsed", "bringup",
+                 "forming"):
         make(name)
