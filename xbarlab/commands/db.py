@@ -31,6 +31,8 @@ def _show_runs(path: Path) -> None:
                    f"xbarlab {info.software_version}  station {info.station.get('name', '?')}")
         for t, n in info.rows.items():
             click.echo(f"  table {t}: {n} rows")
+        for name, snap in (info.snapshot.get("instruments") or {}).items():
+            click.echo(f"  instrument {name}: {snap.get('idn', snap.get('kind', '?'))}")
         for k, v in info.summary.items():
             click.echo(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
 
@@ -57,6 +59,13 @@ def _show_db(path: Path) -> None:
     click.echo(f"  rule: {db.disturbance_rule}")
     click.echo(f"  stuck: HRS {db.stuck_hrs_rate * 100:.2f} % ({db.stuck_hrs_samples.size} samples), "
                f"LRS {db.stuck_lrs_rate * 100:.2f} % ({db.stuck_lrs_samples.size} samples)")
+    for name, v in (("SET", db.iv_set_volts), ("RESET", db.iv_reset_volts)):
+        if v.size:
+            click.echo(f"  I-V {name} voltage: median {np.median(v):+.3f} V, "
+                       f"5-95 % {np.percentile(v, 5):+.3f} .. {np.percentile(v, 95):+.3f} V, "
+                       f"{v.size} cycles")
+    if not (db.iv_set_volts.size or db.iv_reset_volts.size):
+        click.echo("  I-V thresholds: none (no DC I-V run among the inputs)")
     for k, v in db.provenance.items():
         if k != "statistics":
             click.echo(f"  provenance {k}: {v if isinstance(v, str) else json.dumps(v)}")
