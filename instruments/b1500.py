@@ -140,11 +140,13 @@ class B1500(MessageInstrument):
     def __init__(self, resource, **kw):
         super().__init__(resource, **kw)
         self._enabled: set[int] = set()
+        self._smus: dict[int, B1500Smu] = {}
 
     def smu(self, number: int) -> B1500Smu:
+        """The SMU in slot `number` (one object per slot: usable as a dict key)."""
         if not 1 <= number <= 10:
             raise ValueError(f"a B1500 has slots 1..10, not {number!r}")
-        return B1500Smu(self, number)
+        return self._smus.setdefault(number, B1500Smu(self, number))
 
     def forget(self) -> None:
         self._enabled.clear()

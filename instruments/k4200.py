@@ -270,14 +270,20 @@ class K4200(MessageInstrument):
         self._mode = ""            # "", "US" or "UL"
         self._sent: dict[str, str] = {}   # last command per setting key: skip unchanged setup
         self._outputs_on: set[int] = set()
+        self._channels: dict[tuple[str, int], K4200Smu | PmuChannel] = {}
 
     def smu(self, number: int) -> K4200Smu:
+        """SMU `number` (one object per channel: usable as a dict key)."""
         if not 1 <= number <= self.smus:
             raise ValueError(f"{self.name} has SMU1..SMU{self.smus}, not SMU{number}")
-        return K4200Smu(self, number)
+        return self._channels.setdefault(("smu", number), K4200Smu(self, number))
 
     def pmu(self, number: int) -> PmuChannel:
-        return PmuChannel(self, number)
+        """PMU channel `number` (1 or 2)."""
+        ch = self._channels.get(("pmu", number))
+        if ch is None:
+            ch = self._channels[("pmu", number)] = PmuChannel(self, number)
+        return ch
 
     def forget(self) -> None:
         self._mode = ""

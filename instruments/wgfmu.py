@@ -182,6 +182,7 @@ class Wgfmu:
         self.limits = limits or SafetyLimits()
         self._open = False
         self._connected: set[int] = set()
+        self._channels: dict[int, WgfmuChannel] = {}
         self.calls = 0  # library calls made, for the benches
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -226,7 +227,10 @@ class Wgfmu:
 
     # -- channels ------------------------------------------------------------------------------
     def channel(self, number: int) -> WgfmuChannel:
-        return WgfmuChannel(self, number)
+        ch = self._channels.get(number)
+        if ch is None:
+            ch = self._channels[number] = WgfmuChannel(self, number)
+        return ch
 
     def forget(self) -> None:
         self._connected.clear()

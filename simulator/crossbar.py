@@ -200,10 +200,15 @@ class Crossbar:
             np.ones(self.shape), self._frozen if self._any_frozen else None, self._p, self._psi)
         return (G + Gv) - (self._G + self._Gv)
 
-    def noisy(self, current):
+    def noisy(self, current, averaging: float = 1.0):
         """`current` [A] as a measurement sees it: the read-noise model (two normal draws per
-        value, relative and absolute)."""
-        return self._noisy(np.asarray(current, dtype=float), 0.0)
+        value, relative and absolute). `averaging`: how many times longer than a read the
+        measurement integrates (an SMU's power-line cycles against the 10 us read); the
+        absolute (white) noise falls as its square root, the relative part does not."""
+        p = self._p
+        z = self.rng.standard_normal((2,) + np.shape(current))
+        return (current * (1.0 + p.read_noise_rel * z[0])
+                + p.read_noise_abs / math.sqrt(max(averaging, 1.0)) * z[1])
 
     def pulse_v3(self, row: int, col: int, volts: float, seconds: float) -> None:
         """V/3 write: selected row V, selected column 0, other rows V/3, other columns 2V/3.

@@ -108,7 +108,9 @@ class SimulatedRig(CrossbarRig):
         lines = [(np.array([i for kind, i in g.lines if kind == "row"], dtype=int),
                   np.array([i for kind, i in g.lines if kind == "col"], dtype=int))
                  for g in groups]
-        held = request.hold + lat.smu_settle + request.nplc / lat.line_frequency
+        t_int = request.nplc / lat.line_frequency
+        held = request.hold + lat.smu_settle + t_int
+        avg = t_int / lat.read_time if lat.read_time > 0 else 1.0
         op = None
         for p in range(n):
             sources = [dc.Source(r, c, float(g.volts[p]), None if g.ground else
@@ -118,7 +120,7 @@ class SimulatedRig(CrossbarRig):
             clk.advance(held, "dc")
             op = dc.hold(xb, sources, held, op)
             for m, k in zip(out, sensed, strict=True):
-                cur = float(xb.noisy(op.current[k]))
+                cur = float(xb.noisy(op.current[k], avg))
                 over = request.fixed_range and abs(cur) > request.i_range
                 m.volts[p], m.current[p] = op.volts[k], (np.nan if over else cur)
                 m.compliance[p], m.overflow[p], m.t[p] = op.limited[k], over, clk.now

@@ -10,7 +10,7 @@ selected word line sees the sweep too (it is stressed as much as the device); V/
 or third that stress and add the half-selected devices' currents to the reading.
 
 Per cycle (`extract_cycle`): the conductance along each branch is g = I / V (points with
-|V| >= v_read only, where the reading is well above the noise). The SET voltage is the first
+|V| >= v_detect only, where the reading is well above the noise). The SET voltage is the first
 point of the rising positive branch where ln g rises faster than `switch_rate` per volt (the
 sinh nonlinearity of an unchanging device stays below 0.8 /V up to 2 V), or where the SET
 compliance is reached; the RESET voltage the first point of the falling negative branch where
@@ -67,8 +67,9 @@ class IVConfig(CampaignConfig):
     nplc: float = Field(1.0, gt=0, le=100, description="integration per point [power-line "
                         "cycles]")
     scheme: str = Field("grounded", description="the other lines: " + ", ".join(SCHEMES))
-    v_read: float = Field(0.2, gt=0, description="voltage of the ON/OFF ratio, and the "
-                          "smallest |V| used to find switching [V]")
+    v_read: float = Field(0.2, gt=0, description="voltage of the ON/OFF ratio [V]")
+    v_detect: float = Field(0.1, gt=0, description="smallest |V| at which switching is looked "
+                            "for [V] (below it I/V is dominated by noise)")
     switch_rate: float = Field(1.0, gt=0, description="d ln(g)/dV that counts as switching "
                                "[1/V]")
     min_ratio: float = Field(1.2, gt=1, description="smallest change of g over a half-cycle "
@@ -149,10 +150,10 @@ def extract_cycle(volts, current, compliance, branch, cfg: IVConfig) -> dict:
     g_neg_after = _at(v[sel[3]], g[sel[3]], -cfg.v_read)
     set_ok = g_on >= cfg.min_ratio * g_off
     reset_ok = g_neg_after * cfg.min_ratio <= g_neg_before
-    v_set = _onset(v[sel[0]], g[sel[0]], comp[sel[0]], cfg.switch_rate, +1, cfg.v_read) \
+    v_set = _onset(v[sel[0]], g[sel[0]], comp[sel[0]], cfg.switch_rate, +1, cfg.v_detect) \
         if set_ok else math.nan
     v_reset = _onset(v[sel[2]], g[sel[2]], np.zeros(sel[2].sum(), bool), cfg.switch_rate, -1,
-                     cfg.v_read) if reset_ok else math.nan
+                     cfg.v_detect) if reset_ok else math.nan
     return {"v_set": v_set, "v_reset": v_reset, "g_off": g_off, "g_on": g_on,
             "on_off": g_on / g_off if g_off > 0 else math.nan,
             "set_switched": bool(set_ok and math.isfinite(v_set)),

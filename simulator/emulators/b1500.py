@@ -273,10 +273,10 @@ class B1500Emulator:
         volts, amps, mine, other = 0.0, 0.0, False, False
         if self.world is not None:
             lat = self.world.latency
-            plc = self.plc[min(self.adc.get(ch, 0), 1)]
-            self.world.clock.advance(lat.smu_settle + plc / lat.line_frequency, "dc")
+            t_int = self.plc[min(self.adc.get(ch, 0), 1)] / lat.line_frequency
+            self.world.clock.advance(lat.smu_settle + t_int, "dc")
             siblings = {f"smu{c}" for c in self.enabled if c != ch}
-            volts, amps, mine, other = self.world.smu_reading(f"smu{ch}", siblings)
+            volts, amps, mine, other = self.world.smu_reading(f"smu{ch}", siblings, t_int)
         status = "C" if mine else ("T" if other else "N")
         if kind == "V":
             return f"{status}{letter}V{_fmt(volts, self.vranges.get(ch, 2.0))}"

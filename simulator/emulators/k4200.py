@@ -218,10 +218,11 @@ class K4200Emulator:
         volts, amps, mine, other = 0.0, 0.0, False, False
         if self.world is not None:
             lat = self.world.latency
-            self.world.clock.advance(lat.smu_settle + self.plc / lat.line_frequency, "dc")
+            t_int = self.plc / lat.line_frequency
+            self.world.clock.advance(lat.smu_settle + t_int, "dc")
             if ch in self.smu:
                 siblings = {f"ksmu{n}" for n in self.smu if n != ch}
-                volts, amps, mine, other = self.world.smu_reading(f"ksmu{ch}", siblings)
+                volts, amps, mine, other = self.world.smu_reading(f"ksmu{ch}", siblings, t_int)
         status = "C" if mine else ("T" if other else "N")
         if kind == "V":
             letter = "ABCD"[ch - 1] if ch <= 4 else "GHIJ"[ch - 5]

@@ -208,23 +208,25 @@ class LabWorld:
         self._dc_op = dc.hold(self.crossbar, sources, dt, guess)
         return self._dc_op
 
-    def smu_reading(self, terminal: str, siblings=()) -> tuple[float, float, bool, bool]:
-        """An SMU measurement at `terminal` now: (its output voltage [V], its current into the
-        array [A] with read noise, itself in compliance, one of `siblings` (the same
-        instrument's other SMU terminals) in compliance). The stress up to now is applied
-        first."""
+    def smu_reading(self, terminal: str, siblings=(), integration: float = 0.0
+                    ) -> tuple[float, float, bool, bool]:
+        """An SMU measurement at `terminal` now, integrated over `integration` seconds: (its
+        output voltage [V], its current into the array [A] with read noise, itself in
+        compliance, one of `siblings` (the same instrument's other SMU terminals) in
+        compliance). The stress up to now is applied first."""
+        avg = integration / self.latency.read_time if self.latency.read_time > 0 else 1.0
         held = self.settle_dc()
         sources = self.dc_sources()
         self.reads_taken += 1
         names = [s.name for s in sources]
         if terminal not in names:  # output off, or reaching no line
             level = self.static.get(terminal, math.nan)
-            return (0.0 if level != level else level), float(self.crossbar.noisy(0.0)), \
+            return (0.0 if level != level else level), float(self.crossbar.noisy(0.0, avg)), \
                 False, False
         op = held if held is not None else dc.operating_point(self.crossbar, sources)
         k = names.index(terminal)
         other = any(op.limited[j] for j, n in enumerate(names) if n in siblings and j != k)
-        return (float(op.volts[k]), float(self.crossbar.noisy(op.current[k])),
+        return (float(op.volts[k]), float(self.crossbar.noisy(op.current[k], avg)),
                 bool(op.limited[k]), bool(other))
 
     def sensed_current(self, levels: dict[str, float], terminal: str) -> float:

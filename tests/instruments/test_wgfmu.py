@@ -111,3 +111,16 @@ def test_ctypes_backend_fails_clearly_without_the_library(monkeypatch):
     monkeypatch.setattr("ctypes.util.find_library", lambda name: None)
     with pytest.raises(InstrumentError, match="wgfmu.dll"):
         CtypesWgfmuLibrary()
+
+
+def test_rsu_smu_pass_through_is_the_smu_operation_mode():
+    # WGFMU_OPERATION_MODE_SMU = 2003 (wgfmu.h, instruments.md §3.3): the RSU passes the SMU on
+    # its SMU input through; no force range is set in that mode
+    lib = RecordingLib()
+    w = Wgfmu(lib)
+    ch = w.channel(102)
+    assert w.channel(102) is ch                   # one object per channel
+    ch.setup(mode=W.OPERATION_MODE_SMU, force_range=None)
+    ch.connect()
+    ch.disconnect()
+    assert lib.calls == [("setOperationMode", 102, 2003), ("connect", 102), ("disconnect", 102)]

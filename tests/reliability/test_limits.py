@@ -128,7 +128,8 @@ def test_k4200_raw_guard_passes_known_commands_within_limits(pmu):
     _, rig = pmu
     for command in ("DV1,0,1.5,0.001", "DV1", "DI1,6,1e-5,2", "US;DV2,0,-2.5,1e-3", "TV1",
                     ":PMU:SARB:SEQ:STARTV 1,1,0,2.1,-2.5", "ID", "BC", "SP", "*RST",
-                    ":ERROR:LAST:CLEAR", ":PMU:OUTPUT:STATE 2, 1", "GP 1 2"):
+                    ":ERROR:LAST:CLEAR", ":PMU:OUTPUT:STATE 2, 1", "GP 1 2", "RG 1, 1e-07",
+                    "RG 4,1e-9", "IT1", "IT3", ":PMU:RPM:CONFIGURE PMU1-2, 2"):
         rig.pmu.check_outgoing(command)
 
 
@@ -148,6 +149,10 @@ def test_k4200_driver_methods_send_only_what_the_guard_knows(tmp_path):
         p.smu(1).off()
         p.pmu(1).rpm_switch(0)
         p.ul_get(1, 2)
+        # the DC path: RPMs to their SMUs, routing, user mode, integration, ranges, levels,
+        # measurements, release
+        bringup = CAMPAIGNS["bringup"]
+        bringup[0].run(rig, bringup[1](), tmp_path / "b.h5", progress=False)
         p.abort()
         p.make_safe()
     heads = {m.split(" ")[0].split(",")[0] for m in got}
@@ -228,7 +233,8 @@ def test_b1500_raw_guard_passes_known_commands_within_limits(b1500):
     drv, _, _ = b1500
     for command in ("DV 2,0,-2.5,1e-3", "dv 2,20,0.5,0.001", "DV 2,0,1,1e-3,0,16",
                     "DI 2,0,1e-4,2", "*OPC?", "ERR?", "ERRX? 0", "TIV 2", "RI 2,-16",
-                    "AAD 2,1", "BC", "TSR", "cn 2,3", "DZ", "CL 2"):
+                    "AAD 2,1", "BC", "TSR", "cn 2,3", "DZ", "CL 2", "AIT 1,2,3", "AIT 0,2,1",
+                    "TV 3", "TI 2,-14", "DZ 2,3"):
         drv.check_outgoing(command)
 
 
@@ -243,9 +249,15 @@ def test_b1500_driver_methods_send_only_what_the_guard_knows(b1500):
     drv.reset()
     drv.connect()
     drv.enable([drv.smu(2)])
+    smus = [drv.smu(2), drv.smu(3)]
+    drv.prepare_smus(smus, nplc=1, i_range=1e-6, fixed=True)
+    drv.force_voltages(dict(zip(smus, (0.1, 0.0), strict=True)), 1e-3)
+    drv.smu(3).measure_voltage()
+    drv.release_smus(smus)
     drv.make_safe()
     heads = {m.split(" ")[0].split(";")[0] for m in sent}
-    assert {"*IDN?", "UNT?", "ERRX?", "DV", "TI", "DZ", "CL", "*RST", "FMT", "CN"} <= heads
+    assert {"*IDN?", "UNT?", "ERRX?", "DV", "TI", "DZ", "CL", "*RST", "FMT", "CN", "TV"} <= heads
+    assert any("AIT 1,2,1" in m and "RI 3,-14" in m for m in sent)
 
 
 def test_wgfmu_driver_patterns_refuse(wgf):
