@@ -29,7 +29,7 @@ import math
 import numpy as np
 from pydantic import Field
 
-from protocols.campaigns._loop import UnitResult, run_units
+from protocols.campaigns._loop import UnitResult, raster, run_units
 from protocols.campaigns.common import CampaignConfig, CampaignResult, log, open_store
 from protocols.errors import ProtocolError
 from protocols.rig import CrossbarRig, DcRequest, Line
@@ -61,7 +61,7 @@ class BringupError(ProtocolError):
 
 
 class BringupConfig(CampaignConfig):
-    """`devices` is not used: the bring-up checks every line."""
+    """`devices`: check only the lines of these devices (default: every line)."""
 
     v_test: float = Field(0.05, gt=0, le=0.5, description="test level on each line [V]")
     compliance: float = Field(1e-3, gt=0, description="current compliance [A]")
@@ -84,15 +84,16 @@ def line_name(kind: int, index: int) -> str:
 
 def classify(g: np.ndarray, compliance: np.ndarray, kinds: np.ndarray,
              cfg: BringupConfig) -> np.ndarray:
-    """Status of each line from its conductance (see the module docstring)."""
+    """Status of each line from its conductance (see the module docstring); weak lines are
+    judged against the median of the intact lines of their kind."""
     status = np.full(g.size, OK, dtype=np.int8)
+    status[~(g >= cfg.open_below_S)] = OPEN           # NaN (overflow) included
+    status[compliance | (g > cfg.short_above_S)] = SHORT
     for kind in (0, 1):
-        mine = (kinds == kind) & np.isfinite(g)
+        mine = (kinds == kind) & (status == OK)
         if mine.any():
             median = float(np.median(g[mine]))
             status[mine & (g < cfg.weak_fraction * median)] = WEAK
-    status[g < cfg.open_below_S] = OPEN
-    status[compliance | (g > cfg.short_above_S)] = SHORT
     return status
 
 
@@ -101,7 +102,12 @@ def run(rig: CrossbarRig, config: BringupConfig, store, *, seed: int | None = No
         progress: bool = True) -> CampaignResult:
     cfg = config
     rows, cols = rig.shape
-    lines: list[Line] = [("row", i) for i in range(rows)] + [("col", j) for j in range(cols)]
+    if cfg.devices is None:
+        lines: list[Line] = [("row", i) for i in range(rows)] + [("col", j) for j in range(cols)]
+    else:
+        devs = raster(rig.shape, cfg.devices)
+        lines = [("row", i) for i in sorted({r for r, _ in devs})] + \
+            [("col", j) for j in sorted({c for _, c in devs})]
     # one unit per line, then one that names the partners of shorted lines; the loop's
     # (row, col) unit labels stand here for (kind, index), the pair test as (-1, -1)
     units = [(KINDS.index(k), i) for k, i in lines] + [(-1, -1)]

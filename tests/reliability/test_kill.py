@@ -38,7 +38,9 @@ from protocols.campaigns import CAMPAIGNS
 
 DEVICES = ["0,0", "0,1", "1,0", "1,1", "2,2"]
 CONFIGS = {"tuning-untuning": {"levels": 1, "repeats": 2, "record_history": True},
-           "disturbance": {"record_history": True}, "stuck": {}, "iv-pulsed": {}}
+           "disturbance": {"record_history": True}, "stuck": {}, "iv-pulsed": {},
+           "iv": {"cycles": 1, "v_step": 0.2, "v_set": 1.2, "v_reset": -1.2}, "bringup": {},
+           "forming": {}}
 
 
 def _args(campaign, out, cfg):
@@ -66,14 +68,20 @@ def _wait_devices(p, n: int) -> None:
 def _assert_same(out, ref):
     info, tables = read_run(out)
     info_ref, ref_tables = read_run(ref)
-    assert info.complete and info.units_done == info_ref.units_done == len(DEVICES)
+    assert info.complete and info.units_done == info_ref.units_done == info_ref.units_total
     assert tables.keys() == ref_tables.keys()
     for name, df in tables.items():
         pd.testing.assert_frame_equal(df, ref_tables[name], check_exact=True, obj=name)
 
 
+#: on the shipped (formed, intact) station a bring-up line or a forming check takes
+#: milliseconds, so a kill after the n-th unit lands after the last one; their resume is
+#: covered in-process by the Ctrl-C test below
+QUICK_UNITS = {"bringup", "forming"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("campaign", sorted(CAMPAIGNS))
+@pytest.mark.parametrize("campaign", sorted(set(CAMPAIGNS) - QUICK_UNITS))
 def test_sigkill_at_random_point_then_rerun_equals_uninterrupted(campaign, tmp_path, capsys):
     rng = random.Random(hash(campaign) % 1000)
     cfg = tmp_path / "cfg.yaml"
@@ -90,7 +98,8 @@ def test_sigkill_at_random_point_then_rerun_equals_uninterrupted(campaign, tmp_p
     p.wait(timeout=30)
     assert killed, "the campaign finished before it could be killed"
     info = list_runs(out)[-1]                       # readable right after the kill
-    assert 1 <= info.units_done < len(DEVICES) and not info.complete
+    # bringup's units are lines (and a pair test), not devices
+    assert 1 <= info.units_done < list_runs(ref)[-1].units_total and not info.complete
     read_run(out)
 
     code, stdout, err = cli(_args(campaign, out, cfg), capsys)
@@ -161,7 +170,7 @@ def test_ctrl_c_inside_an_instrument_call_leaves_the_rig_safe(campaign, tmp_path
     with rig:
         module.run(rig, cfg, out, seed=1, progress=False)
     info, tables = read_run(out)
-    assert info.complete and info.units_done == 3
+    assert info.complete and info.units_done == info.units_total
     ref = tmp_path / "ref.h5"
     st, rig = open_station()
     with rig:
