@@ -6,13 +6,15 @@ parallel, behind the contact and line resistance), and r = V / I. A line whose g
 `open_below_S` is **open** (cut off its driver, or a probe not touching); one whose current
 reaches the compliance, or whose g exceeds `short_above_S`, is **shorted** to another line (a
 short draws its current straight to the grounded partner); one whose g is below `weak_fraction`
-of the median of its kind (rows or columns) is **weak** (a partial open or a high-resistance
-contact: reported, not fatal). Then every pair of shorted lines is tested on its own (one line
-at `v_test`, the other grounded, the rest floating) to name the partners.
+of the median of the intact lines of its kind (rows or columns) is **weak** (a partial open or
+a high-resistance contact: reported, not fatal). With `devices` given, only the lines of those
+devices are checked. Then every pair of shorted lines is tested on its own (one line at
+`v_test`, the other grounded, the rest floating) to name the partners.
 
-`v_test` (50 mV by default) is far below any switching threshold: the lowest SET pulse threshold
-of docs/simulator.md is about 1 V (20x) and a DC level held for the few tens of ms of a test
-moves a device by well under 1 % there (the model's time-voltage law, docs/simulator.md). The
+`v_test` (50 mV by default) is far below any switching threshold reported for TiO2 devices
+(the lowest SET pulse threshold of docs/simulator.md is about 1 V, 20x). The simulator's DC
+stress does not agree yet: it extrapolates the pulse time-voltage law to the tens of ms of a
+test and moves devices by ~10 % (a known defect, docs/simulator.md "DC"). The
 station's read limit bounds it.
 
 With one access point per line the contact resistance cannot be separated from the devices
