@@ -304,6 +304,18 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
         elif r["protocol"] == "stuck":
             what = (f"{sm['working']} working, {sm['stuck-HRS']} stuck-HRS, "
                     f"{sm['stuck-LRS']} stuck-LRS")
+        elif r["protocol"] == "bringup":
+            bad = sm["opens"] + sm["shorts"] + sm["weak"]
+            what = (f"{sm['ok']} of {sm['lines']} lines ok"
+                    + (f" ({', '.join(bad)})" if bad else "")
+                    + (f", median line conductance {us(sm['g_median_S'], 0)}"
+                       if "g_median_S" in sm else ""))
+        elif r["protocol"] == "iv":
+            what = (f"{sm['devices']} devices, {sm['cycles']} DC cycles, "
+                    f"{sm['never_switched']} never switched"
+                    + (f", SET {sm['v_set_median_V']:.2f} V / RESET "
+                       f"{sm['v_reset_median_V']:.2f} V (median)"
+                       if "v_set_median_V" in sm and "v_reset_median_V" in sm else ""))
         else:
             what = f"{sm['samples']} samples, {sm['flagged']} devices flagged"
         rows.append([r["protocol"], f"{r['station']} / {r['crossbar']}", what,
