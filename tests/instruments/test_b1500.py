@@ -155,3 +155,14 @@ def test_dc_levels_and_ranges_are_checked_before_any_byte():
     with pytest.raises(InstrumentError, match="whole cycles"):
         b.integration(1, 0.5)
     assert t.sent == []
+
+
+def test_snapshot_reads_identity_and_installed_modules():
+    # *IDN? and UNT? (instruments.md §2, dc-commands.md §2.1): what the run stores as the snapshot
+    t = Scripted([("*IDN?", "Agilent Technologies,B1500A,0,A.04.03.2010.0130"),
+                  ("UNT?", "B1530A,0;B1517A,0;B1517A,1;0,0;0,0;0,0;0,0;0,0;0,0;0,0")])
+    snap = B1500(t).snapshot()
+    assert snap["idn"] == "Agilent Technologies,B1500A,0,A.04.03.2010.0130"
+    assert snap["modules"] == ["slot 1 B1530A rev 0", "slot 2 B1517A rev 0",
+                               "slot 3 B1517A rev 1"]
+    assert t.done()

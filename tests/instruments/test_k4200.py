@@ -180,3 +180,12 @@ def test_a_failed_command_drops_the_cached_setup():
         k.execute()
     assert k.send_setup([pair]) == 1                  # after a failure: sent again
     assert t.done()
+
+
+def test_snapshot_reads_identity_and_options():
+    # *IDN? and *OPT? (dc-commands.md §1.1): what the run stores as the snapshot
+    t = Scripted([("*IDN?", "KEITHLEY INSTRUMENTS,KI4200A,1234567,V1.13"),
+                  ("*OPT?", "SMU1,SMU2,PMU1,RPM1,RPM2")])
+    snap = K4200(t).snapshot()
+    assert snap["idn"] == "KEITHLEY INSTRUMENTS,KI4200A,1234567,V1.13"
+    assert snap["options"] == ["SMU1", "SMU2", "PMU1", "RPM1", "RPM2"] and t.done()
