@@ -81,6 +81,6 @@ def test_run_with_watch_serves_while_running_and_stops_after(tmp_path, capsys):
     _, out, err = _iv(tmp_path, capsys, "--watch")
     url = next(w for w in err.split() if w.startswith("http://127.0.0.1:"))
     port = int(url.rstrip("/").rsplit(":", 1)[1])
-    assert "iv:" in out and "live view stopped" in err
+    assert "iv-pulsed:" in out and "live view stopped" in err
     with socket.socket() as s:  # the server went with the command
         assert s.connect_ex(("127.0.0.1", port)) != 0
