@@ -1,6 +1,7 @@
 """Round trips and wall time per pulse+read step through each rig on emulated instruments, and
 the instrument time the virtual clock predicts for tuning one device (~60 pulses + 10 reads)
-and programming an 8x8 array. Target: <= 200 us wall time per pulse+read step.
+and programming an 8x8 array (a fixed 60 steps per device; bench/station_time.py tunes real
+target maps). Target: <= 200 us wall time per pulse+read step.
 
     python bench/instruments.py
 """

@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from simulator.config import CrossbarConfig  # noqa: E402
+from simulator.config import CrossbarConfig, DeviceParams  # noqa: E402
 from simulator.crossbar import Crossbar  # noqa: E402
 from simulator.direct_rig import SimulatedRig  # noqa: E402
 
@@ -65,6 +65,13 @@ def main() -> None:
     rig = SimulatedRig(Crossbar(seed=2))
     line("pulse_and_read step", rate(lambda: rig.pulse_and_read(1, 1, 0.6, 200e-9)))
     print(f"  virtual instrument time booked so far: {rig.clock:.2f} s")
+    # what the slow fluctuators cost: the same step with them switched off
+    quiet = SimulatedRig(Crossbar(CrossbarConfig(device=DeviceParams(rtn_count=0)), seed=2))
+    line("pulse_and_read step, no fluctuators (rtn_count=0)",
+         rate(lambda: quiet.pulse_and_read(1, 1, 0.6, 200e-9)))
+    line("pulse_and_read step (again, same process)",
+         rate(lambda: rig.pulse_and_read(1, 1, 0.6, 200e-9)))
+    line("read_array, 64 reads each at its own time", rate(rig.read_array))
 
 
 if __name__ == "__main__":

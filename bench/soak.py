@@ -9,6 +9,7 @@ itself safe -> re-run the same command, which resumes).
     python bench/soak.py --section disk-full      # the output file on a disk that fills up
     python bench/soak.py --section readers        # readers on the file during the campaign
     python bench/soak.py --section flips          # random byte flips in a finished file
+    python bench/soak.py --section station-change # resume with a changed station refused
 
 The storage sections run `xbarlab run disturbance` as a subprocess (so a native crash shows as
 a signal) and compare every stored row exactly with an uninterrupted run of the same seed:
@@ -347,7 +348,7 @@ def sigint_soak(args) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--section", default="faults",
-                    choices=("faults", "disk-full", "readers", "flips"))
+                    choices=("faults", "disk-full", "readers", "flips", "station-change"))
     ap.add_argument("--cases", type=int, default=20, help="random cases (storage sections)")
     ap.add_argument("--campaign", default="tuning-untuning", choices=sorted(CAMPAIGNS))
     ap.add_argument("--devices", type=int, default=16, help="devices in the campaign (ops)")
@@ -369,6 +370,8 @@ def main() -> int:
         return readers(args)
     if args.section == "flips":
         return flips(args)
+    if args.section == "station-change":
+        return station_change(args)
 
     _, cls = CAMPAIGNS[args.campaign]
     extra = {"levels": 2, "repeats": 1} if args.campaign == "tuning-untuning" else {}
@@ -618,6 +621,145 @@ def disk_full(args) -> int:
                              "files_damaged", "leftover_files", "other_exit"))
     return 1 if bad else 0
 
+
+
+#: changes a resume must refuse: (what, how) -> extra CLI arguments and station-file edits
+#: (what, change, the word the refusal must name)
+CHANGES = [
+    ("crossbar", {"args": ["--crossbar", "xbar1"]}, "crossbars"),
+    ("seed", {"args": ["--seed", "99"]}, "seed"),
+    ("devices", {"devices": STORE_DEVICES[:-1] + ["3,3"]}, "config"),
+    ("limits.v_set_max", {"edit": lambda d: d["limits"].update(v_set_max=2.05)}, "v_set_max"),
+    ("read.seconds", {"edit": lambda d: d["read"].update(seconds=20e-6)}, "read.seconds"),
+    ("read.scheme", {"edit": lambda d: d["read"].update(scheme="grounded")}, "read.scheme"),
+    ("pulse.width", {"edit": lambda d: d["pulse"].update(width=300e-9)}, "pulse.width"),
+    ("sim.seed (another chip)", {"edit": lambda d: d["sim"].update(seed=5)}, "sim.seed"),
+    ("sim.latency.relay_switch", {"edit": lambda d: d["sim"]["latency"].update(
+        relay_switch=10e-3)}, "relay_switch"),
+    ("station name", {"edit": lambda d: d.update(name="sim-pmu-2")}, "station.name"),
+]
+
+
+def _changed(cmd: list[str], change: dict, base: dict, station: Path) -> list[str]:
+    """`cmd` with one change: other CLI arguments, devices, or an edited copy of the station."""
+    import yaml
+
+    cmd = list(cmd)
+    if "edit" in change:
+        d = json.loads(json.dumps(base))
+        change["edit"](d)
+        station.write_text(yaml.safe_dump(d))
+        cmd[cmd.index(str(STATION))] = str(station)
+    if "devices" in change:
+        cmd = [a for a in cmd if a != "--device" and a not in STORE_DEVICES]
+        cmd += [a for dv in change["devices"] for a in ("--device", dv)]
+    extra = list(change.get("args", []))
+    if extra[:1] == ["--seed"]:
+        i = cmd.index("--seed")
+        del cmd[i:i + 2]
+    return cmd + extra
+
+
+def station_change(args) -> int:
+    """Kill a run at a random moment, re-run it with one random change of station, crossbar or
+    settings (must be refused in one line, the file untouched), then with the original settings
+    (must resume and equal an uninterrupted run)."""
+    import yaml
+
+    rng = np.random.default_rng(args.seed)
+    c: Counter = Counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _, ref_t = _reference(tmp, args.seed)
+        base = yaml.safe_load(STATION.read_text())
+        t_ref = None
+        t0 = time.perf_counter()
+        for case in range(args.cases):
+            out = tmp / f"c{case}.h5"
+            what, change, word = CHANGES[case % len(CHANGES)] if case < len(CHANGES) else \
+                CHANGES[int(rng.integers(len(CHANGES)))]
+            c["cases"] += 1
+            # the interrupted run: SIGKILL at a random moment after its first commit
+            w0 = time.perf_counter()
+            p = subprocess.Popen(_cmd(out, args.seed), env=ENV, cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if t_ref is None:
+                p.wait()
+                t_ref = time.perf_counter() - w0   # first case: measure a whole run
+                out.unlink()
+                for f in tmp.glob(f"{out.name}.*"):
+                    f.unlink()
+                p = subprocess.Popen(_cmd(out, args.seed), env=ENV, cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # after the first commit (start-up is most of a short run), at a random moment
+            while p.poll() is None and not out.exists():
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.3) * t_ref)
+            if p.poll() is None:
+                p.kill()
+                c["killed"] += 1
+            p.wait()
+            before = {f: f.read_bytes() for f in (out, out.with_name(out.name + ".journal"))
+                      if f.exists()}
+            # the changed re-run (only meaningful once a unit was committed: before that
+            # there is no run to mix with, and a new run with other settings is legitimate)
+            if not out.exists():
+                c["nothing_committed"] += 1
+            else:
+                r = subprocess.run(_changed(cmd=_cmd(out, args.seed), change=change, base=base,
+                                            station=tmp / f"station{case}.yaml"),
+                                   env=ENV, cwd=ROOT, capture_output=True, text=True)
+                if r.returncode < 0:
+                    c["crashes"] += 1
+                elif r.returncode == 2 and _one_line(r.stderr):
+                    c["refused"] += 1
+                    c["named"] += word in r.stderr
+                    if word not in r.stderr or args.verbose:
+                        print(f"  case {case} ({what}): {r.stderr.strip()[-300:]}")
+                else:
+                    c["accepted_mixed" if r.returncode == 0 else "not_one_line"] += 1
+                    print(f"  case {case} ({what}): exit {r.returncode}: "
+                          f"{r.stderr.strip()[-300:]}")
+                if any(not f.exists() or f.read_bytes() != b for f, b in before.items()):
+                    c["files_changed"] += 1
+                    print(f"  case {case} ({what}): the refused run changed the file")
+            # the same command as before the kill: resumes, equals the uninterrupted run
+            r = subprocess.run(_cmd(out, args.seed), env=ENV, cwd=ROOT, capture_output=True,
+                               text=True)
+            if r.returncode:
+                c["resume_failed"] += 1
+                print(f"  case {case}: resume exit {r.returncode}: {r.stderr.strip()[-300:]}")
+                continue
+            try:
+                done, miss, diff = _compare(out, ref_t)
+                c["rows_lost"] += miss + (len(STORE_DEVICES) - done)
+                c["rows_differing"] += diff
+            except Exception as e:
+                c["files_damaged"] += 1
+                print(f"  case {case}: file unreadable: {e}")
+        wall = time.perf_counter() - t0
+    rows = sum(len(df) for df in ref_t.values())
+    print(f"soak station-change: `xbarlab run disturbance` ({len(STORE_DEVICES)} devices, seed "
+          f"{args.seed}) killed at a random moment, re-run with one change ({len(CHANGES)} "
+          f"kinds: {', '.join(w for w, _, _ in CHANGES)}), then as before; {c['cases']} cases, "
+          f"{wall:.0f} s")
+    print(f"  killed mid-run                   {c['killed']} of {c['cases']}")
+    print(f"  nothing committed at the kill    {c['nothing_committed']} (no run to mix with)")
+    print(f"  changed re-runs refused          {c['refused']} of "
+          f"{c['cases'] - c['nothing_committed']} (one line, exit 2; the differing field "
+          f"named in {c['named']})")
+    print(f"  changed re-runs accepted (mixed) {c['accepted_mixed']}")
+    print(f"  error not one line               {c['not_one_line']}")
+    print(f"  files changed by a refused run   {c['files_changed']}")
+    print(f"  crashes (signals)                {c['crashes']}")
+    print(f"  resumes failed                   {c['resume_failed']}")
+    print(f"  rows lost / differing            {c['rows_lost']} / {c['rows_differing']} "
+          f"(reference has {rows} rows; exact comparison)")
+    print(f"  files damaged                    {c['files_damaged']}")
+    bad = sum(c[k] for k in ("accepted_mixed", "not_one_line", "files_changed", "crashes",
+                             "resume_failed", "rows_lost", "rows_differing", "files_damaged"))
+    bad += c["refused"] - c["named"]
+    return 1 if bad else 0
 
 def readers(args) -> int:
     """Random readers on the file during whole campaigns."""

@@ -1,9 +1,11 @@
 """Build the non-ideality database from raw campaign runs.
 
 - Tuning imprecision (tuning-untuning runs): per level, the relative error of converged tunings,
-  err = (g_settled - target) / target; sigma = its std, offset = its mean; a least-squares line
+  err = (g_settled - target) / target; offset = its mean; sigma = its std within devices (each
+  device's mean error over all its tunings removed first), and a least-squares line
   sigma_rel(G) over the levels. The per-device offset distribution N(mean, std) is the mean and
-  std over devices of each device's mean error. Failed tunings are counted, not used.
+  std over devices of each device's mean error. Training draws the offset per device and sigma
+  per tuning, the paper's model. Failed tunings are counted, not used.
 - Disturbance (disturbance runs): every sample not marked `excluded` by the campaign (devices
   whose own tuning failed or that look stuck, reads at the range ceiling), keyed by k. Outlier
   rule: optionally drop |delta| > `disturbance_cut` [S] (the published database applied a
@@ -136,16 +138,21 @@ def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None
         raise DatabaseError("tuning runs hold no converged tuning")
     col = "g_settled" if use_settled else "g_final"
     err = (ok[col] - ok.target) / ok.target
+    device = [ok.source, ok.device]
+    dev_mean = err.groupby(device).mean()
+    # sigma is the spread within a device (each device's own mean offset removed): a transfer
+    # draws the offset per device and sigma per tuning, so a pooled sigma would count the
+    # offset spread twice
+    within = err - err.groupby(device).transform("mean")
     by_level = err.groupby(ok.target)
     levels = np.array(sorted(by_level.groups), float)
-    sigma = np.array([by_level.get_group(lv).std(ddof=1) for lv in levels])
+    sigma = np.array([within[by_level.groups[lv]].std(ddof=1) for lv in levels])
     offset = np.array([by_level.get_group(lv).mean() for lv in levels])
     counts = np.array([by_level.get_group(lv).size for lv in levels], float)
     if levels.size >= 2:
         slope, intercept = np.polyfit(levels, sigma, 1)
     else:
         slope, intercept = 0.0, float(sigma[0])
-    dev_mean = err.groupby([ok.source, ok.device]).mean()
     provenance["tuning"] = (f"{len(ok)} converged of {len(tun)} tunings ({col}) from "
                             + ", ".join(_src(found['tuning-untuning'])))
     provenance["statistics"]["tuning_failure_rate"] = float((~tun.converged).mean())

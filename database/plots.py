@@ -4,6 +4,7 @@ figures of every raw run (the specs of `database.figures`). Display units: uS, V
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from database.display import pct  # noqa: E402
 from database.figures import Figure, Hist, Map, Panel, RunView, run_view, unit_counts  # noqa: E402
 from database.nonideality import NonIdealityDB  # noqa: E402
 
@@ -68,20 +70,48 @@ def plot_disturbance(db: NonIdealityDB, path: Path, keys: list[int] | None = Non
     return path
 
 
+def stuck_notes(db: NonIdealityDB) -> list[str]:
+    """What the stuck figure says in words: measured values missing because their reads were
+    clipped at the read range's ceiling (the screening keeps them out of the samples)."""
+    notes = []
+    for kind, rate, samples in (("HRS", db.stuck_hrs_rate, db.stuck_hrs_samples),
+                                ("LRS", db.stuck_lrs_rate, db.stuck_lrs_samples)):
+        if rate > 0 and samples.size == 0:
+            notes.append(f"stuck {kind}: {pct(rate, 2)} of devices, every read clipped at the "
+                         "read range's ceiling (no value measured); the model uses the "
+                         "published values")
+    return notes
+
+
 def plot_stuck(db: NonIdealityDB, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    """Left: the stuck rates (never empty); right: the measured conductances of stuck devices,
+    with the reads clipped at the range ceiling said as such."""
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [1, 2]})
+    rates = [100 * db.stuck_hrs_rate, 100 * db.stuck_lrs_rate]
+    a0.bar(["stuck HRS", "stuck LRS"], rates, color=["C0", "C1"])
+    for x, r in enumerate(rates):
+        a0.annotate(f"{r:.2f} %", (x, r), ha="center", va="bottom", fontsize=8)
+    a0.set_ylabel("devices (%)")
+    a0.set_ylim(0, max(rates + [0.1]) * 1.3)
+    a0.set_title("rates")
     if db.stuck_hrs_samples.size:
-        ax.hist(db.stuck_hrs_samples * 1e6, bins=20, alpha=0.6, label="stuck HRS (measured)")
+        a1.hist(db.stuck_hrs_samples * 1e6, bins=20, alpha=0.6, label="stuck HRS (measured)")
     if db.stuck_lrs_samples.size:
-        ax.hist(db.stuck_lrs_samples * 1e6, bins=20, alpha=0.6, label="stuck LRS (measured)")
+        a1.hist(db.stuck_lrs_samples * 1e6, bins=20, alpha=0.6, label="stuck LRS (measured)")
     lo, hi = db.stuck_hrs_range
-    ax.axvspan(lo * 1e6, hi * 1e6, color="C0", alpha=0.1, label="HRS model")
-    ax.axvline(db.stuck_lrs_mean * 1e6, color="C1", ls="--", label="LRS model mean")
-    ax.set_xlabel("conductance (uS)")
-    ax.set_ylabel("devices")
-    ax.set_title(f"Stuck devices: HRS {db.stuck_hrs_rate * 100:.2f} %, "
-                 f"LRS {db.stuck_lrs_rate * 100:.2f} %")
-    ax.legend(fontsize=8)
+    a1.axvspan(lo * 1e6, hi * 1e6, color="C0", alpha=0.1, label="HRS model")
+    a1.axvline(db.stuck_lrs_mean * 1e6, color="C1", ls="--", label="LRS model mean")
+    notes = stuck_notes(db)
+    if notes:
+        a1.text(0.22, 0.6, "\n".join(textwrap.fill(n, 50) for n in notes),
+                transform=a1.transAxes, va="center", fontsize=7,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
+    a1.set_xlabel("conductance (uS)")
+    a1.set_ylabel("devices")
+    a1.set_title("measured conductance of stuck devices")
+    a1.legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"Stuck devices: HRS {pct(db.stuck_hrs_rate, 2)}, "
+                 f"LRS {pct(db.stuck_lrs_rate, 2)}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -590,6 +590,13 @@ def list_runs(path: str | os.PathLike) -> list[RunInfo]:
         return [run.info for run in r.runs]
 
 
+def table_columns(path: str | os.PathLike) -> dict[str, dict[str, dict[str, str]]]:
+    """{run: {table: {column: units}}} for every run in a raw-run file (no data read)."""
+    with _reading(path) as r:
+        return {run.info.name: {t: {c: u for c, (_d, u) in spec.items()}
+                                for t, spec in run.specs.items()} for run in r.runs}
+
+
 def _frame(r: _Reader, run: _Run, table: str) -> pd.DataFrame:
     if table not in run.specs:
         raise DatabaseError(f"{r.path}: run {run.info.name} has no table {table!r}")

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from instruments.errors import InstrumentError
 from instruments.smu import Spot, parse_spot
-from instruments.visa import NUM, MessageInstrument, allow_list, check_current, fmt
+from instruments.visa import NUM, MessageInstrument, allow_list, fmt
 
 #: FLEX input buffer is 256 characters incl. terminator; stay where QCoDeS stays
 MAX_MESSAGE = 250
@@ -47,14 +47,7 @@ def _smu_source(limits, m) -> None:
     """`DV ch,range,V,Icomp[,pol[,Irange]]` / `DI ch,range,I,Vcomp[,pol[,Vrange]]`. The
     compliance is required: without it the SMU would use a default the guard cannot check."""
     kind, ch, _rng, value, comp = m.groups()
-    where = f"B1500 raw D{kind} {ch}"
-    value, comp = float(value), float(comp)
-    if kind == "V":
-        limits.check_level(value, where=where)
-        limits.check_compliance(abs(comp), where=where)
-    else:  # forcing a current: the output swings up to the voltage compliance, its sign
-        check_current(limits, value, where)
-        limits.check_level(math.copysign(abs(comp), value), where=where)
+    limits.check_source(kind, float(value), float(comp), where=f"B1500 raw D{kind} {ch}")
 
 
 _CHANNELS = r"(?: \d+(?:,\s*\d+)*)?"

@@ -16,7 +16,6 @@ through the 4225-RPMs: `k.pmu(n).rpm(RPM_SMU)` switches RPM n to its SMU.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +24,7 @@ import numpy as np
 
 from instruments.errors import InstrumentError, InstrumentTimeout
 from instruments.smu import Spot, parse_spot
-from instruments.visa import NUM, MessageInstrument, allow_list, check_current, fmt
+from instruments.visa import NUM, MessageInstrument, allow_list, fmt
 
 #: one SARB array call holds at most this many values (instruments.md §4.4)
 MAX_ARRAY = 128
@@ -45,14 +44,7 @@ def _smu_source(limits, m) -> None:
     kind, ch, rng, value, comp = m.groups()
     if rng is None:
         return
-    where = f"K4200 raw D{kind}{ch}"
-    value, comp = float(value), float(comp)
-    if kind == "V":
-        limits.check_level(value, where=where)
-        limits.check_compliance(abs(comp), where=where)
-    else:  # forcing a current: the output swings up to the voltage compliance, its sign
-        check_current(limits, value, where)
-        limits.check_level(math.copysign(abs(comp), value), where=where)
+    limits.check_source(kind, float(value), float(comp), where=f"K4200 raw D{kind}{ch}")
 
 
 def _sarb_levels(limits, m) -> None:
@@ -285,7 +277,14 @@ class K4200(MessageInstrument):
             ch = self._channels[("pmu", number)] = PmuChannel(self, number)
         return ch
 
-    def forget(self) -> None:
+    def forget(self, keys=None) -> None:
+        """Treat what the driver remembers sending as unknown: everything (mode, settings,
+        outputs), or only the setting `keys` given (their next command is sent even if
+        unchanged)."""
+        if keys is not None:
+            for k in keys:
+                self._sent.pop(k, None)
+            return
         self._mode = ""
         self._sent.clear()
         self._outputs_on.clear()
@@ -356,7 +355,7 @@ class K4200(MessageInstrument):
     # -- the DC path's interface (instruments.dc) ------------------------------------------------
     def prepare_smus(self, smus: Sequence[K4200Smu], *, nplc: float, i_range: float | None,
                      fixed: bool) -> float:
-        """User mode, the integration (the 4200's 0.1 / 1 / 10 PLC at or above `nplc`) and the
+        """User mode (sent in any case), the integration (the 4200's 0.1 / 1 / 10 PLC at or above `nplc`) and the
         lowest autorange of each SMU (`i_range`, else the 100 nA range). Returns the PLC used.
         A fixed current range is refused: `RI` is unconfirmed in user mode."""
         if fixed:
@@ -364,6 +363,9 @@ class K4200(MessageInstrument):
                                   "mode is unconfirmed, dc-commands.md §4); use a lowest "
                                   "range (limited auto)", instrument=self.name)
         plc = min((c for c in IT_CODES if c >= nplc * (1 - 1e-9)), default=10.0)
+        # US whatever mode the driver believes in: what a pass sends never depends on the
+        # passes before it (a resumed run sends exactly what the uninterrupted one did)
+        self._mode = ""
         self.user_mode()
         self.integration(plc)
         for smu in smus:

@@ -71,6 +71,7 @@ class K707B(MessageInstrument):
         return Slot(self, number)
 
     def forget(self) -> None:
+        """Treat the closed set as unknown: the next `exclusive_close` is sent in any case."""
         self._selected = None
 
     def snapshot(self, slots=()) -> dict:

@@ -54,13 +54,6 @@ def allow_list(rules: dict[str, tuple[str, LevelCheck]],
     return {head: (re.compile(pattern, flags), check) for head, (pattern, check) in rules.items()}
 
 
-def check_current(limits: SafetyLimits, amps: float, where: str) -> None:
-    """A forced current must stay within the station's compliance limit."""
-    if abs(amps) > limits.i_compliance:
-        raise SafetyLimitError(f"refused forced current {amps!r} A: beyond the station limit "
-                               f"{limits.i_compliance:.3e} A ({where})")
-
-
 class MessageInstrument:
     """Base of the B1500, K4200 and K707B drivers."""
 

@@ -147,6 +147,10 @@ class WgfmuChannel:
             w._call("setMeasureCurrentRange", ch, measure_current_range)
 
     def connect(self) -> None:
+        """Output relay and RSU on; nothing is sent when the channel already is connected
+        (connections survive `Wgfmu.clear()`, which drops patterns, sequences and errors only)."""
+        if self.number in self.w._connected:
+            return
         self.w._call("connect", self.number)
         self.w._connected.add(self.number)
 
@@ -157,9 +161,14 @@ class WgfmuChannel:
     def add_sequence(self, pattern: str, count: int = 1) -> None:
         self.w._call("addSequence", self.number, pattern, float(count))
 
-    def measured(self) -> tuple[np.ndarray, np.ndarray]:
-        """All measured points of this channel as (t [s], value) arrays."""
+    def measured(self, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Measured points of this channel as (t [s], value) arrays: all of them, or the first
+        `count` in one call when the caller knows how many its pattern takes (the library
+        refuses a count beyond what was measured)."""
         w = self.w
+        if count is not None:
+            _, t, v = w._call("getMeasureValues", self.number, 0, int(count))
+            return np.asarray(t, dtype=float), np.asarray(v, dtype=float)
         _, n, _total = w._call("getMeasureValueSize", self.number)
         if n == 0:
             return np.zeros(0), np.zeros(0)

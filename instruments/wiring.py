@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import MappingProxyType
 
 from instruments.k707b import channel_name
 
@@ -31,6 +32,12 @@ class Wiring:
     terminals: Mapping[str, str] = field(default_factory=dict)  # role -> instrument terminal
     fixed: Mapping[Line, str] = field(default_factory=dict)     # line -> terminal (probe card)
     dividers: Mapping[str, tuple[str, float]] = field(default_factory=dict)  # tap -> (src, k)
+
+    def __post_init__(self) -> None:
+        # read-only copies: a wiring is built from module-level tables (the rig kinds') and
+        # shared by rigs and the simulated lab; editing one in place would rewire every station
+        for name in ("letters", "terminals", "fixed", "dividers"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     @property
     def routed(self) -> bool:

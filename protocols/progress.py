@@ -17,6 +17,7 @@ class Bar:
         self.pulses = 0
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -25,13 +26,30 @@ class Bar:
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column
 
-        cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn(unit)]
+        # The bar, the count and the ETA must survive an 80-column terminal: they never shrink;
+        # the description and the current device share what is left, cut with an ellipsis.
+        width = Console().width
+        narrow = width < 110
+        fixed = {"table_column": Column(no_wrap=True)}
+        essential = ((10 if narrow else 24) + 9 + len(unit) + (14 if pulses else 0)
+                     + (0 if narrow else 8) + 12 + 8)
+        room = max(width - essential, 8)
+
+        def text(fmt: str, share: float) -> TextColumn:
+            return TextColumn(fmt, table_column=Column(no_wrap=True, overflow="ellipsis",
+                                                       max_width=max(int(room * share), 4)))
+
+        cols = [text("[bold]{task.description}", 0.55),
+                BarColumn(bar_width=10 if narrow else 24, **fixed),
+                MofNCompleteColumn(**fixed), TextColumn(unit, **fixed)]
         if pulses:
-            cols.append(TextColumn("{task.fields[pulses]} pulses"))
-        cols += [TextColumn("{task.fields[where]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                 TimeRemainingColumn()]
+            cols.append(TextColumn("{task.fields[pulses]} pulses", **fixed))
+        cols.append(text("{task.fields[where]}", 0.45))
+        if not narrow:
+            cols.append(TimeElapsedColumn(**fixed))
+        cols += [TextColumn("ETA", **fixed), TimeRemainingColumn(**fixed)]
         self.p = Progress(*cols)
         self.task = self.p.add_task(title, total=total, completed=done, pulses=0, where="")
 

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from database.display import Metric
 from database.runs import RunWriter, list_runs, read_table
 from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
@@ -220,6 +221,28 @@ def _inference(plan: ConductancePlan, g_read: np.ndarray, x: np.ndarray,
     output = logits[:, 0] if logits.shape[1] == 1 else logits.max(1)
     return {"point": np.arange(y.size), "label": y, "predicted": plan_forward(plan, g_read, x),
             "predicted_target": plan_forward(plan, plan.target, x), "output": output}
+
+
+#: what each number of the summary is (stored in S, s and fractions; shown in uS, time units, %)
+SUMMARY = {
+    "devices": Metric("devices programmed"),
+    "tiles": Metric("tiles (one crossbar each)"),
+    "converged": Metric("converged tunings"),
+    "failed": Metric("failed tunings"),
+    "pulses_total": Metric("pulses"),
+    "pulses_median": Metric("pulses per device, median"),
+    "instrument_time_s": Metric("instrument time", "s"),
+    "readback_error_mean_rel": Metric("mean read-back error (of target)", "fraction", nd=2,
+                                      signed=True),
+    "readback_error_std_rel": Metric("std of the read-back error (of target)", "fraction",
+                                     nd=2),
+    "readback_error_median_abs_rel": Metric("median absolute read-back error (of target)",
+                                            "fraction", nd=2),
+    "readback_abs_error_rms_S": Metric("rms read-back error", "S", nd=2),
+    "points": Metric("test points"),
+    "accuracy": Metric("test accuracy on the crossbars", "fraction"),
+    "accuracy_software": Metric("test accuracy in software (the targets)", "fraction"),
+}
 
 
 def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame]) -> dict:

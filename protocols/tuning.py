@@ -13,10 +13,13 @@ Algorithms (``TuneConfig.algorithm``):
 ``fast``     the same loop with two changes. (1) Warm start: a ramp restarted after a polarity
              change begins ``warm_margin`` volts short of the last amplitude of that polarity that
              visibly moved the device, instead of at the start value; this removes the 20-40
-             sub-threshold steps per restart. (2) Aimed steps: switching speed is roughly
+             sub-threshold steps per restart (also from one tuning of a device to its next:
+             ``tune(..., warm=previous.warm)``). (2) Aimed steps: switching speed is roughly
              exponential in amplitude, so from the size of the last step the next amplitude is
-             chosen to cover about half the remaining error (bounded to a few ramp steps), and
-             sub-threshold pulses far from the target climb by double steps.
+             chosen to cover about half the remaining error (bounded to ``fast_max_steps`` ramp
+             steps), and sub-threshold pulses far from the target climb ``fast_far_steps`` ramp
+             steps at a time. The default: as precise as ``alibart`` on the simulated devices
+             with under half its pulses (docs/simulator.md, "Station time").
 """
 
 from __future__ import annotations
@@ -36,11 +39,15 @@ READ, PULSE = 0, 1  # history `kind` codes
 
 
 class TuneConfig(BaseModel):
-    """Write-verify settings, SI units. Defaults are the lab settings of the paper's data."""
+    """Write-verify settings, SI units. Defaults are the lab settings of the paper's data, but
+    for the algorithm (the paper's data were taken with 'alibart')."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    algorithm: Literal["alibart", "fast"] = Field("alibart", description="tuning algorithm")
+    algorithm: Literal["alibart", "fast"] = Field(
+        "fast", description="tuning algorithm: 'fast' (default: as precise on the simulated "
+        "devices with about a third of the pulses, docs/simulator.md) or 'alibart' (the "
+        "paper's data)")
     read_volts: float = Field(0.2, gt=0, le=0.5, description="verify read voltage [V] (the rig's)")
     v_set_start: float = Field(1.1, gt=0, le=3.0, description="first SET amplitude [V] (project: 0.8)")
     v_set_max: float = Field(2.0, gt=0, le=3.0, description="SET ramp cap [V]")
@@ -64,10 +71,12 @@ class TuneConfig(BaseModel):
     fast_v0_reset: float = Field(0.17, gt=0, description="fast: assumed RESET softness V0 [V]")
     fast_aim: float = Field(0.5, gt=0, le=1, description="fast: aim each pulse at this fraction "
                             "of the remaining error")
-    fast_max_steps: float = Field(5.0, gt=0, description="fast: largest amplitude change per "
+    fast_max_steps: float = Field(10.0, gt=0, description="fast: largest amplitude change per "
                                   "pulse, in ramp steps")
-    fast_far: float = Field(5.0, gt=0, description="fast: 'far from target' = remaining error "
-                            "above this many band half-widths (double steps when sub-threshold)")
+    fast_far: float = Field(3.0, gt=0, description="fast: 'far from target' = remaining error "
+                            "above this many band half-widths")
+    fast_far_steps: int = Field(6, ge=1, le=20, description="fast: ramp steps per pulse while "
+                                "sub-threshold and far from target")
 
     @model_validator(mode="after")
     def _ordered(self) -> TuneConfig:
@@ -107,8 +116,16 @@ class Action:
     converged: bool = False
 
 
-def initial_state(cfg: TuneConfig) -> TuneState:
-    return TuneState(v_set=cfg.v_set_start, v_reset=cfg.v_reset_start)
+def initial_state(cfg: TuneConfig, warm: tuple[float, float] | None = None) -> TuneState:
+    """Start of a tuning. `warm` = (SET, RESET) amplitudes that last moved this device in an
+    earlier tuning (TuneResult.warm): the fast variant starts its ramps `warm_margin` short of
+    them; Alibart always starts at the start values."""
+    state = TuneState(v_set=cfg.v_set_start, v_reset=cfg.v_reset_start)
+    if cfg.algorithm != "fast" or warm is None:
+        return state
+    state = replace(state, warm_set=float(warm[0]), warm_reset=float(warm[1]))
+    return replace(state, v_set=_restart_set(state, cfg, True),
+                   v_reset=_restart_reset(state, cfg, True))
 
 
 def decide(state: TuneState, g: float, target: float, cfg: TuneConfig) -> tuple[TuneState, Action]:
@@ -176,7 +193,8 @@ def _fast_amplitude(state: TuneState, v_ramp: float, sign: int, moved: bool, ste
     The switching rate is ~exp(|V| / V0), so from the last step size we can aim the next pulse
     at a fraction `fast_aim` of the remaining error: |V'| = |V| + V0 ln(aim * remaining / step).
     The change is bounded to `fast_max_steps` ramp steps either way. A pulse that did not move
-    the device (sub-threshold) is followed by a double step while far from the target.
+    the device (sub-threshold) is followed by `fast_far_steps` ramp steps while far from the
+    target.
     """
     same = state.last_volts != 0.0 and (state.last_volts > 0) == (sign > 0)
     if not same:
@@ -189,7 +207,7 @@ def _fast_amplitude(state: TuneState, v_ramp: float, sign: int, moved: bool, ste
         delta = v0 * math.log(want / step_done)
         delta = min(max(delta, -cfg.fast_max_steps * dv), cfg.fast_max_steps * dv)
         return sign * (last + delta)
-    mult = 2 if remaining > cfg.fast_far * band else 1
+    mult = cfg.fast_far_steps if remaining > cfg.fast_far * band else 1
     return sign * (last + mult * dv)
 
 
@@ -227,6 +245,9 @@ class TuneResult:
     t_start: float
     t_end: float
     gave_up: bool = False            # stopped early at a ramp cap (the device looks stuck)
+    #: (SET, RESET) amplitudes [V] that last moved the device (fast variant; NaN = none):
+    #: pass as `warm` to the next tuning of the same device
+    warm: tuple[float, float] = (math.nan, math.nan)
     #: every pulse and read, in order: kind (0 read, 1 pulse + verify read), volts, width [s],
     #: g [S] (the read), t [s] (instrument time after it), used (False: a confirmation read taken
     #: in the same execution after an out-of-band read, recorded but not acted on)
@@ -272,7 +293,8 @@ def check_target(target: float, tolerance: float, read) -> None:
 
 
 def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
-         record: Callable[[dict], None] | list | None = None) -> TuneResult:
+         record: Callable[[dict], None] | list | None = None,
+         warm: tuple[float, float] | None = None) -> TuneResult:
     """Tune device (row, col) of `rig` to `target` siemens with write-verify.
 
     Refuses (ConfigError) before the first read or pulse a config that leaves the station limits
@@ -281,7 +303,9 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
     Every pulse goes with its verify read in one execution (`rig.pulse_and_read`); confirmation
     reads once in band are taken together (`rig.read_repeated`) and judged one by one exactly as
     single reads would be, so the result is the same algorithm with fewer round trips. `record`
-    (a callable or a list) receives every event as a dict with HISTORY_FIELDS.
+    (a callable or a list) receives every event as a dict with HISTORY_FIELDS. `warm`: the
+    `TuneResult.warm` of this device's previous tuning (fast variant: ramps start near the
+    amplitudes that moved it then).
     """
     cfg = cfg or TuneConfig()
     rows, cols = rig.shape
@@ -307,7 +331,7 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
     t_start = float(rig.clock)
     g0 = float(rig.read(row, col))
     pending: deque[tuple[float, int]] = deque([(g0, log(READ, 0.0, 0.0, g0, float(rig.clock)))])
-    state = initial_state(cfg)
+    state = initial_state(cfg, warm)
     inband: list[float] = []
     converged = False
     last = g0
@@ -344,4 +368,5 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
     return TuneResult(row=row, col=col, target=float(target), converged=converged,
                       pulses=state.pulses, set_pulses=state.set_pulses,
                       reset_pulses=state.reset_pulses, g_initial=g0, gave_up=state.gave_up, final_reads=final,
-                      t_start=t_start, t_end=float(rig.clock), history=history)
+                      t_start=t_start, t_end=float(rig.clock), history=history,
+                      warm=(state.warm_set, state.warm_reset))

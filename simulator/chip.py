@@ -4,10 +4,13 @@ Per-crossbar generators come from `numpy.random.SeedSequence(seed).spawn(k)` in 
 crossbar names, so adding a crossbar at the end leaves the earlier ones unchanged.
 
 Chip file: a numpy `.npz` archive (no pickles). Key `meta` holds one JSON document
-(format, seed, clock, and per crossbar its config, RNG state and relaxation time stamp); the
-arrays of crossbar NAME are stored under `NAME.G`, `NAME.Gv`, `NAME.stuck`, `NAME.ds`,
-`NAME.dr`, `NAME.g0s`, `NAME.g0r`, `NAME.psi` (SI units: S, V; psi is a fraction; files
-written before psi existed lack it, and then every device gets the config's volatile_cap).
+(format, seed, clock, and per crossbar its config, the states of its two RNGs and the relaxation
+time stamp); the arrays of crossbar NAME are stored under `NAME.G`, `NAME.Gv`, `NAME.stuck`,
+`NAME.ds`, `NAME.dr`, `NAME.g0s`, `NAME.g0r`, `NAME.psi` (rows x cols) and the slow
+fluctuators `NAME.rtn_amp`, `NAME.rtn_tau`, `NAME.rtn_state`, `NAME.rtn_next` (rows x cols x
+fluctuators per device; SI units: S, V, s; psi and rtn_amp are fractions). Files written before
+psi existed lack it, and then every device gets the config's volatile_cap; files written before
+the fluctuators existed load without fluctuators.
 Loading it gives a chip whose next operations are identical to those the saved chip would have
 done.
 
@@ -64,10 +67,13 @@ class ChipLab(Lab):
             raise SimulatorError(f"saved simulator state does not fit this chip ({e})") from None
 
 
-def default_layout() -> dict[str, CrossbarConfig]:
-    """Four 8x8 crossbars and four single crosspoints (1x1), all with default physics."""
-    out = {f"xbar{k}": CrossbarConfig() for k in range(4)}
-    out.update({f"dev{k}": CrossbarConfig(rows=1, cols=1) for k in range(4)})
+def default_layout(model: CrossbarConfig | None = None) -> dict[str, CrossbarConfig]:
+    """Four 8x8 crossbars and four single crosspoints (1x1), all with the physics of `model`
+    (a chip model: device parameters, line resistances, stuck rates; default: the shipped
+    defaults)."""
+    base = model or CrossbarConfig()
+    out = {f"xbar{k}": base.model_copy(update={"rows": 8, "cols": 8}) for k in range(4)}
+    out.update({f"dev{k}": base.model_copy(update={"rows": 1, "cols": 1}) for k in range(4)})
     return out
 
 
@@ -111,7 +117,8 @@ class VirtualChip:
             if "." in name:
                 raise SimulatorError(f"crossbar name {name!r} must not contain '.'")
             d = xb.state_dict(include_clock=False)
-            meta["crossbars"][name] = {"config": d["config"], "rng": d["rng"], "t_gv": d["t_gv"]}
+            meta["crossbars"][name] = {"config": d["config"], "rng": d["rng"],
+                                       "rng_rtn": d["rng_rtn"], "t_gv": d["t_gv"]}
             for k in _STATE_ARRAYS:
                 arrays[f"{name}.{k}"] = d[k]
         arrays["meta"] = np.array(json.dumps(meta))

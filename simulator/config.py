@@ -1,8 +1,8 @@
 """Validated parameters of the simulated crossbar and of the virtual clock (SI units throughout).
 
-Defaults are the TiO2 model of physics.md §3.3 (device), §5 (electrics) and §6.1 (latencies).
-The values of the device defaults may be re-tuned by the calibration against the paper's
-statistics; the names and units are the interface.
+Defaults are the TiO2 model of physics.md §3.3 (device), §5 (electrics) and §6.1 (latencies),
+with the device values that `xbarlab sim calibrate` moves set by the calibration against the
+published database (docs/simulator.md, "Calibration"); the names and units are the interface.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ class DeviceParams(BaseModel):
 
     # -- soft exponential kinetics ----------------------------------------------------------
     v0_set: float = Field(0.08, gt=0, le=1.0, description="SET softness V0s [V]")
-    v0_reset: float = Field(0.20, gt=0, le=1.0, description="RESET softness V0r [V] "
-                            "(main knob of the V/3 negative tail; physics.md range 0.15-0.20, "
-                            "calibrated to the disturbance database: 0.20)")
+    v0_reset: float = Field(0.215, gt=0, le=1.0, description="RESET softness V0r [V] "
+                            "(main knob of the V/3 negative tail; physics.md 0.17, range "
+                            "0.15-0.20; calibrated: 0.215)")
     g0_set: float = Field(0.6e-6, gt=0, le=1e-3,
                           description="SET step at threshold for a t_ref pulse [S]")
     g0_reset: float = Field(0.6e-6, gt=0, le=1e-3,
@@ -44,14 +44,14 @@ class DeviceParams(BaseModel):
     # -- variability -----------------------------------------------------------------------
     sigma_c2c: float = Field(0.5, ge=0, le=3.0, description="cycle-to-cycle lognormal sigma "
                              "of every step (one draw per device per pulse)")
-    sigma_vth: float = Field(0.10, ge=0, le=1.0, description="device-to-device threshold "
+    sigma_vth: float = Field(0.11, ge=0, le=1.0, description="device-to-device threshold "
                              "offsets delta_s, delta_r, independent normal sigma [V] "
-                             "(physics.md range 0.05-0.1, calibrated: 0.10)")
+                             "(physics.md 0.07, range 0.05-0.1; calibrated: 0.11)")
     sigma_g0: float = Field(0.3, ge=0, le=3.0,
                             description="device-to-device lognormal sigma of g0_set and g0_reset")
-    sigma_volatile: float = Field(0.5, ge=0, le=3.0, description="device-to-device lognormal "
+    sigma_volatile: float = Field(0.7, ge=0, le=3.0, description="device-to-device lognormal "
                                   "sigma of the volatile cap psi (per-device relaxation, hence "
-                                  "per-device tuning offset; calibrated: 0.5)")
+                                  "per-device tuning offset; calibrated: 0.7)")
 
     # -- physical limits ---------------------------------------------------------------------
     g_min: float = Field(5e-6, gt=0, description="lowest conductance [S]")
@@ -60,21 +60,47 @@ class DeviceParams(BaseModel):
     # -- post-SET volatile relaxation -------------------------------------------------------
     volatile_fraction: float = Field(0.05, ge=0, le=1.0, description="share phi of each "
                                      "positive step that is volatile (goes to Gv)")
-    volatile_cap: float = Field(0.010, ge=0, le=1.0,
+    volatile_cap: float = Field(0.0075, ge=0, le=1.0,
                                 description="cap psi of Gv as a fraction of G (median over "
-                                "devices; physics.md 0.011, calibrated: 0.010)")
-    tau_relax: float = Field(20.0, gt=0, description="relaxation time constant of Gv [s] "
-                             "(physics.md model value 5 s; calibrated: 20 s, so a device read "
-                             "a few seconds after its tuning has not yet lost most of Gv)")
+                                "devices; physics.md 0.011, calibrated: 0.0075)")
+    tau_relax: float = Field(21.5, gt=0, description="relaxation time constant of Gv [s] "
+                             "(physics.md model value 5 s; calibrated: 21.5 s)")
 
     # -- reads -----------------------------------------------------------------------------
     read_noise_rel: float = Field(0.0015, ge=0, le=0.5,
                                   description="relative read noise (sigma, of the current)")
-    read_noise_abs: float = Field(90e-9, ge=0, le=1e-5,
-                                  description="absolute read noise sigma [A] (0.45 uS at 0.2 V)")
+    read_noise_abs: float = Field(86e-9, ge=0, le=1e-5,
+                                  description="absolute read noise sigma [A] (physics.md 90 nA "
+                                  "= 0.45 uS at 0.2 V; calibrated: 86 nA)")
     v_nl: float = Field(0.81, gt=0, description="sinh I-V scale Vnl [V]: "
                         "I = G * v_ref * sinh(V/Vnl) / sinh(v_ref/Vnl)")
     v_ref: float = Field(0.2, gt=0, description="voltage at which G is defined [V] (I = G*v_ref)")
+
+    # -- slow conductance fluctuations (random telegraph noise) ------------------------------
+    # defaults: calibrated to the published database (docs/simulator.md, "Calibration")
+    rtn_count: int = Field(16, ge=0, le=64, description="two-state fluctuators (defects near the "
+                           "filament that trap and release charge or hop) per working device; "
+                           "0 = off (fixed at 16, not fitted)")
+    rtn_amplitude: float = Field(0.019, ge=0, le=0.5, description="median relative conductance "
+                                 "change of one fluctuator at rtn_g_ref (fraction of G; "
+                                 "calibrated: 0.019)")
+    rtn_sigma: float = Field(1.08, ge=0, le=3.0, description="lognormal spread of the fluctuator "
+                             "amplitudes (heavy tails; calibrated: 1.08)")
+    rtn_exponent: float = Field(0.54, ge=0, le=2.0, description="relative amplitude scales as "
+                                "(G / rtn_g_ref)^-rtn_exponent (RTN amplitude rises with R; "
+                                "calibrated: 0.54)")
+    rtn_g_ref: float = Field(100e-6, gt=0, description="conductance at which rtn_amplitude "
+                             "holds [S]")
+    rtn_tau_min: float = Field(3e4, gt=0, description="shortest mean dwell time of a "
+                               "fluctuator [s] (dwell times log-uniform in [min, max]; chosen "
+                               "well above the minute of a settled read)")
+    rtn_tau_max: float = Field(1e7, gt=0, description="longest mean dwell time [s] (a cut-off "
+                               "beyond every campaign)")
+    rtn_stress_time: float = Field(1.6e5, ge=0, description="dwell time [s] a pulse ages every "
+                                   "fluctuator of the device by, per unit of the pulse's ionic "
+                                   "drive (t/t_ref * exp((|V| - Vth)/V0), the factor of the "
+                                   "switching step): stress-stimulated hopping (calibrated: "
+                                   "1.6e5)")
 
     # -- initial (forming-free) and stuck states --------------------------------------------
     init_median: float = Field(120e-6, gt=0, description="median initial conductance [S]")
@@ -98,6 +124,8 @@ class DeviceParams(BaseModel):
             raise ValueError("g_min must be below g_max")
         if not self.stuck_hrs_min <= self.stuck_hrs_max:
             raise ValueError("stuck_hrs_min must not exceed stuck_hrs_max")
+        if not self.rtn_tau_min <= self.rtn_tau_max:
+            raise ValueError("rtn_tau_min must not exceed rtn_tau_max")
         return self
 
 
@@ -168,11 +196,16 @@ class LatencyConfig(BaseModel):
 
     model_config = _STRICT
 
-    round_trip: float = Field(3e-3, ge=0, le=10, description="host round trip per closed-loop "
-                              "step / instrument execution [s] (optimistic 2-5 ms)")
-    relay_switch: float = Field(15e-3, ge=0, le=10, description="707B reselection [s]")
+    round_trip: float = Field(3e-3, ge=0, le=10, description="one instrument execution beyond "
+                              "its messages and its waveform: arming the sequencer, starting it "
+                              "and the host seeing it finish [s] (physics.md: 2-5 ms optimistic "
+                              "per closed-loop step)")
+    relay_switch: float = Field(15e-3, ge=0, le=10, description="707B reselection: relays "
+                                "settled after a changed selection [s]")
     session_open: float = Field(0.5, ge=0, le=60, description="opening an instrument session [s]")
-    gpib_cmd: float = Field(1e-3, ge=0, le=10, description="one bus command [s]")
+    gpib_cmd: float = Field(1e-3, ge=0, le=10, description="one message exchange with an "
+                            "instrument (command + ACK/reply, or a WGFMU library call that "
+                            "reaches the instrument) [s]")
     pulse_edge: float = Field(10e-9, ge=0, le=1e-3, description="rise = fall time of a pulse [s]")
     read_time: float = Field(10e-6, ge=0, le=1, description="one read incl. settling [s]")
     line_frequency: float = Field(60.0, ge=45, le=65, description="mains frequency [Hz]: one "

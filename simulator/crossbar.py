@@ -8,7 +8,8 @@ Random numbers: one `numpy.random.Generator` per crossbar, drawn in a fixed orde
 construction (stuck classes, stuck conductances, initial states, D2D constants; only when
 `unformed_rate` > 0, then the unformed devices, their forming voltages and formed conductances),
 then one standard normal per device per pulse (C2C factor), then two normals per sensed read
-(noise).
+(noise). The slow fluctuators (random telegraph noise) draw from a second generator derived from
+the same seed, so switching them on or off leaves the draws above unchanged.
 
 Unformed devices (`vform` finite) sit at `g_unformed` and do not switch (frozen, like stuck
 devices) until a pulse or DC bias reaches their forming voltage; then they take their formed
@@ -32,11 +33,29 @@ from simulator.nodal import NodalSolver
 
 WORKING, STUCK_HRS, STUCK_LRS = 0, 1, 2
 SCHEMES = ("grounded", "v2", "v3", "floating")
-_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi", "vform", "gform")
+_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi", "vform", "gform",
+                 "rtn_amp", "rtn_tau", "rtn_state", "rtn_next")
+#: per-fluctuator arrays, shape (rows, cols, fluctuators per device)
+_RTN_ARRAYS = ("rtn_amp", "rtn_tau", "rtn_state", "rtn_next")
 #: arrays added after the first chip files were written: a state without them gets this value
+#: (a crossbar saved before the fluctuators existed has none; one saved before forming existed
+#: has every device formed)
 _LATE_ARRAYS = {"psi": lambda cfg: np.full((cfg.rows, cfg.cols), cfg.device.volatile_cap),
                 "vform": lambda cfg: np.full((cfg.rows, cfg.cols), np.nan),
-                "gform": lambda cfg: np.full((cfg.rows, cfg.cols), cfg.device.init_median)}
+                "gform": lambda cfg: np.full((cfg.rows, cfg.cols), cfg.device.init_median),
+                **{k: (lambda cfg: np.zeros((cfg.rows, cfg.cols, 0))) for k in _RTN_ARRAYS}}
+#: spawn-key tag of the fluctuators' generator ("RTN")
+_RTN_STREAM = 0x52544E
+
+
+def _seed_sequence(seed) -> np.random.SeedSequence:
+    return seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+
+
+def _rtn_generator(ss: np.random.SeedSequence) -> np.random.Generator:
+    """The fluctuators' own stream: a fixed child of the crossbar's seed sequence."""
+    return np.random.default_rng(np.random.SeedSequence(
+        ss.entropy, spawn_key=(*ss.spawn_key, _RTN_STREAM)))
 
 
 class Crossbar:
@@ -46,7 +65,9 @@ class Crossbar:
                  seed: int | np.random.SeedSequence = 0, clock: VirtualClock | None = None):
         self.config = config or CrossbarConfig()
         self.clock = clock if clock is not None else VirtualClock()
-        self.rng = np.random.default_rng(seed)
+        ss = _seed_sequence(seed)
+        self.rng = np.random.default_rng(ss)
+        self.rng_rtn = _rtn_generator(ss)
         cfg, p = self.config, self.config.device
         m, n = cfg.rows, cfg.cols
         self.shape = (m, n)
@@ -84,7 +105,21 @@ class Crossbar:
         self._Gv = np.zeros((m, n))
         self._t_gv = self.clock.now      # time at which _Gv is valid
         self._stuck = stuck
+        self._init_fluctuators()
         self._setup()
+
+    def _init_fluctuators(self) -> None:
+        """rtn_count fluctuators per working device: amplitude, dwell time, state, next switch
+        time (stuck devices get zero amplitudes)."""
+        p, (m, n), rng = self.config.device, self.shape, self.rng_rtn
+        shape = (m, n, p.rtn_count if p.rtn_amplitude > 0 else 0)
+        self._rtn_amp = p.rtn_amplitude * np.exp(p.rtn_sigma * rng.standard_normal(shape))
+        # a stuck device is frozen: its read stays at its stuck value (the published model)
+        self._rtn_amp[self._stuck != WORKING] = 0.0
+        lo, hi = math.log(p.rtn_tau_min), math.log(p.rtn_tau_max)
+        self._rtn_tau = np.exp(rng.uniform(lo, hi, shape))
+        self._rtn_state = (rng.random(shape) < 0.5).astype(np.int8)
+        self._rtn_next = self.clock.now + rng.exponential(self._rtn_tau)
 
     def _setup(self) -> None:
         """Derived, stateless helpers (rebuilt after a load)."""
@@ -98,6 +133,10 @@ class Crossbar:
         self._p = p
         self._sigma = p.sigma_c2c
         self._decay_k = 1.0 / p.tau_relax
+        self._has_rtn = self._rtn_amp.shape[2] > 0
+        self._stressed = self._has_rtn and p.rtn_stress_time > 0
+        self._rtn_due = float(self._rtn_next.min()) if self._has_rtn else math.inf
+        self._fluct = (self._rtn_amp * (self._rtn_state - 0.5)).sum(axis=2)
 
     # -- state ---------------------------------------------------------------------------------
     def _settle(self) -> None:
@@ -108,6 +147,33 @@ class Crossbar:
             if dt > 0.0:
                 self._Gv *= math.exp(-dt * self._decay_k)
             self._t_gv = now
+        if now >= self._rtn_due:
+            self._switch_fluctuators(now)
+
+    def _stress_fluctuators(self, age, where=Ellipsis) -> None:
+        """A pulse ages the fluctuators of the pulsed devices by `age` seconds of dwell time:
+        their next switch comes that much earlier (switched at the next access)."""
+        self._rtn_next[where] -= age
+        self._rtn_due = min(self._rtn_due, float(np.min(self._rtn_next[where])))
+
+    def _switch_fluctuators(self, now: float) -> None:
+        """Every fluctuator whose next switch time has passed switches once then, and an odd
+        number of further times before `now` with the exact two-state probability; its next
+        switch is drawn from `now` (memoryless). Exact at every access time, whatever the
+        spacing of the accesses; only fluctuators that switched draw numbers."""
+        nxt = self._rtn_next.reshape(-1)
+        hit = np.flatnonzero(nxt <= now)
+        tau = self._rtn_tau.reshape(-1)[hit]
+        odd_more = self.rng_rtn.random(hit.size) < physics.telegraph_odd_flips(now - nxt[hit],
+                                                                              tau)
+        state = self._rtn_state.reshape(-1)
+        state[hit] ^= ~odd_more
+        nxt[hit] = now + self.rng_rtn.exponential(tau)
+        self._rtn_due = float(nxt.min())
+        n = self._rtn_amp.shape[2]
+        dev = hit // n
+        amp = self._rtn_amp.reshape(-1, n)[dev]
+        self._fluct.reshape(-1)[dev] = (amp * (self._rtn_state.reshape(-1, n)[dev] - 0.5)).sum(1)
 
     @property
     def G(self) -> np.ndarray:
@@ -136,9 +202,13 @@ class Crossbar:
         return self._solver
 
     def conductance(self) -> np.ndarray:
-        """G + Gv at clock.now [S]: the noise-free conductance a 0.2 V read would see."""
+        """Conductance at clock.now [S] that a noise-free 0.2 V read would see: G + Gv, times
+        the slow fluctuators' factor when the device has any."""
         self._settle()
-        return self._G + self._Gv
+        g = self._G + self._Gv
+        if self._has_rtn:
+            g = g * physics.fluctuation_factor(g, self._fluct, self._p)
+        return g
 
     # -- pulses ----------------------------------------------------------------------------------
     def apply_device_voltages(self, v, seconds: float) -> None:
@@ -155,9 +225,13 @@ class Crossbar:
         if self._any_unformed:
             self._form(v)
         xi = np.exp(self._sigma * self.rng.standard_normal(self.shape))
+        drive = np.empty(self.shape) if self._stressed else None
         self._G, self._Gv = physics.pulse_update(
             self._G, self._Gv, v, seconds, self._ds, self._dr, self._g0s, self._g0r, xi,
-            self._frozen if self._any_frozen else None, self._p, self._psi)
+            self._frozen if self._any_frozen else None, self._p, self._psi, drive)
+        if drive is not None:
+            drive *= self._p.rtn_stress_time
+            self._stress_fluctuators(drive[..., None])
 
     def pulse_device(self, row: int, col: int, volts: float, seconds: float) -> None:
         """A pulse on device (row, col) alone, every other device untouched (a single crosspoint
@@ -171,6 +245,10 @@ class Crossbar:
             one[r, c] = v
             self._form(one)
         xi = math.exp(self._sigma * self.rng.standard_normal())
+        if self._stressed:
+            self._stress_fluctuators(self._p.rtn_stress_time * physics.drive_scalar(
+                float(self._G[r, c]), float(self._Gv[r, c]), v, seconds, float(self._ds[r, c]),
+                float(self._dr[r, c]), self._p), (r, c))
         if self._stuck[r, c] != WORKING:
             return
         G, Gv = physics.pulse_update_scalar(
@@ -202,13 +280,17 @@ class Crossbar:
 
     def noisy(self, current, averaging: float = 1.0):
         """`current` [A] as a measurement sees it: the read-noise model (two normal draws per
-        value, relative and absolute). `averaging`: how many times longer than a read the
-        measurement integrates (an SMU's power-line cycles against the 10 us read); the
-        absolute (white) noise falls as its square root, the relative part does not."""
+        value, relative and absolute; a float for a scalar). `averaging`: how many times longer
+        than a read the measurement integrates (an SMU's power-line cycles against the 10 us
+        read); the absolute (white) noise falls as its square root, the relative part does
+        not."""
         p = self._p
+        a = p.read_noise_abs / math.sqrt(averaging) if averaging > 1.0 else p.read_noise_abs
+        if np.ndim(current) == 0:  # one sensed current (every emulated read): plain floats
+            z0, z1 = self.rng.standard_normal(2).tolist()
+            return float(current) * (1.0 + p.read_noise_rel * z0) + a * z1
         z = self.rng.standard_normal((2,) + np.shape(current))
-        return (current * (1.0 + p.read_noise_rel * z[0])
-                + p.read_noise_abs / math.sqrt(max(averaging, 1.0)) * z[1])
+        return current * (1.0 + p.read_noise_rel * z[0]) + a * z[1]
 
     def pulse_v3(self, row: int, col: int, volts: float, seconds: float) -> None:
         """V/3 write: selected row V, selected column 0, other rows V/3, other columns 2V/3.
@@ -249,7 +331,14 @@ class Crossbar:
     def measure(self, row_v, col_v) -> tuple[np.ndarray, np.ndarray]:
         """Noise-free nodal solve; returns currents [A] into the array at each driven row and
         column end (0 for floating lines, NaN voltage = floating)."""
-        res = self._solver.solve(self.conductance(), row_v, col_v)
+        G = self.conductance()
+        rv = np.asarray(row_v, dtype=float)
+        cv = np.asarray(col_v, dtype=float)
+        if not math.isnan(rv.sum() + cv.sum()):  # every line driven: the fixed-point solve
+            out = self._solver.driven_currents(G, rv, cv)
+            if out is not None:
+                return out
+        res = self._solver.solve(G, rv, cv)
         return res.row_currents, res.col_currents
 
     def _bias(self, row: int, col: int, volts: float, scheme: str):
@@ -276,11 +365,6 @@ class Crossbar:
         rv, cv = self._bias(row, col, volts, scheme)
         return float(-self._solver.solve(self.conductance(), rv, cv).col_currents[col])
 
-    def _noisy(self, current, volts: float):
-        p = self._p
-        z = self.rng.standard_normal((2,) + np.shape(current))
-        return current * (1.0 + p.read_noise_rel * z[0]) + p.read_noise_abs * z[1]
-
     def read(self, row: int, col: int, volts: float = 0.2, scheme: str = "grounded") -> float:
         """Measured conductance [S] = sensed current / volts, incl. read noise and sneak paths."""
         self._check(row, col)
@@ -293,7 +377,7 @@ class Crossbar:
             cur = self._sensed(row, col, volts, scheme)
         else:
             raise SimulatorError(f"unknown read scheme {scheme!r}; choose one of {SCHEMES}")
-        # the same two draws as _noisy, in plain floats
+        # the same two draws as noisy, in plain floats
         z0, z1 = self.rng.standard_normal(2).tolist()
         p = self._p
         return (cur * (1.0 + p.read_noise_rel * z0) + p.read_noise_abs * z1) / volts
@@ -312,7 +396,7 @@ class Crossbar:
         else:
             raise SimulatorError(f"unknown read scheme {scheme!r}; choose one of {SCHEMES}")
         if noise:
-            cur = self._noisy(cur, volts)
+            cur = self.noisy(cur)
         return cur / volts
 
     def _check(self, row: int, col: int) -> None:
@@ -326,6 +410,7 @@ class Crossbar:
         self._settle()
         d = {"config": self.config.model_dump(mode="json"),
              "rng": json.dumps(self.rng.bit_generator.state),
+             "rng_rtn": json.dumps(self.rng_rtn.bit_generator.state),
              "t_gv": self._t_gv}
         for k in _STATE_ARRAYS:
             d[k] = getattr(self, "_" + k).copy()
@@ -340,18 +425,25 @@ class Crossbar:
             arrays = {k: np.array(d[k]) if k in d or k not in _LATE_ARRAYS
                       else _LATE_ARRAYS[k](cfg) for k in _STATE_ARRAYS}
             rng_state = json.loads(str(d["rng"]))
+            # a state saved before the fluctuators existed has none, so never draws from it
+            rtn_state = json.loads(str(d["rng_rtn"])) if "rng_rtn" in d else None
             t_gv = float(d["t_gv"])
         except (KeyError, ValueError, TypeError) as e:
             raise SimulatorError(f"bad crossbar state: {e}") from e
         shape = (cfg.rows, cfg.cols)
+        n_rtn = arrays["rtn_amp"].shape[2:3]
         for k, a in arrays.items():
-            if a.shape != shape:
-                raise SimulatorError(f"bad crossbar state: {k} has shape {a.shape}, expected {shape}")
+            want = shape + n_rtn if k in _RTN_ARRAYS else shape
+            if a.shape != want:
+                raise SimulatorError(f"bad crossbar state: {k} has shape {a.shape}, expected {want}")
         self.config = cfg
         self.shape = shape
         self.rng.bit_generator.state = rng_state
+        if rtn_state is not None:
+            self.rng_rtn.bit_generator.state = rtn_state
         for k, a in arrays.items():
-            setattr(self, "_" + k, a.astype(np.int8 if k == "stuck" else float))
+            dtype = np.int8 if k in ("stuck", "rtn_state") else float
+            setattr(self, "_" + k, a.astype(dtype))
         if "clock" in d and d["clock"] is not None:
             self.clock.load_state_dict(d["clock"])
         self._t_gv = t_gv

@@ -7,8 +7,9 @@ charged to the crossbar's virtual clock from a LatencyConfig:
 - pulse:            round_trip + width + 2*pulse_edge
 - n reads:          round_trip + n*read_time
 - pulse + n reads:  round_trip + width + 2*pulse_edge + n*read_time (one execution)
-- read_array:       rows*cols * (round_trip + read_time) (one execution per device; the map is
-                    taken at the start, relaxation during the map is neglected)
+- read_array:       rows*cols * (round_trip + read_time): one execution per device, in raster
+                    order, each device read at its own time (relaxation and the slow
+                    fluctuators move on while the map is taken)
 - DC, per point:    round_trip + hold + smu_settle + nplc / line_frequency; the levels stress
                     the devices for that time (simulator.dc.hold), then the operating point is
                     measured with read noise
@@ -85,11 +86,15 @@ class SimulatedRig(CrossbarRig):
 
     def _read_array(self) -> np.ndarray:
         xb, clk, lat = self.crossbar, self.crossbar.clock, self.latency
-        g = self._clip(xb.read_map(self.read_settings.volts, "grounded"))
-        n = g.size
-        clk.advance(n * lat.round_trip, "round_trip")
-        clk.advance(n * lat.read_time, "read")
-        return g
+        volts = self.read_settings.volts
+        rows, cols = xb.shape
+        g = np.empty((rows, cols))
+        for i in range(rows):
+            for j in range(cols):
+                clk.advance(lat.round_trip, "round_trip")
+                g[i, j] = xb.read(i, j, volts, "grounded")
+                clk.advance(lat.read_time, "read")
+        return self._clip(g)
 
     # -- DC ------------------------------------------------------------------------------------
     @property

@@ -410,6 +410,40 @@ class NodalSolver:
         k = rows.size
         if k == 0:
             return np.zeros((0, n))
+        scale = 1.0 if self.v_nl is None else self.v_nl
+        x0 = np.zeros((k, m, n))
+        x0[np.arange(k), rows, :] = volts / scale
+        cur = self._fixed_point(g, x0, abs(volts))
+        # all current entering a bit line leaves through its sense end
+        return None if cur is None else cur.sum(axis=1)
+
+    def driven_currents(self, G, row_v, col_v) -> tuple[np.ndarray, np.ndarray] | None:
+        """Currents [A] into the array at every row and column end for a bias that drives every
+        line (no NaN), by the fixed point of `_grounded_fixed_point` started from the applied
+        device voltages row_v[i] - col_v[j]; None when its contraction bound is too weak (use
+        `solve`). Every node lies between the lowest and the highest source level, so that span
+        bounds the device voltages and hence their slopes."""
+        g = self._check_g(G)
+        row_v = np.asarray(row_v, dtype=float).reshape(self.rows)
+        col_v = np.asarray(col_v, dtype=float).reshape(self.cols)
+        levels = np.concatenate([row_v, col_v])
+        if not np.all(np.isfinite(levels)):
+            raise SimulatorError("driven_currents needs every line driven (no NaN level)")
+        scale = 1.0 if self.v_nl is None else self.v_nl
+        x0 = ((row_v[:, None] - col_v[None, :]) / scale)[None]
+        cur = self._fixed_point(g, x0, float(levels.max() - levels.min()))
+        if cur is None:
+            return None
+        cur = cur[0]
+        # a device current leaves its word line and enters its bit line
+        return cur.sum(axis=1), -cur.sum(axis=0)
+
+    def _fixed_point(self, g: np.ndarray, x0: np.ndarray, span: float) -> np.ndarray | None:
+        """Device currents (k, rows, cols) [A] of k all-driven biases whose applied device
+        voltages are x0 * v_nl (x0: (k, rows, cols)); `span` [V] bounds every |device voltage|.
+        None when the contraction bound is too weak."""
+        m, n = self.rows, self.cols
+        k = x0.shape[0]
         zw, zb, kron = self._transfer()
         linear = self.v_nl is None
         scale = 1.0 if linear else self.v_nl
@@ -420,28 +454,20 @@ class NodalSolver:
             # line response as one symmetric matrix, so an iteration is one matrix product
             if k == 1:
                 shape = (m * n,)
-                x0 = np.zeros(shape)
-                r = int(rows[0])
-                x0[r * n:(r + 1) * n] = volts / scale
                 respond = kron.dot
             else:
                 shape = (k, m * n)
-                x0 = np.zeros(shape)
-                for a, r in enumerate(rows.tolist()):
-                    x0[a, r * n:(r + 1) * n] = volts / scale
 
                 def respond(cur):
                     return cur @ kron
+            x0 = x0.reshape(shape)
         else:
             gs = gs.reshape(m, n)
             shape = (k, m, n)
-            x0 = np.zeros(shape)
-            x0[np.arange(k), rows, :] = volts / scale
 
             def respond(cur):
                 return cur @ zw + zb @ cur
-        # every node lies between 0 and `volts`, so |vd| <= |volts|: bound the device slopes
-        slope = gs if linear else gs * math.cosh(volts / scale)
+        slope = gs if linear else gs * math.cosh(span / scale)
         # max-norm bound of the map's Jacobian (the response is non-negative)
         rho = float(respond(slope if kron is not None else slope[None]).max())
         if rho >= 0.5:
@@ -464,8 +490,7 @@ class NodalSolver:
             extra = int(math.ceil(math.log(tol / bound) / math.log(rho)))
         for _ in range(min(extra, _MAX_ITER)):
             x = x0 - respond(current(x))
-        # all current entering a bit line leaves through its sense end
-        return current(x).reshape(k, m, n).sum(axis=1)
+        return current(x).reshape(k, m, n)
 
     def _transfer(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Transfer resistances of one word line (cols x cols) and one bit line (rows x rows),

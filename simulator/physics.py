@@ -14,6 +14,14 @@ Model, per device with nonvolatile G, volatile excess Gv and D2D constants (ds, 
     dG         = clip(dG, -max_step_fraction*G, Gmax - G)
     a share phi of a positive dG goes to Gv (Gv <= psi*G, the excess stays in G; psi per device);
     Gv decays as exp(-dt/tau)
+
+Slow fluctuations (random telegraph noise): each device carries `rtn_count` two-state
+fluctuators j with relative amplitude a_j and state s_j in {0, 1}, switching at random with mean
+dwell time tau_j; a read sees (G + Gv) * (1 + sum_j a_j (s_j - 1/2) * ((G+Gv)/g_ref)^-beta).
+A pulse ages every fluctuator of the pulsed device by rtn_stress_time * drive seconds of its
+dwell time, drive = (t/t_ref) exp((|V| - Vth)/V0) being the factor of the switching step: the
+ionic hopping that switches the device also rearranges the defects near the filament, so
+half-select stress switches fluctuators too. The fluctuators never change G or Gv.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from simulator.config import DeviceParams
 # exp() arguments are capped here: far above threshold the step is clipped anyway, and the cap
 # keeps overflow warnings away for devices whose SET threshold is negative (G below ~40 uS).
 _EXP_CAP = 60.0
+_FLUCT_FLOOR = 0.1
 
 
 def vth_set(g_total, p: DeviceParams, ds=0.0):
@@ -42,12 +51,14 @@ def vth_reset(g_total, p: DeviceParams, dr=0.0):
 def pulse_update(G: np.ndarray, Gv: np.ndarray, v: np.ndarray, seconds: float,
                  ds: np.ndarray, dr: np.ndarray, g0s: np.ndarray, g0r: np.ndarray,
                  xi: np.ndarray, frozen: np.ndarray | None, p: DeviceParams,
-                 psi: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 psi: np.ndarray | None = None,
+                 drive_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One pulse of amplitude v[i] and width `seconds` on every device; returns new (G, Gv).
 
     `frozen` marks devices that do not respond (stuck); they keep G and Gv exactly.
     Devices with v == 0 do not change. `psi`: per-device volatile cap (default
-    p.volatile_cap for all).
+    p.volatile_cap for all). `drive_out`, when given, receives each device's ionic drive (see
+    `drive_scalar`; computed here anyway, so the fluctuators' stress costs nothing extra).
     """
     gt = G + Gv
     r = 1.0 / gt
@@ -59,6 +70,9 @@ def pulse_update(G: np.ndarray, Gv: np.ndarray, v: np.ndarray, seconds: float,
                    (np.abs(v) - ((r - p.r_r0) / p.k_r + dr)) / p.v0_reset)
     np.minimum(arg, _EXP_CAP, out=arg)
     np.exp(arg, out=arg)
+    if drive_out is not None:
+        np.multiply(arg, tp, out=drive_out)
+        drive_out[v == 0.0] = 0.0
     gmax = p.g_max
     hi = gmax - G
     w = np.where(pos, hi, G - p.g_min)
@@ -115,6 +129,36 @@ def pulse_update_scalar(G: float, Gv: float, v: float, seconds: float, ds: float
         gv_new = min(Gv + p.volatile_fraction * dg, cap * (G + dg))
         return G + dg + (Gv - gv_new), gv_new
     return G + dg, Gv
+
+
+def telegraph_odd_flips(elapsed, tau):
+    """Probability that a symmetric two-state fluctuator with mean dwell time `tau` switches an
+    odd number of times in `elapsed` seconds (so ends in the other state)."""
+    return 0.5 * (1.0 - np.exp(-2.0 * np.asarray(elapsed) / tau))
+
+
+def drive_scalar(G: float, Gv: float, v: float, seconds: float, ds: float, dr: float,
+                 p: DeviceParams) -> float:
+    """Ionic drive of a pulse on one device: (t/t_ref) * exp((|V| - Vth)/V0), SET branch for
+    v > 0 and RESET branch otherwise, 0 for v == 0 -- the factor of the switching step (what
+    `pulse_update` returns in `drive_out`)."""
+    if v == 0.0:
+        return 0.0
+    r = 1.0 / (G + Gv)
+    if v > 0.0:
+        arg = (v - ((p.r_s0 - r) / p.k_s + ds)) / p.v0_set
+    else:
+        arg = (-v - ((r - p.r_r0) / p.k_r + dr)) / p.v0_reset
+    return (seconds / p.t_ref) * math.exp(arg if arg < _EXP_CAP else _EXP_CAP)
+
+
+def fluctuation_factor(g_total, f, p: DeviceParams):
+    """Read conductance over G + Gv for fluctuator sum `f` (sum of amplitude * (state - 1/2)).
+
+    The relative amplitude scales as (G / rtn_g_ref)^-rtn_exponent; floored at 0.1 so that no
+    combination of fluctuators makes a conductance vanish."""
+    scale = f if p.rtn_exponent == 0 else f * (g_total / p.rtn_g_ref) ** (-p.rtn_exponent)
+    return np.maximum(1.0 + scale, _FLUCT_FLOOR)
 
 
 def relax(Gv, dt: float, tau: float):

@@ -225,9 +225,14 @@ class EmulatedVisaLibrary(highlevel.VisaLibraryBase):
         if "disconnect" in kinds:
             self.dead.add(s.name)
             raise VisaIOError(StatusCode.error_connection_lost.value)
+        emu = s.emulator
+        world = getattr(emu, "world", None)
+        if world is not None:
+            # every message is one exchange on the bus or socket (a KXCI setter waits for its
+            # ACK, a TSP chunk or FLEX query for its reply), whatever becomes of it
+            world.clock.advance(world.latency.gpib_cmd, "command")
         if "no_execute" in kinds:
             return
-        emu = s.emulator
         if "relay_stuck" in kinds and hasattr(emu, "stuck"):
             import re
             emu.stuck |= set(re.findall(r"[1-6][A-H]\d\d", msg))

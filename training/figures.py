@@ -86,6 +86,7 @@ def write_evaluation(out: Path, results: dict[str, MonteCarloResult],
         p, unc = boundary_maps(models, x_plane, y_plane, out / "boundary_map.png",
                                n=map_transfers)
         summary["figures"]["boundary_map"] = str(p)
+        summary["boundary_map_transfers"] = map_transfers
         summary["boundary_uncertain_fraction"] = unc
     if extra:
         summary.update(extra)

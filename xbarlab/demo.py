@@ -58,7 +58,7 @@ FULL = DemoSettings(tuning_devices=("dev0", "dev1", "dev2", "dev3"), tuning_leve
                     tuning_repeats=10, stuck_crossbars=("xbar0", "xbar1", "xbar2", "xbar3"),
                     disturbance_crossbars=("xbar0", "xbar1"),
                     iv_devices=((0, 0), (3, 5), (7, 7), (5, 2)), epochs=10_000,
-                    mc_transfers=5000, map_transfers=500, chips=12)
+                    mc_transfers=5000, map_transfers=500, chips=24)
 
 
 @dataclass
@@ -300,7 +300,8 @@ def step_report(out: Path) -> StepResult:
     t0 = time.perf_counter()
     written = write_report(out)
     return StepResult("report", TITLES["report"], time.perf_counter() - t0, None,
-                      written.paths, {"all_hold": written.all_hold})
+                      written.paths, {"all_hold": written.all_hold,
+                                      "conclusion": written.conclusion})
 
 
 # -- the whole chain -------------------------------------------------------------------------------

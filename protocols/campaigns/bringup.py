@@ -31,6 +31,7 @@ import math
 import numpy as np
 from pydantic import Field
 
+from database.display import Metric
 from protocols.campaigns._loop import UnitResult, raster, run_units
 from protocols.campaigns.common import CampaignConfig, CampaignResult, log, open_store
 from protocols.errors import ProtocolError
@@ -169,6 +170,17 @@ def run(rig: CrossbarRig, config: BringupConfig, store, *, seed: int | None = No
         raise BringupError(f"bring-up found bad lines: {'; '.join(bad)} (report in "
                            f"{writer.path}); nothing should be pulsed through this station")
     return result
+
+
+#: what each entry of the summary is (the named lines listed; conductance stored in S)
+SUMMARY = {
+    "lines": Metric("lines tested"),
+    "ok": Metric("lines intact"),
+    "opens": Metric("open lines"),
+    "weak": Metric("weak lines"),
+    "shorts": Metric("shorted lines"),
+    "g_median_S": Metric("median line conductance to the grounded array", "S"),
+}
 
 
 def summarize(lines, status: np.ndarray, shorts) -> dict:

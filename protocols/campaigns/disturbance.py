@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
+from database.display import Metric
 from protocols.campaigns._loop import UnitResult, raster, run_units, unit_rng
 from protocols.campaigns.common import (
     CLASS_CODES,
@@ -116,6 +117,19 @@ def final_samples(samples):
         return samples
     last = samples["after"].max()
     return samples[samples["after"] == last]
+
+
+#: what each number of the summary is (stored in S; shown in uS)
+SUMMARY = {
+    "devices": Metric("devices programmed"),
+    "flagged": Metric("devices flagged (stuck or failed tuning)"),
+    "pulses_median": Metric("pulses per device, median"),
+    "samples": Metric("disturbance samples (flagged devices left out)"),
+    "delta_mean_S": Metric("mean change of earlier devices", "S", nd=2, signed=True),
+    "delta_p1_S": Metric("1st percentile of the change", "S", nd=2, signed=True),
+    "delta_min_S": Metric("largest decrease", "S", nd=2, signed=True),
+    "delta_max_S": Metric("largest increase", "S", nd=2, signed=True),
+}
 
 
 def summarize(devices, samples) -> dict:

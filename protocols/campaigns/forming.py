@@ -1,6 +1,7 @@
-"""Electroforming (`forming`, opt-in): a compliance-limited ramp per device that stops at the first
-switching event, for devices that are not forming-free (the published devices are; nothing runs
-it unless asked).
+"""Electroforming (`forming`, opt-in): a compliance-limited ramp per device, stopped when it forms.
+
+For devices that are not forming-free (the published devices are; nothing runs it unless
+asked), the ramp stops at the first switching event.
 
 Each device is first read at `v_read` (one DC point): a device conducting more than
 `formed_above_S` is already formed and left alone. Otherwise its word line is ramped from
@@ -21,6 +22,7 @@ import math
 import numpy as np
 from pydantic import Field, model_validator
 
+from database.display import Metric
 from protocols.bias import SCHEMES, device_iv
 from protocols.campaigns._loop import UnitResult, raster, run_units
 from protocols.campaigns.common import CampaignConfig, CampaignResult, log, open_store
@@ -125,6 +127,16 @@ def run(rig: CrossbarRig, config: FormingConfig, store, *, seed: int | None = No
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
     return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
+
+
+#: what each number of the summary is (the voltage stored in V)
+SUMMARY = {
+    "devices": Metric("devices"),
+    "formed": Metric("devices formed"),
+    "already_formed": Metric("devices already formed"),
+    "not_formed": Metric("devices not formed by v_stop"),
+    "v_form_median_V": Metric("median forming voltage", "V"),
+}
 
 
 def summarize(devices) -> dict:

@@ -27,6 +27,7 @@ import math
 import numpy as np
 from pydantic import Field, model_validator
 
+from database.display import Metric
 from protocols.bias import SCHEMES, device_iv
 from protocols.campaigns._loop import UnitResult, raster, run_units
 from protocols.campaigns.common import CampaignConfig, CampaignResult, log, open_store
@@ -158,6 +159,17 @@ def extract_cycle(volts, current, compliance, branch, cfg: IVConfig) -> dict:
             "on_off": g_on / g_off if g_off > 0 else math.nan,
             "set_switched": bool(set_ok and math.isfinite(v_set)),
             "reset_switched": bool(reset_ok and math.isfinite(v_reset))}
+
+
+#: what each number of the summary is (voltages stored in V)
+SUMMARY = {
+    "devices": Metric("devices swept"),
+    "cycles": Metric("double sweeps"),
+    "never_switched": Metric("devices that never switched"),
+    "v_set_median_V": Metric("median SET voltage", "V", signed=True),
+    "v_reset_median_V": Metric("median RESET voltage", "V", signed=True),
+    "on_off_median": Metric("median ON/OFF ratio at v_read", nd=3),
+}
 
 
 def run(rig: CrossbarRig, config: IVConfig, store, *, seed: int | None = None,

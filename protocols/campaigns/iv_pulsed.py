@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
+from database.display import Metric
 from protocols.campaigns._loop import UnitResult, raster, run_units
 from protocols.campaigns.common import CampaignConfig, CampaignResult, log, open_store
 from protocols.rig import CrossbarRig
@@ -22,6 +23,15 @@ POINTS_COLUMNS = {
     "device": ("i4", "1"), "row": ("i4", "1"), "col": ("i4", "1"), "cycle": ("i4", "1"),
     "point": ("i4", "1"), "volts": ("f8", "V"), "g": ("f8", "S"), "i_read": ("f8", "A"),
     "t": ("f8", "s"),
+}
+
+
+#: what each number of the summary is (stored in S; shown in uS)
+SUMMARY = {
+    "devices": Metric("devices swept"),
+    "points": Metric("points (steps read)"),
+    "g_min_S": Metric("lowest conductance read", "S"),
+    "g_max_S": Metric("highest conductance read", "S"),
 }
 
 

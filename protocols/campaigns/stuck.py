@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from database.display import Metric
 from protocols.campaigns._loop import UnitResult, raster, run_units
 from protocols.campaigns.common import (
     CLASS_CODES,
@@ -91,6 +92,17 @@ def run(rig: CrossbarRig, config: StuckConfig, store, *, seed: int | None = None
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
     return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
+
+
+#: what each number of the summary is (the yield is stored as a fraction, shown in %)
+SUMMARY = {
+    "devices": Metric("devices screened"),
+    "working": Metric("working devices"),
+    "stuck-HRS": Metric("stuck-HRS devices"),
+    "stuck-LRS": Metric("stuck-LRS devices"),
+    "yield": Metric("yield (working devices)", "fraction"),
+    "clipped_reads": Metric("reads at the range ceiling (clipped)"),
+}
 
 
 def summarize(df) -> dict:

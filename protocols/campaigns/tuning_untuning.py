@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
+from database.display import Metric
 from protocols.campaigns._loop import UnitResult, raster, run_units
 from protocols.campaigns.common import (
     HISTORY_COLUMNS,
@@ -94,12 +95,14 @@ def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | No
         rows: dict[str, list] = {k: [] for k in TUNINGS_COLUMNS}
         hist = []
         pulses = 0
+        warm = None  # the fast variant starts each ramp near what last moved this device
         for li, level in enumerate(levels):
             off = max(cfg.off_floor, cfg.off_fraction * level)
             for rep in range(cfg.repeats):
                 tix = i * per_device + li * cfg.repeats + rep
-                un = tune(rig, r, c, off, off_cfg)
-                res = tune(rig, r, c, float(level), cfg.tune)
+                un = tune(rig, r, c, off, off_cfg, warm=warm)
+                res = tune(rig, r, c, float(level), cfg.tune, warm=un.warm)
+                warm = res.warm
                 rig.wait(cfg.settle_s)
                 g_set = float(rig.read(r, c))
                 pulses += un.pulses + res.pulses
@@ -125,6 +128,21 @@ def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | No
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
     return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
+
+
+#: what each number of the summary is (stored in SI and fractions; shown in uS and %)
+SUMMARY = {
+    "devices": Metric("devices measured"),
+    "tunings": Metric("tunings"),
+    "failed": Metric("failed tunings"),
+    "failure_rate": Metric("share of tunings that failed", "fraction"),
+    "pulses_median": Metric("pulses per tuning, median"),
+    "pulses_p90": Metric("pulses per tuning, 90th percentile"),
+    "error_mean_rel": Metric("mean error of the converged tunings (of target)", "fraction",
+                             nd=2, signed=True),
+    "error_std_rel": Metric("std of that error (of target)", "fraction", nd=2),
+    "instrument_time_s": Metric("instrument time", "s"),
+}
 
 
 def summarize(df) -> dict:

@@ -11,8 +11,14 @@ cabled to its SMU input (`smu_inputs`, channel -> SMU terminal such as `smu2`): 
 so the cable carries that SMU's level and its current is the SMU's (the connect-then-pass-through
 behaviour is this emulator's reading; to confirm on hardware).
 `execute()` plays all sequenced channels together through `LabWorld.run` and stores the
-measured points. Whether `clear()` resets channel setup is to confirm on hardware; here it does
-not (the driver re-applies setup anyway).
+measured points.
+
+Instrument time (physics.md §6): pattern building and channel setup are host-side (the library
+applies setup at execute), so they are free; `execute` + `waitUntilCompleted` cost one
+`round_trip` plus the waveform; every other call that reaches the instrument (initialize,
+connect, disconnect, abort, getStatus, getMeasureValueSize, getMeasureValues, closeSession) costs
+one `gpib_cmd`; openSession costs `session_open`. Whether `clear()` resets channel setup is to
+confirm on hardware; here it does not (the driver re-applies setup anyway).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class EmulatedWgfmuLibrary:
         self.results_valid = False
         self.status = W.STATUS_IDLE
         self.executions = 0
+        self.exchanges = 0  # calls that reached the instrument (each charged gpib_cmd)
 
     def _defaults(self) -> None:
         self.mode = {c: W.OPERATION_MODE_SMU for c in self.channels}
@@ -83,6 +90,12 @@ class EmulatedWgfmuLibrary:
             self.fail_next = None
             return True
         return False
+
+    def _bus(self) -> None:
+        """One exchange with the instrument."""
+        self.exchanges += 1
+        if self.world is not None:
+            self.world.clock.advance(self.world.latency.gpib_cmd, "command")
 
     def _need_session(self, fn: str) -> int:
         if self._fault(fn):
@@ -124,6 +137,7 @@ class EmulatedWgfmuLibrary:
         if not self.session:
             return self._e(W.CONTEXT_ERROR, "closeSession: no session open")
         self.session = False
+        self._bus()
         return W.NO_ERROR
 
     def setTimeout(self, seconds: float) -> int:
@@ -135,11 +149,14 @@ class EmulatedWgfmuLibrary:
         rc = self._need_session("initialize")
         if rc:
             return rc
+        self._bus()
         self._defaults()
         self._changed()
         return W.NO_ERROR
 
     def abort(self) -> int:
+        if self.session:
+            self._bus()
         if self.status == W.STATUS_RUNNING:
             self.status = W.STATUS_ABORTED
         return W.NO_ERROR
@@ -242,6 +259,7 @@ class EmulatedWgfmuLibrary:
         rc = self._chan("connect", channel)
         if rc:
             return rc
+        self._bus()
         self.connected.add(channel)
         self._publish()
         return W.NO_ERROR
@@ -250,6 +268,7 @@ class EmulatedWgfmuLibrary:
         rc = self._chan("disconnect", channel)
         if rc:
             return rc
+        self._bus()
         self.connected.discard(channel)
         self._publish()
         return W.NO_ERROR
@@ -342,12 +361,16 @@ class EmulatedWgfmuLibrary:
 
     def getStatus(self):
         rc = self._need_session("getStatus")
+        if not rc:
+            self._bus()
         return rc, self.status, 0.0, 0.0
 
     def _result(self, fn: str, ch: int) -> int:
         rc = self._chan(fn, ch)
         if rc:
             return rc
+        if fn != "getInterpolatedForceValue":  # computed by the library from the pattern
+            self._bus()
         if self.results is None:
             return self._e(W.RESULT_NOT_READY_ERROR, f"{fn}: nothing executed")
         if not self.results_valid:

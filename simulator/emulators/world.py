@@ -12,8 +12,8 @@ line sees and drives the physics:
   (the plateau; edges are not counted, like `SimulatedRig`);
 - a measurement returns the current flowing out of a terminal into the array. The grounded-read
   case (one row at Vr, every other line at 0 V, the sensing terminal on the selected column) uses
-  `Crossbar.read`, which includes the read noise; any other configuration uses the noise-free
-  nodal `Crossbar.measure` (documented limitation);
+  `Crossbar.read`; any other configuration the nodal `Crossbar.measure`, with the same read
+  noise added to the sensed current;
 - DC levels held by SMUs stress the routed devices for the time they are held (`settle_dc`,
   `simulator.dc.hold`: the operating point with every SMU's compliance, re-solved while devices
   switch), and an SMU measurement is the operating point's current of its terminal plus read
@@ -250,7 +250,8 @@ class LabWorld:
         if np.isnan(row_v).all() and np.isnan(col_v).all():
             return 0.0
         rc, cc = self.crossbar.measure(row_v, col_v)
-        return float(np.sum(rc[ri]) + np.sum(cc[ci]))
+        # a sensing channel has the same read noise whatever the bias of the other lines
+        return self.crossbar.noisy(float(np.sum(rc[ri]) + np.sum(cc[ci])))
 
     def compile(self, segments: list[Segment]) -> Plan:
         """Resolve a waveform once into what `run` does with it (idle stretches, write

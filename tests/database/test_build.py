@@ -49,6 +49,30 @@ def _disturbance_rows():
     return rows
 
 
+def test_tuning_sigma_is_within_device_and_offset_spread_is_per_device(tmp_path):
+    # each device has its own offset (the paper's model: offset per device, sigma per tuning);
+    # the DB's sigma must be the within-device spread, or a transfer sampled from it (offset
+    # per device, then sigma) counts the offset spread twice
+    rng = np.random.default_rng(5)
+    levels = np.array([100e-6, 300e-6])
+    runs = []
+    for _ in range(60):
+        off = -0.006 + 0.004 * rng.standard_normal()
+        runs += _tunings(rng, levels, n_dev=1, reps=40, sigma=lambda g: 0.005, offset=off)
+    for d, r in enumerate(runs):
+        r["tunings"]["device"] = [d] * len(r["tunings"]["device"])
+        r["tunings"]["converged"] = [True] * len(r["tunings"]["device"])
+    _write(tmp_path / "t.h5", "tuning-untuning", {"tunings": tuning_untuning.TUNINGS_COLUMNS},
+           runs)
+    _write(tmp_path / "d.h5", "disturbance", {"devices": disturbance.DEVICES_COLUMNS,
+                                              "samples": disturbance.SAMPLES_COLUMNS},
+           _disturbance_rows())
+    db = build_nonideality([tmp_path / "t.h5", tmp_path / "d.h5"])
+    assert np.allclose(db.tuning_sigma_rel, 0.005, rtol=0.06)   # pooled would be ~0.0064
+    assert db.offset_std_rel == pytest.approx(0.004, rel=0.25)
+    assert db.offset_mean_rel == pytest.approx(-0.006, abs=0.0012)
+
+
 def test_build_from_synthetic_runs_recovers_the_model(tmp_path):
     rng = np.random.default_rng(0)
     levels = np.linspace(100e-6, 400e-6, 4)

@@ -180,3 +180,22 @@ def test_unknown_protocol_and_unfinished_run(tmp_path):
     assert v.figures == [] and "future-campaign" in v.notes[0] and "t: 1 rows" in v.notes[0]
     v, written = plot_run(p, out_dir=tmp_path)
     assert written == []
+
+
+def test_stuck_figure_says_when_reads_were_clipped(tmp_path):
+    # the demo's screening: stuck-LRS devices found, but every read of them at the range
+    # ceiling; the figure must say so instead of drawing an empty histogram
+    import dataclasses
+
+    import numpy as np
+
+    from database.plots import plot_stuck, stuck_notes
+    from database.reference import import_reference
+
+    db = dataclasses.replace(import_reference(), stuck_lrs_rate=0.02,
+                             stuck_lrs_samples=np.zeros(0))
+    notes = stuck_notes(db)
+    assert len(notes) == 1 and "LRS" in notes[0] and "clipped" in notes[0] and "2.00 %" in notes[0]
+    assert plot_stuck(db, tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    measured = dataclasses.replace(db, stuck_lrs_samples=np.array([5e-4, 6e-4, 7e-4]))
+    assert stuck_notes(measured) == []

@@ -17,8 +17,9 @@ from simulator import dc
 from xbarlab.station import Station, load_station
 from xbarlab.station.config import station_model
 
-#: device kinetics frozen, so the comparison sees one state (the stress physics is tested apart)
-FROZEN = {"device": {"g0_set": 1e-15, "g0_reset": 1e-15}}
+#: device kinetics and slow fluctuators frozen, so the comparison sees one state (the stress
+#: physics is tested apart)
+FROZEN = {"device": {"g0_set": 1e-15, "g0_reset": 1e-15, "rtn_amplitude": 0.0}}
 
 B1500_XBAR = """
 name: sim-b1500
@@ -40,8 +41,8 @@ sim: {seed: 3}
 
 
 def _station(which: str, tmp_path, crossbars=None) -> Station:
-    if which == "4200":
-        st = load_station("sim-pmu")
+    if which in ("4200", "sim-wgfmu"):
+        st = load_station("sim-pmu" if which == "4200" else which)
     else:
         p = tmp_path / "sim-b1500.yaml"
         p.write_text(B1500_XBAR)
@@ -158,8 +159,8 @@ def test_a_request_needing_more_smus_than_the_rig_has_is_refused_before_anything
             rig.dc(DcRequest(levels, [("row", 0)], 1e-3, others="float"))
 
 
-def test_single_crosspoint_reaches_the_device_through_the_rsus():
-    st = load_station("sim-wgfmu")
+def test_single_crosspoint_reaches_the_device_through_the_rsus(tmp_path):
+    st = _station("sim-wgfmu", tmp_path, {"dev0": FROZEN})      # the station's crosspoint
     with st.open_rig() as rig:
         assert rig.dc_capacity.fixed
         xb = st.world.crossbar

@@ -36,7 +36,9 @@ from reliability_support import (
 from database.runs import list_runs, read_run
 from protocols.campaigns import CAMPAIGNS
 
-DEVICES = ["0,0", "0,1", "1,0", "1,1", "2,2"]
+# enough devices that the run outlives the kill on a loaded machine (the fast station design
+# finishes a device in tens of ms)
+DEVICES = ["0,0", "0,1", "1,0", "1,1", "2,2", "2,3", "3,2", "3,3"]
 CONFIGS = {"tuning-untuning": {"levels": 1, "repeats": 2, "record_history": True},
            "disturbance": {"record_history": True}, "stuck": {}, "iv-pulsed": {},
            "iv": {"cycles": 1, "v_step": 0.2, "v_set": 1.2, "v_reset": -1.2}, "bringup": {},
@@ -92,7 +94,7 @@ def test_sigkill_at_random_point_then_rerun_equals_uninterrupted(campaign, tmp_p
     out = tmp_path / "killed.h5"
     p = _spawn(_args(campaign, out, cfg))
     _wait_devices(p, rng.randint(1, 3))
-    time.sleep(rng.uniform(0.0, 0.15))
+    time.sleep(rng.uniform(0.0, 0.05))
     killed = p.poll() is None
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=30)

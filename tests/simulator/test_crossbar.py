@@ -4,9 +4,13 @@ import numpy as np
 import pytest
 
 from simulator.clock import VirtualClock
-from simulator.config import CrossbarConfig
+from simulator.config import CrossbarConfig, DeviceParams
 from simulator.crossbar import STUCK_HRS, STUCK_LRS, Crossbar
 from simulator.errors import SimulatorError
+
+# Tests of one mechanism switch the slow fluctuators off (they are tested on their own below):
+# a read then sees G + Gv exactly, up to read noise.
+NO_RTN = DeviceParams(rtn_count=0)
 
 
 def test_initial_population_and_stuck_classes():
@@ -78,7 +82,7 @@ def test_bad_state_is_refused():
 
 def test_volatile_excess_relaxes_with_clock():
     clock = VirtualClock()
-    cfg = CrossbarConfig(rows=1, cols=1, stuck_hrs_rate=0, stuck_lrs_rate=0)
+    cfg = CrossbarConfig(rows=1, cols=1, stuck_hrs_rate=0, stuck_lrs_rate=0, device=NO_RTN)
     xb = Crossbar(cfg, seed=0, clock=clock)
     for _ in range(30):
         xb.pulse_device(0, 0, 1.6, 200e-9)
@@ -92,7 +96,7 @@ def test_volatile_excess_relaxes_with_clock():
 
 
 def test_v3_neighbours_drift_less_and_more_negatively():
-    cfg = CrossbarConfig(stuck_hrs_rate=0, stuck_lrs_rate=0, r_line=0, r_source=0)
+    cfg = CrossbarConfig(stuck_hrs_rate=0, stuck_lrs_rate=0, r_line=0, r_source=0, device=NO_RTN)
     rng = np.random.default_rng(0)
     drifts_sel, drifts_other = [], []
     for seed in range(6):
@@ -122,7 +126,8 @@ def test_v3_neighbours_drift_less_and_more_negatively():
 
 
 def _mixed(seed=0, r=0.0):
-    cfg = CrossbarConfig(stuck_hrs_rate=0, stuck_lrs_rate=0, r_line=r, r_source=r)
+    cfg = CrossbarConfig(stuck_hrs_rate=0, stuck_lrs_rate=0, r_line=r, r_source=r,
+                         device=NO_RTN)
     xb = Crossbar(cfg, seed=seed)
     rng = np.random.default_rng(seed)
     target = rng.uniform(100e-6, 400e-6, (8, 8))
@@ -238,3 +243,83 @@ def test_volatile_cap_varies_per_device_and_old_states_load_without_it():
     del d["psi"]
     again = Crossbar.from_state_dict(d)
     assert np.all(again.state_dict()["psi"] == p.volatile_cap)
+
+
+def _rtn_cfg(**kw):
+    dev = dict(rtn_count=8, rtn_amplitude=0.02, rtn_sigma=0.5, rtn_tau_min=1.0,
+               rtn_tau_max=1e4, rtn_exponent=0.0)
+    dev.update(kw)
+    return CrossbarConfig(rows=16, cols=16, stuck_hrs_rate=0, stuck_lrs_rate=0,
+                          device=DeviceParams(**dev))
+
+
+def test_slow_fluctuators_move_reads_both_ways_more_with_time():
+    xb = Crossbar(_rtn_cfg(), seed=3)
+    g0 = xb.conductance()
+    spreads = []
+    for dt in (0.1, 10.0, 1000.0):
+        xb.clock.advance(dt)
+        d = xb.conductance() / g0 - 1
+        spreads.append(d.std())
+        assert (d > 0).any() and (d < 0).any()         # symmetric: up and down
+        g0 = xb.conductance()
+    # log-uniform dwell times: a longer wait switches more fluctuators
+    assert spreads[0] < spreads[1] < spreads[2]
+    # the switching state never touches the nonvolatile state
+    assert np.array_equal(xb.G, Crossbar(_rtn_cfg(rtn_count=0), seed=3).G)
+
+
+def test_fluctuators_switch_with_the_exact_two_state_probability_whatever_the_access_spacing():
+    # one fluctuator per device, dwell time 10 s: after 5 s, P(other state) = (1 - e^-1) / 2
+    cfg = _rtn_cfg(rtn_count=1, rtn_tau_min=10.0, rtn_tau_max=10.0)
+    frac = []
+    for steps in (1, 50):
+        xb = Crossbar(cfg.model_copy(update={"rows": 64, "cols": 64}), seed=8)
+        s0 = xb.state_dict()["rtn_state"].copy()
+        for _ in range(steps):
+            xb.clock.advance(5.0 / steps)
+            xb.conductance()
+        frac.append((xb.state_dict()["rtn_state"] != s0).mean())
+    p = (1 - np.exp(-1.0)) / 2
+    for f in frac:
+        assert f == pytest.approx(p, abs=4 * np.sqrt(p * (1 - p) / 4096))
+
+
+def test_fluctuators_keep_pulses_and_their_draws_as_without_them():
+    # separate generator: the C2C and read-noise draws are the same with fluctuators on or off
+    on, off = Crossbar(_rtn_cfg(), seed=4), Crossbar(_rtn_cfg(rtn_count=0), seed=4)
+    for xb in (on, off):
+        for k in range(40):
+            xb.pulse_v3(k % 16, (5 * k) % 16, 1.5 if k % 3 else -1.7, 200e-9)
+            xb.clock.advance(0.5)
+    assert np.array_equal(on.G, off.G)
+    assert not np.array_equal(on.conductance(), off.conductance())
+
+
+def test_fluctuators_round_trip_and_old_states_load_without_them(tmp_path):
+    from simulator.chip import VirtualChip
+
+    ref = Crossbar(_rtn_cfg(), seed=9)
+    ref.clock.advance(3.0)
+    saved = ref.state_dict()
+    seq = []
+    for xb in (ref, Crossbar.from_state_dict(saved)):
+        out = []
+        for _ in range(30):
+            xb.clock.advance(7.0)
+            out.append(xb.read(2, 3))
+        seq.append(out)
+    assert seq[0] == seq[1]
+    chip = VirtualChip({"a": _rtn_cfg()}, seed=2)
+    chip.clock.advance(100.0)
+    chip.save(tmp_path / "c.npz")
+    again = VirtualChip.load(tmp_path / "c.npz")
+    chip.clock.advance(50.0)
+    again.clock.advance(50.0)
+    assert np.array_equal(chip["a"].conductance(), again["a"].conductance())
+    # a state written before the fluctuators existed: none, and the reads are G + Gv
+    d = ref.state_dict()
+    for k in ("rtn_amp", "rtn_tau", "rtn_state", "rtn_next", "rng_rtn"):
+        del d[k]
+    old = Crossbar.from_state_dict(d)
+    assert np.array_equal(old.conductance(), old.G + old.Gv)

@@ -5,7 +5,7 @@ import pytest
 
 from instruments.errors import SafetyLimitError
 from protocols.rig import ReadSettings
-from simulator.config import CrossbarConfig, LatencyConfig
+from simulator.config import CrossbarConfig, DeviceParams, LatencyConfig
 from simulator.crossbar import Crossbar
 from simulator.direct_rig import SimulatedRig
 
@@ -89,3 +89,27 @@ def test_closed_loop_tuning_reaches_one_percent():
             rig.pulse(2, 3, vr, 200e-9)
             vr, vs = max(vr - 0.02, -2.4), 0.8
     assert ok >= 10
+
+
+def test_read_array_reads_each_device_at_its_own_time():
+    # a map takes rows*cols executions: a device read late in the map has relaxed for longer,
+    # as on a station that reads one device per execution (time-dependent physics sees it)
+    lat = LatencyConfig(round_trip=1.0, read_time=10e-6)
+    dev = DeviceParams(volatile_fraction=0.5, volatile_cap=0.2, sigma_volatile=0.0, tau_relax=1.0,
+                       rtn_count=0)
+    cfg = CrossbarConfig(rows=2, cols=2, stuck_hrs_rate=0, stuck_lrs_rate=0, r_line=0.0,
+                         r_source=0.0, device=dev)
+    rig = SimulatedRig(Crossbar(cfg, seed=1), latency=lat)
+    xb = rig.crossbar
+    for (i, j) in ((0, 0), (1, 1)):
+        for _ in range(30):
+            xb.pulse_device(i, j, 1.6, 200e-9)
+    gv0 = xb.Gv
+    assert gv0[0, 0] > 10e-6 and gv0[1, 1] > 10e-6
+    t0 = rig.clock
+    g = rig.read_array()
+    for (i, j), k in (((0, 0), 1), ((1, 1), 4)):
+        # device number k in raster order is read k round trips (and k-1 reads) into the map
+        seen = xb.G[i, j] + gv0[i, j] * np.exp(-(k * 1.0 + (k - 1) * 10e-6) / dev.tau_relax)
+        assert g[i, j] == pytest.approx(seen, abs=5 * np.hypot(0.0015 * seen, 0.45e-6))
+    assert rig.clock == pytest.approx(t0 + 4 * (1.0 + 10e-6))

@@ -225,3 +225,36 @@ def test_pyvisa_sim_definitions_serve_the_drivers():
     assert p.query("ID") == "KI4200A V4.6.0"
     p.cmd(":PMU:INIT 1")
     assert p._res.query(":PMU:NOPE") == "Unrecognized command (-992)"  # past the guard
+
+
+def test_every_message_and_instrument_call_is_charged_to_the_clock(lab):
+    """physics.md §6: one gpib_cmd per message exchange (a KXCI setter waits for its ACK, a TSP
+    chunk for its reply), one relay_switch per changed 707B selection, one round_trip per
+    execution; WGFMU pattern building is host-side and free, calls that reach the instrument
+    are not."""
+    _, world, lib, rm = lab
+    lat, clk = world.latency, world.clock
+    k = K4200.open(rm, PMU)
+    m = K707B.open(rm, "GPIB0::18::INSTR")
+    before = clk.totals.get("command", 0.0)
+    n0 = k.round_trips + m.round_trips
+    k.pmu_init(channels=(1,))
+    m.exclusive_close(["1A01", "2B01"])
+    n = k.round_trips + m.round_trips - n0
+    assert n == 6
+    assert clk.totals["command"] - before == pytest.approx(n * lat.gpib_cmd)
+    assert clk.totals["relay"] == pytest.approx(lat.relay_switch)
+
+    wl = EmulatedWgfmuLibrary(world)
+    w = W.Wgfmu(wl)
+    w.open("GPIB0::17::INSTR")                    # session + initialize
+    t = dict(clk.totals)
+    ch = w.channel(101)
+    ch.setup()
+    w.create_pattern("p", 0.0)
+    w.add_vectors("p", [(1e-6, 0.0)])
+    assert clk.totals == t                         # host-side until execute
+    ch.connect()
+    ch.connect()                                   # already connected: nothing sent
+    assert clk.totals["command"] - t["command"] == pytest.approx(lat.gpib_cmd)
+    assert wl.exchanges == 2                       # initialize, connect

@@ -147,6 +147,28 @@ def test_grounded_fixed_point_matches_factorised_solve(r_line, r_source, v_nl):
                                s.grounded_column_currents(g, 0.2, rows=[1])[0], rtol=1e-9)
 
 
+@pytest.mark.parametrize("r_line, r_source, v_nl", [(0.75, 2.0, 0.81), (2.0, 0.0, 0.81),
+                                                     (0.0, 5.0, 0.81), (5.0, 1.0, None),
+                                                     (0.75, 2.0, None)])
+def test_driven_currents_match_the_newton_solve_for_any_all_driven_bias(r_line, r_source, v_nl):
+    rng = np.random.default_rng(7)
+    g = rng.uniform(5e-6, 900e-6, (6, 9))
+    s = NodalSolver(6, 9, r_line, r_source, v_nl=v_nl)
+    # the V/3 write routing read with the sensed column lifted (PmuRig 'write-routing'), a V/3
+    # write and a random bias: every line driven
+    rv, cv = np.full(6, 0.1), np.full(9, 0.2)
+    rv[2], cv[4] = 0.3, 0.1
+    third = np.full(6, 0.4), np.full(9, 0.8)
+    third[0][1], third[1][3] = 1.2, 0.0
+    for row_v, col_v in ((rv, cv), third, (rng.uniform(-1, 1, 6), rng.uniform(-1, 1, 9))):
+        ref = s.solve(g, row_v, col_v)
+        rc, cc = s.driven_currents(g, row_v, col_v)
+        np.testing.assert_allclose(rc, ref.row_currents, rtol=1e-8, atol=1e-14)
+        np.testing.assert_allclose(cc, ref.col_currents, rtol=1e-8, atol=1e-14)
+    with pytest.raises(SimulatorError, match="NaN"):
+        s.driven_currents(g, np.full(6, NAN), cv)
+
+
 def test_grounded_fixed_point_declines_a_weak_contraction():
     g = np.full((16, 16), 800e-6)
     s = NodalSolver(16, 16, 20.0, 10.0)

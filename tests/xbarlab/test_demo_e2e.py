@@ -10,9 +10,10 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow  # the quick demo: about a minute
 
+from database.display import duration, pct, us  # noqa: E402
 from database.nonideality import load_nonideality  # noqa: E402
 from protocols.transfer import load_transfer  # noqa: E402
-from xbarlab.report import NETWORKS, pct, sec, us  # noqa: E402
+from xbarlab.report import NETWORKS  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -156,6 +157,33 @@ def test_timing_table_equals_timing_json(demo):
     shown = [t for t in timing if t["name"] != "report"]
     assert [t["title"] for t in report["timing"]] == [t["title"] for t in shown]
     for t in shown:
-        assert _row(t["title"], sec(t["seconds"]), sec(t["instrument_s"])) in md
+        assert _row(t["title"], duration(t["seconds"]), duration(t["instrument_s"])) in md
     total_inst = sum(t["instrument_s"] or 0.0 for t in shown)
-    assert f"| {sec(total_inst)} |" in md
+    assert f"| {duration(total_inst)} |" in md
+
+
+def test_report_leads_with_the_published_claim_measured_on_chips(demo):
+    out, steps, report, md, _page = demo
+    ev = json.loads((out / "evaluate" / "summary.json").read_text())["networks"]
+    # the chip figure recomputed from the HDF5 files: a test point counts when it is right on
+    # >= 95 % of the chips that carried the network
+    right = {n: [] for n in NETWORKS}
+    for r in json.loads((out / "transfer" / "transfers.json").read_text()):
+        inf = load_transfer(out / r["path"]).tables["inference"]
+        right[r["network"]].append((inf.predicted == inf.label).to_numpy())
+    rb, c = report["robust"], report["claims"]
+    for n in NETWORKS:
+        per_point = sum(right[n]) / len(right[n])
+        assert rb[n]["chips"] == pytest.approx(float((per_point >= 0.95 - 1e-9).mean()))
+        assert rb[n]["monte_carlo"] == ev[n]["share_correct"][">=95%"]
+    assert c["hw_robust_chips"] == (rb["hardware_aware"]["chips"] > rb["regular"]["chips"])
+    # the summary table's first rows are the published claim, Monte-Carlo then chips
+    summary = md.split("## Summary", 1)[1]
+    first = [ln for ln in summary.splitlines() if ln.startswith("| ") and "statement" not in ln]
+    assert first[0].startswith("| published claim, Monte-Carlo")
+    assert first[1].startswith("| published claim, on the 3 programmed chips")
+    assert "(not claimed)" in first[2]
+    # the demo says its conclusion: the report step carries the lines the CLI prints
+    lines = steps[-1].info["conclusion"]
+    assert lines[0].startswith("Published claim") and "programmed chips" in lines[2]
+    assert pct(rb["hardware_aware"]["chips"]) in lines[2]

@@ -132,7 +132,7 @@ def test_fresh_run_on_another_crossbar_records_that_crossbar(tmp_path):
 
 def test_a_role_on_a_terminal_no_instrument_offers_is_refused(tmp_path):
     raw = (STATIONS / "sim-pmu.yaml").read_text()
-    raw = raw.replace("rig: pmu", "rig: wgfmu").replace(
+    raw = raw.replace("rig: pmu", "rig: wgfmu").replace(", scheme: write-routing}", "}").replace(
         '  k4200: {resource: "TCPIP0::192.168.0.2::1225::SOCKET", timeout: 5, smus: 4}\n',
         '  b1500: {resource: "GPIB0::17::INSTR", smu_v3: 2, smu_2v3: 4}\n'
         '  wgfmu: {address: "GPIB0::17::INSTR"}\n').replace(

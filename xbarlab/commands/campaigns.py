@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from xbarlab.commands import first_line, next_steps
 from xbarlab.errors import XbarlabError
 from xbarlab.yamlfiles import read_mapping, validate
 
@@ -49,10 +50,17 @@ def _log_to_file(path: Path) -> logging.Handler:
     return h
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+def summary_text(protocol: str, summary: dict) -> str:
+    """A stored summary as indented 'metric: value' lines in display units."""
+    from database.display import summary_lines
+    from protocols.summaries import summary_metrics
+
+    return "\n".join("  " + ln for ln in summary_lines(summary, summary_metrics(protocol)))
+
+
+def _next(out: Path) -> None:
+    next_steps(f"`xbarlab plot {out}` (its figures)", f"`xbarlab db show {out}` (tables, units)",
+               f"`xbarlab db build {out} ... -o db.h5` (a non-ideality database)")
 
 
 def register(cli: click.Group) -> None:
@@ -64,7 +72,8 @@ def register(cli: click.Group) -> None:
     @click.option("--device", required=True, help="ROW,COL (0-based)")
     @click.option("--target", required=True, type=float, help="target conductance [S]")
     @click.option("--crossbar", default=None, help="crossbar on the chip (sim stations)")
-    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="alibart")
+    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default=None,
+                  help="write-verify algorithm [default: the config's, else fast]")
     @click.option("--tolerance", type=float, default=None, help="band, fraction of target")
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                   help="TuneConfig YAML")
@@ -72,6 +81,7 @@ def register(cli: click.Group) -> None:
     def tune_cmd(station_path, device, target, crossbar, algorithm, tolerance, config_path,
                  as_json):
         """Write-verify one device to a target conductance."""
+        from database.display import duration, pct, us
         from protocols.tuning import TuneConfig, check_target, check_tune, tune
 
         row, col = _parse_device(device)
@@ -93,14 +103,31 @@ def register(cli: click.Group) -> None:
         state = "converged" if res.converged else "FAILED"
         click.echo(f"({row},{col}) {state} after {res.pulses} pulses "
                    f"({res.set_pulses} SET, {res.reset_pulses} RESET): "
-                   f"{res.g_initial * 1e6:.2f} -> {res.g_final * 1e6:.2f} uS "
-                   f"(target {target * 1e6:.2f} uS, error {100 * res.error_rel:+.3f} %), "
-                   f"instrument time {res.t_end - res.t_start:.3f} s")
+                   f"{us(res.g_initial, 2)} -> {us(res.g_final, 2)} "
+                   f"(target {us(target, 2)}, error {pct(res.error_rel, 3, signed=True)}), "
+                   f"instrument time {duration(res.t_end - res.t_start)}")
         if not res.converged:
             raise SystemExit(1)
 
+    def print_config(ctx, _param, value):
+        if not value or ctx.resilient_parsing:
+            return
+        from protocols.campaigns import CAMPAIGNS
+        from xbarlab.yamlfiles import config_yaml
+
+        name = ctx.command.name
+        click.echo(config_yaml(CAMPAIGNS[name][1], f"{name} campaign: the default config, "
+                               "every field with its unit and range.\nEdit, then: xbarlab run "
+                               f"{name} --station STATION --config THIS.yaml -o FILE.h5"), nl=False)
+        ctx.exit()
+
     def make(name: str):
-        @run_group.command(name)
+        from protocols.campaigns import CAMPAIGNS
+
+        @run_group.command(name, short_help=first_line(CAMPAIGNS[name][0].__doc__))
+        @click.option("--print-config", is_flag=True, is_eager=True, expose_value=False,
+                      callback=print_config,
+                      help="print the default config (YAML, commented) and exit")
         @click.option("--station", "station_path", required=True,
                       type=click.Path(dir_okay=False), help="station file (YAML)")
         @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
@@ -140,8 +167,8 @@ def register(cli: click.Group) -> None:
                 click.echo(f"{name}: {out_p} ({done.name}) is already complete, "
                            f"{done.units_done} units: nothing to do (--overwrite to measure "
                            "again)")
-                for k, v in done.summary.items():
-                    click.echo(f"  {k}: {_fmt(v)}")
+                click.echo(summary_text(name, done.summary))
+                _next(out_p)
                 return
             if out_p.exists() and not (resume or overwrite):
                 click.echo(f"{out_p} exists: continuing its unfinished run if the settings match",
@@ -160,11 +187,12 @@ def register(cli: click.Group) -> None:
             if res.resumed_from:
                 click.echo(f"resumed after {res.resumed_from} finished devices")
             click.echo(f"{name}: {res.path} ({res.run})")
-            for k, v in res.summary.items():
-                click.echo(f"  {k}: {_fmt(v)}")
+            click.echo(summary_text(name, res.summary))
+            _next(out_p)
 
-        cmd.__doc__ = (f"Run the {name} campaign (resumable; re-run the same command to "
-                       "continue an interrupted run).")
+        cmd.__doc__ = (f"{CAMPAIGNS[name][0].__doc__.strip()}\n\nResumable: re-run the same "
+                       "command to continue an interrupted run. `--print-config` shows every "
+                       "config field with its default, unit and range.")
         return cmd
 
     for name in ("tuning-untuning", "disturbance", "stuck", "iv", "iv-pulsed", "bringup",

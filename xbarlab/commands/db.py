@@ -9,6 +9,7 @@ import click
 import h5py
 
 from database.errors import SchemaError
+from xbarlab.commands import next_steps
 
 
 def _kind(path: Path) -> str:
@@ -21,8 +22,11 @@ def _kind(path: Path) -> str:
 
 
 def _show_runs(path: Path) -> None:
-    from database.runs import list_runs
+    from database.display import column_unit
+    from database.runs import list_runs, table_columns
+    from xbarlab.commands.campaigns import summary_text
 
+    columns = table_columns(path)
     for info in list_runs(path):
         state = "complete" if info.complete else "UNFINISHED"
         click.echo(f"{path.name}:{info.name}  {info.protocol}  {state}  "
@@ -30,40 +34,45 @@ def _show_runs(path: Path) -> None:
         click.echo(f"  started {info.start_time}  ended {info.end_time or '-'}  "
                    f"xbarlab {info.software_version}  station {info.station.get('name', '?')}")
         for t, n in info.rows.items():
-            click.echo(f"  table {t}: {n} rows")
+            cols = columns.get(info.name, {}).get(t, {})
+            click.echo(f"  table {t}: {n:,} rows; columns "
+                       + ", ".join(c + column_unit(u) for c, u in cols.items()))
         for name, snap in (info.snapshot.get("instruments") or {}).items():
             click.echo(f"  instrument {name}: {snap.get('idn', snap.get('kind', '?'))}")
-        for k, v in info.summary.items():
-            click.echo(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
+        click.echo(summary_text(info.protocol, info.summary))
 
 
 def _show_db(path: Path) -> None:
     import numpy as np
 
+    from database.display import count, pct, us, volts
     from database.nonideality import load_nonideality
 
     db = load_nonideality(path)
-    click.echo(f"{path.name}: non-ideality database, G range {db.g_min * 1e6:.0f}-"
-               f"{db.g_max * 1e6:.0f} uS")
-    click.echo("  tuning: level (uS)  sigma (%)  offset (%)  n")
+    click.echo(f"{path.name}: non-ideality database, G range {us(db.g_min, 0)} to "
+               f"{us(db.g_max, 0)}")
+    click.echo(f"  tuning: {'level':>10}  {'sigma':>9}  {'offset':>10}  tunings")
     for lv, s, o, n in zip(db.tuning_levels, db.tuning_sigma_rel, db.tuning_offset_rel,
                            db.tuning_counts, strict=True):
-        click.echo(f"    {lv * 1e6:8.1f}  {s * 100:8.3f}  {o * 100:+9.3f}  {int(n)}")
-    click.echo(f"  sigma fit: {db.sigma_fit_slope * 1e-6 * 100:+.3e} %/uS * G + "
-               f"{db.sigma_fit_intercept * 100:.3f} %; offset N({db.offset_mean_rel * 100:+.3f} %, "
-               f"{db.offset_std_rel * 100:.3f} %)")
-    d = db.disturbance_delta * 1e6
-    click.echo(f"  disturbance: {d.size} samples, keys {db.disturbance_keys.min()}-{db.max_key}, "
-               f"mean {d.mean():+.2f} uS, 1st pct {np.percentile(d, 1):+.2f} uS, "
-               f"min {d.min():+.2f} uS, max {d.max():+.2f} uS")
+        click.echo(f"          {us(lv):>10}  {pct(s, 3):>9}  {pct(o, 3, signed=True):>10}  "
+                   f"{count(n)}")
+    click.echo(f"  sigma fit: {pct(db.sigma_fit_intercept, 3)} "
+               f"{pct(db.sigma_fit_slope * 100e-6, 4, signed=True)} per 100 uS of G; offset "
+               f"N({pct(db.offset_mean_rel, 3, signed=True)}, {pct(db.offset_std_rel, 3)})")
+    d = db.disturbance_delta
+    click.echo(f"  disturbance: {count(d.size)} samples, keys {db.disturbance_keys.min()}-"
+               f"{db.max_key}, mean {us(d.mean(), 2, signed=True)}, 1st percentile "
+               f"{us(np.percentile(d, 1), 2, signed=True)}, min {us(d.min(), 2, signed=True)}, "
+               f"max {us(d.max(), 2, signed=True)}")
     click.echo(f"  rule: {db.disturbance_rule}")
-    click.echo(f"  stuck: HRS {db.stuck_hrs_rate * 100:.2f} % ({db.stuck_hrs_samples.size} samples), "
-               f"LRS {db.stuck_lrs_rate * 100:.2f} % ({db.stuck_lrs_samples.size} samples)")
+    click.echo(f"  stuck: HRS {pct(db.stuck_hrs_rate, 2)} ({count(db.stuck_hrs_samples.size)} "
+               f"samples), LRS {pct(db.stuck_lrs_rate, 2)} ({count(db.stuck_lrs_samples.size)} "
+               "samples)")
     for name, v in (("SET", db.iv_set_volts), ("RESET", db.iv_reset_volts)):
         if v.size:
-            click.echo(f"  I-V {name} voltage: median {np.median(v):+.3f} V, "
-                       f"5-95 % {np.percentile(v, 5):+.3f} .. {np.percentile(v, 95):+.3f} V, "
-                       f"{v.size} cycles")
+            click.echo(f"  I-V {name} voltage: median {volts(np.median(v), 3, signed=True)}, "
+                       f"5-95 % {volts(np.percentile(v, 5), 3, signed=True)} to "
+                       f"{volts(np.percentile(v, 95), 3, signed=True)}, {count(v.size)} cycles")
     if not (db.iv_set_volts.size or db.iv_reset_volts.size):
         click.echo("  I-V thresholds: none (no DC I-V run among the inputs)")
     for k, v in db.provenance.items():
@@ -89,6 +98,8 @@ def register(cli: click.Group) -> None:
         save_nonideality(db, out, overwrite=force)
         click.echo(f"wrote {out}")
         _show_db(Path(out))
+        next_steps(f"`xbarlab db plot {out}` (its figures)",
+                   f"`xbarlab train --db {out} --out net.pt` (a network trained on it)")
 
     @db_group.command("show")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False))

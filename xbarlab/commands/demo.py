@@ -29,6 +29,7 @@ def register(cli: click.Group) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from database.display import duration
         from xbarlab.demo import run_demo
 
         console = Console()
@@ -37,13 +38,14 @@ def register(cli: click.Group) -> None:
                          echo=console.print, steps=wanted)
         t = Table(title="demo timing")
         t.add_column("step")
-        t.add_column("wall time (s)", justify="right")
-        t.add_column("predicted instrument time, real station (s)", justify="right")
+        t.add_column("wall time", justify="right")
+        t.add_column("predicted instrument time, real station", justify="right")
         for s in steps:
-            t.add_row(s.title, f"{s.seconds:.1f}",
-                      "-" if s.instrument_s is None else f"{s.instrument_s:.0f}")
-        t.add_row("total", f"{sum(s.seconds for s in steps):.1f}",
-                  f"{sum(s.instrument_s or 0.0 for s in steps):.0f}")
+            t.add_row(s.title, duration(s.seconds), duration(s.instrument_s))
+        t.add_row("total", duration(sum(s.seconds for s in steps)),
+                  duration(sum(s.instrument_s or 0.0 for s in steps)))
         console.print(t)
-        if any(s.name == "report" for s in steps):
-            console.print(f"report: {out}/report/index.html (and report.md)")
+        for s in steps:
+            if s.name == "report":
+                console.print("\n".join(s.info["conclusion"]), highlight=False)
+                console.print(f"report: {out}/report/index.html (and report.md)")

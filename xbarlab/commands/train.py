@@ -10,7 +10,16 @@ from pathlib import Path
 
 import click
 
-from training.defaults import DATASETS, DEFAULT_MAPPING, LABELS, MAPPINGS, network_name
+from database.display import pct
+from training.defaults import (
+    DATASETS,
+    DEFAULT_MAPPING,
+    LABELS,
+    MAPPINGS,
+    PAPER_SHARE_CORRECT_95,
+    network_name,
+)
+from xbarlab.commands import next_steps
 from xbarlab.errors import XbarlabError
 
 MAPPING = click.Choice(list(MAPPINGS))
@@ -41,14 +50,20 @@ def _table(title: str, summaries: dict[str, dict]):
         t.add_column(LABELS.get(name, name), justify="right")
     first = next(iter(summaries.values()))
     for q in first["share_correct"]:
-        t.add_row(f"{q} of transfers", *(f"{s['share_correct'][q]:.1%}"
-                                         for s in summaries.values()))
-    for key, label in (("clean_acc", "clean accuracy"), ("transfer_acc_mean", "transfer acc mean"),
-                       ("transfer_acc_median", "transfer acc median"),
-                       ("transfer_acc_p05", "transfer acc 5th pct"),
-                       ("transfer_acc_min", "transfer acc worst")):
-        t.add_row(label, *(f"{s[key]:.3f}" for s in summaries.values()))
+        t.add_row(f"{_share(q)} of transfers", *(pct(s["share_correct"][q])
+                                                 for s in summaries.values()))
+    for key, label in (("clean_acc", "clean (software) accuracy"),
+                       ("transfer_acc_mean", "transfer accuracy, mean"),
+                       ("transfer_acc_median", "transfer accuracy, median"),
+                       ("transfer_acc_p05", "transfer accuracy, 5th percentile"),
+                       ("transfer_acc_min", "transfer accuracy, worst")):
+        t.add_row(label, *(pct(s[key]) for s in summaries.values()))
     return t
+
+
+def _share(q: str) -> str:
+    """A threshold key of the evaluation ('>=95%') as people read it ('>= 95 %')."""
+    return f">= {q.removeprefix('>=').removesuffix('%')} %"
 
 
 def _multi_table(title: str, ms: dict):
@@ -59,9 +74,9 @@ def _multi_table(title: str, ms: dict):
     for name in ms:
         t.add_column(f"{LABELS.get(name, name)} (mean [95 % CI])", justify="right")
     for q in next(iter(ms.values()))["share_correct"]:
-        t.add_row(f"{q} of transfers", *(
-            f"{v['share_correct'][q]['mean']:.1%} [{v['share_correct'][q]['lo']:.1%}, "
-            f"{v['share_correct'][q]['hi']:.1%}]" for v in ms.values()))
+        t.add_row(f"{_share(q)} of transfers", *(
+            f"{pct(v['share_correct'][q]['mean'])} [{pct(v['share_correct'][q]['lo'])}, "
+            f"{pct(v['share_correct'][q]['hi'])}]" for v in ms.values()))
     return t
 
 
@@ -126,6 +141,9 @@ def register(cli: click.Group) -> None:
                    f"network {res.steps_per_network})"
         click.echo(f"wrote {out}: {res.steps} steps in {res.seconds:.1f} s, final loss "
                    f"{res.loss_history[-1] if res.loss_history else float('nan'):.4f}{stop}")
+        next_steps(f"`xbarlab evaluate --model {out}` (Monte-Carlo transfers)",
+                   f"`xbarlab transfer --model {out} --station sim-pmu -o transfer.h5` "
+                   "(program it onto crossbars)")
 
     @cli.command("evaluate")
     @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False))
@@ -166,6 +184,8 @@ def register(cli: click.Group) -> None:
         Console().print(_table(f"{transfers} transfers ({mapping or cfg.mapping} mapping)",
                                summary["networks"]))
         click.echo(f"wrote {out}/summary.json and figures")
+        next_steps(f"`xbarlab transfer --model {model_path} --station sim-pmu -o transfer.h5` "
+                   "(measure it on programmed crossbars)")
 
     @cli.command("reproduce")
     @click.option("--out", default="reproduce-out", show_default=True,
@@ -214,7 +234,7 @@ def register(cli: click.Group) -> None:
                 models[name] = res.model
             extra = {"mapping": mp, "epochs": epochs, "seed": seed, "k": k,
                      "train_seconds": {n: r.seconds for n, r in trained.items()},
-                     "paper": {"hardware_aware": 0.795, "regular": 0.185}}
+                     "paper": dict(PAPER_SHARE_CORRECT_95)}
             if k > 1:
                 extra["multi_seed"] = multi_seed_table(results["hardware_aware"],
                                                        results["regular"])

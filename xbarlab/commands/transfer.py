@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from database.display import count, duration, pct
 from xbarlab.crossbars import pick_crossbars
 from xbarlab.errors import XbarlabError
 
@@ -58,8 +59,8 @@ def register(cli: click.Group) -> None:
                        "default: the published 100-500 uS")
     @click.option("--member", default=0, show_default=True, type=click.IntRange(0),
                   help="network of an ensemble checkpoint")
-    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="alibart",
-                  show_default=True, help="write-verify algorithm")
+    @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="fast",
+                  show_default=True, help="write-verify algorithm (alibart: the paper's)")
     @click.option("--settle", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
                   help="instrument time before each tile's read-back [s]")
     @click.option("--save-plan", type=click.Path(dir_okay=False), default=None,
@@ -114,13 +115,15 @@ def register(cli: click.Group) -> None:
             click.echo(f"resumed after {res.resumed_from} finished devices")
         s = res.summary
         click.echo(f"transfer: {res.path} ({res.run}) onto {', '.join(names)}")
-        click.echo(f"  devices: {s['devices']} in {s['tiles']} tiles, {s.get('failed', 0)} "
-                   f"failed tunings, {s.get('pulses_total', 0)} pulses, instrument time "
-                   f"{s.get('instrument_time_s', 0.0):.1f} s")
+        click.echo(f"  devices: {count(s['devices'])} in {s['tiles']} tiles, "
+                   f"{count(s.get('failed', 0))} failed tunings, "
+                   f"{count(s.get('pulses_total', 0))} pulses, instrument time "
+                   f"{duration(s.get('instrument_time_s', 0.0))}")
         if "readback_error_mean_rel" in s:
-            click.echo(f"  read-back error: mean {100 * s['readback_error_mean_rel']:+.2f} %, "
-                       f"std {100 * s['readback_error_std_rel']:.2f} % of target")
+            click.echo(f"  read-back error: mean {pct(s['readback_error_mean_rel'], 2, signed=True)}"
+                       f", std {pct(s['readback_error_std_rel'], 2)} of target")
         if "accuracy" in s:
-            click.echo(f"  test accuracy: {100 * s['accuracy']:.1f} % on the crossbar, "
-                       f"{100 * s['accuracy_software']:.1f} % in software "
-                       f"({s['points']} points)")
+            click.echo(f"  test accuracy: {pct(s['accuracy'])} on the crossbar, "
+                       f"{pct(s['accuracy_software'])} in software ({count(s['points'])} points)")
+        click.echo(f"next: `xbarlab db show {res.path}` (every number of the run), "
+                   f"`xbarlab plot {res.path}` (its figures)")

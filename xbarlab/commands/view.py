@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from database.errors import DatabaseError
+from xbarlab.commands import next_steps
 
 HOST_HELP = ("address to serve on (default 127.0.0.1: this PC only); anything else lets others "
              "on the network open the page")
@@ -37,6 +38,9 @@ def register(cli: click.Group) -> None:
             click.echo(f"wrote {p}")
         if not written:
             click.echo("no figures written")
+        next_steps(f"`xbarlab db show {path}` (every number of the run)",
+                   f"`xbarlab db build {path} ... -o db.h5` (campaign runs -> non-ideality "
+                   "database)")
 
     @cli.command("watch")
     @click.argument("file", type=click.Path(dir_okay=False))

@@ -53,6 +53,10 @@ class ReadCfg(BaseModel):
     floor_S: float = Field(ReadSettings.floor_S, gt=0, description="smallest conductance a read "
                            "resolves [S] (protocols.rig.ReadSettings); tuning targets must lie "
                            "between floor_S and ceiling_S")
+    scheme: Literal["grounded", "write-routing"] = Field(
+        "grounded", description="verify read after a pulse (PMU rig): 'grounded' reroutes the "
+        "707B for every read; 'write-routing' reads in the pulse's own execution and routing, "
+        "corrected against grounded reads per device (instruments/rigs.py PmuRig)")
 
     @model_validator(mode="after")
     def _range(self) -> ReadCfg:
@@ -79,6 +83,8 @@ class SimCfg(BaseModel):
     model_config = STRICT
     seed: int = Field(0, ge=0, description="master seed of the virtual chip")
     chip_file: str | None = Field(None, description="saved VirtualChip to start from")
+    model: str | None = Field(None, description="chip model (YAML from `xbarlab sim calibrate`) "
+                              "a fresh chip is built from; default: the shipped calibration")
     latency: dict[str, float] = Field(default_factory=dict,
                                       description="LatencyConfig overrides [s]")
     crossbars: dict[str, dict] = Field(default_factory=dict, description="crossbar name -> "

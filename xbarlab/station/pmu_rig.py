@@ -60,7 +60,8 @@ def _smus(c, k4200, wiring: Wiring) -> list[SmuPort]:
 def _build(c, drivers, wiring: Wiring, lab) -> PmuRig:
     k4200 = drivers["k4200"]
     return PmuRig(k4200, drivers["k707b"], wiring, limits=c.limits, read=c.read.settings(),
-                  lab=lab, edge=c.pulse.edge, smus=_smus(c, k4200, wiring))
+                  lab=lab, edge=c.pulse.edge, read_scheme=c.read.scheme, width=c.pulse.width,
+                  smus=_smus(c, k4200, wiring))
 
 
 register(RigKind("pmu", _check, lambda c: ("k707b", "k4200"), _wiring, _build))

@@ -45,17 +45,25 @@ def load_station(path: str | Path) -> Station:
             err = e.errors()[0]
             raise StationError(f"{path.name}: sim.latency.{err['loc'][0]}: {err['msg']}") \
                 from None
+    if cfg.sim.model:
+        from simulator.errors import SimulatorError
+        from xbarlab.calibrate import load_chip_model
+        try:
+            load_chip_model(beside(path, cfg.sim.model))
+        except SimulatorError as e:
+            raise StationError(f"{path.name}: sim.model: {e}") from None
     if cfg.sim.crossbars:
         _layout(cfg.sim, path.name)  # validated now, used when the chip is built
     return Station(cfg, path)
 
 
-def _layout(sim, where: str):
-    """The chip's crossbars with the station file's overrides (`sim.crossbars`)."""
+def _layout(sim, where: str, model=None):
+    """The chip's crossbars (with the chip model's device parameters when given) and the
+    station file's overrides (`sim.crossbars`)."""
     from simulator.chip import default_layout
     from simulator.config import CrossbarConfig
 
-    layout = default_layout()
+    layout = default_layout(model)
     for name, over in sim.crossbars.items():
         if sim.chip_file:
             raise StationError(f"{where}: sim.crossbars: overrides apply to a chip built from "
@@ -71,6 +79,16 @@ def _layout(sim, where: str):
             loc = ".".join(str(x) for x in err["loc"])
             raise StationError(f"{where}: sim.crossbars.{name}.{loc}: {err['msg']}") from None
     return layout
+
+
+def beside(station_path: Path | None, name: str) -> Path:
+    """A path named in a station file, relative to the file's folder."""
+    f = Path(name)
+    return f if f.is_absolute() or station_path is None else station_path.parent / f
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class Station:
@@ -105,14 +123,17 @@ class Station:
             return None
         if self._chip is None:
             from simulator.chip import VirtualChip
-            if self.cfg.sim.chip_file:
-                f = Path(self.cfg.sim.chip_file)
-                if not f.is_absolute() and self.path is not None:
-                    f = self.path.parent / f
+            sim = self.cfg.sim
+            if sim.chip_file:
+                f = beside(self.path, sim.chip_file)
                 self._chip = VirtualChip.load(f)
-                self._chip_sha256 = hashlib.sha256(f.read_bytes()).hexdigest()
+                self._chip_sha256 = _sha256(f)
             else:
-                self._chip = VirtualChip(_layout(self.cfg.sim, self.name), seed=self.cfg.sim.seed)
+                model = None
+                if sim.model:
+                    from xbarlab.calibrate import load_chip_model
+                    model = load_chip_model(beside(self.path, sim.model))
+                self._chip = VirtualChip(_layout(sim, self.name, model), seed=sim.seed)
         return self._chip
 
     @property
@@ -146,7 +167,9 @@ class Station:
             from simulator.config import LatencyConfig
 
             d["sim"] = {"seed": self.chip.seed, "chip_file": c.sim.chip_file,
-                        "chip_sha256": self._chip_sha256,
+                        "chip_sha256": self._chip_sha256, "model": c.sim.model,
+                        "model_sha256": _sha256(beside(self.path, c.sim.model))
+                        if c.sim.model else None,
                         "latency": LatencyConfig(**c.sim.latency).model_dump(mode="json")}
             if c.sim.crossbars:
                 d["sim"]["crossbars"] = c.sim.crossbars

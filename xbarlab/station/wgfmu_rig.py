@@ -35,6 +35,9 @@ def _check(c) -> None:
     w = c.instruments.wgfmu
     if w is None:
         raise StationError("instruments.wgfmu: required for rig 'wgfmu'")
+    if c.read.scheme != "grounded":
+        raise StationError(f"read.scheme: {c.read.scheme!r} needs the PMU rig's pulse "
+                           "divider; a wgfmu station reads grounded")
     b = c.instruments.b1500
     if w.rsu_smus:
         if b is None:
