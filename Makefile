@@ -32,9 +32,11 @@ bench: $(STAMP)
 # docs/img: the live view mid-run (headless chromium) and `xbarlab plot` figures
 docs-images: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python tests/xbarlab/live_support.py docs/img
+	$(BIN)/xbarlab demo --quick --out build/docs-demo
+	MPLBACKEND=Agg $(BIN)/python tests/xbarlab/live_support.py docs/img --report build/docs-demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-out build/docs-demo .pytest_cache .ruff_cache

@@ -291,8 +291,11 @@ def sigint_soak(args) -> int:
                    OPENBLAS_NUM_THREADS="1")
         for i in range(args.sigint):
             sub = Path(tmp) / f"sub{i}.h5"
+            # Ctrl-C's terminal disposition even when the soak itself runs in the background
+            # (a background job inherits SIGINT ignored, and Python would keep ignoring it)
             p = subprocess.Popen([sys.executable, "-m", "xbarlab", *argv(sub)], cwd=ROOT, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             delay = float(rng.uniform(0.0, 1.5 + t_ref))
             time.sleep(delay)
             p.send_signal(signal.SIGINT)

@@ -146,6 +146,11 @@ def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None
     within = err - err.groupby(device).transform("mean")
     by_level = err.groupby(ok.target)
     levels = np.array(sorted(by_level.groups), float)
+    for lv in levels:
+        if (n := by_level.get_group(lv).size) < 2:
+            raise DatabaseError(
+                f"level {lv * 1e6:.0f} uS has {n} converged tuning: the tuning spread needs at "
+                "least 2 per level (more repeats or devices in the tuning-untuning run)")
     sigma = np.array([within[by_level.groups[lv]].std(ddof=1) for lv in levels])
     offset = np.array([by_level.get_group(lv).mean() for lv in levels])
     counts = np.array([by_level.get_group(lv).size for lv in levels], float)

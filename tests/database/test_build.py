@@ -178,3 +178,17 @@ def test_build_checks_tuning_targets(tmp_path):
            _disturbance_rows())
     with pytest.raises(SchemaError, match="t.h5: run0/tunings/target"):
         build_nonideality([tmp_path / "t.h5", tmp_path / "d.h5"])
+
+
+def test_one_tuning_per_level_is_refused_with_what_to_change(tmp_path):
+    # a within-device spread needs two tunings of a level; one gave "tuning_sigma_rel contains
+    # NaN or inf", which does not tell the user what to do
+    runs = _tunings(np.random.default_rng(2), np.array([100e-6, 300e-6]), n_dev=1, reps=1)
+    runs[0]["tunings"]["converged"] = [True, True]
+    _write(tmp_path / "t.h5", "tuning-untuning", {"tunings": tuning_untuning.TUNINGS_COLUMNS},
+           runs)
+    _write(tmp_path / "d.h5", "disturbance", {"devices": disturbance.DEVICES_COLUMNS,
+                                              "samples": disturbance.SAMPLES_COLUMNS},
+           _disturbance_rows())
+    with pytest.raises(DatabaseError, match=r"100 uS .*1 converged tuning.*at least 2"):
+        build_nonideality([tmp_path / "t.h5", tmp_path / "d.h5"])

@@ -13,6 +13,7 @@ nonzero level in the simulated lab world.
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,14 @@ ROOT = Path(__file__).resolve().parents[2]
 STATIONS = ROOT / "xbarlab" / "stations"
 PMU_STATION = STATIONS / "sim-pmu.yaml"
 WGFMU_STATION = STATIONS / "sim-wgfmu.yaml"
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """`preexec_fn` of every child a test sends SIGINT: Ctrl-C's default disposition, as in a
+    terminal. A shell that starts a job in the background (`nohup ... &`, some CI runners)
+    leaves SIGINT ignored, children inherit that and Python then never installs its handler,
+    so every signal would be lost and the test would fail for the wrong reason."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ from reliability_support import (
     PMU_STATION,
     ROOT,
     cli,
+    ctrl_c_as_in_a_terminal,
     open_station,
     single_thread_blas,  # noqa: F401 (autouse fixture)
     unsafe_parts,
@@ -126,6 +127,7 @@ def _run_args(out, campaign="disturbance"):
 def test_cli_ctrl_c_swallowed_by_the_garbage_collector_still_stops_the_run(tmp_path):
     out = tmp_path / "gc.h5"
     p = subprocess.run([sys.executable, "-c", _INJECT_AFTER_COMMIT, *_run_args(out)], env=ENV,
+                       preexec_fn=ctrl_c_as_in_a_terminal,
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 130, p.stderr[-2000:]
     assert _lines(p.stderr) == ["interrupted: instruments left in their safe state"], p.stderr
@@ -156,6 +158,7 @@ def test_cli_ctrl_c_at_random_moments_including_start_up(tmp_path):
         for i, delay in batch:
             out = tmp_path / f"r{i}.h5"
             p = subprocess.Popen([sys.executable, "-c", _READY_THEN_RUN, *_run_args(out)],
+                                 preexec_fn=ctrl_c_as_in_a_terminal,
                                  env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
             assert p.stdout.readline() == "ready\n"   # Python itself has started

@@ -28,6 +28,7 @@ from reliability_support import (
     PMU_STATION,
     ROOT,
     cli,
+    ctrl_c_as_in_a_terminal,
     open_station,
     single_thread_blas,  # noqa: F401 (autouse fixture)
     unsafe_parts,
@@ -55,6 +56,7 @@ def _spawn(args):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
                OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg")
     return subprocess.Popen([sys.executable, "-m", "xbarlab", "-vv", *args], env=env, cwd=ROOT,
+                            preexec_fn=ctrl_c_as_in_a_terminal,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

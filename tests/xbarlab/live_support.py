@@ -30,6 +30,8 @@ STATION = ROOT / "xbarlab" / "stations" / "sim-pmu.yaml"
 
 #: the images docs/guide.md references, written by docs_images()
 DOCS_IMAGES = ("live-view.png", "plot-disturbance-by-k.png", "plot-disturbance-by-position.png")
+#: the demo report as chromium draws it (docs/guide.md), from `make docs-images`
+REPORT_IMAGE = "demo-report.png"
 
 # all text of the page, shadow roots included (Bokeh renders its widgets in shadow DOM)
 DEEP_TEXT = """
@@ -145,6 +147,22 @@ class Replay:
         self.writer.finish({})
 
 
+def save_full_page(driver, png: Path, width: int, ready=lambda: True) -> Path:
+    """Grow the window until the whole page fits, then save it as `png`."""
+    height = 0
+    for _ in range(10):
+        wait_until(ready, what="the page to finish drawing")
+        time.sleep(0.5)
+        h = int(driver.execute_script("return document.documentElement.scrollHeight"))
+        if h <= height:
+            break
+        height = h
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height + 10, "deviceScaleFactor": 1, "mobile": False})
+    driver.save_screenshot(str(png))
+    return png
+
+
 def screenshot_live_view(h5: Path, png: Path, *, expect: str, width: int = 1000) -> Path:
     """Serve `h5` live, load it in headless chromium and save the whole page as `png`."""
     from xbarlab.live import LiveServer
@@ -154,21 +172,39 @@ def screenshot_live_view(h5: Path, png: Path, *, expect: str, width: int = 1000)
     try:
         driver.get(server.url)
         wait_until(lambda: expect in page_text(driver), what=f"{expect!r} on the page")
-        height = 0
-        for _ in range(10):  # grow the window until the whole page fits
-            wait_until(lambda: driver.execute_script("return Bokeh.documents[0].is_idle"),
-                       what="the page to finish drawing")
-            time.sleep(0.5)
-            h = int(driver.execute_script("return document.documentElement.scrollHeight"))
-            if h <= height:
-                break
-            height = h
-            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-                "width": width, "height": height + 10, "deviceScaleFactor": 1, "mobile": False})
-        driver.save_screenshot(str(png))
+        save_full_page(driver, png, width,
+                       lambda: driver.execute_script("return Bokeh.documents[0].is_idle"))
     finally:
         driver.quit()
         server.stop()
+    return png
+
+
+def open_report(driver, report_dir: Path) -> dict:
+    """Load the demo's report page from disk; what the browser shows of it."""
+    driver.get((report_dir / "index.html").resolve().as_uri())
+    wait_until(lambda: driver.execute_script("return document.readyState") == "complete",
+               what="the report to load")
+    return driver.execute_script(
+        "const imgs = [...document.images];"
+        "return {h1: document.querySelector('h1').textContent,"
+        " h2: [...document.querySelectorAll('h2')].map(e => e.textContent),"
+        " images: imgs.length,"
+        " broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),"
+        " summary: (() => { let t = '', e = document.querySelector('h2').nextElementSibling;"
+        "   for (; e && e.tagName !== 'H2'; e = e.nextElementSibling) t += e.textContent + ' ';"
+        "   return t; })()};")
+
+
+def screenshot_report(report_dir: Path, png: Path, *, width: int = 1100) -> Path:
+    """The demo's report as headless chromium draws it, whole page."""
+    driver = chromium(width, 900)
+    try:
+        seen = open_report(driver, report_dir)
+        assert not seen["broken"], seen["broken"]
+        save_full_page(driver, png, width)
+    finally:
+        driver.quit()
     return png
 
 
@@ -201,5 +237,12 @@ def docs_images(out: Path, devices: int = 64, mid: float = 0.4) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for p in docs_images(Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "docs" / "img")):
-        print(f"wrote {p}")
+    # live_support.py [DIR]: the live view and plot images; live_support.py DIR --report OUT:
+    # a screenshot of the report of the demo in OUT (after `make demo-quick`)
+    img = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "docs" / "img")
+    if "--report" in sys.argv:
+        out = Path(sys.argv[sys.argv.index("--report") + 1])
+        print(f"wrote {screenshot_report(out / 'report', img / REPORT_IMAGE)}")
+    else:
+        for p in docs_images(img):
+            print(f"wrote {p}")

@@ -187,3 +187,32 @@ def test_report_leads_with_the_published_claim_measured_on_chips(demo):
     lines = steps[-1].info["conclusion"]
     assert lines[0].startswith("Published claim") and "programmed chips" in lines[2]
     assert pct(rb["hardware_aware"]["chips"]) in lines[2]
+
+
+def test_report_page_in_a_real_browser(demo, tmp_path):
+    """Headless chromium draws the report: title, sections in order with the published claim
+    first, every figure loaded; the screenshot in docs/ is the same page (make docs-images)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from live_support import REPORT_IMAGE, chromium, chromium_missing, open_report, save_full_page
+
+    if (why := chromium_missing()):
+        pytest.skip(why)
+    out, *_ = demo
+    driver = chromium(1100, 900)
+    try:
+        seen = open_report(driver, out / "report")
+        png = save_full_page(driver, tmp_path / "report.png", 1100)
+    finally:
+        driver.quit()
+    assert "demo" in seen["h1"].lower()
+    assert seen["h2"][0] == "Summary"
+    text = seen["summary"].lower()  # the published claim comes before what it never claimed
+    assert "published claim" in text and "not claimed" in text, text[:500]
+    assert text.index("published claim") < text.index("not claimed")
+    assert seen["images"] >= 8 and not seen["broken"], seen["broken"]
+    assert png.read_bytes()[:8] == PNG and png.stat().st_size > 50_000
+    docs = Path(__file__).parents[2] / "docs"
+    assert (docs / "img" / REPORT_IMAGE).read_bytes()[:8] == PNG
+    assert f"img/{REPORT_IMAGE}" in (docs / "guide.md").read_text()
