@@ -18,6 +18,12 @@
   switched counted in the provenance.
 - Shapiro-Wilk normality (scipy) of the tuning error per level and of the per-device offsets,
   where the paper models them as normal; results go into provenance["statistics"].
+- Retention (retention runs, optional): the drift (read - g_final) / g_final of every device
+  whose programming converged, at every scheduled read. A device reading more than its run's
+  `up_threshold` above its programmed value is drifting up. Cells (scheduled read time, level),
+  merged over runs with the same schedule: median age, count, the share drifting up, mean and
+  std of the drift of the others and of the ones drifting up. Reads at the current-range
+  ceiling enter with their clipped value (a lower bound of their drift).
 
 Provenance: every part names the files and runs (with their seeds) it came from.
 
@@ -37,8 +43,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from database.display import duration
 from database.errors import DatabaseError, SchemaError
-from database.nonideality import NonIdealityDB
+from database.nonideality import MAX_DRIFT_REL, NonIdealityDB, RetentionStats
 from database.runs import RunInfo, list_runs, read_table
 
 _DEFAULT_HRS = (10e-6, 100e-6)
@@ -108,6 +115,22 @@ def _table(item: tuple[Path, RunInfo], table: str) -> pd.DataFrame:
                  "not a positive voltage")
         _require(df, where, "v_reset", ~df.reset_switched
                  | (np.isfinite(df.v_reset) & (df.v_reset < 0)), "not a negative voltage")
+    elif (info.protocol, table) == ("retention", "programming"):
+        _require(df, where, "device", df.device.to_numpy() == np.arange(len(df)),
+                 "devices not in programming order")
+        _require(df, where, "target", np.isfinite(df.target) & (df.target > 0),
+                 "target must be finite and > 0")
+        _require(df, where, "g_final", (np.isfinite(df.g_final) & (df.g_final > 0))
+                 | ~df.converged, "converged programming without a positive conductance")
+    elif (info.protocol, table) == ("retention", "reads"):
+        _require(df, where, "read", df["read"] >= 0, "negative read index")
+        _require(df, where, "device", df.device >= 0, "negative device index")
+        for col in ("t_scheduled", "age"):
+            _require(df, where, col, np.isfinite(df[col]) & (df[col] >= 0),
+                     "not a time >= 0 s")
+        _require(df, where, "target", np.isfinite(df.target) & (df.target > 0),
+                 "target must be finite and > 0")
+        _require(df, where, "g", np.isfinite(df.g), "not a finite number")
     elif (info.protocol, table) == ("stuck", "devices"):
         _require(df, where, "status", df.status.isin([0, 1, 2]), "unknown class")
         _require(df, where, "g_initial", (np.isfinite(df.g_initial) & (df.g_initial >= 0))
@@ -245,6 +268,10 @@ def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None
                             f"({int(dev.never_switched.sum())} never switched) from "
                             + ", ".join(_src(dc_iv)))
 
+    retention = None
+    if "retention" in found:
+        retention, provenance["retention"] = _retention(found["retention"])
+
     g_lo = float(levels.min()) if g_min is None else g_min
     g_hi = float(levels.max()) if g_max is None else g_max
     if not g_lo < g_hi:
@@ -259,6 +286,59 @@ def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None
         stuck_lrs_rate=lrs_rate, stuck_hrs_samples=hrs_s, stuck_lrs_samples=lrs_s,
         stuck_hrs_range=hrs_range, stuck_lrs_mean=lrs_mean, stuck_lrs_std=lrs_std,
         disturbance_rule=rule, disturbance_key_mu=mu, disturbance_key_sigma=sd,
-        iv_set_volts=v_set, iv_reset_volts=v_reset, provenance=provenance)
+        iv_set_volts=v_set, iv_reset_volts=v_reset, provenance=provenance, retention=retention)
     db.validate()
     return db
+
+
+def _retention(items) -> tuple[RetentionStats | None, str]:
+    """Retention statistics from retention runs (see the module docstring), and provenance."""
+    parts, n_failed, n_dev = [], 0, 0
+    for item in items:
+        path, info = item
+        prog, reads = _table(item, "programming"), _table(item, "reads")
+        where = f"{path}: {info.name}/reads"
+        _require(reads, where, "device", reads.device < len(prog),
+                 f"device outside the run's {len(prog)} programmed devices")
+        threshold = info.config.get("up_threshold", 0.05)
+        if not (isinstance(threshold, int | float) and 0 < threshold <= MAX_DRIFT_REL):
+            raise SchemaError(f"{path}: {info.name}: config up_threshold {threshold!r} is not "
+                              "a fraction > 0")
+        ok = prog.converged.to_numpy()
+        n_failed += int((~ok).sum())
+        n_dev += int(ok.sum())
+        r = reads[ok[reads.device.to_numpy()]]
+        g_prog = prog.g_final.to_numpy()[r.device.to_numpy()]
+        drift = (r.g.to_numpy() - g_prog) / g_prog
+        parts.append(pd.DataFrame({"sched": r.t_scheduled.to_numpy(),
+                                   "level": r.target.to_numpy(), "age": r.age.to_numpy(),
+                                   "drift": drift, "up": drift > threshold}))
+    df = pd.concat(parts, ignore_index=True)
+    if not len(df):
+        return None, ("retention runs hold no read of a converged programming: no retention "
+                      "statistics")
+    cells = []
+    for (_sched, level), c in df.groupby(["sched", "level"], sort=True):
+        rest, up = c.drift[~c.up].to_numpy(), c.drift[c.up].to_numpy()
+        cells.append((float(np.median(c.age)), float(level), _mean(rest), _std(rest),
+                      float(len(c)), float(len(up) / len(c)), _mean(up), _std(up)))
+    arr = np.array(cells, float)
+    order = np.lexsort((arr[:, 0], arr[:, 1]))   # by level, then time
+    rule = ("drift = (read - g_final) / g_final of converged programmings "
+            f"({n_failed} unconverged left out); drifting up = more than the run's "
+            "up_threshold above; reads at the range ceiling enter with their clipped value (a "
+            "lower bound); cells by scheduled read and level, time = median age since "
+            "programming")
+    stats = RetentionStats(*arr[order].T, rule=rule)
+    text = (f"{len(df)} reads of {n_dev} devices at {len(set(stats.level))} levels, "
+            f"{stats.time.size} cells, ages {duration(stats.time.min())} to "
+            f"{duration(stats.time.max())}, from " + ", ".join(_src(items)))
+    return stats, text
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(x.mean()) if x.size else float("nan")
+
+
+def _std(x: np.ndarray) -> float:
+    return float(x.std(ddof=1)) if x.size > 1 else (0.0 if x.size else float("nan"))

@@ -64,8 +64,8 @@ def count(n: int) -> str:
 
 
 def duration(s: float | None) -> str:
-    """A time [s] with the unit that suits it: '200 ns', '48 ms', '12.3 s', '4.2 min', '3.1 h'
-    ('-' for None)."""
+    """A time [s] with the unit that suits it: '200 ns', '48 ms', '12.3 s', '4.2 min', '3.1 h',
+    '6.5 d' ('-' for None)."""
     if s is None:
         return "-"
     a = abs(s)
@@ -80,7 +80,9 @@ def duration(s: float | None) -> str:
         return f"{s:.1f} s"
     if a < 7200:
         return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
+    if a < 172800:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
 
 
 def quantity(value, unit: str, *, nd: int | None = None, signed: bool = False) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from database.display import duration
 from database.runs import RunInfo
 
 uS = 1e6   # S -> uS
@@ -55,6 +56,7 @@ class Plot:
     y_label: str
     series: list[Series] = field(default_factory=list)
     bands: list[Band] = field(default_factory=list)
+    log_x: bool = False   # a logarithmic x axis (times after programming)
 
 
 @dataclass
@@ -370,7 +372,9 @@ def _tuning_untuning(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
                   "of target"]
     if n:
         facts.append(f"pulses per tuning: median {np.median(tun.pulses):.0f}")
-    return RunView(cond, trace, figures, facts, notes)
+    # runs written before a unit was one tuning committed a device (all its tunings) per unit
+    unit = "tunings" if info.rows.get("tunings", 0) == info.units_done else "devices"
+    return RunView(cond, trace, figures, facts, notes, unit=unit)
 
 
 @view("iv-pulsed")
@@ -403,7 +407,7 @@ def _iv_pulsed(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
         facts.append(f"conductance range: {pts.g.min() * uS:.1f} to {pts.g.max() * uS:.1f} uS")
     notes = [] if len(keys) == pts.groupby(["device", "cycle"]).ngroups else \
         ["showing the latest 12 loops"]
-    return RunView(cond, trace, figures, facts, notes)
+    return RunView(cond, trace, figures, facts, notes, unit="sweeps")
 
 
 @view("iv")
@@ -576,3 +580,68 @@ def _transfer(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
         facts.append(f"test accuracy: {acc:.1f} % on the crossbar, {sw:.1f} % in software "
                      f"({len(inf)} points)")
     return RunView(cond, trace, figures, facts, notes)
+
+
+@view("retention")
+def _retention(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
+    prog, reads = t["programming"], t["reads"]
+    shape = array_shape(info, prog)
+    threshold = info.config.get("up_threshold", 0.05)
+    n_sched = int(info.config.get("reads", 0))
+    last = reads[reads["read"] == reads["read"].max()] if len(reads) else reads
+    facts, notes = [], []
+    levels = sorted(prog.target.unique())
+    facts.append(f"devices programmed: {len(prog)} ({int(prog.converged.sum())} converged), "
+                 "levels " + ", ".join(f"{lv * uS:.0f}" for lv in levels) + " uS")
+    curves = Plot("retention curves: mean drift by level", "time since programming (s)",
+                  "drift (% of the programmed conductance)", log_x=True)
+    spread = Plot("every device", "time since programming (s)",
+                  "drift (% of the programmed conductance)", log_x=True)
+    by_level = Plot("conductance by level (mean)", "time since programming (s)",
+                    "conductance (uS)", log_x=True)
+    for lv in levels:
+        r = reads[reads.target == lv]
+        if not len(r):
+            continue
+        g = r.groupby("read")
+        name = f"{lv * uS:.0f} uS"
+        curves.series.append(Series(name, g.age.median().to_numpy(),
+                                    g.drift_rel.mean().to_numpy() * PCT, "linepoints"))
+        spread.series.append(Series(name, r.age.to_numpy(), r.drift_rel.to_numpy() * PCT,
+                                    "points"))
+        by_level.series.append(Series(name, g.age.median().to_numpy(),
+                                      g.g.mean().to_numpy() * uS, "linepoints"))
+    figures = [Figure("curves", "retention curves", [curves, spread])]
+    cond = Map("programmed conductance (uS)", "conductance (uS)",
+               grid(shape, prog.row, prog.col, prog.g_final * uS))
+    if len(last):
+        when = duration(float(last.t_actual.median()))
+        dist = histogram(f"drift at the latest read ({when} after programming)",
+                         "drift (% of the programmed conductance)", "devices",
+                         {f"{lv * uS:.0f} uS": last.drift_rel[last.target == lv] * PCT
+                          for lv in levels})
+        figures.append(Figure("drift", "drift distribution at the latest read",
+                              [dist, Map(f"drift at the latest read ({when}), %", "drift (%)",
+                                         grid(shape, last.row, last.col, last.drift_rel * PCT),
+                                         diverging=True)]))
+        cond = Map(f"latest read, {when} after programming (uS)", "conductance (uS)",
+                   grid(shape, last.row, last.col, last.g * uS))
+        k = int(last["read"].iloc[0])
+        facts.append(f"reads: {k + 1} of {n_sched} done, the latest {when} after programming "
+                     f"(scheduled {duration(float(last.t_scheduled.iloc[0]))})")
+        for lv in levels:
+            d = last.drift_rel[last.target == lv]
+            if len(d):
+                facts.append(f"drift at {lv * uS:.0f} uS: mean {d.mean() * PCT:+.2f} %, std "
+                             f"{(d.std() if len(d) > 1 else 0.0) * PCT:.2f} %")
+        up = int((last.drift_rel > threshold).sum())
+        facts.append(f"drifting up (more than +{threshold * PCT:g} %): {up} of {len(last)} "
+                     f"devices ({pct(up, len(last))})")
+        clipped = int(reads.clipped.sum())
+        if clipped:
+            facts.append(f"reads at the range ceiling (clipped): {clipped}")
+    else:
+        notes.append("no scheduled read yet: programming")
+    notes.append("no pulse-by-pulse trace: the campaign stores one row per programming and "
+                 "per device read")
+    return RunView(cond, by_level, figures, facts, notes, unit="steps")

@@ -39,6 +39,75 @@ MAX_DISTURBANCE_KEY = 1 << 20
 V_CEILING = 10.0
 
 
+#: relative drifts outside (-1, MAX_DRIFT_REL] are a damaged file: a conductance cannot fall
+#: below 0, and a hundredfold rise is no retention measurement
+MAX_DRIFT_REL = 100.0
+
+
+@dataclass
+class RetentionStats:
+    """How programmed conductances drift with time since programming (retention runs).
+
+    One entry per cell (time, level): the time is the cell's median age [s] (time since the
+    devices' own programming), the level their programmed target [S]; `counts` devices were
+    read. Drift = (read - programmed) / programmed. Devices reading more than the run's
+    threshold above their programmed value count as drifting up (`up_fraction` of the cell);
+    `mean_rel` and `std_rel` describe the others, `up_mean_rel` and `up_std_rel` the ones
+    drifting up (NaN where a cell has none). `rule` says how the cells were built."""
+
+    time: np.ndarray
+    level: np.ndarray
+    mean_rel: np.ndarray
+    std_rel: np.ndarray
+    counts: np.ndarray
+    up_fraction: np.ndarray
+    up_mean_rel: np.ndarray
+    up_std_rel: np.ndarray
+    rule: str = ""
+
+    def __post_init__(self) -> None:
+        for name in RETENTION_ARRAYS:
+            setattr(self, name, np.asarray(getattr(self, name), dtype=float).reshape(-1))
+
+    def validate(self, fail) -> None:
+        n = self.time.size
+        for name in RETENTION_ARRAYS:
+            if getattr(self, name).size != n:
+                fail(f"retention {name}", f"has {getattr(self, name).size} entries, time has {n}")
+        if n == 0:
+            fail("retention", "holds no cell (leave it out instead)")
+
+        def check(name: str, lo: float, hi: float, lo_open: bool = False,
+                  allow_nan: bool = False) -> None:
+            v = getattr(self, name)
+            if allow_nan:
+                v = v[~np.isnan(v)]
+            if not np.all(np.isfinite(v)):
+                fail(f"retention {name}", "contains NaN or inf")
+            out = ((v <= lo) if lo_open else (v < lo)) | (v > hi)
+            if out.any():
+                fail(f"retention {name}", f"holds {v[out][0]:g}, outside "
+                     f"{'(' if lo_open else '['}{lo:g}, {hi:g}]")
+
+        check("time", 0.0, 1e10, lo_open=True)
+        check("level", 0.0, G_CEILING, lo_open=True)
+        check("counts", 1.0, 1e12)
+        check("up_fraction", 0.0, 1.0)
+        # a cell of devices all drifting up has no mean of the others
+        check("mean_rel", -1.0, MAX_DRIFT_REL, lo_open=True, allow_nan=True)
+        check("std_rel", 0.0, MAX_DRIFT_REL, allow_nan=True)
+        check("up_mean_rel", -1.0, MAX_DRIFT_REL, lo_open=True, allow_nan=True)
+        check("up_std_rel", 0.0, MAX_DRIFT_REL, allow_nan=True)
+        if np.any(np.isnan(self.mean_rel) & (self.up_fraction < 1)):
+            fail("retention mean_rel", "is NaN in a cell with devices not drifting up")
+        if np.any(np.isnan(self.up_mean_rel) & (self.up_fraction > 0)):
+            fail("retention up_mean_rel", "is NaN in a cell with devices drifting up")
+
+
+RETENTION_ARRAYS = ("time", "level", "mean_rel", "std_rel", "counts", "up_fraction",
+                    "up_mean_rel", "up_std_rel")
+
+
 @dataclass
 class NonIdealityDB:
     """Everything training samples from, in SI units (S, fractions of target)."""
@@ -78,6 +147,8 @@ class NonIdealityDB:
     iv_reset_volts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: where each part came from: {"tuning": "...", "disturbance": "...", "stuck": "..."}
     provenance: dict = field(default_factory=dict)
+    #: retention statistics (from retention runs), None when the database has none
+    retention: RetentionStats | None = None
 
     def __post_init__(self) -> None:
         for name in ("tuning_levels", "tuning_sigma_rel", "tuning_offset_rel", "tuning_counts",
@@ -174,6 +245,8 @@ class NonIdealityDB:
         check("iv_reset_volts", -V_CEILING, 0.0)
         if (self.iv_reset_volts == 0).any():
             fail("iv_reset_volts", "holds 0 V (a RESET voltage is negative)")
+        if self.retention is not None:
+            self.retention.validate(fail)
 
 
 _ARRAYS = {
@@ -200,10 +273,17 @@ _SCALARS = {
 }
 
 
+_RETENTION_UNITS = ("s", "S", "1", "1", "1", "1", "1", "1")
+
+
 def _meta(kw: dict) -> dict:
-    """The scalar and text fields, as checksummed by `meta_crc32`."""
+    """The scalar and text fields, as checksummed by `meta_crc32` (a retention part
+    contributes its rule)."""
     arrays = {a for a, _u in (*_ARRAYS.values(), *_LATE_ARRAYS.values())}
-    return {n: kw[n] for n in sorted(kw) if n not in arrays}
+    out = {n: kw[n] for n in sorted(kw) if n not in arrays and n != "retention"}
+    if kw.get("retention") is not None:
+        out["retention_rule"] = kw["retention"].rule
+    return out
 
 
 def _crc(meta: dict) -> int:
@@ -220,6 +300,8 @@ def save_nonideality(db: NonIdealityDB, path: str | os.PathLike, *, overwrite: b
     meta = {n: getattr(db, n) for grp in _SCALARS.values() for n in grp}
     meta.update(stuck_hrs_range=list(db.stuck_hrs_range), disturbance_rule=db.disturbance_rule,
                 provenance=db.provenance)
+    if db.retention is not None:
+        meta["retention_rule"] = db.retention.rule
     meta = json.loads(json.dumps(meta, sort_keys=True, default=float))
     bio = io.BytesIO()
     with h5py.File(bio, "w", libver="latest") as f:
@@ -239,6 +321,14 @@ def save_nonideality(db: NonIdealityDB, path: str | os.PathLike, *, overwrite: b
                 g.attrs[n] = float(getattr(db, n))
         f["stuck"].attrs["hrs_range"] = np.asarray(db.stuck_hrs_range, float)
         f["disturbance"].attrs["rule"] = db.disturbance_rule
+        if db.retention is not None:  # optional: absent in files without retention data
+            g = f.create_group("retention")
+            for name, unit in zip(RETENTION_ARRAYS, _RETENTION_UNITS, strict=True):
+                a = getattr(db.retention, name)
+                g.create_dataset(name, data=a, chunks=(max(1, min(a.size, 65536)),),
+                                 maxshape=(None,), fletcher32=True,
+                                 track_times=False).attrs["units"] = unit
+            g.attrs["rule"] = db.retention.rule
         f.attrs["meta_crc32"] = _crc(meta)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -303,6 +393,12 @@ def _read(f: h5py.File, path: Path) -> dict:
     rule = f["disturbance"].attrs.get("rule", "")
     kw["disturbance_rule"] = rule.decode() if isinstance(rule, bytes) else str(rule)
     kw["provenance"] = json.loads(f.attrs.get("provenance", "{}"))
+    if "retention" in f:
+        g = f["retention"]
+        rule = g.attrs.get("rule", "")
+        kw["retention"] = RetentionStats(
+            *(g[name][()] for name in RETENTION_ARRAYS),
+            rule=rule.decode() if isinstance(rule, bytes) else str(rule))
     crc = f.attrs.get("meta_crc32")   # absent in files written before it existed
     if crc is not None:
         meta = json.loads(json.dumps(_meta(kw), sort_keys=True, default=list))

@@ -181,6 +181,8 @@ def _draw_panel(ax, p: Panel, fig) -> None:
                         label=s.label)
         ax.set_xlabel(p.x_label)
         ax.set_ylabel(p.y_label)
+        if p.log_x and any(np.any(np.asarray(s.x) > 0) for s in p.series):
+            ax.set_xscale("log")
         if p.series or p.bands:
             ax.legend(fontsize=7, ncol=2 if len(p.series) > 6 else 1)
         else:

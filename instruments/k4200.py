@@ -306,6 +306,17 @@ class K4200(MessageInstrument):
         self._sent[key] = command
         return True
 
+    def settings(self) -> dict[str, str]:
+        """The setting commands the instrument holds as far as the driver knows (key -> last
+        command sent), for `reinstate`."""
+        return dict(self._sent)
+
+    def reinstate(self, settings: dict[str, str]) -> None:
+        """Make the instrument and the driver hold exactly `settings` (from `settings()`):
+        send what differs, forget what `settings` does not know."""
+        self.forget([k for k in self._sent if k not in settings])
+        self.send_setup(list(settings.items()))
+
     def _raise_refused(self, command: str, reply: str):
         detail = ""
         try:

@@ -399,6 +399,32 @@ class PmuRig(_GuardedRig):
         self._routed = self._device = None
         _make_all_safe(self.pmu, self.matrix)
 
+    def _instrument_state(self) -> dict | None:
+        # everything the next operation's messages and reads depend on: the PMU's settings,
+        # the routing, the device of the last operation and the write-routing calibration
+        # with its grounded reference (a resumed run recalibrates exactly when the
+        # uninterrupted one does, with the offset it measured)
+        if not self._ready:
+            return None
+        return {"pmu": self.pmu.settings(), "routed": self._routed, "device": self._device,
+                "pulses": self._pulses, "ref": self._ref, "cal": self._cal,
+                "cal_t": self._cal_t, "offset": self._offset}
+
+    def _reinstate(self, state: dict) -> None:
+        def tup(x):
+            return None if x is None else tuple(x)
+
+        def again():
+            self._setup()
+            self.pmu.reinstate(state["pmu"])
+            routed = tup(state["routed"])
+            if routed is not None:
+                self._route(str(routed[0]), int(routed[1]), int(routed[2]))
+            self._device, self._pulses = tup(state["device"]), int(state["pulses"])
+            self._ref, self._cal = tup(state["ref"]), tup(state["cal"])
+            self._cal_t, self._offset = float(state["cal_t"]), float(state["offset"])
+        self._guard(again)
+
     def close(self) -> None:
         try:
             self.safe_state()
@@ -432,6 +458,7 @@ class WgfmuRig(_GuardedRig):
         self._ready = False
         self._loaded: tuple | None = None
         self._bias_on = False
+        self._selected: tuple[int, int] | None = None  # the matrix routing now closed
         self.executions = 0
         #: WGFMU channel -> the B1500 SMU slot cabled to its RSU (SMU pass-through)
         self.rsu_smus = dict(rsu_smus or {})
@@ -558,7 +585,9 @@ class WgfmuRig(_GuardedRig):
         sel = [wi.name(wi.rows[row], "top"), wi.name(wi.cols[col], "bottom")]
         sel += [wi.name(wi.rows[i], "v3") for i in range(self.shape[0]) if i != row]
         sel += [wi.name(wi.cols[j], "2v3") for j in range(self.shape[1]) if j != col]
+        self._selected = None  # unknown if the command fails half-way
         self.matrix.exclusive_close(sel)
+        self._selected = (row, col)
 
     def _bias(self, volts: float) -> None:
         if volts == 0.0 and not self._bias_on:
@@ -598,7 +627,26 @@ class WgfmuRig(_GuardedRig):
         self._ready = False
         self._bias_on = False
         self._loaded = None
+        self._selected = None
         _make_all_safe(self.wgfmu, self.b1500, self.matrix)
+
+    def _instrument_state(self) -> dict | None:
+        if not self._open:
+            return None
+        # the routing and the waveform loaded: an operation that needs the same waveform does
+        # not load it again, in a resumed run as in the uninterrupted one
+        return {"select": None if self._selected is None else list(self._selected),
+                "loaded": None if self._loaded is None else list(self._loaded)}
+
+    def _reinstate(self, state: dict) -> None:
+        def again():
+            self._setup()  # opens the session
+            if state.get("select") is not None:
+                self._select(*(int(x) for x in state["select"]))
+            if state.get("loaded") is not None:
+                volts, seconds, n = state["loaded"]
+                self._load(None if volts is None else float(volts), float(seconds), int(n))
+        self._guard(again)
 
     def close(self) -> None:
         try:

@@ -321,11 +321,25 @@ class CrossbarRig(abc.ABC):
         return self.lab.restorable
 
     def save_state(self) -> dict | None:
-        """The state to commit with each unit of data; None on hardware."""
-        return self.lab.save_state()
+        """The state to commit with each unit of data; None on hardware. On a simulated station:
+        the lab's (chip, RNGs, clock) and, under "rig", what the rig's instruments hold between
+        operations (an open session, a relay routing), so that a resumed run finds them as the
+        uninterrupted run had them."""
+        state = self.lab.save_state()
+        if state is not None:
+            held = self._instrument_state()
+            if held is not None:
+                state = {**state, "rig": held}
+        return state
 
     def restore_state(self, state: dict) -> None:
-        """Put back the state committed with the last finished unit."""
+        """Put back the state committed with the last finished unit: first the instruments
+        (sessions opened, relays routed as they were), then the lab, whose clock and chip
+        overwrite whatever re-instating the instruments cost."""
+        held = state.get("rig")
+        if held is not None:
+            self._begin()
+            self._reinstate(held)
         self.lab.restore_state(state)
 
     def read(self, row: int, col: int) -> float:
@@ -508,6 +522,16 @@ class CrossbarRig(abc.ABC):
         # Rigs that can do both in one execution override this.
         self._pulse(row, col, volts, seconds)
         return self._read_repeated(row, col, n)
+
+    def _instrument_state(self) -> dict | None:
+        """What the instruments hold between operations that costs instrument time to set up
+        again (JSON-able), or None. Rigs that keep such state override this and `_reinstate`."""
+        return None
+
+    def _reinstate(self, state: dict) -> None:
+        """Set the instruments up as `_instrument_state` described them."""
+        raise NotImplementedError(f"{type(self).__name__} saves instrument state but cannot "
+                                  "re-instate it")
 
     def _read_array(self) -> np.ndarray:
         rows, cols = self.shape

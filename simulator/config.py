@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from simulator.retention import RetentionParams
+
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -117,6 +119,11 @@ class DeviceParams(BaseModel):
                                "(positive on the word line; an assumption, docs/simulator.md)")
     v_form_std: float = Field(0.1, ge=0, le=2, description="device-to-device std of the "
                               "forming voltage [V]")
+
+    # -- retention (simulator/retention.py) --------------------------------------------------
+    retention: RetentionParams = Field(default_factory=RetentionParams,
+                                       description="drift of the programmed conductance with "
+                                       "time since programming, retention failures")
 
     @model_validator(mode="after")
     def _ordered(self) -> DeviceParams:

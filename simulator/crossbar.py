@@ -9,13 +9,16 @@ construction (stuck classes, stuck conductances, initial states, D2D constants; 
 `unformed_rate` > 0, then the unformed devices, their forming voltages and formed conductances),
 then one standard normal per device per pulse (C2C factor), then two normals per sensed read
 (noise). The slow fluctuators (random telegraph noise) draw from a second generator derived from
-the same seed, so switching them on or off leaves the draws above unchanged.
+the same seed, so switching them on or off leaves the draws above unchanged. Retention
+(simulator/retention.py) draws its device constants from a third stream of its own and moves the
+nonvolatile G lazily with the clock, like the volatile relaxation.
 
 Unformed devices (`vform` finite) sit at `g_unformed` and do not switch (frozen, like stuck
 devices) until a pulse or DC bias reaches their forming voltage; then they take their formed
-conductance `gform` and switch as any device from there on. Line faults (`config.faults`) live
-in the nodal solver; a pulse reaches no device of a line cut off its driver (the line floats).
-Same seed and same call sequence -> the same history, also across `state_dict` round trips.
+conductance `gform` (programmed, for retention) and switch as any device from there on. Line
+faults (`config.faults`) live in the nodal solver; a pulse reaches no device of a line cut off
+its driver (the line floats). Same seed and same call sequence -> the same history, also across
+`state_dict` round trips.
 """
 
 from __future__ import annotations
@@ -30,21 +33,26 @@ from simulator.clock import VirtualClock
 from simulator.config import CrossbarConfig
 from simulator.errors import SimulatorError
 from simulator.nodal import NodalSolver
+from simulator.retention import ARRAYS as _RET_ARRAYS
+from simulator.retention import Retention
 
 WORKING, STUCK_HRS, STUCK_LRS = 0, 1, 2
 SCHEMES = ("grounded", "v2", "v3", "floating")
-_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi", "vform", "gform",
-                 "rtn_amp", "rtn_tau", "rtn_state", "rtn_next")
 #: per-fluctuator arrays, shape (rows, cols, fluctuators per device)
 _RTN_ARRAYS = ("rtn_amp", "rtn_tau", "rtn_state", "rtn_next")
+_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi", "vform", "gform",
+                 *_RTN_ARRAYS, *_RET_ARRAYS)
 #: arrays added after the first chip files were written: a state without them gets this value
-#: (a crossbar saved before the fluctuators existed has none; one saved before forming existed
-#: has every device formed)
-_LATE_ARRAYS = {"psi": lambda cfg: np.full((cfg.rows, cfg.cols), cfg.device.volatile_cap),
-                "vform": lambda cfg: np.full((cfg.rows, cfg.cols), np.nan),
-                "gform": lambda cfg: np.full((cfg.rows, cfg.cols), cfg.device.init_median),
-                **{k: (lambda cfg: np.zeros((cfg.rows, cfg.cols, 0))) for k in _RTN_ARRAYS}}
-#: spawn-key tag of the fluctuators' generator ("RTN")
+#: (from the config, the arrays before it and the relaxation time stamp); a crossbar saved
+#: before the fluctuators existed has none, one saved before retention existed does not drift,
+#: one saved before forming existed has every device formed
+_LATE_ARRAYS = {"psi": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), cfg.device.volatile_cap),
+                "vform": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), np.nan),
+                "gform": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), cfg.device.init_median),
+                **{k: (lambda cfg, a, t: np.zeros((cfg.rows, cfg.cols, 0))) for k in _RTN_ARRAYS},
+                **{k: (lambda cfg, a, t, k=k: Retention.missing(k, a["G"], t))
+                   for k in _RET_ARRAYS}}
+#: spawn-key tag of the fluctuators' generator ("RTN"; retention's is "RET")
 _RTN_STREAM = 0x52544E
 
 
@@ -106,6 +114,7 @@ class Crossbar:
         self._t_gv = self.clock.now      # time at which _Gv is valid
         self._stuck = stuck
         self._init_fluctuators()
+        self._ret = Retention.new(p.retention, p.g_min, p.g_max, ss, G, stuck, self.clock.now)
         self._setup()
 
     def _init_fluctuators(self) -> None:
@@ -147,6 +156,7 @@ class Crossbar:
             if dt > 0.0:
                 self._Gv *= math.exp(-dt * self._decay_k)
             self._t_gv = now
+            self._ret.settle(self._G, now)
         if now >= self._rtn_due:
             self._switch_fluctuators(now)
 
@@ -177,7 +187,8 @@ class Crossbar:
 
     @property
     def G(self) -> np.ndarray:
-        """Nonvolatile conductance [S] (copy)."""
+        """Nonvolatile conductance [S] at clock.now (copy; retention moves it with time)."""
+        self._settle()
         return self._G.copy()
 
     @property
@@ -226,9 +237,11 @@ class Crossbar:
             self._form(v)
         xi = np.exp(self._sigma * self.rng.standard_normal(self.shape))
         drive = np.empty(self.shape) if self._stressed else None
+        g_old = self._G
         self._G, self._Gv = physics.pulse_update(
             self._G, self._Gv, v, seconds, self._ds, self._dr, self._g0s, self._g0r, xi,
             self._frozen if self._any_frozen else None, self._p, self._psi, drive)
+        self._ret.programmed(g_old, self._G, self.clock.now)
         if drive is not None:
             drive *= self._p.rtn_stress_time
             self._stress_fluctuators(drive[..., None])
@@ -255,14 +268,18 @@ class Crossbar:
             float(self._G[r, c]), float(self._Gv[r, c]), v, seconds, float(self._ds[r, c]),
             float(self._dr[r, c]), float(self._g0s[r, c]), float(self._g0r[r, c]), xi, self._p,
             float(self._psi[r, c]))
+        g_old = float(self._G[r, c])
         self._G[r, c] = G
         self._Gv[r, c] = Gv
+        self._ret.programmed_one(self._G, (r, c), g_old, self.clock.now)
 
     def _form(self, v: np.ndarray) -> None:
         """Unformed devices whose voltage reaches their forming voltage are formed now."""
         now = np.isfinite(self._vform) & (v >= np.nan_to_num(self._vform, nan=np.inf))
         if now.any():
+            g_old = self._G
             self._G = np.where(now, self._gform, self._G)
+            self._ret.programmed(g_old, self._G, self.clock.now)
             self._Gv = np.where(now, 0.0, self._Gv)
             self._vform = np.where(now, np.nan, self._vform)
             self._setup()
@@ -413,7 +430,9 @@ class Crossbar:
              "rng_rtn": json.dumps(self.rng_rtn.bit_generator.state),
              "t_gv": self._t_gv}
         for k in _STATE_ARRAYS:
-            d[k] = getattr(self, "_" + k).copy()
+            if k not in _RET_ARRAYS:
+                d[k] = getattr(self, "_" + k).copy()
+        d.update(self._ret.state())
         if include_clock:
             d["clock"] = self.clock.state_dict()
         return d
@@ -422,12 +441,14 @@ class Crossbar:
         """Restore a `state_dict`; the clock too when the dict carries one."""
         try:
             cfg = CrossbarConfig.model_validate(d["config"])
-            arrays = {k: np.array(d[k]) if k in d or k not in _LATE_ARRAYS
-                      else _LATE_ARRAYS[k](cfg) for k in _STATE_ARRAYS}
+            t_gv = float(d["t_gv"])
+            arrays: dict[str, np.ndarray] = {}
+            for k in _STATE_ARRAYS:
+                arrays[k] = (np.array(d[k]) if k in d or k not in _LATE_ARRAYS
+                             else _LATE_ARRAYS[k](cfg, arrays, t_gv))
             rng_state = json.loads(str(d["rng"]))
             # a state saved before the fluctuators existed has none, so never draws from it
             rtn_state = json.loads(str(d["rng_rtn"])) if "rng_rtn" in d else None
-            t_gv = float(d["t_gv"])
         except (KeyError, ValueError, TypeError) as e:
             raise SimulatorError(f"bad crossbar state: {e}") from e
         shape = (cfg.rows, cfg.cols)
@@ -442,8 +463,11 @@ class Crossbar:
         if rtn_state is not None:
             self.rng_rtn.bit_generator.state = rtn_state
         for k, a in arrays.items():
-            dtype = np.int8 if k in ("stuck", "rtn_state") else float
-            setattr(self, "_" + k, a.astype(dtype))
+            if k not in _RET_ARRAYS:
+                dtype = np.int8 if k in ("stuck", "rtn_state") else float
+                setattr(self, "_" + k, a.astype(dtype))
+        self._ret = Retention(cfg.device.retention, cfg.device.g_min,
+                              {k: arrays[k] for k in _RET_ARRAYS})
         if "clock" in d and d["clock"] is not None:
             self.clock.load_state_dict(d["clock"])
         self._t_gv = t_gv

@@ -9,13 +9,14 @@ into noisy weights with a few element-wise operations. No Python loop over weigh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
-from database.nonideality import NonIdealityDB
+from database.nonideality import NonIdealityDB, RetentionStats
 from training.errors import TrainingError
 
 #: keys without any sample borrow the samples of the highest key holding at least this many
@@ -34,13 +35,22 @@ class NoiseConfig:
     disturbance_scale: float = 1.0  # multiplies every disturbance draw
     stuck_hrs_rate: float | None = None  # None: the database's rate
     stuck_lrs_rate: float | None = None
+    # time since programming [s] at which the network is used: the database's retention
+    # statistics move every device by their drift at that time (None: off, as before)
+    retention_s: float | None = None
+
+    def __post_init__(self) -> None:
+        t = self.retention_s
+        if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and t > 0):
+            raise TrainingError(f"retention_s must be a time > 0 s (or None: off), got {t!r}")
 
     @classmethod
     def off(cls) -> NoiseConfig:
         return cls(tuning=False, offset=False, disturbance=False, stuck=False)
 
     def any(self) -> bool:
-        return self.tuning or self.offset or self.disturbance or self.stuck
+        return (self.tuning or self.offset or self.disturbance or self.stuck
+                or self.retention_s is not None)
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -59,9 +69,12 @@ class Draws:
         G' = G o (1 + (a G o + b) eps) + d = G (gain + quad G) + shift,
         gain = o (1 + b eps),  quad = a o^2 eps,  shift = d,
 
-    so applying a draw costs two fused multiply-adds. Then stuck devices (stuck_mask) take
-    stuck_value. A field is None when its source is off. (sigma_rel is not floored at 0 here:
-    the fit stays positive below intercept/|slope| = 1.1 mS, above every mapped conductance.)
+    so applying a draw costs two fused multiply-adds. Retention (time since programming) adds
+    the device's drift G r, r = r0 + r1 G relative to its programmed conductance (taken as the
+    clean G: the difference is the drift times the tuning error, second order), i.e.
+    gain += r0 and quad += r1. Then stuck devices (stuck_mask) take stuck_value. A field is None
+    when its source is off. (sigma_rel is not floored at 0 here: the fit stays positive below
+    intercept/|slope| = 1.1 mS, above every mapped conductance.)
     """
 
     gain: torch.Tensor | None
@@ -94,6 +107,72 @@ class Draws:
         return g if g.dim() == 4 else g.unsqueeze(0).expand(self.t, *g.shape)
 
 
+@dataclass(frozen=True)
+class RetentionAt:
+    """The database's retention statistics at one time since programming, as sampled.
+
+    A device of conductance G drifts up with probability `up` by a relative
+    N(up_mean, up_std); otherwise by N(mean0 + mean1 G, |std0 + std1 G|): straight lines over
+    the measured levels (count-weighted least squares, constant with one level)."""
+
+    mean0: float
+    mean1: float
+    std0: float
+    std1: float
+    up: float
+    up_mean: float
+    up_std: float
+
+
+def retention_at(stats: RetentionStats, t: float) -> RetentionAt:
+    """Interpolate `stats` to `t` seconds after programming, linearly in log(time) between a
+    level's cells; levels whose cells do not reach `t` are left out, and a `t` no level covers
+    is refused (no extrapolation)."""
+    lv, mean, std, w, up, up_m, up_s, up_w = [], [], [], [], [], [], [], []
+    lt = math.log(t)
+    for level in np.unique(stats.level):
+        sel = stats.level == level
+        times = stats.time[sel]
+        if not times.min() <= t <= times.max():
+            continue
+        order = np.argsort(times)
+        x = np.log(times[order])
+
+        def at(v, x=x, order=order, sel=sel):
+            v = v[sel][order]
+            ok = ~np.isnan(v)
+            return float(np.interp(lt, x[ok], v[ok])) if ok.any() else math.nan
+
+        n = at(stats.counts)
+        f = at(stats.up_fraction)
+        if f < 1:
+            lv.append(float(level))
+            mean.append(at(stats.mean_rel))
+            std.append(at(stats.std_rel))
+            w.append(n * (1 - f))
+        up.append((f, n))
+        if f > 0:
+            up_m.append(at(stats.up_mean_rel))
+            up_s.append(at(stats.up_std_rel))
+            up_w.append(n * f)
+    if not up:
+        raise TrainingError(f"retention_s = {t:g} s is outside the database's retention data "
+                            f"({stats.time.min():g} to {stats.time.max():g} s after "
+                            "programming)")
+    if len(lv) >= 2:
+        mean1, mean0 = np.polyfit(lv, mean, 1, w=np.sqrt(w))
+        std1, std0 = np.polyfit(lv, std, 1, w=np.sqrt(w))
+    else:
+        mean1, std1 = 0.0, 0.0
+        mean0, std0 = (mean[0], std[0]) if lv else (0.0, 0.0)
+    n_all = sum(n for _f, n in up)
+    p_up = sum(f * n for f, n in up) / n_all
+    up_mean = float(np.average(up_m, weights=up_w)) if up_w else 0.0
+    up_std = float(np.average(up_s, weights=up_w)) if up_w else 0.0
+    return RetentionAt(float(mean0), float(mean1), float(std0), float(std1), float(p_up),
+                       up_mean, up_std)
+
+
 class NoiseModel:
     """Tensors of one NonIdealityDB on one device, ready for fast sampling."""
 
@@ -114,7 +193,17 @@ class NoiseModel:
         self.stuck_lrs_std = float(db.stuck_lrs_std)
 
         self._db = db
+        self._retention: dict[float, RetentionAt] = {}
         self._build_table(max(db.max_key, max_key or 0))
+
+    def retention(self, t: float) -> RetentionAt:
+        """The database's retention statistics at `t` s after programming (cached)."""
+        if t not in self._retention:
+            if self._db.retention is None:
+                raise TrainingError("this non-ideality database has no retention statistics: "
+                                    "build it with a retention run to use retention_s")
+            self._retention[t] = retention_at(self._db.retention, t)
+        return self._retention[t]
 
     def ensure_max_key(self, max_key: int) -> None:
         """Grow the key table so keys up to max_key can be drawn (missing keys borrow)."""
@@ -223,4 +312,18 @@ class NoiseModel:
             g_hrs = torch.rand(shape, generator=g, device=dev, dtype=dt)
             g_hrs.mul_(hi - lo).add_(lo)
             sval = torch.where(lrs, g_lrs, g_hrs)
+        if cfg.retention_s is not None:
+            # drawn last: switching retention on leaves every other source's variates as they
+            # were (a paired comparison)
+            ra = self.retention(float(cfg.retention_s))
+            z = torch.randn(shape, generator=g, device=dev, dtype=dt)
+            r0 = z * ra.std0 + ra.mean0
+            r1 = z * ra.std1 + ra.mean1
+            if ra.up > 0:
+                up = torch.rand(shape, generator=g, device=dev, dtype=dt) < ra.up
+                zu = torch.randn(shape, generator=g, device=dev, dtype=dt)
+                r0 = torch.where(up, zu * ra.up_std + ra.up_mean, r0)
+                r1 = torch.where(up, torch.zeros((), device=dev, dtype=dt), r1)
+            gain = 1.0 + r0 if gain is None else gain + r0
+            quad = r1 if quad is None else quad + r1
         return Draws(gain, quad, dist, smask, sval, t=t)

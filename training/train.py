@@ -27,7 +27,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -163,15 +163,26 @@ def set_threads(device: torch.device) -> None:
 
 
 def db_hash(db: NonIdealityDB) -> str:
-    """Content hash of a non-ideality database (which DB a checkpoint was trained with)."""
+    """Content hash of a non-ideality database (which DB a checkpoint was trained with).
+
+    An optional part the database does not have (None) leaves the hash as it was before that
+    part existed, so a checkpoint keeps matching the database it was trained with."""
     h = hashlib.sha256()
-    for name in sorted(vars(db)):
-        v = getattr(db, name)
-        h.update(name.encode())
-        if isinstance(v, np.ndarray):
-            h.update(np.ascontiguousarray(v).tobytes())
-        else:
-            h.update(repr(v).encode())
+
+    def feed(obj) -> None:
+        for name in sorted(vars(obj)):
+            v = getattr(obj, name)
+            if v is None:
+                continue
+            h.update(name.encode())
+            if isinstance(v, np.ndarray):
+                h.update(np.ascontiguousarray(v).tobytes())
+            elif is_dataclass(v):
+                feed(v)
+            else:
+                h.update(repr(v).encode())
+
+    feed(db)
     return h.hexdigest()[:16]
 
 

@@ -1,6 +1,6 @@
 """The whole chain on a simulated station, one plain function per step.
 
-    station -> campaigns -> non-ideality DB -> training -> Monte-Carlo evaluation
+    station -> campaigns, retention -> non-ideality DB -> training -> Monte-Carlo evaluation
             -> transfer onto fresh virtual chips -> report
 
 Every step writes its files under the output folder and returns a :class:`StepResult` with the
@@ -26,6 +26,8 @@ from pathlib import Path
 import yaml
 
 from training.defaults import NETWORKS
+from xbarlab.demo_retention import CROSSBAR as RETENTION_CROSSBAR
+from xbarlab.demo_retention import step_retention
 from xbarlab.errors import XbarlabError
 from xbarlab.files import write_json
 from xbarlab.report import calibration_stats, write_report
@@ -118,9 +120,9 @@ def step_station(out: Path, seed: int) -> StepResult:
 
 def step_campaigns(out: Path, settings: DemoSettings, seed: int, *,
                    progress: bool = True) -> StepResult:
-    """Bring-up of every 8x8 crossbar used (PMU) before anything is pulsed, then tuning/untuning
-    on single crosspoints (WGFMU), stuck screening and V/3 disturbance on 8x8 crossbars (PMU),
-    and DC I-V loops on a few devices last (the DC stress would otherwise precede the others),
+    """Bring-up of every 8x8 crossbar used (PMU; the retention step's too) before anything is
+    pulsed, then tuning/untuning on single crosspoints (WGFMU), stuck screening and V/3
+    disturbance on 8x8 crossbars (PMU), and DC I-V loops on a few devices last (the DC stress would otherwise precede the others),
     each a raw-run HDF5 file. A bring-up finding an open or short line stops the demo."""
     from protocols.campaigns import bringup, disturbance, iv, stuck, tuning_untuning
 
@@ -139,7 +141,9 @@ def step_campaigns(out: Path, settings: DemoSettings, seed: int, *,
     jobs += [(pmu, disturbance, disturbance.DisturbanceConfig(), n)
              for n in settings.disturbance_crossbars]
     jobs = [(*j, seed + i) for i, j in enumerate(jobs)]
-    lines = dict.fromkeys(settings.stuck_crossbars + settings.disturbance_crossbars)
+    # (the retention step's crossbar too: it is pulsed after this step)
+    lines = dict.fromkeys(settings.stuck_crossbars + settings.disturbance_crossbars
+                          + (RETENTION_CROSSBAR,))
     jobs = [(pmu, bringup, bringup.BringupConfig(), n, seed) for n in lines] + jobs
     jobs.append((pmu, iv, iv.IVConfig(devices=list(settings.iv_devices), cycles=1, v_step=0.1),
                  settings.disturbance_crossbars[0], seed))
@@ -171,7 +175,8 @@ def step_database(out: Path) -> StepResult:
     from database.plots import plot_all
 
     t0 = time.perf_counter()
-    runs = json.loads((out / "runs" / "campaigns.json").read_text())
+    runs = [*json.loads((out / "runs" / "campaigns.json").read_text()),
+            *json.loads((out / "runs" / "retention.json").read_text())]
     db = build_nonideality([out / r["path"] for r in runs])
     d = out / "db"
     path = save_nonideality(db, d / "nonideality.h5", overwrite=True)
@@ -306,8 +311,10 @@ def step_report(out: Path) -> StepResult:
 
 # -- the whole chain -------------------------------------------------------------------------------
 
-STEPS = ("station", "campaigns", "database", "train", "evaluate", "transfer", "report")
+STEPS = ("station", "campaigns", "retention", "database", "train", "evaluate", "transfer",
+         "report")
 TITLES = {"station": "simulated station", "campaigns": "characterisation campaigns",
+          "retention": "retention (virtual time)",
           "database": "non-ideality database", "train": "training",
           "evaluate": "Monte-Carlo evaluation", "transfer": "transfer onto virtual chips",
           "report": "report"}
@@ -315,6 +322,7 @@ TITLES = {"station": "simulated station", "campaigns": "characterisation campaig
 OUTPUTS = {
     "station": ("station/sim-pmu.yaml", "station/sim-wgfmu.yaml", "station/chip.json"),
     "campaigns": ("runs/campaigns.json",),
+    "retention": ("runs/retention.json",),
     "database": ("db/nonideality.h5", "db/tuning.png", "db/disturbance.png", "db/stuck.png"),
     "train": tuple(f"train/{n}.pt" for n in NETWORKS) + ("train/train.json",),
     "evaluate": ("evaluate/summary.json", "evaluate/mc_accuracy.npz",
@@ -322,7 +330,8 @@ OUTPUTS = {
     "transfer": ("transfer/transfers.json",),
 }
 #: the earlier steps whose files each step reads
-NEEDS = {"station": (), "campaigns": ("station",), "database": ("campaigns",),
+NEEDS = {"station": (), "campaigns": ("station",), "retention": ("station",),
+         "database": ("campaigns", "retention"),
          "train": ("database",), "evaluate": ("database", "train"),
          "transfer": ("station", "database", "train"), "report": STEPS[:-1]}
 
@@ -370,6 +379,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
     funcs: dict[str, Callable[[], StepResult]] = {
         "station": lambda: step_station(out, seed),
         "campaigns": lambda: step_campaigns(out, s, seed, progress=progress),
+        "retention": lambda: step_retention(out, quick, seed, progress=progress),
         "database": lambda: step_database(out),
         "train": lambda: step_train(out, s, seed, progress=progress),
         "evaluate": lambda: step_evaluate(out, s, seed),

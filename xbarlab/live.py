@@ -165,7 +165,7 @@ class PanelView:
     def _plot(self, p: Plot):
         f = bk_figure(title=p.title, width=W, height=H, x_axis_label=p.x_label,
                       y_axis_label=p.y_label, tools="pan,wheel_zoom,box_zoom,reset,save",
-                      name=self.name)
+                      name=self.name, x_axis_type="log" if p.log_x else "linear")
         for i in range(len(p.bands)):
             src = self._source(_band_data(p, i), f"band{i}")
             f.varea("x", "y1", "y2", source=src, fill_color="#2ca02c", fill_alpha=0.2,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from database.display import duration, pct, us
+from database.display import duration, pct, us, volts
 from training.defaults import LABELS, NETWORKS, PAPER_SHARE_CORRECT_95
 from xbarlab.files import write_json
 
@@ -74,7 +74,8 @@ def gather(out: Path) -> dict:
 
     data: dict = {"settings": _load(out / "settings.json"),
                   "chip": _load(out / "station" / "chip.json"),
-                  "campaigns": _load(out / "runs" / "campaigns.json"),
+                  "campaigns": [*_load(out / "runs" / "campaigns.json"),
+                                *_load(out / "runs" / "retention.json")],
                   "calibration": calibration_stats(load_nonideality(out / "db" /
                                                                     "nonideality.h5")),
                   "train": _load(out / "train" / "train.json"),
@@ -349,9 +350,13 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
         elif r["protocol"] == "iv":
             what = (f"{sm['devices']} devices, {sm['cycles']} DC cycles, "
                     f"{sm['never_switched']} never switched"
-                    + (f", SET {sm['v_set_median_V']:.2f} V / RESET "
-                       f"{sm['v_reset_median_V']:.2f} V (median)"
+                    + (f", SET {volts(sm['v_set_median_V'])} / RESET "
+                       f"{volts(sm['v_reset_median_V'])} (median)"
                        if "v_set_median_V" in sm and "v_reset_median_V" in sm else ""))
+        elif r["protocol"] == "retention":
+            what = (f"{sm['devices']} devices, drift {duration(sm['last_read_s'])} after "
+                    f"programming {pct(sm['drift_mean_rel'], 2, signed=True)} +- "
+                    f"{pct(sm['drift_std_rel'], 2)}, {sm['drifting_up']} drifting up")
         else:
             what = f"{sm['samples']} samples, {sm['flagged']} devices flagged"
         rows.append([r["protocol"], f"{r['station']} / {r['crossbar']}", what,

@@ -13,6 +13,7 @@ from protocols.campaigns import (
     forming,
     iv,
     iv_pulsed,
+    retention,
     stuck,
     tuning_untuning,
 )
@@ -25,6 +26,7 @@ CAMPAIGNS = {
     iv_pulsed.PROTOCOL: (iv_pulsed, iv_pulsed.PulsedIVConfig),
     bringup.PROTOCOL: (bringup, bringup.BringupConfig),
     forming.PROTOCOL: (forming, forming.FormingConfig),
+    retention.PROTOCOL: (retention, retention.RetentionConfig),
 }
 
 __all__ = ["CAMPAIGNS"]

@@ -1,7 +1,11 @@
-"""The resumable device loop shared by every campaign.
+"""The resumable loop of work units shared by every campaign.
 
-A campaign is a list of work units (devices, in a fixed order derived from the config and the
-seed) and a function that measures one unit and returns its rows. The loop:
+A campaign is a list of work units in a fixed order derived from the config and the seed, and a
+function that measures one unit and returns its rows. A unit is whatever the campaign says it is
+(a descriptor the loop passes back to the campaign): a device as a (row, col) pair for most
+campaigns, one tuning of one device for tuning/untuning, the programming of a device or one
+scheduled read for retention. A unit is the most that a crash can lose, so long work is cut into
+short units. The loop:
 
 - starts at the store's first unfinished unit, so a re-run continues where a killed one stopped;
 - gives the rig back the state committed with the last finished unit (`rig.restore_state`): on
@@ -12,7 +16,7 @@ seed) and a function that measures one unit and returns its rows. The loop:
 - commits each unit's rows together with `rig.save_state()` in one store commit;
 - leaves the rig in its safe state whatever happens (Ctrl-C included) and stops at the next
   unit when a Ctrl-C was lost in a finaliser (`protocols.interrupts`);
-- shows a rich progress bar (units done / total, pulses, ETA, current device) and logs.
+- shows a rich progress bar (units done / total, pulses, ETA, the current unit) and logs.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import logging
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -71,8 +75,9 @@ class UnitResult:
     pulses: int = 0
 
 
-def restore_progress(title: str, store: RunWriter, total: int, rig: CrossbarRig) -> int:
-    """Devices already committed in `store`; a restorable rig (simulated station) gets back the
+def restore_progress(title: str, store: RunWriter, total: int, rig: CrossbarRig,
+                     unit: str = "devices") -> int:
+    """Units already committed in `store`; a restorable rig (simulated station) gets back the
     state saved with the last commit, so the continuation equals an uninterrupted run."""
     start = store.units_done
     if not start or start >= total:
@@ -88,11 +93,11 @@ def restore_progress(title: str, store: RunWriter, total: int, rig: CrossbarRig)
             raise ProtocolError(f"{store.path}: the saved simulator state is damaged ({e}); "
                                 "cannot resume identically (pass --overwrite)") from None
         rig.restore_state(state)
-        log.info("%s: resuming at device %d/%d with the saved simulator state",
-                 title, start + 1, total)
+        log.info("%s: resuming after %d of %d %s with the saved simulator state",
+                 title, start, total, unit)
     else:
-        log.warning("%s: resuming at device %d/%d on hardware: devices are as the "
-                    "interrupted run left them", title, start + 1, total)
+        log.warning("%s: resuming after %d of %d %s on hardware: devices are as the "
+                    "interrupted run left them", title, start, total, unit)
     return start
 
 
@@ -102,25 +107,37 @@ def commit_state(rig: CrossbarRig) -> bytes | None:
     return None if state is None else pack_state(state)
 
 
-def run_units(*, title: str, rig: CrossbarRig, store: RunWriter,
-              units: Sequence[tuple[int, int]],
-              work: Callable[[int, tuple[int, int]], UnitResult], progress: bool = True) -> None:
-    """Measure units[store.units_done:] in order, committing after each one."""
+U = TypeVar("U")
+
+
+def device_label(rc: tuple[int, int]) -> str:
+    """What the progress bar and the log call a (row, col) unit."""
+    return f"device ({rc[0]},{rc[1]})"
+
+
+def run_units(*, title: str, rig: CrossbarRig, store: RunWriter, units: Sequence[U],
+              work: Callable[[int, U], UnitResult], progress: bool = True,
+              label: Callable[[U], str] = device_label, unit: str = "devices") -> None:
+    """Measure units[store.units_done:] in order, committing after each one.
+
+    `units` are the campaign's descriptors ((row, col) pairs unless the campaign says
+    otherwise), `label` names one for the progress bar and the log, `unit` names them all
+    ("devices", "tunings", ...)."""
     if store.info.units_total != len(units):
         raise ProtocolError(f"{title}: store expects {store.info.units_total} units, "
                             f"campaign has {len(units)}")
-    start = restore_progress(title, store, len(units), rig)
-    bar = Bar(title, len(units), start, enabled=progress)
+    start = restore_progress(title, store, len(units), rig, unit)
+    bar = Bar(title, len(units), start, enabled=progress, unit=unit)
     try:
         with bar:
             for i in range(start, len(units)):
                 interrupts.check()  # a Ctrl-C lost in a finaliser (e.g. during the commit)
-                rc = units[i]
-                bar.current(f"device ({rc[0]},{rc[1]})")
-                res = work(i, rc)
+                where = label(units[i])
+                bar.current(where)
+                res = work(i, units[i])
                 store.commit(i, res.rows, commit_state(rig))
                 bar.advance(res.pulses)
-                log.debug("%s: device %d (%d,%d) done, %d pulses", title, i, *rc, res.pulses)
+                log.debug("%s: unit %d, %s done, %d pulses", title, i, where, res.pulses)
             interrupts.check()  # the run is not complete if the last commit lost a Ctrl-C
     except BaseException:
         # whatever ended the loop (Ctrl-C too), nothing stays biased; the original error is

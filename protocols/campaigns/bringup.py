@@ -159,12 +159,14 @@ def run(rig: CrossbarRig, config: BringupConfig, store, *, seed: int | None = No
                            "shorts": out}, len(short) * (len(short) - 1) // 2)
 
     run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work,
-              progress=progress)
+              progress=progress, unit="lines",
+              label=lambda u: "shorted pairs" if u[0] < 0 else line_name(*u))
     lines_df, shorts = writer.table("lines"), writer.table("shorts")
     summary = summarize(lines_df, writer.table("verdict").status.to_numpy(), shorts)
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    result = CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
+    result = CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete,
+                            unit="lines")
     bad = summary.get("opens", []) + summary.get("shorts", [])
     if bad:
         raise BringupError(f"bring-up found bad lines: {'; '.join(bad)} (report in "

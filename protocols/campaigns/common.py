@@ -97,6 +97,8 @@ class CampaignResult:
     resumed_from: int = 0
     #: the file already held this run, complete: nothing was measured or written
     already_complete: bool = False
+    #: what its units are ("devices", "tunings", ...): resumed_from counts them
+    unit: str = "devices"
 
 
 def open_store(path, *, protocol: str, config: CampaignConfig, station: dict | None,

@@ -5,6 +5,9 @@ of `width` followed by a read at the read voltage in the same execution, on the 
 path. What is stored is the remanent state after each step (g, and the read current
 i_read = g * V_read), i.e. the pulsed hysteresis loop, not the current *during* the bias; the DC
 I-V sweep with the SMUs is the `iv` campaign.
+
+The unit of work is one sweep (device, cycle), so a run of many cycles per device loses at most
+the sweep in progress.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def run(rig: CrossbarRig, config: PulsedIVConfig, store, *, seed: int | None = N
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
         progress: bool = True) -> CampaignResult:
     cfg = config
-    units = raster(rig.shape, cfg.devices)
+    units = [(i, r, c, cyc) for i, (r, c) in enumerate(raster(rig.shape, cfg.devices))
+             for cyc in range(cfg.cycles)]
     for v in (cfg.v_max, cfg.v_min):
         rig.limits.check_pulse(v, cfg.width, where="iv sweep")
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
@@ -70,23 +74,24 @@ def run(rig: CrossbarRig, config: PulsedIVConfig, store, *, seed: int | None = N
     volts = cfg.staircase()
     vr = rig.read_settings.volts
 
-    def work(i: int, rc: tuple[int, int]) -> UnitResult:
-        r, c = rc
+    def work(_unit: int, u: tuple[int, int, int, int]) -> UnitResult:
+        i, r, c, cyc = u
         rows: dict[str, list] = {k: [] for k in POINTS_COLUMNS}
-        for cyc in range(cfg.cycles):
-            for p, v in enumerate(volts):
-                g = float(rig.pulse_and_read(r, c, float(v), cfg.width))
-                for k, val in dict(device=i, row=r, col=c, cycle=cyc, point=p, volts=v, g=g,
-                                   i_read=g * vr, t=float(rig.clock)).items():
-                    rows[k].append(val)
-        return UnitResult({"points": rows}, cfg.cycles * volts.size)
+        for p, v in enumerate(volts):
+            g = float(rig.pulse_and_read(r, c, float(v), cfg.width))
+            for k, val in dict(device=i, row=r, col=c, cycle=cyc, point=p, volts=v, g=g,
+                               i_read=g * vr, t=float(rig.clock)).items():
+                rows[k].append(val)
+        return UnitResult({"points": rows}, volts.size)
 
     run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work,
-              progress=progress)
+              progress=progress, label=lambda u: f"device ({u[1]},{u[2]}) cycle {u[3] + 1}",
+              unit="sweeps")
     df = writer.table("points")
     summary = {"devices": int(df.device.nunique()) if len(df) else 0, "points": int(len(df)),
                "g_min_S": float(df.g.min()) if len(df) else float("nan"),
                "g_max_S": float(df.g.max()) if len(df) else float("nan")}
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete,
+                          unit="sweeps")

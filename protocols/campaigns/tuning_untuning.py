@@ -6,9 +6,18 @@ off_fraction * level)), tune to the level with the configured algorithm, optiona
 `settle_s` of instrument time pass, and read once more. Stored per tuning: the in-band
 confirmation reads' mean (g_final) and the settled read (g_settled); every pulse and read goes
 to the `history` table.
+
+The unit of work is one tuning (device, level, repeat): a paper-sized device is 8 levels x 40
+repeats, hours on a real station, so each tuning is committed on its own and a crash loses at
+most the tuning in progress; a resume starts at the first unfinished tuning. The fast algorithm
+(the default) starts each ramp near the amplitudes that last moved the device (`warm`); they go
+from one tuning of a device to its next and are stored with each tuning (warm_set, warm_reset),
+so a resumed run carries on with them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -36,6 +45,7 @@ TUNINGS_COLUMNS = {
     "gave_up": ("?", "1"), "pulses": ("i4", "1"), "set_pulses": ("i4", "1"),
     "reset_pulses": ("i4", "1"), "g_initial": ("f8", "S"), "g_final": ("f8", "S"),
     "g_settled": ("f8", "S"), "t_start": ("f8", "s"), "t_end": ("f8", "s"),
+    "warm_set": ("f8", "V"), "warm_reset": ("f8", "V"),
 }
 
 
@@ -69,6 +79,25 @@ class TuningUntuningConfig(CampaignConfig):
         return out
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """One unit of work: tune `device` (its index in the device list) at (row, col) to level
+    index `level`, repetition `repeat`."""
+
+    device: int
+    row: int
+    col: int
+    level: int
+    repeat: int
+
+
+def tunings(devices: list[tuple[int, int]], cfg: TuningUntuningConfig) -> list[Tuning]:
+    """Every tuning in campaign order: device by device, level by level, repeat by repeat (unit
+    index = device * levels * repeats + level * repeats + repeat, the history's `tuning`)."""
+    return [Tuning(i, r, c, li, rep) for i, (r, c) in enumerate(devices)
+            for li in range(cfg.levels) for rep in range(cfg.repeats)]
+
+
 def tables(cfg: TuningUntuningConfig) -> dict:
     t = {"tunings": TUNINGS_COLUMNS}
     if cfg.record_history:
@@ -81,53 +110,54 @@ def run(rig: CrossbarRig, config: TuningUntuningConfig, store, *, seed: int | No
         progress: bool = True) -> CampaignResult:
     """Run (or continue) the campaign on `rig`, writing to the HDF5 file `store`."""
     cfg = config
-    units = raster(rig.shape, cfg.devices)
+    units = tunings(raster(rig.shape, cfg.devices), cfg)
     writer = open_store(store, protocol=PROTOCOL, config=cfg, station=station, seed=seed,
                         tables=tables(cfg), units_total=len(units), resume=resume,
                         overwrite=overwrite, rig=rig)
     resumed = writer.units_done
     levels = cfg.level_values()
     off_cfg = cfg.tune.model_copy(update={"tolerance": cfg.off_tolerance, "n_inband": 1})
-    per_device = cfg.levels * cfg.repeats
 
-    def work(i: int, rc: tuple[int, int]) -> UnitResult:
-        r, c = rc
-        rows: dict[str, list] = {k: [] for k in TUNINGS_COLUMNS}
-        hist = []
-        pulses = 0
-        warm = None  # the fast variant starts each ramp near what last moved this device
-        for li, level in enumerate(levels):
-            off = max(cfg.off_floor, cfg.off_fraction * level)
-            for rep in range(cfg.repeats):
-                tix = i * per_device + li * cfg.repeats + rep
-                un = tune(rig, r, c, off, off_cfg, warm=warm)
-                res = tune(rig, r, c, float(level), cfg.tune, warm=un.warm)
-                warm = res.warm
-                rig.wait(cfg.settle_s)
-                g_set = float(rig.read(r, c))
-                pulses += un.pulses + res.pulses
-                vals = dict(device=i, row=r, col=c, level=li, repeat=rep, target=float(level),
-                            g_off=un.g_final, untune_pulses=un.pulses, converged=res.converged,
-                            gave_up=res.gave_up, pulses=res.pulses, set_pulses=res.set_pulses,
-                            reset_pulses=res.reset_pulses, g_initial=res.g_initial,
-                            g_final=res.g_final, g_settled=g_set, t_start=un.t_start,
-                            t_end=float(rig.clock))
-                for k, v in vals.items():
-                    rows[k].append(v)
-                if cfg.record_history:
-                    hist.append(history_rows(un, i, tix, 0))
-                    hist.append(history_rows(res, i, tix, 1))
-        out = {"tunings": {k: np.asarray(v) for k, v in rows.items()}}
+    # the fast variant starts each ramp near what last moved the device (TuneResult.warm): carried
+    # from one tuning of a device to its next, and stored with every tuning, so a resumed run
+    # carries on with the value the interrupted one had
+    done = writer.table("tunings")
+    warm: dict[int, tuple[float, float]] = {} if done.empty else {
+        int(done.device.iloc[-1]): (float(done.warm_set.iloc[-1]),
+                                    float(done.warm_reset.iloc[-1]))}
+
+    def work(tix: int, u: Tuning) -> UnitResult:
+        r, c, i, li = u.row, u.col, u.device, u.level
+        level = float(levels[li])
+        off = max(cfg.off_floor, cfg.off_fraction * level)
+        un = tune(rig, r, c, off, off_cfg, warm=warm.get(i))
+        res = tune(rig, r, c, level, cfg.tune, warm=un.warm)
+        warm[i] = res.warm
+        rig.wait(cfg.settle_s)
+        g_set = float(rig.read(r, c))
+        row = dict(device=i, row=r, col=c, level=li, repeat=u.repeat, target=level,
+                   g_off=un.g_final, untune_pulses=un.pulses, converged=res.converged,
+                   gave_up=res.gave_up, pulses=res.pulses, set_pulses=res.set_pulses,
+                   reset_pulses=res.reset_pulses, g_initial=res.g_initial,
+                   g_final=res.g_final, g_settled=g_set, t_start=un.t_start,
+                   t_end=float(rig.clock), warm_set=res.warm[0], warm_reset=res.warm[1])
+        out = {"tunings": {k: [v] for k, v in row.items()}}
         if cfg.record_history:
-            out["history"] = concat(hist, HISTORY_COLUMNS)
-        return UnitResult(out, pulses)
+            out["history"] = concat([history_rows(un, i, tix, 0), history_rows(res, i, tix, 1)],
+                                    HISTORY_COLUMNS)
+        return UnitResult(out, un.pulses + res.pulses)
+
+    def label(u: Tuning) -> str:
+        return (f"device ({u.row},{u.col}) level {u.level + 1}/{cfg.levels} "
+                f"repeat {u.repeat + 1}/{cfg.repeats}")
 
     run_units(title=PROTOCOL, rig=rig, store=writer, units=units, work=work,
-              progress=progress)
+              progress=progress, label=label, unit="tunings")
     summary = summarize(writer.table("tunings"))
     writer.finish(summary)
     log.info("%s: %s", PROTOCOL, summary)
-    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete)
+    return CampaignResult(writer.path, writer.run, summary, resumed, writer.already_complete,
+                          unit="tunings")
 
 
 #: what each number of the summary is (stored in SI and fractions; shown in uS and %)

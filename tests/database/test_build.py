@@ -28,7 +28,7 @@ def _tunings(rng, levels, n_dev=4, reps=50, sigma=lambda g: 0.007 - 6e-3 * g / 1
                             untune_pulses=3, converged=not (d == 0 and r == 0 and li == 0),
                             gave_up=False, pulses=40, set_pulses=30, reset_pulses=10,
                             g_initial=50e-6, g_final=lv * (1 + e), g_settled=lv * (1 + e),
-                            t_start=0.0, t_end=1.0)
+                            t_start=0.0, t_end=1.0, warm_set=1.0, warm_reset=-1.0)
                 for k, v in vals.items():
                     cols[k].append(v)
         out.append({"tunings": cols})
@@ -178,6 +178,130 @@ def test_build_checks_tuning_targets(tmp_path):
            _disturbance_rows())
     with pytest.raises(SchemaError, match="t.h5: run0/tunings/target"):
         build_nonideality([tmp_path / "t.h5", tmp_path / "d.h5"])
+
+
+def _retention_rows(rng, levels, n_dev, schedule, up_devices=(), drift=lambda t: -0.004 *
+                    np.log10(1 + t / 300.0), noise=0.002):
+    """A retention run: programming units, then one unit per scheduled read."""
+    from protocols.campaigns import retention
+
+    rows = []
+    g_final = [levels[i % len(levels)] * (1 + 0.002 * rng.standard_normal())
+               for i in range(n_dev)]
+    for i in range(n_dev):
+        lv = levels[i % len(levels)]
+        rows.append({"programming": {k: [v] for k, v in dict(
+            device=i, row=0, col=i, level=i % len(levels), target=lv, converged=True,
+            gave_up=False, pulses=40, g_initial=1e-4, g_final=g_final[i], t_start=i * 2.0,
+            t_prog=i * 2.0 + 1, unix_prog=np.nan).items()}})
+    for k, t in enumerate(schedule):
+        cols = {c: [] for c in retention.READS_COLUMNS}
+        for i in range(n_dev):
+            d = (1.0 - np.exp(-t / 3600.0)) if i in up_devices else drift(t)
+            d += noise * rng.standard_normal()
+            g = g_final[i] * (1 + d)
+            vals = dict(read=k, device=i, row=0, col=i, level=i % len(levels),
+                        target=levels[i % len(levels)], t_scheduled=t, t_actual=t + 0.01,
+                        age=t + 0.01 + 2.0 * (n_dev - 1 - i), t=0.0, unix=np.nan, g=g,
+                        clipped=False, drift_rel=d)
+            for c, v in vals.items():
+                cols[c].append(v)
+        rows.append({"reads": cols})
+    return rows
+
+
+def _retention_run(path, rng, **kw):
+    from protocols.campaigns import retention
+
+    schedule = np.geomspace(10.0, 86400.0, 6)
+    kw.setdefault("levels", [100e-6, 300e-6])
+    kw.setdefault("n_dev", 40)
+    _write(path, "retention", {"programming": retention.PROGRAMMING_COLUMNS,
+                               "reads": retention.READS_COLUMNS},
+           _retention_rows(rng, schedule=schedule, **kw), config={"up_threshold": 0.05})
+    return schedule
+
+
+def test_retention_statistics_build_round_trip_and_show(tmp_path, capsys):
+    from database.nonideality import RetentionStats
+    from xbarlab.cli import main
+
+    rng = np.random.default_rng(5)
+    _write(tmp_path / "t.h5", "tuning-untuning", {"tunings": tuning_untuning.TUNINGS_COLUMNS},
+           _tunings(rng, [100e-6, 400e-6], n_dev=2, reps=5))
+    _write(tmp_path / "d.h5", "disturbance", {"devices": disturbance.DEVICES_COLUMNS,
+                                              "samples": disturbance.SAMPLES_COLUMNS},
+           _disturbance_rows())
+    schedule = _retention_run(tmp_path / "r.h5", rng, up_devices=(1, 3))
+    db = build_nonideality([tmp_path / p for p in ("t.h5", "d.h5", "r.h5")])
+    r = db.retention
+    assert isinstance(r, RetentionStats) and r.time.size == 2 * 6
+    assert sorted(set(r.level)) == [100e-6, 300e-6]
+    for lv in (100e-6, 300e-6):
+        sel = r.level == lv
+        t = r.time[sel]
+        assert np.all(np.diff(t) > 0) and t[0] >= 10.0
+        # the drift of the devices that do not fail: the synthetic law, within its noise
+        # (the failing devices count among the others until they are 5 % up)
+        want = -0.004 * np.log10(1 + schedule / 300.0)
+        assert np.allclose(r.mean_rel[sel], want, atol=0.002 if lv < 2e-4 else 0.004)
+        assert np.all(r.counts[sel] == 20)
+    assert np.all(r.std_rel[r.level == 100e-6] < 0.004)
+    # devices 1 and 3 (both at 300 uS) drift up towards +100 %: drifting up once past 5 %
+    hi = r.level == 300e-6
+    assert r.up_fraction[hi][-1] == pytest.approx(2 / 20)
+    assert r.up_fraction[hi][0] == 0 and np.isnan(r.up_mean_rel[hi][0])
+    assert r.up_mean_rel[hi][-1] == pytest.approx(1 - np.exp(-24), abs=0.01)
+    assert np.all(r.up_fraction[r.level == 100e-6] == 0)
+    assert "r.h5:run0" in db.provenance["retention"] and "up_threshold" in r.rule
+    # the database file round trip keeps every number and the rule
+    save_nonideality(db, tmp_path / "ni.h5")
+    back = load_nonideality(tmp_path / "ni.h5").retention
+    for name in ("time", "level", "mean_rel", "std_rel", "counts", "up_fraction",
+                 "up_mean_rel", "up_std_rel"):
+        assert np.array_equal(getattr(back, name), getattr(r, name), equal_nan=True), name
+    assert back.rule == r.rule
+    # a database without retention runs has none, and reads back as such
+    plain = build_nonideality([tmp_path / "t.h5", tmp_path / "d.h5"])
+    assert plain.retention is None
+    save_nonideality(plain, tmp_path / "plain.h5")
+    assert load_nonideality(tmp_path / "plain.h5").retention is None
+    # db show prints the table with units
+    try:
+        main(["db", "show", str(tmp_path / "ni.h5")])
+    except SystemExit as e:
+        assert e.code == 0
+    out = capsys.readouterr().out
+    assert "retention: 12 cells" in out and "24.0 h" in out and "drifting up" in out
+    assert "provenance retention" in out
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("up_fraction", 1.5, "retention up_fraction"),
+    ("time", -3.0, "retention time"),
+    ("mean_rel", np.inf, "retention mean_rel"),
+    ("level", 7.0, "retention level"),
+])
+def test_retention_statistics_are_validated_on_load(tmp_path, field, value, match):
+    import h5py
+
+    rng = np.random.default_rng(6)
+    _write(tmp_path / "t.h5", "tuning-untuning", {"tunings": tuning_untuning.TUNINGS_COLUMNS},
+           _tunings(rng, [100e-6, 400e-6], n_dev=2, reps=5))
+    _write(tmp_path / "d.h5", "disturbance", {"devices": disturbance.DEVICES_COLUMNS,
+                                              "samples": disturbance.SAMPLES_COLUMNS},
+           _disturbance_rows())
+    _retention_run(tmp_path / "r.h5", rng, n_dev=6)
+    save_nonideality(build_nonideality([tmp_path / p for p in ("t.h5", "d.h5", "r.h5")]),
+                     tmp_path / "ni.h5")
+    with h5py.File(tmp_path / "ni.h5", "r+") as f:   # a mis-built file: checksums rewritten
+        ds = f["retention"][field]
+        a = ds[()]
+        a[0] = value
+        del f["retention"][field]
+        f["retention"].create_dataset(field, data=a)
+    with pytest.raises(SchemaError, match=match):
+        load_nonideality(tmp_path / "ni.h5")
 
 
 def test_one_tuning_per_level_is_refused_with_what_to_change(tmp_path):

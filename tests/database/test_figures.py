@@ -28,7 +28,7 @@ def _single_thread_blas():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One small real run of each protocol on simulated crossbars."""
-    from protocols.campaigns import disturbance, iv_pulsed, stuck, tuning_untuning
+    from protocols.campaigns import disturbance, iv_pulsed, retention, stuck, tuning_untuning
 
     tmp = tmp_path_factory.mktemp("figs")
     out = {}
@@ -46,6 +46,11 @@ def runs(tmp_path_factory):
                         tuning_untuning.TuningUntuningConfig(levels=2, repeats=2),
                         out["tuning-untuning"], progress=False)
     out["transfer"] = _transfer(tmp / "transfer.h5")
+    out["retention"] = tmp / "ret.h5"
+    retention.run(sim_rig(3, 3, seed=6),
+                  retention.RetentionConfig(devices=[(0, 0), (1, 2), (2, 1)],
+                                            levels=[150e-6, 300e-6], span_s=3600.0, reads=4),
+                  out["retention"], progress=False)
     return out
 
 
@@ -145,6 +150,23 @@ def test_pulsed_iv_view_draws_each_loop(runs):
     p = pts[pts.device == 1]
     assert np.allclose(loops.series[1].x, p.volts) and np.allclose(loops.series[1].y,
                                                                      p.i_read * 1e6)
+
+
+def test_retention_view_curves_on_a_log_time_axis(runs):
+    info, t = read_run(runs["retention"])
+    v = run_view(info, t)
+    reads = t["reads"]
+    curves, every = _panel(v, "curves", 0), _panel(v, "curves", 1)
+    assert curves.log_x and every.log_x
+    assert [s.label for s in curves.series] == ["150 uS", "300 uS"]
+    r = reads[reads.target == 300e-6].groupby("read")
+    s = _series(curves, "300 uS")
+    assert np.allclose(s.x, r.age.median()) and np.allclose(s.y, r.drift_rel.mean() * 100)
+    assert len(_series(every, "150 uS").x) == 2 * 4      # devices 0 and 2, four reads each
+    last = reads[reads["read"] == 3]
+    drift = _panel(v, "drift", 1)
+    assert np.allclose(drift.values[last.row, last.col], last.drift_rel * 100)
+    assert any(f.startswith("reads: 4 of 4 done") for f in v.facts)
 
 
 def test_transfer_view_readback_error_map(runs):

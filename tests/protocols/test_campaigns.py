@@ -136,3 +136,68 @@ def test_bad_device_lists_and_ctrl_c_leaves_rig_safe(tmp_path):
     with pytest.raises(DatabaseError, match="seed"):
         stuck.run(rig2, stuck.StuckConfig(), done, seed=1, progress=False)
     assert done.read_bytes() == before
+
+
+def test_tuning_untuning_progress_moves_inside_a_device(tmp_path, monkeypatch):
+    """The bar advances once per tuning (not per device), with its pulses, says which level and
+    repeat it is on, shows tunings, pulses and an ETA, and a resumed run starts it where the
+    file stopped."""
+    from rich.console import Console
+
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: the bar shows every column
+
+    from protocols.campaigns import _loop
+    from protocols.progress import Bar
+
+    bars = []
+
+    class Spy(Bar):
+        def __init__(self, title, total, done=0, **kw):
+            super().__init__(title, total, done, **kw)
+            self.start, self.total, self.wheres, self.steps = done, total, [], []
+            bars.append(self)
+
+        def current(self, where):
+            self.wheres.append(where)
+            super().current(where)
+
+        def advance(self, pulses=0):
+            self.steps.append(pulses)
+            super().advance(pulses)
+            if self.p is not None:     # what the terminal shows now
+                c = Console(record=True, width=200, force_terminal=False)
+                c.print(self.p.get_renderable())
+                self.text = c.export_text()
+
+    monkeypatch.setattr(_loop, "Bar", Spy)
+    cfg = tuning_untuning.TuningUntuningConfig(devices=[(1, 2)], levels=2, repeats=2)
+    out = tmp_path / "tu.h5"
+    tuning_untuning.run(sim_rig(seed=2), cfg, out, seed=1, progress=True)
+    (bar,) = bars
+    assert (bar.start, bar.total) == (0, 4)
+    assert bar.wheres == [f"device (1,2) level {lv}/2 repeat {rep}/2"
+                          for lv in (1, 2) for rep in (1, 2)]
+    df = read_table(out, "tunings")
+    assert bar.steps == (df.untune_pulses + df.pulses).tolist() and min(bar.steps) > 0
+    assert "4/4 tunings" in bar.text and f"{sum(bar.steps)} pulses" in bar.text
+    assert "device (1,2) level 2/2 repeat 2/2" in bar.text and "ETA" in bar.text
+
+    # a run stopped after three tunings: its continuation's bar starts at 3 of 4
+    part = tmp_path / "part.h5"
+    rig = sim_rig(seed=2)
+    calls = {"n": 0}
+    orig = _loop.commit_state
+
+    def stop_after_three(r):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return orig(r)
+
+    monkeypatch.setattr(_loop, "commit_state", stop_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        tuning_untuning.run(rig, cfg, part, seed=1, progress=False)
+    monkeypatch.setattr(_loop, "commit_state", orig)
+    tuning_untuning.run(sim_rig(seed=2), cfg, part, seed=1, progress=True)
+    assert (bars[-1].start, bars[-1].total, len(bars[-1].steps)) == (3, 4, 1)
+    assert bars[-1].wheres == ["device (1,2) level 2/2 repeat 2/2"]

@@ -90,8 +90,9 @@ def test_readback_close_to_targets(done):
     last = dev.k.to_numpy() == 0
     assert (err.to_numpy()[last] <= 2 * tol).all()
     # (the simulator is calibrated to the published V/3 disturbance: sd 7-18 uS, tails to
-    # +-40 uS, so a few earlier devices of a 100-400 uS tile move by tens of percent)
-    assert np.median(err) < 5 * tol and err.max() < 0.5
+    # +-40 uS and beyond, so a few earlier devices of a 100-400 uS tile move by tens of percent;
+    # other chip seeds put one 100 uS device at +54 or +76 uS)
+    assert np.median(err) < 5 * tol and err.max() < 1.0
     np.testing.assert_allclose(res.g_read, rb.sort_values("device").g.to_numpy())
     assert all(r.safe_calls >= 1 for r in rigs)  # `with rig:` left every rig safe
 

@@ -40,10 +40,12 @@ from protocols.campaigns import CAMPAIGNS
 # enough devices that the run outlives the kill on a loaded machine (the fast station design
 # finishes a device in tens of ms)
 DEVICES = ["0,0", "0,1", "1,0", "1,1", "2,2", "2,3", "3,2", "3,3"]
+#: what a unit of work is, where it is not a device
+UNITS = {"tuning-untuning": "tunings", "iv-pulsed": "sweeps", "retention": "steps"}
 CONFIGS = {"tuning-untuning": {"levels": 1, "repeats": 2, "record_history": True},
            "disturbance": {"record_history": True}, "stuck": {}, "iv-pulsed": {},
            "iv": {"cycles": 1, "v_step": 0.2, "v_set": 1.2, "v_reset": -1.2}, "bringup": {},
-           "forming": {}}
+           "forming": {}, "retention": {"levels": [150e-6, 300e-6], "span_s": 3600.0, "reads": 4}}
 
 
 def _args(campaign, out, cfg):
@@ -72,7 +74,7 @@ def _wait_devices(p, n: int) -> None:
 def _assert_same(out, ref):
     info, tables = read_run(out)
     info_ref, ref_tables = read_run(ref)
-    assert info.complete and info.units_done == info_ref.units_done == info_ref.units_total
+    assert info.complete and info.units_done == info_ref.units_done == info.units_total
     assert tables.keys() == ref_tables.keys()
     for name, df in tables.items():
         pd.testing.assert_frame_equal(df, ref_tables[name], check_exact=True, obj=name)
@@ -102,13 +104,13 @@ def test_sigkill_at_random_point_then_rerun_equals_uninterrupted(campaign, tmp_p
     p.wait(timeout=30)
     assert killed, "the campaign finished before it could be killed"
     info = list_runs(out)[-1]                       # readable right after the kill
-    # bringup's units are lines (and a pair test), not devices
-    assert 1 <= info.units_done < list_runs(ref)[-1].units_total and not info.complete
+    assert 1 <= info.units_done < info.units_total and not info.complete
     read_run(out)
 
     code, stdout, err = cli(_args(campaign, out, cfg), capsys)
     assert code == 0, err
-    assert f"resumed after {info.units_done} finished devices" in stdout
+    unit = UNITS.get(campaign, "devices")
+    assert f"resumed after {info.units_done} finished {unit}" in stdout
     _assert_same(out, ref)
 
 
@@ -124,8 +126,8 @@ def test_sigint_subprocess_exits_130_and_file_resumes(tmp_path, capsys):
     assert p.returncode == 130, err[-2000:]
     assert "interrupted: instruments left in their safe state" in err.splitlines()
     assert "Traceback" not in err
-    done = list_runs(out)[-1].units_done
-    assert 2 <= done < len(DEVICES)
+    info = list_runs(out)[-1]
+    assert 2 <= info.units_done < info.units_total
     ref = tmp_path / "ref.h5"
     assert cli(_args("tuning-untuning", ref, cfg), capsys)[0] == 0
     assert cli(_args("tuning-untuning", out, cfg), capsys)[0] == 0
@@ -182,3 +184,97 @@ def test_ctrl_c_inside_an_instrument_call_leaves_the_rig_safe(campaign, tmp_path
     _, ref_tables = read_run(ref)
     for name, df in tables.items():
         pd.testing.assert_frame_equal(df, ref_tables[name], check_exact=True, obj=name)
+
+
+@pytest.mark.parametrize("station", ["sim-wgfmu", "sim-pmu"])
+def test_resume_mid_device_through_the_emulated_stack_equals_uninterrupted(station, tmp_path):
+    """A tuning/untuning run interrupted inside a device and resumed by a fresh station (a new
+    process's instruments: no open session, no relay closed) equals an uninterrupted run: the
+    rig re-instates its session and routing from the saved state before the chip and clock
+    are restored, so the set-up costs no instrument time the uninterrupted run did not spend."""
+    module, cls = CAMPAIGNS["tuning-untuning"]
+    cfg = cls(levels=2, repeats=2, settle_s=1.0, devices=[(0, 0)] if station == "sim-pmu"
+              else None)
+    ref = tmp_path / "ref.h5"
+    st, rig = open_station(station)
+    with rig:
+        module.run(rig, cfg, ref, seed=3, progress=False)
+    tun = read_run(ref)[1]["tunings"]
+    pulses = (tun.untune_pulses + tun.pulses).tolist()   # pulse_and_read calls per tuning
+    out = tmp_path / "out.h5"
+    # interrupt half-way through tuning 1, then (resumed at 1) half-way through tuning 2
+    for stop in (pulses[0] + pulses[1] // 2, pulses[1] + pulses[2] // 2):
+        st, rig = open_station(station)
+        calls, orig = {"n": 0}, rig._pulse_and_read
+
+        def pulse_and_read(*a, _orig=orig, _calls=calls, _stop=stop):
+            _calls["n"] += 1
+            if _calls["n"] == _stop:
+                raise KeyboardInterrupt
+            return _orig(*a)
+
+        rig._pulse_and_read = pulse_and_read
+        with pytest.raises(KeyboardInterrupt), rig:
+            module.run(rig, cfg, out, seed=3, progress=False)
+    assert list_runs(out)[-1].units_done == 2
+    st, rig = open_station(station)
+    with rig:
+        res = module.run(rig, cfg, out, seed=3, progress=False)
+    assert res.resumed_from == 2
+    for name, df in read_run(ref)[1].items():
+        pd.testing.assert_frame_equal(read_run(out)[1][name], df, check_exact=True, obj=name)
+
+
+@pytest.mark.slow
+def test_sigkill_inside_a_single_device_tuning_campaign_loses_at_most_the_tuning_in_progress(
+        tmp_path, capsys):
+    """`xbarlab run tuning-untuning` on the single-crosspoint WGFMU station, SIGKILLed several
+    times at random moments: every tuning logged as done is in the file after each kill (at
+    most the tuning in progress is lost), each re-run resumes at the first unfinished tuning,
+    and the finished file equals an uninterrupted run."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"levels": 4, "repeats": 6, "record_history": True}))
+    station = str(PMU_STATION.with_name("sim-wgfmu.yaml"))
+
+    def args(out):
+        return ["run", "tuning-untuning", "--station", station, "-o", str(out), "--config",
+                str(cfg), "--seed", "5", "--no-progress"]
+
+    ref = tmp_path / "ref.h5"
+    assert cli(args(ref), capsys)[0] == 0
+    total = list_runs(ref)[-1].units_total
+    assert total == 24
+
+    out = tmp_path / "killed.h5"
+    rng = random.Random(13)
+    before, kills = 0, []
+    while len(kills) < 4:
+        p = _spawn(args(out))
+        need, seen, t_line, per_unit = rng.randint(1, 3), 0, None, 0.01
+        while seen < need:
+            line = p.stderr.readline()
+            if not line:
+                break
+            if " done, " in line:
+                seen += 1
+                now = time.monotonic()
+                per_unit = per_unit if t_line is None else now - t_line  # one tuning's time
+                t_line = now
+        time.sleep(rng.uniform(0.0, per_unit))   # a random moment inside the next tuning
+        if p.poll() is not None:
+            break
+        p.send_signal(signal.SIGKILL)
+        logged = seen + sum(" done, " in ln for ln in p.communicate()[1].splitlines())
+        after = list_runs(out)[-1].units_done        # readable right after the kill
+        read_run(out)
+        # every tuning logged as done survived; at most one more (committed, not yet logged)
+        assert before + logged <= after <= before + logged + 1, (before, logged, after)
+        assert after < total
+        kills.append(after)
+        before = after
+    assert len(kills) == 4 and kills == sorted(kills), kills
+
+    code, stdout, err = cli(args(out), capsys)
+    assert code == 0, err
+    assert f"resumed after {before} finished tunings" in stdout
+    _assert_same(out, ref)

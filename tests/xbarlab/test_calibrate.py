@@ -63,7 +63,7 @@ def test_identical_databases_have_zero_residuals_and_meet_every_goal(truth_db):
 
 def test_fidelity_flags_a_wider_disturbance(truth_db, tmp_path):
     wide = SMALL.model_copy(update={"device": SMALL.device.model_copy(
-        update={"rtn_amplitude": 0.1})})
+        update={"rtn_amplitude": 0.15})})
     small = FAST.model_copy(update={"seed": 7, "tuning_devices": 2, "tuning_repeats": 1})
     sim = cal.simulate_db(wide, small, tmp_path, cal.tuning_levels(None, FAST))
     fid = cal.fidelity(sim, truth_db, cal.tuning_levels(truth_db, FAST))

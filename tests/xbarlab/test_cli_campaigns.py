@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -112,3 +113,33 @@ def test_dc_campaigns_run_on_both_shipped_stations(station, devices, tmp_path, c
     assert len(cycles) == len(devices) and cycles.set_switched.all()
     formed = read_table(tmp_path / "forming.h5", "devices")
     assert (formed.status == 1).all() and len(formed) == len(devices)  # forming-free chips
+
+
+@pytest.mark.parametrize("station", ["sim-pmu", "sim-wgfmu"])
+def test_run_retention_on_each_shipped_simulated_station(station, tmp_path, capsys):
+    """`xbarlab run retention` on both simulated stations: programs, then reads on a log-spaced
+    schedule of virtual time (a day in a second)."""
+    cfg = tmp_path / "ret.yaml"
+    cfg.write_text(yaml.safe_dump({"levels": [150e-6, 300e-6], "span_s": 86400.0, "reads": 5}))
+    out = tmp_path / "ret.h5"
+    devices = ["--device", "0,0", "--device", "3,5"] if station == "sim-pmu" else []
+    code, stdout, err = _cli(["run", "retention", "--station", str(STATIONS / f"{station}.yaml"),
+                              "-o", str(out), "--config", str(cfg), "--seed", "2",
+                              "--no-progress", *devices], capsys)
+    assert code == 0, err
+    assert "drift at the last read (24.0 h after programming)" in stdout
+    info = list_runs(out)[-1]
+    n_dev = 2 if station == "sim-pmu" else 1
+    assert info.complete and info.units_done == n_dev + 5
+    assert info.station["name"] == station
+    prog, reads = read_table(out, "programming"), read_table(out, "reads")
+    assert len(prog) == n_dev and prog.converged.all()
+    assert len(reads) == 5 * n_dev
+    sched = reads.t_scheduled.unique()
+    assert sched[0] == pytest.approx(10.0) and sched[-1] == pytest.approx(86400.0)
+    assert sched[1:] / sched[:-1] == pytest.approx(np.full(4, sched[1] / sched[0]))  # log-spaced
+    # the virtual clock really waited: each read is taken at (not before) its scheduled time
+    assert (reads.t_actual >= reads.t_scheduled).all()
+    assert (reads.t_actual - reads.t_scheduled).max() < 60.0
+    assert reads.t.max() - prog.t_prog.max() >= 86400.0
+    assert reads.unix.isna().all() and (reads.drift_rel.abs() < 0.5).all()

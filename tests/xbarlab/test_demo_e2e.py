@@ -39,8 +39,8 @@ def _row(*cells):
 
 def test_every_step_wrote_its_files(demo):
     out, steps, *_ = demo
-    assert [s.name for s in steps] == ["station", "campaigns", "database", "train", "evaluate",
-                                       "transfer", "report"]
+    assert [s.name for s in steps] == ["station", "campaigns", "retention", "database", "train",
+                                       "evaluate", "transfer", "report"]
     for s in steps:
         assert s.paths and s.seconds >= 0, s.name
         for p in s.paths:
@@ -52,6 +52,17 @@ def test_every_step_wrote_its_files(demo):
     # campaigns and transfers ran on instruments: the virtual clock predicts their time
     inst = {s.name: s.instrument_s for s in steps}
     assert inst["campaigns"] > 0 and inst["transfer"] > 0 and inst["train"] is None
+    # the retention step waited its (virtual) hour between programming and the last read
+    assert inst["retention"] >= 3600.0
+
+
+def test_retention_step_reaches_the_database(demo):
+    from database.nonideality import load_nonideality
+
+    out, *_ = demo
+    db = load_nonideality(out / "db" / "nonideality.h5")
+    assert db.retention is not None and db.retention.time.max() > 3000.0
+    assert "retention-xbar3.h5" in db.provenance["retention"]
 
 
 def test_figures_are_pngs_and_linked(demo):

@@ -52,10 +52,9 @@ def _log_to_file(path: Path) -> logging.Handler:
 
 def summary_text(protocol: str, summary: dict) -> str:
     """A stored summary as indented 'metric: value' lines in display units."""
-    from database.display import summary_lines
-    from protocols.summaries import summary_metrics
+    from protocols.summaries import summary_lines
 
-    return "\n".join("  " + ln for ln in summary_lines(summary, summary_metrics(protocol)))
+    return "\n".join("  " + ln for ln in summary_lines(protocol, summary))
 
 
 def _next(out: Path) -> None:
@@ -185,7 +184,7 @@ def register(cli: click.Group) -> None:
                 logging.getLogger("xbarlab").removeHandler(handler)
                 handler.close()
             if res.resumed_from:
-                click.echo(f"resumed after {res.resumed_from} finished devices")
+                click.echo(f"resumed after {res.resumed_from} finished {res.unit}")
             click.echo(f"{name}: {res.path} ({res.run})")
             click.echo(summary_text(name, res.summary))
             _next(out_p)
@@ -196,5 +195,5 @@ def register(cli: click.Group) -> None:
         return cmd
 
     for name in ("tuning-untuning", "disturbance", "stuck", "iv", "iv-pulsed", "bringup",
-                 "forming"):
+                 "forming", "retention"):
         make(name)

@@ -45,7 +45,7 @@ def _show_runs(path: Path) -> None:
 def _show_db(path: Path) -> None:
     import numpy as np
 
-    from database.display import count, pct, us, volts
+    from database.display import count, duration, pct, us, volts
     from database.nonideality import load_nonideality
 
     db = load_nonideality(path)
@@ -75,6 +75,16 @@ def _show_db(path: Path) -> None:
                        f"{volts(np.percentile(v, 95), 3, signed=True)}, {count(v.size)} cycles")
     if not (db.iv_set_volts.size or db.iv_reset_volts.size):
         click.echo("  I-V thresholds: none (no DC I-V run among the inputs)")
+    if db.retention is not None:
+        r = db.retention
+        click.echo(f"  retention: {r.time.size} cells (level x time since programming)")
+        click.echo("          level  time since programming  drift mean      std  "
+                   "drifting up  devices")
+        for lv, t, m, sd, up, n in zip(r.level, r.time, r.mean_rel, r.std_rel, r.up_fraction,
+                                       r.counts, strict=True):
+            click.echo(f"    {us(lv):>11}  {duration(t):>22}  {pct(m, 3, signed=True):>10}  "
+                       f"{pct(sd, 3):>7}  {pct(up):>11}  {count(int(n)):>7}")
+        click.echo(f"  retention rule: {r.rule}")
     for k, v in db.provenance.items():
         if k != "statistics":
             click.echo(f"  provenance {k}: {v if isinstance(v, str) else json.dumps(v)}")

@@ -110,11 +110,16 @@ def register(cli: click.Group) -> None:
                   help="Early stopping: smallest loss decrease that counts as improvement.")
     @click.option("--eval-every", default=50, show_default=True, type=click.IntRange(1),
                   help="Early stopping: epochs between validation checks.")
+    @click.option("--retention-s", "retention_s", default=None,
+                  type=click.FloatRange(min=0, min_open=True),
+                  help="Also sample the drift this long after programming [s], from the "
+                       "database's retention statistics (off).")
     @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:n].")
     def train_cmd(db_path, out, regular, dataset, epochs, lr, seed, k, mapping, hidden, tile,
-                  separate_bias_tile, patience, min_delta, eval_every, device):
+                  separate_bias_tile, patience, min_delta, eval_every, retention_s, device):
         """Train a hardware-aware (default) or regular network; save a checkpoint."""
         _need_torch()
+        from training.noise import NoiseConfig
         from training.train import load_dataset, save_checkpoint, train_config, train_with_bar
 
         try:
@@ -129,7 +134,9 @@ def register(cli: click.Group) -> None:
         cfg = train_config(dataset, hidden=hid, hardware_aware=not regular, epochs=epochs,
                            lr=lr, seed=seed, k=k, mapping=mapping, tile_rows=tr, tile_cols=tc,
                            share_bias=not separate_bias_tile, patience=patience,
-                           min_delta=min_delta, eval_every=eval_every)
+                           min_delta=min_delta, eval_every=eval_every,
+                           noise=None if retention_s is None else
+                           NoiseConfig(retention_s=retention_s))
         db = _load_db(db_path)
         data = load_dataset(dataset, seed)
         x, y = data["train"]
@@ -153,14 +160,19 @@ def register(cli: click.Group) -> None:
     @click.option("--mapping", type=MAPPING, default=None,
                   help="Mapping for the transfers (default: the model's).")
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+    @click.option("--retention-s", "retention_s", default=None,
+                  type=click.FloatRange(min=0, min_open=True),
+                  help="Transfers read this long after programming [s]: the database's "
+                       "retention statistics move every device (off).")
     @click.option("--device", default="auto", show_default=True)
-    def evaluate_cmd(model_path, db_path, transfers, out, mapping, seed, device):
+    def evaluate_cmd(model_path, db_path, transfers, out, mapping, seed, retention_s, device):
         """Monte-Carlo transfer evaluation of a checkpoint: table, PNGs and summary.json."""
         _need_torch()
         from rich.console import Console
 
         from training.evaluate import evaluate_transfers
         from training.figures import write_evaluation
+        from training.noise import NoiseConfig
         from training.train import db_hash, load_checkpoint, load_dataset
 
         model, cfg, meta = load_checkpoint(model_path, device)
@@ -171,10 +183,11 @@ def register(cli: click.Group) -> None:
         data = load_dataset(cfg.dataset, cfg.seed)
         xt, yt = data["test"]
         res = evaluate_transfers(model, xt, yt, transfers, db, mapping=mapping or cfg.mapping,
-                                 seed=seed)
+                                 seed=seed, noise=NoiseConfig(retention_s=retention_s))
         name = network_name(cfg.hardware_aware)
         summary = write_evaluation(Path(out), {name: res}, {name: model}, xt, yt,
                                extra={"model": str(model_path), "config": cfg.to_dict(),
+                                      "retention_s": retention_s,
                                       "train_steps": meta.get("steps"),
                                       "steps_per_network": meta.get("steps_per_network"),
                                       "stopped_early": meta.get("stopped_early"),
