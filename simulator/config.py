@@ -98,6 +98,12 @@ class DeviceParams(BaseModel):
                                "well above the minute of a settled read)")
     rtn_tau_max: float = Field(1e7, gt=0, description="longest mean dwell time [s] (a cut-off "
                                "beyond every campaign)")
+    dc_volts_per_decade: float = Field(0.05, gt=0, le=1.0, description="DC holds longer than "
+                                       "t_ref: the voltage that switches a device within a hold "
+                                       "falls by this much per decade of hold time (the pulse "
+                                       "law's exponential would lower it by V0*ln(10)); 0.05 V "
+                                       "is the most a memory read at 0.2 V and written at ~1 V "
+                                       "in 200 ns allows (docs/simulator.md, DC stress)")
     rtn_stress_time: float = Field(1.6e5, ge=0, description="dwell time [s] a pulse ages every "
                                    "fluctuator of the device by, per unit of the pulse's ionic "
                                    "drive (t/t_ref * exp((|V| - Vth)/V0), the factor of the "

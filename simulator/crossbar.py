@@ -222,13 +222,15 @@ class Crossbar:
         return g
 
     # -- pulses ----------------------------------------------------------------------------------
-    def apply_device_voltages(self, v, seconds: float) -> None:
-        """Every device (i, j) gets one pulse of amplitude v[i, j] [V] lasting `seconds`."""
-        if not seconds >= 0:
+    def apply_device_voltages(self, v, seconds) -> None:
+        """Every device (i, j) gets one pulse of amplitude v[i, j] [V] lasting `seconds` (one
+        width, or one per device: a DC hold's equivalent widths, `physics.dc_width`)."""
+        if not np.all(np.asarray(seconds) >= 0):
             raise SimulatorError(f"pulse width must be >= 0 s, got {seconds!r}")
         self._settle()
         if self._G.size == 1:
-            self._pulse_one(0, 0, float(np.asarray(v).reshape(-1)[0]), seconds)
+            self._pulse_one(0, 0, float(np.asarray(v).reshape(-1)[0]),
+                            float(np.asarray(seconds).reshape(-1)[0]))
             return
         v = np.asarray(v, dtype=float)
         if v.shape != self.shape:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
+from simulator import physics
 from simulator.errors import SimulatorError
 
 #: largest predicted relative change of any device per hold step
@@ -190,12 +191,14 @@ def _root(current_at, target: float, lo: float, hi: float, start: float) -> floa
 
 
 def hold(xb, sources: list[Source], seconds: float,
-         guess: OperatingPoint | None = None) -> OperatingPoint | None:
+         guess: OperatingPoint | None = None, age: float = 0.0) -> OperatingPoint | None:
     """Apply the stress of `sources` held for `seconds` (see the module docstring); returns
     the operating point at the end (None when nothing was held). `guess`: the operating point
-    of the previous levels of the same sources (a sweep), to start from."""
+    of the previous levels of the same sources (a sweep), to start from. `age`: how long these
+    levels were held already (a hold continued)."""
     if not seconds > 0 or not sources:
         return None
+    p = xb.config.device
     done = 0.0
     op = operating_point(xb, sources, guess)
     while seconds - done > MIN_STEP / 2:
@@ -203,12 +206,14 @@ def hold(xb, sources: list[Source], seconds: float,
         step = rest
         g = xb.conductance()
         scale = np.maximum(g, 1e-9)
+        v = op.device_voltages
         while step > MIN_STEP:
-            change = np.abs(xb.predict_change(op.device_voltages, step)) / scale
+            width = physics.dc_width(age + done, age + done + step, v, p)
+            change = np.abs(xb.predict_change(v, width)) / scale
             if float(change.max(initial=0.0)) <= MAX_STEP_CHANGE:
                 break
             step = max(step / 4, MIN_STEP)
-        xb.apply_device_voltages(op.device_voltages, step)
+        xb.apply_device_voltages(v, physics.dc_width(age + done, age + done + step, v, p))
         done += step
         op = operating_point(xb, sources, op)
     return op

@@ -12,10 +12,9 @@ devices are checked. Then every pair of shorted lines is tested on its own (one 
 `v_test`, the other grounded, the rest floating) to name the partners.
 
 `v_test` (50 mV by default) is far below any switching threshold reported for TiO2 devices
-(the lowest SET pulse threshold of docs/simulator.md is about 1 V, 20x). The simulator's DC
-stress does not agree yet: it extrapolates the pulse time-voltage law to the tens of ms of a
-test and moves devices by ~10 % (a known defect, docs/simulator.md "DC"). The
-station's read limit bounds it.
+(the lowest SET pulse threshold of docs/simulator.md is about 1 V, 20x); on the simulated chip a
+bring-up moves devices by well under 0.1 % (docs/simulator.md, "DC stress"). The station's read
+limit bounds it.
 
 With one access point per line the contact resistance cannot be separated from the devices
 behind it: r is the line's resistance to the grounded array, compared across lines.

@@ -78,6 +78,9 @@ class LabWorld:
         self._route_cache: dict[frozenset[str], tuple] = {}
         self._dc_since = self.clock.now
         self._dc_op: dc.OperatingPoint | None = None
+        #: the levels of the last DC settle and how long they have been held [s]
+        self._dc_key: tuple | None = None
+        self._dc_age = 0.0
         self.pulses_applied = 0
         self.reads_taken = 0
 
@@ -205,7 +208,12 @@ class LabWorld:
         # the previous operating point of the same outputs starts the solves (a sweep)
         guess = self._dc_op if self._dc_op is not None and \
             len(self._dc_op.volts) == len(sources) else None
-        self._dc_op = dc.hold(self.crossbar, sources, dt, guess)
+        # the same levels on the same lines as at the last settle: their hold continues
+        key = tuple((s.name, s.volts, s.compliance, s.rows.tobytes(), s.cols.tobytes())
+                    for s in sources)
+        age = self._dc_age if key == self._dc_key else 0.0
+        self._dc_op = dc.hold(self.crossbar, sources, dt, guess, age)
+        self._dc_key, self._dc_age = key, age + dt
         return self._dc_op
 
     def smu_reading(self, terminal: str, siblings=(), integration: float = 0.0
@@ -315,6 +323,7 @@ class LabWorld:
                 self.pulses_applied += 1
                 advance(dur, "pulse")
         self._dc_since = self.clock.now
+        self._dc_key = None  # a waveform interrupts any hold
         return out
 
 

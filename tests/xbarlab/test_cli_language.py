@@ -90,7 +90,7 @@ def test_cli_summaries_speak_display_units(tmp_path, capsys):
     ivp = tmp_path / "ivp.yaml"
     ivp.write_text(yaml.safe_dump({"v_step": 0.4}))
     iv = tmp_path / "iv.yaml"
-    iv.write_text(yaml.safe_dump({"cycles": 1, "v_step": 0.2, "v_set": 1.2, "v_reset": -1.2}))
+    iv.write_text(yaml.safe_dump({"cycles": 1, "v_step": 0.2}))
     runs = {
         "tu.h5": ["run", "tuning-untuning", "--config", str(cfg), "--device", "0,0"],
         "d.h5": ["run", "disturbance", "--device", "0,0", "--device", "0,1"],
