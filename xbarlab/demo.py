@@ -145,7 +145,10 @@ def step_campaigns(out: Path, settings: DemoSettings, seed: int, *,
     lines = dict.fromkeys(settings.stuck_crossbars + settings.disturbance_crossbars
                           + (RETENTION_CROSSBAR,))
     jobs = [(pmu, bringup, bringup.BringupConfig(), n, seed) for n in lines] + jobs
-    jobs.append((pmu, iv, iv.IVConfig(devices=list(settings.iv_devices), cycles=1, v_step=0.1),
+    # (the sweep reaches 2.0 / -2.2 V: after the disturbance campaign these devices sit high,
+    # where the SET threshold is above the default 1.6 V for a DC hold)
+    jobs.append((pmu, iv, iv.IVConfig(devices=list(settings.iv_devices), cycles=1, v_step=0.1,
+                                      v_set=2.0, v_reset=-2.2),
                  settings.disturbance_crossbars[0], seed))
     runs = []
     for st, module, cfg, name, job_seed in jobs:
