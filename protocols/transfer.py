@@ -163,6 +163,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                 on_tile(t, name)
             rig = open_rig(name)
             with rig:
+                writer.record_snapshot(rig.snapshot())
                 rows, cols = rig.shape
                 used = plan.tile_shape[t]
                 if used[0] > rows or used[1] > cols:

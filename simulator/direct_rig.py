@@ -10,6 +10,13 @@ charged to the crossbar's virtual clock from a LatencyConfig:
 - read_array:       rows*cols * (round_trip + read_time): one execution per device, in raster
                     order, each device read at its own time (relaxation and the slow
                     fluctuators move on while the map is taken)
+- DC, per point:    round_trip + hold + smu_settle + nplc / line_frequency; the levels stress
+                    the devices for that time (simulator.dc.hold), then the operating point is
+                    measured with read noise
+
+The DC path has an SMU for every line (`dc_capacity`: rows + cols sources, ground available), so
+a request never needs time multiplexing here; its current ranges never overflow unless a fixed
+range is asked for.
 
 The physics happens after the round trip, so volatile relaxation sees the host latency.
 """
@@ -19,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from instruments.limits import SafetyLimits
-from protocols.rig import CrossbarRig, ReadSettings
+from protocols.rig import CrossbarRig, DcCapacity, DcGroup, DcMeasured, DcRequest, ReadSettings
+from simulator import dc
 from simulator.chip import ChipLab
 from simulator.config import LatencyConfig
 from simulator.crossbar import Crossbar
@@ -87,3 +95,48 @@ class SimulatedRig(CrossbarRig):
                 g[i, j] = xb.read(i, j, volts, "grounded")
                 clk.advance(lat.read_time, "read")
         return self._clip(g)
+
+    # -- DC ------------------------------------------------------------------------------------
+    @property
+    def dc_capacity(self) -> DcCapacity:
+        rows, cols = self.shape
+        return DcCapacity(sources=rows + cols, ground=True)
+
+    def _dc_pass(self, groups: list[DcGroup], request: DcRequest) -> list[DcMeasured]:
+        xb, clk, lat = self.crossbar, self.crossbar.clock, self.latency
+        sensed = [k for k, g in enumerate(groups) if g.sensed]
+        n = request.points
+        out = [DcMeasured(np.zeros(n), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool),
+                          np.zeros(n), np.zeros(n, bool)) for _ in sensed]
+        held_comp = request.compliance if request.source_compliance is None \
+            else request.source_compliance
+        lines = [(np.array([i for kind, i in g.lines if kind == "row"], dtype=int),
+                  np.array([i for kind, i in g.lines if kind == "col"], dtype=int))
+                 for g in groups]
+        t_int = request.nplc / lat.line_frequency
+        held = request.hold + lat.smu_settle + t_int
+        avg = t_int / lat.read_time if lat.read_time > 0 else 1.0
+        op, last, age = None, None, 0.0
+        for p in range(n):
+            sources = [dc.Source(r, c, float(g.volts[p]), None if g.ground else
+                                 (request.compliance if g.sensed else held_comp), name=str(k))
+                       for k, (g, (r, c)) in enumerate(zip(groups, lines, strict=True))]
+            clk.advance(lat.round_trip, "round_trip")
+            clk.advance(held, "dc")
+            # a level unchanged since the previous point: its hold continues
+            key = [s.volts for s in sources]
+            age = age + held if key == last else 0.0
+            op = dc.hold(xb, sources, held, op, age)
+            last = key
+            for m, k in zip(out, sensed, strict=True):
+                cur = float(xb.noisy(op.current[k], avg))
+                over = request.fixed_range and abs(cur) > request.i_range
+                m.volts[p], m.current[p] = op.volts[k], (np.nan if over else cur)
+                m.compliance[p], m.overflow[p], m.t[p] = op.limited[k], over, clk.now
+                m.other_compliance[p] = bool(np.delete(op.limited, k).any())
+        return out
+
+    def snapshot(self) -> dict:
+        cfg = self.crossbar.config
+        return {"rig": self.name, "crossbar": f"simulated {cfg.rows}x{cfg.cols}",
+                "instruments": "none (the physics directly)"}
