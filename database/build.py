@@ -13,6 +13,9 @@
 - Stuck devices (stuck runs): rates = class counts / devices screened; samples = initial reads of
   stuck devices that did not hit the range ceiling; the parametric models (HRS uniform range,
   LRS normal) are fitted when there are at least 3 samples, else the published values are kept.
+- I-V thresholds (DC `iv` runs, optional): the SET and RESET voltage of every cycle that
+  switched (the campaign's own extraction, protocols/campaigns/iv.py), with the devices that never
+  switched counted in the provenance.
 - Shapiro-Wilk normality (scipy) of the tuning error per level and of the per-device offsets,
   where the paper models them as normal; results go into provenance["statistics"].
 - Retention (retention runs, optional): the drift (read - g_final) / g_final of every device
@@ -107,6 +110,11 @@ def _table(item: tuple[Path, RunInfo], table: str) -> pd.DataFrame:
                  "key is not the devices programmed after the device")
         for col in ("g", "delta"):
             _require(df, where, col, np.isfinite(df[col]) | df.excluded, "not a finite number")
+    elif (info.protocol, table) == ("iv", "cycles"):
+        _require(df, where, "v_set", ~df.set_switched | (np.isfinite(df.v_set) & (df.v_set > 0)),
+                 "not a positive voltage")
+        _require(df, where, "v_reset", ~df.reset_switched
+                 | (np.isfinite(df.v_reset) & (df.v_reset < 0)), "not a negative voltage")
     elif (info.protocol, table) == ("retention", "programming"):
         _require(df, where, "device", df.device.to_numpy() == np.arange(len(df)),
                  "devices not in programming order")
@@ -246,6 +254,20 @@ def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None
         provenance["stuck"] = ("no stuck-screening run: rates from the disturbance runs' flags "
                                f"({len(dv)} devices); value models are the published ones")
 
+    # -- I-V thresholds (optional) -----------------------------------------------------------
+    v_set = v_reset = np.zeros(0)
+    # (files of the pulsed staircase once called `iv` have no cycles table: not used)
+    dc_iv = [item for item in found.get("iv", []) if "cycles" in item[1].rows]
+    if dc_iv:
+        c = pd.concat([_table(item, "cycles") for item in dc_iv], ignore_index=True)
+        v_set = c.v_set[c.set_switched].to_numpy(float)
+        v_reset = c.v_reset[c.reset_switched].to_numpy(float)
+        dev = pd.concat([_table(item, "devices") for item in dc_iv], ignore_index=True)
+        provenance["iv"] = (f"{v_set.size} SET and {v_reset.size} RESET voltages of {len(c)} "
+                            f"DC I-V cycles on {len(dev)} devices "
+                            f"({int(dev.never_switched.sum())} never switched) from "
+                            + ", ".join(_src(dc_iv)))
+
     retention = None
     if "retention" in found:
         retention, provenance["retention"] = _retention(found["retention"])
@@ -264,7 +286,7 @@ def build_nonideality(run_files: list[str | os.PathLike], *, g_min: float | None
         stuck_lrs_rate=lrs_rate, stuck_hrs_samples=hrs_s, stuck_lrs_samples=lrs_s,
         stuck_hrs_range=hrs_range, stuck_lrs_mean=lrs_mean, stuck_lrs_std=lrs_std,
         disturbance_rule=rule, disturbance_key_mu=mu, disturbance_key_sigma=sd,
-        provenance=provenance, retention=retention)
+        iv_set_volts=v_set, iv_reset_volts=v_reset, provenance=provenance, retention=retention)
     db.validate()
     return db
 

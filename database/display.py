@@ -87,8 +87,10 @@ def duration(s: float | None) -> str:
 
 
 def quantity(value, unit: str, *, nd: int | None = None, signed: bool = False) -> str:
-    """`value` stored in `unit` (one of UNITS) as people read it; anything not a number as it
-    is."""
+    """`value` stored in `unit` (one of UNITS) as people read it; a list (named items: lines
+    found open) comma-separated, or 'none'; anything else not a number as it is."""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(x) for x in value) or "none"
     if isinstance(value, bool) or _num(value) is None:
         return str(value)
     v = float(value)

@@ -377,8 +377,8 @@ def _tuning_untuning(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
     return RunView(cond, trace, figures, facts, notes, unit=unit)
 
 
-@view("iv")
-def _iv(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
+@view("iv-pulsed")
+def _iv_pulsed(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
     pts = t["points"]
     shape = array_shape(info, pts)
     last = pts.groupby("device").tail(1)
@@ -408,6 +408,128 @@ def _iv(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
     notes = [] if len(keys) == pts.groupby(["device", "cycle"]).ngroups else \
         ["showing the latest 12 loops"]
     return RunView(cond, trace, figures, facts, notes, unit="sweeps")
+
+
+@view("iv")
+def _iv(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
+    if "cycles" not in t:  # a file of the pulsed staircase from before it was renamed
+        return _iv_pulsed(info, t)
+    pts, cyc, dev = t["points"], t["cycles"], t["devices"]
+    shape = array_shape(info, pts)
+    last = cyc.groupby("device").tail(1)
+    cond = Map("latest ON state at the read voltage (uS)", "conductance (uS)",
+               grid(shape, last.row, last.col, last.g_on * uS))
+    loops = Plot("I-V loops (current during the DC bias)", "voltage (V)", "current (uA)")
+    g_loops = Plot("conductance I/V along the loops", "voltage (V)", "I/V (uS)")
+    keys = list(pts.groupby(["device", "cycle"]).groups)[-12:]  # the latest 12 loops
+    trace = None
+    for d, c in keys:
+        p = pts[(pts.device == d) & (pts.cycle == c)]
+        label = f"({int(p.row.iloc[0])},{int(p.col.iloc[0])}) cycle {c}"
+        v, i = p.volts.to_numpy(), p.current.to_numpy()
+        loops.series.append(Series(label, v, i * uA))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g_loops.series.append(Series(label, v, np.where(v != 0, i / v, np.nan) * uS))
+    if keys:
+        d, c = keys[-1]
+        p = pts[(pts.device == d) & (pts.cycle == c)]
+        clipped = p[p.compliance]
+        trace = Plot(f"latest sweep: device ({int(p.row.iloc[0])},{int(p.col.iloc[0])}), "
+                     f"cycle {c}", "voltage (V)", "current (uA)",
+                     [Series("current", p.volts.to_numpy(), p.current.to_numpy() * uA,
+                             "linepoints"),
+                      Series("at compliance", clipped.volts.to_numpy(),
+                             clipped.current.to_numpy() * uA, "points")])
+    volts = histogram("switching voltages of every cycle", "voltage (V)", "cycles",
+                      {"SET": cyc.v_set, "RESET": cyc.v_reset})
+    ratio = histogram("ON/OFF at the read voltage", "ON/OFF", "cycles", {"all": cyc.on_off})
+    switched = Map("cycles that switched", "cycles",
+                   grid(shape, dev.row, dev.col, dev.cycles_switched))
+    figures = [Figure("loops", "DC I-V loops", [loops, g_loops]),
+               Figure("switching", "switching voltages and ON/OFF", [volts, ratio, switched])]
+    n = len(dev)
+    never = int(dev.never_switched.sum()) if n else 0
+    facts = [f"devices swept: {n}, cycles: {len(cyc)}",
+             f"devices that never switched: {never} ({pct(never, n)})"]
+    for key, what in (("v_set", "SET voltage"), ("v_reset", "RESET voltage")):
+        x = cyc[key].dropna()
+        if len(x):
+            facts.append(f"{what}: median {x.median():+.2f} V ({x.min():+.2f} to "
+                         f"{x.max():+.2f} V, {len(x)} cycles)")
+    r = cyc.on_off.dropna()
+    if len(r):
+        facts.append(f"ON/OFF at the read voltage: median {r.median():.2f}")
+    notes = [] if len(keys) == pts.groupby(["device", "cycle"]).ngroups else \
+        ["showing the latest 12 loops"]
+    return RunView(cond, trace, figures, facts, notes, unit="devices")
+
+
+@view("bringup")
+def _bringup(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
+    lines, verdict, shorts = t["lines"], t["verdict"], t["shorts"]
+    shape = array_shape(info)
+    names = class_names(verdict)
+    status = {(int(k), int(i)): int(s) for k, i, s in
+              zip(verdict.kind, verdict["index"], verdict.status, strict=True)}
+    # severity for the map: a device shows the worse of its two lines
+    rank = {0: 0, 3: 1, 1: 2, 2: 3}
+    worst = np.full(shape, np.nan)
+    if status:
+        for i in range(shape[0]):
+            for j in range(shape[1]):
+                a, b = status.get((0, i), 0), status.get((1, j), 0)
+                worst[i, j] = a if rank.get(a, 0) >= rank.get(b, 0) else b
+    by_line = Plot("conductance of each line to the grounded array", "line index",
+                   "conductance (uS)")
+    for kind, label in ((0, "word lines (rows)"), (1, "bit lines (columns)")):
+        x = lines[lines.kind == kind]
+        by_line.series.append(Series(label, x["index"].to_numpy(), x.g.to_numpy() * uS,
+                                     "linepoints"))
+    figures = [Figure("map", "bring-up: line status over the array",
+                      [Map("status (a device shows its worse line)", "status", worst, names),
+                       by_line])]
+    facts = [f"lines checked: {len(lines)} of {shape[0] + shape[1]}"]
+    if len(verdict):
+        for code, name in sorted(names.items()):
+            k = int((verdict.status == code).sum())
+            if k:
+                facts.append(f"{name}: {k}")
+    kinds = ("row", "col")
+    for a, i, b, j in zip(shorts.kind_a, shorts.index_a, shorts.kind_b, shorts.index_b,
+                          strict=True):
+        facts.append(f"short: {kinds[a]} {i} - {kinds[b]} {j}")
+    if len(lines):
+        facts.append(f"line conductance: median {lines.g.median() * uS:.1f} uS at "
+                     f"{lines.volts.iloc[0] * 1e3:.0f} mV")
+    notes = [] if len(verdict) else ["no verdict yet: every line is measured first"]
+    return RunView(None, None, figures, facts, notes, unit="lines")
+
+
+@view("forming")
+def _forming(info: RunInfo, t: dict[str, pd.DataFrame]) -> RunView:
+    ramps, dev = t["ramps"], t["devices"]
+    shape = array_shape(info, dev)
+    names = class_names(dev)
+    cond = Map("after forming (uS)", "conductance (uS)",
+               grid(shape, dev.row, dev.col, dev.g_after * uS))
+    status = Map("forming status", "status", grid(shape, dev.row, dev.col, dev.status), names)
+    curves = Plot("forming ramps (latest 12 devices)", "voltage (V)", "current (uA)")
+    for d in list(ramps.device.unique())[-12:]:
+        r = ramps[ramps.device == d]
+        curves.series.append(Series(f"({int(r.row.iloc[0])},{int(r.col.iloc[0])})",
+                                    r.volts.to_numpy(), r.current.to_numpy() * uA,
+                                    "linepoints"))
+    vf = histogram("forming voltages", "voltage (V)", "devices", {"formed": dev.v_form})
+    figures = [Figure("forming", "electroforming", [status, curves, vf])]
+    n = len(dev)
+    facts = [f"devices: {n}"]
+    for code, name in sorted(names.items()):
+        facts.append(f"{name}: {int((dev.status == code).sum())}")
+    x = dev.v_form.dropna()
+    if len(x):
+        facts.append(f"forming voltage: median {x.median():.2f} V ({x.min():.2f} to "
+                     f"{x.max():.2f} V)")
+    return RunView(cond, None, figures, facts, [], unit="devices")
 
 
 @view("transfer")

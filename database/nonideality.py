@@ -35,6 +35,8 @@ G_CEILING = 1.0
 #: largest disturbance key accepted (devices programmed after one device in its crossbar: a
 #: 1024 x 1024 array); a larger key is a damaged file, and would size the sampling table
 MAX_DISTURBANCE_KEY = 1 << 20
+#: no switching voltage lies beyond this [V] (the station limits stop at 10 V)
+V_CEILING = 10.0
 
 
 #: relative drifts outside (-1, MAX_DRIFT_REL] are a damaged file: a conductance cannot fall
@@ -140,6 +142,9 @@ class NonIdealityDB:
     disturbance_rule: str = ""
     disturbance_key_mu: np.ndarray = field(default_factory=lambda: np.zeros(0))
     disturbance_key_sigma: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: DC I-V switching voltages [V], one per cycle that switched (empty: no I-V runs)
+    iv_set_volts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    iv_reset_volts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: where each part came from: {"tuning": "...", "disturbance": "...", "stuck": "..."}
     provenance: dict = field(default_factory=dict)
     #: retention statistics (from retention runs), None when the database has none
@@ -148,7 +153,8 @@ class NonIdealityDB:
     def __post_init__(self) -> None:
         for name in ("tuning_levels", "tuning_sigma_rel", "tuning_offset_rel", "tuning_counts",
                      "disturbance_delta", "stuck_hrs_samples", "stuck_lrs_samples",
-                     "disturbance_key_mu", "disturbance_key_sigma"):
+                     "disturbance_key_mu", "disturbance_key_sigma", "iv_set_volts",
+                     "iv_reset_volts"):
             setattr(self, name, np.asarray(getattr(self, name), dtype=float))
         self.disturbance_keys = np.asarray(self.disturbance_keys, dtype=np.int64)
         self.stuck_hrs_range = (float(self.stuck_hrs_range[0]), float(self.stuck_hrs_range[1]))
@@ -234,6 +240,11 @@ class NonIdealityDB:
             fail("stuck_hrs_range", f"is reversed: {self.stuck_hrs_range}")
         check("stuck_lrs_mean", 0.0, G_CEILING, lo_open=True)
         check("stuck_lrs_std", 0.0, G_CEILING)
+        # switching voltages: SET positive, RESET negative, inside any source's reach
+        check("iv_set_volts", 0.0, V_CEILING, lo_open=True)
+        check("iv_reset_volts", -V_CEILING, 0.0)
+        if (self.iv_reset_volts == 0).any():
+            fail("iv_reset_volts", "holds 0 V (a RESET voltage is negative)")
         if self.retention is not None:
             self.retention.validate(fail)
 
@@ -250,6 +261,11 @@ _ARRAYS = {
     "stuck/hrs_samples": ("stuck_hrs_samples", "S"),
     "stuck/lrs_samples": ("stuck_lrs_samples", "S"),
 }
+#: arrays added later: a file without them reads as empty
+_LATE_ARRAYS = {
+    "iv/set_volts": ("iv_set_volts", "V"),
+    "iv/reset_volts": ("iv_reset_volts", "V"),
+}
 _SCALARS = {
     "": ("g_min", "g_max"),
     "tuning": ("sigma_fit_slope", "sigma_fit_intercept", "offset_mean_rel", "offset_std_rel"),
@@ -263,8 +279,8 @@ _RETENTION_UNITS = ("s", "S", "1", "1", "1", "1", "1", "1")
 def _meta(kw: dict) -> dict:
     """The scalar and text fields, as checksummed by `meta_crc32` (a retention part
     contributes its rule)."""
-    out = {n: kw[n] for n in sorted(kw)
-           if n not in {a for a, _u in _ARRAYS.values()} and n != "retention"}
+    arrays = {a for a, _u in (*_ARRAYS.values(), *_LATE_ARRAYS.values())}
+    out = {n: kw[n] for n in sorted(kw) if n not in arrays and n != "retention"}
     if kw.get("retention") is not None:
         out["retention_rule"] = kw["retention"].rule
     return out
@@ -292,9 +308,9 @@ def save_nonideality(db: NonIdealityDB, path: str | os.PathLike, *, overwrite: b
         f.attrs["kind"] = KIND
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["provenance"] = json.dumps(db.provenance, sort_keys=True)
-        for grp in ("tuning", "disturbance", "stuck"):
+        for grp in ("tuning", "disturbance", "stuck", "iv"):
             f.create_group(grp)
-        for h5name, (attr, unit) in _ARRAYS.items():
+        for h5name, (attr, unit) in (_ARRAYS | _LATE_ARRAYS).items():
             a = getattr(db, attr)
             ds = f.create_dataset(h5name, data=a, chunks=(max(1, min(a.size, 65536)),),
                                   maxshape=(None,), fletcher32=True, track_times=False)
@@ -366,6 +382,9 @@ def _read(f: h5py.File, path: Path) -> dict:
     kw: dict = {}
     for h5name, (attr, _unit) in _ARRAYS.items():
         kw[attr] = f[h5name][()]
+    for h5name, (attr, _unit) in _LATE_ARRAYS.items():
+        if h5name in f:
+            kw[attr] = f[h5name][()]
     for grp, names in _SCALARS.items():
         g = f[grp] if grp else f
         for n in names:

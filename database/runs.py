@@ -211,6 +211,8 @@ class RunInfo:
     rows: dict[str, int] = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    #: what the instruments said about themselves in the latest session (not compared)
+    snapshot: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -380,7 +382,8 @@ def _read_run(g: h5py.Group, path: Path, version: int) -> _Run:
             start_time=str(attrs.get("start_time", "")), end_time=str(attrs.get("end_time", "")),
             units_total=total, units_done=done, complete=complete, rows=dict(file_rows),
             summary=_json(attrs.get("summary", "{}"), path, f"{where} summary"),
-            format_version=version)
+            format_version=version,
+            snapshot=_json(attrs.get("snapshot", "{}"), path, f"{where} snapshot"))
     except KeyError as e:
         raise SchemaError(f"{path}: {where} lacks {e}") from None
     if not info.protocol:
@@ -745,8 +748,12 @@ class RunWriter:
     @classmethod
     def open(cls, path: str | os.PathLike, *, protocol: str, config: dict, station: dict,
              seed: int | None, tables: TableSpecs, units_total: int, resume: bool = False,
-             overwrite: bool = False) -> RunWriter:
+             overwrite: bool = False, snapshot: dict | None = None) -> RunWriter:
         """Start a run, or continue the file's unfinished run of the same campaign.
+
+        `snapshot`: what the instruments say about themselves now (identity, options,
+        settings read back); stored as its own attribute, never compared, and replaced by each
+        session that continues the run.
 
         - no file: a new run, written at its first commit (`resume=True` is fine: nothing to
           resume yet);
@@ -772,7 +779,8 @@ class RunWriter:
                     raise DatabaseError(f"table {t!r} column {c!r}: dtype {d!r} is not numeric")
         config, station = _normal(config), _normal(station or {})
         meta = {"protocol": protocol, "config": config, "station": station,
-                "seed": None if seed is None else int(seed), "units_total": int(units_total)}
+                "seed": None if seed is None else int(seed), "units_total": int(units_total),
+                "snapshot": _normal(snapshot or {})}
         created = cls._folders(path)
         token = object()
         try:
@@ -887,7 +895,8 @@ class RunWriter:
                        software_version=m["software_version"], start_time=m["start_time"],
                        end_time=m["end_time"], units_total=m["units_total"],
                        units_done=self._units, complete=m["complete"],
-                       rows={t: self.rows(t) for t in self.tables}, summary=m["summary"])
+                       rows={t: self.rows(t) for t in self.tables}, summary=m["summary"],
+                       snapshot=m["snapshot"])
 
     def rows(self, table: str) -> int:
         return next(iter(self._cols[table].values())).n
@@ -902,6 +911,10 @@ class RunWriter:
     def saved_state(self) -> bytes | None:
         """The chip state committed with the last unit, if any."""
         return self._state
+
+    def record_snapshot(self, snapshot: dict) -> None:
+        """Replace the instruments' snapshot (written with the next publish; never compared)."""
+        self._meta["snapshot"] = _normal(snapshot)
 
     # -- committing --------------------------------------------------------------------------
     def _usable(self) -> None:
@@ -1044,7 +1057,8 @@ class RunWriter:
                 "summary": json.dumps(m["summary"], sort_keys=True, default=float),
                 "progress": json.dumps({"units_done": self._units, "rows": rows,
                                         "state_bytes": len(self._state or b"")}, sort_keys=True),
-                "run_id": m["run_id"]}
+                "run_id": m["run_id"],
+                "snapshot": json.dumps(m["snapshot"], sort_keys=True, default=str)}
 
     def _image(self) -> memoryview:
         """The whole file, built in memory (HDF5 never touches the disk)."""

@@ -2,7 +2,9 @@
 
 A selection is ONE `channel.exclusiveclose(...)` holding every closure, sent in the same TSP
 chunk as `waitcomplete()` and the error-queue count, so a reselection costs one round trip and
-an error is seen at once. The last selection is cached: re-selecting the same set sends nothing.
+an error is seen at once. The last selection is cached: re-selecting the same set sends nothing;
+the cache is dropped whenever a command fails or the relays are opened, and a new session starts
+without one. Card slots are objects, `k.slot(n)`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,23 @@ def sort_key(name: str) -> tuple[int, str, int]:
     return int(name[0]), name[1], int(name[2:])
 
 
+class Slot:
+    """Card slot `number` (1-6) of a 707B."""
+
+    def __init__(self, k: K707B, number: int):
+        if not 1 <= number <= 6:
+            raise ValueError(f"a 707B has slots 1-6, not {number!r}")
+        self.k, self.number = k, int(number)
+
+    def idn(self) -> str:
+        """The card's identity as the instrument reports it (`slot[n].idn`)."""
+        return self.k.query(f"print(slot[{self.number}].idn)")
+
+    def channel(self, row: str, column: int) -> str:
+        """The channel name of crosspoint (row letter, column) on this card."""
+        return channel_name(self.number, row, column)
+
+
 class K707B(MessageInstrument):
     kind = "K707B"
     read_termination = "\n"
@@ -48,8 +67,17 @@ class K707B(MessageInstrument):
     def idn(self) -> str:
         return self.query("*IDN?")
 
-    def card(self, slot: int = 1) -> str:
-        return self.query(f"print(slot[{int(slot)}].idn)")
+    def slot(self, number: int) -> Slot:
+        return Slot(self, number)
+
+    def forget(self) -> None:
+        """Treat the closed set as unknown: the next `exclusive_close` is sent in any case."""
+        self._selected = None
+
+    def snapshot(self, slots=()) -> dict:
+        return {"kind": self.kind, "name": self.name, "idn": self.idn(),
+                "cards": {str(n): self.slot(n).idn() for n in sorted(set(slots))},
+                "closed": self.closed_channels()}
 
     def reset(self) -> None:
         self._tsp("reset() errorqueue.clear()", check=False)
@@ -74,10 +102,6 @@ class K707B(MessageInstrument):
         self._tsp(f'channel.exclusiveclose("{listing}")')
         self._selected = names
         return True
-
-    def forget_selection(self) -> None:
-        """Treat the closed set as unknown: the next `exclusive_close` is sent in any case."""
-        self._selected = None
 
     def close_channels(self, channels: Iterable[str]) -> None:
         """channel.close: ADDS closures."""
@@ -134,6 +158,7 @@ class K707B(MessageInstrument):
             self._raise_queue(command, n)
 
     def _raise_queue(self, command: str, count: int) -> None:
+        self.forget()  # a failed chunk: what is closed now is unknown
         if count < 0:  # a corrupted count must not end as an IndexError
             raise InstrumentError("impossible error count", instrument=self.name,
                                   command=command, reply=str(count))

@@ -74,3 +74,19 @@ class SafetyLimits(BaseModel):
             raise SafetyLimitError(
                 f"refused compliance {amps!r} A: must be in (0, {self.i_compliance:.3e}] A{ctx}"
             )
+
+    def check_source(self, kind: str, value: float, compliance: float, *,
+                     where: str = "") -> None:
+        """An SMU forcing a voltage (`kind` "V": the level fits the envelope, the current
+        compliance the limit) or a current ("I": within the compliance limit; the output swings
+        up to the voltage compliance, with the current's sign, so that must fit the envelope).
+        The raw-command guards of both SMU instruments (DV / DI) check through this."""
+        ctx = f" ({where})" if where else ""
+        if kind == "V":
+            self.check_level(value, where=where)
+            self.check_compliance(abs(compliance), where=where)
+            return
+        if not math.isfinite(value) or abs(value) > self.i_compliance:
+            raise SafetyLimitError(f"refused forced current {value!r} A: beyond the station "
+                                   f"limit {self.i_compliance:.3e} A{ctx}")
+        self.check_level(math.copysign(abs(compliance), value), where=where)

@@ -29,21 +29,32 @@ the half-selected devices on the selected row see -2V/3 (and those on the select
 pulse. The simulator charges that DC stress, and on the simulated chip it visibly RESETs or SETs
 half-selected devices. Use PmuRig (divider levels pulsed in lock-step) for crossbars; the WGFMU
 crossbar mode is for occasional single-device work on a routed array.
+
+DC (`rig.dc`, the seam's line-level request): both rigs take the SMUs of their instrument as
+`instruments.dc.SmuPort`s. On the PMU rig, SMU1 and SMU2 reach the cables of PMU channels 1 and 2
+through the 4225-RPMs (switched to their SMU path for the request; the next pulse re-initialises
+the PMU, RPMs back on the pulse path) and further SMUs sit on matrix rows of their own; grounded
+lines go to the matrix row on ground. On the WGFMU rig the B1500 SMUs are the V/3 and 2V/3
+sources (and any others on matrix rows); on a single crosspoint they reach the two electrodes
+through the WGFMU channels' RSUs in SMU mode.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from instruments import wgfmu as W
 from instruments.b1500 import B1500
+from instruments.dc import DcBank, SmuPort
 from instruments.errors import InstrumentError
 from instruments.k707b import K707B
-from instruments.k4200 import K4200
+from instruments.k4200 import K4200, RPM_SMU
 from instruments.limits import SafetyLimits
 from instruments.wgfmu import Wgfmu
 from instruments.wiring import Wiring
-from protocols.rig import CrossbarRig, Lab, ReadSettings
+from protocols.rig import CrossbarRig, DcCapacity, DcGroup, DcMeasured, DcRequest, Lab, ReadSettings
 
 
 def _make_all_safe(*instruments) -> None:
@@ -66,6 +77,16 @@ def _make_all_safe(*instruments) -> None:
 
 class _GuardedRig(CrossbarRig):
     """Runs every hardware operation under a guard that leaves the rig safe on any exception."""
+
+    #: the rig's DC path (None: no SMUs configured)
+    dc_bank: DcBank | None = None
+
+    @property
+    def dc_capacity(self) -> DcCapacity | None:
+        return None if self.dc_bank is None else self.dc_bank.capacity
+
+    def _dc_pass(self, groups: list[DcGroup], request: DcRequest) -> list[DcMeasured]:
+        return self._guard(self.dc_bank.run, groups, request, self.lab)
 
     def _guard(self, fn, *args):
         try:
@@ -122,7 +143,8 @@ class PmuRig(_GuardedRig):
     def __init__(self, pmu: K4200, matrix: K707B, wiring: Wiring,
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
                  lab: Lab | None = None, edge: float = 20e-9, i_range: float = 100e-6,
-                 read_scheme: str = "write-routing", n_cal: int = 16, width: float = 200e-9):
+                 read_scheme: str = "write-routing", n_cal: int = 16, width: float = 200e-9,
+                 smus: Sequence[SmuPort] = ()):
         super().__init__((len(wiring.rows), len(wiring.cols)), limits or SafetyLimits(),
                          read=read, lab=lab)
         missing = [r for r in self.ROLES if r not in wiring.letters]
@@ -134,6 +156,10 @@ class PmuRig(_GuardedRig):
         if n_cal < 1:
             raise ValueError(f"PmuRig n_cal must be >= 1, got {n_cal}")
         self.pmu, self.matrix, self.wiring = pmu, matrix, wiring
+        if smus:
+            self.dc_bank = DcBank(pmu, smus, matrix=matrix, wiring=wiring,
+                                  ground_letter=wiring.letters["gnd"],
+                                  connect=self._rpms_to_smus, release=self._after_dc)
         self.read_scheme = read_scheme
         self.n_cal = int(n_cal)
         vr = self.read_settings.volts
@@ -181,8 +207,8 @@ class PmuRig(_GuardedRig):
         t, a1, b1, a2, b2, mt, ms, me = ([x for blk in blocks for x in blk[k]] for k in range(8))
         z = [0] * len(t)
         p = self.pmu
-        return (p.sarb_commands(1, seq, t, a1, b1, z, z, z)
-                + p.sarb_commands(2, seq, t, a2, b2, mt, ms, me))
+        return (p.pmu(1).sarb(seq, t, a1, b1, z, z, z)
+                + p.pmu(2).sarb(seq, t, a2, b2, mt, ms, me))
 
     def _pulse_block(self, volts: float, seconds: float, rest: float) -> tuple[list, ...]:
         e = self.edge
@@ -200,8 +226,8 @@ class PmuRig(_GuardedRig):
         if self.read_scheme == "write-routing":
             cmds += self._sequence(SEQ_LIFTED, [self._read_block(*self.lifted)])
         p.send_setup(cmds + self._step_commands(0.0, self.width))
-        p.output(1, True)
-        p.output(2, True)
+        p.pmu(1).output(True)
+        p.pmu(2).output(True)
         self._ready = True
 
     def __enter__(self) -> PmuRig:
@@ -221,7 +247,7 @@ class PmuRig(_GuardedRig):
         if device is None or device != self._device:
             self.pmu.forget([f"T1,{SEQ_STEP}", f"T2,{SEQ_STEP}", f"A1,{SEQ_STEP}",
                              f"B1,{SEQ_STEP}", "L1", "L2"])
-            self.matrix.forget_selection()
+            self.matrix.forget()
         self._device = device
 
     def _step_commands(self, volts: float, seconds: float) -> list[tuple[str, str]]:
@@ -262,13 +288,12 @@ class PmuRig(_GuardedRig):
         """Play `seq` `loops` times on both channels; the `points` spot means of channel 2 as
         conductances [S] at the read voltage (not clipped)."""
         p = self.pmu
-        p.send_setup([p.seq_list_command(1, [(seq, loops)]),
-                      p.seq_list_command(2, [(seq, loops)])])
+        p.send_setup([p.pmu(1).seq_list([(seq, loops)]), p.pmu(2).seq_list([(seq, loops)])])
         p.execute()
         self.executions += 1
         if not points:
             return np.zeros(0)
-        return -p.data(2, 0, points)[:, 1] / self.read_settings.volts
+        return -p.pmu(2).data(0, points)[:, 1] / self.read_settings.volts
 
     def _grounded(self, row: int, col: int, n: int) -> np.ndarray:
         """n grounded reads in the read routing; at least n_cal in the write-routing scheme,
@@ -350,6 +375,25 @@ class PmuRig(_GuardedRig):
             return self._clip(self._grounded(row, col, n))
         return self._guard(both)
 
+    def _rpms_to_smus(self, ports: list[SmuPort]) -> None:
+        """SMU1 / SMU2 reach their cables through RPM1 / RPM2: switch those used to SMU."""
+        self._after_dc()
+        for port in ports:
+            if port.smu.number in (1, 2):
+                self.pmu.pmu(port.smu.number).rpm(RPM_SMU)
+
+    def _after_dc(self) -> None:
+        # the next pulse or read re-initialises the PMU (RPMs to pulse) and routes its device
+        # again; the DC levels may have changed the devices: no grounded reference or
+        # write-routing calibration taken before them is used after them
+        self._ready = False
+        self._routed = self._device = self._ref = self._cal = None
+
+    def snapshot(self) -> dict:
+        slots = [s for s, _ in self.wiring.rows + self.wiring.cols]
+        return {"rig": self.name, "instruments": {"k4200": self.pmu.snapshot(),
+                                                  "k707b": self.matrix.snapshot(slots)}}
+
     def _safe_state(self) -> None:
         self._ready = False
         self._routed = self._device = None
@@ -399,7 +443,8 @@ class WgfmuRig(_GuardedRig):
                  matrix: K707B | None = None, wiring: Wiring | None = None,
                  top: int = 101, bottom: int = 102, smu_v3: int = 2, smu_2v3: int = 3,
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
-                 lab: Lab | None = None, edge: float = 10e-9, compliance: float = 10e-3):
+                 lab: Lab | None = None, edge: float = 10e-9, compliance: float = 10e-3,
+                 smus: Sequence[SmuPort] = (), rsu_smus: dict[int, int] | None = None):
         shape = (len(wiring.rows), len(wiring.cols)) if matrix is not None and wiring else (1, 1)
         super().__init__(shape, limits or SafetyLimits(), read=read, lab=lab)
         if matrix is not None and (wiring is None or b1500 is None):
@@ -415,10 +460,51 @@ class WgfmuRig(_GuardedRig):
         self._bias_on = False
         self._selected: tuple[int, int] | None = None  # the matrix routing now closed
         self.executions = 0
+        #: WGFMU channel -> the B1500 SMU slot cabled to its RSU (SMU pass-through)
+        self.rsu_smus = dict(rsu_smus or {})
+        if smus:
+            if b1500 is None:
+                raise ValueError("the WGFMU rig's DC path needs the B1500")
+            ground = wiring.letters.get("gnd") if self.crossbar_mode else None
+            self.dc_bank = DcBank(b1500, smus, matrix=matrix, wiring=wiring,
+                                  ground_letter=ground, connect=self._rsus_to_smus,
+                                  release=self._after_dc)
 
     @property
     def crossbar_mode(self) -> bool:
         return self.matrix is not None
+
+    def _rsus_to_smus(self, ports: list[SmuPort]) -> None:
+        """On a probe card the SMUs reach the electrodes through the RSUs: channels whose SMU
+        is used go to SMU mode and connect, the others disconnect (their line floats)."""
+        self._ready = False
+        self._loaded = None
+        if not self.rsu_smus:
+            return
+        if not self._open:
+            self.wgfmu.open(self.address)
+            self._open = True
+        used = {p.smu.number for p in ports}
+        for ch, slot in self.rsu_smus.items():
+            channel = self.wgfmu.channel(ch)
+            if slot in used:
+                channel.setup(mode=W.OPERATION_MODE_SMU, force_range=None)
+                channel.connect()
+            else:
+                channel.disconnect()
+
+    def _after_dc(self) -> None:
+        self._ready = False  # the next pulse or read sets the channels up again
+        self._loaded = None
+
+    def snapshot(self) -> dict:
+        out = {"rig": self.name, "instruments": {"wgfmu": self.wgfmu.snapshot()}}
+        if self.b1500 is not None:
+            out["instruments"]["b1500"] = self.b1500.snapshot()
+        if self.matrix is not None:
+            slots = [s for s, _ in self.wiring.rows + self.wiring.cols]
+            out["instruments"]["k707b"] = self.matrix.snapshot(slots)
+        return out
 
     def _setup(self) -> None:
         if self._ready:
@@ -429,7 +515,7 @@ class WgfmuRig(_GuardedRig):
             self._open = True
         self._channels()
         if self.crossbar_mode:
-            self.b1500.enable([self.smu_v3, self.smu_2v3])
+            self.b1500.enable([self.b1500.smu(self.smu_v3), self.b1500.smu(self.smu_2v3)])
         self._loaded = None
         self._ready = True
 
@@ -438,11 +524,11 @@ class WgfmuRig(_GuardedRig):
         return self
 
     def _channels(self) -> None:
-        w = self.wgfmu
-        w.setup_channel(self.top)
-        w.setup_channel(self.bottom, measure_current_range=W.MEASURE_CURRENT_RANGE_100UA)
-        w.connect(self.top)
-        w.connect(self.bottom)
+        top, bottom = self.wgfmu.channel(self.top), self.wgfmu.channel(self.bottom)
+        top.setup()
+        bottom.setup(measure_current_range=W.MEASURE_CURRENT_RANGE_100UA)
+        top.connect()
+        bottom.connect()
 
     def _load(self, volts: float | None, seconds: float, n: int) -> None:
         """Build the patterns for an optional pulse followed by n reads (host side), unless
@@ -473,8 +559,8 @@ class WgfmuRig(_GuardedRig):
             avg = W.on_grid(rs.seconds - settle - 0.5e-6)
             w.set_measure_event("bottom", "read", t_read0 + rise + settle, n,
                                 W.on_grid(period), avg)
-        w.add_sequence(self.top, "top", 1)
-        w.add_sequence(self.bottom, "bottom", 1)
+        w.channel(self.top).add_sequence("top", 1)
+        w.channel(self.bottom).add_sequence("bottom", 1)
         self._channels()  # re-apply setup after clear() (instruments.md §3.5)
         self._loaded = key
 
@@ -485,7 +571,7 @@ class WgfmuRig(_GuardedRig):
         self.executions += 1
         if not n:
             return np.zeros(0)
-        _, cur = w.measured(self.bottom, n)
+        _, cur = w.channel(self.bottom).measured(n)
         if cur.size != n:
             raise W.InstrumentError(f"expected {n} read points, got {cur.size}",
                                     instrument=w.name, command="WGFMU_getMeasureValues")
@@ -506,8 +592,9 @@ class WgfmuRig(_GuardedRig):
     def _bias(self, volts: float) -> None:
         if volts == 0.0 and not self._bias_on:
             return
-        self.b1500.force_voltages({self.smu_v3: volts / 3, self.smu_2v3: 2 * volts / 3},
-                                  self.compliance)
+        b = self.b1500
+        b.force_voltages({b.smu(self.smu_v3): volts / 3, b.smu(self.smu_2v3): 2 * volts / 3},
+                         self.compliance)
         self._bias_on = volts != 0.0
 
     def _do(self, row: int, col: int, volts: float | None, seconds: float, n: int) -> np.ndarray:

@@ -5,6 +5,12 @@ naming the instrument and the command, and gives every driver the same safe shut
 `close()`, the context manager and Ctrl-C (KeyboardInterrupt is a BaseException, so `__exit__`
 sees it) all call `make_safe()` before the session is released.
 
+No cached setting outlives doubt: a driver that skips re-sending what it last sent drops all of
+it (`forget()`) whenever a command fails (timeout, lost connection, a refused command: the
+instrument's state is then unknown), when it is made safe, and a new session starts with
+nothing cached. `snapshot()` says what the instrument reports about itself (identity, options,
+modules, settings it can be asked for), for the run files.
+
 The transport is any object with pyvisa's message-resource interface (`write`, `read`, `query`,
 `close`, `timeout`, `read_termination`, `write_termination`): a real pyvisa resource, one from
 the simulator's VISA library, one from pyvisa-sim, or a scripted fake in tests.
@@ -46,13 +52,6 @@ def allow_list(rules: dict[str, tuple[str, LevelCheck]],
                flags: int = 0) -> dict[str, tuple[re.Pattern[str], LevelCheck]]:
     """{command name: (pattern the whole command must match, its level check)}."""
     return {head: (re.compile(pattern, flags), check) for head, (pattern, check) in rules.items()}
-
-
-def check_current(limits: SafetyLimits, amps: float, where: str) -> None:
-    """A forced current must stay within the station's compliance limit."""
-    if abs(amps) > limits.i_compliance:
-        raise SafetyLimitError(f"refused forced current {amps!r} A: beyond the station limit "
-                               f"{limits.i_compliance:.3e} A ({where})")
 
 
 class MessageInstrument:
@@ -115,6 +114,7 @@ class MessageInstrument:
         try:
             self._res.write(command)
         except (_VisaIOError, OSError, ValueError) as e:
+            self.forget()
             raise self._fail(e, command) from e
         self.writes += 1
 
@@ -125,6 +125,7 @@ class MessageInstrument:
         try:
             reply = self._res.query(command)
         except (_VisaIOError, OSError, ValueError) as e:
+            self.forget()
             raise self._fail(e, command) from e
         self.queries += 1
         return reply.strip()
@@ -173,6 +174,13 @@ class MessageInstrument:
 
     def make_safe(self) -> None:
         """Outputs to 0 V / off, relays open. Must not raise for an instrument already safe."""
+
+    def forget(self) -> None:
+        """Drop every setting the driver remembers having sent: the next use sends it again."""
+
+    def snapshot(self) -> dict:
+        """What the instrument says about itself (queried now), as a JSON-able dict."""
+        return {"kind": self.kind, "name": self.name}
 
     def close(self) -> None:
         """Leave the instrument safe, then release the session. Safe to call twice."""

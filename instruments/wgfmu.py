@@ -6,7 +6,7 @@ prefix; out-parameters come back as a tuple after the return code. Two backends 
 `instruments.wgfmu_ctypes.CtypesWgfmuLibrary` (Keysight's library, on a lab PC) and the
 simulator's emulated library. `Wgfmu` is the driver: checked, Pythonic methods that raise
 InstrumentError with the library's own error text, and refuse any level outside the station's
-safety limits before it reaches the library.
+safety limits before it reaches the library. Channels are objects, `w.channel(101)`.
 """
 
 from __future__ import annotations
@@ -124,6 +124,61 @@ def on_grid(t: float) -> float:
     return round(t / GRID) * GRID
 
 
+class WgfmuChannel:
+    """Channel `number` of a WGFMU (e.g. 101, 102) and the RSU on its cable."""
+
+    def __init__(self, w: Wgfmu, number: int):
+        self.w, self.number = w, int(number)
+
+    def __repr__(self) -> str:
+        return f"{self.w.name} channel {self.number}"
+
+    def setup(self, *, mode: int = OPERATION_MODE_FASTIV,
+              force_range: int | None = FORCE_VOLTAGE_RANGE_3V,
+              measure_current_range: int | None = None) -> None:
+        """Operation mode (FASTIV for waveforms; SMU: the RSU passes the B1500 SMU cabled to
+        it through), force range and, to measure current, the current range."""
+        w, ch = self.w, self.number
+        w._call("setOperationMode", ch, mode)
+        if force_range is not None:
+            w._call("setForceVoltageRange", ch, force_range)
+        if measure_current_range is not None:
+            w._call("setMeasureMode", ch, MEASURE_MODE_CURRENT)
+            w._call("setMeasureCurrentRange", ch, measure_current_range)
+
+    def connect(self) -> None:
+        """Output relay and RSU on; nothing is sent when the channel already is connected
+        (connections survive `Wgfmu.clear()`, which drops patterns, sequences and errors only)."""
+        if self.number in self.w._connected:
+            return
+        self.w._call("connect", self.number)
+        self.w._connected.add(self.number)
+
+    def disconnect(self) -> None:
+        self.w._call("disconnect", self.number)
+        self.w._connected.discard(self.number)
+
+    def add_sequence(self, pattern: str, count: int = 1) -> None:
+        self.w._call("addSequence", self.number, pattern, float(count))
+
+    def measured(self, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Measured points of this channel as (t [s], value) arrays: all of them, or the first
+        `count` in one call when the caller knows how many its pattern takes (the library
+        refuses a count beyond what was measured)."""
+        w = self.w
+        if count is not None:
+            _, t, v = w._call("getMeasureValues", self.number, 0, int(count))
+            return np.asarray(t, dtype=float), np.asarray(v, dtype=float)
+        _, n, _total = w._call("getMeasureValueSize", self.number)
+        if n == 0:
+            return np.zeros(0), np.zeros(0)
+        _, t, v = w._call("getMeasureValues", self.number, 0, n)
+        return np.asarray(t, dtype=float), np.asarray(v, dtype=float)
+
+    def force_value(self, t: float) -> float:
+        return float(self.w._call("getInterpolatedForceValue", self.number, float(t))[1])
+
+
 class Wgfmu:
     """Checked WGFMU API. Calls raise InstrumentError carrying the library's error text."""
 
@@ -136,6 +191,7 @@ class Wgfmu:
         self.limits = limits or SafetyLimits()
         self._open = False
         self._connected: set[int] = set()
+        self._channels: dict[int, WgfmuChannel] = {}
         self.calls = 0  # library calls made, for the benches
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -178,28 +234,20 @@ class Wgfmu:
         self._call("initialize")
         self._connected.clear()
 
-    # -- channel setup -------------------------------------------------------------------------
-    def setup_channel(self, channel: int, *, mode: int = OPERATION_MODE_FASTIV,
-                      force_range: int | None = FORCE_VOLTAGE_RANGE_3V,
-                      measure_current_range: int | None = None) -> None:
-        self._call("setOperationMode", channel, mode)
-        if force_range is not None:
-            self._call("setForceVoltageRange", channel, force_range)
-        if measure_current_range is not None:
-            self._call("setMeasureMode", channel, MEASURE_MODE_CURRENT)
-            self._call("setMeasureCurrentRange", channel, measure_current_range)
+    # -- channels ------------------------------------------------------------------------------
+    def channel(self, number: int) -> WgfmuChannel:
+        ch = self._channels.get(number)
+        if ch is None:
+            ch = self._channels[number] = WgfmuChannel(self, number)
+        return ch
 
-    def connect(self, channel: int) -> None:
-        """Connect `channel` (output relay and RSU on); nothing is sent when it already is
-        (connections survive `clear()`, which drops patterns, sequences and errors only)."""
-        if channel in self._connected:
-            return
-        self._call("connect", channel)
-        self._connected.add(channel)
+    def forget(self) -> None:
+        self._connected.clear()
 
-    def disconnect(self, channel: int) -> None:
-        self._call("disconnect", channel)
-        self._connected.discard(channel)
+    def snapshot(self) -> dict:
+        # the library offers no identity query in the calls used here
+        return {"kind": self.kind, "name": self.name, "library": type(self.lib).__name__,
+                "session_open": self._open}
 
     # -- patterns (host side) ------------------------------------------------------------------
     def clear(self) -> None:
@@ -222,8 +270,6 @@ class Wgfmu:
         self._call("setMeasureEvent", pattern, event, float(time), int(points), float(interval),
                    float(average), int(rdata))
 
-    def add_sequence(self, channel: int, pattern: str, count: int = 1) -> None:
-        self._call("addSequence", channel, pattern, float(count))
 
     # -- run -----------------------------------------------------------------------------------
     def execute(self) -> None:
@@ -234,22 +280,6 @@ class Wgfmu:
 
     def status(self) -> int:
         return self._call("getStatus")[1]
-
-    def measured(self, channel: int, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Measured points of `channel` as (t [s], value) arrays: all of them, or the first
-        `count` in one call when the caller knows how many its pattern takes (the library
-        refuses a count beyond what was measured)."""
-        if count is not None:
-            _, t, v = self._call("getMeasureValues", channel, 0, int(count))
-            return np.asarray(t, dtype=float), np.asarray(v, dtype=float)
-        _, measured, _total = self._call("getMeasureValueSize", channel)
-        if measured == 0:
-            return np.zeros(0), np.zeros(0)
-        _, t, v = self._call("getMeasureValues", channel, 0, measured)
-        return np.asarray(t, dtype=float), np.asarray(v, dtype=float)
-
-    def force_value(self, channel: int, t: float) -> float:
-        return float(self._call("getInterpolatedForceValue", channel, float(t))[1])
 
     # -- safety --------------------------------------------------------------------------------
     def make_safe(self) -> None:

@@ -20,6 +20,16 @@ to implement it (docs/architecture.md).
 Every public method first acts on a Ctrl-C recorded but lost in a finaliser
 (`protocols.interrupts`), and `safe_state()` records what it reached in `rig.safe`, so the
 CLI only says "instruments left in their safe state" when that was confirmed.
+
+DC (`dc`, `DcRequest`): a line-level request: force given voltages on some lines (one value per
+point of a sweep), hold every other line grounded or floating, measure the current of some
+forced lines, with a current compliance. The seam checks every level and the compliance against
+the station limits, then plans how the rig's source-measure units cover the request
+(`dc_capacity`: how many SMUs can hold distinct levels at once, whether lines can be tied to
+ground): each sensed line needs an SMU of its own, lines at one level that are not sensed share
+one, grounded lines go to ground. When more lines are to be sensed than that allows, the
+request is split into passes that each sense a share and repeat every point (time
+multiplexing; `DcResult.passes` says how many). Concrete rigs implement `_dc_pass`.
 """
 
 from __future__ import annotations
@@ -28,9 +38,9 @@ import abc
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -112,6 +122,136 @@ class Limits(Protocol):
     def check_pulse(self, volts: float, seconds: float, *, where: str = "") -> None: ...
 
     def check_bias(self, volts: float, *, where: str = "") -> None: ...
+
+    def check_level(self, volts: float, *, where: str = "") -> None: ...
+
+    def check_compliance(self, amps: float, *, where: str = "") -> None: ...
+
+
+#: a crossbar line: ("row", i) (word line) or ("col", j) (bit line), 0-based
+Line = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class DcCapacity:
+    """What a rig's DC path can do at once.
+
+    `sources`: SMUs that can hold distinct levels at the same time; `ground`: lines can also be
+    tied to ground (a grounded matrix row) without using an SMU; `fixed`: every line is wired to
+    an SMU of its own (a probe card), so any request fits in one pass."""
+
+    sources: int
+    ground: bool
+    fixed: bool = False
+
+
+@dataclass(frozen=True)
+class DcRequest:
+    """Force `levels` (line -> volts at each point; all of one length) on lines, hold every
+    other line at 0 V (`others="ground"`) or leave it open (`"float"`), and measure the current
+    of the `sense` lines (each one a forced line) at every point.
+
+    Each point's levels are held `hold` seconds, then measured with `nplc` power-line cycles of
+    integration. `compliance` limits the current of every sensing SMU [A], `source_compliance`
+    that of the SMUs that only hold levels (None: the same). `i_range`: the lowest current range
+    [A] (None: full auto); with `fixed_range` the current range is fixed there, and a larger
+    current overflows."""
+
+    levels: Mapping[Line, Sequence[float]]
+    sense: Sequence[Line]
+    compliance: float
+    others: str = "ground"
+    source_compliance: float | None = None
+    hold: float = 1e-3
+    nplc: float = 1.0
+    i_range: float | None = None
+    fixed_range: bool = False
+
+    @property
+    def points(self) -> int:
+        return len(next(iter(self.levels.values())))
+
+
+@dataclass
+class DcGroup:
+    """Lines a concrete rig drives from one source for a pass: one sensed line on its own SMU,
+    lines sharing a level on one SMU, or (`ground`) lines tied to ground."""
+
+    lines: tuple[Line, ...]
+    volts: np.ndarray       # level at each point [V]
+    sensed: bool = False
+    ground: bool = False
+
+
+@dataclass
+class DcMeasured:
+    """What a concrete rig measured for one sensed group, one value per point."""
+
+    volts: np.ndarray       # the SMU's output voltage [V] (below the level when in compliance)
+    current: np.ndarray     # [A], positive into the array
+    compliance: np.ndarray  # bool: the SMU was at its compliance
+    overflow: np.ndarray    # bool: over the current range (current is NaN)
+    t: np.ndarray           # instrument time at the measurement [s]
+    #: bool: another SMU was at its compliance (its lines were not at their level)
+    other_compliance: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+
+@dataclass
+class DcResult:
+    """Per point (rows) and sensed line (columns, in `lines` order)."""
+
+    lines: tuple[Line, ...]
+    volts: np.ndarray
+    current: np.ndarray
+    compliance: np.ndarray
+    overflow: np.ndarray
+    t: np.ndarray
+    other_compliance: np.ndarray
+    passes: int = 1
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_dc(request: DcRequest, shape: tuple[int, int],
+            capacity: DcCapacity) -> list[list[DcGroup]]:
+    """The passes (each a list of groups) that cover `request` with `capacity`; ProtocolError
+    when even one sensed line per pass needs more SMUs than the rig has."""
+    rows, cols = shape
+    forced = {line: np.asarray(v, dtype=float) for line, v in request.levels.items()}
+    if request.others == "ground":
+        zero = np.zeros(request.points)
+        for line in [("row", i) for i in range(rows)] + [("col", j) for j in range(cols)]:
+            forced.setdefault(line, zero)
+
+    def groups(sensed: Sequence[Line]) -> list[DcGroup]:
+        out = [DcGroup((line,), forced[line], sensed=True) for line in sensed]
+        shared: dict[bytes, list[Line]] = {}
+        for line, v in forced.items():
+            if line not in sensed:
+                shared.setdefault(v.tobytes(), []).append(line)
+        for lines in shared.values():
+            v = forced[lines[0]]
+            out.append(DcGroup(tuple(lines), v, ground=capacity.ground and not v.any()))
+        return out
+
+    def smus(gs: list[DcGroup]) -> int:
+        return sum(not g.ground for g in gs)
+
+    sense = list(request.sense)
+    if capacity.fixed:
+        return [groups(sense)]
+    passes, todo = [], sense
+    while todo:
+        chosen: list[Line] = []
+        for line in todo:
+            if smus(groups(chosen + [line])) <= capacity.sources:
+                chosen.append(line)
+        if not chosen:
+            need = smus(groups(todo[:1]))
+            raise ProtocolError(f"this DC request needs {need} SMUs at once (distinct levels "
+                                f"and a sensed line); the rig has {capacity.sources}")
+        passes.append(groups(chosen))
+        todo = [line for line in todo if line not in chosen]
+    return passes
 
 
 class Lab(abc.ABC):
@@ -352,6 +492,89 @@ class CrossbarRig(abc.ABC):
                          cols: np.ndarray) -> np.ndarray:
         # rigs with a DC path override this and `channels`
         raise NotAvailableError(f"analog read-out is not available on this rig ({self.name})")
+
+    # -- DC ------------------------------------------------------------------------------------
+    @property
+    def dc_capacity(self) -> DcCapacity | None:
+        """What the rig's DC path can do at once; None: the rig has no DC path."""
+        return None
+
+    def dc(self, request: DcRequest) -> DcResult:
+        """Run a DC request (see DcRequest): every level and the compliance are checked against
+        the station limits before anything is sent; the request is split into passes when more
+        lines are sensed than the rig's SMUs allow at once (each pass repeats every point)."""
+        self._check_dc(request)
+        cap = self.dc_capacity
+        if cap is None:
+            raise ProtocolError(f"{self.name}: this rig has no DC path (no SMUs configured)")
+        passes = plan_dc(request, self.shape, cap)
+        sense = list(request.sense)
+        n, k = request.points, len(sense)
+        out = DcResult(tuple(sense), *(np.full((n, k), np.nan) for _ in range(2)),
+                       np.zeros((n, k), bool), np.zeros((n, k), bool), np.full((n, k), np.nan),
+                       np.zeros((n, k), bool), passes=len(passes))
+        if len(passes) > 1:
+            note = (f"{k} sensed lines on {cap.sources} SMUs: measured in {len(passes)} passes, "
+                    "each repeating every point")
+            out.notes.append(note)
+            log.info("%s: %s", self.name, note)
+        for groups in passes:
+            self._begin()
+            measured = self._dc_pass(groups, request)
+            for g, m in zip([g for g in groups if g.sensed], measured, strict=True):
+                j = sense.index(g.lines[0])
+                out.volts[:, j], out.current[:, j] = m.volts, m.current
+                out.compliance[:, j], out.overflow[:, j], out.t[:, j] = \
+                    m.compliance, m.overflow, m.t
+                if m.other_compliance.size:
+                    out.other_compliance[:, j] = m.other_compliance
+        return out
+
+    def _check_dc(self, r: DcRequest) -> None:
+        rows, cols = self.shape
+        if not r.levels or not r.sense:
+            raise ValueError("a DC request forces at least one line and senses at least one")
+        n = r.points
+        if n < 1:
+            raise ValueError("a DC request needs at least one point")
+        for line, volts in r.levels.items():
+            kind, i = line
+            if kind not in ("row", "col") or not 0 <= i < (rows if kind == "row" else cols):
+                raise IndexError(f"{self.name}: line {line!r} outside the {rows}x{cols} crossbar")
+            if len(volts) != n:
+                raise ValueError(f"line {line!r}: {len(volts)} levels, the request has {n} points")
+            for v in volts:
+                self.limits.check_level(float(v), where=f"{self.name} DC {kind} {i}")
+        for line in r.sense:
+            if line not in r.levels:
+                raise ValueError(f"sensed line {line!r} is not forced (an SMU senses the line "
+                                 "it forces)")
+        if len(set(r.sense)) != len(r.sense):
+            raise ValueError("a sensed line is named twice")
+        self.limits.check_compliance(r.compliance, where=f"{self.name} DC")
+        if r.source_compliance is not None:
+            self.limits.check_compliance(r.source_compliance, where=f"{self.name} DC sources")
+        if r.others not in ("ground", "float"):
+            raise ValueError(f"others must be 'ground' or 'float', got {r.others!r}")
+        if not (math.isfinite(r.hold) and 0 <= r.hold <= 3600):
+            raise ValueError(f"hold must be 0..3600 s, got {r.hold!r}")
+        if not (math.isfinite(r.nplc) and 0 < r.nplc <= 100):
+            raise ValueError(f"nplc must be in (0, 100], got {r.nplc!r}")
+        if r.i_range is not None and not (math.isfinite(r.i_range) and 0 < r.i_range <= 1):
+            raise ValueError(f"i_range must be a current in (0, 1] A, got {r.i_range!r}")
+        if r.fixed_range and r.i_range is None:
+            raise ValueError("a fixed current range needs i_range")
+
+    def _dc_pass(self, groups: list[DcGroup], request: DcRequest) -> list[DcMeasured]:
+        """Drive `groups` (SMUs as the rig assigns them) at every point of `request`; return
+        one DcMeasured per sensed group, in order. Only called when `dc_capacity` is set."""
+        raise ProtocolError(f"{self.name}: no DC path")
+
+    # -- instruments ---------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """What the instruments behind the rig say about themselves (identity, options, modules,
+        settings read back), queried now; stored with every run, not compared on resume."""
+        return {"rig": self.name}
 
     def safe_state(self) -> None:
         """All outputs 0 V, all relays open; raises if an instrument could not be made safe.

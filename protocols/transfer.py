@@ -175,6 +175,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
             rig = open_rig(name)
             with rig:
                 check_reads(rig, read)
+                writer.record_snapshot(rig.snapshot())
                 rows, cols = rig.shape
                 used = plan.tile_shape[t]
                 if used[0] > rows or used[1] > cols:

@@ -7,6 +7,8 @@ published database (docs/simulator.md, "Calibration"); the names and units are t
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simulator.retention import RetentionParams
@@ -96,6 +98,12 @@ class DeviceParams(BaseModel):
                                "well above the minute of a settled read)")
     rtn_tau_max: float = Field(1e7, gt=0, description="longest mean dwell time [s] (a cut-off "
                                "beyond every campaign)")
+    dc_volts_per_decade: float = Field(0.05, gt=0, le=1.0, description="DC holds longer than "
+                                       "t_ref: the voltage that switches a device within a hold "
+                                       "falls by this much per decade of hold time (the pulse "
+                                       "law's exponential would lower it by V0*ln(10)); 0.05 V "
+                                       "is the most a memory read at 0.2 V and written at ~1 V "
+                                       "in 200 ns allows (docs/simulator.md, DC stress)")
     rtn_stress_time: float = Field(1.6e5, ge=0, description="dwell time [s] a pulse ages every "
                                    "fluctuator of the device by, per unit of the pulse's ionic "
                                    "drive (t/t_ref * exp((|V| - Vth)/V0), the factor of the "
@@ -109,6 +117,14 @@ class DeviceParams(BaseModel):
     stuck_lrs_std: float = Field(99e-6, ge=0, description="stuck-LRS std of conductance [S]")
     stuck_hrs_min: float = Field(10e-6, gt=0, description="stuck-HRS uniform lower bound [S]")
     stuck_hrs_max: float = Field(100e-6, gt=0, description="stuck-HRS uniform upper bound [S]")
+
+    # -- electroforming (devices configured as unformed, CrossbarConfig.unformed_rate) --------
+    g_unformed: float = Field(0.05e-6, gt=0, description="conductance of an unformed device "
+                              "[S] (it does not switch until formed)")
+    v_form_mean: float = Field(1.8, gt=0, le=10, description="mean forming voltage [V] "
+                               "(positive on the word line; an assumption, docs/simulator.md)")
+    v_form_std: float = Field(0.1, ge=0, le=2, description="device-to-device std of the "
+                              "forming voltage [V]")
 
     # -- retention (simulator/retention.py) --------------------------------------------------
     retention: RetentionParams = Field(default_factory=RetentionParams,
@@ -126,6 +142,31 @@ class DeviceParams(BaseModel):
         return self
 
 
+class LineFault(BaseModel):
+    """A wiring fault of the array (docs/simulator.md, "Line faults").
+
+    `open`: `line` is cut `at` segments from its driven end (0: the whole line is cut off its
+    driver and floats; k: the devices from position k on are cut off). `short`: `line` and
+    `other` are joined by `ohms` at position `at` along them (a row and a column: at their
+    crossing, so `at` is not used)."""
+
+    model_config = _STRICT
+    kind: Literal["open", "short"]
+    line: tuple[Literal["row", "col"], int]
+    other: tuple[Literal["row", "col"], int] | None = None
+    at: int = Field(0, ge=0, description="position along the line (crosspoints from the "
+                    "driven end)")
+    ohms: float = Field(10.0, gt=0, le=1e9, description="resistance of a short [ohm]")
+
+    @model_validator(mode="after")
+    def _other(self) -> LineFault:
+        if (self.kind == "short") != (self.other is not None):
+            raise ValueError("a short names `other`, an open does not")
+        if self.other is not None and tuple(self.other) == tuple(self.line):
+            raise ValueError("a short joins two different lines")
+        return self
+
+
 class CrossbarConfig(BaseModel):
     """One passive N x M crossbar: geometry, wiring resistances, stuck rates, device model."""
 
@@ -140,11 +181,26 @@ class CrossbarConfig(BaseModel):
                             "driven line end [ohm]")
     stuck_hrs_rate: float = Field(0.005, ge=0, le=1, description="fraction of stuck-HRS devices")
     stuck_lrs_rate: float = Field(0.005, ge=0, le=1, description="fraction of stuck-LRS devices")
+    unformed_rate: float = Field(0.0, ge=0, le=1, description="fraction of the working devices "
+                                 "that start unformed (0: forming-free, as the published "
+                                 "devices)")
+    faults: list[LineFault] = Field(default_factory=list, description="injected open and short "
+                                    "line faults")
 
     @model_validator(mode="after")
     def _rates(self) -> CrossbarConfig:
         if self.stuck_hrs_rate + self.stuck_lrs_rate > 1:
             raise ValueError("stuck_hrs_rate + stuck_lrs_rate must not exceed 1")
+        for f in self.faults:
+            for kind, i in (f.line, f.other) if f.other is not None else (f.line,):
+                n = self.rows if kind == "row" else self.cols
+                if not 0 <= i < n:
+                    raise ValueError(f"fault on {kind} {i}: outside the {self.rows}x{self.cols} "
+                                     "crossbar")
+            along = self.cols if f.line[0] == "row" else self.rows
+            if f.at >= along:
+                raise ValueError(f"fault at position {f.at}: the {f.line[0]} has {along} "
+                                 "crosspoints")
         return self
 
 
@@ -165,9 +221,7 @@ class LatencyConfig(BaseModel):
                             "reaches the instrument) [s]")
     pulse_edge: float = Field(10e-9, ge=0, le=1e-3, description="rise = fall time of a pulse [s]")
     read_time: float = Field(10e-6, ge=0, le=1, description="one read incl. settling [s]")
-    dc_settle: float = Field(1e-3, ge=0, le=10, description="DC path (analog read-out): source "
-                             "settling and measurement delay per drive pattern [s] (estimate; no "
-                             "SMU settling figure in the references)")
-    dc_integration: float = Field(1 / 600, ge=0, le=10, description="DC path: one current "
-                                  "integration per drive pattern, all meters in parallel [s] "
-                                  "(0.1 PLC at 60 Hz, the 4200A's `IT1`)")
+    line_frequency: float = Field(60.0, ge=45, le=65, description="mains frequency [Hz]: one "
+                                  "power-line cycle (PLC) of SMU integration is 1/line_frequency")
+    smu_settle: float = Field(1e-3, ge=0, le=1, description="SMU source settling before each "
+                              "DC measurement [s] (assumed; not from a datasheet)")

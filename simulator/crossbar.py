@@ -5,13 +5,20 @@ instrument emulator) books instrument time on `clock`. Volatile relaxation is ev
 against `clock.now`, so a crossbar left alone while the clock runs relaxes.
 
 Random numbers: one `numpy.random.Generator` per crossbar, drawn in a fixed order:
-construction (stuck classes, stuck conductances, initial states, D2D constants), then one
-standard normal per device per pulse (C2C factor), then two normals per sensed read (noise).
-The slow fluctuators (random telegraph noise) draw from a second generator derived from the same
-seed, so switching them on or off leaves the draws above unchanged. Retention
+construction (stuck classes, stuck conductances, initial states, D2D constants; only when
+`unformed_rate` > 0, then the unformed devices, their forming voltages and formed conductances),
+then one standard normal per device per pulse (C2C factor), then two normals per sensed read
+(noise). The slow fluctuators (random telegraph noise) draw from a second generator derived from
+the same seed, so switching them on or off leaves the draws above unchanged. Retention
 (simulator/retention.py) draws its device constants from a third stream of its own and moves the
-nonvolatile G lazily with the clock, like the volatile relaxation. Same seed and same call
-sequence -> the same history, also across `state_dict` round trips.
+nonvolatile G lazily with the clock, like the volatile relaxation.
+
+Unformed devices (`vform` finite) sit at `g_unformed` and do not switch (frozen, like stuck
+devices) until a pulse or DC bias reaches their forming voltage; then they take their formed
+conductance `gform` (programmed, for retention) and switch as any device from there on. Line
+faults (`config.faults`) live in the nodal solver; a pulse reaches no device of a line cut off
+its driver (the line floats). Same seed and same call sequence -> the same history, also across
+`state_dict` round trips.
 """
 
 from __future__ import annotations
@@ -33,11 +40,15 @@ WORKING, STUCK_HRS, STUCK_LRS = 0, 1, 2
 SCHEMES = ("grounded", "v2", "v3", "floating")
 #: per-fluctuator arrays, shape (rows, cols, fluctuators per device)
 _RTN_ARRAYS = ("rtn_amp", "rtn_tau", "rtn_state", "rtn_next")
-_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi", *_RTN_ARRAYS, *_RET_ARRAYS)
+_STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi", "vform", "gform",
+                 *_RTN_ARRAYS, *_RET_ARRAYS)
 #: arrays added after the first chip files were written: a state without them gets this value
 #: (from the config, the arrays before it and the relaxation time stamp); a crossbar saved
-#: before the fluctuators existed has none, one saved before retention existed does not drift
+#: before the fluctuators existed has none, one saved before retention existed does not drift,
+#: one saved before forming existed has every device formed
 _LATE_ARRAYS = {"psi": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), cfg.device.volatile_cap),
+                "vform": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), np.nan),
+                "gform": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), cfg.device.init_median),
                 **{k: (lambda cfg, a, t: np.zeros((cfg.rows, cfg.cols, 0))) for k in _RTN_ARRAYS},
                 **{k: (lambda cfg, a, t, k=k: Retention.missing(k, a["G"], t))
                    for k in _RET_ARRAYS}}
@@ -87,6 +98,17 @@ class Crossbar:
         self._g0r = p.g0_reset * np.exp(p.sigma_g0 * rng.standard_normal((m, n)))
         # drawn last, so the draws above are what they were before this constant existed
         self._psi = p.volatile_cap * np.exp(p.sigma_volatile * rng.standard_normal((m, n)))
+        # unformed devices: drawn only when configured, so forming-free chips keep their draws
+        self._vform = np.full((m, n), np.nan)
+        self._gform = np.full((m, n), p.init_median)
+        if cfg.unformed_rate > 0:
+            unformed = (rng.random((m, n)) < cfg.unformed_rate) & (stuck == WORKING)
+            vf = p.v_form_mean + p.v_form_std * rng.standard_normal((m, n))
+            gf = np.clip(p.init_median * np.exp(p.init_sigma * rng.standard_normal((m, n))),
+                         p.g_min, p.g_max)
+            self._vform = np.where(unformed, vf, np.nan)
+            self._gform = gf
+            G = np.where(unformed, p.g_unformed, G)
         self._G = G
         self._Gv = np.zeros((m, n))
         self._t_gv = self.clock.now      # time at which _Gv is valid
@@ -111,10 +133,12 @@ class Crossbar:
     def _setup(self) -> None:
         """Derived, stateless helpers (rebuilt after a load)."""
         cfg, p = self.config, self.config.device
-        self._frozen = self._stuck != WORKING
+        unformed = np.isfinite(self._vform)
+        self._any_unformed = bool(unformed.any())
+        self._frozen = (self._stuck != WORKING) | unformed
         self._any_frozen = bool(self._frozen.any())
         self._solver = NodalSolver(cfg.rows, cfg.cols, cfg.r_line, cfg.r_source,
-                                   v_nl=p.v_nl, v_ref=p.v_ref)
+                                   v_nl=p.v_nl, v_ref=p.v_ref, faults=cfg.faults)
         self._variants: dict[tuple[bool, bool], NodalSolver] = {}  # effects switched off
         self._p = p
         self._sigma = p.sigma_c2c
@@ -179,6 +203,16 @@ class Crossbar:
         """0 working, 1 stuck-HRS, 2 stuck-LRS (copy)."""
         return self._stuck.copy()
 
+    @property
+    def unformed(self) -> np.ndarray:
+        """True where a device is not formed yet (copy)."""
+        return np.isfinite(self._vform)
+
+    @property
+    def solver(self) -> NodalSolver:
+        """The nodal solver of this crossbar's electrics (line resistance, faults)."""
+        return self._solver
+
     def conductance(self) -> np.ndarray:
         """Conductance at clock.now [S] that a noise-free 0.2 V read would see: G + Gv, times
         the slow fluctuators' factor when the device has any."""
@@ -189,17 +223,21 @@ class Crossbar:
         return g
 
     # -- pulses ----------------------------------------------------------------------------------
-    def apply_device_voltages(self, v, seconds: float) -> None:
-        """Every device (i, j) gets one pulse of amplitude v[i, j] [V] lasting `seconds`."""
-        if not seconds >= 0:
+    def apply_device_voltages(self, v, seconds) -> None:
+        """Every device (i, j) gets one pulse of amplitude v[i, j] [V] lasting `seconds` (one
+        width, or one per device: a DC hold's equivalent widths, `physics.dc_width`)."""
+        if not np.all(np.asarray(seconds) >= 0):
             raise SimulatorError(f"pulse width must be >= 0 s, got {seconds!r}")
         self._settle()
         if self._G.size == 1:
-            self._pulse_one(0, 0, float(np.asarray(v).reshape(-1)[0]), seconds)
+            self._pulse_one(0, 0, float(np.asarray(v).reshape(-1)[0]),
+                            float(np.asarray(seconds).reshape(-1)[0]))
             return
         v = np.asarray(v, dtype=float)
         if v.shape != self.shape:
             raise SimulatorError(f"voltage map has shape {v.shape}, expected {self.shape}")
+        if self._any_unformed:
+            self._form(v)
         xi = np.exp(self._sigma * self.rng.standard_normal(self.shape))
         drive = np.empty(self.shape) if self._stressed else None
         g_old = self._G
@@ -218,6 +256,10 @@ class Crossbar:
         self._pulse_one(row, col, float(volts), float(seconds))
 
     def _pulse_one(self, r: int, c: int, v: float, seconds: float) -> None:
+        if self._any_unformed:
+            one = np.zeros(self.shape)
+            one[r, c] = v
+            self._form(one)
         xi = math.exp(self._sigma * self.rng.standard_normal())
         if self._stressed:
             self._stress_fluctuators(self._p.rtn_stress_time * physics.drive_scalar(
@@ -234,12 +276,54 @@ class Crossbar:
         self._Gv[r, c] = Gv
         self._ret.programmed_one(self._G, (r, c), g_old, self.clock.now)
 
+    def _form(self, v: np.ndarray) -> None:
+        """Unformed devices whose voltage reaches their forming voltage are formed now."""
+        now = np.isfinite(self._vform) & (v >= np.nan_to_num(self._vform, nan=np.inf))
+        if now.any():
+            g_old = self._G
+            self._G = np.where(now, self._gform, self._G)
+            self._ret.programmed(g_old, self._G, self.clock.now)
+            self._Gv = np.where(now, 0.0, self._Gv)
+            self._vform = np.where(now, np.nan, self._vform)
+            self._setup()
+
+    def predict_change(self, v, seconds: float) -> np.ndarray:
+        """Change of G + Gv [S] that a pulse of device voltages `v` lasting `seconds` would make
+        with the cycle-to-cycle factor at its median (1): no random draw, nothing changed.
+        Forming is not predicted. Used to size the time steps of a DC hold (simulator.dc)."""
+        self._settle()
+        v = np.broadcast_to(np.asarray(v, dtype=float), self.shape)
+        G, Gv = physics.pulse_update(
+            self._G, self._Gv, v, seconds, self._ds, self._dr, self._g0s, self._g0r,
+            np.ones(self.shape), self._frozen if self._any_frozen else None, self._p, self._psi)
+        return (G + Gv) - (self._G + self._Gv)
+
+    def noisy(self, current, averaging: float = 1.0):
+        """`current` [A] as a measurement sees it: the read-noise model (two normal draws per
+        value, relative and absolute; a float for a scalar). `averaging`: how many times longer
+        than a read the measurement integrates (an SMU's power-line cycles against the 10 us
+        read); the absolute (white) noise falls as its square root, the relative part does
+        not."""
+        p = self._p
+        a = p.read_noise_abs / math.sqrt(averaging) if averaging > 1.0 else p.read_noise_abs
+        if np.ndim(current) == 0:  # one sensed current (every emulated read): plain floats
+            z0, z1 = self.rng.standard_normal(2).tolist()
+            return float(current) * (1.0 + p.read_noise_rel * z0) + a * z1
+        z = self.rng.standard_normal((2,) + np.shape(current))
+        return current * (1.0 + p.read_noise_rel * z[0]) + a * z[1]
+
     def pulse_v3(self, row: int, col: int, volts: float, seconds: float) -> None:
         """V/3 write: selected row V, selected column 0, other rows V/3, other columns 2V/3.
 
         The selected device sees V, its row and column neighbours +V/3, all others -V/3, in one
         pulse. Line resistance is neglected while writing (ideal drivers)."""
         self._check(row, col)
+        if self._solver.faulty:  # the line levels, so that a line cut off its driver floats
+            third = volts / 3.0
+            rv, cv = np.full(self.shape[0], third), np.full(self.shape[1], 2 * third)
+            rv[row], cv[col] = volts, 0.0
+            self.apply_line_pulse(rv, cv, seconds)
+            return
         third = volts / 3.0
         v = np.full(self.shape, -third)
         v[row, :] = third
@@ -253,6 +337,9 @@ class Crossbar:
         (sinh I-V at the pulse's levels, no line resistance) before the update."""
         row_v = np.asarray(row_v, dtype=float).reshape(self.shape[0])
         col_v = np.asarray(col_v, dtype=float).reshape(self.shape[1])
+        if self._solver.faulty:
+            row_v = np.where(self._solver.cut_rows, np.nan, row_v)
+            col_v = np.where(self._solver.cut_cols, np.nan, col_v)
         if math.isnan(row_v.sum() + col_v.sum()):   # a NaN anywhere: a floating line
             ideal = NodalSolver(*self.shape, 0.0, 0.0, v_nl=self._p.v_nl, v_ref=self._p.v_ref)
             v = ideal.solve(self.conductance(), row_v, col_v).device_voltages
@@ -295,18 +382,11 @@ class Crossbar:
                 solver = self._variants[key] = NodalSolver(
                     cfg.rows, cfg.cols, cfg.r_line if lines else 0.0,
                     cfg.r_source if lines else 0.0, v_nl=p.v_nl if nonlinear else None,
-                    v_ref=p.v_ref)
+                    v_ref=p.v_ref, faults=cfg.faults if lines else ())
         rc, cc = solver.readout_currents(self.conductance(), row_v)
         if noise:
-            cc = self._noisy(cc, 0.0)
+            cc = self.noisy(cc)
         return rc, cc
-
-    def read_noise(self, current: float) -> float:
-        """`current` [A] as a sensing channel measures it: the read noise of `read` (relative
-        and absolute, the same two draws)."""
-        z0, z1 = self.rng.standard_normal(2).tolist()
-        p = self._p
-        return current * (1.0 + p.read_noise_rel * z0) + p.read_noise_abs * z1
 
     def _bias(self, row: int, col: int, volts: float, scheme: str):
         m, n = self.shape
@@ -332,11 +412,6 @@ class Crossbar:
         rv, cv = self._bias(row, col, volts, scheme)
         return float(-self._solver.solve(self.conductance(), rv, cv).col_currents[col])
 
-    def _noisy(self, current, volts: float):
-        p = self._p
-        z = self.rng.standard_normal((2,) + np.shape(current))
-        return current * (1.0 + p.read_noise_rel * z[0]) + p.read_noise_abs * z[1]
-
     def read(self, row: int, col: int, volts: float = 0.2, scheme: str = "grounded") -> float:
         """Measured conductance [S] = sensed current / volts, incl. read noise and sneak paths."""
         self._check(row, col)
@@ -349,7 +424,7 @@ class Crossbar:
             cur = self._sensed(row, col, volts, scheme)
         else:
             raise SimulatorError(f"unknown read scheme {scheme!r}; choose one of {SCHEMES}")
-        # the same two draws as _noisy, in plain floats
+        # the same two draws as noisy, in plain floats
         z0, z1 = self.rng.standard_normal(2).tolist()
         p = self._p
         return (cur * (1.0 + p.read_noise_rel * z0) + p.read_noise_abs * z1) / volts
@@ -368,7 +443,7 @@ class Crossbar:
         else:
             raise SimulatorError(f"unknown read scheme {scheme!r}; choose one of {SCHEMES}")
         if noise:
-            cur = self._noisy(cur, volts)
+            cur = self.noisy(cur)
         return cur / volts
 
     def _check(self, row: int, col: int) -> None:
@@ -404,12 +479,6 @@ class Crossbar:
             rng_state = json.loads(str(d["rng"]))
             # a state saved before the fluctuators existed has none, so never draws from it
             rtn_state = json.loads(str(d["rng_rtn"])) if "rng_rtn" in d else None
-            t_gv = float(d["t_gv"])
-            arrays: dict[str, np.ndarray] = {}
-            for k in _STATE_ARRAYS:
-                arrays[k] = (np.array(d[k]) if k in d or k not in _LATE_ARRAYS
-                             else _LATE_ARRAYS[k](cfg, arrays, t_gv))
-            rng_state = json.loads(str(d["rng"]))
         except (KeyError, ValueError, TypeError) as e:
             raise SimulatorError(f"bad crossbar state: {e}") from e
         shape = (cfg.rows, cfg.cols)

@@ -10,18 +10,28 @@ charged to the crossbar's virtual clock from a LatencyConfig:
 - read_array:       rows*cols * (round_trip + read_time): one execution per device, in raster
                     order, each device read at its own time (relaxation and the slow
                     fluctuators move on while the map is taken)
-- column_currents:  round_trip + k * (dc_settle + dc_integration) for k drive patterns (one
-                    list sweep), + relay_switch when the lines connected change and the DC path
-                    has fewer sources or meters than lines (they reach the array through a
-                    matrix); relaxation and the fluctuators during the k patterns are neglected
+- column_currents:  round_trip + k * (smu_settle + READOUT_NPLC / line_frequency) for k drive
+                    patterns (one list sweep; booked as dc_settle and dc_integration),
+                    + relay_switch when the lines connected change and the path has fewer
+                    sources or meters than lines (they reach the array through a matrix);
+                    relaxation, the fluctuators and read stress during the patterns neglected
+- dc, per point:    round_trip + hold + smu_settle + nplc / line_frequency; the levels stress
+                    the devices for that time (simulator.dc.hold), then the operating point is
+                    measured with read noise
 
-The DC path (`column_currents`) models an array tester with `channels` sources and meters
-(default: one per word line and one per bit line, so nothing is switched); the currents come
-from the nodal solver with every line driven (line resistance, sneak paths through the
-unselected devices, sinh I-V) plus the read noise of a sensed current per column current.
-`ideal` switches effects off on the DC path only ("lines": no line and source resistance,
-"nonlinearity": linear devices, "noise": no read noise), to attribute an error to each effect;
-a rig with any of them off is an analysis tool, not a station.
+Two DC entry points share the latencies and the nodal solver but not their code.
+`column_currents` is the analog read-out of `protocols.inference`: an array tester with
+`channels` sources and meters (default: one per word line and one per bit line, so nothing is
+switched), all k patterns of a sweep solved together (every line driven: line resistance,
+sneak paths, sinh I-V) plus the read noise of a sensed current per column current; `ideal`
+switches effects off on this path only ("lines": no line and source resistance,
+"nonlinearity": linear devices, "noise": no read noise), to attribute an error to each effect
+(a rig with any of them off is an analysis tool, not a station). `dc` is the line-level SMU
+request of the seam (`DcRequest`: compliance, hold stress, floating lines, per-point
+operating points); here every line has an SMU (`dc_capacity`: rows + cols sources, ground
+available), so a request never needs time multiplexing, and its current ranges never
+overflow unless a fixed range is asked for. Not yet done: `column_currents` as a `DcRequest`
+(one path), which needs the effect switches and batched patterns in `simulator.dc`.
 
 The physics happens after the round trip, so volatile relaxation sees the host latency.
 """
@@ -33,7 +43,17 @@ from collections.abc import Collection
 import numpy as np
 
 from instruments.limits import SafetyLimits
-from protocols.rig import Channels, ComplianceError, CrossbarRig, ReadSettings
+from protocols.rig import (
+    Channels,
+    ComplianceError,
+    CrossbarRig,
+    DcCapacity,
+    DcGroup,
+    DcMeasured,
+    DcRequest,
+    ReadSettings,
+)
+from simulator import dc
 from simulator.chip import ChipLab
 from simulator.config import LatencyConfig
 from simulator.crossbar import Crossbar
@@ -48,6 +68,9 @@ class SimulatedRig(CrossbarRig):
     """
 
     name = "simulated"
+    #: integration of each column-current measurement [power-line cycles]: 0.1 PLC, the
+    #: 4200A's `IT1` (1.7 ms at 60 Hz)
+    READOUT_NPLC = 0.1
     #: effects the DC path can switch off (`ideal`)
     EFFECTS = ("lines", "nonlinearity", "noise")
 
@@ -141,11 +164,56 @@ class SimulatedRig(CrossbarRig):
                                     lines="lines" not in self.ideal,
                                     nonlinear="nonlinearity" not in self.ideal)
         k = volts.shape[0]
-        clk.advance(k * lat.dc_settle, "dc_settle")
-        clk.advance(k * lat.dc_integration, "dc_integration")
+        clk.advance(k * lat.smu_settle, "dc_settle")
+        clk.advance(k * self.READOUT_NPLC / lat.line_frequency, "dc_integration")
         worst = max(float(np.abs(rc).max()), float(np.abs(cc).max()))
         if worst > self.limits.i_compliance:
             raise ComplianceError(f"{self.name}: a line reached the current compliance "
                                 f"({worst:.3g} A > {self.limits.i_compliance:.3g} A) during the "
                                 "analog read-out")
         return cc[:, cols]
+
+    # -- DC ------------------------------------------------------------------------------------
+    @property
+    def dc_capacity(self) -> DcCapacity:
+        rows, cols = self.shape
+        return DcCapacity(sources=rows + cols, ground=True)
+
+    def _dc_pass(self, groups: list[DcGroup], request: DcRequest) -> list[DcMeasured]:
+        xb, clk, lat = self.crossbar, self.crossbar.clock, self.latency
+        sensed = [k for k, g in enumerate(groups) if g.sensed]
+        n = request.points
+        out = [DcMeasured(np.zeros(n), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool),
+                          np.zeros(n), np.zeros(n, bool)) for _ in sensed]
+        held_comp = request.compliance if request.source_compliance is None \
+            else request.source_compliance
+        lines = [(np.array([i for kind, i in g.lines if kind == "row"], dtype=int),
+                  np.array([i for kind, i in g.lines if kind == "col"], dtype=int))
+                 for g in groups]
+        t_int = request.nplc / lat.line_frequency
+        held = request.hold + lat.smu_settle + t_int
+        avg = t_int / lat.read_time if lat.read_time > 0 else 1.0
+        op, last, age = None, None, 0.0
+        for p in range(n):
+            sources = [dc.Source(r, c, float(g.volts[p]), None if g.ground else
+                                 (request.compliance if g.sensed else held_comp), name=str(k))
+                       for k, (g, (r, c)) in enumerate(zip(groups, lines, strict=True))]
+            clk.advance(lat.round_trip, "round_trip")
+            clk.advance(held, "dc")
+            # a level unchanged since the previous point: its hold continues
+            key = [s.volts for s in sources]
+            age = age + held if key == last else 0.0
+            op = dc.hold(xb, sources, held, op, age)
+            last = key
+            for m, k in zip(out, sensed, strict=True):
+                cur = float(xb.noisy(op.current[k], avg))
+                over = request.fixed_range and abs(cur) > request.i_range
+                m.volts[p], m.current[p] = op.volts[k], (np.nan if over else cur)
+                m.compliance[p], m.overflow[p], m.t[p] = op.limited[k], over, clk.now
+                m.other_compliance[p] = bool(np.delete(op.limited, k).any())
+        return out
+
+    def snapshot(self) -> dict:
+        cfg = self.crossbar.config
+        return {"rig": self.name, "crossbar": f"simulated {cfg.rows}x{cfg.cols}",
+                "instruments": "none (the physics directly)"}

@@ -18,6 +18,12 @@ voltage, reused for every right-hand side and every (chord) iteration, because i
 every device sits near 0 V or near the read voltage, where the true slope differs from the chord
 by about 2 %.
 
+Line faults (`faults`, simulator.config.LineFault): an open `at` k > 0 removes the line segment
+k crosspoints from the driven end (needs r_line > 0); an open at 0 cuts the line off its driver,
+so it floats whatever it is driven with (its end current is 0); a short joins two line nodes
+through its resistance. A faulty network is always solved in full (`solve`): the grounded-read
+shortcuts below assume intact lines.
+
 Grounded reads are normally not factorised at all (`_fixed_point`): with every line
 driven, the bare lines have a closed-form response (transfer resistances of a chain), and the
 device voltages follow from a contraction mapping in a few 8x8 matrix products (~30 us for a
@@ -39,6 +45,9 @@ from simulator.errors import SimulatorError
 
 _MAX_ITER = 60
 _ATOL_V = 1e-11      # convergence on node-voltage updates [V]
+# ... or on the current residual [A]: with floating lines behind nearly insulating devices
+# (unformed, ~1e-8 S) the updates stall at round-off (~1e-10 V) once the residual is ~1e-16 A
+_ATOL_I = 1e-14
 _MAX_STEP_V = 0.5    # Newton damping: largest node-voltage change per iteration [V]
 # above this many nodes the (banded, very sparse) system goes to SuperLU instead of dense Cholesky
 _DENSE_MAX_NODES = 600
@@ -70,6 +79,7 @@ class NodalResult:
     col_currents: np.ndarray    # [A] into the array at each bit-line end (0 if floating)
     device_voltages: np.ndarray  # [V] V_WL - V_BL across each device, shape (rows, cols)
     iterations: int
+    nodes: np.ndarray | None = None  # [V] every node's potential (a warm start for `solve`)
 
 
 @dataclass
@@ -85,7 +95,7 @@ class NodalSolver:
     """Solver for one crossbar geometry and wiring; reusable across conductance states."""
 
     def __init__(self, rows: int, cols: int, r_line: float, r_source: float,
-                 v_nl: float | None = 0.81, v_ref: float = 0.2):
+                 v_nl: float | None = 0.81, v_ref: float = 0.2, faults=()):
         if rows < 1 or cols < 1:
             raise SimulatorError(f"crossbar must be at least 1x1, got {rows}x{cols}")
         if r_line < 0 or r_source < 0:
@@ -122,6 +132,13 @@ class NodalSolver:
                 rr += [u, w, u, w]
                 cc += [u, w, w, u]
                 vv += [one, one, -one, -one]
+        self.cut_rows = np.zeros(m, dtype=bool)
+        self.cut_cols = np.zeros(n, dtype=bool)
+        for u, w, g in self._fault_links(faults):
+            rr += [np.array([u, w, u, w])]
+            cc += [np.array([u, w, w, u])]
+            vv += [np.array([g, g, -g, -g])]
+        self.faulty = bool(len(faults))
         if rr:
             L = sparse.coo_matrix((np.concatenate(vv), (np.concatenate(rr), np.concatenate(cc))),
                                   shape=(N, N)).tocsr()
@@ -138,6 +155,41 @@ class NodalSolver:
         self.ba = b * N + a
         self._patterns: dict[bytes, _Pattern] = {}
         self._tr: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+
+    # -- line faults ---------------------------------------------------------------------------
+    def _node(self, kind: str, index: int, pos: int) -> int:
+        """Node of line (kind, index) `pos` crosspoints from its driven end."""
+        m, n = self.rows, self.cols
+        if self.r_line == 0:
+            return index if kind == "row" else m + index
+        if kind == "row":
+            return index * n + pos
+        return m * n + (m - 1 - pos) * n + index
+
+    def _fault_links(self, faults) -> list[tuple[int, int, float]]:
+        """(node, node, conductance) to add for the faults; marks lines cut at their end."""
+        out = []
+        for f in faults:
+            kind, i = f.line
+            if f.kind == "open":
+                if f.at == 0:
+                    (self.cut_rows if kind == "row" else self.cut_cols)[i] = True
+                    continue
+                if self.r_line == 0:
+                    raise SimulatorError("an open inside a line needs r_line > 0 (with r_line = 0 "
+                                         "a line is one node)")
+                # remove the segment between positions at-1 and at
+                out.append((self._node(kind, i, f.at - 1), self._node(kind, i, f.at),
+                            -1.0 / self.r_line))
+                continue
+            okind, j = f.other
+            if kind != okind:  # a row and a column: at their crossing
+                r, c = (i, j) if kind == "row" else (j, i)
+                out.append((self._node("row", r, c), self._node("col", c, self.rows - 1 - r),
+                            1.0 / f.ohms))
+            else:
+                out.append((self._node(kind, i, f.at), self._node(kind, j, f.at), 1.0 / f.ohms))
+        return out
 
     # -- building blocks -----------------------------------------------------------------------
     def _pattern(self, row_driven: np.ndarray, col_driven: np.ndarray) -> _Pattern:
@@ -212,18 +264,25 @@ class NodalSolver:
         return g.ravel()
 
     # -- general solve (any bias, floating lines) ------------------------------------------------
-    def solve(self, G, row_v, col_v) -> NodalResult:
-        """Solve one bias: row_v (rows,), col_v (cols,) source voltages [V], NaN = floating."""
+    def solve(self, G, row_v, col_v, start: NodalResult | None = None) -> NodalResult:
+        """Solve one bias: row_v (rows,), col_v (cols,) source voltages [V], NaN = floating.
+        `start`: a solution of a nearby bias whose node potentials start the Newton iteration
+        (the DC operating points of a sweep; same tolerance, fewer iterations)."""
         with _single_thread():
-            return self._solve(G, row_v, col_v)
+            return self._solve(G, row_v, col_v, start)
 
-    def _solve(self, G, row_v, col_v) -> NodalResult:
+    def _solve(self, G, row_v, col_v, start: NodalResult | None = None) -> NodalResult:
         g = self._check_g(G)
         row_v = np.asarray(row_v, dtype=float).reshape(self.rows)
         col_v = np.asarray(col_v, dtype=float).reshape(self.cols)
+        if self.faulty:  # a line cut off its driver floats, whatever drives it
+            row_v = np.where(self.cut_rows, np.nan, row_v)
+            col_v = np.where(self.cut_cols, np.nan, col_v)
         row_driven, col_driven = ~np.isnan(row_v), ~np.isnan(col_v)
         pat = self._pattern(row_driven, col_driven)
         bvec, v = self._sources(row_v, col_v, row_driven, col_driven)
+        if start is not None and start.nodes is not None and start.nodes.shape == v.shape:
+            v[pat.free] = start.nodes[pat.free]
         it = 0
         for _ in range(_MAX_ITER):
             it += 1
@@ -232,6 +291,9 @@ class NodalSolver:
             if pat.free.size == 0:
                 break
             F = pat.L @ v - bvec + self.Dt @ i_dev
+            if self.v_nl is not None and it > 1 and np.max(np.abs(
+                    F if pat.all_free else F[pat.free])) < _ATOL_I:
+                break
             dv = self._factor(pat, gd)(-F if pat.all_free else -F[pat.free])
             big = np.max(np.abs(dv))
             if self.v_nl is not None and big > _MAX_STEP_V:
@@ -245,7 +307,8 @@ class NodalSolver:
         i_dev, _ = self._iv(g, vd)
         return NodalResult(*self._end_currents(pat, v[:, None], i_dev[:, None], row_v[:, None],
                                                col_v[:, None], row_driven, col_driven),
-                           device_voltages=vd.reshape(self.rows, self.cols), iterations=it)
+                           device_voltages=vd.reshape(self.rows, self.cols), iterations=it,
+                           nodes=v)
 
     def _end_currents(self, pat, V, cur, row_v, col_v, row_driven, col_driven):
         """Currents into the array at driven line ends; V (N,k), cur (ndev,k), sources (.., k)."""
@@ -278,6 +341,8 @@ class NodalSolver:
         g = self._check_g(G)
         m, n = self.rows, self.cols
         rows = np.arange(m) if rows is None else np.atleast_1d(np.asarray(rows, dtype=int))
+        if self.faulty:
+            return self._grounded_by_solve(g, volts, rows)
         if self.r_line == 0 and self.r_source == 0:
             # fast path: every device sees exactly its line voltages
             gi = g.reshape(m, n)[rows]
@@ -298,6 +363,12 @@ class NodalSolver:
             raise SimulatorError(f"row voltages of shape {row_v.shape}, expected (k, {self.rows})")
         if not np.all(np.isfinite(row_v)):
             raise SimulatorError("row voltages must be finite (every line is driven)")
+        if self.faulty:  # the shortcuts assume intact lines: one full solve per pattern
+            G = g.reshape(self.rows, self.cols)
+            zero = np.zeros(self.cols)
+            res = [self.solve(G, v, zero) for v in row_v]
+            return (np.array([r.row_currents for r in res]),
+                    -np.array([r.col_currents for r in res]))
         return self._driven(g, row_v, method)
 
     def _driven(self, g: np.ndarray, row_v: np.ndarray,
@@ -325,6 +396,8 @@ class NodalSolver:
         """Currents [A] sensed out of every bit line with word line `row` at `volts` and every
         other line at 0 V: `grounded_column_currents(G, volts, [row])[0]` with less overhead
         (the path of every single verify read)."""
+        if self.faulty:
+            return self._grounded_by_solve(self._check_g(G), volts, np.array([row]))[0]
         if self.r_line == 0 and self.r_source == 0:
             g = np.asarray(G, dtype=float)[row]
             return self._iv(g, np.full_like(g, volts))[0]
@@ -335,6 +408,16 @@ class NodalSolver:
             return cur[0].sum(axis=0)
         with _single_thread():
             return self._factored(g, row_v)[1][0]
+
+    def _grounded_by_solve(self, g: np.ndarray, volts: float, rows: np.ndarray) -> np.ndarray:
+        """Grounded read of a faulty network: one full solve per driven word line."""
+        out = np.zeros((rows.size, self.cols))
+        G = g.reshape(self.rows, self.cols)
+        for a, r in enumerate(rows.tolist()):
+            rv = np.zeros(self.rows)
+            rv[r] = volts
+            out[a] = -self.solve(G, rv, np.zeros(self.cols)).col_currents
+        return out
 
     def driven_currents(self, G, row_v, col_v) -> tuple[np.ndarray, np.ndarray] | None:
         """Currents [A] into the array at every row and column end for a bias that drives every

@@ -131,6 +131,21 @@ def pulse_update_scalar(G: float, Gv: float, v: float, seconds: float, ds: float
     return G + dg, Gv
 
 
+def dc_width(t0: float, t1: float, v: np.ndarray, p: DeviceParams) -> np.ndarray:
+    """Pulse width [s] per device equivalent to the stretch [t0, t1] of a DC hold at device
+    voltages `v` (t0, t1: time since the levels were set). Up to t_ref a hold is the pulse law
+    (width = time); beyond it the width grows as t_ref (t/t_ref)^gamma, gamma = S / (V0 ln 10)
+    (V0 of the branch, S = p.dc_volts_per_decade, at most 1): the voltage that switches within
+    a hold then falls by S per decade of time instead of the exponential's V0 ln 10."""
+    tr = p.t_ref
+    g = np.where(np.asarray(v) > 0.0, min(1.0, p.dc_volts_per_decade / (p.v0_set * math.log(10))),
+                 min(1.0, p.dc_volts_per_decade / (p.v0_reset * math.log(10))))
+
+    def w(t):
+        return t if t <= tr else tr * (t / tr) ** g
+    return np.broadcast_to(w(t1) - w(t0), np.shape(v)).astype(float)
+
+
 def telegraph_odd_flips(elapsed, tau):
     """Probability that a symmetric two-state fluctuator with mean dwell time `tau` switches an
     odd number of times in `elapsed` seconds (so ends in the other state)."""

@@ -175,14 +175,16 @@ class Retention:
         """Write the conductance at time `now` into G (the crossbar's nonvolatile G)."""
         if not self.active:
             return
+        # drift stops at g_min; a device already below it (unformed, at g_unformed) stays there
         if self._size1:
-            g = float(self.g_e.flat[0]) + (self._drift_one(0, now) - float(self.d_e.flat[0]))
-            G.flat[0] = g if g > self.g_min else self.g_min
+            g_e = float(self.g_e.flat[0])
+            g = g_e + (self._drift_one(0, now) - float(self.d_e.flat[0]))
+            G.flat[0] = max(g, min(g_e, self.g_min))
             return
         self._drift(now, G)
         G -= self.d_e
         G += self.g_e
-        np.maximum(G, self.g_min, out=G)
+        np.maximum(G, np.minimum(self.g_e, self.g_min), out=G)
 
     # -- pulses ------------------------------------------------------------------------------
     def programmed(self, g_old: np.ndarray, g_new: np.ndarray, now: float) -> None:

@@ -6,7 +6,9 @@
 - `instruments` and `simulator` take only the rig seam (`protocols.rig`) from `protocols`, and
   the seam imports nothing of `protocols` but its errors and `protocols.interrupts` (two leaf
   modules), so the graph stays acyclic;
-- nothing outside `training` imports torch at module level.
+- nothing outside `training` imports torch at module level;
+- no two project modules import each other, directly or around a loop (a function-level import
+  counts: xbarlab/demo.py and a step module importing each other "lazily" is still a tangle).
 
 Every import counts, also one inside a function, except where a rule says "module level".
 """
@@ -76,6 +78,81 @@ def violations(root: Path) -> list[str]:
                 if pkg != "training" and top and _in(name, "torch"):
                     found.append(f"{where}: {pkg} imports torch at module level")
     return found
+
+
+def module_graph(root: Path) -> dict[str, set[str]]:
+    """Project module -> the project modules it imports (a package counts as its __init__; a
+    submodule importing its own package is not an edge: Python packages do that)."""
+    mods: dict[str, Path] = {}
+    for pkg in PACKAGES:
+        for path in sorted((root / pkg).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        edges = set()
+        for name, _line, _top in imports(path):
+            while name and name not in mods:
+                name = name.rpartition(".")[0]
+            if name and name != mod and not mod.startswith(name + "."):
+                edges.add(name)
+        graph[mod] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_no_two_modules_import_each_other():
+    assert import_cycles(module_graph(ROOT)) == []
+
+
+def test_a_lazy_import_cycle_is_found(tmp_path):
+    for name, text in {"xbarlab/demo.py": "from xbarlab.steps import step\n",
+                       "xbarlab/steps.py": "def step():\n    from xbarlab.demo import TITLES\n",
+                       "xbarlab/other.py": "from xbarlab import demo\n"}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert import_cycles(module_graph(tmp_path)) == [["xbarlab.demo", "xbarlab.steps"]]
 
 
 def test_the_sources_follow_the_import_rules():

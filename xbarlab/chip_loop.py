@@ -6,8 +6,9 @@ bench/repair.py share.
   chip as the run left it;
 - `prior_of`: what the programming run tells a repair (stuck devices, earlier tunings, the
   transfer's pulse count);
-- `dc_opener`: rigs for the analog read-out: the station's own rig when it has a DC path;
-  on a simulated station whose rig has none yet (the PMU and WGFMU rigs), `SimulatedRig` on the
+- `dc_opener`: rigs for the analog read-out: the station's own rig when it has one
+  (`channels`); on a simulated station whose rig has none yet (the PMU and WGFMU rigs: their
+  SMUs serve `CrossbarRig.dc`, not `column_currents`), `SimulatedRig` on the
   same virtual chip with the station's limits, read settings and latency model (an array tester
   with one source per word line and one meter per bit line), said in a note;
 - `explain_gap`: on a simulated chip, why the analog accuracy differs from the read-back one,
@@ -110,9 +111,9 @@ def dc_opener(station, echo: Callable[[str], None] | None = None
     latency = LatencyConfig(**station.cfg.sim.latency)
     chip = station.chip
     if echo is not None:
-        echo(f"note: the {station.cfg.rig} rig has no DC path yet; rows are driven and column "
-             "currents measured by the direct simulated rig on the same virtual chip (one source "
-             "per word line, one meter per bit line), pulses too")
+        echo(f"note: the {station.cfg.rig} rig's SMUs cannot run the analog read-out yet; rows "
+             "are driven and column currents measured by the direct simulated rig on the same "
+             "virtual chip (one source per word line, one meter per bit line), pulses too")
     return lambda name: SimulatedRig(chip[name], latency=latency, limits=station.limits,
                                      read=station.read_settings, lab=chip.lab)
 

@@ -26,7 +26,6 @@ from pathlib import Path
 import yaml
 
 from training.defaults import NETWORKS
-from xbarlab.demo_retention import step_retention
 from xbarlab.errors import XbarlabError
 from xbarlab.files import write_json
 from xbarlab.report import calibration_stats, write_report
@@ -41,6 +40,7 @@ class DemoSettings:
     tuning_repeats: int
     stuck_crossbars: tuple[str, ...]  # 8x8 crossbars screened on the PMU station
     disturbance_crossbars: tuple[str, ...]
+    iv_devices: tuple[tuple[int, int], ...]  # DC I-V loops on the first disturbance crossbar
     epochs: int  # training epochs (4 mini-batches of 256 each)
     mc_transfers: int  # Monte-Carlo transfers per network
     map_transfers: int  # transfers behind the decision-boundary maps
@@ -52,11 +52,13 @@ class DemoSettings:
 
 
 QUICK = DemoSettings(tuning_devices=("dev0", "dev1"), tuning_levels=4, tuning_repeats=4,
-                     stuck_crossbars=("xbar0",), disturbance_crossbars=("xbar0",), epochs=500,
+                     stuck_crossbars=("xbar0",), disturbance_crossbars=("xbar0",),
+                     iv_devices=((0, 0), (7, 7)), epochs=500,
                      mc_transfers=2000, map_transfers=100, chips=3, repair_chips=1)
 FULL = DemoSettings(tuning_devices=("dev0", "dev1", "dev2", "dev3"), tuning_levels=8,
                     tuning_repeats=10, stuck_crossbars=("xbar0", "xbar1", "xbar2", "xbar3"),
-                    disturbance_crossbars=("xbar0", "xbar1"), epochs=10_000,
+                    disturbance_crossbars=("xbar0", "xbar1"),
+                    iv_devices=((0, 0), (3, 5), (7, 7), (5, 2)), epochs=10_000,
                     mc_transfers=5000, map_transfers=500, chips=24, repair_chips=12)
 
 
@@ -117,15 +119,19 @@ def step_station(out: Path, seed: int) -> StepResult:
 
 def step_campaigns(out: Path, settings: DemoSettings, seed: int, *,
                    progress: bool = True) -> StepResult:
-    """Tuning/untuning on single crosspoints (WGFMU), stuck screening and V/3 disturbance on
-    8x8 crossbars (PMU), each a raw-run HDF5 file."""
-    from protocols.campaigns import disturbance, stuck, tuning_untuning
+    """Bring-up of every 8x8 crossbar used (PMU; the retention step's too) before anything is
+    pulsed, then tuning/untuning on single crosspoints (WGFMU), stuck screening and V/3
+    disturbance on 8x8 crossbars (PMU), and DC I-V loops on a few devices last (the DC stress would otherwise precede the others),
+    each a raw-run HDF5 file. A bring-up finding an open or short line stops the demo."""
+    from protocols.campaigns import bringup, disturbance, iv, stuck, tuning_untuning
 
     t0 = time.perf_counter()
     d = out / "runs"
     d.mkdir(parents=True, exist_ok=True)
     wg, pmu = _station(out / "station" / "sim-wgfmu.yaml"), _station(out / "station" /
                                                                      "sim-pmu.yaml")
+    # (station, campaign, config, crossbar, seed): the seeds of the pulsed campaigns are those
+    # they had before the DC steps were added
     jobs = [(wg, tuning_untuning, tuning_untuning.TuningUntuningConfig(
         levels=settings.tuning_levels, repeats=settings.tuning_repeats,
         settle_s=settings.settle_s), n)
@@ -133,13 +139,23 @@ def step_campaigns(out: Path, settings: DemoSettings, seed: int, *,
     jobs += [(pmu, stuck, stuck.StuckConfig(), n) for n in settings.stuck_crossbars]
     jobs += [(pmu, disturbance, disturbance.DisturbanceConfig(), n)
              for n in settings.disturbance_crossbars]
+    jobs = [(*j, seed + i) for i, j in enumerate(jobs)]
+    # (the retention step's crossbar too: it is pulsed after this step)
+    lines = dict.fromkeys(settings.stuck_crossbars + settings.disturbance_crossbars
+                          + (RETENTION_CROSSBAR,))
+    jobs = [(pmu, bringup, bringup.BringupConfig(), n, seed) for n in lines] + jobs
+    # (the sweep reaches 2.0 / -2.2 V: after the disturbance campaign these devices sit high,
+    # where the SET threshold is above the default 1.6 V for a DC hold)
+    jobs.append((pmu, iv, iv.IVConfig(devices=list(settings.iv_devices), cycles=1, v_step=0.1,
+                                      v_set=2.0, v_reset=-2.2),
+                 settings.disturbance_crossbars[0], seed))
     runs = []
-    for i, (st, module, cfg, name) in enumerate(jobs):
+    for st, module, cfg, name, job_seed in jobs:
         path = d / f"{module.PROTOCOL}-{name}.h5"
         clock0 = st.chip.clock.now
         w0 = time.perf_counter()
         with st.open_rig(name) as rig:
-            res = module.run(rig, cfg, path, seed=seed + i, station=st.describe(name),
+            res = module.run(rig, cfg, path, seed=job_seed, station=st.describe(name),
                              overwrite=True, progress=progress)
         runs.append({"protocol": module.PROTOCOL, "station": st.name, "crossbar": name,
                      "path": str(path.relative_to(out)), "summary": res.summary,
@@ -348,6 +364,41 @@ def step_report(out: Path) -> StepResult:
 
 STEPS = ("station", "campaigns", "retention", "database", "train", "evaluate", "transfer",
          "repair", "report")
+# -- retention: program levels on one crossbar, read them on a log-spaced schedule; the span is
+# virtual (the simulated station advances its clock between reads), so a day takes ~1 s here
+
+#: (devices, span [s], reads) per demo size; devices on the diagonal, then on col = row + 1
+RETENTION_SIZES = {True: (8, 3600.0, 6), False: (16, 86400.0, 10)}
+RETENTION_CROSSBAR = "xbar3"
+
+
+def step_retention(out: Path, quick: bool, seed: int, *, progress: bool = True) -> StepResult:
+    """Retention on crossbar xbar3 through the PMU station: `runs/retention-xbar3.h5` and
+    `runs/retention.json` (the run's summary, wall and predicted instrument time)."""
+    from protocols.campaigns import retention
+
+    t0 = time.perf_counter()
+    n, span, reads = RETENTION_SIZES[quick]
+    devices = [(i % 8, (i + i // 8) % 8) for i in range(n)]   # spread over rows and columns
+    cfg = retention.RetentionConfig(devices=devices, levels=[100e-6, 200e-6, 300e-6, 400e-6],
+                                    first_s=10.0, span_s=span, reads=reads)
+    st = _station(out / "station" / "sim-pmu.yaml")
+    d = out / "runs"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"retention-{RETENTION_CROSSBAR}.h5"
+    clock0 = st.chip.clock.now
+    with st.open_rig(RETENTION_CROSSBAR) as rig:
+        res = retention.run(rig, cfg, path, seed=seed, station=st.describe(RETENTION_CROSSBAR),
+                            overwrite=True, progress=progress)
+    instrument = st.chip.clock.now - clock0
+    run = {"protocol": retention.PROTOCOL, "station": st.name, "crossbar": RETENTION_CROSSBAR,
+           "path": str(path.relative_to(out)), "summary": res.summary,
+           "wall_s": time.perf_counter() - t0, "instrument_s": instrument}
+    listing = write_json(d / "retention.json", [run])
+    return StepResult("retention", TITLES["retention"], time.perf_counter() - t0, instrument,
+                      [path, listing], {"devices": n, "span_s": span})
+
+
 TITLES = {"station": "simulated station", "campaigns": "characterisation campaigns",
           "retention": "retention (virtual time)",
           "database": "non-ideality database", "train": "training",

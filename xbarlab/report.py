@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from database.display import duration, pct, us
+from database.display import duration, pct, us, volts
 from training.defaults import LABELS, NETWORKS, PAPER_SHARE_CORRECT_95
 from xbarlab.files import write_json
 
@@ -364,6 +364,18 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
         elif r["protocol"] == "stuck":
             what = (f"{sm['working']} working, {sm['stuck-HRS']} stuck-HRS, "
                     f"{sm['stuck-LRS']} stuck-LRS")
+        elif r["protocol"] == "bringup":
+            bad = sm["opens"] + sm["shorts"] + sm["weak"]
+            what = (f"{sm['ok']} of {sm['lines']} lines ok"
+                    + (f" ({', '.join(bad)})" if bad else "")
+                    + (f", median line conductance {us(sm['g_median_S'], 0)}"
+                       if "g_median_S" in sm else ""))
+        elif r["protocol"] == "iv":
+            what = (f"{sm['devices']} devices, {sm['cycles']} DC cycles, "
+                    f"{sm['never_switched']} never switched"
+                    + (f", SET {volts(sm['v_set_median_V'])} / RESET "
+                       f"{volts(sm['v_reset_median_V'])} (median)"
+                       if "v_set_median_V" in sm and "v_reset_median_V" in sm else ""))
         elif r["protocol"] == "retention":
             what = (f"{sm['devices']} devices, drift {duration(sm['last_read_s'])} after "
                     f"programming {pct(sm['drift_mean_rel'], 2, signed=True)} +- "
@@ -453,8 +465,8 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
         "devices whose error costs the most, compensating stuck devices with their partner, and "
         "re-fitting layers on measured activations (protocols/repair.py, docs/guide.md). "
         "Accuracies are on the test set; 'analog' is measured on the crossbars, 'read-back' is "
-        "the estimate from conductances read back device by device. The PMU rig has no DC path "
-        "yet: the analog read-out uses the direct simulated rig on the same virtual chip.")
+        "the estimate from conductances read back device by device. The PMU rig's SMUs do not "
+        "run the analog read-out yet: it uses the direct simulated rig on the same virtual chip.")
     rows = [[str(r["chip_seed"]), LABELS[r["network"]],
              f"{pct(r['before'])} -> {pct(r['after'])}",
              f"{pct(r['readback_before'])} -> {pct(r['readback_after'])}",

@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from database.runs import RunWriter
+from protocols.errors import ConfigError
 from protocols.tuning import TuneConfig, TuneResult, check_target, check_tune
 
 log = logging.getLogger("xbarlab.campaign")
@@ -34,14 +35,24 @@ class CampaignConfig(BaseModel):
         a range stand for the range)."""
         return []
 
+    def check_limits(self, limits) -> None:
+        """Raise (SafetyLimitError) when a level or current the campaign itself applies lies
+        outside the station `limits` (the DC campaigns' sweeps and compliances)."""
+
 
 def check_config(cfg: CampaignConfig, limits, read) -> None:
     """ConfigError for what can be known wrong before the store is opened or a pulse fired:
     tuning ramps beyond the station `limits`, targets the station cannot read back (`read`, a
-    ReadSettings)."""
+    ReadSettings), levels and compliances of the campaign's own outside the limits."""
     check_tune(cfg.tune, limits, read)
     for target, tolerance in cfg.targets():
         check_target(target, tolerance, read)
+    try:
+        cfg.check_limits(limits)
+    except ConfigError:
+        raise
+    except Exception as e:  # a SafetyLimitError: reported as the config's fault
+        raise ConfigError(f"{type(cfg).__name__}: {e}") from None
 
 
 HISTORY_COLUMNS = {
@@ -93,8 +104,10 @@ class CampaignResult:
 def open_store(path, *, protocol: str, config: CampaignConfig, station: dict | None,
                seed: int | None, tables: dict, units_total: int, resume: bool,
                overwrite: bool, rig) -> RunWriter:
-    """The campaign's run in `path`, after `config` was checked against the rig's station."""
+    """The campaign's run in `path`, after `config` was checked against the rig's station; the
+    instruments' snapshot (`rig.snapshot()`) goes with it."""
     check_config(config, rig.limits, rig.read_settings)
     return RunWriter.open(path, protocol=protocol, config=config.model_dump(mode="json"),
                           station=station or {}, seed=seed, tables=tables,
-                          units_total=units_total, resume=resume, overwrite=overwrite)
+                          units_total=units_total, resume=resume, overwrite=overwrite,
+                          snapshot=rig.snapshot())

@@ -1,6 +1,7 @@
 """Emulated Keithley 4200A-SCS over KXCI (Ethernet): every setter answers `ACK`.
 
-Covers *IDN?, *OPT?, ID, BC, US/DE/UL, DVn (SMU), TIn, EX (pmuulib kxci_rpm_switch), GP,
+Covers *IDN?, *OPT?, ID, BC, US/DE/UL, the SMU user mode (DVn, TIn, TVn, RG n, a, ITn: see
+below), EX (pmuulib kxci_rpm_switch), GP,
 :ERROR:LAST:GET/CLEAR and the 4225-PMU segment-ARB subset: :PMU:INIT, :PMU:RPM:CONFIGURE,
 :PMU:SOURCE:RANGE, :PMU:MEASURE:RANGE, :PMU:LOAD, :PMU:SARB:SEQ:(TIME|STARTV|STOPV|MEAS:TYPE|
 MEAS:START|MEAS:STOP), :PMU:SARB:WFM:SEQ:LIST, :PMU:OUTPUT:STATE, :PMU:EXECUTE,
@@ -12,6 +13,18 @@ off). :PMU:EXECUTE plays the listed sequences through `LabWorld.run`, so the lev
 return one point each with the sensed current. A refused command answers the error text
 instead of ACK (`<message> (<code>)`, the same text :ERROR:LAST:GET returns; the exact KXCI
 format is to confirm on hardware). Unknown commands: -992 "Unrecognized command".
+
+SMUs (dc-commands.md §1.2). SMU n is world terminal `ksmu<n>`; SMU1 and SMU2 reach the array
+through the 4225-RPMs: with RPM n in SMU mode (`:PMU:RPM:CONFIGURE PMU1-n, 2` or
+`kxci_rpm_switch(n,3)`) the PMU channel's cable (`pmu<n>`) carries SMU n (a world link). `DVn`
+forces a voltage with its current compliance (the world's DC operating point clips the current
+there); `TIn`/`TVn` answer `XYZ+N.NNNNE+NN` (4200RM p.9-53): status C when this SMU is in
+compliance, T when another SMU of this 4200 is, N otherwise. The measure range autoranges from
+the `RG` floor (default 100 nA, the 4200-SMU's lowest range without preamp) to 100 mA; a value is
+quantised to 1e-4 of the range in use (this emulator's reading of the 5-digit reply, not a
+datasheet figure), so the floor limits the resolution of small currents. `IT1/2/3` integrate
+0.1 / 1 / 10 power-line cycles. Every SMU command is acknowledged over Ethernet and costs one
+round trip of virtual time; a measurement adds the source settling and the integration.
 """
 
 from __future__ import annotations
@@ -24,6 +37,15 @@ from simulator.emulators.world import Segment
 _ARRAYS = ("TIME", "STARTV", "STOPV", "MEAS:TYPE", "MEAS:START", "MEAS:STOP")
 _SARB = re.compile(r"^:PMU:SARB:SEQ:(TIME|STARTV|STOPV|MEAS:TYPE|MEAS:START|MEAS:STOP)\s+(.*)$")
 _EX = re.compile(r"^EX (\w+) (\w+)\((.*)\)$")
+_DV = re.compile(r"^DV(\d)(?:,\s*(\d+),\s*([-+.\deE]+),\s*([-+.\deE]+))?$")
+_T = re.compile(r"^T([IV])(\d)$")
+_RG = re.compile(r"^RG (\d),\s*([-+.\deE]+)$")
+#: 4200-SMU current ranges without preamp [A] (dc-commands.md §1.2, DI codes 3-9)
+SMU_RANGES = (100e-9, 1e-6, 10e-6, 100e-6, 1e-3, 10e-3, 100e-3)
+#: IT code -> integration in power-line cycles (4200RM p.9-44)
+IT_PLC = {1: 0.1, 2: 1.0, 3: 10.0}
+#: RPM modes: `:PMU:RPM:CONFIGURE` code 2 and `kxci_rpm_switch` mode 3 are SMU (instruments.md §4)
+RPM_SMU_CONFIGURE, RPM_SMU_SWITCH = 2, 3
 
 
 class KxciError(Exception):
@@ -38,13 +60,20 @@ class K4200Emulator:
     #: `KI4200A V4.6.0` (pymeasure's fixture). Exact strings to confirm on the instrument.
     idn = "KEITHLEY INSTRUMENTS,KI4200A,1234567,V1.13"
     id_reply = "KI4200A V4.6.0"
-    options = "SMU1,SMU2,SMU3,SMU4,PMU1,RPM1,RPM2"
 
-    def __init__(self, world=None):
+    def __init__(self, world=None, smus: int = 4):
         self.world = world
+        self.smus = int(smus)
+        self.options = ",".join([f"SMU{n}" for n in range(1, self.smus + 1)]
+                                + ["PMU1", "RPM1", "RPM2"])
         self.last_error = (0, "No error.")
         self.mode = ""
+        #: SMU channel -> forced voltage (absent: output off)
         self.smu: dict[int, float] = {}
+        self.smu_compliance: dict[int, float] = {}
+        self.smu_floor: dict[int, float] = {}   # RG: lowest autorange [A]
+        self.plc = 1.0                           # IT2
+        self.rpm: dict[int, int] = {1: 0, 2: 0}  # RPM channel -> :PMU:RPM:CONFIGURE mode
         self.ul_params: list[float] = []
         self._reset_pmu()
         self.sarb = False
@@ -67,14 +96,24 @@ class K4200Emulator:
     def output_levels(self) -> dict[str, float]:
         """Idle output of each PMU channel and SMU [V]; NaN = output off."""
         out = {f"pmu{ch}": (0.0 if on else math.nan) for ch, on in self.outputs.items()}
-        out.update({f"smu{ch}": v for ch, v in self.smu.items()})
+        out.update({f"ksmu{ch}": v for ch, v in self.smu.items()})
         return out
 
     def _publish(self) -> None:
-        if self.world is not None:
-            self.world.settle_dc()
-            for ch, on in self.outputs.items():
-                self.world.static[f"pmu{ch}"] = 0.0 if on else math.nan
+        if self.world is None:
+            return
+        w = self.world
+        w.settle_dc()
+        for ch, on in self.outputs.items():
+            w.static[f"pmu{ch}"] = 0.0 if on else math.nan
+        for ch in range(1, self.smus + 1):
+            w.static[f"ksmu{ch}"] = self.smu.get(ch, math.nan)
+            w.compliance[f"ksmu{ch}"] = self.smu_compliance.get(ch, 0.1)
+        for ch, mode in self.rpm.items():
+            if mode == RPM_SMU_CONFIGURE and ch <= self.smus:
+                w.links[f"pmu{ch}"] = f"ksmu{ch}"
+            else:
+                w.links.pop(f"pmu{ch}", None)
 
     # -- dispatch ------------------------------------------------------------------------------
     def handle(self, msg: str) -> str | None:
@@ -116,21 +155,8 @@ class K4200Emulator:
         if len(parts) > 1 and parts[0] == "US":  # pymeasure style "US;DV1,..."
             self.mode = "US"
             msg = parts[1]
-        m = re.match(r"^DV(\d)(?:,(\d+),([-+.\deE]+),([-+.\deE]+))?$", msg)
-        if m:
-            if self.mode != "US":
-                raise KxciError(-992, "Failure")
-            ch = int(m.group(1))
-            if m.group(2) is None:
-                self.smu.pop(ch, None)
-            else:
-                self.smu[ch] = float(m.group(3))
-            return None
-        m = re.match(r"^TI(\d)$", msg)
-        if m:
-            if self.mode != "US":
-                raise KxciError(-992, "Failure")
-            return "NAI+0.000000E+00"  # SMUs are not wired to the crossbar in this station
+        if msg[:2] in ("DV", "TI", "TV", "RG", "IT"):
+            return self._smu_command(msg)
         m = _EX.match(msg)
         if m:
             if self.mode != "UL":
@@ -139,9 +165,12 @@ class K4200Emulator:
             if (lib, mod) != ("pmuulib", "kxci_rpm_switch"):
                 raise KxciError(-990, f"Module {lib}.{mod} not found")
             vals = [float(x) for x in params.split(",")]
-            if len(vals) != 2 or vals[1] not in (0, 1, 2, 3):
+            if len(vals) != 2 or vals[0] not in (1, 2) or vals[1] not in (0, 1, 2, 3):
                 raise KxciError(-122, "Illegal parameter")
             self.ul_params = vals
+            # kxci_rpm_switch modes: 0 pulse, 1 CVU-2W, 2 CVU-4W, 3 SMU
+            self.rpm[int(vals[0])] = RPM_SMU_CONFIGURE if vals[1] == RPM_SMU_SWITCH else 0
+            self._publish()
             return "RETURN VALUE = 0"
         m = re.match(r"^GP (\d+)(?: (\d+))?$", msg)
         if m:
@@ -150,6 +179,64 @@ class K4200Emulator:
                 raise KxciError(-122, "Illegal parameter")
             return "PARAM VALUE = " + ",".join(f"{self.ul_params[i - 1]:g}" for _ in range(n))
         raise KxciError(-992, "Unrecognized command")
+
+    # -- SMU user mode ------------------------------------------------------------------------
+    def _smu_command(self, msg: str) -> str | None:
+        if self.world is not None:  # acknowledged over Ethernet: one round trip each
+            self.world.clock.advance(self.world.latency.round_trip, "round_trip")
+        if msg[:2] == "IT":
+            if msg[2:] not in ("1", "2", "3"):
+                raise KxciError(-122, "Illegal parameter")
+            self.plc = IT_PLC[int(msg[2:])]
+            return None
+        if self.mode != "US":
+            raise KxciError(-992, "Failure")
+        m = _DV.match(msg)
+        if m:
+            ch = self._smu_ch(m.group(1))
+            if m.group(2) is None:
+                self.smu.pop(ch, None)
+            else:
+                rng, v, comp = int(m.group(2)), float(m.group(3)), float(m.group(4))
+                if rng not in (0, 1, 2, 3) or not 0 < abs(comp) <= 0.105 or abs(v) > 210:
+                    raise KxciError(-122, "Illegal parameter")
+                self.smu[ch] = v
+                self.smu_compliance[ch] = abs(comp)
+            self._publish()
+            return None
+        m = _RG.match(msg)
+        if m:
+            ch, amps = self._smu_ch(m.group(1)), float(m.group(2))
+            if not 0 < amps <= SMU_RANGES[-1]:
+                raise KxciError(-122, "Illegal parameter")
+            self.smu_floor[ch] = amps
+            return None
+        m = _T.match(msg)
+        if not m:
+            raise KxciError(-992, "Unrecognized command")
+        kind, ch = m.group(1), self._smu_ch(m.group(2))
+        volts, amps, mine, other = 0.0, 0.0, False, False
+        if self.world is not None:
+            lat = self.world.latency
+            t_int = self.plc / lat.line_frequency
+            self.world.clock.advance(lat.smu_settle + t_int, "dc")
+            if ch in self.smu:
+                siblings = {f"ksmu{n}" for n in self.smu if n != ch}
+                volts, amps, mine, other = self.world.smu_reading(f"ksmu{ch}", siblings, t_int)
+        status = "C" if mine else ("T" if other else "N")
+        if kind == "V":
+            letter = "ABCD"[ch - 1] if ch <= 4 else "GHIJ"[ch - 5]
+            return f"{status}{letter}V{volts:+.4E}"
+        floor = self.smu_floor.get(ch, SMU_RANGES[0])
+        rng = min((r for r in SMU_RANGES if r >= max(abs(amps), floor)), default=SMU_RANGES[-1])
+        step = rng * 1e-4
+        return f"{status}{'ABCDEFGH'[ch - 1]}I{round(amps / step) * step:+.4E}"
+
+    def _smu_ch(self, text: str) -> int:
+        ch = int(text)
+        if not 1 <= ch <= self.smus:
+            raise KxciError(-122, "Illegal parameter")
+        return ch
 
     # -- PMU -----------------------------------------------------------------------------------
     def _ch(self, s: str) -> int:
@@ -193,6 +280,8 @@ class K4200Emulator:
         if head == ":PMU:RPM:CONFIGURE":
             if not re.match(r"^PMU1-[12]$", args[0]) or args[1] not in ("0", "1", "2", "3"):
                 raise KxciError(-122, "Illegal parameter")
+            self.rpm[int(args[0][-1])] = int(args[1])
+            self._publish()
             return None
         if head == ":PMU:SOURCE:RANGE":
             ch = self._ch(args[0])
@@ -269,6 +358,8 @@ class K4200Emulator:
         for ch in active:
             if ch not in self.seq_list:
                 raise KxciError(-804, f"no sequence list for channel {ch}")
+            if self.rpm.get(ch, 0) != 0:
+                raise KxciError(-804, f"RPM {ch} is not in PMU mode")
         key = tuple((ch, tuple(self.seq_list[ch]),
                      tuple(self._seq_key.get((ch, sq)) for sq, _ in self.seq_list[ch]))
                     for ch in active)

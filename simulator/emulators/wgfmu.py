@@ -6,6 +6,10 @@ open session (CONTEXT_ERROR otherwise); vectors live on a 10 ns grid (off-grid t
 out-of-range vectors refused and not added); measure events must end inside their pattern;
 results are RESULT_NOT_READY before an execute and RESULT_OUT_OF_DATE once the setup changed.
 Channel `c` is the world terminal `wgfmu<c>`: 0 V while connected and idle, floating otherwise.
+In SMU mode (`OPERATION_MODE_SMU`) a connected channel's RSU passes through the B1500 SMU
+cabled to its SMU input (`smu_inputs`, channel -> SMU terminal such as `smu2`): a world link,
+so the cable carries that SMU's level and its current is the SMU's (the connect-then-pass-through
+behaviour is this emulator's reading; to confirm on hardware).
 `execute()` plays all sequenced channels together through `LabWorld.run` and stores the
 measured points.
 
@@ -34,9 +38,11 @@ def _grid(t: float) -> float:
 
 
 class EmulatedWgfmuLibrary:
-    def __init__(self, world=None, channels=(101, 102), address: str = "GPIB0::17::INSTR"):
+    def __init__(self, world=None, channels=(101, 102), address: str = "GPIB0::17::INSTR",
+                 smu_inputs: dict[int, str] | None = None):
         self.world = world
         self.channels = tuple(channels)
+        self.smu_inputs = dict(smu_inputs or {})
         self.address = address
         self.session = False
         self.errors: list[str] = []
@@ -68,6 +74,11 @@ class EmulatedWgfmuLibrary:
             self.world.settle_dc()
             for c, v in self.output_levels().items():
                 self.world.static[f"wgfmu{c}"] = v
+                if (c in self.connected and self.mode[c] == W.OPERATION_MODE_SMU
+                        and c in self.smu_inputs):
+                    self.world.links[f"wgfmu{c}"] = self.smu_inputs[c]
+                else:
+                    self.world.links.pop(f"wgfmu{c}", None)
 
     # -- error plumbing ------------------------------------------------------------------------
     def _e(self, code: int, text: str) -> int:
@@ -228,7 +239,10 @@ class EmulatedWgfmuLibrary:
         return W.NO_ERROR
 
     def setOperationMode(self, channel: int, mode: int) -> int:
-        return self._setter("setOperationMode", self.mode, channel, mode, range(2000, 2004))
+        rc = self._setter("setOperationMode", self.mode, channel, mode, range(2000, 2004))
+        if rc == W.NO_ERROR:
+            self._publish()
+        return rc
 
     def setForceVoltageRange(self, channel: int, vrange: int) -> int:
         return self._setter("setForceVoltageRange", self.frange, channel, vrange,

@@ -14,7 +14,16 @@ line sees and drives the physics:
   case (one row at Vr, every other line at 0 V, the sensing terminal on the selected column) uses
   `Crossbar.read`; any other configuration the nodal `Crossbar.measure`, with the same read
   noise added to the sensed current;
-- DC levels held by SMUs stress the routed devices for the time they are held (`settle_dc`).
+- DC levels held by SMUs stress the routed devices for the time they are held (`settle_dc`,
+  `simulator.dc.hold`: the operating point with every SMU's compliance, re-solved while devices
+  switch), and an SMU measurement is the operating point's current of its terminal plus read
+  noise (`smu_reading`).
+
+SMU terminals carry a current compliance (`compliance`, set by the SMU emulators). A *link*
+(`links`: terminal -> terminal) is a switch that puts another output on a terminal's cable: the
+4225-RPM passing an SMU through to the PMU channel's cable, the WGFMU's RSU passing a B1500 SMU
+through in SMU mode; the linked terminal then carries the source's level and its current is the
+source's.
 
 Lines with no terminal float (NaN). A line tied to two terminals at different levels is a short:
 it raises SimulatorError.
@@ -29,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from instruments.wiring import Line, Wiring
+from simulator import dc
 from simulator.config import LatencyConfig
 from simulator.errors import SimulatorError
 
@@ -55,6 +65,10 @@ class LabWorld:
         self.closed_channels: Callable[[], frozenset[str]] = frozenset
         #: terminal -> static level [V] (NaN = output off / floating); instruments update it
         self.static: dict[str, float] = {"gnd": 0.0}
+        #: terminal -> current compliance [A] of the SMU behind it
+        self.compliance: dict[str, float] = {}
+        #: terminal -> the terminal whose output a switch (RPM, RSU) puts on its cable
+        self.links: dict[str, str] = {}
         self._map_version = -1
         self._version = 0
         self._term_lines: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -63,6 +77,10 @@ class LabWorld:
                                                                  np.zeros(0, int))
         self._route_cache: dict[frozenset[str], tuple] = {}
         self._dc_since = self.clock.now
+        self._dc_op: dc.OperatingPoint | None = None
+        #: the levels of the last DC settle and how long they have been held [s]
+        self._dc_key: tuple | None = None
+        self._dc_age = 0.0
         self.pulses_applied = 0
         self.reads_taken = 0
 
@@ -126,6 +144,8 @@ class LabWorld:
         """Potential of every row and column for the given terminal levels (NaN = floating)."""
         lv = dict(self.static)
         lv.update(levels)
+        for term, src in self.links.items():
+            lv[term] = lv.get(src, math.nan)
         for name, (src, k) in self.wiring.dividers.items():
             lv[name] = lv.get(src, np.nan) * k
         routing = self._routing()
@@ -151,18 +171,71 @@ class LabWorld:
         return row_v, col_v
 
     # -- physics -------------------------------------------------------------------------------
-    def settle_dc(self) -> None:
-        """Apply the stress of the DC levels held since the last change (SMU bias lines)."""
+    def dc_sources(self) -> list[dc.Source]:
+        """The static outputs driving the array now, one per source terminal (a linked
+        terminal's lines belong to its source), with their lines, levels and compliance."""
+        self.line_levels({})  # raises on a short between two terminals
+        lv = dict(self.static)
+        for name, (src, k) in self.wiring.dividers.items():
+            lv[name] = lv.get(self.links.get(src, src), math.nan) * k
+        acc: dict[str, tuple[list[int], list[int]]] = {}
+        taken: set[Line] = set()  # a line on two outputs at one level belongs to the first
+        for term, (ri, ci) in self._routing().items():
+            src = self.links.get(term, term)
+            if lv.get(src, math.nan) != lv.get(src, math.nan):
+                continue  # output off: its lines float
+            r, c = acc.setdefault(src, ([], []))
+            for kind, idx, out in (("row", ri, r), ("col", ci, c)):
+                for i in idx.tolist():
+                    if (kind, i) not in taken:
+                        taken.add((kind, i))
+                        out.append(i)
+        return [dc.Source(np.unique(np.asarray(r, int)), np.unique(np.asarray(c, int)),
+                          float(lv[src]), self.compliance.get(src),
+                          name=src) for src, (r, c) in acc.items()]
+
+    def settle_dc(self) -> dc.OperatingPoint | None:
+        """Apply the stress of the DC levels held since the last change (SMU bias lines);
+        returns the operating point at the end of it (None when nothing was held)."""
         now = self.clock.now
         dt = now - self._dc_since
         self._dc_since = now
         if dt <= 0 or not any(v for k, v in self.static.items() if v == v and k != "gnd"):
-            return
-        row_v, col_v = self.line_levels({})
-        vals = np.concatenate([row_v, col_v])
-        if np.all(np.isnan(vals) | (vals == 0)):
-            return
-        self.crossbar.apply_line_pulse(row_v, col_v, dt)
+            return None
+        sources = self.dc_sources()
+        if all(s.volts == 0 for s in sources):
+            return None
+        # the previous operating point of the same outputs starts the solves (a sweep)
+        guess = self._dc_op if self._dc_op is not None and \
+            len(self._dc_op.volts) == len(sources) else None
+        # the same levels on the same lines as at the last settle: their hold continues
+        key = tuple((s.name, s.volts, s.compliance, s.rows.tobytes(), s.cols.tobytes())
+                    for s in sources)
+        age = self._dc_age if key == self._dc_key else 0.0
+        self._dc_op = dc.hold(self.crossbar, sources, dt, guess, age)
+        self._dc_key, self._dc_age = key, age + dt
+        return self._dc_op
+
+    def smu_reading(self, terminal: str, siblings=(), integration: float = 0.0
+                    ) -> tuple[float, float, bool, bool]:
+        """An SMU measurement at `terminal` now, integrated over `integration` seconds: (its
+        output voltage [V], its current into the array [A] with read noise, itself in
+        compliance, one of `siblings` (the same instrument's other SMU terminals) in
+        compliance). The stress up to now is applied first."""
+        avg = integration / self.latency.read_time if self.latency.read_time > 0 else 1.0
+        held = self.settle_dc()
+        sources = self.dc_sources()
+        self.reads_taken += 1
+        names = [s.name for s in sources]
+        if terminal not in names:  # output off, or reaching no line
+            level = self.static.get(terminal, math.nan)
+            return (0.0 if level != level else level), float(self.crossbar.noisy(0.0, avg)), \
+                False, False
+        op = held if held is not None else dc.operating_point(self.crossbar, sources)
+        k = names.index(terminal)
+        other = any(op.limited[j] for j, n in enumerate(names) if n in siblings and j != k)
+        return (float(op.volts[k]), float(self.crossbar.noisy(op.current[k], avg)),
+                bool(op.limited[k]), bool(other))
 
     def sensed_current(self, levels: dict[str, float], terminal: str) -> float:
         """Current [A] flowing out of `terminal` into the array at these levels."""
@@ -186,7 +259,7 @@ class LabWorld:
             return 0.0
         rc, cc = self.crossbar.measure(row_v, col_v)
         # a sensing channel has the same read noise whatever the bias of the other lines
-        return self.crossbar.read_noise(float(np.sum(rc[ri]) + np.sum(cc[ci])))
+        return self.crossbar.noisy(float(np.sum(rc[ri]) + np.sum(cc[ci])))
 
     def compile(self, segments: list[Segment]) -> Plan:
         """Resolve a waveform once into what `run` does with it (idle stretches, write
@@ -250,6 +323,7 @@ class LabWorld:
                 self.pulses_applied += 1
                 advance(dur, "pulse")
         self._dc_since = self.clock.now
+        self._dc_key = None  # a waveform interrupts any hold
         return out
 
 

@@ -28,7 +28,7 @@ def _single_thread_blas():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One small real run of each protocol on simulated crossbars."""
-    from protocols.campaigns import disturbance, iv, retention, stuck, tuning_untuning
+    from protocols.campaigns import disturbance, iv_pulsed, retention, stuck, tuning_untuning
 
     tmp = tmp_path_factory.mktemp("figs")
     out = {}
@@ -38,9 +38,9 @@ def runs(tmp_path_factory):
     out["stuck"] = tmp / "stuck.h5"
     stuck.run(sim_rig(3, 3, seed=2, stuck_lrs_rate=0.25, stuck_hrs_rate=0.25),
               stuck.StuckConfig(), out["stuck"], progress=False)
-    out["iv"] = tmp / "iv.h5"
-    iv.run(sim_rig(2, 2, seed=3), iv.IVConfig(v_step=0.2, devices=[(0, 0), (1, 1)]), out["iv"],
-           progress=False)
+    out["iv-pulsed"] = tmp / "iv.h5"
+    iv_pulsed.run(sim_rig(2, 2, seed=3), iv_pulsed.PulsedIVConfig(v_step=0.2,
+                  devices=[(0, 0), (1, 1)]), out["iv-pulsed"], progress=False)
     out["tuning-untuning"] = tmp / "tu.h5"
     tuning_untuning.run(sim_rig(1, 1, seed=4),
                         tuning_untuning.TuningUntuningConfig(levels=2, repeats=2),
@@ -143,8 +143,8 @@ def test_tuning_untuning_trace_is_the_latest_tuning(runs):
         tun.target.unique())]
 
 
-def test_iv_view_draws_each_loop(runs):
-    info, t = read_run(runs["iv"])
+def test_pulsed_iv_view_draws_each_loop(runs):
+    info, t = read_run(runs["iv-pulsed"])
     v = run_view(info, t)
     pts = t["points"]
     loops = _panel(v, "loops", 0)

@@ -14,7 +14,7 @@ def test_identity_and_card():
                   ("print(slot[1].idn)", "7174A,8x12 Low Current Matrix")])
     k = K707B(t)
     assert k.idn().startswith("Keithley Instruments Inc., Model 707B")
-    assert k.card(1).startswith("7174A")
+    assert k.slot(1).idn().startswith("7174A")
     assert t.write_termination == "\n"
 
 
@@ -72,3 +72,25 @@ def test_safe_state_retries_then_reports_relays_still_closed():
     t = Scripted([(cmd, "1A01"), (cmd, "1A01")])
     with pytest.raises(InstrumentError, match="not confirmed open"):
         K707B(t).make_safe()
+
+
+def test_snapshot_reads_identity_cards_and_closed_relays():
+    # `slot[n].idn` and `channel.getclose("allslots")`: instruments.md §5, dc-commands.md §3
+    t = Scripted([("*IDN?", "Keithley Instruments Inc., Model 707B, 1, 1.7.0a"),
+                  ("print(slot[1].idn)", "7174A,8x12"), ("print(slot[2].idn)", "7174A,8x12"),
+                  ('print(channel.getclose("allslots"))', "1A01;2B03")])
+    snap = K707B(t).snapshot(slots=[2, 1, 1])
+    assert snap["cards"] == {"1": "7174A,8x12", "2": "7174A,8x12"}
+    assert snap["closed"] == ["1A01", "2B03"] and t.done()
+
+
+def test_a_failed_selection_is_not_trusted_afterwards():
+    sel = 'channel.exclusiveclose("1A01,2B02")' + CHECK
+    t = Scripted([(sel, "0"), ('channel.exclusiveclose("1A03")' + CHECK, "1"),
+                  ("print(errorqueue.next())", "1115\tinvalid\t2\t0"), (sel, "0")])
+    k = K707B(t)
+    k.exclusive_close(["1A01", "2B02"])
+    with pytest.raises(InstrumentError):
+        k.exclusive_close(["1A03"])
+    assert k.exclusive_close(["1A01", "2B02"]) is True   # re-sent: the state is unknown now
+    assert t.done()

@@ -42,10 +42,10 @@ def test_connect_sequence():
     lib = RecordingLib()
     w = Wgfmu(lib)
     w.open("GPIB0::17::INSTR")
-    w.setup_channel(101)
-    w.setup_channel(102, measure_current_range=W.MEASURE_CURRENT_RANGE_100UA)
-    w.connect(101)
-    w.connect(102)
+    w.channel(101).setup()
+    w.channel(102).setup(measure_current_range=W.MEASURE_CURRENT_RANGE_100UA)
+    w.channel(101).connect()
+    w.channel(102).connect()
     assert lib.calls == [
         ("openSession", "GPIB0::17::INSTR"), ("setTimeout", 10.0), ("initialize",),
         ("setOperationMode", 101, 2001), ("setForceVoltageRange", 101, 3001),
@@ -62,10 +62,10 @@ def test_pulse_and_read_calls_and_results():
     w.create_pattern("top", 0.0)
     w.add_vectors("top", [(10e-9, 1.5), (180e-9, 1.5), (10e-9, 0.0)])
     w.set_measure_event("bot", "read", 2e-6, 1, 8e-6, 8e-6)
-    w.add_sequence(101, "top", 1)
+    w.channel(101).add_sequence("top", 1)
     w.execute()
     w.wait()
-    t, v = w.measured(102)
+    t, v = w.channel(102).measured()
     assert list(v) == [-2e-5, -2.1e-5] and list(t) == [5e-6, 15e-6]
     assert lib.calls[:8] == [
         ("clear",), ("createPattern", "top", 0.0), ("addVector", "top", 10e-9, 1.5),
@@ -111,3 +111,16 @@ def test_ctypes_backend_fails_clearly_without_the_library(monkeypatch):
     monkeypatch.setattr("ctypes.util.find_library", lambda name: None)
     with pytest.raises(InstrumentError, match="wgfmu.dll"):
         CtypesWgfmuLibrary()
+
+
+def test_rsu_smu_pass_through_is_the_smu_operation_mode():
+    # WGFMU_OPERATION_MODE_SMU = 2003 (wgfmu.h, instruments.md §3.3): the RSU passes the SMU on
+    # its SMU input through; no force range is set in that mode
+    lib = RecordingLib()
+    w = Wgfmu(lib)
+    ch = w.channel(102)
+    assert w.channel(102) is ch                   # one object per channel
+    ch.setup(mode=W.OPERATION_MODE_SMU, force_range=None)
+    ch.connect()
+    ch.disconnect()
+    assert lib.calls == [("setOperationMode", 102, 2003), ("connect", 102), ("disconnect", 102)]

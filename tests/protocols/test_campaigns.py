@@ -4,7 +4,7 @@ from conftest import sim_rig
 
 from database.errors import DatabaseError
 from database.runs import list_runs, read_table
-from protocols.campaigns import disturbance, iv, stuck, tuning_untuning
+from protocols.campaigns import disturbance, iv_pulsed, stuck, tuning_untuning
 from protocols.campaigns.common import STUCK_HRS, STUCK_LRS, WORKING
 from protocols.errors import ProtocolError
 
@@ -83,10 +83,10 @@ def test_stuck_screening_matches_the_simulated_truth(tmp_path):
     assert res.summary["working"] == int((truth == 0).sum())
 
 
-def test_iv_staircase(tmp_path):
+def test_pulsed_iv_staircase(tmp_path):
     rig = sim_rig(rows=2, cols=2, seed=0)
-    cfg = iv.IVConfig(devices=[(1, 1)], v_max=1.6, v_min=-1.8, v_step=0.1)
-    iv.run(rig, cfg, tmp_path / "iv.h5", progress=False)
+    cfg = iv_pulsed.PulsedIVConfig(devices=[(1, 1)], v_max=1.6, v_min=-1.8, v_step=0.1)
+    iv_pulsed.run(rig, cfg, tmp_path / "iv.h5", progress=False)
     df = read_table(tmp_path / "iv.h5", "points")
     v = df.volts.to_numpy()
     assert v.max() == pytest.approx(1.6) and v.min() == pytest.approx(-1.8)

@@ -126,10 +126,10 @@ BAD_CONFIGS = {
     "negative-repeats": ({"repeats": -1}, "tuning-untuning", "repeats"),
     "ramp-beyond-any-instrument": ({"tune": {"v_set_max": 5.0}}, "stuck", "v_set_max"),
     "width-out-of-range": ({"tune": {"width": 1.0}}, "disturbance", "width"),
-    "device-not-a-pair": ({"devices": [[0]]}, "iv", "devices"),
+    "device-not-a-pair": ({"devices": [[0]]}, "iv-pulsed", "devices"),
     "not-a-mapping": (["a", "list"], "stuck", "mapping"),
     "settle-too-long": ({"settle_s": 1e6}, "tuning-untuning", "settle_s"),
-    "iv-step-too-long": ({"width": 1.0}, "iv", "width"),
+    "iv-step-too-long": ({"width": 1.0}, "iv-pulsed", "width"),
     "empty-device-list": ({"devices": []}, "disturbance", "devices"),
     # targets the station cannot read back (read range 2.5 uS .. 500 uS): refused before the
     # store is opened, so the protected file is untouched even with --overwrite

@@ -151,7 +151,7 @@ def _arm_after(monkeypatch, st, n_devices: int, **fault) -> None:
 
 
 CAMPAIGN_CFG = {"tuning-untuning": {"levels": 1, "repeats": 1},
-                "disturbance": {"record_history": False}, "stuck": {}, "iv": {}}
+                "disturbance": {"record_history": False}, "stuck": {}, "iv-pulsed": {}}
 DEVICES = [(0, 0), (0, 1), (1, 0), (1, 1)]
 
 
@@ -159,7 +159,7 @@ DEVICES = [(0, 0), (0, 1), (1, 0), (1, 1)]
     ("tuning-untuning", {"kind": "timeout", "match": ":PMU:DATA:GET"}),
     ("disturbance", {"kind": "error", "match": "exclusiveclose"}),
     ("stuck", {"kind": "disconnect", "resource": K4200}),
-    ("iv", {"kind": "garbled", "match": ":PMU:DATA:GET"}),
+    ("iv-pulsed", {"kind": "garbled", "match": ":PMU:DATA:GET"}),
 ])
 def test_fault_mid_campaign_keeps_finished_devices_and_rerun_resumes(tmp_path, monkeypatch,
                                                                      campaign, fault):

@@ -41,10 +41,11 @@ from protocols.campaigns import CAMPAIGNS
 # finishes a device in tens of ms)
 DEVICES = ["0,0", "0,1", "1,0", "1,1", "2,2", "2,3", "3,2", "3,3"]
 #: what a unit of work is, where it is not a device
-UNITS = {"tuning-untuning": "tunings", "iv": "sweeps", "retention": "steps"}
+UNITS = {"tuning-untuning": "tunings", "iv-pulsed": "sweeps", "retention": "steps"}
 CONFIGS = {"tuning-untuning": {"levels": 1, "repeats": 2, "record_history": True},
-           "disturbance": {"record_history": True}, "stuck": {}, "iv": {},
-           "retention": {"levels": [150e-6, 300e-6], "span_s": 3600.0, "reads": 4}}
+           "disturbance": {"record_history": True}, "stuck": {}, "iv-pulsed": {},
+           "iv": {"cycles": 1, "v_step": 0.2, "v_set": 1.2, "v_reset": -1.2}, "bringup": {},
+           "forming": {}, "retention": {"levels": [150e-6, 300e-6], "span_s": 3600.0, "reads": 4}}
 
 
 def _args(campaign, out, cfg):
@@ -79,8 +80,14 @@ def _assert_same(out, ref):
         pd.testing.assert_frame_equal(df, ref_tables[name], check_exact=True, obj=name)
 
 
+#: on the shipped (formed, intact) station a bring-up line or a forming check takes
+#: milliseconds, so a kill after the n-th unit lands after the last one; their resume is
+#: covered in-process by the Ctrl-C test below
+QUICK_UNITS = {"bringup", "forming"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("campaign", sorted(CAMPAIGNS))
+@pytest.mark.parametrize("campaign", sorted(set(CAMPAIGNS) - QUICK_UNITS))
 def test_sigkill_at_random_point_then_rerun_equals_uninterrupted(campaign, tmp_path, capsys):
     rng = random.Random(hash(campaign) % 1000)
     cfg = tmp_path / "cfg.yaml"

@@ -128,7 +128,8 @@ def test_k4200_raw_guard_passes_known_commands_within_limits(pmu):
     _, rig = pmu
     for command in ("DV1,0,1.5,0.001", "DV1", "DI1,6,1e-5,2", "US;DV2,0,-2.5,1e-3", "TV1",
                     ":PMU:SARB:SEQ:STARTV 1,1,0,2.1,-2.5", "ID", "BC", "SP", "*RST",
-                    ":ERROR:LAST:CLEAR", ":PMU:OUTPUT:STATE 2, 1", "GP 1 2"):
+                    ":ERROR:LAST:CLEAR", ":PMU:OUTPUT:STATE 2, 1", "GP 1 2", "RG 1, 1e-07",
+                    "RG 4,1e-9", "IT1", "IT3", ":PMU:RPM:CONFIGURE PMU1-2, 2"):
         rig.pmu.check_outgoing(command)
 
 
@@ -143,11 +144,15 @@ def test_k4200_driver_methods_send_only_what_the_guard_knows(tmp_path):
                    progress=False)
         p = rig.pmu
         p.idn(), p.options(), p.last_error(), p.check_errors()
-        p.smu_force_voltage(1, 0.2, 1e-3)
-        p.smu_measure_current(1)
-        p.smu_off(1)
-        p.rpm_switch(1, 0)
+        p.smu(1).force_voltage(0.2, 1e-3)
+        p.smu(1).measure_current()
+        p.smu(1).off()
+        p.pmu(1).rpm_switch(0)
         p.ul_get(1, 2)
+        # the DC path: RPMs to their SMUs, routing, user mode, integration, ranges, levels,
+        # measurements, release
+        bringup = CAMPAIGNS["bringup"]
+        bringup[0].run(rig, bringup[1](), tmp_path / "b.h5", progress=False)
         p.abort()
         p.make_safe()
     heads = {m.split(" ")[0].split(",")[0] for m in got}
@@ -159,12 +164,12 @@ def test_k4200_driver_methods_send_only_what_the_guard_knows(tmp_path):
 def test_k4200_driver_methods_refuse(pmu):
     st, rig = pmu
     p = rig.pmu
-    _refused(st, p.smu_force_voltage, 1, 2.2, 1e-3)
-    _refused(st, p.smu_force_voltage, 1, 0.3, 0.5)              # compliance above 10 mA
+    _refused(st, p.smu(1).force_voltage, 2.2, 1e-3)
+    _refused(st, p.smu(1).force_voltage, 0.3, 0.5)              # compliance above 10 mA
     t = [100e-9, 20e-9, 200e-9, 20e-9, 100e-9]
     z = [0] * 5
     for levels in ([0, 0, 3.0, 3.0, 0], [0, -2.6, -2.6, 0, 0], [0, 0, math.nan, 0, 0]):
-        _refused(st, lambda lv=levels: p.send_setup(p.sarb_commands(1, 1, t, lv, lv, z, z, z)))
+        _refused(st, lambda lv=levels: p.send_setup(p.pmu(1).sarb(1, t, lv, lv, z, z, z)))
     _refused(st, p.send_setup, [("x", ":PMU:SARB:SEQ:STARTV 1,1,0,2.2")])
 
 
@@ -178,7 +183,7 @@ def b1500():
     import pyvisa
 
     drv = B1500.open(pyvisa.ResourceManager(lib), "GPIB0::17::INSTR", limits=SafetyLimits())
-    drv.enable([2, 3])
+    drv.enable([drv.smu(2), drv.smu(3)])
     yield drv, emu, sent
     drv.close()
 
@@ -187,17 +192,17 @@ def test_b1500_dc_bias_entry_points_refuse(b1500):
     drv, emu, sent = b1500
     n, levels = len(sent), dict(emu.levels)
     attempts = [
-        lambda: drv.force_voltage(2, 2.2, 1e-3),
-        lambda: drv.force_voltages({2: 0.1, 3: -2.6}, 1e-3),   # one bad level: none is sent
-        lambda: drv.force_voltage(2, 0.1, 0.2),                # compliance above the limit
-        lambda: drv.dv_command(2, math.inf, 1e-3),
+        lambda: drv.smu(2).force_voltage(2.2, 1e-3),
+        lambda: drv.force_voltages({drv.smu(2): 0.1, drv.smu(3): -2.6}, 1e-3),   # one bad level: none is sent
+        lambda: drv.smu(2).force_voltage(0.1, 0.2),                # compliance above the limit
+        lambda: drv.smu(2).dv(math.inf, 1e-3),
         lambda: drv.batch(["CN 2", "DV 2,0,3.0,1e-3"]),
     ]
     for attempt in attempts:
         with pytest.raises(SafetyLimitError):
             attempt()
     assert len(sent) == n and emu.levels == levels          # not one byte went out
-    drv.force_voltages({2: 0.2, 3: -0.4}, 1e-3)              # inside the limits: sent
+    drv.force_voltages({drv.smu(2): 0.2, drv.smu(3): -0.4}, 1e-3)              # inside the limits: sent
     assert emu.levels == {2: 0.2, 3: -0.4}
 
 
@@ -228,24 +233,31 @@ def test_b1500_raw_guard_passes_known_commands_within_limits(b1500):
     drv, _, _ = b1500
     for command in ("DV 2,0,-2.5,1e-3", "dv 2,20,0.5,0.001", "DV 2,0,1,1e-3,0,16",
                     "DI 2,0,1e-4,2", "*OPC?", "ERR?", "ERRX? 0", "TIV 2", "RI 2,-16",
-                    "AAD 2,1", "BC", "TSR", "cn 2,3", "DZ", "CL 2"):
+                    "AAD 2,1", "BC", "TSR", "cn 2,3", "DZ", "CL 2", "AIT 1,2,3", "AIT 0,2,1",
+                    "TV 3", "TI 2,-14", "DZ 2,3"):
         drv.check_outgoing(command)
 
 
 def test_b1500_driver_methods_send_only_what_the_guard_knows(b1500):
     drv, emu, sent = b1500
     drv.idn(), drv.modules(), drv.errors()
-    drv.force_voltages({2: 0.3, 3: -0.3}, 1e-3)
-    drv.measure_current(2)
+    drv.force_voltages({drv.smu(2): 0.3, drv.smu(3): -0.3}, 1e-3)
+    drv.smu(2).measure_current()
     drv.zero()
-    drv.disable([3])
+    drv.disable([drv.smu(3)])
     drv.disable()
     drv.reset()
     drv.connect()
-    drv.enable([2])
+    drv.enable([drv.smu(2)])
+    smus = [drv.smu(2), drv.smu(3)]
+    drv.prepare_smus(smus, nplc=1, i_range=1e-6, fixed=True)
+    drv.force_voltages(dict(zip(smus, (0.1, 0.0), strict=True)), 1e-3)
+    drv.smu(3).measure_voltage()
+    drv.release_smus(smus)
     drv.make_safe()
     heads = {m.split(" ")[0].split(";")[0] for m in sent}
-    assert {"*IDN?", "UNT?", "ERRX?", "DV", "TI", "DZ", "CL", "*RST", "FMT", "CN"} <= heads
+    assert {"*IDN?", "UNT?", "ERRX?", "DV", "TI", "DZ", "CL", "*RST", "FMT", "CN", "TV"} <= heads
+    assert any("AIT 1,2,1" in m and "RI 3,-14" in m for m in sent)
 
 
 def test_wgfmu_driver_patterns_refuse(wgf):
@@ -289,7 +301,7 @@ def test_campaign_with_out_of_range_ramps_applies_nothing(tmp_path, pmu, campaig
     st, rig = pmu
     module, cls = CAMPAIGNS[campaign]
     cfg = cls(devices=[(3, 3)], tune=TuneConfig(v_set_max=2.6, v_set_start=1.0))
-    extra = {"v_max": 3.0} if campaign == "iv" and "v_max" in cls.model_fields else {}
+    extra = {"v_max": 3.0} if campaign == "iv-pulsed" else {}
     if extra:
         cfg = cls(devices=[(3, 3)], **extra)
     _refused(st, module.run, rig, cfg, tmp_path / "c.h5", seed=0, progress=False,

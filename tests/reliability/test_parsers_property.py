@@ -15,10 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from instruments.b1500 import B1500, parse_spot
+from instruments.b1500 import B1500
 from instruments.errors import InstrumentError
 from instruments.k707b import K707B
 from instruments.k4200 import K4200
+from instruments.smu import parse_spot
 from simulator.emulators import B1500Emulator, K707BEmulator, K4200Emulator
 
 SETTINGS = settings(max_examples=150, deadline=None,
@@ -140,17 +141,17 @@ B1500_CALLS = {
     "modules": lambda d: d.modules(),
     "errors": lambda d: d.errors(),
     "check_errors": lambda d: d.check_errors("X"),
-    "measure_current": lambda d: d.measure_current(2),
+    "measure_current": lambda d: d.smu(2).measure_current(),
     "idn": lambda d: d.idn(),
 }
 K4200_CALLS = {
     "cmd": lambda d: d.cmd(":PMU:ABORT"),
-    "smu_measure_current": lambda d: d.smu_measure_current(1),
+    "smu_measure_current": lambda d: d.smu(1).measure_current(),
     "ul_execute": lambda d: d.ul_execute("pmuulib", "kxci_rpm_switch", 1, 0),
     "ul_get": lambda d: d.ul_get(1, 2),
-    "rpm_switch": lambda d: d.rpm_switch(1, 0),
-    "data_count": lambda d: d.data_count(2),
-    "data": lambda d: d.data(2, 0, 3),
+    "rpm_switch": lambda d: d.pmu(1).rpm_switch(0),
+    "data_count": lambda d: d.pmu(2).data_count(),
+    "data": lambda d: d.pmu(2).data(0, 3),
     "execute": lambda d: d.execute(timeout=0.0),
     "check_errors": lambda d: d.check_errors("X"),
 }
@@ -186,9 +187,10 @@ def test_k707b_driver_parsers(call, reply):
 
 @SETTINGS
 @given(reply=REPLIES)
-def test_flex_spot_value_parser(reply):
-    try:
-        v = parse_spot(reply)
-    except ValueError:  # documented: the B1500 driver turns this into InstrumentError
-        return
-    assert isinstance(v, float)
+def test_spot_value_parser(reply):
+    for kind in "IV":
+        try:
+            v = parse_spot(reply, kind)
+        except ValueError:  # documented: the drivers turn this into InstrumentError
+            continue
+        assert isinstance(v.value, float) and v.kind == kind and len(v.status) == 1

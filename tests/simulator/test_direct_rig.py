@@ -94,7 +94,7 @@ def test_closed_loop_tuning_reaches_one_percent():
 # -- the DC path: rows driven, column currents measured ------------------------------------
 
 def test_column_currents_are_the_nodal_solution_and_charge_one_execution():
-    lat = LatencyConfig(round_trip=2e-3, dc_settle=1e-3, dc_integration=2e-3)
+    lat = LatencyConfig(round_trip=2e-3, smu_settle=1e-3, line_frequency=50.0)  # 0.1 PLC: 2 ms
     rig = SimulatedRig(Crossbar(CrossbarConfig(stuck_hrs_rate=0, stuck_lrs_rate=0), seed=2),
                        latency=lat, ideal={"noise"})
     v = np.random.default_rng(1).uniform(-0.2, 0.2, (5, 3))

@@ -89,14 +89,14 @@ def test_b1500_flex_error_queue_and_bad_query(lab):
     with pytest.raises(InstrumentError, match="100"):
         b.check_errors("XYZ 1")
     with pytest.raises(InstrumentError, match="150"):   # DV on a channel not enabled
-        b.force_voltage(2, 0.1, 1e-3)
-    b.enable([2, 3])
-    b.force_voltages({2: 0.4, 3: 0.8}, 1e-3)
+        b.smu(2).force_voltage(0.1, 1e-3)
+    b.enable([b.smu(2), b.smu(3)])
+    b.force_voltages({b.smu(2): 0.4, b.smu(3): 0.8}, 1e-3)
     emu = lib.instruments["GPIB0::17::INSTR"]
     assert emu.output_levels() == {2: 0.4, 3: 0.8}
     assert world.static["smu2"] == 0.4
     with pytest.raises(InstrumentTimeout):         # TI on an empty slot: no reply
-        b.measure_current(9)
+        b.smu(9).measure_current()
     b.close()
     assert all(np.isnan(v) for v in emu.output_levels().values())
 
@@ -111,11 +111,11 @@ def test_pmu_execute_pulses_routed_devices(lab):
     p.pmu_init()
     t = [1e-7, 2e-8, 2e-7, 2e-8, 1e-7]
     z = [0] * 5
-    p.send_setup(p.sarb_commands(1, 1, t, [0, 0, 1.5, 1.5, 0], [0, 1.5, 1.5, 0, 0], z, z, z)
-                 + p.sarb_commands(2, 1, t, [0] * 5, [0] * 5, z, z, z)
-                 + [p.seq_list_command(1, [(1, 1)]), p.seq_list_command(2, [(1, 1)])])
-    p.output(1, True)
-    p.output(2, True)
+    p.send_setup(p.pmu(1).sarb(1, t, [0, 0, 1.5, 1.5, 0], [0, 1.5, 1.5, 0, 0], z, z, z)
+                 + p.pmu(2).sarb(1, t, [0] * 5, [0] * 5, z, z, z)
+                 + [p.pmu(1).seq_list([(1, 1)]), p.pmu(2).seq_list([(1, 1)])])
+    p.pmu(1).output(True)
+    p.pmu(2).output(True)
     g0 = xb.conductance()
     p.execute()
     d = xb.conductance() - g0
@@ -211,10 +211,10 @@ def test_pyvisa_sim_definitions_serve_the_drivers():
     b = B1500.open(rm, "GPIB0::17::INSTR", limits=SafetyLimits(v_set_max=5.0))
     b.connect()
     assert b.idn().startswith("Agilent") and b.modules()[0][0] == "B1530A"
-    b.force_voltage(2, 0.5, 1e-3)
+    b.smu(2).force_voltage(0.5, 1e-3)
     with pytest.raises(InstrumentError, match="B1500 error 100"):  # out of specs -> queue
         b.batch(["DV 2,0,3,0.001"])                          # 3 V: beyond specs
-    assert b.measure_current(2) == pytest.approx(5e-12)
+    assert b.smu(2).measure_current().value == pytest.approx(5e-12)
     rm7 = pyvisa.ResourceManager(f"{base / 'k707b.yaml'}@sim")
     k = K707B.open(rm7, "GPIB0::18::INSTR")
     k.exclusive_close(["2B01", "1A01"])
@@ -249,11 +249,12 @@ def test_every_message_and_instrument_call_is_charged_to_the_clock(lab):
     w = W.Wgfmu(wl)
     w.open("GPIB0::17::INSTR")                    # session + initialize
     t = dict(clk.totals)
-    w.setup_channel(101)
+    ch = w.channel(101)
+    ch.setup()
     w.create_pattern("p", 0.0)
     w.add_vectors("p", [(1e-6, 0.0)])
     assert clk.totals == t                         # host-side until execute
-    w.connect(101)
-    w.connect(101)                                 # already connected: nothing sent
+    ch.connect()
+    ch.connect()                                   # already connected: nothing sent
     assert clk.totals["command"] - t["command"] == pytest.approx(lat.gpib_cmd)
     assert wl.exchanges == 2                       # initialize, connect

@@ -92,6 +92,29 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     assert code == 2 and "levels" in err
 
 
+@pytest.mark.parametrize("station, devices", [("sim-pmu", ["0,0", "2,3"]), ("sim-wgfmu", ["0,0"])])
+def test_dc_campaigns_run_on_both_shipped_stations(station, devices, tmp_path, capsys):
+    path = str(STATIONS / f"{station}.yaml")
+    devs = [a for d in devices for a in ("--device", d)]
+    cfg = tmp_path / "iv.yaml"
+    cfg.write_text(yaml.safe_dump({"cycles": 1, "v_step": 0.1}))
+    for campaign, extra in (("bringup", []), ("iv", ["--config", str(cfg)]), ("forming", [])):
+        out = tmp_path / f"{campaign}.h5"
+        code, stdout, err = _cli(["run", campaign, "--station", path, "-o", str(out),
+                                  "--no-progress", *devs, *extra], capsys)
+        assert code == 0, (campaign, err)
+        info = list_runs(out)[-1]
+        assert info.complete and info.protocol == campaign
+        assert info.station["name"] == station and info.snapshot["instruments"]
+    lines = read_table(tmp_path / "bringup.h5", "verdict")
+    assert len(lines) == len({d[0] for d in devices}) + len({d[2] for d in devices})
+    assert (lines.status == 0).all()
+    cycles = read_table(tmp_path / "iv.h5", "cycles")
+    assert len(cycles) == len(devices) and cycles.set_switched.all()
+    formed = read_table(tmp_path / "forming.h5", "devices")
+    assert (formed.status == 1).all() and len(formed) == len(devices)  # forming-free chips
+
+
 @pytest.mark.parametrize("station", ["sim-pmu", "sim-wgfmu"])
 def test_run_retention_on_each_shipped_simulated_station(station, tmp_path, capsys):
     """`xbarlab run retention` on both simulated stations: programs, then reads on a log-spaced

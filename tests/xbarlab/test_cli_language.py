@@ -91,13 +91,18 @@ def _single_thread_blas():
 def test_cli_summaries_speak_display_units(tmp_path, capsys):
     cfg = tmp_path / "tu.yaml"
     cfg.write_text(yaml.safe_dump({"levels": 2, "repeats": 2, "record_history": False}))
+    ivp = tmp_path / "ivp.yaml"
+    ivp.write_text(yaml.safe_dump({"v_step": 0.4}))
     iv = tmp_path / "iv.yaml"
-    iv.write_text(yaml.safe_dump({"v_step": 0.4}))
+    iv.write_text(yaml.safe_dump({"cycles": 1, "v_step": 0.2}))
     runs = {
         "tu.h5": ["run", "tuning-untuning", "--config", str(cfg), "--device", "0,0"],
         "d.h5": ["run", "disturbance", "--device", "0,0", "--device", "0,1"],
         "s.h5": ["run", "stuck", "--device", "3,3", "--device", "2,2"],
-        "iv.h5": ["run", "iv", "--config", str(iv), "--device", "1,1"],
+        "ivp.h5": ["run", "iv-pulsed", "--config", str(ivp), "--device", "1,1"],
+        "iv.h5": ["run", "iv", "--config", str(iv), "--device", "0,0"],
+        "b.h5": ["run", "bringup", "--device", "1,1"],
+        "f.h5": ["run", "forming", "--device", "1,1"],
     }
     seen = []
     for name, args in runs.items():
@@ -122,5 +127,8 @@ def test_cli_summaries_speak_display_units(tmp_path, capsys):
     assert "yield (working devices): " in text and " %" in text
     assert "1st percentile of the change: " in text and " uS" in text
     assert "lowest conductance read: " in text
+    assert "median SET voltage: +" in text and " V\n" in text
+    assert "open lines: none" in text and "median line conductance" in text
+    assert "devices already formed: 1" in text
     # db show lists each table's columns with units
     assert re.search(r"columns [^\n]*\[S\]", text)

@@ -33,7 +33,7 @@ def _iv(tmp_path, capsys, *extra):
     cfg = tmp_path / "iv.yaml"
     cfg.write_text(yaml.safe_dump({"v_step": 0.4}))
     out = tmp_path / "iv.h5"
-    code, stdout, err = _cli(["run", "iv", "--station", PMU, "-o", str(out), "--config",
+    code, stdout, err = _cli(["run", "iv-pulsed", "--station", PMU, "-o", str(out), "--config",
                               str(cfg), "--device", "1,2", "--no-progress", *extra], capsys)
     assert code == 0, err
     return out, stdout, err
@@ -81,6 +81,6 @@ def test_run_with_watch_serves_while_running_and_stops_after(tmp_path, capsys):
     _, out, err = _iv(tmp_path, capsys, "--watch")
     url = next(w for w in err.split() if w.startswith("http://127.0.0.1:"))
     port = int(url.rstrip("/").rsplit(":", 1)[1])
-    assert "iv:" in out and "live view stopped" in err
+    assert "iv-pulsed:" in out and "live view stopped" in err
     with socket.socket() as s:  # the server went with the command
         assert s.connect_ex(("127.0.0.1", port)) != 0

@@ -40,7 +40,7 @@ def test_bad_files_fail_with_one_line_naming_the_field(tmp_path):
         "rig": base.replace("rig: pmu", "rig: smu"),
         "matrix.rows": base.replace("[1, 8]]", "[1, 13]]"),
         "instruments.k4200": base.replace(
-            '  k4200: {resource: "TCPIP0::192.168.0.2::1225::SOCKET", timeout: 5}\n', ""),
+            '  k4200: {resource: "TCPIP0::192.168.0.2::1225::SOCKET", timeout: 5, smus: 4}\n', ""),
         "read.volts": base.replace("volts: 0.2", "volts: 0.9"),
         "sim.latency.round_trip": base.replace("round_trip: 3.0e-3", "round_trip: -1"),
     }
@@ -133,10 +133,10 @@ def test_fresh_run_on_another_crossbar_records_that_crossbar(tmp_path):
 def test_a_role_on_a_terminal_no_instrument_offers_is_refused(tmp_path):
     raw = (STATIONS / "sim-pmu.yaml").read_text()
     raw = raw.replace("rig: pmu", "rig: wgfmu").replace(", scheme: write-routing}", "}").replace(
-        '  k4200: {resource: "TCPIP0::192.168.0.2::1225::SOCKET", timeout: 5}\n',
+        '  k4200: {resource: "TCPIP0::192.168.0.2::1225::SOCKET", timeout: 5, smus: 4}\n',
         '  b1500: {resource: "GPIB0::17::INSTR", smu_v3: 2, smu_2v3: 4}\n'
         '  wgfmu: {address: "GPIB0::17::INSTR"}\n').replace(
-        "terminals: {drive: A, sense: B, v3: C, 2v3: D, gnd: E}",
+        "terminals: {drive: A, sense: B, v3: C, 2v3: D, gnd: E, smu3: F, smu4: G}",
         "terminals: {top: A, bottom: B, v3: C, 2v3: D}")
     ok = raw.replace("smu_2v3: 4", "smu_2v3: 3")
     load_station(_write(tmp_path, ok))                # SMUs in slots 2 and 3: fine

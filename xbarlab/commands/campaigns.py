@@ -194,5 +194,6 @@ def register(cli: click.Group) -> None:
                        "config field with its default, unit and range.")
         return cmd
 
-    for name in ("tuning-untuning", "disturbance", "stuck", "iv", "retention"):
+    for name in ("tuning-untuning", "disturbance", "stuck", "iv", "iv-pulsed", "bringup",
+                 "forming", "retention"):
         make(name)

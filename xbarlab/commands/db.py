@@ -37,13 +37,15 @@ def _show_runs(path: Path) -> None:
             cols = columns.get(info.name, {}).get(t, {})
             click.echo(f"  table {t}: {n:,} rows; columns "
                        + ", ".join(c + column_unit(u) for c, u in cols.items()))
+        for name, snap in (info.snapshot.get("instruments") or {}).items():
+            click.echo(f"  instrument {name}: {snap.get('idn', snap.get('kind', '?'))}")
         click.echo(summary_text(info.protocol, info.summary))
 
 
 def _show_db(path: Path) -> None:
     import numpy as np
 
-    from database.display import count, duration, pct, us
+    from database.display import count, duration, pct, us, volts
     from database.nonideality import load_nonideality
 
     db = load_nonideality(path)
@@ -66,6 +68,13 @@ def _show_db(path: Path) -> None:
     click.echo(f"  stuck: HRS {pct(db.stuck_hrs_rate, 2)} ({count(db.stuck_hrs_samples.size)} "
                f"samples), LRS {pct(db.stuck_lrs_rate, 2)} ({count(db.stuck_lrs_samples.size)} "
                "samples)")
+    for name, v in (("SET", db.iv_set_volts), ("RESET", db.iv_reset_volts)):
+        if v.size:
+            click.echo(f"  I-V {name} voltage: median {volts(np.median(v), 3, signed=True)}, "
+                       f"5-95 % {volts(np.percentile(v, 5), 3, signed=True)} to "
+                       f"{volts(np.percentile(v, 95), 3, signed=True)}, {count(v.size)} cycles")
+    if not (db.iv_set_volts.size or db.iv_reset_volts.size):
+        click.echo("  I-V thresholds: none (no DC I-V run among the inputs)")
     if db.retention is not None:
         r = db.retention
         click.echo(f"  retention: {r.time.size} cells (level x time since programming)")

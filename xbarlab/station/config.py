@@ -87,6 +87,9 @@ class SimCfg(BaseModel):
                               "a fresh chip is built from; default: the shipped calibration")
     latency: dict[str, float] = Field(default_factory=dict,
                                       description="LatencyConfig overrides [s]")
+    crossbars: dict[str, dict] = Field(default_factory=dict, description="crossbar name -> "
+                                       "CrossbarConfig overrides (line faults, unformed "
+                                       "devices...) for a chip built from the seed")
 
 
 @cache

@@ -27,7 +27,7 @@ def _report(cfg: K707BCfg, matrix, wiring) -> list[str]:
     out = [f"707B      {cfg.resource}: {matrix.idn()}"]
     # the card in every slot the wiring uses, as the instrument reports it
     for slot in sorted({s for s, _ in wiring.rows + wiring.cols}):
-        out.append(f"          slot {slot}: {matrix.card(slot)}")
+        out.append(f"          slot {slot}: {matrix.slot(slot).idn()}")
     closed = matrix.closed_channels()
     out.append(f"          closed now: {', '.join(closed) if closed else 'none'}")
     return out

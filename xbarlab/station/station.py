@@ -52,7 +52,33 @@ def load_station(path: str | Path) -> Station:
             load_chip_model(beside(path, cfg.sim.model))
         except SimulatorError as e:
             raise StationError(f"{path.name}: sim.model: {e}") from None
+    if cfg.sim.crossbars:
+        _layout(cfg.sim, path.name)  # validated now, used when the chip is built
     return Station(cfg, path)
+
+
+def _layout(sim, where: str, model=None):
+    """The chip's crossbars (with the chip model's device parameters when given) and the
+    station file's overrides (`sim.crossbars`)."""
+    from simulator.chip import default_layout
+    from simulator.config import CrossbarConfig
+
+    layout = default_layout(model)
+    for name, over in sim.crossbars.items():
+        if sim.chip_file:
+            raise StationError(f"{where}: sim.crossbars: overrides apply to a chip built from "
+                               "the seed, not to sim.chip_file")
+        if name not in layout:
+            raise StationError(f"{where}: sim.crossbars.{name}: no such crossbar on the chip "
+                               f"({', '.join(layout)})")
+        try:
+            layout[name] = CrossbarConfig.model_validate(
+                layout[name].model_dump() | dict(over))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            raise StationError(f"{where}: sim.crossbars.{name}.{loc}: {err['msg']}") from None
+    return layout
 
 
 def beside(station_path: Path | None, name: str) -> Path:
@@ -96,7 +122,7 @@ class Station:
         if not self.cfg.simulated:
             return None
         if self._chip is None:
-            from simulator.chip import VirtualChip, default_layout
+            from simulator.chip import VirtualChip
             sim = self.cfg.sim
             if sim.chip_file:
                 f = beside(self.path, sim.chip_file)
@@ -107,7 +133,7 @@ class Station:
                 if sim.model:
                     from xbarlab.calibrate import load_chip_model
                     model = load_chip_model(beside(self.path, sim.model))
-                self._chip = VirtualChip(default_layout(model), seed=sim.seed)
+                self._chip = VirtualChip(_layout(sim, self.name, model), seed=sim.seed)
         return self._chip
 
     @property
@@ -145,6 +171,8 @@ class Station:
                         "model_sha256": _sha256(beside(self.path, c.sim.model))
                         if c.sim.model else None,
                         "latency": LatencyConfig(**c.sim.latency).model_dump(mode="json")}
+            if c.sim.crossbars:
+                d["sim"]["crossbars"] = c.sim.crossbars
         d["path"] = str(self.path) if self.path else None
         return d
 

@@ -1,5 +1,7 @@
 """Keysight B1530A WGFMU through Keysight's instrument library: channels `top` and `bottom`
-are terminals `wgfmu<channel>` (e.g. `wgfmu101`)."""
+are terminals `wgfmu<channel>` (e.g. `wgfmu101`). `rsu_smus` names the B1500 SMU cabled to each
+channel's RSU: in SMU mode the RSU passes it through to the channel's cable (the DC path of a
+single crosspoint on a probe card)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ class WgfmuCfg(BaseModel):
     top: int = Field(101, description="channel on the top electrode (drive)")
     bottom: int = Field(102, description="channel on the bottom electrode (0 V, sense)")
     library: str | None = Field(None, description="path of Keysight's wgfmu library")
+    rsu_smus: dict[int, int] = Field(default_factory=dict, description="channel -> B1500 SMU "
+                                     "slot cabled to its RSU's SMU input (DC through the RSU)")
 
 
 def _open(cfg: WgfmuCfg, resources, limits):
@@ -29,8 +33,9 @@ def _open(cfg: WgfmuCfg, resources, limits):
 def _emulate(cfg: WgfmuCfg, lab) -> None:
     from simulator.emulators import EmulatedWgfmuLibrary
 
-    lab.add_library("wgfmu", EmulatedWgfmuLibrary(lab.world, channels=(cfg.top, cfg.bottom),
-                                                  address=cfg.address))
+    lab.add_library("wgfmu", EmulatedWgfmuLibrary(
+        lab.world, channels=(cfg.top, cfg.bottom), address=cfg.address,
+        smu_inputs={ch: f"smu{slot}" for ch, slot in cfg.rsu_smus.items()}))
 
 
 def _report(cfg: WgfmuCfg, wg, _wiring) -> list[str]:

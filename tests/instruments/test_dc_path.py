@@ -1,0 +1,171 @@
+"""The DC path through the drivers and emulated instruments on both SMU instruments: the 4200
+(sim-pmu: SMU1/2 through the RPMs, SMU3/4 on matrix rows) and the B1500 (a WGFMU crossbar
+station whose SMUs sit on matrix rows). What an SMU measures is the array current the nodal
+solver gives (sneak paths and line resistance included) plus read noise; compliance clips and
+is reported with the instrument's status; a fixed range overflows; more sensed lines than SMUs
+are measured in passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protocols.bias import device_iv, device_request
+from protocols.errors import ProtocolError
+from protocols.rig import DcRequest
+from simulator import dc
+from xbarlab.station import Station, load_station
+from xbarlab.station.config import station_model
+
+#: device kinetics and slow fluctuators frozen, so the comparison sees one state (the stress
+#: physics is tested apart)
+FROZEN = {"device": {"g0_set": 1e-15, "g0_reset": 1e-15, "rtn_amplitude": 0.0}}
+
+B1500_XBAR = """
+name: sim-b1500
+rig: wgfmu
+simulated: true
+crossbar: xbar0
+shape: [8, 8]
+instruments:
+  wgfmu: {address: "GPIB0::17::INSTR", top: 101, bottom: 102}
+  b1500: {resource: "GPIB0::16::INSTR", smu_v3: 2, smu_2v3: 3,
+          modules: [B1530A, B1517A, B1517A, B1517A, B1517A]}
+  k707b: {resource: "GPIB0::18::INSTR", cards: {1: "7174A", 2: "7174A"}}
+matrix:
+  terminals: {top: A, bottom: B, v3: C, 2v3: D, smu4: E, smu5: F, gnd: G}
+  rows: [[1, 1], [1, 2], [1, 3], [1, 4], [1, 5], [1, 6], [1, 7], [1, 8]]
+  cols: [[2, 1], [2, 2], [2, 3], [2, 4], [2, 5], [2, 6], [2, 7], [2, 8]]
+sim: {seed: 3}
+"""
+
+
+def _station(which: str, tmp_path, crossbars=None) -> Station:
+    if which in ("4200", "sim-wgfmu"):
+        st = load_station("sim-pmu" if which == "4200" else which)
+    else:
+        p = tmp_path / "sim-b1500.yaml"
+        p.write_text(B1500_XBAR)
+        st = load_station(p)
+    if crossbars:
+        sim = st.cfg.sim.model_copy(update={"crossbars": crossbars})
+        st = Station(station_model().model_validate(
+            st.cfg.model_dump() | {"sim": sim.model_dump()}), st.path)
+    return st
+
+
+def _mixed(xb, seed=5):
+    """A mixed array: devices spread over 20..600 uS."""
+    d = xb.state_dict()
+    d["G"] = np.random.default_rng(seed).uniform(20e-6, 600e-6, xb.shape)
+    d["Gv"] = np.zeros(xb.shape)
+    xb.load_state_dict(d)
+
+
+def _expected(xb, req: DcRequest, col: int) -> float:
+    """Noise-free current into the array at the sensed bit line, from the nodal solver."""
+    groups: dict[float, list] = {}
+    for (kind, i), v in req.levels.items():
+        groups.setdefault(float(v[0]), []).append((kind, i))
+    forced = set(req.levels)
+    if req.others == "ground":
+        rest = [("row", i) for i in range(xb.shape[0])] + [("col", j) for j in range(xb.shape[1])]
+        groups.setdefault(0.0, []).extend(x for x in rest if x not in forced)
+    sources = []
+    for v, lines in groups.items():
+        lines = [x for x in lines if x != ("col", col)]
+        if lines:
+            sources.append(dc.Source(np.array([i for k, i in lines if k == "row"], int),
+                                     np.array([i for k, i in lines if k == "col"], int), v))
+    sources.append(dc.Source(np.zeros(0, int), np.array([col]), 0.0))
+    return float(dc.operating_point(xb, sources).current[-1])
+
+
+@pytest.mark.parametrize("which", ["4200", "B1500"])
+@pytest.mark.parametrize("scheme", ["grounded", "v2", "v3"])
+def test_smu_current_is_the_nodal_array_current(which, scheme, tmp_path):
+    st = _station(which, tmp_path, {"xbar0": FROZEN})
+    with st.open_rig() as rig:
+        xb = st.world.crossbar
+        _mixed(xb)
+        p = xb.config.device
+        for row, col in [(2, 5), (7, 0)]:
+            req = device_request(rig.shape, row, col, [0.3], scheme=scheme, compliance=10e-3)
+            want = _expected(xb, req, col)
+            got = rig.dc(req).current[0, 0]
+            sigma = p.read_noise_rel * abs(want) + p.read_noise_abs
+            assert got == pytest.approx(want, abs=5 * sigma + 1e-8), (scheme, row, col)
+            # sneak currents: V/2 and V/3 add the half-selected devices of the bit line
+            dev = xb.G[row, col] * 0.3
+            if scheme == "grounded":
+                assert abs(-want - dev) < 0.05 * dev
+            else:
+                assert -want > 1.5 * dev
+
+
+@pytest.mark.parametrize("which", ["4200", "B1500"])
+def test_compliance_clips_and_is_reported_with_the_status(which, tmp_path):
+    st = _station(which, tmp_path, {"xbar0": FROZEN})
+    with st.open_rig() as rig:
+        xb = st.world.crossbar
+        _mixed(xb)
+        g = xb.G[3, 4]
+        limit = round(g * 0.3, 6)                  # 0.05 V stays below it, 0.6 V would not
+        res = device_iv(rig, 3, 4, [0.05, 0.6], compliance=limit)
+        assert not res.compliance[0] and res.current[0] == pytest.approx(g * 0.05, rel=0.05)
+        assert res.compliance[1] and res.current[1] == pytest.approx(limit, rel=0.01)
+
+
+def test_b1500_fixed_range_overflows_as_the_instrument_reports(tmp_path):
+    st = _station("B1500", tmp_path, {"xbar0": FROZEN})
+    with st.open_rig() as rig:
+        _mixed(st.world.crossbar)
+        small = device_request(rig.shape, 1, 1, [0.3], compliance=1e-3, i_range=1e-6,
+                               fixed_range=True)
+        res = rig.dc(small)
+        assert res.overflow[0, 0] and np.isnan(res.current[0, 0])
+        auto = device_request(rig.shape, 1, 1, [0.3], compliance=1e-3, i_range=1e-6)
+        res = rig.dc(auto)                                       # limited auto ranges up
+        assert not res.overflow[0, 0] and res.current[0, 0] < -1e-6
+
+
+def test_4200_refuses_a_fixed_range_it_has_no_confirmed_command_for():
+    st = load_station("sim-pmu")
+    with st.open_rig() as rig:
+        req = device_request(rig.shape, 1, 1, [0.1], compliance=1e-3, i_range=1e-6,
+                             fixed_range=True)
+        with pytest.raises(Exception, match="no fixed current range"):
+            rig.dc(req)
+
+
+def test_more_sensed_lines_than_smus_are_time_multiplexed(tmp_path):
+    st = _station("4200", tmp_path, {"xbar0": FROZEN})
+    with st.open_rig() as rig:
+        xb = st.world.crossbar
+        _mixed(xb)
+        # every row at 0.2 V, every column sensed at 0 V: 8 sensed lines, 4 SMUs
+        levels = {("row", i): [0.2] for i in range(8)} | {("col", j): [0.0] for j in range(8)}
+        res = rig.dc(DcRequest(levels, [("col", j) for j in range(8)], 10e-3))
+        assert res.passes > 1 and res.notes
+        want = -xb.solver.grounded_column_currents(xb.conductance(), 0.2).sum(axis=0)
+        assert np.allclose(res.current[0], want, rtol=0.01)
+
+
+def test_a_request_needing_more_smus_than_the_rig_has_is_refused_before_anything_is_sent():
+    st = load_station("sim-pmu")
+    with st.open_rig() as rig:
+        levels = {("row", i): [0.1 * i] for i in range(6)}      # six distinct levels
+        with pytest.raises(ProtocolError, match="needs 6 SMUs"):
+            rig.dc(DcRequest(levels, [("row", 0)], 1e-3, others="float"))
+
+
+def test_single_crosspoint_reaches_the_device_through_the_rsus(tmp_path):
+    st = _station("sim-wgfmu", tmp_path, {"dev0": FROZEN})      # the station's crosspoint
+    with st.open_rig() as rig:
+        assert rig.dc_capacity.fixed
+        xb = st.world.crossbar
+        res = device_iv(rig, 0, 0, [0.1], compliance=1e-3)
+        g = xb.conductance()[0, 0]
+        assert res.current[0] == pytest.approx(g * 0.1, rel=0.05)
+    # after the rig is closed nothing is left biased, the RSUs pass nothing through
+    assert not st.world.links
