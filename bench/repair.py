@@ -21,7 +21,7 @@ transfer and repair (virtual clock), and whether the goals hold (mean within 1 p
 software accuracy, worst chip within 3, at most 20 % extra pulses).
 
 Usage: python bench/repair.py [--quick] [--chips 24] [--digits-chips 4] [--workers 1]
-                              [--out bench-repair-out]
+                              [--out bench-repair-out] [--repair '{"rollback": false}']
 Figures: docs/chip-in-the-loop.md.
 """
 
@@ -44,7 +44,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 threadpool_limits(1, user_api="blas")
 
 from database.datasets import chip_in_the_loop_sets  # noqa: E402
-from protocols.repair import RepairData, load_repair  # noqa: E402
+from protocols.repair import RepairConfig, RepairData, load_repair  # noqa: E402
 from protocols.repair import run as repair  # noqa: E402
 from protocols.rig import ReadSettings  # noqa: E402
 from protocols.tuning import TuneConfig, tune  # noqa: E402
@@ -93,7 +93,7 @@ def monte_carlo(models, db, sets, n: int) -> dict:
 
 def one_chip(job: tuple) -> dict:
     """Program, measure, explain and repair one chip; plain numbers back."""
-    plan_dict, dataset, network, seed, tmp = job
+    plan_dict, dataset, network, seed, tmp, overrides = job
     from protocols.plan import ConductancePlan
 
     plan = ConductancePlan.from_dict(plan_dict)
@@ -123,7 +123,7 @@ def one_chip(job: tuple) -> dict:
                prior_tunings=(np.array([x.g_initial for x in res]),
                               np.array([x.target for x in res]),
                               np.array([x.pulses for x in res])),
-               seed=seed, overwrite=True, progress=False)
+               config=RepairConfig(**overrides), seed=seed, overwrite=True, progress=False)
     s = load_repair(path).summary
     path.unlink()
     return {"dataset": dataset, "network": network, "seed": seed,
@@ -199,6 +199,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="processes")
     ap.add_argument("--mc", type=int, default=1000, help="Monte-Carlo transfers per network")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-repair-out")
+    ap.add_argument("--repair", type=json.loads, default={}, help="RepairConfig fields to "
+                    "change, as JSON (e.g. '{\"rollback\": false}')")
     a = ap.parse_args()
     if a.quick:
         a.chips, a.digits_chips, a.mc = 3, min(a.digits_chips, 1), 200
@@ -218,7 +220,7 @@ def main() -> None:
                 for name in NETWORKS:
                     plan = conductance_plan(t["models"][name], t["db"])
                     plan.meta.update(network=name, dataset=dataset)
-                    jobs.append((plan.to_dict(), dataset, name, 1000 + seed, tmp))
+                    jobs.append((plan.to_dict(), dataset, name, 1000 + seed, tmp, a.repair))
             if a.workers > 1:
                 from multiprocessing import get_context
 

@@ -155,7 +155,7 @@ class RepairConfig(BaseModel):
                               "is one analog inference per round that moved a device)")
     patience: int = Field(3, ge=1, description="rounds without a lower measured repair-set "
                           "loss than the best so far before the repair stops")
-    rollback: bool = Field(True, description="a round whose correction left the measured "
+    rollback: bool = Field(False, description="a round whose correction left the measured "
                            "repair-set loss higher than before it is followed by a rollback: "
                            "every device of the tiles it pulsed that moved out of its tuning "
                            "band is tuned back to its read-back before that round")
