@@ -240,6 +240,7 @@ def test_a_tuning_cap_outside_the_station_limits_is_refused_before_any_pulse(tmp
 
 SCRIPT = textwrap.dedent("""
     from repair_toy import CONFIG, chip, data, plan
+    import json
     import logging
     import sys
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(message)s")
@@ -264,32 +265,35 @@ SCRIPT = textwrap.dedent("""
                   config=TransferConfig(tune=TuneConfig(algorithm="fast")))
     dev = tr.tables["devices"].sort_values("device")
     print("repair starts", file=sys.stderr, flush=True)
-    run(p, opener, names, sys.argv[1], data(), budget=300, config=CONFIG, seed=1,
+    run(p, opener, names, sys.argv[1], data(), budget=300, seed=1,
+        config=CONFIG.model_copy(update=json.loads(sys.argv[2])),
         stuck=~dev.converged.to_numpy(), prior_tunings=(dev.g_initial, dev.target, dev.pulses),
         progress=False)
 """)
 
 
-def _spawn(script: Path, out: Path) -> subprocess.Popen:
+def _spawn(script: Path, out: Path, overrides: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{Path(__file__).parent}",
                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, str(script), str(out)], env=env, cwd=ROOT,
+    return subprocess.Popen([sys.executable, str(script), str(out), overrides], env=env,
+                            cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("overrides", ['{}', '{"rollback": true}'])
+def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path, overrides):
     from database.runs import list_runs, read_run
 
     script = tmp_path / "repair.py"
     script.write_text(SCRIPT)
     ref = tmp_path / "ref.h5"
-    p = _spawn(script, ref)
+    p = _spawn(script, ref, overrides)
     assert p.wait(timeout=300) == 0, p.stderr.read().decode()
     out = tmp_path / "killed.h5"
     rng = random.Random(7)
     seen = []
     for _ in range(3):
-        p = _spawn(script, out)
+        p = _spawn(script, out, overrides)
         # kill it at once after one or two more units: a unit takes tens of milliseconds here
         units, need = 0, rng.randint(1, 2)
         while units < need:
@@ -305,7 +309,7 @@ def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path):
         p.wait()
         if out.exists():
             seen.append(list_runs(out)[-1].units_done)
-    p = _spawn(script, out)
+    p = _spawn(script, out, overrides)
     assert p.wait(timeout=300) == 0, p.stderr.read().decode()
     # killed mid-run at least twice (6 units in all), never losing a unit
     assert seen == sorted(seen) and len([u for u in seen if u < 6]) >= 2, seen
@@ -314,3 +318,5 @@ def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path):
     assert info.complete and info.summary == info_ref.summary
     for name in a:
         np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy(), err_msg=name)
+    if "rollback" in overrides:   # the rollback's state (pre-round read-back, losses) resumes
+        assert (a["decisions"].action == ROLLBACK).any()
