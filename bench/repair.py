@@ -12,8 +12,9 @@ physical mapping), on fresh virtual chips (the same chip seeds for both networks
    solver), the read-back estimate (numpy from read conductances) and, once per network, the
    Monte-Carlo prediction (`training.evaluate`, 1000 transfers); explain the analog-vs-ideal
    deviation by measuring again with line resistance, non-linearity and read noise off;
-3. repair (`protocols.repair`) with a budget of 20 % of that chip's programming pulses; the
-   data roles of `database.datasets.chip_in_the_loop_sets`.
+3. repair (`protocols.repair`, default `RepairConfig`, fields changed by `--repair`) with a
+   budget of 20 % of that chip's programming pulses; the data roles of
+   `database.datasets.chip_in_the_loop_sets`.
 
 Prints per network: software, Monte-Carlo, analog and read-back accuracy before, accuracy after
 repair (mean, worst chip), extra pulses relative to the transfer, predicted instrument time of

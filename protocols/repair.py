@@ -19,13 +19,27 @@ costed:
                 (stuck devices held, partners absorbing them) and re-program only the devices
                 whose new target lies outside their tuning band.
 
+Small measured steps. A candidate moves at most ``retune_devices`` devices: a refit or
+compensation that wants more keeps the moves with the largest first-order loss gain. Each pulse
+of the V/3 write disturbs every device of its tile, and on the calibrated simulator the slow
+fluctuators of the disturbed devices switch under that stress, so a large correction moves
+devices it never touched; small steps, each followed by a read-back of the pulsed tiles and a
+measurement, let the next round correct what the last one disturbed (docs/chip-in-the-loop.md
+has the figures).
+
 Each candidate's expected gain is the model's accuracy (and loss) on the repair set with the
 candidate's devices at their targets; its expected cost is its number of tunings times the
 pulses a repair tuning has taken so far (``expected_pulses`` before the first). The candidate
 with the largest expected accuracy gain per pulse is applied (by loss gain per pulse when no
 candidate gains accuracy); the round ends with the touched tiles read back and the repair set
 measured again. The repair stops at the budget, when no candidate is expected to gain, or when
-the measured accuracy and loss on the repair set stop improving (``patience`` rounds).
+the measured repair-set loss has not gone below its best for ``patience`` rounds (the loss, not
+the accuracy: a few hundred points make the accuracy coarse).
+
+Rollback (``rollback``, off by default: on 24 simulated half-moons chips per network it cost
+more than it restored). After a round whose measured repair-set loss is higher than before it,
+the next round tunes every device of the tiles it pulsed that left its tuning band back to its
+read-back before that round (decision ``rollback``); a rollback is not itself rolled back.
 
 Budget. Before each tuning the remaining budget must hold the tuning's worst case: its pulse cap
 is ``min(tune.max_pulses, budget - used)``, and a tuning whose cap would fall below ``min_cap``
@@ -143,8 +157,8 @@ class RepairConfig(BaseModel):
                              "worst case the budget must hold)")
     infer: InferConfig = Field(default_factory=InferConfig, description="analog read-out")
     max_rounds: int = Field(30, ge=1, le=1000, description="rounds of corrections at most")
-    retune_devices: int = Field(8, ge=1, le=10_000, description="devices re-tuned per retune "
-                                "round")
+    retune_devices: int = Field(8, ge=1, le=10_000, description="devices a round's correction "
+                                "moves at most (retune, compensate, refit)")
     expected_pulses: float = Field(30.0, gt=0, description="pulses per tuning assumed when no "
                                    "tuning (prior or the repair's own) tells")
     min_cap: int = Field(10, ge=1, description="a tuning whose pulse cap would fall below this is "
