@@ -19,13 +19,27 @@ costed:
                 (stuck devices held, partners absorbing them) and re-program only the devices
                 whose new target lies outside their tuning band.
 
+Small measured steps. A candidate moves at most ``retune_devices`` devices: a refit or
+compensation that wants more keeps the moves with the largest first-order loss gain. Each pulse
+of the V/3 write disturbs every device of its tile, and on the calibrated simulator the slow
+fluctuators of the disturbed devices switch under that stress, so a large correction moves
+devices it never touched; small steps, each followed by a read-back of the pulsed tiles and a
+measurement, let the next round correct what the last one disturbed (docs/chip-in-the-loop.md
+has the figures).
+
 Each candidate's expected gain is the model's accuracy (and loss) on the repair set with the
 candidate's devices at their targets; its expected cost is its number of tunings times the
 pulses a repair tuning has taken so far (``expected_pulses`` before the first). The candidate
 with the largest expected accuracy gain per pulse is applied (by loss gain per pulse when no
 candidate gains accuracy); the round ends with the touched tiles read back and the repair set
 measured again. The repair stops at the budget, when no candidate is expected to gain, or when
-the measured accuracy and loss on the repair set stop improving (``patience`` rounds).
+the measured repair-set loss has not gone below its best for ``patience`` rounds (the loss, not
+the accuracy: a few hundred points make the accuracy coarse).
+
+Rollback (``rollback``, off by default: on 24 simulated half-moons chips per network it cost
+more than it restored). After a round whose measured repair-set loss is higher than before it,
+the next round tunes every device of the tiles it pulsed that left its tuning band back to its
+read-back before that round (decision ``rollback``); a rollback is not itself rolled back.
 
 Budget. Before each tuning the remaining budget must hold the tuning's worst case: its pulse cap
 is ``min(tune.max_pulses, budget - used)``, and a tuning whose cap would fall below ``min_cap``
@@ -93,12 +107,13 @@ from protocols.tuning import TuneConfig, tune
 log = logging.getLogger("xbarlab.repair")
 
 PROTOCOL = "repair"
-RETUNE, COMPENSATE, REFIT, STOP = 0, 1, 2, 3                         # decisions.action
-ACTIONS = {RETUNE: "retune", COMPENSATE: "compensate", REFIT: "refit", STOP: "stop"}
+RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK = 0, 1, 2, 3, 4           # decisions.action
+ACTIONS = {RETUNE: "retune", COMPENSATE: "compensate", REFIT: "refit", STOP: "stop",
+           ROLLBACK: "rollback"}
 CHOSEN, NOT_BEST, NO_GAIN, NOTHING = 0, 1, 2, 3                      # decisions.why
 #: why the repair stopped (summary and the STOP decision's `layer` column)
 STOP_REASONS = {0: "rounds used up", 1: "budget spent", 2: "no correction expected to gain",
-                3: "measured accuracy stopped improving", 4: "stopped in an earlier round"}
+                3: "measured loss stopped improving", 4: "stopped in an earlier round"}
 REFIT_SET, REPAIR_SET, TEST_SET = 0, 1, 2                            # outputs/measurements.split
 SPLITS = {REFIT_SET: "refit", REPAIR_SET: "repair", TEST_SET: "test"}
 
@@ -122,7 +137,7 @@ SUMMARY = {
 }
 
 TABLES = {
-    "decisions": {"round": ("i4", "1"), "action": ("i1", "0 retune 1 compensate 2 refit 3 stop"),
+    "decisions": {"round": ("i4", "1"), "action": ("i1", "0 retune 1 compensate 2 refit 3 stop 4 rollback"),
                   "layer": ("i4", "1 (-1: all; stop: the reason code)"),
                   "weights": ("i4", "1 (weights it sets)"),
                   "devices": ("i4", "1"), "expected_pulses": ("f8", "1"),
@@ -157,13 +172,13 @@ class RepairConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tune: TuneConfig = Field(default_factory=lambda: TuneConfig(algorithm="fast", max_pulses=200),
+    tune: TuneConfig = Field(default_factory=lambda: TuneConfig(algorithm="fast", max_pulses=60),
                              description="write-verify of each correction (its max_pulses is the "
                              "worst case the budget must hold)")
     infer: InferConfig = Field(default_factory=InferConfig, description="analog read-out")
-    max_rounds: int = Field(12, ge=1, le=1000, description="rounds of corrections at most")
-    retune_devices: int = Field(8, ge=1, le=10_000, description="devices re-tuned per retune "
-                                "round")
+    max_rounds: int = Field(30, ge=1, le=1000, description="rounds of corrections at most")
+    retune_devices: int = Field(8, ge=1, le=10_000, description="devices a round's correction "
+                                "moves at most (retune, compensate, refit)")
     expected_pulses: float = Field(30.0, gt=0, description="pulses per tuning assumed when no "
                                    "tuning (prior or the repair's own) tells")
     min_cap: int = Field(10, ge=1, description="a tuning whose pulse cap would fall below this is "
@@ -172,8 +187,12 @@ class RepairConfig(BaseModel):
                       "(keeps the number of devices to re-program small)")
     refit_points: int = Field(400, ge=1, description="refit-set points measured at most (each "
                               "is one analog inference per round that moved a device)")
-    patience: int = Field(1, ge=1, description="rounds without measured improvement before the "
-                          "repair stops")
+    patience: int = Field(3, ge=1, description="rounds without a lower measured repair-set "
+                          "loss than the best so far before the repair stops")
+    rollback: bool = Field(False, description="a round whose correction left the measured "
+                           "repair-set loss higher than before it is followed by a rollback: "
+                           "every device of the tiles it pulsed that moved out of its tuning "
+                           "band is tuned back to its read-back before that round")
 
 
 @dataclass
@@ -208,10 +227,13 @@ class _State:
     cur: dict = field(default_factory=dict)       # split -> tile -> measured column currents
     measured: dict = field(default_factory=dict)  # split -> tile -> when measured
     changed_at: dict = field(default_factory=dict)  # tile -> when a device of it last moved
-    best: tuple[float, float] = (-1.0, np.inf)     # repair-set (accuracy, loss)
+    best: float = np.inf          # lowest measured repair-set loss
     stale_rounds: int = 0
+    losses: list = field(default_factory=list)     # (round, repair-set loss) measured
+    g_rounds: dict = field(default_factory=dict)   # round -> read-back before its tunings
     stopped: int | None = None
     compensated: set = field(default_factory=set)   # stuck devices compensated for
+    rolled_back: set = field(default_factory=set)   # rounds that were rollbacks
 
     history: list = field(default_factory=list)   # (g_before, target, pulses) of tunings
 
@@ -224,11 +246,12 @@ def _when(rnd: int, what) -> float:
     return rnd + (0.75 if what == REPAIR_SET and rnd > 0 else 0.0)
 
 
-def _progress(st: _State, acc: float, loss: float) -> None:
-    """Book a measurement of the repair set: an improvement is a higher accuracy, or the same
-    accuracy at a lower loss."""
-    if acc > st.best[0] or (acc == st.best[0] and loss < st.best[1]):
-        st.best, st.stale_rounds = (acc, loss), 0
+def _progress(st: _State, rnd: int, loss: float) -> None:
+    """Book a measurement of the repair set: an improvement is a lower loss than the best so
+    far (the loss, not the accuracy: on a few hundred points accuracy moves in coarse steps)."""
+    st.losses.append((rnd, loss))
+    if loss < st.best:
+        st.best, st.stale_rounds = loss, 0
     else:
         st.stale_rounds += 1
 
@@ -239,7 +262,12 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
     st = _State(g=np.full(plan.n_devices, np.nan), diff=plan.target[dp] - plan.target[dm],
                 stuck=stuck0.copy())
     rb = writer.table("readback")
-    st.g[rb.device.to_numpy()] = rb.g.to_numpy()   # rows in commit order: the latest wins
+    tuned = set(writer.table("tunings")["round"].tolist())
+    for rnd in sorted(set(rb["round"].tolist())):   # in commit order: the latest wins
+        if rnd in tuned:
+            st.g_rounds[rnd] = st.g.copy()
+        r = rb[rb["round"] == rnd]
+        st.g[r.device.to_numpy()] = r.g.to_numpy()
     tg = writer.table("targets")
     st.diff[tg["pair"].to_numpy()] = tg["diff"].to_numpy()
     tu = writer.table("tunings")
@@ -271,13 +299,14 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
                 st.cur.setdefault(split, {})[t] = a
                 st.measured.setdefault(split, {})[t] = _when(last, split)
     me = writer.table("measurements")
-    for acc, loss in zip(me.accuracy[me.split == REPAIR_SET], me.loss[me.split == REPAIR_SET],
-                         strict=True):
-        _progress(st, acc, loss)
+    rep = me[me.split == REPAIR_SET]
+    for rnd, loss in zip(rep["round"], rep.loss, strict=True):
+        _progress(st, int(rnd), loss)
     de = writer.table("decisions")
     stop = de[de.action == STOP]
     if len(stop):
         st.stopped = int(stop.layer.iloc[0])
+    st.rolled_back = set(de["round"][de.action == ROLLBACK].tolist())
     # a compensation covers the devices of its layer that were stuck when it was chosen
     comp = de[(de.action == COMPENSATE) & (de.why == CHOSEN)]
     for rnd, li in zip(comp["round"], comp.layer, strict=True):
@@ -468,7 +497,7 @@ class _Work:
             self.measure(st, split, 0, rows)
         m = rows["measurements"]
         i = m["split"].index(REPAIR_SET)
-        _progress(st, m["accuracy"][i], m["loss"][i])
+        _progress(st, 0, m["loss"][i])
         rows["predictions"] = self.predictions(st, 0)
         return rows
 
@@ -488,6 +517,13 @@ class _Work:
         remaining = self.budget - st.used
         if remaining < cfg.min_cap:
             return self._stop(st, rows, rnd, 1)
+        back = self.rollback(st, rnd)
+        if back is not None:
+            devs, tgts = back
+            _add(rows, "decisions", _decision(rnd, ROLLBACK, -1, 0, devs.size,
+                                              float(self.cost(st)(st.g[devs], tgts).sum()),
+                                              0.0, 0.0, CHOSEN))
+            return self.finish(st, rows, rnd, devs, tgts)
         cands = self.candidates(st, rnd, rows)
         best, key = None, None
         for c in cands:
@@ -513,13 +549,19 @@ class _Work:
             if best["action"] == COMPENSATE:
                 layer_stuck = st.stuck & (plan.layer == best["layer"])
                 st.compensated |= set(np.flatnonzero(layer_stuck).tolist())
-        spent = self.apply(st, best["devices"], best["targets"], rnd, rows)
+        return self.finish(st, rows, rnd, best["devices"], best["targets"])
+
+    def finish(self, st: _State, rows: dict, rnd: int, devices, targets) -> dict:
+        """Apply the round's tunings, read the tiles they pulsed back, measure the repair set,
+        and book it; stop where the budget, the patience or the rounds are spent."""
+        cfg = self.cfg
+        st.g_rounds[rnd] = st.g.copy()
+        spent = self.apply(st, devices, targets, rnd, rows)
         if "tunings" in rows:
-            tiles = set(plan.tile[np.asarray(rows["tunings"]["device"])].tolist())
+            tiles = set(self.plan.tile[np.asarray(rows["tunings"]["device"])].tolist())
             _add(rows, "readback", self.read_back(st, tiles, rnd))
             self.measure(st, REPAIR_SET, rnd, rows)
-            m = rows["measurements"]
-            _progress(st, m["accuracy"][-1], m["loss"][-1])
+            _progress(st, rnd, rows["measurements"]["loss"][-1])
         if not spent:
             return self._stop(st, rows, rnd, 1)
         if st.stale_rounds >= cfg.patience:
@@ -527,6 +569,28 @@ class _Work:
         if rnd == cfg.max_rounds:
             return self._stop(st, rows, rnd, 0)
         return rows
+
+    def rollback(self, st: _State, rnd: int):
+        """(devices, targets) that undo round rnd - 1 where it left the measured repair-set loss
+        higher than before it and was not itself a rollback: every device of the tiles it
+        pulsed (the V/3 write disturbs all of them) that is now out of its tuning band around
+        its read-back before that round; None otherwise."""
+        prev = rnd - 1
+        if not self.cfg.rollback or prev not in st.g_rounds or prev in st.rolled_back:
+            return None
+        after = [loss for r, loss in st.losses if r == prev]
+        before = [loss for r, loss in st.losses if r < prev]
+        if not after or not before or after[-1] <= before[-1]:
+            return None
+        g0 = st.g_rounds[prev]
+        tol = self.cfg.tune.tolerance
+        tiles = {t for t, when in st.changed_at.items() if when == _when(prev, "tuning")}
+        devs = np.flatnonzero(np.isin(self.plan.tile, list(tiles)) & ~st.stuck
+                              & (np.abs(st.g - g0) > 2.0 * tol * g0))
+        if not devs.size:
+            return None
+        st.rolled_back.add(rnd)
+        return devs, g0[devs]
 
     def _stop(self, st: _State, rows: dict, rnd: int, reason: int) -> dict:
         st.stopped = reason
@@ -548,6 +612,10 @@ class _Work:
             devs, tgts = pair_moves(plan, st.g, st.stuck, k, want, tol, cost)
             if not devs.size:
                 return
+            if devs.size > cfg.retune_devices:
+                first = -grad[devs] * (tgts - st.g[devs])
+                keep = np.sort(np.argsort(-first, kind="stable")[:cfg.retune_devices])
+                devs, tgts = devs[keep], tgts[keep]
             g_new = st.g.copy()
             g_new[devs] = tgts
             s = rep.score(g_new)

@@ -157,7 +157,8 @@ def register(cli: click.Group) -> None:
     @_common
     @click.option("--budget", required=True,
                   help="pulse budget: a number (500) or a share of the transfer's pulses (20%)")
-    @click.option("--max-rounds", type=click.IntRange(1, 1000), default=12, show_default=True)
+    @click.option("--max-rounds", type=click.IntRange(1, 1000), default=None,
+                  help="rounds of corrections at most  [default: RepairConfig's, 30]")
     @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="fast",
                   show_default=True, help="write-verify algorithm of the corrections")
     def repair_cmd(from_run, plan_path, model_path, db_path, member, station_path, crossbars,
@@ -168,7 +169,6 @@ def register(cli: click.Group) -> None:
         activations; every decision into HDF5."""
         from protocols.inference import InferConfig
         from protocols.repair import RepairConfig, RepairData, run
-        from protocols.tuning import TuneConfig
         from xbarlab.chip_loop import dc_opener, prior_of, test_sets
         from xbarlab.station import load_station
 
@@ -181,8 +181,11 @@ def register(cli: click.Group) -> None:
         n_budget = parse_budget(budget, transfer_pulses)
         sets = test_sets(plan, seed)
         try:
-            cfg = RepairConfig(infer=InferConfig(v_in=v_in), max_rounds=max_rounds,
-                               tune=TuneConfig(algorithm=algorithm, max_pulses=200))
+            # the measured defaults (docs/chip-in-the-loop.md): a capped tuning per correction
+            base = RepairConfig()
+            cfg = RepairConfig(infer=InferConfig(v_in=v_in),
+                               max_rounds=max_rounds or base.max_rounds,
+                               tune=base.tune.model_copy(update={"algorithm": algorithm}))
         except ValueError as e:
             raise XbarlabError(f"--v-in: {e.errors()[0]['msg']}") from None
         open_rig = dc_opener(st, lambda m: click.echo(m, err=True))
