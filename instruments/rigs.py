@@ -492,6 +492,9 @@ class WgfmuRig(_GuardedRig):
                 channel.connect()
             else:
                 channel.disconnect()
+        # the SMU mode reaches the RSUs only with `update` (no sequence runs in DC), else
+        # they stay on the WGFMU that the last pulse left in FASTIV
+        self.wgfmu.update()
 
     def _after_dc(self) -> None:
         self._ready = False  # the next pulse or read sets the channels up again

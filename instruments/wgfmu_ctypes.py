@@ -47,7 +47,7 @@ class CtypesWgfmuLibrary:
         "addSequence": (_I, _S, _D), "setOperationMode": (_I, _I),
         "setForceVoltageRange": (_I, _I), "setMeasureMode": (_I, _I),
         "setMeasureCurrentRange": (_I, _I), "connect": (_I,), "disconnect": (_I,),
-        "execute": (), "abort": (), "waitUntilCompleted": (),
+        "update": (), "execute": (), "abort": (), "waitUntilCompleted": (),
     }
 
     def __init__(self, path: str | None = None):

@@ -59,6 +59,9 @@ class EmulatedWgfmuLibrary:
 
     def _defaults(self) -> None:
         self.mode = {c: W.OPERATION_MODE_SMU for c in self.channels}
+        # channel setup is host-side until `update` or `execute` sends it (instruments.md §3.2):
+        # a mode set and never applied leaves the RSU as it was
+        self.pending_mode: dict[int, int] = {}
         self.frange = {c: W.FORCE_VOLTAGE_RANGE_AUTO for c in self.channels}
         self.mmode = {c: W.MEASURE_MODE_VOLTAGE for c in self.channels}
         self.irange = {c: W.MEASURE_CURRENT_RANGE_10MA for c in self.channels}
@@ -239,10 +242,23 @@ class EmulatedWgfmuLibrary:
         return W.NO_ERROR
 
     def setOperationMode(self, channel: int, mode: int) -> int:
-        rc = self._setter("setOperationMode", self.mode, channel, mode, range(2000, 2004))
-        if rc == W.NO_ERROR:
+        return self._setter("setOperationMode", self.pending_mode, channel, mode,
+                            range(2000, 2004))
+
+    def _apply_setup(self) -> None:
+        if self.pending_mode:
+            self.mode.update(self.pending_mode)
+            self.pending_mode.clear()
             self._publish()
-        return rc
+
+    def update(self) -> int:
+        """Send the channels' setup to the instrument (no sequence runs)."""
+        rc = self._need_session("update")
+        if rc:
+            return rc
+        self._bus()
+        self._apply_setup()
+        return W.NO_ERROR
 
     def setForceVoltageRange(self, channel: int, vrange: int) -> int:
         return self._setter("setForceVoltageRange", self.frange, channel, vrange,
@@ -298,6 +314,7 @@ class EmulatedWgfmuLibrary:
             return rc
         if not self.sequences:
             return self._e(W.CONTEXT_ERROR, "execute: no sequence")
+        self._apply_setup()
         for ch in self.sequences:
             if self.mode[ch] not in (W.OPERATION_MODE_FASTIV, W.OPERATION_MODE_PG):
                 return self._e(W.CONTEXT_ERROR, f"execute: channel {ch} not in FASTIV/PG mode")

@@ -169,3 +169,18 @@ def test_single_crosspoint_reaches_the_device_through_the_rsus(tmp_path):
         assert res.current[0] == pytest.approx(g * 0.1, rel=0.05)
     # after the rig is closed nothing is left biased, the RSUs pass nothing through
     assert not st.world.links
+
+
+def test_rsus_pass_the_smus_after_pulses_too(tmp_path):
+    # the WGFMU applies a channel's operation mode at update/execute (instruments.md §3.2): after
+    # a pulse left the channels in FASTIV, the DC path must send its SMU mode to the instrument,
+    # or the RSUs keep the WGFMU on the device and the SMU measures nothing
+    st = _station("sim-wgfmu", tmp_path, {"dev0": FROZEN})
+    with st.open_rig() as rig:
+        xb = st.world.crossbar
+        rig.read(0, 0)                                        # channels now in FASTIV
+        res = device_iv(rig, 0, 0, [0.1], compliance=1e-3)
+        assert res.current[0] == pytest.approx(xb.conductance()[0, 0] * 0.1, rel=0.05)
+        rig.read(0, 0)                                        # and back to waveforms
+        res = device_iv(rig, 0, 0, [0.1], compliance=1e-3)
+        assert res.current[0] == pytest.approx(xb.conductance()[0, 0] * 0.1, rel=0.05)

@@ -122,5 +122,7 @@ def test_rsu_smu_pass_through_is_the_smu_operation_mode():
     assert w.channel(102) is ch                   # one object per channel
     ch.setup(mode=W.OPERATION_MODE_SMU, force_range=None)
     ch.connect()
+    w.update()                                    # WGFMU_update: the setup reaches the channel
     ch.disconnect()
-    assert lib.calls == [("setOperationMode", 102, 2003), ("connect", 102), ("disconnect", 102)]
+    assert lib.calls == [("setOperationMode", 102, 2003), ("connect", 102), ("update",),
+                         ("disconnect", 102)]
