@@ -54,3 +54,27 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> dict[str, tuple[n
     n_test = int(round(test_fraction * len(y)))
     te, tr = perm[:n_test], perm[n_test:]
     return {"train": (x[tr], y[tr]), "test": (x[te], y[te])}
+
+
+def chip_in_the_loop_sets(name: str, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The three data roles of a repair after transfer (protocols.repair), disjoint within the
+    training data: ``refit`` (the first 3/4 of the training set: the measured hidden
+    activations refits are fitted on), ``repair`` (the last 1/4 of it, plus the validation
+    set where one is published: every decision and the stopping rule are judged on it) and
+    ``test`` (the published test set; for half-moons it overlaps the training set, see above).
+    Labels are int64."""
+    if name == "moons":
+        sets = load_moons_all()
+        extra = [sets["validation"]]
+    elif name == "digits":
+        sets = load_digits(seed=seed)
+        extra = []
+    else:
+        raise SchemaError(f"unknown dataset {name!r}; choose moons or digits")
+    x, y = sets["train"]
+    n = 3 * len(y) // 4
+    rx = np.concatenate([x[n:], *(e[0] for e in extra)])
+    ry = np.concatenate([y[n:], *(e[1] for e in extra)])
+    xt, yt = sets["test"]
+    return {"refit": (x[:n], y[:n].astype(np.int64)), "repair": (rx, ry.astype(np.int64)),
+            "test": (xt, yt.astype(np.int64))}

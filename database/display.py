@@ -8,7 +8,8 @@ with thousands separators.
 A summary number always names its metric. `Metric` pairs what a stored number is (its label)
 with the unit it is stored in; `summary_lines` turns a stored summary (a dict of SI numbers, as
 the campaigns write it into their HDF5 files) into "label: value" lines. A protocol describes its
-summary keys with Metrics (its `SUMMARY`); a key it does not describe is read by its name:
+summary keys with Metrics (its `SUMMARY`; a dict value is a breakdown, shown as its non-zero
+'key value' parts in the metric's unit); a key it does not describe is read by its name:
 ``..._S`` a conductance, ``..._V`` a voltage, ``..._A`` a current, ``..._s`` a time, and
 ``..._rel``, ``...rate``, ``yield``, ``accuracy...``, ``share...`` a fraction.
 
@@ -69,7 +70,7 @@ def duration(s: float | None) -> str:
     if s is None:
         return "-"
     a = abs(s)
-    if a == 0:
+    if a < 1e-12:  # below a picosecond: the rounding of a sum of times, not a time
         return "0 s"
     if not math.isfinite(a):
         return f"{s} s"
@@ -125,6 +126,10 @@ class Metric:
             raise ValueError(f"unknown unit {self.unit!r}; one of {UNITS}")
 
     def show(self, value) -> str:
+        if isinstance(value, dict):  # a breakdown (time per category): its non-zero parts
+            parts = [f"{k} {quantity(v, self.unit, nd=self.nd, signed=self.signed)}"
+                     for k, v in value.items() if v]
+            return ", ".join(parts) or "none"
         return quantity(value, self.unit, nd=self.nd, signed=self.signed)
 
 

@@ -612,6 +612,13 @@ def read_table(path: str | os.PathLike, table: str, run: str | None = None) -> p
         return _frame(r, r.pick(run), table)
 
 
+def read_state(path: str | os.PathLike, run: str | None = None) -> bytes | None:
+    """The opaque chip state committed with a run's last unit (None if none was saved): what
+    a resume restores, and what a later protocol starts a simulated chip from."""
+    with _reading(path) as r:
+        return r.state(r.pick(run))
+
+
 def read_run(path: str | os.PathLike, run: str | None = None) -> tuple[RunInfo, dict[str, pd.DataFrame]]:
     """A run's attributes and all its tables."""
     with _reading(path) as r:

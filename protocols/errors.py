@@ -7,3 +7,11 @@ class ProtocolError(Exception):
 
 class ConfigError(ProtocolError):
     """A campaign or tuning configuration is invalid."""
+
+
+class NotAvailableError(ProtocolError):
+    """The rig has no way to do what was asked (e.g. no DC source/measure path)."""
+
+
+class ComplianceError(ProtocolError):
+    """A source or meter reached the station's current compliance during a request."""

@@ -20,13 +20,15 @@ multiplied", not column currents (docs/guide.md explains the choice).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from protocols.errors import ProtocolError
+from protocols.errors import ConfigError, ProtocolError
+from protocols.tuning import describe_range, verifiable_range
 
 PLAN_KIND = "xbarlab-conductance-plan"
 PLAN_VERSION = 1
@@ -165,6 +167,57 @@ class ConductancePlan:
             raise ProtocolError("conductance plan: devices are not grouped tile by tile")
 
 
+# -- what a station can verify -------------------------------------------------------------------
+
+def station_g_range(g_min: float, g_max: float, tolerance: float, read
+                    ) -> tuple[float, float, str]:
+    """The part of [g_min, g_max] [S] a station reading with `read` (a ReadSettings) can
+    verify with a band of +-`tolerance`, and why it differs ('' when it does not). The top is
+    rounded down to 0.1 uS below the verifiable limit, so that targets at g_max stay below it
+    after the mapping's rounding."""
+    lo, hi = verifiable_range(tolerance, read)
+    top = math.floor(hi * 1e7 * (1 - 1e-6)) / 1e7
+    bottom = math.ceil(lo * 1e7 * (1 + 1e-6)) / 1e7
+    new_min, new_max = max(g_min, bottom), min(g_max, top)
+    if not new_min < new_max:
+        raise ConfigError(f"the conductance range [{g_min * 1e6:.4g}, {g_max * 1e6:.4g}] uS lies "
+                          f"outside what the station can verify: {describe_range(tolerance, read)}")
+    if (new_min, new_max) == (g_min, g_max):
+        return g_min, g_max, ""
+    why = (f"mapped into [{new_min * 1e6:.4g}, {new_max * 1e6:.4g}] uS instead of "
+           f"[{g_min * 1e6:.4g}, {g_max * 1e6:.4g}] uS: the station can verify only that "
+           f"({describe_range(tolerance, read)})")
+    return new_min, new_max, why
+
+
+def check_verifiable(plan: ConductancePlan, tolerance: float, read, *,
+                     whole_range: bool = False) -> None:
+    """ConfigError unless the station can verify every target of `plan` (with a band of
+    +-`tolerance`, reads as `read`); with `whole_range` also every conductance in
+    [g_min, g_max], the targets a correction may set. Called before anything is programmed."""
+    lo, hi = verifiable_range(tolerance, read)
+    bad = int(np.count_nonzero(~((plan.target >= lo) & (plan.target < hi))))
+    span_bad = whole_range and not (lo <= plan.g_min and plan.g_max < hi)
+    if not bad and not span_bad:
+        return
+    what = f"{bad} of the plan's {plan.n_devices} targets"
+    if span_bad:
+        what += (f" and its range [{plan.g_min * 1e6:.4g}, {plan.g_max * 1e6:.4g}] uS (what a "
+                 "correction may set)")
+    raise ConfigError(f"{what} lie outside what the station can verify: "
+                      f"{describe_range(tolerance, read)}; map the network with g_max below "
+                      f"{hi * 1e6:.5g} uS (`xbarlab transfer --model` maps it for the station) "
+                      "or use a station with a wider read range")
+
+
+def check_reads(rig, read) -> None:
+    """ProtocolError when `rig` reads otherwise than the settings its plan was checked against
+    (`check_verifiable`), before it is used."""
+    if rig.read_settings != read:
+        raise ProtocolError(f"{rig.name} rig reads with {rig.read_settings}, but the plan was "
+                            f"checked against {read}: pass the station's read settings")
+
+
 # -- numpy inference --------------------------------------------------------------------------
 
 def plan_weights(plan: ConductancePlan, g: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -192,7 +245,8 @@ def plan_weights(plan: ConductancePlan, g: np.ndarray) -> list[tuple[np.ndarray,
     return out
 
 
-def _act(name: str, x: np.ndarray) -> np.ndarray:
+def activate(name: str, x: np.ndarray) -> np.ndarray:
+    """The hidden layers' activation `name` applied to x."""
     if name == "sigmoid":
         return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
     if name == "relu":
@@ -207,7 +261,7 @@ def plan_logits(plan: ConductancePlan, g: np.ndarray, x: np.ndarray) -> np.ndarr
     for i, (w, b) in enumerate(layers):
         h = np.matmul(h, np.swapaxes(w, -1, -2)) + b[..., None, :]
         if i < len(layers) - 1:
-            h = _act(plan.activation, h)
+            h = activate(plan.activation, h)
     return h
 
 

@@ -46,7 +46,10 @@ from typing import Protocol
 import numpy as np
 
 from protocols import interrupts
-from protocols.errors import ProtocolError
+from protocols.errors import ComplianceError, NotAvailableError, ProtocolError
+
+__all__ = ["Channels", "ComplianceError", "CrossbarRig", "Lab", "Limits", "NotAvailableError",
+           "ReadSettings", "RealLab", "SafeOutcome", "recording_safe_states"]
 
 log = logging.getLogger("xbarlab.rig")
 
@@ -96,6 +99,20 @@ def recording_safe_states() -> Iterator[list[SafeOutcome]]:
         yield _recorded
     finally:
         _recorded = previous
+
+
+@dataclass(frozen=True)
+class Channels:
+    """What a rig's DC path (`CrossbarRig.column_currents`) can do in one execution: how many
+    word lines it can drive with independent voltages (`sources`) and how many bit lines it can
+    measure at once (`meters`)."""
+
+    sources: int
+    meters: int
+
+    def __post_init__(self) -> None:
+        if self.sources < 1 or self.meters < 1:
+            raise ValueError(f"a DC path needs at least one source and one meter, got {self}")
 
 
 class Limits(Protocol):
@@ -257,6 +274,11 @@ class Lab(abc.ABC):
         None when there is nothing to save."""
         return None
 
+    def breakdown(self) -> dict[str, float] | None:
+        """Instrument time spent so far by category [s] ("round_trip", "pulse", "read",
+        "dc_settle"...), or None when the lab does not keep one (real time)."""
+        return None
+
     def restore_state(self, state: dict) -> None:
         """Put back a state from `save_state` (only called when `restorable`)."""
         raise ProtocolError(f"{type(self).__name__} has no state to restore")
@@ -342,6 +364,10 @@ class CrossbarRig(abc.ABC):
             self._reinstate(held)
         self.lab.restore_state(state)
 
+    def time_breakdown(self) -> dict[str, float] | None:
+        """Instrument time so far by category [s] (the virtual clock's), None on hardware."""
+        return self.lab.breakdown()
+
     def read(self, row: int, col: int) -> float:
         self._check_device(row, col)
         self._begin()
@@ -382,6 +408,90 @@ class CrossbarRig(abc.ABC):
             raise ProtocolError(f"{self.name}: read map has shape {out.shape}, expected "
                                 f"{self.shape}")
         return out
+
+    # -- the DC path: rows driven, column currents measured ---------------------------------
+    @property
+    def channels(self) -> Channels | None:
+        """The DC path's channel counts, or None when this rig has no DC path (then
+        `column_currents` raises NotAvailableError)."""
+        return None
+
+    def column_currents(self, rows, volts, cols) -> np.ndarray:
+        """Drive word lines `rows` with `volts` and measure the currents of bit lines `cols`:
+        the analog vector-matrix product of the crossbar, one execution.
+
+        Arguments (SI): ``rows`` distinct word-line indices (at most ``channels.sources``);
+        ``volts`` shape (k, len(rows)): k drive patterns, applied one after the other, volts[a,
+        i] on word line rows[i] during pattern a; ``cols`` distinct bit-line indices (at most
+        ``channels.meters``). Returns the currents [A], shape (k, len(cols)).
+
+        Contract every rig implements:
+
+        - every other word line is held at 0 V (a source at 0 V or the matrix's ground), every
+          bit line is at 0 V: the measured ones at the virtual ground of a meter, the others
+          connected to ground, so no line floats and the only voltages on the array are
+          ``volts``;
+        - sign: a current is positive when it flows out of the array into the meter, so a
+          positive row voltage on a device gives a positive column current (the sensed current
+          of a grounded read; I ~ G V near the read voltage, devices are not exactly linear);
+        - the levels are DC bias, not pulses: each is checked against the station's read/bias
+          limit (``limits.check_bias``) here, before the rig sees the request; sources run with
+          the station's current compliance (``limits.i_compliance``), and a line that reaches it
+          ends the request with a ComplianceError (outputs back at 0 V);
+        - timing: one call is one instrument execution (a list sweep: one host round trip for
+          the k patterns), each pattern costs the source settling plus one current integration
+          (all meters in parallel), and a change of the lines connected since the previous call
+          costs a matrix reconfiguration; the rig charges all of it to `clock` (by category in
+          `time_breakdown` where it keeps one). A rig whose instruments hold fewer patterns per
+          execution splits the call and charges each execution;
+        - afterwards every output is back at 0 V.
+
+        Keeping the levels inside a range that does not disturb the devices (far below their
+        switching thresholds) is the protocol's business (`protocols.inference`); the seam
+        guarantees the station envelope. A rig without a DC path raises NotAvailableError.
+        """
+        ch = self.channels
+        if ch is None:
+            raise NotAvailableError(f"analog read-out (rows driven, column currents measured) is "
+                                    f"not available on this rig ({self.name}): it has no DC "
+                                    "source/measure path")
+        n_rows, n_cols = self.shape
+        rows = self._lines(rows, n_rows, ch.sources, "word line", "sources")
+        cols = self._lines(cols, n_cols, ch.meters, "bit line", "meters")
+        v = np.asarray(volts, dtype=float)
+        if v.ndim != 2 or v.shape[0] < 1 or v.shape[1] != rows.size:
+            raise ValueError(f"column_currents needs volts of shape (k >= 1, {rows.size}), got "
+                             f"{v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError("column_currents: every level must be a finite voltage")
+        worst = float(v.flat[np.argmax(np.abs(v))])
+        self.limits.check_bias(worst, where=f"{self.name} analog read-out")
+        self._begin()
+        out = np.asarray(self._column_currents(rows, v, cols), dtype=float)
+        if out.shape != (v.shape[0], cols.size):
+            raise ProtocolError(f"{self.name}: column currents of shape {out.shape}, expected "
+                                f"{(v.shape[0], cols.size)}")
+        return out
+
+    def _lines(self, which, n: int, most: int, what: str, kind: str) -> np.ndarray:
+        a = np.asarray(which)
+        if a.ndim != 1 or a.size < 1 or (a.size and a.dtype.kind not in "iu"):
+            raise ValueError(f"column_currents needs a non-empty list of {what} indices")
+        a = a.astype(np.int64)
+        if a.min() < 0 or a.max() >= n:
+            raise IndexError(f"{self.name}: {what} {int(a.max() if a.max() >= n else a.min())} "
+                             f"outside the {n} {what}s")
+        if np.unique(a).size != a.size:
+            raise ValueError(f"column_currents: a {what} is named twice")
+        if a.size > most:
+            raise ValueError(f"{self.name}: {a.size} {what}s asked at once, the DC path has "
+                             f"{most} {kind}: time-multiplex them")
+        return a
+
+    def _column_currents(self, rows: np.ndarray, volts: np.ndarray,
+                         cols: np.ndarray) -> np.ndarray:
+        # rigs with a DC path override this and `channels`
+        raise NotAvailableError(f"analog read-out is not available on this rig ({self.name})")
 
     # -- DC ------------------------------------------------------------------------------------
     @property

@@ -46,9 +46,15 @@ from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.campaigns.common import HISTORY_COLUMNS, concat, history_rows
 from protocols.errors import ProtocolError
-from protocols.plan import ConductancePlan, plan_forward, plan_logits
+from protocols.plan import (
+    ConductancePlan,
+    check_reads,
+    check_verifiable,
+    plan_forward,
+    plan_logits,
+)
 from protocols.progress import Bar
-from protocols.rig import CrossbarRig
+from protocols.rig import CrossbarRig, ReadSettings
 from protocols.tuning import TuneConfig, tune
 
 log = logging.getLogger("xbarlab.transfer")
@@ -110,14 +116,18 @@ def _tables(cfg: TransferConfig) -> dict:
 
 
 def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
-        crossbars: Sequence[str], store, *, config: TransferConfig | None = None,
+        crossbars: Sequence[str], store, *, read: ReadSettings,
+        config: TransferConfig | None = None,
         test_data: tuple[np.ndarray, np.ndarray] | None = None, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
         progress: bool = True,
         on_tile: Callable[[int, str], None] | None = None) -> TransferResult:
     """Program `plan` tile by tile (tile t onto crossbar ``crossbars[t]``) and read it back.
 
-    open_rig(name) returns an (unentered) CrossbarRig on crossbar `name`; on_tile(t, name) is
+    `read`: the station's read settings (its rigs'): every target is checked against them before
+    the store is opened (`check_verifiable`), so a plan the station cannot verify is refused
+    whole instead of failing partway. open_rig(name) returns an (unentered) CrossbarRig on
+    crossbar `name`; on_tile(t, name) is
     called before each tile (e.g. to ask an operator to move the probes). The rigs of one
     station share what lies behind them, so the state saved with each device through one
     tile's rig (a simulated chip: every crossbar and the clock) is restored on a resume through
@@ -131,6 +141,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
     if len(set(crossbars)) != len(crossbars):
         raise ProtocolError("a crossbar is named twice: each tile needs a crossbar of its own "
                             "(the training's disturbance model counts devices per tile)")
+    check_verifiable(plan, cfg.tune.tolerance, read)
     x = y = None
     if test_data is not None:
         x = np.asarray(test_data[0], float)
@@ -163,6 +174,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                 on_tile(t, name)
             rig = open_rig(name)
             with rig:
+                check_reads(rig, read)
                 writer.record_snapshot(rig.snapshot())
                 rows, cols = rig.shape
                 used = plan.tile_shape[t]

@@ -279,17 +279,27 @@ def check_tune(cfg: TuneConfig, limits, read) -> None:
                           f"{read.volts} V")
 
 
-def check_target(target: float, tolerance: float, read) -> None:
-    """ConfigError unless the station can verify `target` [S]: its whole band
-    target * (1 +- tolerance) must lie inside the read range, above the smallest conductance a
-    read resolves (`read.floor_S`) and below the conductance where reads clip
+def verifiable_range(tolerance: float, read) -> tuple[float, float]:
+    """[lo, hi): the targets [S] a station can verify with a band of +-`tolerance` (a fraction):
+    the whole band target * (1 +- tolerance) inside the read range, above the smallest
+    conductance a read resolves (`read.floor_S`) and below the conductance where reads clip
     (`read.ceiling_S`; a clipped read would pass for an in-band one)."""
-    lo, hi = read.floor_S / (1 - tolerance), read.ceiling_S / (1 + tolerance)
+    return read.floor_S / (1 - tolerance), read.ceiling_S / (1 + tolerance)
+
+
+def describe_range(tolerance: float, read) -> str:
+    """The verifiable range in words, for refusals."""
+    lo, hi = verifiable_range(tolerance, read)
+    return (f"reads resolve {read.floor_S * 1e6:.3g} to {read.ceiling_S * 1e6:.3g} uS, so with a "
+            f"{100 * tolerance:.3g} % band targets must lie in [{lo * 1e6:.5g}, {hi * 1e6:.5g}) uS")
+
+
+def check_target(target: float, tolerance: float, read) -> None:
+    """ConfigError unless the station can verify `target` [S] (`verifiable_range`)."""
+    lo, hi = verifiable_range(tolerance, read)
     if not (math.isfinite(target) and lo <= target < hi):
         raise ConfigError(f"tuning target {target!r} S is outside what the station can verify: "
-                          f"reads resolve {read.floor_S * 1e6:.3g} to {read.ceiling_S * 1e6:.3g} "
-                          f"uS, so with a {100 * tolerance:.3g} % band targets must lie in "
-                          f"[{lo * 1e6:.4g}, {hi * 1e6:.4g}) uS")
+                          f"{describe_range(tolerance, read)}")
 
 
 def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,

@@ -50,6 +50,9 @@ class ChipLab(Lab):
     def wait(self, seconds: float) -> None:
         self.clock.advance(seconds, "wait")
 
+    def breakdown(self) -> dict[str, float]:
+        return dict(self.clock.totals)
+
     def save_state(self) -> dict:
         return {"crossbars": {name: xb.state_dict(include_clock=False)
                               for name, xb in self.crossbars.items()},

@@ -139,6 +139,7 @@ class Crossbar:
         self._any_frozen = bool(self._frozen.any())
         self._solver = NodalSolver(cfg.rows, cfg.cols, cfg.r_line, cfg.r_source,
                                    v_nl=p.v_nl, v_ref=p.v_ref, faults=cfg.faults)
+        self._variants: dict[tuple[bool, bool], NodalSolver] = {}  # effects switched off
         self._p = p
         self._sigma = p.sigma_c2c
         self._decay_k = 1.0 / p.tau_relax
@@ -359,6 +360,33 @@ class Crossbar:
                 return out
         res = self._solver.solve(G, rv, cv)
         return res.row_currents, res.col_currents
+
+    def column_currents(self, row_v, *, noise: bool = True, lines: bool = True,
+                        nonlinear: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Analog read-out: word line i at row_v[a, i] [V] (0 = held at 0 V), every bit line at
+        virtual ground, for each pattern a of row_v (k, rows). Returns (row currents (k, rows)
+        [A] into the array, column currents (k, cols) [A] out of the array into the virtual
+        ground), through the nodal solver (line resistance, sneak paths, sinh I-V).
+
+        `noise`: each column current gets the read noise of a sensed current (two normals
+        each from the crossbar's generator, as `read`). `lines=False` / `nonlinear=False`
+        solve the same array without line and source resistance / with linear devices, to
+        attribute an error to each effect (no random numbers are drawn for them unless
+        `noise`)."""
+        solver = self._solver
+        if not (lines and nonlinear):
+            key = (lines, nonlinear)
+            solver = self._variants.get(key)
+            if solver is None:
+                cfg, p = self.config, self._p
+                solver = self._variants[key] = NodalSolver(
+                    cfg.rows, cfg.cols, cfg.r_line if lines else 0.0,
+                    cfg.r_source if lines else 0.0, v_nl=p.v_nl if nonlinear else None,
+                    v_ref=p.v_ref, faults=cfg.faults if lines else ())
+        rc, cc = solver.readout_currents(self.conductance(), row_v)
+        if noise:
+            cc = self.noisy(cc)
+        return rc, cc
 
     def _bias(self, row: int, col: int, volts: float, scheme: str):
         m, n = self.shape

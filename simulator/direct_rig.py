@@ -10,23 +10,49 @@ charged to the crossbar's virtual clock from a LatencyConfig:
 - read_array:       rows*cols * (round_trip + read_time): one execution per device, in raster
                     order, each device read at its own time (relaxation and the slow
                     fluctuators move on while the map is taken)
-- DC, per point:    round_trip + hold + smu_settle + nplc / line_frequency; the levels stress
+- column_currents:  round_trip + k * (smu_settle + READOUT_NPLC / line_frequency) for k drive
+                    patterns (one list sweep; booked as dc_settle and dc_integration),
+                    + relay_switch when the lines connected change and the path has fewer
+                    sources or meters than lines (they reach the array through a matrix);
+                    relaxation, the fluctuators and read stress during the patterns neglected
+- dc, per point:    round_trip + hold + smu_settle + nplc / line_frequency; the levels stress
                     the devices for that time (simulator.dc.hold), then the operating point is
                     measured with read noise
 
-The DC path has an SMU for every line (`dc_capacity`: rows + cols sources, ground available), so
-a request never needs time multiplexing here; its current ranges never overflow unless a fixed
-range is asked for.
+Two DC entry points share the latencies and the nodal solver but not their code.
+`column_currents` is the analog read-out of `protocols.inference`: an array tester with
+`channels` sources and meters (default: one per word line and one per bit line, so nothing is
+switched), all k patterns of a sweep solved together (every line driven: line resistance,
+sneak paths, sinh I-V) plus the read noise of a sensed current per column current; `ideal`
+switches effects off on this path only ("lines": no line and source resistance,
+"nonlinearity": linear devices, "noise": no read noise), to attribute an error to each effect
+(a rig with any of them off is an analysis tool, not a station). `dc` is the line-level SMU
+request of the seam (`DcRequest`: compliance, hold stress, floating lines, per-point
+operating points); here every line has an SMU (`dc_capacity`: rows + cols sources, ground
+available), so a request never needs time multiplexing, and its current ranges never
+overflow unless a fixed range is asked for. Not yet done: `column_currents` as a `DcRequest`
+(one path), which needs the effect switches and batched patterns in `simulator.dc`.
 
 The physics happens after the round trip, so volatile relaxation sees the host latency.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 from instruments.limits import SafetyLimits
-from protocols.rig import CrossbarRig, DcCapacity, DcGroup, DcMeasured, DcRequest, ReadSettings
+from protocols.rig import (
+    Channels,
+    ComplianceError,
+    CrossbarRig,
+    DcCapacity,
+    DcGroup,
+    DcMeasured,
+    DcRequest,
+    ReadSettings,
+)
 from simulator import dc
 from simulator.chip import ChipLab
 from simulator.config import LatencyConfig
@@ -42,18 +68,45 @@ class SimulatedRig(CrossbarRig):
     """
 
     name = "simulated"
+    #: integration of each column-current measurement [power-line cycles]: 0.1 PLC, the
+    #: 4200A's `IT1` (1.7 ms at 60 Hz)
+    READOUT_NPLC = 0.1
+    #: effects the DC path can switch off (`ideal`)
+    EFFECTS = ("lines", "nonlinearity", "noise")
 
     def __init__(self, crossbar: Crossbar, latency: LatencyConfig | None = None,
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
-                 lab: ChipLab | None = None):
+                 lab: ChipLab | None = None, channels: Channels | None = None,
+                 ideal: Collection[str] = ()):
         super().__init__(crossbar.shape, limits or SafetyLimits(), read=read,
                          lab=lab or ChipLab({"crossbar": crossbar}, crossbar.clock))
         self.crossbar = crossbar
         self.latency = latency or LatencyConfig()
+        self._channels = channels or Channels(*crossbar.shape)
+        bad = set(ideal) - set(self.EFFECTS)
+        if bad:
+            raise ValueError(f"unknown effect(s) {sorted(bad)}; choose from {self.EFFECTS}")
+        self.ideal = frozenset(ideal)
+        self._routing: tuple | None = None   # lines connected by the last DC request
+
+    @property
+    def channels(self) -> Channels:
+        return self._channels
 
     def _safe_state(self) -> None:
         # nothing is biased between operations in the simulation
         return None
+
+    def _instrument_state(self) -> dict | None:
+        # the lines the switched DC path has connected: a resumed run switches relays exactly
+        # when the uninterrupted one does
+        if self._routing is None:
+            return None
+        return {"routing": [list(self._routing[0]), list(self._routing[1])]}
+
+    def _reinstate(self, state: dict) -> None:
+        rows, cols = state["routing"]
+        self._routing = (tuple(int(r) for r in rows), tuple(int(c) for c in cols))
 
     def _clip(self, g):
         return np.minimum(g, self.read_settings.ceiling_S)
@@ -95,6 +148,30 @@ class SimulatedRig(CrossbarRig):
                 g[i, j] = xb.read(i, j, volts, "grounded")
                 clk.advance(lat.read_time, "read")
         return self._clip(g)
+
+    def _column_currents(self, rows: np.ndarray, volts: np.ndarray,
+                         cols: np.ndarray) -> np.ndarray:
+        xb, clk, lat = self.crossbar, self.crossbar.clock, self.latency
+        clk.advance(lat.round_trip, "round_trip")
+        routing = (tuple(rows.tolist()), tuple(cols.tolist()))
+        switched = self._channels.sources < xb.shape[0] or self._channels.meters < xb.shape[1]
+        if switched and routing != self._routing:
+            clk.advance(lat.relay_switch, "relay")
+        self._routing = routing
+        row_v = np.zeros((volts.shape[0], xb.shape[0]))
+        row_v[:, rows] = volts
+        rc, cc = xb.column_currents(row_v, noise="noise" not in self.ideal,
+                                    lines="lines" not in self.ideal,
+                                    nonlinear="nonlinearity" not in self.ideal)
+        k = volts.shape[0]
+        clk.advance(k * lat.smu_settle, "dc_settle")
+        clk.advance(k * self.READOUT_NPLC / lat.line_frequency, "dc_integration")
+        worst = max(float(np.abs(rc).max()), float(np.abs(cc).max()))
+        if worst > self.limits.i_compliance:
+            raise ComplianceError(f"{self.name}: a line reached the current compliance "
+                                f"({worst:.3g} A > {self.limits.i_compliance:.3g} A) during the "
+                                "analog read-out")
+        return cc[:, cols]
 
     # -- DC ------------------------------------------------------------------------------------
     @property

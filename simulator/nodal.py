@@ -24,7 +24,7 @@ so it floats whatever it is driven with (its end current is 0); a short joins tw
 through its resistance. A faulty network is always solved in full (`solve`): the grounded-read
 shortcuts below assume intact lines.
 
-Grounded reads are normally not factorised at all (`_grounded_fixed_point`): with every line
+Grounded reads are normally not factorised at all (`_fixed_point`): with every line
 driven, the bare lines have a closed-form response (transfer resistances of a chain), and the
 device voltages follow from a contraction mapping in a few 8x8 matrix products (~30 us for a
 single 8x8 read instead of ~0.2-0.3 ms). The factorised solve remains the fallback and the
@@ -333,7 +333,7 @@ class NodalSolver:
         other lines at 0 V (grounded scheme); one row of the result per driven word line.
 
         `rows` selects the driven word lines (default: all), result shape (len(rows), cols).
-        `method`: "fixed_point" (closed-form line response, see `_grounded_fixed_point`),
+        `method`: "fixed_point" (closed-form line response, see `_fixed_point`),
         "factor" (Cholesky of the full nodal matrix, chord iterations) or "auto" (fixed point
         unless its contraction bound is weak, e.g. large arrays with high line resistance).
         Both solve the same network to the same tolerance.
@@ -347,17 +347,50 @@ class NodalSolver:
             # fast path: every device sees exactly its line voltages
             gi = g.reshape(m, n)[rows]
             return self._iv(gi, np.full_like(gi, volts))[0]
+        return self._driven(g, _one_hot(m, rows, volts), method)[1]
+
+    def readout_currents(self, G, row_v, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """Every word line i driven at row_v[a, i] [V] and every bit line held at 0 V (virtual
+        ground), for each drive pattern a of row_v (k, rows): returns (row currents (k, rows)
+        [A] flowing into the array at each word-line end, column currents (k, cols) [A]
+        flowing out of the array into each bit line's virtual ground). A grounded read is the
+        pattern with one row at the read voltage; an analog vector-matrix product is any
+        pattern. `method` as in `grounded_column_currents`.
+        """
+        g = self._check_g(G)
+        row_v = np.asarray(row_v, dtype=float)
+        if row_v.ndim != 2 or row_v.shape[1] != self.rows:
+            raise SimulatorError(f"row voltages of shape {row_v.shape}, expected (k, {self.rows})")
+        if not np.all(np.isfinite(row_v)):
+            raise SimulatorError("row voltages must be finite (every line is driven)")
+        if self.faulty:  # the shortcuts assume intact lines: one full solve per pattern
+            G = g.reshape(self.rows, self.cols)
+            zero = np.zeros(self.cols)
+            res = [self.solve(G, v, zero) for v in row_v]
+            return (np.array([r.row_currents for r in res]),
+                    -np.array([r.col_currents for r in res]))
+        return self._driven(g, row_v, method)
+
+    def _driven(self, g: np.ndarray, row_v: np.ndarray,
+                method: str) -> tuple[np.ndarray, np.ndarray]:
+        m, n = self.rows, self.cols
+        if self.r_line == 0 and self.r_source == 0:
+            # every device sees exactly its line voltages
+            cur = self._iv(g.reshape(m, n), np.repeat(row_v[:, :, None], n, axis=2))[0]
+            return cur.sum(axis=2), cur.sum(axis=1)
         if method not in ("auto", "fixed_point", "factor"):
             raise SimulatorError(f"unknown grounded-read method {method!r}")
         if method != "factor":
-            out = self._grounded_fixed_point(g, volts, rows)
-            if out is not None:
-                return out
+            cur = self._row_fixed_point(g, row_v)
+            if cur is not None:
+                # all current of a word line enters at its driven end, all current entering
+                # a bit line leaves through its sense end
+                return cur.sum(axis=2), cur.sum(axis=1)
             if method == "fixed_point":
                 raise SimulatorError("grounded read: the line network is too resistive for the "
                                      "fixed-point solve (contraction bound >= 0.5)")
         with _single_thread():
-            return self._grounded(g, volts, rows)
+            return self._factored(g, row_v)
 
     def grounded_row_currents(self, G, volts: float, row: int) -> np.ndarray:
         """Currents [A] sensed out of every bit line with word line `row` at `volts` and every
@@ -368,12 +401,13 @@ class NodalSolver:
         if self.r_line == 0 and self.r_source == 0:
             g = np.asarray(G, dtype=float)[row]
             return self._iv(g, np.full_like(g, volts))[0]
-        rows = np.array([row])
-        out = self._grounded_fixed_point(self._check_g(G), volts, rows)
-        if out is None:
-            with _single_thread():
-                out = self._grounded(self._check_g(G), volts, rows)
-        return out[0]
+        g = self._check_g(G)
+        row_v = _one_hot(self.rows, np.array([row]), volts)
+        cur = self._row_fixed_point(g, row_v, abs(volts))
+        if cur is not None:
+            return cur[0].sum(axis=0)
+        with _single_thread():
+            return self._factored(g, row_v)[1][0]
 
     def _grounded_by_solve(self, g: np.ndarray, volts: float, rows: np.ndarray) -> np.ndarray:
         """Grounded read of a faulty network: one full solve per driven word line."""
@@ -385,42 +419,10 @@ class NodalSolver:
             out[a] = -self.solve(G, rv, np.zeros(self.cols)).col_currents
         return out
 
-    def _grounded_fixed_point(self, g: np.ndarray, volts: float,
-                              rows: np.ndarray) -> np.ndarray | None:
-        """Grounded read by fixed-point iteration on the device voltages; None when the bound on
-        its contraction is too weak (then the factorised solve is used).
-
-        In a grounded read every line is driven (one word line at `volts`, all else at 0 V), so
-        the lines alone form a fixed linear network whose response to currents injected at its
-        nodes is known in closed form: along a chain driven at one end through r_source, the
-        transfer resistance between nodes a and b is the resistance of their common path to
-        the source, r_source + r_line * (segments shared). With device currents I (rows x cols)
-        leaving word-line nodes and entering bit-line nodes, the device voltages are exactly
-
-            vd = V0 - I @ Zw - Zb @ I,    I = I_dev(vd)
-
-        (V0: `volts` on the driven row, 0 elsewhere; Zw, Zb: transfer resistances of one word
-        line and one bit line). Iterating this map converges because device conductances
-        (<= ~1e-3 S) times line resistances (ohms) make it a strong contraction; its rate is
-        bounded from the device slopes (rho below) and the iteration count follows from that
-        bound, so the result meets the same tolerance as the factorised solve (_ATOL_V).
-        Exact for the model, including the sinh I-V; a few 8x8 matrix products per iteration.
-        """
-        m, n = self.rows, self.cols
-        k = rows.size
-        if k == 0:
-            return np.zeros((0, n))
-        scale = 1.0 if self.v_nl is None else self.v_nl
-        x0 = np.zeros((k, m, n))
-        x0[np.arange(k), rows, :] = volts / scale
-        cur = self._fixed_point(g, x0, abs(volts))
-        # all current entering a bit line leaves through its sense end
-        return None if cur is None else cur.sum(axis=1)
-
     def driven_currents(self, G, row_v, col_v) -> tuple[np.ndarray, np.ndarray] | None:
         """Currents [A] into the array at every row and column end for a bias that drives every
-        line (no NaN), by the fixed point of `_grounded_fixed_point` started from the applied
-        device voltages row_v[i] - col_v[j]; None when its contraction bound is too weak (use
+        line (no NaN), by the fixed point of `_fixed_point` started from the applied device
+        voltages row_v[i] - col_v[j]; None when its contraction bound is too weak (use
         `solve`). Every node lies between the lowest and the highest source level, so that span
         bounds the device voltages and hence their slopes."""
         g = self._check_g(G)
@@ -438,12 +440,45 @@ class NodalSolver:
         # a device current leaves its word line and enters its bit line
         return cur.sum(axis=1), -cur.sum(axis=0)
 
+    def _row_fixed_point(self, g: np.ndarray, row_v: np.ndarray,
+                         span: float | None = None) -> np.ndarray | None:
+        """`_fixed_point` for drive patterns row_v (k, rows) with every bit line at 0 V.
+        `span`: the largest minus the smallest source voltage (0 V included), when the caller
+        knows it."""
+        if span is None:
+            span = float(row_v.max(initial=0.0) - row_v.min(initial=0.0))
+        scale = 1.0 if self.v_nl is None else self.v_nl
+        x0 = np.repeat((row_v / scale)[:, :, None], self.cols, axis=2)
+        return self._fixed_point(g, x0, span)
+
     def _fixed_point(self, g: np.ndarray, x0: np.ndarray, span: float) -> np.ndarray | None:
         """Device currents (k, rows, cols) [A] of k all-driven biases whose applied device
-        voltages are x0 * v_nl (x0: (k, rows, cols)); `span` [V] bounds every |device voltage|.
-        None when the contraction bound is too weak."""
+        voltages are x0 * v_nl (x0: (k, rows, cols)), by fixed-point iteration on the device
+        voltages; `span` [V] bounds every |device voltage| (every node lies between the lowest
+        and the highest source level). None when the bound on its contraction is too weak (then
+        the factorised solve is used).
+
+        With every line driven through r_source, the lines alone form a fixed linear network
+        whose response to currents injected at its nodes is known in closed form: along a chain
+        driven at one end through r_source, the transfer resistance between nodes a and b is the
+        resistance of their common path to the source, r_source + r_line * (segments shared).
+        With device currents I (rows x cols) leaving word-line nodes and entering bit-line
+        nodes, the device voltages are exactly
+
+            vd = V0 - I @ Zw - Zb @ I,    I = I_dev(vd)
+
+        (V0 = x0 * v_nl; Zw, Zb: transfer resistances of one word line and one bit line).
+        Iterating this map converges because device conductances (<= ~1e-3 S) times line
+        resistances (ohms) make it a strong contraction; its rate is bounded from the device
+        slopes (rho below) and the iteration count follows from that bound, so the result meets
+        the same tolerance as the factorised solve (_ATOL_V). Exact for the model, including the
+        sinh I-V; a few 8x8 matrix products per iteration. A grounded read is the bias with one
+        row at the read voltage and every other line at 0 V.
+        """
         m, n = self.rows, self.cols
         k = x0.shape[0]
+        if k == 0:
+            return np.zeros((0, m, n))
         zw, zb, kron = self._transfer()
         linear = self.v_nl is None
         scale = 1.0 if linear else self.v_nl
@@ -509,24 +544,27 @@ class NodalSolver:
             tr = self._tr = (zw, zb, kron)
         return tr
 
-    def _grounded(self, g: np.ndarray, volts: float, rows: np.ndarray) -> np.ndarray:
+    def _factored(self, g: np.ndarray, row_v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`_row_fixed_point` by the factorised solve: (row currents (k, rows), sensed column
+        currents (k, cols)). One Cholesky factor of the matrix linearised at the largest drive
+        (chord iterations), reused for every pattern."""
         m, n = self.rows, self.cols
-        k = rows.size
+        k = row_v.shape[0]
         driven_r = np.ones(m, dtype=bool)
         driven_c = np.ones(n, dtype=bool)
         pat = self._pattern(driven_r, driven_c)
         B = np.zeros((self.N, k))
         V = np.zeros((self.N, k))
-        cols_k = np.arange(k)
         if self.r_source > 0:
-            B[self.row_end[rows], cols_k] = volts / self.r_source
+            B[self.row_end] = row_v.T / self.r_source
         else:
-            V[self.row_end[rows], cols_k] = volts
-        # chord matrix: devices linearised at their secant slope at the read voltage
-        if self.v_nl is None or volts == 0:
+            V[self.row_end] = row_v.T
+        # chord matrix: devices linearised at their secant slope at the largest drive
+        vc = float(np.abs(row_v).max()) if k else 0.0
+        if self.v_nl is None or vc == 0:
             gc = g
         else:
-            gc = g * (self.s * math.sinh(volts / self.v_nl) / volts)
+            gc = g * (self.s * math.sinh(vc / self.v_nl) / vc)
         f = pat.free
         solve = self._factor(pat, gc)
         gcol = g[:, None]
@@ -548,9 +586,17 @@ class NodalSolver:
             raise SimulatorError("grounded read solve did not converge")
         vd = V[self.a] - V[self.b]
         cur = self._iv(g[:, None], vd)[0]
-        row_src = np.zeros((m, k))
-        row_src[rows, cols_k] = volts
-        _, cc = self._end_currents(pat, V, cur, row_src, np.zeros((n, k)), driven_r, driven_c)
+        rc, cc = self._end_currents(pat, V, cur, row_v.T, np.zeros((n, k)), driven_r, driven_c)
         if k == 1:
-            cc = cc[:, None]
-        return -cc.T   # sensed = flowing out of the array into the virtual ground
+            rc, cc = rc[:, None], cc[:, None]
+        return rc.T, -cc.T   # sensed = flowing out of the array into the virtual ground
+
+
+def _one_hot(rows: int, which: np.ndarray, volts: float) -> np.ndarray:
+    """Drive patterns (len(which), rows): row which[a] at `volts`, every other row at 0 V."""
+    row_v = np.zeros((which.size, rows))
+    if which.size == 1:
+        row_v[0, which[0]] = volts
+    else:
+        row_v[np.arange(which.size), which] = volts
+    return row_v

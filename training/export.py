@@ -43,7 +43,9 @@ from protocols.plan import (  # noqa: F401  (re-exported: the plan is built here
     plan_forward,
     plan_logits,
     plan_weights,
+    station_g_range,
 )
+from protocols.tuning import TuneConfig
 from training.errors import TrainingError
 from training.tiles import DEFAULT_LAYOUT, tile_order
 
@@ -125,13 +127,18 @@ def plan_from_weights(weights: list[np.ndarray], biases: list[np.ndarray], *, g_
     return plan
 
 
-def conductance_plan(model, db, mapping: str = "physical", *, member: int = 0
-                     ) -> ConductancePlan:
+def conductance_plan(model, db, mapping: str = "physical", *, member: int = 0,
+                     read=None, tolerance: float | None = None) -> ConductancePlan:
     """The conductance plan of member `member` of a trained HardwareAwareMLP, on the model's
     own tile layout (``model.layout``).
 
     db: the NonIdealityDB the network was trained with (its g_min, g_max), or a (g_min, g_max)
-    pair [S]. mapping: must be "physical" (the only programmable one).
+    pair [S]. mapping: must be "physical" (the only programmable one). read: the read settings
+    of the station it is meant for (a ``protocols.rig.ReadSettings``) and tolerance its
+    write-verify band (default: TuneConfig's): the range is narrowed to what that station can
+    verify (``protocols.plan.station_g_range``; the published 100-500 uS puts targets at the
+    500 uS read ceiling), the reason in ``plan.meta["g_range_note"]``. The network computes
+    the same; only the conductances it is written with change.
     """
     if mapping != "physical":
         raise TrainingError(f"mapping {mapping!r} cannot be programmed (the published "
@@ -141,6 +148,10 @@ def conductance_plan(model, db, mapping: str = "physical", *, member: int = 0
         g_min, g_max = float(db[0]), float(db[1])
     else:
         g_min, g_max = float(db.g_min), float(db.g_max)
+    note = ""
+    if read is not None:
+        tol = TuneConfig().tolerance if tolerance is None else tolerance
+        g_min, g_max, note = station_g_range(g_min, g_max, tol, read)
     k = model.k
     if not 0 <= member < k:
         raise TrainingError(f"member {member} outside the ensemble of {k} networks")
@@ -150,6 +161,8 @@ def conductance_plan(model, db, mapping: str = "physical", *, member: int = 0
         biases.append(layer.bias.detach().cpu().numpy()[member].astype(float))
     layout = model.layout
     meta = {"member": member, "ensemble": k, "mapping": mapping}
+    if note:
+        meta["g_range_note"] = note
     return plan_from_weights(weights, biases, g_min=g_min, g_max=g_max,
                              activation=model.activation, tile_rows=layout.rows,
                              tile_cols=layout.cols, share_bias=layout.share_bias, meta=meta)

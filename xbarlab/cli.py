@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "xbarlab.commands.db_reference",
     "xbarlab.commands.train",
     "xbarlab.commands.transfer",
+    "xbarlab.commands.chip",
     "xbarlab.commands.view",
     "xbarlab.commands.demo",
     "xbarlab.commands.sweep",

@@ -55,6 +55,7 @@ def runs(tmp_path_factory):
 
 
 def _transfer(path):
+    from protocols.rig import ReadSettings
     from protocols.transfer import TransferConfig, run
     from simulator.chip import VirtualChip
     from simulator.config import CrossbarConfig
@@ -69,6 +70,7 @@ def _transfer(path):
     x = rng.random((20, 2))
     run(plan, lambda n: SimulatedRig(chip[n], lab=chip.lab), ["a"], path,
         test_data=(x, (x[:, 0] > 0.5)), config=TransferConfig(record_history=True), seed=1,
+        read=ReadSettings(),
         progress=False)
     return path
 

@@ -59,3 +59,13 @@ def test_settle_time_goes_through_the_seam(tmp_path):
     tu.run(rig, cfg, tmp_path / "s.h5", seed=0, progress=False)
     assert rig.crossbar.clock.totals["wait"] == pytest.approx(100.0)
     assert time.monotonic() - w0 < 50.0
+
+
+def test_a_rig_without_a_dc_path_says_so_before_anything_happens():
+    from protocols.errors import NotAvailableError
+
+    rig = ToyRig((2, 2))
+    assert rig.channels is None
+    with pytest.raises(NotAvailableError, match="not available on this rig"):
+        rig.column_currents([0], np.array([[0.1]]), [0])
+    assert rig.clock == 0.0

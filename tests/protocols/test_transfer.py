@@ -8,6 +8,7 @@ import pytest
 
 from database.errors import DatabaseError
 from protocols.errors import ProtocolError
+from protocols.rig import ReadSettings
 from protocols.transfer import TransferConfig, load_transfer, run
 from simulator.chip import VirtualChip
 from simulator.config import CrossbarConfig
@@ -60,8 +61,8 @@ def _run(tmp_path, chip, log, rigs, fail_at=None, name="t.h5", **kw):
         rigs.append(rig)
         return rig
 
-    return run(_plan(), open_rig, list(NAMES), tmp_path / name, test_data=_data(), seed=1,
-               progress=False, **kw)
+    return run(_plan(), open_rig, list(NAMES), tmp_path / name, read=ReadSettings(),
+               test_data=_data(), seed=1, progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -163,14 +164,14 @@ def test_refuses_bad_requests(tmp_path):
     chip = _chip()
     with pytest.raises(ProtocolError, match="3 tiles but 2"):
         run(_plan(), lambda n: SimulatedRig(chip[n]), ["a", "b"], tmp_path / "x.h5",
-            progress=False)
+            read=ReadSettings(), progress=False)
     with pytest.raises(ProtocolError, match="named twice"):
         run(_plan(), lambda n: SimulatedRig(chip[n]), ["a", "a", "b"], tmp_path / "x.h5",
-            progress=False)
+            read=ReadSettings(), progress=False)
     small = VirtualChip({n: CrossbarConfig(rows=2, cols=2) for n in NAMES})
     with pytest.raises(ProtocolError, match="needs 3x4"):
         run(_plan(), lambda n: SimulatedRig(small[n]), list(NAMES), tmp_path / "y.h5",
-            progress=False)
+            read=ReadSettings(), progress=False)
 
 
 def test_protocol_runs_without_torch():

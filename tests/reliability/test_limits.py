@@ -317,5 +317,33 @@ def test_transfer_refuses_out_of_range_ramps_before_programming(tmp_path):
                              g_max=300e-6)
     cfg = transfer.TransferConfig(tune=TuneConfig(v_set_max=2.4))
     _refused(st, transfer.run, plan, lambda _name: rig, ["xbar0"], tmp_path / "t.h5",
-             config=cfg, progress=False, exc=(ConfigError, ProtocolError),
-             strict=False)
+             read=rig.read_settings, config=cfg, progress=False,
+             exc=(ConfigError, ProtocolError), strict=False)
+
+
+@pytest.mark.parametrize("protocol", ["transfer", "repair"])
+def test_a_plan_the_station_cannot_verify_is_refused_whole_before_the_store(tmp_path, protocol):
+    # the published 100-500 uS mapping puts targets at 500 uS, above what a 500 uS read
+    # ceiling verifies with a 1 % band: refused before anything is sent and before the store
+    # is opened, saying how many targets and the range, not partway through the plan
+    from protocols import repair, transfer
+    from training.export import plan_from_weights
+
+    st, rig = open_station("sim-pmu")
+    plan = plan_from_weights([np.array([[0.5, -1.0], [1.0, 0.25]])], [np.array([0.2, -1.0])],
+                             g_min=100e-6, g_max=500e-6)
+    n_bad = int(np.sum(plan.target >= rig.read_settings.ceiling_S / 1.01))
+    assert 0 < n_bad < plan.n_devices   # the first devices are verifiable: no partial runs
+    out = tmp_path / "t.h5"
+    if protocol == "transfer":
+        e = _refused(st, transfer.run, plan, lambda _name: rig, ["xbar0"], out,
+                     read=rig.read_settings, progress=False, exc=ConfigError)
+    else:
+        x = np.zeros((4, 2))
+        data = repair.RepairData(refit=(x, np.zeros(4)), repair=(x, np.zeros(4)),
+                                 test=(x, np.zeros(4)))
+        e = _refused(st, repair.run, plan, lambda _name: rig, ["xbar0"], out, data, budget=10,
+                     read=rig.read_settings, progress=False, exc=ConfigError)
+    assert f"{n_bad} of the plan's {plan.n_devices} targets" in str(e)
+    assert "495.05) uS" in str(e) and "g_max below" in str(e)
+    assert not out.exists()

@@ -91,6 +91,99 @@ def test_closed_loop_tuning_reaches_one_percent():
     assert ok >= 10
 
 
+# -- the DC path: rows driven, column currents measured ------------------------------------
+
+def test_column_currents_are_the_nodal_solution_and_charge_one_execution():
+    lat = LatencyConfig(round_trip=2e-3, smu_settle=1e-3, line_frequency=50.0)  # 0.1 PLC: 2 ms
+    rig = SimulatedRig(Crossbar(CrossbarConfig(stuck_hrs_rate=0, stuck_lrs_rate=0), seed=2),
+                       latency=lat, ideal={"noise"})
+    v = np.random.default_rng(1).uniform(-0.2, 0.2, (5, 3))
+    rows, cols = np.array([1, 4, 6]), np.array([0, 7])
+    out = rig.column_currents(rows, v, cols)
+    row_v = np.zeros((5, 8))
+    row_v[:, rows] = v
+    _, cc = rig.crossbar._solver.readout_currents(rig.crossbar.conductance(), row_v)
+    np.testing.assert_allclose(out, cc[:, cols], rtol=1e-12)
+    assert rig.clock == pytest.approx(2e-3 + 5 * (1e-3 + 2e-3))
+    t = rig.time_breakdown()
+    assert t["dc_settle"] == pytest.approx(5e-3) and t["dc_integration"] == pytest.approx(1e-2)
+    assert "relay" not in t   # one source per row, one meter per column: nothing switched
+
+
+def test_fewer_channels_than_lines_switch_relays_when_the_lines_change():
+    from protocols.rig import Channels
+
+    lat = LatencyConfig(relay_switch=15e-3)
+    rig = SimulatedRig(Crossbar(seed=2), latency=lat, channels=Channels(sources=4, meters=2))
+    v = np.full((2, 4), 0.1)
+    rig.column_currents([0, 1, 2, 3], v, [0, 1])
+    rig.column_currents([0, 1, 2, 3], v, [0, 1])      # same lines: no relay change
+    rig.column_currents([0, 1, 2, 3], v, [2, 3])
+    assert rig.time_breakdown()["relay"] == pytest.approx(2 * 15e-3)
+    with pytest.raises(ValueError, match="2 meters"):
+        rig.column_currents([0], v[:, :1], [0, 1, 2])
+    with pytest.raises(ValueError, match="4 sources"):
+        rig.column_currents(range(5), np.full((1, 5), 0.1), [0])
+
+
+def test_a_resumed_dc_path_keeps_its_routing():
+    # the lines the switched DC path has connected are instrument state: a run resumed from a
+    # commit connects the same lines again only when the uninterrupted run would have
+    from protocols.rig import Channels
+
+    lat = LatencyConfig(relay_switch=15e-3)
+    ch = Channels(sources=4, meters=2)
+    rig = SimulatedRig(Crossbar(seed=2), latency=lat, channels=ch)
+    v = np.full((2, 4), 0.1)
+    rig.column_currents([0, 1, 2, 3], v, [0, 1])
+    state = rig.save_state()
+    assert state["rig"] == {"routing": [[0, 1, 2, 3], [0, 1]]}
+    again = SimulatedRig(Crossbar(seed=2), latency=lat, channels=ch)
+    again.restore_state(state)
+    before = again.time_breakdown().get("relay", 0.0)
+    again.column_currents([0, 1, 2, 3], v, [0, 1])
+    assert again.time_breakdown().get("relay", 0.0) == before     # nothing switched
+    assert SimulatedRig(Crossbar(seed=2)).save_state().get("rig") is None
+
+
+def test_ideal_effects_switch_line_resistance_and_nonlinearity_off():
+    xb = Crossbar(CrossbarConfig(stuck_hrs_rate=0, stuck_lrs_rate=0), seed=8)
+    v = np.full((1, 8), 0.2)
+    g = xb.conductance()
+    ideal = SimulatedRig(xb, ideal={"lines", "nonlinearity", "noise"})
+    np.testing.assert_allclose(ideal.column_currents(np.arange(8), v, np.arange(8)),
+                               v @ g, rtol=1e-12)
+    real = SimulatedRig(xb, ideal={"noise"}).column_currents(np.arange(8), v, np.arange(8))
+    assert np.all(real < v @ g)   # IR drop along the lines: less current than ideal
+    with pytest.raises(ValueError, match="unknown effect"):
+        SimulatedRig(xb, ideal={"gravity"})
+
+
+def test_column_currents_refuse_levels_beyond_the_read_limit_before_the_array_sees_them():
+    rig = _rig()
+    before = rig.crossbar.state_dict()
+    with pytest.raises(SafetyLimitError):
+        rig.column_currents([0, 1], np.array([[0.1, -0.6]]), [0])
+    assert rig.clock == 0.0
+    np.testing.assert_array_equal(rig.crossbar.state_dict()["G"], before["G"])
+    for bad in (np.array([[np.nan, 0.1]]), np.zeros((0, 2)), np.zeros((1, 3))):
+        with pytest.raises(ValueError):
+            rig.column_currents([0, 1], bad, [0])
+    with pytest.raises(ValueError, match="twice"):
+        rig.column_currents([1, 1], np.zeros((1, 2)), [0])
+    with pytest.raises(IndexError):
+        rig.column_currents([0], np.zeros((1, 1)), [8])
+
+
+def test_column_currents_stop_at_the_current_compliance():
+    from instruments.limits import SafetyLimits
+    from protocols.errors import ProtocolError
+
+    rig = SimulatedRig(Crossbar(seed=3), limits=SafetyLimits(i_compliance=1e-4))
+    with pytest.raises(ProtocolError, match="compliance"):
+        rig.column_currents(np.arange(8), np.full((1, 8), 0.2), np.arange(8))
+
+
 def test_read_array_reads_each_device_at_its_own_time():
     # a map takes rows*cols executions: a device read late in the map has relaxed for longer,
     # as on a station that reads one device per execution (time-dependent physics sees it)
@@ -113,3 +206,22 @@ def test_read_array_reads_each_device_at_its_own_time():
         seen = xb.G[i, j] + gv0[i, j] * np.exp(-(k * 1.0 + (k - 1) * 10e-6) / dev.tau_relax)
         assert g[i, j] == pytest.approx(seen, abs=5 * np.hypot(0.0015 * seen, 0.45e-6))
     assert rig.clock == pytest.approx(t0 + 4 * (1.0 + 10e-6))
+
+
+def test_column_currents_act_on_a_lost_ctrl_c_and_mark_the_rig_in_use():
+    import signal
+
+    from protocols import interrupts
+
+    rig = _rig()
+    rig.safe_state()
+    with interrupts.sigint_handler():
+        try:
+            signal.raise_signal(signal.SIGINT)   # recorded, as one lost in a finaliser would be
+        except KeyboardInterrupt:
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            rig.column_currents([0], np.full((1, 1), 0.1), [0])
+    assert rig.clock == 0.0 and rig.safe.state == "safe"   # nothing reached the array
+    rig.column_currents([0], np.full((1, 1), 0.1), [0])
+    assert rig.safe.state == "in use"

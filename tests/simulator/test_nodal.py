@@ -179,3 +179,74 @@ def test_grounded_fixed_point_declines_a_weak_contraction():
                                s.grounded_column_currents(g, 0.2, rows=[3], method="factor"))
     with pytest.raises(SimulatorError, match="method"):
         s.grounded_column_currents(g, 0.2, method="magic")
+
+
+# -- any row drive, every bit line at virtual ground (analog read-out) ----------------------
+
+def test_1x2_driven_row_with_line_resistance_is_the_hand_solved_ladder():
+    # V -- rs -- a -- rl -- b ; a -- G0 -- BL0 -- rs -- 0 ; b -- G1 -- BL1 -- rs -- 0
+    g0, g1, rs, rl, V = 300e-6, 150e-6, 2.0, 5.0, 0.15
+    ra, rb = 1 / g0 + rs, rl + 1 / g1 + rs
+    rp = ra * rb / (ra + rb)
+    va = V * rp / (rs + rp)
+    s = NodalSolver(1, 2, r_line=rl, r_source=rs, v_nl=None)
+    rc, cc = s.readout_currents(np.array([[g0, g1]]), np.array([[V]]))
+    np.testing.assert_allclose(cc[0], [va / ra, va / rb], rtol=1e-9)
+    assert rc[0, 0] == pytest.approx(va / ra + va / rb, rel=1e-9)
+
+
+def test_1x1_driven_sinh_device_satisfies_its_iv_equation_at_negative_drive():
+    G, rs, V, vnl = 250e-6, 4.0, -0.18, 0.81
+    s = NodalSolver(1, 1, r_line=0.0, r_source=rs, v_nl=vnl, v_ref=0.2)
+    _, cc = s.readout_currents(np.array([[G]]), np.array([[V]]))
+    i = cc[0, 0]
+    vd = V - 2 * rs * i
+    assert i < 0 and i == pytest.approx(G * 0.2 / math.sinh(0.2 / vnl) * math.sinh(vd / vnl),
+                                        rel=1e-9)
+
+
+@pytest.mark.parametrize("r_line,r_source,v_nl", [(0.75, 2.0, 0.81), (2.0, 5.0, None),
+                                                  (0.0, 3.0, 0.81)])
+def test_driven_fixed_point_matches_factorised_solve_and_the_general_solver(r_line, r_source,
+                                                                           v_nl):
+    rng = np.random.default_rng(5)
+    g = rng.uniform(20e-6, 600e-6, (6, 5))
+    row_v = rng.uniform(-0.2, 0.2, (7, 6))
+    row_v[2, 3] = 0.0
+    s = NodalSolver(6, 5, r_line, r_source, v_nl=v_nl)
+    rc, cc = s.readout_currents(g, row_v, method="fixed_point")
+    rc_f, cc_f = s.readout_currents(g, row_v, method="factor")
+    np.testing.assert_allclose(cc, cc_f, rtol=1e-8, atol=1e-15)
+    np.testing.assert_allclose(rc, rc_f, rtol=1e-8, atol=1e-15)
+    for a in (0, 4):
+        res = s.solve(g, row_v[a], np.zeros(5))
+        np.testing.assert_allclose(cc[a], -res.col_currents, rtol=1e-8, atol=1e-15)
+        np.testing.assert_allclose(rc[a], res.row_currents, rtol=1e-8, atol=1e-15)
+
+
+def test_driven_one_row_equals_the_grounded_read():
+    rng = np.random.default_rng(6)
+    g = rng.uniform(50e-6, 500e-6, (8, 8))
+    s = NodalSolver(8, 8, 0.75, 2.0)
+    row_v = np.zeros((8, 8))
+    np.fill_diagonal(row_v, 0.2)
+    np.testing.assert_allclose(s.readout_currents(g, row_v)[1],
+                               s.grounded_column_currents(g, 0.2), rtol=1e-12)
+
+
+def test_driven_ideal_lines_and_linear_devices_is_the_matrix_product():
+    rng = np.random.default_rng(7)
+    g = rng.uniform(5e-6, 700e-6, (4, 6))
+    row_v = rng.uniform(-0.3, 0.3, (5, 4))
+    rc, cc = NodalSolver(4, 6, 0.0, 0.0, v_nl=None).readout_currents(g, row_v)
+    np.testing.assert_allclose(cc, row_v @ g, rtol=1e-13)
+    np.testing.assert_allclose(rc, row_v * g.sum(1), rtol=1e-13)
+
+
+def test_driven_rejects_a_wrong_shape_or_a_floating_line():
+    s = NodalSolver(2, 2, 0.5, 1.0)
+    g = np.full((2, 2), 1e-4)
+    with pytest.raises(SimulatorError):
+        s.readout_currents(g, np.zeros((1, 3)))
+    with pytest.raises(SimulatorError):
+        s.readout_currents(g, np.array([[0.1, NAN]]))

@@ -135,6 +135,46 @@ def test_batched_conductances_and_json_roundtrip(db, tmp_path):
     assert json.dumps(again.to_dict()) == json.dumps(plan.to_dict())
 
 
+def test_a_plan_for_a_station_holds_only_targets_it_can_verify(db, moons, tmp_path, capsys):
+    # the published range reaches 500 uS, the shipped stations' read ceiling: the plan made
+    # for sim-pmu is mapped into what it verifies, computes the same, and transfers whole
+    from pathlib import Path
+
+    from protocols.plan import check_verifiable
+    from training.train import TrainConfig, save_checkpoint, train
+    from xbarlab.cli import main
+    from xbarlab.station import load_station
+
+    station = Path(__file__).resolve().parents[2] / "xbarlab" / "stations" / "sim-pmu.yaml"
+    read = load_station(station).read_settings
+    assert db.g_max == pytest.approx(500e-6)
+    m = _model(db, k=1)
+    free = conductance_plan(m, db)
+    with pytest.raises(ProtocolError, match="targets"):
+        check_verifiable(free, 0.01, read)
+    plan = conductance_plan(m, db, read=read)
+    check_verifiable(plan, 0.01, read, whole_range=True)
+    assert plan.g_max == pytest.approx(495e-6) and plan.g_min == db.g_min
+    assert "[100, 495] uS instead of [100, 500] uS" in plan.meta["g_range_note"]
+    x, _y = moons["test"]
+    np.testing.assert_allclose(plan_logits(plan, plan.target, x),
+                               plan_logits(free, free.target, x), rtol=1e-9, atol=1e-9)
+    # the model -> plan path of `xbarlab transfer --model` (published DB by default)
+    res = train(TrainConfig(epochs=1, mapping="physical"), *moons["train"], db)
+    ckpt = save_checkpoint(res, tmp_path / "m.pt")
+    saved = tmp_path / "plan.json"
+    try:
+        main(["transfer", "--model", str(ckpt), "--station", str(station), "-o",
+              str(tmp_path / "t.h5"), "--save-plan", str(saved), "--no-progress"])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "note: mapped into [100, 495] uS" in out.err
+    check_verifiable(ConductancePlan.load(saved), 0.01, read)
+
+
 def test_refuses_reference_mapping_and_bad_input(db):
     m = _model(db, k=1)
     with pytest.raises(TrainingError, match="cannot be programmed"):

@@ -48,6 +48,10 @@ def test_summary_lines_name_and_convert():
                      "yield: 50.0 %", "instrument time: 4.2 min", "devices: 5,000"]
     assert metric_for("readback_error_mean_rel").unit == "fraction"
     assert duration(2e-7) == "200 ns" and duration(12.34) == "12.3 s"
+    assert duration(6.8e-18) == "0 s"   # the rounding left in a sum of times, not e-notation
+    # a breakdown (time per category) is shown part by part, zero parts left out
+    assert Metric("per inference", "s").show({"relay": 0.0, "dc_settle": 2e-3,
+                                              "other": None}) == "dc_settle 2 ms"
 
 
 def test_evaluate_table_in_percent():

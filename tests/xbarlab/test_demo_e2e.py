@@ -40,7 +40,7 @@ def _row(*cells):
 def test_every_step_wrote_its_files(demo):
     out, steps, *_ = demo
     assert [s.name for s in steps] == ["station", "campaigns", "retention", "database", "train",
-                                       "evaluate", "transfer", "report"]
+                                       "evaluate", "transfer", "repair", "report"]
     for s in steps:
         assert s.paths and s.seconds >= 0, s.name
         for p in s.paths:
@@ -52,6 +52,7 @@ def test_every_step_wrote_its_files(demo):
     # campaigns and transfers ran on instruments: the virtual clock predicts their time
     inst = {s.name: s.instrument_s for s in steps}
     assert inst["campaigns"] > 0 and inst["transfer"] > 0 and inst["train"] is None
+    assert inst["repair"] > 0
     # the retention step waited its (virtual) hour between programming and the last read
     assert inst["retention"] >= 3600.0
 
@@ -114,6 +115,24 @@ def test_transfers_in_report_equal_the_hdf5_files(demo):
         assert "All statements hold" in md
     else:
         assert "| NO |" in md and "All statements hold" not in md
+
+
+def test_repairs_in_report_equal_the_hdf5_files_and_keep_their_budget(demo):
+    from protocols.repair import load_repair
+    from protocols.transfer import load_transfer
+
+    out, _steps, report, md, _page = demo
+    runs = json.loads((out / "repair" / "repairs.json").read_text())
+    assert sorted(r["network"] for r in runs) == sorted(NETWORKS)  # quick: the first chip
+    assert "pulse budget of 20 % of the transfer's pulses" in md
+    for r, shown in zip(runs, report["repairs"], strict=True):
+        s = load_repair(out / r["path"]).summary
+        transfer = load_transfer(out / r["transfer"]).summary["pulses_total"]
+        assert r["transfer_pulses"] == transfer
+        assert s["pulses"] <= s["budget"] == int(0.2 * transfer)
+        assert (shown["before"], shown["after"]) == (s["accuracy_before"], s["accuracy_after"])
+        assert f"{pct(s['accuracy_before'])} -> {pct(s['accuracy_after'])}" in md
+        assert f"{s['pulses']} / {s['budget']}" in md
 
 
 def test_monte_carlo_numbers_equal_the_evaluation_files(demo):

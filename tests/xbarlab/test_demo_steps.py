@@ -24,6 +24,7 @@ def run_cli(args, capsys) -> tuple[int, str]:
     ("train", "database"),
     ("evaluate,transfer", "database"),  # the earliest step missing
     ("transfer", "station"),
+    ("repair", "station"),
     ("campaigns", "station"),
 ])
 def test_step_without_earlier_outputs_is_one_line(steps, missing, tmp_path, capsys):

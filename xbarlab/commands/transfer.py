@@ -15,7 +15,10 @@ from xbarlab.crossbars import pick_crossbars
 from xbarlab.errors import XbarlabError
 
 
-def _plan_from_model(model_path: str, db_path: str | None, member: int):
+def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
+                     tolerance: float):
+    """The plan of a trained checkpoint, mapped into what the station reading with `read`
+    can verify with a band of +-`tolerance`, and the model's test set."""
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -32,7 +35,9 @@ def _plan_from_model(model_path: str, db_path: str | None, member: int):
         from database.nonideality import load_nonideality
         db = load_nonideality(db_path)
         g_range = (db.g_min, db.g_max)
-    plan = conductance_plan(model, g_range, member=member)
+    plan = conductance_plan(model, g_range, member=member, read=read, tolerance=tolerance)
+    if "g_range_note" in plan.meta:
+        click.echo(f"note: {plan.meta['g_range_note']}", err=True)
     plan.meta.update({"model": str(model_path), "trained_mapping": cfg.mapping,
                       "hardware_aware": cfg.hardware_aware, "dataset": cfg.dataset})
     if cfg.mapping != "physical":
@@ -75,6 +80,7 @@ def register(cli: click.Group) -> None:
                      algorithm, settle, save_plan, seed, resume, overwrite, no_progress, watch):
         """Program a trained network onto crossbars (write-verify, in the order training
         assumed), read it back and measure its test accuracy; everything into HDF5."""
+        from protocols.plan import check_verifiable
         from protocols.transfer import TransferConfig, run
         from protocols.tuning import TuneConfig
         from training.export import ConductancePlan
@@ -83,15 +89,18 @@ def register(cli: click.Group) -> None:
 
         if bool(model_path) == bool(plan_path):
             raise click.UsageError("give exactly one of --model and --plan")
+        cfg = TransferConfig(tune=TuneConfig(algorithm=algorithm), settle_s=settle)
+        st = load_station(station_path)
         test = None
         if model_path:
-            plan, test = _plan_from_model(model_path, db_path, member)
+            plan, test = _plan_from_model(model_path, db_path, member, st.read_settings,
+                                          cfg.tune.tolerance)
         else:
             plan = ConductancePlan.load(plan_path)
             if plan.meta.get("dataset") == "moons":
                 from database.datasets import load_moons
                 test = load_moons("test")
-        st = load_station(station_path)
+        check_verifiable(plan, cfg.tune.tolerance, st.read_settings)
         names = pick_crossbars(st, plan.n_tiles, tuple(crossbars))
         if save_plan:  # written once the model, the station and the crossbars are known good
             plan.save(save_plan)
@@ -106,9 +115,9 @@ def register(cli: click.Group) -> None:
         def open_rig(name: str):
             return st.open_rig(name if st.chip is not None else None)
 
-        cfg = TransferConfig(tune=TuneConfig(algorithm=algorithm), settle_s=settle)
         with watching(Path(out), watch):
-            res = run(plan, open_rig, names, Path(out), config=cfg, test_data=test, seed=seed,
+            res = run(plan, open_rig, names, Path(out), read=st.read_settings, config=cfg,
+                      test_data=test, seed=seed,
                       station=st.describe(names), resume=resume, overwrite=overwrite,
                       progress=not no_progress, on_tile=on_tile)
         if res.resumed_from:

@@ -1,0 +1,243 @@
+"""Chip in the loop on many simulated chips: analog vs read-back vs Monte-Carlo, then repair.
+
+For each dataset (half-moons 2-8-1 sigmoid; digits 64-32-10 ReLU on 8x8 tiles: 87 crossbars)
+and each network (hardware-aware, regular; trained on the published non-ideality database,
+physical mapping), on fresh virtual chips (the same chip seeds for both networks):
+
+1. program the plan with write-verify (`protocols.tuning.tune`, fast variant, device by device
+   in the plan's order, each tile on its own 8x8 crossbar, SimulatedRig). This is what
+   `protocols.transfer` does without its per-device store commit (which packs the whole die's
+   state, 87 crossbars for digits, after every device: most of a digits transfer's wall time);
+2. measure the test set: analog (`protocols.inference`, column currents through the nodal
+   solver), the read-back estimate (numpy from read conductances) and, once per network, the
+   Monte-Carlo prediction (`training.evaluate`, 1000 transfers); explain the analog-vs-ideal
+   deviation by measuring again with line resistance, non-linearity and read noise off;
+3. repair (`protocols.repair`, default `RepairConfig`, fields changed by `--repair`) with a
+   budget of 20 % of that chip's programming pulses; the data roles of
+   `database.datasets.chip_in_the_loop_sets`.
+
+Prints per network: software, Monte-Carlo, analog and read-back accuracy before, accuracy after
+repair (mean, worst chip), extra pulses relative to the transfer, predicted instrument time of
+transfer and repair (virtual clock), and whether the goals hold (mean within 1 point of the
+software accuracy, worst chip within 3, at most 20 % extra pulses).
+
+Usage: python bench/repair.py [--quick] [--chips 24] [--digits-chips 4] [--workers 1]
+                              [--out bench-repair-out] [--repair '{"rollback": false}']
+Figures: docs/chip-in-the-loop.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+threadpool_limits(1, user_api="blas")
+
+from database.datasets import chip_in_the_loop_sets  # noqa: E402
+from protocols.repair import RepairConfig, RepairData, load_repair  # noqa: E402
+from protocols.repair import run as repair  # noqa: E402
+from protocols.tuning import TuneConfig, tune  # noqa: E402
+from simulator.chip import VirtualChip  # noqa: E402
+from simulator.config import CrossbarConfig  # noqa: E402
+from simulator.direct_rig import SimulatedRig  # noqa: E402
+from training.defaults import LABELS, NETWORKS  # noqa: E402
+from xbarlab.chip_loop import explain_gap  # noqa: E402
+from xbarlab.station import load_station  # noqa: E402
+
+BUDGET = 0.20   # of the transfer's pulses
+#: the rigs read as the shipped simulated PMU station does; the plans are mapped into what it
+#: can verify (the published 100-500 uS range puts targets at its 500 uS read ceiling)
+READ = load_station(ROOT / "xbarlab" / "stations" / "sim-pmu.yaml").read_settings
+
+
+def train_or_load(out: Path, dataset: str, quick: bool) -> dict:
+    """Both networks of `dataset` on the published DB (cached in `out`)."""
+    from database.reference import import_reference
+    from training.train import load_checkpoint, load_dataset, save_checkpoint, train, train_config
+
+    db = import_reference()
+    sets = chip_in_the_loop_sets(dataset)
+    models = {}
+    for name in NETWORKS:
+        path = out / f"{dataset}_{name}{'_quick' if quick else ''}.pt"
+        if not path.exists():
+            kw = {"epochs": 1000} if quick and dataset == "moons" else {}
+            cfg = train_config(dataset, hardware_aware=name == "hardware_aware", seed=0, **kw)
+            save_checkpoint(train(cfg, *load_dataset(dataset)["train"], db), path)
+        models[name] = load_checkpoint(path, "cpu")[0]
+    return {"db": db, "models": models, "sets": sets}
+
+
+def monte_carlo(models, db, sets, n: int) -> dict:
+    from training.evaluate import evaluate_transfers
+
+    xt, yt = sets["test"]
+    out = {}
+    for name, model in models.items():
+        r = evaluate_transfers(model, xt, yt, n, db, mapping="physical", seed=0)
+        out[name] = {"mean": float(r.transfer_acc[:, 0].mean()),
+                     "std": float(r.transfer_acc[:, 0].std()),
+                     "clean": float(r.clean_acc[0])}
+    return out
+
+
+def one_chip(job: tuple) -> dict:
+    """Program, measure, explain and repair one chip; plain numbers back."""
+    plan_dict, dataset, network, seed, tmp, overrides = job
+    from protocols.plan import ConductancePlan
+
+    plan = ConductancePlan.from_dict(plan_dict)
+    sets = chip_in_the_loop_sets(dataset)
+    chip = VirtualChip({f"x{t}": CrossbarConfig() for t in range(plan.n_tiles)}, seed=seed)
+    names = list(chip.crossbars)
+
+    def opener(n):
+        return SimulatedRig(chip[n], lab=chip.lab, read=READ)
+
+    w0 = time.perf_counter()
+    tc = TuneConfig(algorithm="fast")
+    t0 = chip.clock.now
+    res = []
+    for t in range(plan.n_tiles):
+        rig = opener(names[t])
+        for d in plan.tile_devices(t):
+            res.append(tune(rig, int(plan.row[d]), int(plan.col[d]), float(plan.target[d]), tc))
+    transfer_time = chip.clock.now - t0
+    pulses = int(sum(r.pulses for r in res))
+    w1 = time.perf_counter()
+    gap = explain_gap(plan, chip, names, *sets["test"])
+    w2 = time.perf_counter()
+    path = Path(tmp) / f"{dataset}_{network}_{seed}.h5"
+    r = repair(plan, opener, names, path, RepairData(**sets), budget=int(BUDGET * pulses),
+               read=READ,
+               stuck=np.array([not x.converged for x in res]),
+               prior_tunings=(np.array([x.g_initial for x in res]),
+                              np.array([x.target for x in res]),
+                              np.array([x.pulses for x in res])),
+               config=RepairConfig(**overrides), seed=seed, overwrite=True, progress=False)
+    s = load_repair(path).summary
+    path.unlink()
+    return {"dataset": dataset, "network": network, "seed": seed,
+            "transfer_pulses": pulses, "transfer_failed": int(sum(not x.converged for x in res)),
+            "transfer_time_s": transfer_time, "gap": gap,
+            "analog_before": s["accuracy_before"], "readback_before": s["accuracy_readback_before"],
+            "after": s["accuracy_after"], "readback_after": s["accuracy_readback_after"],
+            "repair_pulses": s["pulses"], "repair_time_s": s["instrument_time_s"],
+            "chosen": s["chosen"], "stopped": s.get("stopped", ""),
+            "wall_program_s": w1 - w0, "wall_explain_s": w2 - w1,
+            "wall_repair_s": time.perf_counter() - w2, "summary": r.summary}
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:5.1f} %"
+
+
+def report(dataset: str, rows: list[dict], mc: dict) -> list[str]:
+    out = [f"\n== {dataset} ({len(rows) // 2} chips per network) =="]
+    head = (f"{'':16}{'software':>10}{'Monte-Carlo':>16}{'analog before':>20}"
+            f"{'read-back before':>20}{'after repair':>20}{'extra pulses':>16}")
+    out.append(head)
+    goals = []
+    for name in NETWORKS:
+        r = [x for x in rows if x["network"] == name]
+        if not r:
+            continue
+        a = np.array([x["analog_before"] for x in r])
+        b = np.array([x["readback_before"] for x in r])
+        c = np.array([x["after"] for x in r])
+        p = np.array([x["repair_pulses"] / x["transfer_pulses"] for x in r])
+        sw = mc[name]["clean"]
+        out.append(f"{LABELS[name]:16}{pct(sw):>10}"
+                   f"{pct(mc[name]['mean']) + ' +-' + pct(mc[name]['std']).strip():>16}"
+                   f"{pct(a.mean()) + ' (min' + pct(a.min()) + ')':>20}"
+                   f"{pct(b.mean()) + ' (min' + pct(b.min()) + ')':>20}"
+                   f"{pct(c.mean()) + ' (min' + pct(c.min()) + ')':>20}"
+                   f"{pct(p.mean()) + ' (max' + pct(p.max()) + ')':>16}")
+        goals.append((name, sw - c.mean(), sw - c.min(), p.max(), int(np.sum(c < a)), len(r)))
+    out.append("predicted instrument time per chip (virtual clock, mean): " + "; ".join(
+        f"{LABELS[n]}: transfer {np.mean([x['transfer_time_s'] for x in rows if x['network'] == n]):.0f} s, "
+        f"repair {np.mean([x['repair_time_s'] for x in rows if x['network'] == n]):.0f} s"
+        for n in NETWORKS))
+    sh_l = [x["gap"]["share_lines"] for x in rows]
+    sh_n = [x["gap"]["share_nonlinearity"] for x in rows]
+    accs = {k: np.mean([x["gap"]["accuracy"][k] for x in rows]) for k in rows[0]["gap"]["accuracy"]}
+    out.append("analog vs ideal array (before repair, all chips): accuracy " + ", ".join(
+        f"{k} {pct(v).strip()}" for k, v in accs.items()))
+    out.append(f"  share of the analog outputs' mean squared deviation from the ideal array: "
+               f"line resistance {pct(np.mean(sh_l)).strip()}, device non-linearity "
+               f"{pct(np.mean(sh_n)).strip()} (the rest: read noise and their interaction)")
+    for name, d_mean, d_min, p_max, lower, n in goals:
+        ok = d_mean <= 0.01 and d_min <= 0.03 and p_max <= BUDGET + 1e-9
+        out.append(f"goal {LABELS[name]}: mean {100 * d_mean:+.1f} points below software "
+                   f"(<= 1), worst chip {100 * d_min:+.1f} (<= 3), extra pulses at most "
+                   f"{100 * p_max:.1f} % (<= 20 %): {'met' if ok else 'NOT met'}; "
+                   f"{lower} of {n} chips end below their analog accuracy before repair")
+    chosen: dict[str, int] = {}
+    for x in rows:
+        for k, v in x["chosen"].items():
+            chosen[k] = chosen.get(k, 0) + v
+    out.append("corrections chosen (rounds, all chips): " + ", ".join(
+        f"{k} {v}" for k, v in sorted(chosen.items())) + "; stopped: " + ", ".join(
+        f"{s} {sum(x['stopped'] == s for x in rows)}" for s in sorted({x['stopped'] for x in rows})))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: few chips, short training")
+    ap.add_argument("--chips", type=int, default=24, help="half-moons chips per network")
+    ap.add_argument("--digits-chips", type=int, default=4, help="digits chips per network "
+                    "(~1 min of wall time each on a 2-core PC)")
+    ap.add_argument("--workers", type=int, default=1, help="processes")
+    ap.add_argument("--mc", type=int, default=1000, help="Monte-Carlo transfers per network")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-repair-out")
+    ap.add_argument("--repair", type=json.loads, default={}, help="RepairConfig fields to "
+                    "change, as JSON (e.g. '{\"rollback\": false}')")
+    a = ap.parse_args()
+    if a.quick:
+        a.chips, a.digits_chips, a.mc = 3, min(a.digits_chips, 1), 200
+    a.out.mkdir(parents=True, exist_ok=True)
+    from training.export import conductance_plan
+
+    w0 = time.perf_counter()
+    lines, results = [], {}
+    for dataset, chips in (("moons", a.chips), ("digits", a.digits_chips)):
+        if chips < 1:
+            continue
+        t = train_or_load(a.out, dataset, a.quick)
+        mc = monte_carlo(t["models"], t["db"], t["sets"], a.mc)
+        jobs = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in range(1, chips + 1):
+                for name in NETWORKS:
+                    plan = conductance_plan(t["models"][name], t["db"], read=READ)
+                    plan.meta.update(network=name, dataset=dataset)
+                    jobs.append((plan.to_dict(), dataset, name, 1000 + seed, tmp, a.repair))
+            if a.workers > 1:
+                from multiprocessing import get_context
+
+                with get_context("spawn").Pool(a.workers) as pool:
+                    rows = pool.map(one_chip, jobs)
+            else:
+                rows = [one_chip(j) for j in jobs]
+        results[dataset] = {"chips": rows, "monte_carlo": mc}
+        lines += report(dataset, rows, mc)
+        print("\n".join(report(dataset, rows, mc)), flush=True)
+    wall = time.perf_counter() - w0
+    print(f"\nwall time {wall:.0f} s")
+    (a.out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,473 @@
+"""Analog inference: the programmed network computing on its crossbars.
+
+For each input, each layer's tiles are driven on their rows with voltages proportional to the
+layer's inputs (and the bias input), every column held at virtual ground; each used column's
+current is measured (`CrossbarRig.column_currents`), the differential pairs are subtracted,
+the partial sums of a layer's tiles are added, the result is scaled back to the weights' units
+and the activation is applied in software before the next layer's tiles are driven. Every
+sneak path, line resistance and device non-linearity of the array is in the result.
+
+Encoding (per input pattern and layer). The plan's layout (`training.tiles`): device-matrix row
+= input (the bias is an input of constant 1), column 2o = G+ of output o, 2o+1 = G-, cut into
+tiles. With ``a = max(1, max_i |h_i|)`` over the layer's input vector h, word line of input i
+is driven at ``v_i = v_in h_i / a`` and the bias row at ``v_in / a``, so the largest level of a
+pattern is exactly ``v_in`` and nothing ever exceeds it. Column currents give the
+pre-activation
+
+    z_o = sum over the layer's tiles (I[G+ column of o] - I[G- column of o]) * a / v_in * s / (Gmax - Gmin)
+
+(s: the layer's read-out scale), which equals the plan's numpy inference (`plan_logits`) when
+the devices are linear and the lines ideal: then I = sum_i G_i v_i.
+
+Read range. Inputs are DC levels in [-v_in, v_in]; ``v_in`` (default 0.2 V, the verify-read
+voltage every device already sees thousands of times per tuning without moving) must stay below
+``v_switch / margin``: v_switch is the devices' lowest switching threshold (0.75 V: the TiO2
+model's SET threshold 1.05 V at 100 uS and RESET threshold 1.15 V at 400 uS less 3 sigma of
+their device-to-device spread; physics.md §3.3), margin 3. The station's read limit is checked
+by the rig seam on every level.
+
+Channel counts. A call drives at most ``channels.sources`` rows and measures at most
+``channels.meters`` columns. More columns than meters: the same patterns are applied again for
+each group of columns (exact: every column is at 0 V either way). More rows than sources: rows
+are driven in groups and the currents added (superposition: exact for linear devices, not for
+the sinh I-V; the run records how many groups it used and logs a warning).
+
+Storage (database.runs, protocol "inference"): the plan and the encoding are the run config;
+units of work = (tile, batch of test points), tile by tile in the plan's order (so a station that
+reaches one crossbar at a time moves its probes once per tile); tables
+
+- ``readback``     each tile's devices read back (grounded reads) before its analog read-out;
+- ``drive``        point, tile, row, volts: every level applied;
+- ``currents``     point, tile, col, current [A]: every column current measured;
+- ``outputs``      point, layer, out, value: pre-activations z from the currents;
+- ``predictions``  point, label, predicted (analog), predicted_readback (the numpy inference
+                   from the read-back conductances), predicted_software (the plan's weights);
+- ``timing``       per unit: instrument time by category [s] (NaN categories on hardware).
+
+A killed run resumes at the next unit; on a simulated station the chip is restored to the state
+committed with the last unit, so the resumed file equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from database.display import Metric
+from database.runs import RunWriter, list_runs, read_table
+from protocols import interrupts
+from protocols.campaigns._loop import commit_state, restore_progress
+from protocols.errors import ProtocolError
+from protocols.plan import MINUS, ConductancePlan, activate, plan_forward
+from protocols.progress import Bar
+from protocols.rig import CrossbarRig
+from protocols.transfer import _digest, measured_conductances
+
+log = logging.getLogger("xbarlab.inference")
+
+PROTOCOL = "inference"
+#: instrument-time categories kept per unit ("other": whatever the rig books elsewhere)
+TIME_CATEGORIES = ("round_trip", "relay", "pulse", "read", "dc_settle", "dc_integration",
+                   "other")
+ANALOG, READBACK = 0, 1  # `timing.kind`
+
+#: the summary's metrics (``protocols.summaries``)
+SUMMARY = {
+    "points": Metric("test points"),
+    "tiles": Metric("tiles (one crossbar each)"),
+    "row_groups": Metric("row groups driven one after the other per tile"),
+    "accuracy": Metric("test accuracy on the crossbars (column currents)", "fraction"),
+    "accuracy_readback": Metric("test accuracy estimated from read-back conductances",
+                                "fraction"),
+    "accuracy_software": Metric("test accuracy in software (the plan's weights)", "fraction"),
+    "agreement_readback": Metric("points where the analog and read-back predictions agree",
+                                 "fraction"),
+    "instrument_time_s": Metric("instrument time", "s"),
+    "readback_time_s": Metric("instrument time of the read-back maps", "s"),
+    "analog_time_s": Metric("instrument time of the analog read-out", "s"),
+    "per_inference_s": Metric("instrument time per inference", "s"),
+    "per_inference_by_category_s": Metric("per inference, by category", "s"),
+}
+
+READBACK_COLUMNS = {"device": ("i4", "1"), "tile": ("i4", "1"), "row": ("i4", "1"),
+                    "col": ("i4", "1"), "target": ("f8", "S"), "g": ("f8", "S")}
+DRIVE_COLUMNS = {"point": ("i4", "1"), "tile": ("i4", "1"), "row": ("i4", "1"),
+                 "volts": ("f8", "V")}
+CURRENT_COLUMNS = {"point": ("i4", "1"), "tile": ("i4", "1"), "col": ("i4", "1"),
+                   "current": ("f8", "A")}
+OUTPUT_COLUMNS = {"point": ("i4", "1"), "layer": ("i4", "1"), "out": ("i4", "1"),
+                  "value": ("f8", "1")}
+PREDICTION_COLUMNS = {"point": ("i4", "1"), "label": ("i8", "1"), "predicted": ("i8", "1"),
+                      "predicted_readback": ("i8", "1"), "predicted_software": ("i8", "1")}
+TIMING_COLUMNS = {"unit": ("i4", "1"), "tile": ("i4", "1"), "kind": ("i1", "0=analog, 1=read-back"),
+                  "points": ("i4", "1"), "seconds": ("f8", "s"),
+                  **{c: ("f8", "s") for c in TIME_CATEGORIES}}
+TABLES = {"readback": READBACK_COLUMNS, "drive": DRIVE_COLUMNS, "currents": CURRENT_COLUMNS,
+          "outputs": OUTPUT_COLUMNS, "predictions": PREDICTION_COLUMNS, "timing": TIMING_COLUMNS}
+
+
+class InferConfig(BaseModel):
+    """How inputs become voltages. SI units."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v_in: float = Field(0.2, gt=0, le=1.0, description="full-scale input level [V]: the largest "
+                        "|input| of each pattern (or the bias input) is driven at this voltage")
+    v_switch: float = Field(0.75, gt=0, le=5.0, description="lowest switching threshold of the "
+                            "devices [V] (TiO2: 1.05 V SET at 100 uS less 3 sigma of the "
+                            "device-to-device spread)")
+    margin: float = Field(3.0, ge=1.0, le=100.0, description="v_in must stay below v_switch / "
+                          "margin (non-disturbing read range)")
+    batch: int = Field(50, ge=1, le=100_000, description="test points per unit of work")
+
+    @model_validator(mode="after")
+    def _read_range(self) -> InferConfig:
+        if self.v_in * self.margin > self.v_switch:
+            raise ValueError(f"v_in {self.v_in} V is not a non-disturbing read level: it must stay "
+                             f"below v_switch / margin = {self.v_switch / self.margin:.3f} V")
+        return self
+
+
+# -- the encoding: which line carries what ---------------------------------------------------
+
+@dataclass(frozen=True)
+class TileMap:
+    """What the used lines of one tile carry: ``inputs[i]`` is the layer input on row i (-1:
+    the bias input), ``outs[j]`` / ``signs[j]`` the output and sign (0 G+, 1 G-) on column j."""
+
+    tile: int
+    layer: int
+    inputs: np.ndarray
+    outs: np.ndarray
+    signs: np.ndarray
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.arange(self.inputs.size)
+
+    @property
+    def cols(self) -> np.ndarray:
+        return np.arange(self.outs.size)
+
+
+def tile_maps(plan: ConductancePlan) -> list[TileMap]:
+    """One TileMap per tile of the plan (rows and columns from 0 up to the tile's used size)."""
+    out = []
+    for t in range(plan.n_tiles):
+        d = plan.tile_devices(t)
+        h, w = (int(v) for v in plan.tile_shape[t])
+        inputs = np.full(h, -2, np.int64)
+        outs = np.full(w, -1, np.int64)
+        signs = np.full(w, -1, np.int64)
+        inputs[plan.row[d]] = plan.inp[d]
+        outs[plan.col[d]] = plan.out[d]
+        signs[plan.col[d]] = plan.sign[d]
+        if (inputs == -2).any() or (outs < 0).any():
+            raise ProtocolError(f"conductance plan: tile {t} has an unused line inside its "
+                                f"{h}x{w} block")
+        out.append(TileMap(t, int(plan.tile_layer[t]), inputs, outs, signs))
+    return out
+
+
+def input_scale(h: np.ndarray) -> np.ndarray:
+    """Per pattern, the value driven at full scale: max(1, max |h|) (1 is the bias input)."""
+    return np.maximum(1.0, np.abs(h).max(axis=1, initial=0.0))
+
+
+def drive_levels(tm: TileMap, h: np.ndarray, scale: np.ndarray, v_in: float) -> np.ndarray:
+    """Voltages (k, rows of the tile) for layer inputs h (k, n_in) with per-pattern scale."""
+    x = np.where(tm.inputs[None, :] < 0, 1.0, h[:, np.maximum(tm.inputs, 0)])
+    return v_in * x / scale[:, None]
+
+
+def layer_output(plan: ConductancePlan, layer: int, maps: Sequence[TileMap],
+                 currents: dict[int, np.ndarray], scale: np.ndarray, v_in: float) -> np.ndarray:
+    """Pre-activations z (k, n_out) of `layer` from its tiles' column currents (k, cols)."""
+    n_out = plan.sizes[layer + 1]
+    acc = np.zeros((scale.size, n_out))
+    for tm in maps:
+        if tm.layer != layer:
+            continue
+        signed = currents[tm.tile] * np.where(tm.signs == MINUS, -1.0, 1.0)[None, :]
+        np.add.at(acc.T, tm.outs, signed.T)
+    return acc * (scale[:, None] / v_in) * (plan.scales[layer] / (plan.g_max - plan.g_min))
+
+
+def activation(plan: ConductancePlan, z: np.ndarray) -> np.ndarray:
+    """The hidden layers' activation, as the plan's numpy inference applies it."""
+    return activate(plan.activation, z)
+
+
+def predict(z_last: np.ndarray) -> np.ndarray:
+    """Classes from the last layer's pre-activations (logit > 0 for one output, else argmax)."""
+    return (z_last[:, 0] > 0).astype(np.int64) if z_last.shape[1] == 1 else \
+        z_last.argmax(1).astype(np.int64)
+
+
+def measure_tile(rig: CrossbarRig, tm: TileMap, volts: np.ndarray) -> np.ndarray:
+    """Column currents (k, used cols) of one tile for the drive `volts` (k, used rows),
+    time-multiplexed over the rig's sources (superposition) and meters (exact)."""
+    ch = rig.channels
+    if ch is None:  # let the seam raise its NotAvailableError
+        return rig.column_currents(tm.rows, volts, tm.cols)
+    out = np.zeros((volts.shape[0], tm.cols.size))
+    for r0 in range(0, tm.rows.size, ch.sources):
+        rows = tm.rows[r0:r0 + ch.sources]
+        for c0 in range(0, tm.cols.size, ch.meters):
+            cols = tm.cols[c0:c0 + ch.meters]
+            out[:, c0:c0 + cols.size] += rig.column_currents(rows, volts[:, rows], cols)
+    return out
+
+
+def row_groups(rig: CrossbarRig, tm: TileMap) -> int:
+    ch = rig.channels
+    return 1 if ch is None else -(-tm.rows.size // ch.sources)
+
+
+def check_crossbar(plan: ConductancePlan, rig: CrossbarRig, t: int, name: str) -> None:
+    rows, cols = rig.shape
+    used = plan.tile_shape[t]
+    if used[0] > rows or used[1] > cols:
+        raise ProtocolError(f"tile {t} needs {used[0]}x{used[1]} devices, crossbar {name!r} is "
+                            f"{rows}x{cols}")
+
+
+def analog_forward(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
+                   crossbars: Sequence[str], x: np.ndarray,
+                   cfg: InferConfig | None = None) -> list[np.ndarray]:
+    """Pre-activations of every layer [(k, n_out)] for inputs x, measured on the crossbars
+    layer by layer, tile by tile (one rig opened per tile); nothing stored."""
+    cfg = cfg or InferConfig()
+    maps = tile_maps(plan)
+    h = np.asarray(x, float)
+    zs = []
+    for layer in range(len(plan.sizes) - 1):
+        scale = input_scale(h)
+        cur = {}
+        for tm in (m for m in maps if m.layer == layer):
+            rig = open_rig(crossbars[tm.tile])
+            with rig:
+                check_crossbar(plan, rig, tm.tile, crossbars[tm.tile])
+                cur[tm.tile] = measure_tile(rig, tm, drive_levels(tm, h, scale, cfg.v_in))
+        z = layer_output(plan, layer, maps, cur, scale, cfg.v_in)
+        zs.append(z)
+        h = activation(plan, z)
+    return zs
+
+
+# -- the stored run ---------------------------------------------------------------------------
+
+@dataclass
+class InferResult:
+    path: Path
+    run: str
+    summary: dict
+    resumed_from: int
+    plan: ConductancePlan
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def instrument_times(rig: CrossbarRig, before: dict | None, t0: float) -> dict[str, float]:
+    """Instrument time since (before, t0), by category (NaN on hardware) and in total."""
+    total = float(rig.clock) - t0
+    after = rig.time_breakdown()
+    if before is None or after is None:
+        return {"seconds": total, **{c: np.nan for c in TIME_CATEGORIES}}
+    d = {c: after.get(c, 0.0) - before.get(c, 0.0) for c in TIME_CATEGORIES[:-1]}
+    d["other"] = total - sum(d.values())
+    return {"seconds": total, **d}
+
+
+def check_test_data(plan: ConductancePlan, test_data) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(test_data[0], float)
+    y = np.asarray(test_data[1]).astype(np.int64).reshape(-1)
+    if x.ndim != 2 or x.shape[1] != plan.sizes[0] or x.shape[0] != y.size or y.size < 1:
+        raise ProtocolError(f"test data of shape {x.shape} / {y.shape} do not fit a network with "
+                            f"{plan.sizes[0]} inputs")
+    return x, y
+
+
+def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
+        crossbars: Sequence[str], store, test_data: tuple[np.ndarray, np.ndarray], *,
+        config: InferConfig | None = None, seed: int | None = None,
+        station: dict | None = None, resume: bool = False, overwrite: bool = False,
+        progress: bool = True, on_tile: Callable[[int, str], None] | None = None,
+        extra_config: dict | None = None) -> InferResult:
+    """Run the test set through the network on its crossbars (tile t on ``crossbars[t]``).
+
+    open_rig(name) returns an unentered rig on crossbar `name`; on_tile(t, name) is called before
+    each tile (e.g. to ask an operator to move the probes). `extra_config` is stored with the run
+    config (e.g. where the programmed chip came from).
+    """
+    cfg = config or InferConfig()
+    crossbars = [str(c) for c in crossbars]
+    if len(crossbars) != plan.n_tiles:
+        raise ProtocolError(f"the plan has {plan.n_tiles} tiles but {len(crossbars)} crossbars "
+                            "were given (one crossbar per tile)")
+    x, y = check_test_data(plan, test_data)
+    maps = tile_maps(plan)
+    n_batches = -(-y.size // cfg.batch)
+    units = plan.n_tiles * n_batches
+    run_cfg = {"plan": plan.to_dict(), "crossbars": crossbars,
+               "inference": cfg.model_dump(mode="json"),
+               "test_data": {"points": int(y.size), "sha": _digest(x, y)},
+               **(extra_config or {})}
+    writer = RunWriter.open(store, protocol=PROTOCOL, config=run_cfg, station=station or {},
+                            seed=seed, tables=TABLES, units_total=units, resume=resume,
+                            overwrite=overwrite)
+    start = writer.units_done
+    # what earlier units left: the currents of finished tiles and the outputs of finished layers
+    currents: dict[int, np.ndarray] = {}
+    outputs: dict[int, np.ndarray] = {}
+    g_read = np.full(plan.n_devices, np.nan)
+    if start:
+        cur = writer.table("currents")
+        for tm in maps:
+            c = cur[cur.tile == tm.tile]
+            if len(c):
+                a = np.full((y.size, tm.cols.size), np.nan)
+                a[c.point.to_numpy(), c.col.to_numpy()] = c.current.to_numpy()
+                currents[tm.tile] = a
+        o = writer.table("outputs")
+        for layer in np.unique(o.layer.to_numpy()):
+            ol = o[o.layer == layer]
+            a = np.full((y.size, plan.sizes[layer + 1]), np.nan)
+            a[ol.point.to_numpy(), ol.out.to_numpy()] = ol.value.to_numpy()
+            outputs[int(layer)] = a
+        g_read = measured_conductances(plan, writer.table("readback"))
+    groups = {}
+
+    def layer_input(layer: int, pts: np.ndarray) -> np.ndarray:
+        return x[pts] if layer == 0 else activation(plan, outputs[layer - 1][pts])
+
+    bar = Bar(f"analog inference, {y.size} points, {plan.n_tiles} tiles", units, start,
+              enabled=progress, unit="units", pulses=False)
+    with bar:
+        for tm in maps:
+            t = tm.tile
+            first = t * n_batches
+            if first + n_batches <= start:
+                continue
+            name = crossbars[t]
+            if on_tile is not None:
+                on_tile(t, name)
+            rig = open_rig(name)
+            with rig:
+                check_crossbar(plan, rig, t, name)
+                if max(first, start) == start:  # the first tile of this session
+                    restore_progress("inference", writer, units, rig)
+                groups[t] = row_groups(rig, tm)
+                if groups[t] > 1:
+                    log.warning("tile %d: %d rows on %d sources: driven in %d groups and the "
+                                "currents added (superposition, approximate for non-linear "
+                                "devices)", t, tm.rows.size, rig.channels.sources, groups[t])
+                last_of_layer = not any(m.layer == tm.layer for m in maps[t + 1:])
+                for b in range(max(0, start - first), n_batches):
+                    interrupts.check()  # a Ctrl-C lost in a finaliser (e.g. during the commit)
+                    u = first + b
+                    pts = np.arange(b * cfg.batch, min((b + 1) * cfg.batch, y.size))
+                    bar.current(f"tile {t} on {name}, points {pts[0]}-{pts[-1]}")
+                    rows: dict[str, dict] = {}
+                    timing = []
+                    if b == 0:
+                        rows["readback"], tim = _read_back(plan, rig, t)
+                        g_read[rows["readback"]["device"]] = rows["readback"]["g"]
+                        timing.append({"unit": u, "tile": t, "kind": READBACK, "points": 0,
+                                       **tim})
+                    h = layer_input(tm.layer, pts)
+                    scale = input_scale(h)
+                    volts = drive_levels(tm, h, scale, cfg.v_in)
+                    before, t0 = rig.time_breakdown(), float(rig.clock)
+                    cur = measure_tile(rig, tm, volts)
+                    timing.append({"unit": u, "tile": t, "kind": ANALOG, "points": pts.size,
+                                   **instrument_times(rig, before, t0)})
+                    currents.setdefault(t, np.full((y.size, tm.cols.size), np.nan))[pts] = cur
+                    k, nr, nc = pts.size, tm.rows.size, tm.cols.size
+                    rows["drive"] = {"point": np.repeat(pts, nr), "tile": np.full(k * nr, t),
+                                     "row": np.tile(tm.rows, k), "volts": volts.reshape(-1)}
+                    rows["currents"] = {"point": np.repeat(pts, nc), "tile": np.full(k * nc, t),
+                                        "col": np.tile(tm.cols, k), "current": cur.reshape(-1)}
+                    rows["timing"] = {c: np.array([r[c] for r in timing]) for c in TIMING_COLUMNS}
+                    if last_of_layer:
+                        z = layer_output(plan, tm.layer, maps,
+                                         {m.tile: currents[m.tile][pts] for m in maps
+                                          if m.layer == tm.layer}, scale, cfg.v_in)
+                        outputs.setdefault(tm.layer, np.full((y.size, z.shape[1]), np.nan))[
+                            pts] = z
+                        no = z.shape[1]
+                        rows["outputs"] = {"point": np.repeat(pts, no),
+                                           "layer": np.full(k * no, tm.layer),
+                                           "out": np.tile(np.arange(no), k),
+                                           "value": z.reshape(-1)}
+                        if tm.layer == len(plan.sizes) - 2:
+                            rows["predictions"] = _predictions(plan, z, g_read, x, y, pts, t)
+                    writer.commit(u, rows, commit_state(rig))
+                    bar.advance(0)
+    interrupts.check()  # the run is not complete if the last commit lost a Ctrl-C
+    tables = {name: writer.table(name) for name in TABLES}
+    summary = summarize(plan, tables, row_groups=max(groups.values(), default=1))
+    writer.finish(summary)
+    log.info("inference: %s", summary)
+    return InferResult(writer.path, writer.run, summary, start, plan, tables)
+
+
+def _read_back(plan: ConductancePlan, rig: CrossbarRig, t: int) -> tuple[dict, dict]:
+    before, t0 = rig.time_breakdown(), float(rig.clock)
+    gmap = rig.read_array()
+    d = plan.tile_devices(t)
+    rows = {"device": d, "tile": np.full(d.size, t), "row": plan.row[d], "col": plan.col[d],
+            "target": plan.target[d], "g": gmap[plan.row[d], plan.col[d]]}
+    return rows, instrument_times(rig, before, t0)
+
+
+def _predictions(plan: ConductancePlan, z: np.ndarray, g_read: np.ndarray, x: np.ndarray,
+                 y: np.ndarray, pts: np.ndarray, t: int) -> dict:
+    if not np.all(np.isfinite(g_read)):
+        raise ProtocolError(f"at tile {t}: a tile was not read back; cannot compare with the "
+                            "read-back inference")
+    return {"point": pts, "label": y[pts], "predicted": predict(z),
+            "predicted_readback": plan_forward(plan, g_read, x[pts]),
+            "predicted_software": plan_forward(plan, plan.target, x[pts])}
+
+
+def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame], *,
+              row_groups: int = 1) -> dict:
+    """Accuracies (fractions) and predicted instrument time of an inference run."""
+    p, tim = tables["predictions"], tables["timing"]
+    out: dict = {"points": int(len(p)), "tiles": int(plan.n_tiles), "row_groups": int(row_groups)}
+    if len(p):
+        out.update(accuracy=float((p.predicted == p.label).mean()),
+                   accuracy_readback=float((p.predicted_readback == p.label).mean()),
+                   accuracy_software=float((p.predicted_software == p.label).mean()),
+                   agreement_readback=float((p.predicted == p.predicted_readback).mean()))
+    an, rb = tim[tim.kind == ANALOG], tim[tim.kind == READBACK]
+    out["instrument_time_s"] = float(tim.seconds.sum())
+    out["readback_time_s"] = float(rb.seconds.sum())
+    out["analog_time_s"] = float(an.seconds.sum())
+    if len(p):
+        per = an[list(TIME_CATEGORIES)].sum() / len(p)
+        out["per_inference_s"] = float(an.seconds.sum() / len(p))
+        out["per_inference_by_category_s"] = {c: (None if np.isnan(v) else float(v))
+                                              for c, v in per.items()}
+    return out
+
+
+def load_inference(path, run: str | None = None) -> InferResult:
+    """A stored inference run: plan, tables and summary."""
+    path = Path(path)
+    infos = [i for i in list_runs(path) if i.protocol == PROTOCOL]
+    info = next((i for i in infos if i.name == run), None) if run else (infos[-1] if infos
+                                                                         else None)
+    if info is None:
+        raise ProtocolError(f"{path}: no inference run" + (f" {run!r}" if run else ""))
+    plan = ConductancePlan.from_dict(info.config["plan"])
+    tables = {t: read_table(path, t, info.name) for t in info.rows}
+    summary = info.summary if info.complete else summarize(plan, tables)
+    return InferResult(path, info.name, summary, 0, plan, tables)
+

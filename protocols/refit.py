@@ -1,0 +1,274 @@
+"""The measured network as a model repair can reason with: loss, sensitivities, refits.
+
+Numpy and scipy only (a lab PC needs no torch). The model is the plan's MLP with the weights of
+the conductances `g` (plan order, [S]) plus, per data point and layer, the *residual* that the
+analog measurement showed and the numpy inference does not explain:
+
+    z_l = h_{l-1} W_l(g)^T + b_l(g) + r_l,     r_l = z_l(measured) - (h_{l-1} W_l(g_est)^T + b_l(g_est))
+
+with h_{l-1} the measured input of layer l (x for the first layer). At g = g_est (the read-back
+conductances) the model reproduces the measured pre-activations exactly; for other conductances
+it predicts them to first order, keeping each point's analog error (line resistance, sneak
+paths, non-linearity) as it was measured. Loss: binary cross-entropy with logits (one output)
+or cross-entropy (several), averaged over the points.
+
+`Refit` re-optimises the weights of chosen outputs of one layer (scipy L-BFGS-B) with the
+devices that cannot move (stuck) held at their measured conductances: a weight whose G+ (or
+G-) is stuck is reachable only through its partner, which the bounds express.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
+
+from protocols.plan import BIAS, PLUS, WEIGHT, ConductancePlan, activate, plan_weights
+
+
+def _act_grad(name: str, z: np.ndarray, h: np.ndarray) -> np.ndarray:
+    if name == "sigmoid":
+        return h * (1.0 - h)
+    if name == "relu":
+        return (z > 0).astype(float)
+    return 1.0 - h * h
+
+
+def loss_and_dlogits(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(mean loss, dloss/dz (N, out), predicted classes) for logits z and labels y."""
+    n = z.shape[0]
+    if z.shape[1] == 1:
+        t = y.astype(float)
+        zz = z[:, 0]
+        loss = np.mean(np.logaddexp(0.0, zz) - t * zz)
+        p = 0.5 * (1.0 + np.tanh(0.5 * zz))
+        return float(loss), ((p - t) / n)[:, None], (zz > 0).astype(np.int64)
+    m = z.max(1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(z - m).sum(1))
+    loss = np.mean(lse - z[np.arange(n), y])
+    p = np.exp(z - lse[:, None])
+    p[np.arange(n), y] -= 1.0
+    return float(loss), p / n, z.argmax(1).astype(np.int64)
+
+
+@dataclass
+class Score:
+    accuracy: float
+    loss: float
+
+
+class MeasuredModel:
+    """The network as measured on a data set: inputs x, labels y, measured pre-activations
+    `z_measured` (one (N, out) array per layer), read-back conductances `g_est`."""
+
+    def __init__(self, plan: ConductancePlan, x: np.ndarray, y: np.ndarray,
+                 z_measured: Sequence[np.ndarray], g_est: np.ndarray):
+        self.plan, self.x, self.y = plan, np.asarray(x, float), np.asarray(y, np.int64)
+        self.g_est = np.asarray(g_est, float)
+        self.inputs = [self.x] + [activate(plan.activation, z) for z in z_measured[:-1]]
+        est = plan_weights(plan, self.g_est)
+        self.residual = [z - (h @ w.T + b) for z, h, (w, b)
+                         in zip(z_measured, self.inputs, est, strict=True)]
+        span = plan.g_max - plan.g_min
+        self._factor = plan.scales / span       # dw/dg per layer
+        self._sign = np.where(plan.sign == PLUS, 1.0, -1.0)
+
+    def _forward(self, layers, start: int = 0, h: np.ndarray | None = None):
+        """Pre-activations and activations from layer `start` on (h: its input)."""
+        zs, hs = [], []
+        h = self.inputs[start] if h is None else h
+        last = len(layers) - 1
+        for li in range(start, len(layers)):
+            w, b = layers[li]
+            z = h @ w.T + b + self.residual[li]
+            zs.append(z)
+            hs.append(h)
+            if li < last:
+                h = activate(self.plan.activation, z)
+        return zs, hs
+
+    def score(self, g: np.ndarray) -> Score:
+        zs, _ = self._forward(plan_weights(self.plan, g))
+        loss, _, pred = loss_and_dlogits(zs[-1], self.y)
+        return Score(float(np.mean(pred == self.y)), loss)
+
+    def gradient(self, g: np.ndarray) -> tuple[Score, np.ndarray]:
+        """Score at g and dloss/dg for every device (plan order) [1/S]."""
+        plan = self.plan
+        layers = plan_weights(plan, g)
+        zs, hs = self._forward(layers)
+        loss, dz, pred = loss_and_dlogits(zs[-1], self.y)
+        grad = np.zeros(plan.n_devices)
+        for li in range(len(layers) - 1, -1, -1):
+            dw = dz.T @ hs[li]
+            db = dz.sum(0)
+            m = plan.layer == li
+            wm = m & (plan.param == WEIGHT)
+            bm = m & (plan.param == BIAS)
+            grad[wm] = self._sign[wm] * self._factor[li] * dw[plan.out[wm], plan.inp[wm]]
+            grad[bm] = self._sign[bm] * self._factor[li] * db[plan.out[bm]]
+            if li:
+                h = hs[li]
+                dz = (dz @ layers[li][0]) * _act_grad(plan.activation, zs[li - 1], h)
+        return Score(float(np.mean(pred == self.y)), loss), grad
+
+
+def pairs(plan: ConductancePlan) -> tuple[np.ndarray, np.ndarray]:
+    """Device indices (G+, G-) of every weight and bias of the plan, one pair per entry."""
+    key = np.stack([plan.layer, plan.param, plan.out, plan.inp], axis=1)
+    order = np.lexsort((plan.sign, *key.T[::-1]))
+    both = order.reshape(-1, 2)           # each (layer, param, out, inp) has a G+ and a G-
+    if not (np.all(plan.sign[both[:, 0]] == PLUS) and np.all(plan.sign[both[:, 1]] != PLUS)):
+        raise ValueError("conductance plan: a weight without exactly one G+ and one G-")
+    return both[:, 0], both[:, 1]
+
+
+@dataclass
+class Refit:
+    """The wanted conductance difference G+ - G- [S] of every weight and bias of the refitted
+    outputs (`pair` indexes `pairs(plan)`), and the fit's objective before and after."""
+
+    pair: np.ndarray
+    diff: np.ndarray
+    loss_before: float
+    loss_after: float
+
+
+def refit(model: MeasuredModel, scope: dict[int, Sequence[int]], g: np.ndarray,
+          fixed: np.ndarray, *, l2: float = 1e-3, max_iter: int = 300) -> Refit:
+    """Re-optimise, jointly, the weights and biases of the outputs `scope[layer]` of each layer
+    in `scope` on the model's data, every other weight as it is at conductances g. A pair with
+    a fixed (stuck) device can only reach the weights its free partner can make within
+    [g_min, g_max]; a pair with both fixed keeps its weight. The objective is the model's loss
+    plus l2 * sum (w - w(g))^2 over the refitted weights."""
+    plan = model.plan
+    layers = plan_weights(plan, g)
+    dp, dm = pairs(plan)
+    sel = np.zeros(dp.size, bool)
+    for li, outs in scope.items():
+        sel |= (plan.layer[dp] == li) & np.isin(plan.out[dp], np.asarray(list(outs), int))
+    k = np.flatnonzero(sel)
+    lay, out = plan.layer[dp[k]], plan.out[dp[k]]
+    bias = plan.param[dp[k]] == BIAS
+    inp = np.maximum(plan.inp[dp[k]], 0)
+    c = model._factor[lay]
+    gp, gm, fp, fm = g[dp[k]], g[dm[k]], fixed[dp[k]], fixed[dm[k]]
+    lo = (np.where(fp, gp, plan.g_min) - np.where(fm, gm, plan.g_max)) * c
+    hi = (np.where(fp, gp, plan.g_max) - np.where(fm, gm, plan.g_min)) * c
+    ref = np.where(bias, [layers[a][1][o] for a, o in zip(lay, out, strict=True)],
+                   [layers[a][0][o, i] for a, o, i in zip(lay, out, inp, strict=True)])
+    start = np.clip(ref, lo, hi)
+    first = int(lay.min())
+    mine = [(li, np.flatnonzero(lay == li)) for li in sorted(set(lay.tolist()))]
+
+    def fun(p):
+        trial = list(layers)
+        for li, j in mine:
+            w, b = layers[li][0].copy(), layers[li][1].copy()
+            jw, jb = j[~bias[j]], j[bias[j]]
+            w[out[jw], inp[jw]] = p[jw]
+            b[out[jb]] = p[jb]
+            trial[li] = (w, b)
+        zs, hs = model._forward(trial, start=first)
+        loss, dz, _ = loss_and_dlogits(zs[-1], model.y)
+        grad = np.zeros(p.size)
+        for li in range(len(trial) - 1, first - 1, -1):
+            j = np.flatnonzero(lay == li)
+            if j.size:
+                gw = dz.T @ hs[li - first]
+                grad[j] = np.where(bias[j], dz.sum(0)[out[j]], gw[out[j], inp[j]])
+            if li > first:
+                dz = (dz @ trial[li][0]) * _act_grad(plan.activation, zs[li - first - 1],
+                                                      hs[li - first])
+        d = p - ref
+        return loss + l2 * float(d @ d), grad + 2 * l2 * d
+
+    # small matrices: threaded BLAS only adds contention (10x slower on a loaded 2-core PC)
+    with threadpool_limits(1, user_api="blas"):
+        before = fun(start)[0]
+        res = minimize(fun, start, jac=True, method="L-BFGS-B",
+                       bounds=list(zip(lo, hi, strict=True)), options={"maxiter": max_iter})
+    return Refit(k, res.x / c, float(before), float(res.fun))
+
+
+def pair_moves(plan: ConductancePlan, g: np.ndarray, fixed: np.ndarray, k: np.ndarray,
+               diff: np.ndarray, tolerance: float,
+               cost: Callable[[np.ndarray, np.ndarray], np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The tunings that give pairs `k` (indexes of `pairs(plan)`) the differences `diff` [S]:
+    (devices, targets). Per pair the cheapest of: raising one device, lowering the other, or
+    both on the physical mapping (the unused device at g_min), by `cost(g_from, target)`
+    (expected pulses), among the moves that keep every target in [g_min, g_max]; a stuck
+    device never moves (its partner goes as far as the range lets it). A move already within
+    twice the tuning band of where the device is is not made."""
+    dp, dm = pairs(plan)
+    lo, hi = plan.g_min, plan.g_max
+    devs, tgts = [], []
+
+    def needed(moves):
+        return [(d, t) for d, t in moves if abs(t - g[d]) > 2.0 * tolerance * t]
+
+    def price(moves):
+        if not moves:
+            return 0.0
+        d = np.array([m[0] for m in moves])
+        return float(np.sum(cost(g[d], np.array([m[1] for m in moves]))))
+
+    for kk, want in zip(np.asarray(k).tolist(), np.asarray(diff).tolist(), strict=True):
+        p, m = int(dp[kk]), int(dm[kk])
+        if fixed[p] and fixed[m]:
+            continue
+        delta = want - (g[p] - g[m])
+        if fixed[p] or fixed[m]:   # only the partner can move: as far as the range lets it
+            d = m if fixed[p] else p
+            t = g[p] - want if d == m else g[m] + want
+            options = [[(d, float(np.clip(t, lo, hi)))]]
+        else:
+            options = [[(p, g[p] + delta)], [(m, g[m] - delta)],
+                       [(p, min(lo + max(want, 0.0), hi)), (m, min(lo + max(-want, 0.0), hi))]]
+            options = [o for o in options if all(lo <= t <= hi for _, t in o)]
+        options = [needed(o) for o in options]
+        best = min(options, key=price)
+        for d, t in best:
+            devs.append(d)
+            tgts.append(t)
+    return np.asarray(devs, np.int64), np.asarray(tgts, float)
+
+
+class TuningCost:
+    """Expected pulses of a tuning from g_from to target [S]: the median pulses of past tunings
+    that went the same way (up or down) to a target in the same bin of [g_min, g_max] (8 bins);
+    the median of all past tunings where a bin has none, `prior` where there are none at all.
+    Moving a device costs mostly the ramp from the start amplitude to its threshold, which
+    depends on where it goes and in which direction (physics.md §3.3), hence the bins."""
+
+    BINS = 8
+
+    def __init__(self, g_min: float, g_max: float, prior: float):
+        self.edges = np.linspace(g_min, g_max, self.BINS + 1)[1:-1]
+        self.prior = float(prior)
+        self.table = np.full((2, self.BINS), np.nan)
+        self.overall = self.prior
+
+    def fit(self, g_from: np.ndarray, target: np.ndarray, pulses: np.ndarray) -> TuningCost:
+        g_from, target, pulses = (np.asarray(a, float).reshape(-1) for a in
+                                  (g_from, target, pulses))
+        self.table[:] = np.nan
+        if pulses.size:
+            self.overall = float(np.median(pulses))
+            up = (target > g_from).astype(int)
+            b = np.searchsorted(self.edges, target)
+            for direction in (0, 1):
+                for k in range(self.BINS):
+                    sel = (up == direction) & (b == k)
+                    if sel.any():
+                        self.table[direction, k] = np.median(pulses[sel])
+        return self
+
+    def __call__(self, g_from: np.ndarray, target: np.ndarray) -> np.ndarray:
+        up = (np.asarray(target) > np.asarray(g_from)).astype(int)
+        v = self.table[up, np.searchsorted(self.edges, target)]
+        return np.where(np.isnan(v), self.overall, v)

@@ -1,0 +1,751 @@
+"""Repair after transfer: measure the programmed chip, choose corrections under a pulse budget.
+
+Data. Three disjoint roles: the *refit set* (training inputs whose measured hidden activations
+the refits are fitted on), the *repair set* (held-out inputs on which every decision and the
+stopping rule are judged) and the *test set* (measured before and after, never used to decide).
+
+Each round, from the chip's measured state (read-back conductances ``g`` and the analog
+pre-activations of every layer, `protocols.refit.MeasuredModel`), three kinds of correction are
+costed:
+
+``retune``      the devices whose error costs the most: the loss's sensitivity to each
+                conductance times the distance to its target (first order), the
+                ``retune_devices`` largest gains among devices that can move;
+``compensate``  per output that holds a stuck device (its tuning failed): re-fit the rest of
+                that output's weights of its layer (the differential partner first, through the
+                bounds, then the other inputs and the bias) with the stuck device held where it
+                is;
+``refit``       re-fit the last layer's weights on the refit set's measured hidden activations
+                (stuck devices held, partners absorbing them) and re-program only the devices
+                whose new target lies outside their tuning band.
+
+Small measured steps. A candidate moves at most ``retune_devices`` devices: a refit or
+compensation that wants more keeps the moves with the largest first-order loss gain. Each pulse
+of the V/3 write disturbs every device of its tile, and on the calibrated simulator the slow
+fluctuators of the disturbed devices switch under that stress, so a large correction moves
+devices it never touched; small steps, each followed by a read-back of the pulsed tiles and a
+measurement, let the next round correct what the last one disturbed (docs/chip-in-the-loop.md
+has the figures).
+
+Each candidate's expected gain is the model's accuracy (and loss) on the repair set with the
+candidate's devices at their targets; its expected cost is its number of tunings times the
+pulses a repair tuning has taken so far (``expected_pulses`` before the first). The candidate
+with the largest expected accuracy gain per pulse is applied (by loss gain per pulse when no
+candidate gains accuracy); the round ends with the touched tiles read back and the repair set
+measured again. The repair stops at the budget, when no candidate is expected to gain, or when
+the measured repair-set loss has not gone below its best for ``patience`` rounds (the loss, not
+the accuracy: a few hundred points make the accuracy coarse).
+
+Rollback (``rollback``, off by default: on 24 simulated half-moons chips per network it cost
+more than it restored). After a round whose measured repair-set loss is higher than before it,
+the next round tunes every device of the tiles it pulsed that left its tuning band back to its
+read-back before that round (decision ``rollback``); a rollback is not itself rolled back.
+
+Budget. Before each tuning the remaining budget must hold the tuning's worst case: its pulse cap
+is ``min(tune.max_pulses, budget - used)``, and a tuning whose cap would fall below ``min_cap``
+is not started (the repair stops). So the repair never exceeds the budget; every pulse goes
+through the rig seam, which refuses anything outside the station limits.
+
+Storage (database.runs, protocol "repair"). Units: 0 = the chip as found (read-back, repair,
+refit and test sets measured), 1..max_rounds = one round each (a round after the stop records
+only that), max_rounds + 1 = the test set measured after. Tables:
+
+- ``decisions``     every candidate of every round: action, layer, output, devices, expected
+                    pulses, expected accuracy and loss gains, chosen, and why not;
+- ``tunings``       every tuning: device, target, conductance before and after, pulses, cap;
+- ``targets``       the conductance differences G+ - G- a chosen refit or compensation set
+                    for its weights (pair: index of `protocols.refit.pairs`);
+- ``readback``      conductances read back (round 0: every device; later: touched tiles);
+- ``currents``      column currents measured (round, split, point, tile, col, current [A]);
+                    a later round measures only the tiles whose devices or inputs changed;
+- ``outputs``       measured pre-activations (round, split, point, layer, out, value);
+- ``measurements``  per round and split: accuracy, loss, pulses used, instrument time;
+- ``predictions``   the test set before (phase 0) and after (phase 1): analog and read-back;
+- ``units``         per unit: pulses and instrument time, by category (NaN ones on hardware).
+
+A killed repair resumes at the next unit; on a simulated station with the chip restored, so the
+resumed file equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from database.display import Metric
+from database.runs import RunWriter, list_runs, read_table
+from protocols import interrupts
+from protocols.campaigns._loop import commit_state, restore_progress
+from protocols.errors import ProtocolError
+from protocols.inference import (
+    TIME_CATEGORIES,
+    InferConfig,
+    activation,
+    check_crossbar,
+    check_test_data,
+    drive_levels,
+    input_scale,
+    instrument_times,
+    layer_output,
+    measure_tile,
+    predict,
+    tile_maps,
+)
+from protocols.plan import ConductancePlan, check_reads, check_verifiable, plan_forward
+from protocols.progress import Bar
+from protocols.refit import MeasuredModel, TuningCost, pair_moves, pairs, refit
+from protocols.rig import CrossbarRig, ReadSettings
+from protocols.transfer import _digest
+from protocols.tuning import TuneConfig, tune
+
+log = logging.getLogger("xbarlab.repair")
+
+PROTOCOL = "repair"
+RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK = 0, 1, 2, 3, 4           # decisions.action
+ACTIONS = {RETUNE: "retune", COMPENSATE: "compensate", REFIT: "refit", STOP: "stop",
+           ROLLBACK: "rollback"}
+CHOSEN, NOT_BEST, NO_GAIN, NOTHING = 0, 1, 2, 3                      # decisions.why
+#: why the repair stopped (summary and the STOP decision's `layer` column)
+STOP_REASONS = {0: "rounds used up", 1: "budget spent", 2: "no correction expected to gain",
+                3: "measured loss stopped improving", 4: "stopped in an earlier round"}
+REFIT_SET, REPAIR_SET, TEST_SET = 0, 1, 2                            # outputs/measurements.split
+SPLITS = {REFIT_SET: "refit", REPAIR_SET: "repair", TEST_SET: "test"}
+
+#: the summary's metrics (``protocols.summaries``)
+SUMMARY = {
+    "budget": Metric("pulse budget"),
+    "pulses": Metric("pulses used"),
+    "tunings": Metric("tunings"),
+    "failed_tunings": Metric("failed tunings"),
+    "rounds": Metric("rounds with a correction"),
+    "stopped": Metric("stopped because"),
+    "accuracy_before": Metric("test accuracy on the crossbars before", "fraction"),
+    "accuracy_readback_before": Metric("test accuracy from read-back before", "fraction"),
+    "accuracy_after": Metric("test accuracy on the crossbars after", "fraction"),
+    "accuracy_readback_after": Metric("test accuracy from read-back after", "fraction"),
+    "repair_set_accuracy_before": Metric("repair-set accuracy before", "fraction"),
+    "repair_set_accuracy_after": Metric("repair-set accuracy after", "fraction"),
+    "instrument_time_s": Metric("instrument time", "s"),
+    "instrument_time_by_category_s": Metric("instrument time by category", "s"),
+    "chosen": Metric("corrections (rounds)"),
+}
+
+TABLES = {
+    "decisions": {"round": ("i4", "1"), "action": ("i1", "0 retune 1 compensate 2 refit 3 stop 4 rollback"),
+                  "layer": ("i4", "1 (-1: all; stop: the reason code)"),
+                  "weights": ("i4", "1 (weights it sets)"),
+                  "devices": ("i4", "1"), "expected_pulses": ("f8", "1"),
+                  "expected_accuracy_gain": ("f8", "1"), "expected_loss_gain": ("f8", "1"),
+                  "why": ("i1", "0 chosen, 1 not the best, 2 no gain, 3 nothing to do")},
+    "tunings": {"round": ("i4", "1"), "device": ("i4", "1"), "tile": ("i4", "1"),
+                "row": ("i4", "1"), "col": ("i4", "1"), "target": ("f8", "S"),
+                "g_before": ("f8", "S"), "g_after": ("f8", "S"), "converged": ("?", "1"),
+                "pulses": ("i4", "1"), "cap": ("i4", "1"), "t_start": ("f8", "s"),
+                "t_end": ("f8", "s")},
+    "targets": {"round": ("i4", "1"), "pair": ("i4", "1"), "diff": ("f8", "S")},
+    "readback": {"round": ("i4", "1"), "device": ("i4", "1"), "g": ("f8", "S")},
+    "currents": {"round": ("i4", "1"), "split": ("i1", "0 refit 1 repair 2 test"),
+                 "point": ("i4", "1"), "tile": ("i4", "1"), "col": ("i4", "1"),
+                 "current": ("f8", "A")},
+    "outputs": {"round": ("i4", "1"), "split": ("i1", "0 refit 1 repair 2 test"),
+                "point": ("i4", "1"), "layer": ("i4", "1"), "out": ("i4", "1"),
+                "value": ("f8", "1")},
+    "measurements": {"round": ("i4", "1"), "split": ("i1", "0 refit 1 repair 2 test"),
+                     "accuracy": ("f8", "1"), "accuracy_readback": ("f8", "1"),
+                     "loss": ("f8", "1"), "pulses": ("i8", "1")},
+    "predictions": {"phase": ("i1", "0 before, 1 after"), "point": ("i4", "1"),
+                    "label": ("i8", "1"), "predicted": ("i8", "1"),
+                    "predicted_readback": ("i8", "1")},
+    "units": {"unit": ("i4", "1"), "pulses": ("i8", "1"), "seconds": ("f8", "s"),
+              **{c: ("f8", "s") for c in TIME_CATEGORIES}},
+}
+
+
+class RepairConfig(BaseModel):
+    """How the repair chooses and applies corrections."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tune: TuneConfig = Field(default_factory=lambda: TuneConfig(algorithm="fast", max_pulses=60),
+                             description="write-verify of each correction (its max_pulses is the "
+                             "worst case the budget must hold)")
+    infer: InferConfig = Field(default_factory=InferConfig, description="analog read-out")
+    max_rounds: int = Field(30, ge=1, le=1000, description="rounds of corrections at most")
+    retune_devices: int = Field(8, ge=1, le=10_000, description="devices a round's correction "
+                                "moves at most (retune, compensate, refit)")
+    expected_pulses: float = Field(30.0, gt=0, description="pulses per tuning assumed when no "
+                                   "tuning (prior or the repair's own) tells")
+    min_cap: int = Field(10, ge=1, description="a tuning whose pulse cap would fall below this is "
+                         "not started: the budget is spent")
+    l2: float = Field(1e-3, ge=0, description="refits: penalty on the change of each weight "
+                      "(keeps the number of devices to re-program small)")
+    refit_points: int = Field(400, ge=1, description="refit-set points measured at most (each "
+                              "is one analog inference per round that moved a device)")
+    patience: int = Field(3, ge=1, description="rounds without a lower measured repair-set "
+                          "loss than the best so far before the repair stops")
+    rollback: bool = Field(False, description="a round whose correction left the measured "
+                           "repair-set loss higher than before it is followed by a rollback: "
+                           "every device of the tiles it pulsed that moved out of its tuning "
+                           "band is tuned back to its read-back before that round")
+
+
+@dataclass
+class RepairData:
+    """(x, y) of the three roles; see the module docstring."""
+
+    refit: tuple[np.ndarray, np.ndarray]
+    repair: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class RepairResult:
+    path: Path
+    run: str
+    summary: dict
+    resumed_from: int
+    plan: ConductancePlan
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+# -- the state a round starts from, rebuilt from what is committed ------------------------------
+
+@dataclass
+class _State:
+    g: np.ndarray                 # read-back conductances, plan order [S]
+    diff: np.ndarray              # the wanted G+ - G- of every pair (weight) [S]
+    stuck: np.ndarray             # devices that cannot be moved (failed tunings)
+    used: int = 0                 # pulses spent
+    tunings: int = 0
+    zs: dict = field(default_factory=dict)        # split -> layer -> measured z
+    cur: dict = field(default_factory=dict)       # split -> tile -> measured column currents
+    measured: dict = field(default_factory=dict)  # split -> tile -> when measured
+    changed_at: dict = field(default_factory=dict)  # tile -> when a device of it last moved
+    best: float = np.inf          # lowest measured repair-set loss
+    stale_rounds: int = 0
+    losses: list = field(default_factory=list)     # (round, repair-set loss) measured
+    g_rounds: dict = field(default_factory=dict)   # round -> read-back before its tunings
+    stopped: int | None = None
+    compensated: set = field(default_factory=set)   # stuck devices compensated for
+    rolled_back: set = field(default_factory=set)   # rounds that were rollbacks
+
+    history: list = field(default_factory=list)   # (g_before, target, pulses) of tunings
+
+
+def _when(rnd: int, what) -> float:
+    """When something happened, on one scale: in a round the refit set is measured first (to
+    fit), then devices are tuned, then the repair set is measured; other units tune nothing."""
+    if what == "tuning":
+        return rnd + 0.5
+    return rnd + (0.75 if what == REPAIR_SET and rnd > 0 else 0.0)
+
+
+def _progress(st: _State, rnd: int, loss: float) -> None:
+    """Book a measurement of the repair set: an improvement is a lower loss than the best so
+    far (the loss, not the accuracy: on a few hundred points accuracy moves in coarse steps)."""
+    st.losses.append((rnd, loss))
+    if loss < st.best:
+        st.best, st.stale_rounds = loss, 0
+    else:
+        st.stale_rounds += 1
+
+
+def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
+             data: dict) -> _State:
+    dp, dm = pairs(plan)
+    st = _State(g=np.full(plan.n_devices, np.nan), diff=plan.target[dp] - plan.target[dm],
+                stuck=stuck0.copy())
+    rb = writer.table("readback")
+    tuned = set(writer.table("tunings")["round"].tolist())
+    for rnd in sorted(set(rb["round"].tolist())):   # in commit order: the latest wins
+        if rnd in tuned:
+            st.g_rounds[rnd] = st.g.copy()
+        r = rb[rb["round"] == rnd]
+        st.g[r.device.to_numpy()] = r.g.to_numpy()
+    tg = writer.table("targets")
+    st.diff[tg["pair"].to_numpy()] = tg["diff"].to_numpy()
+    tu = writer.table("tunings")
+    st.used, st.tunings = int(tu.pulses.sum()), int(len(tu))
+    st.history = list(zip(tu.g_before, tu.target, tu.pulses, strict=True))
+    st.stuck[tu.device[~tu.converged].to_numpy()] = True
+    for rnd, dev in zip(tu["round"].to_numpy(), tu.device.to_numpy(), strict=True):
+        t = int(plan.tile[dev])
+        st.changed_at[t] = max(st.changed_at.get(t, 0.0), _when(int(rnd), "tuning"))
+    out, cur = writer.table("outputs"), writer.table("currents")
+    for split in SPLITS:
+        n = data[split][1].size
+        o = out[out.split == split]
+        for li in range(len(plan.sizes) - 1):
+            ol = o[o.layer == li]
+            if len(ol):
+                ol = ol[ol["round"] == ol["round"].max()]
+                z = np.full((n, plan.sizes[li + 1]), np.nan)
+                z[ol.point.to_numpy(), ol.out.to_numpy()] = ol.value.to_numpy()
+                st.zs.setdefault(split, {})[li] = z
+        c = cur[cur.split == split]
+        for t in range(plan.n_tiles):
+            ct = c[c.tile == t]
+            if len(ct):
+                last = int(ct["round"].max())
+                ct = ct[ct["round"] == last]
+                a = np.full((n, int(plan.tile_shape[t][1])), np.nan)
+                a[ct.point.to_numpy(), ct.col.to_numpy()] = ct.current.to_numpy()
+                st.cur.setdefault(split, {})[t] = a
+                st.measured.setdefault(split, {})[t] = _when(last, split)
+    me = writer.table("measurements")
+    rep = me[me.split == REPAIR_SET]
+    for rnd, loss in zip(rep["round"], rep.loss, strict=True):
+        _progress(st, int(rnd), loss)
+    de = writer.table("decisions")
+    stop = de[de.action == STOP]
+    if len(stop):
+        st.stopped = int(stop.layer.iloc[0])
+    st.rolled_back = set(de["round"][de.action == ROLLBACK].tolist())
+    # a compensation covers the devices of its layer that were stuck when it was chosen
+    comp = de[(de.action == COMPENSATE) & (de.why == CHOSEN)]
+    for rnd, li in zip(comp["round"], comp.layer, strict=True):
+        then = stuck0.copy()
+        then[tu.device[(~tu.converged) & (tu["round"] < rnd)].to_numpy()] = True
+        st.compensated |= set(np.flatnonzero(then & (plan.layer == li)).tolist())
+    return st
+
+
+# -- the protocol -----------------------------------------------------------------------------
+
+def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
+        crossbars: Sequence[str], store, data: RepairData, *, budget: int,
+        read: ReadSettings, config: RepairConfig | None = None, stuck: np.ndarray | None = None,
+        prior_tunings: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        seed: int | None = None, station: dict | None = None, resume: bool = False,
+        overwrite: bool = False, progress: bool = True,
+        extra_config: dict | None = None) -> RepairResult:
+    """Repair the network programmed on `crossbars` (tile t on ``crossbars[t]``) with at most
+    `budget` pulses. `stuck`: devices known not to move (e.g. the transfer's failed tunings);
+    `prior_tunings`: (conductance before, target, pulses) of earlier tunings on this chip (the
+    transfer's), for the expected cost of each correction. `read`: the station's read settings;
+    every target of the plan and its whole range [g_min, g_max] (what a correction may set)
+    are checked against them before the store is opened (`check_verifiable`)."""
+    cfg = config or RepairConfig()
+    crossbars = [str(c) for c in crossbars]
+    if len(crossbars) != plan.n_tiles:
+        raise ProtocolError(f"the plan has {plan.n_tiles} tiles but {len(crossbars)} crossbars "
+                            "were given (one crossbar per tile)")
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
+        raise ProtocolError(f"the pulse budget must be a whole number >= 0, got {budget!r}")
+    check_verifiable(plan, cfg.tune.tolerance, read, whole_range=True)
+    sets = {REFIT_SET: check_test_data(plan, data.refit),
+            REPAIR_SET: check_test_data(plan, data.repair),
+            TEST_SET: check_test_data(plan, data.test)}
+    if sets[REFIT_SET][1].size > cfg.refit_points:
+        sets[REFIT_SET] = tuple(a[:cfg.refit_points] for a in sets[REFIT_SET])
+    stuck0 = np.zeros(plan.n_devices, bool) if stuck is None else np.asarray(stuck, bool)
+    if stuck0.shape != (plan.n_devices,):
+        raise ProtocolError(f"stuck flags for {stuck0.size} devices, the plan has "
+                            f"{plan.n_devices}")
+    prior = tuple(np.zeros(0) for _ in range(3)) if prior_tunings is None else \
+        tuple(np.asarray(a, float).reshape(-1) for a in prior_tunings)
+    if len({a.size for a in prior}) != 1:
+        raise ProtocolError("prior tunings: before, target and pulses differ in length")
+    units = cfg.max_rounds + 2
+    run_cfg = {"plan": plan.to_dict(), "crossbars": crossbars, "budget": int(budget),
+               "repair": cfg.model_dump(mode="json"),
+               "data": {SPLITS[s]: {"points": int(y.size), "sha": _digest(x, y)}
+                        for s, (x, y) in sets.items()},
+               "stuck": np.flatnonzero(stuck0).tolist(),
+               "prior_tunings": {"count": int(prior[0].size),
+                                 "sha": _digest(np.stack(prior, 1), np.zeros(0))},
+               **(extra_config or {})}
+    writer = RunWriter.open(store, protocol=PROTOCOL, config=run_cfg, station=station or {},
+                            seed=seed, tables=TABLES, units_total=units, resume=resume,
+                            overwrite=overwrite)
+    start = writer.units_done
+    maps = tile_maps(plan)
+    last_rig: list[CrossbarRig] = []
+
+    def opener(name: str) -> CrossbarRig:
+        rig = open_rig(name)
+        last_rig[:] = [rig]
+        return rig
+
+    if start < units:
+        rig = opener(crossbars[0])
+        with rig:
+            check_reads(rig, read)
+            check_crossbar(plan, rig, 0, crossbars[0])
+            restore_progress("repair", writer, units, rig)
+    st = _rebuild(plan, writer, stuck0, sets)
+    work = _Work(plan, maps, opener, crossbars, cfg, sets, int(budget), prior)
+    bar = Bar(f"repair, budget {budget} pulses", units, start, enabled=progress, unit="units")
+    with bar:
+        for u in range(start, units):
+            interrupts.check()  # a Ctrl-C lost in a finaliser (e.g. during the commit)
+            rig0 = last_rig[0]
+            before, t0, used0 = rig0.time_breakdown(), float(rig0.clock), st.used
+            if u == 0:
+                bar.current("measuring the chip as found")
+                rows = work.initial(st)
+            elif u < units - 1:
+                bar.current(f"round {u}")
+                rows = work.round(st, u)
+            else:
+                bar.current("measuring the test set after repair")
+                rows = work.final(st, u)
+            times = instrument_times(last_rig[0], before, t0)
+            rows["units"] = {"unit": [u], "pulses": [st.used - used0],
+                             **{k: [v] for k, v in times.items()}}
+            writer.commit(u, rows, commit_state(last_rig[0]))
+            bar.advance(st.used - used0)
+            log.debug("repair: unit %d done, %d pulses", u, st.used - used0)
+    interrupts.check()  # the run is not complete if the last commit lost a Ctrl-C
+    tables = {name: writer.table(name) for name in TABLES}
+    summary = summarize(plan, tables, int(budget))
+    writer.finish(summary)
+    log.info("repair: %s", summary)
+    return RepairResult(writer.path, writer.run, summary, start, plan, tables)
+
+
+class _Work:
+    """What one unit does; everything it returns is committed as that unit's rows."""
+
+    def __init__(self, plan, maps, opener, crossbars, cfg: RepairConfig, sets, budget: int,
+                 prior):
+        self.plan, self.maps, self.open, self.crossbars = plan, maps, opener, crossbars
+        self.cfg, self.sets, self.budget, self.prior = cfg, sets, budget, prior
+        self.n_layers = len(plan.sizes) - 1
+
+    # -- measuring ---------------------------------------------------------------------------
+    def read_back(self, st: _State, tiles, rnd: int) -> dict:
+        devs = []
+        for t in sorted(tiles):
+            rig = self.open(self.crossbars[t])
+            with rig:
+                gmap = rig.read_array()
+            d = self.plan.tile_devices(t)
+            st.g[d] = gmap[self.plan.row[d], self.plan.col[d]]
+            devs.append(d)
+        d = np.concatenate(devs)
+        return {"round": np.full(d.size, rnd), "device": d, "g": st.g[d]}
+
+    def measure(self, st: _State, split: int, rnd: int, rows: dict) -> None:
+        """Measure `split` on the chip where it may have changed: a tile again when a device of
+        it moved or its inputs changed since its last measurement (every tile the first time;
+        the other tiles' currents are what they were); add the currents, the outputs of the
+        layers that changed and a measurement row. Nothing when nothing moved."""
+        x, y = self.sets[split]
+        cur = st.cur.setdefault(split, {})
+        when = st.measured.setdefault(split, {})
+        zs = st.zs.setdefault(split, {})
+        v_in = self.cfg.infer.v_in
+        h, upstream = x, False
+        for li in range(self.n_layers):
+            scale = input_scale(h)
+            again = [tm for tm in self.maps if tm.layer == li and (
+                upstream or tm.tile not in cur or st.changed_at.get(tm.tile, -1.0) > when[tm.tile])]
+            for tm in again:
+                rig = self.open(self.crossbars[tm.tile])
+                with rig:
+                    c = measure_tile(rig, tm, drive_levels(tm, h, scale, v_in))
+                cur[tm.tile], when[tm.tile] = c, _when(rnd, split)
+                n, nc = c.shape
+                _add(rows, "currents", {"round": np.full(n * nc, rnd),
+                                        "split": np.full(n * nc, split),
+                                        "point": np.repeat(np.arange(n), nc),
+                                        "tile": np.full(n * nc, tm.tile),
+                                        "col": np.tile(np.arange(nc), n), "current": c.reshape(-1)})
+            if again:
+                upstream = True
+                z = zs[li] = layer_output(self.plan, li, self.maps, cur, scale, v_in)
+                n, no = z.shape
+                _add(rows, "outputs", {"round": np.full(n * no, rnd),
+                                       "split": np.full(n * no, split),
+                                       "point": np.repeat(np.arange(n), no),
+                                       "layer": np.full(n * no, li),
+                                       "out": np.tile(np.arange(no), n), "value": z.reshape(-1)})
+            h = activation(self.plan, zs[li])
+        if not upstream:
+            return
+        model = self.model(st, split)
+        score = model.score(st.g)
+        acc_rb = float(np.mean(plan_forward(self.plan, st.g, x) == y))
+        _add(rows, "measurements", {"round": [rnd], "split": [split],
+                                    "accuracy": [score.accuracy],
+                                    "accuracy_readback": [acc_rb], "loss": [score.loss],
+                                    "pulses": [st.used]})
+
+    def model(self, st: _State, split: int) -> MeasuredModel:
+        x, y = self.sets[split]
+        zs = st.zs[split]
+        return MeasuredModel(self.plan, x, y, [zs[li] for li in range(self.n_layers)], st.g)
+
+    def predictions(self, st: _State, phase: int) -> dict:
+        x, y = self.sets[TEST_SET]
+        z = st.zs[TEST_SET][self.n_layers - 1]
+        return {"phase": np.full(y.size, phase), "point": np.arange(y.size), "label": y,
+                "predicted": predict(z), "predicted_readback": plan_forward(self.plan, st.g, x)}
+
+    # -- units -------------------------------------------------------------------------------
+    def initial(self, st: _State) -> dict:
+        rows: dict = {}
+        _add(rows, "readback", self.read_back(st, range(self.plan.n_tiles), 0))
+        for split in (REPAIR_SET, TEST_SET, REFIT_SET):
+            self.measure(st, split, 0, rows)
+        m = rows["measurements"]
+        i = m["split"].index(REPAIR_SET)
+        _progress(st, 0, m["loss"][i])
+        rows["predictions"] = self.predictions(st, 0)
+        return rows
+
+    def final(self, st: _State, u: int) -> dict:
+        rows: dict = {}
+        st.cur.pop(TEST_SET, None)   # the result: every tile measured again, none reused
+        self.measure(st, TEST_SET, u, rows)
+        rows["predictions"] = self.predictions(st, 1)
+        return rows
+
+    def round(self, st: _State, rnd: int) -> dict:
+        rows: dict = {}
+        if st.stopped is not None:
+            _add(rows, "decisions", _decision(rnd, STOP, 4, -1, 0, 0.0, 0.0, 0.0, NOTHING))
+            return rows
+        cfg, plan = self.cfg, self.plan
+        remaining = self.budget - st.used
+        if remaining < cfg.min_cap:
+            return self._stop(st, rows, rnd, 1)
+        back = self.rollback(st, rnd)
+        if back is not None:
+            devs, tgts = back
+            _add(rows, "decisions", _decision(rnd, ROLLBACK, -1, 0, devs.size,
+                                              float(self.cost(st)(st.g[devs], tgts).sum()),
+                                              0.0, 0.0, CHOSEN))
+            return self.finish(st, rows, rnd, devs, tgts)
+        cands = self.candidates(st, rnd, rows)
+        best, key = None, None
+        for c in cands:
+            acc_gain, loss_gain = c["gain"]
+            # by accuracy gain per pulse; by loss gain per pulse where no accuracy is lost
+            k = (1, acc_gain / c["expected_pulses"]) if acc_gain > 0 else \
+                ((0, loss_gain / c["expected_pulses"]) if loss_gain > 0 and acc_gain == 0
+                 else None)
+            c["key"] = k
+            if k is not None and (key is None or k > key):
+                best, key = c, k
+        for c in cands:
+            why = CHOSEN if c is best else (NO_GAIN if c["key"] is None else NOT_BEST)
+            _add(rows, "decisions", _decision(rnd, c["action"], c["layer"], c["weights"],
+                                              c["devices"].size, c["expected_pulses"],
+                                              *c["gain"], why))
+        if best is None:
+            return self._stop(st, rows, rnd, 2)
+        if best["action"] != RETUNE:
+            st.diff[best["pairs"]] = best["diff"]
+            _add(rows, "targets", {"round": np.full(best["pairs"].size, rnd),
+                                   "pair": best["pairs"], "diff": best["diff"]})
+            if best["action"] == COMPENSATE:
+                layer_stuck = st.stuck & (plan.layer == best["layer"])
+                st.compensated |= set(np.flatnonzero(layer_stuck).tolist())
+        return self.finish(st, rows, rnd, best["devices"], best["targets"])
+
+    def finish(self, st: _State, rows: dict, rnd: int, devices, targets) -> dict:
+        """Apply the round's tunings, read the tiles they pulsed back, measure the repair set,
+        and book it; stop where the budget, the patience or the rounds are spent."""
+        cfg = self.cfg
+        st.g_rounds[rnd] = st.g.copy()
+        spent = self.apply(st, devices, targets, rnd, rows)
+        if "tunings" in rows:
+            tiles = set(self.plan.tile[np.asarray(rows["tunings"]["device"])].tolist())
+            _add(rows, "readback", self.read_back(st, tiles, rnd))
+            self.measure(st, REPAIR_SET, rnd, rows)
+            _progress(st, rnd, rows["measurements"]["loss"][-1])
+        if not spent:
+            return self._stop(st, rows, rnd, 1)
+        if st.stale_rounds >= cfg.patience:
+            return self._stop(st, rows, rnd, 3)
+        if rnd == cfg.max_rounds:
+            return self._stop(st, rows, rnd, 0)
+        return rows
+
+    def rollback(self, st: _State, rnd: int):
+        """(devices, targets) that undo round rnd - 1 where it left the measured repair-set loss
+        higher than before it and was not itself a rollback: every device of the tiles it
+        pulsed (the V/3 write disturbs all of them) that is now out of its tuning band around
+        its read-back before that round; None otherwise."""
+        prev = rnd - 1
+        if not self.cfg.rollback or prev not in st.g_rounds or prev in st.rolled_back:
+            return None
+        after = [loss for r, loss in st.losses if r == prev]
+        before = [loss for r, loss in st.losses if r < prev]
+        if not after or not before or after[-1] <= before[-1]:
+            return None
+        g0 = st.g_rounds[prev]
+        tol = self.cfg.tune.tolerance
+        tiles = {t for t, when in st.changed_at.items() if when == _when(prev, "tuning")}
+        devs = np.flatnonzero(np.isin(self.plan.tile, list(tiles)) & ~st.stuck
+                              & (np.abs(st.g - g0) > 2.0 * tol * g0))
+        if not devs.size:
+            return None
+        st.rolled_back.add(rnd)
+        return devs, g0[devs]
+
+    def _stop(self, st: _State, rows: dict, rnd: int, reason: int) -> dict:
+        st.stopped = reason
+        _add(rows, "decisions", _decision(rnd, STOP, reason, -1, 0, 0.0, 0.0, 0.0, CHOSEN))
+        return rows
+
+    # -- choosing ----------------------------------------------------------------------------
+    def candidates(self, st: _State, rnd: int, rows: dict) -> list[dict]:
+        plan, cfg = self.plan, self.cfg
+        rep = self.model(st, REPAIR_SET)
+        base, grad = rep.gradient(st.g)
+        tol = cfg.tune.tolerance
+        dp, dm = pairs(plan)
+        out = []
+
+        cost = self.cost(st)
+
+        def candidate(action, layer, k, want, **extra):
+            devs, tgts = pair_moves(plan, st.g, st.stuck, k, want, tol, cost)
+            if not devs.size:
+                return
+            if devs.size > cfg.retune_devices:
+                first = -grad[devs] * (tgts - st.g[devs])
+                keep = np.sort(np.argsort(-first, kind="stable")[:cfg.retune_devices])
+                devs, tgts = devs[keep], tgts[keep]
+            g_new = st.g.copy()
+            g_new[devs] = tgts
+            s = rep.score(g_new)
+            out.append({"action": action, "layer": layer, "weights": int(k.size),
+                        "devices": devs,
+                        "targets": tgts, "gain": (s.accuracy - base.accuracy, base.loss - s.loss),
+                        "expected_pulses": float(cost(st.g[devs], tgts).sum()), **extra})
+
+        # retune: the pairs whose difference error costs the most (first order: dL/dG+ times
+        # the distance to the wanted difference), among those a tuning can move
+        err = st.diff - (st.g[dp] - st.g[dm])
+        first = -grad[dp] * err
+        movable = ~(st.stuck[dp] & st.stuck[dm]) & (np.abs(err) > 2.0 * tol * plan.g_min)
+        k = np.flatnonzero(movable & (first > 0))
+        k = k[np.argsort(-first[k], kind="stable")][:cfg.retune_devices]
+        if k.size:
+            candidate(RETUNE, -1, np.sort(k), st.diff[np.sort(k)])
+        # compensate / refit: fitted on the refit set's measured activations
+        scopes = []
+        for li in range(self.n_layers):
+            # the outputs of the layer that hold a stuck device not compensated for yet
+            new = [d for d in np.flatnonzero(st.stuck & (plan.layer == li))
+                   if int(d) not in st.compensated]
+            if new:
+                scopes.append((COMPENSATE, li, {li: sorted({int(plan.out[d]) for d in new})}))
+        last = self.n_layers - 1
+        scopes.append((REFIT, last, {last: range(plan.sizes[-1])}))
+        if last:   # every layer, jointly
+            scopes.append((REFIT, -1, {li: range(plan.sizes[li + 1])
+                                       for li in range(self.n_layers)}))
+        self.measure(st, REFIT_SET, rnd, rows)   # only what moved since its last measurement
+        fit_model = self.model(st, REFIT_SET)
+        for action, layer, scope in scopes:
+            r = refit(fit_model, scope, st.g, st.stuck, l2=cfg.l2)
+            candidate(action, layer, r.pair, r.diff, pairs=r.pair, diff=r.diff)
+        return out
+
+    def cost(self, st: _State) -> TuningCost:
+        """The pulse-cost model from the prior tunings (the transfer's) and the repair's own."""
+        past = [self.prior] + ([np.array(st.history, float).T] if st.history else [])
+        g0, t, n = (np.concatenate([p[i] for p in past]) for i in range(3))
+        return TuningCost(self.plan.g_min, self.plan.g_max, self.cfg.expected_pulses).fit(g0, t, n)
+
+    # -- applying ----------------------------------------------------------------------------
+    def apply(self, st: _State, devices: np.ndarray, targets: np.ndarray, rnd: int,
+              rows: dict) -> bool:
+        """Tune `devices` to `targets` (tile by tile, in the plan's order) while the budget holds
+        a tuning's worst case; False when the budget ran out before the last one."""
+        plan, cfg = self.plan, self.cfg
+        order = np.argsort(devices, kind="stable")  # plan order: tile by tile
+        for t in sorted(set(plan.tile[devices].tolist())):
+            rig = self.open(self.crossbars[t])
+            with rig:
+                for i in order[plan.tile[devices[order]] == t]:
+                    d, target = int(devices[i]), float(targets[i])
+                    cap = min(cfg.tune.max_pulses, self.budget - st.used)
+                    if cap < cfg.min_cap:
+                        return False
+                    tc = cfg.tune.model_copy(update={"max_pulses": int(cap)})
+                    r, c = int(plan.row[d]), int(plan.col[d])
+                    res = tune(rig, r, c, target, tc)
+                    st.used += res.pulses
+                    st.tunings += 1
+                    st.history.append((res.g_initial, target, res.pulses))
+                    st.changed_at[t] = _when(rnd, "tuning")
+                    if not res.converged:
+                        st.stuck[d] = True
+                    _add(rows, "tunings", {"round": [rnd], "device": [d], "tile": [t],
+                                           "row": [r], "col": [c], "target": [target],
+                                           "g_before": [res.g_initial], "g_after": [res.g_final],
+                                           "converged": [res.converged], "pulses": [res.pulses],
+                                           "cap": [cap], "t_start": [res.t_start],
+                                           "t_end": [res.t_end]})
+        return True
+
+
+def _decision(rnd, action, layer, weights, devices, pulses, acc_gain, loss_gain, why) -> dict:
+    return {"round": [rnd], "action": [action], "layer": [layer], "weights": [weights],
+            "devices": [devices], "expected_pulses": [pulses],
+            "expected_accuracy_gain": [acc_gain], "expected_loss_gain": [loss_gain],
+            "why": [why]}
+
+
+def _add(rows: dict, table: str, part: dict) -> None:
+    """Append `part` (column -> values) to the rows of `table` in this unit."""
+    have = rows.get(table)
+    if have is None:
+        rows[table] = {k: np.asarray(v).reshape(-1).tolist() for k, v in part.items()}
+    else:
+        for k, v in part.items():
+            have[k].extend(np.asarray(v).reshape(-1).tolist())
+
+
+# -- reading it back ---------------------------------------------------------------------------
+
+def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame], budget: int) -> dict:
+    """Accuracies before and after (fractions), pulses, instrument time and why it stopped."""
+    me, tu, de, pr = (tables[n] for n in ("measurements", "tunings", "decisions", "predictions"))
+    out: dict = {"budget": int(budget), "pulses": int(tu.pulses.sum()), "tunings": int(len(tu)),
+                 "failed_tunings": int((~tu.converged).sum()),
+                 "rounds": int(len(de[(de.why == CHOSEN) & (de.action != STOP)]))}
+    stop = de[de.action == STOP]
+    if len(stop):
+        out["stopped"] = STOP_REASONS[int(stop.layer.iloc[0])]
+    for phase, name in ((0, "before"), (1, "after")):
+        p = pr[pr.phase == phase]
+        if len(p):
+            out[f"accuracy_{name}"] = float((p.predicted == p.label).mean())
+            out[f"accuracy_readback_{name}"] = float((p.predicted_readback == p.label).mean())
+    rep = me[me.split == REPAIR_SET]
+    if len(rep):
+        out["repair_set_accuracy_before"] = float(rep.accuracy.iloc[0])
+        out["repair_set_accuracy_after"] = float(rep.accuracy.iloc[-1])
+    un = tables["units"]
+    out["instrument_time_s"] = float(un.seconds.sum())
+    out["instrument_time_by_category_s"] = {c: (None if np.isnan(v) else float(v))
+                                            for c, v in un[list(TIME_CATEGORIES)].sum().items()}
+    out["chosen"] = {ACTIONS[a]: int(n) for a, n in
+                     de[(de.why == CHOSEN) & (de.action != STOP)].action.value_counts().items()}
+    return out
+
+
+def load_repair(path, run: str | None = None) -> RepairResult:
+    path = Path(path)
+    infos = [i for i in list_runs(path) if i.protocol == PROTOCOL]
+    info = next((i for i in infos if i.name == run), None) if run else (infos[-1] if infos
+                                                                         else None)
+    if info is None:
+        raise ProtocolError(f"{path}: no repair run" + (f" {run!r}" if run else ""))
+    plan = ConductancePlan.from_dict(info.config["plan"])
+    tables = {t: read_table(path, t, info.name) for t in info.rows}
+    summary = info.summary if info.complete else summarize(plan, tables, info.config["budget"])
+    return RepairResult(path, info.name, summary, 0, plan, tables)

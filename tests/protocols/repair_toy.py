@@ -1,0 +1,33 @@
+"""A 2-4-1 network on 4x4 tiles, a data set it separates, a chip with stuck devices: the
+repair tests' fixture, imported by the tests and by the subprocess they kill."""
+
+import numpy as np
+
+from protocols.repair import RepairConfig, RepairData
+from protocols.tuning import TuneConfig
+from simulator.chip import VirtualChip
+from simulator.config import CrossbarConfig
+from training.export import plan_from_weights
+
+
+def plan():
+    w = [np.array([[3.0, -2.0], [-2.5, 2.0], [1.5, 1.5], [-1.0, 2.5]]),
+         np.array([[2.5, -3.0, 1.5, -2.0]])]
+    b = [np.array([-0.5, 0.3, -1.5, 0.2]), np.array([0.4])]
+    return plan_from_weights(w, b, g_min=100e-6, g_max=400e-6, tile_rows=4, tile_cols=4,
+                             meta={"dataset": "toy"})
+
+def data():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (160, 2))
+    h = 1 / (1 + np.exp(-(x @ plan().weights[0].T + plan().biases[0])))
+    y = ((h @ plan().weights[1].T + plan().biases[1])[:, 0] > 0).astype(np.int64)
+    return RepairData(refit=(x[:80], y[:80]), repair=(x[80:120], y[80:120]),
+                      test=(x[120:], y[120:]))
+
+def chip(seed=5):
+    cfg = CrossbarConfig(rows=4, cols=4, stuck_hrs_rate=0.04, stuck_lrs_rate=0.0)
+    return VirtualChip({f"x{t}": cfg for t in range(plan().n_tiles)}, seed=seed)
+
+CONFIG = RepairConfig(tune=TuneConfig(algorithm="fast", max_pulses=60), max_rounds=4,
+                      retune_devices=3, refit_points=60)

@@ -1,0 +1,338 @@
+"""Repair after transfer: the model it reasons with, the budget, the limits, the record, resume."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from repair_toy import CONFIG, chip, data, plan
+
+from instruments.errors import SafetyLimitError
+from protocols.errors import ProtocolError
+from protocols.plan import plan_weights
+from protocols.refit import MeasuredModel, TuningCost, pair_moves, pairs, refit
+from protocols.repair import (
+    CHOSEN,
+    COMPENSATE,
+    REPAIR_SET,
+    ROLLBACK,
+    STOP,
+    TEST_SET,
+    RepairConfig,
+    load_repair,
+    run,
+)
+from protocols.rig import ReadSettings
+from protocols.transfer import run as transfer
+from protocols.tuning import TuneConfig
+from simulator.direct_rig import SimulatedRig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+
+class LimitRig(SimulatedRig):
+    """Records every pulse the seam let through, with the limits it was checked against."""
+
+    def __init__(self, crossbar, lab, log):
+        super().__init__(crossbar, lab=lab)
+        self.log = log
+
+    def _pulse_and_read(self, row, col, volts, seconds, n):
+        self.log.append((volts, seconds))
+        return super()._pulse_and_read(row, col, volts, seconds, n)
+
+
+def _transferred(tmp_path, seed=5):
+    c = chip(seed)
+    p = plan()
+    names = [f"x{t}" for t in range(p.n_tiles)]
+    tr = transfer(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "t.h5",
+                  read=ReadSettings(), config=_tcfg(), progress=False)
+    dev = tr.tables["devices"].sort_values("device")
+    return c, p, names, ~dev.converged.to_numpy(), (dev.g_initial, dev.target, dev.pulses)
+
+
+def _tcfg():
+    from protocols.transfer import TransferConfig
+
+    return TransferConfig(tune=TuneConfig(algorithm="fast"))
+
+
+# -- the model ------------------------------------------------------------------------------
+
+def _model(p, g, x, y, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    zs, h = [], x
+    for i, (w, b) in enumerate(plan_weights(p, g)):
+        z = h @ w.T + b + noise * rng.normal(size=(x.shape[0], w.shape[0]))
+        zs.append(z)
+        h = 1 / (1 + np.exp(-z)) if i == 0 else h
+    return MeasuredModel(p, x, y, zs, g)
+
+
+def test_measured_model_reproduces_the_measurement_and_its_gradient_is_exact():
+    p, d = plan(), data()
+    x, y = d.refit
+    g = p.target * np.random.default_rng(1).uniform(0.9, 1.1, p.n_devices)
+    m = _model(p, g, x, y, noise=0.3)
+    s, grad = m.gradient(g)
+    assert s == m.score(g)
+    eps = 1e-10
+    for dev in (0, 7, p.n_devices - 1):
+        e = np.zeros(p.n_devices)
+        e[dev] = eps
+        num = (m.score(g + e).loss - m.score(g - e).loss) / (2 * eps)
+        assert num == pytest.approx(grad[dev], rel=1e-4, abs=1e-3)
+
+
+def test_refit_keeps_stuck_devices_and_lowers_the_loss():
+    p, d = plan(), data()
+    x, y = d.refit
+    g = p.target.copy()
+    dp, dm = pairs(p)
+    stuck = np.zeros(p.n_devices, bool)
+    last = np.flatnonzero(p.layer[dp] == 1)
+    g[dp[last[0]]] = 30e-6            # a stuck-HRS G+ in the last layer
+    stuck[dp[last[0]]] = True
+    m = _model(p, g, x, y)
+    r = refit(m, {1: [0]}, g, stuck)
+    assert r.loss_after < r.loss_before
+    devs, tgts = pair_moves(p, g, stuck, r.pair, r.diff, 0.01,
+                            TuningCost(p.g_min, p.g_max, 20.0))
+    assert dp[last[0]] not in devs
+    assert np.all((tgts >= p.g_min) & (tgts <= p.g_max))
+
+
+def test_pair_moves_move_one_device_and_respect_the_range():
+    p = plan()
+    dp, dm = pairs(p)
+    g = np.full(p.n_devices, 200e-6)
+    cost = TuningCost(p.g_min, p.g_max, 20.0)
+    # want +50 uS: raise G+ or lower G- by 50 uS, one device
+    devs, tgts = pair_moves(p, g, np.zeros(p.n_devices, bool), [0], [50e-6], 0.01, cost)
+    assert devs.size == 1 and abs(abs(tgts[0] - 200e-6) - 50e-6) < 1e-12
+    # nothing to do inside the band
+    assert pair_moves(p, g, np.zeros(p.n_devices, bool), [0], [1e-6], 0.01, cost)[0].size == 0
+    # +350 uS does not fit one device from 200 uS: the mapping (G- to g_min)
+    devs, tgts = pair_moves(p, g, np.zeros(p.n_devices, bool), [0], [280e-6], 0.01, cost)
+    assert set(devs.tolist()) <= {dp[0], dm[0]}
+    assert np.all((tgts >= p.g_min - 1e-15) & (tgts <= p.g_max + 1e-15))
+
+
+# -- the protocol -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("budget", [0, 25, 140])
+def test_repair_never_exceeds_its_budget_nor_pulses_outside_the_limits(tmp_path, budget):
+    c, p, names, stuck, prior = _transferred(tmp_path)
+    pulses = []
+    res = run(p, lambda n: LimitRig(c[n], c.lab, pulses), names, tmp_path / "r.h5", data(),
+              budget=budget, read=ReadSettings(), config=CONFIG, stuck=stuck, prior_tunings=prior, progress=False)
+    tu = res.tables["tunings"]
+    assert len(pulses) == res.summary["pulses"] == tu.pulses.sum() <= budget
+    for v, w in pulses:
+        assert -2.5 <= v <= 2.1 and 10e-9 <= w <= 1e-3
+    # before each tuning its worst case fitted: the cap never goes beyond what was left
+    assert np.all(tu.cap.to_numpy() <= budget - np.r_[0, np.cumsum(tu.pulses)[:-1]])
+    assert np.all(tu.cap >= CONFIG.min_cap)
+    if budget == 0:
+        assert len(tu) == 0 and res.summary["stopped"] == "budget spent"
+
+
+def test_repair_records_every_decision_and_improves_the_measured_network(tmp_path):
+    c, p, names, stuck, prior = _transferred(tmp_path)
+    assert stuck.any(), "the test chip should hold a stuck device"
+    res = run(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "r.h5", data(),
+              budget=400, read=ReadSettings(), config=CONFIG, stuck=stuck, prior_tunings=prior, progress=False)
+    s = res.summary
+    de = res.tables["decisions"]
+    assert (de.action == STOP).sum() >= 1 and "stopped" in s
+    chosen = de[(de.why == CHOSEN) & (de.action != STOP)]
+    assert len(chosen) == s["rounds"] >= 1
+    assert (de.action == COMPENSATE).any()      # a stuck device is offered compensation
+    me = res.tables["measurements"]
+    rep = me[me.split == 1]
+    # a correction raised the measured repair-set accuracy
+    assert rep.accuracy.max() > rep.accuracy.iloc[0]
+    assert s["accuracy_after"] >= s["accuracy_before"] - 0.05
+    # the devices it tuned are the chosen candidates' devices, each round's read back
+    tu = res.tables["tunings"]
+    assert set(tu["round"]) <= set(chosen["round"])
+    rb = res.tables["readback"]
+    assert set(tu["round"]) <= set(rb["round"])
+    assert load_repair(res.path).summary == s
+
+
+def test_repair_ends_no_worse_than_it_found_the_test_chip_in_small_measured_steps(tmp_path):
+    """On the test chip the repair that stopped at the first round whose single measurement
+    did not improve, after a large correction, ended below its start (repair set 92.5 -> 90 %,
+    test 90 -> 85 %). Each round now moves at most `retune_devices` devices and is judged on
+    the measured loss: it ends at or above where it started on every measure."""
+    c, p, names, stuck, prior = _transferred(tmp_path)
+    res = run(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "r.h5", data(),
+              budget=400, read=ReadSettings(), config=CONFIG, stuck=stuck,
+              prior_tunings=prior, progress=False)
+    me, tu = res.tables["measurements"], res.tables["tunings"]
+    rep = me[me.split == REPAIR_SET]
+    assert rep.loss.iloc[-1] <= rep.loss.iloc[0]
+    assert rep.accuracy.iloc[-1] >= rep.accuracy.iloc[0]
+    test = me[me.split == TEST_SET]
+    assert test.accuracy.iloc[-1] >= test.accuracy.iloc[0]
+    assert res.summary["accuracy_after"] >= res.summary["accuracy_before"]
+    assert tu.groupby("round").device.nunique().max() <= CONFIG.retune_devices
+    assert len(rep) > 2   # several measured rounds, not one large step
+
+
+def test_rollback_tunes_the_pulsed_tiles_back_after_a_round_that_raised_the_loss(tmp_path):
+    case = dict(ROLLBACK_CASE)
+    c, p, names, stuck, prior = _transferred(tmp_path, case.pop("chip_seed"))
+    cfg = CONFIG.model_copy(update=case)
+    res = run(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "r.h5", data(),
+              budget=300, read=ReadSettings(), config=cfg, stuck=stuck, prior_tunings=prior,
+              progress=False)
+    de, tu, rb, me = (res.tables[n] for n in ("decisions", "tunings", "readback",
+                                              "measurements"))
+    rep = me[me.split == REPAIR_SET].set_index("round").loss
+    back = de[(de.action == ROLLBACK) & (de.why == CHOSEN)]
+    assert len(back) >= 1
+    for rnd in back["round"]:
+        prev = rnd - 1
+        assert rep[prev] > rep[rep.index < prev].iloc[-1]   # round prev raised the loss
+        # its targets: each device's read-back before round prev (the latest row before it)
+        before = rb[rb["round"] < prev].groupby("device").g.last()
+        t = tu[tu["round"] == rnd]
+        assert len(t) and np.allclose(t.target.to_numpy(), before[t.device].to_numpy())
+        assert set(p.tile[t.device]) <= set(p.tile[tu.device[tu["round"] == prev]])
+        # a rollback round chooses nothing else
+        assert set(de.action[(de["round"] == rnd) & (de.why == CHOSEN)]) <= {ROLLBACK, STOP}
+    assert tu.pulses.sum() <= 300
+    assert load_repair(res.path).summary == res.summary
+
+
+def test_repair_refuses_bad_input(tmp_path):
+    c, p, names, stuck, prior = _transferred(tmp_path)
+    opener = lambda n: SimulatedRig(c[n], lab=c.lab)  # noqa: E731
+    with pytest.raises(ProtocolError, match="budget"):
+        run(p, opener, names, tmp_path / "a.h5", data(), budget=-1, read=ReadSettings(),
+            progress=False)
+    with pytest.raises(ProtocolError, match="one crossbar per tile"):
+        run(p, opener, names[:1], tmp_path / "a.h5", data(), budget=10, read=ReadSettings(),
+            progress=False)
+    with pytest.raises(ProtocolError, match="stuck flags"):
+        run(p, opener, names, tmp_path / "a.h5", data(), budget=10, stuck=np.zeros(3, bool),
+            read=ReadSettings(), progress=False)
+
+
+def test_a_tuning_cap_outside_the_station_limits_is_refused_before_any_pulse(tmp_path):
+    c, p, names, stuck, prior = _transferred(tmp_path)
+    from protocols.errors import ConfigError
+
+    pulses = []
+    cfg = RepairConfig(tune=TuneConfig(algorithm="fast", v_set_max=2.5, max_pulses=60),
+                       max_rounds=2, refit_points=60)
+    with pytest.raises((ConfigError, SafetyLimitError)):
+        run(p, lambda n: LimitRig(c[n], c.lab, pulses), names, tmp_path / "r.h5", data(),
+            budget=300, read=ReadSettings(), config=cfg, stuck=stuck, prior_tunings=prior, progress=False)
+    assert all(v <= 2.1 for v, _ in pulses)
+
+
+# -- resume after SIGKILL ------------------------------------------------------------------------
+
+SCRIPT = textwrap.dedent("""
+    from repair_toy import CONFIG, chip, data, plan
+    import json
+    import logging
+    import sys
+    logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(message)s")
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1, user_api="blas")
+    from protocols.repair import run
+    from protocols.transfer import TransferConfig, run as transfer
+    from protocols.tuning import TuneConfig
+    from simulator.direct_rig import SimulatedRig
+    from protocols.rig import ReadSettings
+
+    import time
+
+    class Slow(SimulatedRig):   # slower than the parent reads its log: kills land mid-run
+        def _column_currents(self, rows, volts, cols):
+            time.sleep(0.01)
+            return super()._column_currents(rows, volts, cols)
+
+    overrides = json.loads(sys.argv[2])
+    c, p = chip(overrides.pop("chip_seed", 5)), plan()
+    names = [f"x{t}" for t in range(p.n_tiles)]
+    opener = lambda n: Slow(c[n], lab=c.lab)
+    tr = transfer(p, opener, names, sys.argv[1] + ".transfer.h5", seed=1, progress=False,
+                  read=ReadSettings(),
+                  config=TransferConfig(tune=TuneConfig(algorithm="fast")))
+    dev = tr.tables["devices"].sort_values("device")
+    print("repair starts", file=sys.stderr, flush=True)
+    run(p, opener, names, sys.argv[1], data(), budget=300, seed=1, read=ReadSettings(),
+        config=CONFIG.model_copy(update=overrides),
+        stuck=~dev.converged.to_numpy(), prior_tunings=(dev.g_initial, dev.target, dev.pulses),
+        progress=False)
+""")
+
+
+def _spawn(script: Path, out: Path, overrides: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{Path(__file__).parent}",
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, str(script), str(out), overrides], env=env,
+                            cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+#: a chip and rounds on which one round raises the measured loss (budget 300), so a rollback
+#: happens: with the default 8-device rounds no chip seed 1-12 has such a round, and with
+#: whole-tile rounds only seed 5 of 1-12 does (rollback is off by default for that reason too)
+ROLLBACK_CASE = {"rollback": True, "retune_devices": 64, "chip_seed": 5}
+
+
+@pytest.mark.parametrize("overrides", ['{}', json.dumps(ROLLBACK_CASE)])
+def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path, overrides):
+    from database.runs import list_runs, read_run
+
+    script = tmp_path / "repair.py"
+    script.write_text(SCRIPT)
+    ref = tmp_path / "ref.h5"
+    p = _spawn(script, ref, overrides)
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+    out = tmp_path / "killed.h5"
+    rng = random.Random(7)
+    seen = []
+    for _ in range(3):
+        p = _spawn(script, out, overrides)
+        # kill it at once after one or two more units: a unit takes tens of milliseconds here
+        units, need = 0, rng.randint(1, 2)
+        while units < need:
+            line = p.stderr.readline().decode()
+            if not line:
+                break
+            if "repair: unit" in line:
+                units += 1
+        time.sleep(rng.uniform(0.0, 0.05))
+        if p.poll() is not None:
+            break
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        if out.exists():
+            seen.append(list_runs(out)[-1].units_done)
+    p = _spawn(script, out, overrides)
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+    # killed mid-run at least twice (6 units in all), never losing a unit
+    assert seen == sorted(seen) and len([u for u in seen if u < 6]) >= 2, seen
+    info_ref, a = read_run(ref)
+    info, b = read_run(out)
+    assert info.complete and info.summary == info_ref.summary
+    for name in a:
+        np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy(), err_msg=name)
+    if "rollback" in overrides:   # the rollback's state (pre-round read-back, losses) resumes
+        assert (a["decisions"].action == ROLLBACK).any()

@@ -1,0 +1,92 @@
+"""`xbarlab infer` and `xbarlab repair` on the shipped simulated PMU station."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_cli_language import offences
+
+from database.display import pct
+from protocols.inference import load_inference
+from protocols.repair import load_repair
+from protocols.transfer import load_transfer
+from training.export import plan_from_weights
+from xbarlab.cli import cli, main
+
+STATION = Path(__file__).resolve().parents[2] / "xbarlab" / "stations" / "sim-pmu.yaml"
+
+
+@pytest.fixture(scope="module")
+def transferred(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chip")
+    rng = np.random.default_rng(0)
+    plan = plan_from_weights([rng.normal(size=(3, 2)) * 4, rng.normal(size=(1, 3)) * 4],
+                             [rng.normal(size=3), rng.normal(size=1)], g_min=100e-6,
+                             g_max=400e-6, meta={"dataset": "moons"})
+    path = plan.save(tmp / "plan.json")
+    out = tmp / "t.h5"
+    res = CliRunner().invoke(cli, ["transfer", "--plan", str(path), "--station", str(STATION),
+                                   "-o", str(out), "--algorithm", "fast", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return tmp, out
+
+
+def test_infer_from_a_transfer_measures_the_programmed_chip(transferred):
+    tmp, t = transferred
+    out = tmp / "i.h5"
+    res = CliRunner().invoke(cli, ["infer", "--from", str(t), "--station", str(STATION),
+                                   "-o", str(out), "--no-progress", "--explain"])
+    assert res.exit_code == 0, res.output
+    s = load_inference(out).summary
+    assert f"test accuracy on the crossbars (column currents): {pct(s['accuracy'])}" in res.output
+    assert "instrument time per inference: " in res.output and "line resistance" in res.output
+    assert "next: `xbarlab repair --from" in res.output
+    assert offences(res.output) == [], res.output   # display units, every number named
+    # the chip it measured is the one the transfer programmed: the read-back agrees with the
+    # transfer's own read-back to within the read noise, not with a fresh chip
+    rb = load_inference(out).tables["readback"].sort_values("device")
+    g_t = load_transfer(t).g_read
+    assert np.median(np.abs(rb.g.to_numpy() - g_t) / g_t) < 0.02
+
+
+def test_repair_from_a_transfer_stays_in_its_budget_then_infer_from_the_repair(transferred):
+    tmp, t = transferred
+    out = tmp / "r.h5"
+    res = CliRunner().invoke(cli, ["repair", "--from", str(t), "--station", str(STATION),
+                                   "-o", str(out), "--budget", "10%", "--max-rounds", "3",
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    r = load_repair(out)
+    pulses_t = int(load_transfer(t).summary["pulses_total"])
+    assert r.summary["budget"] == int(0.1 * pulses_t)
+    assert r.summary["pulses"] <= r.summary["budget"]
+    assert f"test accuracy on the crossbars after: {pct(r.summary['accuracy_after'])}" \
+        in res.output
+    assert "pulses relative to the transfer's" in res.output
+    assert "next: `xbarlab infer --from" in res.output
+    assert offences(res.output) == [], res.output
+    res = CliRunner().invoke(cli, ["infer", "--from", str(out), "--station", str(STATION),
+                                   "-o", str(tmp / "after.h5"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+
+
+def test_bad_budgets_and_sources_are_one_line_errors(transferred, tmp_path, capsys):
+    _tmp, t = transferred
+    for budget in ("lots", "-3", "2.5"):
+        with pytest.raises(SystemExit) as e:
+            main(["repair", "--from", str(t), "--station", str(STATION), "-o",
+                  str(tmp_path / "x.h5"), "--budget", budget])
+        assert e.value.code == 2
+    plan = tmp_path / "p.json"
+    load_transfer(t).plan.save(plan)
+    with pytest.raises(SystemExit) as e:
+        main(["repair", "--plan", str(plan), "--station", str(STATION), "-o",
+              str(tmp_path / "y.h5"), "--budget", "20%"])
+    assert e.value.code == 2
+    assert "relative budget needs the transfer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["infer", "--from", str(t), "--plan", str(plan), "--station", str(STATION),
+              "-o", str(tmp_path / "z.h5")])
+    assert e.value.code == 2
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()

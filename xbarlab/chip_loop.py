@@ -1,0 +1,183 @@
+"""Chip in the loop: what `xbarlab infer`, `xbarlab repair`, the demo's repair step and
+bench/repair.py share.
+
+- `programmed`: the plan and crossbars of a transfer or repair run, and (simulated station)
+  the station's virtual chip put back in the state committed with that run's last unit: the
+  chip as the run left it;
+- `prior_of`: what the programming run tells a repair (stuck devices, earlier tunings, the
+  transfer's pulse count);
+- `dc_opener`: rigs for the analog read-out: the station's own rig when it has one
+  (`channels`); on a simulated station whose rig has none yet (the PMU and WGFMU rigs: their
+  SMUs serve `CrossbarRig.dc`, not `column_currents`), `SimulatedRig` on the
+  same virtual chip with the station's limits, read settings and latency model (an array tester
+  with one source per word line and one meter per bit line), said in a note;
+- `explain_gap`: on a simulated chip, why the analog accuracy differs from the read-back one,
+  computed by measuring again with line resistance, device non-linearity and read noise
+  switched off in turn (the chip is left exactly as it was).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from database.runs import list_runs, read_state
+from protocols.campaigns._loop import unpack_state
+from protocols.errors import ProtocolError
+from protocols.inference import InferConfig, analog_forward, predict
+from protocols.plan import ConductancePlan, plan_logits
+from protocols.rig import CrossbarRig
+from xbarlab.errors import XbarlabError
+
+#: protocols whose runs leave a programmed chip
+PROGRAMMING = ("transfer", "repair")
+
+
+@dataclass
+class Programmed:
+    plan: ConductancePlan
+    crossbars: list[str]
+    protocol: str
+    path: Path
+    config: dict
+
+
+def programmed(path: str | Path, station=None) -> Programmed:
+    """The plan and crossbars of the transfer or repair run in `path`; with a simulated
+    `station`, its chip is restored to the state committed with the run's last unit."""
+    path = Path(path)
+    runs = [i for i in list_runs(path) if i.protocol in PROGRAMMING]
+    if not runs:
+        raise XbarlabError(f"{path}: no transfer or repair run in it")
+    info = runs[-1]
+    plan = ConductancePlan.from_dict(info.config["plan"])
+    got = Programmed(plan, list(info.config["crossbars"]), info.protocol, path, info.config)
+    if station is not None and station.chip is not None:
+        blob = read_state(path, info.name)
+        if blob is None:
+            raise XbarlabError(f"{path}: no simulator state saved with the run; cannot put the "
+                               "simulated chip back as it was programmed")
+        want, have = info.station.get("sim", {}), station.describe()["sim"]
+        keys = ("seed", "chip_sha256", "model_sha256")   # the chip and its device model
+        if want and any(want.get(k) != have.get(k) for k in keys):
+            raise XbarlabError(f"{path} was measured on another virtual chip (seed "
+                               f"{want.get('seed')}, model {want.get('model')}) than the "
+                               f"station's (seed {have['seed']}, model {have.get('model')})")
+        station.chip.lab.restore_state(unpack_state(blob))
+    return got
+
+
+@dataclass
+class Prior:
+    stuck: np.ndarray          # devices known not to move
+    tunings: tuple | None      # (conductance before, target, pulses) of the transfer's tunings
+    transfer_pulses: int | None
+
+
+def prior_of(prog: Programmed) -> Prior:
+    """Stuck devices, earlier tunings and the transfer's pulse count from the transfer (or
+    the repair of a transfer) that programmed the chip."""
+    n = prog.plan.n_devices
+    if prog.protocol == "transfer":
+        from protocols.transfer import load_transfer
+
+        dev = load_transfer(prog.path).tables["devices"].sort_values("device")
+        if len(dev) != n:
+            raise XbarlabError(f"{prog.path}: the transfer is not complete")
+        return Prior(~dev.converged.to_numpy(),
+                     (dev.g_initial.to_numpy(), dev.target.to_numpy(), dev.pulses.to_numpy()),
+                     int(dev.pulses.sum()))
+    stuck = np.zeros(n, bool)
+    stuck[prog.config["stuck"]] = True
+    return Prior(stuck, None, prog.config.get("transfer_pulses"))
+
+
+def dc_opener(station, echo: Callable[[str], None] | None = None
+              ) -> Callable[[str], CrossbarRig]:
+    """How to open a rig with a DC path on `station`'s crossbar `name` (see the module
+    docstring); `echo` receives the note when the simulated fallback is used."""
+    probe = station.open_rig(station.cfg.crossbar if station.chip is not None else None)
+    with probe:
+        has_dc = probe.channels is not None
+    if has_dc or station.chip is None:
+        # a real station without a DC path fails in the protocol with its clear error
+        return lambda name: station.open_rig(name if station.chip is not None else None)
+    from simulator.config import LatencyConfig
+    from simulator.direct_rig import SimulatedRig
+
+    latency = LatencyConfig(**station.cfg.sim.latency)
+    chip = station.chip
+    if echo is not None:
+        echo(f"note: the {station.cfg.rig} rig's SMUs cannot run the analog read-out yet; rows "
+             "are driven and column currents measured by the direct simulated rig on the same "
+             "virtual chip (one source per word line, one meter per bit line), pulses too")
+    return lambda name: SimulatedRig(chip[name], latency=latency, limits=station.limits,
+                                     read=station.read_settings, lab=chip.lab)
+
+
+#: the measurements of `explain_gap`: effects switched off
+VARIANTS = {"measured": (), "no line resistance": ("lines",),
+            "linear devices": ("nonlinearity",),
+            "ideal array": ("lines", "nonlinearity", "noise")}
+
+
+def explain_gap(plan: ConductancePlan, chip, crossbars: Sequence[str], x: np.ndarray,
+                y: np.ndarray, cfg: InferConfig | None = None, *, latency=None,
+                limits=None) -> dict:
+    """Accuracy of the network on the simulated `chip` (a VirtualChip) measured as is and with
+    each array effect switched off, beside the read-back estimate; and how much of the analog
+    outputs' deviation from the ideal array (the exact matrix product of the devices' true
+    conductances) each effect accounts for: ``share_lines`` = the fraction of the mean squared
+    deviation that disappears without line and source resistance, ``share_nonlinearity``
+    without the sinh I-V (with both the rest is read noise; shares of interacting effects need
+    not add up to 1). The chip is restored afterwards."""
+    from simulator.direct_rig import SimulatedRig
+
+    saved = chip.lab.save_state()
+    y = np.asarray(y).astype(np.int64)
+    z, acc = {}, {}
+    try:
+        for name, off in VARIANTS.items():
+            chip.lab.restore_state(saved)
+
+            def opener(n, off=off):
+                return SimulatedRig(chip[n], lab=chip.lab, ideal=off, latency=latency,
+                                    limits=limits)
+
+            z[name] = analog_forward(plan, opener, crossbars, x, cfg)[-1]
+            acc[name] = float(np.mean(predict(z[name]) == y))
+        chip.lab.restore_state(saved)
+        g = np.empty(plan.n_devices)
+        for t, name in enumerate(crossbars):
+            d = plan.tile_devices(t)
+            rig = SimulatedRig(chip[name], lab=chip.lab, latency=latency, limits=limits)
+            g[d] = rig.read_array()[plan.row[d], plan.col[d]]
+        z_rb = plan_logits(plan, g, x)
+    finally:
+        chip.lab.restore_state(saved)
+    acc["read-back"] = float(np.mean(predict(z_rb) == y))
+    ideal = z["ideal array"]
+
+    def ms(a):
+        return float(np.mean((a - ideal) ** 2))
+
+    dev = ms(z["measured"])
+    return {"accuracy": acc,
+            "rms_deviation": {k: float(np.sqrt(ms(v))) for k, v in
+                              {**z, "read-back": z_rb}.items()},
+            "share_lines": 1.0 - ms(z["no line resistance"]) / dev if dev > 0 else 0.0,
+            "share_nonlinearity": 1.0 - ms(z["linear devices"]) / dev if dev > 0 else 0.0}
+
+
+def test_sets(plan: ConductancePlan, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The refit, repair and test sets of the plan's dataset (its `meta["dataset"]`)."""
+    from database.datasets import chip_in_the_loop_sets
+
+    name = plan.meta.get("dataset")
+    if name not in ("moons", "digits"):
+        raise ProtocolError("the plan does not say which dataset it was trained on (meta "
+                            "'dataset'); export it with --model, which records it")
+    return chip_in_the_loop_sets(name, seed)
