@@ -60,14 +60,14 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from database.display import Metric
-from database.runs import RunWriter, list_runs, read_table
+from database.runs import RunWriter
 from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.errors import ProtocolError
 from protocols.plan import MINUS, ConductancePlan, activate, plan_forward
 from protocols.progress import Bar
 from protocols.rig import CrossbarRig
-from protocols.transfer import _digest, measured_conductances
+from protocols.transfer import data_digest, measured_conductances, stored_plan_run
 
 log = logging.getLogger("xbarlab.inference")
 
@@ -316,7 +316,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
     units = plan.n_tiles * n_batches
     run_cfg = {"plan": plan.to_dict(), "crossbars": crossbars,
                "inference": cfg.model_dump(mode="json"),
-               "test_data": {"points": int(y.size), "sha": _digest(x, y)},
+               "test_data": {"points": int(y.size), "sha": data_digest(x, y)},
                **(extra_config or {})}
     writer = RunWriter.open(store, protocol=PROTOCOL, config=run_cfg, station=station or {},
                             seed=seed, tables=TABLES, units_total=units, resume=resume,
@@ -461,13 +461,7 @@ def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame], *,
 def load_inference(path, run: str | None = None) -> InferResult:
     """A stored inference run: plan, tables and summary."""
     path = Path(path)
-    infos = [i for i in list_runs(path) if i.protocol == PROTOCOL]
-    info = next((i for i in infos if i.name == run), None) if run else (infos[-1] if infos
-                                                                         else None)
-    if info is None:
-        raise ProtocolError(f"{path}: no inference run" + (f" {run!r}" if run else ""))
-    plan = ConductancePlan.from_dict(info.config["plan"])
-    tables = {t: read_table(path, t, info.name) for t in info.rows}
+    info, plan, tables = stored_plan_run(path, PROTOCOL, run)
     summary = info.summary if info.complete else summarize(plan, tables)
     return InferResult(path, info.name, summary, 0, plan, tables)
 

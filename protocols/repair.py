@@ -79,7 +79,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from database.display import Metric
-from database.runs import RunWriter, list_runs, read_table
+from database.runs import RunWriter
 from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.errors import ProtocolError
@@ -101,7 +101,7 @@ from protocols.plan import ConductancePlan, check_reads, check_verifiable, plan_
 from protocols.progress import Bar
 from protocols.refit import MeasuredModel, TuningCost, pair_moves, pairs, refit
 from protocols.rig import CrossbarRig, ReadSettings
-from protocols.transfer import _digest
+from protocols.transfer import data_digest, stored_plan_run
 from protocols.tuning import TuneConfig, tune
 
 log = logging.getLogger("xbarlab.repair")
@@ -355,11 +355,11 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
     units = cfg.max_rounds + 2
     run_cfg = {"plan": plan.to_dict(), "crossbars": crossbars, "budget": int(budget),
                "repair": cfg.model_dump(mode="json"),
-               "data": {SPLITS[s]: {"points": int(y.size), "sha": _digest(x, y)}
+               "data": {SPLITS[s]: {"points": int(y.size), "sha": data_digest(x, y)}
                         for s, (x, y) in sets.items()},
                "stuck": np.flatnonzero(stuck0).tolist(),
                "prior_tunings": {"count": int(prior[0].size),
-                                 "sha": _digest(np.stack(prior, 1), np.zeros(0))},
+                                 "sha": data_digest(np.stack(prior, 1), np.zeros(0))},
                **(extra_config or {})}
     writer = RunWriter.open(store, protocol=PROTOCOL, config=run_cfg, station=station or {},
                             seed=seed, tables=TABLES, units_total=units, resume=resume,
@@ -740,12 +740,6 @@ def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame], budget: in
 
 def load_repair(path, run: str | None = None) -> RepairResult:
     path = Path(path)
-    infos = [i for i in list_runs(path) if i.protocol == PROTOCOL]
-    info = next((i for i in infos if i.name == run), None) if run else (infos[-1] if infos
-                                                                         else None)
-    if info is None:
-        raise ProtocolError(f"{path}: no repair run" + (f" {run!r}" if run else ""))
-    plan = ConductancePlan.from_dict(info.config["plan"])
-    tables = {t: read_table(path, t, info.name) for t in info.rows}
+    info, plan, tables = stored_plan_run(path, PROTOCOL, run)
     summary = info.summary if info.complete else summarize(plan, tables, info.config["budget"])
     return RepairResult(path, info.name, summary, 0, plan, tables)

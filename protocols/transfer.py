@@ -102,7 +102,7 @@ class TransferResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-def _digest(x: np.ndarray, y: np.ndarray) -> str:
+def data_digest(x: np.ndarray, y: np.ndarray) -> str:
     h = hashlib.sha256(np.ascontiguousarray(x, dtype=np.float64).tobytes())
     h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
@@ -151,7 +151,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                                 f"with {plan.sizes[0]} inputs")
     run_cfg = {"plan": plan.to_dict(), "crossbars": crossbars,
                "transfer": cfg.model_dump(mode="json"),
-               "test_data": None if x is None else {"points": int(y.size), "sha": _digest(x, y)}}
+               "test_data": None if x is None else {"points": int(y.size), "sha": data_digest(x, y)}}
     writer = RunWriter.open(store, protocol=PROTOCOL, config=run_cfg, station=station or {},
                             seed=seed, tables=_tables(cfg), units_total=plan.n_devices,
                             resume=resume, overwrite=overwrite)
@@ -289,16 +289,23 @@ def measured_conductances(plan: ConductancePlan, readback: pd.DataFrame) -> np.n
     return g
 
 
-def load_transfer(path, run: str | None = None) -> TransferResult:
-    """A stored transfer as it is on disk: plan, read-back conductances, tables, summary."""
+def stored_plan_run(path, protocol: str, run: str | None = None):
+    """(info, plan, tables) of a stored run of a protocol that programs or measures a plan
+    (transfer, inference, repair): the named run, else the file's last one of that protocol."""
     path = Path(path)
-    infos = [i for i in list_runs(path) if i.protocol == PROTOCOL]
+    infos = [i for i in list_runs(path) if i.protocol == protocol]
     info = next((i for i in infos if i.name == run), None) if run else (infos[-1] if infos
                                                                          else None)
     if info is None:
-        raise ProtocolError(f"{path}: no transfer run" + (f" {run!r}" if run else ""))
+        raise ProtocolError(f"{path}: no {protocol} run" + (f" {run!r}" if run else ""))
     plan = ConductancePlan.from_dict(info.config["plan"])
-    tables = {t: read_table(path, t, info.name) for t in info.rows}
+    return info, plan, {t: read_table(path, t, info.name) for t in info.rows}
+
+
+def load_transfer(path, run: str | None = None) -> TransferResult:
+    """A stored transfer as it is on disk: plan, read-back conductances, tables, summary."""
+    path = Path(path)
+    info, plan, tables = stored_plan_run(path, PROTOCOL, run)
     g = measured_conductances(plan, tables["readback"])
     summary = info.summary if info.complete else summarize(plan, tables)
     return TransferResult(path, info.name, summary, 0, plan, g, tables)
