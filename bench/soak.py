@@ -519,6 +519,24 @@ def _one_line(err: str) -> bool:
         and "Exception ignored" not in err
 
 
+def _rerun_and_compare(out: Path, ref_t: dict, seed: int, c: Counter, case: int,
+                       lost: str, differing: str) -> None:
+    """Re-run the stopped command; count a failed re-run, and rows lost or differing against
+    the uninterrupted run (or a damaged file)."""
+    r = subprocess.run(_cmd(out, seed), env=ENV, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        c["resume_failed"] += 1
+        print(f"  case {case}: re-run exit {r.returncode}: {r.stderr.strip()[-400:]}")
+        return
+    try:
+        done, miss, diff = _compare(out, ref_t)
+        c[lost] += miss + (len(STORE_DEVICES) - done)
+        c[differing] += diff
+    except Exception as e:
+        c["files_damaged"] += 1
+        print(f"  case {case}: file unreadable after the re-run: {e}")
+
+
 def _leftover(folder: Path) -> int:
     return sum(1 for p in folder.iterdir() if p.suffix in (".lock", ".journal", ".tmp"))
 
@@ -584,19 +602,8 @@ def disk_full(args) -> int:
                     if p.returncode:
                         stops.append(0)
                 subprocess.run(["mount", "-o", "remount,size=256m", str(mnt)], check=True)
-                p = subprocess.run(_cmd(out, args.seed), env=ENV, cwd=ROOT, capture_output=True,
-                                   text=True)
-                if p.returncode:
-                    c["resume_failed"] += 1
-                    print(f"  case {case}: re-run exit {p.returncode}: {p.stderr.strip()[-400:]}")
-                    continue
-                try:
-                    done, miss, diff = _compare(out, ref_t)
-                    c["final_rows_lost"] += miss + (len(STORE_DEVICES) - done)
-                    c["final_rows_differing"] += diff
-                except Exception as e:
-                    c["files_damaged"] += 1
-                    print(f"  case {case}: file unreadable after the re-run: {e}")
+                _rerun_and_compare(out, ref_t, args.seed, c, case, "final_rows_lost",
+                                   "final_rows_differing")
                 c["leftover_files"] += _leftover(mnt)
             finally:
                 subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
@@ -727,19 +734,7 @@ def station_change(args) -> int:
                     c["files_changed"] += 1
                     print(f"  case {case} ({what}): the refused run changed the file")
             # the same command as before the kill: resumes, equals the uninterrupted run
-            r = subprocess.run(_cmd(out, args.seed), env=ENV, cwd=ROOT, capture_output=True,
-                               text=True)
-            if r.returncode:
-                c["resume_failed"] += 1
-                print(f"  case {case}: resume exit {r.returncode}: {r.stderr.strip()[-300:]}")
-                continue
-            try:
-                done, miss, diff = _compare(out, ref_t)
-                c["rows_lost"] += miss + (len(STORE_DEVICES) - done)
-                c["rows_differing"] += diff
-            except Exception as e:
-                c["files_damaged"] += 1
-                print(f"  case {case}: file unreadable: {e}")
+            _rerun_and_compare(out, ref_t, args.seed, c, case, "rows_lost", "rows_differing")
         wall = time.perf_counter() - t0
     rows = sum(len(df) for df in ref_t.values())
     print(f"soak station-change: `xbarlab run disturbance` ({len(STORE_DEVICES)} devices, seed "

@@ -264,7 +264,10 @@ def analog_forward(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig]
 # -- the stored run ---------------------------------------------------------------------------
 
 @dataclass
-class InferResult:
+class ChipRunResult:
+    """A stored run on a programmed chip (inference or repair): where it is, its summary, the
+    unit it resumed from, its plan and its tables."""
+
     path: Path
     run: str
     summary: dict
@@ -298,7 +301,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
         config: InferConfig | None = None, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
         progress: bool = True, on_tile: Callable[[int, str], None] | None = None,
-        extra_config: dict | None = None) -> InferResult:
+        extra_config: dict | None = None) -> ChipRunResult:
     """Run the test set through the network on its crossbars (tile t on ``crossbars[t]``).
 
     open_rig(name) returns an unentered rig on crossbar `name`; on_tile(t, name) is called before
@@ -414,7 +417,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
     summary = summarize(plan, tables, row_groups=max(groups.values(), default=1))
     writer.finish(summary)
     log.info("inference: %s", summary)
-    return InferResult(writer.path, writer.run, summary, start, plan, tables)
+    return ChipRunResult(writer.path, writer.run, summary, start, plan, tables)
 
 
 def _read_back(plan: ConductancePlan, rig: CrossbarRig, t: int) -> tuple[dict, dict]:
@@ -458,10 +461,10 @@ def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame], *,
     return out
 
 
-def load_inference(path, run: str | None = None) -> InferResult:
+def load_inference(path, run: str | None = None) -> ChipRunResult:
     """A stored inference run: plan, tables and summary."""
     path = Path(path)
     info, plan, tables = stored_plan_run(path, PROTOCOL, run)
     summary = info.summary if info.complete else summarize(plan, tables)
-    return InferResult(path, info.name, summary, 0, plan, tables)
+    return ChipRunResult(path, info.name, summary, 0, plan, tables)
 

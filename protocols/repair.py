@@ -85,6 +85,7 @@ from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.errors import ProtocolError
 from protocols.inference import (
     TIME_CATEGORIES,
+    ChipRunResult,
     InferConfig,
     activation,
     check_crossbar,
@@ -204,16 +205,6 @@ class RepairData:
     test: tuple[np.ndarray, np.ndarray]
 
 
-@dataclass
-class RepairResult:
-    path: Path
-    run: str
-    summary: dict
-    resumed_from: int
-    plan: ConductancePlan
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-
-
 # -- the state a round starts from, rebuilt from what is committed ------------------------------
 
 @dataclass
@@ -324,7 +315,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
         prior_tunings: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         seed: int | None = None, station: dict | None = None, resume: bool = False,
         overwrite: bool = False, progress: bool = True,
-        extra_config: dict | None = None) -> RepairResult:
+        extra_config: dict | None = None) -> ChipRunResult:
     """Repair the network programmed on `crossbars` (tile t on ``crossbars[t]``) with at most
     `budget` pulses. `stuck`: devices known not to move (e.g. the transfer's failed tunings);
     `prior_tunings`: (conductance before, target, pulses) of earlier tunings on this chip (the
@@ -407,7 +398,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
     summary = summarize(plan, tables, int(budget))
     writer.finish(summary)
     log.info("repair: %s", summary)
-    return RepairResult(writer.path, writer.run, summary, start, plan, tables)
+    return ChipRunResult(writer.path, writer.run, summary, start, plan, tables)
 
 
 class _Work:
@@ -738,8 +729,8 @@ def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame], budget: in
     return out
 
 
-def load_repair(path, run: str | None = None) -> RepairResult:
+def load_repair(path, run: str | None = None) -> ChipRunResult:
     path = Path(path)
     info, plan, tables = stored_plan_run(path, PROTOCOL, run)
     summary = info.summary if info.complete else summarize(plan, tables, info.config["budget"])
-    return RepairResult(path, info.name, summary, 0, plan, tables)
+    return ChipRunResult(path, info.name, summary, 0, plan, tables)
