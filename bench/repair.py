@@ -8,6 +8,8 @@ physical mapping), on fresh virtual chips (the same chip seeds for both networks
    in the plan's order, each tile on its own 8x8 crossbar, SimulatedRig). This is what
    `protocols.transfer` does without its per-device store commit (which packs the whole die's
    state, 87 crossbars for digits, after every device: most of a digits transfer's wall time);
+   each tile then read back and, with ``--reverify '{"passes": N}'``, re-verified
+   (`protocols.transfer.reverify`; off by default, as the paper's transfer);
 2. measure the test set: analog (`protocols.inference`, column currents through the nodal
    solver), the read-back estimate (numpy from read conductances) and, once per network, the
    Monte-Carlo prediction (`training.evaluate`, 1000 transfers); explain the analog-vs-ideal
@@ -17,12 +19,14 @@ physical mapping), on fresh virtual chips (the same chip seeds for both networks
    `database.datasets.chip_in_the_loop_sets`.
 
 Prints per network: software, Monte-Carlo, analog and read-back accuracy before, accuracy after
-repair (mean, worst chip), extra pulses relative to the transfer, predicted instrument time of
-transfer and repair (virtual clock), and whether the goals hold (mean within 1 point of the
-software accuracy, worst chip within 3, at most 20 % extra pulses).
+repair (mean, worst chip), extra pulses relative to the transfer (its re-verify pulses
+included), the read-back error after the transfer, predicted instrument time of transfer and
+repair (virtual clock), and whether the goals hold (mean within 1 point of the software
+accuracy, worst chip within 3, at most 20 % extra pulses).
 
 Usage: python bench/repair.py [--quick] [--chips 24] [--digits-chips 4] [--workers 1]
                               [--out bench-repair-out] [--repair '{"rollback": false}']
+                              [--reverify '{"passes": 3}']
 Figures: docs/chip-in-the-loop.md.
 """
 
@@ -47,6 +51,7 @@ threadpool_limits(1, user_api="blas")
 from database.datasets import chip_in_the_loop_sets  # noqa: E402
 from protocols.repair import RepairConfig, RepairData, load_repair  # noqa: E402
 from protocols.repair import run as repair  # noqa: E402
+from protocols.transfer import ReverifyConfig, reverify  # noqa: E402
 from protocols.tuning import TuneConfig, tune  # noqa: E402
 from simulator.chip import VirtualChip  # noqa: E402
 from simulator.config import CrossbarConfig  # noqa: E402
@@ -94,7 +99,7 @@ def monte_carlo(models, db, sets, n: int) -> dict:
 
 def one_chip(job: tuple) -> dict:
     """Program, measure, explain and repair one chip; plain numbers back."""
-    plan_dict, dataset, network, seed, tmp, overrides = job
+    plan_dict, dataset, network, seed, tmp, overrides, rv_overrides = job
     from protocols.plan import ConductancePlan
 
     plan = ConductancePlan.from_dict(plan_dict)
@@ -107,14 +112,23 @@ def one_chip(job: tuple) -> dict:
 
     w0 = time.perf_counter()
     tc = TuneConfig(algorithm="fast")
+    rvc = ReverifyConfig(**rv_overrides)
     t0 = chip.clock.now
-    res = []
+    res, rv = [], []
     for t in range(plan.n_tiles):
         rig = opener(names[t])
-        for d in plan.tile_devices(t):
-            res.append(tune(rig, int(plan.row[d]), int(plan.col[d]), float(plan.target[d]), tc))
+        devs = plan.tile_devices(t)
+        tile = [tune(rig, int(plan.row[d]), int(plan.col[d]), float(plan.target[d]), tc)
+                for d in devs]
+        rv.append(reverify(rig, plan, devs, tc, rvc,
+                           budget=int(rvc.budget * sum(r.pulses for r in tile)),
+                           skip=np.array([not r.converged for r in tile])))
+        res += tile
     transfer_time = chip.clock.now - t0
-    pulses = int(sum(r.pulses for r in res))
+    rv_pulses = int(sum(r.pulses for r in rv))
+    pulses = int(sum(r.pulses for r in res)) + rv_pulses   # the transfer's, re-verify included
+    err_first = np.abs(np.concatenate([r.g_first for r in rv]) / plan.target - 1)
+    err = np.abs(np.concatenate([r.g for r in rv]) / plan.target - 1)
     w1 = time.perf_counter()
     gap = explain_gap(plan, chip, names, *sets["test"])
     w2 = time.perf_counter()
@@ -130,7 +144,9 @@ def one_chip(job: tuple) -> dict:
     path.unlink()
     return {"dataset": dataset, "network": network, "seed": seed,
             "transfer_pulses": pulses, "transfer_failed": int(sum(not x.converged for x in res)),
-            "transfer_time_s": transfer_time, "gap": gap,
+            "transfer_time_s": transfer_time, "gap": gap, "reverify_pulses": rv_pulses,
+            "map_error_first": [float(np.median(err_first)), float(np.quantile(err_first, 0.95))],
+            "map_error": [float(np.median(err)), float(np.quantile(err, 0.95))],
             "analog_before": s["accuracy_before"], "readback_before": s["accuracy_readback_before"],
             "after": s["accuracy_after"], "readback_after": s["accuracy_readback_after"],
             "repair_pulses": s["pulses"], "repair_time_s": s["instrument_time_s"],
@@ -141,6 +157,14 @@ def one_chip(job: tuple) -> dict:
 
 def pct(x: float) -> str:
     return f"{100 * x:5.1f} %"
+
+
+def _errs(rows: list[dict], network: str) -> str:
+    r = [x for x in rows if x["network"] == network]
+    e0, e1 = (np.mean([x[k] for x in r], 0) for k in ("map_error_first", "map_error"))
+    share = np.mean([x["reverify_pulses"] / x["transfer_pulses"] for x in r])
+    return (f"{pct(e0[0]).strip()}, {pct(e0[1]).strip()} -> {pct(e1[0]).strip()}, "
+            f"{pct(e1[1]).strip()}; {pct(share).strip()}")
 
 
 def report(dataset: str, rows: list[dict], mc: dict) -> list[str]:
@@ -165,6 +189,9 @@ def report(dataset: str, rows: list[dict], mc: dict) -> list[str]:
                    f"{pct(c.mean()) + ' (min' + pct(c.min()) + ')':>20}"
                    f"{pct(p.mean()) + ' (max' + pct(p.max()) + ')':>16}")
         goals.append((name, sw - c.mean(), sw - c.min(), p.max(), int(np.sum(c < a)), len(r)))
+    out.append("read-back |error| of target after the transfer (median, p95; before re-verify -> "
+               "after), re-verify pulses (share of the transfer's): " + "; ".join(
+                   f"{LABELS[n]}: " + _errs(rows, n) for n in NETWORKS))
     out.append("predicted instrument time per chip (virtual clock, mean): " + "; ".join(
         f"{LABELS[n]}: transfer {np.mean([x['transfer_time_s'] for x in rows if x['network'] == n]):.0f} s, "
         f"repair {np.mean([x['repair_time_s'] for x in rows if x['network'] == n]):.0f} s"
@@ -204,6 +231,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench-repair-out")
     ap.add_argument("--repair", type=json.loads, default={}, help="RepairConfig fields to "
                     "change, as JSON (e.g. '{\"rollback\": false}')")
+    ap.add_argument("--reverify", type=json.loads, default={}, help="ReverifyConfig fields of "
+                    "the transfer, as JSON (default: off, the paper's transfer)")
     a = ap.parse_args()
     if a.quick:
         a.chips, a.digits_chips, a.mc = 3, min(a.digits_chips, 1), 200
@@ -223,7 +252,8 @@ def main() -> None:
                 for name in NETWORKS:
                     plan = conductance_plan(t["models"][name], t["db"], read=READ)
                     plan.meta.update(network=name, dataset=dataset)
-                    jobs.append((plan.to_dict(), dataset, name, 1000 + seed, tmp, a.repair))
+                    jobs.append((plan.to_dict(), dataset, name, 1000 + seed, tmp, a.repair,
+                                 a.reverify))
             if a.workers > 1:
                 from multiprocessing import get_context
 

@@ -243,7 +243,9 @@ class TuningCost:
     that went the same way (up or down) to a target in the same bin of [g_min, g_max] (8 bins);
     the median of all past tunings where a bin has none, `prior` where there are none at all.
     Moving a device costs mostly the ramp from the start amplitude to its threshold, which
-    depends on where it goes and in which direction (physics.md §3.3), hence the bins."""
+    depends on where it goes and in which direction (physics.md §3.3), hence the bins. At
+    least one pulse: past tunings of devices found in band took none, but a correction moves a
+    device out of its band."""
 
     BINS = 8
 
@@ -271,4 +273,4 @@ class TuningCost:
     def __call__(self, g_from: np.ndarray, target: np.ndarray) -> np.ndarray:
         up = (np.asarray(target) > np.asarray(g_from)).astype(int)
         v = self.table[up, np.searchsorted(self.edges, target)]
-        return np.where(np.isnan(v), self.overall, v)
+        return np.maximum(np.where(np.isnan(v), self.overall, v), 1.0)

@@ -14,6 +14,17 @@ the tile's devices. When the last tile is read back and test data were given, th
 evaluated from the read-back conductances (`protocols.plan.plan_forward`: conductances read
 back and multiplied).
 
+Re-verify (``TransferConfig.reverify``, off by default). Each pulse of the V/3 write puts V/3
+on every device of its tile, so devices programmed later move the ones programmed before them
+(on the calibrated simulator the slow fluctuators of the disturbed devices switch under that
+stress). With ``reverify.passes`` > 0, after the tile's read-back the devices whose read-back
+error exceeds ``reverify.threshold`` of their target are tuned again, largest error (in S: the
+largest weight error) first, the tile read back again, and so on for at most ``passes`` passes
+and at most ``reverify.budget`` times the tile's programming pulses (`reverify`). Devices whose
+tuning failed are not retried. Off is the paper's transfer, the one the disturbance key k, the
+hardware-aware training and the Monte-Carlo prediction model; a transfer with re-verify is
+better than that prediction by design, so compare it with the prediction only as such.
+
 Storage (database.runs, protocol "transfer"): the plan itself is part of the run config (JSON),
 and the tables are
 
@@ -21,7 +32,12 @@ and the tables are
 - ``readback``  one row per device: the read-back conductance after its tile was finished;
 - ``inference`` one row per test point: label, predicted class from the read-back conductances
   and from the targets (the software network), the network output;
+- ``reverify``  one row per re-verify tuning (only with ``reverify.passes`` > 0): pass, device,
+  the read-back that triggered it, the outcome and pulses;
 - ``history``   every pulse and read (only with ``record_history``).
+
+A tile's re-verify belongs to the unit of its last device: a kill during it resumes by
+re-programming that device and re-verifying the tile.
 
 Each device is one commit, so a killed transfer resumes at the next device (a simulated chip is
 restored to its committed state and the resumed run is identical to an uninterrupted one; on
@@ -80,6 +96,33 @@ INFERENCE_COLUMNS = {
 }
 
 
+REVERIFY_COLUMNS = {
+    "tile": ("i4", "1"), "pass": ("i4", "1 (1 = the first re-verify pass)"),
+    "device": ("i4", "1"), "target": ("f8", "S"), "g_read": ("f8", "S"),
+    "converged": ("?", "1"), "pulses": ("i4", "1"), "cap": ("i4", "1"),
+    "g_final": ("f8", "S"), "t_start": ("f8", "s"), "t_end": ("f8", "s"),
+}
+
+
+class ReverifyConfig(BaseModel):
+    """The settle/re-verify passes after each tile (module docstring). passes = 0: off, the
+    paper's transfer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    passes: int = Field(0, ge=0, le=20, description="read-back/re-tune passes per tile at most "
+                        "(0: off, the paper's transfer)")
+    threshold: float = Field(0.2, gt=0, lt=1, description="re-tune a device whose read-back "
+                             "error exceeds this fraction of its target (0.2: the outliers; "
+                             "lower re-tunes half the tile, and each re-tuning disturbs it "
+                             "again: docs/chip-in-the-loop.md)")
+    budget: float = Field(0.5, ge=0, le=10, description="re-verify pulses of a tile at most "
+                          "this share of the tile's programming pulses")
+    max_pulses: int = Field(60, ge=1, description="pulse cap of one re-verify tuning")
+    min_cap: int = Field(10, ge=1, description="a re-verify tuning whose cap (the budget "
+                         "left) would fall below this is not started")
+
+
 class TransferConfig(BaseModel):
     """How the plan is programmed. Defaults: the lab's write-verify settings."""
 
@@ -89,6 +132,8 @@ class TransferConfig(BaseModel):
     settle_s: float = Field(0.0, ge=0, le=3600, description="instrument time between the "
                             "last device of a tile and its read-back [s] (at most an hour)")
     record_history: bool = Field(False, description="store every pulse and read")
+    reverify: ReverifyConfig = Field(default_factory=ReverifyConfig,
+                                     description="re-verify passes after each tile")
 
 
 @dataclass
@@ -110,6 +155,8 @@ def data_digest(x: np.ndarray, y: np.ndarray) -> str:
 
 def _tables(cfg: TransferConfig) -> dict:
     t = {"devices": DEVICES_COLUMNS, "readback": READBACK_COLUMNS, "inference": INFERENCE_COLUMNS}
+    if cfg.reverify.passes:
+        t["reverify"] = REVERIFY_COLUMNS
     if cfg.record_history:
         t["history"] = HISTORY_COLUMNS
     return t
@@ -157,9 +204,14 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                             resume=resume, overwrite=overwrite)
     start = writer.units_done
     g_read = np.full(plan.n_devices, np.nan)
+    pulses = np.zeros(plan.n_devices, np.int64)      # programming pulses (re-verify's budget)
+    failed = np.zeros(plan.n_devices, bool)          # not retried by re-verify
     if start:
         rb = writer.table("readback")
         g_read[rb.device.to_numpy()] = rb.g.to_numpy()
+        dv = writer.table("devices")
+        pulses[dv.device.to_numpy()] = dv.pulses.to_numpy()
+        failed[dv.device.to_numpy()] = ~dv.converged.to_numpy()
 
     bar = Bar(f"transfer {plan.n_devices} devices, {plan.n_tiles} tiles", plan.n_devices, start,
               enabled=progress)
@@ -186,12 +238,18 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                 for d in todo:
                     bar.current(f"tile {t} on {name} ({int(plan.row[d])},{int(plan.col[d])})")
                     out = _program_device(plan, rig, int(d), cfg)
-                    if d == devs[-1]:  # the tile is complete: read it back
+                    pulses[d] = out["devices"]["pulses"][0]
+                    failed[d] = not out["devices"]["converged"][0]
+                    if d == devs[-1]:  # the tile is complete: read it back (and re-verify)
                         rig.wait(cfg.settle_s)
-                        t_read = float(rig.clock)
-                        gmap = rig.read_array()
-                        g_tile = gmap[plan.row[devs], plan.col[devs]]
+                        rv = reverify(rig, plan, devs, cfg.tune, cfg.reverify,
+                                      budget=int(cfg.reverify.budget * pulses[devs].sum()),
+                                      skip=failed[devs])
+                        t_read, g_tile = rv.t_read, rv.g
                         g_read[devs] = g_tile
+                        if rv.rows["device"]:
+                            out["reverify"] = {**rv.rows, "tile": np.full(len(rv.rows["device"]),
+                                                                          t, np.int64)}
                         out["readback"] = {"device": devs, "tile": np.full(devs.size, t),
                                            "row": plan.row[devs], "col": plan.col[devs],
                                            "target": plan.target[devs], "g": g_tile,
@@ -199,13 +257,67 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                         if d == plan.n_devices - 1 and x is not None:
                             out["inference"] = _inference(plan, g_read, x, y)
                     writer.commit(int(d), out, commit_state(rig))
-                    bar.advance(int(out["devices"]["pulses"][0]))
+                    bar.advance(int(out["devices"]["pulses"][0])
+                                + int(np.sum(out.get("reverify", {}).get("pulses", 0))))
     interrupts.check()  # not complete if the last commit lost a Ctrl-C in a finaliser
     tables = {name: writer.table(name) for name in _tables(cfg)}
     summary = summarize(plan, tables)
     writer.finish(summary)  # a run that was already complete is left as it is
     log.info("transfer: %s", summary)
     return TransferResult(writer.path, writer.run, summary, start, plan, g_read, tables)
+
+
+@dataclass
+class Reverified:
+    """What `reverify` did to one tile: the read-backs before and after, the re-tunings."""
+
+    g_first: np.ndarray   # the tile's devices read back before any re-verify [S]
+    g: np.ndarray         # read back after the last pass (= g_first with none) [S]
+    t_read: float         # instrument time when that last read-back began [s]
+    passes: int           # passes that re-tuned at least one device
+    pulses: int
+    rows: dict            # REVERIFY_COLUMNS but "tile": one entry per re-tuning
+
+
+def reverify(rig: CrossbarRig, plan: ConductancePlan, devs: np.ndarray, tune_cfg: TuneConfig,
+             cfg: ReverifyConfig, *, budget: int, skip: np.ndarray | None = None) -> Reverified:
+    """Read the tile of `devs` (plan devices on `rig`'s crossbar) back and, for at most
+    ``cfg.passes`` passes, re-tune the devices whose read-back error exceeds ``cfg.threshold``
+    of their target, largest error in S first, then read the tile back again; with passes = 0
+    it is the plain read-back. Never more than `budget` pulses: each re-tuning's cap is
+    min(cfg.max_pulses, the budget left) and one whose cap falls below ``cfg.min_cap`` is not
+    started (the passes end). A device whose tuning failed, here or where `skip` (per device of
+    `devs`) says so, is not re-tuned again."""
+    devs = np.asarray(devs)
+    rows_, cols_ = plan.row[devs], plan.col[devs]
+    target = plan.target[devs]
+    done = np.zeros(devs.size, bool) if skip is None else np.asarray(skip, bool).copy()
+    tc = tune_cfg.model_copy(update={"max_pulses": min(tune_cfg.max_pulses, cfg.max_pulses)})
+    rec: dict[str, list] = {k: [] for k in REVERIFY_COLUMNS if k != "tile"}
+    used, passes, g_first = 0, 0, None
+    while True:
+        t_read = float(rig.clock)
+        g = rig.read_array()[rows_, cols_]
+        if g_first is None:
+            g_first = g
+        err = np.abs(g - target)
+        bad = np.flatnonzero((err > cfg.threshold * target) & ~done)
+        if passes == cfg.passes or not bad.size or budget - used < cfg.min_cap:
+            return Reverified(g_first, g, t_read, passes, used, rec)
+        passes += 1
+        for i in bad[np.argsort(-err[bad], kind="stable")]:
+            cap = min(tc.max_pulses, budget - used)
+            if cap < cfg.min_cap:
+                break
+            res = tune(rig, int(rows_[i]), int(cols_[i]), float(target[i]),
+                       tc.model_copy(update={"max_pulses": int(cap)}))
+            used += res.pulses
+            done[i] |= not res.converged
+            for k, v in (("pass", passes), ("device", int(devs[i])), ("target", target[i]),
+                         ("g_read", g[i]), ("converged", res.converged),
+                         ("pulses", res.pulses), ("cap", cap), ("g_final", res.g_final),
+                         ("t_start", res.t_start), ("t_end", res.t_end)):
+                rec[k].append(v)
 
 
 def _program_device(plan: ConductancePlan, rig: CrossbarRig, d: int,
@@ -241,7 +353,9 @@ SUMMARY = {
     "tiles": Metric("tiles (one crossbar each)"),
     "converged": Metric("converged tunings"),
     "failed": Metric("failed tunings"),
-    "pulses_total": Metric("pulses"),
+    "pulses_total": Metric("pulses (re-verify included)"),
+    "reverify_tunings": Metric("re-verify tunings"),
+    "reverify_pulses": Metric("re-verify pulses"),
     "pulses_median": Metric("pulses per device, median"),
     "instrument_time_s": Metric("instrument time", "s"),
     "readback_error_mean_rel": Metric("mean read-back error (of target)", "fraction", nd=2,
@@ -260,15 +374,21 @@ SUMMARY = {
 def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame]) -> dict:
     """Plain-number summary of a transfer (S, s, fractions)."""
     dev, rb, inf = tables["devices"], tables["readback"], tables["inference"]
+    rv = tables.get("reverify")
     out: dict = {"devices": int(len(dev)), "tiles": int(plan.n_tiles)}
     if len(dev):
+        spans = pd.concat([dev[["tile", "t_start", "t_end"]]]
+                          + ([rv[["tile", "t_start", "t_end"]]] if rv is not None else []))
         out.update(converged=int(dev.converged.sum()),
                    failed=int((~dev.converged).sum()),
-                   pulses_total=int(dev.pulses.sum()),
+                   pulses_total=int(dev.pulses.sum()) + (int(rv.pulses.sum()) if rv is not None
+                                                         else 0),
                    pulses_median=float(np.median(dev.pulses)),
                    # instrument time: sum over tiles (each tile may be on its own rig and clock)
                    instrument_time_s=float(sum(g.t_end.max() - g.t_start.min()
-                                               for _, g in dev.groupby("tile"))))
+                                               for _, g in spans.groupby("tile"))))
+        if rv is not None:
+            out.update(reverify_tunings=int(len(rv)), reverify_pulses=int(rv.pulses.sum()))
     if len(rb):
         err = (rb.g - rb.target) / rb.target
         out.update(readback_error_mean_rel=float(err.mean()),

@@ -74,6 +74,7 @@ def programmed(path: str | Path, station=None) -> Programmed:
 class Prior:
     stuck: np.ndarray          # devices known not to move
     tunings: tuple | None      # (conductance before, target, pulses) of the transfer's tunings
+                               # (its re-verify tunings included)
     transfer_pulses: int | None
 
 
@@ -84,12 +85,21 @@ def prior_of(prog: Programmed) -> Prior:
     if prog.protocol == "transfer":
         from protocols.transfer import load_transfer
 
-        dev = load_transfer(prog.path).tables["devices"].sort_values("device")
+        tr = load_transfer(prog.path)
+        dev = tr.tables["devices"].sort_values("device")
         if len(dev) != n:
             raise XbarlabError(f"{prog.path}: the transfer is not complete")
-        return Prior(~dev.converged.to_numpy(),
-                     (dev.g_initial.to_numpy(), dev.target.to_numpy(), dev.pulses.to_numpy()),
-                     int(dev.pulses.sum()))
+        rv = tr.tables.get("reverify")
+        stuck = ~dev.converged.to_numpy()
+        if rv is not None:   # a device re-verify could not tune is stuck too
+            stuck[rv.device[~rv.converged].to_numpy()] = True
+        # the transfer's pulses: re-verify included (a repair budget of 20 % is of them all)
+        tunings = [dev.g_initial, dev.target, dev.pulses]
+        if rv is not None:
+            tunings = [np.concatenate([a, b]) for a, b in
+                       zip(tunings, (rv.g_read, rv.target, rv.pulses), strict=True)]
+        return Prior(stuck, tuple(np.asarray(a, float) for a in tunings),
+                     int(dev.pulses.sum()) + (int(rv.pulses.sum()) if rv is not None else 0))
     stuck = np.zeros(n, bool)
     stuck[prog.config["stuck"]] = True
     return Prior(stuck, None, prog.config.get("transfer_pulses"))

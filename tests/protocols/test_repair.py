@@ -127,6 +127,15 @@ def test_pair_moves_move_one_device_and_respect_the_range():
     assert np.all((tgts >= p.g_min - 1e-15) & (tgts <= p.g_max + 1e-15))
 
 
+def test_tuning_cost_is_at_least_one_pulse_when_past_tunings_needed_none():
+    # devices found in band take 0 pulses; a correction moves a device out of its band, so it
+    # costs at least one pulse (a cost of 0 divided the repair's gain per pulse by zero)
+    p = plan()
+    cost = TuningCost(p.g_min, p.g_max, 20.0).fit([100e-6, 100e-6, 300e-6],
+                                                   [101e-6, 99e-6, 300e-6], [0, 0, 0])
+    assert np.all(cost(np.array([150e-6, 300e-6]), np.array([101e-6, 400e-6])) >= 1.0)
+
+
 # -- the protocol -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("budget", [0, 25, 140])

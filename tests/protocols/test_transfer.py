@@ -177,3 +177,110 @@ def test_refuses_bad_requests(tmp_path):
 def test_protocol_runs_without_torch():
     code = "import sys, protocols.transfer; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- re-verify passes ----------------------------------------------------------------------------
+
+def _rv_cfg(**kw):
+    from protocols.transfer import ReverifyConfig
+
+    return TransferConfig(reverify=ReverifyConfig(**{"passes": 2, "threshold": 0.03, **kw}))
+
+
+@pytest.fixture(scope="module")
+def reverified(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reverify")
+    log, rigs = [], []
+    res = _run(tmp, _chip(), log, rigs, config=_rv_cfg())
+    return res, log, tmp
+
+
+@pytest.mark.parametrize("kw", [{}, {"passes": 1, "budget": 0.05, "max_pulses": 15}])
+def test_reverify_keeps_its_pass_and_pulse_bounds_and_the_limits(tmp_path, kw):
+    from protocols.transfer import ReverifyConfig
+
+    rv_cfg = ReverifyConfig(**{"passes": 2, "threshold": 0.03, **kw})
+    chip, plan = _chip(), _plan()
+    pulses = []
+
+    class Limited(SimulatedRig):
+        def _pulse_and_read(self, row, col, volts, seconds, n):
+            self.limits.check_pulse(volts, seconds)   # raises outside the station limits
+            pulses.append((row, col))
+            return super()._pulse_and_read(row, col, volts, seconds, n)
+
+    res = run(plan, lambda n: Limited(chip[n], lab=chip.lab), list(NAMES), tmp_path / "t.h5",
+              read=ReadSettings(), progress=False, config=TransferConfig(reverify=rv_cfg))
+    dev, rv = res.tables["devices"], res.tables["reverify"]
+    assert len(rv) and len(pulses) == dev.pulses.sum() + rv.pulses.sum()
+    assert res.summary["pulses_total"] == len(pulses)
+    assert res.summary["reverify_pulses"] == rv.pulses.sum()
+    assert rv["pass"].between(1, rv_cfg.passes).all()
+    assert (rv.pulses <= rv.cap).all() and (rv.cap <= rv_cfg.max_pulses).all()
+    assert (rv.cap >= rv_cfg.min_cap).all()
+    for t, g in rv.groupby("tile"):
+        budget = int(rv_cfg.budget * dev.pulses[dev.tile == t].sum())
+        assert g.pulses.sum() <= budget
+        # most costly first: within a pass, the read-back errors (S) do not increase
+        for _, p in g.groupby("pass"):
+            e = np.abs(p.g_read - p.target).to_numpy()
+            assert np.all(np.diff(e) <= 0)
+        # a device re-tuned only while its read-back was over the threshold
+        assert (np.abs(g.g_read - g.target) > rv_cfg.threshold * g.target).all()
+    # the devices whose transfer tuning failed are not retried
+    assert not set(rv.device) & set(dev.device[~dev.converged])
+
+
+def test_reverify_brings_a_disturbed_device_back():
+    """One device of a tile knocked out of band after programming (as a later write would):
+    one pass re-tunes it, and the tile's error falls. No slow fluctuators, so the re-tuning's
+    half-select pulses barely move the other devices."""
+    from protocols.transfer import ReverifyConfig, reverify
+    from protocols.tuning import tune
+    from simulator.config import DeviceParams
+
+    cfg = CrossbarConfig(rows=4, cols=4, stuck_hrs_rate=0.0, stuck_lrs_rate=0.0,
+                         device=DeviceParams(rtn_count=0))
+    chip = VirtualChip({"a": cfg}, seed=3)
+    plan = _plan()
+    devs = plan.tile_devices(2)
+    rig = SimulatedRig(chip["a"], lab=chip.lab)
+    for d in devs:
+        tune(rig, int(plan.row[d]), int(plan.col[d]), float(plan.target[d]))
+    d0 = int(devs[0])
+    r0, c0 = int(plan.row[d0]), int(plan.col[d0])
+    for _ in range(8):
+        rig.pulse(r0, c0, 1.6, 200e-9)   # SET pulses: far above its target now
+    base = TransferConfig().tune
+    rv = reverify(rig, plan, devs, base, ReverifyConfig(passes=1, threshold=0.05), budget=200)
+    target = plan.target[devs]
+    before, after = np.abs(rv.g_first - target), np.abs(rv.g - target)
+    assert before[0] > 0.2 * target[0]                       # knocked out
+    assert rv.passes == 1 and d0 in rv.rows["device"]
+    assert after[0] <= 2 * base.tolerance * target[0]        # back in (twice) its band
+    assert after.sum() < 0.5 * before.sum()
+    # passes = 0: the plain read-back, nothing pulsed
+    again = reverify(rig, plan, devs, base, ReverifyConfig(passes=0), budget=200)
+    assert again.passes == 0 and again.pulses == 0 and not again.rows["device"]
+    np.testing.assert_array_equal(again.g, again.g_first)
+
+
+def test_resume_inside_a_reverify_pass_is_identical(reverified, tmp_path):
+    ref, ref_log, _ = reverified
+    dev, rv = ref.tables["devices"], ref.tables["reverify"]
+    # crash half-way through tile 0's re-verify pulses (the log counts every pulse)
+    n0, r0 = int(dev.pulses[dev.tile == 0].sum()), int(rv.pulses[rv.tile == 0].sum())
+    assert r0 > 1 and len(ref_log) == dev.pulses.sum() + rv.pulses.sum()
+    log, rigs = [], []
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, _chip(), log, rigs, fail_at=n0 + r0 // 2, name="r.h5", config=_rv_cfg())
+    assert rigs[-1].safe_calls >= 1
+    info = load_transfer(tmp_path / "r.h5")
+    last0 = int(ref.plan.tile_devices(0)[-1])
+    assert len(info.tables["devices"]) == last0     # the tile's last device is not committed
+    res = _run(tmp_path, _chip(), [], [], name="r.h5", config=_rv_cfg())
+    assert res.resumed_from == last0
+    np.testing.assert_array_equal(res.g_read, ref.g_read)
+    for t in ("devices", "readback", "reverify", "inference"):
+        assert res.tables[t].equals(ref.tables[t]), t
+    assert res.summary == ref.summary

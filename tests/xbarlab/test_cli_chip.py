@@ -90,3 +90,22 @@ def test_bad_budgets_and_sources_are_one_line_errors(transferred, tmp_path, caps
               "-o", str(tmp_path / "z.h5")])
     assert e.value.code == 2
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()
+
+
+def test_a_reverified_transfer_counts_its_reverify_pulses_in_the_repair_budget(transferred):
+    from xbarlab.chip_loop import prior_of, programmed
+
+    tmp, _ = transferred
+    out = tmp / "rv.h5"
+    res = CliRunner().invoke(cli, ["transfer", "--plan", str(tmp / "plan.json"), "--station",
+                                   str(STATION), "-o", str(out), "--no-progress",
+                                   "--reverify", "2", "--reverify-threshold", "0.03"])
+    assert res.exit_code == 0, res.output
+    tr = load_transfer(out)
+    s, rv = tr.summary, tr.tables["reverify"]
+    assert s["reverify_pulses"] == rv.pulses.sum() > 0 and "re-verifying" in res.output
+    assert s["pulses_total"] == tr.tables["devices"].pulses.sum() + rv.pulses.sum()
+    prior = prior_of(programmed(out))
+    # a repair budget of 20 % is of the transfer's pulses, its re-verify included
+    assert prior.transfer_pulses == s["pulses_total"]
+    assert prior.tunings[0].size == tr.plan.n_devices + len(rv)

@@ -68,6 +68,14 @@ def register(cli: click.Group) -> None:
                   show_default=True, help="write-verify algorithm (alibart: the paper's)")
     @click.option("--settle", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
                   help="instrument time before each tile's read-back [s]")
+    @click.option("--reverify", type=click.IntRange(0, 20), default=0, show_default=True,
+                  help="after each tile, re-tune the devices read back out by more than "
+                       "--reverify-threshold, at most this many passes (0: the paper's transfer, "
+                       "the one the Monte-Carlo prediction models)")
+    @click.option("--reverify-threshold", type=click.FloatRange(0, 1, min_open=True,
+                                                                  max_open=True),
+                  default=0.2, show_default=True,
+                  help="read-back error (fraction of target) that makes a device re-tuned")
     @click.option("--save-plan", type=click.Path(dir_okay=False), default=None,
                   help="also write the conductance plan (JSON)")
     @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -77,11 +85,12 @@ def register(cli: click.Group) -> None:
     @click.option("--watch", is_flag=True, help="serve a live view of the transfer on this PC "
                   "while it runs (as `xbarlab watch`; needs the [live] extra)")
     def transfer_cmd(model_path, plan_path, station_path, crossbars, out, db_path, member,
-                     algorithm, settle, save_plan, seed, resume, overwrite, no_progress, watch):
+                     algorithm, settle, reverify, reverify_threshold, save_plan, seed, resume,
+                     overwrite, no_progress, watch):
         """Program a trained network onto crossbars (write-verify, in the order training
         assumed), read it back and measure its test accuracy; everything into HDF5."""
         from protocols.plan import check_verifiable
-        from protocols.transfer import TransferConfig, run
+        from protocols.transfer import ReverifyConfig, TransferConfig, run
         from protocols.tuning import TuneConfig
         from training.export import ConductancePlan
         from xbarlab.commands.view import watching
@@ -89,7 +98,9 @@ def register(cli: click.Group) -> None:
 
         if bool(model_path) == bool(plan_path):
             raise click.UsageError("give exactly one of --model and --plan")
-        cfg = TransferConfig(tune=TuneConfig(algorithm=algorithm), settle_s=settle)
+        cfg = TransferConfig(tune=TuneConfig(algorithm=algorithm), settle_s=settle,
+                             reverify=ReverifyConfig(passes=reverify,
+                                                     threshold=reverify_threshold))
         st = load_station(station_path)
         test = None
         if model_path:
@@ -126,8 +137,10 @@ def register(cli: click.Group) -> None:
         click.echo(f"transfer: {res.path} ({res.run}) onto {', '.join(names)}")
         click.echo(f"  devices: {count(s['devices'])} in {s['tiles']} tiles, "
                    f"{count(s.get('failed', 0))} failed tunings, "
-                   f"{count(s.get('pulses_total', 0))} pulses, instrument time "
-                   f"{duration(s.get('instrument_time_s', 0.0))}")
+                   f"{count(s.get('pulses_total', 0))} pulses"
+                   + (f" ({count(s['reverify_pulses'])} of them re-verifying "
+                      f"{count(s['reverify_tunings'])} devices)" if "reverify_pulses" in s else "")
+                   + f", instrument time {duration(s.get('instrument_time_s', 0.0))}")
         if "readback_error_mean_rel" in s:
             click.echo(f"  read-back error: mean {pct(s['readback_error_mean_rel'], 2, signed=True)}"
                        f", std {pct(s['readback_error_std_rel'], 2)} of target")
