@@ -88,7 +88,7 @@ DEVICES_COLUMNS = {
 }
 READBACK_COLUMNS = {
     "device": ("i4", "1"), "tile": ("i4", "1"), "row": ("i4", "1"), "col": ("i4", "1"),
-    "target": ("f8", "S"), "g": ("f8", "S"), "t": ("f8", "s"),
+    "target": ("f8", "S"), "g": ("f8", "S"), "t": ("f8", "s"), "t_end": ("f8", "s"),
 }
 INFERENCE_COLUMNS = {
     "point": ("i4", "1"), "label": ("i8", "1"), "predicted": ("i8", "1"),
@@ -253,7 +253,8 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                         out["readback"] = {"device": devs, "tile": np.full(devs.size, t),
                                            "row": plan.row[devs], "col": plan.col[devs],
                                            "target": plan.target[devs], "g": g_tile,
-                                           "t": np.full(devs.size, t_read)}
+                                           "t": np.full(devs.size, t_read),
+                                           "t_end": np.full(devs.size, float(rig.clock))}
                         if d == plan.n_devices - 1 and x is not None:
                             out["inference"] = _inference(plan, g_read, x, y)
                     writer.commit(int(d), out, commit_state(rig))
@@ -377,8 +378,11 @@ def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame]) -> dict:
     rv = tables.get("reverify")
     out: dict = {"devices": int(len(dev)), "tiles": int(plan.n_tiles)}
     if len(dev):
+        # the settling wait and the read-back are station time too (the read-back's end)
+        done = rb[["tile", "t_end"]].assign(t_start=rb.t_end) if len(rb) else None
         spans = pd.concat([dev[["tile", "t_start", "t_end"]]]
-                          + ([rv[["tile", "t_start", "t_end"]]] if rv is not None else []))
+                          + ([rv[["tile", "t_start", "t_end"]]] if rv is not None else [])
+                          + ([done] if done is not None else []))
         out.update(converged=int(dev.converged.sum()),
                    failed=int((~dev.converged).sum()),
                    pulses_total=int(dev.pulses.sum()) + (int(rv.pulses.sum()) if rv is not None

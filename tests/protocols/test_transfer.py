@@ -135,6 +135,18 @@ def test_inference_and_summary_match_the_stored_tables(done):
     assert again.summary["instrument_time_s"] > 0
 
 
+def test_instrument_time_counts_each_tiles_settling_and_read_back(done):
+    # the tiles run one after the other on one chip clock, so the station time of the transfer
+    # is from its first pulse to the end of its last read-back (it once stopped at the last
+    # tuning of each tile: the settling wait and the read-backs were not charged)
+    res, _log, rigs, _tmp = done
+    first = float(res.tables["devices"].t_start.min())
+    assert res.summary["instrument_time_s"] == pytest.approx(float(rigs[-1].clock) - first,
+                                                             rel=1e-9)
+    rb = res.tables["readback"]
+    assert np.all(rb.t_end > rb.t)
+
+
 def test_resume_after_a_crash_is_identical(done, tmp_path):
     ref, *_ = done
     log, rigs = [], []
