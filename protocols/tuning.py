@@ -203,12 +203,19 @@ def _fast_amplitude(state: TuneState, v_ramp: float, sign: int, moved: bool, ste
     dv = cfg.v_step
     if moved and step_done > 0:
         v0 = cfg.fast_v0_set if sign > 0 else cfg.fast_v0_reset
-        want = max(cfg.fast_aim * max(remaining, band), 1e-30)
+        # near the target a pulse's fluctuator jump is larger than the band: aim at the whole
+        # remaining error there, at a fraction of it only while far (overshoot costs a ramp)
+        aim = cfg.fast_aim if remaining > cfg.fast_far * band else 1.0
+        want = max(aim * max(remaining, band), 1e-30)
         delta = v0 * math.log(want / step_done)
         delta = min(max(delta, -cfg.fast_max_steps * dv), cfg.fast_max_steps * dv)
         return sign * (last + delta)
-    mult = cfg.fast_far_steps if remaining > cfg.fast_far * band else 1
-    return sign * (last + mult * dv)
+    if remaining <= cfg.fast_far * band:
+        return sign * (last + dv)
+    # far: climb by the same change of switching rate in either polarity, fast_far_steps ramp
+    # steps of the sharper SET branch, proportionally more of the softer RESET branch
+    steps = cfg.fast_far_steps * (1.0 if sign > 0 else cfg.fast_v0_reset / cfg.fast_v0_set)
+    return sign * (last + round(steps) * dv)
 
 
 def _restart_set(state: TuneState, cfg: TuneConfig, fast: bool) -> float:
@@ -369,8 +376,18 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
             hist["used"][j] = False
         pending.clear()
         inband.clear()
-        r = float(rig.pulse_and_read(row, col, act.volts, cfg.width))
-        pending.append((r, log(PULSE, act.volts, cfg.width, r, float(rig.clock))))
+        # the pulse's execution also takes the confirmation reads it would need if its verify
+        # read lands in band: judged one by one like separate reads, unused otherwise
+        t0 = float(rig.clock)
+        reads = np.atleast_1d(rig.pulse_and_read(row, col, act.volts, cfg.width,
+                                                 n_reads=cfg.n_inband))
+        t1 = float(rig.clock)
+        r = float(reads[0])
+        pending.append((r, log(PULSE, act.volts, cfg.width, r,
+                               t0 + (t1 - t0) / len(reads))))
+        for i, x in enumerate(reads[1:], start=2):
+            pending.append((float(x), log(READ, 0.0, 0.0, float(x),
+                                          t0 + (t1 - t0) * i / len(reads))))
 
     final = np.asarray(inband if converged else [last], dtype=float)
     history = {k: np.asarray(v, dtype=bool if k == "used" else (np.int8 if k == "kind" else float))
