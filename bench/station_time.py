@@ -20,9 +20,9 @@ precision reached: |error| of the tuned conductance (p95, %) and failures.
 - floor: what the instruments need at least for the same pulses, from the station's latencies:
   one relay reselection per device (PMU crossbar), and per closed-loop step one execution with
   the messages no step can do without (PMU: execute, one status poll, one data fetch; WGFMU: one
-  data fetch), plus two read-only executions per tuning (first read, confirmation) and one per
-  settled read. Amplitude changes are assumed free there (pre-loaded waveforms), so the floor
-  is below what the 4200 can really do.
+  data fetch), plus one read-only execution per tuning (its first read: the confirmation reads
+  ride in the pulses' executions) and one per settled read. Amplitude changes are assumed free
+  there (pre-loaded waveforms), so the floor is below what the 4200 can really do.
 
     python bench/station_time.py                 # read, map, campaign (fast) at full size
     python bench/station_time.py --quick         # one map per row, small campaigns
@@ -104,7 +104,7 @@ def _station(name: str, seed: int, scheme: str | None) -> Station:
 
 def floor_s(lat, *, devices: int, pulses: int, tunings: int, extra_reads: int, pmu: bool) -> float:
     """The floor of the module docstring [s]."""
-    execs = pulses + 2 * tunings + extra_reads
+    execs = pulses + tunings + extra_reads
     msgs_per_exec = 3 if pmu else 1
     relays = devices if pmu else 0
     return (relays * (lat.relay_switch + lat.gpib_cmd)
