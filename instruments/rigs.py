@@ -120,9 +120,10 @@ class PmuRig(_GuardedRig):
                        imperfect divider) is measured and removed: whenever the rig routes a
                        device for writing it compares `n_cal` grounded reads (the device's last
                        ones when no pulse came since, within REF_MAX_AGE) with `n_cal`
-                       write-routing reads taken right after the reselection and subtracts the
-                       difference of the means from every read of that device until it is
-                       routed elsewhere or the calibration is CAL_MAX_AGE old. Reads
+                       write-routing reads taken right after the reselection (first in the
+                       execution of its step, before the pulse) and subtracts the difference of
+                       the means from every read of that device until it is routed elsewhere
+                       or the calibration is CAL_MAX_AGE old. Reads
                        without a pulse (`read`, `read_repeated`) of that device keep its routing
                        (the tuning's confirmation reads); of any other device they are grounded,
                        and `read_array` (the read-back) is always grounded. The corrected read

@@ -16,10 +16,14 @@ Algorithms (``TuneConfig.algorithm``):
              sub-threshold steps per restart (also from one tuning of a device to its next:
              ``tune(..., warm=previous.warm)``). (2) Aimed steps: switching speed is roughly
              exponential in amplitude, so from the size of the last step the next amplitude is
-             chosen to cover about half the remaining error (bounded to ``fast_max_steps`` ramp
-             steps), and sub-threshold pulses far from the target climb ``fast_far_steps`` ramp
-             steps at a time. The default: as precise as ``alibart`` on the simulated devices
-             with under half its pulses (docs/simulator.md, "Station time").
+             chosen to cover ``fast_aim`` (half) of the remaining error while far from the
+             target and all of it near the target, where a pulse's fluctuator jump on the
+             calibrated devices exceeds the band (bounded to ``fast_max_steps`` ramp steps);
+             sub-threshold pulses far from the target climb ``fast_far_steps`` ramp steps at a
+             time (SET), or as many more as the RESET branch is softer (fast_v0_reset /
+             fast_v0_set), the same change of switching rate. The default: as precise as
+             ``alibart`` on the simulated devices with under half its pulses
+             (docs/simulator.md, "Station time").
 """
 
 from __future__ import annotations
@@ -317,9 +321,11 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
     Refuses (ConfigError) before the first read or pulse a config that leaves the station limits
     and a target the station cannot verify (`check_tune`, `check_target`).
 
-    Every pulse goes with its verify read in one execution (`rig.pulse_and_read`); confirmation
-    reads once in band are taken together (`rig.read_repeated`) and judged one by one exactly as
-    single reads would be, so the result is the same algorithm with fewer round trips. `record`
+    Every pulse goes with its verify read and the n_inband - 1 confirmation reads a landing in
+    band needs in one execution (`rig.pulse_and_read`); those reads are judged one by one exactly
+    as single reads would be (recorded unused after an out-of-band read), so the result is the
+    same algorithm with fewer round trips (only a first read already in band takes its
+    confirmation reads with `rig.read_repeated`). `record`
     (a callable or a list) receives every event as a dict with HISTORY_FIELDS. `warm`: the
     `TuneResult.warm` of this device's previous tuning (fast variant: ramps start near the
     amplitudes that moved it then).
