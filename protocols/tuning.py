@@ -321,16 +321,17 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
     Refuses (ConfigError) before the first read or pulse a config that leaves the station limits
     and a target the station cannot verify (`check_tune`, `check_target`).
 
-    Every pulse goes with its verify read and the n_inband - 1 confirmation reads a landing in
-    band needs in one execution (`rig.pulse_and_read`); those reads are judged one by one exactly
-    as single reads would be (recorded unused after an out-of-band read), so the result is the
-    same algorithm with fewer round trips (only a first read already in band takes its
-    confirmation reads with `rig.read_repeated`). `record`
+    Every pulse goes with its verify read in one execution (`rig.pulse_and_read`), with the fast
+    variant also the n_inband - 1 confirmation reads a landing in band needs; with Alibart's
+    the confirmation reads once in band are taken together (`rig.read_repeated`). Either way
+    they are judged one by one exactly as single reads would be (recorded unused after an
+    out-of-band read), so the result is the same algorithm with fewer round trips. `record`
     (a callable or a list) receives every event as a dict with HISTORY_FIELDS. `warm`: the
     `TuneResult.warm` of this device's previous tuning (fast variant: ramps start near the
     amplitudes that moved it then).
     """
     cfg = cfg or TuneConfig()
+    fast = cfg.algorithm == "fast"
     rows, cols = rig.shape
     if not (0 <= row < rows and 0 <= col < cols):
         raise ConfigError(f"device ({row},{col}) is outside the {rows}x{cols} crossbar")
@@ -382,11 +383,12 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
             hist["used"][j] = False
         pending.clear()
         inband.clear()
-        # the pulse's execution also takes the confirmation reads it would need if its verify
-        # read lands in band: judged one by one like separate reads, unused otherwise
+        # fast: the pulse's execution also takes the confirmation reads it would need if its
+        # verify read lands in band (judged one by one like separate reads, unused otherwise);
+        # Alibart's reads stay as the paper's data were taken (a separate confirmation)
         t0 = float(rig.clock)
         reads = np.atleast_1d(rig.pulse_and_read(row, col, act.volts, cfg.width,
-                                                 n_reads=cfg.n_inband))
+                                                 n_reads=cfg.n_inband if fast else 1))
         t1 = float(rig.clock)
         r = float(reads[0])
         pending.append((r, log(PULSE, act.volts, cfg.width, r,
