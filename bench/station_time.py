@@ -20,14 +20,15 @@ precision reached: |error| of the tuned conductance (p95, %) and failures.
 - floor: what the instruments need at least for the same pulses, from the station's latencies:
   one relay reselection per device (PMU crossbar), and per closed-loop step one execution with
   the messages no step can do without (PMU: execute, one status poll, one data fetch; WGFMU: one
-  data fetch), plus two read-only executions per tuning (first read, confirmation) and one per
-  settled read. Amplitude changes are assumed free there (pre-loaded waveforms), so the floor
-  is below what the 4200 can really do.
+  data fetch), plus one read-only execution per tuning (its first read: the confirmation reads
+  ride in the pulses' executions) and one per settled read. Amplitude changes are assumed free
+  there (pre-loaded waveforms), so the floor is below what the 4200 can really do.
 
     python bench/station_time.py                 # read, map, campaign (fast) at full size
     python bench/station_time.py --quick         # one map per row, small campaigns
     python bench/station_time.py --sections map --schemes grounded,write-routing
     python bench/station_time.py --sections campaign --campaign-algorithms alibart,fast
+    python bench/station_time.py --sections anatomy  # where the fast tuning's pulses go
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ threadpool_limits(1, user_api="blas")
 
 from database.runs import read_table  # noqa: E402
 from protocols.campaigns import tuning_untuning  # noqa: E402
-from protocols.tuning import TuneConfig, tune  # noqa: E402
+from protocols.tuning import PULSE, READ, TuneConfig, tune  # noqa: E402
 from xbarlab.station import Station, load_station  # noqa: E402
 
 STATIONS = ROOT / "xbarlab" / "stations"
@@ -104,7 +105,7 @@ def _station(name: str, seed: int, scheme: str | None) -> Station:
 
 def floor_s(lat, *, devices: int, pulses: int, tunings: int, extra_reads: int, pmu: bool) -> float:
     """The floor of the module docstring [s]."""
-    execs = pulses + 2 * tunings + extra_reads
+    execs = pulses + tunings + extra_reads
     msgs_per_exec = 3 if pmu else 1
     relays = devices if pmu else 0
     return (relays * (lat.relay_switch + lat.gpib_cmd)
@@ -177,6 +178,73 @@ def section_map(n_maps: int, schemes: list[str | None]) -> None:
                   f"({100 * failed / working:.2f} %)  {fl:6.2f} (x{tot['total'] / fl:.1f})  "
                   f"{sum(r['readback'] for r in runs) / k:8.2f}     "
                   f"{np.percentile(merr, 95):8.3f}%   {sum(r['wall'] for r in runs):5.1f} s")
+
+
+# -- where the pulses go -----------------------------------------------------------------------
+
+def section_anatomy(n_maps: int) -> None:
+    """Fast tunings of the 8x8 maps, each pulse split into what it did to the device (nonvolatile
+    plus volatile conductance) and to the read (the slow fluctuators' factor), both taken from
+    the simulated chip around the pulse (no instrument time). Pulses are binned by the error of
+    the read that led to them; a confirmation break is an in-band read followed by an
+    out-of-band read with no pulse between."""
+    print(f"\n== where the fast tuning's pulses go (8x8 maps, write-routing, {n_maps} map(s))")
+    rows, per = [], []
+    for s in range(n_maps):
+        seed, name = s // 4, f"xbar{s % 4}"
+        st = _station("sim-pmu", seed, "write-routing")
+        xb = st.chip[name]
+        targets = np.random.default_rng([seed, int(name[-1])]).uniform(100e-6, 400e-6, (8, 8))
+
+        def state(r, c, xb=xb):
+            g = xb.G[r, c] + xb.Gv[r, c]
+            return g, xb.conductance()[r, c] / g - 1.0
+
+        with st.open_rig(name) as rig:
+            orig = rig.pulse_and_read
+            log: list[tuple] = []
+
+            def logged(r, c, v, w, *a, _orig=orig, _log=log, _state=state, **k):
+                g0, f0 = _state(r, c)
+                out = _orig(r, c, v, w, *a, **k)
+                g1, f1 = _state(r, c)
+                _log.append((g0, f0, g1, f1))
+                return out
+            rig.pulse_and_read = logged
+            for r in range(8):
+                for c in range(8):
+                    log.clear()
+                    t = float(targets[r, c])
+                    res = tune(rig, r, c, t, TuneConfig())
+                    if xb.stuck[r, c]:
+                        continue
+                    h = res.history
+                    used = h["used"]
+                    inb = np.abs(h["g"] - t) <= 0.01 * t
+                    gu, ku = h["g"][used], h["kind"][used]
+                    first = int(np.argmax(inb[used])) if inb[used].any() else len(gu)
+                    breaks = int(np.sum((ku[1:] == READ) & ~inb[used][1:] & inb[used][:-1]))
+                    # the read each pulse was decided on: the used read before it
+                    before = [gu[i - 1] for i in np.flatnonzero(ku == PULSE)]
+                    for (g0, f0, g1, f1), gb in zip(log, before, strict=True):
+                        rows.append((abs(gb - t) / t * 100, abs(g1 - g0) / g0 * 100,
+                                     abs(f1 - f0) * 100))
+                    per.append((res.pulses, int(ku[:first].sum()), breaks,
+                                int(np.sum(np.diff(np.sign(h["volts"][h["kind"] == PULSE]))
+                                           != 0)), res.gave_up))
+    a, b = np.array(rows), np.array(per, dtype=float)
+    n = len(b)
+    print(f"   {n} tunings: pulses mean {b[:, 0].mean():.1f} (median {np.median(b[:, 0]):.0f}, "
+          f"p90 {np.percentile(b[:, 0], 90):.0f}), {b[:, 1].mean():.1f} before the first "
+          f"in-band read and {b[:, 0].mean() - b[:, 1].mean():.1f} after it; confirmation "
+          f"breaks {b[:, 2].mean():.2f}, polarity reversals {b[:, 3].mean():.1f}, give-ups "
+          f"{int(b[:, 4].sum())} per {n}")
+    print("   read error before the pulse   pulses/tuning   median |dG|   median |d fluctuators|")
+    for lo, hi in ((0, 1), (1, 3), (3, 5), (5, 10), (10, 30), (30, np.inf)):
+        m = (a[:, 0] >= lo) & (a[:, 0] < hi)
+        if m.any():
+            print(f"   {lo:3.0f} .. {hi:<4.0f} %                  {m.sum() / n:6.2f}        "
+                  f"{np.median(a[m, 1]):6.2f} %       {np.median(a[m, 2]):6.2f} %")
 
 
 # -- the write-routing read against the grounded read -----------------------------------------
@@ -346,6 +414,8 @@ def main() -> None:
         section_read()
     if "map" in a.sections:
         section_map(n_maps, schemes)
+    if "anatomy" in a.sections:
+        section_anatomy(min(n_maps, 2))
     if "campaign" in a.sections:
         with tempfile.TemporaryDirectory() as d:
             section_campaign(4 if a.quick else 29, 3 if a.quick else 40, schemes,

@@ -120,9 +120,10 @@ class PmuRig(_GuardedRig):
                        imperfect divider) is measured and removed: whenever the rig routes a
                        device for writing it compares `n_cal` grounded reads (the device's last
                        ones when no pulse came since, within REF_MAX_AGE) with `n_cal`
-                       write-routing reads taken right after the reselection and subtracts the
-                       difference of the means from every read of that device until it is
-                       routed elsewhere or the calibration is CAL_MAX_AGE old. Reads
+                       write-routing reads taken right after the reselection (first in the
+                       execution of its step, before the pulse) and subtracts the difference of
+                       the means from every read of that device until it is routed elsewhere
+                       or the calibration is CAL_MAX_AGE old. Reads
                        without a pulse (`read`, `read_repeated`) of that device keep its routing
                        (the tuning's confirmation reads); of any other device they are grounded,
                        and `read_array` (the read-back) is always grounded. The corrected read
@@ -284,11 +285,12 @@ class PmuRig(_GuardedRig):
         self.matrix.exclusive_close(sel)
         self._routed = key
 
-    def _run(self, seq: int, loops: int, points: int) -> np.ndarray:
-        """Play `seq` `loops` times on both channels; the `points` spot means of channel 2 as
-        conductances [S] at the read voltage (not clipped)."""
+    def _run(self, seqs: list[tuple[int, int]], points: int) -> np.ndarray:
+        """Play the sequence list `seqs` ((sequence, loops) in order) on both channels in one
+        execution; the `points` spot means of channel 2 as conductances [S] at the read voltage
+        (not clipped)."""
         p = self.pmu
-        p.send_setup([p.pmu(1).seq_list([(seq, loops)]), p.pmu(2).seq_list([(seq, loops)])])
+        p.send_setup([p.pmu(1).seq_list(seqs), p.pmu(2).seq_list(seqs)])
         p.execute()
         self.executions += 1
         if not points:
@@ -300,21 +302,32 @@ class PmuRig(_GuardedRig):
         kept as the device's calibration reference."""
         self._route("read", row, col)
         k = max(n, self.n_cal) if self.read_scheme == "write-routing" else n
-        g = self._run(SEQ_READ, k, k)
+        g = self._run([(SEQ_READ, k)], k)
         self._ref = (row, col, self._pulses, self.clock, float(np.mean(g)))
         return g[:n]
 
-    def _calibrate(self, row: int, col: int) -> None:
-        """Route (row, col) for writing and measure its write-routing read offset."""
+    def _calibrate(self, row: int, col: int) -> list[tuple[int, int]]:
+        """Route (row, col) for writing with a grounded reference of its state (the device's
+        last grounded reads when still valid, else new ones) and return the sequence list of its
+        write-routing calibration reads, to be played in the next execution (`_calibrated_run`)."""
         ref = self._ref
         if (ref is None or ref[:3] != (row, col, self._pulses)
                 or self.clock - ref[3] > self.REF_MAX_AGE):
             self._grounded(row, col, self.n_cal)
-            ref = self._ref
         self._route("write", row, col)
-        lifted = self._run(SEQ_LIFTED, self.n_cal, self.n_cal)
-        self._offset = float(np.mean(lifted)) - ref[4]
-        self._cal, self._cal_t = (row, col), self.clock
+        self._cal = None
+        return [(SEQ_LIFTED, self.n_cal)]
+
+    def _calibrated_run(self, row: int, col: int, cal: list[tuple[int, int]],
+                        seqs: list[tuple[int, int]], points: int) -> np.ndarray:
+        """One execution: the calibration reads `cal` (none when empty), then `seqs`; sets the
+        offset from the calibration reads and returns the `points` reads after them."""
+        k = sum(n for _, n in cal)
+        g = self._run(cal + seqs, k + points)
+        if cal:
+            self._offset = float(np.mean(g[:k])) - self._ref[4]
+            self._cal, self._cal_t = (row, col), self.clock
+        return g[k:]
 
     def _calibrated(self, row: int, col: int) -> bool:
         """(row, col) is routed for writing with a calibration young enough to use."""
@@ -322,19 +335,19 @@ class PmuRig(_GuardedRig):
                 and self.clock - self._cal_t <= self.CAL_MAX_AGE)
 
     def _step(self, row: int, col: int, volts: float, seconds: float, n: int) -> np.ndarray:
-        """A pulse on (row, col) and, in the write-routing scheme, n corrected verify reads
-        (the first in the pulse's execution)."""
+        """A pulse on (row, col) and, in the write-routing scheme, n corrected verify reads, all
+        in one execution (with the device's calibration reads first when it needs them)."""
         self._on_device((row, col))
         wr = self.read_scheme == "write-routing"
+        cal: list[tuple[int, int]] = []
         if wr and n and not self._calibrated(row, col):
-            self._calibrate(row, col)
+            cal = self._calibrate(row, col)
         else:
             self._route("write", row, col)
         self.pmu.send_setup(self._step_commands(volts, seconds))
         self._pulses += 1
-        g = self._run(SEQ_STEP, 1, 1 if wr and n else 0)
-        if wr and n > 1:
-            g = np.concatenate([g, self._run(SEQ_LIFTED, n - 1, n - 1)])
+        seqs = [(SEQ_STEP, 1)] + ([(SEQ_LIFTED, n - 1)] if wr and n > 1 else [])
+        g = self._calibrated_run(row, col, cal, seqs, n if wr else 0)
         if not (wr and n):
             return np.zeros(0)
         return self._clip(g - self._offset)
@@ -344,7 +357,7 @@ class PmuRig(_GuardedRig):
         and calibrated for writing (confirmation reads keep the routing), else grounded."""
         self._on_device((row, col))
         if self._calibrated(row, col):
-            return self._clip(self._run(SEQ_LIFTED, n, n) - self._offset)
+            return self._clip(self._run([(SEQ_LIFTED, n)], n) - self._offset)
         return self._clip(self._grounded(row, col, n))
 
     def _clip(self, g: np.ndarray) -> np.ndarray:

@@ -16,10 +16,14 @@ Algorithms (``TuneConfig.algorithm``):
              sub-threshold steps per restart (also from one tuning of a device to its next:
              ``tune(..., warm=previous.warm)``). (2) Aimed steps: switching speed is roughly
              exponential in amplitude, so from the size of the last step the next amplitude is
-             chosen to cover about half the remaining error (bounded to ``fast_max_steps`` ramp
-             steps), and sub-threshold pulses far from the target climb ``fast_far_steps`` ramp
-             steps at a time. The default: as precise as ``alibart`` on the simulated devices
-             with under half its pulses (docs/simulator.md, "Station time").
+             chosen to cover ``fast_aim`` (half) of the remaining error while far from the
+             target and all of it near the target, where a pulse's fluctuator jump on the
+             calibrated devices exceeds the band (bounded to ``fast_max_steps`` ramp steps);
+             sub-threshold pulses far from the target climb ``fast_far_steps`` ramp steps at a
+             time (SET), or as many more as the RESET branch is softer (fast_v0_reset /
+             fast_v0_set), the same change of switching rate. The default: as precise as
+             ``alibart`` on the simulated devices with under half its pulses
+             (docs/simulator.md, "Station time").
 """
 
 from __future__ import annotations
@@ -203,12 +207,19 @@ def _fast_amplitude(state: TuneState, v_ramp: float, sign: int, moved: bool, ste
     dv = cfg.v_step
     if moved and step_done > 0:
         v0 = cfg.fast_v0_set if sign > 0 else cfg.fast_v0_reset
-        want = max(cfg.fast_aim * max(remaining, band), 1e-30)
+        # near the target a pulse's fluctuator jump is larger than the band: aim at the whole
+        # remaining error there, at a fraction of it only while far (overshoot costs a ramp)
+        aim = cfg.fast_aim if remaining > cfg.fast_far * band else 1.0
+        want = max(aim * max(remaining, band), 1e-30)
         delta = v0 * math.log(want / step_done)
         delta = min(max(delta, -cfg.fast_max_steps * dv), cfg.fast_max_steps * dv)
         return sign * (last + delta)
-    mult = cfg.fast_far_steps if remaining > cfg.fast_far * band else 1
-    return sign * (last + mult * dv)
+    if remaining <= cfg.fast_far * band:
+        return sign * (last + dv)
+    # far: climb by the same change of switching rate in either polarity, fast_far_steps ramp
+    # steps of the sharper SET branch, proportionally more of the softer RESET branch
+    steps = cfg.fast_far_steps * (1.0 if sign > 0 else cfg.fast_v0_reset / cfg.fast_v0_set)
+    return sign * (last + round(steps) * dv)
 
 
 def _restart_set(state: TuneState, cfg: TuneConfig, fast: bool) -> float:
@@ -310,14 +321,17 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
     Refuses (ConfigError) before the first read or pulse a config that leaves the station limits
     and a target the station cannot verify (`check_tune`, `check_target`).
 
-    Every pulse goes with its verify read in one execution (`rig.pulse_and_read`); confirmation
-    reads once in band are taken together (`rig.read_repeated`) and judged one by one exactly as
-    single reads would be, so the result is the same algorithm with fewer round trips. `record`
+    Every pulse goes with its verify read in one execution (`rig.pulse_and_read`), with the fast
+    variant also the n_inband - 1 confirmation reads a landing in band needs; with Alibart's
+    the confirmation reads once in band are taken together (`rig.read_repeated`). Either way
+    they are judged one by one exactly as single reads would be (recorded unused after an
+    out-of-band read), so the result is the same algorithm with fewer round trips. `record`
     (a callable or a list) receives every event as a dict with HISTORY_FIELDS. `warm`: the
     `TuneResult.warm` of this device's previous tuning (fast variant: ramps start near the
     amplitudes that moved it then).
     """
     cfg = cfg or TuneConfig()
+    fast = cfg.algorithm == "fast"
     rows, cols = rig.shape
     if not (0 <= row < rows and 0 <= col < cols):
         raise ConfigError(f"device ({row},{col}) is outside the {rows}x{cols} crossbar")
@@ -369,8 +383,19 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
             hist["used"][j] = False
         pending.clear()
         inband.clear()
-        r = float(rig.pulse_and_read(row, col, act.volts, cfg.width))
-        pending.append((r, log(PULSE, act.volts, cfg.width, r, float(rig.clock))))
+        # fast: the pulse's execution also takes the confirmation reads it would need if its
+        # verify read lands in band (judged one by one like separate reads, unused otherwise);
+        # Alibart's reads stay as the paper's data were taken (a separate confirmation)
+        t0 = float(rig.clock)
+        reads = np.atleast_1d(rig.pulse_and_read(row, col, act.volts, cfg.width,
+                                                 n_reads=cfg.n_inband if fast else 1))
+        t1 = float(rig.clock)
+        r = float(reads[0])
+        pending.append((r, log(PULSE, act.volts, cfg.width, r,
+                               t0 + (t1 - t0) / len(reads))))
+        for i, x in enumerate(reads[1:], start=2):
+            pending.append((float(x), log(READ, 0.0, 0.0, float(x),
+                                          t0 + (t1 - t0) * i / len(reads))))
 
     final = np.asarray(inband if converged else [last], dtype=float)
     history = {k: np.asarray(v, dtype=bool if k == "used" else (np.int8 if k == "kind" else float))

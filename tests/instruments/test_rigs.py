@@ -96,13 +96,14 @@ def test_pmu_write_routing_pulse_and_verify_read_in_one_execution_and_routing():
         rig.read(2, 3)                                  # grounded: the read routing
         n0, e0 = k7.selections, k42.executions
         rig.pulse_and_read(2, 3, 1.3, 200e-9)
-        # first pulse on the device: write routing, the n_cal calibration reads, then the step
-        assert (k7.selections - n0, k42.executions - e0) == (1, 2)
+        # first pulse on the device: write routing, then the n_cal calibration reads and the
+        # step in one execution
+        assert (k7.selections - n0, k42.executions - e0) == (1, 1)
         for i in range(5):
-            g = rig.pulse_and_read(2, 3, 1.3 + 0.02 * i, 200e-9)
+            g = rig.pulse_and_read(2, 3, 1.3 + 0.02 * i, 200e-9, n_reads=3)
             truth = xb.read_map(0.2, "grounded", noise=False)[2, 3]
-            assert abs(g - truth) / truth < 0.01
-        assert (k7.selections - n0, k42.executions - e0) == (1, 7)  # one execution per step
+            assert g.shape == (3,) and (abs(g - truth) / truth < 0.01).all()
+        assert (k7.selections - n0, k42.executions - e0) == (1, 6)  # one execution per step
         reads = rig.read_repeated(2, 3, 9)              # confirmation: same routing
         assert reads.shape == (9,) and k7.selections - n0 == 1
         rig.read(4, 4)                                  # another device: grounded, rerouted
@@ -228,8 +229,10 @@ def test_pmu_pulse_and_verify_read_messages_are_one_segment_arb_execution(monkey
     spot-mean MEAS:TYPE 1 inside its segment, WFM:SEQ:LIST ch, seq, loops, EXECUTE, poll
     TEST:STATUS? until 0, DATA:GET ch, start, count): the pulse (channel 1 at the amplitude,
     sense channel 2 at 0 V) and, 1 us later, the read (channel 1 at 0.3 V, channel 2 at 0.1 V,
-    measured) in ONE sequence and one execution; from one step to the next only channel 1's two
-    level arrays change, and nothing goes to the 707B."""
+    measured) in ONE sequence and one execution, followed in the same execution by the further
+    verify reads asked for (a second entry of the sequence list); the device's calibration
+    reads go first in the execution of its first step. From one step to the next only channel
+    1's two level arrays change, and nothing goes to the 707B."""
     st = _pmu_station("write-routing")
     sent: list[tuple[str, str]] = []
     rig = st.open_rig()
@@ -244,9 +247,12 @@ def test_pmu_pulse_and_verify_read_messages_are_one_segment_arb_execution(monkey
     with rig:
         setup = [m for _, m in sent]
         rig.read(2, 3)
-        rig.pulse_and_read(2, 3, 1.3, 200e-9)
         del sent[:]
-        rig.pulse_and_read(2, 3, 1.32, 200e-9)
+        rig.pulse_and_read(2, 3, 1.3, 200e-9, n_reads=10)
+        first = list(sent)
+        rig.pulse_and_read(2, 3, 1.31, 200e-9, n_reads=10)
+        del sent[:]
+        rig.pulse_and_read(2, 3, 1.32, 200e-9, n_reads=10)
         step = list(sent)
         del sent[:]
         rig.read_repeated(2, 3, 9)
@@ -256,8 +262,12 @@ def test_pmu_pulse_and_verify_read_messages_are_one_segment_arb_execution(monkey
         ("4200", ":PMU:SARB:SEQ:STOPV 1,1,0,1.32,1.32,0,0,0.3,0.3,0,0"),
         ("4200", ":PMU:EXECUTE"),
         ("4200", ":PMU:TEST:STATUS?"),
-        ("4200", ":PMU:DATA:GET 2, 0, 1"),
+        ("4200", ":PMU:DATA:GET 2, 0, 10"),
     ]
+    assert ("4200", ":PMU:SARB:WFM:SEQ:LIST 1,3,16,1,1,3,9") in first
+    assert ("4200", ":PMU:SARB:WFM:SEQ:LIST 2,3,16,1,1,3,9") in first
+    assert first[-3:] == [("4200", ":PMU:EXECUTE"), ("4200", ":PMU:TEST:STATUS?"),
+                          ("4200", ":PMU:DATA:GET 2, 0, 26")]
     assert confirm == [
         ("4200", ":PMU:SARB:WFM:SEQ:LIST 1,3,9"),
         ("4200", ":PMU:SARB:WFM:SEQ:LIST 2,3,9"),

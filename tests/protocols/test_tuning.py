@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -80,6 +81,50 @@ def test_fast_variant_warm_starts_after_polarity_change():
     s, acts = _run(s, [240e-6], cfg)  # back below: SET restarts warm, not at 1.1 V
     assert acts[-1].volts > 1.1 + 0.2
     assert acts[-1].volts <= v_moving + 5 * cfg.v_step + 1e-9
+
+
+def test_fast_reset_ramp_climbs_by_the_same_rate_change_as_the_set_ramp_while_far():
+    """Sub-threshold and far from target, a ramp climbs fast_far_steps ramp steps of the SET
+    branch per pulse; the softer RESET branch (V0r > V0s) climbs proportionally more volts, so
+    both polarities reach their thresholds in the same number of pulses."""
+    cfg = TuneConfig(algorithm="fast")
+    _, acts = _run(initial_state(cfg), [400e-6, 400e-6, 400e-6], cfg)  # 60 % high, no movement
+    steps = round(cfg.fast_far_steps * cfg.fast_v0_reset / cfg.fast_v0_set)
+    assert steps > cfg.fast_far_steps
+    assert [a.volts for a in acts] == pytest.approx(
+        [-1.1, -1.1 - steps * cfg.v_step, -1.1 - 2 * steps * cfg.v_step])
+    _, acts = _run(initial_state(cfg), [100e-6, 100e-6], cfg)
+    assert acts[1].volts == pytest.approx(1.1 + cfg.fast_far_steps * cfg.v_step)
+
+
+def test_fast_aims_at_the_whole_remaining_error_near_target():
+    """Within fast_far band half-widths a pulse's fluctuator jump on the calibrated devices is
+    larger than the band, so the aimed step covers the whole remaining error there (a fraction
+    fast_aim of it only while far)."""
+    cfg = TuneConfig(algorithm="fast")
+    s = replace(initial_state(cfg), last_volts=1.5, g_before=240e-6, pulses=3, set_pulses=3)
+    _, a = decide(s, 246e-6, T, cfg)   # moved +6 uS, 4 uS (1.6 half-widths) still to go
+    assert a.volts == pytest.approx(1.5 + cfg.fast_v0_set * math.log(4 / 6))
+    s = replace(s, g_before=150e-6)
+    _, a = decide(s, 170e-6, T, cfg)   # far: aim at fast_aim of the 80 uS still to go
+    assert a.volts == pytest.approx(1.5 + cfg.fast_v0_set * math.log(cfg.fast_aim * 80 / 20))
+
+
+def test_tune_takes_the_confirmation_reads_in_the_pulse_execution():
+    """Each pulse's execution brings the n_inband - 1 confirmation reads too: a device that
+    lands in band after its pulse is confirmed without another execution."""
+    cfg = TuneConfig(algorithm="fast")
+    rig = ToyRig(g0=200e-6, seed=3)
+    res = tune(rig, 0, 0, T, cfg)
+    assert res.converged
+    h = res.history
+    pulses = np.flatnonzero(h["kind"] == PULSE)
+    last = pulses[-1]
+    # the verify read of the last pulse and the nine reads of its execution end the tuning
+    assert len(h["kind"]) - last == cfg.n_inband
+    assert (h["kind"][last + 1:] == READ).all() and h["used"][last:].all()
+    # after every other pulse the reads of its execution are recorded, unused once out of band
+    assert (np.diff(pulses) >= cfg.n_inband).all()
 
 
 def test_fast_variant_starts_near_what_moved_the_device_in_its_previous_tuning():
