@@ -76,15 +76,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from database.display import Metric
+from database.display import summary_lines as metric_lines
 from database.runs import RunWriter
 from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.errors import ProtocolError
 from protocols.inference import (
     TIME_CATEGORIES,
+    Calibration,
     ChipRunResult,
     InferConfig,
     activation,
@@ -98,9 +102,22 @@ from protocols.inference import (
     predict,
     tile_maps,
 )
-from protocols.plan import ConductancePlan, check_reads, check_verifiable, plan_forward
+from protocols.plan import (
+    ConductancePlan,
+    check_reads,
+    check_verifiable,
+    plan_forward,
+    plan_weights,
+)
 from protocols.progress import Bar
-from protocols.refit import MeasuredModel, TuningCost, pair_moves, pairs, refit
+from protocols.refit import (
+    MeasuredModel,
+    TuningCost,
+    fit_calibration,
+    pair_moves,
+    pairs,
+    refit,
+)
 from protocols.rig import CrossbarRig, ReadSettings
 from protocols.transfer import data_digest, stored_plan_run
 from protocols.tuning import TuneConfig, tune
@@ -108,9 +125,9 @@ from protocols.tuning import TuneConfig, tune
 log = logging.getLogger("xbarlab.repair")
 
 PROTOCOL = "repair"
-RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK = 0, 1, 2, 3, 4           # decisions.action
+RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK, CALIBRATE = 0, 1, 2, 3, 4, 5  # decisions.action
 ACTIONS = {RETUNE: "retune", COMPENSATE: "compensate", REFIT: "refit", STOP: "stop",
-           ROLLBACK: "rollback"}
+           ROLLBACK: "rollback", CALIBRATE: "calibrate"}
 CHOSEN, NOT_BEST, NO_GAIN, NOTHING = 0, 1, 2, 3                      # decisions.why
 #: why the repair stopped (summary and the STOP decision's `layer` column)
 STOP_REASONS = {0: "rounds used up", 1: "budget spent", 2: "no correction expected to gain",
@@ -135,10 +152,12 @@ SUMMARY = {
     "instrument_time_s": Metric("instrument time", "s"),
     "instrument_time_by_category_s": Metric("instrument time by category", "s"),
     "chosen": Metric("corrections (rounds)"),
+    "calibration": Metric("periphery calibration (per layer: gain, offset per output)"),
 }
 
 TABLES = {
-    "decisions": {"round": ("i4", "1"), "action": ("i1", "0 retune 1 compensate 2 refit 3 stop 4 rollback"),
+    "decisions": {"round": ("i4", "1"),
+                  "action": ("i1", "0 retune 1 compensate 2 refit 3 stop 4 rollback 5 calibrate"),
                   "layer": ("i4", "1 (-1: all; stop: the reason code)"),
                   "weights": ("i4", "1 (weights it sets)"),
                   "devices": ("i4", "1"), "expected_pulses": ("f8", "1"),
@@ -163,6 +182,8 @@ TABLES = {
     "predictions": {"phase": ("i1", "0 before, 1 after"), "point": ("i4", "1"),
                     "label": ("i8", "1"), "predicted": ("i8", "1"),
                     "predicted_readback": ("i8", "1")},
+    "calibration": {"round": ("i4", "1"), "layer": ("i4", "1"), "out": ("i4", "1"),
+                    "gain": ("f8", "1"), "offset": ("f8", "1")},
     "units": {"unit": ("i4", "1"), "pulses": ("i8", "1"), "seconds": ("f8", "s"),
               **{c: ("f8", "s") for c in TIME_CATEGORIES}},
 }
@@ -194,6 +215,24 @@ class RepairConfig(BaseModel):
                            "repair-set loss higher than before it is followed by a rollback: "
                            "every device of the tiles it pulsed that moved out of its tuning "
                            "band is tuned back to its read-back before that round")
+    calibrate: Literal["off", "offset", "affine"] = Field(
+        "off", description="the periphery's digital calibration, fitted at the start of every "
+        "round and before the final measurement (no pulse): per output of each layer an "
+        "offset, or a gain and an offset, on the measured pre-activation")
+    gain_range: tuple[float, float] = Field((0.5, 2.0), description="calibration: the gains "
+                                            "allowed")
+    offset_max: float = Field(0.5, ge=0, description="calibration: |offset| at most this share "
+                              "of the layer's read-out scale (its largest weight)")
+    calibration_l2: float = Field(0.01, ge=0, description="calibration: penalty pulling each "
+                                  "gain towards 1 and offset towards 0, relative to the fit's "
+                                  "mean squared error")
+
+    @model_validator(mode="after")
+    def _gains(self) -> RepairConfig:
+        lo, hi = self.gain_range
+        if not 0 < lo <= 1 <= hi:
+            raise ValueError(f"gain_range {self.gain_range}: needs 0 < low <= 1 <= high")
+        return self
 
 
 @dataclass
@@ -224,6 +263,7 @@ class _State:
     g_rounds: dict = field(default_factory=dict)   # round -> read-back before its tunings
     stopped: int | None = None
     compensated: set = field(default_factory=set)   # stuck devices compensated for
+    cal: Calibration | None = None                   # the periphery's calibration now
     rolled_back: set = field(default_factory=set)   # rounds that were rollbacks
 
     history: list = field(default_factory=list)   # (g_before, target, pulses) of tunings
@@ -251,7 +291,8 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
              data: dict) -> _State:
     dp, dm = pairs(plan)
     st = _State(g=np.full(plan.n_devices, np.nan), diff=plan.target[dp] - plan.target[dm],
-                stuck=stuck0.copy())
+                stuck=stuck0.copy(), cal=Calibration.identity(plan))
+    st.cal = calibration_of(plan, writer.table("calibration")) or st.cal
     rb = writer.table("readback")
     tuned = set(writer.table("tunings")["round"].tolist())
     for rnd in sorted(set(rb["round"].tolist())):   # in commit order: the latest wins
@@ -274,8 +315,9 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
         o = out[out.split == split]
         for li in range(len(plan.sizes) - 1):
             ol = o[o.layer == li]
-            if len(ol):
-                ol = ol[ol["round"] == ol["round"].max()]
+            if len(ol):   # a unit can measure a split more than once: the last counts
+                ol = ol[ol["round"] == ol["round"].max()].drop_duplicates(["point", "out"],
+                                                                          keep="last")
                 z = np.full((n, plan.sizes[li + 1]), np.nan)
                 z[ol.point.to_numpy(), ol.out.to_numpy()] = ol.value.to_numpy()
                 st.zs.setdefault(split, {})[li] = z
@@ -284,7 +326,7 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
             ct = c[c.tile == t]
             if len(ct):
                 last = int(ct["round"].max())
-                ct = ct[ct["round"] == last]
+                ct = ct[ct["round"] == last].drop_duplicates(["point", "col"], keep="last")
                 a = np.full((n, int(plan.tile_shape[t][1])), np.nan)
                 a[ct.point.to_numpy(), ct.col.to_numpy()] = ct.current.to_numpy()
                 st.cur.setdefault(split, {})[t] = a
@@ -423,12 +465,16 @@ class _Work:
         d = np.concatenate(devs)
         return {"round": np.full(d.size, rnd), "device": d, "g": st.g[d]}
 
-    def measure(self, st: _State, split: int, rnd: int, rows: dict) -> None:
+    def measure(self, st: _State, split: int, rnd: int, rows: dict,
+                when: float | None = None) -> None:
         """Measure `split` on the chip where it may have changed: a tile again when a device of
         it moved or its inputs changed since its last measurement (every tile the first time;
         the other tiles' currents are what they were); add the currents, the outputs of the
-        layers that changed and a measurement row. Nothing when nothing moved."""
+        layers that changed (a new calibration changes a layer's outputs, and so the next
+        layer's inputs) and a measurement row. Nothing when nothing changed. `when`: the time
+        of the measurement on `_when`'s scale (default: the split's usual time in the round)."""
         x, y = self.sets[split]
+        when_now = _when(rnd, split) if when is None else when
         cur = st.cur.setdefault(split, {})
         when = st.measured.setdefault(split, {})
         zs = st.zs.setdefault(split, {})
@@ -442,16 +488,17 @@ class _Work:
                 rig = self.open(self.crossbars[tm.tile])
                 with rig:
                     c = measure_tile(rig, tm, drive_levels(tm, h, scale, v_in))
-                cur[tm.tile], when[tm.tile] = c, _when(rnd, split)
+                cur[tm.tile], when[tm.tile] = c, when_now
                 n, nc = c.shape
                 _add(rows, "currents", {"round": np.full(n * nc, rnd),
                                         "split": np.full(n * nc, split),
                                         "point": np.repeat(np.arange(n), nc),
                                         "tile": np.full(n * nc, tm.tile),
                                         "col": np.tile(np.arange(nc), n), "current": c.reshape(-1)})
-            if again:
+            z = st.cal.apply(li, layer_output(self.plan, li, self.maps, cur, scale, v_in))
+            if again or li not in zs or not np.array_equal(z, zs[li]):
                 upstream = True
-                z = zs[li] = layer_output(self.plan, li, self.maps, cur, scale, v_in)
+                zs[li] = z
                 n, no = z.shape
                 _add(rows, "outputs", {"round": np.full(n * no, rnd),
                                        "split": np.full(n * no, split),
@@ -472,7 +519,8 @@ class _Work:
     def model(self, st: _State, split: int) -> MeasuredModel:
         x, y = self.sets[split]
         zs = st.zs[split]
-        return MeasuredModel(self.plan, x, y, [zs[li] for li in range(self.n_layers)], st.g)
+        return MeasuredModel(self.plan, x, y, [zs[li] for li in range(self.n_layers)], st.g,
+                             st.cal)
 
     def predictions(self, st: _State, phase: int) -> dict:
         x, y = self.sets[TEST_SET]
@@ -494,6 +542,7 @@ class _Work:
 
     def final(self, st: _State, u: int) -> dict:
         rows: dict = {}
+        self.calibrate(st, u, rows)   # after the last round's pulses
         st.cur.pop(TEST_SET, None)   # the result: every tile measured again, none reused
         self.measure(st, TEST_SET, u, rows)
         rows["predictions"] = self.predictions(st, 1)
@@ -504,6 +553,7 @@ class _Work:
         if st.stopped is not None:
             _add(rows, "decisions", _decision(rnd, STOP, 4, -1, 0, 0.0, 0.0, 0.0, NOTHING))
             return rows
+        self.calibrate(st, rnd, rows)
         cfg, plan = self.cfg, self.plan
         remaining = self.budget - st.used
         if remaining < cfg.min_cap:
@@ -582,6 +632,48 @@ class _Work:
             return None
         st.rolled_back.add(rnd)
         return devs, g0[devs]
+
+    def calibrate(self, st: _State, rnd: int, rows: dict) -> None:
+        """Fit the periphery's calibration (`RepairConfig.calibrate`) layer by layer from the
+        first: each layer's on the refit set, measured with the layers before it calibrated,
+        towards the pre-activations the wanted weights give on the measured inputs; kept where
+        the model predicts a lower repair-set loss (decision ``calibrate``), and the repair set
+        then measured with it. No pulse."""
+        cfg, plan = self.cfg, self.plan
+        if cfg.calibrate == "off":
+            return
+        dp, _ = pairs(plan)
+        g_want = np.zeros(plan.n_devices)
+        g_want[dp] = st.diff          # plan_weights: only G+ - G- counts
+        want = plan_weights(plan, g_want)
+        x = self.sets[REFIT_SET][0]
+        for li in range(self.n_layers):
+            self.measure(st, REFIT_SET, rnd, rows)
+            zs = st.zs[REFIT_SET]
+            h = x if li == 0 else activation(plan, zs[li - 1])
+            w, b = want[li]
+            gain, offset = fit_calibration(
+                st.cal.raw(li, zs[li]), h @ w.T + b, gain_range=cfg.gain_range,
+                offset_max=cfg.offset_max * float(plan.scales[li]), l2=cfg.calibration_l2,
+                offset_only=cfg.calibrate == "offset")
+            new = st.cal.with_layer(li, gain, offset)
+            rep = self.model(st, REPAIR_SET)
+            before, after = rep.score(st.g), rep.score(st.g, new)
+            keep = after.loss < before.loss
+            _add(rows, "decisions", _decision(rnd, CALIBRATE, li, gain.size, 0, 0.0,
+                                              after.accuracy - before.accuracy,
+                                              before.loss - after.loss,
+                                              CHOSEN if keep else NO_GAIN))
+            if not keep:
+                continue
+            st.cal = new
+            _add(rows, "calibration", {"round": np.full(gain.size, rnd),
+                                       "layer": np.full(gain.size, li),
+                                       "out": np.arange(gain.size), "gain": gain,
+                                       "offset": offset})
+            # before the tunings of this round (or in the final unit, where none follow)
+            self.measure(st, REPAIR_SET, rnd, rows, when=float(rnd))
+            _progress(st, rnd, rows["measurements"]["loss"][-1])
 
     def _stop(self, st: _State, rows: dict, rnd: int, reason: int) -> dict:
         st.stopped = reason
@@ -707,7 +799,7 @@ def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame], budget: in
     me, tu, de, pr = (tables[n] for n in ("measurements", "tunings", "decisions", "predictions"))
     out: dict = {"budget": int(budget), "pulses": int(tu.pulses.sum()), "tunings": int(len(tu)),
                  "failed_tunings": int((~tu.converged).sum()),
-                 "rounds": int(len(de[(de.why == CHOSEN) & (de.action != STOP)]))}
+                 "rounds": int(len(de[(de.why == CHOSEN) & ~de.action.isin([STOP, CALIBRATE])]))}
     stop = de[de.action == STOP]
     if len(stop):
         out["stopped"] = STOP_REASONS[int(stop.layer.iloc[0])]
@@ -726,6 +818,33 @@ def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame], budget: in
                                             for c, v in un[list(TIME_CATEGORIES)].sum().items()}
     out["chosen"] = {ACTIONS[a]: int(n) for a, n in
                      de[(de.why == CHOSEN) & (de.action != STOP)].action.value_counts().items()}
+    cal = calibration_of(plan, tables.get("calibration", pd.DataFrame()))
+    if cal is not None:
+        out["calibration"] = {str(li): {"gain": cal.gain[li].tolist(),
+                                        "offset": cal.offset[li].tolist()}
+                              for li in range(len(cal.gain))}
+    return out
+
+
+def calibration_of(plan: ConductancePlan, table: pd.DataFrame) -> Calibration | None:
+    """The periphery calibration a repair left (its ``calibration`` table: per layer the last
+    one kept), None where it fitted none."""
+    if not len(table):   # (an empty table, or none: a file from before the calibration)
+        return None
+    cal = Calibration.identity(plan)
+    for li in sorted(set(table.layer.tolist())):
+        c = table[table.layer == li].drop_duplicates("out", keep="last").sort_values("out")
+        cal = cal.with_layer(li, c.gain.to_numpy(), c.offset.to_numpy())
+    return cal
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The stored summary as lines: the metrics, then the calibration per layer."""
+    out = metric_lines({k: v for k, v in summary.items() if k != "calibration"}, SUMMARY)
+    for li, c in (summary.get("calibration") or {}).items():
+        out.append(f"calibration, layer {li}: gain "
+                   + " ".join(f"x{v:.3f}" for v in c["gain"]) + "; offset "
+                   + " ".join(f"{v:+.3f}" for v in c["offset"]))
     return out
 
 

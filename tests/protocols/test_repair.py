@@ -305,7 +305,8 @@ def _spawn(script: Path, out: Path, overrides: str) -> subprocess.Popen:
 ROLLBACK_CASE = {"rollback": True, "retune_devices": 64, "chip_seed": 5}
 
 
-@pytest.mark.parametrize("overrides", ['{}', json.dumps(ROLLBACK_CASE)])
+@pytest.mark.parametrize("overrides", ['{}', json.dumps(ROLLBACK_CASE),
+                                       '{"calibrate": "affine"}'])
 def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path, overrides):
     from database.runs import list_runs, read_run
 
@@ -345,3 +346,5 @@ def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path, overrid
         np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy(), err_msg=name)
     if "rollback" in overrides:   # the rollback's state (pre-round read-back, losses) resumes
         assert (a["decisions"].action == ROLLBACK).any()
+    if "calibrate" in overrides:  # the calibration resumes as it was (and is applied)
+        assert len(a["calibration"]) and "calibration" in info.summary
