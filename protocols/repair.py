@@ -19,6 +19,19 @@ costed:
                 (stuck devices held, partners absorbing them) and re-program only the devices
                 whose new target lies outside their tuning band.
 
+Periphery calibration (``calibrate``: "off" by default, "offset" or "affine"). The activation
+is applied in software between tiles, so the periphery can correct each output digitally at no
+pulse: ``z' = gain * z + offset`` per output neuron of each layer on the pre-activation measured
+from the column currents (`protocols.inference.Calibration`). At the start of every round and
+before the final measurement, layer by layer from the first, the refit set is measured (a layer
+after a newly calibrated one with its corrected inputs), the layer's gains and offsets fitted
+(`protocols.refit.fit_calibration`: bounded least squares towards the pre-activations the wanted
+weights give on the measured inputs, gains in ``gain_range``, offsets within ``offset_max`` of
+the layer's read-out scale, pulled towards no correction by ``calibration_l2``) and kept where
+the model predicts a lower repair-set loss (decision ``calibrate``); the repair set is then
+measured with it. The model every later candidate is judged on includes the calibration
+(`MeasuredModel`), so pulse corrections are chosen against the calibrated chip.
+
 Small measured steps. A candidate moves at most ``retune_devices`` devices: a refit or
 compensation that wants more keeps the moves with the largest first-order loss gain. Each pulse
 of the V/3 write disturbs every device of its tile, and on the calibrated simulator the slow
@@ -53,6 +66,8 @@ only that), max_rounds + 1 = the test set measured after. Tables:
 - ``decisions``     every candidate of every round: action, layer, output, devices, expected
                     pulses, expected accuracy and loss gains, chosen, and why not;
 - ``tunings``       every tuning: device, target, conductance before and after, pulses, cap;
+- ``calibration``   every calibration kept: round, layer, out, gain, offset (per layer the last
+                    rows count; `calibration_of`); the summary's ``calibration`` is the final one;
 - ``targets``       the conductance differences G+ - G- a chosen refit or compensation set
                     for its weights (pair: index of `protocols.refit.pairs`);
 - ``readback``      conductances read back (round 0: every device; later: touched tiles);
@@ -258,7 +273,8 @@ class _State:
     measured: dict = field(default_factory=dict)  # split -> tile -> when measured
     changed_at: dict = field(default_factory=dict)  # tile -> when a device of it last moved
     best: float = np.inf          # lowest measured repair-set loss
-    stale_rounds: int = 0
+    best_round: int = -1          # the round that measured it
+    stale_rounds: int = 0         # rounds measured since
     losses: list = field(default_factory=list)     # (round, repair-set loss) measured
     g_rounds: dict = field(default_factory=dict)   # round -> read-back before its tunings
     stopped: int | None = None
@@ -279,12 +295,13 @@ def _when(rnd: int, what) -> float:
 
 def _progress(st: _State, rnd: int, loss: float) -> None:
     """Book a measurement of the repair set: an improvement is a lower loss than the best so
-    far (the loss, not the accuracy: on a few hundred points accuracy moves in coarse steps)."""
+    far (the loss, not the accuracy: on a few hundred points accuracy moves in coarse steps);
+    stale: the rounds measured since the best."""
     st.losses.append((rnd, loss))
     if loss < st.best:
-        st.best, st.stale_rounds = loss, 0
-    else:
-        st.stale_rounds += 1
+        st.best, st.best_round = loss, rnd
+    # in rounds: with the calibration a round measures the repair set more than once
+    st.stale_rounds = len({r for r, _ in st.losses if r > st.best_round})
 
 
 def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,

@@ -136,3 +136,17 @@ def test_the_calibration_is_bounded_and_off_by_default(tmp_path):
     assert len(ca) and ca.gain.between(*cfg.gain_range).all()
     for li in (0, 1):
         assert (ca.offset[ca.layer == li].abs() <= cfg.offset_max * p.scales[li] + 1e-12).all()
+
+
+def test_patience_counts_rounds_not_measurements():
+    """With the calibration a round measures the repair set twice (after the calibration,
+    after the tunings): a round without a new best is one stale round, not two."""
+    from protocols.repair import _progress, _State
+
+    st = _State(g=np.zeros(1), diff=np.zeros(1), stuck=np.zeros(1, bool))
+    _progress(st, 0, 1.0)
+    for rnd, loss in ((1, 1.1), (1, 1.2), (2, 0.9), (2, 0.95), (3, 1.0), (3, 1.0)):
+        _progress(st, rnd, loss)
+    assert st.best == 0.9 and st.stale_rounds == 1
+    _progress(st, 4, 1.0)
+    assert st.stale_rounds == 2
