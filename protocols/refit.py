@@ -232,6 +232,29 @@ def fit_calibration(z: np.ndarray, target: np.ndarray, *, gain_range: tuple[floa
     return gain, offset
 
 
+def fit_calibration_loss(z: np.ndarray, y: np.ndarray, *, gain_range: tuple[float, float],
+                         offset_max: float, l2: float, offset_only: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """The last layer's gains and offsets that minimise the loss on labels y,
+    ``loss(a z + c) + l2 (sum (a - 1)^2 + sum (c / std z)^2)``, within the same bounds."""
+    z = np.asarray(z, float)
+    k = z.shape[1]
+    sd = np.maximum(z.std(0), 1e-12)
+
+    def fun(p):
+        a, c = p[:k], p[k:]
+        loss, dz, _ = loss_and_dlogits(z * a + c, y)
+        pen = l2 * (np.sum((a - 1) ** 2) + np.sum((c / sd) ** 2))
+        return loss + pen, np.concatenate([(dz * z).sum(0) + 2 * l2 * (a - 1),
+                                           dz.sum(0) + 2 * l2 * c / sd ** 2])
+
+    bounds = [(1.0, 1.0) if offset_only else tuple(gain_range)] * k + \
+        [(-offset_max, offset_max)] * k
+    res = minimize(fun, np.r_[np.ones(k), np.zeros(k)], jac=True, method="L-BFGS-B",
+                   bounds=bounds)
+    return res.x[:k], res.x[k:]
+
+
 def pair_moves(plan: ConductancePlan, g: np.ndarray, fixed: np.ndarray, k: np.ndarray,
                diff: np.ndarray, tolerance: float,
                cost: Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -19,7 +19,7 @@ costed:
                 (stuck devices held, partners absorbing them) and re-program only the devices
                 whose new target lies outside their tuning band.
 
-Periphery calibration (``calibrate``: "off" by default, "offset" or "affine"). The activation
+Periphery calibration (``calibrate``: "affine" by default, "offset" or "off"). The activation
 is applied in software between tiles, so the periphery can correct each output digitally at no
 pulse: ``z' = gain * z + offset`` per output neuron of each layer on the pre-activation measured
 from the column currents (`protocols.inference.Calibration`). At the start of every round and
@@ -27,7 +27,9 @@ before the final measurement, layer by layer from the first, the refit set is me
 after a newly calibrated one with its corrected inputs), the layer's gains and offsets fitted
 (`protocols.refit.fit_calibration`: bounded least squares towards the pre-activations the wanted
 weights give on the measured inputs, gains in ``gain_range``, offsets within ``offset_max`` of
-the layer's read-out scale, pulled towards no correction by ``calibration_l2``) and kept where
+the layer's read-out scale, pulled towards no correction by ``calibration_l2``; the last layer,
+with ``calibration_target`` "labels" (the default), by minimising the loss on the refit set's
+labels instead, `fit_calibration_loss`) and kept where
 the model predicts a lower repair-set loss (decision ``calibrate``); the repair set is then
 measured with it. The model every later candidate is judged on includes the calibration
 (`MeasuredModel`), so pulse corrections are chosen against the calibrated chip.
@@ -88,11 +90,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from database.display import Metric
@@ -129,6 +130,7 @@ from protocols.refit import (
     MeasuredModel,
     TuningCost,
     fit_calibration,
+    fit_calibration_loss,
     pair_moves,
     pairs,
     refit,
@@ -231,13 +233,17 @@ class RepairConfig(BaseModel):
                            "every device of the tiles it pulsed that moved out of its tuning "
                            "band is tuned back to its read-back before that round")
     calibrate: Literal["off", "offset", "affine"] = Field(
-        "off", description="the periphery's digital calibration, fitted at the start of every "
+        "affine", description="the periphery's digital calibration, fitted at the start of every "
         "round and before the final measurement (no pulse): per output of each layer an "
         "offset, or a gain and an offset, on the measured pre-activation")
     gain_range: tuple[float, float] = Field((0.5, 2.0), description="calibration: the gains "
                                             "allowed")
     offset_max: float = Field(0.5, ge=0, description="calibration: |offset| at most this share "
                               "of the layer's read-out scale (its largest weight)")
+    calibration_target: Literal["software", "labels"] = Field(
+        "labels", description="calibration of the last layer: minimising the loss on the refit "
+        "set's labels, or towards the pre-activations the wanted weights give (the hidden "
+        "layers always so: they have no labels)")
     calibration_l2: float = Field(0.01, ge=0, description="calibration: penalty pulling each "
                                   "gain towards 1 and offset towards 0, relative to the fit's "
                                   "mean squared error")
@@ -669,10 +675,14 @@ class _Work:
             zs = st.zs[REFIT_SET]
             h = x if li == 0 else activation(plan, zs[li - 1])
             w, b = want[li]
-            gain, offset = fit_calibration(
-                st.cal.raw(li, zs[li]), h @ w.T + b, gain_range=cfg.gain_range,
-                offset_max=cfg.offset_max * float(plan.scales[li]), l2=cfg.calibration_l2,
-                offset_only=cfg.calibrate == "offset")
+            kw = {"gain_range": cfg.gain_range, "l2": cfg.calibration_l2,
+                  "offset_max": cfg.offset_max * float(plan.scales[li]),
+                  "offset_only": cfg.calibrate == "offset"}
+            if li == self.n_layers - 1 and cfg.calibration_target == "labels":
+                gain, offset = fit_calibration_loss(st.cal.raw(li, zs[li]),
+                                                    self.sets[REFIT_SET][1], **kw)
+            else:
+                gain, offset = fit_calibration(st.cal.raw(li, zs[li]), h @ w.T + b, **kw)
             new = st.cal.with_layer(li, gain, offset)
             rep = self.model(st, REPAIR_SET)
             before, after = rep.score(st.g), rep.score(st.g, new)
@@ -859,9 +869,8 @@ def summary_lines(summary: dict) -> list[str]:
     """The stored summary as lines: the metrics, then the calibration per layer."""
     out = metric_lines({k: v for k, v in summary.items() if k != "calibration"}, SUMMARY)
     for li, c in (summary.get("calibration") or {}).items():
-        out.append(f"calibration, layer {li}: gain "
-                   + " ".join(f"x{v:.3f}" for v in c["gain"]) + "; offset "
-                   + " ".join(f"{v:+.3f}" for v in c["offset"]))
+        out.append(f"calibration, layer {li} (z' = gain z + offset, per output): " + ", ".join(
+            f"x{a:.3f}{c:+.3f}" for a, c in zip(c["gain"], c["offset"], strict=True)))
     return out
 
 

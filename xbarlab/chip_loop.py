@@ -79,7 +79,8 @@ def calibration_of(prog: Programmed) -> Calibration | None:
     chip fitted; None after a transfer or a repair that fitted none."""
     if prog.protocol != "repair":
         return None
-    from protocols.repair import calibration_of as fitted, load_repair
+    from protocols.repair import calibration_of as fitted
+    from protocols.repair import load_repair
 
     return fitted(prog.plan, load_repair(prog.path, prog.run).tables["calibration"])
 

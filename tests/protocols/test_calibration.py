@@ -35,6 +35,21 @@ def test_fit_calibration_recovers_a_known_affine_distortion_and_keeps_its_bounds
     np.testing.assert_allclose(o3, np.mean(t - z, 0))
 
 
+def test_the_last_layer_fitted_on_labels_lowers_the_loss_within_its_bounds():
+    from protocols.refit import fit_calibration_loss, loss_and_dlogits
+
+    rng = np.random.default_rng(2)
+    t = rng.normal(size=(400, 1)) * 3
+    y = (t[:, 0] + 0.3 * rng.normal(size=400) > 0).astype(np.int64)
+    z = (t - 2.0) / 3.0                  # shrunk and shifted: many points on the wrong side
+    g, o = fit_calibration_loss(z, y, gain_range=(0.5, 2.0), offset_max=5.0, l2=1e-3)
+    assert loss_and_dlogits(g * z + o, y)[0] < loss_and_dlogits(z, y)[0]
+    assert 0.5 <= g[0] <= 2.0 and o[0] > 0      # the shift undone (in part: gains bounded)
+    g, o = fit_calibration_loss(z, y, gain_range=(0.5, 2.0), offset_max=0.1, l2=1e-3,
+                                offset_only=True)
+    assert g[0] == 1.0 and o[0] == pytest.approx(0.1)
+
+
 def test_measured_model_with_a_calibration_reproduces_the_measurement_and_its_gradient():
     p, d = plan(), data()
     x, y = d.refit
@@ -96,7 +111,8 @@ def test_the_repair_calibration_recovers_a_known_distortion_without_a_pulse(tmp_
         off[plus] = i_off[li][p.out[d][p.sign[d] == 0]]
         rigs[name] = (tg, k, off)
     v_in = CONFIG.infer.v_in
-    cfg = CONFIG.model_copy(update={"calibrate": "affine", "calibration_l2": 0.0,
+    cfg = CONFIG.model_copy(update={"calibrate": "affine", "calibration_target": "software",
+                                    "calibration_l2": 0.0,
                                     "gain_range": (0.2, 5.0), "offset_max": 10.0})
     res = run(p, lambda n: Distorted(c[n], c.lab, *rigs[n], log), names, tmp_path / "r.h5",
               data(), budget=0, read=ReadSettings(), config=cfg, progress=False)
@@ -120,11 +136,11 @@ def test_the_repair_calibration_recovers_a_known_distortion_without_a_pulse(tmp_
     np.testing.assert_array_equal(after.predicted.to_numpy(), sw.astype(int))
     assert load_repair(res.path).summary == res.summary
     lines = summary_lines(res.summary)
-    assert any(ln.startswith("calibration, layer 0: gain ") for ln in lines)
+    assert any(ln.startswith("calibration, layer 0 (z' = gain z + offset, per output): x")
+               for ln in lines)
 
 
-def test_the_calibration_is_bounded_and_off_by_default(tmp_path):
-    assert RepairConfig().calibrate == "off"
+def test_the_calibration_is_bounded(tmp_path):
     with pytest.raises(ValueError, match="gain_range"):
         RepairConfig(gain_range=(1.2, 2.0))
     p, c = plan(), chip(5)

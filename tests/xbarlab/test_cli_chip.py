@@ -67,7 +67,7 @@ def test_repair_from_a_transfer_stays_in_its_budget_then_infer_from_the_repair(t
     assert "next: `xbarlab infer --from" in res.output
     assert offences(res.output) == [], res.output
     cal = r.summary["calibration"]     # fitted, stored, shown
-    assert "calibration, layer 0: gain " in res.output
+    assert "calibration, layer 0 (z' = gain z + offset, per output): x" in res.output
     res = CliRunner().invoke(cli, ["infer", "--from", str(out), "--station", str(STATION),
                                    "-o", str(tmp / "after.h5"), "--no-progress"])
     assert res.exit_code == 0, res.output

@@ -167,7 +167,7 @@ def register(cli: click.Group) -> None:
                   show_default=True, help="write-verify algorithm of the corrections")
     @click.option("--calibrate", type=click.Choice(["off", "offset", "affine"]), default=None,
                   help="the periphery's digital calibration per output (no pulse): an offset, "
-                  "or a gain and an offset  [default: RepairConfig's, off]")
+                  "or a gain and an offset  [default: RepairConfig's, affine]")
     def repair_cmd(from_run, plan_path, model_path, db_path, member, station_path, crossbars,
                    out, v_in, seed, resume, overwrite, no_progress, budget, max_rounds,
                    algorithm, calibrate):
