@@ -232,18 +232,6 @@ class Calibration:
         return {"gain": [a.tolist() for a in self.gain],
                 "offset": [a.tolist() for a in self.offset]}
 
-    @classmethod
-    def from_dict(cls, plan: ConductancePlan, d: dict) -> Calibration:
-        cal = cls(tuple(np.asarray(a, float) for a in d["gain"]),
-                  tuple(np.asarray(a, float) for a in d["offset"]))
-        shapes = [(k,) for k in plan.sizes[1:]]
-        if [a.shape for a in cal.gain] != shapes or [a.shape for a in cal.offset] != shapes \
-                or not all(np.all(np.isfinite(a)) and np.all(a > 0) for a in cal.gain) \
-                or not all(np.all(np.isfinite(a)) for a in cal.offset):
-            raise ProtocolError(f"calibration does not fit the plan's layers {plan.sizes}: "
-                                "one finite gain (> 0) and offset per output of each layer")
-        return cal
-
 
 def activation(plan: ConductancePlan, z: np.ndarray) -> np.ndarray:
     """The hidden layers' activation, as the plan's numpy inference applies it."""

@@ -489,15 +489,16 @@ class _Work:
         return {"round": np.full(d.size, rnd), "device": d, "g": st.g[d]}
 
     def measure(self, st: _State, split: int, rnd: int, rows: dict,
-                when: float | None = None) -> None:
+                at: float | None = None) -> float | None:
         """Measure `split` on the chip where it may have changed: a tile again when a device of
         it moved or its inputs changed since its last measurement (every tile the first time;
         the other tiles' currents are what they were); add the currents, the outputs of the
         layers that changed (a new calibration changes a layer's outputs, and so the next
-        layer's inputs) and a measurement row. Nothing when nothing changed. `when`: the time
-        of the measurement on `_when`'s scale (default: the split's usual time in the round)."""
+        layer's inputs) and a measurement row, and return its loss. Nothing (None) when
+        nothing changed. `at`: the time of the measurement on `_when`'s scale (default: the
+        split's usual time in the round)."""
         x, y = self.sets[split]
-        when_now = _when(rnd, split) if when is None else when
+        at = _when(rnd, split) if at is None else at
         cur = st.cur.setdefault(split, {})
         when = st.measured.setdefault(split, {})
         zs = st.zs.setdefault(split, {})
@@ -511,7 +512,7 @@ class _Work:
                 rig = self.open(self.crossbars[tm.tile])
                 with rig:
                     c = measure_tile(rig, tm, drive_levels(tm, h, scale, v_in))
-                cur[tm.tile], when[tm.tile] = c, when_now
+                cur[tm.tile], when[tm.tile] = c, at
                 n, nc = c.shape
                 _add(rows, "currents", {"round": np.full(n * nc, rnd),
                                         "split": np.full(n * nc, split),
@@ -530,7 +531,7 @@ class _Work:
                                        "out": np.tile(np.arange(no), n), "value": z.reshape(-1)})
             h = activation(self.plan, zs[li])
         if not upstream:
-            return
+            return None
         model = self.model(st, split)
         score = model.score(st.g)
         acc_rb = float(np.mean(plan_forward(self.plan, st.g, x) == y))
@@ -538,6 +539,7 @@ class _Work:
                                     "accuracy": [score.accuracy],
                                     "accuracy_readback": [acc_rb], "loss": [score.loss],
                                     "pulses": [st.used]})
+        return score.loss
 
     def model(self, st: _State, split: int) -> MeasuredModel:
         x, y = self.sets[split]
@@ -659,7 +661,8 @@ class _Work:
     def calibrate(self, st: _State, rnd: int, rows: dict) -> None:
         """Fit the periphery's calibration (`RepairConfig.calibrate`) layer by layer from the
         first: each layer's on the refit set, measured with the layers before it calibrated,
-        towards the pre-activations the wanted weights give on the measured inputs; kept where
+        towards the pre-activations the wanted weights give on the measured inputs (the last
+        layer, with `calibration_target` "labels", on the refit set's labels); kept where
         the model predicts a lower repair-set loss (decision ``calibrate``), and the repair set
         then measured with it. No pulse."""
         cfg, plan = self.cfg, self.plan
@@ -699,8 +702,9 @@ class _Work:
                                        "out": np.arange(gain.size), "gain": gain,
                                        "offset": offset})
             # before the tunings of this round (or in the final unit, where none follow)
-            self.measure(st, REPAIR_SET, rnd, rows, when=float(rnd))
-            _progress(st, rnd, rows["measurements"]["loss"][-1])
+            loss = self.measure(st, REPAIR_SET, rnd, rows, at=float(rnd))
+            if loss is not None:
+                _progress(st, rnd, loss)
 
     def _stop(self, st: _State, rows: dict, rnd: int, reason: int) -> dict:
         st.stopped = reason
@@ -868,9 +872,9 @@ def calibration_of(plan: ConductancePlan, table: pd.DataFrame) -> Calibration | 
 def summary_lines(summary: dict) -> list[str]:
     """The stored summary as lines: the metrics, then the calibration per layer."""
     out = metric_lines({k: v for k, v in summary.items() if k != "calibration"}, SUMMARY)
-    for li, c in (summary.get("calibration") or {}).items():
+    for li, cal in (summary.get("calibration") or {}).items():
         out.append(f"calibration, layer {li} (z' = gain z + offset, per output): " + ", ".join(
-            f"x{a:.3f}{c:+.3f}" for a, c in zip(c["gain"], c["offset"], strict=True)))
+            f"x{a:.3f}{c:+.3f}" for a, c in zip(cal["gain"], cal["offset"], strict=True)))
     return out
 
 
