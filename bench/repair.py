@@ -25,7 +25,7 @@ repair (virtual clock), and whether the goals hold (mean within 1 point of the s
 accuracy, worst chip within 3, at most 20 % extra pulses).
 
 Usage: python bench/repair.py [--quick] [--chips 24] [--digits-chips 4] [--workers 1]
-                              [--out bench-repair-out] [--repair '{"rollback": false}']
+                              [--out bench-repair-out] [--repair '{"calibrate": "affine"}']
                               [--reverify '{"passes": 3}']
 Figures: docs/chip-in-the-loop.md.
 """
@@ -210,6 +210,15 @@ def report(dataset: str, rows: list[dict], mc: dict) -> list[str]:
                    f"(<= 1), worst chip {100 * d_min:+.1f} (<= 3), extra pulses at most "
                    f"{100 * p_max:.1f} % (<= 20 %): {'met' if ok else 'NOT met'}; "
                    f"{lower} of {n} chips end below their analog accuracy before repair")
+    cals = [x["summary"]["calibration"] for x in rows if "calibration" in x["summary"]]
+    if cals:
+        gains = np.concatenate([c[k]["gain"] for c in cals for k in c])
+        offs = np.concatenate([c[k]["offset"] for c in cals for k in c])
+        out.append(f"periphery calibration at the end ({len(cals)} of {len(rows)} chips): gain "
+                   f"{gains.min():.2f}-{gains.max():.2f} (median |gain - 1| "
+                   f"{np.median(np.abs(gains - 1)):.3f}), offset median |offset| "
+                   f"{np.median(np.abs(offs)):.3f}, largest {np.abs(offs).max():.3f} "
+                   "(pre-activation units)")
     chosen: dict[str, int] = {}
     for x in rows:
         for k, v in x["chosen"].items():

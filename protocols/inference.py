@@ -39,7 +39,8 @@ reaches one crossbar at a time moves its probes once per tile); tables
 - ``readback``     each tile's devices read back (grounded reads) before its analog read-out;
 - ``drive``        point, tile, row, volts: every level applied;
 - ``currents``     point, tile, col, current [A]: every column current measured;
-- ``outputs``      point, layer, out, value: pre-activations z from the currents;
+- ``outputs``      point, layer, out, value: pre-activations z from the currents (the run
+                   config's ``calibration`` applied: identity unless a repair fitted one);
 - ``predictions``  point, label, predicted (analog), predicted_readback (the numpy inference
                    from the read-back conductances), predicted_software (the plan's weights);
 - ``timing``       per unit: instrument time by category [s] (NaN categories on hardware).
@@ -199,6 +200,39 @@ def layer_output(plan: ConductancePlan, layer: int, maps: Sequence[TileMap],
     return acc * (scale[:, None] / v_in) * (plan.scales[layer] / (plan.g_max - plan.g_min))
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """The periphery's digital calibration: per output o of each layer, a gain and an offset
+    applied to the pre-activation measured from the column currents before the activation,
+    ``z' = gain[o] * z + offset[o]``. It moves no conductance (no pulse): a repair fits it
+    (`protocols.repair`, `RepairConfig.calibrate`) and stores it with its run; whatever uses the
+    repaired chip afterwards (`xbarlab infer --from REPAIR.h5`) applies it."""
+
+    gain: tuple[np.ndarray, ...]
+    offset: tuple[np.ndarray, ...]
+
+    @classmethod
+    def identity(cls, plan: ConductancePlan) -> Calibration:
+        n = plan.sizes[1:]
+        return cls(tuple(np.ones(k) for k in n), tuple(np.zeros(k) for k in n))
+
+    def apply(self, layer: int, z: np.ndarray) -> np.ndarray:
+        return self.gain[layer] * z + self.offset[layer]
+
+    def raw(self, layer: int, z: np.ndarray) -> np.ndarray:
+        """The measured pre-activation that `apply` turned into z."""
+        return (z - self.offset[layer]) / self.gain[layer]
+
+    def with_layer(self, layer: int, gain: np.ndarray, offset: np.ndarray) -> Calibration:
+        g, o = list(self.gain), list(self.offset)
+        g[layer], o[layer] = np.asarray(gain, float), np.asarray(offset, float)
+        return Calibration(tuple(g), tuple(o))
+
+    def to_dict(self) -> dict:
+        return {"gain": [a.tolist() for a in self.gain],
+                "offset": [a.tolist() for a in self.offset]}
+
+
 def activation(plan: ConductancePlan, z: np.ndarray) -> np.ndarray:
     """The hidden layers' activation, as the plan's numpy inference applies it."""
     return activate(plan.activation, z)
@@ -240,10 +274,13 @@ def check_crossbar(plan: ConductancePlan, rig: CrossbarRig, t: int, name: str) -
 
 def analog_forward(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                    crossbars: Sequence[str], x: np.ndarray,
-                   cfg: InferConfig | None = None) -> list[np.ndarray]:
+                   cfg: InferConfig | None = None,
+                   calibration: Calibration | None = None) -> list[np.ndarray]:
     """Pre-activations of every layer [(k, n_out)] for inputs x, measured on the crossbars
-    layer by layer, tile by tile (one rig opened per tile); nothing stored."""
+    layer by layer, tile by tile (one rig opened per tile), the periphery's `calibration`
+    applied; nothing stored."""
     cfg = cfg or InferConfig()
+    cal = calibration or Calibration.identity(plan)
     maps = tile_maps(plan)
     h = np.asarray(x, float)
     zs = []
@@ -255,7 +292,7 @@ def analog_forward(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig]
             with rig:
                 check_crossbar(plan, rig, tm.tile, crossbars[tm.tile])
                 cur[tm.tile] = measure_tile(rig, tm, drive_levels(tm, h, scale, cfg.v_in))
-        z = layer_output(plan, layer, maps, cur, scale, cfg.v_in)
+        z = cal.apply(layer, layer_output(plan, layer, maps, cur, scale, cfg.v_in))
         zs.append(z)
         h = activation(plan, z)
     return zs
@@ -301,14 +338,18 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
         config: InferConfig | None = None, seed: int | None = None,
         station: dict | None = None, resume: bool = False, overwrite: bool = False,
         progress: bool = True, on_tile: Callable[[int, str], None] | None = None,
-        extra_config: dict | None = None) -> ChipRunResult:
+        extra_config: dict | None = None,
+        calibration: Calibration | None = None) -> ChipRunResult:
     """Run the test set through the network on its crossbars (tile t on ``crossbars[t]``).
 
     open_rig(name) returns an unentered rig on crossbar `name`; on_tile(t, name) is called before
     each tile (e.g. to ask an operator to move the probes). `extra_config` is stored with the run
-    config (e.g. where the programmed chip came from).
+    config (e.g. where the programmed chip came from). `calibration`: the periphery's gains and
+    offsets (a repair's), applied to every layer's measured pre-activations and stored with the
+    run config; the read-back and software predictions are without it.
     """
     cfg = config or InferConfig()
+    cal = calibration or Calibration.identity(plan)
     crossbars = [str(c) for c in crossbars]
     if len(crossbars) != plan.n_tiles:
         raise ProtocolError(f"the plan has {plan.n_tiles} tiles but {len(crossbars)} crossbars "
@@ -320,7 +361,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
     run_cfg = {"plan": plan.to_dict(), "crossbars": crossbars,
                "inference": cfg.model_dump(mode="json"),
                "test_data": {"points": int(y.size), "sha": data_digest(x, y)},
-               **(extra_config or {})}
+               "calibration": cal.to_dict(), **(extra_config or {})}
     writer = RunWriter.open(store, protocol=PROTOCOL, config=run_cfg, station=station or {},
                             seed=seed, tables=TABLES, units_total=units, resume=resume,
                             overwrite=overwrite)
@@ -398,9 +439,9 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                                         "col": np.tile(tm.cols, k), "current": cur.reshape(-1)}
                     rows["timing"] = {c: np.array([r[c] for r in timing]) for c in TIMING_COLUMNS}
                     if last_of_layer:
-                        z = layer_output(plan, tm.layer, maps,
-                                         {m.tile: currents[m.tile][pts] for m in maps
-                                          if m.layer == tm.layer}, scale, cfg.v_in)
+                        z = cal.apply(tm.layer, layer_output(
+                            plan, tm.layer, maps, {m.tile: currents[m.tile][pts] for m in maps
+                                                   if m.layer == tm.layer}, scale, cfg.v_in))
                         outputs.setdefault(tm.layer, np.full((y.size, z.shape[1]), np.nan))[
                             pts] = z
                         no = z.shape[1]

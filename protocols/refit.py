@@ -12,6 +12,10 @@ it predicts them to first order, keeping each point's analog error (line resista
 paths, non-linearity) as it was measured. Loss: binary cross-entropy with logits (one output)
 or cross-entropy (several), averaged over the points.
 
+With the periphery's digital calibration (`protocols.inference.Calibration`) the model is
+``z_l = a_l * (h_{l-1} W_l(g)^T + b_l(g) + r_l) + c_l`` (the residual is of the raw measured
+pre-activation), and `fit_calibration` fits a and c per output (bounded least squares).
+
 `Refit` re-optimises the weights of chosen outputs of one layer (scipy L-BFGS-B) with the
 devices that cannot move (stuck) held at their measured conductances: a weight whose G+ (or
 G-) is stuck is reachable only through its partner, which the bounds express.
@@ -23,9 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import lsq_linear, minimize
 from threadpoolctl import threadpool_limits
 
+from protocols.inference import Calibration
 from protocols.plan import BIAS, PLUS, WEIGHT, ConductancePlan, activate, plan_weights
 
 
@@ -62,36 +67,43 @@ class Score:
 
 class MeasuredModel:
     """The network as measured on a data set: inputs x, labels y, measured pre-activations
-    `z_measured` (one (N, out) array per layer), read-back conductances `g_est`."""
+    `z_measured` (one (N, out) array per layer, with `calibration` applied), read-back
+    conductances `g_est`."""
 
     def __init__(self, plan: ConductancePlan, x: np.ndarray, y: np.ndarray,
-                 z_measured: Sequence[np.ndarray], g_est: np.ndarray):
+                 z_measured: Sequence[np.ndarray], g_est: np.ndarray,
+                 calibration: Calibration | None = None):
         self.plan, self.x, self.y = plan, np.asarray(x, float), np.asarray(y, np.int64)
         self.g_est = np.asarray(g_est, float)
+        self.cal = calibration or Calibration.identity(plan)
         self.inputs = [self.x] + [activate(plan.activation, z) for z in z_measured[:-1]]
         est = plan_weights(plan, self.g_est)
-        self.residual = [z - (h @ w.T + b) for z, h, (w, b)
-                         in zip(z_measured, self.inputs, est, strict=True)]
+        self.residual = [self.cal.raw(li, z) - (h @ w.T + b) for li, (z, h, (w, b))
+                         in enumerate(zip(z_measured, self.inputs, est, strict=True))]
         span = plan.g_max - plan.g_min
         self._factor = plan.scales / span       # dw/dg per layer
         self._sign = np.where(plan.sign == PLUS, 1.0, -1.0)
 
-    def _forward(self, layers, start: int = 0, h: np.ndarray | None = None):
-        """Pre-activations and activations from layer `start` on (h: its input)."""
+    def _forward(self, layers, start: int = 0, h: np.ndarray | None = None,
+                 cal: Calibration | None = None):
+        """Pre-activations (calibrated: `cal`, else the model's) and activations from layer
+        `start` on (h: its input)."""
         zs, hs = [], []
         h = self.inputs[start] if h is None else h
+        cal = cal or self.cal
         last = len(layers) - 1
         for li in range(start, len(layers)):
             w, b = layers[li]
-            z = h @ w.T + b + self.residual[li]
+            z = cal.apply(li, h @ w.T + b + self.residual[li])
             zs.append(z)
             hs.append(h)
             if li < last:
                 h = activate(self.plan.activation, z)
         return zs, hs
 
-    def score(self, g: np.ndarray) -> Score:
-        zs, _ = self._forward(plan_weights(self.plan, g))
+    def score(self, g: np.ndarray, cal: Calibration | None = None) -> Score:
+        """Accuracy and loss at conductances g (and another calibration: `cal`)."""
+        zs, _ = self._forward(plan_weights(self.plan, g), cal=cal)
         loss, _, pred = loss_and_dlogits(zs[-1], self.y)
         return Score(float(np.mean(pred == self.y)), loss)
 
@@ -103,6 +115,7 @@ class MeasuredModel:
         loss, dz, pred = loss_and_dlogits(zs[-1], self.y)
         grad = np.zeros(plan.n_devices)
         for li in range(len(layers) - 1, -1, -1):
+            dz = dz * self.cal.gain[li]   # d loss / d(raw pre-activation)
             dw = dz.T @ hs[li]
             db = dz.sum(0)
             m = plan.layer == li
@@ -176,6 +189,7 @@ def refit(model: MeasuredModel, scope: dict[int, Sequence[int]], g: np.ndarray,
         loss, dz, _ = loss_and_dlogits(zs[-1], model.y)
         grad = np.zeros(p.size)
         for li in range(len(trial) - 1, first - 1, -1):
+            dz = dz * model.cal.gain[li]
             j = np.flatnonzero(lay == li)
             if j.size:
                 gw = dz.T @ hs[li - first]
@@ -192,6 +206,53 @@ def refit(model: MeasuredModel, scope: dict[int, Sequence[int]], g: np.ndarray,
         res = minimize(fun, start, jac=True, method="L-BFGS-B",
                        bounds=list(zip(lo, hi, strict=True)), options={"maxiter": max_iter})
     return Refit(k, res.x / c, float(before), float(res.fun))
+
+
+def fit_calibration(z: np.ndarray, target: np.ndarray, *, gain_range: tuple[float, float],
+                    offset_max: float, l2: float, offset_only: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per output (column) o, the gain a and offset c that minimise
+    ``mean((a z + c - target)^2) + l2 ((a - 1)^2 var(z) + c^2)`` with a in `gain_range` and
+    |c| <= `offset_max` (a = 1 with `offset_only`): the regularisation pulls towards no
+    correction, the bounds keep a few hundred points from fitting anything wild."""
+    z, target = np.asarray(z, float), np.asarray(target, float)
+    n, k = z.shape
+    gain, offset = np.ones(k), np.zeros(k)
+    if offset_only:
+        offset = np.clip(np.mean(target - z, 0) / (1.0 + l2), -offset_max, offset_max)
+        return gain, offset
+    lo, hi = [gain_range[0], -offset_max], [gain_range[1], offset_max]
+    r = np.sqrt(l2)
+    for o in range(k):
+        sd = float(np.std(z[:, o]))
+        a = np.vstack([np.column_stack([z[:, o], np.ones(n)]) / np.sqrt(n),
+                       [[r * sd, 0.0], [0.0, r]]])
+        b = np.concatenate([target[:, o] / np.sqrt(n), [r * sd, 0.0]])
+        gain[o], offset[o] = lsq_linear(a, b, bounds=(lo, hi)).x
+    return gain, offset
+
+
+def fit_calibration_loss(z: np.ndarray, y: np.ndarray, *, gain_range: tuple[float, float],
+                         offset_max: float, l2: float, offset_only: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """The last layer's gains and offsets that minimise the loss on labels y,
+    ``loss(a z + c) + l2 (sum (a - 1)^2 + sum (c / std z)^2)``, within the same bounds."""
+    z = np.asarray(z, float)
+    k = z.shape[1]
+    sd = np.maximum(z.std(0), 1e-12)
+
+    def fun(p):
+        a, c = p[:k], p[k:]
+        loss, dz, _ = loss_and_dlogits(z * a + c, y)
+        pen = l2 * (np.sum((a - 1) ** 2) + np.sum((c / sd) ** 2))
+        return loss + pen, np.concatenate([(dz * z).sum(0) + 2 * l2 * (a - 1),
+                                           dz.sum(0) + 2 * l2 * c / sd ** 2])
+
+    bounds = [(1.0, 1.0) if offset_only else tuple(gain_range)] * k + \
+        [(-offset_max, offset_max)] * k
+    res = minimize(fun, np.r_[np.ones(k), np.zeros(k)], jac=True, method="L-BFGS-B",
+                   bounds=bounds)
+    return res.x[:k], res.x[k:]
 
 
 def pair_moves(plan: ConductancePlan, g: np.ndarray, fixed: np.ndarray, k: np.ndarray,

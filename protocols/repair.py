@@ -19,6 +19,21 @@ costed:
                 (stuck devices held, partners absorbing them) and re-program only the devices
                 whose new target lies outside their tuning band.
 
+Periphery calibration (``calibrate``: "affine" by default, "offset" or "off"). The activation
+is applied in software between tiles, so the periphery can correct each output digitally at no
+pulse: ``z' = gain * z + offset`` per output neuron of each layer on the pre-activation measured
+from the column currents (`protocols.inference.Calibration`). At the start of every round and
+before the final measurement, layer by layer from the first, the refit set is measured (a layer
+after a newly calibrated one with its corrected inputs), the layer's gains and offsets fitted
+(`protocols.refit.fit_calibration`: bounded least squares towards the pre-activations the wanted
+weights give on the measured inputs, gains in ``gain_range``, offsets within ``offset_max`` of
+the layer's read-out scale, pulled towards no correction by ``calibration_l2``; the last layer,
+with ``calibration_target`` "labels" (the default), by minimising the loss on the refit set's
+labels instead, `fit_calibration_loss`) and kept where
+the model predicts a lower repair-set loss (decision ``calibrate``); the repair set is then
+measured with it. The model every later candidate is judged on includes the calibration
+(`MeasuredModel`), so pulse corrections are chosen against the calibrated chip.
+
 Small measured steps. A candidate moves at most ``retune_devices`` devices: a refit or
 compensation that wants more keeps the moves with the largest first-order loss gain. Each pulse
 of the V/3 write disturbs every device of its tile, and on the calibrated simulator the slow
@@ -53,6 +68,8 @@ only that), max_rounds + 1 = the test set measured after. Tables:
 - ``decisions``     every candidate of every round: action, layer, output, devices, expected
                     pulses, expected accuracy and loss gains, chosen, and why not;
 - ``tunings``       every tuning: device, target, conductance before and after, pulses, cap;
+- ``calibration``   every calibration kept: round, layer, out, gain, offset (per layer the last
+                    rows count; `calibration_of`); the summary's ``calibration`` is the final one;
 - ``targets``       the conductance differences G+ - G- a chosen refit or compensation set
                     for its weights (pair: index of `protocols.refit.pairs`);
 - ``readback``      conductances read back (round 0: every device; later: touched tiles);
@@ -73,18 +90,21 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from database.display import Metric
+from database.display import summary_lines as metric_lines
 from database.runs import RunWriter
 from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.errors import ProtocolError
 from protocols.inference import (
     TIME_CATEGORIES,
+    Calibration,
     ChipRunResult,
     InferConfig,
     activation,
@@ -98,9 +118,23 @@ from protocols.inference import (
     predict,
     tile_maps,
 )
-from protocols.plan import ConductancePlan, check_reads, check_verifiable, plan_forward
+from protocols.plan import (
+    ConductancePlan,
+    check_reads,
+    check_verifiable,
+    plan_forward,
+    plan_weights,
+)
 from protocols.progress import Bar
-from protocols.refit import MeasuredModel, TuningCost, pair_moves, pairs, refit
+from protocols.refit import (
+    MeasuredModel,
+    TuningCost,
+    fit_calibration,
+    fit_calibration_loss,
+    pair_moves,
+    pairs,
+    refit,
+)
 from protocols.rig import CrossbarRig, ReadSettings
 from protocols.transfer import data_digest, stored_plan_run
 from protocols.tuning import TuneConfig, tune
@@ -108,9 +142,9 @@ from protocols.tuning import TuneConfig, tune
 log = logging.getLogger("xbarlab.repair")
 
 PROTOCOL = "repair"
-RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK = 0, 1, 2, 3, 4           # decisions.action
+RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK, CALIBRATE = 0, 1, 2, 3, 4, 5  # decisions.action
 ACTIONS = {RETUNE: "retune", COMPENSATE: "compensate", REFIT: "refit", STOP: "stop",
-           ROLLBACK: "rollback"}
+           ROLLBACK: "rollback", CALIBRATE: "calibrate"}
 CHOSEN, NOT_BEST, NO_GAIN, NOTHING = 0, 1, 2, 3                      # decisions.why
 #: why the repair stopped (summary and the STOP decision's `layer` column)
 STOP_REASONS = {0: "rounds used up", 1: "budget spent", 2: "no correction expected to gain",
@@ -135,10 +169,12 @@ SUMMARY = {
     "instrument_time_s": Metric("instrument time", "s"),
     "instrument_time_by_category_s": Metric("instrument time by category", "s"),
     "chosen": Metric("corrections (rounds)"),
+    "calibration": Metric("periphery calibration (per layer: gain, offset per output)"),
 }
 
 TABLES = {
-    "decisions": {"round": ("i4", "1"), "action": ("i1", "0 retune 1 compensate 2 refit 3 stop 4 rollback"),
+    "decisions": {"round": ("i4", "1"),
+                  "action": ("i1", "0 retune 1 compensate 2 refit 3 stop 4 rollback 5 calibrate"),
                   "layer": ("i4", "1 (-1: all; stop: the reason code)"),
                   "weights": ("i4", "1 (weights it sets)"),
                   "devices": ("i4", "1"), "expected_pulses": ("f8", "1"),
@@ -163,6 +199,8 @@ TABLES = {
     "predictions": {"phase": ("i1", "0 before, 1 after"), "point": ("i4", "1"),
                     "label": ("i8", "1"), "predicted": ("i8", "1"),
                     "predicted_readback": ("i8", "1")},
+    "calibration": {"round": ("i4", "1"), "layer": ("i4", "1"), "out": ("i4", "1"),
+                    "gain": ("f8", "1"), "offset": ("f8", "1")},
     "units": {"unit": ("i4", "1"), "pulses": ("i8", "1"), "seconds": ("f8", "s"),
               **{c: ("f8", "s") for c in TIME_CATEGORIES}},
 }
@@ -194,6 +232,28 @@ class RepairConfig(BaseModel):
                            "repair-set loss higher than before it is followed by a rollback: "
                            "every device of the tiles it pulsed that moved out of its tuning "
                            "band is tuned back to its read-back before that round")
+    calibrate: Literal["off", "offset", "affine"] = Field(
+        "affine", description="the periphery's digital calibration, fitted at the start of every "
+        "round and before the final measurement (no pulse): per output of each layer an "
+        "offset, or a gain and an offset, on the measured pre-activation")
+    gain_range: tuple[float, float] = Field((0.5, 2.0), description="calibration: the gains "
+                                            "allowed")
+    offset_max: float = Field(0.5, ge=0, description="calibration: |offset| at most this share "
+                              "of the layer's read-out scale (its largest weight)")
+    calibration_target: Literal["software", "labels"] = Field(
+        "labels", description="calibration of the last layer: minimising the loss on the refit "
+        "set's labels, or towards the pre-activations the wanted weights give (the hidden "
+        "layers always so: they have no labels)")
+    calibration_l2: float = Field(0.01, ge=0, description="calibration: penalty pulling each "
+                                  "gain towards 1 and offset towards 0, relative to the fit's "
+                                  "mean squared error")
+
+    @model_validator(mode="after")
+    def _gains(self) -> RepairConfig:
+        lo, hi = self.gain_range
+        if not 0 < lo <= 1 <= hi:
+            raise ValueError(f"gain_range {self.gain_range}: needs 0 < low <= 1 <= high")
+        return self
 
 
 @dataclass
@@ -219,11 +279,13 @@ class _State:
     measured: dict = field(default_factory=dict)  # split -> tile -> when measured
     changed_at: dict = field(default_factory=dict)  # tile -> when a device of it last moved
     best: float = np.inf          # lowest measured repair-set loss
-    stale_rounds: int = 0
+    best_round: int = -1          # the round that measured it
+    stale_rounds: int = 0         # rounds measured since
     losses: list = field(default_factory=list)     # (round, repair-set loss) measured
     g_rounds: dict = field(default_factory=dict)   # round -> read-back before its tunings
     stopped: int | None = None
     compensated: set = field(default_factory=set)   # stuck devices compensated for
+    cal: Calibration | None = None                   # the periphery's calibration now
     rolled_back: set = field(default_factory=set)   # rounds that were rollbacks
 
     history: list = field(default_factory=list)   # (g_before, target, pulses) of tunings
@@ -239,19 +301,21 @@ def _when(rnd: int, what) -> float:
 
 def _progress(st: _State, rnd: int, loss: float) -> None:
     """Book a measurement of the repair set: an improvement is a lower loss than the best so
-    far (the loss, not the accuracy: on a few hundred points accuracy moves in coarse steps)."""
+    far (the loss, not the accuracy: on a few hundred points accuracy moves in coarse steps);
+    stale: the rounds measured since the best."""
     st.losses.append((rnd, loss))
     if loss < st.best:
-        st.best, st.stale_rounds = loss, 0
-    else:
-        st.stale_rounds += 1
+        st.best, st.best_round = loss, rnd
+    # in rounds: with the calibration a round measures the repair set more than once
+    st.stale_rounds = len({r for r, _ in st.losses if r > st.best_round})
 
 
 def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
              data: dict) -> _State:
     dp, dm = pairs(plan)
     st = _State(g=np.full(plan.n_devices, np.nan), diff=plan.target[dp] - plan.target[dm],
-                stuck=stuck0.copy())
+                stuck=stuck0.copy(), cal=Calibration.identity(plan))
+    st.cal = calibration_of(plan, writer.table("calibration")) or st.cal
     rb = writer.table("readback")
     tuned = set(writer.table("tunings")["round"].tolist())
     for rnd in sorted(set(rb["round"].tolist())):   # in commit order: the latest wins
@@ -274,8 +338,9 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
         o = out[out.split == split]
         for li in range(len(plan.sizes) - 1):
             ol = o[o.layer == li]
-            if len(ol):
-                ol = ol[ol["round"] == ol["round"].max()]
+            if len(ol):   # a unit can measure a split more than once: the last counts
+                ol = ol[ol["round"] == ol["round"].max()].drop_duplicates(["point", "out"],
+                                                                          keep="last")
                 z = np.full((n, plan.sizes[li + 1]), np.nan)
                 z[ol.point.to_numpy(), ol.out.to_numpy()] = ol.value.to_numpy()
                 st.zs.setdefault(split, {})[li] = z
@@ -284,7 +349,7 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
             ct = c[c.tile == t]
             if len(ct):
                 last = int(ct["round"].max())
-                ct = ct[ct["round"] == last]
+                ct = ct[ct["round"] == last].drop_duplicates(["point", "col"], keep="last")
                 a = np.full((n, int(plan.tile_shape[t][1])), np.nan)
                 a[ct.point.to_numpy(), ct.col.to_numpy()] = ct.current.to_numpy()
                 st.cur.setdefault(split, {})[t] = a
@@ -423,12 +488,17 @@ class _Work:
         d = np.concatenate(devs)
         return {"round": np.full(d.size, rnd), "device": d, "g": st.g[d]}
 
-    def measure(self, st: _State, split: int, rnd: int, rows: dict) -> None:
+    def measure(self, st: _State, split: int, rnd: int, rows: dict,
+                at: float | None = None) -> float | None:
         """Measure `split` on the chip where it may have changed: a tile again when a device of
         it moved or its inputs changed since its last measurement (every tile the first time;
         the other tiles' currents are what they were); add the currents, the outputs of the
-        layers that changed and a measurement row. Nothing when nothing moved."""
+        layers that changed (a new calibration changes a layer's outputs, and so the next
+        layer's inputs) and a measurement row, and return its loss. Nothing (None) when
+        nothing changed. `at`: the time of the measurement on `_when`'s scale (default: the
+        split's usual time in the round)."""
         x, y = self.sets[split]
+        at = _when(rnd, split) if at is None else at
         cur = st.cur.setdefault(split, {})
         when = st.measured.setdefault(split, {})
         zs = st.zs.setdefault(split, {})
@@ -442,16 +512,17 @@ class _Work:
                 rig = self.open(self.crossbars[tm.tile])
                 with rig:
                     c = measure_tile(rig, tm, drive_levels(tm, h, scale, v_in))
-                cur[tm.tile], when[tm.tile] = c, _when(rnd, split)
+                cur[tm.tile], when[tm.tile] = c, at
                 n, nc = c.shape
                 _add(rows, "currents", {"round": np.full(n * nc, rnd),
                                         "split": np.full(n * nc, split),
                                         "point": np.repeat(np.arange(n), nc),
                                         "tile": np.full(n * nc, tm.tile),
                                         "col": np.tile(np.arange(nc), n), "current": c.reshape(-1)})
-            if again:
+            z = st.cal.apply(li, layer_output(self.plan, li, self.maps, cur, scale, v_in))
+            if again or li not in zs or not np.array_equal(z, zs[li]):
                 upstream = True
-                z = zs[li] = layer_output(self.plan, li, self.maps, cur, scale, v_in)
+                zs[li] = z
                 n, no = z.shape
                 _add(rows, "outputs", {"round": np.full(n * no, rnd),
                                        "split": np.full(n * no, split),
@@ -460,7 +531,7 @@ class _Work:
                                        "out": np.tile(np.arange(no), n), "value": z.reshape(-1)})
             h = activation(self.plan, zs[li])
         if not upstream:
-            return
+            return None
         model = self.model(st, split)
         score = model.score(st.g)
         acc_rb = float(np.mean(plan_forward(self.plan, st.g, x) == y))
@@ -468,11 +539,13 @@ class _Work:
                                     "accuracy": [score.accuracy],
                                     "accuracy_readback": [acc_rb], "loss": [score.loss],
                                     "pulses": [st.used]})
+        return score.loss
 
     def model(self, st: _State, split: int) -> MeasuredModel:
         x, y = self.sets[split]
         zs = st.zs[split]
-        return MeasuredModel(self.plan, x, y, [zs[li] for li in range(self.n_layers)], st.g)
+        return MeasuredModel(self.plan, x, y, [zs[li] for li in range(self.n_layers)], st.g,
+                             st.cal)
 
     def predictions(self, st: _State, phase: int) -> dict:
         x, y = self.sets[TEST_SET]
@@ -494,6 +567,7 @@ class _Work:
 
     def final(self, st: _State, u: int) -> dict:
         rows: dict = {}
+        self.calibrate(st, u, rows)   # after the last round's pulses
         st.cur.pop(TEST_SET, None)   # the result: every tile measured again, none reused
         self.measure(st, TEST_SET, u, rows)
         rows["predictions"] = self.predictions(st, 1)
@@ -504,6 +578,7 @@ class _Work:
         if st.stopped is not None:
             _add(rows, "decisions", _decision(rnd, STOP, 4, -1, 0, 0.0, 0.0, 0.0, NOTHING))
             return rows
+        self.calibrate(st, rnd, rows)
         cfg, plan = self.cfg, self.plan
         remaining = self.budget - st.used
         if remaining < cfg.min_cap:
@@ -582,6 +657,54 @@ class _Work:
             return None
         st.rolled_back.add(rnd)
         return devs, g0[devs]
+
+    def calibrate(self, st: _State, rnd: int, rows: dict) -> None:
+        """Fit the periphery's calibration (`RepairConfig.calibrate`) layer by layer from the
+        first: each layer's on the refit set, measured with the layers before it calibrated,
+        towards the pre-activations the wanted weights give on the measured inputs (the last
+        layer, with `calibration_target` "labels", on the refit set's labels); kept where
+        the model predicts a lower repair-set loss (decision ``calibrate``), and the repair set
+        then measured with it. No pulse."""
+        cfg, plan = self.cfg, self.plan
+        if cfg.calibrate == "off":
+            return
+        dp, _ = pairs(plan)
+        g_want = np.zeros(plan.n_devices)
+        g_want[dp] = st.diff          # plan_weights: only G+ - G- counts
+        want = plan_weights(plan, g_want)
+        x = self.sets[REFIT_SET][0]
+        for li in range(self.n_layers):
+            self.measure(st, REFIT_SET, rnd, rows)
+            zs = st.zs[REFIT_SET]
+            h = x if li == 0 else activation(plan, zs[li - 1])
+            w, b = want[li]
+            kw = {"gain_range": cfg.gain_range, "l2": cfg.calibration_l2,
+                  "offset_max": cfg.offset_max * float(plan.scales[li]),
+                  "offset_only": cfg.calibrate == "offset"}
+            if li == self.n_layers - 1 and cfg.calibration_target == "labels":
+                gain, offset = fit_calibration_loss(st.cal.raw(li, zs[li]),
+                                                    self.sets[REFIT_SET][1], **kw)
+            else:
+                gain, offset = fit_calibration(st.cal.raw(li, zs[li]), h @ w.T + b, **kw)
+            new = st.cal.with_layer(li, gain, offset)
+            rep = self.model(st, REPAIR_SET)
+            before, after = rep.score(st.g), rep.score(st.g, new)
+            keep = after.loss < before.loss
+            _add(rows, "decisions", _decision(rnd, CALIBRATE, li, gain.size, 0, 0.0,
+                                              after.accuracy - before.accuracy,
+                                              before.loss - after.loss,
+                                              CHOSEN if keep else NO_GAIN))
+            if not keep:
+                continue
+            st.cal = new
+            _add(rows, "calibration", {"round": np.full(gain.size, rnd),
+                                       "layer": np.full(gain.size, li),
+                                       "out": np.arange(gain.size), "gain": gain,
+                                       "offset": offset})
+            # before the tunings of this round (or in the final unit, where none follow)
+            loss = self.measure(st, REPAIR_SET, rnd, rows, at=float(rnd))
+            if loss is not None:
+                _progress(st, rnd, loss)
 
     def _stop(self, st: _State, rows: dict, rnd: int, reason: int) -> dict:
         st.stopped = reason
@@ -707,7 +830,7 @@ def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame], budget: in
     me, tu, de, pr = (tables[n] for n in ("measurements", "tunings", "decisions", "predictions"))
     out: dict = {"budget": int(budget), "pulses": int(tu.pulses.sum()), "tunings": int(len(tu)),
                  "failed_tunings": int((~tu.converged).sum()),
-                 "rounds": int(len(de[(de.why == CHOSEN) & (de.action != STOP)]))}
+                 "rounds": int(len(de[(de.why == CHOSEN) & ~de.action.isin([STOP, CALIBRATE])]))}
     stop = de[de.action == STOP]
     if len(stop):
         out["stopped"] = STOP_REASONS[int(stop.layer.iloc[0])]
@@ -726,6 +849,32 @@ def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame], budget: in
                                             for c, v in un[list(TIME_CATEGORIES)].sum().items()}
     out["chosen"] = {ACTIONS[a]: int(n) for a, n in
                      de[(de.why == CHOSEN) & (de.action != STOP)].action.value_counts().items()}
+    cal = calibration_of(plan, tables.get("calibration", pd.DataFrame()))
+    if cal is not None:
+        out["calibration"] = {str(li): {"gain": cal.gain[li].tolist(),
+                                        "offset": cal.offset[li].tolist()}
+                              for li in range(len(cal.gain))}
+    return out
+
+
+def calibration_of(plan: ConductancePlan, table: pd.DataFrame) -> Calibration | None:
+    """The periphery calibration a repair left (its ``calibration`` table: per layer the last
+    one kept), None where it fitted none."""
+    if not len(table):   # (an empty table, or none: a file from before the calibration)
+        return None
+    cal = Calibration.identity(plan)
+    for li in sorted(set(table.layer.tolist())):
+        c = table[table.layer == li].drop_duplicates("out", keep="last").sort_values("out")
+        cal = cal.with_layer(li, c.gain.to_numpy(), c.offset.to_numpy())
+    return cal
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The stored summary as lines: the metrics, then the calibration per layer."""
+    out = metric_lines({k: v for k, v in summary.items() if k != "calibration"}, SUMMARY)
+    for li, cal in (summary.get("calibration") or {}).items():
+        out.append(f"calibration, layer {li} (z' = gain z + offset, per output): " + ", ".join(
+            f"x{a:.3f}{c:+.3f}" for a, c in zip(cal["gain"], cal["offset"], strict=True)))
     return out
 
 

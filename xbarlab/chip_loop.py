@@ -4,6 +4,8 @@ bench/repair.py share.
 - `programmed`: the plan and crossbars of a transfer or repair run, and (simulated station)
   the station's virtual chip put back in the state committed with that run's last unit: the
   chip as the run left it;
+- `calibration_of`: the periphery calibration a repair run left (applied by `xbarlab infer
+  --from REPAIR.h5`);
 - `prior_of`: what the programming run tells a repair (stuck devices, earlier tunings, the
   transfer's pulse count);
 - `dc_opener`: rigs for the analog read-out: the station's own rig when it has one
@@ -27,7 +29,7 @@ import numpy as np
 from database.runs import list_runs, read_state
 from protocols.campaigns._loop import unpack_state
 from protocols.errors import ProtocolError
-from protocols.inference import InferConfig, analog_forward, predict
+from protocols.inference import Calibration, InferConfig, analog_forward, predict
 from protocols.plan import ConductancePlan, plan_logits
 from protocols.rig import CrossbarRig
 from xbarlab.errors import XbarlabError
@@ -43,6 +45,7 @@ class Programmed:
     protocol: str
     path: Path
     config: dict
+    run: str
 
 
 def programmed(path: str | Path, station=None) -> Programmed:
@@ -54,7 +57,8 @@ def programmed(path: str | Path, station=None) -> Programmed:
         raise XbarlabError(f"{path}: no transfer or repair run in it")
     info = runs[-1]
     plan = ConductancePlan.from_dict(info.config["plan"])
-    got = Programmed(plan, list(info.config["crossbars"]), info.protocol, path, info.config)
+    got = Programmed(plan, list(info.config["crossbars"]), info.protocol, path, info.config,
+                     info.name)
     if station is not None and station.chip is not None:
         blob = read_state(path, info.name)
         if blob is None:
@@ -68,6 +72,17 @@ def programmed(path: str | Path, station=None) -> Programmed:
                                f"station's (seed {have['seed']}, model {have.get('model')})")
         station.chip.lab.restore_state(unpack_state(blob))
     return got
+
+
+def calibration_of(prog: Programmed) -> Calibration | None:
+    """The periphery calibration (per output gain and offset) the repair that programmed the
+    chip fitted; None after a transfer or a repair that fitted none."""
+    if prog.protocol != "repair":
+        return None
+    from protocols.repair import calibration_of as fitted
+    from protocols.repair import load_repair
+
+    return fitted(prog.plan, load_repair(prog.path, prog.run).tables["calibration"])
 
 
 @dataclass

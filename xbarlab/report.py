@@ -144,6 +144,7 @@ def gather_repairs(out: Path) -> list[dict]:
                      "transfer_pulses": int(r["transfer_pulses"]),
                      "budget_share": float(r["budget_share"]),
                      "chosen": s["chosen"], "stopped": s.get("stopped", ""),
+                     "calibrated": "calibration" in s,
                      "instrument_time_s": float(s["instrument_time_s"]),
                      "wall_s": float(r["wall_s"])})
     return rows
@@ -467,6 +468,12 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
         "Accuracies are on the test set; 'analog' is measured on the crossbars, 'read-back' is "
         "the estimate from conductances read back device by device. The PMU rig's SMUs do not "
         "run the analog read-out yet: it uses the direct simulated rig on the same virtual chip.")
+    if any(r["calibrated"] for r in data["repairs"]):
+        rep.text.append(
+            "The repair also calibrated the periphery digitally (a gain and an offset per output "
+            "neuron on the measured pre-activations, fitted on measured data, no pulse): the "
+            "analog accuracy after repair is with that calibration applied, as `xbarlab infer "
+            "--from` the repair run applies it.")
     rows = [[str(r["chip_seed"]), LABELS[r["network"]],
              f"{pct(r['before'])} -> {pct(r['after'])}",
              f"{pct(r['readback_before'])} -> {pct(r['readback_after'])}",

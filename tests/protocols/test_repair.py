@@ -19,6 +19,7 @@ from protocols.errors import ProtocolError
 from protocols.plan import plan_weights
 from protocols.refit import MeasuredModel, TuningCost, pair_moves, pairs, refit
 from protocols.repair import (
+    CALIBRATE,
     CHOSEN,
     COMPENSATE,
     REPAIR_SET,
@@ -164,7 +165,9 @@ def test_repair_records_every_decision_and_improves_the_measured_network(tmp_pat
     de = res.tables["decisions"]
     assert (de.action == STOP).sum() >= 1 and "stopped" in s
     chosen = de[(de.why == CHOSEN) & (de.action != STOP)]
-    assert len(chosen) == s["rounds"] >= 1
+    # a round is a pulse correction; the periphery calibration (no pulse) is chosen besides
+    assert len(chosen[chosen.action != CALIBRATE]) == s["rounds"] >= 1
+    assert s["chosen"].get("calibrate", 0) == (chosen.action == CALIBRATE).sum() >= 1
     assert (de.action == COMPENSATE).any()      # a stuck device is offered compensation
     me = res.tables["measurements"]
     rep = me[me.split == 1]
@@ -302,11 +305,13 @@ def _spawn(script: Path, out: Path, overrides: str) -> subprocess.Popen:
 #: a chip and rounds on which one round raises the measured loss (budget 300), so a rollback
 #: happens: with the default 8-device rounds no chip seed 1-12 has such a round, and with
 #: whole-tile rounds only seed 12 of 0-14 does (seed 5 until the tunings took their
-#: confirmation reads in the pulse's execution; rollback is off by default for that reason too)
-ROLLBACK_CASE = {"rollback": True, "retune_devices": 64, "chip_seed": 12}
+#: confirmation reads in the pulse's execution; rollback is off by default for that reason
+#: too; found without the periphery calibration)
+ROLLBACK_CASE = {"rollback": True, "retune_devices": 64, "chip_seed": 12, "calibrate": "off"}
 
 
-@pytest.mark.parametrize("overrides", ['{}', json.dumps(ROLLBACK_CASE)])
+@pytest.mark.parametrize("overrides", ['{}', json.dumps(ROLLBACK_CASE),
+                                       '{"calibrate": "offset"}'])
 def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path, overrides):
     from database.runs import list_runs, read_run
 
@@ -346,3 +351,6 @@ def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path, overrid
         np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy(), err_msg=name)
     if "rollback" in overrides:   # the rollback's state (pre-round read-back, losses) resumes
         assert (a["decisions"].action == ROLLBACK).any()
+    if json.loads(overrides).get("calibrate", RepairConfig().calibrate) != "off":
+        # the calibration resumes as it was (and is applied)
+        assert len(a["calibration"]) and "calibration" in info.summary

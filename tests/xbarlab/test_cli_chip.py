@@ -55,7 +55,7 @@ def test_repair_from_a_transfer_stays_in_its_budget_then_infer_from_the_repair(t
     out = tmp / "r.h5"
     res = CliRunner().invoke(cli, ["repair", "--from", str(t), "--station", str(STATION),
                                    "-o", str(out), "--budget", "10%", "--max-rounds", "3",
-                                   "--no-progress"])
+                                   "--calibrate", "affine", "--no-progress"])
     assert res.exit_code == 0, res.output
     r = load_repair(out)
     pulses_t = int(load_transfer(t).summary["pulses_total"])
@@ -66,9 +66,18 @@ def test_repair_from_a_transfer_stays_in_its_budget_then_infer_from_the_repair(t
     assert "pulses relative to the transfer's" in res.output
     assert "next: `xbarlab infer --from" in res.output
     assert offences(res.output) == [], res.output
+    cal = r.summary["calibration"]     # fitted, stored, shown
+    assert "calibration, layer 0 (z' = gain z + offset, per output): x" in res.output
     res = CliRunner().invoke(cli, ["infer", "--from", str(out), "--station", str(STATION),
                                    "-o", str(tmp / "after.h5"), "--no-progress"])
     assert res.exit_code == 0, res.output
+    # infer on the repaired chip applies the repair's calibration to what it measures
+    from database.runs import list_runs
+
+    used = list_runs(tmp / "after.h5")[-1].config["calibration"]
+    assert used == {"gain": [cal[k]["gain"] for k in sorted(cal)],
+                    "offset": [cal[k]["offset"] for k in sorted(cal)]}
+    assert "periphery calibration" in res.output
 
 
 def test_bad_budgets_and_sources_are_one_line_errors(transferred, tmp_path, capsys):

@@ -113,7 +113,7 @@ def register(cli: click.Group) -> None:
         """Run the test set through the programmed network on its crossbars: inputs as row
         voltages, outputs from column currents; beside the read-back estimate."""
         from protocols.inference import InferConfig, run
-        from xbarlab.chip_loop import dc_opener, explain_gap, test_sets
+        from xbarlab.chip_loop import calibration_of, dc_opener, explain_gap, test_sets
         from xbarlab.station import load_station
 
         st = load_station(station_path)
@@ -128,9 +128,13 @@ def register(cli: click.Group) -> None:
             raise click.UsageError("--explain needs a simulated station")
         open_rig = dc_opener(st, lambda m: click.echo(m, err=True))
         extra = {"programmed_by": None if prog is None else str(prog.path)}
+        cal = None if prog is None else calibration_of(prog)
+        if cal is not None:
+            click.echo(f"note: the repair's periphery calibration (gain and offset per output) is "
+                       f"applied to the measured pre-activations ({from_run})", err=True)
         res = run(plan, open_rig, names, Path(out), sets["test"], config=cfg, seed=seed,
                   station=st.describe(names), resume=resume, overwrite=overwrite,
-                  progress=not no_progress, extra_config=extra)
+                  progress=not no_progress, extra_config=extra, calibration=cal)
         if res.resumed_from:
             click.echo(f"resumed after {res.resumed_from} finished units")
         click.echo(f"inference: {res.path} ({res.run}) on {', '.join(names)}")
@@ -161,9 +165,12 @@ def register(cli: click.Group) -> None:
                   help="rounds of corrections at most  [default: RepairConfig's, 30]")
     @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="fast",
                   show_default=True, help="write-verify algorithm of the corrections")
+    @click.option("--calibrate", type=click.Choice(["off", "offset", "affine"]), default=None,
+                  help="the periphery's digital calibration per output (no pulse): an offset, "
+                  "or a gain and an offset  [default: RepairConfig's, affine]")
     def repair_cmd(from_run, plan_path, model_path, db_path, member, station_path, crossbars,
                    out, v_in, seed, resume, overwrite, no_progress, budget, max_rounds,
-                   algorithm):
+                   algorithm, calibrate):
         """Measure the programmed chip and correct it under a pulse budget: re-tune the devices
         whose error costs most, compensate stuck devices, re-fit layers on measured
         activations; every decision into HDF5."""
@@ -185,7 +192,8 @@ def register(cli: click.Group) -> None:
             base = RepairConfig()
             cfg = RepairConfig(infer=InferConfig(v_in=v_in),
                                max_rounds=max_rounds or base.max_rounds,
-                               tune=base.tune.model_copy(update={"algorithm": algorithm}))
+                               tune=base.tune.model_copy(update={"algorithm": algorithm}),
+                               calibrate=calibrate or base.calibrate)
         except ValueError as e:
             raise XbarlabError(f"--v-in: {e.errors()[0]['msg']}") from None
         open_rig = dc_opener(st, lambda m: click.echo(m, err=True))
