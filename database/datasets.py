@@ -57,12 +57,13 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> dict[str, tuple[n
 
 
 def chip_in_the_loop_sets(name: str, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The three data roles of a repair after transfer (protocols.repair), disjoint within the
-    training data: ``refit`` (the first 3/4 of the training set: the measured hidden
-    activations refits are fitted on), ``repair`` (the last 1/4 of it, plus the validation
-    set where one is published: every decision and the stopping rule are judged on it) and
-    ``test`` (the published test set; for half-moons it overlaps the training set, see above).
-    Labels are int64."""
+    """The three data roles of a repair after transfer (protocols.repair), pairwise disjoint:
+    ``refit`` (the first 3/4 of the training set: the measured hidden activations refits and
+    the periphery calibration are fitted on), ``repair`` (the last 1/4 of it, plus the
+    validation set where one is published: every decision and the stopping rule are judged on
+    it) and ``test`` (the published test set). The half-moons training and validation sets
+    contain most test points (see above): those are left out of refit and repair, so nothing
+    the repair fits or decides has seen a test point. Labels are int64."""
     if name == "moons":
         sets = load_moons_all()
         extra = [sets["validation"]]
@@ -71,10 +72,18 @@ def chip_in_the_loop_sets(name: str, seed: int = 0) -> dict[str, tuple[np.ndarra
         extra = []
     else:
         raise SchemaError(f"unknown dataset {name!r}; choose moons or digits")
-    x, y = sets["train"]
+    xt, yt = sets["test"]
+    x, y = _without(*sets["train"], xt)
+    extra = [_without(*e, xt) for e in extra]
     n = 3 * len(y) // 4
     rx = np.concatenate([x[n:], *(e[0] for e in extra)])
     ry = np.concatenate([y[n:], *(e[1] for e in extra)])
-    xt, yt = sets["test"]
     return {"refit": (x[:n], y[:n].astype(np.int64)), "repair": (rx, ry.astype(np.int64)),
             "test": (xt, yt.astype(np.int64))}
+
+
+def _without(x: np.ndarray, y: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) without the points whose features equal a row of `drop` (order kept)."""
+    seen = {row.tobytes() for row in np.ascontiguousarray(drop, dtype=x.dtype)}
+    keep = np.array([row.tobytes() not in seen for row in np.ascontiguousarray(x)], bool)
+    return x[keep], y[keep]

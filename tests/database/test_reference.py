@@ -72,3 +72,17 @@ def test_moons_shapes_and_class_balance():
     assert 0.0 <= x.min() and x.max() <= 1.0
     with pytest.raises(SchemaError):
         load_moons("nope")
+
+
+@pytest.mark.parametrize("name", ["moons", "digits"])
+def test_repair_data_roles_never_contain_a_test_point(name):
+    # the published half-moons test set lies inside its training and validation sets: a repair
+    # that fitted or judged on those points would be graded on what it was fitted to
+    from database.datasets import chip_in_the_loop_sets
+
+    sets = chip_in_the_loop_sets(name)
+    test = {row.tobytes() for row in sets["test"][0]}
+    refit = {row.tobytes() for row in sets["refit"][0]}
+    repair = {row.tobytes() for row in sets["repair"][0]}
+    assert not (refit & test) and not (repair & test) and not (refit & repair)
+    assert len(sets["refit"][0]) > 3 * len(sets["repair"][0]) // 2 > 0
