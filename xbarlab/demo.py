@@ -10,8 +10,10 @@ earlier steps wrote (files, not objects: :data:`OUTPUTS`, :data:`NEEDS`), so eac
 rerun on its own, a step whose inputs are missing says which earlier step to run, and the
 report (xbarlab/report.py) shows exactly what is on disk.
 
-Sizes: :data:`FULL` is sized to finish in well under 10 minutes on a 2-core PC, :data:`QUICK`
-in under 2 minutes (the end-to-end test). torch is imported inside the training steps only.
+Sizes: :data:`FULL` and :data:`QUICK` (the end-to-end test) were sized to finish in well under
+10 and under 2 minutes on a 2-core PC while the repair step's analog read-outs ran on the
+simulator's array tester; through the station's emulated SMUs that step alone takes about 15
+minutes of QUICK's 16 (docs/chip-in-the-loop.md), and FULL (12 repaired chips) far longer. torch is imported inside the training steps only.
 """
 
 from __future__ import annotations
