@@ -521,8 +521,9 @@ class K4200(MessageInstrument):
         volts = {}
         for s in sensed:  # where a meter was in compliance, its output voltage says where
             volts[s] = np.full(k, np.nan)
-            if any(st == "C" for st in current[s][1]):
-                volts[s] = self._readings(f"V{s.number}", k)[0]
+            comp = current[s][1] == "C"
+            if comp.any():
+                volts[s] = np.where(comp, self._readings(f"V{s.number}", k)[0], np.nan)
         stamps = self._readings(stamp, k)[0]
         return ListSweep({s: current[s][0] for s in sensed}, volts,
                          {s: current[s][1] for s in sensed}, t0 + stamps)

@@ -280,3 +280,59 @@ def test_inference_on_the_station_multiplexes_its_smus_and_says_so(tmp_path, cap
         p = xb.config.device
         sigma = p.read_noise_rel * np.abs(want[:, used]) + p.read_noise_abs
         assert np.all(np.abs(got[:, used] - want[:, used]) <= 5 * sigma + 1e-8)
+
+
+# -- the 4200's list sweep: one system-mode test per DC pass ----------------------------------
+
+def _k4200_emulator(st):
+    return next(e for e in st.visa_library.instruments.values() if hasattr(e, "tests"))
+
+
+@pytest.mark.parametrize("path", ["batched", "per point"])
+def test_4200_read_out_is_one_list_sweep_whose_time_follows_its_points(path, tmp_path,
+                                                                       monkeypatch):
+    """Each read-out call is one system-mode test with the same messages whatever its number
+    of patterns k; k patterns cost k x (settling + 0.1 PLC) of measurement. The emulator's
+    batched nodal solve and its point-by-point operating points (forced here) both give the
+    nodal solution."""
+    from simulator.emulators import world as world_module
+
+    if path == "per point":
+        monkeypatch.setattr(world_module, "SWEEP_CHANGE", -1.0)
+    st = _station("4200", tmp_path, {"xbar0": FROZEN})
+    with st.open_rig() as rig:
+        xb, emu, lat = st.world.crossbar, _k4200_emulator(st), st.world.latency
+        _mixed(xb)
+        p = xb.config.device
+        rows = np.array([0, 3, 7])
+        rng = np.random.default_rng(2)
+        trips, dc_time = [], []
+        for k in (2, 6):
+            v = rng.uniform(-0.2, 0.2, (k, 3))
+            row_v = np.zeros((k, 8))
+            row_v[:, rows] = v
+            _, want = xb.solver.readout_currents(xb.conductance(), row_v)
+            tests, n0, t0 = emu.tests, rig.pmu.round_trips, rig.time_breakdown().get("dc", 0.0)
+            got = rig.column_currents(rows, v, [2])[:, 0]
+            assert emu.tests == tests + 1
+            trips.append(rig.pmu.round_trips - n0)
+            dc_time.append(rig.time_breakdown().get("dc", 0.0) - t0)
+            sigma = p.read_noise_rel * np.abs(want[:, 2]) + p.read_noise_abs
+            assert np.all(np.abs(got - want[:, 2]) <= 5 * sigma + 1e-8), (got, want[:, 2])
+        assert trips[0] == trips[1]
+        per_point = lat.smu_settle + 0.1 / lat.line_frequency
+        assert dc_time == pytest.approx([2 * per_point, 6 * per_point])
+
+
+def test_4200_list_sweep_applies_each_points_dc_stress(tmp_path):
+    """The list sweep holds each point's levels on the devices: read levels leave a device
+    as it was, a sweep at 1.2 V with 10 ms per point moves it (as the spot path's hold does)."""
+    st = _station("4200", tmp_path)
+    with st.open_rig() as rig:
+        xb, emu = st.world.crossbar, _k4200_emulator(st)
+        g0 = xb.conductance()[2, 3]
+        device_iv(rig, 2, 3, [0.05] * 4, compliance=1e-3, hold=10e-3)
+        assert xb.conductance()[2, 3] == pytest.approx(g0, rel=1e-3)
+        device_iv(rig, 2, 3, [1.2] * 4, compliance=1e-3, hold=10e-3)
+        assert emu.tests == 2
+        assert xb.conductance()[2, 3] > 1.2 * g0

@@ -250,11 +250,14 @@ def test_707b_that_ignores_open_all_is_retried_once_then_reported(ignored, confi
     assert unsafe_parts(st) == []
 
 
-@pytest.mark.parametrize("failure", ["compliance", "error-TI", "timeout-DV"])
+@pytest.mark.parametrize("failure", ["compliance", "error-VL", "error-ME1", "timeout-SP",
+                                     "error-DO", "timeout-DO", "timeout-DV"])
 def test_analog_read_out_failure_leaves_smus_off_and_relays_open(failure, tmp_path):
     """The analog read-out on the PMU station's SMUs (`column_currents` as a DC pass): a line at
     the current compliance or an instrument fault mid-pass ends with every SMU off, every
-    relay open, checked on the emulators while the rig is still open."""
+    relay open, checked on the emulators while the rig is still open. The pass is one list
+    sweep: a refused list or run, a status poll or a data transfer that gets no reply or an
+    error, and the SMUs' release that times out."""
     from protocols.errors import ComplianceError
     from xbarlab.station import load_station
 
