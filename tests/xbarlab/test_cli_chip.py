@@ -95,3 +95,32 @@ def test_bad_budgets_and_sources_are_one_line_errors(transferred, tmp_path, caps
               "-o", str(tmp_path / "z.h5")])
     assert e.value.code == 2
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()
+
+
+def test_infer_interrupted_inside_a_list_sweep_resumes_to_the_uninterrupted_result(
+        transferred, monkeypatch):
+    """Interrupted inside one of the 4200's list sweeps (the instrument call in flight), the
+    run keeps what it committed and the rerun ends with the same file contents as a run never
+    interrupted (the SIGKILL tests of tests/reliability cover the kill itself)."""
+    from instruments.k4200 import K4200
+
+    tmp, t = transferred
+    args = ["infer", "--from", str(t), "--station", str(STATION), "--no-progress"]
+    ref, out = tmp / "i_ref.h5", tmp / "i_cut.h5"
+    assert CliRunner().invoke(cli, args + ["-o", str(ref)]).exit_code == 0
+    sweep, calls = K4200.list_sweep, []
+
+    def cut(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 13:            # inside the third batch (six passes each)
+            raise KeyboardInterrupt
+        return sweep(self, *a, **kw)
+
+    monkeypatch.setattr(K4200, "list_sweep", cut)
+    assert CliRunner().invoke(cli, args + ["-o", str(out)]).exit_code != 0
+    monkeypatch.setattr(K4200, "list_sweep", sweep)
+    res = CliRunner().invoke(cli, args + ["-o", str(out)])
+    assert res.exit_code == 0 and "resumed" in res.output, res.output
+    a, b = load_inference(ref).tables, load_inference(out).tables
+    for name in a:
+        np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy(), err_msg=name)
