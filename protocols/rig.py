@@ -438,9 +438,11 @@ class CrossbarRig(abc.ABC):
           the lines not in use at 0 V when the matrix cannot ground them. Word lines first:
           as many as the crossbar has, leaving at least one SMU to meter; the rest meter bit
           lines. Driving all of a tile's rows at once needs no superposition of row groups
-          (exact with line resistance too), and it is the cheapest split measured: the
-          half-moons network on the 4200's four SMUs costs 381 ms per inference with 3 rows +
-          1 column per pass, 402 ms with 2 + 2, 553 ms with 1 + 3 (bench/infer_time.py).
+          (exact with line resistance too), and it was the cheapest split measured: the
+          half-moons network on the 4200's four SMUs cost 381 ms per inference with 3 rows +
+          1 column per pass, 402 ms with 2 + 2, 553 ms with 1 + 3, setting and measuring
+          point by point (bench/infer_time.py); with the 4200's list sweep 3 + 1 costs 92 ms
+          (the other splits not re-measured).
           Fewer than two SMUs in the pool: None.
         """
         cap = self.dc_capacity
@@ -481,10 +483,12 @@ class CrossbarRig(abc.ABC):
           with a ComplianceError, the rig made safe (outputs off, relays open);
         - timing: what the rig's DC path charges for it. On an SMU rig (the default, one
           `DcRequest` of one pass, `hold` 0, READOUT_NPLC): connecting the SMUs (RPMs or RSUs
-          switched) and routing the lines (one matrix reconfiguration), preparing the SMUs,
-          then per pattern one host command per SMU whose level changes and per meter one
-          measurement (round trip, source settling, integration), and the SMUs turned off;
-          every call pays its own connection and routing. The simulator's array tester
+          switched) and routing the lines (one matrix reconfiguration), then on the 4200 one
+          list sweep (a fixed set of messages, one execution, per pattern the source settling
+          and the integration, a status poll and the readings' transfer), on the B1500 the
+          SMUs prepared and per pattern one host command per SMU whose level changes and per
+          meter one measurement (round trip, source settling, integration); the SMUs turned
+          off; every call pays its own connection and routing. The simulator's array tester
           (`simulator.direct_rig.SimulatedRig`) charges its own list-sweep model;
         - afterwards every output is back at 0 V (off).
 

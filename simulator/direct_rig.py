@@ -31,7 +31,8 @@ calls); and `ideal` switches effects off on this path only ("lines": no line and
 resistance, "nonlinearity": linear devices, "noise": no read noise), to attribute an error to
 each effect (a rig with any of them off is an analysis tool, not a station). Its timing is an
 ideal list-sweep tester's, not a station's (the half-moons network: 10.9 ms per inference here,
-381 ms through the 4200's SMUs on sim-pmu, 666 ms through a B1500's: `bench/infer_time.py`). `dc` is the line-level SMU request of the seam
+92 ms through the 4200's SMUs on sim-pmu (list sweeps), 666 ms through a B1500's (point by
+point): `bench/infer_time.py`). `dc` is the line-level SMU request of the seam
 (`DcRequest`: compliance, hold stress, floating lines, per-point operating points); here every
 line has an SMU (`dc_capacity`: rows + cols sources, ground available), so a request never
 needs time multiplexing, and its current ranges never overflow unless a fixed range is asked
