@@ -7,9 +7,10 @@ at its targets (no transfer). `protocols.inference.run` measures the half-moons 
 
 - ``station``: through the station's own rig, rows driven and columns measured by its SMUs
   through the 707B (`CrossbarRig.column_currents` as a DC request, over the emulated
-  instruments): sim-pmu (4200A, four SMUs: 3 rows + 1 column per pass), and a WGFMU crossbar
-  station (B1500 with four SMUs on matrix rows and a ground row; the shipped sim-wgfmu is a
-  single crosspoint, where the 3x8 tiles do not fit);
+  instruments): sim-pmu (4200A, four SMUs: 3 rows + 1 column per pass, one list sweep each),
+  and a WGFMU crossbar station (B1500 with four SMUs on matrix rows and a ground row, set and
+  measured point by point; the shipped sim-wgfmu is a single crosspoint, where the 3x8 tiles
+  do not fit);
 - ``array tester``: what `xbarlab infer` used before on these stations, the simulator's
   `SimulatedRig` on the same chip with the station's latency model (one source per word line,
   one meter per bit line, one list sweep per call).
