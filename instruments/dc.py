@@ -8,10 +8,16 @@ to fixed lines (a probe card, or a WGFMU RSU passing the SMU through). A pass:
    to its SMU path, the WGFMU channel to SMU mode);
 2. routing: one `exclusive_close` putting each group's lines on its SMU's matrix row (grounded
    lines on the ground row, floating lines on nothing);
-3. the SMUs are prepared (user mode or enabled, integration, current ranges) and, point by
-   point, set to their levels (only the SMUs whose level changed), held `hold` seconds (a real
-   rig sleeps, a simulated one advances its clock) and read: the current of every sensed SMU,
-   and its output voltage when it reports compliance;
+3. the points: on an instrument with list sweeps (the 4200, `K4200.list_sweep`) a request of
+   several points is one system-mode test per 4096 points: every SMU steps through its list of
+   levels (the first the master), each point is held `hold` seconds (`DT`) and read, and the
+   readings come back in one `DO` per name; the currents of every sensed SMU, its output
+   voltage where it reports compliance, and the time of each reading. Otherwise (the B1500:
+   its multi-channel sweep `MM 16` needs commands the reference does not hold; a single point;
+   a fixed current range) the SMUs are prepared (user mode or enabled, integration, current
+   ranges) and, point by point, set to their levels (only the SMUs whose level changed), held
+   `hold` seconds (a real rig sleeps, a simulated one advances its clock) and read: the current
+   of every sensed SMU, and its output voltage when it reports compliance;
 4. every SMU used is turned off; `release()` tells the rig its pulse set-up must be redone.
 
 Instrument time is what the instruments take: one round trip per command, the integration,
@@ -90,9 +96,13 @@ class DcBank:
         try:
             self.connect(used)
             self._route(groups, assigned)
-            self.inst.prepare_smus(smus, nplc=request.nplc, i_range=request.i_range,
-                                   fixed=request.fixed_range)
-            out = self._points(groups, assigned, request, lab)
+            if request.points > 1 and not request.fixed_range and \
+                    hasattr(self.inst, "list_sweep"):
+                out = self._sweep(groups, assigned, request, lab)
+            else:
+                self.inst.prepare_smus(smus, nplc=request.nplc, i_range=request.i_range,
+                                       fixed=request.fixed_range)
+                out = self._points(groups, assigned, request, lab)
         except BaseException:
             try:  # the error that stopped the pass is what matters; the rig makes all safe
                 self.inst.release_smus(smus)
@@ -104,6 +114,35 @@ class DcBank:
         self.release()
         return out
 
+    def _comp(self, groups, assigned, request: DcRequest) -> dict:
+        """Current compliance of each SMU: the request's for a sensing SMU, the source
+        compliance for one that only holds levels."""
+        held = request.compliance if request.source_compliance is None \
+            else request.source_compliance
+        return {port.smu: (request.compliance if g.sensed else held)
+                for g, ports in zip(groups, assigned, strict=True) for port in ports}
+
+    def _sweep(self, groups: list[DcGroup], assigned: list[list[SmuPort]],
+               request: DcRequest, lab: Lab) -> list[DcMeasured]:
+        """All points as list sweeps of the instrument (`K4200.list_sweep`): the first SMU the
+        master; `hold` the delay before each point is measured."""
+        levels = {port.smu: np.asarray(g.volts, float)
+                  for g, ports in zip(groups, assigned, strict=True) for port in ports}
+        sensed = [(g, ports[0].smu) for g, ports in zip(groups, assigned, strict=True)
+                  if g.sensed]
+        res = self.inst.list_sweep(levels, [s for _, s in sensed],
+                                   self._comp(groups, assigned, request), nplc=request.nplc,
+                                   i_range=request.i_range, delay=request.hold, now=lab.now,
+                                   wait=lab.wait)
+        out = []
+        for g, smu in sensed:
+            status, v = res.status[smu], res.volts[smu]
+            comp = status == "C"
+            volts = np.where(comp & np.isfinite(v), v, np.asarray(g.volts, float))
+            out.append(DcMeasured(volts, res.current[smu], comp, status == "V", res.t.copy(),
+                                  status == "T"))
+        return out
+
     def _points(self, groups: list[DcGroup], assigned: list[list[SmuPort]],
                 request: DcRequest, lab: Lab) -> list[DcMeasured]:
         n = request.points
@@ -111,10 +150,7 @@ class DcBank:
                   if g.sensed]
         out = [DcMeasured(np.array(g.volts, float), np.zeros(n), np.zeros(n, bool),
                           np.zeros(n, bool), np.zeros(n), np.zeros(n, bool)) for g, _ in sensed]
-        held = request.compliance if request.source_compliance is None \
-            else request.source_compliance
-        comp = {port.smu: (request.compliance if g.sensed else held)
-                for g, ports in zip(groups, assigned, strict=True) for port in ports}
+        comp = self._comp(groups, assigned, request)
         last: dict[int, float] = {}  # level each SMU holds since the previous point
         for p in range(n):
             levels = {}

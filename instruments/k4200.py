@@ -5,7 +5,9 @@ anything else is the instrument refusing it: the driver then reads `:ERROR:LAST:
 InstrumentError naming the command and both replies. Queries (`...?`, `TI`, `GP`) answer their
 value instead of `ACK`.
 
-Covers SMU user mode (`US`, `DV`, `TI`, `TV`, `RG`, `IT`: dc-commands.md §1.2), the user library
+Covers SMU user mode (`US`, `DV`, `TI`, `TV`, `RG`, `IT`: dc-commands.md §1.2), the system-mode
+list sweep (`DE`/`CH`, `SS`/`VL`/`HT`/`DT`, `SM`/`DM2`/`LI`, `MD`/`ME1`, `SP`, `DO`: §1.3; see
+`K4200.list_sweep`), the user library
 (`UL`, `EX`, `GP`) and the 4225-PMU in segment-arbitrary mode (`:PMU:...`). The reply formats
 marked (confirm) in instruments.md §9 are parsed leniently (`RETURN VALUE = 0` or a bare `0`).
 
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,6 +40,11 @@ RPM_PMU, RPM_SMU = 0, 2
 IT_CODES = {0.1: 1, 1.0: 2, 10.0: 3}
 #: the 4200-SMU's lowest current range without preamp [A] (dc-commands.md §1.2, DI code 3)
 SMU_LOWEST_RANGE = 100e-9
+#: points of one list sweep (`VL`, 4200RM p.9-25)
+MAX_LIST = 4096
+#: `SP` status byte: bit0 data ready, bit1 syntax error, bit4 busy (dc-commands.md §1.1, PM-K);
+#: a system-mode test is finished when the byte is 0 or 1 (TEK-S)
+SP_SYNTAX, SP_BUSY = 2, 16
 
 
 def _smu_source(limits, m) -> None:
@@ -47,6 +55,13 @@ def _smu_source(limits, m) -> None:
     limits.check_source(kind, float(value), float(comp), where=f"K4200 raw D{kind}{ch}")
 
 
+def _list_levels(limits, m) -> None:
+    """`VLch, master, Icomp, v1, ..., vk`: every level in the envelope, the compliance too."""
+    comp, body = float(m.group(1)), m.group(2)
+    for v in re.findall(NUM, body):
+        limits.check_source("V", float(v), comp, where="K4200 raw VL level")
+
+
 def _sarb_levels(limits, m) -> None:
     for v in re.findall(NUM, m.group(1)):
         limits.check_level(float(v), where="K4200 raw SARB level")
@@ -54,10 +69,12 @@ def _sarb_levels(limits, m) -> None:
 
 _ARRAY = rf"(?:,\s*{NUM})+"
 #: every KXCI command the raw guard knows (instruments.md §4, dc-commands.md §1): those that
-#: set an output level are parsed and checked; the others set none. Not listed (so refused):
-#: standard-pulse, sweep, system-mode and PGU commands (`:PMU:PULSE:*`, `:PMU:STEP:*`,
-#: `:PMU:SWEEP:*`, `PV`, `VR`, `VC`, `DS`...), SARB `:ADD` arrays, other user-library modules,
-#: the custom integration `IT4,...` and `RI` (unconfirmed in user mode).
+#: set an output level are parsed and checked; the others set none. System mode: only what the
+#: list sweep sends (`CH` voltage-source channels, `VL`, `HT`, `DT`, `SS`, `SM`, `DM2`, `LI`,
+#: `MD`, `ME1`, `DO`). Not listed (so refused): standard-pulse, other sweep and PGU commands
+#: (`:PMU:PULSE:*`, `:PMU:STEP:*`, `:PMU:SWEEP:*`, `PV`, `VR`, `VP`, `VC`, `IL`, `DS`...),
+#: `ME2`-`ME4` (unconfirmed), SARB `:ADD` arrays, other user-library modules, the custom
+#: integration `IT4,...` and `RI` (unconfirmed in user mode).
 RAW_COMMANDS = allow_list({
     "*IDN?": (r"\*IDN\?", None), "ID": ("ID", None), "*OPT?": (r"\*OPT\?", None),
     "*RST": (r"\*RST", None), "BC": ("BC", None), "SP": ("SP", None),
@@ -68,6 +85,14 @@ RAW_COMMANDS = allow_list({
     "TI": (r"TI\d", None), "TV": (r"TV\d", None),
     "RG": (rf"RG \d,\s*{NUM}", None), "IT": (r"IT[123]", None),
     "GP": (r"GP \d+(?: \d+)?", None),
+    # system mode (dc-commands.md §1.3): channel definitions, list sweep, timing, listing, run
+    "SS": ("SS", None), "SM": ("SM", None), "MD": ("MD", None), "DM": ("DM2", None),
+    "ME": ("ME1", None),
+    "CH": (r"CH\d(?:,\s*'V\d',\s*'I\d',\s*1,\s*1)?", None),   # V source, VAR1 / channel off
+    "VL": (rf"VL\d,\s*[01],\s*({NUM})((?:,\s*{NUM})+)", _list_levels),
+    "HT": (rf"HT {NUM}", None), "DT": (rf"DT {NUM}", None),
+    "LI": (r"LI '\w{1,6}'(?:,\s*'\w{1,6}')*", None),
+    "DO": (r"DO '\w{1,6}'", None),
     "EX": (r"EX pmuulib kxci_rpm_switch\(\d+,\d+\)", None),   # RPM path, no level
     ":PMU:INIT": (r":PMU:INIT [01]", None),
     ":PMU:RPM:CONFIGURE": (r":PMU:RPM:CONFIGURE PMU1-[12],\s*[0-3]", None),
@@ -87,6 +112,19 @@ RAW_COMMANDS = allow_list({
     ":PMU:DATA:COUNT?": (r":PMU:DATA:COUNT\? [12]", None),
     ":PMU:DATA:GET": (r":PMU:DATA:GET [12],\s*\d+,\s*\d+", None),
 })
+
+
+@dataclass
+class ListSweep:
+    """What a list sweep measured, per sensed SMU and point: `current` [A] (NaN on overflow),
+    `volts` [V] (the output voltage where the SMU read compliance, else NaN), `status` (the
+    reading's status letter: N, C this SMU in compliance, T another, V overflow...), and `t`
+    [s] on the lab's clock."""
+
+    current: dict
+    volts: dict
+    status: dict
+    t: np.ndarray
 
 
 def _grid(t: float) -> float:
@@ -373,7 +411,7 @@ class K4200(MessageInstrument):
             raise InstrumentError("the 4200 offers no fixed current range here (RI in user "
                                   "mode is unconfirmed, dc-commands.md §4); use a lowest "
                                   "range (limited auto)", instrument=self.name)
-        plc = min((c for c in IT_CODES if c >= nplc * (1 - 1e-9)), default=10.0)
+        plc = self._plc(nplc)
         # US whatever mode the driver believes in: what a pass sends never depends on the
         # passes before it (a resumed run sends exactly what the uninterrupted one did)
         self._mode = ""
@@ -398,6 +436,143 @@ class K4200(MessageInstrument):
     def release_smus(self, smus: Sequence[K4200Smu]) -> None:
         for smu in smus:
             smu.off()
+
+    def list_sweep(self, levels: Mapping[K4200Smu, Sequence[float]],
+                   sensed: Sequence[K4200Smu], compliance: Mapping[K4200Smu, float], *,
+                   nplc: float, i_range: float | None, delay: float = 0.0,
+                   now: Callable[[], float], wait: Callable[[float], None]) -> ListSweep:
+        """Force each SMU of `levels` through its list of k voltages, one point after the other,
+        and read the current (and the output voltage) of every `sensed` SMU at each point: one
+        system-mode test per MAX_LIST points (dc-commands.md §1.3, order as TEK-S):
+
+            BC;DE;CHn, 'Vn', 'In', 1, 1 (each SMU used; CHn off for the others)
+            SS;ITc;HT 0;DT delay;RG n, amps (each SMU)     VLn, master, Icomp, v1, ..., vk
+            SM;DM2;LI 'In','Vn',...,'CHnT'                  MD;ME1
+            SP (polled until 0 or 1)                        DO 'In' / 'Vn' / 'CHnT'
+
+        The first SMU is the list master, the others subordinate. Unconfirmed (kept out of the
+        docs' confirmed facts, dc-commands.md §1.3): that a subordinate list channel is defined
+        with CH function 1 (VAR1) like the master, and that a list channel's readings follow
+        its steps; a sensed SMU therefore sweeps a list of its levels (0 V for a meter) rather
+        than a constant `VC`, whose reading per step the reference does not state. `delay` is
+        the `DT` wait per point before it is measured (`HT` 0). The integration is the
+        4200's 0.1 / 1 / 10 PLC at or above `nplc`, the lowest autorange `i_range` (else the
+        100 nA range).
+
+        The first `SP` poll is sent once the points' integrations can have passed (`wait`, the
+        lab's clock: a real sleep on a probe station), then one poll per tenth of that. Every
+        level and compliance is checked before anything is sent; a refused command, a syntax
+        error reported by `SP`, a test that does not finish within the timeout or a malformed
+        `DO` reply raises, after `make_safe` (every SMU off). Timestamps: `t` is the time of
+        each reading on the lab's clock (the ME1 time plus the `CHnT` stamp of the first
+        sensed SMU)."""
+        smus = list(levels)
+        k = len(levels[smus[0]]) if smus else 0
+        if not smus or not sensed or any(len(v) != k for v in levels.values()) or k == 0:
+            raise ValueError("a list sweep needs SMUs with lists of one length >= 1 and a "
+                             "sensed SMU")
+        if any(s not in levels for s in sensed):
+            raise ValueError("every sensed SMU must be forced (a meter at 0 V)")
+        for smu in smus:
+            self.limits.check_compliance(compliance[smu], where=str(smu))
+            for v in levels[smu]:
+                self.limits.check_level(float(v), where=str(smu))
+        plc = self._plc(nplc)
+        try:
+            parts = [self._list_chunk(smus, {s: levels[s][a:a + MAX_LIST] for s in smus},
+                                      sensed, compliance, plc, i_range, delay, now, wait)
+                     for a in range(0, k, MAX_LIST)]
+        except BaseException:
+            try:  # the error that stopped the sweep is what matters
+                self.make_safe()
+            except Exception:
+                pass
+            raise
+        return ListSweep({s: np.concatenate([p.current[s] for p in parts]) for s in sensed},
+                         {s: np.concatenate([p.volts[s] for p in parts]) for s in sensed},
+                         {s: np.concatenate([p.status[s] for p in parts]) for s in sensed},
+                         np.concatenate([p.t for p in parts]))
+
+    def _plc(self, nplc: float) -> float:
+        return min((c for c in IT_CODES if c >= nplc * (1 - 1e-9)), default=10.0)
+
+    def _list_chunk(self, smus, levels, sensed, compliance, plc, i_range, delay, now,
+                    wait) -> ListSweep:
+        k = len(levels[smus[0]])
+        used = {s.number for s in smus}
+        self._mode = "SY"   # system mode: the next user-mode command sends US again
+        self.cmd(";".join(["BC", "DE"] + [f"CH{n}, 'V{n}', 'I{n}', 1, 1" for n in sorted(used)]
+                          + [f"CH{n}" for n in range(1, self.smus + 1) if n not in used]))
+        self.cmd(";".join(["SS", f"IT{IT_CODES[plc]}", "HT 0", f"DT {fmt(delay)}"]
+                          + [f"RG {s.number}, {fmt(i_range or SMU_LOWEST_RANGE)}"
+                             for s in smus]))
+        for a, smu in enumerate(smus):
+            self.cmd(f"VL{smu.number}, {1 if a == 0 else 0}, {fmt(compliance[smu])}, "
+                     + ", ".join(fmt(v) for v in levels[smu]))
+        stamp = f"CH{sensed[0].number}T"
+        names = [f"{x}{s.number}" for s in sensed for x in "IV"] + [stamp]
+        self.cmd("SM;DM2;LI " + ",".join(f"'{n}'" for n in names))
+        t0 = now()
+        self.cmd("MD;ME1")
+        # the points' settling is the SMUs' own; their integrations and delays at least
+        expected = k * (delay + plc / 50.0)
+        self._await_test(t0, expected, wait, now)
+        current = {s: self._readings(f"I{s.number}", k) for s in sensed}
+        volts = {}
+        for s in sensed:  # where a meter was in compliance, its output voltage says where
+            volts[s] = np.full(k, np.nan)
+            comp = current[s][1] == "C"
+            if comp.any():
+                volts[s] = np.where(comp, self._readings(f"V{s.number}", k)[0], np.nan)
+        stamps = self._readings(stamp, k)[0]
+        return ListSweep({s: current[s][0] for s in sensed}, volts,
+                         {s: current[s][1] for s in sensed}, t0 + stamps)
+
+    def _await_test(self, t0: float, expected: float, wait, now) -> None:
+        """Poll `SP` until the test has finished (0 or 1), first once `expected` seconds have
+        passed since `t0`, then every tenth of it; InstrumentTimeout after `timeout` more."""
+        left = t0 + expected - now()
+        if left > 0:
+            wait(left)
+        step, waited = max(expected / 10, 1e-3), 0.0
+        while True:
+            reply = self.query("SP")
+            try:
+                status = int(reply)
+            except ValueError:
+                raise InstrumentError("bad status byte", instrument=self.name, command="SP",
+                                      reply=reply) from None
+            if status & SP_SYNTAX:
+                raise InstrumentError("the list sweep was refused (SP: syntax error)",
+                                      instrument=self.name, command="SP", reply=reply)
+            if status in (0, 1):
+                return
+            if waited > self.timeout:
+                raise InstrumentTimeout("system-mode test still running", instrument=self.name,
+                                        command="ME1")
+            wait(step)
+            waited += step
+
+    def _readings(self, name: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`DO 'name'`: k readings `X±N.NNNNE±NN` (status letter, value), comma or CR/LF
+        delimited (4200RM p.9-52); an overflow (status V, or a value over 1e37 as SM-4200
+        reads it: KXCI's number is unconfirmed) becomes NaN with status V."""
+        command = f"DO '{name}'"
+        reply = self.query(command)
+        items = [x.strip() for x in re.split(r"[,\r\n]+", reply) if x.strip()]
+        try:
+            status = np.array([x[0] if x[0].isalpha() else "N" for x in items])
+            value = np.array([float(x[1:] if x[0].isalpha() else x) for x in items])
+        except (ValueError, IndexError):
+            raise InstrumentError(f"bad readings of {name}", instrument=self.name,
+                                  command=command, reply=reply[:200]) from None
+        if len(items) != k:
+            raise InstrumentError(f"expected {k} readings of {name}, got {len(items)}",
+                                  instrument=self.name, command=command, reply=reply[:200])
+        over = (status == "V") | ~(np.abs(value) <= 1e37)
+        status[over] = "V"
+        value[over] = np.nan
+        return value, status
 
     # -- user library --------------------------------------------------------------------------
     @staticmethod

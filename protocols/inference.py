@@ -27,10 +27,16 @@ their device-to-device spread; physics.md §3.3), margin 3. The station's read l
 by the rig seam on every level.
 
 Channel counts. A call drives at most ``channels.sources`` rows and measures at most
-``channels.meters`` columns. More columns than meters: the same patterns are applied again for
-each group of columns (exact: every column is at 0 V either way). More rows than sources: rows
-are driven in groups and the currents added (superposition: exact for linear devices, not for
-the sinh I-V; the run records how many groups it used and logs a warning).
+``channels.meters`` columns (on a station: its SMUs, split between rows and columns as
+`CrossbarRig.channels` says; the 4200's four SMUs on an 8x8 crossbar drive 3 rows and meter 1
+column per call). More columns than meters: the same patterns are applied again for each group
+of columns (exact: every column is at 0 V either way). More rows than sources: rows are driven
+in groups and the currents added (superposition: exact for linear devices, and for any
+devices on ideal lines, where each device sees only its own row's level; with line resistance
+and the sinh I-V together it is approximate).
+Each group is one call, which on a station is one DC pass (matrix routing, SMUs prepared,
+every pattern forced and measured again): the run logs how many row and column groups each
+tile needs and records the largest counts in its summary (``row_groups``, ``col_groups``).
 
 Storage (database.runs, protocol "inference"): the plan and the encoding are the run config;
 units of work = (tile, batch of test points), tile by tile in the plan's order (so a station that
@@ -74,8 +80,8 @@ log = logging.getLogger("xbarlab.inference")
 
 PROTOCOL = "inference"
 #: instrument-time categories kept per unit ("other": whatever the rig books elsewhere)
-TIME_CATEGORIES = ("round_trip", "relay", "pulse", "read", "dc_settle", "dc_integration",
-                   "other")
+TIME_CATEGORIES = ("round_trip", "command", "relay", "pulse", "read", "dc", "dc_settle",
+                   "dc_integration", "other")
 ANALOG, READBACK = 0, 1  # `timing.kind`
 
 #: the summary's metrics (``protocols.summaries``)
@@ -83,6 +89,7 @@ SUMMARY = {
     "points": Metric("test points"),
     "tiles": Metric("tiles (one crossbar each)"),
     "row_groups": Metric("row groups driven one after the other per tile"),
+    "col_groups": Metric("column groups measured one after the other per tile"),
     "accuracy": Metric("test accuracy on the crossbars (column currents)", "fraction"),
     "accuracy_readback": Metric("test accuracy estimated from read-back conductances",
                                 "fraction"),
@@ -259,9 +266,13 @@ def measure_tile(rig: CrossbarRig, tm: TileMap, volts: np.ndarray) -> np.ndarray
     return out
 
 
-def row_groups(rig: CrossbarRig, tm: TileMap) -> int:
+def tile_groups(rig: CrossbarRig, tm: TileMap) -> tuple[int, int]:
+    """(row groups, column groups) `measure_tile` splits the tile into on `rig`: each pair is
+    one `column_currents` call (on a station, one DC pass)."""
     ch = rig.channels
-    return 1 if ch is None else -(-tm.rows.size // ch.sources)
+    if ch is None:
+        return 1, 1
+    return -(-tm.rows.size // ch.sources), -(-tm.cols.size // ch.meters)
 
 
 def check_crossbar(plan: ConductancePlan, rig: CrossbarRig, t: int, name: str) -> None:
@@ -406,11 +417,16 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                 check_crossbar(plan, rig, t, name)
                 if max(first, start) == start:  # the first tile of this session
                     restore_progress("inference", writer, units, rig)
-                groups[t] = row_groups(rig, tm)
-                if groups[t] > 1:
+                groups[t] = tile_groups(rig, tm)
+                if groups[t][0] > 1:
                     log.warning("tile %d: %d rows on %d sources: driven in %d groups and the "
                                 "currents added (superposition, approximate for non-linear "
-                                "devices)", t, tm.rows.size, rig.channels.sources, groups[t])
+                                "devices on resistive lines)", t, tm.rows.size, rig.channels.sources,
+                                groups[t][0])
+                if groups[t][1] > 1:
+                    log.info("tile %d: %d columns on %d meters: measured in %d groups, each "
+                             "applying every pattern again", t, tm.cols.size,
+                             rig.channels.meters, groups[t][1])
                 last_of_layer = not any(m.layer == tm.layer for m in maps[t + 1:])
                 for b in range(max(0, start - first), n_batches):
                     interrupts.check()  # a Ctrl-C lost in a finaliser (e.g. during the commit)
@@ -455,7 +471,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                     bar.advance(0)
     interrupts.check()  # the run is not complete if the last commit lost a Ctrl-C
     tables = {name: writer.table(name) for name in TABLES}
-    summary = summarize(plan, tables, row_groups=max(groups.values(), default=1))
+    summary = summarize(plan, tables, groups=list(groups.values()))
     writer.finish(summary)
     log.info("inference: %s", summary)
     return ChipRunResult(writer.path, writer.run, summary, start, plan, tables)
@@ -481,10 +497,13 @@ def _predictions(plan: ConductancePlan, z: np.ndarray, g_read: np.ndarray, x: np
 
 
 def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame], *,
-              row_groups: int = 1) -> dict:
-    """Accuracies (fractions) and predicted instrument time of an inference run."""
+              groups: Sequence[tuple[int, int]] = ()) -> dict:
+    """Accuracies (fractions) and predicted instrument time of an inference run; `groups`:
+    (row groups, column groups) of the tiles this session measured."""
     p, tim = tables["predictions"], tables["timing"]
-    out: dict = {"points": int(len(p)), "tiles": int(plan.n_tiles), "row_groups": int(row_groups)}
+    out: dict = {"points": int(len(p)), "tiles": int(plan.n_tiles),
+                 "row_groups": max((int(g[0]) for g in groups), default=1),
+                 "col_groups": max((int(g[1]) for g in groups), default=1)}
     if len(p):
         out.update(accuracy=float((p.predicted == p.label).mean()),
                    accuracy_readback=float((p.predicted_readback == p.label).mean()),

@@ -30,6 +30,14 @@ ground): each sensed line needs an SMU of its own, lines at one level that are n
 one, grounded lines go to ground. When more lines are to be sensed than that allows, the
 request is split into passes that each sense a share and repeat every point (time
 multiplexing; `DcResult.passes` says how many). Concrete rigs implement `_dc_pass`.
+
+The analog read-out (`column_currents`: word lines driven, bit-line currents measured) is one
+DC request of that path: the rows forced at the pattern's levels, the sensed bit lines forced
+at 0 V and measured, every other line grounded. `channels` (how many rows and columns one call
+may take) follows from `dc_capacity` so that every call is one pass; callers time-multiplex
+larger tiles themselves (`protocols.inference.measure_tile`), so the grouping is theirs to say
+and record. A rig whose DC path is not its SMUs (the simulator's array tester) overrides
+`channels` and `_column_currents`.
 """
 
 from __future__ import annotations
@@ -103,9 +111,10 @@ def recording_safe_states() -> Iterator[list[SafeOutcome]]:
 
 @dataclass(frozen=True)
 class Channels:
-    """What a rig's DC path (`CrossbarRig.column_currents`) can do in one execution: how many
-    word lines it can drive with independent voltages (`sources`) and how many bit lines it can
-    measure at once (`meters`)."""
+    """What a rig's analog read-out (`CrossbarRig.column_currents`) can take in one call: how
+    many word lines it can drive with independent voltages (`sources`) and how many bit lines it
+    can measure at once (`meters`). On an SMU rig both come from one pool of SMUs
+    (`CrossbarRig.channels` says how it is split)."""
 
     sources: int
     meters: int
@@ -126,6 +135,9 @@ class Limits(Protocol):
     def check_level(self, volts: float, *, where: str = "") -> None: ...
 
     def check_compliance(self, amps: float, *, where: str = "") -> None: ...
+
+    #: the largest current compliance a source may run with [A]
+    i_compliance: float
 
 
 #: a crossbar line: ("row", i) (word line) or ("col", j) (bit line), 0-based
@@ -409,16 +421,45 @@ class CrossbarRig(abc.ABC):
                                 f"{self.shape}")
         return out
 
-    # -- the DC path: rows driven, column currents measured ---------------------------------
+    # -- the analog read-out: rows driven, column currents measured -------------------------
+    #: integration of each read-out current [power-line cycles]: 0.1 PLC, the 4200A's `IT1`
+    #: (1.7 ms at 60 Hz); the B1500 DC path integrates whole PLCs on its high-resolution ADC,
+    #: so 1 PLC there (16.7 ms)
+    READOUT_NPLC = 0.1
+
     @property
     def channels(self) -> Channels | None:
-        """The DC path's channel counts, or None when this rig has no DC path (then
-        `column_currents` raises NotAvailableError)."""
-        return None
+        """How many word lines (`sources`) and bit lines (`meters`) one `column_currents` call
+        may take, or None when the rig cannot run the analog read-out (then `column_currents`
+        raises NotAvailableError). Derived from `dc_capacity`, so that a call is one DC pass:
+
+        - every line wired to an SMU of its own (`fixed`): all word lines and all bit lines;
+        - SMUs routed by a matrix: a pool of `dc_capacity.sources` SMUs, less one that holds
+          the lines not in use at 0 V when the matrix cannot ground them. Word lines first:
+          as many as the crossbar has, leaving at least one SMU to meter; the rest meter bit
+          lines. Driving all of a tile's rows at once needs no superposition of row groups
+          (exact with line resistance too), and it was the cheapest split measured: the
+          half-moons network on the 4200's four SMUs cost 381 ms per inference with 3 rows +
+          1 column per pass, 402 ms with 2 + 2, 553 ms with 1 + 3, setting and measuring
+          point by point (bench/infer_time.py); with the 4200's list sweep 3 + 1 costs 92 ms
+          (the other splits not re-measured).
+          Fewer than two SMUs in the pool: None.
+        """
+        cap = self.dc_capacity
+        if cap is None:
+            return None
+        rows, cols = self.shape
+        if cap.fixed:
+            return Channels(rows, cols)
+        pool = cap.sources - (0 if cap.ground else 1)
+        if pool < 2:
+            return None
+        sources = min(rows, pool - 1)
+        return Channels(sources, min(cols, pool - sources))
 
     def column_currents(self, rows, volts, cols) -> np.ndarray:
         """Drive word lines `rows` with `volts` and measure the currents of bit lines `cols`:
-        the analog vector-matrix product of the crossbar, one execution.
+        the analog vector-matrix product of the crossbar.
 
         Arguments (SI): ``rows`` distinct word-line indices (at most ``channels.sources``);
         ``volts`` shape (k, len(rows)): k drive patterns, applied one after the other, volts[a,
@@ -427,24 +468,29 @@ class CrossbarRig(abc.ABC):
 
         Contract every rig implements:
 
-        - every other word line is held at 0 V (a source at 0 V or the matrix's ground), every
+        - every other word line is held at 0 V (an SMU at 0 V or the matrix's ground), every
           bit line is at 0 V: the measured ones at the virtual ground of a meter, the others
           connected to ground, so no line floats and the only voltages on the array are
           ``volts``;
         - sign: a current is positive when it flows out of the array into the meter, so a
           positive row voltage on a device gives a positive column current (the sensed current
-          of a grounded read; I ~ G V near the read voltage, devices are not exactly linear);
+          of a grounded read; I ~ G V near the read voltage, devices are not exactly linear).
+          `DcResult` counts the other way (into the array);
         - the levels are DC bias, not pulses: each is checked against the station's read/bias
-          limit (``limits.check_bias``) here, before the rig sees the request; sources run with
-          the station's current compliance (``limits.i_compliance``), and a line that reaches it
-          ends the request with a ComplianceError (outputs back at 0 V);
-        - timing: one call is one instrument execution (a list sweep: one host round trip for
-          the k patterns), each pattern costs the source settling plus one current integration
-          (all meters in parallel), and a change of the lines connected since the previous call
-          costs a matrix reconfiguration; the rig charges all of it to `clock` (by category in
-          `time_breakdown` where it keeps one). A rig whose instruments hold fewer patterns per
-          execution splits the call and charges each execution;
-        - afterwards every output is back at 0 V.
+          limit (``limits.check_bias``) here, before the rig sees the request (and `dc` checks
+          each again against the source envelope); sources run with the station's current
+          compliance (``limits.i_compliance``), and a line that reaches it ends the request
+          with a ComplianceError, the rig made safe (outputs off, relays open);
+        - timing: what the rig's DC path charges for it. On an SMU rig (the default, one
+          `DcRequest` of one pass, `hold` 0, READOUT_NPLC): connecting the SMUs (RPMs or RSUs
+          switched) and routing the lines (one matrix reconfiguration), then on the 4200 one
+          list sweep (a fixed set of messages, one execution, per pattern the source settling
+          and the integration, a status poll and the readings' transfer), on the B1500 the
+          SMUs prepared and per pattern one host command per SMU whose level changes and per
+          meter one measurement (round trip, source settling, integration); the SMUs turned
+          off; every call pays its own connection and routing. The simulator's array tester
+          (`simulator.direct_rig.SimulatedRig`) charges its own list-sweep model;
+        - afterwards every output is back at 0 V (off).
 
         Keeping the levels inside a range that does not disturb the devices (far below their
         switching thresholds) is the protocol's business (`protocols.inference`); the seam
@@ -454,7 +500,7 @@ class CrossbarRig(abc.ABC):
         if ch is None:
             raise NotAvailableError(f"analog read-out (rows driven, column currents measured) is "
                                     f"not available on this rig ({self.name}): it has no DC "
-                                    "source/measure path")
+                                    "source/measure path with at least two SMUs")
         n_rows, n_cols = self.shape
         rows = self._lines(rows, n_rows, ch.sources, "word line", "sources")
         cols = self._lines(cols, n_cols, ch.meters, "bit line", "meters")
@@ -490,8 +536,28 @@ class CrossbarRig(abc.ABC):
 
     def _column_currents(self, rows: np.ndarray, volts: np.ndarray,
                          cols: np.ndarray) -> np.ndarray:
-        # rigs with a DC path override this and `channels`
-        raise NotAvailableError(f"analog read-out is not available on this rig ({self.name})")
+        """The read-out as one DC request on the rig's SMUs (checked arguments)."""
+        zero = np.zeros(volts.shape[0])
+        sense = [("col", int(c)) for c in cols]
+        levels: dict[Line, Sequence[float]] = {("row", int(r)): volts[:, i]
+                                               for i, r in enumerate(rows)}
+        levels.update(dict.fromkeys(sense, zero))
+        # settling is the SMU's own before each measurement: no extra hold
+        res = self.dc(DcRequest(levels, sense, compliance=self.limits.i_compliance, hold=0.0,
+                                nplc=self.READOUT_NPLC))
+        limited = res.compliance.any() or res.other_compliance.any()
+        if limited or res.overflow.any():
+            try:
+                self.safe_state()
+            except Exception as e:  # what stopped the read-out is the error to raise
+                log.error("%s: could not make every instrument safe: %s", self.name, e)
+            if limited:
+                raise ComplianceError(f"{self.name}: a line reached the current compliance "
+                                      f"({self.limits.i_compliance:.3g} A) during the analog "
+                                      "read-out")
+            raise ProtocolError(f"{self.name}: a column current overflowed its range during "
+                                "the analog read-out")
+        return -res.current
 
     # -- DC ------------------------------------------------------------------------------------
     @property

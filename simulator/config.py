@@ -223,5 +223,7 @@ class LatencyConfig(BaseModel):
     read_time: float = Field(10e-6, ge=0, le=1, description="one read incl. settling [s]")
     line_frequency: float = Field(60.0, ge=45, le=65, description="mains frequency [Hz]: one "
                                   "power-line cycle (PLC) of SMU integration is 1/line_frequency")
+    data_rate: float = Field(1e6, gt=0, le=1e10, description="bytes per second of a data reply "
+                             "(a KXCI `DO` list of readings) [B/s] (assumed; not measured)")
     smu_settle: float = Field(1e-3, ge=0, le=1, description="SMU source settling before each "
                               "DC measurement [s] (assumed; not from a datasheet)")

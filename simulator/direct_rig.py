@@ -19,19 +19,24 @@ charged to the crossbar's virtual clock from a LatencyConfig:
                     the devices for that time (simulator.dc.hold), then the operating point is
                     measured with read noise
 
-Two DC entry points share the latencies and the nodal solver but not their code.
-`column_currents` is the analog read-out of `protocols.inference`: an array tester with
-`channels` sources and meters (default: one per word line and one per bit line, so nothing is
-switched), all k patterns of a sweep solved together (every line driven: line resistance,
-sneak paths, sinh I-V) plus the read noise of a sensed current per column current; `ideal`
-switches effects off on this path only ("lines": no line and source resistance,
-"nonlinearity": linear devices, "noise": no read noise), to attribute an error to each effect
-(a rig with any of them off is an analysis tool, not a station). `dc` is the line-level SMU
-request of the seam (`DcRequest`: compliance, hold stress, floating lines, per-point
-operating points); here every line has an SMU (`dc_capacity`: rows + cols sources, ground
-available), so a request never needs time multiplexing, and its current ranges never
-overflow unless a fixed range is asked for. Not yet done: `column_currents` as a `DcRequest`
-(one path), which needs the effect switches and batched patterns in `simulator.dc`.
+Two DC entry points share the latencies and the nodal solver but not their code. The station
+rigs (instruments.rigs) have one: their `column_currents` is a `DcRequest` on their SMUs (the
+seam's default). This rig keeps a second, an array tester with `channels` sources and meters
+(default: one per word line and one per bit line, so nothing is switched), for two measured
+reasons: all k patterns of a call are solved together (every line driven: line resistance,
+sneak paths, sinh I-V) plus the read noise of a sensed current per column current, 0.23 ms of
+wall time for 50 patterns on 8x8 against 60 ms through `dc` (a hold and operating point per
+point; the Monte-Carlo chips of bench/repair.py and `explain_gap` run thousands of such
+calls); and `ideal` switches effects off on this path only ("lines": no line and source
+resistance, "nonlinearity": linear devices, "noise": no read noise), to attribute an error to
+each effect (a rig with any of them off is an analysis tool, not a station). Its timing is an
+ideal list-sweep tester's, not a station's (the half-moons network: 10.9 ms per inference here,
+92 ms through the 4200's SMUs on sim-pmu (list sweeps), 666 ms through a B1500's (point by
+point): `bench/infer_time.py`). `dc` is the line-level SMU request of the seam
+(`DcRequest`: compliance, hold stress, floating lines, per-point operating points); here every
+line has an SMU (`dc_capacity`: rows + cols sources, ground available), so a request never
+needs time multiplexing, and its current ranges never overflow unless a fixed range is asked
+for.
 
 The physics happens after the round trip, so volatile relaxation sees the host latency.
 """
@@ -68,9 +73,6 @@ class SimulatedRig(CrossbarRig):
     """
 
     name = "simulated"
-    #: integration of each column-current measurement [power-line cycles]: 0.1 PLC, the
-    #: 4200A's `IT1` (1.7 ms at 60 Hz)
-    READOUT_NPLC = 0.1
     #: effects the DC path can switch off (`ideal`)
     EFFECTS = ("lines", "nonlinearity", "noise")
 

@@ -8,14 +8,15 @@ bench/repair.py share.
   --from REPAIR.h5`);
 - `prior_of`: what the programming run tells a repair (stuck devices, earlier tunings, the
   transfer's pulse count);
-- `dc_opener`: rigs for the analog read-out: the station's own rig when it has one
-  (`channels`); on a simulated station whose rig has none yet (the PMU and WGFMU rigs: their
-  SMUs serve `CrossbarRig.dc`, not `column_currents`), `SimulatedRig` on the
-  same virtual chip with the station's limits, read settings and latency model (an array tester
-  with one source per word line and one meter per bit line), said in a note;
+- `dc_opener`: rigs for the analog read-out: the station's own rig, whose SMUs drive the rows
+  and measure the columns through its matrix (`CrossbarRig.column_currents` on its DC path), on
+  a simulated station through the emulated instruments as on a real one; a station without a
+  DC path fails in the protocol with the seam's NotAvailableError;
 - `explain_gap`: on a simulated chip, why the analog accuracy differs from the read-back one,
   computed by measuring again with line resistance, device non-linearity and read noise
-  switched off in turn (the chip is left exactly as it was).
+  switched off in turn (the chip is left exactly as it was). A simulator-only analysis: it
+  measures with `SimulatedRig` (the array tester whose effects can be switched off), not
+  through the station's instruments.
 """
 
 from __future__ import annotations
@@ -120,27 +121,10 @@ def prior_of(prog: Programmed) -> Prior:
     return Prior(stuck, None, prog.config.get("transfer_pulses"))
 
 
-def dc_opener(station, echo: Callable[[str], None] | None = None
-              ) -> Callable[[str], CrossbarRig]:
-    """How to open a rig with a DC path on `station`'s crossbar `name` (see the module
-    docstring); `echo` receives the note when the simulated fallback is used."""
-    probe = station.open_rig(station.cfg.crossbar if station.chip is not None else None)
-    with probe:
-        has_dc = probe.channels is not None
-    if has_dc or station.chip is None:
-        # a real station without a DC path fails in the protocol with its clear error
-        return lambda name: station.open_rig(name if station.chip is not None else None)
-    from simulator.config import LatencyConfig
-    from simulator.direct_rig import SimulatedRig
-
-    latency = LatencyConfig(**station.cfg.sim.latency)
-    chip = station.chip
-    if echo is not None:
-        echo(f"note: the {station.cfg.rig} rig's SMUs cannot run the analog read-out yet; rows "
-             "are driven and column currents measured by the direct simulated rig on the same "
-             "virtual chip (one source per word line, one meter per bit line), pulses too")
-    return lambda name: SimulatedRig(chip[name], latency=latency, limits=station.limits,
-                                     read=station.read_settings, lab=chip.lab)
+def dc_opener(station) -> Callable[[str], CrossbarRig]:
+    """How to open the rig of `station`'s crossbar `name` for the analog read-out (a real
+    station reaches one crossbar: the name is not its business)."""
+    return lambda name: station.open_rig(name if station.chip is not None else None)
 
 
 #: the measurements of `explain_gap`: effects switched off

@@ -10,8 +10,11 @@ earlier steps wrote (files, not objects: :data:`OUTPUTS`, :data:`NEEDS`), so eac
 rerun on its own, a step whose inputs are missing says which earlier step to run, and the
 report (xbarlab/report.py) shows exactly what is on disk.
 
-Sizes: :data:`FULL` is sized to finish in well under 10 minutes on a 2-core PC, :data:`QUICK`
-in under 2 minutes (the end-to-end test). torch is imported inside the training steps only.
+Sizes: :data:`FULL` and :data:`QUICK` (the end-to-end test) were sized to finish in well under
+10 and under 2 minutes on a 2-core PC while the repair step's analog read-outs ran on the
+simulator's array tester; through the station's emulated SMUs (one list sweep per pass) QUICK
+takes about 2.8 minutes on 2 loaded cores, its repair step 98 s (docs/chip-in-the-loop.md);
+FULL (12 repaired chips) was not re-measured. torch is imported inside the training steps only.
 """
 
 from __future__ import annotations

@@ -466,8 +466,9 @@ def build_sections(data: dict, timing: list[dict], figs: dict[str, str]) -> list
         "devices whose error costs the most, compensating stuck devices with their partner, and "
         "re-fitting layers on measured activations (protocols/repair.py, docs/guide.md). "
         "Accuracies are on the test set; 'analog' is measured on the crossbars, 'read-back' is "
-        "the estimate from conductances read back device by device. The PMU rig's SMUs do not "
-        "run the analog read-out yet: it uses the direct simulated rig on the same virtual chip.")
+        "the estimate from conductances read back device by device. The read-out runs on the "
+        "PMU station's own SMUs through the emulated 4200 and 707B, time-multiplexed over each "
+        "tile's rows and columns, as on a real station.")
     if any(r["calibrated"] for r in data["repairs"]):
         rep.text.append(
             "The repair also calibrated the periphery digitally (a gain and an offset per output "

@@ -25,12 +25,28 @@ quantised to 1e-4 of the range in use (this emulator's reading of the 5-digit re
 datasheet figure), so the floor limits the resolution of small currents. `IT1/2/3` integrate
 0.1 / 1 / 10 power-line cycles. Every SMU command is acknowledged over Ethernet and costs one
 round trip of virtual time; a measurement adds the source settling and the integration.
+
+System mode, list sweeps only (dc-commands.md §1.3): `DE` (channel page) with `CHn, 'Vn', 'In',
+1, 1` (a voltage-source VAR1 channel; bare `CHn` = undefined), `SS` with `VLn, master, Icomp,
+v1, ...` (one master, the others subordinate, equal lengths, <= 4096 points), `HT 0`, `DT s`,
+`IT`, `RG`; `SM` with `DM2` and `LI 'name',...`; `MD` with `ME1`, `SP` and `DO 'name'`. Commands
+of one message (`;`-separated) are run in turn and answered with one ACK (or the first error).
+`ME1` runs the test at once: the k points through `LabWorld.dc_sweep` (one batched nodal solve
+for the analog read-out, each point's DC stress for its hold), the clock charged one round
+trip for the execution and per point the source settling, the `DT` delay and the integration;
+the swept SMUs are off afterwards. `SP` then answers 1 (data ready; 0 before any test), `DO`
+the readings `X±N.NNNNE±NN` comma-separated (status and quantisation as `TI`), timestamps
+`CHnT` [s since the test started] as plain numbers; a query costs a round trip and a `DO`
+reply its bytes at `data_rate`. `HT` other than 0 and any other system-mode command are refused
+(not emulated).
 """
 
 from __future__ import annotations
 
 import math
 import re
+
+import numpy as np
 
 from simulator.emulators.world import Segment
 
@@ -40,6 +56,11 @@ _EX = re.compile(r"^EX (\w+) (\w+)\((.*)\)$")
 _DV = re.compile(r"^DV(\d)(?:,\s*(\d+),\s*([-+.\deE]+),\s*([-+.\deE]+))?$")
 _T = re.compile(r"^T([IV])(\d)$")
 _RG = re.compile(r"^RG (\d),\s*([-+.\deE]+)$")
+_CH = re.compile(r"^CH(\d)(?:,\s*'(\w{1,6})',\s*'(\w{1,6})',\s*(\d),\s*(\d))?$")
+_VL = re.compile(r"^VL(\d),\s*([01]),\s*([-+.\deE]+)((?:,\s*[-+.\deE]+)+)$")
+_NAMES = re.compile(r"'(\w{1,6})'")
+#: list-sweep points per test (4200RM p.9-25)
+MAX_LIST = 4096
 #: 4200-SMU current ranges without preamp [A] (dc-commands.md §1.2, DI codes 3-9)
 SMU_RANGES = (100e-9, 1e-6, 10e-6, 100e-6, 1e-3, 10e-3, 100e-3)
 #: IT code -> integration in power-line cycles (4200RM p.9-44)
@@ -78,6 +99,17 @@ class K4200Emulator:
         self._reset_pmu()
         self.sarb = False
         self.executions = 0
+        self._reset_system()
+
+    def _reset_system(self) -> None:
+        self.page = ""
+        self.channels: dict[int, tuple[str, str]] = {}       # CH: channel -> (V name, I name)
+        self.lists: dict[int, tuple[int, float, list[float]]] = {}  # VL: master, comp, levels
+        self.delay = 0.0
+        self.listed: list[str] = []
+        self.readings: dict[str, str] = {}
+        self.status_byte = 0
+        self.tests = 0
 
     def _reset_pmu(self) -> None:
         self.sarb = False
@@ -119,7 +151,9 @@ class K4200Emulator:
     def handle(self, msg: str) -> str | None:
         msg = msg.strip()
         try:
-            reply = self._dispatch(msg)
+            reply = None
+            for part in msg.split(";"):  # one message, one ACK (dc-commands.md §1.1)
+                reply = self._dispatch(part.strip()) or reply
         except KxciError as e:
             self.last_error = (e.code, e.text)
             return f"{e.text} ({e.code})"
@@ -144,17 +178,23 @@ class K4200Emulator:
             self.last_error = (0, "No error.")
             return None
         if msg == "BC":
+            self.readings, self.status_byte = {}, 0
             return None
-        if msg in ("US", "DE"):
+        if msg == "US":
             self.mode = "US"
             return None
         if msg == "UL":
             self.mode = "UL"
             return None
-        parts = msg.split(";")
-        if len(parts) > 1 and parts[0] == "US":  # pymeasure style "US;DV1,..."
-            self.mode = "US"
-            msg = parts[1]
+        if msg in ("DE", "SS", "SM", "MD"):
+            self.mode, self.page = "SY", msg
+            return None
+        if self.mode == "SY" and msg[:2] in ("CH", "VL", "HT", "DT", "IT", "RG", "DM", "LI",
+                                             "ME", "SP", "DO"):
+            return self._system(msg)
+        if msg == "SP":
+            self._query_time()
+            return str(self.status_byte)
         if msg[:2] in ("DV", "TI", "TV", "RG", "IT"):
             return self._smu_command(msg)
         m = _EX.match(msg)
@@ -181,15 +221,15 @@ class K4200Emulator:
         raise KxciError(-992, "Unrecognized command")
 
     # -- SMU user mode ------------------------------------------------------------------------
-    def _smu_command(self, msg: str) -> str | None:
-        if self.world is not None:  # acknowledged over Ethernet: one round trip each
+    def _smu_command(self, msg: str, charge: bool = True) -> str | None:
+        if self.world is not None and charge:  # acknowledged over Ethernet: one round trip each
             self.world.clock.advance(self.world.latency.round_trip, "round_trip")
         if msg[:2] == "IT":
             if msg[2:] not in ("1", "2", "3"):
                 raise KxciError(-122, "Illegal parameter")
             self.plc = IT_PLC[int(msg[2:])]
             return None
-        if self.mode != "US":
+        if self.mode != "US" and not (self.mode == "SY" and msg[:2] == "RG"):
             raise KxciError(-992, "Failure")
         m = _DV.match(msg)
         if m:
@@ -227,10 +267,121 @@ class K4200Emulator:
         if kind == "V":
             letter = "ABCD"[ch - 1] if ch <= 4 else "GHIJ"[ch - 5]
             return f"{status}{letter}V{volts:+.4E}"
+        return f"{status}{'ABCDEFGH'[ch - 1]}I{self._quantise(ch, amps):+.4E}"
+
+    # -- system mode: list sweeps --------------------------------------------------------------
+    def _query_time(self) -> None:
+        if self.world is not None:
+            self.world.clock.advance(self.world.latency.round_trip, "round_trip")
+
+    def _system(self, msg: str) -> str | None:
+        head = msg[:2]
+        need = {"CH": "DE", "VL": "SS", "HT": "SS", "DT": "SS", "IT": "SS", "RG": "SS",
+                "DM": "SM", "LI": "SM", "ME": "MD"}.get(head)
+        if need is not None and self.page != need:
+            raise KxciError(-992, "Failure")
+        if head == "CH":
+            m = _CH.match(msg)
+            if not m:
+                raise KxciError(-122, "Illegal parameter")
+            ch = self._smu_ch(m.group(1))
+            if m.group(2) is None:
+                self.channels.pop(ch, None)
+                self.lists.pop(ch, None)
+                return None
+            if (m.group(4), m.group(5)) != ("1", "1"):  # V source, VAR1: all that is emulated
+                raise KxciError(-122, "Illegal parameter")
+            self.channels[ch] = (m.group(2), m.group(3))
+            return None
+        if head == "VL":
+            m = _VL.match(msg)
+            if not m:
+                raise KxciError(-122, "Illegal parameter")
+            ch, comp = self._smu_ch(m.group(1)), float(m.group(3))
+            vals = [float(x) for x in m.group(4).split(",")[1:]]
+            if (ch not in self.channels or len(vals) > MAX_LIST or not 0 < abs(comp) <= 0.105
+                    or any(abs(v) > 210 for v in vals)):
+                raise KxciError(-122, "Illegal parameter")
+            self.lists[ch] = (int(m.group(2)), abs(comp), vals)
+            return None
+        if head in ("HT", "DT"):
+            seconds = float(msg[2:])
+            if not 0 <= seconds <= 1000 or (head == "HT" and seconds != 0):
+                raise KxciError(-122, "Illegal parameter")  # HT > 0: not emulated
+            self.delay = seconds if head == "DT" else self.delay
+            return None
+        if head in ("IT", "RG"):
+            return self._smu_command(msg, charge=False)
+        if msg == "DM2":
+            return None
+        if head == "LI":
+            self.listed = _NAMES.findall(msg)
+            return None
+        if msg == "ME1":
+            self._run_test()
+            return None
+        if msg == "SP":
+            self._query_time()
+            return str(self.status_byte)
+        m = re.match(r"^DO '(\w{1,6})'$", msg)
+        if not m or m.group(1) not in self.readings:
+            raise KxciError(-122, "Illegal parameter")
+        reply = self.readings[m.group(1)]
+        if self.world is not None:
+            self._query_time()
+            self.world.clock.advance(len(reply) / self.world.latency.data_rate, "transfer")
+        return reply
+
+    def _run_test(self) -> None:
+        chans = sorted(self.channels)
+        masters = [ch for ch in chans if self.lists.get(ch, (0,))[0] == 1]
+        if not chans or any(ch not in self.lists for ch in chans) or len(masters) != 1:
+            raise KxciError(-804, "list sweep: every channel needs a list, one the master")
+        k = len(self.lists[masters[0]][2])
+        if any(len(self.lists[ch][2]) != k for ch in chans):
+            raise KxciError(-804, "list sweep: lists of unequal length")
+        names = {n: ch for ch in chans for n in self.channels[ch]}
+        names.update({f"CH{ch}T": ch for ch in chans})
+        if any(n not in names for n in self.listed):
+            raise KxciError(-804, "list sweep: a listed name is not defined")
+        self.tests += 1
+        self.readings = {}
+        volts = {ch: np.asarray(self.lists[ch][2]) for ch in chans}
+        cur = {ch: np.zeros(k) for ch in chans}
+        lim = {ch: np.zeros(k, bool) for ch in chans}
+        held = 0.0
+        if self.world is not None:
+            lat = self.world.latency
+            t_int = self.plc / lat.line_frequency
+            held = lat.smu_settle + self.delay + t_int
+            self.world.clock.advance(lat.round_trip, "round_trip")   # arming the test
+            for ch in chans:
+                self.smu_compliance[ch] = self.lists[ch][1]
+                self.world.compliance[f"ksmu{ch}"] = self.lists[ch][1]
+            res = self.world.dc_sweep({f"ksmu{ch}": volts[ch] for ch in chans}, held, t_int)
+            for ch in chans:
+                volts[ch], cur[ch], lim[ch] = res[f"ksmu{ch}"]
+            for ch in chans:  # after the test the swept SMUs are off
+                self.smu.pop(ch, None)
+            self._publish()
+        any_lim = np.any([lim[ch] for ch in chans], axis=0)
+        for ch in chans:
+            other = any_lim & ~lim[ch]
+            status = np.where(lim[ch], "C", np.where(other, "T", "N"))
+            vname, iname = self.channels[ch]
+            self.readings[vname] = ",".join(f"{s}{v:+.4E}"
+                                            for s, v in zip(status, volts[ch], strict=True))
+            self.readings[iname] = ",".join(f"{s}{self._quantise(ch, i):+.4E}"
+                                            for s, i in zip(status, cur[ch], strict=True))
+            self.readings[f"CH{ch}T"] = ",".join(f"{(a + 1) * held:.6E}" for a in range(k))
+        self.status_byte = 1
+
+    def _quantise(self, ch: int, amps: float) -> float:
+        """A reading on the range autoranging picks from the `RG` floor (see the docstring)."""
         floor = self.smu_floor.get(ch, SMU_RANGES[0])
         rng = min((r for r in SMU_RANGES if r >= max(abs(amps), floor)), default=SMU_RANGES[-1])
         step = rng * 1e-4
-        return f"{status}{'ABCDEFGH'[ch - 1]}I{round(amps / step) * step:+.4E}"
+        return round(amps / step) * step
 
     def _smu_ch(self, text: str) -> int:
         ch = int(text)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from instruments.wiring import Line, Wiring
-from simulator import dc
+from simulator import dc, physics
 from simulator.config import LatencyConfig
 from simulator.errors import SimulatorError
 
@@ -52,6 +52,10 @@ class Segment:
     v1: dict[str, float]
     #: measurements in this segment: (terminal, t_from, t_to) relative to the segment start
     measures: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+#: largest summed relative change of any device a list sweep may predict for its batched solve
+SWEEP_CHANGE = 1e-3
 
 
 class LabWorld:
@@ -236,6 +240,100 @@ class LabWorld:
         other = any(op.limited[j] for j, n in enumerate(names) if n in siblings and j != k)
         return (float(op.volts[k]), float(self.crossbar.noisy(op.current[k], avg)),
                 bool(op.limited[k]), bool(other))
+
+    def dc_sweep(self, levels: dict[str, np.ndarray], held: float, integration: float
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """A list sweep of SMU terminals: at point a every terminal of `levels` is at
+        levels[t][a] (the others as `static` says) for `held` seconds (settling, delay and
+        integration, charged to the clock point by point as "dc"), then measured, integrated
+        over `integration` seconds. Returns, per terminal of `levels`: (output voltage [V],
+        current into the array with read noise [A], in compliance), k values each.
+
+        The DC stress of each point is applied for its hold, as a spot measurement's is
+        (`settle_dc`: a level unchanged since the previous point continues its hold). When
+        every line is driven, every bit line is at 0 V at every point (the analog read-out),
+        no source would exceed its compliance and the whole sweep is predicted to move no
+        device by more than SWEEP_CHANGE of its conductance, the k points are solved in one
+        batched nodal solve (`Crossbar.column_currents`, the conductances of the sweep's
+        start) and each point's stress is applied at the lines' levels (the device voltages
+        less the line drops: an upper bound on the stress). Otherwise every point is a
+        `simulator.dc.hold` and its operating point, like the spot path."""
+        self.settle_dc()  # what was held before the sweep
+        xb, p = self.crossbar, self.crossbar.config.device
+        names = list(levels)
+        lv = {t: np.asarray(levels[t], dtype=float) for t in names}
+        k = len(lv[names[0]])
+        saved = {t: self.static.get(t, math.nan) for t in names}
+        avg = integration / self.latency.read_time if self.latency.read_time > 0 else 1.0
+        row_v, col_v = np.empty((k, self.rows)), np.empty((k, self.cols))
+        for a in range(k):
+            row_v[a], col_v[a] = self.line_levels({t: float(lv[t][a]) for t in names})
+        keys = np.concatenate([row_v, col_v], axis=1)
+        same = np.r_[False, (keys[1:] == keys[:-1]).all(axis=1)] if k else np.zeros(0, bool)
+        self.reads_taken += k
+        out = self._sweep_batched(names, lv, row_v, col_v, same, held)
+        if out is None:
+            out = self._sweep_points(names, lv, same, held)
+        else:
+            v_dev = row_v[:, :, None] - col_v[:, None, :]
+            age = 0.0
+            for a in range(k):
+                age = age + held if same[a] else 0.0
+                self.clock.advance(held, "dc")
+                xb.apply_device_voltages(v_dev[a], physics.dc_width(age, age + held,
+                                                                    v_dev[a], p))
+        self.static.update(saved)
+        self._dc_since, self._dc_key, self._dc_op = self.clock.now, None, None
+        return {t: (v, xb.noisy(i, avg), lim) for t, (v, i, lim) in out.items()}
+
+    def _sweep_batched(self, names, lv, row_v, col_v, same, held):
+        """The batched read-out case of `dc_sweep` (noise-free), or None when it does not apply."""
+        xb, p = self.crossbar, self.crossbar.config.device
+        if not (np.isfinite(row_v).all() and np.isfinite(col_v).all()) or col_v.any():
+            return None
+        routing = self._routing()
+        v_dev = row_v[:, :, None] - col_v[:, None, :]
+        scale = np.maximum(xb.conductance(), 1e-9)
+        change, age = np.zeros(xb.shape), 0.0
+        for a in range(len(row_v)):
+            age = age + held if same[a] else 0.0
+            change += np.abs(xb.predict_change(v_dev[a], physics.dc_width(
+                age, age + held, v_dev[a], p))) / scale
+        if float(change.max(initial=0.0)) > SWEEP_CHANGE:
+            return None
+        rc, cc = xb.column_currents(row_v, noise=False)
+        out = {}
+        for t in names:
+            ri = [r for u, (rr, _) in routing.items() if self.links.get(u, u) == t for r in rr]
+            ci = [c for u, (_, cc_) in routing.items() if self.links.get(u, u) == t for c in cc_]
+            cur = rc[:, ri].sum(axis=1) - cc[:, ci].sum(axis=1)
+            if (np.abs(cur) > self.compliance.get(t, math.inf)).any():
+                return None
+            out[t] = (lv[t].copy(), cur, np.zeros(len(cur), bool))
+        return out
+
+    def _sweep_points(self, names, lv, same, held):
+        """`dc_sweep` point by point: each a DC hold and its operating point (noise-free)."""
+        k = len(lv[names[0]])
+        out = {t: (lv[t].copy(), np.zeros(k), np.zeros(k, bool)) for t in names}
+        op, age = None, 0.0
+        for a in range(k):
+            for t in names:
+                self.static[t] = float(lv[t][a])
+            self.clock.advance(held, "dc")
+            sources = self.dc_sources()
+            age = age + held if same[a] else 0.0
+            guess = op if op is not None and len(op.volts) == len(sources) else None
+            op = dc.hold(self.crossbar, sources, held, guess, age) if held > 0 else None
+            if op is None:
+                op = dc.operating_point(self.crossbar, sources, guess)
+            found = {s.name: j for j, s in enumerate(sources)}
+            for t in names:
+                j = found.get(t)
+                if j is not None:
+                    out[t][0][a], out[t][1][a] = op.volts[j], op.current[j]
+                    out[t][2][a] = op.limited[j]
+        return out
 
     def sensed_current(self, levels: dict[str, float], terminal: str) -> float:
         """Current [A] flowing out of `terminal` into the array at these levels."""

@@ -184,3 +184,155 @@ def test_rsus_pass_the_smus_after_pulses_too(tmp_path):
         rig.read(0, 0)                                        # and back to waveforms
         res = device_iv(rig, 0, 0, [0.1], compliance=1e-3)
         assert res.current[0] == pytest.approx(xb.conductance()[0, 0] * 0.1, rel=0.05)
+
+
+# -- the analog read-out on the SMUs: rows driven, column currents measured -------------------
+
+@pytest.mark.parametrize("which", ["4200", "B1500"])
+def test_station_column_currents_are_the_nodal_solution(which, tmp_path):
+    """Three word lines driven, one bit line measured at 0 V, the rest grounded: through the
+    drivers and the emulated SMUs and 707B, each current is the nodal solver's (line resistance,
+    sneak paths, sinh I-V) within the read noise, counted positive out of the array."""
+    st = _station(which, tmp_path, {"xbar0": FROZEN})
+    with st.open_rig() as rig:
+        assert rig.channels.sources == 3 and rig.channels.meters == 1   # four SMUs, rows first
+        xb = st.world.crossbar
+        _mixed(xb)
+        rows = np.array([1, 4, 6])
+        v = np.array([[0.2, -0.1, 0.05], [-0.15, 0.2, 0.2], [0.0, 0.0, 0.1]])
+        row_v = np.zeros((3, 8))
+        row_v[:, rows] = v
+        _, want = xb.solver.readout_currents(xb.conductance(), row_v)
+        p = xb.config.device
+        for col in (0, 5):
+            got = rig.column_currents(rows, v, [col])[:, 0]
+            sigma = p.read_noise_rel * np.abs(want[:, col]) + p.read_noise_abs
+            assert np.all(np.abs(got - want[:, col]) <= 5 * sigma + 1e-8), (got, want[:, col])
+            # by hand: the devices of the column at their row levels, less a little IR drop
+            hand = v @ xb.conductance()[rows, col]
+            assert np.all(np.abs(got - hand) < 0.1 * np.abs(hand) + 1e-7)
+        assert rig.time_breakdown()["relay"] > 0          # routed through the matrix
+
+
+def test_station_read_out_over_more_lines_than_smus_is_refused_at_the_seam(tmp_path):
+    st = _station("4200", tmp_path)
+    with st.open_rig() as rig:
+        with pytest.raises(ValueError, match="1 meters: time-multiplex"):
+            rig.column_currents([0, 1], np.full((1, 2), 0.1), [0, 1])
+        with pytest.raises(ValueError, match="3 sources: time-multiplex"):
+            rig.column_currents([0, 1, 2, 3], np.full((1, 4), 0.1), [0])
+
+
+def test_station_read_out_level_beyond_the_read_limit_never_reaches_an_instrument(tmp_path):
+    from instruments.errors import SafetyLimitError
+
+    st = _station("4200", tmp_path, {"xbar0": FROZEN})
+    with st.open_rig() as rig:
+        sent = dict(st.visa_library.instruments)
+        emu = [e for e in sent.values() if hasattr(e, "smu")][0]
+        t0, g0 = rig.clock, st.world.crossbar.conductance().copy()
+        with pytest.raises(SafetyLimitError):        # v_read_max 0.5 V (DC levels reach 2.1 V)
+            rig.column_currents([0, 1], np.array([[0.1, 0.2], [0.1, -0.6]]), [0])
+        assert rig.clock == t0 and not emu.smu            # nothing sent, no SMU on
+        np.testing.assert_array_equal(st.world.crossbar.conductance(), g0)
+
+
+def test_inference_on_the_station_multiplexes_its_smus_and_says_so(tmp_path, caplog):
+    """`protocols.inference` on sim-pmu's own SMUs: a 3x6 tile needs 6 column groups of 1 meter,
+    a 4x2 tile 2 row groups of 3 sources and 2 column groups; each group is one DC pass (one
+    matrix routing); it is logged and recorded, and every current is the nodal solution."""
+    from protocols.inference import run
+    from training.export import plan_from_weights
+    from xbarlab.chip_loop import dc_opener
+
+    rng = np.random.default_rng(0)
+    plan = plan_from_weights([rng.normal(size=(3, 2)), rng.normal(size=(1, 3))],
+                             [rng.normal(size=3), rng.normal(size=1)], g_min=100e-6,
+                             g_max=400e-6)
+    assert [tuple(s) for s in plan.tile_shape] == [(3, 6), (4, 2)]
+    st = _station("4200", tmp_path, {f"xbar{t}": FROZEN for t in range(4)})
+    names = ["xbar0", "xbar1"]
+    for t, name in enumerate(names):
+        _mixed(st.chip[name], seed=t)
+    x = rng.uniform(-1, 1, (4, 2))
+    with caplog.at_level("INFO", logger="xbarlab.inference"):
+        res = run(plan, dc_opener(st), names, tmp_path / "i.h5", (x, np.zeros(4, int)),
+                  progress=False)
+    s = res.summary
+    assert (s["row_groups"], s["col_groups"]) == (2, 6)
+    assert "6 columns on 1 meters: measured in 6 groups" in caplog.text
+    assert "4 rows on 3 sources: driven in 2 groups" in caplog.text
+    tim = res.tables["timing"]
+    analog = tim[tim.kind == 0]
+    # one routing per pass: 6 passes on tile 0, 2 x 2 on tile 1 (15 ms each)
+    assert analog.relay.sum() == pytest.approx((6 + 4) * 15e-3)
+    assert s["per_inference_by_category_s"]["command"] > 0     # sent to the instruments
+    drive, cur = res.tables["drive"], res.tables["currents"]
+    for t, name in enumerate(names):
+        xb = st.chip[name]
+        d, c = drive[drive.tile == t], cur[cur.tile == t]
+        row_v = np.zeros((4, 8))
+        row_v[d.point, d.row] = d.volts
+        _, want = xb.solver.readout_currents(xb.conductance(), row_v)
+        got = np.zeros((4, 8))
+        got[c.point, c.col] = c.current
+        used = np.unique(c.col)
+        p = xb.config.device
+        sigma = p.read_noise_rel * np.abs(want[:, used]) + p.read_noise_abs
+        assert np.all(np.abs(got[:, used] - want[:, used]) <= 5 * sigma + 1e-8)
+
+
+# -- the 4200's list sweep: one system-mode test per DC pass ----------------------------------
+
+def _k4200_emulator(st):
+    return next(e for e in st.visa_library.instruments.values() if hasattr(e, "tests"))
+
+
+@pytest.mark.parametrize("path", ["batched", "per point"])
+def test_4200_read_out_is_one_list_sweep_whose_time_follows_its_points(path, tmp_path,
+                                                                       monkeypatch):
+    """Each read-out call is one system-mode test with the same messages whatever its number
+    of patterns k; k patterns cost k x (settling + 0.1 PLC) of measurement. The emulator's
+    batched nodal solve and its point-by-point operating points (forced here) both give the
+    nodal solution."""
+    from simulator.emulators import world as world_module
+
+    if path == "per point":
+        monkeypatch.setattr(world_module, "SWEEP_CHANGE", -1.0)
+    st = _station("4200", tmp_path, {"xbar0": FROZEN})
+    with st.open_rig() as rig:
+        xb, emu, lat = st.world.crossbar, _k4200_emulator(st), st.world.latency
+        _mixed(xb)
+        p = xb.config.device
+        rows = np.array([0, 3, 7])
+        rng = np.random.default_rng(2)
+        trips, dc_time = [], []
+        for k in (2, 6):
+            v = rng.uniform(-0.2, 0.2, (k, 3))
+            row_v = np.zeros((k, 8))
+            row_v[:, rows] = v
+            _, want = xb.solver.readout_currents(xb.conductance(), row_v)
+            tests, n0, t0 = emu.tests, rig.pmu.round_trips, rig.time_breakdown().get("dc", 0.0)
+            got = rig.column_currents(rows, v, [2])[:, 0]
+            assert emu.tests == tests + 1
+            trips.append(rig.pmu.round_trips - n0)
+            dc_time.append(rig.time_breakdown().get("dc", 0.0) - t0)
+            sigma = p.read_noise_rel * np.abs(want[:, 2]) + p.read_noise_abs
+            assert np.all(np.abs(got - want[:, 2]) <= 5 * sigma + 1e-8), (got, want[:, 2])
+        assert trips[0] == trips[1]
+        per_point = lat.smu_settle + 0.1 / lat.line_frequency
+        assert dc_time == pytest.approx([2 * per_point, 6 * per_point])
+
+
+def test_4200_list_sweep_applies_each_points_dc_stress(tmp_path):
+    """The list sweep holds each point's levels on the devices: read levels leave a device
+    as it was, a sweep at 1.2 V with 10 ms per point moves it (as the spot path's hold does)."""
+    st = _station("4200", tmp_path)
+    with st.open_rig() as rig:
+        xb, emu = st.world.crossbar, _k4200_emulator(st)
+        g0 = xb.conductance()[2, 3]
+        device_iv(rig, 2, 3, [0.05] * 4, compliance=1e-3, hold=10e-3)
+        assert xb.conductance()[2, 3] == pytest.approx(g0, rel=1e-3)
+        device_iv(rig, 2, 3, [1.2] * 4, compliance=1e-3, hold=10e-3)
+        assert emu.tests == 2
+        assert xb.conductance()[2, 3] > 1.2 * g0

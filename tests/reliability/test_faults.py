@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from reliability_support import (
+    PMU_STATION,
     energised_lines,
     open_station,
     single_thread_blas,  # noqa: F401 (autouse fixture)
@@ -247,3 +248,37 @@ def test_707b_that_ignores_open_all_is_retried_once_then_reported(ignored, confi
     k7.handle = handle
     rig.close()
     assert unsafe_parts(st) == []
+
+
+@pytest.mark.parametrize("failure", ["compliance", "error-VL", "error-ME1", "timeout-SP",
+                                     "error-DO", "timeout-DO", "timeout-DV"])
+def test_analog_read_out_failure_leaves_smus_off_and_relays_open(failure, tmp_path):
+    """The analog read-out on the PMU station's SMUs (`column_currents` as a DC pass): a line at
+    the current compliance or an instrument fault mid-pass ends with every SMU off, every
+    relay open, checked on the emulators while the rig is still open. The pass is one list
+    sweep: a refused list or run, a status poll or a data transfer that gets no reply or an
+    error, and the SMUs' release that times out."""
+    from protocols.errors import ComplianceError
+    from xbarlab.station import load_station
+
+    if failure == "compliance":       # 3 rows at 0.2 V on 100-500 uS devices: > 10 uA
+        p = tmp_path / "sim-pmu.yaml"
+        p.write_text(PMU_STATION.read_text().replace("i_compliance: 10.0e-3",
+                                                     "i_compliance: 1.0e-5"))
+        st = load_station(p)
+    else:
+        st = load_station(PMU_STATION)
+    rig = st.open_rig()
+    try:
+        rig.read(0, 0)
+        if failure != "compliance":
+            kind, match = failure.split("-")
+            st.visa_library.faults.add(kind, match=match)
+        with pytest.raises(ComplianceError if failure == "compliance" else InstrumentError):
+            rig.column_currents([0, 1, 2], np.full((2, 3), 0.2), [4])
+        if failure != "compliance":
+            assert st.visa_library.faults.fired, "the fault never fired"
+        assert unsafe_parts(st) == []
+        assert rig.safe.state == "safe"
+    finally:
+        rig.close()

@@ -43,6 +43,11 @@ def test_infer_from_a_transfer_measures_the_programmed_chip(transferred):
     assert "instrument time per inference: " in res.output and "line resistance" in res.output
     assert "next: `xbarlab repair --from" in res.output
     assert offences(res.output) == [], res.output   # display units, every number named
+    # measured by the station's own SMUs through the emulated 4200 and 707B, as on a real
+    # station: no simulated stand-in, its four SMUs time-multiplexed (3 rows + 1 column a pass)
+    assert "note:" not in res.output and "direct simulated rig" not in res.output
+    assert s["col_groups"] == 6 and "column groups per tile" in res.output
+    assert s["per_inference_by_category_s"]["command"] > 0
     # the chip it measured is the one the transfer programmed: the read-back agrees with the
     # transfer's own read-back to within the read noise, not with a fresh chip
     rb = load_inference(out).tables["readback"].sort_values("device")
@@ -118,3 +123,32 @@ def test_a_reverified_transfer_counts_its_reverify_pulses_in_the_repair_budget(t
     # a repair budget of 20 % is of the transfer's pulses, its re-verify included
     assert prior.transfer_pulses == s["pulses_total"]
     assert prior.tunings[0].size == tr.plan.n_devices + len(rv)
+
+
+def test_infer_interrupted_inside_a_list_sweep_resumes_to_the_uninterrupted_result(
+        transferred, monkeypatch):
+    """Interrupted inside one of the 4200's list sweeps (the instrument call in flight), the
+    run keeps what it committed and the rerun ends with the same file contents as a run never
+    interrupted (the SIGKILL tests of tests/reliability cover the kill itself)."""
+    from instruments.k4200 import K4200
+
+    tmp, t = transferred
+    args = ["infer", "--from", str(t), "--station", str(STATION), "--no-progress"]
+    ref, out = tmp / "i_ref.h5", tmp / "i_cut.h5"
+    assert CliRunner().invoke(cli, args + ["-o", str(ref)]).exit_code == 0
+    sweep, calls = K4200.list_sweep, []
+
+    def cut(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 13:            # inside the third batch (six passes each)
+            raise KeyboardInterrupt
+        return sweep(self, *a, **kw)
+
+    monkeypatch.setattr(K4200, "list_sweep", cut)
+    assert CliRunner().invoke(cli, args + ["-o", str(out)]).exit_code != 0
+    monkeypatch.setattr(K4200, "list_sweep", sweep)
+    res = CliRunner().invoke(cli, args + ["-o", str(out)])
+    assert res.exit_code == 0 and "resumed" in res.output, res.output
+    a, b = load_inference(ref).tables, load_inference(out).tables
+    for name in a:
+        np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy(), err_msg=name)

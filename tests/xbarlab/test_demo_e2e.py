@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-pytestmark = pytest.mark.slow  # the quick demo: about a minute
+pytestmark = pytest.mark.slow  # the quick demo: ~3 min, its repair read-outs on the SMUs
 
 from database.display import duration, pct, us  # noqa: E402
 from database.nonideality import load_nonideality  # noqa: E402

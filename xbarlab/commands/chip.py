@@ -126,7 +126,7 @@ def register(cli: click.Group) -> None:
             raise XbarlabError(f"--v-in: {e.errors()[0]['msg']}") from None
         if explain and st.chip is None:
             raise click.UsageError("--explain needs a simulated station")
-        open_rig = dc_opener(st, lambda m: click.echo(m, err=True))
+        open_rig = dc_opener(st)
         extra = {"programmed_by": None if prog is None else str(prog.path)}
         cal = None if prog is None else calibration_of(prog)
         if cal is not None:
@@ -140,8 +140,12 @@ def register(cli: click.Group) -> None:
         click.echo(f"inference: {res.path} ({res.run}) on {', '.join(names)}")
         click.echo(_summary("inference", res.summary))
         if res.summary["row_groups"] > 1:
-            click.echo("  (fewer sources than rows: the groups' currents are added, exact only "
-                       "for linear devices)")
+            click.echo(f"  (fewer sources than rows: up to {res.summary['row_groups']} row groups "
+                       "per tile, their currents added: exact only for linear devices or ideal "
+                       "lines)")
+        if res.summary.get("col_groups", 1) > 1:
+            click.echo(f"  (fewer meters than columns: up to {res.summary['col_groups']} column "
+                       "groups per tile, each applying every input again)")
         if explain:
             from simulator.config import LatencyConfig
 
@@ -196,7 +200,7 @@ def register(cli: click.Group) -> None:
                                calibrate=calibrate or base.calibrate)
         except ValueError as e:
             raise XbarlabError(f"--v-in: {e.errors()[0]['msg']}") from None
-        open_rig = dc_opener(st, lambda m: click.echo(m, err=True))
+        open_rig = dc_opener(st)
         extra = {"programmed_by": None if prog is None else str(prog.path),
                  "transfer_pulses": transfer_pulses}
         res = run(plan, open_rig, names, Path(out), RepairData(**sets), budget=n_budget,

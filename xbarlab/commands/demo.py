@@ -7,7 +7,7 @@ import click
 
 def register(cli: click.Group) -> None:
     @cli.command("demo")
-    @click.option("--quick", is_flag=True, help="small sizes (under 2 minutes; used by the tests)")
+    @click.option("--quick", is_flag=True, help="small sizes (used by the tests)")
     @click.option("--out", default="demo-out", show_default=True,
                   type=click.Path(file_okay=False), help="output folder")
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
