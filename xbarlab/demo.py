@@ -10,11 +10,12 @@ earlier steps wrote (files, not objects: :data:`OUTPUTS`, :data:`NEEDS`), so eac
 rerun on its own, a step whose inputs are missing says which earlier step to run, and the
 report (xbarlab/report.py) shows exactly what is on disk.
 
-Sizes: :data:`FULL` and :data:`QUICK` (the end-to-end test) were sized to finish in well under
-10 and under 2 minutes on a 2-core PC while the repair step's analog read-outs ran on the
-simulator's array tester; through the station's emulated SMUs (one list sweep per pass) QUICK
-takes about 2.8 minutes on 2 loaded cores, its repair step 98 s (docs/chip-in-the-loop.md);
-FULL (12 repaired chips) was not re-measured. torch is imported inside the training steps only.
+Sizes: :data:`FULL` and :data:`QUICK` (the end-to-end test). Through the station's emulated
+SMUs (one list sweep per pass) QUICK takes about 1.7 minutes on 2 cores, its repair step 35 s.
+FULL took 22.9 minutes with 12 repaired chips per network (the repair step 16.5 minutes, about
+41 s per chip, while another benchmark held the second core), so it now repairs 4 per network:
+the repair step alone re-run took 2.9 minutes, about 9 minutes for the whole demo;
+bench/repair.py measures repair on many chips (docs/chip-in-the-loop.md). torch is imported inside the training steps only.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ FULL = DemoSettings(tuning_devices=("dev0", "dev1", "dev2", "dev3"), tuning_leve
                     tuning_repeats=10, stuck_crossbars=("xbar0", "xbar1", "xbar2", "xbar3"),
                     disturbance_crossbars=("xbar0", "xbar1"),
                     iv_devices=((0, 0), (3, 5), (7, 7), (5, 2)), epochs=10_000,
-                    mc_transfers=5000, map_transfers=500, chips=24, repair_chips=12)
+                    mc_transfers=5000, map_transfers=500, chips=24, repair_chips=4)
 
 
 @dataclass
