@@ -71,7 +71,7 @@ from database.runs import RunWriter
 from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.errors import ProtocolError
-from protocols.plan import MINUS, ConductancePlan, activate, plan_forward
+from protocols.plan import MINUS, ConductancePlan, activate, check_crossbar, plan_forward
 from protocols.progress import Bar
 from protocols.rig import CrossbarRig
 from protocols.transfer import data_digest, measured_conductances, stored_plan_run
@@ -273,14 +273,6 @@ def tile_groups(rig: CrossbarRig, tm: TileMap) -> tuple[int, int]:
     if ch is None:
         return 1, 1
     return -(-tm.rows.size // ch.sources), -(-tm.cols.size // ch.meters)
-
-
-def check_crossbar(plan: ConductancePlan, rig: CrossbarRig, t: int, name: str) -> None:
-    rows, cols = rig.shape
-    used = plan.tile_shape[t]
-    if used[0] > rows or used[1] > cols:
-        raise ProtocolError(f"tile {t} needs {used[0]}x{used[1]} devices, crossbar {name!r} is "
-                            f"{rows}x{cols}")
 
 
 def analog_forward(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],

@@ -275,3 +275,12 @@ def plan_forward(plan: ConductancePlan, g_measured: np.ndarray, x: np.ndarray) -
 def clean_forward(plan: ConductancePlan, x: np.ndarray) -> np.ndarray:
     """Predictions of the clean (software) weights stored in the plan."""
     return plan_forward(plan, plan.target, x)
+
+
+def check_crossbar(plan: ConductancePlan, rig, t: int, name: str) -> None:
+    """Refuse a crossbar too small for tile `t` of the plan (one line, before any pulse)."""
+    rows, cols = rig.shape
+    used = plan.tile_shape[t]
+    if used[0] > rows or used[1] > cols:
+        raise ProtocolError(f"tile {t} needs {used[0]}x{used[1]} devices, crossbar {name!r} is "
+                            f"{rows}x{cols}")

@@ -108,7 +108,6 @@ from protocols.inference import (
     ChipRunResult,
     InferConfig,
     activation,
-    check_crossbar,
     check_test_data,
     drive_levels,
     input_scale,
@@ -120,6 +119,7 @@ from protocols.inference import (
 )
 from protocols.plan import (
     ConductancePlan,
+    check_crossbar,
     check_reads,
     check_verifiable,
     plan_forward,

@@ -64,6 +64,7 @@ from protocols.campaigns.common import HISTORY_COLUMNS, concat, history_rows
 from protocols.errors import ProtocolError
 from protocols.plan import (
     ConductancePlan,
+    check_crossbar,
     check_reads,
     check_verifiable,
     plan_forward,
@@ -228,11 +229,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
             with rig:
                 check_reads(rig, read)
                 writer.record_snapshot(rig.snapshot())
-                rows, cols = rig.shape
-                used = plan.tile_shape[t]
-                if used[0] > rows or used[1] > cols:
-                    raise ProtocolError(f"tile {t} needs {used[0]}x{used[1]} devices, crossbar "
-                                        f"{name!r} is {rows}x{cols}")
+                check_crossbar(plan, rig, t, name)
                 if todo[0] == start:  # the first tile of this session: resume where it stopped
                     restore_progress("transfer", writer, plan.n_devices, rig)
                 for d in todo:
