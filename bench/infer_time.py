@@ -39,7 +39,6 @@ from protocols.inference import InferConfig, run  # noqa: E402
 from simulator.config import LatencyConfig  # noqa: E402
 from simulator.direct_rig import SimulatedRig  # noqa: E402
 from training.export import plan_from_weights  # noqa: E402
-from xbarlab.chip_loop import dc_opener  # noqa: E402
 from xbarlab.station import load_station  # noqa: E402
 
 #: a WGFMU crossbar station: the B1500's SMUs in slots 2..5 on matrix rows C..F, ground on G
@@ -115,7 +114,7 @@ def main() -> None:
             with st.open_rig(names[0]) as rig:
                 ch = rig.channels
             paths = {
-                f"station SMUs {ch.sources} rows + {ch.meters} col per pass": dc_opener(st),
+                f"station SMUs {ch.sources} rows + {ch.meters} col per pass": st.tile_opener(),
                 "array tester (SimulatedRig, before)": lambda n, st=st, chip=chip, lat=lat:
                     SimulatedRig(chip[n], latency=lat, limits=st.limits,
                                  read=st.read_settings, lab=chip.lab)}

@@ -8,10 +8,6 @@ bench/repair.py share.
   --from REPAIR.h5`);
 - `prior_of`: what the programming run tells a repair (stuck devices, earlier tunings, the
   transfer's pulse count);
-- `dc_opener`: rigs for the analog read-out: the station's own rig, whose SMUs drive the rows
-  and measure the columns through its matrix (`CrossbarRig.column_currents` on its DC path), on
-  a simulated station through the emulated instruments as on a real one; a station without a
-  DC path fails in the protocol with the seam's NotAvailableError;
 - `explain_gap`: on a simulated chip, why the analog accuracy differs from the read-back one,
   computed by measuring again with line resistance, device non-linearity and read noise
   switched off in turn (the chip is left exactly as it was). A simulator-only analysis: it
@@ -21,7 +17,7 @@ bench/repair.py share.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +28,6 @@ from protocols.campaigns._loop import unpack_state
 from protocols.errors import ProtocolError
 from protocols.inference import Calibration, InferConfig, analog_forward, predict
 from protocols.plan import ConductancePlan, plan_logits
-from protocols.rig import CrossbarRig
 from xbarlab.errors import XbarlabError
 
 #: protocols whose runs leave a programmed chip
@@ -119,12 +114,6 @@ def prior_of(prog: Programmed) -> Prior:
     stuck = np.zeros(n, bool)
     stuck[prog.config["stuck"]] = True
     return Prior(stuck, None, prog.config.get("transfer_pulses"))
-
-
-def dc_opener(station) -> Callable[[str], CrossbarRig]:
-    """How to open the rig of `station`'s crossbar `name` for the analog read-out (a real
-    station reaches one crossbar: the name is not its business)."""
-    return lambda name: station.open_rig(name if station.chip is not None else None)
 
 
 #: the measurements of `explain_gap`: effects switched off

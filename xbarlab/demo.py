@@ -317,7 +317,7 @@ def step_repair(out: Path, settings: DemoSettings, seed: int, *,
     """Measure each transferred network on its chip (analog read-out) and repair it with a
     budget of REPAIR_BUDGET of its transfer's pulses (protocols.repair)."""
     from protocols.repair import RepairData, run
-    from xbarlab.chip_loop import dc_opener, prior_of, programmed, test_sets
+    from xbarlab.chip_loop import prior_of, programmed, test_sets
 
     t0 = time.perf_counter()
     d = out / "repair"
@@ -334,7 +334,7 @@ def step_repair(out: Path, settings: DemoSettings, seed: int, *,
         budget = int(REPAIR_BUDGET * prior.transfer_pulses)
         path = d / f"{r['network']}_chip{r['chip_seed']}.h5"
         w0 = time.perf_counter()
-        res = run(prog.plan, dc_opener(st), prog.crossbars, path,
+        res = run(prog.plan, st.tile_opener(), prog.crossbars, path,
                   RepairData(**test_sets(prog.plan)), budget=budget, read=st.read_settings,
                   stuck=prior.stuck,
                   prior_tunings=prior.tunings, seed=r["chip_seed"],

@@ -243,7 +243,6 @@ def test_inference_on_the_station_multiplexes_its_smus_and_says_so(tmp_path, cap
     matrix routing); it is logged and recorded, and every current is the nodal solution."""
     from protocols.inference import run
     from training.export import plan_from_weights
-    from xbarlab.chip_loop import dc_opener
 
     rng = np.random.default_rng(0)
     plan = plan_from_weights([rng.normal(size=(3, 2)), rng.normal(size=(1, 3))],
@@ -256,7 +255,7 @@ def test_inference_on_the_station_multiplexes_its_smus_and_says_so(tmp_path, cap
         _mixed(st.chip[name], seed=t)
     x = rng.uniform(-1, 1, (4, 2))
     with caplog.at_level("INFO", logger="xbarlab.inference"):
-        res = run(plan, dc_opener(st), names, tmp_path / "i.h5", (x, np.zeros(4, int)),
+        res = run(plan, st.tile_opener(), names, tmp_path / "i.h5", (x, np.zeros(4, int)),
                   progress=False)
     s = res.summary
     assert (s["row_groups"], s["col_groups"]) == (2, 6)

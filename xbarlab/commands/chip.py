@@ -113,7 +113,7 @@ def register(cli: click.Group) -> None:
         """Run the test set through the programmed network on its crossbars: inputs as row
         voltages, outputs from column currents; beside the read-back estimate."""
         from protocols.inference import InferConfig, run
-        from xbarlab.chip_loop import calibration_of, dc_opener, explain_gap, test_sets
+        from xbarlab.chip_loop import calibration_of, explain_gap, test_sets
         from xbarlab.station import load_station
 
         st = load_station(station_path)
@@ -126,7 +126,7 @@ def register(cli: click.Group) -> None:
             raise XbarlabError(f"--v-in: {e.errors()[0]['msg']}") from None
         if explain and st.chip is None:
             raise click.UsageError("--explain needs a simulated station")
-        open_rig = dc_opener(st)
+        open_rig = st.tile_opener()
         extra = {"programmed_by": None if prog is None else str(prog.path)}
         cal = None if prog is None else calibration_of(prog)
         if cal is not None:
@@ -180,7 +180,7 @@ def register(cli: click.Group) -> None:
         activations; every decision into HDF5."""
         from protocols.inference import InferConfig
         from protocols.repair import RepairConfig, RepairData, run
-        from xbarlab.chip_loop import dc_opener, prior_of, test_sets
+        from xbarlab.chip_loop import prior_of, test_sets
         from xbarlab.station import load_station
 
         st = load_station(station_path)
@@ -200,7 +200,7 @@ def register(cli: click.Group) -> None:
                                calibrate=calibrate or base.calibrate)
         except ValueError as e:
             raise XbarlabError(f"--v-in: {e.errors()[0]['msg']}") from None
-        open_rig = dc_opener(st)
+        open_rig = st.tile_opener()
         extra = {"programmed_by": None if prog is None else str(prog.path),
                  "transfer_pulses": transfer_pulses}
         res = run(plan, open_rig, names, Path(out), RepairData(**sets), budget=n_budget,

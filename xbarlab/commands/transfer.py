@@ -123,11 +123,8 @@ def register(cli: click.Group) -> None:
                 click.pause(f"tile {t + 1}/{plan.n_tiles} ({r}x{c} devices): move the probes "
                             f"to crossbar {name!r}, then press any key")
 
-        def open_rig(name: str):
-            return st.open_rig(name if st.chip is not None else None)
-
         with watching(Path(out), watch):
-            res = run(plan, open_rig, names, Path(out), read=st.read_settings, config=cfg,
+            res = run(plan, st.tile_opener(), names, Path(out), read=st.read_settings, config=cfg,
                       test_data=test, seed=seed,
                       station=st.describe(names), resume=resume, overwrite=overwrite,
                       progress=not no_progress, on_tile=on_tile)

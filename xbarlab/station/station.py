@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,12 @@ class Station:
         """The station's rig on `crossbar` (sim stations: any crossbar of the chip with the
         station's shape; real ones: the crossbar they are wired to), instruments connected."""
         return self._open(crossbar)[0]
+
+    def tile_opener(self) -> Callable[[str], CrossbarRig]:
+        """`open_rig` for a protocol that names the crossbar of each tile (transfer, inference,
+        repair): a simulated station opens that crossbar of its chip, a real one the crossbar
+        it is wired to (the name is not its business)."""
+        return lambda name: self.open_rig(name if self.chip is not None else None)
 
     def _open(self, crossbar: str | None) -> tuple[CrossbarRig, dict[str, Any]]:
         c = self.cfg
