@@ -32,6 +32,10 @@ from instruments.visa import NUM, MessageInstrument, allow_list, fmt
 #: one SARB array call holds at most this many values (instruments.md §4.4)
 MAX_ARRAY = 128
 MIN_SEGMENT = 20e-9
+#: what the 4225-PMU's segment-ARB holds per channel: sequences numbered 1..MAX_SEQUENCES and
+#: MAX_SEGMENTS segments in all of them. Not in our reference: the 4225-PMU datasheet figures as
+#: recalled (confirm on hardware). `K4200.send_setup` refuses a definition beyond them.
+MAX_SEQUENCES, MAX_SEGMENTS = 512, 2048
 #: PMU current ranges [A] with the RPM (confirm vs datasheet)
 PMU_I_RANGES = (0.2, 10e-3, 1e-3, 100e-6, 10e-6, 1e-6, 100e-9)
 #: `:PMU:RPM:CONFIGURE` path codes (instruments.md §4.4): PMU, SMU
@@ -68,6 +72,8 @@ def _sarb_levels(limits, m) -> None:
 
 
 _ARRAY = rf"(?:,\s*{NUM})+"
+#: a SARB TIME array as the driver sends it: channel, sequence, the times
+_SARB_TIME = re.compile(r":PMU:SARB:SEQ:TIME (\d+),(\d+),(.*)$")
 #: every KXCI command the raw guard knows (instruments.md §4, dc-commands.md §1): those that
 #: set an output level are parsed and checked; the others set none. System mode: only what the
 #: list sweep sends (`CH` voltage-source channels, `VL`, `HT`, `DT`, `SS`, `SM`, `DM2`, `LI`,
@@ -223,6 +229,9 @@ class PmuChannel:
         sent if a level is outside the station limits or a segment is too short."""
         k, ch = self.k, self.number
         n = len(times)
+        if not 1 <= seq <= MAX_SEQUENCES:
+            raise InstrumentError(f"SARB sequence numbers are 1..{MAX_SEQUENCES}, got {seq}",
+                                  instrument=k.name)
         if not 1 <= n <= MAX_ARRAY:
             raise InstrumentError(f"a SARB sequence holds 1..{MAX_ARRAY} segments, got {n}",
                                   instrument=k.name)
@@ -301,6 +310,8 @@ class K4200(MessageInstrument):
         self._sent: dict[str, str] = {}   # last command per setting key: skip unchanged setup
         self._outputs_on: set[int] = set()
         self._channels: dict[tuple[str, int], K4200Smu | PmuChannel] = {}
+        #: segments of every SARB sequence defined since the last INIT: (channel, seq) -> count
+        self._segments: dict[tuple[int, int], int] = {}
 
     def smu(self, number: int) -> K4200Smu:
         """SMU `number` (one object per channel: usable as a dict key)."""
@@ -326,6 +337,7 @@ class K4200(MessageInstrument):
         self._mode = ""
         self._sent.clear()
         self._outputs_on.clear()
+        self._segments.clear()
 
     # -- transport -----------------------------------------------------------------------------
     def cmd(self, command: str) -> None:
@@ -620,6 +632,7 @@ class K4200(MessageInstrument):
             raise InstrumentError(f"unsupported PMU source range {v_range!r} V",
                                   instrument=self.name)
         self._sent.clear()
+        self._segments.clear()  # INIT clears the sequences
         self._mode = ""
         self.cmd(":PMU:INIT 1")
         for ch in channels:
@@ -629,8 +642,23 @@ class K4200(MessageInstrument):
             self.cmd(f":PMU:LOAD {ch}, {fmt(load)}")
 
     def send_setup(self, pairs: Sequence[tuple[str, str]]) -> int:
-        """Send (key, command) pairs, skipping those unchanged since last sent."""
-        return sum(self.cmd_cached(k, c) for k, c in pairs)
+        """Send (key, command) pairs, skipping those unchanged since last sent. Refuses before
+        sending any of them a set of SARB sequences a channel cannot hold (MAX_SEGMENTS)."""
+        segments = dict(self._segments)
+        for _, command in pairs:
+            m = _SARB_TIME.match(command)
+            if m:
+                ch, seq = int(m.group(1)), int(m.group(2))
+                segments[(ch, seq)] = m.group(3).count(",") + 1
+                held = sum(n for (c, _), n in segments.items() if c == ch)
+                if held > MAX_SEGMENTS:
+                    raise InstrumentError(
+                        f"PMU channel {ch} would hold {held} SARB segments (at most "
+                        f"{MAX_SEGMENTS}, confirm on hardware)", instrument=self.name,
+                        command=command[:80])
+        sent = sum(self.cmd_cached(k, c) for k, c in pairs)
+        self._segments = segments
+        return sent
 
     def execute(self, timeout: float | None = None, poll: float = 0.0) -> None:
         """Run the loaded sequences and wait until the PMU is idle."""

@@ -50,8 +50,9 @@ from instruments.b1500 import B1500
 from instruments.dc import DcBank, SmuPort
 from instruments.errors import InstrumentError
 from instruments.k707b import K707B
-from instruments.k4200 import K4200, RPM_SMU
+from instruments.k4200 import K4200, MAX_SEGMENTS, MAX_SEQUENCES, RPM_SMU
 from instruments.limits import SafetyLimits
+from instruments.visa import fmt
 from instruments.wgfmu import Wgfmu
 from instruments.wiring import Wiring
 from protocols.rig import CrossbarRig, DcCapacity, DcGroup, DcMeasured, DcRequest, Lab, ReadSettings
@@ -100,8 +101,13 @@ class _GuardedRig(CrossbarRig):
 
 
 # -- PMU rig -------------------------------------------------------------------------------------
-#: sequence numbers of the PMU waveforms (the same number on both channels; equal timing)
-SEQ_STEP, SEQ_READ, SEQ_LIFTED = 1, 2, 3
+#: sequence numbers of the PMU waveforms. SEQ_READ and SEQ_LIFTED are the same on both
+#: channels; a pulse is channel 1's pulse sequence for its amplitude and width (SEQ_SLOT0 on, see
+#: PmuRig._pulse_slot) played against channel 2's SEQ_PULSE (0 V, the same timing)
+SEQ_PULSE, SEQ_READ, SEQ_LIFTED = 1, 2, 3
+SEQ_SLOT0 = 4
+#: segments of one pulse sequence (`PmuRig._pulse_block`)
+PULSE_SEGMENTS = 5
 
 
 class PmuRig(_GuardedRig):
@@ -145,7 +151,7 @@ class PmuRig(_GuardedRig):
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
                  lab: Lab | None = None, edge: float = 20e-9, i_range: float = 100e-6,
                  read_scheme: str = "write-routing", n_cal: int = 16, width: float = 200e-9,
-                 smus: Sequence[SmuPort] = ()):
+                 smus: Sequence[SmuPort] = (), pulse_slots: int | None = None):
         super().__init__((len(wiring.rows), len(wiring.cols)), limits or SafetyLimits(),
                          read=read, lab=lab)
         missing = [r for r in self.ROLES if r not in wiring.letters]
@@ -170,10 +176,18 @@ class PmuRig(_GuardedRig):
             self.limits.check_bias(self.lifted[0], where=f"{self.name} write-routing read drive")
         self.edge = max(20e-9, edge)
         self.i_range = i_range
-        self.width = width  # the pulse width SEQ_STEP is defined with at set-up [s]
+        self.width = width  # the pulse width SEQ_PULSE is defined with at set-up [s]
+        # channel 1 holds READ and LIFTED besides the pulse sequences
+        fixed = 2 * len(self._read_block(0.0, 0.0)[0])
+        room = min(MAX_SEQUENCES - SEQ_SLOT0 + 1, (MAX_SEGMENTS - fixed) // PULSE_SEGMENTS)
+        if pulse_slots is not None and not 1 <= pulse_slots <= room:
+            raise ValueError(f"PmuRig pulse_slots must be 1..{room}, got {pulse_slots}")
+        #: channel 1 pulse sequences kept loaded (as many as the PMU holds unless given)
+        self.pulse_slots = room if pulse_slots is None else int(pulse_slots)
         self._ready = False
         self._routes: dict[tuple[str, int, int], list[str]] = {}
-        self._step_cmds: dict[tuple[float, float], list[tuple[str, str]]] = {}
+        #: loaded pulse sequences: (amplitude, width) as sent -> slot, least recently used first
+        self._slots: dict[tuple[str, str], int] = {}
         self._routed: tuple[str, int, int] | None = None
         self._device: tuple[int, int] | None = None  # device of the last operation
         self._pulses = 0                       # pulses sent so far (any device)
@@ -211,8 +225,11 @@ class PmuRig(_GuardedRig):
         return (p.pmu(1).sarb(seq, t, a1, b1, z, z, z)
                 + p.pmu(2).sarb(seq, t, a2, b2, mt, ms, me))
 
-    def _pulse_block(self, volts: float, seconds: float, rest: float) -> tuple[list, ...]:
+    def _pulse_block(self, volts: float, seconds: float) -> tuple[list, ...]:
+        """The pulse, then `rest` at 0 V: with the write-routing read 1 us, which lets the sense
+        channel recover from the pulse current before the verify read (SEQ_LIFTED) follows."""
         e = self.edge
+        rest = 1e-6 if self.read_scheme == "write-routing" else 100e-9
         t = [100e-9, e, seconds, e, rest]
         z = [0.0] * 5
         return (t, [0.0, 0.0, volts, volts, 0.0], [0.0, volts, volts, 0.0, 0.0], z, z,
@@ -223,10 +240,11 @@ class PmuRig(_GuardedRig):
             return
         p, vr = self.pmu, self.read_settings.volts
         p.pmu_init(channels=(1, 2), i_range=self.i_range)
+        self._slots.clear()  # INIT cleared every sequence
         cmds = self._sequence(SEQ_READ, [self._read_block(vr, 0.0)])
         if self.read_scheme == "write-routing":
             cmds += self._sequence(SEQ_LIFTED, [self._read_block(*self.lifted)])
-        p.send_setup(cmds + self._step_commands(0.0, self.width))
+        p.send_setup(cmds + self._sense_pulse(self.width))
         p.pmu(1).output(True)
         p.pmu(2).output(True)
         self._ready = True
@@ -240,36 +258,40 @@ class PmuRig(_GuardedRig):
 
     def _on_device(self, device: tuple[int, int] | None) -> None:
         """Start an operation on `device` (None: the whole array). On a change of device the
-        settings that vary from device to device (the pulse's levels and timing, the sequence
-        lists, the 707B selection) are treated as unknown and sent again, so what the rig sends for a
-        device never depends on the devices before it: a resumed run sends exactly what the
-        uninterrupted one did."""
+        sequence lists and the 707B selection are treated as unknown and sent again. The pulse
+        sequences stay loaded from device to device (`_pulse_slot`); they are part of the state
+        a resumed run re-instates, so it sends exactly what the uninterrupted one did."""
         self._setup()
         if device is None or device != self._device:
-            self.pmu.forget([f"T1,{SEQ_STEP}", f"T2,{SEQ_STEP}", f"A1,{SEQ_STEP}",
-                             f"B1,{SEQ_STEP}", "L1", "L2"])
+            self.pmu.forget(["L1", "L2"])
             self.matrix.forget()
         self._device = device
 
-    def _step_commands(self, volts: float, seconds: float) -> list[tuple[str, str]]:
-        """SEQ_STEP: the pulse, then (write-routing scheme) one verify read 1 us after it."""
-        # a tuning ramp revisits the same amplitudes: build (format and check) each waveform's
-        # commands once; send_setup still sends only what changed on the instrument (the two
-        # level arrays of channel 1 from one amplitude to the next)
-        key = (volts, seconds)
-        cmds = self._step_cmds.get(key)
-        if cmds is None:
-            if self.read_scheme == "write-routing":
-                # 1 us at 0 V lets the sense channel recover from the pulse current first
-                blocks = [self._pulse_block(volts, seconds, 1e-6),
-                          self._read_block(*self.lifted)]
+    def _sense_pulse(self, seconds: float) -> list[tuple[str, str]]:
+        """Channel 2's SEQ_PULSE: 0 V with the timing of a pulse `seconds` wide."""
+        t, _, _, a, b, mt, ms, me = self._pulse_block(0.0, seconds)
+        return self.pmu.pmu(2).sarb(SEQ_PULSE, t, a, b, mt, ms, me)
+
+    def _pulse_slot(self, volts: float, seconds: float) -> int:
+        """Channel 1's sequence holding the pulse (volts, seconds), loaded on first use and kept
+        until the next INIT, so a tuning that returns to an amplitude only names its sequence in
+        the sequence list. When `pulse_slots` are loaded the least recently used slot is
+        redefined (only its two level arrays are sent when the width is the same). The
+        amplitudes are the caller's, never rounded here: the fast tuning keeps them on its ramp
+        grid (protocols/tuning.py), which bounds how many slots a tuning uses."""
+        p = self.pmu
+        p.send_setup(self._sense_pulse(seconds))
+        key = (fmt(volts), fmt(seconds))
+        slot = self._slots.pop(key, None)
+        if slot is None:
+            if len(self._slots) < self.pulse_slots:
+                slot = SEQ_SLOT0 + len(self._slots)
             else:
-                blocks = [self._pulse_block(volts, seconds, 100e-9)]
-            cmds = self._sequence(SEQ_STEP, blocks)
-            if len(self._step_cmds) >= 4096:
-                self._step_cmds.clear()
-            self._step_cmds[key] = cmds
-        return cmds
+                slot = self._slots.pop(next(iter(self._slots)))
+            t, a, b, _, _, mt, ms, me = self._pulse_block(volts, seconds)
+            p.send_setup(p.pmu(1).sarb(slot, t, a, b, mt, ms, me))
+        self._slots[key] = slot
+        return slot
 
     # -- routing and executions ----------------------------------------------------------------
     def _route(self, kind: str, row: int, col: int) -> None:
@@ -285,12 +307,14 @@ class PmuRig(_GuardedRig):
         self.matrix.exclusive_close(sel)
         self._routed = key
 
-    def _run(self, seqs: list[tuple[int, int]], points: int) -> np.ndarray:
+    def _run(self, seqs: list[tuple[int, int]], points: int, slot: int = 0) -> np.ndarray:
         """Play the sequence list `seqs` ((sequence, loops) in order) on both channels in one
-        execution; the `points` spot means of channel 2 as conductances [S] at the read voltage
-        (not clipped)."""
+        execution, channel 1 playing its pulse sequence `slot` where the list names SEQ_PULSE;
+        the `points` spot means of channel 2 as conductances [S] at the read voltage (not
+        clipped)."""
         p = self.pmu
-        p.send_setup([p.pmu(1).seq_list(seqs), p.pmu(2).seq_list(seqs)])
+        ch1 = [(slot if s == SEQ_PULSE else s, n) for s, n in seqs]
+        p.send_setup([p.pmu(1).seq_list(ch1), p.pmu(2).seq_list(seqs)])
         p.execute()
         self.executions += 1
         if not points:
@@ -319,11 +343,12 @@ class PmuRig(_GuardedRig):
         return [(SEQ_LIFTED, self.n_cal)]
 
     def _calibrated_run(self, row: int, col: int, cal: list[tuple[int, int]],
-                        seqs: list[tuple[int, int]], points: int) -> np.ndarray:
-        """One execution: the calibration reads `cal` (none when empty), then `seqs`; sets the
-        offset from the calibration reads and returns the `points` reads after them."""
+                        seqs: list[tuple[int, int]], points: int, slot: int) -> np.ndarray:
+        """One execution: the calibration reads `cal` (none when empty), then `seqs` (pulse
+        sequence `slot`); sets the offset from the calibration reads and returns the `points`
+        reads after them."""
         k = sum(n for _, n in cal)
-        g = self._run(cal + seqs, k + points)
+        g = self._run(cal + seqs, k + points, slot)
         if cal:
             self._offset = float(np.mean(g[:k])) - self._ref[4]
             self._cal, self._cal_t = (row, col), self.clock
@@ -344,10 +369,10 @@ class PmuRig(_GuardedRig):
             cal = self._calibrate(row, col)
         else:
             self._route("write", row, col)
-        self.pmu.send_setup(self._step_commands(volts, seconds))
+        slot = self._pulse_slot(volts, seconds)
         self._pulses += 1
-        seqs = [(SEQ_STEP, 1)] + ([(SEQ_LIFTED, n - 1)] if wr and n > 1 else [])
-        g = self._calibrated_run(row, col, cal, seqs, n if wr else 0)
+        seqs = [(SEQ_PULSE, 1)] + ([(SEQ_LIFTED, n)] if wr and n else [])
+        g = self._calibrated_run(row, col, cal, seqs, n if wr else 0, slot)
         if not (wr and n):
             return np.zeros(0)
         return self._clip(g - self._offset)
@@ -421,7 +446,8 @@ class PmuRig(_GuardedRig):
             return None
         return {"pmu": self.pmu.settings(), "routed": self._routed, "device": self._device,
                 "pulses": self._pulses, "ref": self._ref, "cal": self._cal,
-                "cal_t": self._cal_t, "offset": self._offset}
+                "cal_t": self._cal_t, "offset": self._offset,
+                "slots": [[*k, s] for k, s in self._slots.items()]}
 
     def _reinstate(self, state: dict) -> None:
         def tup(x):
@@ -436,6 +462,7 @@ class PmuRig(_GuardedRig):
             self._device, self._pulses = tup(state["device"]), int(state["pulses"])
             self._ref, self._cal = tup(state["ref"]), tup(state["cal"])
             self._cal_t, self._offset = float(state["cal_t"]), float(state["offset"])
+            self._slots = {(str(v), str(w)): int(s) for v, w, s in state["slots"]}
         self._guard(again)
 
     def close(self) -> None:

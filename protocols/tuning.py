@@ -167,7 +167,8 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig) -> tuple[
     if err < 0:  # too low -> SET
         v = state.v_set  # already restarted by any RESET pulse in between
         if fast:
-            v = _fast_amplitude(state, v, +1, moved, step_done, abs(err), band, cfg)
+            v = _on_grid(_fast_amplitude(state, v, +1, moved, step_done, abs(err), band, cfg),
+                         cfg.v_set_start, cfg)
         v = min(max(v, cfg.v_set_start), cfg.v_set_max)
         nxt = min(v + cfg.v_step, cfg.v_set_max)
         at_cap = state.at_cap + 1 if v >= cfg.v_set_max and state.last_volts > 0 else int(
@@ -179,7 +180,8 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig) -> tuple[
     # too high -> RESET
     v = state.v_reset
     if fast:
-        v = _fast_amplitude(state, v, -1, moved, step_done, abs(err), band, cfg)
+        v = _on_grid(_fast_amplitude(state, v, -1, moved, step_done, abs(err), band, cfg),
+                     cfg.v_reset_start, cfg)
     v = max(min(v, cfg.v_reset_start), cfg.v_reset_min)
     nxt = max(v - cfg.v_step, cfg.v_reset_min)
     at_cap = state.at_cap + 1 if v <= cfg.v_reset_min and state.last_volts < 0 else int(
@@ -220,6 +222,13 @@ def _fast_amplitude(state: TuneState, v_ramp: float, sign: int, moved: bool, ste
     # steps of the sharper SET branch, proportionally more of the softer RESET branch
     steps = cfg.fast_far_steps * (1.0 if sign > 0 else cfg.fast_v0_reset / cfg.fast_v0_set)
     return sign * (last + round(steps) * dv)
+
+
+def _on_grid(v: float, start: float, cfg: TuneConfig) -> float:
+    """`v` rounded to the ramp grid start + k v_step (the fast variant's amplitude resolution,
+    the grid Alibart's ramps are on): the amplitudes a tuning uses are few, so a rig keeps
+    each one's waveform loaded (PmuRig). The caller clamps the result to the ramp caps."""
+    return round(start + round((v - start) / cfg.v_step) * cfg.v_step, 9)
 
 
 def _restart_set(state: TuneState, cfg: TuneConfig, fast: bool) -> float:

@@ -61,6 +61,9 @@ _VL = re.compile(r"^VL(\d),\s*([01]),\s*([-+.\deE]+)((?:,\s*[-+.\deE]+)+)$")
 _NAMES = re.compile(r"'(\w{1,6})'")
 #: list-sweep points per test (4200RM p.9-25)
 MAX_LIST = 4096
+#: SARB segments one channel holds in all its sequences (numbered 1..512); the 4225-PMU
+#: datasheet figures as recalled, as the driver's (confirm on hardware, also the error code)
+MAX_SEQUENCES, MAX_SEGMENTS = 512, 2048
 #: 4200-SMU current ranges without preamp [A] (dc-commands.md §1.2, DI codes 3-9)
 SMU_RANGES = (100e-9, 1e-6, 10e-6, 100e-6, 1e-3, 10e-3, 100e-3)
 #: IT code -> integration in power-line cycles (4200RM p.9-44)
@@ -405,10 +408,14 @@ class K4200Emulator:
             vals = [x.strip() for x in body.split(",")]
             ch, seq = self._ch(vals[0]), int(vals[1])
             arr = [float(x) for x in vals[2:]]
-            if not 1 <= len(arr) <= 128 or not 1 <= seq <= 512:
+            if not 1 <= len(arr) <= 128 or not 1 <= seq <= MAX_SEQUENCES:
                 raise KxciError(-122, "Illegal parameter")
             if name == "TIME" and any(t < 20e-9 - 1e-15 for t in arr):
                 raise KxciError(-824, "invalid pulse timing")
+            if name == "TIME" and sum(
+                    len(d["TIME"]) for (c, q), d in self.seqs.items()
+                    if c == ch and q != seq and "TIME" in d) + len(arr) > MAX_SEGMENTS:
+                raise KxciError(-122, f"too many segments on channel {ch}")
             self.seqs.setdefault((ch, seq), {})[name] = arr
             src = self._seq_src.setdefault((ch, seq), {})
             src[name] = body

@@ -189,3 +189,31 @@ def test_snapshot_reads_identity_and_options():
     snap = K4200(t).snapshot()
     assert snap["idn"] == "KEITHLEY INSTRUMENTS,KI4200A,1234567,V1.13"
     assert snap["options"] == ["SMU1", "SMU2", "PMU1", "RPM1", "RPM2"] and t.done()
+
+
+def test_sarb_capacity_refused_before_anything_is_sent():
+    """Sequence numbers 1..512 and at most 2048 segments per channel in all its sequences (the
+    4225-PMU figures as recalled, to confirm on hardware); INIT clears what a channel holds."""
+    from instruments.k4200 import MAX_SEGMENTS, MAX_SEQUENCES
+    z = [0.0] * 128
+    t = [1e-6] * 128
+    init = [(":PMU:INIT 1", "ACK"), (":PMU:RPM:CONFIGURE PMU1-1, 0", "ACK"),
+            (":PMU:SOURCE:RANGE 1, 10", "ACK"), (":PMU:MEASURE:RANGE 1, 2, 0.0001", "ACK"),
+            (":PMU:LOAD 1, 1e+06", "ACK")]
+    full = MAX_SEGMENTS // 128
+    k = K4200(Scripted([]))
+    with pytest.raises(InstrumentError, match="1..512"):
+        k.pmu(1).sarb(MAX_SEQUENCES + 1, t[:1], z[:1], z[:1], [0], [0], [0])
+    cmds = [k.pmu(1).sarb(s, t, z, z, [0] * 128, z, z) for s in range(1, full + 2)]
+    script = init + [(c, "ACK") for pairs in cmds[:full] for _, c in pairs]
+    script += init + [(c, "ACK") for _, c in cmds[full]]
+    k = K4200(Scripted(script))
+    k.pmu_init(channels=(1,))
+    for pairs in cmds[:full]:
+        k.send_setup(pairs)                 # 16 x 128 = 2048 segments: full
+    with pytest.raises(InstrumentError, match="2176 SARB segments"):
+        k.send_setup(cmds[full])            # nothing of it sent (the script would fail)
+    k.send_setup(cmds[0][:1])               # a held sequence's own TIME: no new segment
+    k.pmu_init(channels=(1,))
+    k.send_setup(cmds[full])                # INIT cleared the channel
+    assert k._res.done()

@@ -223,19 +223,9 @@ def test_wgfmu_crossbar_with_smu_bias_lines():
     _all_safe(st2)
 
 
-def test_pmu_pulse_and_verify_read_messages_are_one_segment_arb_execution(monkeypatch):
-    """The exact messages of the write-routing step (KXCI manual 4200A-KXCI-907-01 section 7,
-    instruments.md §4.4: SEQ arrays one per call, each segment starting at the previous stop,
-    spot-mean MEAS:TYPE 1 inside its segment, WFM:SEQ:LIST ch, seq, loops, EXECUTE, poll
-    TEST:STATUS? until 0, DATA:GET ch, start, count): the pulse (channel 1 at the amplitude,
-    sense channel 2 at 0 V) and, 1 us later, the read (channel 1 at 0.3 V, channel 2 at 0.1 V,
-    measured) in ONE sequence and one execution, followed in the same execution by the further
-    verify reads asked for (a second entry of the sequence list); the device's calibration
-    reads go first in the execution of its first step. From one step to the next only channel
-    1's two level arrays change, and nothing goes to the 707B."""
-    st = _pmu_station("write-routing")
+def _recording(monkeypatch, st) -> list[tuple[str, str]]:
+    """Every message the station's VISA instruments receive, as (instrument, message)."""
     sent: list[tuple[str, str]] = []
-    rig = st.open_rig()
     lib = st.visa_library
     orig = lib._message
 
@@ -244,30 +234,64 @@ def test_pmu_pulse_and_verify_read_messages_are_one_segment_arb_execution(monkey
         return orig(session, msg)
 
     monkeypatch.setattr(lib, "_message", record)
+    return sent
+
+
+P = ":PMU:SARB:SEQ"
+#: a 200 ns pulse sequence of the write-routing scheme: 100 ns, edge, pulse, edge, 1 us at 0 V
+PULSE_TIMES = "1e-07,2e-08,2e-07,2e-08,1e-06"
+
+
+def _pulse_seq(ch: int, seq: int, v: str) -> list[str]:
+    return [f"{P}:TIME {ch},{seq},{PULSE_TIMES}", f"{P}:STARTV {ch},{seq},0,0,{v},{v},0",
+            f"{P}:STOPV {ch},{seq},0,{v},{v},0,0", f"{P}:MEAS:TYPE {ch},{seq},0,0,0,0,0",
+            f"{P}:MEAS:START {ch},{seq},0,0,0,0,0", f"{P}:MEAS:STOP {ch},{seq},0,0,0,0,0"]
+
+
+def _k42(msgs) -> list[str]:
+    return [m for who, m in msgs if who == "4200"]
+
+
+def test_pmu_pulse_and_verify_read_messages_are_one_segment_arb_execution(monkeypatch):
+    """The exact messages of the write-routing step (KXCI manual 4200A-KXCI-907-01 section 7,
+    instruments.md §4.4: SEQ arrays one per call, each segment starting at the previous stop,
+    spot-mean MEAS:TYPE 1 inside its segment, WFM:SEQ:LIST ch, seq, loops, EXECUTE, poll
+    TEST:STATUS? until 0, DATA:GET ch, start, count). Channel 1 plays the pulse sequence of its
+    amplitude (loaded on the amplitude's first use, seq 4 on) and channel 2 its 0 V SEQ_PULSE
+    (seq 1, defined at set-up), then both the verify reads (seq 3: channel 1 at 0.3 V, channel 2
+    at 0.1 V, measured), all in one execution; the device's calibration reads go first in the
+    execution of its first step. A step at an amplitude already loaded sends one sequence list
+    and the execution, nothing to the 707B."""
+    st = _pmu_station("write-routing")
+    rig = st.open_rig()
+    sent = _recording(monkeypatch, st)
     with rig:
-        setup = [m for _, m in sent]
+        setup = _k42(sent)
         rig.read(2, 3)
         del sent[:]
         rig.pulse_and_read(2, 3, 1.3, 200e-9, n_reads=10)
         first = list(sent)
-        rig.pulse_and_read(2, 3, 1.31, 200e-9, n_reads=10)
         del sent[:]
         rig.pulse_and_read(2, 3, 1.32, 200e-9, n_reads=10)
-        step = list(sent)
+        new_amplitude = list(sent)
+        del sent[:]
+        rig.pulse_and_read(2, 3, 1.3, 200e-9, n_reads=10)
+        loaded = list(sent)
         del sent[:]
         rig.read_repeated(2, 3, 9)
         confirm = list(sent)
-    assert step == [
-        ("4200", ":PMU:SARB:SEQ:STARTV 1,1,0,0,1.32,1.32,0,0,0.3,0.3,0"),
-        ("4200", ":PMU:SARB:SEQ:STOPV 1,1,0,1.32,1.32,0,0,0.3,0.3,0,0"),
+    assert _k42(first) == _pulse_seq(1, 4, "1.3") + [
+        ":PMU:SARB:WFM:SEQ:LIST 1,3,16,4,1,3,10", ":PMU:SARB:WFM:SEQ:LIST 2,3,16,1,1,3,10",
+        ":PMU:EXECUTE", ":PMU:TEST:STATUS?", ":PMU:DATA:GET 2, 0, 26"]
+    assert new_amplitude == [("4200", m) for m in _pulse_seq(1, 5, "1.32") + [
+        ":PMU:SARB:WFM:SEQ:LIST 1,5,1,3,10", ":PMU:SARB:WFM:SEQ:LIST 2,1,1,3,10",
+        ":PMU:EXECUTE", ":PMU:TEST:STATUS?", ":PMU:DATA:GET 2, 0, 10"]]
+    assert loaded == [
+        ("4200", ":PMU:SARB:WFM:SEQ:LIST 1,4,1,3,10"),
         ("4200", ":PMU:EXECUTE"),
         ("4200", ":PMU:TEST:STATUS?"),
         ("4200", ":PMU:DATA:GET 2, 0, 10"),
     ]
-    assert ("4200", ":PMU:SARB:WFM:SEQ:LIST 1,3,16,1,1,3,9") in first
-    assert ("4200", ":PMU:SARB:WFM:SEQ:LIST 2,3,16,1,1,3,9") in first
-    assert first[-3:] == [("4200", ":PMU:EXECUTE"), ("4200", ":PMU:TEST:STATUS?"),
-                          ("4200", ":PMU:DATA:GET 2, 0, 26")]
     assert confirm == [
         ("4200", ":PMU:SARB:WFM:SEQ:LIST 1,3,9"),
         ("4200", ":PMU:SARB:WFM:SEQ:LIST 2,3,9"),
@@ -275,16 +299,61 @@ def test_pmu_pulse_and_verify_read_messages_are_one_segment_arb_execution(monkey
         ("4200", ":PMU:TEST:STATUS?"),
         ("4200", ":PMU:DATA:GET 2, 0, 9"),
     ]
-    # the step sequence as the rig defines it when set up (0 V pulse, 200 ns): pulse, 1 us at
-    # 0 V, the read; channel 2 senses the read plateau from 2 us to 95 %
-    p, times = ":PMU:SARB:SEQ", "1e-07,2e-08,2e-07,2e-08,1e-06,1e-07,1e-05,1e-07,1e-07"
-    step_seq = [f"{p}:TIME 1,1,{times}", f"{p}:STARTV 1,1,0,0,0,0,0,0,0.3,0.3,0",
-                f"{p}:STOPV 1,1,0,0,0,0,0,0.3,0.3,0,0", f"{p}:MEAS:TYPE 1,1,0,0,0,0,0,0,0,0,0",
-                f"{p}:MEAS:START 1,1,0,0,0,0,0,0,0,0,0", f"{p}:MEAS:STOP 1,1,0,0,0,0,0,0,0,0,0",
-                f"{p}:TIME 2,1,{times}", f"{p}:STARTV 2,1,0,0,0,0,0,0,0.1,0.1,0",
-                f"{p}:STOPV 2,1,0,0,0,0,0,0.1,0.1,0,0", f"{p}:MEAS:TYPE 2,1,0,0,0,0,0,0,1,0,0",
-                f"{p}:MEAS:START 2,1,0,0,0,0,0,0,2e-06,0,0",
-                f"{p}:MEAS:STOP 2,1,0,0,0,0,0,0,9.5e-06,0,0"]
-    i = setup.index(step_seq[0])
-    assert setup[i:i + 12] == step_seq
-    assert setup[i + 12:] == [":PMU:OUTPUT:STATE 1, 1", ":PMU:OUTPUT:STATE 2, 1"]
+    # set up: channel 2's 0 V pulse sequence (seq 1), after the read sequences; no pulse
+    # sequence of channel 1 before its first use
+    i = setup.index(_pulse_seq(2, 1, "0")[0])
+    assert setup[i:i + 6] == _pulse_seq(2, 1, "0")
+    assert setup[i + 6:] == [":PMU:OUTPUT:STATE 1, 1", ":PMU:OUTPUT:STATE 2, 1"]
+    assert not any(m.startswith(f"{P}:TIME 1,1,") or m.startswith(f"{P}:TIME 1,4,")
+                   for m in setup)
+
+
+def test_pmu_pulse_sequences_stay_loaded_across_devices_until_init(monkeypatch):
+    """A pulse sequence loaded for one device serves every device until the next INIT (here
+    the re-initialisation after the safe state): then it is loaded, and paid, again."""
+    st = _pmu_station("write-routing")
+    rig = st.open_rig()
+    sent = _recording(monkeypatch, st)
+    with rig:
+        rig.pulse_and_read(0, 0, -1.5, 200e-9, n_reads=3)
+        del sent[:]
+        rig.pulse_and_read(5, 6, -1.5, 200e-9, n_reads=3)
+        other_device = _k42(sent)
+        rig.safe_state()   # outputs off; the next operation initialises the PMU again
+        del sent[:]
+        c0 = st.chip.clock.totals.get("command", 0.0)
+        rig.pulse_and_read(5, 6, -1.5, 200e-9, n_reads=3)
+        after_init = _k42(sent)
+        paid = st.chip.clock.totals.get("command", 0.0) - c0
+        n_sent = len(sent)
+    assert not any(m.startswith(P + ":") for m in other_device)
+    assert ":PMU:SARB:WFM:SEQ:LIST 1,3,16,4,1,3,3" in other_device
+    assert ":PMU:INIT 1" in after_init
+    i = after_init.index(f"{P}:TIME 1,4,{PULSE_TIMES}")
+    assert after_init[i:i + 6] == _pulse_seq(1, 4, "-1.5")
+    # every message charged: one exchange each on the virtual clock
+    assert paid == pytest.approx(n_sent * st.world.latency.gpib_cmd)
+
+
+def test_pmu_full_pulse_slots_redefine_the_least_recently_used(monkeypatch):
+    """With every pulse slot loaded, a new amplitude takes the least recently used slot and
+    only its two level arrays are sent (same width)."""
+    st = _pmu_station("write-routing")
+    rig = st.open_rig()
+    sent = _recording(monkeypatch, st)
+    with rig:
+        rig.pulse_slots = 2
+        for v in (1.3, 1.32, 1.3):
+            rig.pulse_and_read(1, 1, v, 200e-9)
+        del sent[:]
+        rig.pulse_and_read(1, 1, 1.34, 200e-9)   # slot 5 (1.32) is the least recently used
+        evict = _k42(sent)
+        del sent[:]
+        rig.pulse_and_read(1, 1, 1.3, 200e-9)    # still loaded in slot 4
+        kept = _k42(sent)
+    assert evict == [f"{P}:STARTV 1,5,0,0,1.34,1.34,0", f"{P}:STOPV 1,5,0,1.34,1.34,0,0",
+                     ":PMU:SARB:WFM:SEQ:LIST 1,5,1,3,1", ":PMU:EXECUTE", ":PMU:TEST:STATUS?",
+                     ":PMU:DATA:GET 2, 0, 1"]
+    assert kept[0] == ":PMU:SARB:WFM:SEQ:LIST 1,4,1,3,1"
+    with pytest.raises(ValueError, match="pulse_slots"):
+        type(rig)(rig.pmu, rig.matrix, rig.wiring, pulse_slots=409)

@@ -103,11 +103,30 @@ def test_fast_aims_at_the_whole_remaining_error_near_target():
     fast_aim of it only while far)."""
     cfg = TuneConfig(algorithm="fast")
     s = replace(initial_state(cfg), last_volts=1.5, g_before=240e-6, pulses=3, set_pulses=3)
+    def grid(v):  # the ramp grid 1.1 V + k 20 mV
+        return cfg.v_set_start + round((v - cfg.v_set_start) / cfg.v_step) * cfg.v_step
+
     _, a = decide(s, 246e-6, T, cfg)   # moved +6 uS, 4 uS (1.6 half-widths) still to go
-    assert a.volts == pytest.approx(1.5 + cfg.fast_v0_set * math.log(4 / 6))
+    assert a.volts == pytest.approx(grid(1.5 + cfg.fast_v0_set * math.log(4 / 6)), abs=1e-9)
     s = replace(s, g_before=150e-6)
     _, a = decide(s, 170e-6, T, cfg)   # far: aim at fast_aim of the 80 uS still to go
-    assert a.volts == pytest.approx(1.5 + cfg.fast_v0_set * math.log(cfg.fast_aim * 80 / 20))
+    assert a.volts == pytest.approx(
+        grid(1.5 + cfg.fast_v0_set * math.log(cfg.fast_aim * 80 / 20)), abs=1e-9)
+
+
+def test_fast_amplitudes_stay_on_the_ramp_grid():
+    """The fast variant's aimed amplitudes are rounded to the ramp grid (start + k v_step, the
+    grid of Alibart's ramps), so a tuning uses few distinct amplitudes (a PMU keeps each one's
+    waveform loaded); rounding never leaves the ramp caps."""
+    cfg = TuneConfig(algorithm="fast")
+    for last, before, g in ((1.5, 240e-6, 246e-6), (1.97, 240e-6, 241e-6), (-1.3, 300e-6, 299e-6),
+                            (-2.39, 300e-6, 299.5e-6), (-1.5, 290e-6, 270e-6)):
+        s = replace(initial_state(cfg), last_volts=last, g_before=before, pulses=3)
+        _, a = decide(s, g, T, cfg)
+        start = cfg.v_set_start if a.volts > 0 else cfg.v_reset_start
+        k = (a.volts - start) / cfg.v_step
+        assert abs(k - round(k)) < 1e-6, a.volts
+        assert cfg.v_reset_min <= a.volts <= cfg.v_set_max
 
 
 def test_tune_takes_the_confirmation_reads_in_the_pulse_execution():

@@ -258,3 +258,20 @@ def test_every_message_and_instrument_call_is_charged_to_the_clock(lab):
     ch.connect()                                   # already connected: nothing sent
     assert clk.totals["command"] - t["command"] == pytest.approx(lat.gpib_cmd)
     assert wl.exchanges == 2                       # initialize, connect
+
+
+def test_pmu_emulator_holds_at_most_2048_segments_per_channel(lab):
+    """The emulated 4225-PMU refuses a sequence that would take a channel past 2048 segments
+    in all its sequences (the driver's limit; both to confirm on hardware); INIT clears them."""
+    _, _, lib, _ = lab
+    emu = lib.instruments[PMU]
+    assert emu.handle(":PMU:INIT 1") == "ACK"
+    times = ",".join(["1e-06"] * 128)
+    for seq in range(1, 17):
+        assert emu.handle(f":PMU:SARB:SEQ:TIME 1,{seq},{times}") == "ACK"
+    assert emu.handle(f":PMU:SARB:SEQ:TIME 1,3,{times}") == "ACK"     # redefined: same count
+    assert emu.handle(f":PMU:SARB:SEQ:TIME 2,1,{times}") == "ACK"     # the other channel
+    assert "-122" in emu.handle(":PMU:SARB:SEQ:TIME 1,17,1e-06")
+    assert "-122" in emu.handle(":PMU:SARB:SEQ:TIME 1,513,1e-06")
+    assert emu.handle(":PMU:INIT 1") == "ACK"
+    assert emu.handle(f":PMU:SARB:SEQ:TIME 1,17,{times}") == "ACK"
