@@ -21,8 +21,11 @@ precision reached: |error| of the tuned conductance (p95, %) and failures.
   one relay reselection per device (PMU crossbar), and per closed-loop step one execution with
   the messages no step can do without (PMU: execute, one status poll, one data fetch; WGFMU: one
   data fetch), plus one read-only execution per tuning (its first read: the confirmation reads
-  ride in the pulses' executions) and one per settled read. Amplitude changes are assumed free
-  there (pre-loaded waveforms), so the floor is below what the 4200 can really do.
+  ride in the pulses' executions) and one per settled read. 8x8 map (PMU): with the pulse
+  sequences kept loaded on the 4225-PMU, also one message (channel 1's sequence list) per pulse
+  whose amplitude differs from the pulse before it and the six messages that define each
+  distinct amplitude's sequence once. Campaign: amplitude changes are still counted free there
+  (its history is not recorded), so that floor is below what the 4200 can do.
 
     python bench/station_time.py                 # read, map, campaign (fast) at full size
     python bench/station_time.py --quick         # one map per row, small campaigns
@@ -103,13 +106,22 @@ def _station(name: str, seed: int, scheme: str | None) -> Station:
     return Station(cfg, st.path)
 
 
-def floor_s(lat, *, devices: int, pulses: int, tunings: int, extra_reads: int, pmu: bool) -> float:
-    """The floor of the module docstring [s]."""
+def floor_s(lat, *, devices: int, pulses: int, tunings: int, extra_reads: int, pmu: bool,
+            amplitude_msgs: int = 0) -> float:
+    """The floor of the module docstring [s]; `amplitude_msgs`: the messages amplitude changes
+    need at least (PMU map: one per change, six per distinct amplitude)."""
     execs = pulses + tunings + extra_reads
     msgs_per_exec = 3 if pmu else 1
     relays = devices if pmu else 0
-    return (relays * (lat.relay_switch + lat.gpib_cmd)
+    return (relays * (lat.relay_switch + lat.gpib_cmd) + amplitude_msgs * lat.gpib_cmd
             + execs * (lat.round_trip + msgs_per_exec * lat.gpib_cmd))
+
+
+def amplitude_messages(volts: list[float]) -> int:
+    """Messages the pulse amplitudes `volts` (in the order sent in one rig session) need at least
+    with pre-loaded sequences: one sequence list per change, six to define each amplitude."""
+    changes = sum(a != b for a, b in zip(volts[1:], volts[:-1], strict=False))
+    return changes + 6 * len(set(volts))
 
 
 def _lat(st: Station):
@@ -125,7 +137,7 @@ def program_map(scheme: str | None, algorithm: str, seed: int, crossbar: str) ->
     targets = np.random.default_rng([seed, int(crossbar[-1])]).uniform(100e-6, 400e-6,
                                                                         (rows, cols))
     cfg = TuneConfig(algorithm=algorithm)
-    err, failed, pulses, wall = [], 0, 0, time.perf_counter()
+    err, failed, pulses, wall, volts = [], 0, 0, time.perf_counter(), []
     working = xb.stuck == 0
     with st.open_rig(crossbar) as rig:
         c0 = Counts.of(st, rig)
@@ -133,6 +145,7 @@ def program_map(scheme: str | None, algorithm: str, seed: int, crossbar: str) ->
             for c in range(cols):
                 res = tune(rig, r, c, float(targets[r, c]), cfg)
                 pulses += res.pulses
+                volts += [round(v, 6) for v in res.history["volts"][res.history["kind"] == PULSE]]
                 if working[r, c]:
                     g = xb.read_map(rig.read_settings.volts, "grounded", noise=False)[r, c]
                     err.append((g - targets[r, c]) / targets[r, c])
@@ -144,10 +157,11 @@ def program_map(scheme: str | None, algorithm: str, seed: int, crossbar: str) ->
     map_err = ((gmap - targets) / targets)[working]
     return dict(counts=counts, err=np.array(err), map_err=map_err, failed=failed,
                 working=int(working.sum()), pulses=pulses, wall=time.perf_counter() - wall,
+                amplitude_msgs=amplitude_messages(volts),
                 lat=_lat(st), devices=rows * cols, readback=readback)
 
 
-def section_map(n_maps: int, schemes: list[str | None]) -> None:
+def section_map(n_maps: int, schemes: list[str | None], first_seed: int = 0) -> None:
     print(f"\n== 8x8 random target map, U(100, 400) uS, raster order, PMU station (sim-pmu: "
           f"4200 PMU + divider + 707B), {n_maps} map(s) per row; times are per map")
     print("   scheme         algorithm  time (s)   relay  cmd    exec   pulse+read  relays  "
@@ -155,7 +169,7 @@ def section_map(n_maps: int, schemes: list[str | None]) -> None:
           "map |err| p95  wall")
     for scheme in schemes:
         for alg in ALGORITHMS:
-            runs = [program_map(scheme, alg, seed=s // 4, crossbar=f"xbar{s % 4}")
+            runs = [program_map(scheme, alg, seed=first_seed + s // 4, crossbar=f"xbar{s % 4}")
                     for s in range(n_maps)]
             k = len(runs)
             tot = {key: sum(r["counts"].clock.get(key, 0.0) for r in runs) / k
@@ -168,7 +182,8 @@ def section_map(n_maps: int, schemes: list[str | None]) -> None:
             working = sum(r["working"] for r in runs)
             pulses = sum(r["pulses"] for r in runs) / k
             fl = floor_s(runs[0]["lat"], devices=64, pulses=int(pulses), tunings=64,
-                         extra_reads=0, pmu=True)
+                         extra_reads=0, pmu=True,
+                         amplitude_msgs=int(sum(r["amplitude_msgs"] for r in runs) / k))
             print(f"   {scheme or 'station':14s} {alg:9s} {tot['total']:8.2f}  "
                   f"{tot['relay']:6.2f} {tot['command']:6.2f} {tot['round_trip']:6.2f} "
                   f"{wave:9.4f}  {sum(r['counts'].relays for r in runs) / k:6.0f}  "
@@ -401,6 +416,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one map per row, small campaigns")
     ap.add_argument("--sections", default="read,map,campaign")
     ap.add_argument("--maps", type=int, default=None, help="8x8 maps per row (default 8)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="map section: chip seeds from this one (four crossbars per seed)")
     ap.add_argument("--schemes", default="station",
                     help="PMU read schemes, comma separated: 'station' (the station file's), "
                     "'grounded', 'write-routing'")
@@ -413,7 +430,7 @@ def main() -> None:
     if "read" in a.sections:
         section_read()
     if "map" in a.sections:
-        section_map(n_maps, schemes)
+        section_map(n_maps, schemes, a.first_seed)
     if "anatomy" in a.sections:
         section_anatomy(min(n_maps, 2))
     if "campaign" in a.sections:

@@ -81,6 +81,9 @@ class TuneConfig(BaseModel):
                             "above this many band half-widths")
     fast_far_steps: int = Field(6, ge=1, le=20, description="fast: ramp steps per pulse while "
                                 "sub-threshold and far from target")
+    fast_reread: float = Field(0.7, ge=0, le=1, description="fast: an out-of-band read is read "
+                               "again instead of pulsed (once per pulse) when the mean of its "
+                               "execution's reads lies within this fraction of the band; 0 = never")
 
     @model_validator(mode="after")
     def _ordered(self) -> TuneConfig:
@@ -110,11 +113,12 @@ class TuneState:
     warm_reset: float = math.nan
     at_cap: int = 0             # successive pulses at a ramp cap
     gave_up: bool = False       # stopped by give_up_at_cap (looks stuck)
+    reread: bool = False        # fast: read again since the last pulse instead of pulsing
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: Literal["pulse", "confirm", "done"]
+    kind: Literal["pulse", "confirm", "read", "done"]
     volts: float = 0.0          # pulse amplitude
     n: int = 0                  # confirmation reads still needed
     converged: bool = False
@@ -132,8 +136,10 @@ def initial_state(cfg: TuneConfig, warm: tuple[float, float] | None = None) -> T
                    v_reset=_restart_reset(state, cfg, True))
 
 
-def decide(state: TuneState, g: float, target: float, cfg: TuneConfig) -> tuple[TuneState, Action]:
-    """Next action after reading `g` [S]; pure (no I/O, no randomness)."""
+def decide(state: TuneState, g: float, target: float, cfg: TuneConfig,
+           g_mean: float | None = None) -> tuple[TuneState, Action]:
+    """Next action after reading `g` [S]; pure (no I/O, no randomness). `g_mean`: the mean of
+    every read of the execution `g` came from (the same device state), or None."""
     fast = cfg.algorithm == "fast"
     # What did the last pulse do? Only the fast variant uses it.
     moved = False
@@ -163,6 +169,11 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig) -> tuple[
         return replace(state, ok=0), Action("done", converged=False)
     if cfg.give_up_at_cap is not None and state.at_cap >= cfg.give_up_at_cap:
         return replace(state, ok=0, gave_up=True), Action("done", converged=False)
+    if (fast and g_mean is not None and not state.reread
+            and abs(g_mean - target) <= cfg.fast_reread * band):
+        # read noise at the band's edge, the state itself inside: n_inband new successive
+        # reads cost an execution like a pulse would, without a new draw of the fluctuators
+        return replace(state, ok=0, reread=True), Action("read", n=cfg.n_inband)
 
     if err < 0:  # too low -> SET
         v = state.v_set  # already restarted by any RESET pulse in between
@@ -174,6 +185,7 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig) -> tuple[
         at_cap = state.at_cap + 1 if v >= cfg.v_set_max and state.last_volts > 0 else int(
             v >= cfg.v_set_max)
         new = replace(state, ok=0, pulses=state.pulses + 1, set_pulses=state.set_pulses + 1,
+                      reread=False,
                       at_cap=at_cap, v_set=nxt, v_reset=_restart_reset(state, cfg, fast),
                       last_volts=v, g_before=g)
         return new, Action("pulse", volts=v)
@@ -187,6 +199,7 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig) -> tuple[
     at_cap = state.at_cap + 1 if v <= cfg.v_reset_min and state.last_volts < 0 else int(
         v <= cfg.v_reset_min)
     new = replace(state, ok=0, pulses=state.pulses + 1, reset_pulses=state.reset_pulses + 1,
+                  reread=False,
                   at_cap=at_cap, v_reset=nxt, v_set=_restart_set(state, cfg, fast),
                   last_volts=v, g_before=g)
     return new, Action("pulse", volts=v)
@@ -363,24 +376,30 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
 
     t_start = float(rig.clock)
     g0 = float(rig.read(row, col))
-    pending: deque[tuple[float, int]] = deque([(g0, log(READ, 0.0, 0.0, g0, float(rig.clock)))])
+    # (read, its history index, the mean of its execution's reads)
+    pending: deque[tuple[float, int, float]] = deque(
+        [(g0, log(READ, 0.0, 0.0, g0, float(rig.clock)), g0)])
     state = initial_state(cfg, warm)
     inband: list[float] = []
     converged = False
     last = g0
     while pending:
-        g, idx = pending.popleft()
+        g, idx, g_mean = pending.popleft()
         last = g
-        state, act = decide(state, g, target, cfg)
-        if act.kind == "confirm":
-            inband.append(g)
+        state, act = decide(state, g, target, cfg, g_mean)
+        if act.kind in ("confirm", "read"):
+            if act.kind == "confirm":
+                inband.append(g)
+            else:
+                inband.clear()
             if not pending:
                 t0 = float(rig.clock)
                 reads = rig.read_repeated(row, col, act.n)
                 t1 = float(rig.clock)
+                m = float(np.mean(reads))
                 for i, r in enumerate(reads):
                     t = t0 + (t1 - t0) * (i + 1) / len(reads)
-                    pending.append((float(r), log(READ, 0.0, 0.0, float(r), t)))
+                    pending.append((float(r), log(READ, 0.0, 0.0, float(r), t), m))
             continue
         if act.kind == "done":
             if act.converged:
@@ -388,7 +407,7 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
                 converged = True
             break
         # pulse: reads queued after this out-of-band one are stale, recorded but unused
-        for _, j in pending:
+        for _, j, _ in pending:
             hist["used"][j] = False
         pending.clear()
         inband.clear()
@@ -399,12 +418,12 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
         reads = np.atleast_1d(rig.pulse_and_read(row, col, act.volts, cfg.width,
                                                  n_reads=cfg.n_inband if fast else 1))
         t1 = float(rig.clock)
-        r = float(reads[0])
+        r, m = float(reads[0]), float(np.mean(reads))
         pending.append((r, log(PULSE, act.volts, cfg.width, r,
-                               t0 + (t1 - t0) / len(reads))))
+                               t0 + (t1 - t0) / len(reads)), m))
         for i, x in enumerate(reads[1:], start=2):
             pending.append((float(x), log(READ, 0.0, 0.0, float(x),
-                                          t0 + (t1 - t0) * i / len(reads))))
+                                          t0 + (t1 - t0) * i / len(reads)), m))
 
     final = np.asarray(inband if converged else [last], dtype=float)
     history = {k: np.asarray(v, dtype=bool if k == "used" else (np.int8 if k == "kind" else float))

@@ -293,3 +293,50 @@ def test_fast_default_is_as_precise_as_alibart_on_the_simulated_crossbar():
     assert p95_f < 0.01 and p95_a < 0.01
     assert p95_f <= p95_a + 0.001
     assert pulses_f < 0.6 * pulses_a
+
+
+def test_fast_reads_again_at_the_band_edge_instead_of_pulsing():
+    """An out-of-band read whose execution's reads average well inside the band (read noise at
+    the edge, the device inside) gets n_inband new successive reads instead of a pulse and a
+    new draw of the fluctuators, once per pulse; the criterion stays n_inband successive
+    in-band reads. Alibart pulses as the paper's data were taken."""
+    cfg = TuneConfig(algorithm="fast")
+    s = replace(initial_state(cfg), ok=4, pulses=5)
+    out = T * 1.012
+    s2, a = decide(s, out, T, cfg, g_mean=T * 1.005)
+    assert (a.kind, a.n, s2.ok, s2.pulses) == ("read", cfg.n_inband, 0, 5)
+    s3, a = decide(s2, out, T, cfg, g_mean=T * 1.005)       # once per pulse
+    assert a.kind == "pulse" and a.volts < 0 and not s3.reread
+    _, a = decide(s, out, T, cfg, g_mean=T * 1.008)         # mean beyond 0.7 of the band
+    assert a.kind == "pulse"
+    _, a = decide(s, out, T, cfg)                           # no mean: the read alone
+    assert a.kind == "pulse"
+    _, a = decide(replace(initial_state(CFG), ok=4), out, T, CFG, g_mean=T * 1.005)
+    assert a.kind == "pulse"
+
+
+class _ScriptedReads(ToyRig):
+    """Reads from a script (chunks as asked), pulses as the toy rig's."""
+
+    def __init__(self, reads):
+        super().__init__(g0=200e-6)
+        self.script = list(reads)
+
+    def _read_repeated(self, row, col, n):
+        self.t += self.step
+        out, self.script = self.script[:n], self.script[n:]
+        assert len(out) == n, "script ran out"
+        return np.array(out)
+
+
+def test_tune_reads_again_after_a_break_and_confirms_with_successive_reads():
+    cfg = TuneConfig(algorithm="fast")
+    pulse_exec = [T, T, T, T * 1.011, T, T, T, T, T, T]     # a break at the 4th read
+    rig = _ScriptedReads([T * 0.8] + pulse_exec + [T] * 4)
+    res = tune(rig, 0, 0, T, cfg)
+    assert res.converged and res.pulses == 1 and rig.n_pulses == 1 and not rig.script
+    h = res.history
+    assert list(h["kind"]) == [READ, PULSE] + [READ] * 13
+    assert h["used"].all()
+    # the last n_inband reads, all in band, are the confirmation
+    assert res.final_reads.tolist() == [T] * cfg.n_inband
