@@ -388,12 +388,13 @@ def _campaign_runs(stack, scheme, n_dev, repeats, tune_cfg, tmp, chip, add) -> N
 
 
 def section_campaign(n_dev: int, repeats: int, schemes: list[str | None], algorithms: list[str],
-                     tmp: Path) -> None:
+                     tmp: Path, stacks: tuple[str, ...] = ("pmu", "wgfmu")) -> None:
     print(f"\n== paper-sized tuning/untuning campaign: {n_dev} devices x 8 levels x {repeats} "
           "repeats (untune, tune, settled read)")
     print("   stack / scheme        algorithm  time (h)  relay (h)  cmd (h)  exec (h)  relays   "
           "messages   execs   pulses (tune+untune)  |err| p95  failures       floor (h)   wall")
-    combos = [("pmu", s) for s in schemes] + [("wgfmu", None)]
+    combos = ([("pmu", s) for s in schemes] if "pmu" in stacks else []) + (
+        [("wgfmu", None)] if "wgfmu" in stacks else [])
     for stack, scheme in combos:
         for alg in algorithms:
             r = campaign(stack, alg, scheme, n_dev, repeats, tmp)
@@ -416,6 +417,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one map per row, small campaigns")
     ap.add_argument("--sections", default="read,map,campaign")
     ap.add_argument("--maps", type=int, default=None, help="8x8 maps per row (default 8)")
+    ap.add_argument("--stacks", default="pmu,wgfmu",
+                    help="campaign section: the stacks to run, comma separated")
     ap.add_argument("--first-seed", type=int, default=0,
                     help="map section: chip seeds from this one (four crossbars per seed)")
     ap.add_argument("--schemes", default="station",
@@ -436,7 +439,8 @@ def main() -> None:
     if "campaign" in a.sections:
         with tempfile.TemporaryDirectory() as d:
             section_campaign(4 if a.quick else 29, 3 if a.quick else 40, schemes,
-                             a.campaign_algorithms.split(","), Path(d))
+                             a.campaign_algorithms.split(","), Path(d),
+                             tuple(a.stacks.split(",")))
 
 
 if __name__ == "__main__":

@@ -21,9 +21,15 @@ Algorithms (``TuneConfig.algorithm``):
              calibrated devices exceeds the band (bounded to ``fast_max_steps`` ramp steps);
              sub-threshold pulses far from the target climb ``fast_far_steps`` ramp steps at a
              time (SET), or as many more as the RESET branch is softer (fast_v0_reset /
-             fast_v0_set), the same change of switching rate. The default: as precise as
-             ``alibart`` on the simulated devices with under half its pulses
-             (docs/simulator.md, "Station time").
+             fast_v0_set), the same change of switching rate. Amplitudes stay on the ramp grid
+             (start + k v_step), so a tuning uses few distinct amplitudes (a PMU keeps each
+             one's waveform loaded). (3) Reads again at the band's edge: an out-of-band read
+             whose execution's reads average within ``fast_reread`` of the band (read noise,
+             the device itself inside) is followed, once per pulse, by n_inband new reads
+             instead of a pulse, which would draw the device's fluctuators anew; the criterion
+             stays n_inband successive in-band reads. The default: as precise as ``alibart``
+             on the simulated devices with under half its pulses (docs/simulator.md, "Station
+             time").
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ class TuneConfig(BaseModel):
                             "above this many band half-widths")
     fast_far_steps: int = Field(6, ge=1, le=20, description="fast: ramp steps per pulse while "
                                 "sub-threshold and far from target")
-    fast_reread: float = Field(0.7, ge=0, le=1, description="fast: an out-of-band read is read "
+    fast_reread: float = Field(0.85, ge=0, le=1, description="fast: an out-of-band read is read "
                                "again instead of pulsed (once per pulse) when the mean of its "
                                "execution's reads lies within this fraction of the band; 0 = never")
 
@@ -347,7 +353,9 @@ def tune(rig, row: int, col: int, target: float, cfg: TuneConfig | None = None,
     variant also the n_inband - 1 confirmation reads a landing in band needs; with Alibart's
     the confirmation reads once in band are taken together (`rig.read_repeated`). Either way
     they are judged one by one exactly as single reads would be (recorded unused after an
-    out-of-band read), so the result is the same algorithm with fewer round trips. `record`
+    out-of-band read that leads to a pulse), so the result is the same algorithm with fewer
+    round trips; the fast variant's decision also sees the mean of the execution's reads
+    (`decide`'s g_mean: read again instead of pulsing at the band's edge). `record`
     (a callable or a list) receives every event as a dict with HISTORY_FIELDS. `warm`: the
     `TuneResult.warm` of this device's previous tuning (fast variant: ramps start near the
     amplitudes that moved it then).

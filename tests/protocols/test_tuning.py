@@ -307,7 +307,7 @@ def test_fast_reads_again_at_the_band_edge_instead_of_pulsing():
     assert (a.kind, a.n, s2.ok, s2.pulses) == ("read", cfg.n_inband, 0, 5)
     s3, a = decide(s2, out, T, cfg, g_mean=T * 1.005)       # once per pulse
     assert a.kind == "pulse" and a.volts < 0 and not s3.reread
-    _, a = decide(s, out, T, cfg, g_mean=T * 1.008)         # mean beyond 0.7 of the band
+    _, a = decide(s, out, T, cfg, g_mean=T * 1.009)         # mean beyond 0.85 of the band
     assert a.kind == "pulse"
     _, a = decide(s, out, T, cfg)                           # no mean: the read alone
     assert a.kind == "pulse"
