@@ -163,7 +163,8 @@ def program_map(scheme: str | None, algorithm: str, seed: int, crossbar: str) ->
 
 def section_map(n_maps: int, schemes: list[str | None], first_seed: int = 0) -> None:
     print(f"\n== 8x8 random target map, U(100, 400) uS, raster order, PMU station (sim-pmu: "
-          f"4200 PMU + divider + 707B), {n_maps} map(s) per row; times are per map")
+          f"4200 PMU + divider + 707B), {n_maps} map(s) per row (chip seeds {first_seed} to "
+          f"{first_seed + (n_maps - 1) // 4}); times are per map")
     print("   scheme         algorithm  time (s)   relay  cmd    exec   pulse+read  relays  "
           "messages  execs  pulses  |err| p95  failures          floor (s)     read-back (s)  "
           "map |err| p95  wall")

@@ -13,9 +13,11 @@ grounded read needs the unselected lines on E instead of C/D (the read routing).
 `read.scheme` chooses how the verify read after a pulse is taken: `grounded` (pulse in the write
 routing, read after reselecting the read routing: two selections and two executions per step)
 or `write-routing` (pulse and read in one SARB sequence and one execution, no reselection; see
-PmuRig). Each device's own settings (pulse levels and timing, sequence lists, selection) are
-re-sent when the rig moves to another device, so what it sends for a device never depends on
-the devices before it.
+PmuRig). Each pulse amplitude and width has its own SARB sequence on channel 1, defined on first
+use and kept until the next `:PMU:INIT` (at most what the 4225-PMU holds, `k4200.MAX_SEQUENCES`
+and `MAX_SEGMENTS`, to confirm on hardware): a step at an amplitude already loaded sends only
+the sequence list. The sequence lists and the selection are re-sent when the rig moves to
+another device; the loaded sequences are part of the state a resumed run re-instates.
 
 WgfmuRig. Channel 101 drives the top electrode (row), 102 holds the bottom electrode (column) at
 0 V and senses. On a single crosspoint, pulse + n reads are one WGFMU execution. On a crossbar,
@@ -115,8 +117,8 @@ class PmuRig(_GuardedRig):
 
     ``grounded``       the pulse in the write routing, the read after reselecting the read
                        routing: two 707B reselections and two executions per step.
-    ``write-routing``  pulse and verify read in ONE execution of one SARB sequence under the
-                       write routing: the selected row at 1.5 Vr, the unselected rows at the
+    ``write-routing``  pulse and verify read in ONE execution (the pulse's sequence, then the
+                       lifted read's) under the write routing: the selected row at 1.5 Vr, the unselected rows at the
                        V/3 tap (0.5 Vr), the unselected columns at the 2V/3 tap (Vr) and the
                        sensed column lifted to 0.5 Vr by PMU channel 2. The selected device sees
                        Vr and the other devices of the sensed column nominally 0 V, so their

@@ -10,7 +10,9 @@ MEAS:START|MEAS:STOP), :PMU:SARB:WFM:SEQ:LIST, :PMU:OUTPUT:STATE, :PMU:EXECUTE,
 PMU channel n is the world terminal `pmun` (0 V while its output is on and idle, floating when
 off). :PMU:EXECUTE plays the listed sequences through `LabWorld.run`, so the levels on the
 707B-routed lines really pulse the simulated devices; spot-mean segments (MEAS:TYPE 1 or 3)
-return one point each with the sensed current. A refused command answers the error text
+return one point each with the sensed current. Each channel holds sequences 1..512 with at most
+2048 segments in all of them (the driver's limits, to confirm on hardware, as the error code
+-122 for exceeding them is); :PMU:INIT clears them. A refused command answers the error text
 instead of ACK (`<message> (<code>)`, the same text :ERROR:LAST:GET returns; the exact KXCI
 format is to confirm on hardware). Unknown commands: -992 "Unrecognized command".
 
