@@ -418,6 +418,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one map per row, small campaigns")
     ap.add_argument("--sections", default="read,map,campaign")
     ap.add_argument("--maps", type=int, default=None, help="8x8 maps per row (default 8)")
+    ap.add_argument("--campaign-repeats", type=int, default=None,
+                    help="campaign section: repeats per device and level (default 40, --quick 3)")
     ap.add_argument("--stacks", default="pmu,wgfmu",
                     help="campaign section: the stacks to run, comma separated")
     ap.add_argument("--first-seed", type=int, default=0,
@@ -439,7 +441,8 @@ def main() -> None:
         section_anatomy(min(n_maps, 2))
     if "campaign" in a.sections:
         with tempfile.TemporaryDirectory() as d:
-            section_campaign(4 if a.quick else 29, 3 if a.quick else 40, schemes,
+            repeats = a.campaign_repeats or (3 if a.quick else 40)
+            section_campaign(4 if a.quick else 29, repeats, schemes,
                              a.campaign_algorithms.split(","), Path(d),
                              tuple(a.stacks.split(",")))
 
