@@ -464,7 +464,8 @@ class PmuRig(_GuardedRig):
             self._device, self._pulses = tup(state["device"]), int(state["pulses"])
             self._ref, self._cal = tup(state["ref"]), tup(state["cal"])
             self._cal_t, self._offset = float(state["cal_t"]), float(state["offset"])
-            self._slots = {(str(v), str(w)): int(s) for v, w, s in state["slots"]}
+            # a state saved before the rig kept pulse sequences has none loaded
+            self._slots = {(str(v), str(w)): int(s) for v, w, s in state.get("slots", ())}
         self._guard(again)
 
     def close(self) -> None:
