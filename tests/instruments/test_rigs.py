@@ -357,3 +357,31 @@ def test_pmu_full_pulse_slots_redefine_the_least_recently_used(monkeypatch):
     assert kept[0] == ":PMU:SARB:WFM:SEQ:LIST 1,4,1,3,1"
     with pytest.raises(ValueError, match="pulse_slots"):
         type(rig)(rig.pmu, rig.matrix, rig.wiring, pulse_slots=409)
+
+
+def test_pmu_reinstates_its_loaded_pulse_sequences(monkeypatch):
+    """The loaded pulse sequences are part of the rig's saved state: re-instated, a step at a
+    loaded amplitude sends only its sequence list; a state saved before the rig kept them
+    (no "slots") re-instates with none loaded, and the next step loads its sequence."""
+    st = _pmu_station("write-routing")
+    rig = st.open_rig()
+    sent = _recording(monkeypatch, st)
+    with rig:
+        rig.pulse_and_read(2, 2, 1.4, 200e-9, n_reads=2)
+        held = rig._instrument_state()
+        assert held["slots"] == [["1.4", "2e-07", 4]]
+        rig.safe_state()
+        rig._reinstate(held)
+        del sent[:]
+        rig.pulse_and_read(2, 2, 1.4, 200e-9, n_reads=2)
+        again = _k42(sent)
+        old_state = {k: v for k, v in held.items() if k != "slots"}
+        old_state["pmu"] = {k: c for k, c in held["pmu"].items() if k[1:] != "1,4"}
+        rig.safe_state()
+        rig._reinstate(old_state)
+        del sent[:]
+        rig.pulse_and_read(2, 2, 1.4, 200e-9, n_reads=2)
+        old = _k42(sent)
+    assert not any(m.startswith(P + ":") for m in again)
+    assert again[-3:] == [":PMU:EXECUTE", ":PMU:TEST:STATUS?", ":PMU:DATA:GET 2, 0, 2"]
+    assert old[:6] == _pulse_seq(1, 4, "1.4")
