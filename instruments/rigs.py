@@ -118,8 +118,8 @@ class PmuRig(_GuardedRig):
     ``grounded``       the pulse in the write routing, the read after reselecting the read
                        routing: two 707B reselections and two executions per step.
     ``write-routing``  pulse and verify read in ONE execution (the pulse's sequence, then the
-                       lifted read's) under the write routing: the selected row at 1.5 Vr, the unselected rows at the
-                       V/3 tap (0.5 Vr), the unselected columns at the 2V/3 tap (Vr) and the
+                       lifted read's) under the write routing: the selected row at 1.5 Vr,
+                       the unselected rows at the V/3 tap (0.5 Vr), the unselected columns at the 2V/3 tap (Vr) and the
                        sensed column lifted to 0.5 Vr by PMU channel 2. The selected device sees
                        Vr and the other devices of the sensed column nominally 0 V, so their
                        half-select current stays out of the sense channel. What is left (IR
@@ -228,8 +228,9 @@ class PmuRig(_GuardedRig):
                 + p.pmu(2).sarb(seq, t, a2, b2, mt, ms, me))
 
     def _pulse_block(self, volts: float, seconds: float) -> tuple[list, ...]:
-        """The pulse, then `rest` at 0 V: with the write-routing read 1 us, which lets the sense
-        channel recover from the pulse current before the verify read (SEQ_LIFTED) follows."""
+        """The pulse, then a rest at 0 V: 1 us with the write-routing read, which lets the sense
+        channel recover from the pulse current before the verify read (SEQ_LIFTED) follows;
+        100 ns otherwise."""
         e = self.edge
         rest = 1e-6 if self.read_scheme == "write-routing" else 100e-9
         t = [100e-9, e, seconds, e, rest]
