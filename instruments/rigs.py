@@ -119,8 +119,9 @@ class PmuRig(_GuardedRig):
                        routing: two 707B reselections and two executions per step.
     ``write-routing``  pulse and verify read in ONE execution (the pulse's sequence, then the
                        lifted read's) under the write routing: the selected row at 1.5 Vr,
-                       the unselected rows at the V/3 tap (0.5 Vr), the unselected columns at the 2V/3 tap (Vr) and the
-                       sensed column lifted to 0.5 Vr by PMU channel 2. The selected device sees
+                       the unselected rows at the V/3 tap (0.5 Vr), the unselected columns at
+                       the 2V/3 tap (Vr) and the sensed column lifted to 0.5 Vr by PMU
+                       channel 2. The selected device sees
                        Vr and the other devices of the sensed column nominally 0 V, so their
                        half-select current stays out of the sense channel. What is left (IR
                        drop on the lines, the divider's real ratio, offsets of the PMU levels:
