@@ -99,10 +99,11 @@ def test_column_currents_are_the_nodal_solution_and_charge_one_execution():
                        latency=lat, ideal={"noise"})
     v = np.random.default_rng(1).uniform(-0.2, 0.2, (5, 3))
     rows, cols = np.array([1, 4, 6]), np.array([0, 7])
+    g = rig.crossbar.conductance()         # the sweep's start (its stress moves the devices)
     out = rig.column_currents(rows, v, cols)
     row_v = np.zeros((5, 8))
     row_v[:, rows] = v
-    _, cc = rig.crossbar._solver.readout_currents(rig.crossbar.conductance(), row_v)
+    _, cc = rig.crossbar._solver.readout_currents(g, row_v)
     np.testing.assert_allclose(out, cc[:, cols], rtol=1e-12)
     assert rig.clock == pytest.approx(2e-3 + 5 * (1e-3 + 2e-3))
     t = rig.time_breakdown()
@@ -157,6 +158,10 @@ def test_ideal_effects_switch_line_resistance_and_nonlinearity_off():
     assert np.all(real < v @ g)   # IR drop along the lines: less current than ideal
     with pytest.raises(ValueError, match="unknown effect"):
         SimulatedRig(xb, ideal={"gravity"})
+    still = SimulatedRig(xb, ideal={"stress"})
+    before = xb.state_dict()["rtn_next"].copy()
+    still.column_currents(np.arange(8), v, np.arange(8))
+    np.testing.assert_array_equal(xb.state_dict()["rtn_next"], before)   # no DC stress
 
 
 def test_column_currents_refuse_levels_beyond_the_read_limit_before_the_array_sees_them():
