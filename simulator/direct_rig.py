@@ -26,7 +26,8 @@ rigs (instruments.rigs) have one: their `column_currents` is a `DcRequest` on th
 seam's default). This rig keeps a second, an array tester with `channels` sources and meters
 (default: one per word line and one per bit line, so nothing is switched), for two measured
 reasons: all k patterns of a call are solved together (every line driven: line resistance,
-sneak paths, sinh I-V) plus the read noise of a sensed current per column current, a few ms of
+sneak paths, sinh I-V) plus the read noise of a current integrated for READOUT_NPLC (as the
+stations' SMUs measure it) per column current, a few ms of
 wall time for 50 patterns on 8x8 against 60 ms through `dc` (a hold and operating point per
 point; the Monte-Carlo chips of bench/repair.py and `explain_gap` run thousands of such
 calls); and `ideal` switches effects off on this path only ("lines": no line and source
@@ -166,13 +167,15 @@ class SimulatedRig(CrossbarRig):
         row_v = np.zeros((volts.shape[0], xb.shape[0]))
         row_v[:, rows] = volts
         k = volts.shape[0]
+        t_int = self.READOUT_NPLC / lat.line_frequency
+        # the read noise of a current integrated over t_int, as the stations' SMUs measure it
         rc, cc = xb.column_currents(row_v, noise="noise" not in self.ideal,
+                                    averaging=t_int / lat.read_time if lat.read_time > 0 else 1.0,
                                     lines="lines" not in self.ideal,
                                     nonlinear="nonlinearity" not in self.ideal)
         # each pattern held for its settling and integration stresses the devices as the
         # stations' list sweeps do (every other line at 0 V)
-        phases = [(lat.smu_settle, "dc_settle"),
-                  (self.READOUT_NPLC / lat.line_frequency, "dc_integration")]
+        phases = [(lat.smu_settle, "dc_settle"), (t_int, "dc_integration")]
         if "stress" in self.ideal:
             for seconds, what in phases:
                 clk.advance(k * seconds, what)

@@ -230,3 +230,18 @@ def test_column_currents_act_on_a_lost_ctrl_c_and_mark_the_rig_in_use():
     assert rig.clock == 0.0 and rig.safe.state == "safe"   # nothing reached the array
     rig.column_currents([0], np.full((1, 1), 0.1), [0])
     assert rig.safe.state == "in use"
+
+
+def test_read_out_noise_is_that_of_the_smus_integration():
+    """The array tester's column currents carry the read noise of a current integrated for
+    READOUT_NPLC, as the stations' SMUs measure it (they had the noise of one 10 us read: 13
+    times the absolute part at the 4200's 0.1 PLC)."""
+    lat = LatencyConfig()
+    xb = Crossbar(CrossbarConfig(stuck_hrs_rate=0, stuck_lrs_rate=0), seed=3)
+    rig = SimulatedRig(xb, latency=lat, ideal={"stress"})
+    cur = rig.column_currents([0], np.full((400, 1), 0.01), [0])[:, 0]
+    p = xb.config.device
+    t_int = rig.READOUT_NPLC / lat.line_frequency
+    want = np.hypot(p.read_noise_abs / np.sqrt(t_int / lat.read_time),
+                    p.read_noise_rel * abs(cur.mean()))
+    assert np.std(cur) == pytest.approx(want, rel=0.15)
