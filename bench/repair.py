@@ -52,7 +52,7 @@ from database.datasets import chip_in_the_loop_sets  # noqa: E402
 from protocols.inference import analog_forward, predict  # noqa: E402
 from protocols.repair import RepairConfig, RepairData, load_repair  # noqa: E402
 from protocols.repair import run as repair  # noqa: E402
-from protocols.rig import Channels  # noqa: E402
+from protocols.rig import Channels, CrossbarRig  # noqa: E402
 from protocols.transfer import ReverifyConfig, reverify  # noqa: E402
 from protocols.tuning import TuneConfig, tune  # noqa: E402
 from simulator.chip import VirtualChip  # noqa: E402
@@ -171,10 +171,14 @@ def one_chip(job: tuple) -> dict:
 
 
 def path_opener(name: str, chip, array):
-    """The rig opener of a read-out path: "array" (the array tester, `array`), "array:S+M"
-    (the array tester limited to S sources and M meters per call: rows driven in groups and
-    their currents added, as on a station with few SMUs) or a simulated station's name or
-    file (its own instruments, on this chip)."""
+    """The rig opener of a path: "array" (the array tester, `array`), "array:S+M" (the array
+    tester limited to S sources and M meters per call: rows driven in groups and their currents
+    added, as on a station with few SMUs), a simulated station's name or file (its own
+    instruments, on this chip), or "A/B": pulses and reads through path A, the analog read-out
+    through path B (a diagnosis: which part of a station's path makes the difference)."""
+    if "/" in name:
+        writes, reads = (path_opener(part, chip, array) for part in name.split("/"))
+        return lambda n: Split(writes(n), reads(n))
     if name == "array":
         return array
     if name.startswith("array:"):
@@ -184,6 +188,44 @@ def path_opener(name: str, chip, array):
     if station.read_settings != READ:
         raise SystemExit(f"{name}: reads as {station.read_settings}, the bench as {READ}")
     return station.tile_opener()
+
+
+class Split(CrossbarRig):
+    """A diagnosis rig on one crossbar: pulses and reads through `writes`, the analog read-out
+    through `reads` (both on the same chip and clock)."""
+
+    name = "split"
+
+    def __init__(self, writes: CrossbarRig, reads: CrossbarRig):
+        super().__init__(writes.shape, writes.limits, writes.read_settings, writes.lab)
+        self.writes, self.reads = writes, reads
+
+    @property
+    def channels(self):
+        return self.reads.channels
+
+    def _column_currents(self, rows, volts, cols):
+        return self.reads.column_currents(rows, volts, cols)
+
+    def _read_repeated(self, row, col, n):
+        return self.writes.read_repeated(row, col, n)
+
+    def _pulse(self, row, col, volts, seconds):
+        self.writes.pulse(row, col, volts, seconds)
+
+    def _pulse_and_read(self, row, col, volts, seconds, n):
+        return np.atleast_1d(self.writes.pulse_and_read(row, col, volts, seconds, n))
+
+    def _read_array(self):
+        return self.writes.read_array()
+
+    def _safe_state(self):
+        self.writes.safe_state()
+        self.reads.safe_state()
+
+    def close(self):
+        self.writes.close()
+        self.reads.close()
 
 
 def repeatability(plan, open_rig, names, x, y) -> dict:
@@ -310,7 +352,8 @@ def main() -> None:
     ap.add_argument("--paths", default="array", help="read-out paths each chip is repaired "
                     "through, comma-separated, each from the same programmed chip: 'array' (the "
                     "array tester), 'array:S+M' (it with S sources and M meters per call) or a "
-                    "simulated station (e.g. sim-pmu: its own instruments)")
+                    "simulated station (e.g. sim-pmu: its own instruments); 'A/B': pulses and reads "
+                    "through A, the analog read-out through B (e.g. 'array/sim-pmu')")
     ap.add_argument("--device", type=json.loads, default={}, help="DeviceParams fields of the "
                     "chips, as JSON (e.g. '{\"rtn_count\": 0}': no slow fluctuators)")
     a = ap.parse_args()
