@@ -147,7 +147,7 @@ def one_chip(job: tuple) -> dict:
     for name in paths:
         open_path = path_opener(name, chip, opener)
         chip.lab.restore_state(programmed)
-        rep = repeatability(plan, open_path, names, *sets["test"])
+        rep = repeatability(plan, open_path, names, *sets["test"], RepairConfig(**overrides).infer)
         chip.lab.restore_state(programmed)
         w2 = time.perf_counter()
         path = Path(tmp) / f"{dataset}_{network}_{seed}_{name.replace(':', '_')}.h5"
@@ -228,10 +228,11 @@ class Split(CrossbarRig):
         self.reads.close()
 
 
-def repeatability(plan, open_rig, names, x, y) -> dict:
-    """The test set measured twice in a row on the chip as programmed (no pulse between):
-    rms change of the last layer's pre-activations relative to their rms, and the accuracies."""
-    z = [analog_forward(plan, open_rig, names, x)[-1] for _ in range(2)]
+def repeatability(plan, open_rig, names, x, y, cfg) -> dict:
+    """The test set measured twice in a row on the chip as programmed (no pulse between), as
+    the repair measures (`cfg`): rms change of the last layer's pre-activations relative to
+    their rms, and the accuracies."""
+    z = [analog_forward(plan, open_rig, names, x, cfg)[-1] for _ in range(2)]
     return {"rms": float(np.sqrt(np.mean((z[1] - z[0]) ** 2)) / np.sqrt(np.mean(z[0] ** 2))),
             "accuracy": [float(np.mean(predict(a) == y)) for a in z]}
 

@@ -19,12 +19,19 @@ pre-activation
 (s: the layer's read-out scale), which equals the plan's numpy inference (`plan_logits`) when
 the devices are linear and the lines ideal: then I = sum_i G_i v_i.
 
-Read range. Inputs are DC levels in [-v_in, v_in]; ``v_in`` (default 0.2 V, the verify-read
-voltage every device already sees thousands of times per tuning without moving) must stay below
+Read range. Inputs are DC levels in [-v_in, v_in]; ``v_in`` (default 0.1 V) must stay below
 ``v_switch / margin``: v_switch is the devices' lowest switching threshold (0.75 V: the TiO2
 model's SET threshold 1.05 V at 100 uS and RESET threshold 1.15 V at 400 uS less 3 sigma of
 their device-to-device spread; physics.md §3.3), margin 3. The station's read limit is checked
-by the rig seam on every level.
+by the rig seam on every level. Below the thresholds is not enough: a read-out pattern is a DC
+level held for the SMU's settling and integration (2.7 ms on the 4200), not a 10 us verify
+read, and on the simulator (its DC stress law and stress-stimulated fluctuators) each pattern
+at 0.2 V ages a device's slow fluctuators about as much as a V/3 half-select pulse; a repair
+measures thousands of patterns per device. The SET drive falls by e per 80 mV (V0 of the SET
+branch), so 0.1 V cuts that stress to 0.29 of 0.2 V's, at half the signal (the read noise of a
+0.1 PLC current stays far below it): on three half-moons chips per network the repair through
+sim-pmu's SMUs ended 94.2 / 92.2 % (regular / hardware-aware) at 0.1 V against 86.3 / 92.5 %
+at 0.2 V (docs/chip-in-the-loop.md).
 
 Channel counts. A call drives at most ``channels.sources`` rows and measures at most
 ``channels.meters`` columns, both together at most ``channels.lines`` (on a station: its pool
@@ -130,8 +137,9 @@ class InferConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    v_in: float = Field(0.2, gt=0, le=1.0, description="full-scale input level [V]: the largest "
-                        "|input| of each pattern (or the bias input) is driven at this voltage")
+    v_in: float = Field(0.1, gt=0, le=1.0, description="full-scale input level [V]: the largest "
+                        "|input| of each pattern (or the bias input) is driven at this voltage "
+                        "(low: each pattern's DC stress disturbs the devices)")
     v_switch: float = Field(0.75, gt=0, le=5.0, description="lowest switching threshold of the "
                             "devices [V] (TiO2: 1.05 V SET at 100 uS less 3 sigma of the "
                             "device-to-device spread)")
