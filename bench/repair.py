@@ -16,7 +16,14 @@ physical mapping), on fresh virtual chips (the same chip seeds for both networks
    deviation by measuring again with line resistance, non-linearity and read noise off;
 3. repair (`protocols.repair`, default `RepairConfig`, fields changed by `--repair`) with a
    budget of 20 % of that chip's programming pulses; the data roles of
-   `database.datasets.chip_in_the_loop_sets`.
+   `database.datasets.chip_in_the_loop_sets`. With ``--paths``, once per path from the same
+   programmed chip (its state saved after step 1): "array" (the array tester, `SimulatedRig`:
+   one source per row, one meter per column), "array:S+M" (it with S sources and M meters per
+   call), a simulated station (e.g. "sim-pmu": the repair's pulses, reads and analog read-out
+   through the station's own emulated instruments, on this chip: `load_station(...,
+   chip=chip)`), or "A/B" (pulses and reads through A, the read-out through B); before each
+   repair the test set is measured twice in a row through that path (repeatability). The
+   programming itself is always on the array tester (the same chips for every path).
 
 Prints per network: software, Monte-Carlo, analog and read-back accuracy before, accuracy after
 repair (mean, worst chip), extra pulses relative to the transfer (its re-verify pulses
@@ -26,7 +33,8 @@ accuracy, worst chip within 3, at most 20 % extra pulses).
 
 Usage: python bench/repair.py [--quick] [--chips 24] [--digits-chips 4] [--workers 1]
                               [--out bench-repair-out] [--repair '{"calibrate": "affine"}']
-                              [--reverify '{"passes": 3}']
+                              [--reverify '{"passes": 3}'] [--paths array,sim-pmu]
+                              [--device '{"rtn_count": 0}']
 Figures: docs/chip-in-the-loop.md.
 """
 
