@@ -184,7 +184,7 @@ def path_opener(name: str, chip, array):
     added, as on a station with few SMUs), a simulated station's name or file (its own
     instruments, on this chip), or "A/B": pulses and reads through path A, the analog read-out
     through path B (a diagnosis: which part of a station's path makes the difference)."""
-    if "/" in name:
+    if "/" in name and not Path(name).exists():   # (a station file's path is a station)
         writes, reads = (path_opener(part, chip, array) for part in name.split("/"))
         return lambda n: Split(writes(n), reads(n))
     if name == "array":
