@@ -7,10 +7,10 @@ at its targets (no transfer). `protocols.inference.run` measures the half-moons 
 
 - ``station``: through the station's own rig, rows driven and columns measured by its SMUs
   through the 707B (`CrossbarRig.column_currents` as a DC request, over the emulated
-  instruments): sim-pmu (4200A, four SMUs: 3 rows + 1 column per pass, one list sweep each),
-  and a WGFMU crossbar station (B1500 with four SMUs on matrix rows and a ground row, set and
-  measured point by point; the shipped sim-wgfmu is a single crosspoint, where the 3x8 tiles
-  do not fit);
+  instruments): sim-pmu (4200A, four SMUs shared by the rows and columns of a pass, split per
+  tile by `protocols.inference.read_out_split`, one list sweep per pass), and a WGFMU crossbar
+  station (B1500 with four SMUs on matrix rows and a ground row, set and measured point by
+  point; the shipped sim-wgfmu is a single crosspoint, where the 3x8 tiles do not fit);
 - ``array tester``: what `xbarlab infer` used before on these stations, the simulator's
   `SimulatedRig` on the same chip with the station's latency model (one source per word line,
   one meter per bit line, one list sweep per call).
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from database.datasets import chip_in_the_loop_sets  # noqa: E402
-from protocols.inference import InferConfig, run  # noqa: E402
+from protocols.inference import InferConfig, read_out_split, run  # noqa: E402
 from simulator.config import LatencyConfig  # noqa: E402
 from simulator.direct_rig import SimulatedRig  # noqa: E402
 from training.export import plan_from_weights  # noqa: E402
@@ -113,8 +113,10 @@ def main() -> None:
             lat = LatencyConfig(**st.cfg.sim.latency)
             with st.open_rig(names[0]) as rig:
                 ch = rig.channels
+            splits = sorted({read_out_split(ch, *(int(v) for v in s)) for s in plan.tile_shape})
             paths = {
-                f"station SMUs {ch.sources} rows + {ch.meters} col per pass": st.tile_opener(),
+                "station SMUs (rows + cols per pass: " + ", ".join(
+                    f"{a} + {b}" for a, b in splits) + ")": st.tile_opener(),
                 "array tester (SimulatedRig, before)": lambda n, st=st, chip=chip, lat=lat:
                     SimulatedRig(chip[n], latency=lat, limits=st.limits,
                                  read=st.read_settings, lab=chip.lab)}

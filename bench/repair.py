@@ -16,7 +16,14 @@ physical mapping), on fresh virtual chips (the same chip seeds for both networks
    deviation by measuring again with line resistance, non-linearity and read noise off;
 3. repair (`protocols.repair`, default `RepairConfig`, fields changed by `--repair`) with a
    budget of 20 % of that chip's programming pulses; the data roles of
-   `database.datasets.chip_in_the_loop_sets`.
+   `database.datasets.chip_in_the_loop_sets`. With ``--paths``, once per path from the same
+   programmed chip (its state saved after step 1): "array" (the array tester, `SimulatedRig`:
+   one source per row, one meter per column), "array:S+M" (it with S sources and M meters per
+   call), a simulated station (e.g. "sim-pmu": the repair's pulses, reads and analog read-out
+   through the station's own emulated instruments, on this chip: `load_station(...,
+   chip=chip)`), or "A/B" (pulses and reads through A, the read-out through B); before each
+   repair the test set is measured twice in a row through that path (repeatability). The
+   programming itself is always on the array tester (the same chips for every path).
 
 Prints per network: software, Monte-Carlo, analog and read-back accuracy before, accuracy after
 repair (mean, worst chip), extra pulses relative to the transfer (its re-verify pulses
@@ -26,7 +33,8 @@ accuracy, worst chip within 3, at most 20 % extra pulses).
 
 Usage: python bench/repair.py [--quick] [--chips 24] [--digits-chips 4] [--workers 1]
                               [--out bench-repair-out] [--repair '{"calibrate": "affine"}']
-                              [--reverify '{"passes": 3}']
+                              [--reverify '{"passes": 3}'] [--paths array,sim-pmu]
+                              [--device '{"rtn_count": 0}']
 Figures: docs/chip-in-the-loop.md.
 """
 
@@ -49,12 +57,14 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 threadpool_limits(1, user_api="blas")
 
 from database.datasets import chip_in_the_loop_sets  # noqa: E402
+from protocols.inference import analog_forward, predict  # noqa: E402
 from protocols.repair import RepairConfig, RepairData, load_repair  # noqa: E402
 from protocols.repair import run as repair  # noqa: E402
+from protocols.rig import Channels, CrossbarRig  # noqa: E402
 from protocols.transfer import ReverifyConfig, reverify  # noqa: E402
 from protocols.tuning import TuneConfig, tune  # noqa: E402
 from simulator.chip import VirtualChip  # noqa: E402
-from simulator.config import CrossbarConfig  # noqa: E402
+from simulator.config import CrossbarConfig, DeviceParams  # noqa: E402
 from simulator.direct_rig import SimulatedRig  # noqa: E402
 from training.defaults import LABELS, NETWORKS  # noqa: E402
 from xbarlab.chip_loop import explain_gap  # noqa: E402
@@ -99,12 +109,14 @@ def monte_carlo(models, db, sets, n: int) -> dict:
 
 def one_chip(job: tuple) -> dict:
     """Program, measure, explain and repair one chip; plain numbers back."""
-    plan_dict, dataset, network, seed, tmp, overrides, rv_overrides = job
+    plan_dict, dataset, network, seed, tmp, overrides, rv_overrides, paths, device = job
     from protocols.plan import ConductancePlan
 
     plan = ConductancePlan.from_dict(plan_dict)
     sets = chip_in_the_loop_sets(dataset)
-    chip = VirtualChip({f"x{t}": CrossbarConfig() for t in range(plan.n_tiles)}, seed=seed)
+    xbar = CrossbarConfig().model_copy(
+        update={"device": DeviceParams(**(CrossbarConfig().device.model_dump() | device))})
+    chip = VirtualChip({f"x{t}": xbar for t in range(plan.n_tiles)}, seed=seed)
     names = list(chip.crossbars)
 
     def opener(n):
@@ -130,29 +142,107 @@ def one_chip(job: tuple) -> dict:
     err_first = np.abs(np.concatenate([r.g_first for r in rv]) / plan.target - 1)
     err = np.abs(np.concatenate([r.g for r in rv]) / plan.target - 1)
     w1 = time.perf_counter()
+    programmed = chip.lab.save_state()   # every path starts from this chip
     gap = explain_gap(plan, chip, names, *sets["test"])
-    w2 = time.perf_counter()
-    path = Path(tmp) / f"{dataset}_{network}_{seed}.h5"
-    r = repair(plan, opener, names, path, RepairData(**sets), budget=int(BUDGET * pulses),
-               read=READ,
-               stuck=np.array([not x.converged for x in res]),
-               prior_tunings=(np.array([x.g_initial for x in res]),
-                              np.array([x.target for x in res]),
-                              np.array([x.pulses for x in res])),
-               config=RepairConfig(**overrides), seed=seed, overwrite=True, progress=False)
-    s = load_repair(path).summary
-    path.unlink()
-    return {"dataset": dataset, "network": network, "seed": seed,
-            "transfer_pulses": pulses, "transfer_failed": int(sum(not x.converged for x in res)),
-            "transfer_time_s": transfer_time, "gap": gap, "reverify_pulses": rv_pulses,
-            "map_error_first": [float(np.median(err_first)), float(np.quantile(err_first, 0.95))],
-            "map_error": [float(np.median(err)), float(np.quantile(err, 0.95))],
-            "analog_before": s["accuracy_before"], "readback_before": s["accuracy_readback_before"],
-            "after": s["accuracy_after"], "readback_after": s["accuracy_readback_after"],
-            "repair_pulses": s["pulses"], "repair_time_s": s["instrument_time_s"],
-            "chosen": s["chosen"], "stopped": s.get("stopped", ""),
-            "wall_program_s": w1 - w0, "wall_explain_s": w2 - w1,
-            "wall_repair_s": time.perf_counter() - w2, "summary": r.summary}
+    common = {"dataset": dataset, "network": network, "seed": seed,
+              "transfer_pulses": pulses, "transfer_failed": int(sum(not x.converged for x in res)),
+              "transfer_time_s": transfer_time, "gap": gap, "reverify_pulses": rv_pulses,
+              "map_error_first": [float(np.median(err_first)),
+                                  float(np.quantile(err_first, 0.95))],
+              "map_error": [float(np.median(err)), float(np.quantile(err, 0.95))],
+              "wall_program_s": w1 - w0, "wall_explain_s": time.perf_counter() - w1}
+    out = []
+    for name in paths:
+        open_path = path_opener(name, chip, opener)
+        chip.lab.restore_state(programmed)
+        rep = repeatability(plan, open_path, names, *sets["test"], RepairConfig(**overrides).infer)
+        chip.lab.restore_state(programmed)
+        w2 = time.perf_counter()
+        path = Path(tmp) / f"{dataset}_{network}_{seed}_{name.replace(':', '_')}.h5"
+        r = repair(plan, open_path, names, path, RepairData(**sets),
+                   budget=int(BUDGET * pulses), read=READ,
+                   stuck=np.array([not x.converged for x in res]),
+                   prior_tunings=(np.array([x.g_initial for x in res]),
+                                  np.array([x.target for x in res]),
+                                  np.array([x.pulses for x in res])),
+                   config=RepairConfig(**overrides), seed=seed, overwrite=True, progress=False)
+        s = load_repair(path).summary
+        path.unlink()
+        out.append({**common, "path": name, "repeat": rep,
+                    "analog_before": s["accuracy_before"],
+                    "readback_before": s["accuracy_readback_before"],
+                    "after": s["accuracy_after"], "readback_after": s["accuracy_readback_after"],
+                    "repair_pulses": s["pulses"], "repair_time_s": s["instrument_time_s"],
+                    "chosen": s["chosen"], "stopped": s.get("stopped", ""),
+                    "wall_repair_s": time.perf_counter() - w2, "summary": r.summary})
+    return out
+
+
+def path_opener(name: str, chip, array):
+    """The rig opener of a path: "array" (the array tester, `array`), "array:S+M" (the array
+    tester limited to S sources and M meters per call: rows driven in groups and their currents
+    added, as on a station with few SMUs), a simulated station's name or file (its own
+    instruments, on this chip), or "A/B": pulses and reads through path A, the analog read-out
+    through path B (a diagnosis: which part of a station's path makes the difference)."""
+    if "/" in name and not Path(name).exists():   # (a station file's path is a station)
+        writes, reads = (path_opener(part, chip, array) for part in name.split("/"))
+        return lambda n: Split(writes(n), reads(n))
+    if name == "array":
+        return array
+    if name.startswith("array:"):
+        s, m = (int(v) for v in name.split(":", 1)[1].split("+"))
+        return lambda n: SimulatedRig(chip[n], lab=chip.lab, read=READ, channels=Channels(s, m))
+    station = load_station(name, chip=chip)
+    if station.read_settings != READ:
+        raise SystemExit(f"{name}: reads as {station.read_settings}, the bench as {READ}")
+    return station.tile_opener()
+
+
+class Split(CrossbarRig):
+    """A diagnosis rig on one crossbar: pulses and reads through `writes`, the analog read-out
+    through `reads` (both on the same chip and clock)."""
+
+    name = "split"
+
+    def __init__(self, writes: CrossbarRig, reads: CrossbarRig):
+        super().__init__(writes.shape, writes.limits, writes.read_settings, writes.lab)
+        self.writes, self.reads = writes, reads
+
+    @property
+    def channels(self):
+        return self.reads.channels
+
+    def _column_currents(self, rows, volts, cols):
+        return self.reads.column_currents(rows, volts, cols)
+
+    def _read_repeated(self, row, col, n):
+        return self.writes.read_repeated(row, col, n)
+
+    def _pulse(self, row, col, volts, seconds):
+        self.writes.pulse(row, col, volts, seconds)
+
+    def _pulse_and_read(self, row, col, volts, seconds, n):
+        return np.atleast_1d(self.writes.pulse_and_read(row, col, volts, seconds, n))
+
+    def _read_array(self):
+        return self.writes.read_array()
+
+    def _safe_state(self):
+        self.writes.safe_state()
+        self.reads.safe_state()
+
+    def close(self):
+        self.writes.close()
+        self.reads.close()
+
+
+def repeatability(plan, open_rig, names, x, y, cfg) -> dict:
+    """The test set measured twice in a row on the chip as programmed (no pulse between), as
+    the repair measures (`cfg`): rms change of the last layer's pre-activations relative to
+    their rms, and the accuracies."""
+    z = [analog_forward(plan, open_rig, names, x, cfg)[-1] for _ in range(2)]
+    return {"rms": float(np.sqrt(np.mean((z[1] - z[0]) ** 2)) / np.sqrt(np.mean(z[0] ** 2))),
+            "accuracy": [float(np.mean(predict(a) == y)) for a in z]}
 
 
 def pct(x: float) -> str:
@@ -167,8 +257,8 @@ def _errs(rows: list[dict], network: str) -> str:
             f"{pct(e1[1]).strip()}; {pct(share).strip()}")
 
 
-def report(dataset: str, rows: list[dict], mc: dict) -> list[str]:
-    out = [f"\n== {dataset} ({len(rows) // 2} chips per network) =="]
+def report(dataset: str, rows: list[dict], mc: dict, path: str) -> list[str]:
+    out = [f"\n== {dataset} ({len(rows) // 2} chips per network), read-out path {path} =="]
     head = (f"{'':16}{'software':>10}{'Monte-Carlo':>16}{'analog before':>20}"
             f"{'read-back before':>20}{'after repair':>20}{'extra pulses':>16}")
     out.append(head)
@@ -219,6 +309,12 @@ def report(dataset: str, rows: list[dict], mc: dict) -> list[str]:
                    f"{np.median(np.abs(gains - 1)):.3f}), offset median |offset| "
                    f"{np.median(np.abs(offs)):.3f}, largest {np.abs(offs).max():.3f} "
                    "(pre-activation units)")
+    out.append("repeatability (test set measured twice in a row as programmed, no pulse "
+               "between): rms change of the last layer's outputs / their rms, median "
+               f"{pct(np.median([x['repeat']['rms'] for x in rows])).strip()}, largest "
+               f"{pct(max(x['repeat']['rms'] for x in rows)).strip()}; accuracy change mean "
+               f"{100 * np.mean([abs(np.diff(x['repeat']['accuracy'])[0]) for x in rows]):.1f}"
+               " points")
     chosen: dict[str, int] = {}
     for x in rows:
         for k, v in x["chosen"].items():
@@ -226,6 +322,26 @@ def report(dataset: str, rows: list[dict], mc: dict) -> list[str]:
     out.append("corrections chosen (rounds, all chips): " + ", ".join(
         f"{k} {v}" for k, v in sorted(chosen.items())) + "; stopped: " + ", ".join(
         f"{s} {sum(x['stopped'] == s for x in rows)}" for s in sorted({x['stopped'] for x in rows})))
+    return out
+
+
+def side_by_side(dataset: str, rows: list[dict], paths: list[str]) -> list[str]:
+    """The read-out paths on the same chips: after repair, chips ending lower, repair time."""
+    out = [f"\n== {dataset}: the same chips through each read-out path ==",
+           f"{'':16}{'path':>14}{'analog before':>16}{'after repair':>22}{'lower':>8}"
+           f"{'repair time':>13}{'repeat rms':>12}"]
+    for name in NETWORKS:
+        for path in paths:
+            r = [x for x in rows if x["network"] == name and x["path"] == path]
+            if not r:
+                continue
+            a = np.array([x["analog_before"] for x in r])
+            c = np.array([x["after"] for x in r])
+            out.append(f"{LABELS[name]:16}{path:>14}{pct(a.mean()):>16}"
+                       f"{pct(c.mean()) + ' (min' + pct(c.min()) + ')':>22}"
+                       f"{int(np.sum(c < a)):>5} of {len(r)}"
+                       f"{np.mean([x['repair_time_s'] for x in r]):>11.0f} s"
+                       f"{pct(np.median([x['repeat']['rms'] for x in r])):>12}")
     return out
 
 
@@ -242,14 +358,22 @@ def main() -> None:
                     "change, as JSON (e.g. '{\"rollback\": false}')")
     ap.add_argument("--reverify", type=json.loads, default={}, help="ReverifyConfig fields of "
                     "the transfer, as JSON (default: off, the paper's transfer)")
+    ap.add_argument("--paths", default="array", help="read-out paths each chip is repaired "
+                    "through, comma-separated, each from the same programmed chip: 'array' (the "
+                    "array tester), 'array:S+M' (it with S sources and M meters per call) or a "
+                    "simulated station (e.g. sim-pmu: its own instruments); 'A/B': pulses and reads "
+                    "through A, the analog read-out through B (e.g. 'array/sim-pmu')")
+    ap.add_argument("--device", type=json.loads, default={}, help="DeviceParams fields of the "
+                    "chips, as JSON (e.g. '{\"rtn_count\": 0}': no slow fluctuators)")
     a = ap.parse_args()
+    paths = a.paths.split(",")
     if a.quick:
         a.chips, a.digits_chips, a.mc = 3, min(a.digits_chips, 1), 200
     a.out.mkdir(parents=True, exist_ok=True)
     from training.export import conductance_plan
 
     w0 = time.perf_counter()
-    lines, results = [], {}
+    results = {}
     for dataset, chips in (("moons", a.chips), ("digits", a.digits_chips)):
         if chips < 1:
             continue
@@ -262,17 +386,20 @@ def main() -> None:
                     plan = conductance_plan(t["models"][name], t["db"], read=READ)
                     plan.meta.update(network=name, dataset=dataset)
                     jobs.append((plan.to_dict(), dataset, name, 1000 + seed, tmp, a.repair,
-                                 a.reverify))
+                                 a.reverify, paths, a.device))
             if a.workers > 1:
                 from multiprocessing import get_context
 
                 with get_context("spawn").Pool(a.workers) as pool:
-                    rows = pool.map(one_chip, jobs)
+                    rows = [r for chip in pool.map(one_chip, jobs) for r in chip]
             else:
-                rows = [one_chip(j) for j in jobs]
+                rows = [r for j in jobs for r in one_chip(j)]
         results[dataset] = {"chips": rows, "monte_carlo": mc}
-        lines += report(dataset, rows, mc)
-        print("\n".join(report(dataset, rows, mc)), flush=True)
+        for path in paths:
+            lines = report(dataset, [x for x in rows if x["path"] == path], mc, path)
+            print("\n".join(lines), flush=True)
+        if len(paths) > 1:
+            print("\n".join(side_by_side(dataset, rows, paths)), flush=True)
     wall = time.perf_counter() - w0
     print(f"\nwall time {wall:.0f} s")
     (a.out / "results.json").write_text(json.dumps(results, indent=1, default=float))

@@ -19,21 +19,33 @@ pre-activation
 (s: the layer's read-out scale), which equals the plan's numpy inference (`plan_logits`) when
 the devices are linear and the lines ideal: then I = sum_i G_i v_i.
 
-Read range. Inputs are DC levels in [-v_in, v_in]; ``v_in`` (default 0.2 V, the verify-read
-voltage every device already sees thousands of times per tuning without moving) must stay below
+Read range. Inputs are DC levels in [-v_in, v_in]; ``v_in`` (default 0.1 V) must stay below
 ``v_switch / margin``: v_switch is the devices' lowest switching threshold (0.75 V: the TiO2
 model's SET threshold 1.05 V at 100 uS and RESET threshold 1.15 V at 400 uS less 3 sigma of
 their device-to-device spread; physics.md §3.3), margin 3. The station's read limit is checked
-by the rig seam on every level.
+by the rig seam on every level. Below the thresholds is not enough: a read-out pattern is a DC
+level held for the SMU's settling and integration (2.7 ms on the 4200), not a 10 us verify
+read, and on the simulator (its DC stress law and stress-stimulated fluctuators) each pattern
+at 0.2 V ages a device's slow fluctuators about as much as a V/3 half-select pulse; a repair
+measures thousands of patterns per device. The SET drive falls by e per 80 mV (V0 of the SET
+branch), so 0.1 V cuts that stress to 0.29 of 0.2 V's, at half the signal (the read noise of a
+0.1 PLC current stays far below it): on three half-moons chips per network the repair through
+sim-pmu's SMUs ended 94.2 / 92.2 % (regular / hardware-aware) at 0.1 V against 86.3 / 92.5 %
+at 0.2 V (docs/chip-in-the-loop.md).
 
 Channel counts. A call drives at most ``channels.sources`` rows and measures at most
-``channels.meters`` columns (on a station: its SMUs, split between rows and columns as
-`CrossbarRig.channels` says; the 4200's four SMUs on an 8x8 crossbar drive 3 rows and meter 1
-column per call). More columns than meters: the same patterns are applied again for each group
-of columns (exact: every column is at 0 V either way). More rows than sources: rows are driven
-in groups and the currents added (superposition: exact for linear devices, and for any
-devices on ideal lines, where each device sees only its own row's level; with line resistance
-and the sinh I-V together it is approximate).
+``channels.meters`` columns, both together at most ``channels.lines`` (on a station: its pool
+of SMUs; the 4200's four SMUs on an 8x8 crossbar: 1 to 3 rows and 3 to 1 columns per call).
+More columns than meters: the same patterns are applied again for each group of columns (exact:
+every column is at 0 V either way). More rows than sources: rows are driven in groups and the
+currents added (superposition: exact for linear devices, and for any devices on ideal lines,
+where each device sees only its own row's level; with line resistance and the sinh I-V
+together approximate, 0.04 % rms on the half-moons tiles). Every column group drives each
+device of the tile's rows with every pattern again, a DC stress that moves the devices, while
+a row group drives only its own rows: `read_out_split` takes, per tile, the split of a shared
+pool with the fewest column groups, then the fewest calls (a 3x8 tile on the 4200: 1 row + 3
+columns per call, 9 calls, each device driven 3 times per pattern; 3 + 1 took 8 calls and
+drove each device 8 times).
 Each group is one call, which on a station is one DC pass (matrix routing, SMUs prepared,
 every pattern forced and measured again): the run logs how many row and column groups each
 tile needs and records the largest counts in its summary (``row_groups``, ``col_groups``).
@@ -73,7 +85,7 @@ from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.errors import ProtocolError
 from protocols.plan import MINUS, ConductancePlan, activate, check_crossbar, plan_forward
 from protocols.progress import Bar
-from protocols.rig import CrossbarRig
+from protocols.rig import Channels, CrossbarRig
 from protocols.transfer import data_digest, measured_conductances, stored_plan_run
 
 log = logging.getLogger("xbarlab.inference")
@@ -125,8 +137,9 @@ class InferConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    v_in: float = Field(0.2, gt=0, le=1.0, description="full-scale input level [V]: the largest "
-                        "|input| of each pattern (or the bias input) is driven at this voltage")
+    v_in: float = Field(0.1, gt=0, le=1.0, description="full-scale input level [V]: the largest "
+                        "|input| of each pattern (or the bias input) is driven at this voltage "
+                        "(low: each pattern's DC stress disturbs the devices)")
     v_switch: float = Field(0.75, gt=0, le=5.0, description="lowest switching threshold of the "
                             "devices [V] (TiO2: 1.05 V SET at 100 uS less 3 sigma of the "
                             "device-to-device spread)")
@@ -251,17 +264,43 @@ def predict(z_last: np.ndarray) -> np.ndarray:
         z_last.argmax(1).astype(np.int64)
 
 
+def read_out_split(ch: Channels, rows: int, cols: int) -> tuple[int, int]:
+    """(rows driven, columns metered) per call for a tile of `rows` x `cols` on channels `ch`:
+    the split that drives each device with the fewest patterns, then the fewest calls.
+
+    Each call drives its rows with every pattern and holds every other line at 0 V, so each
+    device of a driven row carries its row's level for every pattern of the call, whether its
+    column is metered or not: a device sees the patterns once per column group. That DC stress
+    moves the devices (the simulator: it ages their slow fluctuators as a half-select pulse
+    does), so column groups cost disturbance; row groups cost none (a device is driven only
+    in its own group) and their superposition measured exact to 0.04 % on the half-moons tiles
+    (docs/chip-in-the-loop.md)."""
+    best = None
+    for m in range(1, min(cols, ch.meters) + 1):
+        s = min(rows, ch.sources, (ch.lines or rows + m) - m)
+        if s < 1:
+            continue
+        col_groups, row_groups = -(-cols // m), -(-rows // s)
+        key = (col_groups, col_groups * row_groups)
+        if best is None or key < best[0]:
+            best = key, (s, m)
+    assert best is not None   # m = 1 always fits: Channels holds at least two lines
+    return best[1]
+
+
 def measure_tile(rig: CrossbarRig, tm: TileMap, volts: np.ndarray) -> np.ndarray:
     """Column currents (k, used cols) of one tile for the drive `volts` (k, used rows),
-    time-multiplexed over the rig's sources (superposition) and meters (exact)."""
+    time-multiplexed over the rig's sources (superposition) and meters (exact) as
+    `read_out_split` says."""
     ch = rig.channels
     if ch is None:  # let the seam raise its NotAvailableError
         return rig.column_currents(tm.rows, volts, tm.cols)
+    s, m = read_out_split(ch, tm.rows.size, tm.cols.size)
     out = np.zeros((volts.shape[0], tm.cols.size))
-    for r0 in range(0, tm.rows.size, ch.sources):
-        rows = tm.rows[r0:r0 + ch.sources]
-        for c0 in range(0, tm.cols.size, ch.meters):
-            cols = tm.cols[c0:c0 + ch.meters]
+    for c0 in range(0, tm.cols.size, m):
+        cols = tm.cols[c0:c0 + m]
+        for r0 in range(0, tm.rows.size, s):
+            rows = tm.rows[r0:r0 + s]
             out[:, c0:c0 + cols.size] += rig.column_currents(rows, volts[:, rows], cols)
     return out
 
@@ -272,7 +311,8 @@ def tile_groups(rig: CrossbarRig, tm: TileMap) -> tuple[int, int]:
     ch = rig.channels
     if ch is None:
         return 1, 1
-    return -(-tm.rows.size // ch.sources), -(-tm.cols.size // ch.meters)
+    s, m = read_out_split(ch, tm.rows.size, tm.cols.size)
+    return -(-tm.rows.size // s), -(-tm.cols.size // m)
 
 
 def analog_forward(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
@@ -411,14 +451,12 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                     restore_progress("inference", writer, units, rig)
                 groups[t] = tile_groups(rig, tm)
                 if groups[t][0] > 1:
-                    log.warning("tile %d: %d rows on %d sources: driven in %d groups and the "
-                                "currents added (superposition, approximate for non-linear "
-                                "devices on resistive lines)", t, tm.rows.size, rig.channels.sources,
-                                groups[t][0])
+                    log.info("tile %d: %d rows driven in %d groups and the currents added "
+                             "(superposition, approximate for non-linear devices on resistive "
+                             "lines)", t, tm.rows.size, groups[t][0])
                 if groups[t][1] > 1:
-                    log.info("tile %d: %d columns on %d meters: measured in %d groups, each "
-                             "applying every pattern again", t, tm.cols.size,
-                             rig.channels.meters, groups[t][1])
+                    log.info("tile %d: %d columns measured in %d groups, each applying every "
+                             "pattern again", t, tm.cols.size, groups[t][1])
                 last_of_layer = not any(m.layer == tm.layer for m in maps[t + 1:])
                 for b in range(max(0, start - first), n_batches):
                     interrupts.check()  # a Ctrl-C lost in a finaliser (e.g. during the commit)

@@ -112,16 +112,20 @@ def recording_safe_states() -> Iterator[list[SafeOutcome]]:
 @dataclass(frozen=True)
 class Channels:
     """What a rig's analog read-out (`CrossbarRig.column_currents`) can take in one call: how
-    many word lines it can drive with independent voltages (`sources`) and how many bit lines it
-    can measure at once (`meters`). On an SMU rig both come from one pool of SMUs
-    (`CrossbarRig.channels` says how it is split)."""
+    many word lines it can drive with independent voltages (`sources`), how many bit lines it
+    can measure at once (`meters`) and, where both come from one pool of SMUs, how many lines
+    of both kinds together (`lines`; None: no joint limit). The caller chooses the split of a
+    shared pool per call (`protocols.inference.read_out_split`)."""
 
     sources: int
     meters: int
+    lines: int | None = None
 
     def __post_init__(self) -> None:
         if self.sources < 1 or self.meters < 1:
             raise ValueError(f"a DC path needs at least one source and one meter, got {self}")
+        if self.lines is not None and self.lines < 2:
+            raise ValueError(f"a DC path needs at least two lines per call, got {self}")
 
 
 class Limits(Protocol):
@@ -435,14 +439,10 @@ class CrossbarRig(abc.ABC):
 
         - every line wired to an SMU of its own (`fixed`): all word lines and all bit lines;
         - SMUs routed by a matrix: a pool of `dc_capacity.sources` SMUs, less one that holds
-          the lines not in use at 0 V when the matrix cannot ground them. Word lines first:
-          as many as the crossbar has, leaving at least one SMU to meter; the rest meter bit
-          lines. Driving all of a tile's rows at once needs no superposition of row groups
-          (exact with line resistance too), and it was the cheapest split measured: the
-          half-moons network on the 4200's four SMUs cost 381 ms per inference with 3 rows +
-          1 column per pass, 402 ms with 2 + 2, 553 ms with 1 + 3, setting and measuring
-          point by point (bench/infer_time.py); with the 4200's list sweep 3 + 1 costs 92 ms
-          (the other splits not re-measured).
+          the lines not in use at 0 V when the matrix cannot ground them, shared by the word
+          lines driven and the bit lines metered of a call (`lines`), at least one of each.
+          How to split it is the caller's choice per call (`protocols.inference` takes the
+          split that drives each device with the fewest patterns).
           Fewer than two SMUs in the pool: None.
         """
         cap = self.dc_capacity
@@ -454,8 +454,7 @@ class CrossbarRig(abc.ABC):
         pool = cap.sources - (0 if cap.ground else 1)
         if pool < 2:
             return None
-        sources = min(rows, pool - 1)
-        return Channels(sources, min(cols, pool - sources))
+        return Channels(min(rows, pool - 1), min(cols, pool - 1), lines=pool)
 
     def column_currents(self, rows, volts, cols) -> np.ndarray:
         """Drive word lines `rows` with `volts` and measure the currents of bit lines `cols`:
@@ -464,7 +463,8 @@ class CrossbarRig(abc.ABC):
         Arguments (SI): ``rows`` distinct word-line indices (at most ``channels.sources``);
         ``volts`` shape (k, len(rows)): k drive patterns, applied one after the other, volts[a,
         i] on word line rows[i] during pattern a; ``cols`` distinct bit-line indices (at most
-        ``channels.meters``). Returns the currents [A], shape (k, len(cols)).
+        ``channels.meters``; rows and columns together at most ``channels.lines``). Returns the
+        currents [A], shape (k, len(cols)).
 
         Contract every rig implements:
 
@@ -504,6 +504,10 @@ class CrossbarRig(abc.ABC):
         n_rows, n_cols = self.shape
         rows = self._lines(rows, n_rows, ch.sources, "word line", "sources")
         cols = self._lines(cols, n_cols, ch.meters, "bit line", "meters")
+        if ch.lines is not None and rows.size + cols.size > ch.lines:
+            raise ValueError(f"{self.name}: {rows.size} word lines and {cols.size} bit lines "
+                             f"asked at once, the DC path has {ch.lines} SMUs for both: "
+                             "time-multiplex them")
         v = np.asarray(volts, dtype=float)
         if v.ndim != 2 or v.shape[0] < 1 or v.shape[1] != rows.size:
             raise ValueError(f"column_currents needs volts of shape (k >= 1, {rows.size}), got "

@@ -361,7 +361,8 @@ class Crossbar:
         res = self._solver.solve(G, rv, cv)
         return res.row_currents, res.col_currents
 
-    def column_currents(self, row_v, *, noise: bool = True, lines: bool = True,
+    def column_currents(self, row_v, *, noise: bool = True, averaging: float = 1.0,
+                        lines: bool = True,
                         nonlinear: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Analog read-out: word line i at row_v[a, i] [V] (0 = held at 0 V), every bit line at
         virtual ground, for each pattern a of row_v (k, rows). Returns (row currents (k, rows)
@@ -369,7 +370,8 @@ class Crossbar:
         ground), through the nodal solver (line resistance, sneak paths, sinh I-V).
 
         `noise`: each column current gets the read noise of a sensed current (two normals
-        each from the crossbar's generator, as `read`). `lines=False` / `nonlinear=False`
+        each from the crossbar's generator, as `read`), integrated `averaging` times a read's
+        time (`noisy`). `lines=False` / `nonlinear=False`
         solve the same array without line and source resistance / with linear devices, to
         attribute an error to each effect (no random numbers are drawn for them unless
         `noise`)."""
@@ -385,7 +387,7 @@ class Crossbar:
                     v_ref=p.v_ref, faults=cfg.faults if lines else ())
         rc, cc = solver.readout_currents(self.conductance(), row_v)
         if noise:
-            cc = self.noisy(cc)
+            cc = self.noisy(cc, averaging)
         return rc, cc
 
     def _bias(self, row: int, col: int, volts: float, scheme: str):

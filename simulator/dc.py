@@ -17,10 +17,16 @@ step (predicted with the median cycle-to-cycle factor, `Crossbar.predict_change`
 operating point re-solved between steps: a device switching under compliance therefore sees
 its voltage fall as its current reaches the compliance, as on a real SMU. A hold that changes
 nothing noticeably is one step. Each step draws the C2C factors of one pulse.
+
+`sweep_stress` applies the stress of a list sweep's patterns in one step each, at the levels
+of the lines: for a read-out whose operating points were solved in one batch because no device
+is predicted to move noticeably (the emulated SMU list sweep and the simulator's array tester
+share it, so both read-outs disturb the chip alike).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,3 +223,20 @@ def hold(xb, sources: list[Source], seconds: float,
         done += step
         op = operating_point(xb, sources, op)
     return op
+
+
+def sweep_stress(xb, v_dev: np.ndarray, phases: Sequence[tuple[float, str]]) -> None:
+    """The DC stress of k drive patterns held one after the other (an SMU list sweep): pattern
+    a puts ``v_dev[a]`` (rows x cols) on the devices for the `phases` (seconds, clock category:
+    settling, integration...), each charged to the crossbar's clock, then stresses them as a
+    hold (`physics.dc_width`) whose age runs on while consecutive patterns are equal and
+    restarts when they change."""
+    p = xb.config.device
+    held = sum(seconds for seconds, _ in phases)
+    age, prev = 0.0, None
+    for v in v_dev:
+        age = age + held if prev is not None and np.array_equal(v, prev) else 0.0
+        for seconds, what in phases:
+            xb.clock.advance(seconds, what)
+        xb.apply_device_voltages(v, physics.dc_width(age, age + held, v, p))
+        prev = v

@@ -13,8 +13,10 @@ charged to the crossbar's virtual clock from a LatencyConfig:
 - column_currents:  round_trip + k * (smu_settle + READOUT_NPLC / line_frequency) for k drive
                     patterns (one list sweep; booked as dc_settle and dc_integration),
                     + relay_switch when the lines connected change and the path has fewer
-                    sources or meters than lines (they reach the array through a matrix);
-                    relaxation, the fluctuators and read stress during the patterns neglected
+                    sources or meters than lines (they reach the array through a matrix); the
+                    currents are solved at the state of the sweep's start, then each pattern's
+                    DC stress is applied for its settling and integration (`dc.sweep_stress`,
+                    as the emulated stations' list sweeps do)
 - dc, per point:    round_trip + hold + smu_settle + nplc / line_frequency; the levels stress
                     the devices for that time (simulator.dc.hold), then the operating point is
                     measured with read noise
@@ -24,12 +26,14 @@ rigs (instruments.rigs) have one: their `column_currents` is a `DcRequest` on th
 seam's default). This rig keeps a second, an array tester with `channels` sources and meters
 (default: one per word line and one per bit line, so nothing is switched), for two measured
 reasons: all k patterns of a call are solved together (every line driven: line resistance,
-sneak paths, sinh I-V) plus the read noise of a sensed current per column current, 0.23 ms of
+sneak paths, sinh I-V) plus the read noise of a current integrated for READOUT_NPLC (as the
+stations' SMUs measure it) per column current, a few ms of
 wall time for 50 patterns on 8x8 against 60 ms through `dc` (a hold and operating point per
 point; the Monte-Carlo chips of bench/repair.py and `explain_gap` run thousands of such
 calls); and `ideal` switches effects off on this path only ("lines": no line and source
-resistance, "nonlinearity": linear devices, "noise": no read noise), to attribute an error to
-each effect (a rig with any of them off is an analysis tool, not a station). Its timing is an
+resistance, "nonlinearity": linear devices, "noise": no read noise, "stress": the patterns'
+DC stress not applied), to attribute an error to each effect (a rig with any of them off is an
+analysis tool, not a station). Its timing is an
 ideal list-sweep tester's, not a station's (the half-moons network: 10.9 ms per inference here,
 92 ms through the 4200's SMUs on sim-pmu (list sweeps), 666 ms through a B1500's (point by
 point): `bench/infer_time.py`). `dc` is the line-level SMU request of the seam
@@ -74,7 +78,7 @@ class SimulatedRig(CrossbarRig):
 
     name = "simulated"
     #: effects the DC path can switch off (`ideal`)
-    EFFECTS = ("lines", "nonlinearity", "noise")
+    EFFECTS = ("lines", "nonlinearity", "noise", "stress")
 
     def __init__(self, crossbar: Crossbar, latency: LatencyConfig | None = None,
                  limits: SafetyLimits | None = None, read: ReadSettings | None = None,
@@ -162,12 +166,21 @@ class SimulatedRig(CrossbarRig):
         self._routing = routing
         row_v = np.zeros((volts.shape[0], xb.shape[0]))
         row_v[:, rows] = volts
+        k = volts.shape[0]
+        t_int = self.READOUT_NPLC / lat.line_frequency
+        # the read noise of a current integrated over t_int, as the stations' SMUs measure it
         rc, cc = xb.column_currents(row_v, noise="noise" not in self.ideal,
+                                    averaging=t_int / lat.read_time if lat.read_time > 0 else 1.0,
                                     lines="lines" not in self.ideal,
                                     nonlinear="nonlinearity" not in self.ideal)
-        k = volts.shape[0]
-        clk.advance(k * lat.smu_settle, "dc_settle")
-        clk.advance(k * self.READOUT_NPLC / lat.line_frequency, "dc_integration")
+        # each pattern held for its settling and integration stresses the devices as the
+        # stations' list sweeps do (every other line at 0 V)
+        phases = [(lat.smu_settle, "dc_settle"), (t_int, "dc_integration")]
+        if "stress" in self.ideal:
+            for seconds, what in phases:
+                clk.advance(k * seconds, what)
+        else:
+            dc.sweep_stress(xb, np.broadcast_to(row_v[:, :, None], (k, *xb.shape)), phases)
         worst = max(float(np.abs(rc).max()), float(np.abs(cc).max()))
         if worst > self.limits.i_compliance:
             raise ComplianceError(f"{self.name}: a line reached the current compliance "

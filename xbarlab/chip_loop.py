@@ -119,7 +119,7 @@ def prior_of(prog: Programmed) -> Prior:
 #: the measurements of `explain_gap`: effects switched off
 VARIANTS = {"measured": (), "no line resistance": ("lines",),
             "linear devices": ("nonlinearity",),
-            "ideal array": ("lines", "nonlinearity", "noise")}
+            "ideal array": ("lines", "nonlinearity", "noise", "stress")}
 
 
 def explain_gap(plan: ConductancePlan, chip, crossbars: Sequence[str], x: np.ndarray,
@@ -131,7 +131,8 @@ def explain_gap(plan: ConductancePlan, chip, crossbars: Sequence[str], x: np.nda
     conductances) each effect accounts for: ``share_lines`` = the fraction of the mean squared
     deviation that disappears without line and source resistance, ``share_nonlinearity``
     without the sinh I-V (with both the rest is read noise; shares of interacting effects need
-    not add up to 1). The chip is restored afterwards."""
+    not add up to 1; the ideal array also holds the devices still, without the read-out's DC
+    stress). The chip is restored afterwards."""
     from simulator.direct_rig import SimulatedRig
 
     saved = chip.lab.save_state()

@@ -259,7 +259,7 @@ class LabWorld:
         less the line drops: an upper bound on the stress). Otherwise every point is a
         `simulator.dc.hold` and its operating point, like the spot path."""
         self.settle_dc()  # what was held before the sweep
-        xb, p = self.crossbar, self.crossbar.config.device
+        xb = self.crossbar
         names = list(levels)
         lv = {t: np.asarray(levels[t], dtype=float) for t in names}
         k = len(lv[names[0]])
@@ -275,13 +275,7 @@ class LabWorld:
         if out is None:
             out = self._sweep_points(names, lv, same, held)
         else:
-            v_dev = row_v[:, :, None] - col_v[:, None, :]
-            age = 0.0
-            for a in range(k):
-                age = age + held if same[a] else 0.0
-                self.clock.advance(held, "dc")
-                xb.apply_device_voltages(v_dev[a], physics.dc_width(age, age + held,
-                                                                    v_dev[a], p))
+            dc.sweep_stress(xb, row_v[:, :, None] - col_v[:, None, :], [(held, "dc")])
         self.static.update(saved)
         self._dc_since, self._dc_key, self._dc_op = self.clock.now, None, None
         return {t: (v, xb.noisy(i, avg), lim) for t, (v, i, lim) in out.items()}

@@ -12,7 +12,7 @@ import pytest
 
 from protocols.bias import device_iv, device_request
 from protocols.errors import ProtocolError
-from protocols.rig import DcRequest
+from protocols.rig import Channels, CrossbarRig, DcRequest
 from simulator import dc
 from xbarlab.station import Station, load_station
 from xbarlab.station.config import station_model
@@ -195,7 +195,7 @@ def test_station_column_currents_are_the_nodal_solution(which, tmp_path):
     sneak paths, sinh I-V) within the read noise, counted positive out of the array."""
     st = _station(which, tmp_path, {"xbar0": FROZEN})
     with st.open_rig() as rig:
-        assert rig.channels.sources == 3 and rig.channels.meters == 1   # four SMUs, rows first
+        assert rig.channels == Channels(3, 3, lines=4)   # four SMUs shared by rows and columns
         xb = st.world.crossbar
         _mixed(xb)
         rows = np.array([1, 4, 6])
@@ -217,10 +217,12 @@ def test_station_column_currents_are_the_nodal_solution(which, tmp_path):
 def test_station_read_out_over_more_lines_than_smus_is_refused_at_the_seam(tmp_path):
     st = _station("4200", tmp_path)
     with st.open_rig() as rig:
-        with pytest.raises(ValueError, match="1 meters: time-multiplex"):
-            rig.column_currents([0, 1], np.full((1, 2), 0.1), [0, 1])
+        with pytest.raises(ValueError, match="4 SMUs for both: time-multiplex"):
+            rig.column_currents([0, 1], np.full((1, 2), 0.1), [0, 1, 2])
         with pytest.raises(ValueError, match="3 sources: time-multiplex"):
             rig.column_currents([0, 1, 2, 3], np.full((1, 4), 0.1), [0])
+        with pytest.raises(ValueError, match="3 meters: time-multiplex"):
+            rig.column_currents([0], np.full((1, 1), 0.1), [0, 1, 2, 3])
 
 
 def test_station_read_out_level_beyond_the_read_limit_never_reaches_an_instrument(tmp_path):
@@ -237,10 +239,71 @@ def test_station_read_out_level_beyond_the_read_limit_never_reaches_an_instrumen
         np.testing.assert_array_equal(st.world.crossbar.conductance(), g0)
 
 
+def test_station_read_out_stresses_the_devices_as_the_array_tester_does(tmp_path):
+    """Each pattern of the analog read-out is a DC level held for the SMU's settling and
+    integration: on the station (the emulated 4200's list sweep) that stress ages the slow
+    fluctuators of every device of a driven row; the simulator's array tester applies the same
+    stress, so both read-outs disturb a chip alike (it neglected it: the bench's read-out on it
+    then moved the chip far less than the station's)."""
+    from simulator.config import LatencyConfig
+    from simulator.direct_rig import SimulatedRig
+
+    st, twin = load_station("sim-pmu"), load_station("sim-pmu").chip    # two identical chips
+    v = np.random.default_rng(2).uniform(-0.2, 0.2, (40, 3))
+    aged = []
+    for chip, open_rig in ((st.chip, lambda: st.open_rig("xbar0")),
+                           (twin, lambda: SimulatedRig(twin["xbar0"], lab=twin.lab,
+                                                       latency=LatencyConfig(
+                                                           **st.cfg.sim.latency)))):
+        xb = chip["xbar0"]
+        before = xb.state_dict()["rtn_next"].copy()
+        with open_rig() as rig:
+            rig.column_currents([0, 1, 2], v, [0])
+        aged.append(np.median(before - xb.state_dict()["rtn_next"], axis=-1))
+    station, array = aged
+    assert np.all(station[:3] > 0) and np.all(station[3:] == 0)    # the driven rows only
+    np.testing.assert_allclose(array, station, rtol=0.02)
+
+
+def test_station_read_out_drives_each_device_with_the_fewest_patterns(tmp_path, monkeypatch):
+    """A 3x8 tile on the 4200's four SMUs: every call drives its rows with every pattern and
+    grounds the columns it does not meter, so a device is driven once per column group. The
+    read-out takes 1 row + 3 columns per call (each device driven 3 times per pattern; 3 rows +
+    1 column drove it 8 times) and its superposed currents are the all-rows nodal solution."""
+    from protocols.inference import TileMap, measure_tile
+
+    calls = []
+    real = CrossbarRig.column_currents
+
+    def spy(self, rows, volts, cols):
+        calls.append(list(rows))
+        return real(self, rows, volts, cols)
+
+    monkeypatch.setattr(CrossbarRig, "column_currents", spy)
+    tm = TileMap(0, 0, np.array([0, 1, -1]), np.repeat(np.arange(4), 2), np.tile([0, 1], 4))
+    st = _station("4200", tmp_path, {"xbar0": FROZEN})
+    v = np.random.default_rng(3).uniform(-0.2, 0.2, (5, 3))
+    with st.open_rig() as rig:
+        xb = st.world.crossbar
+        _mixed(xb)
+        got = measure_tile(rig, tm, v)
+    driven = np.zeros((3, 8), int)
+    for rows in calls:
+        driven[rows, :] += 1          # every device of a driven row, metered or not
+    assert driven.max() == 3 and len(calls) == 9
+    row_v = np.zeros((5, 8))
+    row_v[:, :3] = v
+    _, want = xb.solver.readout_currents(xb.conductance(), row_v)
+    p = xb.config.device
+    sigma = 3 * (p.read_noise_rel * np.abs(want) + p.read_noise_abs)   # three reads added
+    assert np.all(np.abs(got - want) <= 5 * sigma + 1e-3 * np.abs(want))
+
+
 def test_inference_on_the_station_multiplexes_its_smus_and_says_so(tmp_path, caplog):
-    """`protocols.inference` on sim-pmu's own SMUs: a 3x6 tile needs 6 column groups of 1 meter,
-    a 4x2 tile 2 row groups of 3 sources and 2 column groups; each group is one DC pass (one
-    matrix routing); it is logged and recorded, and every current is the nodal solution."""
+    """`protocols.inference` on sim-pmu's own SMUs: a 3x6 tile is read 1 row + 3 columns per
+    call (3 row groups, 2 column groups), a 4x2 tile 2 rows + 2 columns (2 row groups); each
+    group is one DC pass (one matrix routing); it is logged and recorded, and every current is
+    the nodal solution."""
     from protocols.inference import run
     from training.export import plan_from_weights
 
@@ -258,13 +321,14 @@ def test_inference_on_the_station_multiplexes_its_smus_and_says_so(tmp_path, cap
         res = run(plan, st.tile_opener(), names, tmp_path / "i.h5", (x, np.zeros(4, int)),
                   progress=False)
     s = res.summary
-    assert (s["row_groups"], s["col_groups"]) == (2, 6)
-    assert "6 columns on 1 meters: measured in 6 groups" in caplog.text
-    assert "4 rows on 3 sources: driven in 2 groups" in caplog.text
+    assert (s["row_groups"], s["col_groups"]) == (3, 2)
+    assert "6 columns measured in 2 groups" in caplog.text
+    assert "3 rows driven in 3 groups" in caplog.text
+    assert "4 rows driven in 2 groups" in caplog.text
     tim = res.tables["timing"]
     analog = tim[tim.kind == 0]
-    # one routing per pass: 6 passes on tile 0, 2 x 2 on tile 1 (15 ms each)
-    assert analog.relay.sum() == pytest.approx((6 + 4) * 15e-3)
+    # one routing per pass: 3 x 2 passes on tile 0, 2 on tile 1 (15 ms each)
+    assert analog.relay.sum() == pytest.approx((6 + 2) * 15e-3)
     assert s["per_inference_by_category_s"]["command"] > 0     # sent to the instruments
     drive, cur = res.tables["drive"], res.tables["currents"]
     for t, name in enumerate(names):

@@ -111,7 +111,7 @@ def test_ideal_lines_and_linear_devices_give_the_matrix_product(share_bias):
     assert plan.n_tiles >= 4      # several tiles per layer: partial sums are added
     chip = _chip(plan, r_line=0.0, r_source=0.0)
     x = np.random.default_rng(3).uniform(-2, 2, (9, 5))
-    zs = analog_forward(plan, _opener(chip, ideal={"nonlinearity", "noise"}),
+    zs = analog_forward(plan, _opener(chip, ideal={"nonlinearity", "noise", "stress"}),
                         [f"x{t}" for t in range(plan.n_tiles)], x)
     np.testing.assert_allclose(zs[-1], plan_logits(plan, _g_plan_order(plan, chip), x),
                                rtol=1e-10, atol=1e-12)
@@ -122,8 +122,9 @@ def test_fewer_sources_and_meters_than_lines_multiplex_and_stay_exact_when_linea
     chip = _chip(plan, r_line=0.0, r_source=0.0)
     names = [f"x{t}" for t in range(plan.n_tiles)]
     x = np.random.default_rng(4).uniform(-1, 1, (6, 5))
-    full = analog_forward(plan, _opener(chip, ideal={"nonlinearity", "noise"}), names, x)
-    few = analog_forward(plan, _opener(chip, ideal={"nonlinearity", "noise"},
+    still = {"nonlinearity", "noise", "stress"}   # the chip held still between the two
+    full = analog_forward(plan, _opener(chip, ideal=still), names, x)
+    few = analog_forward(plan, _opener(chip, ideal=still,
                                        channels=Channels(sources=1, meters=3)), names, x)
     np.testing.assert_allclose(few[-1], full[-1], rtol=1e-10)
     assert chip.clock.totals["relay"] > 0

@@ -99,10 +99,11 @@ def test_column_currents_are_the_nodal_solution_and_charge_one_execution():
                        latency=lat, ideal={"noise"})
     v = np.random.default_rng(1).uniform(-0.2, 0.2, (5, 3))
     rows, cols = np.array([1, 4, 6]), np.array([0, 7])
+    g = rig.crossbar.conductance()         # the sweep's start (its stress moves the devices)
     out = rig.column_currents(rows, v, cols)
     row_v = np.zeros((5, 8))
     row_v[:, rows] = v
-    _, cc = rig.crossbar._solver.readout_currents(rig.crossbar.conductance(), row_v)
+    _, cc = rig.crossbar._solver.readout_currents(g, row_v)
     np.testing.assert_allclose(out, cc[:, cols], rtol=1e-12)
     assert rig.clock == pytest.approx(2e-3 + 5 * (1e-3 + 2e-3))
     t = rig.time_breakdown()
@@ -157,6 +158,10 @@ def test_ideal_effects_switch_line_resistance_and_nonlinearity_off():
     assert np.all(real < v @ g)   # IR drop along the lines: less current than ideal
     with pytest.raises(ValueError, match="unknown effect"):
         SimulatedRig(xb, ideal={"gravity"})
+    still = SimulatedRig(xb, ideal={"stress"})
+    before = xb.state_dict()["rtn_next"].copy()
+    still.column_currents(np.arange(8), v, np.arange(8))
+    np.testing.assert_array_equal(xb.state_dict()["rtn_next"], before)   # no DC stress
 
 
 def test_column_currents_refuse_levels_beyond_the_read_limit_before_the_array_sees_them():
@@ -225,3 +230,18 @@ def test_column_currents_act_on_a_lost_ctrl_c_and_mark_the_rig_in_use():
     assert rig.clock == 0.0 and rig.safe.state == "safe"   # nothing reached the array
     rig.column_currents([0], np.full((1, 1), 0.1), [0])
     assert rig.safe.state == "in use"
+
+
+def test_read_out_noise_is_that_of_the_smus_integration():
+    """The array tester's column currents carry the read noise of a current integrated for
+    READOUT_NPLC, as the stations' SMUs measure it (they had the noise of one 10 us read: 13
+    times the absolute part at the 4200's 0.1 PLC)."""
+    lat = LatencyConfig()
+    xb = Crossbar(CrossbarConfig(stuck_hrs_rate=0, stuck_lrs_rate=0), seed=3)
+    rig = SimulatedRig(xb, latency=lat, ideal={"stress"})
+    cur = rig.column_currents([0], np.full((400, 1), 0.01), [0])[:, 0]
+    p = xb.config.device
+    t_int = rig.READOUT_NPLC / lat.line_frequency
+    want = np.hypot(p.read_noise_abs / np.sqrt(t_int / lat.read_time),
+                    p.read_noise_rel * abs(cur.mean()))
+    assert np.std(cur) == pytest.approx(want, rel=0.15)

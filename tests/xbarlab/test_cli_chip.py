@@ -44,9 +44,10 @@ def test_infer_from_a_transfer_measures_the_programmed_chip(transferred):
     assert "next: `xbarlab repair --from" in res.output
     assert offences(res.output) == [], res.output   # display units, every number named
     # measured by the station's own SMUs through the emulated 4200 and 707B, as on a real
-    # station: no simulated stand-in, its four SMUs time-multiplexed (3 rows + 1 column a pass)
+    # station: no simulated stand-in, its four SMUs time-multiplexed (the 3x6 tile 1 row + 3
+    # columns a pass: 3 row groups, 2 column groups)
     assert "note:" not in res.output and "direct simulated rig" not in res.output
-    assert s["col_groups"] == 6 and "column groups per tile" in res.output
+    assert (s["row_groups"], s["col_groups"]) == (3, 2) and "column groups per tile" in res.output
     assert s["per_inference_by_category_s"]["command"] > 0
     # the chip it measured is the one the transfer programmed: the read-back agrees with the
     # transfer's own read-back to within the read noise, not with a fresh chip

@@ -65,8 +65,9 @@ def _common(f):
                      help="crossbar of each tile, in tile order (with --plan / --model)"),
         click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
                      help="output HDF5 file"),
-        click.option("--v-in", type=float, default=0.2, show_default=True,
-                     help="full-scale input level [V] (non-disturbing read range)"),
+        click.option("--v-in", type=float, default=None,
+                     help="full-scale input level [V] (non-disturbing read range; default: "
+                     "InferConfig's, 0.1 V)"),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                      help="seed of the digits split"),
         click.option("--resume", is_flag=True, help="continue the file's unfinished run"),
@@ -121,7 +122,7 @@ def register(cli: click.Group) -> None:
                                      crossbars, st)
         sets = test_sets(plan, seed)
         try:
-            cfg = InferConfig(v_in=v_in, batch=batch)
+            cfg = InferConfig(batch=batch, **({} if v_in is None else {"v_in": v_in}))
         except ValueError as e:
             raise XbarlabError(f"--v-in: {e.errors()[0]['msg']}") from None
         if explain and st.chip is None:
@@ -194,7 +195,7 @@ def register(cli: click.Group) -> None:
         try:
             # the measured defaults (docs/chip-in-the-loop.md): a capped tuning per correction
             base = RepairConfig()
-            cfg = RepairConfig(infer=InferConfig(v_in=v_in),
+            cfg = RepairConfig(infer=InferConfig(**({} if v_in is None else {"v_in": v_in})),
                                max_rounds=max_rounds or base.max_rounds,
                                tune=base.tune.model_copy(update={"algorithm": algorithm}),
                                calibrate=calibrate or base.calibrate)

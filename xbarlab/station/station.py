@@ -32,7 +32,10 @@ def resolve_station(path: str | Path) -> Path:
     return p
 
 
-def load_station(path: str | Path) -> Station:
+def load_station(path: str | Path, *, chip=None) -> Station:
+    """The station of a file; `chip`: a VirtualChip to put behind a simulated station instead
+    of the one its file describes (a bench that makes and programs its own chips and measures
+    them through the station's instruments)."""
     path = resolve_station(path)
     raw = read_mapping(path, "station file", StationError)
     cfg = validate(station_model(), raw, path.name, StationError)
@@ -54,7 +57,9 @@ def load_station(path: str | Path) -> Station:
             raise StationError(f"{path.name}: sim.model: {e}") from None
     if cfg.sim.crossbars:
         _layout(cfg.sim, path.name)  # validated now, used when the chip is built
-    return Station(cfg, path)
+    if chip is not None and not cfg.simulated:
+        raise StationError(f"{path.name}: a virtual chip goes only behind a simulated station")
+    return Station(cfg, path, chip=chip)
 
 
 def _layout(sim, where: str, model=None):
@@ -96,11 +101,12 @@ class Station:
     the last opened rig's drivers connect through (`world`, `visa_library` and `wgfmu_library`
     show the simulated lab's insides to tests and benches)."""
 
-    def __init__(self, cfg, path: Path | None = None):
-        """`cfg`: a validated station file (`station_model()`)."""
+    def __init__(self, cfg, path: Path | None = None, chip=None):
+        """`cfg`: a validated station file (`station_model()`); `chip`: the VirtualChip of a
+        simulated station (default: built from the file's `sim` section on first use)."""
         self.cfg = cfg
         self.path = path
-        self._chip = None
+        self._chip = chip
         self._chip_sha256: str | None = None
         self.resources: Resources | None = None if cfg.simulated else Resources()
 
