@@ -150,20 +150,29 @@ class Refit:
     loss_after: float
 
 
-def refit(model: MeasuredModel, scope: dict[int, Sequence[int]], g: np.ndarray,
-          fixed: np.ndarray, *, l2: float = 1e-3, max_iter: int = 300) -> Refit:
-    """Re-optimise, jointly, the weights and biases of the outputs `scope[layer]` of each layer
-    in `scope` on the model's data, every other weight as it is at conductances g. A pair with
-    a fixed (stuck) device can only reach the weights its free partner can make within
-    [g_min, g_max]; a pair with both fixed keeps its weight. The objective is the model's loss
-    plus l2 * sum (w - w(g))^2 over the refitted weights."""
-    plan = model.plan
-    layers = plan_weights(plan, g)
-    dp, dm = pairs(plan)
+def scope_pairs(plan: ConductancePlan, scope: dict[int, Sequence[int]]) -> np.ndarray:
+    """The pairs (indexes of `pairs(plan)`) of the outputs `scope[layer]` of each layer."""
+    dp, _ = pairs(plan)
     sel = np.zeros(dp.size, bool)
     for li, outs in scope.items():
         sel |= (plan.layer[dp] == li) & np.isin(plan.out[dp], np.asarray(list(outs), int))
-    k = np.flatnonzero(sel)
+    return np.flatnonzero(sel)
+
+
+def refit(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray, *,
+          l2: float = 1e-3, l1: float = 0.0, max_iter: int = 300) -> Refit:
+    """Re-optimise, jointly, the weights and biases of pairs `k` (indexes of `pairs(plan)`,
+    e.g. `scope_pairs`) on the model's data, every other weight as it is at conductances g. A
+    pair with a fixed (stuck) device can only reach the weights its free partner can make
+    within [g_min, g_max]; a pair with both fixed keeps its weight. The objective is the
+    model's loss plus l2 * sum (w - w(g))^2 plus l1 * sum |w - w(g)| / scale over the refitted
+    weights (scale: the layer's weight per conductance range, so l1 prices a change of the
+    whole range the same in every layer). With l1 > 0 most weights stay where they are (a
+    sparse change: few devices to re-program, few V/3 writes to disturb their neighbours)."""
+    plan = model.plan
+    layers = plan_weights(plan, g)
+    dp, dm = pairs(plan)
+    k = np.asarray(k, np.int64)
     lay, out = plan.layer[dp[k]], plan.out[dp[k]]
     bias = plan.param[dp[k]] == BIAS
     inp = np.maximum(plan.inp[dp[k]], 0)
@@ -176,8 +185,13 @@ def refit(model: MeasuredModel, scope: dict[int, Sequence[int]], g: np.ndarray,
     start = np.clip(ref, lo, hi)
     first = int(lay.min())
     mine = [(li, np.flatnonzero(lay == li)) for li in sorted(set(lay.tolist()))]
+    n = k.size
+    # the change from `start` as u - v with u, v >= 0: |change| = u + v at the optimum, so the
+    # l1 term is smooth and L-BFGS-B's bounds keep start + u - v within [lo, hi]
+    weight = l1 / plan.scales[lay]
 
-    def fun(p):
+    def fun(q):
+        p = start + q[:n] - q[n:]
         trial = list(layers)
         for li, j in mine:
             w, b = layers[li][0].copy(), layers[li][1].copy()
@@ -187,7 +201,7 @@ def refit(model: MeasuredModel, scope: dict[int, Sequence[int]], g: np.ndarray,
             trial[li] = (w, b)
         zs, hs = model._forward(trial, start=first)
         loss, dz, _ = loss_and_dlogits(zs[-1], model.y)
-        grad = np.zeros(p.size)
+        grad = np.zeros(n)
         for li in range(len(trial) - 1, first - 1, -1):
             dz = dz * model.cal.gain[li]
             j = np.flatnonzero(lay == li)
@@ -198,14 +212,49 @@ def refit(model: MeasuredModel, scope: dict[int, Sequence[int]], g: np.ndarray,
                 dz = (dz @ trial[li][0]) * _act_grad(plan.activation, zs[li - first - 1],
                                                       hs[li - first])
         d = p - ref
-        return loss + l2 * float(d @ d), grad + 2 * l2 * d
+        grad = grad + 2 * l2 * d
+        value = loss + l2 * float(d @ d) + float(weight @ q[:n] + weight @ q[n:])
+        return value, np.concatenate([grad + weight, -grad + weight])
 
+    bounds = list(zip(np.zeros(n), hi - start, strict=True)) + \
+        list(zip(np.zeros(n), start - lo, strict=True))
     # small matrices: threaded BLAS only adds contention (10x slower on a loaded 2-core PC)
     with threadpool_limits(1, user_api="blas"):
-        before = fun(start)[0]
-        res = minimize(fun, start, jac=True, method="L-BFGS-B",
-                       bounds=list(zip(lo, hi, strict=True)), options={"maxiter": max_iter})
-    return Refit(k, res.x / c, float(before), float(res.fun))
+        before = fun(np.zeros(2 * n))[0]
+        res = minimize(fun, np.zeros(2 * n), jac=True, method="L-BFGS-B", bounds=bounds,
+                       options={"maxiter": max_iter})
+    p = start + res.x[:n] - res.x[n:]
+    return Refit(k, p / c, float(before), float(res.fun))
+
+
+def sparse_refits(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray, *,
+                  sizes: Sequence[int], l2: float = 1e-3) -> list[Refit]:
+    """Refits of pairs `k` that change few weights, one per entry of `sizes`: an l1-penalised
+    `refit` whose penalty lets about `size` pairs move at first (the size-th largest of the
+    loss's sensitivity to a whole-range change of each pair), then, on the pairs it moved, a
+    `refit` without the l1 term (the l1 term shrinks what it keeps). Where one device of a
+    pair is fixed only the other moves (`refit`'s bounds). Distinct supports only."""
+    plan = model.plan
+    dp, dm = pairs(plan)
+    k = np.asarray(k, np.int64)
+    k = k[~(fixed[dp[k]] & fixed[dm[k]])]
+    if not k.size:
+        return []
+    _, grad = model.gradient(g)
+    sens = np.sort(np.abs(grad[dp[k]]) * (plan.g_max - plan.g_min))[::-1]
+    out, seen = [], set()
+    for size in sorted(set(sizes)):
+        if size >= k.size:
+            break
+        r = refit(model, k, g, fixed, l2=l2, l1=float(sens[size]))
+        now = g[dp[r.pair]] - g[dm[r.pair]]
+        moved = r.pair[np.abs(r.diff - now) > 1e-6 * (plan.g_max - plan.g_min)]
+        key = tuple(moved.tolist())
+        if not moved.size or key in seen:
+            continue
+        seen.add(key)
+        out.append(refit(model, moved, g, fixed, l2=l2))
+    return out
 
 
 def fit_calibration(z: np.ndarray, target: np.ndarray, *, gain_range: tuple[float, float],

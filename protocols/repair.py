@@ -134,6 +134,8 @@ from protocols.refit import (
     pair_moves,
     pairs,
     refit,
+    scope_pairs,
+    sparse_refits,
 )
 from protocols.rig import CrossbarRig, ReadSettings
 from protocols.transfer import data_digest, stored_plan_run
@@ -142,13 +144,14 @@ from protocols.tuning import TuneConfig, tune
 log = logging.getLogger("xbarlab.repair")
 
 PROTOCOL = "repair"
-RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK, CALIBRATE = 0, 1, 2, 3, 4, 5  # decisions.action
+RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK, CALIBRATE, SPARSE = 0, 1, 2, 3, 4, 5, 6  # .action
 ACTIONS = {RETUNE: "retune", COMPENSATE: "compensate", REFIT: "refit", STOP: "stop",
-           ROLLBACK: "rollback", CALIBRATE: "calibrate"}
+           ROLLBACK: "rollback", CALIBRATE: "calibrate", SPARSE: "sparse refit"}
 CHOSEN, NOT_BEST, NO_GAIN, NOTHING = 0, 1, 2, 3                      # decisions.why
 #: why the repair stopped (summary and the STOP decision's `layer` column)
 STOP_REASONS = {0: "rounds used up", 1: "budget spent", 2: "no correction expected to gain",
-                3: "measured loss stopped improving", 4: "stopped in an earlier round"}
+                3: "measured loss stopped improving", 4: "stopped in an earlier round",
+                5: "reached the software accuracy"}
 REFIT_SET, REPAIR_SET, TEST_SET = 0, 1, 2                            # outputs/measurements.split
 SPLITS = {REFIT_SET: "refit", REPAIR_SET: "repair", TEST_SET: "test"}
 
@@ -174,11 +177,13 @@ SUMMARY = {
 
 TABLES = {
     "decisions": {"round": ("i4", "1"),
-                  "action": ("i1", "0 retune 1 compensate 2 refit 3 stop 4 rollback 5 calibrate"),
+                  "action": ("i1", "0 retune 1 compensate 2 refit 3 stop 4 rollback 5 calibrate "
+                             "6 sparse refit"),
                   "layer": ("i4", "1 (-1: all; stop: the reason code)"),
                   "weights": ("i4", "1 (weights it sets)"),
                   "devices": ("i4", "1"), "expected_pulses": ("f8", "1"),
                   "expected_accuracy_gain": ("f8", "1"), "expected_loss_gain": ("f8", "1"),
+                  "disturbance": ("f8", "1 (expected loss from the pulses' disturbance)"),
                   "why": ("i1", "0 chosen, 1 not the best, 2 no gain, 3 nothing to do")},
     "tunings": {"round": ("i4", "1"), "device": ("i4", "1"), "tile": ("i4", "1"),
                 "row": ("i4", "1"), "col": ("i4", "1"), "target": ("f8", "S"),
@@ -224,6 +229,21 @@ class RepairConfig(BaseModel):
                          "not started: the budget is spent")
     l2: float = Field(1e-3, ge=0, description="refits: penalty on the change of each weight "
                       "(keeps the number of devices to re-program small)")
+    price_disturbance: bool = Field(True, description="charge each candidate the repair-set "
+                                    "loss that the repair's past rounds lost per pulse beyond "
+                                    "their prediction (the V/3 disturbance of the tiles they "
+                                    "pulsed); a candidate must gain more than that")
+    disturbance_rounds: int = Field(3, ge=1, description="price_disturbance: rounds with "
+                                    "pulses measured before the price is charged (one round's "
+                                    "surprise is mostly chance)")
+    stop_at_software: bool = Field(True, description="stop pulsing once the measured "
+                                   "repair-set accuracy reaches the software network's (the "
+                                   "plan's targets) on the repair set: every further round "
+                                   "risks the disturbance of its pulses for little to gain")
+    sparse_refit: bool = Field(True, description="also offer refits of every layer (the first "
+                               "included) that change few weights: 1, 2, 4, ... up to "
+                               "retune_devices pairs, chosen by an l1 penalty on the change "
+                               "(`protocols.refit.sparse_refits`)")
     refit_points: int = Field(400, ge=1, description="refit-set points measured at most (each "
                               "is one analog inference per round that moved a device)")
     patience: int = Field(3, ge=1, description="rounds without a lower measured repair-set "
@@ -288,7 +308,8 @@ class _State:
     cal: Calibration | None = None                   # the periphery's calibration now
     rolled_back: set = field(default_factory=set)   # rounds that were rollbacks
 
-    history: list = field(default_factory=list)   # (g_before, target, pulses) of tunings
+    history: list = field(default_factory=list)   # (g_before, target, pulses, round) of tunings
+    expected: dict = field(default_factory=dict)  # round -> expected loss gain of its correction
 
 
 def _when(rnd: int, what) -> float:
@@ -327,7 +348,7 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
     st.diff[tg["pair"].to_numpy()] = tg["diff"].to_numpy()
     tu = writer.table("tunings")
     st.used, st.tunings = int(tu.pulses.sum()), int(len(tu))
-    st.history = list(zip(tu.g_before, tu.target, tu.pulses, strict=True))
+    st.history = list(zip(tu.g_before, tu.target, tu.pulses, tu['round'], strict=True))
     st.stuck[tu.device[~tu.converged].to_numpy()] = True
     for rnd, dev in zip(tu["round"].to_numpy(), tu.device.to_numpy(), strict=True):
         t = int(plan.tile[dev])
@@ -363,6 +384,10 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
     if len(stop):
         st.stopped = int(stop.layer.iloc[0])
     st.rolled_back = set(de["round"][de.action == ROLLBACK].tolist())
+    pulsed = de[(de.why == CHOSEN) & de.action.isin([RETUNE, COMPENSATE, REFIT, SPARSE,
+                                                      ROLLBACK])]
+    st.expected = dict(zip(pulsed["round"].tolist(), pulsed.expected_loss_gain.tolist(),
+                           strict=True))
     # a compensation covers the devices of its layer that were stuck when it was chosen
     comp = de[(de.action == COMPENSATE) & (de.why == CHOSEN)]
     for rnd, li in zip(comp["round"], comp.layer, strict=True):
@@ -474,6 +499,8 @@ class _Work:
         self.plan, self.maps, self.open, self.crossbars = plan, maps, opener, crossbars
         self.cfg, self.sets, self.budget, self.prior = cfg, sets, budget, prior
         self.n_layers = len(plan.sizes) - 1
+        x, y = sets[REPAIR_SET]
+        self.software_accuracy = float(np.mean(plan_forward(plan, plan.target, x) == y))
 
     # -- measuring ---------------------------------------------------------------------------
     def read_back(self, st: _State, tiles, rnd: int) -> dict:
@@ -580,6 +607,9 @@ class _Work:
             return rows
         self.calibrate(st, rnd, rows)
         cfg, plan = self.cfg, self.plan
+        if cfg.stop_at_software and self.model(st, REPAIR_SET).score(st.g).accuracy >= \
+                self.software_accuracy:
+            return self._stop(st, rows, rnd, 5)
         remaining = self.budget - st.used
         if remaining < cfg.min_cap:
             return self._stop(st, rows, rnd, 1)
@@ -589,15 +619,19 @@ class _Work:
             _add(rows, "decisions", _decision(rnd, ROLLBACK, -1, 0, devs.size,
                                               float(self.cost(st)(st.g[devs], tgts).sum()),
                                               0.0, 0.0, CHOSEN))
+            st.expected[rnd] = 0.0
             return self.finish(st, rows, rnd, devs, tgts)
         cands = self.candidates(st, rnd, rows)
+        rate = self.disturbance(st) if cfg.price_disturbance else 0.0
         best, key = None, None
         for c in cands:
             acc_gain, loss_gain = c["gain"]
-            # by accuracy gain per pulse; by loss gain per pulse where no accuracy is lost
-            k = (1, acc_gain / c["expected_pulses"]) if acc_gain > 0 else \
-                ((0, loss_gain / c["expected_pulses"]) if loss_gain > 0 and acc_gain == 0
-                 else None)
+            c["disturbance"] = rate * c["expected_pulses"]
+            # by accuracy gain per pulse; by loss gain per pulse where no accuracy is lost;
+            # either only where the loss gained is more than the disturbance expected to cost
+            k = None if loss_gain <= c["disturbance"] else \
+                (1, acc_gain / c["expected_pulses"]) if acc_gain > 0 else \
+                ((0, loss_gain / c["expected_pulses"]) if acc_gain == 0 else None)
             c["key"] = k
             if k is not None and (key is None or k > key):
                 best, key = c, k
@@ -605,9 +639,10 @@ class _Work:
             why = CHOSEN if c is best else (NO_GAIN if c["key"] is None else NOT_BEST)
             _add(rows, "decisions", _decision(rnd, c["action"], c["layer"], c["weights"],
                                               c["devices"].size, c["expected_pulses"],
-                                              *c["gain"], why))
+                                              *c["gain"], why, c["disturbance"]))
         if best is None:
             return self._stop(st, rows, rnd, 2)
+        st.expected[rnd] = best["gain"][1]
         if best["action"] != RETUNE:
             st.diff[best["pairs"]] = best["diff"]
             _add(rows, "targets", {"round": np.full(best["pairs"].size, rnd),
@@ -635,6 +670,35 @@ class _Work:
         if rnd == cfg.max_rounds:
             return self._stop(st, rows, rnd, 0)
         return rows
+
+    def disturbance(self, st: _State) -> float:
+        """The repair-set loss the past rounds lost per pulse beyond their prediction (pooled,
+        at least 0). A round measures the repair set before its tunings (the model's base,
+        after the round's calibration) and after; the next round re-fits the calibration (no
+        pulse) before its own tunings. So a round's loss beyond prediction is the loss the next
+        round starts its tunings from (the last round: its measurement after) minus the base
+        less the gain the model expected of the chosen correction: the disturbance its write
+        pulses caused in the tiles it pulsed (V/3 stress switching slow fluctuators) and the
+        tunings' misses, less what a free re-calibration recovers."""
+        pulses = {}
+        for *_, n, rnd in st.history:
+            pulses[rnd] = pulses.get(rnd, 0) + n
+        after = {r: max(j for j, (q, _) in enumerate(st.losses) if q == r)
+                 for r in pulses if any(q == r for q, _ in st.losses)}
+        lost, spent = 0.0, 0
+        if len(after) < self.cfg.disturbance_rounds:
+            return 0.0
+        for rnd, gain in st.expected.items():
+            i = after.get(rnd, 0)
+            if not pulses.get(rnd) or i == 0:
+                continue
+            # the next round's base: the entry before its measurement after tuning, or the last
+            # of its calibrations where it tuned nothing; the round's own where none followed
+            j = after[rnd + 1] - 1 if rnd + 1 in after else \
+                max((k for k, (q, _) in enumerate(st.losses) if q == rnd + 1), default=i)
+            lost += st.losses[j][1] - (st.losses[i - 1][1] - gain)
+            spent += pulses[rnd]
+        return max(lost / spent, 0.0) if spent else 0.0
 
     def rollback(self, st: _State, rnd: int):
         """(devices, targets) that undo round rnd - 1 where it left the measured repair-set loss
@@ -763,8 +827,13 @@ class _Work:
         self.measure(st, REFIT_SET, rnd, rows)   # only what moved since its last measurement
         fit_model = self.model(st, REFIT_SET)
         for action, layer, scope in scopes:
-            r = refit(fit_model, scope, st.g, st.stuck, l2=cfg.l2)
+            r = refit(fit_model, scope_pairs(plan, scope), st.g, st.stuck, l2=cfg.l2)
             candidate(action, layer, r.pair, r.diff, pairs=r.pair, diff=r.diff)
+        if cfg.sparse_refit:   # every layer, the first included: few weights at a time
+            sizes = [2 ** i for i in range(int(np.log2(cfg.retune_devices)) + 1)]
+            for r in sparse_refits(fit_model, np.arange(dp.size), st.g, st.stuck, sizes=sizes,
+                                   l2=cfg.l2):
+                candidate(SPARSE, -1, r.pair, r.diff, pairs=r.pair, diff=r.diff)
         return out
 
     def cost(self, st: _State) -> TuningCost:
@@ -793,7 +862,7 @@ class _Work:
                     res = tune(rig, r, c, target, tc)
                     st.used += res.pulses
                     st.tunings += 1
-                    st.history.append((res.g_initial, target, res.pulses))
+                    st.history.append((res.g_initial, target, res.pulses, rnd))
                     st.changed_at[t] = _when(rnd, "tuning")
                     if not res.converged:
                         st.stuck[d] = True
@@ -806,11 +875,12 @@ class _Work:
         return True
 
 
-def _decision(rnd, action, layer, weights, devices, pulses, acc_gain, loss_gain, why) -> dict:
+def _decision(rnd, action, layer, weights, devices, pulses, acc_gain, loss_gain, why,
+              disturbance=0.0) -> dict:
     return {"round": [rnd], "action": [action], "layer": [layer], "weights": [weights],
             "devices": [devices], "expected_pulses": [pulses],
             "expected_accuracy_gain": [acc_gain], "expected_loss_gain": [loss_gain],
-            "why": [why]}
+            "disturbance": [disturbance], "why": [why]}
 
 
 def _add(rows: dict, table: str, part: dict) -> None:

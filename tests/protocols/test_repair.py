@@ -17,7 +17,15 @@ from repair_toy import CONFIG, chip, data, plan
 from instruments.errors import SafetyLimitError
 from protocols.errors import ProtocolError
 from protocols.plan import plan_weights
-from protocols.refit import MeasuredModel, TuningCost, pair_moves, pairs, refit
+from protocols.refit import (
+    MeasuredModel,
+    TuningCost,
+    pair_moves,
+    pairs,
+    refit,
+    scope_pairs,
+    sparse_refits,
+)
 from protocols.repair import (
     CALIBRATE,
     CHOSEN,
@@ -104,7 +112,7 @@ def test_refit_keeps_stuck_devices_and_lowers_the_loss():
     g[dp[last[0]]] = 30e-6            # a stuck-HRS G+ in the last layer
     stuck[dp[last[0]]] = True
     m = _model(p, g, x, y)
-    r = refit(m, {1: [0]}, g, stuck)
+    r = refit(m, scope_pairs(p, {1: [0]}), g, stuck)
     assert r.loss_after < r.loss_before
     devs, tgts = pair_moves(p, g, stuck, r.pair, r.diff, 0.01,
                             TuningCost(p.g_min, p.g_max, 20.0))
