@@ -185,13 +185,8 @@ def refit(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray,
     start = np.clip(ref, lo, hi)
     first = int(lay.min())
     mine = [(li, np.flatnonzero(lay == li)) for li in sorted(set(lay.tolist()))]
-    n = k.size
-    # the change from `start` as u - v with u, v >= 0: |change| = u + v at the optimum, so the
-    # l1 term is smooth and L-BFGS-B's bounds keep start + u - v within [lo, hi]
-    weight = l1 / plan.scales[lay]
 
-    def fun(q):
-        p = start + q[:n] - q[n:]
+    def objective(p):
         trial = list(layers)
         for li, j in mine:
             w, b = layers[li][0].copy(), layers[li][1].copy()
@@ -201,7 +196,7 @@ def refit(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray,
             trial[li] = (w, b)
         zs, hs = model._forward(trial, start=first)
         loss, dz, _ = loss_and_dlogits(zs[-1], model.y)
-        grad = np.zeros(n)
+        grad = np.zeros(p.size)
         for li in range(len(trial) - 1, first - 1, -1):
             dz = dz * model.cal.gain[li]
             j = np.flatnonzero(lay == li)
@@ -212,18 +207,29 @@ def refit(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray,
                 dz = (dz @ trial[li][0]) * _act_grad(plan.activation, zs[li - first - 1],
                                                       hs[li - first])
         d = p - ref
-        grad = grad + 2 * l2 * d
-        value = loss + l2 * float(d @ d) + float(weight @ q[:n] + weight @ q[n:])
-        return value, np.concatenate([grad + weight, -grad + weight])
+        return loss + l2 * float(d @ d), grad + 2 * l2 * d
 
-    bounds = list(zip(np.zeros(n), hi - start, strict=True)) + \
-        list(zip(np.zeros(n), start - lo, strict=True))
+    n = k.size
+    if l1 > 0:
+        # the change from `start` as u - v with u, v >= 0: |change| = u + v at the optimum,
+        # so the l1 term is smooth, and bounds on u and v keep start + u - v in [lo, hi]
+        weight = l1 / plan.scales[lay]
+
+        def fun(q):
+            value, grad = objective(start + q[:n] - q[n:])
+            return (value + float(weight @ (q[:n] + q[n:])),
+                    np.concatenate([grad + weight, -grad + weight]))
+
+        x0, bounds = np.zeros(2 * n), list(zip(np.zeros(2 * n), np.r_[hi - start, start - lo],
+                                               strict=True))
+    else:
+        fun, x0, bounds = objective, start, list(zip(lo, hi, strict=True))
     # small matrices: threaded BLAS only adds contention (10x slower on a loaded 2-core PC)
     with threadpool_limits(1, user_api="blas"):
-        before = fun(np.zeros(2 * n))[0]
-        res = minimize(fun, np.zeros(2 * n), jac=True, method="L-BFGS-B", bounds=bounds,
+        before = fun(x0)[0]
+        res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
                        options={"maxiter": max_iter})
-    p = start + res.x[:n] - res.x[n:]
+    p = start + res.x[:n] - res.x[n:] if l1 > 0 else res.x
     return Refit(k, p / c, float(before), float(res.fun))
 
 

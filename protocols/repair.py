@@ -628,8 +628,8 @@ class _Work:
             acc_gain, loss_gain = c["gain"]
             c["disturbance"] = rate * c["expected_pulses"]
             # by accuracy gain per pulse; by loss gain per pulse where no accuracy is lost;
-            # either only where the loss gained is more than the disturbance expected to cost
-            k = None if loss_gain <= c["disturbance"] else \
+            # where the disturbance has a price, only if the loss gained is more than that
+            k = None if c["disturbance"] > 0 and loss_gain <= c["disturbance"] else \
                 (1, acc_gain / c["expected_pulses"]) if acc_gain > 0 else \
                 ((0, loss_gain / c["expected_pulses"]) if acc_gain == 0 else None)
             c["key"] = k
