@@ -605,10 +605,11 @@ class _Work:
         if st.stopped is not None:
             _add(rows, "decisions", _decision(rnd, STOP, 4, -1, 0, 0.0, 0.0, 0.0, NOTHING))
             return rows
+        if self.at_software(st):   # (as measured: a calibration kept may lower it)
+            return self._stop(st, rows, rnd, 5)
         self.calibrate(st, rnd, rows)
         cfg, plan = self.cfg, self.plan
-        if cfg.stop_at_software and self.model(st, REPAIR_SET).score(st.g).accuracy >= \
-                self.software_accuracy:
+        if self.at_software(st):
             return self._stop(st, rows, rnd, 5)
         remaining = self.budget - st.used
         if remaining < cfg.min_cap:
@@ -670,6 +671,12 @@ class _Work:
         if rnd == cfg.max_rounds:
             return self._stop(st, rows, rnd, 0)
         return rows
+
+    def at_software(self, st: _State) -> bool:
+        """`stop_at_software` and the repair set's accuracy as last measured is at least the
+        software network's."""
+        return self.cfg.stop_at_software and \
+            self.model(st, REPAIR_SET).score(st.g).accuracy >= self.software_accuracy
 
     def disturbance(self, st: _State) -> float:
         """The repair-set loss the past rounds lost per pulse beyond their prediction (pooled,
