@@ -692,9 +692,7 @@ class _Work:
             pulses[rnd] = pulses.get(rnd, 0) + n
         after = {r: max(j for j, (q, _) in enumerate(st.losses) if q == r)
                  for r in pulses if any(q == r for q, _ in st.losses)}
-        lost, spent = 0.0, 0
-        if len(after) < self.cfg.disturbance_rounds:
-            return 0.0
+        lost, spent, rounds = 0.0, 0, 0
         for rnd, gain in st.expected.items():
             i = after.get(rnd, 0)
             if not pulses.get(rnd) or i == 0:
@@ -705,7 +703,8 @@ class _Work:
                 max((k for k, (q, _) in enumerate(st.losses) if q == rnd + 1), default=i)
             lost += st.losses[j][1] - (st.losses[i - 1][1] - gain)
             spent += pulses[rnd]
-        return max(lost / spent, 0.0) if spent else 0.0
+            rounds += 1
+        return max(lost / spent, 0.0) if rounds >= self.cfg.disturbance_rounds else 0.0
 
     def rollback(self, st: _State, rnd: int):
         """(devices, targets) that undo round rnd - 1 where it left the measured repair-set loss

@@ -120,6 +120,29 @@ def test_refit_keeps_stuck_devices_and_lowers_the_loss():
     assert np.all((tgts >= p.g_min) & (tgts <= p.g_max))
 
 
+def test_sparse_refit_finds_the_one_distorted_first_layer_weight():
+    """The regular half-moons network's repairs failed where the first layer was distorted: the
+    joint refit of every layer changes every weight, and cut to a round's few devices it was no
+    longer a fit. A sparse refit (l1 on the change) moves that one weight, in the first layer."""
+    p, d = plan(), data()
+    x, y = d.refit
+    dp, dm = pairs(p)
+    bad = int(np.flatnonzero((p.layer[dp] == 0) & (p.target[dp] <= 150e-6))[0])
+    g = p.target.copy()
+    g[dp[bad]] += 150e-6
+    m = _model(p, g, x, y)
+    fixed = np.zeros(p.n_devices, bool)
+    k = np.arange(dp.size)
+    dense = refit(m, k, g, fixed)
+    assert np.sum(np.abs(dense.diff - (g[dp] - g[dm])) > 1e-9) > 5   # it moves many
+    one = sparse_refits(m, k, g, fixed, sizes=[1, 2])[0]   # "about one": at most two here
+    assert bad in one.pair and one.pair.size <= 2
+    assert one.loss_after < one.loss_before
+    i = one.pair.tolist().index(bad)
+    want = p.target[dp[bad]] - p.target[dm[bad]]
+    assert abs(one.diff[i] - want) < 0.5 * abs((g[dp[bad]] - g[dm[bad]]) - want)
+
+
 def test_pair_moves_move_one_device_and_respect_the_range():
     p = plan()
     dp, dm = pairs(p)
@@ -208,6 +231,45 @@ def test_repair_ends_no_worse_than_it_found_the_test_chip_in_small_measured_step
     assert res.summary["accuracy_after"] >= res.summary["accuracy_before"]
     assert tu.groupby("round").device.nunique().max() <= CONFIG.retune_devices
     assert len(rep) > 2   # several measured rounds, not one large step
+
+
+def test_a_chip_measured_at_its_software_accuracy_is_not_pulsed(tmp_path):
+    """Chip seed 1 measures 100 % on the repair set (the software network's accuracy) as found;
+    the repair pulsed it anyway, each round's V/3 writes disturbing its tiles, and the test
+    accuracy went from 95 to 92.5 %. It now stops before any pulse."""
+    c, p, names, stuck, prior = _transferred(tmp_path, seed=1)
+    res = run(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "r.h5", data(),
+              budget=400, read=ReadSettings(), config=CONFIG, stuck=stuck,
+              prior_tunings=prior, progress=False)
+    me = res.tables["measurements"]
+    assert me[me.split == REPAIR_SET].accuracy.iloc[0] == 1.0
+    assert res.summary["stopped"] == "reached the software accuracy"
+    assert res.summary["pulses"] == 0
+    assert res.summary["accuracy_after"] >= res.summary["accuracy_before"]
+
+
+def test_disturbance_is_the_loss_measured_beyond_prediction_per_pulse():
+    """Each pulse of a correction disturbs its tile; the repair charges each candidate the loss
+    its past rounds lost per pulse beyond what the model expected (after the next round's free
+    re-calibration), once `disturbance_rounds` rounds have pulsed."""
+    from protocols.repair import _State, _Work
+
+    p = plan()
+    work = _Work(p, None, None, None, CONFIG.model_copy(update={"disturbance_rounds": 2}),
+                 {REPAIR_SET: data().repair}, 400, None)
+    st = _State(g=p.target.copy(), diff=np.zeros(1), stuck=np.zeros(p.n_devices, bool))
+    # round 1: base 1.0, expected gain 0.3, measured 0.9 after its 40 pulses, 0.8 after the
+    # calibration of round 2 (the base of round 2's tunings): lost 0.1 beyond prediction
+    st.history = [(0, 0, 15, 1), (0, 0, 25, 1), (0, 0, 60, 2)]
+    st.losses = [(0, 1.0), (1, 0.9), (2, 0.8), (2, 0.7)]
+    st.expected = {1: 0.3}
+    assert work.disturbance(st) == 0.0            # one round pulsed and measured: no price
+    st.expected[2] = 0.2
+    # round 1: 0.8 - (1.0 - 0.3) = 0.1; round 2 (last): 0.7 - (0.8 - 0.2) = 0.1; 100 pulses
+    assert work.disturbance(st) == pytest.approx(0.2 / 100)
+    st.losses[-1] = (2, 0.5)                      # better than expected: no negative price
+    st.losses[2] = (2, 0.75)
+    assert work.disturbance(st) == 0.0
 
 
 def test_rollback_tunes_the_pulsed_tiles_back_after_a_round_that_raised_the_loss(tmp_path):
