@@ -5,7 +5,7 @@ the refits are fitted on), the *repair set* (held-out inputs on which every deci
 stopping rule are judged) and the *test set* (measured before and after, never used to decide).
 
 Each round, from the chip's measured state (read-back conductances ``g`` and the analog
-pre-activations of every layer, `protocols.refit.MeasuredModel`), three kinds of correction are
+pre-activations of every layer, `protocols.refit.MeasuredModel`), four kinds of correction are
 costed:
 
 ``retune``      the devices whose error costs the most: the loss's sensitivity to each
@@ -15,9 +15,17 @@ costed:
                 that output's weights of its layer (the differential partner first, through the
                 bounds, then the other inputs and the bias) with the stuck device held where it
                 is;
-``refit``       re-fit the last layer's weights on the refit set's measured hidden activations
-                (stuck devices held, partners absorbing them) and re-program only the devices
-                whose new target lies outside their tuning band.
+``refit``       re-fit the last layer's weights (and, in a second candidate, every layer's,
+                jointly) on the refit set's measured hidden activations (stuck devices held,
+                partners absorbing them) and re-program only the devices whose new target lies
+                outside their tuning band;
+``sparse refit`` (``sparse_refit``, on by default) re-fit every layer, the first included, with
+                an l1 penalty on the change of each weight so that only about 1, 2, 4, ... up
+                to ``retune_devices`` weights move, then re-fit those alone without it
+                (`protocols.refit.sparse_refits`): the few weights whose change gains the most,
+                wherever they are. A joint refit of every layer moves every weight a little and,
+                cut to a round's few devices, is no longer a fit; a distorted first layer of a
+                network with few hidden units needs its own weights moved.
 
 Periphery calibration (``calibrate``: "affine" by default, "offset" or "off"). The activation
 is applied in software between tiles, so the periphery can correct each output digitally at no
@@ -47,9 +55,23 @@ candidate's devices at their targets; its expected cost is its number of tunings
 pulses a repair tuning has taken so far (``expected_pulses`` before the first). The candidate
 with the largest expected accuracy gain per pulse is applied (by loss gain per pulse when no
 candidate gains accuracy); the round ends with the touched tiles read back and the repair set
-measured again. The repair stops at the budget, when no candidate is expected to gain, or when
-the measured repair-set loss has not gone below its best for ``patience`` rounds (the loss, not
-the accuracy: a few hundred points make the accuracy coarse).
+measured again.
+
+Disturbance's price (``price_disturbance``, on by default). The model predicts a correction
+with the devices it tunes at their targets and every other device where it was; the chip
+answers with the tuned devices near their targets and the other devices of the pulsed tiles
+moved by the V/3 writes. Once ``disturbance_rounds`` rounds have pulsed, each candidate is
+charged the repair-set loss those rounds lost per pulse beyond their prediction (pooled over
+the rounds, after the next round's free re-calibration, at least 0; decisions column
+``disturbance``), and a candidate whose expected loss gain does not exceed its charge is not
+applied.
+
+The repair stops at the budget, when no candidate is expected to gain, when the measured
+repair-set loss has not gone below its best for ``patience`` rounds (the loss, not the
+accuracy: a few hundred points make the accuracy coarse), or (``stop_at_software``, on by
+default) when the measured repair-set accuracy, before or after the round's calibration, is at
+least the software network's on the repair set (the plan's targets, `plan_forward`): beyond
+that every round of pulses gambles with the disturbance for nothing the goal asks.
 
 Rollback (``rollback``, off by default: on 24 simulated half-moons chips per network it cost
 more than it restored). After a round whose measured repair-set loss is higher than before it,
@@ -66,7 +88,8 @@ refit and test sets measured), 1..max_rounds = one round each (a round after the
 only that), max_rounds + 1 = the test set measured after. Tables:
 
 - ``decisions``     every candidate of every round: action, layer, output, devices, expected
-                    pulses, expected accuracy and loss gains, chosen, and why not;
+                    pulses, expected accuracy and loss gains, the disturbance's price, chosen,
+                    and why not;
 - ``tunings``       every tuning: device, target, conductance before and after, pulses, cap;
 - ``calibration``   every calibration kept: round, layer, out, gain, offset (per layer the last
                     rows count; `calibration_of`); the summary's ``calibration`` is the final one;
