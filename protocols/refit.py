@@ -310,6 +310,72 @@ def fit_calibration_loss(z: np.ndarray, y: np.ndarray, *, gain_range: tuple[floa
     return res.x[:k], res.x[k:]
 
 
+def fit_calibration_joint(model: MeasuredModel, layer: int, g: np.ndarray, *,
+                          gain_range: tuple[float, float], offset_max: Sequence[float],
+                          l2: float, offset_only: bool = False
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """The gains and offsets of `layer` that, fitted jointly with those of every later layer,
+    minimise the model's loss on its labels at conductances g (the later layers' inputs
+    predicted by the model: linear in the new hidden activations plus each point's measured
+    residual), ``loss + l2 (sum (a - 1)^2 + sum (c / std z)^2)`` over those layers, a in
+    `gain_range`, |c| <= `offset_max[layer]`. A hidden layer has no labels of its own; this
+    lets the labels decide its correction too, not only how near its outputs come to the
+    software network's. Only `layer`'s part is returned: the caller measures the later layers
+    with it applied and fits them again on what it measured."""
+    plan = model.plan
+    layers = plan_weights(plan, g)
+    n_layers = len(layers)
+    last = n_layers - 1
+    raw_in = [model.inputs[layer]]
+    sizes = [layers[li][0].shape[0] for li in range(layer, n_layers)]
+    raw0 = raw_in[0] @ layers[layer][0].T + layers[layer][1] + model.residual[layer]
+    sd = [np.maximum(raw0.std(0), 1e-12)]
+    h = activate(plan.activation, model.cal.apply(layer, raw0))
+    for li in range(layer + 1, n_layers):   # penalty scales from the current raw outputs
+        raw = h @ layers[li][0].T + layers[li][1] + model.residual[li]
+        sd.append(np.maximum(raw.std(0), 1e-12))
+        if li < last:
+            h = activate(plan.activation, model.cal.apply(li, raw))
+    cuts = np.cumsum([0, *sizes])
+
+    def fun(q):
+        a = [q[cuts[i]:cuts[i + 1]] for i in range(len(sizes))]
+        c = [q[cuts[-1] + cuts[i]:cuts[-1] + cuts[i + 1]] for i in range(len(sizes))]
+        h, raws, zs, hs = model.inputs[layer], [], [], []
+        for i, li in enumerate(range(layer, n_layers)):
+            w, b = layers[li]
+            raw = h @ w.T + b + model.residual[li]
+            z = a[i] * raw + c[i]
+            raws.append(raw)
+            zs.append(z)
+            hs.append(h)
+            if li < last:
+                h = activate(plan.activation, z)
+        loss, dz, _ = loss_and_dlogits(zs[-1], model.y)
+        ga, gc = [None] * len(sizes), [None] * len(sizes)
+        pen = 0.0
+        for i in range(len(sizes) - 1, -1, -1):
+            ga[i] = (dz * raws[i]).sum(0) + 2 * l2 * (a[i] - 1)
+            gc[i] = dz.sum(0) + 2 * l2 * c[i] / sd[i] ** 2
+            pen += l2 * (np.sum((a[i] - 1) ** 2) + np.sum((c[i] / sd[i]) ** 2))
+            if i:
+                li = layer + i
+                dz = ((dz * a[i]) @ layers[li][0]) * _act_grad(plan.activation, zs[i - 1],
+                                                               hs[i])
+        return loss + pen, np.concatenate(ga + gc)
+
+    gains = [tuple(gain_range)] * cuts[-1] if not offset_only else [(1.0, 1.0)] * cuts[-1]
+    offs = [(-offset_max[li], offset_max[li]) for li in range(layer, n_layers)
+            for _ in range(sizes[li - layer])]
+    x0 = np.concatenate([np.concatenate([model.cal.gain[li] for li in range(layer, n_layers)]),
+                         np.concatenate([model.cal.offset[li] for li in range(layer, n_layers)])])
+    x0 = np.clip(x0, [b[0] for b in gains + offs], [b[1] for b in gains + offs])
+    with threadpool_limits(1, user_api="blas"):
+        res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=gains + offs)
+    k = sizes[0]
+    return res.x[:k], res.x[cuts[-1]:cuts[-1] + k]
+
+
 def pair_moves(plan: ConductancePlan, g: np.ndarray, fixed: np.ndarray, k: np.ndarray,
                diff: np.ndarray, tolerance: float,
                cost: Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -153,6 +153,7 @@ from protocols.refit import (
     MeasuredModel,
     TuningCost,
     fit_calibration,
+    fit_calibration_joint,
     fit_calibration_loss,
     pair_moves,
     pairs,
@@ -283,10 +284,12 @@ class RepairConfig(BaseModel):
                                             "allowed")
     offset_max: float = Field(0.5, ge=0, description="calibration: |offset| at most this share "
                               "of the layer's read-out scale (its largest weight)")
-    calibration_target: Literal["software", "labels"] = Field(
-        "labels", description="calibration of the last layer: minimising the loss on the refit "
-        "set's labels, or towards the pre-activations the wanted weights give (the hidden "
-        "layers always so: they have no labels)")
+    calibration_target: Literal["software", "labels", "joint"] = Field(
+        "joint", description="calibration: \"software\": every layer towards the "
+        "pre-activations the wanted weights give; \"labels\": so the hidden layers, the last "
+        "layer by minimising the loss on the refit set's labels; \"joint\": every layer on "
+        "the labels, each hidden layer fitted jointly with the layers after it "
+        "(`protocols.refit.fit_calibration_joint`)")
     calibration_l2: float = Field(0.01, ge=0, description="calibration: penalty pulling each "
                                   "gain towards 1 and offset towards 0, relative to the fit's "
                                   "mean squared error")
@@ -774,9 +777,12 @@ class _Work:
             kw = {"gain_range": cfg.gain_range, "l2": cfg.calibration_l2,
                   "offset_max": cfg.offset_max * float(plan.scales[li]),
                   "offset_only": cfg.calibrate == "offset"}
-            if li == self.n_layers - 1 and cfg.calibration_target == "labels":
+            if li == self.n_layers - 1 and cfg.calibration_target != "software":
                 gain, offset = fit_calibration_loss(st.cal.raw(li, zs[li]),
                                                     self.sets[REFIT_SET][1], **kw)
+            elif cfg.calibration_target == "joint":
+                kw["offset_max"] = cfg.offset_max * plan.scales
+                gain, offset = fit_calibration_joint(self.model(st, REFIT_SET), li, st.g, **kw)
             else:
                 gain, offset = fit_calibration(st.cal.raw(li, zs[li]), h @ w.T + b, **kw)
             new = st.cal.with_layer(li, gain, offset)
