@@ -264,6 +264,10 @@ class RepairConfig(BaseModel):
                                    "repair-set accuracy reaches the software network's (the "
                                    "plan's targets) on the repair set: every further round "
                                    "risks the disturbance of its pulses for little to gain")
+    choose_by: Literal["accuracy", "loss"] = Field(
+        "accuracy", description="a candidate is chosen by its expected repair-set accuracy "
+        "gain per pulse (by loss gain per pulse where none gains accuracy; one that loses "
+        "accuracy never), or by its expected loss gain per pulse alone")
     sparse_refit: bool = Field(True, description="also offer refits of every layer (the first "
                                "included) that change few weights: 1, 2, 4, ... up to "
                                "retune_devices pairs, chosen by an l1 penalty on the change "
@@ -657,6 +661,8 @@ class _Work:
             # by accuracy gain per pulse; by loss gain per pulse where no accuracy is lost;
             # where the disturbance has a price, only if the loss gained is more than that
             k = None if c["disturbance"] > 0 and loss_gain <= c["disturbance"] else \
+                ((0, loss_gain / c["expected_pulses"]) if loss_gain > 0 else None) \
+                if cfg.choose_by == "loss" else \
                 (1, acc_gain / c["expected_pulses"]) if acc_gain > 0 else \
                 ((0, loss_gain / c["expected_pulses"]) if acc_gain == 0 else None)
             c["key"] = k
