@@ -265,9 +265,10 @@ class RepairConfig(BaseModel):
                                    "plan's targets) on the repair set: every further round "
                                    "risks the disturbance of its pulses for little to gain")
     choose_by: Literal["accuracy", "loss"] = Field(
-        "accuracy", description="a candidate is chosen by its expected repair-set accuracy "
-        "gain per pulse (by loss gain per pulse where none gains accuracy; one that loses "
-        "accuracy never), or by its expected loss gain per pulse alone")
+        "loss", description="a candidate is chosen by its expected repair-set loss gain per "
+        "pulse (the loss: on a few hundred points the accuracy moves in coarse steps), or by "
+        "its expected accuracy gain per pulse (by loss gain per pulse where none gains "
+        "accuracy; one that loses accuracy never)")
     sparse_refit: bool = Field(True, description="also offer refits of every layer (the first "
                                "included) that change few weights: 1, 2, 4, ... up to "
                                "retune_devices pairs, chosen by an l1 penalty on the change "
