@@ -655,20 +655,7 @@ class _Work:
             return self.finish(st, rows, rnd, devs, tgts)
         cands = self.candidates(st, rnd, rows)
         rate = self.disturbance(st) if cfg.price_disturbance else 0.0
-        best, key = None, None
-        for c in cands:
-            acc_gain, loss_gain = c["gain"]
-            c["disturbance"] = rate * c["expected_pulses"]
-            # by accuracy gain per pulse; by loss gain per pulse where no accuracy is lost;
-            # where the disturbance has a price, only if the loss gained is more than that
-            k = None if c["disturbance"] > 0 and loss_gain <= c["disturbance"] else \
-                ((0, loss_gain / c["expected_pulses"]) if loss_gain > 0 else None) \
-                if cfg.choose_by == "loss" else \
-                (1, acc_gain / c["expected_pulses"]) if acc_gain > 0 else \
-                ((0, loss_gain / c["expected_pulses"]) if acc_gain == 0 else None)
-            c["key"] = k
-            if k is not None and (key is None or k > key):
-                best, key = c, k
+        best = choose(cands, rate, cfg.choose_by)
         for c in cands:
             why = CHOSEN if c is best else (NO_GAIN if c["key"] is None else NOT_BEST)
             _add(rows, "decisions", _decision(rnd, c["action"], c["layer"], c["weights"],
@@ -915,6 +902,33 @@ class _Work:
                                            "cap": [cap], "t_start": [res.t_start],
                                            "t_end": [res.t_end]})
         return True
+
+
+def choose(cands: list[dict], rate: float, by: str) -> dict | None:
+    """The candidate to apply, None where none is expected to gain. Each candidate (its
+    ``gain``: expected (accuracy, loss) gains; ``expected_pulses``) is charged ``rate`` times
+    its expected pulses for the disturbance (its ``disturbance``) and given a ``key`` (None: no
+    gain). By "loss": the largest loss gain per pulse among those whose loss gain exceeds the
+    charge. By "accuracy": the largest accuracy gain per pulse, then, where none gains
+    accuracy, the largest loss gain per pulse among those that lose none; with a charge, only
+    those whose loss gain exceeds it."""
+    best, key = None, None
+    for c in cands:
+        acc_gain, loss_gain = c["gain"]
+        c["disturbance"] = rate * c["expected_pulses"]
+        per_pulse = loss_gain / c["expected_pulses"]
+        if c["disturbance"] > 0 and loss_gain <= c["disturbance"]:
+            k = None
+        elif by == "loss":
+            k = (0, per_pulse) if loss_gain > 0 else None
+        elif acc_gain > 0:
+            k = (1, acc_gain / c["expected_pulses"])
+        else:
+            k = (0, per_pulse) if acc_gain == 0 and loss_gain > 0 else None
+        c["key"] = k
+        if k is not None and (key is None or k > key):
+            best, key = c, k
+    return best
 
 
 def _decision(rnd, action, layer, weights, devices, pulses, acc_gain, loss_gain, why,

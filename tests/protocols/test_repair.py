@@ -272,6 +272,31 @@ def test_disturbance_is_the_loss_measured_beyond_prediction_per_pulse():
     assert work.disturbance(st) == 0.0
 
 
+def test_a_correction_that_gains_loss_is_not_refused_for_one_repair_set_point():
+    """The repairs stopped with "no correction expected to gain" while the budget held and the
+    chip was points below its software accuracy: every candidate gained loss but was expected to
+    lose one repair-set point of 273, and a candidate that lost accuracy was never chosen. The
+    loss decides now (the stopping rule's measure already); the disturbance's charge and a loss
+    that does not fall still refuse."""
+    from protocols.repair import choose
+
+    def cands():
+        return [{"gain": (-1 / 273, 0.05), "expected_pulses": 30.0},
+                {"gain": (0.0, -0.01), "expected_pulses": 10.0},
+                {"gain": (1 / 273, -0.02), "expected_pulses": 30.0}]
+
+    c = cands()
+    assert choose(c, 0.0, "loss") is c[0]
+    assert c[1]["key"] is None and c[2]["key"] is None
+    c = cands()
+    assert choose(c, 0.0, "accuracy") is c[2]          # the old rule: accuracy first
+    c = cands()[:2]
+    assert choose(c, 0.0, "accuracy") is None          # ... and it stopped there
+    c = cands()
+    assert choose(c, 0.01, "loss") is None             # charged 0.3 for 30 pulses
+    assert c[0]["disturbance"] == pytest.approx(0.3)
+
+
 def test_rollback_tunes_the_pulsed_tiles_back_after_a_round_that_raised_the_loss(tmp_path):
     case = dict(ROLLBACK_CASE)
     c, p, names, stuck, prior = _transferred(tmp_path, case.pop("chip_seed"))
