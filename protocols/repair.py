@@ -35,9 +35,12 @@ before the final measurement, layer by layer from the first, the refit set is me
 after a newly calibrated one with its corrected inputs), the layer's gains and offsets fitted
 (`protocols.refit.fit_calibration`: bounded least squares towards the pre-activations the wanted
 weights give on the measured inputs, gains in ``gain_range``, offsets within ``offset_max`` of
-the layer's read-out scale, pulled towards no correction by ``calibration_l2``; the last layer,
-with ``calibration_target`` "labels" (the default), by minimising the loss on the refit set's
-labels instead, `fit_calibration_loss`) and kept where
+the layer's read-out scale, pulled towards no correction by ``calibration_l2``. With
+``calibration_target`` "joint" (the default) every layer is fitted on the refit set's labels
+instead: a hidden layer's gains and offsets jointly with those of the layers after it, through
+the model (`fit_calibration_joint`; only its own part is kept, the later layers are measured
+with it and fitted in turn), the last layer by minimising the loss (`fit_calibration_loss`);
+"labels" fits only the last layer so, "software" none) and kept where
 the model predicts a lower repair-set loss (decision ``calibrate``); the repair set is then
 measured with it. The model every later candidate is judged on includes the calibration
 (`MeasuredModel`), so pulse corrections are chosen against the calibrated chip.
@@ -53,9 +56,10 @@ has the figures).
 Each candidate's expected gain is the model's accuracy (and loss) on the repair set with the
 candidate's devices at their targets; its expected cost is its number of tunings times the
 pulses a repair tuning has taken so far (``expected_pulses`` before the first). The candidate
-with the largest expected accuracy gain per pulse is applied (by loss gain per pulse when no
-candidate gains accuracy); the round ends with the touched tiles read back and the repair set
-measured again.
+with the largest expected loss gain per pulse is applied (`choose`; ``choose_by`` "accuracy":
+by accuracy gain per pulse first, one that loses a repair-set point never, which refused
+corrections that gained loss for one point of 273); the round ends with the touched tiles read
+back and the repair set measured again.
 
 Disturbance's price (``price_disturbance``, on by default). The model predicts a correction
 with the devices it tunes at their targets and every other device where it was; the chip
