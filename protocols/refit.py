@@ -326,9 +326,8 @@ def fit_calibration_joint(model: MeasuredModel, layer: int, g: np.ndarray, *,
     layers = plan_weights(plan, g)
     n_layers = len(layers)
     last = n_layers - 1
-    raw_in = [model.inputs[layer]]
     sizes = [layers[li][0].shape[0] for li in range(layer, n_layers)]
-    raw0 = raw_in[0] @ layers[layer][0].T + layers[layer][1] + model.residual[layer]
+    raw0 = model.inputs[layer] @ layers[layer][0].T + layers[layer][1] + model.residual[layer]
     sd = [np.maximum(raw0.std(0), 1e-12)]
     h = activate(plan.activation, model.cal.apply(layer, raw0))
     for li in range(layer + 1, n_layers):   # penalty scales from the current raw outputs
