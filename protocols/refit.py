@@ -150,20 +150,29 @@ class Refit:
     loss_after: float
 
 
-def refit(model: MeasuredModel, scope: dict[int, Sequence[int]], g: np.ndarray,
-          fixed: np.ndarray, *, l2: float = 1e-3, max_iter: int = 300) -> Refit:
-    """Re-optimise, jointly, the weights and biases of the outputs `scope[layer]` of each layer
-    in `scope` on the model's data, every other weight as it is at conductances g. A pair with
-    a fixed (stuck) device can only reach the weights its free partner can make within
-    [g_min, g_max]; a pair with both fixed keeps its weight. The objective is the model's loss
-    plus l2 * sum (w - w(g))^2 over the refitted weights."""
-    plan = model.plan
-    layers = plan_weights(plan, g)
-    dp, dm = pairs(plan)
+def scope_pairs(plan: ConductancePlan, scope: dict[int, Sequence[int]]) -> np.ndarray:
+    """The pairs (indexes of `pairs(plan)`) of the outputs `scope[layer]` of each layer."""
+    dp, _ = pairs(plan)
     sel = np.zeros(dp.size, bool)
     for li, outs in scope.items():
         sel |= (plan.layer[dp] == li) & np.isin(plan.out[dp], np.asarray(list(outs), int))
-    k = np.flatnonzero(sel)
+    return np.flatnonzero(sel)
+
+
+def refit(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray, *,
+          l2: float = 1e-3, l1: float = 0.0, max_iter: int = 300) -> Refit:
+    """Re-optimise, jointly, the weights and biases of pairs `k` (indexes of `pairs(plan)`,
+    e.g. `scope_pairs`) on the model's data, every other weight as it is at conductances g. A
+    pair with a fixed (stuck) device can only reach the weights its free partner can make
+    within [g_min, g_max]; a pair with both fixed keeps its weight. The objective is the
+    model's loss plus l2 * sum (w - w(g))^2 plus l1 * sum |w - w(g)| / scale over the refitted
+    weights (scale: the layer's weight per conductance range, so l1 prices a change of the
+    whole range the same in every layer). With l1 > 0 most weights stay where they are (a
+    sparse change: few devices to re-program, few V/3 writes to disturb their neighbours)."""
+    plan = model.plan
+    layers = plan_weights(plan, g)
+    dp, dm = pairs(plan)
+    k = np.asarray(k, np.int64)
     lay, out = plan.layer[dp[k]], plan.out[dp[k]]
     bias = plan.param[dp[k]] == BIAS
     inp = np.maximum(plan.inp[dp[k]], 0)
@@ -177,7 +186,7 @@ def refit(model: MeasuredModel, scope: dict[int, Sequence[int]], g: np.ndarray,
     first = int(lay.min())
     mine = [(li, np.flatnonzero(lay == li)) for li in sorted(set(lay.tolist()))]
 
-    def fun(p):
+    def objective(p):
         trial = list(layers)
         for li, j in mine:
             w, b = layers[li][0].copy(), layers[li][1].copy()
@@ -200,12 +209,58 @@ def refit(model: MeasuredModel, scope: dict[int, Sequence[int]], g: np.ndarray,
         d = p - ref
         return loss + l2 * float(d @ d), grad + 2 * l2 * d
 
+    n = k.size
+    if l1 > 0:
+        # the change from `start` as u - v with u, v >= 0: |change| = u + v at the optimum,
+        # so the l1 term is smooth, and bounds on u and v keep start + u - v in [lo, hi]
+        weight = l1 / plan.scales[lay]
+
+        def fun(q):
+            value, grad = objective(start + q[:n] - q[n:])
+            return (value + float(weight @ (q[:n] + q[n:])),
+                    np.concatenate([grad + weight, -grad + weight]))
+
+        x0, bounds = np.zeros(2 * n), list(zip(np.zeros(2 * n), np.r_[hi - start, start - lo],
+                                               strict=True))
+    else:
+        fun, x0, bounds = objective, start, list(zip(lo, hi, strict=True))
     # small matrices: threaded BLAS only adds contention (10x slower on a loaded 2-core PC)
     with threadpool_limits(1, user_api="blas"):
-        before = fun(start)[0]
-        res = minimize(fun, start, jac=True, method="L-BFGS-B",
-                       bounds=list(zip(lo, hi, strict=True)), options={"maxiter": max_iter})
-    return Refit(k, res.x / c, float(before), float(res.fun))
+        before = fun(x0)[0]
+        res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                       options={"maxiter": max_iter})
+    p = start + res.x[:n] - res.x[n:] if l1 > 0 else res.x
+    return Refit(k, p / c, float(before), float(res.fun))
+
+
+def sparse_refits(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray, *,
+                  sizes: Sequence[int], l2: float = 1e-3) -> list[Refit]:
+    """Refits of pairs `k` that change few weights, one per entry of `sizes`: an l1-penalised
+    `refit` whose penalty lets about `size` pairs move at first (the size-th largest of the
+    loss's sensitivity to a whole-range change of each pair), then, on the pairs it moved, a
+    `refit` without the l1 term (the l1 term shrinks what it keeps). Where one device of a
+    pair is fixed only the other moves (`refit`'s bounds). Distinct supports only."""
+    plan = model.plan
+    dp, dm = pairs(plan)
+    k = np.asarray(k, np.int64)
+    k = k[~(fixed[dp[k]] & fixed[dm[k]])]
+    if not k.size:
+        return []
+    _, grad = model.gradient(g)
+    sens = np.sort(np.abs(grad[dp[k]]) * (plan.g_max - plan.g_min))[::-1]
+    out, seen = [], set()
+    for size in sorted(set(sizes)):
+        if size >= k.size:
+            break
+        r = refit(model, k, g, fixed, l2=l2, l1=float(sens[size]))
+        now = g[dp[r.pair]] - g[dm[r.pair]]
+        moved = r.pair[np.abs(r.diff - now) > 1e-6 * (plan.g_max - plan.g_min)]
+        key = tuple(moved.tolist())
+        if not moved.size or key in seen:
+            continue
+        seen.add(key)
+        out.append(refit(model, moved, g, fixed, l2=l2))
+    return out
 
 
 def fit_calibration(z: np.ndarray, target: np.ndarray, *, gain_range: tuple[float, float],
@@ -253,6 +308,71 @@ def fit_calibration_loss(z: np.ndarray, y: np.ndarray, *, gain_range: tuple[floa
     res = minimize(fun, np.r_[np.ones(k), np.zeros(k)], jac=True, method="L-BFGS-B",
                    bounds=bounds)
     return res.x[:k], res.x[k:]
+
+
+def fit_calibration_joint(model: MeasuredModel, layer: int, g: np.ndarray, *,
+                          gain_range: tuple[float, float], offset_max: Sequence[float],
+                          l2: float, offset_only: bool = False
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """The gains and offsets of `layer` that, fitted jointly with those of every later layer,
+    minimise the model's loss on its labels at conductances g (the later layers' inputs
+    predicted by the model: linear in the new hidden activations plus each point's measured
+    residual), ``loss + l2 (sum (a - 1)^2 + sum (c / std z)^2)`` over those layers, a in
+    `gain_range`, |c| <= `offset_max[layer]`. A hidden layer has no labels of its own; this
+    lets the labels decide its correction too, not only how near its outputs come to the
+    software network's. Only `layer`'s part is returned: the caller measures the later layers
+    with it applied and fits them again on what it measured."""
+    plan = model.plan
+    layers = plan_weights(plan, g)
+    n_layers = len(layers)
+    last = n_layers - 1
+    sizes = [layers[li][0].shape[0] for li in range(layer, n_layers)]
+    raw0 = model.inputs[layer] @ layers[layer][0].T + layers[layer][1] + model.residual[layer]
+    sd = [np.maximum(raw0.std(0), 1e-12)]
+    h = activate(plan.activation, model.cal.apply(layer, raw0))
+    for li in range(layer + 1, n_layers):   # penalty scales from the current raw outputs
+        raw = h @ layers[li][0].T + layers[li][1] + model.residual[li]
+        sd.append(np.maximum(raw.std(0), 1e-12))
+        if li < last:
+            h = activate(plan.activation, model.cal.apply(li, raw))
+    cuts = np.cumsum([0, *sizes])
+
+    def fun(q):
+        a = [q[cuts[i]:cuts[i + 1]] for i in range(len(sizes))]
+        c = [q[cuts[-1] + cuts[i]:cuts[-1] + cuts[i + 1]] for i in range(len(sizes))]
+        h, raws, zs, hs = model.inputs[layer], [], [], []
+        for i, li in enumerate(range(layer, n_layers)):
+            w, b = layers[li]
+            raw = h @ w.T + b + model.residual[li]
+            z = a[i] * raw + c[i]
+            raws.append(raw)
+            zs.append(z)
+            hs.append(h)
+            if li < last:
+                h = activate(plan.activation, z)
+        loss, dz, _ = loss_and_dlogits(zs[-1], model.y)
+        ga, gc = [None] * len(sizes), [None] * len(sizes)
+        pen = 0.0
+        for i in range(len(sizes) - 1, -1, -1):
+            ga[i] = (dz * raws[i]).sum(0) + 2 * l2 * (a[i] - 1)
+            gc[i] = dz.sum(0) + 2 * l2 * c[i] / sd[i] ** 2
+            pen += l2 * (np.sum((a[i] - 1) ** 2) + np.sum((c[i] / sd[i]) ** 2))
+            if i:
+                li = layer + i
+                dz = ((dz * a[i]) @ layers[li][0]) * _act_grad(plan.activation, zs[i - 1],
+                                                               hs[i])
+        return loss + pen, np.concatenate(ga + gc)
+
+    gains = [tuple(gain_range)] * cuts[-1] if not offset_only else [(1.0, 1.0)] * cuts[-1]
+    offs = [(-offset_max[li], offset_max[li]) for li in range(layer, n_layers)
+            for _ in range(sizes[li - layer])]
+    x0 = np.concatenate([np.concatenate([model.cal.gain[li] for li in range(layer, n_layers)]),
+                         np.concatenate([model.cal.offset[li] for li in range(layer, n_layers)])])
+    x0 = np.clip(x0, [b[0] for b in gains + offs], [b[1] for b in gains + offs])
+    with threadpool_limits(1, user_api="blas"):
+        res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=gains + offs)
+    k = sizes[0]
+    return res.x[:k], res.x[cuts[-1]:cuts[-1] + k]
 
 
 def pair_moves(plan: ConductancePlan, g: np.ndarray, fixed: np.ndarray, k: np.ndarray,

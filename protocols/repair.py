@@ -5,7 +5,7 @@ the refits are fitted on), the *repair set* (held-out inputs on which every deci
 stopping rule are judged) and the *test set* (measured before and after, never used to decide).
 
 Each round, from the chip's measured state (read-back conductances ``g`` and the analog
-pre-activations of every layer, `protocols.refit.MeasuredModel`), three kinds of correction are
+pre-activations of every layer, `protocols.refit.MeasuredModel`), four kinds of correction are
 costed:
 
 ``retune``      the devices whose error costs the most: the loss's sensitivity to each
@@ -15,9 +15,17 @@ costed:
                 that output's weights of its layer (the differential partner first, through the
                 bounds, then the other inputs and the bias) with the stuck device held where it
                 is;
-``refit``       re-fit the last layer's weights on the refit set's measured hidden activations
-                (stuck devices held, partners absorbing them) and re-program only the devices
-                whose new target lies outside their tuning band.
+``refit``       re-fit the last layer's weights (and, in a second candidate, every layer's,
+                jointly) on the refit set's measured hidden activations (stuck devices held,
+                partners absorbing them) and re-program only the devices whose new target lies
+                outside their tuning band;
+``sparse refit`` (``sparse_refit``, on by default) re-fit every layer, the first included, with
+                an l1 penalty on the change of each weight so that only about 1, 2, 4, ... up
+                to ``retune_devices`` weights move, then re-fit those alone without it
+                (`protocols.refit.sparse_refits`): the few weights whose change gains the most,
+                wherever they are. A joint refit of every layer moves every weight a little and,
+                cut to a round's few devices, is no longer a fit; a distorted first layer of a
+                network with few hidden units needs its own weights moved.
 
 Periphery calibration (``calibrate``: "affine" by default, "offset" or "off"). The activation
 is applied in software between tiles, so the periphery can correct each output digitally at no
@@ -27,9 +35,12 @@ before the final measurement, layer by layer from the first, the refit set is me
 after a newly calibrated one with its corrected inputs), the layer's gains and offsets fitted
 (`protocols.refit.fit_calibration`: bounded least squares towards the pre-activations the wanted
 weights give on the measured inputs, gains in ``gain_range``, offsets within ``offset_max`` of
-the layer's read-out scale, pulled towards no correction by ``calibration_l2``; the last layer,
-with ``calibration_target`` "labels" (the default), by minimising the loss on the refit set's
-labels instead, `fit_calibration_loss`) and kept where
+the layer's read-out scale, pulled towards no correction by ``calibration_l2``. With
+``calibration_target`` "joint" (the default) every layer is fitted on the refit set's labels
+instead: a hidden layer's gains and offsets jointly with those of the layers after it, through
+the model (`fit_calibration_joint`; only its own part is kept, the later layers are measured
+with it and fitted in turn), the last layer by minimising the loss (`fit_calibration_loss`);
+"labels" fits only the last layer so, "software" none) and kept where
 the model predicts a lower repair-set loss (decision ``calibrate``); the repair set is then
 measured with it. The model every later candidate is judged on includes the calibration
 (`MeasuredModel`), so pulse corrections are chosen against the calibrated chip.
@@ -45,11 +56,26 @@ has the figures).
 Each candidate's expected gain is the model's accuracy (and loss) on the repair set with the
 candidate's devices at their targets; its expected cost is its number of tunings times the
 pulses a repair tuning has taken so far (``expected_pulses`` before the first). The candidate
-with the largest expected accuracy gain per pulse is applied (by loss gain per pulse when no
-candidate gains accuracy); the round ends with the touched tiles read back and the repair set
-measured again. The repair stops at the budget, when no candidate is expected to gain, or when
-the measured repair-set loss has not gone below its best for ``patience`` rounds (the loss, not
-the accuracy: a few hundred points make the accuracy coarse).
+with the largest expected loss gain per pulse is applied (`choose`; ``choose_by`` "accuracy":
+by accuracy gain per pulse first, one that loses a repair-set point never, which refused
+corrections that gained loss for one point of 273); the round ends with the touched tiles read
+back and the repair set measured again.
+
+Disturbance's price (``price_disturbance``, on by default). The model predicts a correction
+with the devices it tunes at their targets and every other device where it was; the chip
+answers with the tuned devices near their targets and the other devices of the pulsed tiles
+moved by the V/3 writes. Once ``disturbance_rounds`` rounds have pulsed, each candidate is
+charged the repair-set loss those rounds lost per pulse beyond their prediction (pooled over
+the rounds, after the next round's free re-calibration, at least 0; decisions column
+``disturbance``), and a candidate whose expected loss gain does not exceed its charge is not
+applied.
+
+The repair stops at the budget, when no candidate is expected to gain, when the measured
+repair-set loss has not gone below its best for ``patience`` rounds (the loss, not the
+accuracy: a few hundred points make the accuracy coarse), or (``stop_at_software``, on by
+default) when the measured repair-set accuracy, before or after the round's calibration, is at
+least the software network's on the repair set (the plan's targets, `plan_forward`): beyond
+that every round of pulses gambles with the disturbance for nothing the goal asks.
 
 Rollback (``rollback``, off by default: on 24 simulated half-moons chips per network it cost
 more than it restored). After a round whose measured repair-set loss is higher than before it,
@@ -66,7 +92,8 @@ refit and test sets measured), 1..max_rounds = one round each (a round after the
 only that), max_rounds + 1 = the test set measured after. Tables:
 
 - ``decisions``     every candidate of every round: action, layer, output, devices, expected
-                    pulses, expected accuracy and loss gains, chosen, and why not;
+                    pulses, expected accuracy and loss gains, the disturbance's price, chosen,
+                    and why not;
 - ``tunings``       every tuning: device, target, conductance before and after, pulses, cap;
 - ``calibration``   every calibration kept: round, layer, out, gain, offset (per layer the last
                     rows count; `calibration_of`); the summary's ``calibration`` is the final one;
@@ -130,10 +157,13 @@ from protocols.refit import (
     MeasuredModel,
     TuningCost,
     fit_calibration,
+    fit_calibration_joint,
     fit_calibration_loss,
     pair_moves,
     pairs,
     refit,
+    scope_pairs,
+    sparse_refits,
 )
 from protocols.rig import CrossbarRig, ReadSettings
 from protocols.transfer import data_digest, stored_plan_run
@@ -142,13 +172,14 @@ from protocols.tuning import TuneConfig, tune
 log = logging.getLogger("xbarlab.repair")
 
 PROTOCOL = "repair"
-RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK, CALIBRATE = 0, 1, 2, 3, 4, 5  # decisions.action
+RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK, CALIBRATE, SPARSE = 0, 1, 2, 3, 4, 5, 6  # .action
 ACTIONS = {RETUNE: "retune", COMPENSATE: "compensate", REFIT: "refit", STOP: "stop",
-           ROLLBACK: "rollback", CALIBRATE: "calibrate"}
+           ROLLBACK: "rollback", CALIBRATE: "calibrate", SPARSE: "sparse refit"}
 CHOSEN, NOT_BEST, NO_GAIN, NOTHING = 0, 1, 2, 3                      # decisions.why
 #: why the repair stopped (summary and the STOP decision's `layer` column)
 STOP_REASONS = {0: "rounds used up", 1: "budget spent", 2: "no correction expected to gain",
-                3: "measured loss stopped improving", 4: "stopped in an earlier round"}
+                3: "measured loss stopped improving", 4: "stopped in an earlier round",
+                5: "reached the software accuracy"}
 REFIT_SET, REPAIR_SET, TEST_SET = 0, 1, 2                            # outputs/measurements.split
 SPLITS = {REFIT_SET: "refit", REPAIR_SET: "repair", TEST_SET: "test"}
 
@@ -174,11 +205,13 @@ SUMMARY = {
 
 TABLES = {
     "decisions": {"round": ("i4", "1"),
-                  "action": ("i1", "0 retune 1 compensate 2 refit 3 stop 4 rollback 5 calibrate"),
+                  "action": ("i1", "0 retune 1 compensate 2 refit 3 stop 4 rollback 5 calibrate "
+                             "6 sparse refit"),
                   "layer": ("i4", "1 (-1: all; stop: the reason code)"),
                   "weights": ("i4", "1 (weights it sets)"),
                   "devices": ("i4", "1"), "expected_pulses": ("f8", "1"),
                   "expected_accuracy_gain": ("f8", "1"), "expected_loss_gain": ("f8", "1"),
+                  "disturbance": ("f8", "1 (expected loss from the pulses' disturbance)"),
                   "why": ("i1", "0 chosen, 1 not the best, 2 no gain, 3 nothing to do")},
     "tunings": {"round": ("i4", "1"), "device": ("i4", "1"), "tile": ("i4", "1"),
                 "row": ("i4", "1"), "col": ("i4", "1"), "target": ("f8", "S"),
@@ -224,6 +257,26 @@ class RepairConfig(BaseModel):
                          "not started: the budget is spent")
     l2: float = Field(1e-3, ge=0, description="refits: penalty on the change of each weight "
                       "(keeps the number of devices to re-program small)")
+    price_disturbance: bool = Field(True, description="charge each candidate the repair-set "
+                                    "loss that the repair's past rounds lost per pulse beyond "
+                                    "their prediction (the V/3 disturbance of the tiles they "
+                                    "pulsed); a candidate must gain more than that")
+    disturbance_rounds: int = Field(3, ge=1, description="price_disturbance: rounds with "
+                                    "pulses measured before the price is charged (one round's "
+                                    "surprise is mostly chance)")
+    stop_at_software: bool = Field(True, description="stop pulsing once the measured "
+                                   "repair-set accuracy reaches the software network's (the "
+                                   "plan's targets) on the repair set: every further round "
+                                   "risks the disturbance of its pulses for little to gain")
+    choose_by: Literal["accuracy", "loss"] = Field(
+        "loss", description="a candidate is chosen by its expected repair-set loss gain per "
+        "pulse (the loss: on a few hundred points the accuracy moves in coarse steps), or by "
+        "its expected accuracy gain per pulse (by loss gain per pulse where none gains "
+        "accuracy; one that loses accuracy never)")
+    sparse_refit: bool = Field(True, description="also offer refits of every layer (the first "
+                               "included) that change few weights: 1, 2, 4, ... up to "
+                               "retune_devices pairs, chosen by an l1 penalty on the change "
+                               "(`protocols.refit.sparse_refits`)")
     refit_points: int = Field(400, ge=1, description="refit-set points measured at most (each "
                               "is one analog inference per round that moved a device)")
     patience: int = Field(3, ge=1, description="rounds without a lower measured repair-set "
@@ -240,10 +293,12 @@ class RepairConfig(BaseModel):
                                             "allowed")
     offset_max: float = Field(0.5, ge=0, description="calibration: |offset| at most this share "
                               "of the layer's read-out scale (its largest weight)")
-    calibration_target: Literal["software", "labels"] = Field(
-        "labels", description="calibration of the last layer: minimising the loss on the refit "
-        "set's labels, or towards the pre-activations the wanted weights give (the hidden "
-        "layers always so: they have no labels)")
+    calibration_target: Literal["software", "labels", "joint"] = Field(
+        "joint", description="calibration: \"software\": every layer towards the "
+        "pre-activations the wanted weights give; \"labels\": so the hidden layers, the last "
+        "layer by minimising the loss on the refit set's labels; \"joint\": every layer on "
+        "the labels, each hidden layer fitted jointly with the layers after it "
+        "(`protocols.refit.fit_calibration_joint`)")
     calibration_l2: float = Field(0.01, ge=0, description="calibration: penalty pulling each "
                                   "gain towards 1 and offset towards 0, relative to the fit's "
                                   "mean squared error")
@@ -288,7 +343,8 @@ class _State:
     cal: Calibration | None = None                   # the periphery's calibration now
     rolled_back: set = field(default_factory=set)   # rounds that were rollbacks
 
-    history: list = field(default_factory=list)   # (g_before, target, pulses) of tunings
+    history: list = field(default_factory=list)   # (g_before, target, pulses, round) of tunings
+    expected: dict = field(default_factory=dict)  # round -> expected loss gain of its correction
 
 
 def _when(rnd: int, what) -> float:
@@ -327,7 +383,7 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
     st.diff[tg["pair"].to_numpy()] = tg["diff"].to_numpy()
     tu = writer.table("tunings")
     st.used, st.tunings = int(tu.pulses.sum()), int(len(tu))
-    st.history = list(zip(tu.g_before, tu.target, tu.pulses, strict=True))
+    st.history = list(zip(tu.g_before, tu.target, tu.pulses, tu['round'], strict=True))
     st.stuck[tu.device[~tu.converged].to_numpy()] = True
     for rnd, dev in zip(tu["round"].to_numpy(), tu.device.to_numpy(), strict=True):
         t = int(plan.tile[dev])
@@ -363,6 +419,10 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
     if len(stop):
         st.stopped = int(stop.layer.iloc[0])
     st.rolled_back = set(de["round"][de.action == ROLLBACK].tolist())
+    pulsed = de[(de.why == CHOSEN) & de.action.isin([RETUNE, COMPENSATE, REFIT, SPARSE,
+                                                      ROLLBACK])]
+    st.expected = dict(zip(pulsed["round"].tolist(), pulsed.expected_loss_gain.tolist(),
+                           strict=True))
     # a compensation covers the devices of its layer that were stuck when it was chosen
     comp = de[(de.action == COMPENSATE) & (de.why == CHOSEN)]
     for rnd, li in zip(comp["round"], comp.layer, strict=True):
@@ -474,6 +534,8 @@ class _Work:
         self.plan, self.maps, self.open, self.crossbars = plan, maps, opener, crossbars
         self.cfg, self.sets, self.budget, self.prior = cfg, sets, budget, prior
         self.n_layers = len(plan.sizes) - 1
+        x, y = sets[REPAIR_SET]
+        self.software_accuracy = float(np.mean(plan_forward(plan, plan.target, x) == y))
 
     # -- measuring ---------------------------------------------------------------------------
     def read_back(self, st: _State, tiles, rnd: int) -> dict:
@@ -578,8 +640,12 @@ class _Work:
         if st.stopped is not None:
             _add(rows, "decisions", _decision(rnd, STOP, 4, -1, 0, 0.0, 0.0, 0.0, NOTHING))
             return rows
+        if self.at_software(st):   # (as measured: a calibration kept may lower it)
+            return self._stop(st, rows, rnd, 5)
         self.calibrate(st, rnd, rows)
         cfg, plan = self.cfg, self.plan
+        if self.at_software(st):
+            return self._stop(st, rows, rnd, 5)
         remaining = self.budget - st.used
         if remaining < cfg.min_cap:
             return self._stop(st, rows, rnd, 1)
@@ -589,25 +655,19 @@ class _Work:
             _add(rows, "decisions", _decision(rnd, ROLLBACK, -1, 0, devs.size,
                                               float(self.cost(st)(st.g[devs], tgts).sum()),
                                               0.0, 0.0, CHOSEN))
+            st.expected[rnd] = 0.0
             return self.finish(st, rows, rnd, devs, tgts)
         cands = self.candidates(st, rnd, rows)
-        best, key = None, None
-        for c in cands:
-            acc_gain, loss_gain = c["gain"]
-            # by accuracy gain per pulse; by loss gain per pulse where no accuracy is lost
-            k = (1, acc_gain / c["expected_pulses"]) if acc_gain > 0 else \
-                ((0, loss_gain / c["expected_pulses"]) if loss_gain > 0 and acc_gain == 0
-                 else None)
-            c["key"] = k
-            if k is not None and (key is None or k > key):
-                best, key = c, k
+        rate = self.disturbance(st) if cfg.price_disturbance else 0.0
+        best = choose(cands, rate, cfg.choose_by)
         for c in cands:
             why = CHOSEN if c is best else (NO_GAIN if c["key"] is None else NOT_BEST)
             _add(rows, "decisions", _decision(rnd, c["action"], c["layer"], c["weights"],
                                               c["devices"].size, c["expected_pulses"],
-                                              *c["gain"], why))
+                                              *c["gain"], why, c["disturbance"]))
         if best is None:
             return self._stop(st, rows, rnd, 2)
+        st.expected[rnd] = best["gain"][1]
         if best["action"] != RETUNE:
             st.diff[best["pairs"]] = best["diff"]
             _add(rows, "targets", {"round": np.full(best["pairs"].size, rnd),
@@ -635,6 +695,40 @@ class _Work:
         if rnd == cfg.max_rounds:
             return self._stop(st, rows, rnd, 0)
         return rows
+
+    def at_software(self, st: _State) -> bool:
+        """`stop_at_software` and the repair set's accuracy as last measured is at least the
+        software network's."""
+        return self.cfg.stop_at_software and \
+            self.model(st, REPAIR_SET).score(st.g).accuracy >= self.software_accuracy
+
+    def disturbance(self, st: _State) -> float:
+        """The repair-set loss the past rounds lost per pulse beyond their prediction (pooled,
+        at least 0). A round measures the repair set before its tunings (the model's base,
+        after the round's calibration) and after; the next round re-fits the calibration (no
+        pulse) before its own tunings. So a round's loss beyond prediction is the loss the next
+        round starts its tunings from (the last round: its measurement after) minus the base
+        less the gain the model expected of the chosen correction: the disturbance its write
+        pulses caused in the tiles it pulsed (V/3 stress switching slow fluctuators) and the
+        tunings' misses, less what a free re-calibration recovers."""
+        pulses = {}
+        for *_, n, rnd in st.history:
+            pulses[rnd] = pulses.get(rnd, 0) + n
+        after = {r: max(j for j, (q, _) in enumerate(st.losses) if q == r)
+                 for r in pulses if any(q == r for q, _ in st.losses)}
+        lost, spent, rounds = 0.0, 0, 0
+        for rnd, gain in st.expected.items():
+            i = after.get(rnd, 0)
+            if not pulses.get(rnd) or i == 0:
+                continue
+            # the next round's base: the entry before its measurement after tuning, or the last
+            # of its calibrations where it tuned nothing; the round's own where none followed
+            j = after[rnd + 1] - 1 if rnd + 1 in after else \
+                max((k for k, (q, _) in enumerate(st.losses) if q == rnd + 1), default=i)
+            lost += st.losses[j][1] - (st.losses[i - 1][1] - gain)
+            spent += pulses[rnd]
+            rounds += 1
+        return max(lost / spent, 0.0) if rounds >= self.cfg.disturbance_rounds else 0.0
 
     def rollback(self, st: _State, rnd: int):
         """(devices, targets) that undo round rnd - 1 where it left the measured repair-set loss
@@ -681,9 +775,12 @@ class _Work:
             kw = {"gain_range": cfg.gain_range, "l2": cfg.calibration_l2,
                   "offset_max": cfg.offset_max * float(plan.scales[li]),
                   "offset_only": cfg.calibrate == "offset"}
-            if li == self.n_layers - 1 and cfg.calibration_target == "labels":
+            if li == self.n_layers - 1 and cfg.calibration_target != "software":
                 gain, offset = fit_calibration_loss(st.cal.raw(li, zs[li]),
                                                     self.sets[REFIT_SET][1], **kw)
+            elif cfg.calibration_target == "joint":
+                kw["offset_max"] = cfg.offset_max * plan.scales
+                gain, offset = fit_calibration_joint(self.model(st, REFIT_SET), li, st.g, **kw)
             else:
                 gain, offset = fit_calibration(st.cal.raw(li, zs[li]), h @ w.T + b, **kw)
             new = st.cal.with_layer(li, gain, offset)
@@ -763,8 +860,13 @@ class _Work:
         self.measure(st, REFIT_SET, rnd, rows)   # only what moved since its last measurement
         fit_model = self.model(st, REFIT_SET)
         for action, layer, scope in scopes:
-            r = refit(fit_model, scope, st.g, st.stuck, l2=cfg.l2)
+            r = refit(fit_model, scope_pairs(plan, scope), st.g, st.stuck, l2=cfg.l2)
             candidate(action, layer, r.pair, r.diff, pairs=r.pair, diff=r.diff)
+        if cfg.sparse_refit:   # every layer, the first included: few weights at a time
+            sizes = [2 ** i for i in range(int(np.log2(cfg.retune_devices)) + 1)]
+            for r in sparse_refits(fit_model, np.arange(dp.size), st.g, st.stuck, sizes=sizes,
+                                   l2=cfg.l2):
+                candidate(SPARSE, -1, r.pair, r.diff, pairs=r.pair, diff=r.diff)
         return out
 
     def cost(self, st: _State) -> TuningCost:
@@ -793,7 +895,7 @@ class _Work:
                     res = tune(rig, r, c, target, tc)
                     st.used += res.pulses
                     st.tunings += 1
-                    st.history.append((res.g_initial, target, res.pulses))
+                    st.history.append((res.g_initial, target, res.pulses, rnd))
                     st.changed_at[t] = _when(rnd, "tuning")
                     if not res.converged:
                         st.stuck[d] = True
@@ -806,11 +908,39 @@ class _Work:
         return True
 
 
-def _decision(rnd, action, layer, weights, devices, pulses, acc_gain, loss_gain, why) -> dict:
+def choose(cands: list[dict], rate: float, by: str) -> dict | None:
+    """The candidate to apply, None where none is expected to gain. Each candidate (its
+    ``gain``: expected (accuracy, loss) gains; ``expected_pulses``) is charged ``rate`` times
+    its expected pulses for the disturbance (its ``disturbance``) and given a ``key`` (None: no
+    gain). By "loss": the largest loss gain per pulse among those whose loss gain exceeds the
+    charge. By "accuracy": the largest accuracy gain per pulse, then, where none gains
+    accuracy, the largest loss gain per pulse among those that lose none; with a charge, only
+    those whose loss gain exceeds it."""
+    best, key = None, None
+    for c in cands:
+        acc_gain, loss_gain = c["gain"]
+        c["disturbance"] = rate * c["expected_pulses"]
+        per_pulse = loss_gain / c["expected_pulses"]
+        if c["disturbance"] > 0 and loss_gain <= c["disturbance"]:
+            k = None
+        elif by == "loss":
+            k = (0, per_pulse) if loss_gain > 0 else None
+        elif acc_gain > 0:
+            k = (1, acc_gain / c["expected_pulses"])
+        else:
+            k = (0, per_pulse) if acc_gain == 0 and loss_gain > 0 else None
+        c["key"] = k
+        if k is not None and (key is None or k > key):
+            best, key = c, k
+    return best
+
+
+def _decision(rnd, action, layer, weights, devices, pulses, acc_gain, loss_gain, why,
+              disturbance=0.0) -> dict:
     return {"round": [rnd], "action": [action], "layer": [layer], "weights": [weights],
             "devices": [devices], "expected_pulses": [pulses],
             "expected_accuracy_gain": [acc_gain], "expected_loss_gain": [loss_gain],
-            "why": [why]}
+            "disturbance": [disturbance], "why": [why]}
 
 
 def _add(rows: dict, table: str, part: dict) -> None:

@@ -166,3 +166,33 @@ def test_patience_counts_rounds_not_measurements():
     assert st.best == 0.9 and st.stale_rounds == 1
     _progress(st, 4, 1.0)
     assert st.stale_rounds == 2
+
+
+def test_joint_calibration_of_a_hidden_layer_fits_the_labels_not_the_software_outputs():
+    """A hidden layer calibrated towards the pre-activations the software network's weights
+    give cannot use the labels; on a distorted first layer (weights off by up to 40 %) the
+    joint fit (the hidden layer with the layers after it, on the labels) ends at a lower loss,
+    within its bounds. At the last layer it is the labels' fit."""
+    from protocols.refit import fit_calibration_joint, fit_calibration_loss
+
+    p, d = plan(), data()
+    x, y = d.refit
+    rng = np.random.default_rng(4)
+    g = p.target * np.where(p.layer == 0, rng.uniform(0.6, 1.4, p.n_devices), 1.0)
+    zs, h = [], x
+    for li, (w, b) in enumerate(plan_weights(p, g)):
+        z = h @ w.T + b
+        zs.append(z)
+        h = 1 / (1 + np.exp(-z)) if li == 0 else h
+    m = MeasuredModel(p, x, y, zs, g)
+    kw = {"gain_range": (0.5, 2.0), "l2": 0.01, "offset_only": False}
+    w0, b0 = plan_weights(p, p.target)[0]
+    a_sw, c_sw = fit_calibration(zs[0], x @ w0.T + b0, offset_max=0.5 * p.scales[0], **kw)
+    a_j, c_j = fit_calibration_joint(m, 0, g, offset_max=0.5 * p.scales, **kw)
+    cal = Calibration.identity(p)
+    sw, joint = m.score(g, cal.with_layer(0, a_sw, c_sw)), m.score(g, cal.with_layer(0, a_j, c_j))
+    assert joint.loss < sw.loss and joint.loss < m.score(g).loss
+    assert np.all((a_j >= 0.5) & (a_j <= 2.0)) and np.all(np.abs(c_j) <= 0.5 * p.scales[0])
+    a_l, c_l = fit_calibration_joint(m, 1, g, offset_max=0.5 * p.scales, **kw)
+    a_ref, c_ref = fit_calibration_loss(zs[1], y, offset_max=0.5 * p.scales[1], **kw)
+    np.testing.assert_allclose(np.r_[a_l, c_l], np.r_[a_ref, c_ref], atol=1e-4)
