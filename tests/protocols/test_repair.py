@@ -35,6 +35,7 @@ from protocols.repair import (
     STOP,
     TEST_SET,
     RepairConfig,
+    RepairData,
     load_repair,
     run,
 )
@@ -235,18 +236,26 @@ def test_repair_ends_no_worse_than_it_found_the_test_chip_in_small_measured_step
 
 
 def test_a_chip_measured_at_its_software_accuracy_is_not_pulsed(tmp_path):
-    """Chip seed 1 measures 100 % on the repair set (the software network's accuracy) as found;
-    the repair pulsed it anyway, each round's V/3 writes disturbing its tiles, and the test
-    accuracy went from 95 to 92.5 %. It now stops before any pulse."""
+    """A chip found at the software network's repair-set accuracy used to be pulsed anyway,
+    each round's V/3 writes disturbing its tiles (chip seed 1: test accuracy 95 -> 92.5 %). The
+    repair set here is the 20 points farthest from the software network's boundary, so any
+    working chip measures the software's 100 % on it as found; it must stop before any pulse."""
     c, p, names, stuck, prior = _transferred(tmp_path, seed=1)
-    res = run(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "r.h5", data(),
+    d = data()
+    x = np.concatenate([d.refit[0], d.repair[0]])
+    y = np.concatenate([d.refit[1], d.repair[1]])
+    h = 1 / (1 + np.exp(-(x @ p.weights[0].T + p.biases[0])))
+    far = np.argsort(-np.abs((h @ p.weights[1].T + p.biases[1])[:, 0]))[:20]
+    d = RepairData(refit=d.refit, repair=(x[far], y[far]), test=d.test)
+    res = run(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "r.h5", d,
               budget=400, read=ReadSettings(), config=CONFIG, stuck=stuck,
               prior_tunings=prior, progress=False)
     me = res.tables["measurements"]
     assert me[me.split == REPAIR_SET].accuracy.iloc[0] == 1.0
     assert res.summary["stopped"] == "reached the software accuracy"
-    assert res.summary["pulses"] == 0
-    assert res.summary["accuracy_after"] >= res.summary["accuracy_before"]
+    assert res.summary["pulses"] == 0 and len(res.tables["tunings"]) == 0
+    # (its test accuracy may still differ by a point of 40 between the two read-outs: the
+    # read-out's own stress and the fluctuators move the chip, docs/chip-in-the-loop.md)
 
 
 def test_disturbance_is_the_loss_measured_beyond_prediction_per_pulse():
@@ -408,13 +417,13 @@ def _spawn(script: Path, out: Path, overrides: str) -> subprocess.Popen:
 #: pulses go through repair_toy.HarshRig, whose write pulses disturb their row hard (on the
 #: plain simulated chip such a round depended on the chip seed and broke with every change
 #: to the tuning or the repair); the corrections that avoid such rounds are off
-ROLLBACK_CASE = {"rollback": True, "retune_devices": 64, "harsh": True, "calibrate": "off",
+ROLLBACK_CASE = {"rollback": True, "harsh": True, "calibrate": "off",
                  "sparse_refit": False, "price_disturbance": False, "stop_at_software": False,
                  "choose_by": "accuracy"}
 
 
 @pytest.mark.parametrize("overrides", ['{}', json.dumps(ROLLBACK_CASE),
-                                       '{"calibrate": "offset"}'])
+                                       '{"calibrate": "offset", "stop_at_software": false}'])
 def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path, overrides):
     from database.runs import list_runs, read_run
 
