@@ -53,6 +53,12 @@ devices it never touched; small steps, each followed by a read-back of the pulse
 measurement, let the next round correct what the last one disturbed (docs/chip-in-the-loop.md
 has the figures).
 
+Fresh measurements. The read-out's DC stress moves the chip (slow fluctuators switch under it:
+docs/chip-in-the-loop.md), so a unit never reuses currents of an earlier one: every round
+measures the repair set on every tile before it judges anything (and the last unit before its
+calibration), and the refit set it fits on; within a unit only tiles that changed are measured
+again.
+
 Each candidate's expected gain is the model's accuracy (and loss) on the repair set with the
 candidate's devices at their targets; its expected cost is its number of tunings times the
 pulses a repair tuning has taken so far (``expected_pulses`` before the first). The candidate
