@@ -53,6 +53,12 @@ devices it never touched; small steps, each followed by a read-back of the pulse
 measurement, let the next round correct what the last one disturbed (docs/chip-in-the-loop.md
 has the figures).
 
+Fresh measurements. The read-out's DC stress moves the chip (slow fluctuators switch under it:
+docs/chip-in-the-loop.md), so a unit never reuses currents of an earlier one: every round
+measures the repair set on every tile before it judges anything (and the last unit before its
+calibration), and the refit set it fits on; within a unit only tiles that changed are measured
+again.
+
 Each candidate's expected gain is the model's accuracy (and loss) on the repair set with the
 candidate's devices at their targets; its expected cost is its number of tunings times the
 pulses a repair tuning has taken so far (``expected_pulses`` before the first). The candidate
@@ -101,7 +107,10 @@ only that), max_rounds + 1 = the test set measured after. Tables:
                     for its weights (pair: index of `protocols.refit.pairs`);
 - ``readback``      conductances read back (round 0: every device; later: touched tiles);
 - ``currents``      column currents measured (round, split, point, tile, col, current [A]);
-                    a later round measures only the tiles whose devices or inputs changed;
+                    every unit measures each split it uses on every tile afresh (the
+                    read-out's DC stress moves the chip: a current from an earlier unit is of
+                    a state that no longer exists); within a unit, only the tiles whose devices
+                    or inputs changed since;
 - ``outputs``       measured pre-activations (round, split, point, layer, out, value);
 - ``measurements``  per round and split: accuracy, loss, pulses used, instrument time;
 - ``predictions``   the test set before (phase 0) and after (phase 1): analog and read-back;
@@ -552,9 +561,10 @@ class _Work:
 
     def measure(self, st: _State, split: int, rnd: int, rows: dict,
                 at: float | None = None) -> float | None:
-        """Measure `split` on the chip where it may have changed: a tile again when a device of
-        it moved or its inputs changed since its last measurement (every tile the first time;
-        the other tiles' currents are what they were); add the currents, the outputs of the
+        """Measure `split` on the chip where it may have changed: every tile the first time in
+        a unit (the read-outs since its last measurement moved the chip), then a tile again when
+        a device of it moved or its inputs changed since (the other tiles' currents are what
+        they were); add the currents, the outputs of the
         layers that changed (a new calibration changes a layer's outputs, and so the next
         layer's inputs) and a measurement row, and return its loss. Nothing (None) when
         nothing changed. `at`: the time of the measurement on `_when`'s scale (default: the
@@ -568,8 +578,11 @@ class _Work:
         h, upstream = x, False
         for li in range(self.n_layers):
             scale = input_scale(h)
+            # the read-out's DC stress moves the chip (slow fluctuators switch under it), so
+            # currents measured in an earlier unit are never reused: within a unit they are
             again = [tm for tm in self.maps if tm.layer == li and (
-                upstream or tm.tile not in cur or st.changed_at.get(tm.tile, -1.0) > when[tm.tile])]
+                upstream or tm.tile not in cur or when[tm.tile] < rnd
+                or st.changed_at.get(tm.tile, -1.0) > when[tm.tile])]
             for tm in again:
                 rig = self.open(self.crossbars[tm.tile])
                 with rig:
@@ -603,6 +616,14 @@ class _Work:
                                     "pulses": [st.used]})
         return score.loss
 
+    def measure_repair(self, st: _State, rnd: int, rows: dict) -> None:
+        """The repair set measured again (every tile) before anything is judged on it: the
+        read-outs since its last measurement moved the chip (their DC stress switches slow
+        fluctuators), so that measurement is of a state that no longer exists."""
+        loss = self.measure(st, REPAIR_SET, rnd, rows, at=float(rnd))
+        if loss is not None:
+            _progress(st, rnd, loss)
+
     def model(self, st: _State, split: int) -> MeasuredModel:
         x, y = self.sets[split]
         zs = st.zs[split]
@@ -629,6 +650,7 @@ class _Work:
 
     def final(self, st: _State, u: int) -> dict:
         rows: dict = {}
+        self.measure_repair(st, u, rows)
         self.calibrate(st, u, rows)   # after the last round's pulses
         st.cur.pop(TEST_SET, None)   # the result: every tile measured again, none reused
         self.measure(st, TEST_SET, u, rows)
@@ -640,6 +662,7 @@ class _Work:
         if st.stopped is not None:
             _add(rows, "decisions", _decision(rnd, STOP, 4, -1, 0, 0.0, 0.0, 0.0, NOTHING))
             return rows
+        self.measure_repair(st, rnd, rows)
         if self.at_software(st):   # (as measured: a calibration kept may lower it)
             return self._stop(st, rows, rnd, 5)
         self.calibrate(st, rnd, rows)
@@ -857,7 +880,7 @@ class _Work:
         if last:   # every layer, jointly
             scopes.append((REFIT, -1, {li: range(plan.sizes[li + 1])
                                        for li in range(self.n_layers)}))
-        self.measure(st, REFIT_SET, rnd, rows)   # only what moved since its last measurement
+        self.measure(st, REFIT_SET, rnd, rows)   # only what moved since the calibration's
         fit_model = self.model(st, REFIT_SET)
         for action, layer, scope in scopes:
             r = refit(fit_model, scope_pairs(plan, scope), st.g, st.stuck, l2=cfg.l2)
