@@ -45,3 +45,17 @@ class HarshRig(SimulatedRig):
         v[row] = 0.9 * volts
         v[row, col] = 0.0
         self.crossbar.apply_device_voltages(v, seconds)
+
+
+def assert_gradient_matches(m, g, devices):
+    """MeasuredModel `m`'s analytic loss gradient at `g` equals central differences on
+    `devices`."""
+    import pytest
+
+    _, grad = m.gradient(g)
+    eps = 1e-10
+    for dev in devices:
+        e = np.zeros(g.size)
+        e[dev] = eps
+        num = (m.score(g + e).loss - m.score(g - e).loss) / (2 * eps)
+        assert num == pytest.approx(grad[dev], rel=1e-4, abs=1e-3)
