@@ -41,7 +41,7 @@ SCHEMES = ("grounded", "v2", "v3", "floating")
 #: per-fluctuator arrays, shape (rows, cols, fluctuators per device)
 _RTN_ARRAYS = ("rtn_amp", "rtn_tau", "rtn_state", "rtn_next")
 _STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi", "vform", "gform",
-                 *_RTN_ARRAYS, *_RET_ARRAYS)
+                 "dc_dose", *_RTN_ARRAYS, *_RET_ARRAYS)
 #: arrays added after the first chip files were written: a state without them gets this value
 #: (from the config, the arrays before it and the relaxation time stamp); a crossbar saved
 #: before the fluctuators existed has none, one saved before retention existed does not drift,
@@ -49,6 +49,7 @@ _STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi", "vform", "
 _LATE_ARRAYS = {"psi": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), cfg.device.volatile_cap),
                 "vform": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), np.nan),
                 "gform": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), cfg.device.init_median),
+                "dc_dose": lambda cfg, a, t: np.zeros((2, cfg.rows, cfg.cols)),
                 **{k: (lambda cfg, a, t: np.zeros((cfg.rows, cfg.cols, 0))) for k in _RTN_ARRAYS},
                 **{k: (lambda cfg, a, t, k=k: Retention.missing(k, a["G"], t))
                    for k in _RET_ARRAYS}}
@@ -112,6 +113,8 @@ class Crossbar:
         self._G = G
         self._Gv = np.zeros((m, n))
         self._t_gv = self.clock.now      # time at which _Gv is valid
+        # DC stress since each device's last pulse, SET and RESET branch (physics.dc_width)
+        self._dc_dose = np.zeros((2, m, n))
         self._stuck = stuck
         self._init_fluctuators()
         self._ret = Retention.new(p.retention, p.g_min, p.g_max, ss, G, stuck, self.clock.now)
@@ -225,17 +228,63 @@ class Crossbar:
     # -- pulses ----------------------------------------------------------------------------------
     def apply_device_voltages(self, v, seconds) -> None:
         """Every device (i, j) gets one pulse of amplitude v[i, j] [V] lasting `seconds` (one
-        width, or one per device: a DC hold's equivalent widths, `physics.dc_width`)."""
+        width, or one per device). A pulse ends the DC stress history of every device it
+        reaches (a DC hold afterwards starts afresh, `hold_devices`)."""
         if not np.all(np.asarray(seconds) >= 0):
             raise SimulatorError(f"pulse width must be >= 0 s, got {seconds!r}")
         self._settle()
         if self._G.size == 1:
-            self._pulse_one(0, 0, float(np.asarray(v).reshape(-1)[0]),
-                            float(np.asarray(seconds).reshape(-1)[0]))
+            volts = float(np.asarray(v).reshape(-1)[0])
+            self._pulse_one(0, 0, volts, float(np.asarray(seconds).reshape(-1)[0]))
             return
+        v = self._voltage_map(v)
+        self._pulse_array(v, seconds)
+        self._dc_dose[:, v != 0.0] = 0.0
+
+    def dc_widths(self, v_seq, seconds: float) -> np.ndarray:
+        """Equivalent pulse widths [s], shape (k, rows, cols), of holding the k device-voltage
+        maps `v_seq` one after the other for `seconds` each, continuing every device's DC
+        stress since its last pulse (`physics.dc_width`), at today's state: nothing changes."""
+        self._settle()
+        v_seq = np.asarray(v_seq, dtype=float).reshape(-1, *self.shape)
+        dose = self._dc_dose.copy()
+        out = np.empty(v_seq.shape)
+        for a, v in enumerate(v_seq):
+            out[a], _ = self._dc_step(v, seconds, dose)
+        return out
+
+    def hold_devices(self, v, seconds: float) -> None:
+        """Device voltages `v` held for `seconds`: the stress of a DC hold, continuing each
+        device's DC stress since its last pulse (`physics.dc_width`)."""
+        self._settle()
+        v = self._voltage_map(v)
+        widths, _ = self._dc_step(v, seconds, self._dc_dose)
+        if self._G.size == 1:
+            self._pulse_one(0, 0, float(v[0, 0]), float(widths[0, 0]), keep_dose=True)
+        else:
+            self._pulse_array(v, widths)
+
+    def _dc_step(self, v: np.ndarray, seconds: float, dose: np.ndarray):
+        """Widths of one hold of `v` after `dose` (SET, RESET branch), `dose` updated in
+        place."""
+        p = self._p
+        accel = physics.acceleration(self._G, self._Gv, v, self._ds, self._dr, p)
+        up = v > 0.0
+        branch = np.where(up, dose[0], dose[1])
+        widths = physics.dc_width(branch, accel, seconds, v, p)
+        added = widths / p.t_ref * accel
+        dose[0] += np.where(up, added, 0.0)
+        dose[1] += np.where(up, 0.0, added)
+        return widths, dose
+
+    def _voltage_map(self, v) -> np.ndarray:
         v = np.asarray(v, dtype=float)
         if v.shape != self.shape:
             raise SimulatorError(f"voltage map has shape {v.shape}, expected {self.shape}")
+        return v
+
+    def _pulse_array(self, v: np.ndarray, seconds) -> None:
+        """The pulse update of every device (widths: one, or one per device)."""
         if self._any_unformed:
             self._form(v)
         xi = np.exp(self._sigma * self.rng.standard_normal(self.shape))
@@ -255,12 +304,15 @@ class Crossbar:
         self._settle()
         self._pulse_one(row, col, float(volts), float(seconds))
 
-    def _pulse_one(self, r: int, c: int, v: float, seconds: float) -> None:
+    def _pulse_one(self, r: int, c: int, v: float, seconds: float,
+                   keep_dose: bool = False) -> None:
         if self._any_unformed:
             one = np.zeros(self.shape)
             one[r, c] = v
             self._form(one)
         xi = math.exp(self._sigma * self.rng.standard_normal())
+        if v != 0.0 and not keep_dose:
+            self._dc_dose[:, r, c] = 0.0
         if self._stressed:
             self._stress_fluctuators(self._p.rtn_stress_time * physics.drive_scalar(
                 float(self._G[r, c]), float(self._Gv[r, c]), v, seconds, float(self._ds[r, c]),
@@ -486,7 +538,7 @@ class Crossbar:
         shape = (cfg.rows, cfg.cols)
         n_rtn = arrays["rtn_amp"].shape[2:3]
         for k, a in arrays.items():
-            want = shape + n_rtn if k in _RTN_ARRAYS else shape
+            want = shape + n_rtn if k in _RTN_ARRAYS else (2, *shape) if k == "dc_dose" else shape
             if a.shape != want:
                 raise SimulatorError(f"bad crossbar state: {k} has shape {a.shape}, expected {want}")
         self.config = cfg

@@ -11,7 +11,8 @@ settled in turn until none moves (the array is passive and its currents rise wit
 level, so this converges). Lines no source reaches float.
 
 `hold` applies the stress of levels held for a time with the same per-pulse physics as any
-pulse (`Crossbar.apply_device_voltages`: a DC level held for t is a pulse of width t), in steps
+pulse (`Crossbar.hold_devices`: a DC level held for t is a pulse of an equivalent width,
+`physics.dc_width`, that continues the device's DC stress since its last pulse), in steps
 short enough that no device changes by more than `MAX_STEP_CHANGE` of its conductance in one
 step (predicted with the median cycle-to-cycle factor, `Crossbar.predict_change`), with the
 operating point re-solved between steps: a device switching under compliance therefore sees
@@ -32,7 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-from simulator import physics
 from simulator.errors import SimulatorError
 
 #: largest predicted relative change of any device per hold step
@@ -197,14 +197,14 @@ def _root(current_at, target: float, lo: float, hi: float, start: float) -> floa
 
 
 def hold(xb, sources: list[Source], seconds: float,
-         guess: OperatingPoint | None = None, age: float = 0.0) -> OperatingPoint | None:
+         guess: OperatingPoint | None = None) -> OperatingPoint | None:
     """Apply the stress of `sources` held for `seconds` (see the module docstring); returns
     the operating point at the end (None when nothing was held). `guess`: the operating point
-    of the previous levels of the same sources (a sweep), to start from. `age`: how long these
-    levels were held already (a hold continued)."""
+    of the previous levels of the same sources (a sweep), to start from. Each device's stress
+    continues its DC stress since its last pulse (`Crossbar.hold_devices`), so a level held
+    on from the previous call goes on as one hold."""
     if not seconds > 0 or not sources:
         return None
-    p = xb.config.device
     done = 0.0
     op = operating_point(xb, sources, guess)
     while seconds - done > MIN_STEP / 2:
@@ -214,12 +214,11 @@ def hold(xb, sources: list[Source], seconds: float,
         scale = np.maximum(g, 1e-9)
         v = op.device_voltages
         while step > MIN_STEP:
-            width = physics.dc_width(age + done, age + done + step, v, p)
-            change = np.abs(xb.predict_change(v, width)) / scale
+            change = np.abs(xb.predict_change(v, xb.dc_widths(v, step)[0])) / scale
             if float(change.max(initial=0.0)) <= MAX_STEP_CHANGE:
                 break
             step = max(step / 4, MIN_STEP)
-        xb.apply_device_voltages(v, physics.dc_width(age + done, age + done + step, v, p))
+        xb.hold_devices(v, step)
         done += step
         op = operating_point(xb, sources, op)
     return op
@@ -229,14 +228,9 @@ def sweep_stress(xb, v_dev: np.ndarray, phases: Sequence[tuple[float, str]]) -> 
     """The DC stress of k drive patterns held one after the other (an SMU list sweep): pattern
     a puts ``v_dev[a]`` (rows x cols) on the devices for the `phases` (seconds, clock category:
     settling, integration...), each charged to the crossbar's clock, then stresses them as a
-    hold (`physics.dc_width`) whose age runs on while consecutive patterns are equal and
-    restarts when they change."""
-    p = xb.config.device
+    hold that continues each device's DC stress (`Crossbar.hold_devices`)."""
     held = sum(seconds for seconds, _ in phases)
-    age, prev = 0.0, None
     for v in v_dev:
-        age = age + held if prev is not None and np.array_equal(v, prev) else 0.0
         for seconds, what in phases:
             xb.clock.advance(seconds, what)
-        xb.apply_device_voltages(v, physics.dc_width(age, age + held, v, p))
-        prev = v
+        xb.hold_devices(v, held)

@@ -208,18 +208,14 @@ class SimulatedRig(CrossbarRig):
         t_int = request.nplc / lat.line_frequency
         held = request.hold + lat.smu_settle + t_int
         avg = t_int / lat.read_time if lat.read_time > 0 else 1.0
-        op, last, age = None, None, 0.0
+        op = None
         for p in range(n):
             sources = [dc.Source(r, c, float(g.volts[p]), None if g.ground else
                                  (request.compliance if g.sensed else held_comp), name=str(k))
                        for k, (g, (r, c)) in enumerate(zip(groups, lines, strict=True))]
             clk.advance(lat.round_trip, "round_trip")
             clk.advance(held, "dc")
-            # a level unchanged since the previous point: its hold continues
-            key = [s.volts for s in sources]
-            age = age + held if key == last else 0.0
-            op = dc.hold(xb, sources, held, op, age)
-            last = key
+            op = dc.hold(xb, sources, held, op)
             for m, k in zip(out, sensed, strict=True):
                 cur = float(xb.noisy(op.current[k], avg))
                 over = request.fixed_range and abs(cur) > request.i_range

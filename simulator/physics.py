@@ -131,19 +131,48 @@ def pulse_update_scalar(G: float, Gv: float, v: float, seconds: float, ds: float
     return G + dg, Gv
 
 
-def dc_width(t0: float, t1: float, v: np.ndarray, p: DeviceParams) -> np.ndarray:
-    """Pulse width [s] per device equivalent to the stretch [t0, t1] of a DC hold at device
-    voltages `v` (t0, t1: time since the levels were set). Up to t_ref a hold is the pulse law
-    (width = time); beyond it the width grows as t_ref (t/t_ref)^gamma, gamma = S / (V0 ln 10)
-    (V0 of the branch, S = p.dc_volts_per_decade, at most 1): the voltage that switches within
-    a hold then falls by S per decade of time instead of the exponential's V0 ln 10."""
-    tr = p.t_ref
-    g = np.where(np.asarray(v) > 0.0, min(1.0, p.dc_volts_per_decade / (p.v0_set * math.log(10))),
-                 min(1.0, p.dc_volts_per_decade / (p.v0_reset * math.log(10))))
+def dc_gamma(v: np.ndarray, p: DeviceParams) -> np.ndarray:
+    """Exponent of the DC time law per device: gamma = S / (V0 ln 10) of the branch that
+    voltage `v` drives (S = p.dc_volts_per_decade, at most 1)."""
+    return np.where(np.asarray(v) > 0.0,
+                    min(1.0, p.dc_volts_per_decade / (p.v0_set * math.log(10))),
+                    min(1.0, p.dc_volts_per_decade / (p.v0_reset * math.log(10))))
 
-    def w(t):
-        return t if t <= tr else tr * (t / tr) ** g
-    return np.broadcast_to(w(t1) - w(t0), np.shape(v)).astype(float)
+
+def acceleration(G, Gv, v, ds, dr, p: DeviceParams) -> np.ndarray:
+    """exp((|V| - Vth) / V0) per device, SET branch where v > 0 and RESET elsewhere, 0 where
+    v == 0: the voltage factor of the switching step (`pulse_update`), capped like it."""
+    v = np.asarray(v, dtype=float)
+    r = 1.0 / (G + Gv)
+    arg = np.where(v > 0.0, (v - ((p.r_s0 - r) / p.k_s + ds)) / p.v0_set,
+                   (np.abs(v) - ((r - p.r_r0) / p.k_r + dr)) / p.v0_reset)
+    return np.where(v == 0.0, 0.0, np.exp(np.minimum(arg, _EXP_CAP)))
+
+
+def dc_width(dose, accel, seconds: float, v, p: DeviceParams) -> np.ndarray:
+    """Pulse width [s] per device equivalent to holding device voltages `v` for `seconds`,
+    after a DC stress `dose` on the same branch (the sum of (width / t_ref) * accel of the
+    holds since the device's last pulse; `accel` from `acceleration` at the present level).
+
+    A fresh hold is the pulse law up to t_ref (width = time) and beyond it a width
+    t_ref (t / t_ref)^gamma (`dc_gamma`): the voltage that switches within a hold falls by
+    S per decade of time. A hold continues from the age at which the present level would have
+    given `dose`: on the voltage-time law this is Miner's rule, the consumed fractions
+    t / tau(V) of the switching time add up over levels, so a sequence of levels never
+    stresses more than one hold of the same length at its highest level."""
+    tr = p.t_ref
+    g = dc_gamma(v, p)
+    accel = np.asarray(accel, dtype=float)
+    live = accel > 0.0
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        x0 = np.where(live, np.asarray(dose, dtype=float) / np.where(live, accel, 1.0), 0.0)
+        u0 = np.where(x0 <= 1.0, x0, np.exp(np.log(x0) / g))   # equivalent age / t_ref
+        du = seconds / tr
+        u1 = u0 + du
+        young = np.where(u1 <= 1.0, u1, u1 ** g) - x0          # from an age below t_ref
+        old = x0 * np.expm1(g * np.log1p(du / u0))             # exact and stable beyond it
+        w = np.where(u0 <= 1.0, young, np.where(np.isfinite(u0), old, 0.0))
+    return np.where(live, tr * w, 0.0)
 
 
 def telegraph_odd_flips(elapsed, tau):

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from instruments.wiring import Line, Wiring
-from simulator import dc, physics
+from simulator import dc
 from simulator.config import LatencyConfig
 from simulator.errors import SimulatorError
 
@@ -83,8 +83,6 @@ class LabWorld:
         self._dc_since = self.clock.now
         self._dc_op: dc.OperatingPoint | None = None
         #: the levels of the last DC settle and how long they have been held [s]
-        self._dc_key: tuple | None = None
-        self._dc_age = 0.0
         self.pulses_applied = 0
         self.reads_taken = 0
 
@@ -212,12 +210,7 @@ class LabWorld:
         # the previous operating point of the same outputs starts the solves (a sweep)
         guess = self._dc_op if self._dc_op is not None and \
             len(self._dc_op.volts) == len(sources) else None
-        # the same levels on the same lines as at the last settle: their hold continues
-        key = tuple((s.name, s.volts, s.compliance, s.rows.tobytes(), s.cols.tobytes())
-                    for s in sources)
-        age = self._dc_age if key == self._dc_key else 0.0
-        self._dc_op = dc.hold(self.crossbar, sources, dt, guess, age)
-        self._dc_key, self._dc_age = key, age + dt
+        self._dc_op = dc.hold(self.crossbar, sources, dt, guess)
         return self._dc_op
 
     def smu_reading(self, terminal: str, siblings=(), integration: float = 0.0
@@ -250,7 +243,7 @@ class LabWorld:
         current into the array with read noise [A], in compliance), k values each.
 
         The DC stress of each point is applied for its hold, as a spot measurement's is
-        (`settle_dc`: a level unchanged since the previous point continues its hold). When
+        (continuing each device's DC stress since its last pulse, `Crossbar.hold_devices`). When
         every line is driven, every bit line is at 0 V at every point (the analog read-out),
         no source would exceed its compliance and the whole sweep is predicted to move no
         device by more than SWEEP_CHANGE of its conductance, the k points are solved in one
@@ -268,31 +261,27 @@ class LabWorld:
         row_v, col_v = np.empty((k, self.rows)), np.empty((k, self.cols))
         for a in range(k):
             row_v[a], col_v[a] = self.line_levels({t: float(lv[t][a]) for t in names})
-        keys = np.concatenate([row_v, col_v], axis=1)
-        same = np.r_[False, (keys[1:] == keys[:-1]).all(axis=1)] if k else np.zeros(0, bool)
         self.reads_taken += k
-        out = self._sweep_batched(names, lv, row_v, col_v, same, held)
+        out = self._sweep_batched(names, lv, row_v, col_v, held)
         if out is None:
-            out = self._sweep_points(names, lv, same, held)
+            out = self._sweep_points(names, lv, held)
         else:
             dc.sweep_stress(xb, row_v[:, :, None] - col_v[:, None, :], [(held, "dc")])
         self.static.update(saved)
-        self._dc_since, self._dc_key, self._dc_op = self.clock.now, None, None
+        self._dc_since, self._dc_op = self.clock.now, None
         return {t: (v, xb.noisy(i, avg), lim) for t, (v, i, lim) in out.items()}
 
-    def _sweep_batched(self, names, lv, row_v, col_v, same, held):
+    def _sweep_batched(self, names, lv, row_v, col_v, held):
         """The batched read-out case of `dc_sweep` (noise-free), or None when it does not apply."""
-        xb, p = self.crossbar, self.crossbar.config.device
+        xb = self.crossbar
         if not (np.isfinite(row_v).all() and np.isfinite(col_v).all()) or col_v.any():
             return None
         routing = self._routing()
         v_dev = row_v[:, :, None] - col_v[:, None, :]
         scale = np.maximum(xb.conductance(), 1e-9)
-        change, age = np.zeros(xb.shape), 0.0
-        for a in range(len(row_v)):
-            age = age + held if same[a] else 0.0
-            change += np.abs(xb.predict_change(v_dev[a], physics.dc_width(
-                age, age + held, v_dev[a], p))) / scale
+        change = np.zeros(xb.shape)
+        for v, widths in zip(v_dev, xb.dc_widths(v_dev, held), strict=True):
+            change += np.abs(xb.predict_change(v, widths)) / scale
         if float(change.max(initial=0.0)) > SWEEP_CHANGE:
             return None
         rc, cc = xb.column_currents(row_v, noise=False)
@@ -306,19 +295,18 @@ class LabWorld:
             out[t] = (lv[t].copy(), cur, np.zeros(len(cur), bool))
         return out
 
-    def _sweep_points(self, names, lv, same, held):
+    def _sweep_points(self, names, lv, held):
         """`dc_sweep` point by point: each a DC hold and its operating point (noise-free)."""
         k = len(lv[names[0]])
         out = {t: (lv[t].copy(), np.zeros(k), np.zeros(k, bool)) for t in names}
-        op, age = None, 0.0
+        op = None
         for a in range(k):
             for t in names:
                 self.static[t] = float(lv[t][a])
             self.clock.advance(held, "dc")
             sources = self.dc_sources()
-            age = age + held if same[a] else 0.0
             guess = op if op is not None and len(op.volts) == len(sources) else None
-            op = dc.hold(self.crossbar, sources, held, guess, age) if held > 0 else None
+            op = dc.hold(self.crossbar, sources, held, guess) if held > 0 else None
             if op is None:
                 op = dc.operating_point(self.crossbar, sources, guess)
             found = {s.name: j for j, s in enumerate(sources)}
@@ -415,7 +403,6 @@ class LabWorld:
                 self.pulses_applied += 1
                 advance(dur, "pulse")
         self._dc_since = self.clock.now
-        self._dc_key = None  # a waveform interrupts any hold
         return out
 
 

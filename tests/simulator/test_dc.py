@@ -74,13 +74,71 @@ def test_a_short_hold_is_a_pulse_and_a_long_one_follows_the_dc_voltage_time_slop
     t_ref, up = p.t_ref, 5 * p.dc_volts_per_decade
     for volts in (0.9, -1.3, 0.3, -0.4):
         v = np.full((2, 2), volts)
-        held = xb.predict_change(v, physics.dc_width(0.0, 1e5 * t_ref, v, p))
+        held = xb.predict_change(v, xb.dc_widths(v, 1e5 * t_ref)[0])
         pulse = xb.predict_change(v + np.sign(volts) * up, t_ref)
         assert held == pytest.approx(pulse, rel=1e-9, abs=1e-15), volts
     # widths of consecutive stretches of one hold add up to the width of the whole hold
     v = np.full((2, 2), 0.7)
-    parts = physics.dc_width(0.0, 3e-3, v, p) + physics.dc_width(3e-3, 20e-3, v, p)
-    assert parts == pytest.approx(physics.dc_width(0.0, 20e-3, v, p), rel=1e-12)
+    parts = xb.dc_widths([v, v], 3e-3).sum(axis=0)
+    assert parts == pytest.approx(xb.dc_widths(v, 6e-3)[0], rel=1e-9)
+
+
+def _stress_of(patterns, held=2.7e-3, seed=6):
+    """Relative conductance change of an 8x8 chip after the read-out patterns `patterns`."""
+    xb = Crossbar(CrossbarConfig(rows=8, cols=8, stuck_hrs_rate=0, stuck_lrs_rate=0), seed=seed)
+    g0 = xb.G
+    dc.sweep_stress(xb, patterns, [(held, "dc")])
+    return np.abs(xb.G / g0 - 1)
+
+
+def test_a_hold_continues_through_level_changes_and_across_calls():
+    # 200 read-out patterns alternating between two nearly equal levels stress the chip as one
+    # hold of the same length does; restarting the hold's age at every change of level made
+    # them stress ~30 times more (and the 10-year read bound behind dc_volts_per_decade fail)
+    level = np.full((200, 8, 8), 0.75)
+    steady = _stress_of(level)
+    alternating = level.copy()
+    alternating[1::2] -= 1e-4
+    assert steady.max() > 1e-4  # a measurable stress
+    assert _stress_of(alternating).sum() == pytest.approx(steady.sum(), rel=0.02)
+    # one call of 200 patterns or 200 calls of one: the chip remembers its DC stress
+    xb = Crossbar(CrossbarConfig(rows=8, cols=8, stuck_hrs_rate=0, stuck_lrs_rate=0), seed=6)
+    g0 = xb.G
+    for v in alternating:
+        dc.sweep_stress(xb, v[None], [(2.7e-3, "dc")])
+    assert np.abs(xb.G / g0 - 1).sum() == pytest.approx(steady.sum(), rel=0.02)
+
+
+def test_a_sequence_of_levels_stresses_no_more_than_one_hold_at_its_highest_level():
+    rng = np.random.default_rng(1)
+    xb = Crossbar(CrossbarConfig(rows=4, cols=4), seed=2)
+    p = xb.config.device
+    for sign in (1.0, -1.0):
+        seq = sign * rng.uniform(0.0, 0.9, (50, 4, 4))
+        top = np.full((50, 4, 4), sign * 0.9)
+        accel = [physics.acceleration(xb.G, xb.Gv, v, xb.state_dict()["ds"],
+                                      xb.state_dict()["dr"], p) for v in (seq, top)]
+        dose = [(xb.dc_widths(v, 1e-3) * a).sum(axis=0) for v, a in zip((seq, top), accel, strict=True)]
+        assert (dose[0] <= dose[1] * (1 + 1e-9)).all()
+        assert (dose[0] < 0.9 * dose[1]).any()
+
+
+def test_a_pulse_restarts_the_dc_history_of_the_devices_it_reaches():
+    xb = Crossbar(CrossbarConfig(rows=4, cols=4), seed=2)
+    v = np.full((4, 4), 0.5)
+    fresh = xb.dc_widths(v, 1e-3)[0]
+    xb.hold_devices(v, 1.0)
+    continued = xb.dc_widths(v, 1e-3)[0]
+    assert (continued < 0.01 * fresh).all()
+    pulse = np.zeros((4, 4))
+    pulse[1, :] = 0.3                              # row 1 half-selected by a write
+    xb.apply_device_voltages(pulse, 1e-6)
+    after = xb.dc_widths(v, 1e-3)[0]
+    assert after[1] == pytest.approx(fresh[1], rel=1e-3)
+    assert (after[[0, 2, 3]] == pytest.approx(continued[[0, 2, 3]], rel=1e-6))
+    # saved and restored, the history goes on
+    twin = Crossbar.from_state_dict(xb.state_dict())
+    assert twin.dc_widths(v, 1e-3) == pytest.approx(xb.dc_widths(v, 1e-3), rel=1e-12)
 
 
 @pytest.mark.parametrize("volts", [0.2, -0.2])
