@@ -41,7 +41,7 @@ SCHEMES = ("grounded", "v2", "v3", "floating")
 #: per-fluctuator arrays, shape (rows, cols, fluctuators per device)
 _RTN_ARRAYS = ("rtn_amp", "rtn_tau", "rtn_state", "rtn_next")
 _STATE_ARRAYS = ("G", "Gv", "stuck", "ds", "dr", "g0s", "g0r", "psi", "vform", "gform",
-                 "dc_dose", *_RTN_ARRAYS, *_RET_ARRAYS)
+                 "dc_dose", "dc_g", *_RTN_ARRAYS, *_RET_ARRAYS)
 #: arrays added after the first chip files were written: a state without them gets this value
 #: (from the config, the arrays before it and the relaxation time stamp); a crossbar saved
 #: before the fluctuators existed has none, one saved before retention existed does not drift,
@@ -50,6 +50,7 @@ _LATE_ARRAYS = {"psi": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), cfg.devic
                 "vform": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), np.nan),
                 "gform": lambda cfg, a, t: np.full((cfg.rows, cfg.cols), cfg.device.init_median),
                 "dc_dose": lambda cfg, a, t: np.zeros((2, cfg.rows, cfg.cols)),
+                "dc_g": lambda cfg, a, t: a["G"].copy(),
                 **{k: (lambda cfg, a, t: np.zeros((cfg.rows, cfg.cols, 0))) for k in _RTN_ARRAYS},
                 **{k: (lambda cfg, a, t, k=k: Retention.missing(k, a["G"], t))
                    for k in _RET_ARRAYS}}
@@ -113,8 +114,10 @@ class Crossbar:
         self._G = G
         self._Gv = np.zeros((m, n))
         self._t_gv = self.clock.now      # time at which _Gv is valid
-        # DC stress since each device's last pulse, SET and RESET branch (physics.dc_width)
+        # DC stress history of each device, SET and RESET branch (physics.dc_width), and the
+        # conductance at which it began (`start_dc_hold`)
         self._dc_dose = np.zeros((2, m, n))
+        self._dc_g = G.copy()
         self._stuck = stuck
         self._init_fluctuators()
         self._ret = Retention.new(p.retention, p.g_min, p.g_max, ss, G, stuck, self.clock.now)
@@ -228,8 +231,7 @@ class Crossbar:
     # -- pulses ----------------------------------------------------------------------------------
     def apply_device_voltages(self, v, seconds) -> None:
         """Every device (i, j) gets one pulse of amplitude v[i, j] [V] lasting `seconds` (one
-        width, or one per device). A pulse ends the DC stress history of every device it
-        reaches (a DC hold afterwards starts afresh, `hold_devices`)."""
+        width, or one per device)."""
         if not np.all(np.asarray(seconds) >= 0):
             raise SimulatorError(f"pulse width must be >= 0 s, got {seconds!r}")
         self._settle()
@@ -237,45 +239,55 @@ class Crossbar:
             volts = float(np.asarray(v).reshape(-1)[0])
             self._pulse_one(0, 0, volts, float(np.asarray(seconds).reshape(-1)[0]))
             return
-        v = self._voltage_map(v)
-        self._pulse_array(v, seconds)
-        self._dc_dose[:, v != 0.0] = 0.0
+        self._pulse_array(self._voltage_map(v), seconds)
+
+    # -- DC holds --------------------------------------------------------------------------------
+    def start_dc_hold(self) -> None:
+        """Begin holding new levels: the DC stress history of every device whose nonvolatile
+        conductance has moved by more than retention's `reprogram_fraction` since its history
+        began (a pulse, or switching under a hold) starts afresh; the others carry theirs
+        on (`hold_devices`)."""
+        self._settle()
+        self._dc_dose, self._dc_g = self._dc_history()
+
+    def _dc_history(self) -> tuple[np.ndarray, np.ndarray]:
+        moved = np.abs(self._G - self._dc_g) > self._p.retention.reprogram_fraction * self._dc_g
+        return np.where(moved, 0.0, self._dc_dose), np.where(moved, self._G, self._dc_g)
 
     def dc_widths(self, v_seq, seconds: float) -> np.ndarray:
         """Equivalent pulse widths [s], shape (k, rows, cols), of holding the k device-voltage
-        maps `v_seq` one after the other for `seconds` each, continuing every device's DC
-        stress since its last pulse (`physics.dc_width`), at today's state: nothing changes."""
+        maps `v_seq` one after the other for `seconds` each after `start_dc_hold`, at today's
+        state (`physics.dc_width`): nothing changes."""
         self._settle()
         v_seq = np.asarray(v_seq, dtype=float).reshape(-1, *self.shape)
-        dose = self._dc_dose.copy()
+        dose = self._dc_history()[0]
         out = np.empty(v_seq.shape)
         for a, v in enumerate(v_seq):
-            out[a], _ = self._dc_step(v, seconds, dose)
+            out[a] = self._dc_step(v, seconds, dose)
         return out
 
     def hold_devices(self, v, seconds: float) -> None:
         """Device voltages `v` held for `seconds`: the stress of a DC hold, continuing each
-        device's DC stress since its last pulse (`physics.dc_width`)."""
+        device's DC stress history (`physics.dc_width`; `start_dc_hold` before new levels)."""
         self._settle()
         v = self._voltage_map(v)
-        widths, _ = self._dc_step(v, seconds, self._dc_dose)
+        widths = self._dc_step(v, seconds, self._dc_dose)
         if self._G.size == 1:
-            self._pulse_one(0, 0, float(v[0, 0]), float(widths[0, 0]), keep_dose=True)
+            self._pulse_one(0, 0, float(v[0, 0]), float(widths[0, 0]))
         else:
             self._pulse_array(v, widths)
 
-    def _dc_step(self, v: np.ndarray, seconds: float, dose: np.ndarray):
-        """Widths of one hold of `v` after `dose` (SET, RESET branch), `dose` updated in
+    def _dc_step(self, v: np.ndarray, seconds: float, dose: np.ndarray) -> np.ndarray:
+        """Widths of one hold of `v` after `dose` (SET, RESET branch); `dose` updated in
         place."""
         p = self._p
         accel = physics.acceleration(self._G, self._Gv, v, self._ds, self._dr, p)
         up = v > 0.0
-        branch = np.where(up, dose[0], dose[1])
-        widths = physics.dc_width(branch, accel, seconds, v, p)
+        widths = physics.dc_width(np.where(up, dose[0], dose[1]), accel, seconds, v, p)
         added = widths / p.t_ref * accel
         dose[0] += np.where(up, added, 0.0)
         dose[1] += np.where(up, 0.0, added)
-        return widths, dose
+        return widths
 
     def _voltage_map(self, v) -> np.ndarray:
         v = np.asarray(v, dtype=float)
@@ -304,15 +316,12 @@ class Crossbar:
         self._settle()
         self._pulse_one(row, col, float(volts), float(seconds))
 
-    def _pulse_one(self, r: int, c: int, v: float, seconds: float,
-                   keep_dose: bool = False) -> None:
+    def _pulse_one(self, r: int, c: int, v: float, seconds: float) -> None:
         if self._any_unformed:
             one = np.zeros(self.shape)
             one[r, c] = v
             self._form(one)
         xi = math.exp(self._sigma * self.rng.standard_normal())
-        if v != 0.0 and not keep_dose:
-            self._dc_dose[:, r, c] = 0.0
         if self._stressed:
             self._stress_fluctuators(self._p.rtn_stress_time * physics.drive_scalar(
                 float(self._G[r, c]), float(self._Gv[r, c]), v, seconds, float(self._ds[r, c]),

@@ -12,7 +12,7 @@ level, so this converges). Lines no source reaches float.
 
 `hold` applies the stress of levels held for a time with the same per-pulse physics as any
 pulse (`Crossbar.hold_devices`: a DC level held for t is a pulse of an equivalent width,
-`physics.dc_width`, that continues the device's DC stress since its last pulse), in steps
+`physics.dc_width`, that continues the device's DC stress history), in steps
 short enough that no device changes by more than `MAX_STEP_CHANGE` of its conductance in one
 step (predicted with the median cycle-to-cycle factor, `Crossbar.predict_change`), with the
 operating point re-solved between steps: a device switching under compliance therefore sees
@@ -201,11 +201,12 @@ def hold(xb, sources: list[Source], seconds: float,
     """Apply the stress of `sources` held for `seconds` (see the module docstring); returns
     the operating point at the end (None when nothing was held). `guess`: the operating point
     of the previous levels of the same sources (a sweep), to start from. Each device's stress
-    continues its DC stress since its last pulse (`Crossbar.hold_devices`), so a level held
-    on from the previous call goes on as one hold."""
+    continues its DC stress history (`Crossbar.start_dc_hold`, `hold_devices`), so a level
+    held on from the previous call goes on as one hold."""
     if not seconds > 0 or not sources:
         return None
     done = 0.0
+    xb.start_dc_hold()
     op = operating_point(xb, sources, guess)
     while seconds - done > MIN_STEP / 2:
         rest = seconds - done
@@ -228,9 +229,10 @@ def sweep_stress(xb, v_dev: np.ndarray, phases: Sequence[tuple[float, str]]) -> 
     """The DC stress of k drive patterns held one after the other (an SMU list sweep): pattern
     a puts ``v_dev[a]`` (rows x cols) on the devices for the `phases` (seconds, clock category:
     settling, integration...), each charged to the crossbar's clock, then stresses them as a
-    hold that continues each device's DC stress (`Crossbar.hold_devices`)."""
+    hold that continues each device's DC stress history (`Crossbar.start_dc_hold`)."""
     held = sum(seconds for seconds, _ in phases)
     for v in v_dev:
         for seconds, what in phases:
             xb.clock.advance(seconds, what)
+        xb.start_dc_hold()
         xb.hold_devices(v, held)

@@ -152,7 +152,8 @@ def acceleration(G, Gv, v, ds, dr, p: DeviceParams) -> np.ndarray:
 def dc_width(dose, accel, seconds: float, v, p: DeviceParams) -> np.ndarray:
     """Pulse width [s] per device equivalent to holding device voltages `v` for `seconds`,
     after a DC stress `dose` on the same branch (the sum of (width / t_ref) * accel of the
-    holds since the device's last pulse; `accel` from `acceleration` at the present level).
+    holds of the device's DC stress history, `Crossbar.start_dc_hold`; `accel` from
+    `acceleration` at the present level).
 
     A fresh hold is the pulse law up to t_ref (width = time) and beyond it a width
     t_ref (t / t_ref)^gamma (`dc_gamma`): the voltage that switches within a hold falls by

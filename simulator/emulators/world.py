@@ -243,7 +243,7 @@ class LabWorld:
         current into the array with read noise [A], in compliance), k values each.
 
         The DC stress of each point is applied for its hold, as a spot measurement's is
-        (continuing each device's DC stress since its last pulse, `Crossbar.hold_devices`). When
+        (continuing each device's DC stress history, `Crossbar.start_dc_hold`). When
         every line is driven, every bit line is at 0 V at every point (the analog read-out),
         no source would exceed its compliance and the whole sweep is predicted to move no
         device by more than SWEEP_CHANGE of its conductance, the k points are solved in one
