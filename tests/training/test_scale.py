@@ -7,13 +7,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from database.datasets import load_moons_all  # noqa: E402
+from database.datasets import load_dataset, load_moons_all  # noqa: E402
 from database.reference import import_reference  # noqa: E402
 from training.evaluate import evaluate_transfers  # noqa: E402
 from training.layers import HardwareAwareMLP  # noqa: E402
 from training.noise import NoiseConfig  # noqa: E402
 from training.tiles import TileLayout, layer_devices  # noqa: E402
-from training.train import TrainConfig, load_dataset, train  # noqa: E402
+from training.train import TrainConfig, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
