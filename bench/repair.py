@@ -31,7 +31,7 @@ included), the read-back error after the transfer, predicted instrument time of 
 repair (virtual clock), and whether the goals hold (mean within 1 point of the software
 accuracy, worst chip within 3, at most 20 % extra pulses).
 
-Usage: python bench/repair.py [--quick] [--chips 24] [--digits-chips 4] [--workers 1]
+Usage: python bench/repair.py [--quick] [--chips 24 (0: digits only)] [--digits-chips 4] [--workers 1]
                               [--out bench-repair-out] [--repair '{"calibrate": "affine"}']
                               [--reverify '{"passes": 3}'] [--paths array,sim-pmu]
                               [--device '{"rtn_count": 0}']
@@ -41,6 +41,7 @@ Figures: docs/chip-in-the-loop.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -56,7 +57,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 threadpool_limits(1, user_api="blas")
 
-from database.datasets import chip_in_the_loop_sets  # noqa: E402
+from database.datasets import chip_in_the_loop_sets, load_dataset  # noqa: E402
 from protocols.inference import analog_forward, predict  # noqa: E402
 from protocols.repair import RepairConfig, RepairData, load_repair  # noqa: E402
 from protocols.repair import run as repair  # noqa: E402
@@ -77,19 +78,23 @@ READ = load_station(ROOT / "xbarlab" / "stations" / "sim-pmu.yaml").read_setting
 
 
 def train_or_load(out: Path, dataset: str, quick: bool) -> dict:
-    """Both networks of `dataset` on the published DB (cached in `out`)."""
+    """Both networks of `dataset` on the published DB, trained on the dataset's training set
+    (never on the repair set); cached in `out` under a name with a digest of that set, so a
+    checkpoint trained on other data is never reused."""
     from database.reference import import_reference
-    from training.train import load_checkpoint, load_dataset, save_checkpoint, train, train_config
+    from training.train import load_checkpoint, save_checkpoint, train, train_config
 
     db = import_reference()
     sets = chip_in_the_loop_sets(dataset)
+    x, y = load_dataset(dataset)["train"]
+    digest = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
     models = {}
     for name in NETWORKS:
-        path = out / f"{dataset}_{name}{'_quick' if quick else ''}.pt"
+        path = out / f"{dataset}_{name}{'_quick' if quick else ''}_{digest}.pt"
         if not path.exists():
             kw = {"epochs": 1000} if quick and dataset == "moons" else {}
             cfg = train_config(dataset, hardware_aware=name == "hardware_aware", seed=0, **kw)
-            save_checkpoint(train(cfg, *load_dataset(dataset)["train"], db), path)
+            save_checkpoint(train(cfg, x, y, db), path)
         models[name] = load_checkpoint(path, "cpu")[0]
     return {"db": db, "models": models, "sets": sets}
 

@@ -18,10 +18,10 @@ from pathlib import Path
 # run as `python bench/scale.py`: this file's folder must not shadow the `training` package
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from database.datasets import load_moons_all  # noqa: E402
+from database.datasets import load_dataset, load_moons_all  # noqa: E402
 from database.reference import import_reference  # noqa: E402
 from training.evaluate import evaluate_transfers  # noqa: E402
-from training.train import TrainConfig, load_dataset, train, train_config  # noqa: E402
+from training.train import TrainConfig, train, train_config  # noqa: E402
 
 
 class Clock:

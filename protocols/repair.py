@@ -1,8 +1,9 @@
 """Repair after transfer: measure the programmed chip, choose corrections under a pulse budget.
 
 Data. Three disjoint roles: the *refit set* (training inputs whose measured hidden activations
-the refits are fitted on), the *repair set* (held-out inputs on which every decision and the
-stopping rule are judged) and the *test set* (measured before and after, never used to decide).
+the refits are fitted on), the *repair set* (inputs held out of the network's training, on
+which every decision and the stopping rule are judged: a network trained on them leaves the
+repair nothing to find; `database.datasets.chip_in_the_loop_sets`) and the *test set* (measured before and after, never used to decide).
 
 Each round, from the chip's measured state (read-back conductances ``g`` and the analog
 pre-activations of every layer, `protocols.refit.MeasuredModel`), four kinds of correction are

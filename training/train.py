@@ -514,15 +514,3 @@ def _check_tensors(path: Path, state, want: dict[str, torch.Tensor]) -> None:
                                 f"config's network needs {tuple(ref.shape)}")
         if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
             raise TrainingError(f"{path}: tensor {name!r} holds NaN, inf or non-float values")
-
-
-def load_dataset(name: str, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Shipped datasets as numpy: 'moons' (the published sets) or 'digits' (scikit-learn)."""
-    from database import datasets
-
-    if name == "moons":
-        return datasets.load_moons_all()
-    if name == "digits":
-        return datasets.load_digits(seed=seed)
-    dataset_defaults(name)  # raises: unknown dataset
-    raise AssertionError(f"dataset {name!r} has defaults but no loader")

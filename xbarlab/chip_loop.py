@@ -171,7 +171,7 @@ def explain_gap(plan: ConductancePlan, chip, crossbars: Sequence[str], x: np.nda
             "share_nonlinearity": 1.0 - ms(z["linear devices"]) / dev if dev > 0 else 0.0}
 
 
-def test_sets(plan: ConductancePlan, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def test_sets(plan: ConductancePlan) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The refit, repair and test sets of the plan's dataset (its `meta["dataset"]`)."""
     from database.datasets import chip_in_the_loop_sets
 
@@ -179,4 +179,4 @@ def test_sets(plan: ConductancePlan, seed: int = 0) -> dict[str, tuple[np.ndarra
     if name not in ("moons", "digits"):
         raise ProtocolError("the plan does not say which dataset it was trained on (meta "
                             "'dataset'); export it with --model, which records it")
-    return chip_in_the_loop_sets(name, seed)
+    return chip_in_the_loop_sets(name)

@@ -199,14 +199,15 @@ def step_train(out: Path, settings: DemoSettings, seed: int, *,
                progress: bool = True) -> StepResult:
     """The hardware-aware and the regular network on half-moons (the dataset's defaults and
     the default mapping, physical: the one a crossbar can be programmed with), from the demo
-    DB."""
-    from database.datasets import load_moons
+    DB, trained on the published training set (the published claim compares with the paper)
+    and so never on the repair step's repair set (`database.datasets.chip_in_the_loop_sets`)."""
+    from database.datasets import load_dataset
     from database.nonideality import load_nonideality
     from training.train import save_checkpoint, train_config, train_with_bar
 
     t0 = time.perf_counter()
     db = load_nonideality(out / "db" / "nonideality.h5")
-    x, y = load_moons("train")
+    x, y = load_dataset("moons")["train"]
     d = out / "train"
     paths, info = [], {}
     for name in NETWORKS:

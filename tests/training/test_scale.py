@@ -7,13 +7,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from database.datasets import load_moons_all  # noqa: E402
+from database.datasets import load_dataset, load_moons_all  # noqa: E402
 from database.reference import import_reference  # noqa: E402
 from training.evaluate import evaluate_transfers  # noqa: E402
 from training.layers import HardwareAwareMLP  # noqa: E402
 from training.noise import NoiseConfig  # noqa: E402
 from training.tiles import TileLayout, layer_devices  # noqa: E402
-from training.train import TrainConfig, load_dataset, train  # noqa: E402
+from training.train import TrainConfig, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,8 @@ def test_cli_digits_train_with_early_stopping_and_evaluate(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     cfg = s["config"]
     assert cfg["sizes"] == [64, 32, 10] and cfg["tile_rows"] == 16 and cfg["patience"] == 1
-    assert s["train_steps"] == 4 * 5 and s["steps_per_network"] == [20, 20]  # 1,180 pts / 256
+    # 1,011 points / 256: early stopping on the validation set, none of it trained on
+    assert s["train_steps"] == 4 * 4 and s["steps_per_network"] == [16, 16]
     assert s["stopped_early"] == [True, True] and len(s["per_network"]) == 2
     assert s["networks"]["hardware_aware"]["transfers"] == 30
     assert "boundary_map" not in s["figures"]  # 64-D inputs: no input-plane map

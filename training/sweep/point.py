@@ -55,9 +55,10 @@ def run_group(group: list[dict]) -> list[dict]:
     matrix products. ``train_s`` and ``eval_s`` of a point are its share (1/K) of the batched
     model's times; ``steps`` is its own network's step count.
     """
+    from database.datasets import load_dataset
     from training.evaluate import evaluate_transfers
     from training.noise import NoiseConfig
-    from training.train import load_dataset, train, train_config
+    from training.train import train, train_config
 
     if not group:
         return []
@@ -73,7 +74,7 @@ def run_group(group: list[dict]) -> list[dict]:
     k = len(seeds)
 
     db = _load_db(params["db"])
-    data = load_dataset(params["dataset"], seed=0)
+    data = load_dataset(params["dataset"])
     x_tr, y_tr = data["train"]
     x_te, y_te = data["test"]
     x_rate, y_rate = params["stuck_hrs_rate"], params["stuck_lrs_rate"]

@@ -226,6 +226,19 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _data_digest(dataset: str) -> str:
+    """Digest of the training and test sets a point of `dataset` uses
+    (`database.datasets.load_dataset`)."""
+    from database.datasets import load_dataset
+
+    sets = load_dataset(dataset)
+    h = hashlib.sha256()
+    for role in ("train", "test"):
+        for a in sets[role]:
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
 def point_key(params: dict[str, Any]) -> str:
     """Stable key of a resolved parameter set: sha256 of its canonical JSON (sorted keys)."""
     blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=list)
@@ -237,13 +250,15 @@ def expand(spec: SweepSpec) -> list[Point]:
 
     Every parameter is resolved (:func:`resolve`), so two files that mean the same point give
     the same key. A DB given as a file also contributes the file's content digest to the key,
-    so a rebuilt database is not mistaken for the old one.
+    so a rebuilt database is not mistaken for the old one, and so do the dataset's training and
+    test sets (a changed split is not mistaken for the old one either).
     """
     source_dir = spec._source_dir
     names = list(spec.grid)
     combos = [dict(zip(names, vals, strict=True)) for vals in itertools.product(*spec.grid.values())]
     listed = spec.points or [{}]
     digests: dict[str, str] = {}
+    data_digests: dict[str, str] = {}
     out: dict[str, Point] = {}
     for i, listed_point in enumerate(listed):
         clash = set(listed_point) & set(names)
@@ -271,6 +286,9 @@ def expand(spec: SweepSpec) -> list[Point]:
                 if params["db"] not in digests:
                     digests[params["db"]] = _file_digest(params["db"])
                 keyed["db_digest"] = digests[params["db"]]
+            if params["dataset"] not in data_digests:
+                data_digests[params["dataset"]] = _data_digest(params["dataset"])
+            keyed["data_digest"] = data_digests[params["dataset"]]
             keyed["kinds"] = sorted(spec.kinds)
             key = point_key(keyed)
             out.setdefault(key, Point(key=key, params=params))

@@ -68,8 +68,6 @@ def _common(f):
         click.option("--v-in", type=float, default=None,
                      help="full-scale input level [V] (non-disturbing read range; default: "
                      "InferConfig's, 0.1 V)"),
-        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="seed of the digits split"),
         click.option("--resume", is_flag=True, help="continue the file's unfinished run"),
         click.option("--overwrite", is_flag=True, help="replace an existing file"),
         click.option("--no-progress", is_flag=True),
@@ -110,7 +108,7 @@ def register(cli: click.Group) -> None:
                   "resistance, device non-linearity and read noise switched off, and say how "
                   "much of the analog error each causes")
     def infer_cmd(from_run, plan_path, model_path, db_path, member, station_path, crossbars,
-                  out, v_in, seed, resume, overwrite, no_progress, batch, explain):
+                  out, v_in, resume, overwrite, no_progress, batch, explain):
         """Run the test set through the programmed network on its crossbars: inputs as row
         voltages, outputs from column currents; beside the read-back estimate."""
         from protocols.inference import InferConfig, run
@@ -120,7 +118,7 @@ def register(cli: click.Group) -> None:
         st = load_station(station_path)
         plan, names, prog = _network(from_run, plan_path, model_path, db_path, member,
                                      crossbars, st)
-        sets = test_sets(plan, seed)
+        sets = test_sets(plan)
         try:
             cfg = InferConfig(batch=batch, **({} if v_in is None else {"v_in": v_in}))
         except ValueError as e:
@@ -133,7 +131,7 @@ def register(cli: click.Group) -> None:
         if cal is not None:
             click.echo(f"note: the repair's periphery calibration (gain and offset per output) is "
                        f"applied to the measured pre-activations ({from_run})", err=True)
-        res = run(plan, open_rig, names, Path(out), sets["test"], config=cfg, seed=seed,
+        res = run(plan, open_rig, names, Path(out), sets["test"], config=cfg,
                   station=st.describe(names), resume=resume, overwrite=overwrite,
                   progress=not no_progress, extra_config=extra, calibration=cal)
         if res.resumed_from:
@@ -174,7 +172,7 @@ def register(cli: click.Group) -> None:
                   help="the periphery's digital calibration per output (no pulse): an offset, "
                   "or a gain and an offset  [default: RepairConfig's, affine]")
     def repair_cmd(from_run, plan_path, model_path, db_path, member, station_path, crossbars,
-                   out, v_in, seed, resume, overwrite, no_progress, budget, max_rounds,
+                   out, v_in, resume, overwrite, no_progress, budget, max_rounds,
                    algorithm, calibrate):
         """Measure the programmed chip and correct it under a pulse budget: re-tune the devices
         whose error costs most, compensate stuck devices, re-fit layers on measured
@@ -191,7 +189,7 @@ def register(cli: click.Group) -> None:
         stuck, prior = (None, None) if pr is None else (pr.stuck, pr.tunings)
         transfer_pulses = None if pr is None else pr.transfer_pulses
         n_budget = parse_budget(budget, transfer_pulses)
-        sets = test_sets(plan, seed)
+        sets = test_sets(plan)
         try:
             # the measured defaults (docs/chip-in-the-loop.md): a capped tuning per correction
             base = RepairConfig()
@@ -205,7 +203,7 @@ def register(cli: click.Group) -> None:
         extra = {"programmed_by": None if prog is None else str(prog.path),
                  "transfer_pulses": transfer_pulses}
         res = run(plan, open_rig, names, Path(out), RepairData(**sets), budget=n_budget,
-                  read=st.read_settings, config=cfg, stuck=stuck, prior_tunings=prior, seed=seed,
+                  read=st.read_settings, config=cfg, stuck=stuck, prior_tunings=prior,
                   station=st.describe(names), resume=resume, overwrite=overwrite,
                   progress=not no_progress, extra_config=extra)
         if res.resumed_from:

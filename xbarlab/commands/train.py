@@ -119,8 +119,9 @@ def register(cli: click.Group) -> None:
                   separate_bias_tile, patience, min_delta, eval_every, retention_s, device):
         """Train a hardware-aware (default) or regular network; save a checkpoint."""
         _need_torch()
+        from database.datasets import load_dataset
         from training.noise import NoiseConfig
-        from training.train import load_dataset, save_checkpoint, train_config, train_with_bar
+        from training.train import save_checkpoint, train_config, train_with_bar
 
         try:
             hid = [int(h) for h in hidden.split(",")] if hidden else None
@@ -138,7 +139,7 @@ def register(cli: click.Group) -> None:
                            noise=None if retention_s is None else
                            NoiseConfig(retention_s=retention_s))
         db = _load_db(db_path)
-        data = load_dataset(dataset, seed)
+        data = load_dataset(dataset)
         x, y = data["train"]
         res = train_with_bar(cfg, x, y, db, device=device, val=data.get("validation"))
         save_checkpoint(res, out)
@@ -170,17 +171,18 @@ def register(cli: click.Group) -> None:
         _need_torch()
         from rich.console import Console
 
+        from database.datasets import load_dataset
         from training.evaluate import evaluate_transfers
         from training.figures import write_evaluation
         from training.noise import NoiseConfig
-        from training.train import db_hash, load_checkpoint, load_dataset
+        from training.train import db_hash, load_checkpoint
 
         model, cfg, meta = load_checkpoint(model_path, device)
         db = _load_db(db_path)
         if meta.get("db_hash") and meta["db_hash"] != db_hash(db):
             click.echo("note: evaluating with a different non-ideality DB than training used",
                        err=True)
-        data = load_dataset(cfg.dataset, cfg.seed)
+        data = load_dataset(cfg.dataset)
         xt, yt = data["test"]
         res = evaluate_transfers(model, xt, yt, transfers, db, mapping=mapping or cfg.mapping,
                                  seed=seed, noise=NoiseConfig(retention_s=retention_s))

@@ -24,8 +24,9 @@ def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
     except ImportError:
         raise XbarlabError("--model needs PyTorch (the [train] extra); on a PC without it, "
                            "use --plan with a plan saved by --save-plan elsewhere") from None
+    from database.datasets import load_dataset
     from training.export import conductance_plan
-    from training.train import load_checkpoint, load_dataset
+    from training.train import load_checkpoint
 
     model, cfg, _meta = load_checkpoint(model_path, "cpu")
     if db_path in (None, "reference"):
@@ -43,7 +44,7 @@ def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
     if cfg.mapping != "physical":
         click.echo(f"note: {model_path} was trained with the {cfg.mapping!r} mapping; it is "
                    "programmed with the physical one (the only programmable mapping)", err=True)
-    data = load_dataset(cfg.dataset, cfg.seed)
+    data = load_dataset(cfg.dataset)
     return plan, data["test"]
 
 
