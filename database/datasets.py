@@ -9,6 +9,7 @@ kept as published so that results compare with the paper.
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 
@@ -16,13 +17,18 @@ from database.errors import SchemaError
 from database.reference import DATA_DIR
 
 MOONS_SPLITS = ("train", "test", "validation")
+#: xbarlab's own data (not the paper's): fresh half-moons points for the repair (`moons_points`)
+OWN_DATA_DIR = Path(__file__).resolve().parent / "data"
+#: the fresh half-moons repair points: how many, and the generator's random state
+MOONS_REPAIR = (200, 7)
 
 
 def load_moons(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """(X float32 [n, 2], y float32 [n] in {0, 1}) for split in train / test / validation."""
-    if split not in MOONS_SPLITS:
+    """(X float32 [n, 2], y float32 [n] in {0, 1}) for split in train / test / validation (the
+    published sets), or "repair" (xbarlab's fresh points, `moons_points`)."""
+    if split not in (*MOONS_SPLITS, "repair"):
         raise SchemaError(f"unknown half-moons split {split!r}; choose one of {MOONS_SPLITS}")
-    path = DATA_DIR / f"moons_{split}.csv"
+    path = (OWN_DATA_DIR if split == "repair" else DATA_DIR) / f"moons_{split}.csv"
     if not path.exists():
         raise SchemaError(f"shipped dataset missing: {path}")
     with open(path, newline="") as f:
@@ -30,6 +36,23 @@ def load_moons(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     x = np.array([[float(r["x0"]), float(r["x1"])] for r in rows], dtype=np.float32)
     y = np.array([float(r["label"]) for r in rows], dtype=np.float32)
     return x, y
+
+
+def moons_points(n: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` fresh half-moons points drawn as the published ones were: scikit-learn's
+    ``make_moons(noise=0.2)`` with `random_state`, each feature scaled by the published sets'
+    transform (the min and max of ``make_moons(1000, noise=0.2, random_state=42)``, which
+    reproduces the 1,000 published points to 4e-8), so they may fall slightly outside [0, 1].
+    Needs scikit-learn; `load_moons("repair")` reads the shipped ones."""
+    try:
+        from sklearn.datasets import make_moons
+    except ImportError:
+        raise SchemaError("fresh half-moons points need scikit-learn: install the [digits] "
+                          "extra") from None
+    ref, _ = make_moons(n_samples=1000, noise=0.2, random_state=42)
+    lo, hi = ref.min(0), ref.max(0)
+    x, y = make_moons(n_samples=n, noise=0.2, random_state=random_state)
+    return ((x - lo) / (hi - lo)).astype(np.float32), y.astype(np.float32)
 
 
 def load_moons_all() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -83,13 +106,18 @@ def chip_in_the_loop_sets(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]
     The repair set must be held out of training: a network trained on it scores (close to)
     100 % there and the repair sees nothing left to fix. The half-moons networks keep training
     on the published 875-point training set, so that the published claim compares with the
-    paper; their repair set is therefore only the published validation set. The half-moons
-    training and validation sets contain most test points (see above): those are left out of
-    refit and repair, so nothing the repair fits or decides has seen a test point: 703 refit,
-    97 repair points for half-moons; 1,011 and 337 for digits. Labels are int64."""
+    paper. The half-moons training and validation sets contain most test points (see above):
+    those are left out of refit and repair, so nothing the repair fits or decides has seen a
+    test point. That leaves 97 validation points, too few to judge a repair on (one point is
+    one percent), so the half-moons repair set adds 200 fresh points drawn as the published
+    ones were (`moons_points`, shipped as ``database/data/moons_repair.csv``): 703 refit and
+    297 repair points for half-moons; 1,011 and 337 for digits. Labels are int64."""
     sets = load_dataset(name)
     xt, yt = sets["test"]
     (fx, fy), (rx, ry) = (_without(*sets[s], xt) for s in ("train", "validation"))
+    if name == "moons":
+        ex, ey = load_moons("repair")
+        rx, ry = np.concatenate([rx, ex]), np.concatenate([ry, ey])
     return {"refit": (fx, fy.astype(np.int64)), "repair": (rx, ry.astype(np.int64)),
             "test": (xt, yt.astype(np.int64))}
 

@@ -86,3 +86,21 @@ def test_repair_data_roles_never_contain_a_test_point(name):
     repair = {row.tobytes() for row in sets["repair"][0]}
     assert not (refit & test) and not (repair & test) and not (refit & repair)
     assert len(sets["refit"][0]) > 3 * len(sets["repair"][0]) // 2 > 0
+
+
+def test_fresh_half_moons_points_follow_the_published_recipe():
+    # the recipe reproduces the 1,000 published points; the shipped repair points are its draw
+    # with another random state, held out of every training
+    from database.datasets import MOONS_REPAIR, chip_in_the_loop_sets, load_moons, moons_points
+
+    pytest.importorskip("sklearn")
+    x, y = moons_points(1000, 42)
+    published = {tuple(np.round(r, 6)) for s in ("train", "test", "validation")
+                 for r in load_moons(s)[0].astype(float)}
+    assert {tuple(np.round(r, 6)) for r in x.astype(float)} == published
+    fx, fy = moons_points(*MOONS_REPAIR)
+    sx, sy = load_moons("repair")
+    assert np.array_equal(sx, fx) and np.array_equal(sy, fy) and len(sy) == MOONS_REPAIR[0]
+    repair = {r.tobytes() for r in chip_in_the_loop_sets("moons")["repair"][0]}
+    assert {r.tobytes() for r in sx} <= repair and not ({r.tobytes() for r in sx} & {
+        r.tobytes() for s in ("train", "test", "validation") for r in load_moons(s)[0]})
