@@ -161,7 +161,8 @@ def program_map(scheme: str | None, algorithm: str, seed: int, crossbar: str) ->
                 lat=_lat(st), devices=rows * cols, readback=readback)
 
 
-def section_map(n_maps: int, schemes: list[str | None], first_seed: int = 0) -> None:
+def section_map(n_maps: int, schemes: list[str | None], first_seed: int = 0,
+                algorithms: tuple[str, ...] = ALGORITHMS) -> None:
     print(f"\n== 8x8 random target map, U(100, 400) uS, raster order, PMU station (sim-pmu: "
           f"4200 PMU + divider + 707B), {n_maps} map(s) per row (chip seeds {first_seed} to "
           f"{first_seed + (n_maps - 1) // 4}); times are per map")
@@ -169,7 +170,7 @@ def section_map(n_maps: int, schemes: list[str | None], first_seed: int = 0) -> 
           "messages  execs  pulses  |err| p95  failures          floor (s)     read-back (s)  "
           "map |err| p95  wall")
     for scheme in schemes:
-        for alg in ALGORITHMS:
+        for alg in algorithms:
             runs = [program_map(scheme, alg, seed=first_seed + s // 4, crossbar=f"xbar{s % 4}")
                     for s in range(n_maps)]
             k = len(runs)
@@ -427,6 +428,8 @@ def main() -> None:
     ap.add_argument("--schemes", default="station",
                     help="PMU read schemes, comma separated: 'station' (the station file's), "
                     "'grounded', 'write-routing'")
+    ap.add_argument("--algorithms", default=",".join(ALGORITHMS),
+                    help="map section: tuning algorithms, comma separated")
     ap.add_argument("--campaign-algorithms", default="fast",
                     help="tuning algorithms of the campaign section, comma separated (alibart "
                     "adds ~25 min of wall time at full size)")
@@ -436,7 +439,7 @@ def main() -> None:
     if "read" in a.sections:
         section_read()
     if "map" in a.sections:
-        section_map(n_maps, schemes, a.first_seed)
+        section_map(n_maps, schemes, a.first_seed, tuple(a.algorithms.split(",")))
     if "anatomy" in a.sections:
         section_anatomy(min(n_maps, 2))
     if "campaign" in a.sections:

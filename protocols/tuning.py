@@ -71,6 +71,10 @@ class TuneConfig(BaseModel):
     give_up_at_cap: int | None = Field(50, ge=1, description="stop early (failed) after this many "
                                        "successive pulses at a ramp cap: a stuck device; None = "
                                        "only the pulse cap ends a tuning")
+    give_up_still: int | None = Field(8, ge=1, description="fast: stop early (failed) after this "
+                                      "many successive pulses at a ramp cap that left the "
+                                      "device's reads still (a stuck device; a working one shows "
+                                      "a step or a fluctuator jump); None = off")
     reset_on_inband: bool = Field(False, description="reproduce the 3IT edge-trap defect")
     # fast variant
     warm_margin: float = Field(0.1, ge=0, le=1, description="fast: restart this far below the "
@@ -118,6 +122,8 @@ class TuneState:
     warm_set: float = math.nan  # fast: last SET amplitude that moved the device
     warm_reset: float = math.nan
     at_cap: int = 0             # successive pulses at a ramp cap
+    still: int = 0              # fast: successive pulses at a ramp cap that left the reads still
+    mean_before: float = math.nan  # fast: mean of the reads that led to the last pulse
     gave_up: bool = False       # stopped by give_up_at_cap (looks stuck)
     reread: bool = False        # fast: read again since the last pulse instead of pulsing
 
@@ -154,6 +160,8 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig,
         sign = 1.0 if state.last_volts > 0 else -1.0
         step_done = sign * (g - state.g_before)
         moved = step_done >= cfg.move_rel * cfg.tolerance * target
+    if fast and state.last_volts != 0.0:
+        state = replace(state, still=_still(state, g if g_mean is None else g_mean, target, cfg))
     if fast and moved:
         if state.last_volts > 0:
             state = replace(state, warm_set=state.last_volts)
@@ -173,7 +181,8 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig,
 
     if state.pulses >= cfg.max_pulses:
         return replace(state, ok=0), Action("done", converged=False)
-    if cfg.give_up_at_cap is not None and state.at_cap >= cfg.give_up_at_cap:
+    if ((cfg.give_up_at_cap is not None and state.at_cap >= cfg.give_up_at_cap)
+            or (fast and cfg.give_up_still is not None and state.still >= cfg.give_up_still)):
         return replace(state, ok=0, gave_up=True), Action("done", converged=False)
     if (fast and g_mean is not None and not state.reread
             and abs(g_mean - target) <= cfg.fast_reread * band):
@@ -191,7 +200,7 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig,
         at_cap = state.at_cap + 1 if v >= cfg.v_set_max and state.last_volts > 0 else int(
             v >= cfg.v_set_max)
         new = replace(state, ok=0, pulses=state.pulses + 1, set_pulses=state.set_pulses + 1,
-                      reread=False,
+                      reread=False, mean_before=g if g_mean is None else g_mean,
                       at_cap=at_cap, v_set=nxt, v_reset=_restart_reset(state, cfg, fast),
                       last_volts=v, g_before=g)
         return new, Action("pulse", volts=v)
@@ -205,10 +214,20 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig,
     at_cap = state.at_cap + 1 if v <= cfg.v_reset_min and state.last_volts < 0 else int(
         v <= cfg.v_reset_min)
     new = replace(state, ok=0, pulses=state.pulses + 1, reset_pulses=state.reset_pulses + 1,
-                  reread=False,
+                  reread=False, mean_before=g if g_mean is None else g_mean,
                   at_cap=at_cap, v_reset=nxt, v_set=_restart_set(state, cfg, fast),
                   last_volts=v, g_before=g)
     return new, Action("pulse", volts=v)
+
+
+def _still(state: TuneState, g_mean: float, target: float, cfg: TuneConfig) -> int:
+    """Fast variant, after a pulse: successive pulses at a ramp cap whose reads (the mean of each
+    execution's) moved by less than `move_rel` band half-widths of the larger of read and
+    target. A working device pulsed at a cap either steps or, through the same drive, has its
+    fluctuators jump by percents; a stuck or clipped one reads the same within read noise."""
+    at_cap = state.last_volts >= cfg.v_set_max or state.last_volts <= cfg.v_reset_min
+    quiet = abs(g_mean - state.mean_before) < cfg.move_rel * cfg.tolerance * max(g_mean, target)
+    return state.still + 1 if at_cap and quiet else 0
 
 
 def _fast_amplitude(state: TuneState, v_ramp: float, sign: int, moved: bool, step_done: float,

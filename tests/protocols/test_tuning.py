@@ -71,8 +71,8 @@ def test_pulse_cap_ends_in_failure():
 def test_fast_variant_warm_starts_after_polarity_change():
     cfg = TuneConfig(algorithm="fast")
     s = initial_state(cfg)
-    # SET ramp: the device starts to move at 1.5 V
-    reads = [100e-6] * 21  # 1.10 ... 1.50 V, no movement
+    # SET ramp: the device starts to move above 1.5 V
+    reads = [100e-6] * 5  # 1.10 ... 1.58 V in climbs of fast_far_steps, no movement
     s, acts = _run(s, reads, cfg)
     assert acts[-1].volts > 1.5  # double steps while far and sub-threshold
     v_moving = acts[-1].volts
@@ -255,6 +255,48 @@ def test_stuck_device_gives_up_after_k_pulses_at_the_cap():
     n_ramp = round((cfg.v_set_max - cfg.v_set_start) / cfg.v_step)
     assert r.pulses == n_ramp + 10
     assert np.sum(r.history["volts"] >= cfg.v_set_max - 1e-12) == 10
+
+
+def test_fast_gives_up_on_a_stuck_device_after_few_still_pulses_at_the_cap():
+    """A stuck device reads the same whatever the pulse: the fast variant stops after
+    give_up_still pulses at the ramp cap that left its reads still, not after give_up_at_cap
+    (50), for a stuck-HRS device below the target and a stuck-LRS one whose reads clip at the
+    ceiling; with give_up_still=None only give_up_at_cap stops it."""
+    cfg = TuneConfig()
+    for g0, cap in ((50e-6, cfg.v_set_max), (600e-6, cfg.v_reset_min)):
+        r = tune(ToyRig(g0=g0, stuck=[[True]]), 0, 0, T, cfg)
+        assert not r.converged and r.gave_up
+        at_cap = np.sum(np.isclose(r.history["volts"], cap))
+        assert at_cap == cfg.give_up_still == 8
+        assert r.pulses < 20
+    r = tune(ToyRig(g0=50e-6, stuck=[[True]]), 0, 0, T, TuneConfig(give_up_still=None))
+    assert r.gave_up and np.sum(np.isclose(r.history["volts"], cfg.v_set_max)) == 50
+
+
+def test_still_counts_only_quiet_pulses_at_a_cap_and_only_in_the_fast_variant():
+    """A pulse at the cap whose reads moved (a step or a fluctuator jump of a working device:
+    at least move_rel band half-widths) restarts the count; one below the cap never counts;
+    Alibart's decisions ignore the rule."""
+    fast = TuneConfig()
+    s = replace(initial_state(fast), v_set=fast.v_set_max)
+    g = 100e-6
+    for _ in range(3):
+        s, a = decide(s, g, T, fast, g_mean=g)
+    assert a.volts == pytest.approx(fast.v_set_max) and s.still == 2
+    moved = g + 1.5 * fast.move_rel * fast.tolerance * T
+    s, a = decide(s, moved, T, fast, g_mean=moved)
+    assert s.still == 0 and a.kind == "pulse"
+    s, a = decide(s, moved, T, fast, g_mean=moved)
+    assert s.still == 1
+    below = replace(initial_state(fast), v_set=1.5)
+    for _ in range(3):
+        below, a = decide(replace(below, v_set=1.5), g, T, fast, g_mean=g)
+    assert below.still == 0
+    ali = TuneConfig(algorithm="alibart")
+    s = replace(initial_state(ali), v_set=ali.v_set_max)
+    for _ in range(12):
+        s, a = decide(s, g, T, ali, g_mean=g)
+    assert a.kind == "pulse" and s.still == 0
 
 
 def test_fast_default_is_as_precise_as_alibart_on_the_simulated_crossbar():
