@@ -245,10 +245,10 @@ def section_anatomy(n_maps: int) -> None:
                     before = [gu[i - 1] for i in np.flatnonzero(ku == PULSE)]
                     for (g0, f0, g1, f1), gb in zip(log, before, strict=True):
                         rows.append((abs(gb - t) / t * 100, abs(g1 - g0) / g0 * 100,
-                                     abs(f1 - f0) * 100))
+                                     abs(f1 - f0) * 100, t))
                     per.append((res.pulses, int(ku[:first].sum()), breaks,
                                 int(np.sum(np.diff(np.sign(h["volts"][h["kind"] == PULSE]))
-                                           != 0)), res.gave_up))
+                                           != 0)), res.gave_up, t))
     a, b = np.array(rows), np.array(per, dtype=float)
     n = len(b)
     print(f"   {n} tunings: pulses mean {b[:, 0].mean():.1f} (median {np.median(b[:, 0]):.0f}, "
@@ -262,6 +262,16 @@ def section_anatomy(n_maps: int) -> None:
         if m.any():
             print(f"   {lo:3.0f} .. {hi:<4.0f} %                  {m.sum() / n:6.2f}        "
                   f"{np.median(a[m, 1]):6.2f} %       {np.median(a[m, 2]):6.2f} %")
+    print("   target (uS)    tunings   pulses mean (p90, max)   share of pulses   median |dG|   "
+          "median |d fluctuators| (pulses read within 10 % of target)")
+    for lo, hi in ((100, 175), (175, 250), (250, 325), (325, 400)):
+        m = (b[:, 5] >= lo * 1e-6) & (b[:, 5] < hi * 1e-6)
+        k = (a[:, 3] >= lo * 1e-6) & (a[:, 3] < hi * 1e-6) & (a[:, 0] < 10)
+        if m.any() and k.any():
+            print(f"   {lo:3d} .. {hi:3d}      {m.sum():5d}      {b[m, 0].mean():6.1f} "
+                  f"({np.percentile(b[m, 0], 90):3.0f}, {b[m, 0].max():3.0f})          "
+                  f"{b[m, 0].sum() / b[:, 0].sum() * 100:5.1f} %          "
+                  f"{np.median(a[k, 1]):6.2f} %       {np.median(a[k, 2]):6.2f} %")
 
 
 # -- the write-routing read against the grounded read -----------------------------------------

@@ -21,13 +21,18 @@ Algorithms (``TuneConfig.algorithm``):
              calibrated devices exceeds the band (bounded to ``fast_max_steps`` ramp steps);
              sub-threshold pulses far from the target climb ``fast_far_steps`` ramp steps at a
              time (SET), or as many more as the RESET branch is softer (fast_v0_reset /
-             fast_v0_set), the same change of switching rate. Amplitudes stay on the ramp grid
-             (start + k v_step), so a tuning uses few distinct amplitudes (a PMU keeps each
-             one's waveform loaded). (3) Reads again at the band's edge: an out-of-band read
-             whose execution's reads average within ``fast_reread`` of the band (read noise,
+             fast_v0_set), the same change of switching rate. Amplitudes stay on a grid
+             (start + k ``fast_grid``, 40 mV: every other step of Alibart's ramps), so a tuning
+             uses few distinct amplitudes (a PMU keeps each one's waveform loaded). (3) Reads
+             again at the band's edge: an out-of-band read whose execution's reads average
+             within ``fast_reread`` of the band (read noise,
              the device itself inside) is followed, once per pulse, by n_inband new reads
              instead of a pulse, which would draw the device's fluctuators anew; the criterion
-             stays n_inband successive in-band reads. The default: as precise as ``alibart``
+             stays n_inband successive in-band reads. (4) Gives up (failed, ``gave_up``) after
+             ``give_up_still`` pulses at a ramp cap that left the reads still: a stuck or
+             clipped device reads the same whatever the pulse, while a working one pulsed at a
+             cap steps or has its fluctuators jump (``give_up_at_cap`` still applies to both
+             variants). The default: as precise as ``alibart``
              on the simulated devices with under half its pulses (docs/simulator.md, "Station
              time").
 """
@@ -91,6 +96,8 @@ class TuneConfig(BaseModel):
                             "above this many band half-widths")
     fast_far_steps: int = Field(6, ge=1, le=20, description="fast: ramp steps per pulse while "
                                 "sub-threshold and far from target")
+    fast_grid: float = Field(0.04, gt=0, le=0.5, description="fast: amplitude grid [V]; aimed "
+                             "amplitudes are rounded to the ramp start + k fast_grid")
     fast_reread: float = Field(0.85, ge=0, le=1, description="fast: an out-of-band read is read "
                                "again instead of pulsed (once per pulse) when the mean of its "
                                "execution's reads lies within this fraction of the band; 0 = never")
@@ -263,10 +270,11 @@ def _fast_amplitude(state: TuneState, v_ramp: float, sign: int, moved: bool, ste
 
 
 def _on_grid(v: float, start: float, cfg: TuneConfig) -> float:
-    """`v` rounded to the ramp grid start + k v_step (the fast variant's amplitude resolution,
-    the grid Alibart's ramps are on): the amplitudes a tuning uses are few, so a rig keeps
-    each one's waveform loaded (PmuRig). The caller clamps the result to the ramp caps."""
-    return round(start + round((v - start) / cfg.v_step) * cfg.v_step, 9)
+    """`v` rounded to the fast variant's amplitude grid, start + k `fast_grid`: the amplitudes a
+    tuning uses are few, so a rig keeps each one's waveform loaded (PmuRig, which pays six
+    messages to define each new one). The caller clamps the result to the ramp caps."""
+    q = cfg.fast_grid
+    return round(start + round((v - start) / q) * q, 9)
 
 
 def _restart_set(state: TuneState, cfg: TuneConfig, fast: bool) -> float:
