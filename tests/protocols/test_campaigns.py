@@ -114,8 +114,8 @@ def test_bad_device_lists_and_ctrl_c_leaves_rig_safe(tmp_path):
         orig_safe()
 
     def pulse_and_read(*a):
-        calls["n"] += 1
-        if calls["n"] > 60:  # Ctrl-C in the middle of the second device
+        calls["n"] += a[:2] == (0, 1)
+        if calls["n"] > 5:  # Ctrl-C in the middle of the second device
             raise KeyboardInterrupt
         return orig_pr(*a)
 
