@@ -30,8 +30,10 @@ precision reached: |error| of the tuned conductance (p95, %) and failures.
     python bench/station_time.py                 # read, map, campaign (fast) at full size
     python bench/station_time.py --quick         # one map per row, small campaigns
     python bench/station_time.py --sections map --schemes grounded,write-routing
+    python bench/station_time.py --sections map --maps 4 --first-seed 2 --algorithms fast
     python bench/station_time.py --sections campaign --campaign-algorithms alibart,fast
-    python bench/station_time.py --sections anatomy  # where the fast tuning's pulses go
+    python bench/station_time.py --sections anatomy  # where the fast tuning's pulses go, by
+                                                     # read error and by target
 """
 
 from __future__ import annotations
@@ -203,8 +205,8 @@ def section_anatomy(n_maps: int) -> None:
     """Fast tunings of the 8x8 maps, each pulse split into what it did to the device (nonvolatile
     plus volatile conductance) and to the read (the slow fluctuators' factor), both taken from
     the simulated chip around the pulse (no instrument time). Pulses are binned by the error of
-    the read that led to them; a confirmation break is an in-band read followed by an
-    out-of-band read with no pulse between."""
+    the read that led to them, tunings by their target; a confirmation break is an in-band read
+    followed by an out-of-band read with no pulse between."""
     print(f"\n== where the fast tuning's pulses go (8x8 maps, write-routing, {n_maps} map(s))")
     rows, per = [], []
     for s in range(n_maps):
