@@ -30,8 +30,10 @@ precision reached: |error| of the tuned conductance (p95, %) and failures.
     python bench/station_time.py                 # read, map, campaign (fast) at full size
     python bench/station_time.py --quick         # one map per row, small campaigns
     python bench/station_time.py --sections map --schemes grounded,write-routing
+    python bench/station_time.py --sections map --maps 4 --first-seed 2 --algorithms fast
     python bench/station_time.py --sections campaign --campaign-algorithms alibart,fast
-    python bench/station_time.py --sections anatomy  # where the fast tuning's pulses go
+    python bench/station_time.py --sections anatomy  # where the fast tuning's pulses go, by
+                                                     # read error and by target
 """
 
 from __future__ import annotations
@@ -161,7 +163,8 @@ def program_map(scheme: str | None, algorithm: str, seed: int, crossbar: str) ->
                 lat=_lat(st), devices=rows * cols, readback=readback)
 
 
-def section_map(n_maps: int, schemes: list[str | None], first_seed: int = 0) -> None:
+def section_map(n_maps: int, schemes: list[str | None], first_seed: int = 0,
+                algorithms: tuple[str, ...] = ALGORITHMS) -> None:
     print(f"\n== 8x8 random target map, U(100, 400) uS, raster order, PMU station (sim-pmu: "
           f"4200 PMU + divider + 707B), {n_maps} map(s) per row (chip seeds {first_seed} to "
           f"{first_seed + (n_maps - 1) // 4}); times are per map")
@@ -169,7 +172,7 @@ def section_map(n_maps: int, schemes: list[str | None], first_seed: int = 0) -> 
           "messages  execs  pulses  |err| p95  failures          floor (s)     read-back (s)  "
           "map |err| p95  wall")
     for scheme in schemes:
-        for alg in ALGORITHMS:
+        for alg in algorithms:
             runs = [program_map(scheme, alg, seed=first_seed + s // 4, crossbar=f"xbar{s % 4}")
                     for s in range(n_maps)]
             k = len(runs)
@@ -202,8 +205,8 @@ def section_anatomy(n_maps: int) -> None:
     """Fast tunings of the 8x8 maps, each pulse split into what it did to the device (nonvolatile
     plus volatile conductance) and to the read (the slow fluctuators' factor), both taken from
     the simulated chip around the pulse (no instrument time). Pulses are binned by the error of
-    the read that led to them; a confirmation break is an in-band read followed by an
-    out-of-band read with no pulse between."""
+    the read that led to them, tunings by their target; a confirmation break is an in-band read
+    followed by an out-of-band read with no pulse between."""
     print(f"\n== where the fast tuning's pulses go (8x8 maps, write-routing, {n_maps} map(s))")
     rows, per = [], []
     for s in range(n_maps):
@@ -244,10 +247,10 @@ def section_anatomy(n_maps: int) -> None:
                     before = [gu[i - 1] for i in np.flatnonzero(ku == PULSE)]
                     for (g0, f0, g1, f1), gb in zip(log, before, strict=True):
                         rows.append((abs(gb - t) / t * 100, abs(g1 - g0) / g0 * 100,
-                                     abs(f1 - f0) * 100))
+                                     abs(f1 - f0) * 100, t))
                     per.append((res.pulses, int(ku[:first].sum()), breaks,
                                 int(np.sum(np.diff(np.sign(h["volts"][h["kind"] == PULSE]))
-                                           != 0)), res.gave_up))
+                                           != 0)), res.gave_up, t))
     a, b = np.array(rows), np.array(per, dtype=float)
     n = len(b)
     print(f"   {n} tunings: pulses mean {b[:, 0].mean():.1f} (median {np.median(b[:, 0]):.0f}, "
@@ -261,6 +264,16 @@ def section_anatomy(n_maps: int) -> None:
         if m.any():
             print(f"   {lo:3.0f} .. {hi:<4.0f} %                  {m.sum() / n:6.2f}        "
                   f"{np.median(a[m, 1]):6.2f} %       {np.median(a[m, 2]):6.2f} %")
+    print("   target (uS)    tunings   pulses mean (p90, max)   share of pulses   median |dG|   "
+          "median |d fluctuators| (pulses read within 10 % of target)")
+    for lo, hi in ((100, 175), (175, 250), (250, 325), (325, 400)):
+        m = (b[:, 5] >= lo * 1e-6) & (b[:, 5] < hi * 1e-6)
+        k = (a[:, 3] >= lo * 1e-6) & (a[:, 3] < hi * 1e-6) & (a[:, 0] < 10)
+        if m.any() and k.any():
+            print(f"   {lo:3d} .. {hi:3d}      {m.sum():5d}      {b[m, 0].mean():6.1f} "
+                  f"({np.percentile(b[m, 0], 90):3.0f}, {b[m, 0].max():3.0f})          "
+                  f"{b[m, 0].sum() / b[:, 0].sum() * 100:5.1f} %          "
+                  f"{np.median(a[k, 1]):6.2f} %       {np.median(a[k, 2]):6.2f} %")
 
 
 # -- the write-routing read against the grounded read -----------------------------------------
@@ -427,6 +440,8 @@ def main() -> None:
     ap.add_argument("--schemes", default="station",
                     help="PMU read schemes, comma separated: 'station' (the station file's), "
                     "'grounded', 'write-routing'")
+    ap.add_argument("--algorithms", default=",".join(ALGORITHMS),
+                    help="map section: tuning algorithms, comma separated")
     ap.add_argument("--campaign-algorithms", default="fast",
                     help="tuning algorithms of the campaign section, comma separated (alibart "
                     "adds ~25 min of wall time at full size)")
@@ -436,7 +451,7 @@ def main() -> None:
     if "read" in a.sections:
         section_read()
     if "map" in a.sections:
-        section_map(n_maps, schemes, a.first_seed)
+        section_map(n_maps, schemes, a.first_seed, tuple(a.algorithms.split(",")))
     if "anatomy" in a.sections:
         section_anatomy(min(n_maps, 2))
     if "campaign" in a.sections:

@@ -21,13 +21,18 @@ Algorithms (``TuneConfig.algorithm``):
              calibrated devices exceeds the band (bounded to ``fast_max_steps`` ramp steps);
              sub-threshold pulses far from the target climb ``fast_far_steps`` ramp steps at a
              time (SET), or as many more as the RESET branch is softer (fast_v0_reset /
-             fast_v0_set), the same change of switching rate. Amplitudes stay on the ramp grid
-             (start + k v_step), so a tuning uses few distinct amplitudes (a PMU keeps each
-             one's waveform loaded). (3) Reads again at the band's edge: an out-of-band read
-             whose execution's reads average within ``fast_reread`` of the band (read noise,
+             fast_v0_set), the same change of switching rate. Amplitudes stay on a grid
+             (start + k ``fast_grid``, 40 mV: every other step of Alibart's ramps), so a tuning
+             uses few distinct amplitudes (a PMU keeps each one's waveform loaded). (3) Reads
+             again at the band's edge: an out-of-band read whose execution's reads average
+             within ``fast_reread`` of the band (read noise,
              the device itself inside) is followed, once per pulse, by n_inband new reads
              instead of a pulse, which would draw the device's fluctuators anew; the criterion
-             stays n_inband successive in-band reads. The default: as precise as ``alibart``
+             stays n_inband successive in-band reads. (4) Gives up (failed, ``gave_up``) after
+             ``give_up_still`` pulses at a ramp cap that left the reads still: a stuck or
+             clipped device reads the same whatever the pulse, while a working one pulsed at a
+             cap steps or has its fluctuators jump (``give_up_at_cap`` still applies to both
+             variants). The default: as precise as ``alibart``
              on the simulated devices with under half its pulses (docs/simulator.md, "Station
              time").
 """
@@ -71,6 +76,10 @@ class TuneConfig(BaseModel):
     give_up_at_cap: int | None = Field(50, ge=1, description="stop early (failed) after this many "
                                        "successive pulses at a ramp cap: a stuck device; None = "
                                        "only the pulse cap ends a tuning")
+    give_up_still: int | None = Field(8, ge=1, description="fast: stop early (failed) after this "
+                                      "many successive pulses at a ramp cap that left the "
+                                      "device's reads still (a stuck device; a working one shows "
+                                      "a step or a fluctuator jump); None = off")
     reset_on_inband: bool = Field(False, description="reproduce the 3IT edge-trap defect")
     # fast variant
     warm_margin: float = Field(0.1, ge=0, le=1, description="fast: restart this far below the "
@@ -87,6 +96,8 @@ class TuneConfig(BaseModel):
                             "above this many band half-widths")
     fast_far_steps: int = Field(6, ge=1, le=20, description="fast: ramp steps per pulse while "
                                 "sub-threshold and far from target")
+    fast_grid: float = Field(0.04, gt=0, le=0.5, description="fast: amplitude grid [V]; aimed "
+                             "amplitudes are rounded to the ramp start + k fast_grid")
     fast_reread: float = Field(0.85, ge=0, le=1, description="fast: an out-of-band read is read "
                                "again instead of pulsed (once per pulse) when the mean of its "
                                "execution's reads lies within this fraction of the band; 0 = never")
@@ -118,6 +129,8 @@ class TuneState:
     warm_set: float = math.nan  # fast: last SET amplitude that moved the device
     warm_reset: float = math.nan
     at_cap: int = 0             # successive pulses at a ramp cap
+    still: int = 0              # fast: successive pulses at a ramp cap that left the reads still
+    mean_before: float = math.nan  # fast: mean of the reads that led to the last pulse
     gave_up: bool = False       # stopped by give_up_at_cap (looks stuck)
     reread: bool = False        # fast: read again since the last pulse instead of pulsing
 
@@ -154,6 +167,8 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig,
         sign = 1.0 if state.last_volts > 0 else -1.0
         step_done = sign * (g - state.g_before)
         moved = step_done >= cfg.move_rel * cfg.tolerance * target
+    if fast and state.last_volts != 0.0:
+        state = replace(state, still=_still(state, g if g_mean is None else g_mean, target, cfg))
     if fast and moved:
         if state.last_volts > 0:
             state = replace(state, warm_set=state.last_volts)
@@ -173,7 +188,8 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig,
 
     if state.pulses >= cfg.max_pulses:
         return replace(state, ok=0), Action("done", converged=False)
-    if cfg.give_up_at_cap is not None and state.at_cap >= cfg.give_up_at_cap:
+    if ((cfg.give_up_at_cap is not None and state.at_cap >= cfg.give_up_at_cap)
+            or (fast and cfg.give_up_still is not None and state.still >= cfg.give_up_still)):
         return replace(state, ok=0, gave_up=True), Action("done", converged=False)
     if (fast and g_mean is not None and not state.reread
             and abs(g_mean - target) <= cfg.fast_reread * band):
@@ -191,7 +207,7 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig,
         at_cap = state.at_cap + 1 if v >= cfg.v_set_max and state.last_volts > 0 else int(
             v >= cfg.v_set_max)
         new = replace(state, ok=0, pulses=state.pulses + 1, set_pulses=state.set_pulses + 1,
-                      reread=False,
+                      reread=False, mean_before=g if g_mean is None else g_mean,
                       at_cap=at_cap, v_set=nxt, v_reset=_restart_reset(state, cfg, fast),
                       last_volts=v, g_before=g)
         return new, Action("pulse", volts=v)
@@ -205,10 +221,20 @@ def decide(state: TuneState, g: float, target: float, cfg: TuneConfig,
     at_cap = state.at_cap + 1 if v <= cfg.v_reset_min and state.last_volts < 0 else int(
         v <= cfg.v_reset_min)
     new = replace(state, ok=0, pulses=state.pulses + 1, reset_pulses=state.reset_pulses + 1,
-                  reread=False,
+                  reread=False, mean_before=g if g_mean is None else g_mean,
                   at_cap=at_cap, v_reset=nxt, v_set=_restart_set(state, cfg, fast),
                   last_volts=v, g_before=g)
     return new, Action("pulse", volts=v)
+
+
+def _still(state: TuneState, g_mean: float, target: float, cfg: TuneConfig) -> int:
+    """Fast variant, after a pulse: successive pulses at a ramp cap whose reads (the mean of each
+    execution's) moved by less than `move_rel` band half-widths of the larger of read and
+    target. A working device pulsed at a cap either steps or, through the same drive, has its
+    fluctuators jump by percents; a stuck or clipped one reads the same within read noise."""
+    at_cap = state.last_volts >= cfg.v_set_max or state.last_volts <= cfg.v_reset_min
+    quiet = abs(g_mean - state.mean_before) < cfg.move_rel * cfg.tolerance * max(g_mean, target)
+    return state.still + 1 if at_cap and quiet else 0
 
 
 def _fast_amplitude(state: TuneState, v_ramp: float, sign: int, moved: bool, step_done: float,
@@ -244,10 +270,11 @@ def _fast_amplitude(state: TuneState, v_ramp: float, sign: int, moved: bool, ste
 
 
 def _on_grid(v: float, start: float, cfg: TuneConfig) -> float:
-    """`v` rounded to the ramp grid start + k v_step (the fast variant's amplitude resolution,
-    the grid Alibart's ramps are on): the amplitudes a tuning uses are few, so a rig keeps
-    each one's waveform loaded (PmuRig). The caller clamps the result to the ramp caps."""
-    return round(start + round((v - start) / cfg.v_step) * cfg.v_step, 9)
+    """`v` rounded to the fast variant's amplitude grid, start + k `fast_grid`: the amplitudes a
+    tuning uses are few, so a rig keeps each one's waveform loaded (PmuRig, which pays six
+    messages to define each new one). The caller clamps the result to the ramp caps."""
+    q = cfg.fast_grid
+    return round(start + round((v - start) / q) * q, 9)
 
 
 def _restart_set(state: TuneState, cfg: TuneConfig, fast: bool) -> float:

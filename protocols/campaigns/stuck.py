@@ -40,7 +40,9 @@ DEVICES_COLUMNS = {
 
 
 def _screen_tune() -> TuneConfig:
-    return TuneConfig(tolerance=0.05, n_inband=1, give_up_at_cap=20, max_pulses=200)
+    # the screen's criterion is K pulses at a cap (give_up_at_cap), not the still rule
+    return TuneConfig(tolerance=0.05, n_inband=1, give_up_at_cap=20, give_up_still=None,
+                      max_pulses=200)
 
 
 class StuckConfig(CampaignConfig):

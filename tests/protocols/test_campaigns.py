@@ -77,6 +77,10 @@ def test_stuck_screening_matches_the_simulated_truth(tmp_path):
     df = read_table(out, "devices")
     expect = np.select([truth == 1, truth == 2], [STUCK_HRS, STUCK_LRS], WORKING)
     assert df.status.tolist() == expect.tolist()
+    # the screen's criterion is K pulses at the ramp cap (give_up_at_cap), not the fast
+    # variant's earlier stop on still reads (give_up_still)
+    k = stuck.StuckConfig().tune.give_up_at_cap
+    assert (df.set_pulses[truth == 1] >= k).all() and (df.reset_pulses[truth == 2] >= k).all()
     # reads at the 100 uA ceiling are clipped and flagged
     assert (df.g_initial <= rig.read_settings.ceiling_S).all()
     assert (df.initial_clipped == (df.g_initial >= rig.read_settings.ceiling_S)).all()
@@ -114,8 +118,8 @@ def test_bad_device_lists_and_ctrl_c_leaves_rig_safe(tmp_path):
         orig_safe()
 
     def pulse_and_read(*a):
-        calls["n"] += 1
-        if calls["n"] > 60:  # Ctrl-C in the middle of the second device
+        calls["n"] += a[:2] == (0, 1)
+        if calls["n"] > 5:  # Ctrl-C in the middle of the second device
             raise KeyboardInterrupt
         return orig_pr(*a)
 

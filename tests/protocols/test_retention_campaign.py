@@ -70,7 +70,7 @@ def test_curves_follow_the_configured_model_within_read_noise(tmp_path):
     retention.run(rig, cfg, tmp_path / "r.h5", seed=2, progress=False)
     reads = read_table(tmp_path / "r.h5", "reads")
     p, ret = xb.config.device, xb._ret
-    ups = downs = 0
+    ups = downs = drifting = 0
     for (r, c), g in reads.groupby(["row", "col"]):
         # the model of simulator/retention.py, written out: the device's constants and the
         # state its last programming pulse left (nothing pulsed it since: reads do not)
@@ -86,9 +86,12 @@ def test_curves_follow_the_configured_model_within_read_noise(tmp_path):
             downs += 1
         sigma = np.hypot(p.read_noise_rel * want, p.read_noise_abs / 0.2)
         assert np.all(np.abs(g.g.to_numpy() - want) < 5 * sigma), (r, c)
-        # and the drift is far beyond the read noise by the end
-        assert abs(want[-1] - want[0]) > 10 * sigma[-1]
-    assert ups >= 2 and downs >= 2
+        # and the drift is far beyond the read noise by the end, for every device a pulse
+        # programmed (moved by more than reprogram_fraction; a tuning of small steps may not)
+        if gp > 0:
+            assert abs(want[-1] - want[0]) > 10 * sigma[-1]
+            drifting += 1
+    assert ups >= 2 and downs >= 2 and drifting >= 14
     # the failures are what the campaign reports as drifting up
     last = reads[reads["read"] == 11]
     flagged = {(int(a), int(b)) for a, b in zip(last.row[last.drift_rel > 0.05],

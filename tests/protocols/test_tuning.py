@@ -71,8 +71,8 @@ def test_pulse_cap_ends_in_failure():
 def test_fast_variant_warm_starts_after_polarity_change():
     cfg = TuneConfig(algorithm="fast")
     s = initial_state(cfg)
-    # SET ramp: the device starts to move at 1.5 V
-    reads = [100e-6] * 21  # 1.10 ... 1.50 V, no movement
+    # SET ramp: the device starts to move above 1.5 V
+    reads = [100e-6] * 5  # 1.10 ... 1.58 V in climbs of fast_far_steps, no movement
     s, acts = _run(s, reads, cfg)
     assert acts[-1].volts > 1.5  # double steps while far and sub-threshold
     v_moving = acts[-1].volts
@@ -91,8 +91,13 @@ def test_fast_reset_ramp_climbs_by_the_same_rate_change_as_the_set_ramp_while_fa
     _, acts = _run(initial_state(cfg), [400e-6, 400e-6, 400e-6], cfg)  # 60 % high, no movement
     steps = round(cfg.fast_far_steps * cfg.fast_v0_reset / cfg.fast_v0_set)
     assert steps > cfg.fast_far_steps
-    assert [a.volts for a in acts] == pytest.approx(
-        [-1.1, -1.1 - steps * cfg.v_step, -1.1 - 2 * steps * cfg.v_step])
+    # each climb on the fast grid (start + k fast_grid)
+    def grid(v):
+        return -1.1 + round((v + 1.1) / cfg.fast_grid) * cfg.fast_grid
+    v1 = grid(-1.1 - steps * cfg.v_step)
+    v2 = grid(v1 - steps * cfg.v_step)
+    assert [a.volts for a in acts] == pytest.approx([-1.1, v1, v2])
+    assert abs(v1 + 1.1) > cfg.fast_far_steps * cfg.v_step
     _, acts = _run(initial_state(cfg), [100e-6, 100e-6], cfg)
     assert acts[1].volts == pytest.approx(1.1 + cfg.fast_far_steps * cfg.v_step)
 
@@ -103,8 +108,8 @@ def test_fast_aims_at_the_whole_remaining_error_near_target():
     fast_aim of it only while far)."""
     cfg = TuneConfig(algorithm="fast")
     s = replace(initial_state(cfg), last_volts=1.5, g_before=240e-6, pulses=3, set_pulses=3)
-    def grid(v):  # the ramp grid 1.1 V + k 20 mV
-        return cfg.v_set_start + round((v - cfg.v_set_start) / cfg.v_step) * cfg.v_step
+    def grid(v):  # the fast grid 1.1 V + k 40 mV
+        return cfg.v_set_start + round((v - cfg.v_set_start) / cfg.fast_grid) * cfg.fast_grid
 
     _, a = decide(s, 246e-6, T, cfg)   # moved +6 uS, 4 uS (1.6 half-widths) still to go
     assert a.volts == pytest.approx(grid(1.5 + cfg.fast_v0_set * math.log(4 / 6)), abs=1e-9)
@@ -114,19 +119,31 @@ def test_fast_aims_at_the_whole_remaining_error_near_target():
         grid(1.5 + cfg.fast_v0_set * math.log(cfg.fast_aim * 80 / 20)), abs=1e-9)
 
 
-def test_fast_amplitudes_stay_on_the_ramp_grid():
-    """The fast variant's aimed amplitudes are rounded to the ramp grid (start + k v_step, the
-    grid of Alibart's ramps), so a tuning uses few distinct amplitudes (a PMU keeps each one's
-    waveform loaded); rounding never leaves the ramp caps."""
+def test_fast_amplitudes_stay_on_the_fast_grid():
+    """The fast variant's aimed amplitudes are rounded to its grid (start + k fast_grid, 40 mV:
+    every other step of Alibart's ramps), so a tuning uses few distinct amplitudes (a PMU pays
+    six messages to load each one's waveform); rounding never leaves the ramp caps (which may
+    lie off the grid: 2.0 V, -2.4 V)."""
     cfg = TuneConfig(algorithm="fast")
+    assert cfg.fast_grid == pytest.approx(2 * cfg.v_step)
+    seen = set()
     for last, before, g in ((1.5, 240e-6, 246e-6), (1.97, 240e-6, 241e-6), (-1.3, 300e-6, 299e-6),
-                            (-2.39, 300e-6, 299.5e-6), (-1.5, 290e-6, 270e-6)):
+                            (-2.39, 300e-6, 299.5e-6), (-1.5, 290e-6, 270e-6),
+                            (1.5, 200e-6, 200e-6), (-1.34, 300e-6, 300e-6)):
         s = replace(initial_state(cfg), last_volts=last, g_before=before, pulses=3)
         _, a = decide(s, g, T, cfg)
         start = cfg.v_set_start if a.volts > 0 else cfg.v_reset_start
-        k = (a.volts - start) / cfg.v_step
-        assert abs(k - round(k)) < 1e-6, a.volts
+        k = (a.volts - start) / cfg.fast_grid
+        on_cap = a.volts in (cfg.v_set_max, cfg.v_reset_min)
+        assert on_cap or abs(k - round(k)) < 1e-6, a.volts
         assert cfg.v_reset_min <= a.volts <= cfg.v_set_max
+        seen.add(on_cap)
+    assert seen == {True, False}
+    # the grid is the config's: 20 mV puts the amplitudes on Alibart's ramp steps again
+    fine = TuneConfig(fast_grid=0.02)
+    _, a = decide(replace(initial_state(fine), last_volts=1.5, g_before=200e-6, pulses=3),
+                  200e-6, T, fine)
+    assert a.volts == pytest.approx(1.5 + fine.fast_far_steps * fine.v_step)
 
 
 def test_tune_takes_the_confirmation_reads_in_the_pulse_execution():
@@ -151,7 +168,7 @@ def test_fast_variant_starts_near_what_moved_the_device_in_its_previous_tuning()
     s = initial_state(fast, warm=(1.5, -1.45))
     assert (s.v_set, s.v_reset) == pytest.approx((1.4, -1.35))   # warm_margin short of them
     _, acts = _run(s, [200e-6], fast)
-    assert acts[0].volts == pytest.approx(1.4)
+    assert abs(acts[0].volts - 1.4) <= fast.fast_grid / 2 + 1e-9   # 1.4 V on the fast grid
     # nothing known (NaN) or a warm amplitude below the start value: the start values
     s = initial_state(fast, warm=(math.nan, -1.0))
     assert (s.v_set, s.v_reset) == pytest.approx((1.1, -1.1))
@@ -255,6 +272,51 @@ def test_stuck_device_gives_up_after_k_pulses_at_the_cap():
     n_ramp = round((cfg.v_set_max - cfg.v_set_start) / cfg.v_step)
     assert r.pulses == n_ramp + 10
     assert np.sum(r.history["volts"] >= cfg.v_set_max - 1e-12) == 10
+
+
+def test_fast_gives_up_on_a_stuck_device_after_few_still_pulses_at_the_cap():
+    """A stuck device reads the same whatever the pulse: the fast variant stops after
+    give_up_still pulses at the ramp cap that left its reads still, not after give_up_at_cap
+    (50), for a stuck-HRS device below the target and a stuck-LRS one whose reads clip at the
+    ceiling; with give_up_still=None only give_up_at_cap stops it."""
+    cfg = TuneConfig()
+    for g0, cap in ((50e-6, cfg.v_set_max), (600e-6, cfg.v_reset_min)):
+        r = tune(ToyRig(g0=g0, stuck=[[True]]), 0, 0, T, cfg)
+        assert not r.converged and r.gave_up
+        at_cap = np.sum(np.isclose(r.history["volts"], cap))
+        assert at_cap == cfg.give_up_still == 8
+        assert r.pulses < 20
+    r = tune(ToyRig(g0=50e-6, stuck=[[True]]), 0, 0, T, TuneConfig(give_up_still=None))
+    assert r.gave_up and np.sum(np.isclose(r.history["volts"], cfg.v_set_max)) == 50
+
+
+def test_still_counts_only_quiet_pulses_at_a_cap_and_only_in_the_fast_variant():
+    """A pulse at the cap whose reads moved (a step or a fluctuator jump of a working device:
+    at least move_rel band half-widths) restarts the count; one below the cap never counts;
+    Alibart's decisions ignore the rule."""
+    fast = TuneConfig()
+    s = replace(initial_state(fast), v_set=fast.v_set_max)
+    g = 100e-6
+    volts = []
+    for _ in range(4):
+        s, a = decide(s, g, T, fast, g_mean=g)
+        volts.append(a.volts)
+    # the first pulse 2.0 V rounded to the grid (1.98 V), then the cap: two quiet pulses there
+    assert volts[1:] == pytest.approx([fast.v_set_max] * 3) and s.still == 2
+    moved = g + 1.5 * fast.move_rel * fast.tolerance * T
+    s, a = decide(s, moved, T, fast, g_mean=moved)
+    assert s.still == 0 and a.kind == "pulse"
+    s, a = decide(s, moved, T, fast, g_mean=moved)
+    assert s.still == 1
+    below = replace(initial_state(fast), v_set=1.5)
+    for _ in range(3):
+        below, a = decide(replace(below, v_set=1.5), g, T, fast, g_mean=g)
+    assert below.still == 0
+    ali = TuneConfig(algorithm="alibart")
+    s = replace(initial_state(ali), v_set=ali.v_set_max)
+    for _ in range(12):
+        s, a = decide(s, g, T, ali, g_mean=g)
+    assert a.kind == "pulse" and s.still == 0
 
 
 def test_fast_default_is_as_precise_as_alibart_on_the_simulated_crossbar():
