@@ -300,8 +300,9 @@ def report(dataset: str, rows: list[dict], mc: dict, path: str) -> list[str]:
                f"line resistance {pct(np.mean(sh_l)).strip()}, device non-linearity "
                f"{pct(np.mean(sh_n)).strip()} (the rest: read noise and their interaction)")
     for name, d_mean, d_min, p_max, lower, n in goals:
-        # (accuracies are whole points of the test set: 97.5 - 94.5 is 3.0000000000000027)
-        ok = d_mean <= 0.01 + 1e-9 and d_min <= 0.03 + 1e-9 and p_max <= BUDGET + 1e-9
+        # (accuracies are whole test points, the software one a float32: 0.93 - 0.90 may print
+        # 3.0 and exceed 0.03 by 7e-9)
+        ok = d_mean <= 0.01 + 1e-6 and d_min <= 0.03 + 1e-6 and p_max <= BUDGET + 1e-6
         out.append(f"goal {LABELS[name]}: mean {100 * d_mean:+.1f} points below software "
                    f"(<= 1), worst chip {100 * d_min:+.1f} (<= 3), extra pulses at most "
                    f"{100 * p_max:.1f} % (<= 20 %): {'met' if ok else 'NOT met'}; "
