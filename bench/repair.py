@@ -359,6 +359,8 @@ def main() -> None:
     ap.add_argument("--digits-chips", type=int, default=4, help="digits chips per network "
                     "(~1 min of wall time each on a 2-core PC)")
     ap.add_argument("--workers", type=int, default=1, help="processes")
+    ap.add_argument("--first-chip", type=int, default=1, help="chip seeds are 1000 + this, "
+                    "1000 + this + 1, ... (another set of chips: e.g. 25)")
     ap.add_argument("--mc", type=int, default=1000, help="Monte-Carlo transfers per network")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-repair-out")
     ap.add_argument("--repair", type=json.loads, default={}, help="RepairConfig fields to "
@@ -388,7 +390,7 @@ def main() -> None:
         mc = monte_carlo(t["models"], t["db"], t["sets"], a.mc)
         jobs = []
         with tempfile.TemporaryDirectory() as tmp:
-            for seed in range(1, chips + 1):
+            for seed in range(a.first_chip, a.first_chip + chips):
                 for name in NETWORKS:
                     plan = conductance_plan(t["models"][name], t["db"], read=READ)
                     plan.meta.update(network=name, dataset=dataset)

@@ -299,7 +299,7 @@ class RepairConfig(BaseModel):
         "affine", description="the periphery's digital calibration, fitted at the start of every "
         "round and before the final measurement (no pulse): per output of each layer an "
         "offset, or a gain and an offset, on the measured pre-activation")
-    gain_range: tuple[float, float] = Field((0.2, 3.0), description="calibration: the gains "
+    gain_range: tuple[float, float] = Field((0.05, 3.0), description="calibration: the gains "
                                             "allowed (a low gain lets the periphery quiet a "
                                             "hidden unit whose column a stuck or untunable "
                                             "device spoils; docs/chip-in-the-loop.md)")
