@@ -115,6 +115,12 @@ def _command(argv: list[str] | None, rigs) -> int:
         code, error = 2, str(e)
     except SystemExit as e:  # a command's own exit code (e.g. `tune` that did not converge)
         code = e.code if isinstance(e.code, int) else 1
+    except Exception:
+        # a Ctrl-C can surface as another error (inside an extension module's import it
+        # becomes "ImportError: initialization failed"): after one, that error is its doing
+        if not interrupts.received():
+            raise
+        code = 130
     interrupts.hold()
     if interrupts.received():
         code = 130

@@ -273,3 +273,50 @@ def test_interrupt_before_any_instrument_was_used(tmp_path, monkeypatch, capsys)
                         str(tmp_path / "x.h5"), "--config", str(cfg)], capsys)
     assert code == 130 and _lines(err) == ["interrupted: no instrument was used"]
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_ctrl_c_that_surfaces_as_another_error_is_still_an_interrupt(tmp_path, monkeypatch,
+                                                                     capsys):
+    # a Ctrl-C inside an extension module's import makes that import fail with
+    # "ImportError: initialization failed" (seen at a random start-up moment in CI): once an
+    # interrupt was recorded, whatever error follows is its consequence, one line and 130
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"levels": 1, "repeats": 1}))
+
+    def interrupted_import(*_a, **_k):
+        try:
+            interrupts._handler(signal.SIGINT, None)
+        except KeyboardInterrupt as e:
+            raise ImportError("initialization failed") from e
+
+    monkeypatch.setattr("xbarlab.station.load_station", interrupted_import)
+    code, _, err = cli(["run", "tuning-untuning", "--station", str(PMU_STATION), "-o",
+                        str(tmp_path / "x.h5"), "--config", str(cfg)], capsys)
+    assert code == 130 and _lines(err) == ["interrupted: no instrument was used"], err
+
+
+def test_ctrl_c_during_the_entry_points_imports_is_one_line(monkeypatch, capsys):
+    # before `main` installs its handler: the same, with the interrupt turned into an error
+    import builtins
+
+    from xbarlab import __main__ as entry
+
+    real = builtins.__import__
+
+    def imp(name, *a, **k):
+        if name == "protocols.rig":
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt as e:
+                raise ImportError("initialization failed") from e
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", imp)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as e:
+            entry.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert e.value.code == 130
+    assert capsys.readouterr().err == "interrupted: no instrument was used\n"
