@@ -32,6 +32,7 @@ repair (virtual clock), and whether the goals hold (mean within 1 point of the s
 accuracy, worst chip within 3, at most 20 % extra pulses).
 
 Usage: python bench/repair.py [--quick] [--chips 24 (0: digits only)] [--digits-chips 4] [--workers 1]
+                              [--first-chip 1]
                               [--out bench-repair-out] [--repair '{"calibrate": "affine"}']
                               [--reverify '{"passes": 3}'] [--paths array,sim-pmu]
                               [--device '{"rtn_count": 0}']

@@ -27,7 +27,8 @@ def load_moons(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """(X float32 [n, 2], y float32 [n] in {0, 1}) for split in train / test / validation (the
     published sets), or "repair" (xbarlab's fresh points, `moons_points`)."""
     if split not in (*MOONS_SPLITS, "repair"):
-        raise SchemaError(f"unknown half-moons split {split!r}; choose one of {MOONS_SPLITS}")
+        raise SchemaError(f"unknown half-moons split {split!r}; choose one of "
+                          f"{(*MOONS_SPLITS, 'repair')}")
     path = (OWN_DATA_DIR if split == "repair" else DATA_DIR) / f"moons_{split}.csv"
     if not path.exists():
         raise SchemaError(f"shipped dataset missing: {path}")

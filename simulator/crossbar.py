@@ -236,8 +236,8 @@ class Crossbar:
             raise SimulatorError(f"pulse width must be >= 0 s, got {seconds!r}")
         self._settle()
         if self._G.size == 1:
-            volts = float(np.asarray(v).reshape(-1)[0])
-            self._pulse_one(0, 0, volts, float(np.asarray(seconds).reshape(-1)[0]))
+            self._pulse_one(0, 0, float(np.asarray(v).reshape(-1)[0]),
+                            float(np.asarray(seconds).reshape(-1)[0]))
             return
         self._pulse_array(self._voltage_map(v), seconds)
 

@@ -82,7 +82,6 @@ class LabWorld:
         self._route_cache: dict[frozenset[str], tuple] = {}
         self._dc_since = self.clock.now
         self._dc_op: dc.OperatingPoint | None = None
-        #: the levels of the last DC settle and how long they have been held [s]
         self.pulses_applied = 0
         self.reads_taken = 0
 

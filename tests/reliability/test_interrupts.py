@@ -262,17 +262,22 @@ def test_an_error_with_the_instruments_safe_is_one_line(tmp_path, monkeypatch, c
 
 
 def test_interrupt_before_any_instrument_was_used(tmp_path, monkeypatch, capsys):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"levels": 1, "repeats": 1}))
-
     def ctrl_c(*_a, **_k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("xbarlab.station.load_station", ctrl_c)
-    code, _, err = cli(["run", "tuning-untuning", "--station", str(PMU_STATION), "-o",
-                        str(tmp_path / "x.h5"), "--config", str(cfg)], capsys)
+    code, err = _run_tuning(tmp_path, capsys)
     assert code == 130 and _lines(err) == ["interrupted: no instrument was used"]
     assert not (tmp_path / "x.h5").exists()
+
+
+def _run_tuning(tmp_path, capsys) -> tuple[int, str]:
+    """`xbarlab run tuning-untuning` (one level, one repeat) on the PMU station: (code, stderr)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"levels": 1, "repeats": 1}))
+    code, _, err = cli(["run", "tuning-untuning", "--station", str(PMU_STATION), "-o",
+                        str(tmp_path / "x.h5"), "--config", str(cfg)], capsys)
+    return code, err
 
 
 def test_ctrl_c_that_surfaces_as_another_error_is_still_an_interrupt(tmp_path, monkeypatch,
@@ -280,8 +285,6 @@ def test_ctrl_c_that_surfaces_as_another_error_is_still_an_interrupt(tmp_path, m
     # a Ctrl-C inside an extension module's import makes that import fail with
     # "ImportError: initialization failed" (seen at a random start-up moment in CI): once an
     # interrupt was recorded, whatever error follows is its consequence, one line and 130
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"levels": 1, "repeats": 1}))
 
     def interrupted_import(*_a, **_k):
         try:
@@ -290,8 +293,7 @@ def test_ctrl_c_that_surfaces_as_another_error_is_still_an_interrupt(tmp_path, m
             raise ImportError("initialization failed") from e
 
     monkeypatch.setattr("xbarlab.station.load_station", interrupted_import)
-    code, _, err = cli(["run", "tuning-untuning", "--station", str(PMU_STATION), "-o",
-                        str(tmp_path / "x.h5"), "--config", str(cfg)], capsys)
+    code, err = _run_tuning(tmp_path, capsys)
     assert code == 130 and _lines(err) == ["interrupted: no instrument was used"], err
 
 
