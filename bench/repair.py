@@ -35,7 +35,7 @@ Usage: python bench/repair.py [--quick] [--chips 24 (0: digits only)] [--digits-
                               [--first-chip 1]
                               [--out bench-repair-out] [--repair '{"calibrate": "affine"}']
                               [--reverify '{"passes": 3}'] [--paths array,sim-pmu]
-                              [--device '{"rtn_count": 0}']
+                              [--device '{"rtn_count": 0}'] [--keep]
 Figures: docs/chip-in-the-loop.md.
 """
 
@@ -115,7 +115,7 @@ def monte_carlo(models, db, sets, n: int) -> dict:
 
 def one_chip(job: tuple) -> dict:
     """Program, measure, explain and repair one chip; plain numbers back."""
-    plan_dict, dataset, network, seed, tmp, overrides, rv_overrides, paths, device = job
+    plan_dict, dataset, network, seed, tmp, overrides, rv_overrides, paths, device, keep = job
     from protocols.plan import ConductancePlan
 
     plan = ConductancePlan.from_dict(plan_dict)
@@ -173,7 +173,11 @@ def one_chip(job: tuple) -> dict:
                                   np.array([x.pulses for x in res])),
                    config=RepairConfig(**overrides), seed=seed, overwrite=True, progress=False)
         s = load_repair(path).summary
-        path.unlink()
+        if keep:   # (--keep: the repair's file, every decision in it, for a diagnosis)
+            keep.mkdir(parents=True, exist_ok=True)
+            path.replace(keep / path.name)
+        else:
+            path.unlink()
         out.append({**common, "path": name, "repeat": rep,
                     "analog_before": s["accuracy_before"],
                     "readback_before": s["accuracy_readback_before"],
@@ -375,6 +379,8 @@ def main() -> None:
                     "through A, the analog read-out through B (e.g. 'array/sim-pmu')")
     ap.add_argument("--device", type=json.loads, default={}, help="DeviceParams fields of the "
                     "chips, as JSON (e.g. '{\"rtn_count\": 0}': no slow fluctuators)")
+    ap.add_argument("--keep", action="store_true", help="keep each repair's HDF5 file in "
+                    "OUT/repairs (every decision, tuning and measurement: `xbarlab view`)")
     a = ap.parse_args()
     paths = a.paths.split(",")
     if a.quick:
@@ -396,7 +402,8 @@ def main() -> None:
                     plan = conductance_plan(t["models"][name], t["db"], read=READ)
                     plan.meta.update(network=name, dataset=dataset)
                     jobs.append((plan.to_dict(), dataset, name, 1000 + seed, tmp, a.repair,
-                                 a.reverify, paths, a.device))
+                                 a.reverify, paths, a.device,
+                                 a.out / "repairs" if a.keep else None))
             if a.workers > 1:
                 from multiprocessing import get_context
 

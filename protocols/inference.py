@@ -248,6 +248,16 @@ class Calibration:
         g[layer], o[layer] = np.asarray(gain, float), np.asarray(offset, float)
         return Calibration(tuple(g), tuple(o))
 
+    def flipped(self, layer: int, unit: int) -> Calibration:
+        """The calibration with output `unit` of `layer` negated, ``z' = -(gain z + offset)``:
+        the periphery subtracts that unit's column pair the other way round (no pulse). Under a
+        sigmoid (s(-z) = 1 - s(z)) or tanh (odd) activation, the next layer's weights from that
+        unit can then change sign (with its biases), so a pair whose stuck device makes the
+        wanted sign unreachable reaches the flipped weight (`protocols.repair`, "flip")."""
+        g, o = self.gain[layer].copy(), self.offset[layer].copy()
+        g[unit], o[unit] = -g[unit], -o[unit]
+        return self.with_layer(layer, g, o)
+
     def to_dict(self) -> dict:
         return {"gain": [a.tolist() for a in self.gain],
                 "offset": [a.tolist() for a in self.offset]}

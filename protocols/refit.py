@@ -23,6 +23,7 @@ G-) is stuck is reachable only through its partner, which the bounds express.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -83,6 +84,15 @@ class MeasuredModel:
         span = plan.g_max - plan.g_min
         self._factor = plan.scales / span       # dw/dg per layer
         self._sign = np.where(plan.sign == PLUS, 1.0, -1.0)
+
+    def with_calibration(self, cal: Calibration) -> MeasuredModel:
+        """The same measurement under another calibration: each point's raw residual as
+        measured, every later layer's input predicted from the new calibrated outputs (a
+        hidden unit's flipped or rescaled activation drives the next layer's rows)."""
+        m = copy.copy(self)
+        m.cal = cal
+        _, m.inputs = m._forward(plan_weights(self.plan, self.g_est))
+        return m
 
     def _forward(self, layers, start: int = 0, h: np.ndarray | None = None,
                  cal: Calibration | None = None):
@@ -160,15 +170,18 @@ def scope_pairs(plan: ConductancePlan, scope: dict[int, Sequence[int]]) -> np.nd
 
 
 def refit(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray, *,
-          l2: float = 1e-3, l1: float = 0.0, max_iter: int = 300) -> Refit:
+          l2: float = 0.02, l1: float = 0.0, max_iter: int = 300,
+          toward: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> Refit:
     """Re-optimise, jointly, the weights and biases of pairs `k` (indexes of `pairs(plan)`,
     e.g. `scope_pairs`) on the model's data, every other weight as it is at conductances g. A
     pair with a fixed (stuck) device can only reach the weights its free partner can make
     within [g_min, g_max]; a pair with both fixed keeps its weight. The objective is the
-    model's loss plus l2 * sum (w - w(g))^2 plus l1 * sum |w - w(g)| / scale over the refitted
-    weights (scale: the layer's weight per conductance range, so l1 prices a change of the
-    whole range the same in every layer). With l1 > 0 most weights stay where they are (a
-    sparse change: few devices to re-program, few V/3 writes to disturb their neighbours)."""
+    model's loss plus l2 * sum ((w - w(g)) / scale)^2 plus l1 * sum |w - w(g)| / scale over
+    the refitted weights (scale: the layer's weight per conductance range, so both price a
+    change of the whole range the same in every layer and network). With l1 > 0 most weights stay where they are (a
+    sparse change: few devices to re-program, few V/3 writes to disturb their neighbours).
+    `toward`: per layer (w, b), the weights the fit starts from and the l2 and l1 terms pull
+    towards instead of w(g) (a flipped unit's outgoing weights negated: `flipped_weights`)."""
     plan = model.plan
     layers = plan_weights(plan, g)
     dp, dm = pairs(plan)
@@ -180,8 +193,9 @@ def refit(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray,
     gp, gm, fp, fm = g[dp[k]], g[dm[k]], fixed[dp[k]], fixed[dm[k]]
     lo = (np.where(fp, gp, plan.g_min) - np.where(fm, gm, plan.g_max)) * c
     hi = (np.where(fp, gp, plan.g_max) - np.where(fm, gm, plan.g_min)) * c
-    ref = np.where(bias, [layers[a][1][o] for a, o in zip(lay, out, strict=True)],
-                   [layers[a][0][o, i] for a, o, i in zip(lay, out, inp, strict=True)])
+    near = layers if toward is None else toward
+    ref = np.where(bias, [near[a][1][o] for a, o in zip(lay, out, strict=True)],
+                   [near[a][0][o, i] for a, o, i in zip(lay, out, inp, strict=True)])
     start = np.clip(ref, lo, hi)
     first = int(lay.min())
     mine = [(li, np.flatnonzero(lay == li)) for li in sorted(set(lay.tolist()))]
@@ -207,9 +221,13 @@ def refit(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray,
                 dz = (dz @ trial[li][0]) * _act_grad(plan.activation, zs[li - first - 1],
                                                       hs[li - first])
         d = p - ref
-        return loss + l2 * float(d @ d), grad + 2 * l2 * d
+        return loss + float(ridge @ (d * d)), grad + 2 * ridge * d
 
     n = k.size
+    # both penalties per the layer's weight scale: in the layer's own units a network with
+    # weights of ~50 (half-moons) was held 200 times harder than one with ~3 (digits), and
+    # could not re-fit a weight that must change sign
+    ridge = l2 / plan.scales[lay] ** 2
     if l1 > 0:
         # the change from `start` as u - v with u, v >= 0: |change| = u + v at the optimum,
         # so the l1 term is smooth, and bounds on u and v keep start + u - v in [lo, hi]
@@ -233,8 +251,22 @@ def refit(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray,
     return Refit(k, p / c, float(before), float(res.fun))
 
 
+def flipped_weights(plan: ConductancePlan, g: np.ndarray, layer: int, unit: int
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The weights at g with unit `unit` of layer `layer - 1` negated (`Calibration.flipped`)
+    and layer `layer` changed so that the network computes what it did: the unit's outgoing
+    weights negated, and under a sigmoid (s(-z) = 1 - s(z)) those weights added to the biases.
+    A flip's refit starts from them and is pulled towards them, not towards w(g)."""
+    layers = [(w.copy(), b.copy()) for w, b in plan_weights(plan, g)]
+    w, b = layers[layer]
+    if plan.activation == "sigmoid":
+        b += w[:, unit]
+    w[:, unit] = -w[:, unit]
+    return layers
+
+
 def sparse_refits(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray, *,
-                  sizes: Sequence[int], l2: float = 1e-3) -> list[Refit]:
+                  sizes: Sequence[int], l2: float = 0.02) -> list[Refit]:
     """Refits of pairs `k` that change few weights, one per entry of `sizes`: an l1-penalised
     `refit` whose penalty lets about `size` pairs move at first (the size-th largest of the
     loss's sensitivity to a whole-range change of each pair), then, on the pairs it moved, a
@@ -263,49 +295,65 @@ def sparse_refits(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.
     return out
 
 
+def _gain_bounds(sign: np.ndarray, gain_range: tuple[float, float], offset_only: bool
+                 ) -> list[tuple[float, float]]:
+    """Per output, the gains allowed: `gain_range`, mirrored for a flipped output (sign < 0:
+    its periphery subtracts its column pair the other way round, `Calibration.flipped`), which a fit
+    never turns back; exactly the sign with `offset_only`."""
+    lo, hi = gain_range
+    return [(s, s) if offset_only else ((lo, hi) if s > 0 else (-hi, -lo)) for s in sign]
+
+
+def _signs(sign, k: int) -> np.ndarray:
+    return np.ones(k) if sign is None else np.where(np.asarray(sign, float) < 0, -1.0, 1.0)
+
+
 def fit_calibration(z: np.ndarray, target: np.ndarray, *, gain_range: tuple[float, float],
-                    offset_max: float, l2: float, offset_only: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    offset_max: float, l2: float, offset_only: bool = False,
+                    sign: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per output (column) o, the gain a and offset c that minimise
-    ``mean((a z + c - target)^2) + l2 ((a - 1)^2 var(z) + c^2)`` with a in `gain_range` and
-    |c| <= `offset_max` (a = 1 with `offset_only`): the regularisation pulls towards no
+    ``mean((a z + c - target)^2) + l2 ((a - s)^2 var(z) + c^2)`` with a in `gain_range` (s = 1;
+    for an output whose `sign` is negative, a flipped one, s = -1 and a in minus that range) and
+    |c| <= `offset_max` (a = s with `offset_only`): the regularisation pulls towards no
     correction, the bounds keep a few hundred points from fitting anything wild."""
     z, target = np.asarray(z, float), np.asarray(target, float)
     n, k = z.shape
-    gain, offset = np.ones(k), np.zeros(k)
+    sgn = _signs(sign, k)
+    gain, offset = sgn.copy(), np.zeros(k)
     if offset_only:
-        offset = np.clip(np.mean(target - z, 0) / (1.0 + l2), -offset_max, offset_max)
+        offset = np.clip(np.mean(target - sgn * z, 0) / (1.0 + l2), -offset_max, offset_max)
         return gain, offset
-    lo, hi = [gain_range[0], -offset_max], [gain_range[1], offset_max]
     r = np.sqrt(l2)
-    for o in range(k):
+    for o, (glo, ghi) in enumerate(_gain_bounds(sgn, gain_range, False)):
         sd = float(np.std(z[:, o]))
         a = np.vstack([np.column_stack([z[:, o], np.ones(n)]) / np.sqrt(n),
                        [[r * sd, 0.0], [0.0, r]]])
-        b = np.concatenate([target[:, o] / np.sqrt(n), [r * sd, 0.0]])
-        gain[o], offset[o] = lsq_linear(a, b, bounds=(lo, hi)).x
+        b = np.concatenate([target[:, o] / np.sqrt(n), [r * sd * sgn[o], 0.0]])
+        gain[o], offset[o] = lsq_linear(a, b, bounds=([glo, -offset_max],
+                                                      [ghi, offset_max])).x
     return gain, offset
 
 
 def fit_calibration_loss(z: np.ndarray, y: np.ndarray, *, gain_range: tuple[float, float],
-                         offset_max: float, l2: float, offset_only: bool = False
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         offset_max: float, l2: float, offset_only: bool = False,
+                         sign: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The last layer's gains and offsets that minimise the loss on labels y,
-    ``loss(a z + c) + l2 (sum (a - 1)^2 + sum (c / std z)^2)``, within the same bounds."""
+    ``loss(a z + c) + l2 (sum (a - s)^2 + sum (c / std z)^2)``, within the same bounds (s and
+    the flipped outputs' bounds as in `fit_calibration`)."""
     z = np.asarray(z, float)
     k = z.shape[1]
     sd = np.maximum(z.std(0), 1e-12)
+    sgn = _signs(sign, k)
 
     def fun(p):
         a, c = p[:k], p[k:]
         loss, dz, _ = loss_and_dlogits(z * a + c, y)
-        pen = l2 * (np.sum((a - 1) ** 2) + np.sum((c / sd) ** 2))
-        return loss + pen, np.concatenate([(dz * z).sum(0) + 2 * l2 * (a - 1),
+        pen = l2 * (np.sum((a - sgn) ** 2) + np.sum((c / sd) ** 2))
+        return loss + pen, np.concatenate([(dz * z).sum(0) + 2 * l2 * (a - sgn),
                                            dz.sum(0) + 2 * l2 * c / sd ** 2])
 
-    bounds = [(1.0, 1.0) if offset_only else tuple(gain_range)] * k + \
-        [(-offset_max, offset_max)] * k
-    res = minimize(fun, np.r_[np.ones(k), np.zeros(k)], jac=True, method="L-BFGS-B",
+    bounds = _gain_bounds(sgn, gain_range, offset_only) + [(-offset_max, offset_max)] * k
+    res = minimize(fun, np.r_[sgn, np.zeros(k)], jac=True, method="L-BFGS-B",
                    bounds=bounds)
     return res.x[:k], res.x[k:]
 
@@ -317,8 +365,9 @@ def fit_calibration_joint(model: MeasuredModel, layer: int, g: np.ndarray, *,
     """The gains and offsets of `layer` that, fitted jointly with those of every later layer,
     minimise the model's loss on its labels at conductances g (the later layers' inputs
     predicted by the model: linear in the new hidden activations plus each point's measured
-    residual), ``loss + l2 (sum (a - 1)^2 + sum (c / std z)^2)`` over those layers, a in
-    `gain_range`, |c| <= `offset_max[layer]`. A hidden layer has no labels of its own; this
+    residual), ``loss + l2 (sum (a - s)^2 + sum (c / std z)^2)`` over those layers, a in
+    `gain_range` (s and a flipped output's bounds as in `fit_calibration`),
+    |c| <= `offset_max[layer]`. A hidden layer has no labels of its own; this
     lets the labels decide its correction too, not only how near its outputs come to the
     software network's. Only `layer`'s part is returned: the caller measures the later layers
     with it applied and fits them again on what it measured."""
@@ -336,6 +385,11 @@ def fit_calibration_joint(model: MeasuredModel, layer: int, g: np.ndarray, *,
         if li < last:
             h = activate(plan.activation, model.cal.apply(li, raw))
     cuts = np.cumsum([0, *sizes])
+    # a flipped output (negative gain, `Calibration.flipped`) stays flipped: its bounds are mirrored and
+    # the penalty pulls it towards -1
+    sgn = np.concatenate([_signs(model.cal.gain[li], sizes[i])
+                          for i, li in enumerate(range(layer, n_layers))])
+    sg = [sgn[cuts[i]:cuts[i + 1]] for i in range(len(sizes))]
 
     def fun(q):
         a = [q[cuts[i]:cuts[i + 1]] for i in range(len(sizes))]
@@ -354,16 +408,16 @@ def fit_calibration_joint(model: MeasuredModel, layer: int, g: np.ndarray, *,
         ga, gc = [None] * len(sizes), [None] * len(sizes)
         pen = 0.0
         for i in range(len(sizes) - 1, -1, -1):
-            ga[i] = (dz * raws[i]).sum(0) + 2 * l2 * (a[i] - 1)
+            ga[i] = (dz * raws[i]).sum(0) + 2 * l2 * (a[i] - sg[i])
             gc[i] = dz.sum(0) + 2 * l2 * c[i] / sd[i] ** 2
-            pen += l2 * (np.sum((a[i] - 1) ** 2) + np.sum((c[i] / sd[i]) ** 2))
+            pen += l2 * (np.sum((a[i] - sg[i]) ** 2) + np.sum((c[i] / sd[i]) ** 2))
             if i:
                 li = layer + i
                 dz = ((dz * a[i]) @ layers[li][0]) * _act_grad(plan.activation, zs[i - 1],
                                                                hs[i])
         return loss + pen, np.concatenate(ga + gc)
 
-    gains = [tuple(gain_range)] * cuts[-1] if not offset_only else [(1.0, 1.0)] * cuts[-1]
+    gains = _gain_bounds(sgn, gain_range, offset_only)
     offs = [(-offset_max[li], offset_max[li]) for li in range(layer, n_layers)
             for _ in range(sizes[li - layer])]
     x0 = np.concatenate([np.concatenate([model.cal.gain[li] for li in range(layer, n_layers)]),

@@ -6,7 +6,7 @@ which every decision and the stopping rule are judged: a network trained on them
 repair nothing to find; `database.datasets.chip_in_the_loop_sets`) and the *test set* (measured before and after, never used to decide).
 
 Each round, from the chip's measured state (read-back conductances ``g`` and the analog
-pre-activations of every layer, `protocols.refit.MeasuredModel`), four kinds of correction are
+pre-activations of every layer, `protocols.refit.MeasuredModel`), five kinds of correction are
 costed:
 
 ``retune``      the devices whose error costs the most: the loss's sensitivity to each
@@ -27,6 +27,16 @@ costed:
                 wherever they are. A joint refit of every layer moves every weight a little and,
                 cut to a round's few devices, is no longer a fit; a distorted first layer of a
                 network with few hidden units needs its own weights moved.
+
+``flip``        (sigmoid or tanh hidden layers, calibration on) per hidden unit that feeds a
+                weight with a stuck device: negate the unit in the periphery (its column pair
+                subtracted the other way round, `Calibration.flipped`: no pulse) and re-fit the
+                next layer under it with the stuck devices held. A stuck device on the wrong
+                side of its pair (a G+ stuck low where the weight must be large and positive)
+                leaves no reachable weight of the wanted sign; with the unit negated the
+                wanted weight changes sign (s(-z) = 1 - s(z): the biases absorb the rest) and
+                the partner reaches it. A compensation with the rest of the column could only
+                work around the unit.
 
 Periphery calibration (``calibrate``: "affine" by default, "offset" or "off"). The activation
 is applied in software between tiles, so the periphery can correct each output digitally at no
@@ -155,6 +165,7 @@ from protocols.inference import (
     tile_maps,
 )
 from protocols.plan import (
+    WEIGHT,
     ConductancePlan,
     check_crossbar,
     check_reads,
@@ -169,6 +180,7 @@ from protocols.refit import (
     fit_calibration,
     fit_calibration_joint,
     fit_calibration_loss,
+    flipped_weights,
     pair_moves,
     pairs,
     refit,
@@ -182,9 +194,11 @@ from protocols.tuning import TuneConfig, tune
 log = logging.getLogger("xbarlab.repair")
 
 PROTOCOL = "repair"
-RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK, CALIBRATE, SPARSE = 0, 1, 2, 3, 4, 5, 6  # .action
+RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK, CALIBRATE, SPARSE, FLIP = range(8)  # .action
 ACTIONS = {RETUNE: "retune", COMPENSATE: "compensate", REFIT: "refit", STOP: "stop",
-           ROLLBACK: "rollback", CALIBRATE: "calibrate", SPARSE: "sparse refit"}
+           ROLLBACK: "rollback", CALIBRATE: "calibrate", SPARSE: "sparse refit", FLIP: "flip"}
+#: the actions that pulse (a round's expected gain is booked for the disturbance's price)
+PULSING = (RETUNE, COMPENSATE, REFIT, SPARSE, ROLLBACK, FLIP)
 CHOSEN, NOT_BEST, NO_GAIN, NOTHING = 0, 1, 2, 3                      # decisions.why
 #: why the repair stopped (summary and the STOP decision's `layer` column)
 STOP_REASONS = {0: "rounds used up", 1: "budget spent", 2: "no correction expected to gain",
@@ -216,8 +230,9 @@ SUMMARY = {
 TABLES = {
     "decisions": {"round": ("i4", "1"),
                   "action": ("i1", "0 retune 1 compensate 2 refit 3 stop 4 rollback 5 calibrate "
-                             "6 sparse refit"),
-                  "layer": ("i4", "1 (-1: all; stop: the reason code)"),
+                             "6 sparse refit 7 flip"),
+                  "layer": ("i4", "1 (-1: all; stop: the reason code; flip: the flipped "
+                            "unit's layer)"),
                   "weights": ("i4", "1 (weights it sets)"),
                   "devices": ("i4", "1"), "expected_pulses": ("f8", "1"),
                   "expected_accuracy_gain": ("f8", "1"), "expected_loss_gain": ("f8", "1"),
@@ -265,8 +280,9 @@ class RepairConfig(BaseModel):
                                    "tuning (prior or the repair's own) tells")
     min_cap: int = Field(10, ge=1, description="a tuning whose pulse cap would fall below this is "
                          "not started: the budget is spent")
-    l2: float = Field(1e-3, ge=0, description="refits: penalty on the change of each weight "
-                      "(keeps the number of devices to re-program small)")
+    l2: float = Field(0.02, ge=0, description="refits: penalty on the change of each weight, "
+                      "per the layer's weight scale squared (keeps the number of devices to "
+                      "re-program small)")
     price_disturbance: bool = Field(True, description="charge each candidate the repair-set "
                                     "loss that the repair's past rounds lost per pulse beyond "
                                     "their prediction (the V/3 disturbance of the tiles they "
@@ -311,6 +327,11 @@ class RepairConfig(BaseModel):
         "layer by minimising the loss on the refit set's labels; \"joint\": every layer on "
         "the labels, each hidden layer fitted jointly with the layers after it "
         "(`protocols.refit.fit_calibration_joint`)")
+    recalibrated_candidates: bool = Field(
+        True, description="judge each pulse correction with the last layer's calibration "
+        "re-fitted to it (as the next round's calibration will be), and offer the refits also "
+        "fitted under a reset last-layer calibration: a calibration that absorbed a broken "
+        "weight makes that weight's repair look like a loss under it")
     calibration_l2: float = Field(0.01, ge=0, description="calibration: penalty pulling each "
                                   "gain towards 1 and offset towards 0, relative to the fit's "
                                   "mean squared error")
@@ -431,8 +452,7 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
     if len(stop):
         st.stopped = int(stop.layer.iloc[0])
     st.rolled_back = set(de["round"][de.action == ROLLBACK].tolist())
-    pulsed = de[(de.why == CHOSEN) & de.action.isin([RETUNE, COMPENSATE, REFIT, SPARSE,
-                                                      ROLLBACK])]
+    pulsed = de[(de.why == CHOSEN) & de.action.isin(PULSING)]
     st.expected = dict(zip(pulsed["round"].tolist(), pulsed.expected_loss_gain.tolist(),
                            strict=True))
     # a compensation covers the devices of its layer that were stuck when it was chosen
@@ -701,6 +721,13 @@ class _Work:
             if best["action"] == COMPENSATE:
                 layer_stuck = st.stuck & (plan.layer == best["layer"])
                 st.compensated |= set(np.flatnonzero(layer_stuck).tolist())
+            if best["action"] == FLIP:   # the periphery's part, before the pulses
+                li = best["layer"]
+                st.cal = st.cal.flipped(li, best["unit"])
+                n = st.cal.gain[li].size
+                _add(rows, "calibration", {"round": np.full(n, rnd), "layer": np.full(n, li),
+                                           "out": np.arange(n), "gain": st.cal.gain[li],
+                                           "offset": st.cal.offset[li]})
         return self.finish(st, rows, rnd, best["devices"], best["targets"])
 
     def finish(self, st: _State, rows: dict, rnd: int, devices, targets) -> dict:
@@ -801,14 +828,16 @@ class _Work:
             kw = {"gain_range": cfg.gain_range, "l2": cfg.calibration_l2,
                   "offset_max": cfg.offset_max * float(plan.scales[li]),
                   "offset_only": cfg.calibrate == "offset"}
+            sign = {"sign": st.cal.gain[li]}   # a flipped unit stays flipped
             if li == self.n_layers - 1 and cfg.calibration_target != "software":
                 gain, offset = fit_calibration_loss(st.cal.raw(li, zs[li]),
-                                                    self.sets[REFIT_SET][1], **kw)
+                                                    self.sets[REFIT_SET][1], **kw, **sign)
             elif cfg.calibration_target == "joint":
                 kw["offset_max"] = cfg.offset_max * plan.scales
                 gain, offset = fit_calibration_joint(self.model(st, REFIT_SET), li, st.g, **kw)
             else:
-                gain, offset = fit_calibration(st.cal.raw(li, zs[li]), h @ w.T + b, **kw)
+                gain, offset = fit_calibration(st.cal.raw(li, zs[li]), h @ w.T + b, **kw,
+                                               **sign)
             new = st.cal.with_layer(li, gain, offset)
             rep = self.model(st, REPAIR_SET)
             before, after = rep.score(st.g), rep.score(st.g, new)
@@ -841,25 +870,66 @@ class _Work:
         base, grad = rep.gradient(st.g)
         tol = cfg.tune.tolerance
         dp, dm = pairs(plan)
+        last = self.n_layers - 1
         out = []
-
         cost = self.cost(st)
+        self.measure(st, REFIT_SET, rnd, rows)   # only what moved since the calibration's
+        fit_model = self.model(st, REFIT_SET)
+        recal = cfg.recalibrated_candidates and cfg.calibrate != "off" and \
+            cfg.calibration_target != "software"
 
-        def candidate(action, layer, k, want, **extra):
+        def score(g_new, cal):
+            """The repair set's expected score at g_new under `cal`; with
+            `recalibrated_candidates`, the better of that and `cal` with its last layer re-fitted
+            on the refit set at g_new, as the next round's calibration will (a calibration that
+            absorbed a broken weight would otherwise make its repair look like a loss)."""
+            s = rep.score(g_new, cal)
+            if not recal:
+                return s
+            zs, _ = fit_model._forward(plan_weights(plan, g_new), cal=cal)
+            gain, offset = fit_calibration_loss(
+                cal.raw(last, zs[-1]), fit_model.y,
+                gain_range=cfg.gain_range, l2=cfg.calibration_l2,
+                offset_max=cfg.offset_max * float(plan.scales[last]),
+                offset_only=cfg.calibrate == "offset", sign=cal.gain[last])
+            s2 = rep.score(g_new, cal.with_layer(last, gain, offset))
+            return s2 if s2.loss < s.loss else s
+
+        def candidate(action, layer, k, want, cal=None, **extra):
+            """`cal`: the calibration the candidate was fitted under (a flip's, or one with the
+            last layer reset), else the current one."""
             devs, tgts = pair_moves(plan, st.g, st.stuck, k, want, tol, cost)
             if not devs.size:
                 return
             if devs.size > cfg.retune_devices:
-                first = -grad[devs] * (tgts - st.g[devs])
+                slope = grad if cal is None else rep.with_calibration(cal).gradient(st.g)[1]
+                first = -slope[devs] * (tgts - st.g[devs])
                 keep = np.sort(np.argsort(-first, kind="stable")[:cfg.retune_devices])
                 devs, tgts = devs[keep], tgts[keep]
             g_new = st.g.copy()
             g_new[devs] = tgts
-            s = rep.score(g_new)
+            s = score(g_new, cal or st.cal)
             out.append({"action": action, "layer": layer, "weights": int(k.size),
                         "devices": devs,
                         "targets": tgts, "gain": (s.accuracy - base.accuracy, base.loss - s.loss),
                         "expected_pulses": float(cost(st.g[devs], tgts).sum()), **extra})
+
+        def fitted(action, layer, scope, cal=None, toward=None, **extra):
+            """A refit of `scope` under `cal`; with `recalibrated_candidates`, also one under
+            `cal` with the last layer's calibration reset (the weights fitted as the software
+            network's, the calibration then re-fitted to them: where a calibration absorbed a
+            broken weight, the refit under it only works around it)."""
+            cal = cal or st.cal
+            variants = [cal]
+            if recal and not (np.all(cal.gain[last] == 1) and np.all(cal.offset[last] == 0)):
+                n = cal.gain[last].size
+                variants.append(cal.with_layer(last, np.where(cal.gain[last] < 0, -1.0, 1.0),
+                                               np.zeros(n)))
+            for c in variants:
+                r = refit(fit_model if c is st.cal else fit_model.with_calibration(c),
+                          scope_pairs(plan, scope), st.g, st.stuck, l2=cfg.l2, toward=toward)
+                candidate(action, layer, r.pair, r.diff, cal=None if c is st.cal else c,
+                          pairs=r.pair, diff=r.diff, **extra)
 
         # retune: the pairs whose difference error costs the most (first order: dL/dG+ times
         # the distance to the wanted difference), among those a tuning can move
@@ -871,29 +941,40 @@ class _Work:
         if k.size:
             candidate(RETUNE, -1, np.sort(k), st.diff[np.sort(k)])
         # compensate / refit: fitted on the refit set's measured activations
-        scopes = []
         for li in range(self.n_layers):
             # the outputs of the layer that hold a stuck device not compensated for yet
             new = [d for d in np.flatnonzero(st.stuck & (plan.layer == li))
                    if int(d) not in st.compensated]
             if new:
-                scopes.append((COMPENSATE, li, {li: sorted({int(plan.out[d]) for d in new})}))
-        last = self.n_layers - 1
-        scopes.append((REFIT, last, {last: range(plan.sizes[-1])}))
+                fitted(COMPENSATE, li, {li: sorted({int(plan.out[d]) for d in new})})
+        fitted(REFIT, last, {last: range(plan.sizes[-1])})
         if last:   # every layer, jointly
-            scopes.append((REFIT, -1, {li: range(plan.sizes[li + 1])
-                                       for li in range(self.n_layers)}))
-        self.measure(st, REFIT_SET, rnd, rows)   # only what moved since the calibration's
-        fit_model = self.model(st, REFIT_SET)
-        for action, layer, scope in scopes:
-            r = refit(fit_model, scope_pairs(plan, scope), st.g, st.stuck, l2=cfg.l2)
-            candidate(action, layer, r.pair, r.diff, pairs=r.pair, diff=r.diff)
+            r = refit(fit_model, scope_pairs(plan, {li: range(plan.sizes[li + 1])
+                                                    for li in range(self.n_layers)}),
+                      st.g, st.stuck, l2=cfg.l2)
+            candidate(REFIT, -1, r.pair, r.diff, pairs=r.pair, diff=r.diff)
+        for li, unit in self.flips(st):
+            # the unit negated in the periphery, the next layer re-fitted under it with the
+            # stuck devices held: the weights from the unit (and the biases) change sign
+            fitted(FLIP, li - 1, {li: range(plan.sizes[li + 1])},
+                   cal=st.cal.flipped(li - 1, unit),
+                   toward=flipped_weights(plan, st.g, li, unit), unit=unit)
         if cfg.sparse_refit:   # every layer, the first included: few weights at a time
             sizes = [2 ** i for i in range(int(np.log2(cfg.retune_devices)) + 1)]
             for r in sparse_refits(fit_model, np.arange(dp.size), st.g, st.stuck, sizes=sizes,
                                    l2=cfg.l2):
                 candidate(SPARSE, -1, r.pair, r.diff, pairs=r.pair, diff=r.diff)
         return out
+
+    def flips(self, st: _State) -> list[tuple[int, int]]:
+        """(layer, unit of the layer before) of every weight with a stuck device after the
+        first layer, where the activation lets the next layer undo a negated unit (sigmoid:
+        s(-z) = 1 - s(z); tanh: odd; not ReLU) and the periphery calibrates."""
+        plan = self.plan
+        if self.cfg.calibrate == "off" or plan.activation not in ("sigmoid", "tanh"):
+            return []
+        d = np.flatnonzero(st.stuck & (plan.layer >= 1) & (plan.param == WEIGHT))
+        return sorted({(int(plan.layer[i]), int(plan.inp[i])) for i in d})
 
     def cost(self, st: _State) -> TuningCost:
         """The pulse-cost model from the prior tunings (the transfer's) and the repair's own."""

@@ -190,3 +190,40 @@ def test_joint_calibration_of_a_hidden_layer_fits_the_labels_not_the_software_ou
     a_l, c_l = fit_calibration_joint(m, 1, g, offset_max=0.5 * p.scales, **kw)
     a_ref, c_ref = fit_calibration_loss(zs[1], y, offset_max=0.5 * p.scales[1], **kw)
     np.testing.assert_allclose(np.r_[a_l, c_l], np.r_[a_ref, c_ref], atol=1e-4)
+
+
+def test_a_flipped_unit_stays_flipped_in_every_calibration_fit():
+    """A flip (`Calibration.flipped`: the unit's column pair subtracted the other way round)
+    is a negative gain; the next round's fits must keep it negative, within the mirrored
+    bounds, pulled towards -1, or they would undo the flip the next layer was re-fitted for."""
+    from protocols.refit import fit_calibration_joint, fit_calibration_loss
+
+    rng = np.random.default_rng(7)
+    t = rng.normal(size=(300, 3))
+    sign = np.array([1.0, -1.0, 1.0])
+    z = t / np.array([1.5, -1.5, 0.8])           # output 1: flipped, measured negated
+    g, _ = fit_calibration(z, t, gain_range=(0.5, 2.0), offset_max=1.0, l2=0.0, sign=sign)
+    np.testing.assert_allclose(g, [1.5, -1.5, 0.8], rtol=1e-6)
+    g, _ = fit_calibration(z, t, gain_range=(0.5, 2.0), offset_max=1.0, l2=1e3, sign=sign)
+    np.testing.assert_allclose(g, sign, atol=0.01)             # the penalty: towards the sign
+    g, o = fit_calibration(z, t, gain_range=(0.5, 2.0), offset_max=1.0, l2=0.0, sign=sign,
+                           offset_only=True)
+    np.testing.assert_array_equal(g, sign)
+    y = (t[:, 0] > 0).astype(np.int64)
+    g, _ = fit_calibration_loss(-t[:, :1], y, gain_range=(0.5, 2.0),
+                                offset_max=1.0, l2=0.01, sign=np.array([-1.0]))
+    assert -2.0 - 1e-9 <= g[0] <= -0.5 + 1e-9
+    # the joint fit reads the signs from the model's calibration
+    p, d = plan(), data()
+    x, yy = d.refit
+    zs, h = [], x
+    for li, (w, b) in enumerate(plan_weights(p, p.target)):
+        z1 = h @ w.T + b
+        zs.append(z1)
+        h = 1 / (1 + np.exp(-z1)) if li == 0 else h
+    cal = Calibration.identity(p).flipped(0, 2)
+    zs[0] = cal.apply(0, zs[0])
+    m = MeasuredModel(p, x, yy, zs, p.target, cal)
+    a, _ = fit_calibration_joint(m, 0, p.target, gain_range=(0.5, 2.0), l2=0.01,
+                                 offset_max=0.5 * p.scales)
+    assert a[2] < 0 and np.all(a[[0, 1, 3]] > 0)

@@ -482,3 +482,77 @@ def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path, overrid
     if json.loads(overrides).get("calibrate", RepairConfig().calibrate) != "off":
         # the calibration resumes as it was (and is applied)
         assert len(a["calibration"]) and "calibration" in info.summary
+
+
+def test_a_flip_reaches_a_weight_whose_stuck_device_is_on_the_wrong_side_of_its_pair():
+    """The regular half-moons chip 1042: a G- stuck low where its output weight must be large
+    and negative. No weight of that sign is reachable, so a refit of the layer (compensation)
+    can only work around the hidden unit; with the unit negated in the periphery (sigmoid:
+    s(-z) = 1 - s(z)) the wanted weight is positive, the free G+ reaches it, and the biases
+    absorb the rest."""
+    from protocols.inference import Calibration
+    from protocols.refit import flipped_weights
+    from protocols.repair import FLIP, _Work
+
+    p, d = plan(), data()
+    x, y = d.refit
+    dp, dm = pairs(p)
+    k = int(np.flatnonzero((p.layer[dp] == 1) & (p.inp[dp] == 0))[0])   # w = +2.5
+    g = p.target.copy()
+    g[dp[k]] = p.g_min                      # its G+ stuck in HRS: the weight can only be <= 0
+    stuck = np.zeros(p.n_devices, bool)
+    stuck[dp[k]] = True
+    m = _model(p, g, x, y)
+    cost = TuningCost(p.g_min, p.g_max, 20.0)
+    target_loss = _model(p, p.target, x, y).score(p.target).loss
+
+    def after(model, r, cal):
+        devs, tgts = pair_moves(p, g, stuck, r.pair, r.diff, 0.01, cost)
+        assert dp[k] not in devs
+        g2 = g.copy()
+        g2[devs] = tgts
+        return model.score(g2, cal).loss
+
+    scope = scope_pairs(p, {1: [0]})
+    comp = after(m, refit(m, scope, g, stuck), m.cal)
+    cal = Calibration.identity(p).flipped(0, 0)
+    assert cal.gain[0][0] == -1.0 and np.all(cal.gain[0][1:] == 1.0)
+    mf = m.with_calibration(cal)
+    flip = after(m, refit(mf, scope, g, stuck, toward=flipped_weights(p, g, 1, 0)), cal)
+    assert flip < target_loss + 0.02 < comp   # the flip: the intact network's loss
+    # the repair offers it where the activation allows (not ReLU) and the periphery calibrates
+    w = _Work.__new__(_Work)
+    w.plan, w.cfg = p, CONFIG
+    st = type("S", (), {"stuck": stuck})()
+    assert w.flips(st) == [(1, 0)] and FLIP == 7
+    w.cfg = CONFIG.model_copy(update={"calibrate": "off"})
+    assert w.flips(st) == []
+
+
+def test_the_refit_penalty_is_the_same_whatever_the_layers_weight_scale():
+    """The same network with its first layer's weights 20 times larger and its inputs 20 times
+    smaller (no first-layer bias) computes the same on the same conductances; a refit of its
+    weights is one objective in two parametrisations. With the penalty in the layer's own
+    units it held the large-weight network 400 times harder (half-moons' weights of ~50
+    against digits' ~3: chip 1042's weight that had to change sign never could)."""
+    from protocols.plan import BIAS
+    from training.export import plan_from_weights
+
+    w, b = list(plan().weights), list(plan().biases)
+    kw = {"tile_rows": 4, "tile_cols": 4, "meta": {"dataset": "toy"}}
+    p = plan_from_weights(w, [0 * b[0], b[1]], g_min=100e-6, g_max=400e-6, **kw)
+    big = plan_from_weights([w[0] * 20, w[1]], [0 * b[0], b[1]], g_min=100e-6, g_max=400e-6,
+                            **kw)
+    np.testing.assert_allclose(big.target, p.target, rtol=1e-9)
+    x, y = data().refit
+    g = p.target * np.random.default_rng(2).uniform(0.7, 1.3, p.n_devices)
+    g[(p.layer == 0) & (p.param == BIAS)] = p.g_min    # no first-layer bias on the chip either
+    fixed = np.zeros(p.n_devices, bool)
+    dp, _ = pairs(p)
+    k = scope_pairs(p, {0: range(4)})
+    k = k[p.param[dp[k]] != BIAS]
+    small_fit = refit(_model(p, g, x, y), k, g, fixed, l2=0.05)
+    big_fit = refit(_model(big, g, x / 20, y), k, g, fixed, l2=0.05)
+    assert big_fit.loss_before == pytest.approx(small_fit.loss_before, rel=1e-9)
+    assert big_fit.loss_after == pytest.approx(small_fit.loss_after, rel=0.01)
+    assert small_fit.loss_after < 0.95 * small_fit.loss_before
