@@ -71,7 +71,12 @@ calibration), and the refit set it fits on; within a unit only tiles that change
 again.
 
 Each candidate's expected gain is the model's accuracy (and loss) on the repair set with the
-candidate's devices at their targets; its expected cost is its number of tunings times the
+candidate's devices at their targets (with ``recalibrated_candidates``, on by default: the better
+of that under the current calibration and under one whose last layer is re-fitted on the refit
+set to those conductances, as the next round's calibration will be; the refits and flips are
+also offered fitted under a reset last-layer calibration. A calibration that absorbed a broken
+weight, a gain of 0.1 on the output of regular half-moons chip 1042, otherwise makes every
+correction of that weight look like a loss: docs/chip-in-the-loop.md); its expected cost is its number of tunings times the
 pulses a repair tuning has taken so far (``expected_pulses`` before the first). The candidate
 with the largest expected loss gain per pulse is applied (`choose`; ``choose_by`` "accuracy":
 by accuracy gain per pulse first, one that loses a repair-set point never, which refused
