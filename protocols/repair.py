@@ -56,7 +56,8 @@ the model predicts a lower repair-set loss (decision ``calibrate``); the repair 
 measured with it. The model every later candidate is judged on includes the calibration
 (`MeasuredModel`), so pulse corrections are chosen against the calibrated chip.
 
-Small measured steps. A candidate moves at most ``retune_devices`` devices: a refit or
+Small measured steps. A candidate moves at most ``retune_devices`` devices (by default 8, or
+1/64 of the plan's devices where that is more): a refit or
 compensation that wants more keeps the moves with the largest first-order loss gain. Each pulse
 of the V/3 write disturbs every device of its tile, and on the calibrated simulator the slow
 fluctuators of the disturbed devices switch under that stress, so a large correction moves
@@ -279,8 +280,11 @@ class RepairConfig(BaseModel):
                              "worst case the budget must hold)")
     infer: InferConfig = Field(default_factory=InferConfig, description="analog read-out")
     max_rounds: int = Field(30, ge=1, le=1000, description="rounds of corrections at most")
-    retune_devices: int = Field(8, ge=1, le=10_000, description="devices a round's correction "
-                                "moves at most (retune, compensate, refit)")
+    retune_devices: int | None = Field(
+        None, ge=1, le=10_000, description="devices a round's correction moves at most "
+        "(retune, compensate, refit); None: max(8, the plan's devices / 64), 8 on a half-moons "
+        "network, 75 on digits (8 of its 4,800 devices a round could not spend 1 % of the "
+        "budget in 30 rounds)")
     expected_pulses: float = Field(30.0, gt=0, description="pulses per tuning assumed when no "
                                    "tuning (prior or the repair's own) tells")
     min_cap: int = Field(10, ge=1, description="a tuning whose pulse cap would fall below this is "
@@ -571,6 +575,8 @@ class _Work:
         self.plan, self.maps, self.open, self.crossbars = plan, maps, opener, crossbars
         self.cfg, self.sets, self.budget, self.prior = cfg, sets, budget, prior
         self.n_layers = len(plan.sizes) - 1
+        #: devices a round's correction moves at most
+        self.step = cfg.retune_devices or max(8, plan.n_devices // 64)
         x, y = sets[REPAIR_SET]
         self.software_accuracy = float(np.mean(plan_forward(plan, plan.target, x) == y))
 
@@ -876,6 +882,7 @@ class _Work:
         tol = cfg.tune.tolerance
         dp, dm = pairs(plan)
         last = self.n_layers - 1
+        step = self.step
         out = []
         cost = self.cost(st)
         self.measure(st, REFIT_SET, rnd, rows)   # only what moved since the calibration's
@@ -906,10 +913,10 @@ class _Work:
             devs, tgts = pair_moves(plan, st.g, st.stuck, k, want, tol, cost)
             if not devs.size:
                 return
-            if devs.size > cfg.retune_devices:
+            if devs.size > step:
                 slope = grad if cal is None else rep.with_calibration(cal).gradient(st.g)[1]
                 first = -slope[devs] * (tgts - st.g[devs])
-                keep = np.sort(np.argsort(-first, kind="stable")[:cfg.retune_devices])
+                keep = np.sort(np.argsort(-first, kind="stable")[:step])
                 devs, tgts = devs[keep], tgts[keep]
             g_new = st.g.copy()
             g_new[devs] = tgts
@@ -942,7 +949,7 @@ class _Work:
         first = -grad[dp] * err
         movable = ~(st.stuck[dp] & st.stuck[dm]) & (np.abs(err) > 2.0 * tol * plan.g_min)
         k = np.flatnonzero(movable & (first > 0))
-        k = k[np.argsort(-first[k], kind="stable")][:cfg.retune_devices]
+        k = k[np.argsort(-first[k], kind="stable")][:step]
         if k.size:
             candidate(RETUNE, -1, np.sort(k), st.diff[np.sort(k)])
         # compensate / refit: fitted on the refit set's measured activations
@@ -965,7 +972,7 @@ class _Work:
                    cal=st.cal.flipped(li - 1, unit),
                    toward=flipped_weights(plan, st.g, li, unit), unit=unit)
         if cfg.sparse_refit:   # every layer, the first included: few weights at a time
-            sizes = [2 ** i for i in range(int(np.log2(cfg.retune_devices)) + 1)]
+            sizes = [2 ** i for i in range(int(np.log2(step)) + 1)]
             for r in sparse_refits(fit_model, np.arange(dp.size), st.g, st.stuck, sizes=sizes,
                                    l2=cfg.l2):
                 candidate(SPARSE, -1, r.pair, r.diff, pairs=r.pair, diff=r.diff)
