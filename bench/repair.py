@@ -316,9 +316,12 @@ def report(dataset: str, rows: list[dict], mc: dict, path: str) -> list[str]:
     if cals:
         gains = np.concatenate([c[k]["gain"] for c in cals for k in c])
         offs = np.concatenate([c[k]["offset"] for c in cals for k in c])
-        out.append(f"periphery calibration at the end ({len(cals)} of {len(rows)} chips): gain "
+        flipped = int(np.sum(gains < 0))   # (a flipped unit: its |gain| is the correction)
+        gains = np.abs(gains)
+        out.append(f"periphery calibration at the end ({len(cals)} of {len(rows)} chips): |gain| "
                    f"{gains.min():.2f}-{gains.max():.2f} (median |gain - 1| "
-                   f"{np.median(np.abs(gains - 1)):.3f}), offset median |offset| "
+                   f"{np.median(np.abs(gains - 1)):.3f}), {flipped} units flipped, offset "
+                   f"median |offset| "
                    f"{np.median(np.abs(offs)):.3f}, largest {np.abs(offs).max():.3f} "
                    "(pre-activation units)")
     out.append("repeatability (test set measured twice in a row as programmed, no pulse "

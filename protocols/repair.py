@@ -182,6 +182,7 @@ from protocols.plan import (
 from protocols.progress import Bar
 from protocols.refit import (
     MeasuredModel,
+    Score,
     TuningCost,
     fit_calibration,
     fit_calibration_joint,
@@ -341,6 +342,13 @@ class RepairConfig(BaseModel):
         "re-fitted to it (as the next round's calibration will be), and offer the refits also "
         "fitted under a reset last-layer calibration: a calibration that absorbed a broken "
         "weight makes that weight's repair look like a loss under it")
+    expected_disturbance: bool = Field(
+        True, description="judge each correction at the conductances its pulses are expected "
+        "to leave: the other devices of each tile it pulses drifted as the transfer's "
+        "tunings drifted devices of their tile that took as many pulses after them (`Drift`: "
+        "needs the transfer's tunings as prior_tunings, one per device)")
+    disturbance_samples: int = Field(16, ge=1, le=1000, description="expected_disturbance: "
+                                     "draws of the drift per candidate")
     calibration_l2: float = Field(0.01, ge=0, description="calibration: penalty pulling each "
                                   "gain towards 1 and offset towards 0, relative to the fit's "
                                   "mean squared error")
@@ -385,8 +393,11 @@ class _State:
     cal: Calibration | None = None                   # the periphery's calibration now
     rolled_back: set = field(default_factory=set)   # rounds that were rollbacks
 
-    history: list = field(default_factory=list)   # (g_before, target, pulses, round) of tunings
+    history: list = field(default_factory=list)   # (g_before, target, pulses, round, device)
     expected: dict = field(default_factory=dict)  # round -> expected loss gain of its correction
+    g0: np.ndarray | None = None  # the read-back of the chip as found (unit 0)
+    stuck0: np.ndarray | None = None   # the stuck devices known before the repair
+    g_after: dict = field(default_factory=dict)  # round -> read-back after its tunings
 
 
 def _when(rnd: int, what) -> float:
@@ -412,7 +423,7 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
              data: dict) -> _State:
     dp, dm = pairs(plan)
     st = _State(g=np.full(plan.n_devices, np.nan), diff=plan.target[dp] - plan.target[dm],
-                stuck=stuck0.copy(), cal=Calibration.identity(plan))
+                stuck=stuck0.copy(), cal=Calibration.identity(plan), stuck0=stuck0.copy())
     st.cal = calibration_of(plan, writer.table("calibration")) or st.cal
     rb = writer.table("readback")
     tuned = set(writer.table("tunings")["round"].tolist())
@@ -421,11 +432,16 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
             st.g_rounds[rnd] = st.g.copy()
         r = rb[rb["round"] == rnd]
         st.g[r.device.to_numpy()] = r.g.to_numpy()
+        if rnd == 0:
+            st.g0 = st.g.copy()
+        if rnd in tuned:
+            st.g_after[rnd] = st.g.copy()
     tg = writer.table("targets")
     st.diff[tg["pair"].to_numpy()] = tg["diff"].to_numpy()
     tu = writer.table("tunings")
     st.used, st.tunings = int(tu.pulses.sum()), int(len(tu))
-    st.history = list(zip(tu.g_before, tu.target, tu.pulses, tu['round'], strict=True))
+    st.history = list(zip(tu.g_before, tu.target, tu.pulses, tu['round'], tu.device,
+                          strict=True))
     st.stuck[tu.device[~tu.converged].to_numpy()] = True
     for rnd, dev in zip(tu["round"].to_numpy(), tu.device.to_numpy(), strict=True):
         t = int(plan.tile[dev])
@@ -537,7 +553,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
             check_crossbar(plan, rig, 0, crossbars[0])
             restore_progress("repair", writer, units, rig)
     st = _rebuild(plan, writer, stuck0, sets)
-    work = _Work(plan, maps, opener, crossbars, cfg, sets, int(budget), prior)
+    work = _Work(plan, maps, opener, crossbars, cfg, sets, int(budget), prior, seed)
     bar = Bar(f"repair, budget {budget} pulses", units, start, enabled=progress, unit="units")
     with bar:
         for u in range(start, units):
@@ -567,13 +583,90 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
     return ChipRunResult(writer.path, writer.run, summary, start, plan, tables)
 
 
+@dataclass
+class Drift:
+    """The relative drift (rms) of a device after n write pulses on the rest of its tile:
+    ``rms`` at ``pulses`` (increasing, interpolated; 0 at 0). A V/3 write stresses every device
+    of its tile; on the calibrated simulator the stress switches slow fluctuators, so the first
+    few pulses already move a neighbour by several per cent and more pulses add little (the
+    half-moons transfer: 7 % rms after 1-50 pulses, 13 % after 300-600)."""
+
+    pulses: np.ndarray
+    rms: np.ndarray
+
+    def sigma(self, n) -> np.ndarray:
+        return np.interp(n, self.pulses, self.rms)
+
+    def spread(self, plan: ConductancePlan, devices: np.ndarray, pulses: np.ndarray,
+               stuck: np.ndarray) -> np.ndarray:
+        """Per device of the plan, the relative drift (rms) that tuning `devices` with
+        `pulses` (expected) leaves: the other devices of each tile they pulse drift by
+        sigma(the tile's pulses); the tuned ones end at their targets, stuck ones stay."""
+        rel = np.zeros(plan.n_devices)
+        devices = np.asarray(devices, np.int64)
+        per_tile = np.bincount(plan.tile[devices], weights=np.asarray(pulses, float),
+                               minlength=plan.n_tiles)
+        hit = per_tile[plan.tile]
+        rel[hit > 0] = self.sigma(hit[hit > 0])
+        rel[devices] = 0.0
+        rel[stuck] = 0.0
+        return rel
+
+
+    def scaled(self, plan: ConductancePlan, seen, stuck: np.ndarray,
+               prior_devices: float = 32.0) -> Drift:
+        """This drift scaled by what the repair's rounds measured: per round in `seen`
+        (read-back before, after, devices tuned, their pulses), each other device of the
+        pulsed tiles drifted by after / before - 1; the scale is sqrt of the mean of
+        (drift / expected)^2 over them, with `prior_devices` pseudo-devices at 1 (the
+        transfer's drift is of freshly programmed devices; the repair's rounds measured 0.6 to
+        0.75 of it on the half-moons chips)."""
+        num, count = 0.0, 0
+        for before, after, devices, pulses in seen:
+            rel = self.spread(plan, devices, pulses, stuck)
+            m = (rel > 0) & (before > 0) & np.isfinite(before) & np.isfinite(after)
+            num += float(np.sum((after[m] / before[m] - 1.0) ** 2 / rel[m] ** 2))
+            count += int(m.sum())
+        k = np.sqrt((prior_devices + num) / (prior_devices + count))
+        return Drift(self.pulses, self.rms * k)
+
+
+def fit_drift(plan: ConductancePlan, g0: np.ndarray, targets: np.ndarray, pulses: np.ndarray,
+              stuck: np.ndarray) -> Drift | None:
+    """The drift of the transfer: each converged device's read-back before the repair
+    relative to its target, against the pulses its tile took after it (the transfer tunes each
+    tile's devices in the plan's order, `ConductancePlan.tile_devices`), as the rms per
+    factor-of-4 bin of pulses (bins of at least 5 devices), made non-decreasing; None where no
+    bin holds enough."""
+    after = np.zeros(plan.n_devices)
+    for t in range(plan.n_tiles):
+        d = plan.tile_devices(t)
+        p = np.asarray(pulses, float)[d]
+        after[d] = np.cumsum(p[::-1])[::-1] - p
+    ok = ~np.asarray(stuck, bool) & (np.asarray(targets) > 0) & (after > 0)
+    rel = np.asarray(g0, float)[ok] / np.asarray(targets, float)[ok] - 1.0
+    n = after[ok]
+    edges = 4.0 ** np.arange(0, 12)
+    xs, ys = [0.0], [0.0]
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (n >= lo) & (n < hi)
+        if m.sum() >= 5:
+            xs.append(float(np.sqrt(lo * hi)))
+            ys.append(float(np.sqrt(np.mean(rel[m] ** 2))))
+    if len(xs) < 2:
+        return None
+    return Drift(np.array(xs), np.maximum.accumulate(np.array(ys)))
+
+
 class _Work:
     """What one unit does; everything it returns is committed as that unit's rows."""
 
     def __init__(self, plan, maps, opener, crossbars, cfg: RepairConfig, sets, budget: int,
-                 prior):
+                 prior, seed: int | None = None):
         self.plan, self.maps, self.open, self.crossbars = plan, maps, opener, crossbars
         self.cfg, self.sets, self.budget, self.prior = cfg, sets, budget, prior
+        self.seed = 0 if seed is None else int(seed)
+        self._drift: Drift | None | bool = False   # fitted on first use (needs unit 0)
         self.n_layers = len(plan.sizes) - 1
         #: devices a round's correction moves at most
         self.step = cfg.retune_devices or max(8, plan.n_devices // 64)
@@ -674,6 +767,7 @@ class _Work:
     def initial(self, st: _State) -> dict:
         rows: dict = {}
         _add(rows, "readback", self.read_back(st, range(self.plan.n_tiles), 0))
+        st.g0 = st.g.copy()
         for split in (REPAIR_SET, TEST_SET, REFIT_SET):
             self.measure(st, split, 0, rows)
         m = rows["measurements"]
@@ -750,6 +844,7 @@ class _Work:
         if "tunings" in rows:
             tiles = set(self.plan.tile[np.asarray(rows["tunings"]["device"])].tolist())
             _add(rows, "readback", self.read_back(st, tiles, rnd))
+            st.g_after[rnd] = st.g.copy()
             self.measure(st, REPAIR_SET, rnd, rows)
             _progress(st, rnd, rows["measurements"]["loss"][-1])
         if not spent:
@@ -776,7 +871,7 @@ class _Work:
         pulses caused in the tiles it pulsed (V/3 stress switching slow fluctuators) and the
         tunings' misses, less what a free re-calibration recovers."""
         pulses = {}
-        for *_, n, rnd in st.history:
+        for _, _, n, rnd, _ in st.history:
             pulses[rnd] = pulses.get(rnd, 0) + n
         after = {r: max(j for j, (q, _) in enumerate(st.losses) if q == r)
                  for r in pulses if any(q == r for q, _ in st.losses)}
@@ -889,23 +984,25 @@ class _Work:
         fit_model = self.model(st, REFIT_SET)
         recal = cfg.recalibrated_candidates and cfg.calibrate != "off" and \
             cfg.calibration_target != "software"
+        drift = self.drift(st)
+        # the same draws for every candidate of the round (their differences are not chance)
+        z = np.random.default_rng([self.seed, rnd]).standard_normal(
+            (cfg.disturbance_samples, plan.n_devices)) if drift is not None else None
 
-        def score(g_new, cal):
+        def score(g_new, cal, devs, pulses):
             """The repair set's expected score at g_new under `cal`; with
             `recalibrated_candidates`, the better of that and `cal` with its last layer re-fitted
             on the refit set at g_new, as the next round's calibration will (a calibration that
-            absorbed a broken weight would otherwise make its repair look like a loss)."""
-            s = rep.score(g_new, cal)
-            if not recal:
-                return s
-            zs, _ = fit_model._forward(plan_weights(plan, g_new), cal=cal)
-            gain, offset = fit_calibration_loss(
-                cal.raw(last, zs[-1]), fit_model.y,
-                gain_range=cfg.gain_range, l2=cfg.calibration_l2,
-                offset_max=cfg.offset_max * float(plan.scales[last]),
-                offset_only=cfg.calibrate == "offset", sign=cal.gain[last])
-            s2 = rep.score(g_new, cal.with_layer(last, gain, offset))
-            return s2 if s2.loss < s.loss else s
+            absorbed a broken weight would otherwise make its repair look like a loss); with
+            `expected_disturbance`, averaged over the drift the tunings' pulses are expected to
+            cause in the other devices of their tiles."""
+            cal = self.recalibrated(fit_model, rep, g_new, cal) if recal else cal
+            if drift is None:
+                return rep.score(g_new, cal)
+            rel = drift.spread(plan, devs, pulses, st.stuck)
+            scores = [rep.score(np.maximum(g_new * (1.0 + rel * zz), 0.0), cal) for zz in z]
+            return Score(float(np.mean([q.accuracy for q in scores])),
+                         float(np.mean([q.loss for q in scores])))
 
         def candidate(action, layer, k, want, cal=None, **extra):
             """`cal`: the calibration the candidate was fitted under (a flip's, or one with the
@@ -920,7 +1017,7 @@ class _Work:
                 devs, tgts = devs[keep], tgts[keep]
             g_new = st.g.copy()
             g_new[devs] = tgts
-            s = score(g_new, cal or st.cal)
+            s = score(g_new, cal or st.cal, devs, cost(st.g[devs], tgts))
             out.append({"action": action, "layer": layer, "weights": int(k.size),
                         "devices": devs,
                         "targets": tgts, "gain": (s.accuracy - base.accuracy, base.loss - s.loss),
@@ -978,6 +1075,42 @@ class _Work:
                 candidate(SPARSE, -1, r.pair, r.diff, pairs=r.pair, diff=r.diff)
         return out
 
+    def recalibrated(self, fit_model: MeasuredModel, judge: MeasuredModel, g: np.ndarray,
+                     cal: Calibration) -> Calibration:
+        """`cal` with its last layer re-fitted on the refit set at conductances g (what the
+        next round's calibration would fit), or `cal` itself where that predicts no lower loss
+        on the repair set (`judge`: as `calibrate` keeps one)."""
+        cfg, plan = self.cfg, self.plan
+        last = self.n_layers - 1
+        zs, _ = fit_model._forward(plan_weights(plan, g), cal=cal)
+        gain, offset = fit_calibration_loss(
+            cal.raw(last, zs[-1]), fit_model.y, gain_range=cfg.gain_range,
+            l2=cfg.calibration_l2, offset_max=cfg.offset_max * float(plan.scales[last]),
+            offset_only=cfg.calibrate == "offset", sign=cal.gain[last])
+        new = cal.with_layer(last, gain, offset)
+        return new if judge.score(g, new).loss < judge.score(g, cal).loss else cal
+
+    def drift(self, st: _State) -> Drift | None:
+        """The chip's write disturbance: as its transfer left it (`fit_drift`), scaled by
+        what the repair's own rounds measured (`Drift.scaled`); None where
+        `expected_disturbance` is off or the prior tunings are not the transfer's, one per
+        device of the plan."""
+        if self._drift is False:
+            ok = self.cfg.expected_disturbance and st.g0 is not None and \
+                self.prior[0].size == self.plan.n_devices
+            # (the stuck devices known before: a resumed repair fits the same drift)
+            self._drift = fit_drift(self.plan, st.g0, self.prior[1], self.prior[2],
+                                    st.stuck if st.stuck0 is None else st.stuck0) if ok else None
+        if self._drift is None:
+            return None
+        seen = []
+        for rnd, after in sorted(st.g_after.items()):
+            tuned = [(d, n) for _, _, n, r, d in st.history if r == rnd]
+            if rnd in st.g_rounds and tuned:
+                seen.append((st.g_rounds[rnd], after, np.array([d for d, _ in tuned], int),
+                             np.array([n for _, n in tuned], float)))
+        return self._drift.scaled(self.plan, seen, st.stuck)
+
     def flips(self, st: _State) -> list[tuple[int, int]]:
         """(layer, unit of the layer before) of every weight with a stuck device after the
         first layer, where the activation lets the next layer undo a negated unit (sigmoid:
@@ -1014,7 +1147,7 @@ class _Work:
                     res = tune(rig, r, c, target, tc)
                     st.used += res.pulses
                     st.tunings += 1
-                    st.history.append((res.g_initial, target, res.pulses, rnd))
+                    st.history.append((res.g_initial, target, res.pulses, rnd, d))
                     st.changed_at[t] = _when(rnd, "tuning")
                     if not res.converged:
                         st.stuck[d] = True

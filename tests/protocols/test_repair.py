@@ -286,7 +286,7 @@ def test_disturbance_is_the_loss_measured_beyond_prediction_per_pulse():
     st = _State(g=p.target.copy(), diff=np.zeros(1), stuck=np.zeros(p.n_devices, bool))
     # round 1: base 1.0, expected gain 0.3, measured 0.9 after its 40 pulses, 0.8 after the
     # calibration of round 2 (the base of round 2's tunings): lost 0.1 beyond prediction
-    st.history = [(0, 0, 15, 1), (0, 0, 25, 1), (0, 0, 60, 2)]
+    st.history = [(0, 0, 15, 1, 3), (0, 0, 25, 1, 4), (0, 0, 60, 2, 5)]
     st.losses = [(0, 1.0), (1, 0.9), (2, 0.8), (2, 0.7)]
     st.expected = {1: 0.3}
     assert work.disturbance(st) == 0.0            # one round pulsed and measured: no price
@@ -574,3 +574,79 @@ def test_a_round_moves_more_devices_on_a_larger_network():
     assert _Work(big, [], None, [], RepairConfig(), sets, 100, None).step == \
         big.n_devices // 64 > 8
     assert _Work(big, [], None, [], RepairConfig(retune_devices=3), sets, 100, None).step == 3
+
+
+def _wide_plan():
+    from training.export import plan_from_weights
+
+    rng = np.random.default_rng(0)
+    return plan_from_weights([rng.normal(size=(16, 16)), rng.normal(size=(2, 16))],
+                             [np.zeros(16), np.zeros(2)], g_min=100e-6, g_max=400e-6,
+                             tile_rows=4, tile_cols=4, meta={"dataset": "toy"})
+
+
+def test_the_transfers_drift_is_fitted_against_the_pulses_each_tile_took_after_a_device():
+    """The transfer tunes each tile's devices in the plan's order; a device then takes the
+    write pulses of the ones after it. The drift its read-back shows, per how many, is what a
+    correction's pulses are expected to do to the rest of their tile."""
+    from protocols.repair import fit_drift
+
+    p = _wide_plan()
+    rng = np.random.default_rng(1)
+    pulses = rng.integers(1, 60, p.n_devices).astype(float)
+    after = np.zeros(p.n_devices)
+    for t in range(p.n_tiles):
+        d = p.tile_devices(t)
+        after[d] = np.cumsum(pulses[d][::-1])[::-1] - pulses[d]
+    true = lambda n: 0.02 + 0.03 * (1 - np.exp(-n / 100))   # noqa: E731
+    g0 = p.target * (1 + true(after) * rng.standard_normal(p.n_devices))
+    stuck = np.zeros(p.n_devices, bool)
+    stuck[:5] = True
+    g0[:5] = 1.0                                   # a stuck device's read-back says nothing
+    dr = fit_drift(p, g0, p.target, pulses, stuck)
+    assert dr.sigma(0) == 0 and np.all(np.diff(dr.rms) >= 0)
+    for n in (30, 120, 500):
+        assert dr.sigma(n) == pytest.approx(true(n), rel=0.35)
+    assert fit_drift(p, g0, p.target, pulses[::-1] * 0, stuck) is None   # no pulses after
+
+
+def test_a_corrections_pulses_spread_drift_over_the_rest_of_their_tiles():
+    from protocols.repair import Drift
+
+    p = _wide_plan()
+    dr = Drift(np.array([0.0, 10.0, 100.0]), np.array([0.0, 0.05, 0.1]))
+    tiles = sorted(set(p.tile.tolist()))
+    a = int(p.tile_devices(tiles[0])[0])
+    b = int(p.tile_devices(tiles[1])[2])
+    stuck = np.zeros(p.n_devices, bool)
+    stuck[p.tile_devices(tiles[0])[1]] = True
+    rel = dr.spread(p, np.array([a, b]), np.array([10.0, 100.0]), stuck)
+    assert rel[a] == rel[b] == 0.0 and rel[stuck].sum() == 0.0      # tuned ones, stuck ones
+    others0 = [d for d in p.tile_devices(tiles[0]) if d != a and not stuck[d]]
+    others1 = [d for d in p.tile_devices(tiles[1]) if d != b]
+    np.testing.assert_allclose(rel[others0], 0.05)
+    np.testing.assert_allclose(rel[others1], 0.1)
+    rest = ~np.isin(p.tile, tiles[:2])
+    assert np.all(rel[rest] == 0.0)                                 # tiles not pulsed
+
+
+def test_the_drift_is_scaled_by_what_the_repairs_rounds_measured():
+    """The transfer's drift is of freshly programmed devices; the repair's own read-backs
+    after each round show what its pulses do now, and outweigh the prior as they accumulate."""
+    from protocols.repair import Drift
+
+    p = _wide_plan()
+    dr = Drift(np.array([0.0, 10.0, 100.0]), np.array([0.0, 0.05, 0.1]))
+    rng = np.random.default_rng(3)
+    stuck = np.zeros(p.n_devices, bool)
+    seen = []
+    for t in range(p.n_tiles):
+        d = np.array([p.tile_devices(t)[0]])
+        rel = dr.spread(p, d, np.array([100.0]), stuck)
+        before = p.target.copy()
+        after = before * (1 + 0.5 * rel * rng.standard_normal(p.n_devices))   # half of it
+        seen.append((before, after, d, np.array([100.0])))
+    assert dr.scaled(p, [], stuck).rms == pytest.approx(dr.rms)             # nothing seen yet
+    half = dr.scaled(p, seen, stuck)
+    assert 0.45 < half.sigma(100) / dr.sigma(100) < 0.65
+    assert dr.scaled(p, seen[:1], stuck).sigma(100) > half.sigma(100)       # the prior weighs
