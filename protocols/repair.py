@@ -397,7 +397,6 @@ class _State:
     expected: dict = field(default_factory=dict)  # round -> expected loss gain of its correction
     g0: np.ndarray | None = None  # the read-back of the chip as found (unit 0)
     stuck0: np.ndarray | None = None   # the stuck devices known before the repair
-    g_after: dict = field(default_factory=dict)  # round -> read-back after its tunings
 
 
 def _when(rnd: int, what) -> float:
@@ -434,8 +433,6 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
         st.g[r.device.to_numpy()] = r.g.to_numpy()
         if rnd == 0:
             st.g0 = st.g.copy()
-        if rnd in tuned:
-            st.g_after[rnd] = st.g.copy()
     tg = writer.table("targets")
     st.diff[tg["pair"].to_numpy()] = tg["diff"].to_numpy()
     tu = writer.table("tunings")
@@ -611,24 +608,6 @@ class Drift:
         rel[devices] = 0.0
         rel[stuck] = 0.0
         return rel
-
-
-    def scaled(self, plan: ConductancePlan, seen, stuck: np.ndarray,
-               prior_devices: float = 32.0) -> Drift:
-        """This drift scaled by what the repair's rounds measured: per round in `seen`
-        (read-back before, after, devices tuned, their pulses), each other device of the
-        pulsed tiles drifted by after / before - 1; the scale is sqrt of the mean of
-        (drift / expected)^2 over them, with `prior_devices` pseudo-devices at 1 (the
-        transfer's drift is of freshly programmed devices; the repair's rounds measured 0.6 to
-        0.75 of it on the half-moons chips)."""
-        num, count = 0.0, 0
-        for before, after, devices, pulses in seen:
-            rel = self.spread(plan, devices, pulses, stuck)
-            m = (rel > 0) & (before > 0) & np.isfinite(before) & np.isfinite(after)
-            num += float(np.sum((after[m] / before[m] - 1.0) ** 2 / rel[m] ** 2))
-            count += int(m.sum())
-        k = np.sqrt((prior_devices + num) / (prior_devices + count))
-        return Drift(self.pulses, self.rms * k)
 
 
 def fit_drift(plan: ConductancePlan, g0: np.ndarray, targets: np.ndarray, pulses: np.ndarray,
@@ -844,7 +823,6 @@ class _Work:
         if "tunings" in rows:
             tiles = set(self.plan.tile[np.asarray(rows["tunings"]["device"])].tolist())
             _add(rows, "readback", self.read_back(st, tiles, rnd))
-            st.g_after[rnd] = st.g.copy()
             self.measure(st, REPAIR_SET, rnd, rows)
             _progress(st, rnd, rows["measurements"]["loss"][-1])
         if not spent:
@@ -1091,25 +1069,17 @@ class _Work:
         return new if judge.score(g, new).loss < judge.score(g, cal).loss else cal
 
     def drift(self, st: _State) -> Drift | None:
-        """The chip's write disturbance: as its transfer left it (`fit_drift`), scaled by
-        what the repair's own rounds measured (`Drift.scaled`); None where
+        """The chip's write disturbance as its transfer left it (`fit_drift`); None where
         `expected_disturbance` is off or the prior tunings are not the transfer's, one per
-        device of the plan."""
+        device of the plan. (Scaled by what the repair's own read-backs showed, 0.6-0.75 of
+        it, the half-moons repairs ended worse: docs/chip-in-the-loop.md.)"""
         if self._drift is False:
             ok = self.cfg.expected_disturbance and st.g0 is not None and \
                 self.prior[0].size == self.plan.n_devices
             # (the stuck devices known before: a resumed repair fits the same drift)
             self._drift = fit_drift(self.plan, st.g0, self.prior[1], self.prior[2],
                                     st.stuck if st.stuck0 is None else st.stuck0) if ok else None
-        if self._drift is None:
-            return None
-        seen = []
-        for rnd, after in sorted(st.g_after.items()):
-            tuned = [(d, n) for _, _, n, r, d in st.history if r == rnd]
-            if rnd in st.g_rounds and tuned:
-                seen.append((st.g_rounds[rnd], after, np.array([d for d, _ in tuned], int),
-                             np.array([n for _, n in tuned], float)))
-        return self._drift.scaled(self.plan, seen, st.stuck)
+        return self._drift
 
     def flips(self, st: _State) -> list[tuple[int, int]]:
         """(layer, unit of the layer before) of every weight with a stuck device after the

@@ -628,25 +628,3 @@ def test_a_corrections_pulses_spread_drift_over_the_rest_of_their_tiles():
     np.testing.assert_allclose(rel[others1], 0.1)
     rest = ~np.isin(p.tile, tiles[:2])
     assert np.all(rel[rest] == 0.0)                                 # tiles not pulsed
-
-
-def test_the_drift_is_scaled_by_what_the_repairs_rounds_measured():
-    """The transfer's drift is of freshly programmed devices; the repair's own read-backs
-    after each round show what its pulses do now, and outweigh the prior as they accumulate."""
-    from protocols.repair import Drift
-
-    p = _wide_plan()
-    dr = Drift(np.array([0.0, 10.0, 100.0]), np.array([0.0, 0.05, 0.1]))
-    rng = np.random.default_rng(3)
-    stuck = np.zeros(p.n_devices, bool)
-    seen = []
-    for t in range(p.n_tiles):
-        d = np.array([p.tile_devices(t)[0]])
-        rel = dr.spread(p, d, np.array([100.0]), stuck)
-        before = p.target.copy()
-        after = before * (1 + 0.5 * rel * rng.standard_normal(p.n_devices))   # half of it
-        seen.append((before, after, d, np.array([100.0])))
-    assert dr.scaled(p, [], stuck).rms == pytest.approx(dr.rms)             # nothing seen yet
-    half = dr.scaled(p, seen, stuck)
-    assert 0.45 < half.sigma(100) / dr.sigma(100) < 0.65
-    assert dr.scaled(p, seen[:1], stuck).sigma(100) > half.sigma(100)       # the prior weighs
