@@ -111,10 +111,14 @@ class MeasuredModel:
                 h = activate(self.plan.activation, z)
         return zs, hs
 
+    def outputs(self, g: np.ndarray, cal: Calibration | None = None) -> list[np.ndarray]:
+        """Every layer's calibrated pre-activations at conductances g (and another
+        calibration: `cal`)."""
+        return self._forward(plan_weights(self.plan, g), cal=cal)[0]
+
     def score(self, g: np.ndarray, cal: Calibration | None = None) -> Score:
         """Accuracy and loss at conductances g (and another calibration: `cal`)."""
-        zs, _ = self._forward(plan_weights(self.plan, g), cal=cal)
-        loss, _, pred = loss_and_dlogits(zs[-1], self.y)
+        loss, _, pred = loss_and_dlogits(self.outputs(g, cal)[-1], self.y)
         return Score(float(np.mean(pred == self.y)), loss)
 
     def gradient(self, g: np.ndarray) -> tuple[Score, np.ndarray]:

@@ -393,7 +393,7 @@ class _State:
     cal: Calibration | None = None                   # the periphery's calibration now
     rolled_back: set = field(default_factory=set)   # rounds that were rollbacks
 
-    history: list = field(default_factory=list)   # (g_before, target, pulses, round, device)
+    history: list = field(default_factory=list)   # (g_before, target, pulses, round) of tunings
     expected: dict = field(default_factory=dict)  # round -> expected loss gain of its correction
     g0: np.ndarray | None = None  # the read-back of the chip as found (unit 0)
     stuck0: np.ndarray | None = None   # the stuck devices known before the repair
@@ -437,8 +437,7 @@ def _rebuild(plan: ConductancePlan, writer: RunWriter, stuck0: np.ndarray,
     st.diff[tg["pair"].to_numpy()] = tg["diff"].to_numpy()
     tu = writer.table("tunings")
     st.used, st.tunings = int(tu.pulses.sum()), int(len(tu))
-    st.history = list(zip(tu.g_before, tu.target, tu.pulses, tu['round'], tu.device,
-                          strict=True))
+    st.history = list(zip(tu.g_before, tu.target, tu.pulses, tu['round'], strict=True))
     st.stuck[tu.device[~tu.converged].to_numpy()] = True
     for rnd, dev in zip(tu["round"].to_numpy(), tu.device.to_numpy(), strict=True):
         t = int(plan.tile[dev])
@@ -849,7 +848,7 @@ class _Work:
         pulses caused in the tiles it pulsed (V/3 stress switching slow fluctuators) and the
         tunings' misses, less what a free re-calibration recovers."""
         pulses = {}
-        for _, _, n, rnd, _ in st.history:
+        for *_, n, rnd in st.history:
             pulses[rnd] = pulses.get(rnd, 0) + n
         after = {r: max(j for j, (q, _) in enumerate(st.losses) if q == r)
                  for r in pulses if any(q == r for q, _ in st.losses)}
@@ -909,9 +908,7 @@ class _Work:
             zs = st.zs[REFIT_SET]
             h = x if li == 0 else activation(plan, zs[li - 1])
             w, b = want[li]
-            kw = {"gain_range": cfg.gain_range, "l2": cfg.calibration_l2,
-                  "offset_max": cfg.offset_max * float(plan.scales[li]),
-                  "offset_only": cfg.calibrate == "offset"}
+            kw = self.calibration_kw(li)
             sign = {"sign": st.cal.gain[li]}   # a flipped unit stays flipped
             if li == self.n_layers - 1 and cfg.calibration_target != "software":
                 gain, offset = fit_calibration_loss(st.cal.raw(li, zs[li]),
@@ -995,11 +992,12 @@ class _Work:
                 devs, tgts = devs[keep], tgts[keep]
             g_new = st.g.copy()
             g_new[devs] = tgts
-            s = score(g_new, cal or st.cal, devs, cost(st.g[devs], tgts))
+            pulses = cost(st.g[devs], tgts)
+            s = score(g_new, cal or st.cal, devs, pulses)
             out.append({"action": action, "layer": layer, "weights": int(k.size),
                         "devices": devs,
                         "targets": tgts, "gain": (s.accuracy - base.accuracy, base.loss - s.loss),
-                        "expected_pulses": float(cost(st.g[devs], tgts).sum()), **extra})
+                        "expected_pulses": float(pulses.sum()), **extra})
 
         def fitted(action, layer, scope, cal=None, toward=None, **extra):
             """A refit of `scope` under `cal`; with `recalibrated_candidates`, also one under
@@ -1053,18 +1051,22 @@ class _Work:
                 candidate(SPARSE, -1, r.pair, r.diff, pairs=r.pair, diff=r.diff)
         return out
 
+    def calibration_kw(self, layer: int) -> dict:
+        """The calibration fits' bounds and penalty for `layer` (`RepairConfig`)."""
+        cfg = self.cfg
+        return {"gain_range": cfg.gain_range, "l2": cfg.calibration_l2,
+                "offset_max": cfg.offset_max * float(self.plan.scales[layer]),
+                "offset_only": cfg.calibrate == "offset"}
+
     def recalibrated(self, fit_model: MeasuredModel, judge: MeasuredModel, g: np.ndarray,
                      cal: Calibration) -> Calibration:
         """`cal` with its last layer re-fitted on the refit set at conductances g (what the
         next round's calibration would fit), or `cal` itself where that predicts no lower loss
         on the repair set (`judge`: as `calibrate` keeps one)."""
-        cfg, plan = self.cfg, self.plan
         last = self.n_layers - 1
-        zs, _ = fit_model._forward(plan_weights(plan, g), cal=cal)
-        gain, offset = fit_calibration_loss(
-            cal.raw(last, zs[-1]), fit_model.y, gain_range=cfg.gain_range,
-            l2=cfg.calibration_l2, offset_max=cfg.offset_max * float(plan.scales[last]),
-            offset_only=cfg.calibrate == "offset", sign=cal.gain[last])
+        z = fit_model.outputs(g, cal)[-1]
+        gain, offset = fit_calibration_loss(cal.raw(last, z), fit_model.y,
+                                            **self.calibration_kw(last), sign=cal.gain[last])
         new = cal.with_layer(last, gain, offset)
         return new if judge.score(g, new).loss < judge.score(g, cal).loss else cal
 
@@ -1117,7 +1119,7 @@ class _Work:
                     res = tune(rig, r, c, target, tc)
                     st.used += res.pulses
                     st.tunings += 1
-                    st.history.append((res.g_initial, target, res.pulses, rnd, d))
+                    st.history.append((res.g_initial, target, res.pulses, rnd))
                     st.changed_at[t] = _when(rnd, "tuning")
                     if not res.converged:
                         st.stuck[d] = True

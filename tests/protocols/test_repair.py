@@ -286,7 +286,7 @@ def test_disturbance_is_the_loss_measured_beyond_prediction_per_pulse():
     st = _State(g=p.target.copy(), diff=np.zeros(1), stuck=np.zeros(p.n_devices, bool))
     # round 1: base 1.0, expected gain 0.3, measured 0.9 after its 40 pulses, 0.8 after the
     # calibration of round 2 (the base of round 2's tunings): lost 0.1 beyond prediction
-    st.history = [(0, 0, 15, 1, 3), (0, 0, 25, 1, 4), (0, 0, 60, 2, 5)]
+    st.history = [(0, 0, 15, 1), (0, 0, 25, 1), (0, 0, 60, 2)]
     st.losses = [(0, 1.0), (1, 0.9), (2, 0.8), (2, 0.7)]
     st.expected = {1: 0.3}
     assert work.disturbance(st) == 0.0            # one round pulsed and measured: no price
