@@ -434,7 +434,8 @@ def _spawn(script: Path, out: Path, overrides: str) -> subprocess.Popen:
 #: plain simulated chip such a round depended on the chip seed and broke with every change
 #: to the tuning or the repair); the corrections that avoid such rounds are off
 ROLLBACK_CASE = {"rollback": True, "harsh": True, "calibrate": "off",
-                 "sparse_refit": False, "price_disturbance": False, "stop_at_software": False,
+                 "sparse_refit": False, "price_disturbance": False,
+                 "expected_disturbance": False, "stop_at_software": False,
                  "choose_by": "accuracy"}
 
 
@@ -628,3 +629,41 @@ def test_a_corrections_pulses_spread_drift_over_the_rest_of_their_tiles():
     np.testing.assert_allclose(rel[others1], 0.1)
     rest = ~np.isin(p.tile, tiles[:2])
     assert np.all(rel[rest] == 0.0)                                 # tiles not pulsed
+
+
+def test_a_tiles_tunings_go_costliest_last_tile_by_tile_in_that_order(monkeypatch):
+    """A tile's later tunings drift its earlier ones, so the device whose own drift costs the
+    loss most is tuned last; the repair applies a correction in that order (it tuned in the
+    plan's order, which says nothing of what a device's drift costs)."""
+    import protocols.repair as R
+    from protocols.tuning import TuneResult
+
+    p = _wide_plan()
+    tiles = sorted(set(p.tile.tolist()))
+    t0, t1 = p.tile_devices(tiles[0]), p.tile_devices(tiles[1])
+    devices = np.array([t1[0], t0[2], t0[0], t1[3], t0[1]])
+    cost = np.array([5.0, 3.0, 1.0, 0.5, 2.0])
+    order = R.tuning_order(p, devices, cost)
+    np.testing.assert_array_equal(devices[order], [t0[0], t0[1], t0[2], t1[3], t1[0]])
+    done = []
+
+    def fake_tune(rig, row, col, target, cfg):
+        done.append((row, col))
+        return TuneResult(row, col, target, True, 3, 3, 0, target, np.array([target]), 0.0,
+                          0.0)
+
+    class Rig:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(R, "tune", fake_tune)
+    sets = {R.REPAIR_SET: (np.zeros((4, 16)), np.zeros(4, np.int64))}
+    work = R._Work(p, [], lambda n: Rig(), [f"x{t}" for t in range(p.n_tiles)], R.RepairConfig(),
+                   sets, 10_000, None)
+    st = R._State(g=p.target.copy(), diff=np.zeros(1), stuck=np.zeros(p.n_devices, bool))
+    ordered = devices[order]
+    assert work.apply(st, ordered, p.target[ordered], 1, {})
+    assert done == [(int(p.row[d]), int(p.col[d])) for d in ordered]
