@@ -72,24 +72,23 @@ calibration), and the refit set it fits on; within a unit only tiles that change
 again.
 
 Each candidate's expected gain is the model's accuracy (and loss) on the repair set with the
-candidate's devices at their targets (with ``recalibrated_candidates``, on by default: the better
-of that under the current calibration and under one re-fitted on the refit set to those
+candidate's devices at their targets (with ``recalibrated_candidates``, on by default: the
+better of that under the current calibration and under one re-fitted on the refit set to those
 conductances, as the next round's calibration will be: every layer with calibration_target
-"joint", else the last; the refits and flips are
-also offered fitted under a reset last-layer calibration. A calibration that absorbed a broken
-weight, a gain of 0.1 on the output of regular half-moons chip 1042, otherwise makes every
-correction of that weight look like a loss: docs/chip-in-the-loop.md) and, with
-``expected_disturbance`` (on by default), not with the other devices where they were but
-averaged over ``disturbance_samples`` draws of the drift its pulses are expected to leave in
-their tiles (`Drift`, fitted on the transfer: each device's read-back against the pulses its
-tile took after it). A tile's tunings go in order of how much their own drift would cost,
-the costliest last, since the later tunings of a tile drift the earlier ones
-(`tuning_order`). Its expected cost is its number of tunings times the pulses a repair tuning has taken
-so far (``expected_pulses`` before the first). The candidate
-with the largest expected loss gain per pulse is applied (`choose`; ``choose_by`` "accuracy":
-by accuracy gain per pulse first, one that loses a repair-set point never, which refused
-corrections that gained loss for one point of 273); the round ends with the touched tiles read
-back and the repair set measured again.
+"joint", else the last; the refits and flips are also offered fitted under a reset last-layer
+calibration. A calibration that absorbed a broken weight, a gain of 0.1 on the output of regular
+half-moons chip 1042, otherwise makes every correction of that weight look like a loss:
+docs/chip-in-the-loop.md) and, with ``expected_disturbance`` (on by default), not with the other
+devices where they were but averaged over ``disturbance_samples`` draws of the drift its pulses
+are expected to leave in their tiles (`Drift`, fitted on the transfer: each device's read-back
+against the pulses its tile took after it). A tile's tunings go in order of how much their own
+drift would cost, the costliest last, since the later tunings of a tile drift the earlier ones
+(`tuning_order`). Its expected cost is its number of tunings times the pulses a repair tuning
+has taken so far (``expected_pulses`` before the first). The candidate with the largest expected
+loss gain per pulse is applied (`choose`; ``choose_by`` "accuracy": by accuracy gain per pulse
+first, one that loses a repair-set point never, which refused corrections that gained loss for
+one point of 273); the round ends with the touched tiles read back and the repair set measured
+again.
 
 Disturbance's price (``price_disturbance``, on by default). The model predicts a correction
 with the devices it tunes at their targets and every other device where it was; the chip
