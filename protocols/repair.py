@@ -921,17 +921,12 @@ class _Work:
             zs = st.zs[REFIT_SET]
             h = x if li == 0 else activation(plan, zs[li - 1])
             w, b = want[li]
-            kw = self.calibration_kw(li)
-            sign = {"sign": st.cal.gain[li]}   # a flipped unit stays flipped
-            if li == self.n_layers - 1 and cfg.calibration_target != "software":
-                gain, offset = fit_calibration_loss(st.cal.raw(li, zs[li]),
-                                                    self.sets[REFIT_SET][1], **kw, **sign)
-            elif cfg.calibration_target == "joint":
-                kw["offset_max"] = cfg.offset_max * plan.scales
-                gain, offset = fit_calibration_joint(self.model(st, REFIT_SET), li, st.g, **kw)
-            else:
-                gain, offset = fit_calibration(st.cal.raw(li, zs[li]), h @ w.T + b, **kw,
-                                               **sign)
+            if cfg.calibration_target == "joint" or \
+                    (li == self.n_layers - 1 and cfg.calibration_target != "software"):
+                gain, offset = self.fit_on_labels(self.model(st, REFIT_SET), li, st.g, zs[li])
+            else:   # (a flipped unit stays flipped)
+                gain, offset = fit_calibration(st.cal.raw(li, zs[li]), h @ w.T + b,
+                                               **self.calibration_kw(li), sign=st.cal.gain[li])
             new = st.cal.with_layer(li, gain, offset)
             rep = self.model(st, REPAIR_SET)
             before, after = rep.score(st.g), rep.score(st.g, new)
@@ -1073,6 +1068,19 @@ class _Work:
                 "offset_max": cfg.offset_max * float(self.plan.scales[layer]),
                 "offset_only": cfg.calibrate == "offset"}
 
+    def fit_on_labels(self, model: MeasuredModel, layer: int, g: np.ndarray,
+                      z_last: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """`layer`'s gains and offsets fitted on `model`'s labels at conductances g (its
+        calibration's signs kept: a flipped unit stays flipped): the last layer by the loss on
+        its pre-activations `z_last` (calibrated), a hidden one jointly with the layers after
+        it (`fit_calibration_joint`)."""
+        kw = self.calibration_kw(layer)
+        if layer == self.n_layers - 1:
+            return fit_calibration_loss(model.cal.raw(layer, z_last), model.y, **kw,
+                                        sign=model.cal.gain[layer])
+        kw["offset_max"] = self.cfg.offset_max * self.plan.scales
+        return fit_calibration_joint(model, layer, g, **kw)
+
     def recalibrated(self, fit_model: MeasuredModel, judge: MeasuredModel, g: np.ndarray,
                      cal: Calibration) -> Calibration:
         """`cal` re-fitted on the refit set at conductances g as the next round's calibration
@@ -1080,17 +1088,11 @@ class _Work:
         `calibration_target` "joint" (the others fit them towards measured software
         pre-activations the model cannot predict), each layer kept where it predicts a lower
         loss on the repair set (`judge`)."""
-        cfg, last = self.cfg, self.n_layers - 1
-        for li in [*(range(last) if cfg.calibration_target == "joint" else ()), last]:
-            kw = self.calibration_kw(li)
-            if li < last:
-                kw["offset_max"] = cfg.offset_max * self.plan.scales
-                gain, offset = fit_calibration_joint(fit_model.with_calibration(cal), li, g, **kw)
-            else:
-                z = fit_model.outputs(g, cal)[-1]
-                gain, offset = fit_calibration_loss(cal.raw(last, z), fit_model.y, **kw,
-                                                    sign=cal.gain[last])
-            new = cal.with_layer(li, gain, offset)
+        last = self.n_layers - 1
+        for li in [*(range(last) if self.cfg.calibration_target == "joint" else ()), last]:
+            z = fit_model.outputs(g, cal)[-1] if li == last else None
+            new = cal.with_layer(li, *self.fit_on_labels(fit_model.with_calibration(cal), li, g,
+                                                         z))
             if judge.score(g, new).loss < judge.score(g, cal).loss:
                 cal = new
         return cal
