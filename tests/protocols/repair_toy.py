@@ -18,11 +18,17 @@ def plan():
     return plan_from_weights(w, b, g_min=100e-6, g_max=400e-6, tile_rows=4, tile_cols=4,
                              meta={"dataset": "toy"})
 
+def logit(x):
+    """The software network's output on inputs x (its label: > 0)."""
+    p = plan()
+    h = 1 / (1 + np.exp(-(x @ p.weights[0].T + p.biases[0])))
+    return (h @ p.weights[1].T + p.biases[1])[:, 0]
+
+
 def data():
     rng = np.random.default_rng(3)
     x = rng.uniform(-1, 1, (160, 2))
-    h = 1 / (1 + np.exp(-(x @ plan().weights[0].T + plan().biases[0])))
-    y = ((h @ plan().weights[1].T + plan().biases[1])[:, 0] > 0).astype(np.int64)
+    y = (logit(x) > 0).astype(np.int64)
     return RepairData(refit=(x[:80], y[:80]), repair=(x[80:120], y[80:120]),
                       test=(x[120:], y[120:]))
 

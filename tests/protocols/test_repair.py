@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from repair_toy import CONFIG, HarshRig, assert_gradient_matches, chip, data, plan
+from repair_toy import CONFIG, HarshRig, assert_gradient_matches, chip, data, logit, plan
 
 from instruments.errors import SafetyLimitError
 from protocols.errors import ProtocolError
@@ -262,8 +262,7 @@ def test_a_chip_measured_at_its_software_accuracy_is_not_pulsed(tmp_path):
     d = data()
     x = np.concatenate([d.refit[0], d.repair[0]])
     y = np.concatenate([d.refit[1], d.repair[1]])
-    h = 1 / (1 + np.exp(-(x @ p.weights[0].T + p.biases[0])))
-    far = np.argsort(-np.abs((h @ p.weights[1].T + p.biases[1])[:, 0]))[:20]
+    far = np.argsort(-np.abs(logit(x)))[:20]
     d = RepairData(refit=d.refit, repair=(x[far], y[far]), test=d.test)
     res = run(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "r.h5", d,
               budget=400, read=ReadSettings(), config=CONFIG, stuck=stuck,
@@ -683,8 +682,7 @@ def test_the_refit_set_measured_grows_with_the_calibrations_parameters(tmp_path)
     c, p, names, stuck, prior = _transferred(tmp_path)
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (450, 2))
-    h = 1 / (1 + np.exp(-(x @ p.weights[0].T + p.biases[0])))
-    y = ((h @ p.weights[1].T + p.biases[1])[:, 0] > 0).astype(np.int64)
+    y = (logit(x) > 0).astype(np.int64)
     d = RepairData(refit=(x, y), repair=data().repair, test=data().test)
     for n, cfg, want in ((1, CONFIG.model_copy(update={"refit_points": None}), 400),
                          (2, CONFIG, 60)):
