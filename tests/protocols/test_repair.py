@@ -19,10 +19,12 @@ from protocols.errors import ProtocolError
 from protocols.plan import plan_weights
 from protocols.refit import (
     MeasuredModel,
+    ProgrammingErrors,
     TuningCost,
     pair_moves,
     pairs,
     refit,
+    robust_refit,
     scope_pairs,
     sparse_refits,
 )
@@ -32,6 +34,7 @@ from protocols.repair import (
     COMPENSATE,
     REFIT_SET,
     REPAIR_SET,
+    ROBUST,
     ROLLBACK,
     STOP,
     TEST_SET,
@@ -141,6 +144,56 @@ def test_sparse_refit_finds_the_one_distorted_first_layer_weight():
     assert abs(one.diff[i] - want) < 0.5 * abs((g[dp[bad]] - g[dm[bad]]) - want)
 
 
+
+def test_a_robust_refit_loses_less_to_the_programming_errors_than_a_plain_one():
+    """A refit re-programmed misses its targets as the transfer did. Fitted for the errors the
+    transfer left (the loss averaged over draws of them), the last layer gives up some of its
+    exact loss for a lower loss as programmed; the plain refit puts its weights at the range's
+    ends, where a relative error costs most."""
+    p, d = plan(), data()
+    x, y = d.refit
+    g = p.target.copy()
+    m = _model(p, g, x, y)
+    dp, dm = pairs(p)
+    k = scope_pairs(p, {1: [0]})
+    fixed = np.zeros(p.n_devices, bool)
+    rng = np.random.default_rng(1)
+    errors = ProgrammingErrors(np.zeros(50), np.sort(np.expm1(rng.normal(0.0, 0.6, 500))))
+    plain, robust = refit(m, k, g, fixed), robust_refit(m, k, g, fixed, errors)
+
+    def programmed(diff, draws):
+        gg = np.tile(g, (draws, 1))
+        for side, dev in ((np.maximum(diff, 0), dp[k]), (np.maximum(-diff, 0), dm[k])):
+            e = rng.choice(errors.above, (draws, k.size)) if draws > 1 else 0.0
+            gg[:, dev] = np.where(side > 0, (p.g_min + side) * (1 + e), p.g_min)
+        return [m.score(row).loss for row in gg]
+
+    assert np.mean(programmed(robust.diff, 1)) > np.mean(programmed(plain.diff, 1))
+    state = rng.bit_generator.state
+    as_plain = np.mean(programmed(plain.diff, 600))
+    rng.bit_generator.state = state           # the same draws for both
+    assert np.mean(programmed(robust.diff, 600)) < 0.95 * as_plain
+    # the fit's own view of it: its loss over fresh draws fell
+    assert robust.loss_after < robust.loss_before
+
+
+def test_the_transfers_errors_are_kept_apart_for_devices_at_g_min():
+    p = plan()
+    g = p.target.copy()
+    at_min = p.target <= p.g_min * (1 + 1e-6)
+    assert 5 <= at_min.sum() < p.n_devices - 5
+    g[at_min] *= 1.2
+    g[~at_min] *= 0.95
+    stuck = np.zeros(p.n_devices, bool)
+    stuck[np.flatnonzero(~at_min)[0]] = True
+    g[stuck] = 1e-6                            # a stuck device's read-back says nothing
+    e = ProgrammingErrors.measured(p, g, p.target, stuck)
+    np.testing.assert_allclose(e.at_min, 0.2)
+    np.testing.assert_allclose(e.above, -0.05)
+    assert e.above.size == (~at_min).sum() - 1
+    assert ProgrammingErrors.measured(p, g, p.target, stuck, least=p.n_devices) is None
+
+
 def test_pair_moves_move_one_device_and_respect_the_range():
     p = plan()
     dp, dm = pairs(p)
@@ -210,6 +263,30 @@ def test_repair_records_every_decision_and_improves_the_measured_network(tmp_pat
     rb = res.tables["readback"]
     assert set(tu["round"]) <= set(rb["round"])
     assert load_repair(res.path).summary == s
+
+
+
+@pytest.mark.parametrize("budget", [60, 1000])
+def test_the_last_layer_re_programmed_whole_is_offered_only_where_the_budget_holds_it(
+        tmp_path, budget):
+    """The robust refit re-programs the last layer in one round, beyond a round's
+    `retune_devices`; a layer cut off half-way by the budget would be neither fit, so it is
+    offered only where the budget holds half as much again as it is expected to take."""
+    c, p, names, stuck, prior = _transferred(tmp_path)
+    res = run(p, lambda n: SimulatedRig(c[n], lab=c.lab), names, tmp_path / "r.h5", data(),
+              budget=budget, read=ReadSettings(), config=CONFIG.model_copy(
+                  update={"retune_devices": 1, "stop_at_software": False}),
+              stuck=stuck, prior_tunings=prior, progress=False)
+    de, tu = res.tables["decisions"], res.tables["tunings"]
+    whole = de[de.action == ROBUST]
+    used = {r: tu[tu["round"] < r].pulses.sum() for r in whole["round"]}
+    assert np.all(1.5 * whole.expected_pulses <= [budget - used[r] for r in whole["round"]])
+    if budget == 60:
+        assert whole.empty
+    else:
+        assert (whole.devices > 1).any()       # more than a round's retune_devices
+        for r in whole[whole.why == CHOSEN]["round"]:
+            assert (tu["round"] == r).sum() > 1
 
 
 def test_repair_ends_no_worse_than_it_found_the_test_chip_in_small_measured_steps(tmp_path):
