@@ -34,7 +34,8 @@ accuracy, worst chip within 3, at most 20 % extra pulses).
 Usage: python bench/repair.py [--quick] [--chips 24 (0: digits only)] [--digits-chips 4] [--workers 1]
                               [--first-chip 1]
                               [--out bench-repair-out] [--repair '{"calibrate": "affine"}']
-                              [--reverify '{"passes": 3}'] [--paths array,sim-pmu]
+                              [--reverify '{"passes": 3}'] [--tune '{"width": 5e-8}']
+                              [--paths array,sim-pmu]
                               [--device '{"rtn_count": 0}'] [--keep]
 Figures: docs/chip-in-the-loop.md.
 """
@@ -115,7 +116,8 @@ def monte_carlo(models, db, sets, n: int) -> dict:
 
 def one_chip(job: tuple) -> dict:
     """Program, measure, explain and repair one chip; plain numbers back."""
-    plan_dict, dataset, network, seed, tmp, overrides, rv_overrides, paths, device, keep = job
+    (plan_dict, dataset, network, seed, tmp, overrides, rv_overrides, tune_overrides, paths,
+     device, keep) = job
     from protocols.plan import ConductancePlan
 
     plan = ConductancePlan.from_dict(plan_dict)
@@ -129,7 +131,9 @@ def one_chip(job: tuple) -> dict:
         return SimulatedRig(chip[n], lab=chip.lab, read=READ)
 
     w0 = time.perf_counter()
-    tc = TuneConfig(algorithm="fast")
+    tc = TuneConfig(**({"algorithm": "fast"} | tune_overrides))
+    if tune_overrides and "tune" not in overrides:   # the repair tunes as the transfer did
+        overrides = overrides | {"tune": RepairConfig().tune.model_copy(update=tune_overrides)}
     rvc = ReverifyConfig(**rv_overrides)
     t0 = chip.clock.now
     res, rv = [], []
@@ -375,6 +379,9 @@ def main() -> None:
                     "change, as JSON (e.g. '{\"rollback\": false}')")
     ap.add_argument("--reverify", type=json.loads, default={}, help="ReverifyConfig fields of "
                     "the transfer, as JSON (default: off, the paper's transfer)")
+    ap.add_argument("--tune", type=json.loads, default={}, help="TuneConfig fields of the "
+                    "transfer's write-verify, as JSON (e.g. '{\"width\": 5e-8}'); the repair's "
+                    "tunings take them too unless --repair sets its own \"tune\"")
     ap.add_argument("--paths", default="array", help="read-out paths each chip is repaired "
                     "through, comma-separated, each from the same programmed chip: 'array' (the "
                     "array tester), 'array:S+M' (it with S sources and M meters per call) or a "
@@ -405,7 +412,7 @@ def main() -> None:
                     plan = conductance_plan(t["models"][name], t["db"], read=READ)
                     plan.meta.update(network=name, dataset=dataset)
                     jobs.append((plan.to_dict(), dataset, name, 1000 + seed, tmp, a.repair,
-                                 a.reverify, paths, a.device,
+                                 a.reverify, a.tune, paths, a.device,
                                  a.out / "repairs" if a.keep else None))
             if a.workers > 1:
                 from multiprocessing import get_context
