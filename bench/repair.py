@@ -37,6 +37,7 @@ Usage: python bench/repair.py [--quick] [--chips 24 (0: digits only)] [--digits-
                               [--reverify '{"passes": 3}'] [--tune '{"width": 5e-8}']
                               [--paths array,sim-pmu]
                               [--device '{"rtn_count": 0}'] [--keep]
+       python bench/repair.py --combine OUT [OUT ...]   (one report over earlier runs' chips)
 Figures: docs/chip-in-the-loop.md.
 """
 
@@ -369,7 +370,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: few chips, short training")
     ap.add_argument("--chips", type=int, default=24, help="half-moons chips per network")
     ap.add_argument("--digits-chips", type=int, default=4, help="digits chips per network "
-                    "(~1 min of wall time each on a 2-core PC)")
+                    "(about 5 min of wall time per chip, both networks, with 2 workers)")
     ap.add_argument("--workers", type=int, default=1, help="processes")
     ap.add_argument("--first-chip", type=int, default=1, help="chip seeds are 1000 + this, "
                     "1000 + this + 1, ... (another set of chips: e.g. 25)")
@@ -391,8 +392,15 @@ def main() -> None:
                     "chips, as JSON (e.g. '{\"rtn_count\": 0}': no slow fluctuators)")
     ap.add_argument("--keep", action="store_true", help="keep each repair's HDF5 file in "
                     "OUT/repairs (every decision, tuning and measurement: `xbarlab view`)")
+    ap.add_argument("--combine", type=Path, nargs="+", metavar="DIR", help="print one report "
+                    "over the chips of earlier runs' OUT folders (no chip is run)")
     a = ap.parse_args()
+    if a.combine:
+        combine(a.combine)
+        return
     paths = a.paths.split(",")
+    run_config = {"repair": a.repair, "reverify": a.reverify, "tune": a.tune,
+                  "device": a.device, "quick": a.quick}
     if a.quick:
         a.chips, a.digits_chips, a.mc = 3, min(a.digits_chips, 1), 200
     a.out.mkdir(parents=True, exist_ok=True)
@@ -421,16 +429,52 @@ def main() -> None:
                     rows = [r for chip in pool.map(one_chip, jobs) for r in chip]
             else:
                 rows = [r for j in jobs for r in one_chip(j)]
-        results[dataset] = {"chips": rows, "monte_carlo": mc}
-        for path in paths:
-            lines = report(dataset, [x for x in rows if x["path"] == path], mc, path)
-            print("\n".join(lines), flush=True)
-        if len(paths) > 1:
-            print("\n".join(side_by_side(dataset, rows, paths)), flush=True)
+        results[dataset] = {"chips": rows, "monte_carlo": mc, "config": run_config}
+        print_reports(dataset, rows, mc)
     wall = time.perf_counter() - w0
     print(f"\nwall time {wall:.0f} s")
     (a.out / "results.json").write_text(json.dumps(results, indent=1, default=float))
 
+
+def print_reports(dataset: str, rows: list[dict], mc: dict) -> None:
+    paths = list(dict.fromkeys(x["path"] for x in rows))
+    for path in paths:
+        print("\n".join(report(dataset, [x for x in rows if x["path"] == path], mc, path)),
+              flush=True)
+    if len(paths) > 1:
+        print("\n".join(side_by_side(dataset, rows, paths)), flush=True)
+
+
+def combine(dirs: list[Path]) -> None:
+    """One report over the chips of several runs (each DIR/results.json): a long digits bench
+    run in chunks (``--first-chip``), on one machine or several. Refuses runs of other networks
+    (their Monte-Carlo prediction differs), other settings, or a chip twice."""
+    merged: dict[str, dict] = {}
+    for d in dirs:
+        f = d / "results.json"
+        try:
+            runs = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            sys.exit(f"--combine: cannot read {f}: {e}")
+        for dataset, r in runs.items():
+            m = merged.setdefault(dataset, {"chips": [], "monte_carlo": r["monte_carlo"],
+                                            "config": r.get("config"), "from": f, "seen": {}})
+            for what in ("monte_carlo", "config"):
+                if r.get(what) != m[what]:
+                    sys.exit(f"--combine: {f}: its {dataset} {what.replace('_', '-')} differs "
+                             f"from {m['from']}'s: not the same networks and settings")
+            for x in r["chips"]:
+                key = (x["network"], x["seed"], x["path"])
+                if key in m["seen"]:
+                    sys.exit(f"--combine: {f}: chip {x['seed']} ({x['network']}, path "
+                             f"{x['path']}) is also in {m['seen'][key]}")
+                m["seen"][key] = f
+                m["chips"].append(x)
+    for dataset, m in merged.items():
+        seeds = sorted({x["seed"] for x in m["chips"]})
+        print(f"\n{dataset}: {len(seeds)} chips per network from {len(dirs)} runs "
+              f"(seeds {seeds[0]}-{seeds[-1]})")
+        print_reports(dataset, m["chips"], m["monte_carlo"])
 
 if __name__ == "__main__":
     main()
