@@ -151,7 +151,11 @@ only that), max_rounds + 1 = the test set measured after. Tables:
 - ``units``         per unit: pulses and instrument time, by category (NaN ones on hardware).
 
 A killed repair resumes at the next unit; on a simulated station with the chip restored, so the
-resumed file equals an uninterrupted one.
+resumed file equals an uninterrupted one. On hardware the devices stay where the killed round
+left them, and a round can tune a whole layer: its tunings are written ahead to a small file
+beside the store (`protocols.ledger`), and the resumed round first books them (those cut off at
+their pulse cap, as failed), reads their tiles back and only then decides, so no pulse that
+reached the chip goes uncounted against the budget and no finished tuning's record is lost.
 """
 
 from __future__ import annotations
@@ -187,6 +191,7 @@ from protocols.inference import (
     predict,
     tile_maps,
 )
+from protocols.ledger import Ledger, Recovered
 from protocols.plan import (
     WEIGHT,
     ConductancePlan,
@@ -582,14 +587,27 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
         last_rig[:] = [rig]
         return rig
 
+    ledger = None
     if start < units:
         rig = opener(crossbars[0])
         with rig:
             check_reads(rig, read)
             check_crossbar(plan, rig, 0, crossbars[0])
             restore_progress("repair", writer, units, rig)
+        if not rig.restorable:   # a simulated chip is restored: the lost unit never happened
+            ledger = Ledger(writer.path, writer.run)
+            if not start:
+                ledger.clear()   # (a file of a run this one overwrote)
     st = _rebuild(plan, writer, stuck0, sets)
-    work = _Work(plan, maps, opener, crossbars, cfg, sets, int(budget), prior, seed)
+    work = _Work(plan, maps, opener, crossbars, cfg, sets, int(budget), prior, seed, ledger)
+    carry: dict = {}
+    if ledger is not None and start:
+        rec = ledger.recover(start)
+        if rec.done or rec.cut:
+            log.warning("repair: the interrupted unit %d had made %d tunings (%d cut off, "
+                        "booked at their pulse cap); they are counted and their tiles read "
+                        "back", start, len(rec.done) + len(rec.cut), len(rec.cut))
+            carry = work.recovered(st, start, rec)
     bar = Bar(f"repair, budget {budget} pulses", units, start, enabled=progress, unit="units")
     with bar:
         for u in range(start, units):
@@ -605,10 +623,16 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
             else:
                 bar.current("measuring the test set after repair")
                 rows = work.final(st, u)
+            if carry:   # what the interrupted try of this unit did comes first
+                rows = _merged(carry, rows)
+                used0 -= sum(carry["tunings"]["pulses"])
+                carry = {}
             times = instrument_times(last_rig[0], before, t0)
             rows["units"] = {"unit": [u], "pulses": [st.used - used0],
                              **{k: [v] for k, v in times.items()}}
             writer.commit(u, rows, commit_state(last_rig[0]))
+            if ledger is not None:
+                ledger.clear()
             bar.advance(st.used - used0)
             log.debug("repair: unit %d done, %d pulses", u, st.used - used0)
     interrupts.check()  # the run is not complete if the last commit lost a Ctrl-C
@@ -686,8 +710,9 @@ class _Work:
     """What one unit does; everything it returns is committed as that unit's rows."""
 
     def __init__(self, plan, maps, opener, crossbars, cfg: RepairConfig, sets, budget: int,
-                 prior, seed: int | None = None):
+                 prior, seed: int | None = None, ledger: Ledger | None = None):
         self.plan, self.maps, self.open, self.crossbars = plan, maps, opener, crossbars
+        self.ledger = ledger   # hardware only: the tunings of the unit in progress
         self.cfg, self.sets, self.budget, self.prior = cfg, sets, budget, prior
         self.seed = 0 if seed is None else int(seed)
         self._drift: Drift | None | bool = False   # fitted on first use (needs unit 0)
@@ -1197,6 +1222,8 @@ class _Work:
         """The pulse-cost model from the prior tunings (the transfer's) and the repair's own."""
         past = [self.prior] + ([np.array(st.history, float).T] if st.history else [])
         g0, t, n = (np.concatenate([p[i] for p in past]) for i in range(3))
+        ok = np.isfinite(g0)   # (a tuning cut off by an interruption: its start is unknown)
+        g0, t, n = g0[ok], t[ok], n[ok]
         return TuningCost(self.plan.g_min, self.plan.g_max, self.cfg.expected_pulses).fit(g0, t, n)
 
     # -- applying ----------------------------------------------------------------------------
@@ -1217,20 +1244,49 @@ class _Work:
                         return False
                     tc = cfg.tune.model_copy(update={"max_pulses": int(cap)})
                     r, c = int(plan.row[d]), int(plan.col[d])
+                    if self.ledger is not None:   # on hardware: written before the pulses
+                        self.ledger.reserve(rnd, d, target, cap)
                     res = tune(rig, r, c, target, tc)
-                    st.used += res.pulses
-                    st.tunings += 1
-                    st.history.append((res.g_initial, target, res.pulses, rnd))
-                    st.changed_at[t] = _when(rnd, "tuning")
-                    if not res.converged:
-                        st.stuck[d] = True
-                    _add(rows, "tunings", {"round": [rnd], "device": [d], "tile": [t],
-                                           "row": [r], "col": [c], "target": [target],
-                                           "g_before": [res.g_initial], "g_after": [res.g_final],
-                                           "converged": [res.converged], "pulses": [res.pulses],
-                                           "cap": [cap], "t_start": [res.t_start],
-                                           "t_end": [res.t_end]})
+                    row = {"round": rnd, "device": d, "tile": t, "row": r, "col": c,
+                           "target": target, "g_before": res.g_initial,
+                           "g_after": res.g_final, "converged": res.converged,
+                           "pulses": res.pulses, "cap": cap, "t_start": res.t_start,
+                           "t_end": res.t_end}
+                    if self.ledger is not None:
+                        self.ledger.done(rnd, row)
+                    self._book(st, rows, row)
         return True
+
+    def _book(self, st: _State, rows: dict, row: dict) -> None:
+        """Count one tuning (its row's plain values) in the state and the unit's rows."""
+        d, rnd = int(row["device"]), int(row["round"])
+        st.used += int(row["pulses"])
+        st.tunings += 1
+        st.history.append((row["g_before"], row["target"], row["pulses"], rnd))
+        t = int(self.plan.tile[d])
+        st.changed_at[t] = max(st.changed_at.get(t, 0.0), _when(rnd, "tuning"))
+        if not row["converged"]:
+            st.stuck[d] = True
+        _add(rows, "tunings", {k: [v] for k, v in row.items()})
+
+    def recovered(self, st: _State, rnd: int, rec: Recovered) -> dict:
+        """The rows of what the interrupted unit `rnd` did on hardware (`protocols.ledger`):
+        its tunings that ended, those cut off booked at their cap as failed (their pulses are
+        unknown; the device is not tuned again), and the tiles they pulsed read back, so the
+        resumed round counts every pulse against the budget and starts from the chip as it
+        is."""
+        plan, rows = self.plan, {}
+        for row in rec.done:
+            self._book(st, rows, {**row, "round": rnd})
+        for d, target, cap in rec.cut:
+            self._book(st, rows, {
+                "round": rnd, "device": d, "tile": int(plan.tile[d]), "row": int(plan.row[d]),
+                "col": int(plan.col[d]), "target": target, "g_before": np.nan,
+                "g_after": np.nan, "converged": False, "pulses": cap, "cap": cap,
+                "t_start": np.nan, "t_end": np.nan})
+        tiles = {int(plan.tile[d]) for d in rec.devices}
+        _add(rows, "readback", self.read_back(st, tiles, rnd))
+        return rows
 
 
 def tuning_order(plan: ConductancePlan, devices: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -1274,6 +1330,14 @@ def _decision(rnd, action, layer, weights, devices, pulses, acc_gain, loss_gain,
             "devices": [devices], "expected_pulses": [pulses],
             "expected_accuracy_gain": [acc_gain], "expected_loss_gain": [loss_gain],
             "disturbance": [disturbance], "why": [why]}
+
+
+def _merged(first: dict, then: dict) -> dict:
+    """The rows of two parts of one unit, table by table, `first`'s rows first."""
+    out = {t: {c: list(v) for c, v in cols.items()} for t, cols in first.items()}
+    for table, cols in then.items():
+        _add(out, table, cols)
+    return out
 
 
 def _add(rows: dict, table: str, part: dict) -> None:

@@ -563,6 +563,89 @@ def test_sigkill_during_repair_then_rerun_equals_uninterrupted(tmp_path, overrid
         assert len(a["calibration"]) and "calibration" in info.summary
 
 
+class StationRig(LimitRig):
+    """As on hardware: nothing to restore (the chip object lives on between the runs, as a real
+    chip does); every pulse logged; Ctrl-C at the pulse after `ctl["stop_at"]` of the log."""
+
+    restorable = False
+
+    def __init__(self, crossbar, lab, log, ctl):
+        super().__init__(crossbar, lab, log)
+        self.ctl = ctl
+
+    def save_state(self):
+        return None
+
+    def _pulse_and_read(self, row, col, volts, seconds, n):
+        if self.ctl.get("stop_at") is not None and len(self.log) >= self.ctl["stop_at"]:
+            raise KeyboardInterrupt
+        return super()._pulse_and_read(row, col, volts, seconds, n)
+
+
+def test_an_interrupted_round_on_hardware_counts_every_pulse_and_keeps_its_tunings(tmp_path):
+    from protocols.ledger import Ledger
+
+    kw = dict(budget=300, read=ReadSettings(), config=CONFIG, progress=False)
+    c, p, names, stuck, prior = _transferred(tmp_path / "a")
+    ref = run(p, lambda n: LimitRig(c[n], c.lab, []), names, tmp_path / "ref.h5", data(),
+              stuck=stuck, prior_tunings=prior, **kw).tables["tunings"]
+    # a round with two tunings or more, its second taking at least 2 pulses: cut that one off
+    # after its first pulse, the round's first tuning done
+    k = next(i for i in range(len(ref) - 1) if ref["round"][i] == ref["round"][i + 1]
+             and ref.pulses[i + 1] >= 2)
+    c, p, names, stuck, prior = _transferred(tmp_path / "b")   # the same chip, programmed again
+    log, ctl = [], {"stop_at": int(ref.pulses[:k + 1].sum()) + 1}
+    opener = lambda n: StationRig(c[n], c.lab, log, ctl)    # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        run(p, opener, names, tmp_path / "r.h5", data(), stuck=stuck, prior_tunings=prior, **kw)
+    assert len(log) == ctl["stop_at"] and Ledger(tmp_path / "r.h5", "run0").path.exists()
+    ctl["stop_at"] = None
+    res = run(p, opener, names, tmp_path / "r.h5", data(), stuck=stuck, prior_tunings=prior,
+              resume=True, **kw)
+    tu = res.tables["tunings"]
+    # every pulse that reached the chip is counted, the one cut off at its cap: never beyond
+    # the budget
+    cut = tu.iloc[k + 1]
+    assert cut.device == ref.device[k + 1] and not cut.converged and np.isnan(cut.g_before)
+    assert cut.pulses == cut.cap == ref.cap[k + 1]
+    assert res.summary["pulses"] == tu.pulses.sum() == len(log) - 1 + cut.cap <= 300
+    assert np.all(tu.cap.to_numpy() <= 300 - np.r_[0, np.cumsum(tu.pulses)[:-1]])
+    # the tunings made before the cut are kept as measured, in their round
+    for col in ("round", "device", "g_before", "g_after", "pulses", "converged"):
+        np.testing.assert_array_equal(tu[col][:k + 1].to_numpy(), ref[col][:k + 1].to_numpy())
+    # the round resumed from the chip as the cut left it: its tiles read back first
+    rb = res.tables["readback"]
+    tile = p.tile[int(cut.device)]
+    assert np.isin(p.tile_devices(tile), rb.device[rb["round"] == cut["round"]]).all()
+    assert not Ledger(tmp_path / "r.h5", "run0").path.exists()
+
+
+def test_the_ledger_ignores_a_line_torn_by_the_crash_and_refuses_a_damaged_one(tmp_path):
+    from protocols.ledger import Ledger
+
+    led = Ledger(tmp_path / "r.h5", "run0")
+    led.reserve(3, 7, 2e-4, 40)
+    led.done(3, {"round": 3, "device": 7, "pulses": np.int64(12), "g_before": np.nan})
+    led.reserve(3, 8, 1e-4, 28)
+    led.reserve(2, 9, 1e-4, 60)         # an earlier, committed unit's: not this one's
+    rec = led.recover(3)
+    assert [r["device"] for r in rec.done] == [7] and rec.cut == [(8, 1e-4, 28)]
+    assert np.isnan(rec.done[0]["g_before"]) and rec.devices == [7, 8]
+    with open(led.path, "a") as f:
+        f.write('{"run": "run0", "unit": 3, "dev')       # torn: the last line
+    assert led.recover(3).cut == [(8, 1e-4, 28)]
+    with open(led.path, "a") as f:
+        f.write("\n" + '{"run": "run0", "unit": 3, "device": 5, "target": 1e-4, "cap": 9}\n')
+    with pytest.raises(ProtocolError, match="damaged"):
+        led.recover(3)
+    led.clear()
+    assert not led.path.exists() and led.recover(3).cut == []
+    blocked = Ledger(tmp_path / "d.h5", "run0")
+    blocked.path.mkdir()                 # where the record cannot be written, nothing pulses
+    with pytest.raises(ProtocolError, match="nothing was pulsed"):
+        blocked.reserve(1, 2, 1e-4, 10)
+
+
 def test_a_flip_reaches_a_weight_whose_stuck_device_is_on_the_wrong_side_of_its_pair():
     """The regular half-moons chip 1042: a G- stuck low where its output weight must be large
     and negative. No weight of that sign is reachable, so a refit of the layer (compensation)
