@@ -476,5 +476,6 @@ def combine(dirs: list[Path]) -> None:
               f"(seeds {seeds[0]}-{seeds[-1]})")
         print_reports(dataset, m["chips"], m["monte_carlo"])
 
+
 if __name__ == "__main__":
     main()
