@@ -1,9 +1,10 @@
 """Write-ahead record of the tunings of a unit still in progress, on hardware.
 
 A campaign commits its rows once per unit (`database.runs`), so a unit is the most a crash can
-lose. Where a unit tunes many devices (a repair round: up to a whole layer) that is a lot, and on
-hardware more than data: the pulses reached the chip, and a repair resumed without knowing them
-would spend its budget again. On a simulated station the chip is restored to its state at the
+lose. Where a unit tunes many devices (a repair round: up to a whole layer; the transfer's last
+device of a tile, with the tile's re-verify) that is a lot, and on hardware more than data: the
+pulses reached the chip, a resumed run that did not know them would spend its budget again, and
+the measured tunings would be lost. On a simulated station the chip is restored to its state at the
 last commit, so nothing of the lost unit happened; on a real one (`rig.restorable` False) the
 devices stay where the unit left them.
 
@@ -36,6 +37,7 @@ class Recovered:
 
     done: list[dict] = field(default_factory=list)
     cut: list[tuple[int, float, int]] = field(default_factory=list)
+    cut_extra: list[dict] = field(default_factory=list)   # what each cut one's reserve added
 
     @property
     def devices(self) -> list[int]:
@@ -43,7 +45,11 @@ class Recovered:
 
 
 class Ledger:
-    """The tunings of the unit in progress of run `run` of store `store` (module docstring)."""
+    """The tunings of the unit in progress of run `run` of store `store` (module docstring).
+
+    `kind` tells apart tunings of one unit that a protocol books differently (the transfer:
+    a device's programming and its tile's re-verify tunings, which may tune the same
+    device)."""
 
     def __init__(self, store: str | os.PathLike, run: str):
         self.path = Path(f"{os.fspath(store)}.{run}.tunings")
@@ -60,12 +66,14 @@ class Ledger:
             raise ProtocolError(f"cannot record a tuning in {self.path} before pulsing ({e}); "
                                 "nothing was pulsed") from None
 
-    def reserve(self, unit: int, device: int, target: float, cap: int) -> None:
-        self._write({"unit": int(unit), "device": int(device), "target": float(target),
-                     "cap": int(cap)})
+    def reserve(self, unit: int, device: int, target: float, cap: int, *,
+                kind: str = "tuning", extra: dict | None = None) -> None:
+        self._write({"unit": int(unit), "kind": kind, "device": int(device),
+                     "target": float(target), "cap": int(cap),
+                     **({"extra": _plain(extra)} if extra else {})})
 
-    def done(self, unit: int, row: dict) -> None:
-        self._write({"unit": int(unit), "row": {k: _plain(v) for k, v in row.items()}})
+    def done(self, unit: int, row: dict, *, kind: str = "tuning") -> None:
+        self._write({"unit": int(unit), "kind": kind, "row": _plain(row)})
 
     def clear(self) -> None:
         """The unit is committed: nothing here is needed any more."""
@@ -74,8 +82,9 @@ class Ledger:
         except OSError as e:   # left behind, it is ignored by unit number on a resume
             log.warning("could not remove %s: %s", self.path, e)
 
-    def recover(self, unit: int) -> Recovered:
-        """What unit `unit` (the one a resumed run starts with) did before it was cut off."""
+    def recover(self, unit: int, *, kind: str = "tuning") -> Recovered:
+        """What unit `unit` (the one a resumed run starts with) did before it was cut off: its
+        tunings of `kind`."""
         out = Recovered()
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
@@ -85,26 +94,34 @@ class Ledger:
             raise ProtocolError(f"cannot read {self.path}, the record of the tunings the "
                                 f"interrupted run made ({e}); its pulses would go uncounted") \
                 from None
-        pending: dict[int, tuple[float, int]] = {}
+        pending: dict[int, dict] = {}
         for i, text in enumerate(lines):
             try:
                 e = json.loads(text)
-                if e.get("run") != self.run or int(e["unit"]) != unit:
+                if (e.get("run") != self.run or int(e["unit"]) != unit
+                        or e.get("kind", "tuning") != kind):
                     continue
                 if "row" in e:
                     out.done.append(e["row"])
                     pending.pop(int(e["row"]["device"]), None)
                 else:
-                    pending[int(e["device"])] = (float(e["target"]), int(e["cap"]))
+                    pending[int(e["device"])] = {"target": float(e["target"]),
+                                                 "cap": int(e["cap"]),
+                                                 "extra": dict(e.get("extra", {}))}
             except (ValueError, KeyError, TypeError):
                 if i == len(lines) - 1:   # torn by the crash
                     log.warning("%s: ignoring its last line, cut off by the crash", self.path)
                     continue
                 raise ProtocolError(f"{self.path}: line {i + 1} is damaged; the interrupted "
                                     "run's pulses cannot be counted") from None
-        out.cut = [(d, t, c) for d, (t, c) in pending.items()]
+        out.cut = [(d, p["target"], p["cap"]) for d, p in pending.items()]
+        out.cut_extra = [p["extra"] for p in pending.values()]
         return out
 
 
 def _plain(v):
-    return v.item() if hasattr(v, "item") else v   # numpy scalars; NaN is written as NaN
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if hasattr(v, "tolist"):   # numpy scalars and arrays; NaN is written as NaN
+        return v.tolist()
+    return v

@@ -36,12 +36,17 @@ and the tables are
   the read-back that triggered it, the outcome and pulses;
 - ``history``   every pulse and read (only with ``record_history``).
 
-A tile's re-verify belongs to the unit of its last device: a kill during it resumes by
-re-programming that device and re-verifying the tile.
-
-Each device is one commit, so a killed transfer resumes at the next device (a simulated chip is
-restored to its committed state and the resumed run is identical to an uninterrupted one; on
-hardware the devices stay as the interrupted run left them).
+Each device is one commit, so a killed transfer resumes at the device it was programming. A
+simulated chip is restored to its committed state and the resumed run is identical to an
+uninterrupted one. On hardware the devices stay as the interrupted run left them, and a tile's
+re-verify belongs to the unit of its last device, so a kill during it would lose measured
+tunings and leave pulses uncounted. There (``rig.restorable`` False) every tuning is written
+ahead to ``<store>.<run>.tunings`` (`protocols.ledger`): the resumed unit keeps the last
+device's programming as it was measured (not programmed again) and the re-verify tunings that
+ended, books one cut off at its pulse cap (as failed; its pulses are unknown, the device may be
+re-tuned), and resumes the re-verify pass it was in with what is left of the tile's budget,
+from a fresh read-back. A programming cut off mid-way is done again from where the device
+is; its pulses (at most its cap, in the warning) are not in the ``devices`` table.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from protocols import interrupts
 from protocols.campaigns._loop import commit_state, restore_progress
 from protocols.campaigns.common import HISTORY_COLUMNS, concat, history_rows
 from protocols.errors import ProtocolError
+from protocols.ledger import Ledger, Recovered
 from protocols.plan import (
     ConductancePlan,
     check_crossbar,
@@ -214,6 +220,10 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
         pulses[dv.device.to_numpy()] = dv.pulses.to_numpy()
         failed[dv.device.to_numpy()] = ~dv.converged.to_numpy()
 
+    ledger: Ledger | None = None
+    first = True   # the first rig of this session decides: hardware or a restorable simulation
+    kept: dict | None = None          # the programming of device `start` (hardware, resumed)
+    rv_kept: Recovered | None = None  # and its tile's re-verify tunings
     bar = Bar(f"transfer {plan.n_devices} devices, {plan.n_tiles} tiles", plan.n_devices, start,
               enabled=progress)
     with bar:
@@ -232,16 +242,28 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                 check_crossbar(plan, rig, t, name)
                 if todo[0] == start:  # the first tile of this session: resume where it stopped
                     restore_progress("transfer", writer, plan.n_devices, rig)
+                if first:
+                    first = False
+                    if not rig.restorable:
+                        ledger = Ledger(writer.path, writer.run)
+                        if start:
+                            kept, rv_kept = _recovered(ledger, start, cfg)
+                        else:
+                            ledger.clear()   # (a file of a run this one overwrote)
                 for d in todo:
                     bar.current(f"tile {t} on {name} ({int(plan.row[d])},{int(plan.col[d])})")
-                    out = _program_device(plan, rig, int(d), cfg)
+                    if kept is not None and d == start:
+                        out, kept = kept, None
+                    else:
+                        out = _program_device(plan, rig, int(d), cfg, ledger)
                     pulses[d] = out["devices"]["pulses"][0]
                     failed[d] = not out["devices"]["converged"][0]
                     if d == devs[-1]:  # the tile is complete: read it back (and re-verify)
                         rig.wait(cfg.settle_s)
                         rv = reverify(rig, plan, devs, cfg.tune, cfg.reverify,
                                       budget=int(cfg.reverify.budget * pulses[devs].sum()),
-                                      skip=failed[devs])
+                                      skip=failed[devs], ledger=ledger, unit=int(d),
+                                      resumed=rv_kept if d == start else None)
                         t_read, g_tile = rv.t_read, rv.g
                         g_read[devs] = g_tile
                         if rv.rows["device"]:
@@ -255,6 +277,8 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                         if d == plan.n_devices - 1 and x is not None:
                             out["inference"] = _inference(plan, g_read, x, y)
                     writer.commit(int(d), out, commit_state(rig))
+                    if ledger is not None:
+                        ledger.clear()
                     bar.advance(int(out["devices"]["pulses"][0])
                                 + int(np.sum(out.get("reverify", {}).get("pulses", 0))))
     interrupts.check()  # not complete if the last commit lost a Ctrl-C in a finaliser
@@ -278,14 +302,21 @@ class Reverified:
 
 
 def reverify(rig: CrossbarRig, plan: ConductancePlan, devs: np.ndarray, tune_cfg: TuneConfig,
-             cfg: ReverifyConfig, *, budget: int, skip: np.ndarray | None = None) -> Reverified:
+             cfg: ReverifyConfig, *, budget: int, skip: np.ndarray | None = None,
+             ledger: Ledger | None = None, unit: int = 0,
+             resumed: Recovered | None = None) -> Reverified:
     """Read the tile of `devs` (plan devices on `rig`'s crossbar) back and, for at most
     ``cfg.passes`` passes, re-tune the devices whose read-back error exceeds ``cfg.threshold``
     of their target, largest error in S first, then read the tile back again; with passes = 0
     it is the plain read-back. Never more than `budget` pulses: each re-tuning's cap is
     min(cfg.max_pulses, the budget left) and one whose cap falls below ``cfg.min_cap`` is not
     started (the passes end). A device whose tuning failed, here or where `skip` (per device of
-    `devs`) says so, is not re-tuned again."""
+    `devs`) says so, is not re-tuned again.
+
+    On hardware, `ledger` gets each re-tuning ahead of its pulses (as unit `unit`), and
+    `resumed` is what an interrupted try of this unit did (module docstring): its rows come
+    first and count against the budget, and the pass it was in starts again from a read-back
+    (``g_first`` is then that read-back)."""
     devs = np.asarray(devs)
     rows_, cols_ = plan.row[devs], plan.col[devs]
     target = plan.target[devs]
@@ -293,6 +324,19 @@ def reverify(rig: CrossbarRig, plan: ConductancePlan, devs: np.ndarray, tune_cfg
     tc = tune_cfg.model_copy(update={"max_pulses": min(tune_cfg.max_pulses, cfg.max_pulses)})
     rec: dict[str, list] = {k: [] for k in REVERIFY_COLUMNS if k != "tile"}
     used, passes, g_first = 0, 0, None
+    if resumed is not None:
+        where = {int(d): i for i, d in enumerate(devs)}
+        cut = [{"pass": x.get("pass", 1), "device": d, "target": tg, "g_read": np.nan,
+                "converged": False, "pulses": cap, "cap": cap, "g_final": np.nan,
+                "t_start": np.nan, "t_end": np.nan}
+               for (d, tg, cap), x in zip(resumed.cut, resumed.cut_extra, strict=True)]
+        for row in [*resumed.done, *cut]:
+            for k in rec:
+                rec[k].append(row[k])
+            used += int(row["pulses"])
+            passes = max(passes, int(row["pass"]) - 1)   # the pass it was in starts again
+        for row in resumed.done:   # (a cut one did not fail, its state is only unknown)
+            done[where[int(row["device"])]] |= not row["converged"]
     while True:
         t_read = float(rig.clock)
         g = rig.read_array()[rows_, cols_]
@@ -307,20 +351,28 @@ def reverify(rig: CrossbarRig, plan: ConductancePlan, devs: np.ndarray, tune_cfg
             cap = min(tc.max_pulses, budget - used)
             if cap < cfg.min_cap:
                 break
+            if ledger is not None:   # on hardware: written before the pulses
+                ledger.reserve(unit, int(devs[i]), float(target[i]), int(cap), kind="reverify",
+                               extra={"pass": passes})
             res = tune(rig, int(rows_[i]), int(cols_[i]), float(target[i]),
                        tc.model_copy(update={"max_pulses": int(cap)}))
             used += res.pulses
             done[i] |= not res.converged
-            for k, v in (("pass", passes), ("device", int(devs[i])), ("target", target[i]),
-                         ("g_read", g[i]), ("converged", res.converged),
-                         ("pulses", res.pulses), ("cap", cap), ("g_final", res.g_final),
-                         ("t_start", res.t_start), ("t_end", res.t_end)):
+            row = {"pass": passes, "device": int(devs[i]), "target": target[i],
+                   "g_read": g[i], "converged": res.converged, "pulses": res.pulses,
+                   "cap": cap, "g_final": res.g_final, "t_start": res.t_start,
+                   "t_end": res.t_end}
+            if ledger is not None:
+                ledger.done(unit, row, kind="reverify")
+            for k, v in row.items():
                 rec[k].append(v)
 
 
 def _program_device(plan: ConductancePlan, rig: CrossbarRig, d: int,
-                    cfg: TransferConfig) -> dict:
+                    cfg: TransferConfig, ledger: Ledger | None = None) -> dict:
     r, c = int(plan.row[d]), int(plan.col[d])
+    if ledger is not None:   # on hardware: written before the pulses
+        ledger.reserve(d, d, float(plan.target[d]), cfg.tune.max_pulses, kind="program")
     res = tune(rig, r, c, float(plan.target[d]), cfg.tune)
     row = {"device": [d], "layer": [plan.layer[d]], "param": [plan.param[d]],
            "out": [plan.out[d]], "inp": [plan.inp[d]], "sign": [plan.sign[d]],
@@ -332,7 +384,35 @@ def _program_device(plan: ConductancePlan, rig: CrossbarRig, d: int,
     out = {"devices": row}
     if cfg.record_history:
         out["history"] = concat([history_rows(res, d, d, 1)], HISTORY_COLUMNS)
+    if ledger is not None:
+        ledger.done(d, {"device": d, "devices": {k: v[0] for k, v in row.items()},
+                        "history": out.get("history")}, kind="program")
     return out
+
+
+def _recovered(ledger: Ledger, unit: int, cfg: TransferConfig) -> tuple[dict | None,
+                                                                         Recovered]:
+    """What the interrupted unit `unit` did on hardware: the programming of device `unit` if
+    it ended (the rows to commit, as `_program_device` made them), and its tile's re-verify
+    tunings."""
+    prog = ledger.recover(unit, kind="program")
+    rv = ledger.recover(unit, kind="reverify")
+    kept = None
+    if prog.done:
+        e = prog.done[-1]
+        kept = {"devices": {k: [v] for k, v in e["devices"].items()}}
+        if cfg.record_history and e.get("history") is not None:
+            kept["history"] = {k: np.asarray(e["history"][k], dtype=np.dtype(dt))
+                               for k, (dt, _u) in HISTORY_COLUMNS.items()}
+        log.warning("transfer: resuming device %d on hardware: its programming before the "
+                    "interruption is kept as measured (%d re-verify tunings of its tile "
+                    "kept, %d cut off and booked at their pulse cap)", unit, len(rv.done),
+                    len(rv.cut))
+    elif prog.cut:
+        log.warning("transfer: the programming of device %d was cut off on hardware; it is "
+                    "done again from where the device is (the cut one's pulses, at most %d, "
+                    "are not in the devices table)", unit, prog.cut[0][2])
+    return kept, rv
 
 
 def _inference(plan: ConductancePlan, g_read: np.ndarray, x: np.ndarray,

@@ -296,3 +296,72 @@ def test_resume_inside_a_reverify_pass_is_identical(reverified, tmp_path):
     for t in ("devices", "readback", "reverify", "inference"):
         assert res.tables[t].equals(ref.tables[t]), t
     assert res.summary == ref.summary
+
+
+class StationRecordingRig(RecordingRig):
+    """As on hardware: nothing is restored on a resume (the chip object lives on between the
+    runs, as a real chip does)."""
+
+    restorable = False
+
+    def save_state(self):
+        return None
+
+
+@pytest.mark.parametrize("history", [False, True])
+def test_a_reverify_cut_off_on_hardware_keeps_its_tunings_and_counts_every_pulse(reverified,
+                                                                                   tmp_path,
+                                                                                   history):
+    """A kill in the middle of a tile's re-verify, on hardware: the tile's last device is not
+    programmed again (its first programming is kept as measured, with its pulse history), the
+    re-tunings made before the kill are kept, the one cut off is booked at its pulse cap, and
+    the resumed re-verify spends only what is left of the tile's budget."""
+    from protocols.ledger import Ledger
+    from protocols.transfer import ReverifyConfig
+
+    ref = reverified[0]
+    cfg = _rv_cfg()
+    if history:
+        cfg = cfg.model_copy(update={"record_history": True})
+        ref = _run(tmp_path, _chip(), [], [], name="ref.h5", config=cfg)
+    dev, rv = ref.tables["devices"], ref.tables["reverify"]
+    rv0 = rv[rv.tile == 0].reset_index(drop=True)
+    k = next(i for i in range(len(rv0) - 1) if rv0.pulses[i + 1] >= 2)
+    n0 = int(dev.pulses[dev.tile == 0].sum())
+    chip, log, ctl = _chip(), [], {"fail_at": n0 + int(rv0.pulses[:k + 1].sum()) + 1}
+
+    def opener(xname):
+        return StationRecordingRig(chip[xname], xname, log, ctl["fail_at"], lab=chip.lab)
+
+    kw = dict(read=ReadSettings(), test_data=_data(), seed=1, progress=False, config=cfg)
+    with pytest.raises(KeyboardInterrupt):
+        run(_plan(), opener, list(NAMES), tmp_path / "r.h5", **kw)
+    assert len(log) == ctl["fail_at"] and Ledger(tmp_path / "r.h5", "run0").path.exists()
+    ctl["fail_at"] = None
+    res = run(_plan(), opener, list(NAMES), tmp_path / "r.h5", resume=True, **kw)
+    last0 = int(ref.plan.tile_devices(0)[-1])
+    assert res.resumed_from == last0
+    # the tile's last device keeps its programming as measured (not programmed again)
+    got = res.tables["devices"]
+    assert got[got.device == last0].reset_index(drop=True).equals(
+        dev[dev.device == last0].reset_index(drop=True))
+    # the re-tunings before the kill are kept as measured; the cut one booked at its cap
+    rvg = res.tables["reverify"]
+    rvg0 = rvg[rvg.tile == 0].reset_index(drop=True)
+    for col in ("pass", "device", "target", "g_read", "converged", "pulses", "cap", "g_final"):
+        np.testing.assert_array_equal(rvg0[col][:k + 1].to_numpy(), rv0[col][:k + 1].to_numpy())
+    cut = rvg0.iloc[k + 1]
+    assert cut.device == rv0.device[k + 1] and not cut.converged and np.isnan(cut.g_final)
+    assert cut.pulses == cut.cap == rv0.cap[k + 1] and cut["pass"] == rv0["pass"][k + 1]
+    # every pulse that reached the chip is counted (the cut tuning's one at its cap), and the
+    # tile's re-verify stays within its budget
+    assert got.pulses.sum() + rvg.pulses.sum() == len(log) - 1 + cut.cap
+    assert res.summary["pulses_total"] == got.pulses.sum() + rvg.pulses.sum()
+    budget = int(ReverifyConfig(passes=2, threshold=0.03).budget * n0)
+    assert rvg0.pulses.sum() <= budget
+    assert rvg["pass"].between(1, 2).all()
+    assert not Ledger(tmp_path / "r.h5", "run0").path.exists()
+    if history:   # the kept programming's pulses and reads, as measured
+        h, hr = res.tables["history"], ref.tables["history"]
+        mine, theirs = h[h.device == last0], hr[hr.device == last0]
+        assert len(mine) and mine.reset_index(drop=True).equals(theirs.reset_index(drop=True))
