@@ -269,6 +269,19 @@ def flipped_weights(plan: ConductancePlan, g: np.ndarray, layer: int, unit: int
     return layers
 
 
+def swapped_weights(plan: ConductancePlan, g: np.ndarray, layer: int, unit: int
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The weights at g with unit `unit` of layer `layer` negated in the periphery
+    (`Calibration.flipped`) and its own weights and bias negated on the crossbar, so that the
+    unit computes what it did whatever its activation: its column pair swapped, G- - G+. A
+    swap's refit starts from them and is pulled towards them."""
+    layers = [(w.copy(), b.copy()) for w, b in plan_weights(plan, g)]
+    w, b = layers[layer]
+    w[unit] = -w[unit]
+    b[unit] = -b[unit]
+    return layers
+
+
 def sparse_refits(model: MeasuredModel, k: np.ndarray, g: np.ndarray, fixed: np.ndarray, *,
                   sizes: Sequence[int], l2: float = 0.02) -> list[Refit]:
     """Refits of pairs `k` that change few weights, one per entry of `sizes`: an l1-penalised
