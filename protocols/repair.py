@@ -45,6 +45,8 @@ costed:
                 held. The unit computes what it did and the next layer is left as it is; the
                 stuck device is now on the right side of its pair. A flip does not reach this
                 case: the stuck device is in the unit's own pairs, not in the next layer's.
+                At most two units a round (`MAX_SWAPS`); a flip or a swap is applied whole
+                or not offered (the budget must hold half as much again as it expects).
 ``robust refit`` (``robust_refit``, on by default) re-fit the last layer for a programming
                 that misses (`protocols.refit.robust_refit`: the refit set's loss averaged over
                 draws of the errors the transfer left, `ProgrammingErrors`) and re-program, in
@@ -244,6 +246,8 @@ RETUNE, COMPENSATE, REFIT, STOP, ROLLBACK, CALIBRATE, SPARSE, FLIP, ROBUST, SWAP
 ACTIONS = {RETUNE: "retune", COMPENSATE: "compensate", REFIT: "refit", STOP: "stop",
            ROLLBACK: "rollback", CALIBRATE: "calibrate", SPARSE: "sparse refit", FLIP: "flip",
            ROBUST: "robust refit", SWAP: "swap"}
+#: swap candidates a round offers at most (a digits chip has 7-9 units that qualify)
+MAX_SWAPS = 2
 #: the actions that pulse (a round's expected gain is booked for the disturbance's price)
 PULSING = (RETUNE, COMPENSATE, REFIT, SPARSE, ROLLBACK, FLIP, ROBUST, SWAP)
 CHOSEN, NOT_BEST, NO_GAIN, NOTHING = 0, 1, 2, 3                      # decisions.why
@@ -1084,17 +1088,19 @@ class _Work:
             return Score(float(np.mean([q.accuracy for q in scores])),
                          float(np.mean([q.loss for q in scores])))
 
-        def candidate(action, layer, k, want, cal=None, whole=False, **extra):
+        def candidate(action, layer, k, want, cal=None, whole=False, atomic=False, **extra):
             """`cal`: the calibration the candidate was fitted under (a flip's, or one with the
             last layer reset), else the current one. `whole`: every move in one round (no
             `step`), judged with the transfer's errors on the devices it tunes, and offered
             only where the budget holds half as much again as it is expected to take (a
-            layer left half re-programmed would be neither fit)."""
+            layer left half re-programmed would be neither fit). `atomic`: every move in one
+            round and that budget check, judged as the others (a unit negated in the
+            periphery with part of its weights negated computes nothing it should)."""
             devs, tgts = pair_moves(plan, st.g, st.stuck, k, want, tol, cost)
             if not devs.size:
                 return
             slope = grad if cal is None else rep.with_calibration(cal).gradient(st.g)[1]
-            if devs.size > step and not whole:
+            if devs.size > step and not (whole or atomic):
                 first = -slope[devs] * (tgts - st.g[devs])
                 keep = np.sort(np.argsort(-first, kind="stable")[:step])
                 devs, tgts = devs[keep], tgts[keep]
@@ -1104,9 +1110,9 @@ class _Work:
             g_new[devs] = tgts
             pulses = cost(st.g[devs], tgts)
             miss = None
+            if (whole or atomic) and 1.5 * pulses.sum() > self.budget - st.used:
+                return
             if whole:
-                if 1.5 * pulses.sum() > self.budget - st.used:
-                    return
                 lo, hi = errors.draws(devs.size, cfg.disturbance_samples,
                                       np.random.default_rng([self.seed, rnd, 1]))
                 miss = np.where(tgts <= plan.g_min * (1 + 1e-6), lo, hi)
@@ -1160,14 +1166,14 @@ class _Work:
             # stuck devices held: the weights from the unit (and the biases) change sign
             fitted(FLIP, li - 1, {li: range(plan.sizes[li + 1])},
                    cal=st.cal.flipped(li - 1, unit),
-                   toward=flipped_weights(plan, st.g, li, unit), unit=unit)
+                   toward=flipped_weights(plan, st.g, li, unit), unit=unit, atomic=True)
         if self.swaps(st):
             g_want = np.zeros(plan.n_devices)
             g_want[dp] = st.diff
             for li, unit in self.swaps(st):
                 # the unit negated in the periphery and its own pairs re-fitted negated
                 fitted(SWAP, li, {li: [unit]}, cal=st.cal.flipped(li, unit),
-                       toward=swapped_weights(plan, g_want, li, unit), unit=unit)
+                       toward=swapped_weights(plan, g_want, li, unit), unit=unit, atomic=True)
         errors = self.errors(st) if cfg.robust_refit else None
         if errors is not None:   # the last layer, for a programming that misses, all at once
             r = robust_refit(fit_model, scope_pairs(plan, {last: range(plan.sizes[-1])}), st.g,
@@ -1256,7 +1262,8 @@ class _Work:
         wrong side of its pair (a G+ stuck low where the weight must be large and positive).
         With the unit negated in the periphery and its own pairs swapped (G- - G+) the stuck
         device is on the right side; the unit computes what it did whatever its activation,
-        and the next layer is left as it is. Needs the periphery to calibrate."""
+        and the next layer is left as it is. Needs the periphery to calibrate. At most
+        `MAX_SWAPS`, those that bring the most out of reach into reach first."""
         plan = self.plan
         if self.cfg.calibrate == "off" or not st.stuck.any():
             return []
@@ -1269,13 +1276,15 @@ class _Work:
         want = st.diff[k]
         miss = np.maximum(lo - want, 0) + np.maximum(want - hi, 0)
         miss_swapped = np.maximum(lo + want, 0) + np.maximum(-want - hi, 0)
-        out = []
+        gaps = []
         for li, unit in sorted({(int(plan.layer[dp[i]]), int(plan.out[dp[i]])) for i in k}):
             mine = (plan.layer[dp[k]] == li) & (plan.out[dp[k]] == unit)
+            gap = float(miss[mine].sum() - miss_swapped[mine].sum())
             # by more than a tenth of the range: a swap re-programs the unit's every pair
-            if miss[mine].sum() - miss_swapped[mine].sum() > 0.1 * (plan.g_max - plan.g_min):
-                out.append((li, unit))
-        return out
+            if gap > 0.1 * (plan.g_max - plan.g_min):
+                gaps.append((-gap, li, unit))
+        # the MAX_SWAPS that gain the most reach (each is a refit, judged like every candidate)
+        return [(li, unit) for _, li, unit in sorted(gaps)[:MAX_SWAPS]]
 
     def cost(self, st: _State) -> TuningCost:
         """The pulse-cost model from the prior tunings (the transfer's) and the repair's own."""
