@@ -6,7 +6,7 @@ which every decision and the stopping rule are judged: a network trained on them
 repair nothing to find; `database.datasets.chip_in_the_loop_sets`) and the *test set* (measured before and after, never used to decide).
 
 Each round, from the chip's measured state (read-back conductances ``g`` and the analog
-pre-activations of every layer, `protocols.refit.MeasuredModel`), six kinds of correction are
+pre-activations of every layer, `protocols.refit.MeasuredModel`), seven kinds of correction are
 costed:
 
 ``retune``      the devices whose error costs the most: the loss's sensitivity to each
