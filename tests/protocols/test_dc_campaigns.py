@@ -43,7 +43,8 @@ def test_iv_loops_are_pinched_hysteresis_with_switching_in_the_documented_ranges
             # hysteresis: at +0.3 V the branch back from v_set carries more than the way up
             # (a device's first SET), at -0.3 V the branch back from v_reset less than the
             # way down where the RESET switched (where it did not, the return can carry more:
-            # 3 of 32 cycles here, up to 32 %)
+            # 3 of 32 cycles here, up to 32 %: the sweep's stress re-draws the slow
+            # fluctuators, next test)
             up = p[(p.branch == 0) & np.isclose(v, 0.3)]
             back = p[(p.branch == 1) & np.isclose(v, 0.3)]
             down = p[(p.branch == 2) & np.isclose(v, -0.3)]
@@ -60,6 +61,27 @@ def test_iv_loops_are_pinched_hysteresis_with_switching_in_the_documented_ranges
     assert cyc.v_set.dropna().between(*SET_RANGE).all(), cyc.v_set.tolist()
     assert cyc.v_reset.dropna().between(*RESET_RANGE).all(), cyc.v_reset.tolist()
     assert first.on_off.max() > 2
+
+
+def test_a_reset_sweep_never_raises_a_device_without_fluctuators(tmp_path):
+    """A cycle whose RESET did not switch can come back from -V higher than it went down (up
+    to 32 % at -0.3 V with the calibrated 16 fluctuators per device). That is the slow
+    fluctuators, which the sweep's DC stress re-draws and which a read sees: under a negative
+    voltage the model's G and Gv only fall. Without them no cycle comes back higher."""
+    from simulator.config import DeviceParams
+
+    ratios = []
+    for seed in (1, 2):
+        rig = sim_rig(rows=2, cols=2, seed=seed, stuck_hrs_rate=0, stuck_lrs_rate=0,
+                      device=DeviceParams(rtn_count=0))
+        iv.run(rig, iv.IVConfig(cycles=3), tmp_path / f"iv{seed}.h5", progress=False)
+        pts = read_run(tmp_path / f"iv{seed}.h5")[1]["points"]
+        for _, p in pts.groupby(["device", "cycle"]):
+            v = p.volts.to_numpy()
+            down = p[(p.branch == 2) & np.isclose(v, -0.3)].current.iloc[0]
+            back = p[(p.branch == 3) & np.isclose(v, -0.3)].current.iloc[0]
+            ratios.append(back / down)
+    assert len(ratios) == 24 and max(ratios) <= 1.0, max(ratios)
 
 
 def test_iv_flags_devices_that_never_switch(tmp_path):
