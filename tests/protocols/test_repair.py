@@ -646,6 +646,28 @@ def test_the_ledger_ignores_a_line_torn_by_the_crash_and_refuses_a_damaged_one(t
         blocked.reserve(1, 2, 1e-4, 10)
 
 
+def _g_plus_stuck_low(p, k):
+    """Pair k of plan p with its G+ stuck in HRS (the weight can only be <= 0), the rest at
+    target: (g, stuck, the measured model, the intact network's loss, after(model, refit,
+    cal): the loss once the refit's moves are made, the stuck device never among them)."""
+    x, y = data().refit
+    dp, _ = pairs(p)
+    g = p.target.copy()
+    g[dp[k]] = p.g_min
+    stuck = np.zeros(p.n_devices, bool)
+    stuck[dp[k]] = True
+    cost = TuningCost(p.g_min, p.g_max, 20.0)
+
+    def after(model, r, cal):
+        devs, tgts = pair_moves(p, g, stuck, r.pair, r.diff, 0.01, cost)
+        assert dp[k] not in devs
+        g2 = g.copy()
+        g2[devs] = tgts
+        return model.score(g2, cal).loss
+
+    return g, stuck, _model(p, g, x, y), _model(p, p.target, x, y).score(p.target).loss, after
+
+
 def test_a_flip_reaches_a_weight_whose_stuck_device_is_on_the_wrong_side_of_its_pair():
     """The regular half-moons chip 1042: a G- stuck low where its output weight must be large
     and negative. No weight of that sign is reachable, so a refit of the layer (compensation)
@@ -656,24 +678,10 @@ def test_a_flip_reaches_a_weight_whose_stuck_device_is_on_the_wrong_side_of_its_
     from protocols.refit import flipped_weights
     from protocols.repair import FLIP, _Work
 
-    p, d = plan(), data()
-    x, y = d.refit
-    dp, dm = pairs(p)
+    p = plan()
+    dp, _ = pairs(p)
     k = int(np.flatnonzero((p.layer[dp] == 1) & (p.inp[dp] == 0))[0])   # w = +2.5
-    g = p.target.copy()
-    g[dp[k]] = p.g_min                      # its G+ stuck in HRS: the weight can only be <= 0
-    stuck = np.zeros(p.n_devices, bool)
-    stuck[dp[k]] = True
-    m = _model(p, g, x, y)
-    cost = TuningCost(p.g_min, p.g_max, 20.0)
-    target_loss = _model(p, p.target, x, y).score(p.target).loss
-
-    def after(model, r, cal):
-        devs, tgts = pair_moves(p, g, stuck, r.pair, r.diff, 0.01, cost)
-        assert dp[k] not in devs
-        g2 = g.copy()
-        g2[devs] = tgts
-        return model.score(g2, cal).loss
+    g, stuck, m, target_loss, after = _g_plus_stuck_low(p, k)
 
     scope = scope_pairs(p, {1: [0]})
     comp = after(m, refit(m, scope, g, stuck), m.cal)
@@ -701,25 +709,11 @@ def test_a_swap_reaches_a_first_layer_weight_whose_stuck_device_is_on_the_wrong_
     from protocols.refit import swapped_weights
     from protocols.repair import SWAP, _Work
 
-    p, d = plan(), data()
-    x, y = d.refit
+    p = plan()
     dp, dm = pairs(p)
     k = int(np.flatnonzero((p.layer[dp] == 0) & (p.out[dp] == 0) & (p.inp[dp] == 0))[0])
     assert p.weights[0][0, 0] == 3.0                 # its G+ wanted high
-    g = p.target.copy()
-    g[dp[k]] = p.g_min                      # stuck in HRS: the weight can only be <= 0
-    stuck = np.zeros(p.n_devices, bool)
-    stuck[dp[k]] = True
-    m = _model(p, g, x, y)
-    cost = TuningCost(p.g_min, p.g_max, 20.0)
-    target_loss = _model(p, p.target, x, y).score(p.target).loss
-
-    def after(model, r, cal):
-        devs, tgts = pair_moves(p, g, stuck, r.pair, r.diff, 0.01, cost)
-        assert dp[k] not in devs
-        g2 = g.copy()
-        g2[devs] = tgts
-        return model.score(g2, cal).loss
+    g, stuck, m, target_loss, after = _g_plus_stuck_low(p, k)
 
     own = after(m, refit(m, scope_pairs(p, {0: [0]}), g, stuck), m.cal)
     nxt = after(m, refit(m, scope_pairs(p, {1: [0]}), g, stuck), m.cal)
