@@ -994,10 +994,7 @@ class _Work:
         cfg, plan = self.cfg, self.plan
         if cfg.calibrate == "off":
             return
-        dp, _ = pairs(plan)
-        g_want = np.zeros(plan.n_devices)
-        g_want[dp] = st.diff          # plan_weights: only G+ - G- counts
-        want = plan_weights(plan, g_want)
+        want = plan_weights(plan, self.g_wanted(st))
         x = self.sets[REFIT_SET][0]
         for li in range(self.n_layers):
             self.measure(st, REFIT_SET, rnd, rows)
@@ -1167,13 +1164,10 @@ class _Work:
             fitted(FLIP, li - 1, {li: range(plan.sizes[li + 1])},
                    cal=st.cal.flipped(li - 1, unit),
                    toward=flipped_weights(plan, st.g, li, unit), unit=unit, atomic=True)
-        if self.swaps(st):
-            g_want = np.zeros(plan.n_devices)
-            g_want[dp] = st.diff
-            for li, unit in self.swaps(st):
-                # the unit negated in the periphery and its own pairs re-fitted negated
-                fitted(SWAP, li, {li: [unit]}, cal=st.cal.flipped(li, unit),
-                       toward=swapped_weights(plan, g_want, li, unit), unit=unit, atomic=True)
+        for li, unit in self.swaps(st):
+            # the unit negated in the periphery and its own pairs re-fitted negated
+            fitted(SWAP, li, {li: [unit]}, cal=st.cal.flipped(li, unit),
+                   toward=swapped_weights(plan, self.g_wanted(st), li, unit), unit=unit, atomic=True)
         errors = self.errors(st) if cfg.robust_refit else None
         if errors is not None:   # the last layer, for a programming that misses, all at once
             r = robust_refit(fit_model, scope_pairs(plan, {last: range(plan.sizes[-1])}), st.g,
@@ -1255,6 +1249,14 @@ class _Work:
             return []
         d = np.flatnonzero(st.stuck & (plan.layer >= 1) & (plan.param == WEIGHT))
         return sorted({(int(plan.layer[i]), int(plan.inp[i])) for i in d})
+
+    def g_wanted(self, st: _State) -> np.ndarray:
+        """Conductances whose G+ - G- are the wanted ``st.diff`` (G- at 0): what `plan_weights`
+        turns into the wanted weights (only the difference counts)."""
+        dp, _ = pairs(self.plan)
+        g = np.zeros(self.plan.n_devices)
+        g[dp] = st.diff
+        return g
 
     def swaps(self, st: _State) -> list[tuple[int, int]]:
         """(layer, unit) of every unit, in any layer, whose stuck devices leave its wanted
