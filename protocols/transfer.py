@@ -28,7 +28,8 @@ better than that prediction by design, so compare it with the prediction only as
 Storage (database.runs, protocol "transfer"): the plan itself is part of the run config (JSON),
 and the tables are
 
-- ``devices``   one row per programmed device: plan fields, tuning outcome and statistics;
+- ``devices``   one row per programmed device: plan fields, tuning outcome and statistics
+  (``pulses_cut``: its attempts cut off by an interruption on hardware, at their cap);
 - ``readback``  one row per device: the read-back conductance after its tile was finished;
 - ``inference`` one row per test point: label, predicted class from the read-back conductances
   and from the targets (the software network), the network output;
@@ -46,7 +47,8 @@ device's programming as it was measured (not programmed again) and the re-verify
 ended, books one cut off at its pulse cap (as failed; its pulses are unknown, the device may be
 re-tuned), and resumes the re-verify pass it was in with what is left of the tile's budget,
 from a fresh read-back. A programming cut off mid-way is done again from where the device
-is; its pulses (at most its cap, in the warning) are not in the ``devices`` table.
+is, and the cut attempt is booked in the device's row at its pulse cap (``pulses_cut``;
+every attempt, where it was cut off more than once) and counted in ``pulses_total``.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ DEVICES_COLUMNS = {
     "pulses": ("i4", "1"), "set_pulses": ("i4", "1"), "reset_pulses": ("i4", "1"),
     "g_initial": ("f8", "S"), "g_final": ("f8", "S"), "t_start": ("f8", "s"),
     "t_end": ("f8", "s"),
+    "pulses_cut": ("i4", "1 (earlier programmings of the device cut off by an interruption on "
+                   "hardware, booked at their pulse cap: at most this many reached it)"),
 }
 READBACK_COLUMNS = {
     "device": ("i4", "1"), "tile": ("i4", "1"), "row": ("i4", "1"), "col": ("i4", "1"),
@@ -223,6 +227,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
     ledger: Ledger | None = None
     first = True   # the first rig of this session decides: hardware or a restorable simulation
     kept: dict | None = None          # the programming of device `start` (hardware, resumed)
+    cut_pulses = 0                    # its earlier attempts cut off on hardware, at their cap
     rv_kept: Recovered | None = None  # and its tile's re-verify tunings
     bar = Bar(f"transfer {plan.n_devices} devices, {plan.n_tiles} tiles", plan.n_devices, start,
               enabled=progress)
@@ -247,7 +252,7 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                     if not rig.restorable:
                         ledger = Ledger(writer.path, writer.run)
                         if start:
-                            kept, rv_kept = _recovered(ledger, start, cfg)
+                            kept, rv_kept, cut_pulses = _recovered(ledger, start, cfg)
                         else:
                             ledger.clear()   # (a file of a run this one overwrote)
                 for d in todo:
@@ -255,7 +260,8 @@ def run(plan: ConductancePlan, open_rig: Callable[[str], CrossbarRig],
                     if kept is not None and d == start:
                         out, kept = kept, None
                     else:
-                        out = _program_device(plan, rig, int(d), cfg, ledger)
+                        out = _program_device(plan, rig, int(d), cfg, ledger,
+                                              cut_pulses if d == start else 0)
                     pulses[d] = out["devices"]["pulses"][0]
                     failed[d] = not out["devices"]["converged"][0]
                     if d == devs[-1]:  # the tile is complete: read it back (and re-verify)
@@ -369,7 +375,10 @@ def reverify(rig: CrossbarRig, plan: ConductancePlan, devs: np.ndarray, tune_cfg
 
 
 def _program_device(plan: ConductancePlan, rig: CrossbarRig, d: int,
-                    cfg: TransferConfig, ledger: Ledger | None = None) -> dict:
+                    cfg: TransferConfig, ledger: Ledger | None = None,
+                    cut_pulses: int = 0) -> dict:
+    """Program device d; `cut_pulses`: its earlier attempts' pulses (cut off on hardware,
+    booked at their cap), kept in its row."""
     r, c = int(plan.row[d]), int(plan.col[d])
     if ledger is not None:   # on hardware: written before the pulses
         ledger.reserve(d, d, float(plan.target[d]), cfg.tune.max_pulses, kind="program")
@@ -380,7 +389,8 @@ def _program_device(plan: ConductancePlan, rig: CrossbarRig, d: int,
            "target": [plan.target[d]], "converged": [res.converged], "gave_up": [res.gave_up],
            "pulses": [res.pulses], "set_pulses": [res.set_pulses],
            "reset_pulses": [res.reset_pulses], "g_initial": [res.g_initial],
-           "g_final": [res.g_final], "t_start": [res.t_start], "t_end": [res.t_end]}
+           "g_final": [res.g_final], "t_start": [res.t_start], "t_end": [res.t_end],
+           "pulses_cut": [int(cut_pulses)]}
     out = {"devices": row}
     if cfg.record_history:
         out["history"] = concat([history_rows(res, d, d, 1)], HISTORY_COLUMNS)
@@ -390,11 +400,13 @@ def _program_device(plan: ConductancePlan, rig: CrossbarRig, d: int,
     return out
 
 
-def _recovered(ledger: Ledger, unit: int, cfg: TransferConfig) -> tuple[dict | None,
-                                                                         Recovered]:
+def _recovered(ledger: Ledger, unit: int, cfg: TransferConfig
+               ) -> tuple[dict | None, Recovered, int]:
     """What the interrupted unit `unit` did on hardware: the programming of device `unit` if
-    it ended (the rows to commit, as `_program_device` made them), and its tile's re-verify
-    tunings."""
+    it ended (the rows to commit, as `_program_device` made them: its ``pulses_cut`` already
+    counts the attempts cut off before it), its tile's re-verify tunings, and, where no
+    programming ended, the pulse caps of the attempts cut off (every one: a device killed
+    twice in its programming took pulses twice)."""
     prog = ledger.recover(unit, kind="program")
     rv = ledger.recover(unit, kind="reverify")
     kept = None
@@ -408,11 +420,13 @@ def _recovered(ledger: Ledger, unit: int, cfg: TransferConfig) -> tuple[dict | N
                     "interruption is kept as measured (%d re-verify tunings of its tile "
                     "kept, %d cut off and booked at their pulse cap)", unit, len(rv.done),
                     len(rv.cut))
-    elif prog.cut:
+        return kept, rv, 0
+    cut = sum(cap for _d, _t, cap in prog.cut)
+    if prog.cut:
         log.warning("transfer: the programming of device %d was cut off on hardware; it is "
-                    "done again from where the device is (the cut one's pulses, at most %d, "
-                    "are not in the devices table)", unit, prog.cut[0][2])
-    return kept, rv
+                    "done again from where the device is (the cut attempts' pulses, at most "
+                    "%d, are booked in its row's pulses_cut)", unit, cut)
+    return kept, rv, cut
 
 
 def _inference(plan: ConductancePlan, g_read: np.ndarray, x: np.ndarray,
@@ -432,6 +446,7 @@ SUMMARY = {
     "converged": Metric("converged tunings"),
     "failed": Metric("failed tunings"),
     "pulses_total": Metric("pulses (re-verify included)"),
+    "pulses_cut": Metric("pulses of programmings cut off on hardware (at their cap)"),
     "reverify_tunings": Metric("re-verify tunings"),
     "reverify_pulses": Metric("re-verify pulses"),
     "pulses_median": Metric("pulses per device, median"),
@@ -454,6 +469,10 @@ def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame]) -> dict:
     dev, rb, inf = tables["devices"], tables["readback"], tables["inference"]
     rv = tables.get("reverify")
     out: dict = {"devices": int(len(dev)), "tiles": int(plan.n_tiles)}
+    # (a store written before the column existed has none cut)
+    cut = int(dev.pulses_cut.sum()) if "pulses_cut" in dev else 0
+    if cut:
+        out["pulses_cut"] = cut
     if len(dev):
         # the settling wait and the read-back are station time too (the read-back's end)
         done = rb[["tile", "t_end"]].assign(t_start=rb.t_end) if len(rb) else None
@@ -462,8 +481,8 @@ def summarize(plan: ConductancePlan, tables: dict[str, pd.DataFrame]) -> dict:
                           + ([done] if done is not None else []))
         out.update(converged=int(dev.converged.sum()),
                    failed=int((~dev.converged).sum()),
-                   pulses_total=int(dev.pulses.sum()) + (int(rv.pulses.sum()) if rv is not None
-                                                         else 0),
+                   pulses_total=int(dev.pulses.sum()) + cut
+                   + (int(rv.pulses.sum()) if rv is not None else 0),
                    pulses_median=float(np.median(dev.pulses)),
                    # instrument time: sum over tiles (each tile may be on its own rig and clock)
                    instrument_time_s=float(sum(g.t_end.max() - g.t_start.min()

@@ -927,3 +927,19 @@ def test_the_refit_set_measured_grows_with_the_calibrations_parameters(tmp_path)
         out = res.tables["outputs"]
         assert out[out.split == REFIT_SET].point.max() + 1 == want
 
+
+
+def test_the_ledger_counts_every_cut_off_tuning_of_a_device_tuned_again(tmp_path):
+    """A device cut off, then tuned again in the resumed unit (the transfer programs a cut
+    device again; its re-verify may re-tune one): the earlier attempt's pulses reached the
+    chip and stay booked, whether the next attempt ends or is cut off too."""
+    from protocols.ledger import Ledger
+
+    led = Ledger(tmp_path / "r.h5", "run0")
+    led.reserve(4, 7, 2e-4, 40)          # cut off by the first kill
+    led.reserve(4, 7, 2e-4, 30)          # the resumed attempt, cut off by a second kill
+    assert led.recover(4).cut == [(7, 2e-4, 40), (7, 2e-4, 30)]
+    led.reserve(4, 7, 2e-4, 20)          # a third attempt, which ends
+    led.done(4, {"device": 7, "pulses": 12})
+    rec = led.recover(4)
+    assert [r["device"] for r in rec.done] == [7] and rec.cut == [(7, 2e-4, 40), (7, 2e-4, 30)]

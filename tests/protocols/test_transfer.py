@@ -365,3 +365,44 @@ def test_a_reverify_cut_off_on_hardware_keeps_its_tunings_and_counts_every_pulse
         h, hr = res.tables["history"], ref.tables["history"]
         mine, theirs = h[h.device == last0], hr[hr.device == last0]
         assert len(mine) and mine.reset_index(drop=True).equals(theirs.reset_index(drop=True))
+
+
+@pytest.mark.parametrize("kills", [1, 2])
+def test_a_programming_cut_off_on_hardware_is_booked_at_its_cap(done, tmp_path, kills):
+    """A kill in the middle of a device's programming, on hardware: the device is programmed
+    again from where it is, and the pulses of the cut attempt (unknown: at most its cap)
+    reached the chip, so its row books them (``pulses_cut``) and the summary counts them; a
+    second kill in the second attempt adds its cap too."""
+    from protocols.ledger import Ledger
+
+    ref = done[0]
+    dev = ref.tables["devices"]
+    j = next(i for i in range(3, len(dev)) if dev.pulses[i] >= 3)
+    cfg = TransferConfig()
+    cap = cfg.tune.max_pulses
+    before = int(dev.pulses[:j].sum())
+    chip, log = _chip(), []
+    ctl = {"fail_at": before + 2}
+
+    def opener(xname):
+        return StationRecordingRig(chip[xname], xname, log, ctl["fail_at"], lab=chip.lab)
+
+    kw = dict(read=ReadSettings(), test_data=_data(), seed=1, progress=False, config=cfg)
+    with pytest.raises(KeyboardInterrupt):
+        run(_plan(), opener, list(NAMES), tmp_path / "r.h5", **kw)
+    if kills == 2:   # killed again, one pulse into the second attempt
+        ctl["fail_at"] = len(log) + 1
+        with pytest.raises(KeyboardInterrupt):
+            run(_plan(), opener, list(NAMES), tmp_path / "r.h5", resume=True, **kw)
+    assert Ledger(tmp_path / "r.h5", "run0").path.exists()
+    ctl["fail_at"] = None
+    res = run(_plan(), opener, list(NAMES), tmp_path / "r.h5", resume=True, **kw)
+    got = res.tables["devices"]
+    assert got.pulses_cut[j] == kills * cap and (got.pulses_cut.drop(j) == 0).all()
+    # every pulse that reached the chip is counted: the cut attempts' (2, then 1) at their cap
+    reached = 2 + (kills == 2)
+    assert got.pulses.sum() + got.pulses_cut.sum() == len(log) - reached + kills * cap
+    assert res.summary["pulses_total"] == got.pulses.sum() + got.pulses_cut.sum()
+    assert res.summary["pulses_cut"] == kills * cap
+    assert "pulses_cut" not in ref.summary   # (only where a programming was cut off)
+    assert not Ledger(tmp_path / "r.h5", "run0").path.exists()
