@@ -109,11 +109,10 @@ def prior_of(prog: Programmed) -> Prior:
         if rv is not None:
             tunings = [np.concatenate([a, b]) for a, b in
                        zip(tunings, (rv.g_read, rv.target, rv.pulses), strict=True)]
-        # (and any programming cut off on hardware, at its cap: those pulses reached the chip)
-        cut = int(dev.pulses_cut.sum()) if "pulses_cut" in dev else 0
+        # (not a programming cut off on hardware, `pulses_cut`: only its cap is known, and
+        # counted at that it would raise the budget and flatter the repair's share)
         return Prior(stuck, tuple(np.asarray(a, float) for a in tunings),
-                     int(dev.pulses.sum()) + cut + (int(rv.pulses.sum()) if rv is not None
-                                                    else 0))
+                     int(dev.pulses.sum()) + (int(rv.pulses.sum()) if rv is not None else 0))
     stuck = np.zeros(n, bool)
     stuck[prog.config["stuck"]] = True
     return Prior(stuck, None, prog.config.get("transfer_pulses"))
