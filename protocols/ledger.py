@@ -94,10 +94,10 @@ class Ledger:
             raise ProtocolError(f"cannot read {self.path}, the record of the tunings the "
                                 f"interrupted run made ({e}); its pulses would go uncounted") \
                 from None
-        # per device, its reserves not yet ended, in file order: a device cut off and tuned
-        # again in the resumed unit has one reserve per attempt, and each cut attempt's pulses
-        # reached the chip; a ``done`` ends the device's latest reserve
-        pending: dict[int, list[dict]] = {}
+        # the reserves not yet ended, in file order: a device cut off and tuned again in the
+        # resumed unit has one reserve per attempt, and each cut attempt's pulses reached the
+        # chip; a ``done`` ends its device's latest reserve
+        pending: list[dict] = []
         for i, text in enumerate(lines):
             try:
                 e = json.loads(text)
@@ -106,22 +106,21 @@ class Ledger:
                     continue
                 if "row" in e:
                     out.done.append(e["row"])
-                    open_ = pending.get(int(e["row"]["device"]))
-                    if open_:
-                        open_.pop()
+                    d = int(e["row"]["device"])
+                    mine = [k for k, p in enumerate(pending) if p["device"] == d]
+                    if mine:
+                        del pending[mine[-1]]
                 else:
-                    pending.setdefault(int(e["device"]), []).append(
-                        {"order": i, "device": int(e["device"]), "target": float(e["target"]),
-                         "cap": int(e["cap"]), "extra": dict(e.get("extra", {}))})
+                    pending.append({"device": int(e["device"]), "target": float(e["target"]),
+                                    "cap": int(e["cap"]), "extra": dict(e.get("extra", {}))})
             except (ValueError, KeyError, TypeError):
                 if i == len(lines) - 1:   # torn by the crash
                     log.warning("%s: ignoring its last line, cut off by the crash", self.path)
                     continue
                 raise ProtocolError(f"{self.path}: line {i + 1} is damaged; the interrupted "
                                     "run's pulses cannot be counted") from None
-        cut = sorted((p for ps in pending.values() for p in ps), key=lambda p: p["order"])
-        out.cut = [(p["device"], p["target"], p["cap"]) for p in cut]
-        out.cut_extra = [p["extra"] for p in cut]
+        out.cut = [(p["device"], p["target"], p["cap"]) for p in pending]
+        out.cut_extra = [p["extra"] for p in pending]
         return out
 
 

@@ -928,7 +928,6 @@ def test_the_refit_set_measured_grows_with_the_calibrations_parameters(tmp_path)
         assert out[out.split == REFIT_SET].point.max() + 1 == want
 
 
-
 def test_the_ledger_counts_every_cut_off_tuning_of_a_device_tuned_again(tmp_path):
     """A device cut off, then tuned again in the resumed unit (the transfer programs a cut
     device again; its re-verify may re-tune one): the earlier attempt's pulses reached the
