@@ -191,3 +191,50 @@ def test_refuses_reference_mapping_and_bad_input(db):
 def test_export_module_does_not_import_torch():
     code = "import sys, training.export; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_clipping_sets_each_hidden_scale_at_the_percentile_and_leaves_the_output_layer(db):
+    from training.export import clip_hidden
+
+    m = _model(db, sizes=(6, 16, 3), k=2)
+    with torch.no_grad():   # one outlier per member in the hidden layer
+        m.layers[0].weight[:, 0, 0] = 40.0
+    before = [(lay.weight.detach().clone(), lay.bias.detach().clone()) for lay in m.layers]
+    c = clip_hidden(m, 90)
+    for lay, (w0, b0) in zip(m.layers, before, strict=True):   # the trained model is untouched
+        assert torch.equal(lay.weight, w0) and torch.equal(lay.bias, b0)
+    w0, b0 = (t.numpy() for t in before[0])
+    for k in range(2):
+        s = np.percentile(np.abs(np.concatenate([w0[k].ravel(), b0[k]])), 90)
+        np.testing.assert_allclose(c.layers[0].weight[k].detach().numpy(),
+                                   np.clip(w0[k], -s, s), rtol=1e-6)
+        np.testing.assert_allclose(c.layers[0].bias[k].detach().numpy(),
+                                   np.clip(b0[k], -s, s), rtol=1e-6)
+        plan = conductance_plan(c, db, member=k)
+        assert plan.scales[0] == pytest.approx(s, rel=1e-6) and s < 40.0 / 4
+        assert plan.scales[1] == pytest.approx(conductance_plan(m, db, member=k).scales[1])
+    assert torch.equal(c.layers[1].weight, before[1][0])
+    assert torch.equal(clip_hidden(m, 100).layers[0].weight, before[0][0])
+    with pytest.raises(TrainingError, match="percentile"):
+        clip_hidden(m, 20)
+
+
+def test_transfer_clips_a_model_it_is_told_to(db, moons, tmp_path):
+    from click.testing import CliRunner
+
+    from training.train import TrainConfig, save_checkpoint, train
+    from xbarlab.cli import cli
+    from xbarlab.commands.transfer import _plan_from_model
+
+    ckpt = save_checkpoint(train(TrainConfig(epochs=1, mapping="physical"), *moons["train"],
+                                 db), tmp_path / "m.pt")
+    full, _ = _plan_from_model(str(ckpt), None, 0, None, 0.01)
+    clipped, _ = _plan_from_model(str(ckpt), None, 0, None, 0.01, clip=80)
+    w = np.concatenate([full.weights[0].ravel(), full.biases[0]])
+    assert clipped.scales[0] == pytest.approx(np.percentile(np.abs(w), 80), rel=1e-6)
+    assert clipped.scales[0] < full.scales[0] and clipped.meta["clip_percentile"] == 80
+    assert "clip_percentile" not in full.meta
+    full.save(tmp_path / "p.json")
+    r = CliRunner().invoke(cli, ["transfer", "--plan", str(tmp_path / "p.json"), "--station",
+                                 "x.yaml", "-o", str(tmp_path / "t.h5"), "--clip", "95"])
+    assert r.exit_code == 2 and "--clip applies to --model" in r.output

@@ -161,12 +161,16 @@ def register(cli: click.Group) -> None:
     @click.option("--mapping", type=MAPPING, default=None,
                   help="Mapping for the transfers (default: the model's).")
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+    @click.option("--clip", type=click.FloatRange(50, 100), default=None, metavar="PERCENTILE",
+                  help="Evaluate the network with its hidden layers clipped at this "
+                       "percentile of |w|, as `xbarlab transfer --clip` programs it.")
     @click.option("--retention-s", "retention_s", default=None,
                   type=click.FloatRange(min=0, min_open=True),
                   help="Transfers read this long after programming [s]: the database's "
                        "retention statistics move every device (off).")
     @click.option("--device", default="auto", show_default=True)
-    def evaluate_cmd(model_path, db_path, transfers, out, mapping, seed, retention_s, device):
+    def evaluate_cmd(model_path, db_path, transfers, out, mapping, seed, clip, retention_s,
+                     device):
         """Monte-Carlo transfer evaluation of a checkpoint: table, PNGs and summary.json."""
         _need_torch()
         from rich.console import Console
@@ -178,6 +182,10 @@ def register(cli: click.Group) -> None:
         from training.train import db_hash, load_checkpoint
 
         model, cfg, meta = load_checkpoint(model_path, device)
+        if clip is not None:
+            from training.export import clip_hidden
+
+            model = clip_hidden(model, clip)
         db = _load_db(db_path)
         if meta.get("db_hash") and meta["db_hash"] != db_hash(db):
             click.echo("note: evaluating with a different non-ideality DB than training used",
@@ -189,6 +197,7 @@ def register(cli: click.Group) -> None:
         name = network_name(cfg.hardware_aware)
         summary = write_evaluation(Path(out), {name: res}, {name: model}, xt, yt,
                                extra={"model": str(model_path), "config": cfg.to_dict(),
+                                      "clip_percentile": clip,
                                       "retention_s": retention_s,
                                       "train_steps": meta.get("steps"),
                                       "steps_per_network": meta.get("steps_per_network"),

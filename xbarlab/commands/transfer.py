@@ -16,19 +16,22 @@ from xbarlab.errors import XbarlabError
 
 
 def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
-                     tolerance: float):
-    """The plan of a trained checkpoint, mapped into what the station reading with `read`
-    can verify with a band of +-`tolerance`, and the model's test set."""
+                     tolerance: float, clip: float | None = None):
+    """The plan of a trained checkpoint (its hidden layers clipped at the `clip` percentile
+    of |w| when given: `training.export.clip_hidden`), mapped into what the station reading
+    with `read` can verify with a band of +-`tolerance`, and the model's test set."""
     try:
         import torch  # noqa: F401
     except ImportError:
         raise XbarlabError("--model needs PyTorch (the [train] extra); on a PC without it, "
                            "use --plan with a plan saved by --save-plan elsewhere") from None
     from database.datasets import load_dataset
-    from training.export import conductance_plan
+    from training.export import clip_hidden, conductance_plan
     from training.train import load_checkpoint
 
     model, cfg, _meta = load_checkpoint(model_path, "cpu")
+    if clip is not None:
+        model = clip_hidden(model, clip)
     if db_path in (None, "reference"):
         from database.reference import G_MAX, G_MIN
         g_range = (G_MIN, G_MAX)
@@ -41,6 +44,12 @@ def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
         click.echo(f"note: {plan.meta['g_range_note']}", err=True)
     plan.meta.update({"model": str(model_path), "trained_mapping": cfg.mapping,
                       "hardware_aware": cfg.hardware_aware, "dataset": cfg.dataset})
+    if clip is not None:
+        plan.meta["clip_percentile"] = float(clip)
+        if cfg.hardware_aware:
+            click.echo(f"note: {model_path} is hardware-aware, trained for its unclipped "
+                       "scale; clipped it may lose accuracy (`xbarlab evaluate --clip` shows "
+                       "how much)", err=True)
     if cfg.mapping != "physical":
         click.echo(f"note: {model_path} was trained with the {cfg.mapping!r} mapping; it is "
                    "programmed with the physical one (the only programmable mapping)", err=True)
@@ -65,6 +74,11 @@ def register(cli: click.Group) -> None:
                        "default: the published 100-500 uS")
     @click.option("--member", default=0, show_default=True, type=click.IntRange(0),
                   help="network of an ensemble checkpoint")
+    @click.option("--clip", type=click.FloatRange(50, 100), default=None, metavar="PERCENTILE",
+                  help="with --model: set each hidden layer's scale at this percentile of its "
+                       "|w| and clip the larger weights (e.g. 95 for a regularly trained "
+                       "network: three times the conductance swing per weight on digits; "
+                       "docs/guide.md). Default: the largest weight, as training assumed")
     @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="fast",
                   show_default=True, help="write-verify algorithm (alibart: the paper's)")
     @click.option("--settle", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
@@ -85,7 +99,7 @@ def register(cli: click.Group) -> None:
     @click.option("--no-progress", is_flag=True)
     @click.option("--watch", is_flag=True, help="serve a live view of the transfer on this PC "
                   "while it runs (as `xbarlab watch`; needs the [live] extra)")
-    def transfer_cmd(model_path, plan_path, station_path, crossbars, out, db_path, member,
+    def transfer_cmd(model_path, plan_path, station_path, crossbars, out, db_path, member, clip,
                      algorithm, settle, reverify, reverify_threshold, save_plan, seed, resume,
                      overwrite, no_progress, watch):
         """Program a trained network onto crossbars (write-verify, in the order training
@@ -99,6 +113,8 @@ def register(cli: click.Group) -> None:
 
         if bool(model_path) == bool(plan_path):
             raise click.UsageError("give exactly one of --model and --plan")
+        if clip is not None and not model_path:
+            raise click.UsageError("--clip applies to --model (a plan is already mapped)")
         cfg = TransferConfig(tune=TuneConfig(algorithm=algorithm), settle_s=settle,
                              reverify=ReverifyConfig(passes=reverify,
                                                      threshold=reverify_threshold))
@@ -106,7 +122,7 @@ def register(cli: click.Group) -> None:
         test = None
         if model_path:
             plan, test = _plan_from_model(model_path, db_path, member, st.read_settings,
-                                          cfg.tune.tolerance)
+                                          cfg.tune.tolerance, clip)
         else:
             plan = ConductancePlan.load(plan_path)
             if plan.meta.get("dataset") == "moons":
