@@ -403,8 +403,8 @@ def main() -> None:
     ap.add_argument("--device", type=json.loads, default={}, help="DeviceParams fields of the "
                     "chips, as JSON (e.g. '{\"rtn_count\": 0}': no slow fluctuators)")
     ap.add_argument("--clip", type=float, default=None, metavar="PERCENTILE",
-                    help="export the regular network with its hidden layers clipped at this "
-                    "percentile of |w| (training.export.clip_hidden; the hardware-aware network "
+                    help="export the regular network with its layers clipped at this "
+                    "percentile of |w| (training.export.clip_weights; the hardware-aware network "
                     "is exported as trained, the scale it was trained for)")
     ap.add_argument("--keep", action="store_true", help="keep each repair's HDF5 file in "
                     "OUT/repairs (every decision, tuning and measurement: `xbarlab view`)")
@@ -422,7 +422,7 @@ def main() -> None:
     if a.quick:
         a.chips, a.digits_chips, a.mc = 3, min(a.digits_chips, 1), 200
     a.out.mkdir(parents=True, exist_ok=True)
-    from training.export import clip_hidden, conductance_plan
+    from training.export import clip_weights, conductance_plan
 
     w0 = time.perf_counter()
     results = {}
@@ -432,7 +432,7 @@ def main() -> None:
         t = train_or_load(a.out, dataset, a.quick)
         trained, models = t["models"], dict(t["models"])
         if a.clip is not None:
-            models["regular"] = clip_hidden(models["regular"], a.clip)
+            models["regular"] = clip_weights(models["regular"], a.clip)
         mc = monte_carlo(models, t["db"], t["sets"], a.mc, trained)
         jobs = []
         with tempfile.TemporaryDirectory() as tmp:

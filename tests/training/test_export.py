@@ -193,30 +193,30 @@ def test_export_module_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_clipping_sets_each_hidden_scale_at_the_percentile_and_leaves_the_output_layer(db):
-    from training.export import clip_hidden
+def test_clipping_sets_each_layer_scale_at_the_percentile(db):
+    from training.export import clip_weights
 
     m = _model(db, sizes=(6, 16, 3), k=2)
-    with torch.no_grad():   # one outlier per member in the hidden layer
+    with torch.no_grad():   # one outlier per member in each layer
         m.layers[0].weight[:, 0, 0] = 40.0
+        m.layers[1].weight[:, 0, 0] = -30.0
     before = [(lay.weight.detach().clone(), lay.bias.detach().clone()) for lay in m.layers]
-    c = clip_hidden(m, 90)
+    c = clip_weights(m, 90)
     for lay, (w0, b0) in zip(m.layers, before, strict=True):   # the trained model is untouched
         assert torch.equal(lay.weight, w0) and torch.equal(lay.bias, b0)
-    w0, b0 = (t.numpy() for t in before[0])
-    for k in range(2):
-        s = np.percentile(np.abs(np.concatenate([w0[k].ravel(), b0[k]])), 90)
-        np.testing.assert_allclose(c.layers[0].weight[k].detach().numpy(),
-                                   np.clip(w0[k], -s, s), rtol=1e-6)
-        np.testing.assert_allclose(c.layers[0].bias[k].detach().numpy(),
-                                   np.clip(b0[k], -s, s), rtol=1e-6)
-        plan = conductance_plan(c, db, member=k)
-        assert plan.scales[0] == pytest.approx(s, rel=1e-6) and s < 40.0 / 4
-        assert plan.scales[1] == pytest.approx(conductance_plan(m, db, member=k).scales[1])
-    assert torch.equal(c.layers[1].weight, before[1][0])
-    assert torch.equal(clip_hidden(m, 100).layers[0].weight, before[0][0])
+    for li, (w0, b0) in enumerate(before):
+        w0, b0 = w0.numpy(), b0.numpy()
+        for k in range(2):
+            s = np.percentile(np.abs(np.concatenate([w0[k].ravel(), b0[k]])), 90)
+            np.testing.assert_allclose(c.layers[li].weight[k].detach().numpy(),
+                                       np.clip(w0[k], -s, s), rtol=1e-6)
+            np.testing.assert_allclose(c.layers[li].bias[k].detach().numpy(),
+                                       np.clip(b0[k], -s, s), rtol=1e-6)
+            assert conductance_plan(c, db, member=k).scales[li] == pytest.approx(s, rel=1e-6)
+            assert s < 30.0 / 4
+    assert torch.equal(clip_weights(m, 100).layers[0].weight, before[0][0])
     with pytest.raises(TrainingError, match="percentile"):
-        clip_hidden(m, 20)
+        clip_weights(m, 20)
 
 
 def test_transfer_clips_a_model_it_is_told_to(db, moons, tmp_path):

@@ -162,7 +162,7 @@ def register(cli: click.Group) -> None:
                   help="Mapping for the transfers (default: the model's).")
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
     @click.option("--clip", type=click.FloatRange(50, 100), default=None, metavar="PERCENTILE",
-                  help="Evaluate the network with its hidden layers clipped at this "
+                  help="Evaluate the network with its layers clipped at this "
                        "percentile of |w|, as `xbarlab transfer --clip` programs it.")
     @click.option("--retention-s", "retention_s", default=None,
                   type=click.FloatRange(min=0, min_open=True),
@@ -183,9 +183,9 @@ def register(cli: click.Group) -> None:
 
         model, cfg, meta = load_checkpoint(model_path, device)
         if clip is not None:
-            from training.export import clip_hidden
+            from training.export import clip_weights
 
-            model = clip_hidden(model, clip)
+            model = clip_weights(model, clip)
         db = _load_db(db_path)
         if meta.get("db_hash") and meta["db_hash"] != db_hash(db):
             click.echo("note: evaluating with a different non-ideality DB than training used",

@@ -17,8 +17,8 @@ from xbarlab.errors import XbarlabError
 
 def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
                      tolerance: float, clip: float | None = None):
-    """The plan of a trained checkpoint (its hidden layers clipped at the `clip` percentile
-    of |w| when given: `training.export.clip_hidden`), mapped into what the station reading
+    """The plan of a trained checkpoint (its layers clipped at the `clip` percentile of
+    |w| when given: `training.export.clip_weights`), mapped into what the station reading
     with `read` can verify with a band of +-`tolerance`, and the model's test set."""
     try:
         import torch  # noqa: F401
@@ -26,12 +26,12 @@ def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
         raise XbarlabError("--model needs PyTorch (the [train] extra); on a PC without it, "
                            "use --plan with a plan saved by --save-plan elsewhere") from None
     from database.datasets import load_dataset
-    from training.export import clip_hidden, conductance_plan
+    from training.export import clip_weights, conductance_plan
     from training.train import load_checkpoint
 
     model, cfg, _meta = load_checkpoint(model_path, "cpu")
     if clip is not None:
-        model = clip_hidden(model, clip)
+        model = clip_weights(model, clip)
     if db_path in (None, "reference"):
         from database.reference import G_MAX, G_MIN
         g_range = (G_MIN, G_MAX)
@@ -75,10 +75,10 @@ def register(cli: click.Group) -> None:
     @click.option("--member", default=0, show_default=True, type=click.IntRange(0),
                   help="network of an ensemble checkpoint")
     @click.option("--clip", type=click.FloatRange(50, 100), default=None, metavar="PERCENTILE",
-                  help="with --model: set each hidden layer's scale at this percentile of its "
-                       "|w| and clip the larger weights (e.g. 95 for a regularly trained "
-                       "network: three times the conductance swing per weight on digits; "
-                       "docs/guide.md). Default: the largest weight, as training assumed")
+                  help="with --model: set each layer's scale at this percentile of its |w| "
+                       "and clip the larger weights (e.g. 95 for the regular digits network: "
+                       "1.7-3 times the conductance swing per weight; docs/guide.md). "
+                       "Default: the largest weight, as training assumed")
     @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="fast",
                   show_default=True, help="write-verify algorithm (alibart: the paper's)")
     @click.option("--settle", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
