@@ -402,10 +402,13 @@ def main() -> None:
                     "through A, the analog read-out through B (e.g. 'array/sim-pmu')")
     ap.add_argument("--device", type=json.loads, default={}, help="DeviceParams fields of the "
                     "chips, as JSON (e.g. '{\"rtn_count\": 0}': no slow fluctuators)")
-    ap.add_argument("--clip", type=float, default=None, metavar="PERCENTILE",
+    ap.add_argument("--clip", type=lambda v: v if v == "auto" else float(v), default=None,
+                    metavar="PERCENTILE|auto",
                     help="export the regular network with its layers clipped at this "
                     "percentile of |w| (training.export.clip_weights; the hardware-aware network "
-                    "is exported as trained, the scale it was trained for)")
+                    "is exported as trained, the scale it was trained for); 'auto': the "
+                    "percentile training.evaluate.scan_clips chooses on the repair set "
+                    "(`xbarlab transfer --clip auto`'s rule), per dataset")
     ap.add_argument("--keep", action="store_true", help="keep each repair's HDF5 file in "
                     "OUT/repairs (every decision, tuning and measurement: `xbarlab view`)")
     ap.add_argument("--combine", type=Path, nargs="+", metavar="DIR", help="print one report "
@@ -431,8 +434,19 @@ def main() -> None:
             continue
         t = train_or_load(a.out, dataset, a.quick)
         trained, models = t["models"], dict(t["models"])
-        if a.clip is not None:
-            models["regular"] = clip_weights(models["regular"], a.clip)
+        clip = a.clip
+        if clip == "auto":
+            from training.evaluate import scan_clips
+
+            scan = scan_clips(models["regular"], *t["sets"]["repair"], t["db"],
+                              mapping="physical")
+            clip = scan.chosen
+            print(f"{dataset}: clip chosen on the repair set: "
+                  f"{'none' if clip is None else f'p{clip:g}'} (" + ", ".join(
+                      f"p{r['percentile']:g} clean {pct(r['clean_acc']).strip()} transfers "
+                      f"{pct(r['transfer_acc_mean']).strip()}" for r in scan.rows) + ")")
+        if clip is not None:
+            models["regular"] = clip_weights(models["regular"], clip)
         mc = monte_carlo(models, t["db"], t["sets"], a.mc, trained)
         jobs = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -450,7 +464,8 @@ def main() -> None:
                     rows = [r for chip in pool.map(one_chip, jobs) for r in chip]
             else:
                 rows = [r for j in jobs for r in one_chip(j)]
-        results[dataset] = {"chips": rows, "monte_carlo": mc, "config": run_config}
+        results[dataset] = {"chips": rows, "monte_carlo": mc, "config": run_config,
+                            **({} if clip is None else {"clip_percentile": clip})}
         print_reports(dataset, rows, mc)
     wall = time.perf_counter() - w0
     print(f"\nwall time {wall:.0f} s")

@@ -238,3 +238,82 @@ def test_transfer_clips_a_model_it_is_told_to(db, moons, tmp_path):
     r = CliRunner().invoke(cli, ["transfer", "--plan", str(tmp_path / "p.json"), "--station",
                                  "x.yaml", "-o", str(tmp_path / "t.h5"), "--clip", "95"])
     assert r.exit_code == 2 and "--clip applies to --model" in r.output
+
+
+def test_choose_clip_takes_the_best_transfers_that_keep_the_clean_accuracy():
+    from training.evaluate import choose_clip
+
+    def rows(*r):
+        return [{"percentile": p, "clean_acc": c, "transfer_acc_mean": m} for p, c, m in r]
+
+    # p90 transfers best but loses 2 clean points: the guard leaves p95
+    assert choose_clip(rows((90, 0.95, 0.93), (95, 0.968, 0.92), (100, 0.97, 0.70)),
+                       0.005) == 95.0
+    assert choose_clip(rows((90, 0.95, 0.93), (95, 0.968, 0.92), (100, 0.97, 0.70)),
+                       0.05) == 90.0
+    # within the tolerance of the best, the least clipping: p95's 0.4 points less than p90
+    assert choose_clip(rows((90, 0.97, 0.925), (95, 0.97, 0.921), (100, 0.97, 0.70)),
+                       0.005) == 95.0
+    assert choose_clip(rows((90, 0.97, 0.925), (95, 0.97, 0.921), (100, 0.97, 0.70)),
+                       0.005, tolerance=0.001) == 90.0
+    # nothing beats the unclipped network by more than the tolerance: no clip
+    assert choose_clip(rows((95, 0.97, 0.813), (100, 0.97, 0.81)), 0.005) is None
+    with pytest.raises(TrainingError, match="percentile 100"):
+        choose_clip(rows((95, 0.97, 0.8)), 0.005)
+
+
+@pytest.fixture(scope="module")
+def wasted_scale(db, moons):
+    """A regular half-moons network with one hidden unit cut off from the output and its
+    incoming weights 40 times the largest: the function is the network's, but the first
+    layer's scale is set by weights that do nothing."""
+    from training.train import TrainConfig, train
+
+    res = train(TrainConfig(epochs=300, hardware_aware=False, mapping="physical"),
+                *moons["train"], db)
+    m = res.model
+    with torch.no_grad():
+        m.layers[1].weight[:, :, 0] = 0.0
+        m.layers[0].weight[:, 0, :] = 40.0 * m.layers[0].weight.abs().max()
+    return res
+
+
+def test_clip_scan_finds_the_clip_that_frees_a_wasted_scale(db, moons, wasted_scale):
+    from training.evaluate import scan_clips
+
+    model = wasted_scale.model
+    before = [lay.weight.detach().clone() for lay in model.layers]
+    seen = []
+    s = scan_clips(model, *moons["test"], db, transfers=100, on_row=seen.append)
+    assert [r["percentile"] for r in s.rows] == [90, 93, 95, 97, 99, 100] and seen == s.rows
+    by = {r["percentile"]: r for r in s.rows}
+    # only p90 clips both outliers (2 of the layer's 24 parameters): the dead unit's weights
+    # no longer set the scale, the transfers gain, and the clean accuracy is kept
+    assert s.chosen == 90.0
+    assert by[90]["transfer_acc_mean"] > by[100]["transfer_acc_mean"] + 0.1
+    assert by[90]["clean_acc"] == by[100]["clean_acc"]
+    for lay, w in zip(model.layers, before, strict=True):   # the caller's model as it was
+        assert torch.equal(lay.weight, w)
+
+
+def test_auto_clip_from_the_command_line(wasted_scale, tmp_path):
+    from click.testing import CliRunner
+
+    from training.train import save_checkpoint
+    from xbarlab.cli import cli
+    from xbarlab.commands.transfer import _plan_from_model
+
+    ckpt = save_checkpoint(wasted_scale, tmp_path / "m.pt")
+    plan, _ = _plan_from_model(str(ckpt), None, 0, None, 0.01, clip="auto")
+    rows = plan.meta["clip_scan"]
+    assert [r["percentile"] for r in rows] == [90, 93, 95, 97, 99, 100]
+    assert plan.meta["clip_percentile"] == 90.0     # chosen on the held-out points
+    r = CliRunner().invoke(cli, ["evaluate", "--model", str(ckpt), "--clip", "auto",
+                                 "--transfers", "20", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    assert "clip chosen: p90" in r.output and "not the test set" in r.output
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["clip_percentile"] == 90.0 and len(summary["clip_scan"]) == 6
+    for bad, why in (("abc", "neither a percentile"), ("120", "outside 50-100")):
+        r = CliRunner().invoke(cli, ["evaluate", "--model", str(ckpt), "--clip", bad])
+        assert r.exit_code == 2 and why in r.output

@@ -41,6 +41,57 @@ def _load_db(path: str | None):
     return import_reference() if path in (None, "reference") else load_nonideality(path)
 
 
+class _ClipParam(click.ParamType):
+    """--clip: a percentile of |w| in [50, 100], or "auto" (`auto_clip`)."""
+
+    name = "percentile|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, float) or value == "auto":
+            return value
+        if str(value).strip().lower() == "auto":
+            return "auto"
+        try:
+            v = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a percentile (50-100) nor 'auto'", param, ctx)
+        if not 50.0 <= v <= 100.0:
+            self.fail(f"{v:g} is outside 50-100", param, ctx)
+        return v
+
+
+CLIP = _ClipParam()
+CLIP_HELP = ("'auto': the least clipping whose Monte-Carlo transfers on held-out points "
+             "(the validation set, not the test set) come within half a point of the best, "
+             "without losing more than half a point of clean accuracy; possibly none")
+
+
+def auto_clip(model, dataset: str, db, *, member: int = 0, mapping: str = "physical"):
+    """`training.evaluate.scan_clips` on the dataset's held-out points (its validation set
+    without the test points: `chip_in_the_loop_sets` "repair"), each row echoed as it is done;
+    the `ClipScan` back."""
+    from database.datasets import chip_in_the_loop_sets
+    from training.evaluate import scan_clips
+
+    x, y = chip_in_the_loop_sets(dataset)["repair"]
+    click.echo(f"choosing the clip on {len(y)} held-out points (not the test set), "
+               f"Monte-Carlo transfers at each percentile:", err=True)
+
+    def row(r):
+        click.echo(f"  p{r['percentile']:g}: clean {pct(r['clean_acc'])}, transfers mean "
+                   f"{pct(r['transfer_acc_mean'])} (5th percentile "
+                   f"{pct(r['transfer_acc_p05'])}), points right in >= 95 % of them "
+                   f"{pct(r['share_correct_95'])}", err=True)
+
+    scan = scan_clips(model, x, y, db, member=member, mapping=mapping, on_row=row)
+    chosen = "none (each layer at its largest weight)" if scan.chosen is None else \
+        f"p{scan.chosen:g}"
+    click.echo(f"clip chosen: {chosen} (the least clipping within half a point of the best "
+               f"mean transfer accuracy, among the clips that keep the clean accuracy within "
+               f"{scan.max_clean_drop * 100:g} points of the unclipped network's)", err=True)
+    return scan
+
+
 def _table(title: str, summaries: dict[str, dict]):
     from rich.table import Table
 
@@ -161,9 +212,10 @@ def register(cli: click.Group) -> None:
     @click.option("--mapping", type=MAPPING, default=None,
                   help="Mapping for the transfers (default: the model's).")
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
-    @click.option("--clip", type=click.FloatRange(50, 100), default=None, metavar="PERCENTILE",
+    @click.option("--clip", type=CLIP, default=None,
                   help="Evaluate the network with its layers clipped at this "
-                       "percentile of |w|, as `xbarlab transfer --clip` programs it.")
+                       "percentile of |w|, as `xbarlab transfer --clip` programs it; "
+                       + CLIP_HELP + ".")
     @click.option("--retention-s", "retention_s", default=None,
                   type=click.FloatRange(min=0, min_open=True),
                   help="Transfers read this long after programming [s]: the database's "
@@ -182,11 +234,17 @@ def register(cli: click.Group) -> None:
         from training.train import db_hash, load_checkpoint
 
         model, cfg, meta = load_checkpoint(model_path, device)
+        db = _load_db(db_path)
+        scan = None
+        if clip == "auto":
+            if cfg.k > 1:
+                click.echo(f"note: the clip is chosen on network 0 of the {cfg.k}", err=True)
+            scan = auto_clip(model, cfg.dataset, db, mapping=mapping or cfg.mapping)
+            clip = scan.chosen
         if clip is not None:
             from training.export import clip_weights
 
             model = clip_weights(model, clip)
-        db = _load_db(db_path)
         if meta.get("db_hash") and meta["db_hash"] != db_hash(db):
             click.echo("note: evaluating with a different non-ideality DB than training used",
                        err=True)
@@ -198,6 +256,7 @@ def register(cli: click.Group) -> None:
         summary = write_evaluation(Path(out), {name: res}, {name: model}, xt, yt,
                                extra={"model": str(model_path), "config": cfg.to_dict(),
                                       "clip_percentile": clip,
+                                      **({} if scan is None else {"clip_scan": scan.rows}),
                                       "retention_s": retention_s,
                                       "train_steps": meta.get("steps"),
                                       "steps_per_network": meta.get("steps_per_network"),

@@ -11,14 +11,16 @@ from pathlib import Path
 import click
 
 from database.display import count, duration, pct
+from xbarlab.commands.train import CLIP, CLIP_HELP
 from xbarlab.crossbars import pick_crossbars
 from xbarlab.errors import XbarlabError
 
 
 def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
-                     tolerance: float, clip: float | None = None):
+                     tolerance: float, clip: float | str | None = None):
     """The plan of a trained checkpoint (its layers clipped at the `clip` percentile of
-    |w| when given: `training.export.clip_weights`), mapped into what the station reading
+    |w| when given: `training.export.clip_weights`; "auto": the percentile
+    `xbarlab.commands.train.auto_clip` chooses, its scan in the plan's meta), mapped into what the station reading
     with `read` can verify with a band of +-`tolerance`, and the model's test set."""
     try:
         import torch  # noqa: F401
@@ -30,6 +32,12 @@ def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
     from training.train import load_checkpoint
 
     model, cfg, _meta = load_checkpoint(model_path, "cpu")
+    scan = None
+    if clip == "auto":
+        from xbarlab.commands.train import _load_db, auto_clip
+
+        scan = auto_clip(model, cfg.dataset, _load_db(db_path), member=member)
+        clip = scan.chosen
     if clip is not None:
         model = clip_weights(model, clip)
     if db_path in (None, "reference"):
@@ -44,9 +52,11 @@ def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
         click.echo(f"note: {plan.meta['g_range_note']}", err=True)
     plan.meta.update({"model": str(model_path), "trained_mapping": cfg.mapping,
                       "hardware_aware": cfg.hardware_aware, "dataset": cfg.dataset})
+    if scan is not None:
+        plan.meta["clip_scan"] = scan.rows
     if clip is not None:
         plan.meta["clip_percentile"] = float(clip)
-        if cfg.hardware_aware:
+        if cfg.hardware_aware and scan is None:
             click.echo(f"note: {model_path} is hardware-aware, trained for its unclipped "
                        "scale; clipped it may lose accuracy (`xbarlab evaluate --clip` shows "
                        "how much)", err=True)
@@ -74,11 +84,11 @@ def register(cli: click.Group) -> None:
                        "default: the published 100-500 uS")
     @click.option("--member", default=0, show_default=True, type=click.IntRange(0),
                   help="network of an ensemble checkpoint")
-    @click.option("--clip", type=click.FloatRange(50, 100), default=None, metavar="PERCENTILE",
+    @click.option("--clip", type=CLIP, default=None,
                   help="with --model: set each layer's scale at this percentile of its |w| "
                        "and clip the larger weights (e.g. 95 for the regular digits network: "
-                       "1.7-3 times the conductance swing per weight; docs/guide.md). "
-                       "Default: the largest weight, as training assumed")
+                       "1.7-3 times the conductance swing per weight; docs/guide.md); "
+                       + CLIP_HELP + ". Default: the largest weight, as training assumed")
     @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="fast",
                   show_default=True, help="write-verify algorithm (alibart: the paper's)")
     @click.option("--settle", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
