@@ -182,8 +182,6 @@ class ClipScan:
 
     chosen: float | None
     rows: list[dict]
-    points: int
-    transfers: int
     max_clean_drop: float
 
 
@@ -234,5 +232,4 @@ def scan_clips(model: HardwareAwareMLP, x: np.ndarray, y: np.ndarray, db: NonIde
         rows.append(row)
         if on_row is not None:
             on_row(row)
-    return ClipScan(choose_clip(rows, max_clean_drop, tolerance), rows, int(len(y)),
-                    int(transfers), float(max_clean_drop))
+    return ClipScan(choose_clip(rows, max_clean_drop, tolerance), rows, float(max_clean_drop))

@@ -47,7 +47,7 @@ class _ClipParam(click.ParamType):
     name = "percentile|auto"
 
     def convert(self, value, param, ctx):
-        if value is None or isinstance(value, float) or value == "auto":
+        if isinstance(value, float):   # a default, or converted already
             return value
         if str(value).strip().lower() == "auto":
             return "auto"

@@ -19,9 +19,10 @@ from xbarlab.errors import XbarlabError
 def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
                      tolerance: float, clip: float | str | None = None):
     """The plan of a trained checkpoint (its layers clipped at the `clip` percentile of
-    |w| when given: `training.export.clip_weights`; "auto": the percentile
-    `xbarlab.commands.train.auto_clip` chooses, its scan in the plan's meta), mapped into what the station reading
-    with `read` can verify with a band of +-`tolerance`, and the model's test set."""
+    |w| when given: `training.export.clip_weights`; "auto": the percentile that
+    `xbarlab.commands.train.auto_clip` chooses, its scan in the plan's meta), mapped into
+    what the station reading with `read` can verify with a band of +-`tolerance`, and the
+    model's test set."""
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -33,20 +34,22 @@ def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
 
     model, cfg, _meta = load_checkpoint(model_path, "cpu")
     scan = None
-    if clip == "auto":
+    if clip == "auto":   # the Monte-Carlo scan needs the whole database, the plan its range
         from xbarlab.commands.train import _load_db, auto_clip
 
-        scan = auto_clip(model, cfg.dataset, _load_db(db_path), member=member)
+        db = _load_db(db_path)
+        scan = auto_clip(model, cfg.dataset, db, member=member)
         clip = scan.chosen
-    if clip is not None:
-        model = clip_weights(model, clip)
-    if db_path in (None, "reference"):
+        g_range = (db.g_min, db.g_max)
+    elif db_path in (None, "reference"):
         from database.reference import G_MAX, G_MIN
         g_range = (G_MIN, G_MAX)
     else:
         from database.nonideality import load_nonideality
         db = load_nonideality(db_path)
         g_range = (db.g_min, db.g_max)
+    if clip is not None:
+        model = clip_weights(model, clip)
     plan = conductance_plan(model, g_range, member=member, read=read, tolerance=tolerance)
     if "g_range_note" in plan.meta:
         click.echo(f"note: {plan.meta['g_range_note']}", err=True)
