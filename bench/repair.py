@@ -36,7 +36,7 @@ Usage: python bench/repair.py [--quick] [--chips 24 (0: digits only)] [--digits-
                               [--out bench-repair-out] [--repair '{"calibrate": "affine"}']
                               [--reverify '{"passes": 3}'] [--tune '{"width": 5e-8}']
                               [--paths array,sim-pmu]
-                              [--device '{"rtn_count": 0}'] [--clip 95] [--keep]
+                              [--device '{"rtn_count": 0}'] [--clip 95] [--replicate 2] [--keep]
        python bench/repair.py --combine OUT [OUT ...]   (one report over earlier runs' chips)
 Figures: docs/chip-in-the-loop.md.
 """
@@ -162,6 +162,7 @@ def one_chip(job: tuple) -> dict:
     programmed = chip.lab.save_state()   # every path starts from this chip
     gap = explain_gap(plan, chip, names, *sets["test"])
     common = {"dataset": dataset, "network": network, "seed": seed,
+              "devices": plan.n_devices, "crossbars": plan.n_tiles,
               "transfer_pulses": pulses, "transfer_failed": int(sum(not x.converged for x in res)),
               "transfer_time_s": transfer_time, "gap": gap, "reverify_pulses": rv_pulses,
               "map_error_first": [float(np.median(err_first)),
@@ -279,15 +280,14 @@ def _errs(rows: list[dict], network: str) -> str:
 
 
 def report(dataset: str, rows: list[dict], mc: dict, path: str) -> list[str]:
-    out = [f"\n== {dataset} ({len(rows) // 2} chips per network), read-out path {path} =="]
+    nets = [n for n in NETWORKS if any(x["network"] == n for x in rows)]
+    out = [f"\n== {dataset} ({len(rows) // len(nets)} chips per network), read-out path {path} =="]
     head = (f"{'':16}{'software':>10}{'Monte-Carlo':>16}{'analog before':>20}"
             f"{'read-back before':>20}{'after repair':>20}{'extra pulses':>16}")
     out.append(head)
     goals = []
-    for name in NETWORKS:
+    for name in nets:
         r = [x for x in rows if x["network"] == name]
-        if not r:
-            continue
         a = np.array([x["analog_before"] for x in r])
         b = np.array([x["readback_before"] for x in r])
         c = np.array([x["after"] for x in r])
@@ -301,18 +301,24 @@ def report(dataset: str, rows: list[dict], mc: dict, path: str) -> list[str]:
                    f"{pct(c.mean()) + ' (min' + pct(c.min()) + ')':>20}"
                    f"{pct(p.mean()) + ' (max' + pct(p.max()) + ')':>16}")
         goals.append((name, sw - c.mean(), sw - c.min(), p.max(), int(np.sum(c < a)), len(r)))
-    for name in NETWORKS:
+    for name in nets:
         if "clean_trained" in mc.get(name, {}):
-            out.append(f"{LABELS[name]} exported clipped (--clip): software accuracy as trained "
-                       f"{pct(mc[name]['clean_trained']).strip()}, as clipped "
-                       f"{pct(mc[name]['clean']).strip()}; the goal is against the higher")
+            out.append(f"{LABELS[name]} exported clipped or replicated (--clip, --replicate): "
+                       f"software accuracy as trained {pct(mc[name]['clean_trained']).strip()}, "
+                       f"as exported {pct(mc[name]['clean']).strip()}; the goal is against the "
+                       "higher")
+    if all("devices" in x for x in rows):   # (runs from before it still combine)
+        out.append("devices per chip (crossbars), transfer pulses per chip (mean): " + "; ".join(
+            f"{LABELS[n]}: {rows_of[0]['devices']} ({rows_of[0]['crossbars']}), "
+            f"{np.mean([x['transfer_pulses'] for x in rows_of]):,.0f}"
+            for n in nets if (rows_of := [x for x in rows if x["network"] == n])))
     out.append("read-back |error| of target after the transfer (median, p95; before re-verify -> "
                "after), re-verify pulses (share of the transfer's): " + "; ".join(
-                   f"{LABELS[n]}: " + _errs(rows, n) for n in NETWORKS))
+                   f"{LABELS[n]}: " + _errs(rows, n) for n in nets))
     out.append("predicted instrument time per chip (virtual clock, mean): " + "; ".join(
         f"{LABELS[n]}: transfer {np.mean([x['transfer_time_s'] for x in rows if x['network'] == n]):.0f} s, "
         f"repair {np.mean([x['repair_time_s'] for x in rows if x['network'] == n]):.0f} s"
-        for n in NETWORKS))
+        for n in nets))
     sh_l = [x["gap"]["share_lines"] for x in rows]
     sh_n = [x["gap"]["share_nonlinearity"] for x in rows]
     accs = {k: np.mean([x["gap"]["accuracy"][k] for x in rows]) for k in rows[0]["gap"]["accuracy"]}
@@ -409,6 +415,13 @@ def main() -> None:
                     "is exported as trained, the scale it was trained for); 'auto': the "
                     "percentile training.evaluate.scan_clips chooses on the repair set "
                     "(`xbarlab transfer --clip auto`'s rule), per dataset")
+    ap.add_argument("--networks", default=",".join(NETWORKS),
+                    help="the networks to run, comma-separated (default both); --combine joins "
+                    "runs of one network with runs of the other")
+    ap.add_argument("--replicate", type=int, default=1, metavar="N",
+                    help="export the regular network with every hidden unit on N copies of its "
+                    "devices (training.export.replicate_hidden, before the clip; the "
+                    "hardware-aware network as trained)")
     ap.add_argument("--keep", action="store_true", help="keep each repair's HDF5 file in "
                     "OUT/repairs (every decision, tuning and measurement: `xbarlab view`)")
     ap.add_argument("--combine", type=Path, nargs="+", metavar="DIR", help="print one report "
@@ -418,14 +431,19 @@ def main() -> None:
         combine(a.combine)
         return
     paths = a.paths.split(",")
+    networks = [n for n in NETWORKS if n in a.networks.split(",")]
+    if not networks or set(a.networks.split(",")) - set(NETWORKS):
+        ap.error(f"--networks: choose from {','.join(NETWORKS)}")
     run_config = {"repair": a.repair, "reverify": a.reverify, "tune": a.tune,
                   "device": a.device, "quick": a.quick}
     if a.clip is not None:   # (absent otherwise: runs from before --clip still combine)
         run_config["clip"] = a.clip
+    if a.replicate > 1:
+        run_config["replicate"] = a.replicate
     if a.quick:
         a.chips, a.digits_chips, a.mc = 3, min(a.digits_chips, 1), 200
     a.out.mkdir(parents=True, exist_ok=True)
-    from training.export import clip_weights, conductance_plan
+    from training.export import clip_weights, conductance_plan, replicate_hidden
 
     w0 = time.perf_counter()
     results = {}
@@ -434,6 +452,8 @@ def main() -> None:
             continue
         t = train_or_load(a.out, dataset, a.quick)
         trained, models = t["models"], dict(t["models"])
+        if a.replicate > 1:
+            models["regular"] = replicate_hidden(models["regular"], a.replicate)
         clip = a.clip
         if clip == "auto":
             from training.evaluate import scan_clips
@@ -447,11 +467,11 @@ def main() -> None:
                       f"{pct(r['transfer_acc_mean']).strip()}" for r in scan.rows) + ")")
         if clip is not None:
             models["regular"] = clip_weights(models["regular"], clip)
-        mc = monte_carlo(models, t["db"], t["sets"], a.mc, trained)
+        mc = monte_carlo({n: models[n] for n in networks}, t["db"], t["sets"], a.mc, trained)
         jobs = []
         with tempfile.TemporaryDirectory() as tmp:
             for seed in range(a.first_chip, a.first_chip + chips):
-                for name in NETWORKS:
+                for name in networks:
                     plan = conductance_plan(models[name], t["db"], read=READ)
                     plan.meta.update(network=name, dataset=dataset)
                     jobs.append((plan.to_dict(), dataset, name, 1000 + seed, tmp, a.repair,
@@ -481,10 +501,24 @@ def print_reports(dataset: str, rows: list[dict], mc: dict) -> None:
         print("\n".join(side_by_side(dataset, rows, paths)), flush=True)
 
 
+#: bench settings that only the regular network's export reads (--clip, --replicate)
+REGULAR_ONLY = ("clip", "replicate")
+
+
+def _settings(config: dict | None, network: str) -> dict | None:
+    """The run settings that shaped `network`'s chips."""
+    if config is None:
+        return None
+    skip = ("networks", *(REGULAR_ONLY if network != "regular" else ()))
+    return {k: v for k, v in config.items() if k not in skip}
+
+
 def combine(dirs: list[Path]) -> None:
     """One report over the chips of several runs (each DIR/results.json): a long digits bench
-    run in chunks (``--first-chip``), on one machine or several. Refuses runs of other networks
-    (their Monte-Carlo prediction differs), other settings, or a chip twice."""
+    run in chunks (``--first-chip``), on one machine or several, or runs of one network each
+    (``--networks``). Refuses chips of a network whose Monte-Carlo prediction or settings
+    differ from another run's of that network (other networks, other settings), or a chip
+    twice."""
     merged: dict[str, dict] = {}
     for d in dirs:
         f = d / "results.json"
@@ -493,12 +527,16 @@ def combine(dirs: list[Path]) -> None:
         except (OSError, ValueError) as e:
             sys.exit(f"--combine: cannot read {f}: {e}")
         for dataset, r in runs.items():
-            m = merged.setdefault(dataset, {"chips": [], "monte_carlo": r["monte_carlo"],
-                                            "config": r.get("config"), "from": f, "seen": {}})
-            for what in ("monte_carlo", "config"):
-                if r.get(what) != m[what]:
-                    sys.exit(f"--combine: {f}: its {dataset} {what.replace('_', '-')} differs "
-                             f"from {m['from']}'s: not the same networks and settings")
+            m = merged.setdefault(dataset, {"chips": [], "monte_carlo": {}, "per_network": {},
+                                            "seen": {}})
+            for net in dict.fromkeys(x["network"] for x in r["chips"]):
+                mine = (r["monte_carlo"].get(net), _settings(r.get("config"), net))
+                first = m["per_network"].setdefault(net, (mine, f))
+                if first[0] != mine:
+                    sys.exit(f"--combine: {f}: its {dataset} {LABELS[net]} Monte-Carlo "
+                             f"prediction or settings differ from {first[1]}'s: not the same "
+                             "network and settings")
+                m["monte_carlo"][net] = r["monte_carlo"][net]
             for x in r["chips"]:
                 key = (x["network"], x["seed"], x["path"])
                 if key in m["seen"]:

@@ -161,6 +161,49 @@ def clip_weights(model, percentile: float):
     return out
 
 
+def replicate_hidden(model, copies: int):
+    """A copy of a trained HardwareAwareMLP that computes the same function with every hidden
+    unit computed `copies` times on devices of its own: each hidden layer's weight rows and
+    biases repeated `copies` times (the copies as whole blocks: copy c of unit j is unit
+    ``c * width + j``), each later layer's weights from those units repeated with them and
+    divided by `copies`. The output layer's biases stay one pair each.
+
+    Why: the transfer's errors are independent from device to device (the tuning band, the
+    V/3 disturbance, the slow fluctuators every pulse in a tile re-rolls), so a weight written
+    on `copies` device pairs, each carrying 1/copies of it at the layer's full conductance
+    swing, has 1/sqrt(copies) of the error (multi-device synapses, Boybat et al., Nat. Commun.
+    2018), and so have the hidden activations the next layer averages over the copies. As
+    whole blocks, the copies land on different tiles (columns of the hidden layer, rows of
+    the next) and so on different crossbars. The price: `copies` times the devices, pulses and
+    instrument time of every layer but the output layer's biases (regular digits, 64-32-10:
+    87 crossbars, at 2 copies 171). Only a network whose transfer errors cost it accuracy
+    gains: the regular digits network clipped at p95 goes from a Monte-Carlo prediction of
+    92.0 % to 94.5 % at 2 copies and 95.2 % at 3 (docs/training.md).
+
+    The later layers' weights are divided by `copies`, their biases are not: where a bias is
+    larger than every divided weight, it sets the layer's scale (`conductance_plan`) and the
+    weights get less swing. Clip after replicating (`clip_weights`), so that the clip sees
+    the layer as it is programmed. copies 1 returns an unchanged copy."""
+    import copy
+
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise TrainingError(f"copies must be a whole number >= 1, got {copies!r}")
+    if copies == 1 or len(model.sizes) < 3:
+        return copy.deepcopy(model)
+    sizes = [model.sizes[0], *(s * copies for s in model.sizes[1:-1]), model.sizes[-1]]
+    out = type(model)(sizes, model.k, model.activation, layout=model.layout)
+    last = len(model.layers) - 1
+    for i, (src, dst) in enumerate(zip(model.layers, out.layers, strict=True)):
+        w, b = src.weight.detach(), src.bias.detach()     # (K, out, in), (K, out)
+        if i > 0:                         # inputs: the previous layer's copies, averaged
+            w = w.repeat(1, 1, copies) / copies
+        if i < last:                      # outputs: this hidden layer's units, repeated
+            w, b = w.repeat(1, copies, 1), b.repeat(1, copies)
+        dst.weight.data.copy_(w)
+        dst.bias.data.copy_(b)
+    return out
+
+
 def conductance_plan(model, db, mapping: str = "physical", *, member: int = 0,
                      read=None, tolerance: float | None = None) -> ConductancePlan:
     """The conductance plan of member `member` of a trained HardwareAwareMLP, on the model's

@@ -237,7 +237,70 @@ def test_transfer_clips_a_model_it_is_told_to(db, moons, tmp_path):
     full.save(tmp_path / "p.json")
     r = CliRunner().invoke(cli, ["transfer", "--plan", str(tmp_path / "p.json"), "--station",
                                  "x.yaml", "-o", str(tmp_path / "t.h5"), "--clip", "95"])
-    assert r.exit_code == 2 and "--clip applies to --model" in r.output
+    assert r.exit_code == 2 and "--clip and --replicate apply to --model" in r.output
+    r = CliRunner().invoke(cli, ["transfer", "--plan", str(tmp_path / "p.json"), "--station",
+                                 "x.yaml", "-o", str(tmp_path / "t.h5"), "--replicate", "2"])
+    assert r.exit_code == 2 and "--clip and --replicate apply to --model" in r.output
+    # replicated, then clipped: the clip sees the layers as they are programmed
+    rep, _ = _plan_from_model(str(ckpt), None, 0, None, 0.01, clip=80, replicate=2)
+    assert rep.meta["replicate"] == 2 and rep.n_devices == 2 * full.n_devices - 2
+    w = np.concatenate([np.tile(full.weights[0].ravel(), 2), np.tile(full.biases[0], 2)])
+    assert rep.scales[0] == pytest.approx(np.percentile(np.abs(w), 80), rel=1e-6)
+
+
+def test_a_replicated_network_computes_the_same_on_copies_on_their_own_tiles(db, moons):
+    from training.export import replicate_hidden
+
+    m = _model(db, sizes=(2, 8, 8, 3), k=2)
+    r = replicate_hidden(m, 3)
+    assert r.sizes == (2, 24, 24, 3) and r.k == 2 and r.activation == m.activation
+    x = torch.as_tensor(moons["test"][0])
+    torch.testing.assert_close(r(x), m(x), rtol=1e-5, atol=1e-6)   # the same function
+    plan = conductance_plan(r, db, member=1)
+    np.testing.assert_allclose(plan_logits(plan, plan.target, moons["test"][0]),
+                               m(x)[0, 1].detach().numpy(), rtol=1e-4, atol=1e-4)
+    w0 = [lay.weight[1].detach().numpy() for lay in m.layers]
+    np.testing.assert_allclose(plan.weights[1][8:16, 16:24], w0[1] / 3, rtol=1e-6)
+    np.testing.assert_allclose(plan.weights[2][:, :8], w0[2] / 3, rtol=1e-6)
+    np.testing.assert_allclose(plan.biases[2], m.layers[2].bias[1].detach().numpy(), rtol=1e-6)
+
+    # every copy of a weight sits on a crossbar of its own: copy c of hidden unit j is unit
+    # 8c + j, so its column pair (layer 0, 1) and its input row (layer 1, 2) lie 16 / 8 lines on
+    def tile(layer, param, out, inp):
+        hit = ((plan.layer == layer) & (plan.param == param) & (plan.out == out)
+               & ((plan.inp == inp) | (param == BIAS)))
+        return set(plan.tile[hit].tolist())
+
+    for j in range(8):
+        assert len(set().union(*(tile(0, 0, j + 8 * c, 1) for c in range(3)))) == 3
+        assert len(set().union(*(tile(2, 0, 1, j + 8 * c) for c in range(3)))) == 3
+    assert replicate_hidden(m, 1).sizes == m.sizes
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(TrainingError, match="whole number"):
+            replicate_hidden(m, bad)
+
+
+def test_replication_averages_the_transfer_errors_away(db, moons):
+    """Each copy's devices err on their own, so a network on 4 copies of each hidden unit
+    moves its outputs by less over the same kind of transfers (not by half: the output's bias
+    pair is not replicated). An output bias larger than every divided weight sets the layer's
+    scale and takes the gain away (replicate_hidden's docstring)."""
+    from training.export import replicate_hidden
+
+    x = torch.as_tensor(moons["test"][0])
+    spread = {}
+    for bias in (0.1, 3.0):   # trained-like small biases; an output bias of 3 max|w|
+        m = _model(db, sizes=(2, 8, 1), k=1)
+        with torch.no_grad():
+            m.layers[0].bias.mul_(0.1)
+            m.layers[1].bias.fill_(bias * float(m.layers[1].weight.abs().max()))
+        for copies in (1, 4):
+            net = replicate_hidden(m, copies).attach_noise(db, mapping="physical")
+            d = net.draw(400, torch.Generator().manual_seed(1), NoiseConfig(stuck=False))
+            with torch.no_grad():
+                spread[bias, copies] = float((net(x, d) - net(x)).square().mean().sqrt())
+    assert spread[0.1, 4] < 0.75 * spread[0.1, 1]
+    assert spread[3.0, 4] > spread[3.0, 1]
 
 
 def test_choose_clip_takes_the_best_transfers_that_keep_the_clean_accuracy():
@@ -317,3 +380,13 @@ def test_auto_clip_from_the_command_line(wasted_scale, tmp_path):
     for bad, why in (("abc", "neither a percentile"), ("120", "outside 50-100")):
         r = CliRunner().invoke(cli, ["evaluate", "--model", str(ckpt), "--clip", bad])
         assert r.exit_code == 2 and why in r.output
+    # replicated: the same clean accuracy, and the clip still chosen on the copies
+    r = CliRunner().invoke(cli, ["evaluate", "--model", str(ckpt), "--clip", "auto",
+                                 "--replicate", "2", "--transfers", "20",
+                                 "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert rep["replicate"] == 2 and rep["clip_percentile"] == 90.0
+    assert rep["networks"] and all(
+        a["clean_acc"] == pytest.approx(b["clean_acc"], abs=1e-6)
+        for a, b in zip(rep["networks"].values(), summary["networks"].values(), strict=True))

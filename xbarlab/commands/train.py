@@ -216,13 +216,17 @@ def register(cli: click.Group) -> None:
                   help="Evaluate the network with its layers clipped at this "
                        "percentile of |w|, as `xbarlab transfer --clip` programs it; "
                        + CLIP_HELP + ".")
+    @click.option("--replicate", type=click.IntRange(1, 8), default=1, show_default=True,
+                  help="Evaluate the network with every hidden unit on this many copies of its "
+                       "devices, as `xbarlab transfer --replicate` programs it (before the "
+                       "clip).")
     @click.option("--retention-s", "retention_s", default=None,
                   type=click.FloatRange(min=0, min_open=True),
                   help="Transfers read this long after programming [s]: the database's "
                        "retention statistics move every device (off).")
     @click.option("--device", default="auto", show_default=True)
-    def evaluate_cmd(model_path, db_path, transfers, out, mapping, seed, clip, retention_s,
-                     device):
+    def evaluate_cmd(model_path, db_path, transfers, out, mapping, seed, clip, replicate,
+                     retention_s, device):
         """Monte-Carlo transfer evaluation of a checkpoint: table, PNGs and summary.json."""
         _need_torch()
         from rich.console import Console
@@ -235,6 +239,10 @@ def register(cli: click.Group) -> None:
 
         model, cfg, meta = load_checkpoint(model_path, device)
         db = _load_db(db_path)
+        if replicate > 1:   # before the clip, as the transfer does
+            from training.export import replicate_hidden
+
+            model = replicate_hidden(model, replicate)
         scan = None
         if clip == "auto":
             if cfg.k > 1:
@@ -255,7 +263,7 @@ def register(cli: click.Group) -> None:
         name = network_name(cfg.hardware_aware)
         summary = write_evaluation(Path(out), {name: res}, {name: model}, xt, yt,
                                extra={"model": str(model_path), "config": cfg.to_dict(),
-                                      "clip_percentile": clip,
+                                      "clip_percentile": clip, "replicate": replicate,
                                       **({} if scan is None else {"clip_scan": scan.rows}),
                                       "retention_s": retention_s,
                                       "train_steps": meta.get("steps"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import numpy as np
 
 from database.display import count, duration, pct
 from xbarlab.commands.train import CLIP, CLIP_HELP
@@ -17,8 +18,9 @@ from xbarlab.errors import XbarlabError
 
 
 def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
-                     tolerance: float, clip: float | str | None = None):
-    """The plan of a trained checkpoint (its layers clipped at the `clip` percentile of
+                     tolerance: float, clip: float | str | None = None, replicate: int = 1):
+    """The plan of a trained checkpoint (its hidden units on `replicate` copies each:
+    `training.export.replicate_hidden`; then its layers clipped at the `clip` percentile of
     |w| when given: `training.export.clip_weights`; "auto": the percentile that
     `xbarlab.commands.train.auto_clip` chooses, its scan in the plan's meta), mapped into
     what the station reading with `read` can verify with a band of +-`tolerance`, and the
@@ -29,10 +31,16 @@ def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
         raise XbarlabError("--model needs PyTorch (the [train] extra); on a PC without it, "
                            "use --plan with a plan saved by --save-plan elsewhere") from None
     from database.datasets import load_dataset
-    from training.export import clip_weights, conductance_plan
+    from training.export import clip_weights, conductance_plan, replicate_hidden
     from training.train import load_checkpoint
 
     model, cfg, _meta = load_checkpoint(model_path, "cpu")
+    if replicate > 1:   # before the clip: it sees the layers as they are programmed
+        model = replicate_hidden(model, replicate)
+        if cfg.hardware_aware:
+            click.echo(f"note: {model_path} is hardware-aware, trained for one copy of each "
+                       "unit; replicated, its tiles and disturbance keys differ from those "
+                       "it was trained for", err=True)
     scan = None
     if clip == "auto":   # the Monte-Carlo scan needs the whole database, the plan its range
         from xbarlab.commands.train import _load_db, auto_clip
@@ -55,6 +63,14 @@ def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
         click.echo(f"note: {plan.meta['g_range_note']}", err=True)
     plan.meta.update({"model": str(model_path), "trained_mapping": cfg.mapping,
                       "hardware_aware": cfg.hardware_aware, "dataset": cfg.dataset})
+    if replicate > 1:
+        plan.meta["replicate"] = int(replicate)
+        for i in range(1, len(plan.scales)):   # the biases are not divided by the copies
+            wmax, bmax = np.abs(plan.weights[i]).max(), np.abs(plan.biases[i]).max()
+            if bmax > wmax:
+                click.echo(f"note: layer {i}'s scale is set by a bias ({bmax:.3g} > every "
+                           f"weight's {wmax:.3g} once divided by the {replicate} copies): its "
+                           f"weights get {wmax / bmax:.0%} of the conductance swing", err=True)
     if scan is not None:
         plan.meta["clip_scan"] = scan.rows
     if clip is not None:
@@ -92,6 +108,11 @@ def register(cli: click.Group) -> None:
                        "and clip the larger weights (e.g. 95 for the regular digits network: "
                        "1.7-3 times the conductance swing per weight; docs/guide.md); "
                        + CLIP_HELP + ". Default: the largest weight, as training assumed")
+    @click.option("--replicate", type=click.IntRange(1, 8), default=1, show_default=True,
+                  help="with --model: compute every hidden unit on this many copies of its "
+                       "devices, the next layer averaging them (the same network; each "
+                       "weight's transfer error 1/sqrt(N) as large, for N times the devices "
+                       "and pulses; docs/guide.md)")
     @click.option("--algorithm", type=click.Choice(["alibart", "fast"]), default="fast",
                   show_default=True, help="write-verify algorithm (alibart: the paper's)")
     @click.option("--settle", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
@@ -113,7 +134,7 @@ def register(cli: click.Group) -> None:
     @click.option("--watch", is_flag=True, help="serve a live view of the transfer on this PC "
                   "while it runs (as `xbarlab watch`; needs the [live] extra)")
     def transfer_cmd(model_path, plan_path, station_path, crossbars, out, db_path, member, clip,
-                     algorithm, settle, reverify, reverify_threshold, save_plan, seed, resume,
+                     replicate, algorithm, settle, reverify, reverify_threshold, save_plan, seed, resume,
                      overwrite, no_progress, watch):
         """Program a trained network onto crossbars (write-verify, in the order training
         assumed), read it back and measure its test accuracy; everything into HDF5."""
@@ -126,8 +147,9 @@ def register(cli: click.Group) -> None:
 
         if bool(model_path) == bool(plan_path):
             raise click.UsageError("give exactly one of --model and --plan")
-        if clip is not None and not model_path:
-            raise click.UsageError("--clip applies to --model (a plan is already mapped)")
+        if (clip is not None or replicate > 1) and not model_path:
+            raise click.UsageError("--clip and --replicate apply to --model (a plan is already "
+                                   "mapped)")
         cfg = TransferConfig(tune=TuneConfig(algorithm=algorithm), settle_s=settle,
                              reverify=ReverifyConfig(passes=reverify,
                                                      threshold=reverify_threshold))
@@ -135,7 +157,7 @@ def register(cli: click.Group) -> None:
         test = None
         if model_path:
             plan, test = _plan_from_model(model_path, db_path, member, st.read_settings,
-                                          cfg.tune.tolerance, clip)
+                                          cfg.tune.tolerance, clip, replicate)
         else:
             plan = ConductancePlan.load(plan_path)
             if plan.meta.get("dataset") == "moons":
