@@ -390,3 +390,24 @@ def test_auto_clip_from_the_command_line(wasted_scale, tmp_path):
     assert rep["networks"] and all(
         a["clean_acc"] == pytest.approx(b["clean_acc"], abs=1e-6)
         for a, b in zip(rep["networks"].values(), summary["networks"].values(), strict=True))
+
+
+def test_replicating_says_when_a_bias_sets_the_scale(wasted_scale, tmp_path, capsys):
+    """The output layer's biases are not divided by the copies: one as large as the largest
+    weight takes half the conductance swing of the replicated weights, and the command says so."""
+    import copy
+
+    from training.train import save_checkpoint
+    from xbarlab.commands.transfer import _plan_from_model
+
+    res = copy.deepcopy(wasted_scale)
+    out = res.model.layers[1]
+    with torch.no_grad():
+        out.bias.fill_(float(out.weight.abs().max()))
+    ckpt = save_checkpoint(res, tmp_path / "m.pt")
+    plan, _ = _plan_from_model(str(ckpt), None, 0, None, 0.01, replicate=2)
+    err = capsys.readouterr().err
+    assert "layer 1's scale is set by a bias" in err and "50% of the conductance swing" in err
+    assert plan.scales[1] == pytest.approx(float(out.bias.detach().abs().max()), rel=1e-6)
+    _plan_from_model(str(ckpt), None, 0, None, 0.01)   # one copy: nothing to say
+    assert "set by a bias" not in capsys.readouterr().err
