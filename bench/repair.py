@@ -280,8 +280,11 @@ def _errs(rows: list[dict], network: str) -> str:
 
 
 def report(dataset: str, rows: list[dict], mc: dict, path: str) -> list[str]:
-    nets = [n for n in NETWORKS if any(x["network"] == n for x in rows)]
-    out = [f"\n== {dataset} ({len(rows) // len(nets)} chips per network), read-out path {path} =="]
+    count = {n: sum(x["network"] == n for x in rows) for n in NETWORKS}
+    nets = [n for n in NETWORKS if count[n]]
+    chips = (f"{count[nets[0]]} chips per network" if len({count[n] for n in nets}) == 1 else
+             ", ".join(f"{count[n]} {LABELS[n]} chips" for n in nets))
+    out = [f"\n== {dataset} ({chips}), read-out path {path} =="]
     head = (f"{'':16}{'software':>10}{'Monte-Carlo':>16}{'analog before':>20}"
             f"{'read-back before':>20}{'after repair':>20}{'extra pulses':>16}")
     out.append(head)
@@ -546,8 +549,7 @@ def combine(dirs: list[Path]) -> None:
                 m["chips"].append(x)
     for dataset, m in merged.items():
         seeds = sorted({x["seed"] for x in m["chips"]})
-        print(f"\n{dataset}: {len(seeds)} chips per network from {len(dirs)} runs "
-              f"(seeds {seeds[0]}-{seeds[-1]})")
+        print(f"\n{dataset}: chips {seeds[0]}-{seeds[-1]} from {len(dirs)} runs")
         print_reports(dataset, m["chips"], m["monte_carlo"])
 
 
