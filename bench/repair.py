@@ -446,7 +446,8 @@ def main() -> None:
     if a.quick:
         a.chips, a.digits_chips, a.mc = 3, min(a.digits_chips, 1), 200
     a.out.mkdir(parents=True, exist_ok=True)
-    from training.export import clip_weights, conductance_plan, replicate_hidden
+    from training.export import conductance_plan
+    from xbarlab.commands.train import export_model
 
     w0 = time.perf_counter()
     results = {}
@@ -455,21 +456,9 @@ def main() -> None:
             continue
         t = train_or_load(a.out, dataset, a.quick)
         trained, models = t["models"], dict(t["models"])
-        if a.replicate > 1:
-            models["regular"] = replicate_hidden(models["regular"], a.replicate)
-        clip = a.clip
-        if clip == "auto":
-            from training.evaluate import scan_clips
-
-            scan = scan_clips(models["regular"], *t["sets"]["repair"], t["db"],
-                              mapping="physical")
-            clip = scan.chosen
-            print(f"{dataset}: clip chosen on the repair set: "
-                  f"{'none' if clip is None else f'p{clip:g}'} (" + ", ".join(
-                      f"p{r['percentile']:g} clean {pct(r['clean_acc']).strip()} transfers "
-                      f"{pct(r['transfer_acc_mean']).strip()}" for r in scan.rows) + ")")
-        if clip is not None:
-            models["regular"] = clip_weights(models["regular"], clip)
+        # as `xbarlab transfer --model` exports it ("auto": chosen on the repair set)
+        models["regular"], clip, _scan = export_model(models["regular"], dataset, t["db"],
+                                                      clip=a.clip, replicate=a.replicate)
         mc = monte_carlo({n: models[n] for n in networks}, t["db"], t["sets"], a.mc, trained)
         jobs = []
         with tempfile.TemporaryDirectory() as tmp:

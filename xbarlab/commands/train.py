@@ -92,6 +92,26 @@ def auto_clip(model, dataset: str, db, *, member: int = 0, mapping: str = "physi
     return scan
 
 
+def export_model(model, dataset: str, db, *, clip=None, replicate: int = 1, member: int = 0,
+                 mapping: str = "physical"):
+    """A trained network as `xbarlab transfer --model` programs it: its hidden units on
+    `replicate` copies (`training.export.replicate_hidden`), then clipped (`clip`: a
+    percentile, "auto" for `auto_clip`'s choice on `dataset`'s held-out points, which needs
+    the database `db`, or None). Replicating first lets the clip see the layers as they are
+    programmed. (model, the percentile applied or None, the `ClipScan` or None) back."""
+    from training.export import clip_weights, replicate_hidden
+
+    if replicate > 1:
+        model = replicate_hidden(model, replicate)
+    scan = None
+    if clip == "auto":
+        scan = auto_clip(model, dataset, db, member=member, mapping=mapping)
+        clip = scan.chosen
+    if clip is not None:
+        model = clip_weights(model, clip)
+    return model, clip, scan
+
+
 def _table(title: str, summaries: dict[str, dict]):
     from rich.table import Table
 
@@ -239,20 +259,10 @@ def register(cli: click.Group) -> None:
 
         model, cfg, meta = load_checkpoint(model_path, device)
         db = _load_db(db_path)
-        if replicate > 1:   # before the clip, as the transfer does
-            from training.export import replicate_hidden
-
-            model = replicate_hidden(model, replicate)
-        scan = None
-        if clip == "auto":
-            if cfg.k > 1:
-                click.echo(f"note: the clip is chosen on network 0 of the {cfg.k}", err=True)
-            scan = auto_clip(model, cfg.dataset, db, mapping=mapping or cfg.mapping)
-            clip = scan.chosen
-        if clip is not None:
-            from training.export import clip_weights
-
-            model = clip_weights(model, clip)
+        if clip == "auto" and cfg.k > 1:
+            click.echo(f"note: the clip is chosen on network 0 of the {cfg.k}", err=True)
+        model, clip, scan = export_model(model, cfg.dataset, db, clip=clip, replicate=replicate,
+                                         mapping=mapping or cfg.mapping)
         if meta.get("db_hash") and meta["db_hash"] != db_hash(db):
             click.echo("note: evaluating with a different non-ideality DB than training used",
                        err=True)

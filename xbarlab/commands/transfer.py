@@ -19,45 +19,33 @@ from xbarlab.errors import XbarlabError
 
 def _plan_from_model(model_path: str, db_path: str | None, member: int, read,
                      tolerance: float, clip: float | str | None = None, replicate: int = 1):
-    """The plan of a trained checkpoint (its hidden units on `replicate` copies each:
-    `training.export.replicate_hidden`; then its layers clipped at the `clip` percentile of
-    |w| when given: `training.export.clip_weights`; "auto": the percentile that
-    `xbarlab.commands.train.auto_clip` chooses, its scan in the plan's meta), mapped into
-    what the station reading with `read` can verify with a band of +-`tolerance`, and the
-    model's test set."""
+    """The plan of a trained checkpoint as `xbarlab.commands.train.export_model` exports it
+    (replicated, then clipped; "auto": the clip's scan in the plan's meta), mapped into what
+    the station reading with `read` can verify with a band of +-`tolerance`, and the model's
+    test set."""
     try:
         import torch  # noqa: F401
     except ImportError:
         raise XbarlabError("--model needs PyTorch (the [train] extra); on a PC without it, "
                            "use --plan with a plan saved by --save-plan elsewhere") from None
     from database.datasets import load_dataset
-    from training.export import clip_weights, conductance_plan, replicate_hidden
+    from training.export import conductance_plan
     from training.train import load_checkpoint
+    from xbarlab.commands.train import _load_db, export_model
 
     model, cfg, _meta = load_checkpoint(model_path, "cpu")
-    if replicate > 1:   # before the clip: it sees the layers as they are programmed
-        model = replicate_hidden(model, replicate)
-        if cfg.hardware_aware:
-            click.echo(f"note: {model_path} is hardware-aware, trained for one copy of each "
-                       "unit; replicated, its tiles and disturbance keys differ from those "
-                       "it was trained for", err=True)
-    scan = None
-    if clip == "auto":   # the Monte-Carlo scan needs the whole database, the plan its range
-        from xbarlab.commands.train import _load_db, auto_clip
-
+    if replicate > 1 and cfg.hardware_aware:
+        click.echo(f"note: {model_path} is hardware-aware, trained for one copy of each "
+                   "unit; replicated, its tiles and disturbance keys differ from those "
+                   "it was trained for", err=True)
+    if clip == "auto" or db_path not in (None, "reference"):   # the scan needs the whole db
         db = _load_db(db_path)
-        scan = auto_clip(model, cfg.dataset, db, member=member)
-        clip = scan.chosen
         g_range = (db.g_min, db.g_max)
-    elif db_path in (None, "reference"):
-        from database.reference import G_MAX, G_MIN
-        g_range = (G_MIN, G_MAX)
     else:
-        from database.nonideality import load_nonideality
-        db = load_nonideality(db_path)
-        g_range = (db.g_min, db.g_max)
-    if clip is not None:
-        model = clip_weights(model, clip)
+        from database.reference import G_MAX, G_MIN
+        db, g_range = None, (G_MIN, G_MAX)
+    model, clip, scan = export_model(model, cfg.dataset, db, clip=clip, replicate=replicate,
+                                     member=member)
     plan = conductance_plan(model, g_range, member=member, read=read, tolerance=tolerance)
     if "g_range_note" in plan.meta:
         click.echo(f"note: {plan.meta['g_range_note']}", err=True)
